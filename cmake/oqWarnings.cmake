@@ -1,0 +1,17 @@
+# oq_target_warnings(target): the warning set of oq's own tests, examples and
+# benchmarks (never forced on users of the INTERFACE targets).
+function(oq_target_warnings target)
+  set(flags -Wall -Wextra -Wpedantic -Wshadow)
+  if(OQ_WARNINGS_AS_ERRORS)
+    list(APPEND flags -Werror)
+  endif()
+  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${flags}>)
+endfunction()
+
+# oq_target_cuda_std(target): C++20 for a target's CUDA sources. CMake 3.25
+# predates CUDA 13 and knows neither its cuda_std_20 feature nor the flag for
+# CMAKE_CUDA_STANDARD 20, so oq's own CUDA targets pass the flag directly (the
+# INTERFACE targets leave the dialect to their users).
+function(oq_target_cuda_std target)
+  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20>)
+endfunction()

@@ -1,0 +1,114 @@
+// oq/core/quant_math.hpp: the scalar formulas of uniform affine quantization
+// (DESIGN §2), shared by the host quantizers, the reference implementation's
+// tests and the CUDA kernels. Pure functions, no exceptions, no Eigen.
+//
+// Symmetric, b bits:  q = clamp(rne(x/s), −2^(b−1), 2^(b−1)−1),   x̂ = q·s,
+//                     s = c·max|x| / (2^(b−1)−1)
+// Asymmetric, b bits: q = clamp(rne(x/s) + z, 0, 2^b−1),           x̂ = (q − z)·s,
+//                     s = (c·max − c·min) / (2^b−1),  z = rne(−c·min / s)
+// c is the clip ratio. The order of operations is that of the DuQuant/OmniQuant
+// release (quantize/quantizer.py: clip both ends, subtract, divide; x / scale
+// rather than x * (1/scale)), so float results match it bit for bit.
+//
+// Degenerate groups (DESIGN §2 asks for "scale 1 and exact reconstruction,
+// never NaN" for a zero range):
+//  - an all-zero group gets s = 1, z = 0;
+//  - a constant group x ≡ v ≠ 0 in asymmetric mode has zero range; s = 1 would
+//    reconstruct rne(v), not v, so oq takes s = |v|, z = rne(−v/s) = −sign(v),
+//    which reconstructs v exactly with code 0 (this refines DESIGN §2, which is
+//    silent on v ≠ 0);
+//  - a range so wide that c·max − c·min overflows is computed as
+//    c·max/(2^b−1) − c·min/(2^b−1) instead of giving s = ∞ and all-zero output.
+// Zero points are integers stored in the scalar type; DESIGN's formula puts
+// them outside [0, 2^b−1] whenever a group does not straddle zero, exactly as
+// the released code does, so they are not b-bit codes.
+#pragma once
+
+#include <oq/config.hpp>
+#include <oq/core/rounding.hpp>
+
+namespace oq::core {
+
+inline constexpr int kMinBits = 2;
+inline constexpr int kMaxBits = 8;
+
+/// The inclusive range of integer codes.
+struct CodeRange {
+  int lo;
+  int hi;
+};
+
+/// Code range for `bits` bits: symmetric [−2^(b−1), 2^(b−1)−1], asymmetric [0, 2^b−1].
+OQ_HOST_DEVICE constexpr CodeRange code_range(int bits, bool symmetric) noexcept {
+  return symmetric ? CodeRange{-(1 << (bits - 1)), (1 << (bits - 1)) - 1}
+                   : CodeRange{0, (1 << bits) - 1};
+}
+
+/// Scale and zero point of one quantization group.
+template <class T>
+struct AffineParams {
+  T scale;
+  T zero;  // integer-valued; 0 for symmetric quantization
+};
+
+template <class T>
+OQ_HOST_DEVICE constexpr T abs_value(T x) noexcept {
+  return x < T(0) ? -x : x;
+}
+
+template <class T>
+OQ_HOST_DEVICE constexpr bool is_finite_value(T x) noexcept {
+  // x − x is 0 for finite x and NaN for ±Inf and NaN; no <cmath> needed on device.
+  return (x - x) == T(0);
+}
+
+/// Symmetric parameters from the group's largest magnitude (before clipping).
+template <class T>
+OQ_HOST_DEVICE constexpr AffineParams<T> symmetric_params(T absmax, T clip_ratio, int bits) noexcept {
+  const T clipped = clip_ratio * absmax;
+  const T scale = clipped / static_cast<T>((1 << (bits - 1)) - 1);
+  if (scale == T(0)) return {T(1), T(0)};  // all-zero group
+  return {scale, T(0)};
+}
+
+/// Asymmetric parameters from the group's minimum and maximum (before clipping).
+template <class T>
+OQ_HOST_DEVICE constexpr AffineParams<T> asymmetric_params(T min, T max, T clip_ratio, int bits) noexcept {
+  const T levels = static_cast<T>((1 << bits) - 1);
+  const T cmin = clip_ratio * min;
+  const T cmax = clip_ratio * max;
+  T scale = (cmax - cmin) / levels;
+  if (!is_finite_value(scale)) scale = cmax / levels - cmin / levels;  // range overflowed
+  if (scale == T(0)) {
+    // Zero range: a constant group (or one whose range underflows). Represent the
+    // value v of largest magnitude exactly: s = |v|, z = −sign(v), code 0.
+    const T v = abs_value(max) >= abs_value(min) ? max : min;
+    if (v == T(0)) return {T(1), T(0)};
+    const T s = abs_value(v);
+    return {s, round_half_even(-v / s)};
+  }
+  return {scale, round_half_even(-cmin / scale)};
+}
+
+/// q = clamp(rne(x/s) + z, lo, hi), as a value of T (integer-valued).
+template <class T>
+OQ_HOST_DEVICE constexpr T quantize_value(T x, AffineParams<T> p, CodeRange r) noexcept {
+  T q = round_half_even(x / p.scale) + p.zero;
+  if (q < static_cast<T>(r.lo)) q = static_cast<T>(r.lo);
+  if (q > static_cast<T>(r.hi)) q = static_cast<T>(r.hi);
+  return q;
+}
+
+/// x̂ = (q − z)·s.
+template <class T>
+OQ_HOST_DEVICE constexpr T dequantize_value(T q, AffineParams<T> p) noexcept {
+  return (q - p.zero) * p.scale;
+}
+
+/// dequantize_value(quantize_value(x)): the fake-quantized value.
+template <class T>
+OQ_HOST_DEVICE constexpr T fake_quantize_value(T x, AffineParams<T> p, CodeRange r) noexcept {
+  return dequantize_value(quantize_value(x, p, r), p);
+}
+
+}  // namespace oq::core

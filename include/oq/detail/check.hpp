@@ -1,0 +1,47 @@
+// oq/detail/check.hpp: argument checks shared by the host APIs.
+//
+// Every public host function validates its inputs and throws
+// std::invalid_argument (a malformed argument: shape, bits, sizes) or
+// std::domain_error (a value outside the function's domain: NaN or ±Inf data)
+// with a message that names the function, the parameter and what was expected.
+#pragma once
+
+#include <cmath>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+#include <Eigen/Core>
+
+namespace oq::detail {
+
+/// Throws std::invalid_argument("<where>: <what>") when `ok` is false.
+template <class... Parts>
+void require(bool ok, std::string_view where, const Parts&... what) {
+  if (ok) return;
+  std::ostringstream message;
+  message << where << ": ";
+  (message << ... << what);
+  throw std::invalid_argument(message.str());
+}
+
+/// Throws std::domain_error naming the first non-finite entry (row, col) of x.
+/// The common all-finite case costs one vectorised pass (allFinite).
+template <class Derived>
+void require_finite(const Eigen::MatrixBase<Derived>& x, std::string_view where, std::string_view name) {
+  if (x.allFinite()) return;
+  for (Eigen::Index r = 0; r < x.rows(); ++r) {
+    for (Eigen::Index c = 0; c < x.cols(); ++c) {
+      const auto v = x(r, c);
+      if (!std::isfinite(v)) {
+        std::ostringstream message;
+        message << where << ": " << name << " must be finite, but " << name << "(" << r << ", " << c
+                << ") is " << v;
+        throw std::domain_error(message.str());
+      }
+    }
+  }
+}
+
+}  // namespace oq::detail

@@ -1,0 +1,8 @@
+// oq/oq.hpp: umbrella header for oq's host API (everything but oq/cuda/).
+#pragma once
+
+#include <oq/config.hpp>
+#include <oq/core/quant_math.hpp>
+#include <oq/core/rounding.hpp>
+#include <oq/int4.hpp>
+#include <oq/quant.hpp>

@@ -1,0 +1,103 @@
+// oq/quant/params.hpp: scales and zero points, computed from data.
+//
+//   auto p = oq::quant::compute_params(x, spec);   // x: any Eigen matrix expression
+//   p.scale(r, g), p.zero(r, g)                     // parameters of block (r, g)
+//
+// The parameter matrices are param_rows × param_cols (see QuantSpec): 1 × 1
+// per-tensor, rows × 1 per-channel/per-token, rows × (cols / group_size)
+// per-group. Entry (i, j) covers the block of x with top-left corner
+// (i · block_rows, j · block_cols); for_each_block() walks that mapping and
+// is the one place it is written down.
+#pragma once
+
+#include <oq/core/quant_math.hpp>
+#include <oq/detail/check.hpp>
+#include <oq/quant/spec.hpp>
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <string_view>
+#include <type_traits>
+
+namespace oq::quant {
+
+/// Scales and zero points (integer-valued) of a quantized matrix.
+template <class Scalar>
+struct QuantParams {
+  static_assert(std::is_floating_point_v<Scalar>, "QuantParams needs a floating-point scalar");
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  Matrix scale;
+  Matrix zero;
+
+  core::AffineParams<Scalar> at(Eigen::Index i, Eigen::Index j) const { return {scale(i, j), zero(i, j)}; }
+};
+
+/// Calls f(i, j, block) for every parameter entry (i, j) with the block of x it
+/// covers (an Eigen block expression, no copy).
+template <class Derived, class F>
+void for_each_block(const Eigen::MatrixBase<Derived>& x, const QuantSpec& spec, F&& f) {
+  const Eigen::Index rows = spec.param_rows(x.rows());
+  const Eigen::Index cols = spec.param_cols(x.cols());
+  const Eigen::Index height = spec.block_rows(x.rows());
+  const Eigen::Index width = spec.block_cols(x.cols());
+  for (Eigen::Index i = 0; i < rows; ++i) {
+    for (Eigen::Index j = 0; j < cols; ++j) f(i, j, x.block(i * height, j * width, height, width));
+  }
+}
+
+/// Throws std::invalid_argument unless `params` has the shape `spec` gives for
+/// a rows × cols input and holds positive finite scales and finite integer
+/// zero points.
+template <class Scalar>
+void validate_params(const QuantParams<Scalar>& params, const QuantSpec& spec, Eigen::Index rows,
+                     Eigen::Index cols, std::string_view where) {
+  const Eigen::Index pr = spec.param_rows(rows);
+  const Eigen::Index pc = spec.param_cols(cols);
+  detail::require(params.scale.rows() == pr && params.scale.cols() == pc, where, "params.scale must be ", pr,
+                  " x ", pc, " for a ", rows, " x ", cols, " input with ", to_string(spec.granularity),
+                  " quantization, got ", params.scale.rows(), " x ", params.scale.cols());
+  detail::require(params.zero.rows() == pr && params.zero.cols() == pc, where, "params.zero must be ", pr,
+                  " x ", pc, ", got ", params.zero.rows(), " x ", params.zero.cols());
+  for (Eigen::Index i = 0; i < pr; ++i) {
+    for (Eigen::Index j = 0; j < pc; ++j) {
+      const Scalar s = params.scale(i, j);
+      const Scalar z = params.zero(i, j);
+      detail::require(std::isfinite(s) && s > Scalar(0), where, "params.scale(", i, ", ", j,
+                      ") must be positive and finite, got ", s);
+      detail::require(std::isfinite(z) && z == std::nearbyint(z), where, "params.zero(", i, ", ", j,
+                      ") must be a finite integer, got ", z);
+      if (spec.symmetric) {
+        detail::require(z == Scalar(0), where, "params.zero(", i, ", ", j,
+                        ") must be 0 for symmetric quantization, got ", z);
+      }
+    }
+  }
+}
+
+/// Scales and zero points of x under `spec` (DESIGN §2, core/quant_math.hpp).
+/// Throws std::invalid_argument for a bad spec or an empty x, and
+/// std::domain_error naming the first NaN/Inf entry of x.
+template <class Derived>
+QuantParams<typename Derived::Scalar> compute_params(const Eigen::MatrixBase<Derived>& x, const QuantSpec& spec) {
+  using Scalar = typename Derived::Scalar;
+  constexpr std::string_view kWhere = "oq::quant::compute_params";
+  spec.validate(kWhere);
+  spec.validate_shape(x.rows(), x.cols(), kWhere);
+  detail::require_finite(x, kWhere, "x");
+
+  const auto clip = static_cast<Scalar>(spec.clip_ratio);
+  QuantParams<Scalar> params;
+  params.scale.resize(spec.param_rows(x.rows()), spec.param_cols(x.cols()));
+  params.zero.resizeLike(params.scale);
+  for_each_block(x, spec, [&](Eigen::Index i, Eigen::Index j, const auto& block) {
+    const core::AffineParams<Scalar> p =
+        spec.symmetric ? core::symmetric_params(block.cwiseAbs().maxCoeff(), clip, spec.bits)
+                       : core::asymmetric_params(block.minCoeff(), block.maxCoeff(), clip, spec.bits);
+    params.scale(i, j) = p.scale;
+    params.zero(i, j) = p.zero;
+  });
+  return params;
+}
+
+}  // namespace oq::quant

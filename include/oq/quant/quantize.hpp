@@ -1,0 +1,153 @@
+// oq/quant/quantize.hpp: quantize to integer codes, dequantize, fake-quantize.
+//
+//   using namespace oq::quant;
+//   const QuantSpec spec = QuantSpec::per_token(4, /*symmetric=*/false, 0.9);
+//   auto params = compute_params(x, spec);          // or your own QuantParams
+//   auto codes  = quantize(x, params, spec);        // int32 codes in spec.code_range()
+//   auto x_hat  = dequantize(codes, params, spec);  // (q − z)·s
+//   auto same   = fake_quantize(x, spec);           // both steps, params from x
+//   fake_quantize_into(x, params, spec, x);         // in place (coefficient-wise, so
+//                                                   // out may alias x)
+//
+// x is any Eigen matrix expression of float or double: blocks, maps of your
+// own buffers, transposes. Results keep x's storage order. Arithmetic is
+// vectorised Eigen array code in x's scalar type; rounding is Eigen's rint,
+// i.e. round half to even under the default rounding mode (DESIGN §2). The
+// scalar formulas live in core/quant_math.hpp; reference.hpp re-derives them
+// in plain loops for the tests.
+//
+// NaN/Inf policy: rejected. Every function here throws std::domain_error
+// naming the first non-finite entry (row, col) of x, because a single NaN
+// would otherwise poison a whole group's scale silently, and converting NaN
+// to an integer code is undefined behaviour.
+#pragma once
+
+#include <oq/detail/check.hpp>
+#include <oq/quant/params.hpp>
+#include <oq/quant/spec.hpp>
+
+#include <Eigen/Core>
+
+#include <cstdint>
+#include <string_view>
+#include <type_traits>
+
+namespace oq::quant {
+
+/// A dynamic matrix of T with the storage order of Derived.
+template <class Derived, class T = typename Derived::Scalar>
+using PlainMatrixOf =
+    Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Derived::IsRowMajor ? Eigen::RowMajor : Eigen::ColMajor>;
+
+/// Integer codes of a quantized Derived (int32, same storage order).
+template <class Derived>
+using CodesOf = PlainMatrixOf<Derived, std::int32_t>;
+
+namespace detail_quantize {
+
+// The common checks of every function that reads x with given params.
+template <class Derived, class Scalar>
+void check_input(const Eigen::MatrixBase<Derived>& x, const QuantParams<Scalar>& params, const QuantSpec& spec,
+                 std::string_view where) {
+  static_assert(std::is_same_v<typename Derived::Scalar, Scalar>,
+                "x and params must have the same scalar type");
+  spec.validate(where);
+  spec.validate_shape(x.rows(), x.cols(), where);
+  validate_params(params, spec, x.rows(), x.cols(), where);
+  detail::require_finite(x, where, "x");
+}
+
+// clamp(rne(x/s) + z, lo, hi) of a block, as an Eigen array expression.
+template <class Block, class Scalar>
+auto codes_expr(const Block& block, core::AffineParams<Scalar> p, core::CodeRange range) {
+  return ((block.array() / p.scale).rint() + p.zero)
+      .max(static_cast<Scalar>(range.lo))
+      .min(static_cast<Scalar>(range.hi));
+}
+
+}  // namespace detail_quantize
+
+/// Writes the fake-quantized x, (clamp(rne(x/s)+z) − z)·s, into `out` (same
+/// shape as x; may be x itself). `out` is taken as a const reference and
+/// written through, the Eigen idiom that lets callers pass blocks and maps.
+template <class Derived, class OutDerived>
+void fake_quantize_into(const Eigen::MatrixBase<Derived>& x, const QuantParams<typename Derived::Scalar>& params,
+                        const QuantSpec& spec, const Eigen::MatrixBase<OutDerived>& out_) {
+  constexpr std::string_view kWhere = "oq::quant::fake_quantize_into";
+  detail_quantize::check_input(x, params, spec, kWhere);
+  auto& out = const_cast<Eigen::MatrixBase<OutDerived>&>(out_);
+  detail::require(out.rows() == x.rows() && out.cols() == x.cols(), kWhere, "out must be ", x.rows(), " x ",
+                  x.cols(), " like x, got ", out.rows(), " x ", out.cols());
+  const core::CodeRange range = spec.code_range();
+  const Eigen::Index height = spec.block_rows(x.rows());
+  const Eigen::Index width = spec.block_cols(x.cols());
+  for_each_block(x, spec, [&](Eigen::Index i, Eigen::Index j, const auto& block) {
+    const auto p = params.at(i, j);
+    out.block(i * height, j * width, height, width).array() =
+        (detail_quantize::codes_expr(block, p, range) - p.zero) * p.scale;
+  });
+}
+
+/// Fake-quantized copy of x with the given parameters.
+template <class Derived>
+PlainMatrixOf<Derived> fake_quantize(const Eigen::MatrixBase<Derived>& x,
+                                     const QuantParams<typename Derived::Scalar>& params, const QuantSpec& spec) {
+  PlainMatrixOf<Derived> out(x.rows(), x.cols());
+  fake_quantize_into(x, params, spec, out);
+  return out;
+}
+
+/// Fake-quantized copy of x with parameters computed from x itself.
+template <class Derived>
+PlainMatrixOf<Derived> fake_quantize(const Eigen::MatrixBase<Derived>& x, const QuantSpec& spec) {
+  return fake_quantize(x, compute_params(x, spec), spec);
+}
+
+/// Integer codes q = clamp(rne(x/s) + z, lo, hi) of x.
+template <class Derived>
+CodesOf<Derived> quantize(const Eigen::MatrixBase<Derived>& x, const QuantParams<typename Derived::Scalar>& params,
+                          const QuantSpec& spec) {
+  constexpr std::string_view kWhere = "oq::quant::quantize";
+  detail_quantize::check_input(x, params, spec, kWhere);
+  CodesOf<Derived> codes(x.rows(), x.cols());
+  const core::CodeRange range = spec.code_range();
+  const Eigen::Index height = spec.block_rows(x.rows());
+  const Eigen::Index width = spec.block_cols(x.cols());
+  for_each_block(x, spec, [&](Eigen::Index i, Eigen::Index j, const auto& block) {
+    codes.block(i * height, j * width, height, width) =
+        detail_quantize::codes_expr(block, params.at(i, j), range).template cast<std::int32_t>().matrix();
+  });
+  return codes;
+}
+
+/// x̂ = (q − z)·s from integer codes. Throws std::invalid_argument if a code is
+/// outside spec.code_range() (naming the first one) or shapes disagree.
+template <class CodesDerived, class Scalar>
+PlainMatrixOf<CodesDerived, Scalar> dequantize(const Eigen::MatrixBase<CodesDerived>& codes,
+                                               const QuantParams<Scalar>& params, const QuantSpec& spec) {
+  static_assert(std::is_integral_v<typename CodesDerived::Scalar>, "codes must be an integer matrix");
+  constexpr std::string_view kWhere = "oq::quant::dequantize";
+  spec.validate(kWhere);
+  spec.validate_shape(codes.rows(), codes.cols(), kWhere);
+  validate_params(params, spec, codes.rows(), codes.cols(), kWhere);
+  const core::CodeRange range = spec.code_range();
+  for (Eigen::Index r = 0; r < codes.rows(); ++r) {
+    for (Eigen::Index c = 0; c < codes.cols(); ++c) {
+      const auto q = static_cast<long long>(codes(r, c));
+      detail::require(q >= range.lo && q <= range.hi, kWhere, "codes(", r, ", ", c, ") = ", q,
+                      " is outside the code range [", range.lo, ", ", range.hi, "] of ", spec.bits, "-bit ",
+                      spec.symmetric ? "symmetric" : "asymmetric", " quantization");
+    }
+  }
+  PlainMatrixOf<CodesDerived, Scalar> out(codes.rows(), codes.cols());
+  const Eigen::Index height = spec.block_rows(codes.rows());
+  const Eigen::Index width = spec.block_cols(codes.cols());
+  for_each_block(codes, spec, [&](Eigen::Index i, Eigen::Index j, const auto& block) {
+    const auto p = params.at(i, j);
+    out.block(i * height, j * width, height, width).array() =
+        (block.template cast<Scalar>().array() - p.zero) * p.scale;
+  });
+  return out;
+}
+
+}  // namespace oq::quant

@@ -1,0 +1,110 @@
+// oq/quant/spec.hpp: what a quantizer does — bits, symmetry, granularity, clip.
+//
+//   using namespace oq::quant;
+//   QuantSpec act{.bits = 4, .symmetric = false, .granularity = Granularity::kPerToken,
+//                 .clip_ratio = 0.9};                       // DuQuant's activations
+//   QuantSpec w = QuantSpec::per_group(4, /*symmetric=*/true, /*group_size=*/128);
+//
+// Granularity is always described for a row-major view of y = X·Wᵀ
+// (DESIGN §2): X is tokens × channels and W is out × in, so
+//   kPerTensor   one (scale, zero) for the whole matrix;
+//   kPerChannel  one per row of W (output channel);
+//   kPerToken    one per row of X (token);
+//   kPerGroup    one per `group_size` consecutive elements of a row (along K).
+// kPerChannel and kPerToken therefore compute the same thing, one pair per
+// row; both names exist so that code reads as the paper does. To quantize the
+// columns of a matrix (per input channel), pass its transpose, which Eigen
+// gives without a copy.
+#pragma once
+
+#include <oq/core/quant_math.hpp>
+#include <oq/detail/check.hpp>
+
+#include <Eigen/Core>
+
+#include <string_view>
+
+namespace oq::quant {
+
+enum class Granularity { kPerTensor, kPerChannel, kPerToken, kPerGroup };
+
+constexpr std::string_view to_string(Granularity g) noexcept {
+  switch (g) {
+    case Granularity::kPerTensor: return "per-tensor";
+    case Granularity::kPerChannel: return "per-channel";
+    case Granularity::kPerToken: return "per-token";
+    case Granularity::kPerGroup: return "per-group";
+  }
+  return "unknown";
+}
+
+/// A uniform affine quantizer's configuration (an aggregate: use designated
+/// initializers or the factories). Check it with validate().
+struct QuantSpec {
+  int bits = 4;                                      ///< 2..8
+  bool symmetric = false;                            ///< DESIGN §2
+  Granularity granularity = Granularity::kPerToken;  ///< see the file comment
+  Eigen::Index group_size = 0;                       ///< > 0 for kPerGroup only
+  double clip_ratio = 1.0;                           ///< c in (0, 1]
+
+  static constexpr QuantSpec per_tensor(int bits, bool symmetric, double clip_ratio = 1.0) noexcept {
+    return {bits, symmetric, Granularity::kPerTensor, 0, clip_ratio};
+  }
+  static constexpr QuantSpec per_channel(int bits, bool symmetric, double clip_ratio = 1.0) noexcept {
+    return {bits, symmetric, Granularity::kPerChannel, 0, clip_ratio};
+  }
+  static constexpr QuantSpec per_token(int bits, bool symmetric, double clip_ratio = 1.0) noexcept {
+    return {bits, symmetric, Granularity::kPerToken, 0, clip_ratio};
+  }
+  static constexpr QuantSpec per_group(int bits, bool symmetric, Eigen::Index group_size,
+                                       double clip_ratio = 1.0) noexcept {
+    return {bits, symmetric, Granularity::kPerGroup, group_size, clip_ratio};
+  }
+
+  /// The integer codes' range for these bits and this symmetry.
+  constexpr core::CodeRange code_range() const noexcept { return core::code_range(bits, symmetric); }
+
+  /// Throws std::invalid_argument naming the offending field.
+  void validate(std::string_view where) const {
+    detail::require(bits >= core::kMinBits && bits <= core::kMaxBits, where, "spec.bits must be in [",
+                    core::kMinBits, ", ", core::kMaxBits, "], got ", bits);
+    detail::require(clip_ratio > 0.0 && clip_ratio <= 1.0, where, "spec.clip_ratio must be in (0, 1], got ",
+                    clip_ratio);
+    if (granularity == Granularity::kPerGroup) {
+      detail::require(group_size > 0, where, "spec.group_size must be > 0 for per-group quantization, got ",
+                      group_size);
+    } else {
+      detail::require(group_size == 0, where, "spec.group_size must be 0 unless granularity is per-group, got ",
+                      group_size, " with ", to_string(granularity));
+    }
+  }
+
+  /// Throws std::invalid_argument if a rows × cols matrix cannot be quantized
+  /// with this spec (empty, or cols not a multiple of group_size).
+  void validate_shape(Eigen::Index rows, Eigen::Index cols, std::string_view where) const {
+    detail::require(rows > 0 && cols > 0, where, "x must be non-empty, got ", rows, " x ", cols);
+    if (granularity == Granularity::kPerGroup) {
+      detail::require(cols % group_size == 0, where, "spec.group_size (", group_size,
+                      ") must divide the row length of x (", cols, ")");
+    }
+  }
+
+  /// Rows of the parameter matrices for a rows × cols input.
+  constexpr Eigen::Index param_rows(Eigen::Index rows) const noexcept {
+    return granularity == Granularity::kPerTensor ? 1 : rows;
+  }
+  /// Columns of the parameter matrices (groups per row) for a rows × cols input.
+  constexpr Eigen::Index param_cols(Eigen::Index cols) const noexcept {
+    return granularity == Granularity::kPerGroup ? cols / group_size : 1;
+  }
+  /// Height of the block of x that one parameter pair covers.
+  constexpr Eigen::Index block_rows(Eigen::Index rows) const noexcept {
+    return granularity == Granularity::kPerTensor ? rows : 1;
+  }
+  /// Width of the block of x that one parameter pair covers.
+  constexpr Eigen::Index block_cols(Eigen::Index cols) const noexcept {
+    return granularity == Granularity::kPerGroup ? group_size : cols;
+  }
+};
+
+}  // namespace oq::quant

@@ -1,0 +1,60 @@
+#include <oq/quant/clip_search.hpp>
+#include <oq/quant/quantize.hpp>
+
+#include <doctest/doctest.h>
+
+#include "support/matrices.hpp"
+
+#include <stdexcept>
+
+using namespace oq::quant;
+using oq::test::MatrixX;
+
+TEST_CASE("clip search is never worse than no clipping, and better on heavy tails") {
+  const MatrixX<double> w = oq::test::heavy_tailed<double>(32, 256, 77);
+  for (const QuantSpec& spec : {QuantSpec::per_channel(4, false), QuantSpec::per_channel(4, true),
+                                QuantSpec::per_group(3, true, 64)}) {
+    CAPTURE(to_string(spec.granularity));
+    CAPTURE(spec.symmetric);
+    const auto found = search_clip_mse(w, spec);
+    const MatrixX<double> plain = fake_quantize(w, spec);  // clip 1
+    const MatrixX<double> searched = fake_quantize(w, found.params, spec);
+    const Eigen::Index width = spec.block_cols(w.cols());
+    double total_plain = 0, total_searched = 0;
+    for (Eigen::Index r = 0; r < w.rows(); ++r) {
+      for (Eigen::Index j = 0; j < found.clip_ratio.cols(); ++j) {
+        const double e_plain = (plain - w).row(r).segment(j * width, width).squaredNorm();
+        const double e_search = (searched - w).row(r).segment(j * width, width).squaredNorm();
+        CHECK(e_search <= e_plain);
+        // The reported error is the error of the returned parameters.
+        CHECK(found.squared_error(r, j) == doctest::Approx(e_search).epsilon(1e-9));
+        CHECK(found.clip_ratio(r, j) >= 0.5);
+        CHECK(found.clip_ratio(r, j) <= 1.0);
+        total_plain += e_plain;
+        total_searched += e_search;
+      }
+    }
+    // Student-t(3) rows have outliers far beyond the bulk: clipping must pay.
+    CHECK(total_searched < 0.9 * total_plain);
+  }
+}
+
+TEST_CASE("a single-point grid reproduces the fixed clip ratio") {
+  const MatrixX<float> w = oq::test::gaussian<float>(8, 64, 5);
+  const QuantSpec spec = QuantSpec::per_channel(4, false, 0.8);
+  const auto found = search_clip_mse(w, spec, {.min_ratio = 0.8, .max_ratio = 0.8, .steps = 0});
+  const auto p = compute_params(w, spec);
+  CHECK(found.params.scale == p.scale);
+  CHECK(found.params.zero == p.zero);
+}
+
+TEST_CASE("clip search rejects bad options") {
+  const MatrixX<float> w = oq::test::gaussian<float>(4, 16, 5);
+  const QuantSpec spec = QuantSpec::per_channel(4, false);
+  CHECK_THROWS_WITH_AS(search_clip_mse(w, spec, {.min_ratio = 0.0}), doctest::Contains("options.min_ratio"),
+                       std::invalid_argument);
+  CHECK_THROWS_AS(search_clip_mse(w, spec, {.min_ratio = 0.9, .max_ratio = 0.8}), std::invalid_argument);
+  CHECK_THROWS_AS(search_clip_mse(w, spec, {.max_ratio = 1.2}), std::invalid_argument);
+  CHECK_THROWS_AS(search_clip_mse(w, spec, {.steps = -1}), std::invalid_argument);
+  CHECK_THROWS_AS(search_clip_mse(MatrixX<float>(0, 16), spec), std::invalid_argument);
+}

@@ -1,0 +1,106 @@
+#include <oq/quant/params.hpp>
+#include <oq/quant/reference.hpp>
+
+#include <doctest/doctest.h>
+
+#include "support/matrices.hpp"
+
+#include <limits>
+#include <stdexcept>
+#include <vector>
+
+using namespace oq::quant;
+using oq::test::MatrixX;
+
+namespace {
+std::vector<QuantSpec> all_specs(Eigen::Index cols) {
+  std::vector<QuantSpec> specs;
+  for (int bits : {2, 3, 4, 8}) {
+    for (bool symmetric : {false, true}) {
+      for (double clip : {1.0, 0.9}) {
+        specs.push_back(QuantSpec::per_tensor(bits, symmetric, clip));
+        specs.push_back(QuantSpec::per_channel(bits, symmetric, clip));
+        specs.push_back(QuantSpec::per_token(bits, symmetric, clip));
+        for (Eigen::Index g : {Eigen::Index(8), cols}) specs.push_back(QuantSpec::per_group(bits, symmetric, g, clip));
+      }
+    }
+  }
+  return specs;
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE("compute_params equals the plain reference bit for bit", T, float, double) {
+  const MatrixX<T> x = oq::test::adversarial<T>(13, 48, 21);
+  for (const QuantSpec& spec : all_specs(x.cols())) {
+    CAPTURE(spec.bits);
+    CAPTURE(spec.symmetric);
+    CAPTURE(to_string(spec.granularity));
+    CAPTURE(spec.clip_ratio);
+    const QuantParams<T> p = compute_params(x, spec);
+    const QuantParams<T> ref = compute_params_ref(x, spec);
+    REQUIRE(p.scale.rows() == spec.param_rows(x.rows()));
+    REQUIRE(p.scale.cols() == spec.param_cols(x.cols()));
+    CHECK(p.scale == ref.scale);
+    CHECK(p.zero == ref.zero);
+    CHECK((p.scale.array() > T(0)).all());
+    CHECK(p.scale.allFinite());
+    CHECK_NOTHROW(validate_params(p, spec, x.rows(), x.cols(), "test"));
+  }
+}
+
+TEST_CASE("compute_params accepts expressions and either storage order") {
+  const MatrixX<float> x = oq::test::gaussian<float>(16, 32, 4);
+  const oq::test::RowMatrixX<float> x_row = x;
+  const QuantSpec spec = QuantSpec::per_group(4, false, 8, 0.9);
+  const auto a = compute_params(x, spec);
+  CHECK(compute_params(x_row, spec).scale == a.scale);
+  // A block of a larger matrix: the parameters of its rows.
+  const MatrixX<float> big = oq::test::gaussian<float>(40, 32, 4);
+  const auto block = compute_params(big.middleRows(8, 16), spec);
+  CHECK(block.scale == compute_params(MatrixX<float>(big.middleRows(8, 16)), spec).scale);
+  // Per-input-channel quantization is per-row of the transpose.
+  const auto columns = compute_params(x.transpose(), QuantSpec::per_token(8, true));
+  CHECK(columns.scale.rows() == x.cols());
+}
+
+TEST_CASE("per-group with group_size = row length equals per-row") {
+  const MatrixX<double> x = oq::test::adversarial<double>(9, 24, 8);
+  for (bool symmetric : {false, true}) {
+    const auto row = compute_params(x, QuantSpec::per_token(4, symmetric, 0.9));
+    const auto group = compute_params(x, QuantSpec::per_group(4, symmetric, 24, 0.9));
+    CHECK(row.scale == group.scale);
+    CHECK(row.zero == group.zero);
+  }
+}
+
+TEST_CASE("compute_params rejects bad input with a clear error") {
+  MatrixX<float> x = oq::test::gaussian<float>(4, 8, 1);
+  CHECK_THROWS_AS(compute_params(MatrixX<float>(0, 8), QuantSpec::per_token(4, true)), std::invalid_argument);
+  CHECK_THROWS_AS(compute_params(x, QuantSpec::per_group(4, true, 3)), std::invalid_argument);
+  CHECK_THROWS_AS(compute_params(x, QuantSpec::per_token(12, true)), std::invalid_argument);
+  x(2, 5) = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THROWS_WITH_AS(compute_params(x, QuantSpec::per_token(4, true)),
+                       doctest::Contains("x must be finite, but x(2, 5) is nan"), std::domain_error);
+  x(2, 5) = 0;
+  x(1, 7) = -std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH_AS(compute_params(x, QuantSpec::per_tensor(4, false)), doctest::Contains("x(1, 7) is -inf"),
+                       std::domain_error);
+}
+
+TEST_CASE("validate_params rejects parameters that do not fit") {
+  const MatrixX<double> x = oq::test::gaussian<double>(4, 8, 2);
+  const QuantSpec spec = QuantSpec::per_token(4, false);
+  QuantParams<double> p = compute_params(x, spec);
+  CHECK_THROWS_WITH_AS(validate_params(p, spec, 5, 8, "f"), doctest::Contains("params.scale must be 5 x 1"),
+                       std::invalid_argument);
+  p.scale(1, 0) = 0;
+  CHECK_THROWS_WITH_AS(validate_params(p, spec, 4, 8, "f"),
+                       doctest::Contains("params.scale(1, 0) must be positive and finite"), std::invalid_argument);
+  p = compute_params(x, spec);
+  p.zero(2, 0) = 0.5;
+  CHECK_THROWS_WITH_AS(validate_params(p, spec, 4, 8, "f"), doctest::Contains("params.zero(2, 0) must be a finite integer"),
+                       std::invalid_argument);
+  p = compute_params(x, spec);
+  p.zero(0, 0) = 1;
+  CHECK_THROWS_AS(validate_params(p, QuantSpec::per_token(4, true), 4, 8, "f"), std::invalid_argument);
+}

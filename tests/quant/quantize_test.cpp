@@ -1,0 +1,158 @@
+#include <oq/quant/quantize.hpp>
+#include <oq/quant/reference.hpp>
+
+#include <doctest/doctest.h>
+
+#include "support/matrices.hpp"
+
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <vector>
+
+using namespace oq::quant;
+using oq::test::MatrixX;
+using oq::test::RowMatrixX;
+
+namespace {
+std::vector<QuantSpec> specs_for(Eigen::Index cols) {
+  std::vector<QuantSpec> specs;
+  for (int bits = 2; bits <= 8; ++bits) {
+    for (bool symmetric : {false, true}) {
+      for (double clip : {1.0, 0.8}) {
+        specs.push_back(QuantSpec::per_tensor(bits, symmetric, clip));
+        specs.push_back(QuantSpec::per_channel(bits, symmetric, clip));
+        specs.push_back(QuantSpec::per_group(bits, symmetric, cols / 4, clip));
+      }
+    }
+  }
+  return specs;
+}
+
+#define OQ_CAPTURE_SPEC(spec)                \
+  CAPTURE((spec).bits);                      \
+  CAPTURE((spec).symmetric);                 \
+  CAPTURE(to_string((spec).granularity));    \
+  CAPTURE((spec).clip_ratio)
+}  // namespace
+
+TEST_CASE_TEMPLATE("fake_quantize equals the plain reference bit for bit", T, float, double) {
+  const MatrixX<T> x = oq::test::adversarial<T>(11, 64, 3);
+  for (const QuantSpec& spec : specs_for(x.cols())) {
+    OQ_CAPTURE_SPEC(spec);
+    const QuantParams<T> p = compute_params(x, spec);
+    CHECK(fake_quantize(x, p, spec) == fake_quantize_ref(x, p, spec));
+    const MatrixX<T> codes = quantize(x, p, spec).template cast<T>();
+    CHECK(codes == quantize_ref(x, p, spec));
+  }
+}
+
+TEST_CASE_TEMPLATE("error bound: |x − Q(x)| ≤ s/2 inside the range, codes inside the code range", T, float,
+                   double) {
+  const MatrixX<T> x = oq::test::adversarial<T>(11, 64, 5);
+  for (const QuantSpec& spec : specs_for(x.cols())) {
+    OQ_CAPTURE_SPEC(spec);
+    const QuantParams<T> p = compute_params(x, spec);
+    const auto codes = quantize(x, p, spec);
+    const MatrixX<T> y = fake_quantize(x, p, spec);
+    const auto range = spec.code_range();
+    CHECK(codes.minCoeff() >= range.lo);
+    CHECK(codes.maxCoeff() <= range.hi);
+    for (Eigen::Index r = 0; r < x.rows(); ++r) {
+      for (Eigen::Index c = 0; c < x.cols(); ++c) {
+        Eigen::Index i, j;
+        param_index_ref(spec, r, c, i, j);
+        const T s = p.scale(i, j);
+        const T z = p.zero(i, j);
+        // Inside the representable range [(lo − z)·s, (hi − z)·s] the error is at
+        // most half a step, plus the float rounding of x/s and (q − z)·s.
+        const T lo = (range.lo - z) * s;
+        const T hi = (range.hi - z) * s;
+        if (x(r, c) < lo || x(r, c) > hi) continue;
+        const T slack = 8 * std::numeric_limits<T>::epsilon() * (std::fabs(x(r, c)) + s);
+        CHECK(std::fabs(x(r, c) - y(r, c)) <= s / 2 + slack);
+      }
+    }
+  }
+}
+
+TEST_CASE_TEMPLATE("quantize then dequantize equals fake_quantize; fake_quantize is idempotent", T, float, double) {
+  const MatrixX<T> x = oq::test::adversarial<T>(10, 32, 9);
+  for (const QuantSpec& spec : specs_for(x.cols())) {
+    OQ_CAPTURE_SPEC(spec);
+    const QuantParams<T> p = compute_params(x, spec);
+    const MatrixX<T> y = fake_quantize(x, p, spec);
+    CHECK(dequantize(quantize(x, p, spec), p, spec) == y);
+    CHECK(fake_quantize(y, p, spec) == y);
+  }
+}
+
+TEST_CASE("float path stays within one code of the float64 reference") {
+  const MatrixX<double> xd = oq::test::gaussian<double>(16, 128, 12, 3.0);
+  const MatrixX<float> xf = xd.cast<float>();
+  const QuantSpec spec = QuantSpec::per_token(4, false, 0.9);
+  const auto pf = compute_params(xf, spec);
+  const auto pd = compute_params_ref(xf.cast<double>().eval(), spec);
+  const MatrixX<double> codes_ref = quantize_ref(xf.cast<double>().eval(), pd, spec);
+  const MatrixX<double> codes = quantize(xf, pf, spec).cast<double>();
+  CHECK((codes - codes_ref).cwiseAbs().maxCoeff() <= 1.0);
+  CHECK((pf.scale.cast<double>() - pd.scale).cwiseAbs().maxCoeff() <= 1e-6 * pd.scale.maxCoeff());
+}
+
+TEST_CASE("known adversarial rows") {
+  const MatrixX<float> x = oq::test::adversarial<float>(6, 16, 1);
+  const QuantSpec spec = QuantSpec::per_token(4, false, 0.9);
+  const MatrixX<float> y = fake_quantize(x, spec);
+  CHECK(y.allFinite());
+  CHECK(y.row(0).isZero(0));            // all-zero row: exact
+  CHECK(y.row(1) == x.row(1));          // constant row: exact
+  CHECK(y.row(2) == x.row(2));
+  // One huge outlier: with 4 bits and clip 0.9 everything else collapses onto
+  // one or two codes, the failure mode oq exists to fix.
+  const auto p = compute_params(x, spec);
+  CHECK(p.scale(3, 0) > 500.0f);
+}
+
+TEST_CASE("storage order, expressions and in-place use") {
+  const MatrixX<float> x = oq::test::gaussian<float>(8, 32, 2);
+  const RowMatrixX<float> x_row = x;
+  const QuantSpec spec = QuantSpec::per_group(4, true, 16, 0.9);
+  const MatrixX<float> y = fake_quantize(x, spec);
+  const RowMatrixX<float> y_row = fake_quantize(x_row, spec);
+  CHECK(MatrixX<float>(y_row) == y);
+
+  // Into a block of a bigger matrix, and in place.
+  MatrixX<float> big = MatrixX<float>::Zero(12, 32);
+  fake_quantize_into(x, compute_params(x, spec), spec, big.middleRows(2, 8));
+  CHECK(big.middleRows(2, 8) == y);
+  CHECK(big.topRows(2).isZero(0));
+  MatrixX<float> in_place = x;
+  fake_quantize_into(in_place, compute_params(in_place, spec), spec, in_place);
+  CHECK(in_place == y);
+
+  // A map over the caller's own buffer, no copy.
+  std::vector<float> buffer(x_row.data(), x_row.data() + x_row.size());
+  const Eigen::Map<const RowMatrixX<float>> mapped(buffer.data(), 8, 32);
+  CHECK(MatrixX<float>(fake_quantize(mapped, spec)) == y);
+}
+
+TEST_CASE("bad input gives clear errors") {
+  MatrixX<float> x = oq::test::gaussian<float>(4, 8, 3);
+  const QuantSpec spec = QuantSpec::per_token(4, false);
+  const auto p = compute_params(x, spec);
+  MatrixX<float> wrong(3, 8);
+  CHECK_THROWS_WITH_AS(fake_quantize_into(x, p, spec, wrong), doctest::Contains("out must be 4 x 8"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(fake_quantize(MatrixX<float>(x.topRows(3)), p, spec),
+                       doctest::Contains("params.scale must be 3 x 1"), std::invalid_argument);
+  x(3, 0) = std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH_AS(quantize(x, p, spec), doctest::Contains("x(3, 0) is inf"), std::domain_error);
+  CHECK_THROWS_AS(fake_quantize(x, p, spec), std::domain_error);
+  CHECK_THROWS_AS(fake_quantize(x, spec), std::domain_error);
+
+  Eigen::MatrixXi codes = Eigen::MatrixXi::Zero(4, 8);
+  codes(1, 2) = 16;
+  CHECK_THROWS_WITH_AS(dequantize(codes, p, spec),
+                       doctest::Contains("codes(1, 2) = 16 is outside the code range [0, 15]"),
+                       std::invalid_argument);
+}

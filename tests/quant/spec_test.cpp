@@ -1,0 +1,62 @@
+#include <oq/quant/spec.hpp>
+
+#include <doctest/doctest.h>
+
+#include <stdexcept>
+#include <string>
+
+using namespace oq::quant;
+
+namespace {
+std::string message_of(const QuantSpec& spec) {
+  try {
+    spec.validate("test");
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST_CASE("factories and designated initializers describe the same quantizers") {
+  constexpr QuantSpec a = QuantSpec::per_group(4, true, 128, 0.9);
+  constexpr QuantSpec b{.bits = 4, .symmetric = true, .granularity = Granularity::kPerGroup, .group_size = 128,
+                        .clip_ratio = 0.9};
+  static_assert(a.bits == b.bits && a.symmetric == b.symmetric && a.granularity == b.granularity &&
+                a.group_size == b.group_size && a.clip_ratio == b.clip_ratio);
+  static_assert(a.code_range().lo == -8 && a.code_range().hi == 7);
+  CHECK_NOTHROW(a.validate("test"));
+  CHECK(to_string(Granularity::kPerToken) == "per-token");
+}
+
+TEST_CASE("parameter layout per granularity") {
+  CHECK(QuantSpec::per_tensor(4, false).param_rows(10) == 1);
+  CHECK(QuantSpec::per_tensor(4, false).param_cols(64) == 1);
+  CHECK(QuantSpec::per_tensor(4, false).block_rows(10) == 10);
+  CHECK(QuantSpec::per_channel(4, false).param_rows(10) == 10);
+  CHECK(QuantSpec::per_token(4, false).block_cols(64) == 64);
+  CHECK(QuantSpec::per_group(4, false, 16).param_cols(64) == 4);
+  CHECK(QuantSpec::per_group(4, false, 16).block_cols(64) == 16);
+}
+
+TEST_CASE("invalid specs name the field and the expected value") {
+  CHECK(message_of(QuantSpec::per_token(1, false)).find("spec.bits must be in [2, 8], got 1") != std::string::npos);
+  CHECK(message_of(QuantSpec::per_token(9, true)).find("spec.bits") != std::string::npos);
+  CHECK(message_of(QuantSpec::per_token(4, true, 0.0)).find("spec.clip_ratio must be in (0, 1]") !=
+        std::string::npos);
+  CHECK(message_of(QuantSpec::per_token(4, true, 1.5)).find("spec.clip_ratio") != std::string::npos);
+  CHECK(message_of(QuantSpec::per_group(4, true, 0)).find("spec.group_size must be > 0") != std::string::npos);
+  QuantSpec stray = QuantSpec::per_token(4, true);
+  stray.group_size = 32;
+  CHECK(message_of(stray).find("spec.group_size must be 0") != std::string::npos);
+  CHECK(message_of(QuantSpec::per_token(4, true)).empty());
+}
+
+TEST_CASE("shape validation") {
+  CHECK_THROWS_WITH_AS(QuantSpec::per_group(4, true, 32).validate_shape(4, 48, "f"),
+                       "f: spec.group_size (32) must divide the row length of x (48)", std::invalid_argument);
+  CHECK_THROWS_WITH_AS(QuantSpec::per_token(4, true).validate_shape(0, 48, "f"),
+                       "f: x must be non-empty, got 0 x 48", std::invalid_argument);
+  CHECK_THROWS_AS(QuantSpec::per_token(4, true).validate_shape(3, 0, "f"), std::invalid_argument);
+  CHECK_NOTHROW(QuantSpec::per_group(4, true, 16).validate_shape(3, 48, "f"));
+}
