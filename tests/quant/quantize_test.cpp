@@ -87,6 +87,22 @@ TEST_CASE_TEMPLATE("quantize then dequantize equals fake_quantize; fake_quantize
   }
 }
 
+TEST_CASE_TEMPLATE("groups far from zero with a tiny range still match the reference", T, float, double) {
+  // min ≈ 1000 and a range of ~1e-3: z = rne(−c·min/s) is about −1.5e7 (beyond
+  // 2^22 in float), which takes detail::with_rounded_clamped's exact fallback.
+  MatrixX<T> x(2, 16);
+  for (Eigen::Index c = 0; c < 16; ++c) {
+    x(0, c) = T(1000) + T(1e-3) * static_cast<T>(c) / T(16);
+    x(1, c) = T(-3e5) - T(0.5) * static_cast<T>(c);
+  }
+  for (bool symmetric : {false, true}) {
+    const QuantSpec spec = QuantSpec::per_token(4, symmetric, 0.9);
+    const QuantParams<T> p = compute_params(x, spec);
+    CHECK(fake_quantize(x, p, spec) == fake_quantize_ref(x, p, spec));
+    CHECK(quantize(x, p, spec).template cast<T>().eval() == quantize_ref(x, p, spec));
+  }
+}
+
 TEST_CASE("float path stays within one code of the float64 reference") {
   const MatrixX<double> xd = oq::test::gaussian<double>(16, 128, 12, 3.0);
   const MatrixX<float> xf = xd.cast<float>();

@@ -16,6 +16,7 @@
 #include <oq/core/quant_math.hpp>
 #include <oq/detail/check.hpp>
 #include <oq/quant/params.hpp>
+#include <oq/quant/quantize.hpp>
 #include <oq/quant/spec.hpp>
 
 #include <Eigen/Core>
@@ -78,10 +79,10 @@ ClipSearchResult<typename Derived::Scalar> search_clip_mse(const Eigen::MatrixBa
       const auto c = static_cast<Scalar>(ratio);
       const core::AffineParams<Scalar> p = spec.symmetric ? core::symmetric_params(absmax, c, spec.bits)
                                                           : core::asymmetric_params(lo_value, hi_value, c, spec.bits);
-      const auto q = ((block.array() / p.scale).rint() + p.zero)
-                         .max(static_cast<Scalar>(range.lo))
-                         .min(static_cast<Scalar>(range.hi));
-      const double error = ((q - p.zero) * p.scale - block.array()).template cast<double>().square().sum();
+      double error = 0;
+      detail_quantize::with_codes(block, p, range, [&](const auto& q) {
+        error = ((q - p.zero) * p.scale - block.array()).template cast<double>().square().sum();
+      });
       if (error < best_error) {  // strict: ties keep the larger ratio
         best_error = error;
         result.params.scale(i, j) = p.scale;

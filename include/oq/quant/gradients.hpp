@@ -21,6 +21,7 @@
 #pragma once
 
 #include <oq/detail/check.hpp>
+#include <oq/detail/rint.hpp>
 #include <oq/quant/params.hpp>
 #include <oq/quant/quantize.hpp>
 #include <oq/quant/spec.hpp>
@@ -64,10 +65,13 @@ PlainMatrixOf<XDerived> ste_grad_input(const Eigen::MatrixBase<XDerived>& x,
   PlainMatrixOf<XDerived> grad_x(x.rows(), x.cols());
   for_each_block(x, spec, [&](Eigen::Index i, Eigen::Index j, const auto& block) {
     const auto p = params.at(i, j);
-    const auto v = (block.array() / p.scale).rint() + p.zero;
-    const auto g = grad_out.block(i * height, j * width, height, width).array();
-    grad_x.block(i * height, j * width, height, width).array() =
-        (v >= lo && v <= hi).select(g, Scalar(0));
+    // Rounding x/s clamped to [lo − z − 1, hi − z + 1] keeps every in-range code
+    // and leaves every out-of-range one out of range.
+    detail::with_rounded_clamped(block.array() / p.scale, lo - p.zero - 1, hi - p.zero + 1, [&](const auto& r) {
+      const auto v = r + p.zero;
+      const auto g = grad_out.block(i * height, j * width, height, width).array();
+      grad_x.block(i * height, j * width, height, width).array() = (v >= lo && v <= hi).select(g, Scalar(0));
+    });
   });
   return grad_x;
 }
@@ -104,9 +108,12 @@ typename QuantParams<typename XDerived::Scalar>::Matrix lsq_grad_scale(
   for_each_block(x, spec, [&](Eigen::Index i, Eigen::Index j, const auto& block) {
     const auto p = params.at(i, j);
     const auto u = block.array() / p.scale;
-    const auto v = u.rint() + p.zero;
-    const auto d = (v < lo).select(lo - p.zero, (v > hi).select(hi - p.zero, u.rint() - u));
-    grad_scale(i, j) = gradient_scale * (d * grad_out.block(i * height, j * width, height, width).array()).sum();
+    // In-range entries have |u| inside the clamp, so r = rne(u) there.
+    detail::with_rounded_clamped(u, lo - p.zero - 1, hi - p.zero + 1, [&](const auto& r) {
+      const auto v = r + p.zero;
+      const auto d = (v < lo).select(lo - p.zero, (v > hi).select(hi - p.zero, r - u));
+      grad_scale(i, j) = gradient_scale * (d * grad_out.block(i * height, j * width, height, width).array()).sum();
+    });
   });
   return grad_scale;
 }

@@ -11,8 +11,8 @@
 //
 // x is any Eigen matrix expression of float or double: blocks, maps of your
 // own buffers, transposes. Results keep x's storage order. Arithmetic is
-// vectorised Eigen array code in x's scalar type; rounding is Eigen's rint,
-// i.e. round half to even under the default rounding mode (DESIGN §2). The
+// vectorised Eigen array code in x's scalar type; rounding is round half to
+// even under the default rounding mode (DESIGN §2; detail/rint.hpp). The
 // scalar formulas live in core/quant_math.hpp; reference.hpp re-derives them
 // in plain loops for the tests.
 //
@@ -23,6 +23,7 @@
 #pragma once
 
 #include <oq/detail/check.hpp>
+#include <oq/detail/rint.hpp>
 #include <oq/quant/params.hpp>
 #include <oq/quant/spec.hpp>
 
@@ -57,12 +58,16 @@ void check_input(const Eigen::MatrixBase<Derived>& x, const QuantParams<Scalar>&
   detail::require_finite(x, where, "x");
 }
 
-// clamp(rne(x/s) + z, lo, hi) of a block, as an Eigen array expression.
-template <class Block, class Scalar>
-auto codes_expr(const Block& block, core::AffineParams<Scalar> p, core::CodeRange range) {
-  return ((block.array() / p.scale).rint() + p.zero)
-      .max(static_cast<Scalar>(range.lo))
-      .min(static_cast<Scalar>(range.hi));
+// Calls sink(q) with q = clamp(rne(x/s) + z, lo, hi) of a block, an Eigen array
+// expression. x/s is clamped to [lo − z − 1, hi − z + 1] before rounding, which
+// changes no code (they are clamped to [lo, hi] after) and bounds the values
+// that detail::with_rounded_clamped rounds.
+template <class Block, class Scalar, class Sink>
+void with_codes(const Block& block, core::AffineParams<Scalar> p, core::CodeRange range, Sink&& sink) {
+  const auto lo = static_cast<Scalar>(range.lo);
+  const auto hi = static_cast<Scalar>(range.hi);
+  detail::with_rounded_clamped(block.array() / p.scale, lo - p.zero - 1, hi - p.zero + 1,
+                               [&](const auto& rounded) { sink((rounded + p.zero).max(lo).min(hi)); });
 }
 
 }  // namespace detail_quantize
@@ -83,8 +88,9 @@ void fake_quantize_into(const Eigen::MatrixBase<Derived>& x, const QuantParams<t
   const Eigen::Index width = spec.block_cols(x.cols());
   for_each_block(x, spec, [&](Eigen::Index i, Eigen::Index j, const auto& block) {
     const auto p = params.at(i, j);
-    out.block(i * height, j * width, height, width).array() =
-        (detail_quantize::codes_expr(block, p, range) - p.zero) * p.scale;
+    detail_quantize::with_codes(block, p, range, [&](const auto& codes) {
+      out.block(i * height, j * width, height, width).array() = (codes - p.zero) * p.scale;
+    });
   });
 }
 
@@ -114,8 +120,9 @@ CodesOf<Derived> quantize(const Eigen::MatrixBase<Derived>& x, const QuantParams
   const Eigen::Index height = spec.block_rows(x.rows());
   const Eigen::Index width = spec.block_cols(x.cols());
   for_each_block(x, spec, [&](Eigen::Index i, Eigen::Index j, const auto& block) {
-    codes.block(i * height, j * width, height, width) =
-        detail_quantize::codes_expr(block, params.at(i, j), range).template cast<std::int32_t>().matrix();
+    detail_quantize::with_codes(block, params.at(i, j), range, [&](const auto& q) {
+      codes.block(i * height, j * width, height, width) = q.template cast<std::int32_t>().matrix();
+    });
   });
   return codes;
 }

@@ -1,0 +1,8 @@
+// oq/analysis.hpp: module header for outlier analysis (DESIGN §3): streaming
+// per-channel moments, massive-activation and channel-outlier detection, the
+// norm-weight channels that trigger outliers, and per-layer reports.
+#pragma once
+
+#include <oq/analysis/moments.hpp>
+#include <oq/analysis/outliers.hpp>
+#include <oq/analysis/report.hpp>

@@ -1,0 +1,125 @@
+// oq/analysis/moments.hpp: streaming, mergeable moments per channel.
+//
+// Calibration data arrives in batches (tokens × channels); a user should not
+// have to hold it all. ChannelMoments keeps, for every channel j, the count n,
+// the mean, the central sums M2 = Σ(x − mean)², M3, M4, the largest |x| and
+// Σ|x|, and merges batches with the pairwise formulas of Chan et al. (1979)
+// and Pébay (2008, eqs. 2.1–2.3 for order 4). A batch's own moments are taken
+// in two passes (mean, then central sums), everything in double: raw power
+// sums Σx⁴ would cancel catastrophically for channels whose mean is large
+// compared with their spread (DESIGN §3).
+//
+//   oq::analysis::ChannelMoments stats(4096);
+//   for (const auto& batch : calibration) stats.update(batch);   // batch: tokens × 4096
+//   Eigen::VectorXd peak = stats.absmax(), k = stats.kurtosis();
+//
+// Merging is associative up to rounding, so per-thread statistics can be
+// merged in any order (merge()).
+#pragma once
+
+#include <oq/detail/check.hpp>
+
+#include <Eigen/Core>
+
+#include <string_view>
+
+namespace oq::analysis {
+
+class ChannelMoments {
+ public:
+  using Vector = Eigen::VectorXd;
+
+  ChannelMoments() = default;
+  /// Empty statistics of `channels` channels (channels >= 0).
+  explicit ChannelMoments(Eigen::Index channels) {
+    detail::require(channels >= 0, "oq::analysis::ChannelMoments", "channels must be >= 0, got ", channels);
+    mean_ = m2_ = m3_ = m4_ = absmax_ = sum_abs_ = Vector::Zero(channels);
+  }
+
+  /// Adds a batch x (tokens × channels). An empty batch (0 rows) changes nothing.
+  /// Throws std::invalid_argument on a channel-count mismatch and
+  /// std::domain_error naming the first NaN/Inf entry.
+  template <class Derived>
+  void update(const Eigen::MatrixBase<Derived>& x) {
+    constexpr std::string_view kWhere = "oq::analysis::ChannelMoments::update";
+    detail::require(x.cols() == channels(), kWhere, "x must have ", channels(), " columns (channels), got ",
+                    x.cols());
+    if (x.rows() == 0) return;
+    detail::require_finite(x, kWhere, "x");
+    const Eigen::MatrixXd xd = x.template cast<double>();
+    ChannelMoments batch(channels());
+    batch.count_ = x.rows();
+    batch.mean_ = xd.colwise().mean().transpose();
+    const Eigen::MatrixXd d = xd.rowwise() - batch.mean_.transpose();
+    const Eigen::ArrayXXd d2 = d.array().square();
+    batch.m2_ = d2.colwise().sum().transpose();
+    batch.m3_ = (d2 * d.array()).colwise().sum().transpose();
+    batch.m4_ = d2.square().colwise().sum().transpose();
+    batch.absmax_ = xd.cwiseAbs().colwise().maxCoeff().transpose();
+    batch.sum_abs_ = xd.cwiseAbs().colwise().sum().transpose();
+    merge(batch);
+  }
+
+  /// Combines another set of statistics of the same channels into this one.
+  void merge(const ChannelMoments& other) {
+    detail::require(other.channels() == channels(), "oq::analysis::ChannelMoments::merge",
+                    "other must have ", channels(), " channels, got ", other.channels());
+    if (other.count_ == 0) return;
+    if (count_ == 0) {
+      *this = other;
+      return;
+    }
+    const double na = static_cast<double>(count_);
+    const double nb = static_cast<double>(other.count_);
+    const double n = na + nb;
+    const Eigen::ArrayXd delta = (other.mean_ - mean_).array();
+    const Eigen::ArrayXd delta2 = delta.square();
+    const Eigen::ArrayXd m2a = m2_.array(), m2b = other.m2_.array();
+    const Eigen::ArrayXd m3a = m3_.array(), m3b = other.m3_.array();
+    // Pébay (2008), eqs. 2.1–2.3, with δ = mean_b − mean_a.
+    m4_.array() = m4_.array() + other.m4_.array() +
+                  delta2.square() * (na * nb * (na * na - na * nb + nb * nb) / (n * n * n)) +
+                  6.0 * delta2 * (na * na * m2b + nb * nb * m2a) / (n * n) + 4.0 * delta * (na * m3b - nb * m3a) / n;
+    m3_.array() = m3a + m3b + delta2 * delta * (na * nb * (na - nb) / (n * n)) + 3.0 * delta * (na * m2b - nb * m2a) / n;
+    m2_.array() = m2a + m2b + delta2 * (na * nb / n);
+    mean_.array() += delta * (nb / n);
+    absmax_ = absmax_.cwiseMax(other.absmax_);
+    sum_abs_ += other.sum_abs_;
+    count_ += other.count_;
+  }
+
+  Eigen::Index channels() const { return mean_.size(); }
+  /// Tokens seen so far.
+  Eigen::Index count() const { return count_; }
+
+  const Vector& absmax() const { return absmax_; }
+  Vector mean_abs() const { return sum_abs_ / denominator("mean_abs"); }
+  const Vector& mean() const {
+    denominator("mean");
+    return mean_;
+  }
+  /// Biased (population) variance m2 = M2/n.
+  Vector variance() const { return m2_ / denominator("variance"); }
+  Vector stddev() const { return variance().cwiseSqrt(); }
+  /// Kurtosis m4 / (m2² + ε) per channel (biased moments, DESIGN §3); a
+  /// constant channel with ε = 0 gives 0/0 = NaN, reported as 0 (no tails).
+  Vector kurtosis(double epsilon = 0.0) const {
+    detail::require(epsilon >= 0.0, "oq::analysis::ChannelMoments::kurtosis", "epsilon must be >= 0, got ",
+                    epsilon);
+    const double n = denominator("kurtosis");
+    const Eigen::ArrayXd m2 = m2_.array() / n;
+    const Eigen::ArrayXd denom = m2.square() + epsilon;
+    return (denom > 0.0).select((m4_.array() / n) / denom, 0.0).matrix();
+  }
+
+ private:
+  double denominator(std::string_view what) const {
+    detail::require(count_ > 0, "oq::analysis::ChannelMoments", what, " needs at least one token, got none");
+    return static_cast<double>(count_);
+  }
+
+  Eigen::Index count_ = 0;
+  Vector mean_, m2_, m3_, m4_, absmax_, sum_abs_;
+};
+
+}  // namespace oq::analysis

@@ -1,0 +1,152 @@
+// oq/analysis/outliers.hpp: where the outliers are (DESIGN §3).
+//
+//  - Massive activations (Sun et al. 2024, "Massive Activations in Large
+//    Language Models", §2): single entries of a hidden state with |x| > 100
+//    and |x| ≥ 1000 × median |x| of that hidden state. Both thresholds are
+//    options. The median is the lower median (torch.median's convention) of
+//    all |x| in the matrix passed in; pass one hidden state (tokens × hidden)
+//    at a time. With a zero median every entry above min_abs qualifies (ratio ∞).
+//  - Channel-wise outliers (Nrusimha et al. 2024, "Mitigating the Impact of
+//    Outlier Channels for Language Model Quantization with Activation
+//    Regularization", §3): channels whose mean |x| exceeds 6 × the mean |x| of
+//    the whole input (all channels, all tokens).
+//  - Outlier-triggering weight channels: for an input produced by a norm with
+//    weight γ and consumed by a linear W (out × C), channel j's output energy
+//    scales with |γ_j|·‖W_{:,j}‖₂; channels whose score exceeds `min_ratio` ×
+//    the mean score over all channels are reported. (DESIGN is silent on the
+//    threshold: oq reuses the channel-outlier convention, ratio to the mean.)
+//
+//   auto massive = oq::analysis::find_massive_activations(hidden);
+//   for (auto& m : massive) std::printf("token %ld channel %ld: %g (%gx median)\n", ...);
+#pragma once
+
+#include <oq/analysis/moments.hpp>
+#include <oq/detail/check.hpp>
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string_view>
+#include <vector>
+
+namespace oq::analysis {
+
+struct MassiveActivationOptions {
+  double min_abs = 100.0;          ///< |x| must exceed this
+  double min_ratio_to_median = 1000.0;  ///< and be at least this many times median |x|
+};
+
+struct MassiveActivation {
+  Eigen::Index token;
+  Eigen::Index channel;
+  double value;
+  double ratio_to_median;
+};
+
+/// Every massive activation of a hidden state x (tokens × channels), in
+/// row-major order (token, then channel).
+template <class Derived>
+std::vector<MassiveActivation> find_massive_activations(const Eigen::MatrixBase<Derived>& x,
+                                                        const MassiveActivationOptions& options = {}) {
+  constexpr std::string_view kWhere = "oq::analysis::find_massive_activations";
+  detail::require(x.size() > 0, kWhere, "x must be non-empty, got ", x.rows(), " x ", x.cols());
+  detail::require(options.min_abs >= 0.0 && std::isfinite(options.min_abs), kWhere,
+                  "options.min_abs must be finite and >= 0, got ", options.min_abs);
+  detail::require(options.min_ratio_to_median >= 0.0, kWhere, "options.min_ratio_to_median must be >= 0, got ",
+                  options.min_ratio_to_median);
+  detail::require_finite(x, kWhere, "x");
+
+  std::vector<double> magnitudes(static_cast<std::size_t>(x.size()));
+  Eigen::Map<Eigen::MatrixXd>(magnitudes.data(), x.rows(), x.cols()) = x.template cast<double>().cwiseAbs();
+  const auto middle = magnitudes.begin() + (static_cast<std::ptrdiff_t>(magnitudes.size()) - 1) / 2;
+  std::nth_element(magnitudes.begin(), middle, magnitudes.end());
+  const double median = *middle;
+
+  std::vector<MassiveActivation> found;
+  for (Eigen::Index t = 0; t < x.rows(); ++t) {
+    for (Eigen::Index c = 0; c < x.cols(); ++c) {
+      const double v = static_cast<double>(x(t, c));
+      const double magnitude = std::fabs(v);
+      if (!(magnitude > options.min_abs)) continue;
+      const double ratio = median > 0.0 ? magnitude / median : std::numeric_limits<double>::infinity();
+      if (ratio >= options.min_ratio_to_median) found.push_back({t, c, v, ratio});
+    }
+  }
+  return found;
+}
+
+struct ChannelOutlier {
+  Eigen::Index channel;
+  double mean_abs;
+  double ratio_to_mean;  ///< mean |x| of the channel / mean |x| of the input
+};
+
+/// Channels of calibrated statistics whose mean |x| exceeds min_ratio × the
+/// mean |x| over all channels, largest ratio first.
+inline std::vector<ChannelOutlier> find_channel_outliers(const ChannelMoments& moments, double min_ratio = 6.0) {
+  constexpr std::string_view kWhere = "oq::analysis::find_channel_outliers";
+  detail::require(min_ratio > 0.0 && std::isfinite(min_ratio), kWhere, "min_ratio must be finite and > 0, got ",
+                  min_ratio);
+  detail::require(moments.channels() > 0 && moments.count() > 0, kWhere,
+                  "moments must hold at least one token of at least one channel");
+  const Eigen::VectorXd mean_abs = moments.mean_abs();
+  const double overall = mean_abs.mean();  // every channel has the same token count
+  std::vector<ChannelOutlier> found;
+  for (Eigen::Index j = 0; j < mean_abs.size(); ++j) {
+    const double ratio = overall > 0.0 ? mean_abs[j] / overall : 0.0;
+    if (ratio > min_ratio) found.push_back({j, mean_abs[j], ratio});
+  }
+  std::stable_sort(found.begin(), found.end(),
+                   [](const ChannelOutlier& a, const ChannelOutlier& b) { return a.ratio_to_mean > b.ratio_to_mean; });
+  return found;
+}
+
+/// Channel-wise outliers of one activation matrix (tokens × channels).
+template <class Derived>
+std::vector<ChannelOutlier> find_channel_outliers(const Eigen::MatrixBase<Derived>& x, double min_ratio = 6.0) {
+  detail::require(x.size() > 0, "oq::analysis::find_channel_outliers", "x must be non-empty, got ", x.rows(), " x ",
+                  x.cols());
+  ChannelMoments moments(x.cols());
+  moments.update(x);
+  return find_channel_outliers(moments, min_ratio);
+}
+
+struct WeightChannelScore {
+  Eigen::Index channel;
+  double score;          ///< |γ_j| · ‖W_{:,j}‖₂
+  double ratio_to_mean;  ///< score / mean score
+};
+
+/// Input channels of W (out × C) that a norm weight γ (length C) drives into
+/// outliers: |γ_j|·‖W_{:,j}‖₂ above min_ratio × the mean score, largest first.
+template <class GammaDerived, class WeightDerived>
+std::vector<WeightChannelScore> find_outlier_weight_channels(const Eigen::MatrixBase<GammaDerived>& gamma,
+                                                             const Eigen::MatrixBase<WeightDerived>& weight,
+                                                             double min_ratio = 6.0) {
+  constexpr std::string_view kWhere = "oq::analysis::find_outlier_weight_channels";
+  detail::require(gamma.size() > 0 && (gamma.rows() == 1 || gamma.cols() == 1), kWhere,
+                  "gamma must be a non-empty vector, got ", gamma.rows(), " x ", gamma.cols());
+  detail::require(weight.cols() == gamma.size() && weight.rows() > 0, kWhere, "weight must be out x ", gamma.size(),
+                  " (one column per channel of gamma), got ", weight.rows(), " x ", weight.cols());
+  detail::require(min_ratio > 0.0 && std::isfinite(min_ratio), kWhere, "min_ratio must be finite and > 0, got ",
+                  min_ratio);
+  detail::require_finite(gamma, kWhere, "gamma");
+  detail::require_finite(weight, kWhere, "weight");
+  const Eigen::VectorXd norms = weight.template cast<double>().colwise().norm().transpose();
+  const Eigen::VectorXd g = gamma.template cast<double>().reshaped().cwiseAbs();
+  const Eigen::VectorXd scores = g.cwiseProduct(norms);
+  const double mean = scores.mean();
+  std::vector<WeightChannelScore> found;
+  for (Eigen::Index j = 0; j < scores.size(); ++j) {
+    const double ratio = mean > 0.0 ? scores[j] / mean : 0.0;
+    if (ratio > min_ratio) found.push_back({j, scores[j], ratio});
+  }
+  std::stable_sort(found.begin(), found.end(), [](const WeightChannelScore& a, const WeightChannelScore& b) {
+    return a.ratio_to_mean > b.ratio_to_mean;
+  });
+  return found;
+}
+
+}  // namespace oq::analysis

@@ -1,0 +1,58 @@
+#include <oq/analysis/report.hpp>
+
+#include <doctest/doctest.h>
+
+#include "support/matrices.hpp"
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+using namespace oq::analysis;
+using oq::test::MatrixX;
+
+TEST_CASE("a before/after report prints a summary and writes one CSV row per channel") {
+  MatrixX<double> x = oq::test::gaussian<double>(128, 32, 1);
+  x.col(3) *= 50.0;
+  x(0, 3) = 5000.0;
+  const MatrixX<double> after = x / 10.0;
+  const LayerReport report = LayerReport::compare("layers.0.mlp.down_proj", x, after);
+
+  std::ostringstream table;
+  report.print(table);
+  const std::string text = table.str();
+  CHECK(text.find("layers.0.mlp.down_proj: 128 tokens x 32 channels") != std::string::npos);
+  CHECK(text.find("before") != std::string::npos);
+  CHECK(text.find("after") != std::string::npos);
+  CHECK(text.find(" 3 (") != std::string::npos);  // the outlier channel is listed
+  CHECK(report.massive_before.size() == 1);
+  CHECK(report.massive_after.size() == 1);  // 500 is still > 100 and ≥ 1000 × the (scaled) median
+
+  std::ostringstream written;
+  report.write_csv(written);
+  std::istringstream csv(written.str());
+  std::string line;
+  std::getline(csv, line);
+  CHECK(line == "channel,absmax_before,mean_abs_before,kurtosis_before,absmax_after,mean_abs_after,kurtosis_after");
+  int rows = 0;
+  while (std::getline(csv, line)) {
+    std::istringstream fields(line);
+    std::string channel, absmax_before, rest;
+    std::getline(fields, channel, ',');
+    std::getline(fields, absmax_before, ',');
+    const Eigen::Index c = std::stol(channel);
+    CHECK(c == rows);
+    CHECK(std::stod(absmax_before) == doctest::Approx(x.col(c).cwiseAbs().maxCoeff()).epsilon(1e-8));
+    ++rows;
+  }
+  CHECK(rows == 32);
+}
+
+TEST_CASE("a single-matrix report has no after columns; shapes must agree") {
+  const MatrixX<float> x = oq::test::gaussian<float>(16, 8, 2);
+  std::ostringstream out;
+  LayerReport::of("q_proj input", x).write_csv(out);
+  CHECK(out.str().rfind("channel,absmax_before,mean_abs_before,kurtosis_before\n", 0) == 0);
+  CHECK_THROWS_WITH_AS(LayerReport::compare("x", x, MatrixX<float>(16, 9)), doctest::Contains("after must be 16 x 8"),
+                       std::invalid_argument);
+}
