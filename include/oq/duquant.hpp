@@ -1,0 +1,17 @@
+// oq/duquant.hpp: module header for DuQuant (Lin et al., NeurIPS 2024; DESIGN
+// §6): everything an engine needs to calibrate and apply the dual
+// transformation M = R₁·P·R₂ (after optional smoothing) to its layers.
+//
+//   #include <oq/duquant.hpp>
+//   using namespace oq::transform;
+//   auto t = calibrate_duquant(x_calib, DuQuantOptions{}, q_primes);  // per linear input
+//   w = t.fold_into_weight(w);                                         // offline
+//   x_hat = t.apply(x);                                                // run time
+//   save_duquant(file, t);                                             // keep it
+#pragma once
+
+#include <oq/transform/duquant.hpp>
+#include <oq/transform/duquant_io.hpp>
+#include <oq/transform/duquant_rotation.hpp>
+#include <oq/transform/smoothing.hpp>
+#include <oq/transform/zigzag.hpp>

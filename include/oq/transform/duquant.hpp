@@ -1,0 +1,198 @@
+// oq/transform/duquant.hpp: the whole DuQuant transform of one linear layer's
+// input, M = R₁·P₁·R₂ (·P₂·R₃ … with more permutation rounds), optionally
+// preceded by smoothing scales (DESIGN §6; Lin et al. 2024, eq. 5).
+//
+// Every R_i is block-diagonal with one b×b block repeated C/b times (the
+// greedy rotation of duquant_rotation.hpp), every P_i the zigzag permutation
+// (zigzag.hpp). With smoothing scales s, the layer y = X·Wᵀ becomes
+//     y = (X·diag(s)⁻¹·M) · (W·diag(s)·M)ᵀ,
+// exact because M is orthogonal (DESIGN §5): apply() transforms activations,
+// fold_into_weight() weights, invert() undoes apply().
+//
+//   using namespace oq::transform;
+//   std::mt19937_64 rng(0);
+//   auto t = calibrate_duquant(x_calib, DuQuantOptions{}, rng);   // 128-blocks, 256 steps
+//   Eigen::MatrixXf w_hat = t.fold_into_weight(w);                // once, offline
+//   auto x_hat = t.apply(x);                                      // per batch (or fused on GPU)
+#pragma once
+
+#include <oq/detail/check.hpp>
+#include <oq/transform/duquant_rotation.hpp>
+#include <oq/transform/zigzag.hpp>
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <cstddef>
+#include <functional>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace oq::transform {
+
+template <class Scalar>
+class DuQuantTransform {
+ public:
+  using Matrix = DenseMatrix<Scalar>;
+  using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  using Result = RowMajorMatrix<Scalar>;
+
+  /// A transform over `channels` channels from its parts: rotations.size() ==
+  /// permutations.size() + 1 orthogonal b×b blocks (b | channels), zigzag
+  /// permutations of the channels, and smoothing scales (empty: none; else
+  /// `channels` positive finite values).
+  DuQuantTransform(Eigen::Index channels, std::vector<Matrix> rotations, std::vector<Permutation> permutations,
+                   Vector smoothing = Vector())
+      : channels_(channels),
+        rotations_(std::move(rotations)),
+        permutations_(std::move(permutations)),
+        smoothing_(std::move(smoothing)) {
+    constexpr std::string_view kWhere = "oq::transform::DuQuantTransform";
+    detail::require(channels_ > 0, kWhere, "channels must be > 0, got ", channels_);
+    detail::require(!rotations_.empty() && rotations_.size() == permutations_.size() + 1, kWhere,
+                    "rotations must hold one more matrix than permutations, got ", rotations_.size(), " and ",
+                    permutations_.size());
+    const Eigen::Index b = rotations_.front().rows();
+    detail::require(b > 0 && channels_ % b == 0, kWhere, "the rotation block size (", b,
+                    ") must divide channels (", channels_, ")");
+    for (const Matrix& r : rotations_) require_orthogonal(r, b, kWhere, "rotations[i]");
+    for (const Permutation& p : permutations_) validate_permutation(p, channels_, kWhere);
+    if (smoothing_.size() != 0) {
+      detail::require(smoothing_.size() == channels_, kWhere, "smoothing must have ", channels_, " scales, got ",
+                      smoothing_.size());
+      detail::require_finite(smoothing_, kWhere, "smoothing");
+      detail::require((smoothing_.array() > Scalar(0)).all(), kWhere, "smoothing scales must be > 0");
+    }
+  }
+
+  Eigen::Index channels() const { return channels_; }
+  Eigen::Index block_size() const { return rotations_.front().rows(); }
+  const std::vector<Matrix>& rotations() const { return rotations_; }
+  const std::vector<Permutation>& permutations() const { return permutations_; }
+  const Vector& smoothing() const { return smoothing_; }
+
+  /// Activations: X·diag(s)⁻¹·M (X is tokens × channels).
+  template <class Derived>
+  Result apply(const Eigen::MatrixBase<Derived>& x) const {
+    Result y = checked_copy(x, "oq::transform::DuQuantTransform::apply", "x");
+    if (smoothing_.size() != 0) y.array().rowwise() /= smoothing_.transpose().array();
+    forward(y);
+    return y;
+  }
+
+  /// Weights (out × channels): W·diag(s)·M, so that apply(X)·fold_into_weight(W)ᵀ = X·Wᵀ.
+  template <class Derived>
+  Result fold_into_weight(const Eigen::MatrixBase<Derived>& w) const {
+    Result y = checked_copy(w, "oq::transform::DuQuantTransform::fold_into_weight", "w");
+    if (smoothing_.size() != 0) y.array().rowwise() *= smoothing_.transpose().array();
+    forward(y);
+    return y;
+  }
+
+  /// The inverse of apply(): (X̂·Mᵀ)·diag(s).
+  template <class Derived>
+  Result invert(const Eigen::MatrixBase<Derived>& x_hat) const {
+    Result y = checked_copy(x_hat, "oq::transform::DuQuantTransform::invert", "x_hat");
+    for (std::size_t i = rotations_.size(); i-- > 0;) {
+      rotate_blocks(y, rotations_[i].transpose());
+      if (i > 0) y = y(Eigen::all, inverse_permutation(permutations_[i - 1])).eval();
+    }
+    if (smoothing_.size() != 0) y.array().rowwise() *= smoothing_.transpose().array();
+    return y;
+  }
+
+  /// The dense orthogonal M (channels × channels), smoothing excluded.
+  Matrix matrix() const {
+    Result m = Result::Identity(channels_, channels_);
+    forward(m);
+    return m;
+  }
+
+ private:
+  template <class Derived>
+  Result checked_copy(const Eigen::MatrixBase<Derived>& x, std::string_view where, std::string_view name) const {
+    detail::require(x.cols() == channels_, where, name, " must have ", channels_, " columns, got ", x.cols());
+    detail::require_finite(x, where, name);
+    return x.template cast<Scalar>();
+  }
+
+  // Right-multiplies every b-wide block of every row of y by r.
+  template <class RotationDerived>
+  void rotate_blocks(Result& y, const Eigen::MatrixBase<RotationDerived>& r) const {
+    const Eigen::Index b = block_size();
+    Eigen::Map<Result> blocks(y.data(), y.rows() * (channels_ / b), b);
+    blocks = (blocks * r).eval();
+  }
+
+  void forward(Result& y) const {
+    for (std::size_t i = 0; i < rotations_.size(); ++i) {
+      rotate_blocks(y, rotations_[i]);
+      if (i < permutations_.size()) y = y(Eigen::all, permutations_[i]).eval();
+    }
+  }
+
+  Eigen::Index channels_;
+  std::vector<Matrix> rotations_;
+  std::vector<Permutation> permutations_;
+  Vector smoothing_;
+};
+
+struct DuQuantOptions {
+  Eigen::Index block_size = 128;  ///< b (DuQuant's default)
+  int greedy_steps = 256;         ///< N of Algorithm 1 per rotation
+  int permutation_rounds = 1;     ///< zigzag permutations; rotations = rounds + 1
+  GreedyScore score = GreedyScore::kRange;
+  /// Called as progress(rotation index, steps done, steps in all); may be empty.
+  std::function<void(int, int, int)> progress{};
+};
+
+/// Calibrates M on activations x (tokens × channels), with the random factor
+/// Q′ of every rotation stage given explicitly (permutation_rounds + 1
+/// matrices of (b−1)×(b−1)), and optional smoothing scales applied first.
+/// A pure function of its inputs.
+template <class Derived>
+DuQuantTransform<typename Derived::Scalar> calibrate_duquant(
+    const Eigen::MatrixBase<Derived>& x, const DuQuantOptions& options,
+    const std::vector<DenseMatrix<typename Derived::Scalar>>& q_primes,
+    const Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1>& smoothing = {}) {
+  using Scalar = typename Derived::Scalar;
+  constexpr std::string_view kWhere = "oq::transform::calibrate_duquant";
+  const Eigen::Index b = options.block_size;
+  detail::require(b >= 2, kWhere, "options.block_size must be >= 2, got ", b);
+  detail::require(x.rows() > 0 && x.cols() > 0, kWhere, "x must be non-empty, got ", x.rows(), " x ", x.cols());
+  detail::require(x.cols() % b == 0, kWhere, "options.block_size (", b, ") must divide the channel count of x (",
+                  x.cols(), ")");
+  detail::require(options.permutation_rounds >= 0, kWhere, "options.permutation_rounds must be >= 0, got ",
+                  options.permutation_rounds);
+  detail::require(options.greedy_steps >= 0, kWhere, "options.greedy_steps must be >= 0, got ", options.greedy_steps);
+  detail::require(static_cast<int>(q_primes.size()) == options.permutation_rounds + 1, kWhere,
+                  "q_primes must hold permutation_rounds + 1 = ", options.permutation_rounds + 1, " matrices, got ",
+                  q_primes.size());
+
+  // Validates x and smoothing as the finished transform would.
+  const DuQuantTransform<Scalar> identity(
+      x.cols(), {DenseMatrix<Scalar>::Identity(b, b)}, {}, smoothing);
+  RowMajorMatrix<Scalar> y = identity.apply(x);
+
+  std::vector<DenseMatrix<Scalar>> rotations;
+  std::vector<Permutation> permutations;
+  for (int stage = 0; stage <= options.permutation_rounds; ++stage) {
+    GreedyRotationOptions greedy{options.greedy_steps, options.score, {}};
+    if (options.progress) {
+      greedy.progress = [&options, stage](int done, int total) { options.progress(stage, done, total); };
+    }
+    const DenseMatrix<Scalar> base = duquant_base_block(q_primes[static_cast<std::size_t>(stage)]);
+    rotations.push_back(greedy_block_rotation(y, base, greedy).rotation);
+    Eigen::Map<RowMajorMatrix<Scalar>> blocks(y.data(), y.rows() * (y.cols() / b), b);
+    blocks = (blocks * rotations.back()).eval();
+    if (stage < options.permutation_rounds) {
+      const Eigen::Matrix<Scalar, Eigen::Dynamic, 1> channel_max = y.cwiseAbs().colwise().maxCoeff().transpose();
+      permutations.push_back(zigzag_permutation(channel_max, b));
+      y = y(Eigen::all, permutations.back()).eval();
+    }
+  }
+  return DuQuantTransform<Scalar>(x.cols(), std::move(rotations), std::move(permutations), smoothing);
+}
+
+}  // namespace oq::transform

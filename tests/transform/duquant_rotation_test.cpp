@@ -1,0 +1,193 @@
+#include <oq/transform/duquant_rotation.hpp>
+
+#include <doctest/doctest.h>
+
+#include "support/matrices.hpp"
+
+#include <Eigen/QR>
+
+#include <cmath>
+#include <stdexcept>
+#include <vector>
+
+using namespace oq::transform;
+using Matrix = Eigen::MatrixXd;
+
+namespace {
+
+// Some orthogonal matrix (not necessarily Haar) for Q′.
+Matrix some_orthogonal(Eigen::Index n, std::uint64_t seed) {
+  return Eigen::HouseholderQR<Matrix>(oq::test::gaussian<double>(n, n, seed)).householderQ();
+}
+
+// Plain float64 reference of the spreading matrix: explicit Givens matrices
+// multiplied in the order the formula is written, then the index exchange.
+Matrix givens_ref(Eigen::Index b) {
+  Matrix product = Matrix::Identity(b, b);
+  for (Eigen::Index i = 0; i + 1 < b; ++i) {
+    Matrix g = Matrix::Identity(b, b);
+    const double c = 1.0 / std::sqrt(double(i + 2)), s = std::sqrt(double(i + 1)) / std::sqrt(double(i + 2));
+    g(i, i) = c;
+    g(i + 1, i + 1) = c;
+    g(i, i + 1) = -s;
+    g(i + 1, i) = s;
+    product = g * product;  // G_(b−2)⋯G_0: later rotations on the left
+  }
+  Matrix e = Matrix::Identity(b, b);
+  e(0, 0) = e(b - 1, b - 1) = 0;
+  e(0, b - 1) = e(b - 1, 0) = 1;
+  return e * product * e;
+}
+
+struct GreedyRef {
+  std::vector<Eigen::Index> pivots;
+  std::vector<double> scores;
+  Eigen::Index kept;
+  Matrix rotation;
+};
+
+// Algorithm 1 in plain loops: blocks as a vector of rows, explicit argmax,
+// exchanged matrix built by index mapping, triple-loop products.
+GreedyRef greedy_ref(const Matrix& x, const Matrix& base, int steps) {
+  const Eigen::Index b = base.rows();
+  std::vector<std::vector<double>> rows;
+  for (Eigen::Index t = 0; t < x.rows(); ++t)
+    for (Eigen::Index k = 0; k < x.cols() / b; ++k) {
+      std::vector<double> row(static_cast<std::size_t>(b));
+      for (Eigen::Index j = 0; j < b; ++j) row[static_cast<std::size_t>(j)] = x(t, k * b + j);
+      rows.push_back(row);
+    }
+  auto score = [&] {
+    double hi = -1e300, lo = 1e300;
+    for (const auto& r : rows)
+      for (double v : r) hi = std::max(hi, v), lo = std::min(lo, v);
+    return hi - lo;
+  };
+  auto exchanged = [&](Eigen::Index d) {
+    auto swap_index = [&](Eigen::Index i) { return i == 0 ? d : i == d ? 0 : i; };
+    Matrix m(b, b);
+    for (Eigen::Index i = 0; i < b; ++i)
+      for (Eigen::Index j = 0; j < b; ++j) m(i, j) = base(swap_index(i), swap_index(j));
+    return m;
+  };
+  GreedyRef ref;
+  for (int t = 0; t < steps; ++t) {
+    ref.scores.push_back(score());
+    double best = -1;
+    Eigen::Index d = 0;
+    for (const auto& r : rows)
+      for (Eigen::Index j = 0; j < b; ++j)
+        if (std::fabs(r[static_cast<std::size_t>(j)]) > best) best = std::fabs(r[static_cast<std::size_t>(j)]), d = j;
+    ref.pivots.push_back(d);
+    const Matrix m = exchanged(d);
+    for (auto& r : rows) {
+      std::vector<double> out(static_cast<std::size_t>(b), 0.0);
+      for (Eigen::Index j = 0; j < b; ++j)
+        for (Eigen::Index i = 0; i < b; ++i) out[static_cast<std::size_t>(j)] += r[static_cast<std::size_t>(i)] * m(i, j);
+      r = out;
+    }
+  }
+  ref.scores.push_back(score());
+  ref.kept = 0;
+  for (std::size_t t = 1; t < ref.scores.size(); ++t)
+    if (ref.scores[t] < ref.scores[static_cast<std::size_t>(ref.kept)]) ref.kept = static_cast<Eigen::Index>(t);
+  ref.rotation = Matrix::Identity(b, b);
+  for (Eigen::Index t = 0; t < ref.kept; ++t) ref.rotation = ref.rotation * exchanged(ref.pivots[static_cast<std::size_t>(t)]);
+  return ref;
+}
+
+}  // namespace
+
+TEST_CASE("the Givens spreading matrix: orthogonal, first row uniformly 1/sqrt(b), as the formula says") {
+  for (Eigen::Index b : {2, 3, 8, 128}) {
+    CAPTURE(b);
+    const Matrix r = givens_spread_matrix(b);
+    CHECK((r * r.transpose() - Matrix::Identity(b, b)).cwiseAbs().maxCoeff() < 1e-13);
+    CHECK((r.row(0).array() - 1.0 / std::sqrt(double(b))).abs().maxCoeff() < 1e-14);
+    CHECK((r - givens_ref(b)).cwiseAbs().maxCoeff() < 1e-13);
+  }
+}
+
+TEST_CASE("the base block B = R·diag(1, Q′)") {
+  const Matrix q = some_orthogonal(15, 1);
+  const Matrix base = duquant_base_block(q);
+  CHECK((base * base.transpose() - Matrix::Identity(16, 16)).cwiseAbs().maxCoeff() < 1e-13);
+  Matrix diag = Matrix::Identity(16, 16);
+  diag.bottomRightCorner(15, 15) = q;
+  CHECK((base - givens_spread_matrix(16) * diag).cwiseAbs().maxCoeff() < 1e-14);
+  CHECK(duquant_base_block(Matrix::Identity(7, 7)).isApprox(givens_spread_matrix(8), 1e-15));
+  const Eigen::MatrixXf base_f = duquant_base_block(q.cast<float>().eval());
+  CHECK((base_f * base_f.transpose() - Eigen::MatrixXf::Identity(16, 16)).cwiseAbs().maxCoeff() < 1e-5f);
+}
+
+TEST_CASE("greedy rotation equals a plain float64 implementation of Algorithm 1") {
+  Matrix x = oq::test::gaussian<double>(6, 32, 7);
+  x(2, 13) = 80.0;  // channel 5 of block 1
+  x(4, 6) = -60.0;  // channel 6 of block 0
+  x.col(25) *= 10.0;
+  const Matrix base = duquant_base_block(some_orthogonal(7, 2));
+  const auto got = greedy_block_rotation(x, base, {.steps = 12});
+  const GreedyRef ref = greedy_ref(x, base, 12);
+  CHECK(got.pivots == ref.pivots);
+  REQUIRE(got.scores.size() == ref.scores.size());
+  for (std::size_t t = 0; t < ref.scores.size(); ++t) CHECK(got.scores[t] == doctest::Approx(ref.scores[t]).epsilon(1e-12));
+  CHECK(got.kept == ref.kept);
+  CHECK(got.kept > 0);
+  CHECK((got.rotation - ref.rotation).cwiseAbs().maxCoeff() < 1e-12);
+  // The paper pivots on the outlier's channel: the first pivot is channel 5.
+  CHECK(got.pivots[0] == 5);
+  // The kept rotation attains the minimum score.
+  using RowMatrix = Eigen::Matrix<double, -1, -1, Eigen::RowMajor>;
+  const RowMatrix x_row = x;
+  const Matrix blocks = Eigen::Map<const RowMatrix>(x_row.data(), 6 * 4, 8);  // (token, block) rows
+  const Matrix rotated = blocks * got.rotation;
+  CHECK(rotated.maxCoeff() - rotated.minCoeff() == doctest::Approx(got.scores[static_cast<std::size_t>(got.kept)]));
+}
+
+TEST_CASE("one massive outlier is spread to value/sqrt(b)") {
+  // With Q′ = I one step spreads channel d evenly: the outlier v becomes v/√b
+  // in every channel of its block, plus at most the rotated Gaussian noise.
+  const Eigen::Index b = 64;
+  Matrix x = oq::test::gaussian<double>(16, 256, 3, 0.01);
+  const double v = 2000.0;
+  x(0, 70) = v;
+  const auto g = greedy_block_rotation(x, duquant_base_block(Matrix::Identity(b - 1, b - 1)), {.steps = 8});
+  REQUIRE(g.kept >= 1);
+  CHECK(g.pivots[0] == 70 % b);
+  Eigen::Matrix<double, -1, -1, Eigen::RowMajor> y = x;
+  Eigen::Map<Eigen::Matrix<double, -1, -1, Eigen::RowMajor>> blocks(y.data(), 16 * 4, b);
+  blocks = (blocks * g.rotation).eval();
+  // The noise of a row-block has norm <= 0.01·√b·5 (5 sigma), and rotations keep norms.
+  CHECK(y.cwiseAbs().maxCoeff() <= v / std::sqrt(double(b)) + 0.05 * std::sqrt(double(b)));
+  CHECK(x.cwiseAbs().maxCoeff() / y.cwiseAbs().maxCoeff() > 0.9 * std::sqrt(double(b)));
+}
+
+TEST_CASE("zero steps keep the identity; the float path stays orthogonal") {
+  const Matrix x = oq::test::gaussian<double>(4, 16, 1);
+  const Matrix base = duquant_base_block(some_orthogonal(7, 3));
+  const auto none = greedy_block_rotation(x, base, {.steps = 0});
+  CHECK(none.kept == 0);
+  CHECK(none.scores.size() == 1);
+  CHECK(none.rotation == Matrix::Identity(8, 8));
+
+  Eigen::MatrixXf xf = oq::test::heavy_tailed<float>(64, 256, 5);
+  const auto gf = greedy_block_rotation(xf, duquant_base_block(some_orthogonal(127, 4).cast<float>().eval()),
+                                        {.steps = 64, .score = GreedyScore::kAbsMax});
+  CHECK((gf.rotation * gf.rotation.transpose() - Eigen::MatrixXf::Identity(128, 128)).cwiseAbs().maxCoeff() < 1e-5f);
+}
+
+TEST_CASE("bad input") {
+  const Matrix base = duquant_base_block(Matrix::Identity(7, 7));
+  CHECK_THROWS_WITH_AS(greedy_block_rotation(oq::test::gaussian<double>(2, 12, 1), base),
+                       doctest::Contains("the block size (8) must divide the channel count of x (12)"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(greedy_block_rotation(oq::test::gaussian<double>(2, 16, 1), base, {.steps = -1}),
+                       doctest::Contains("options.steps must be >= 0"), std::invalid_argument);
+  Matrix nan = oq::test::gaussian<double>(2, 16, 1);
+  nan(1, 3) = std::nan("");
+  CHECK_THROWS_WITH_AS(greedy_block_rotation(nan, base), doctest::Contains("x(1, 3) is nan"), std::domain_error);
+  CHECK_THROWS_WITH_AS(duquant_base_block(Matrix::Ones(3, 3)), doctest::Contains("q_prime must be orthogonal"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(duquant_base_block(Matrix::Identity(3, 4)), doctest::Contains("q_prime must be 3 x 3"),
+                       std::invalid_argument);
+}
