@@ -7,5 +7,6 @@
 #include <oq/core/rounding.hpp>
 #include <oq/duquant.hpp>
 #include <oq/int4.hpp>
+#include <oq/kurtosis.hpp>
 #include <oq/quant.hpp>
 #include <oq/smoothquant.hpp>

@@ -121,7 +121,7 @@ TEST_CASE("constant channels and bad input") {
   CHECK(m.kurtosis(1e-3).isZero(0));
   CHECK_THROWS_WITH_AS(m.update(MatrixX<double>::Zero(2, 4)), doctest::Contains("x must have 3 columns"),
                        std::invalid_argument);
-  CHECK_THROWS_WITH_AS(m.kurtosis(-1.0), doctest::Contains("epsilon must be >= 0"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(m.kurtosis(-1.0), doctest::Contains("epsilon must be finite and >= 0"), std::invalid_argument);
   x(4, 1) = std::numeric_limits<double>::quiet_NaN();
   CHECK_THROWS_WITH_AS(m.update(x), doctest::Contains("x(4, 1) is nan"), std::domain_error);
   CHECK(m.count() == 10);  // a rejected batch leaves the statistics as they were

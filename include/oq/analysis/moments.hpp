@@ -21,6 +21,7 @@
 
 #include <Eigen/Core>
 
+#include <cmath>
 #include <string_view>
 
 namespace oq::analysis {
@@ -104,8 +105,8 @@ class ChannelMoments {
   /// Kurtosis m4 / (m2² + ε) per channel (biased moments, DESIGN §3); a
   /// constant channel with ε = 0 gives 0/0 = NaN, reported as 0 (no tails).
   Vector kurtosis(double epsilon = 0.0) const {
-    detail::require(epsilon >= 0.0, "oq::analysis::ChannelMoments::kurtosis", "epsilon must be >= 0, got ",
-                    epsilon);
+    detail::require(epsilon >= 0.0 && std::isfinite(epsilon), "oq::analysis::ChannelMoments::kurtosis",
+                    "epsilon must be finite and >= 0, got ", epsilon);
     const double n = denominator("kurtosis");
     const Eigen::ArrayXd m2 = m2_.array() / n;
     const Eigen::ArrayXd denom = m2.square() + epsilon;
