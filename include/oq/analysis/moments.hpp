@@ -47,17 +47,25 @@ class ChannelMoments {
                     x.cols());
     if (x.rows() == 0) return;
     detail::require_finite(x, kWhere, "x");
-    const Eigen::MatrixXd xd = x.template cast<double>();
-    ChannelMoments batch(channels());
-    batch.count_ = x.rows();
-    batch.mean_ = xd.colwise().mean().transpose();
-    const Eigen::MatrixXd d = xd.rowwise() - batch.mean_.transpose();
-    const Eigen::ArrayXXd d2 = d.array().square();
-    batch.m2_ = d2.colwise().sum().transpose();
-    batch.m3_ = (d2 * d.array()).colwise().sum().transpose();
-    batch.m4_ = d2.square().colwise().sum().transpose();
-    batch.absmax_ = xd.cwiseAbs().colwise().maxCoeff().transpose();
-    batch.sum_abs_ = xd.cwiseAbs().colwise().sum().transpose();
+    // Row by row with channel-length accumulators: no batch-sized temporaries
+    // (allocating and faulting in those cost more than the arithmetic), and
+    // contiguous reads for the usual row-major activations.
+    const Eigen::Index n = x.rows(), c = channels();
+    ChannelMoments batch(c);
+    batch.count_ = n;
+    Eigen::ArrayXd sum = Eigen::ArrayXd::Zero(c), row(c), d(c), d2(c);
+    for (Eigen::Index r = 0; r < n; ++r) sum += x.row(r).transpose().template cast<double>().array();
+    batch.mean_ = (sum / static_cast<double>(n)).matrix();
+    for (Eigen::Index r = 0; r < n; ++r) {
+      row = x.row(r).transpose().template cast<double>().array();
+      d = row - batch.mean_.array();
+      d2 = d.square();
+      batch.m2_.array() += d2;
+      batch.m3_.array() += d2 * d;
+      batch.m4_.array() += d2.square();
+      batch.absmax_.array() = batch.absmax_.array().max(row.abs());
+      batch.sum_abs_.array() += row.abs();
+    }
     merge(batch);
   }
 
