@@ -1,0 +1,92 @@
+// oq/cuda/device/quantize_per_token.cuh: host launcher of the per-token
+// quantization kernel (kernel/quantize_per_token.cuh).
+//
+//   using Quantize = oq::cuda::device::QuantizePerToken<__nv_bfloat16>;
+//   Quantize::Params p;
+//   p.x = d_x; p.rows = m; p.cols = k; p.ld_x = k;
+//   p.codes = d_codes; p.ld_codes = k / 2; p.scales = d_s; p.zeros = d_z; p.code_sums = d_sums;
+//   p.bits = 4; p.symmetric = false; p.clip_ratio = 0.9f;           // DuQuant's activations
+//   p.rotation = d_r; p.block_size = 128;                           // optional fused X·R
+//   if (auto r = Quantize::run(p, stream); !r.ok()) throw std::runtime_error(r.message);
+//
+// can_implement() checks the arguments first (no CUDA call), then the device:
+// compute capability 8.0 or newer, and shared memory for the row plus the
+// rotation (K·4 + b²·4 bytes) within the device's opt-in limit.
+#pragma once
+
+#include <oq/cuda/kernel/quantize_per_token.cuh>
+#include <oq/cuda/status.cuh>
+
+#include <cstdint>
+#include <limits>
+#include <string>
+
+namespace oq::cuda::device {
+
+template <class Element, int kThreads = 256>
+class QuantizePerToken {
+ public:
+  using Params = kernel::QuantizePerTokenParams<Element>;
+  using Kernel = kernel::QuantizePerToken<Element, kThreads>;
+
+  /// The argument checks alone: no CUDA call, usable without a GPU.
+  static Report check_arguments(const Params& p) {
+    auto bad = [](Status s, const std::string& why) { return Report::failure(s, "QuantizePerToken: " + why); };
+    if (p.rows < 0 || p.rows > std::numeric_limits<int>::max())
+      return bad(Status::kInvalidShape, "rows must be in [0, 2^31), got " + std::to_string(p.rows));
+    if (p.cols <= 0) return bad(Status::kInvalidShape, "cols must be > 0, got " + std::to_string(p.cols));
+    if (p.bits != 4 && p.bits != 8) return bad(Status::kInvalidArgument, "bits must be 4 or 8, got " + std::to_string(p.bits));
+    if (p.bits == 4 && p.cols % 2 != 0)
+      return bad(Status::kInvalidShape, "cols must be even for 4-bit codes (two per byte), got " + std::to_string(p.cols));
+    if (p.ld_x < p.cols) return bad(Status::kInvalidShape, "ld_x must be >= cols (" + std::to_string(p.cols) + "), got " + std::to_string(p.ld_x));
+    const std::int64_t row_bytes = p.cols * p.bits / 8;
+    if (p.ld_codes < row_bytes)
+      return bad(Status::kInvalidShape, "ld_codes must be >= " + std::to_string(row_bytes) + " bytes, got " + std::to_string(p.ld_codes));
+    if (!(p.clip_ratio > 0.0f && p.clip_ratio <= 1.0f))
+      return bad(Status::kInvalidArgument, "clip_ratio must be in (0, 1], got " + std::to_string(p.clip_ratio));
+    if (p.rows > 0 && (p.x == nullptr || p.codes == nullptr || p.scales == nullptr || p.zeros == nullptr))
+      return bad(Status::kInvalidArgument, "x, codes, scales and zeros must not be null");
+    if ((p.rotation == nullptr) != (p.block_size == 0))
+      return bad(Status::kInvalidArgument, "rotation and block_size must be given together (block_size " +
+                                               std::to_string(p.block_size) + ")");
+    if (p.rotation != nullptr) {
+      if (p.block_size < 1 || kThreads % p.block_size != 0)
+        return bad(Status::kInvalidArgument, "block_size must divide " + std::to_string(kThreads) + ", got " + std::to_string(p.block_size));
+      if (p.cols % p.block_size != 0)
+        return bad(Status::kInvalidShape, "block_size (" + std::to_string(p.block_size) + ") must divide cols (" +
+                                              std::to_string(p.cols) + ")");
+    }
+    return Report::success();
+  }
+
+  /// Arguments, then the current device.
+  static Report can_implement(const Params& p) {
+    if (Report r = check_arguments(p); !r.ok()) return r;
+    int device = 0;
+    OQ_CUDA_TRY(cudaGetDevice(&device));
+    cudaDeviceProp prop{};
+    OQ_CUDA_TRY(cudaGetDeviceProperties(&prop, device));
+    if (prop.major < 8)
+      return Report::failure(Status::kUnsupportedDevice, "QuantizePerToken: needs compute capability 8.0 or newer, got " +
+                                                             std::to_string(prop.major) + "." + std::to_string(prop.minor));
+    const std::size_t smem = Kernel::dynamic_smem_bytes(p) + sizeof(typename Kernel::SharedStorage);
+    if (smem > prop.sharedMemPerBlockOptin)
+      return Report::failure(Status::kUnsupportedDevice,
+                             "QuantizePerToken: the row and rotation need " + std::to_string(smem) +
+                                 " bytes of shared memory, the device allows " + std::to_string(prop.sharedMemPerBlockOptin));
+    return Report::success();
+  }
+
+  static Report run(const Params& p, cudaStream_t stream = nullptr) {
+    if (Report r = can_implement(p); !r.ok()) return r;
+    if (p.rows == 0) return Report::success();
+    const auto smem = static_cast<int>(Kernel::dynamic_smem_bytes(p));
+    auto* entry = &kernel::quantize_per_token_kernel<Element, kThreads>;
+    OQ_CUDA_TRY(cudaFuncSetAttribute(entry, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    entry<<<static_cast<unsigned>(p.rows), kThreads, smem, stream>>>(p);
+    OQ_CUDA_TRY(cudaGetLastError());
+    return Report::success();
+  }
+};
+
+}  // namespace oq::cuda::device

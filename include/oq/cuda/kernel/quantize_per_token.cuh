@@ -1,0 +1,187 @@
+// oq/cuda/kernel/quantize_per_token.cuh: dynamic per-token quantization of
+// activations, optionally after a block rotation, in one pass (DESIGN §2, §6).
+//
+// One CTA per row (token). The row is staged in shared memory as float; with
+// a rotation, every b-wide block is replaced by block·R (R: b×b, row-major,
+// the same for all blocks — DuQuant's R or a normalised Hadamard), so an
+// engine applies X·M and quantizes without a round trip through memory. The
+// row's min/max (or max |x|) come from a cub::BlockReduce, the scale and zero
+// point from core/quant_math.hpp — the same function the host quantizers call,
+// so codes, scales and zero points equal oq::quant::quantize bit for bit on
+// unrotated input (IEEE division, round half to even).
+//
+// Outputs, per row m:
+//   codes     bits = 4: K/2 bytes, the packed INT4 row of format/int4_row.hpp
+//             (u4 when asymmetric, s4 when symmetric); bits = 8: K bytes
+//             (uint8 asymmetric, int8 symmetric)
+//   scales[m], zeros[m] (float; zero 0 when symmetric)
+//   code_sums[m] = Σ_k q[m, k], the raw codes, for the zero-point terms of
+//             the GEMM epilogue (DESIGN §7); may be null.
+//
+// This first version favours clarity and exactness over speed (the row lives
+// in shared memory, so K·4 bytes plus the rotation must fit); issue 6 tunes it.
+#pragma once
+
+#include <oq/core/int4.hpp>
+#include <oq/core/quant_math.hpp>
+#include <oq/cuda/status.cuh>
+
+#include <cub/block/block_reduce.cuh>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace oq::cuda::kernel {
+
+/// Arguments of the per-token quantization kernel (device pointers).
+template <class Element>
+struct QuantizePerTokenParams {
+  const Element* x = nullptr;  ///< rows × cols, row-major, rows ld_x elements apart
+  std::int64_t rows = 0;
+  std::int64_t cols = 0;
+  std::int64_t ld_x = 0;
+  std::uint8_t* codes = nullptr;  ///< rows × (cols·bits/8) bytes, rows ld_codes bytes apart
+  std::int64_t ld_codes = 0;
+  float* scales = nullptr;          ///< rows
+  float* zeros = nullptr;           ///< rows
+  std::int32_t* code_sums = nullptr;  ///< rows, or null
+  int bits = 4;                     ///< 4 or 8
+  bool symmetric = false;
+  float clip_ratio = 1.0f;
+  const float* rotation = nullptr;  ///< block_size × block_size row-major, or null
+  int block_size = 0;               ///< b, when rotation is given; divides cols and kThreads
+};
+
+template <class Element>
+__device__ __forceinline__ float to_float(Element v) {
+  if constexpr (std::is_same_v<Element, __half>) {
+    return __half2float(v);
+  } else if constexpr (std::is_same_v<Element, __nv_bfloat16>) {
+    return __bfloat162float(v);
+  } else {
+    return static_cast<float>(v);
+  }
+}
+
+// Reduction operators spelled out: cub::Min/cub::Max left CUB in CCCL 3.
+struct MinOp {
+  __device__ __forceinline__ float operator()(float a, float b) const { return fminf(a, b); }
+};
+struct MaxOp {
+  __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+
+template <class Element, int kThreads = 256>
+struct QuantizePerToken {
+  using Params = QuantizePerTokenParams<Element>;
+  using MinMaxReduce = cub::BlockReduce<float, kThreads>;
+  using SumReduce = cub::BlockReduce<int, kThreads>;
+
+  struct SharedStorage {
+    union {
+      typename MinMaxReduce::TempStorage minmax;
+      typename SumReduce::TempStorage sum;
+    } reduce;
+    float lo;
+    float hi;
+    float scale;
+    float zero;
+    float rotated[kThreads];  // one b-wide output block per b threads
+  };
+
+  /// Dynamic shared memory: the row, then the rotation (if any).
+  static std::size_t dynamic_smem_bytes(const Params& p) {
+    return sizeof(float) * (static_cast<std::size_t>(p.cols) +
+                            (p.rotation ? static_cast<std::size_t>(p.block_size) * p.block_size : 0));
+  }
+
+  __device__ void operator()(const Params& p, SharedStorage& shared, float* dynamic) const {
+    const std::int64_t m = blockIdx.x;
+    if (m >= p.rows) return;
+    const int t = threadIdx.x;
+    float* row = dynamic;
+    const Element* x = p.x + m * p.ld_x;
+    for (std::int64_t k = t; k < p.cols; k += kThreads) row[k] = to_float(x[k]);
+
+    if (p.rotation != nullptr) {
+      float* r = dynamic + p.cols;
+      const int b = p.block_size;
+      for (int i = t; i < b * b; i += kThreads) r[i] = p.rotation[i];
+      __syncthreads();
+      // kThreads / b blocks at a time; thread t computes output column t % b of
+      // block group + t / b. Reads of r across a warp are consecutive columns
+      // of one row (no bank conflicts); the block's inputs are broadcasts.
+      const int per_pass = kThreads / b;
+      const int j = t % b;
+      for (std::int64_t first = 0; first < p.cols / b; first += per_pass) {
+        const std::int64_t block = first + t / b;
+        float acc = 0.0f;
+        if (block < p.cols / b) {
+          const float* in = row + block * b;
+          for (int i = 0; i < b; ++i) acc = fmaf(in[i], r[i * b + j], acc);
+        }
+        shared.rotated[t] = acc;
+        __syncthreads();
+        if (block < p.cols / b) row[block * b + j] = shared.rotated[t];
+        __syncthreads();
+      }
+    } else {
+      __syncthreads();
+    }
+
+    float lo = INFINITY, hi = -INFINITY;
+    for (std::int64_t k = t; k < p.cols; k += kThreads) {
+      lo = fminf(lo, row[k]);
+      hi = fmaxf(hi, row[k]);
+    }
+    lo = MinMaxReduce(shared.reduce.minmax).Reduce(lo, MinOp{});
+    __syncthreads();
+    hi = MinMaxReduce(shared.reduce.minmax).Reduce(hi, MaxOp{});
+    if (t == 0) {
+      const core::AffineParams<float> params =
+          p.symmetric ? core::symmetric_params(fmaxf(fabsf(lo), fabsf(hi)), p.clip_ratio, p.bits)
+                      : core::asymmetric_params(lo, hi, p.clip_ratio, p.bits);
+      shared.scale = params.scale;
+      shared.zero = params.zero;
+    }
+    __syncthreads();
+    const core::AffineParams<float> params{shared.scale, shared.zero};
+    const core::CodeRange range = core::code_range(p.bits, p.symmetric);
+
+    int sum = 0;
+    std::uint8_t* out = p.codes + m * p.ld_codes;
+    if (p.bits == 4) {
+      for (std::int64_t pair = t; pair < p.cols / 2; pair += kThreads) {
+        const int q0 = static_cast<int>(core::quantize_value(row[2 * pair], params, range));
+        const int q1 = static_cast<int>(core::quantize_value(row[2 * pair + 1], params, range));
+        out[pair] = core::pack_u4x2(static_cast<unsigned>(q0), static_cast<unsigned>(q1));
+        sum += q0 + q1;
+      }
+    } else {
+      for (std::int64_t k = t; k < p.cols; k += kThreads) {
+        const int q = static_cast<int>(core::quantize_value(row[k], params, range));
+        out[k] = static_cast<std::uint8_t>(q);  // two's complement for the symmetric (s8) case
+        sum += q;
+      }
+    }
+    __syncthreads();  // shared.reduce is reused
+    sum = SumReduce(shared.reduce.sum).Sum(sum);
+    if (t == 0) {
+      p.scales[m] = params.scale;
+      p.zeros[m] = params.zero;
+      if (p.code_sums != nullptr) p.code_sums[m] = sum;
+    }
+  }
+};
+
+template <class Element, int kThreads>
+__global__ void __launch_bounds__(kThreads) quantize_per_token_kernel(const QuantizePerTokenParams<Element> params) {
+  using Kernel = QuantizePerToken<Element, kThreads>;
+  __shared__ typename Kernel::SharedStorage shared;
+  extern __shared__ float dynamic[];
+  Kernel{}(params, shared, dynamic);
+}
+
+}  // namespace oq::cuda::kernel

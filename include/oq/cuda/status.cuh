@@ -1,0 +1,67 @@
+// oq/cuda/status.cuh: what a host launcher reports, and CUDA error checking.
+//
+// Launchers follow CUTLASS: can_implement(params) says whether (and why not)
+// the kernel can run on these arguments and this device, without touching
+// them; run(params, stream) checks the same, launches, and returns a Status.
+// Every CUDA runtime call in a launcher goes through OQ_CUDA_TRY, which turns a
+// failure into Status::kCudaError with the call and CUDA's message.
+#pragma once
+
+#if !defined(__CUDACC__)
+#error "oq/cuda/ headers need a CUDA compiler (nvcc); host code includes <oq/oq.hpp>"
+#endif
+
+#include <cuda_runtime.h>
+
+#include <string>
+#include <utility>
+
+namespace oq::cuda {
+
+enum class Status {
+  kSuccess,
+  kInvalidArgument,    ///< a null pointer, bits outside {4, 8}, a bad clip ratio …
+  kInvalidShape,       ///< a size the kernel does not support (e.g. odd K for INT4)
+  kMisaligned,         ///< a pointer or leading dimension not aligned as required
+  kUnsupportedDevice,  ///< compute capability too old, or not enough shared memory
+  kCudaError,          ///< a CUDA runtime call failed
+};
+
+constexpr const char* to_string(Status s) noexcept {
+  switch (s) {
+    case Status::kSuccess: return "success";
+    case Status::kInvalidArgument: return "invalid argument";
+    case Status::kInvalidShape: return "invalid shape";
+    case Status::kMisaligned: return "misaligned";
+    case Status::kUnsupportedDevice: return "unsupported device";
+    case Status::kCudaError: return "CUDA error";
+  }
+  return "unknown";
+}
+
+/// A Status with the reason, for can_implement() and run().
+struct Report {
+  Status status = Status::kSuccess;
+  std::string message;
+
+  bool ok() const noexcept { return status == Status::kSuccess; }
+  static Report success() { return {}; }
+  static Report failure(Status s, std::string why) { return {s, std::move(why)}; }
+};
+
+/// Report of a failed CUDA call: "<call>: <cudaGetErrorString>".
+inline Report cuda_failure(const char* call, cudaError_t error) {
+  return Report::failure(Status::kCudaError, std::string(call) + ": " + cudaGetErrorString(error));
+}
+
+}  // namespace oq::cuda
+
+/// Evaluates a CUDA runtime call; on failure returns cuda_failure(...) from the
+/// enclosing function (which must return oq::cuda::Report).
+#define OQ_CUDA_TRY(call)                                                 \
+  do {                                                                    \
+    const cudaError_t oq_cuda_try_error_ = (call);                        \
+    if (oq_cuda_try_error_ != cudaSuccess) {                              \
+      return ::oq::cuda::cuda_failure(#call, oq_cuda_try_error_);         \
+    }                                                                     \
+  } while (0)
