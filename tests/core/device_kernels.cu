@@ -5,15 +5,15 @@
 
 #include <cuda_runtime.h>
 
+#include "support/device_buffer.cuh"
+
 #include <algorithm>
 #include <stdexcept>
 #include <string>
 
 namespace {
 
-void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
-}
+void check(cudaError_t status, const char* what) { oq::test::check_cuda(status, what); }
 
 __global__ void core_kernel(const float* values, int n_values, float* rounded, std::uint8_t* repacked,
                             const std::uint32_t* words, int n_words, std::uint64_t* widened) {
@@ -26,14 +26,7 @@ __global__ void core_kernel(const float* values, int n_values, float* rounded, s
   if (i < n_words) widened[i] = oq::core::widen_s4x8_to_s8x8(words[i]);
 }
 
-template <class T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  explicit DeviceBuffer(std::size_t n) { check(cudaMalloc(&ptr, (n > 0 ? n : 1) * sizeof(T)), "cudaMalloc"); }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-};
+using oq::test::DeviceBuffer;
 
 }  // namespace
 

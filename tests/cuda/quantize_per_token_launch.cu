@@ -2,6 +2,8 @@
 
 #include <oq/cuda/device/quantize_per_token.cuh>
 
+#include "support/device_buffer.cuh"
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -9,18 +11,9 @@
 
 namespace {
 
-void check(cudaError_t status, const char* what) {
-  if (status != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
-}
+using oq::test::DeviceBuffer;
 
-template <class T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  explicit DeviceBuffer(std::size_t n) { check(cudaMalloc(&ptr, (n > 0 ? n : 1) * sizeof(T)), "cudaMalloc"); }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-};
+void check(cudaError_t status, const char* what) { oq::test::check_cuda(status, what); }
 
 template <class Element>
 oq::cuda::kernel::QuantizePerTokenParams<Element> params_of(const oq::test::PerTokenArgs& a) {
