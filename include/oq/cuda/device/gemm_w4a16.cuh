@@ -1,0 +1,80 @@
+// oq/cuda/device/gemm_w4a16.cuh: host launcher of the W4A16 GEMM
+// (kernel/gemm_w4a16.cuh).
+//
+//   using Gemm = oq::cuda::device::GemmW4A16<__half, __half>;
+//   Gemm::Params p;
+//   p.a = d_a; p.ld_a = k; p.w = d_w; p.ld_w = k / 2;
+//   p.scales = d_s; p.zeros = d_z; p.group_size = 128;
+//   p.y = d_y; p.ld_y = n; p.m = tokens; p.n = n; p.k = k;
+//   if (auto r = Gemm::run(p, stream); !r.ok()) throw std::runtime_error(r.message);
+//
+// Requirements (can_implement explains a failure): K a multiple of 8;
+// group_size a multiple of 8 dividing K; a 16-byte aligned with ld_a a
+// multiple of 8 elements; w 4-byte aligned with ld_w a multiple of 4 bytes;
+// compute capability 8.0 or newer.
+#pragma once
+
+#include <oq/cuda/kernel/gemm_w4a16.cuh>
+#include <oq/cuda/status.cuh>
+
+#include <cstdint>
+#include <limits>
+#include <string>
+
+namespace oq::cuda::device {
+
+template <class ElementA, class ElementOut, int kTileM = 8, int kWarps = 4>
+class GemmW4A16 {
+ public:
+  using Kernel = kernel::GemmW4A16<ElementA, ElementOut, kTileM, kWarps>;
+  using Params = typename Kernel::Params;
+
+  static Report check_arguments(const Params& p) {
+    auto bad = [](Status s, const std::string& why) { return Report::failure(s, "GemmW4A16: " + why); };
+    if (p.m < 0 || p.n < 0 || p.k <= 0)
+      return bad(Status::kInvalidShape, "need m >= 0, n >= 0, k > 0, got m = " + std::to_string(p.m) +
+                                            ", n = " + std::to_string(p.n) + ", k = " + std::to_string(p.k));
+    if (p.k % 8 != 0) return bad(Status::kInvalidShape, "k must be a multiple of 8, got " + std::to_string(p.k));
+    if (p.group_size <= 0 || p.group_size % 8 != 0 || p.k % p.group_size != 0)
+      return bad(Status::kInvalidShape, "group_size must be a multiple of 8 dividing k (" + std::to_string(p.k) +
+                                            "), got " + std::to_string(p.group_size));
+    if (p.ld_a < p.k || p.ld_a % 8 != 0)
+      return bad(Status::kMisaligned, "ld_a must be >= k and a multiple of 8, got " + std::to_string(p.ld_a));
+    if (p.ld_w < p.k / 2 || p.ld_w % 4 != 0)
+      return bad(Status::kMisaligned, "ld_w must be >= k/2 bytes and a multiple of 4, got " + std::to_string(p.ld_w));
+    if (p.ld_y < p.n) return bad(Status::kInvalidShape, "ld_y must be >= n, got " + std::to_string(p.ld_y));
+    if (p.n > std::int64_t(std::numeric_limits<int>::max()) * kWarps || (p.m + kTileM - 1) / kTileM > 65535)
+      return bad(Status::kInvalidShape, "m or n too large for the grid");
+    if (p.m > 0 && p.n > 0) {
+      if (p.a == nullptr || p.w == nullptr || p.scales == nullptr || p.y == nullptr || (!p.symmetric && p.zeros == nullptr))
+        return bad(Status::kInvalidArgument, "a, w, scales, y (and zeros when asymmetric) must not be null");
+      if (reinterpret_cast<std::uintptr_t>(p.a) % 16 != 0)
+        return bad(Status::kMisaligned, "a must be 16-byte aligned");
+      if (reinterpret_cast<std::uintptr_t>(p.w) % 4 != 0) return bad(Status::kMisaligned, "w must be 4-byte aligned");
+    }
+    return Report::success();
+  }
+
+  static Report can_implement(const Params& p) {
+    if (Report r = check_arguments(p); !r.ok()) return r;
+    int device = 0;
+    OQ_CUDA_TRY(cudaGetDevice(&device));
+    int major = 0;
+    OQ_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    if (major < 8)
+      return Report::failure(Status::kUnsupportedDevice,
+                             "GemmW4A16: needs compute capability 8.0 or newer, got major " + std::to_string(major));
+    return Report::success();
+  }
+
+  static Report run(const Params& p, cudaStream_t stream = nullptr) {
+    if (Report r = can_implement(p); !r.ok()) return r;
+    if (p.m == 0 || p.n == 0) return Report::success();
+    const dim3 grid(static_cast<unsigned>((p.n + kWarps - 1) / kWarps), static_cast<unsigned>((p.m + kTileM - 1) / kTileM));
+    kernel::gemm_w4a16_kernel<ElementA, ElementOut, kTileM, kWarps><<<grid, Kernel::kThreads, 0, stream>>>(p);
+    OQ_CUDA_TRY(cudaGetLastError());
+    return Report::success();
+  }
+};
+
+}  // namespace oq::cuda::device

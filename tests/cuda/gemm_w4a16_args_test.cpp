@@ -1,0 +1,40 @@
+// The W4A16 launcher's argument checks (no GPU needed).
+#include "gemm_w4a16_launch.hpp"
+
+#include <doctest/doctest.h>
+
+#include <string>
+
+using oq::test::check_w4a16_arguments;
+using oq::test::W4A16Problem;
+
+namespace {
+W4A16Problem valid() {
+  W4A16Problem q;
+  q.m = 4;
+  q.n = 64;
+  q.k = 256;
+  q.group_size = 128;
+  q.ld_a = 256;
+  q.ld_w = 128;
+  q.ld_y = 64;
+  return q;
+}
+}  // namespace
+
+TEST_CASE("valid W4A16 arguments pass, each bad one is named") {
+  CHECK(check_w4a16_arguments(valid()).empty());
+  auto with = [](auto change) {
+    W4A16Problem q = valid();
+    change(q);
+    return check_w4a16_arguments(q);
+  };
+  CHECK(with([](W4A16Problem& q) { q.k = 260; q.ld_a = 264; q.ld_w = 132; }).find("k must be a multiple of 8") != std::string::npos);
+  CHECK(with([](W4A16Problem& q) { q.group_size = 96; }).find("group_size must be a multiple of 8 dividing k (256)") !=
+        std::string::npos);
+  CHECK(with([](W4A16Problem& q) { q.ld_a = 260; }).find("ld_a must be >= k and a multiple of 8") != std::string::npos);
+  CHECK(with([](W4A16Problem& q) { q.ld_w = 126; }).find("ld_w must be >= k/2") != std::string::npos);
+  CHECK(with([](W4A16Problem& q) { q.ld_y = 10; }).find("ld_y must be >= n") != std::string::npos);
+  CHECK(with([](W4A16Problem& q) { q.misalign_a = true; }).find("a must be 16-byte aligned") != std::string::npos);
+  CHECK(with([](W4A16Problem& q) { q.m = -1; }).find("need m >= 0") != std::string::npos);
+}

@@ -1,0 +1,61 @@
+// GPU test (label `gpu`): the W4A16 GEMM against a float64 host reference built
+// from oq's own quantizer and packing.
+#include "gemm_w4a16_launch.hpp"
+
+#include <oq/quant.hpp>
+
+#include <doctest/doctest.h>
+
+#include "support/matrices.hpp"
+
+#include <cmath>
+
+using namespace oq::quant;
+using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+TEST_CASE("W4A16 equals the dequantized product to fp32 accumulation error") {
+  struct Shape {
+    std::int64_t m, n, k, group;
+  };
+  for (const Shape& s : {Shape{1, 64, 256, 128}, Shape{3, 37, 128, 128}, Shape{16, 130, 1024, 128}, Shape{64, 8, 512, 512},
+                         Shape{9, 100, 4096, 128}}) {
+    for (bool symmetric : {false, true}) {
+      for (bool bf16 : {false, true}) {
+        CAPTURE(s.m);
+        CAPTURE(s.n);
+        CAPTURE(s.k);
+        CAPTURE(symmetric);
+        CAPTURE(bf16);
+        const RowMatrix w = oq::test::heavy_tailed<float>(s.n, s.k, static_cast<std::uint64_t>(s.n * s.k));
+        const QuantSpec spec = QuantSpec::per_group(4, symmetric, s.group);
+        const auto params = compute_params(w, spec);
+        const auto codes = quantize(w, params, spec);
+        const PackedInt4 packed = pack_int4(codes, symmetric ? Int4Kind::kSigned : Int4Kind::kUnsigned);
+        const RowMatrix w_hat = dequantize(codes, params, spec);
+
+        oq::test::W4A16Problem q{s.m, s.n, s.k, s.group, s.k, s.k / 2, s.n, symmetric, false};
+        RowMatrix a = oq::test::gaussian<float>(s.m, s.k, 7);
+        std::vector<float> a_flat(a.data(), a.data() + a.size());
+        const std::vector<std::uint8_t> w_flat(packed.data(), packed.data() + packed.size());
+        const RowMatrix scales = params.scale;  // n × groups, row-major as the kernel reads it
+        const RowMatrix zeros = params.zero;
+        const auto y = oq::test::gemm_w4a16_on_device(q, a_flat, bf16, w_flat,
+                                                      std::vector<float>(scales.data(), scales.data() + scales.size()),
+                                                      std::vector<float>(zeros.data(), zeros.data() + zeros.size()));
+        a = Eigen::Map<const RowMatrix>(a_flat.data(), s.m, s.k);  // the 16-bit values the kernel saw
+        const Eigen::MatrixXd reference = a.cast<double>() * w_hat.cast<double>().transpose();
+        const Eigen::MatrixXd magnitude = a.cast<double>().cwiseAbs() * w_hat.cast<double>().cwiseAbs().transpose();
+        for (Eigen::Index i = 0; i < s.m; ++i) {
+          for (Eigen::Index j = 0; j < s.n; ++j) {
+            const float got = y[static_cast<std::size_t>(i * s.n + j)];
+            REQUIRE(std::isfinite(got));  // NaN poison: every output written
+            // fp32 accumulation of K products plus one rounding of each ŵ:
+            // |error| <= (K/32 + 32 + 2)·2^−24·Σ|a·ŵ| (lane-strided sums, then a 32-way tree).
+            const double bound = (double(s.k) / 32 + 34) * std::ldexp(1.0, -24) * magnitude(i, j) + 1e-30;
+            CHECK(std::fabs(got - reference(i, j)) <= bound);
+          }
+        }
+      }
+    }
+  }
+}
