@@ -83,3 +83,18 @@ TEST_CASE("pack_s4x8 places element j at bits 4j..4j+3") {
   const std::uint64_t wide = widen_s4x8_to_s8x8(pack_s4x8(values));
   for (int j = 0; j < 8; ++j) CHECK(static_cast<std::int8_t>(wide >> (8 * j)) == values[j]);
 }
+
+TEST_CASE("widening four nibbles to four bytes, exhaustively over all 65536 inputs") {
+  for (unsigned v = 0; v < 65536; ++v) {
+    const auto quad = static_cast<std::uint16_t>(v);
+    const std::uint32_t u = widen_u4x4_to_u8x4(quad);
+    const std::uint32_t s = widen_s4x4_to_s8x4(quad);
+    for (int j = 0; j < 4; ++j) {
+      const unsigned nibble = (v >> (4 * j)) & 0xFu;
+      REQUIRE(((u >> (8 * j)) & 0xFFu) == nibble);
+      REQUIRE(static_cast<std::int8_t>((s >> (8 * j)) & 0xFFu) == sign_extend_s4(nibble));
+    }
+    // The same lanes as the low half of the eight-element widening.
+    REQUIRE(s == static_cast<std::uint32_t>(widen_s4x8_to_s8x8(v)));
+  }
+}

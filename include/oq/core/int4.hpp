@@ -83,4 +83,19 @@ OQ_HOST_DEVICE constexpr std::uint64_t widen_s4x8_to_s8x8(std::uint32_t word) no
   return out;
 }
 
+/// Four u4 values (element j in bits 4j..4j+3 of `quad`) to four u8 lanes
+/// (element j in byte j), zero-extended: the A/B register layout of the s8/u8
+/// tensor-core MMA (DESIGN §7).
+OQ_HOST_DEVICE constexpr std::uint32_t widen_u4x4_to_u8x4(std::uint16_t quad) noexcept {
+  const std::uint32_t q = quad;
+  return (q & 0x000Fu) | ((q & 0x00F0u) << 4) | ((q & 0x0F00u) << 8) | ((q & 0xF000u) << 12);
+}
+
+/// Four s4 values to four s8 lanes, sign-extended (same SWAR step as
+/// widen_s4x8_to_s8x8).
+OQ_HOST_DEVICE constexpr std::uint32_t widen_s4x4_to_s8x4(std::uint16_t quad) noexcept {
+  const std::uint32_t lanes = widen_u4x4_to_u8x4(quad);
+  return lanes | ((lanes & 0x08080808u) * 0x1Eu);
+}
+
 }  // namespace oq::core

@@ -1,0 +1,88 @@
+// oq/cuda/device/gemm_w4a4.cuh: host launcher of the W4A4 GEMM
+// (kernel/gemm_w4a4.cuh).
+//
+//   using Gemm = oq::cuda::device::GemmW4A4<__nv_bfloat16>;
+//   Gemm::Params p;
+//   p.a = d_qa; p.ld_a = k / 2; p.a_signed = false;          // from QuantizePerToken
+//   p.w = d_qw; p.ld_w = k / 2; p.w_signed = true;           // symmetric per-channel weights
+//   p.m = m; p.n = n; p.k = k;
+//   p.scale_a = d_sa; p.zero_a = d_za; p.sum_w = d_wsums;    // asymmetric activations need Σ_k qw
+//   p.scale_w = d_sw;
+//   p.y = d_y; p.ld_y = n;
+//   if (auto r = Gemm::run(p, stream); !r.ok()) throw std::runtime_error(r.message);
+//
+// Requirements (can_implement explains a failure): K a multiple of 32; ld_a,
+// ld_w even and at least K/2 bytes; a and w 2-byte aligned; y needs both
+// scales; zero_w needs sum_a and zero_a needs sum_w; compute capability 8.0+.
+#pragma once
+
+#include <oq/cuda/kernel/gemm_w4a4.cuh>
+#include <oq/cuda/status.cuh>
+
+#include <cstdint>
+#include <string>
+
+namespace oq::cuda::device {
+
+template <class ElementOut, int kWarpsN = 4>
+class GemmW4A4 {
+ public:
+  using Kernel = kernel::GemmW4A4<ElementOut, kWarpsN>;
+  using Params = typename Kernel::Params;
+
+  static Report check_arguments(const Params& p) {
+    auto bad = [](Status s, const std::string& why) { return Report::failure(s, "GemmW4A4: " + why); };
+    if (p.m < 0 || p.n < 0 || p.k <= 0)
+      return bad(Status::kInvalidShape, "need m >= 0, n >= 0, k > 0, got m = " + std::to_string(p.m) +
+                                            ", n = " + std::to_string(p.n) + ", k = " + std::to_string(p.k));
+    if (p.k % 32 != 0) return bad(Status::kInvalidShape, "k must be a multiple of 32, got " + std::to_string(p.k));
+    if (p.ld_a < p.k / 2 || p.ld_a % 2 != 0)
+      return bad(Status::kMisaligned, "ld_a must be even and >= k/2 bytes, got " + std::to_string(p.ld_a));
+    if (p.ld_w < p.k / 2 || p.ld_w % 2 != 0)
+      return bad(Status::kMisaligned, "ld_w must be even and >= k/2 bytes, got " + std::to_string(p.ld_w));
+    if ((p.m + Kernel::kTileM - 1) / Kernel::kTileM > 65535)
+      return bad(Status::kInvalidShape, "m must be at most " + std::to_string(65535 * Kernel::kTileM));
+    if (p.acc == nullptr && p.y == nullptr) return bad(Status::kInvalidArgument, "acc or y must be given");
+    if (p.acc != nullptr && p.ld_acc < p.n) return bad(Status::kInvalidShape, "ld_acc must be >= n, got " + std::to_string(p.ld_acc));
+    if (p.y != nullptr) {
+      if (p.ld_y < p.n) return bad(Status::kInvalidShape, "ld_y must be >= n, got " + std::to_string(p.ld_y));
+      if (p.scale_a == nullptr || p.scale_w == nullptr)
+        return bad(Status::kInvalidArgument, "y needs scale_a and scale_w");
+      if (p.zero_w != nullptr && p.sum_a == nullptr)
+        return bad(Status::kInvalidArgument, "zero_w (asymmetric weights) needs sum_a, the per-token code sums");
+      if (p.zero_a != nullptr && p.sum_w == nullptr)
+        return bad(Status::kInvalidArgument, "zero_a (asymmetric activations) needs sum_w, the per-channel code sums");
+    }
+    if (p.m > 0 && p.n > 0) {
+      if (p.a == nullptr || p.w == nullptr) return bad(Status::kInvalidArgument, "a and w must not be null");
+      if (reinterpret_cast<std::uintptr_t>(p.a) % 2 != 0 || reinterpret_cast<std::uintptr_t>(p.w) % 2 != 0)
+        return bad(Status::kMisaligned, "a and w must be 2-byte aligned");
+    }
+    return Report::success();
+  }
+
+  static Report can_implement(const Params& p) {
+    if (Report r = check_arguments(p); !r.ok()) return r;
+    int device = 0;
+    OQ_CUDA_TRY(cudaGetDevice(&device));
+    int major = 0;
+    OQ_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    if (major < 8)
+      return Report::failure(Status::kUnsupportedDevice,
+                             "GemmW4A4: needs compute capability 8.0 or newer (mma.sync s8), got major " +
+                                 std::to_string(major));
+    return Report::success();
+  }
+
+  static Report run(const Params& p, cudaStream_t stream = nullptr) {
+    if (Report r = can_implement(p); !r.ok()) return r;
+    if (p.m == 0 || p.n == 0) return Report::success();
+    const dim3 grid(static_cast<unsigned>((p.n + Kernel::kTileN - 1) / Kernel::kTileN),
+                    static_cast<unsigned>((p.m + Kernel::kTileM - 1) / Kernel::kTileM));
+    kernel::gemm_w4a4_kernel<ElementOut, kWarpsN><<<grid, Kernel::kThreads, 0, stream>>>(p);
+    OQ_CUDA_TRY(cudaGetLastError());
+    return Report::success();
+  }
+};
+
+}  // namespace oq::cuda::device

@@ -1,0 +1,25 @@
+// The W4A4 launcher's argument checks (no GPU needed).
+#include "gemm_w4a4_launch.hpp"
+
+#include <doctest/doctest.h>
+
+#include <string>
+
+using oq::test::check_w4a4_arguments;
+using oq::test::W4A4Problem;
+
+TEST_CASE("valid W4A4 arguments pass, each bad one is named") {
+  const W4A4Problem valid{64, 64, 256, 128, 128, false, true, true, false};
+  CHECK(check_w4a4_arguments(valid).empty());
+  auto with = [&](auto change) {
+    W4A4Problem q = valid;
+    change(q);
+    return check_w4a4_arguments(q);
+  };
+  CHECK(with([](W4A4Problem& q) { q.k = 240; q.ld_a = q.ld_w = 120; }).find("k must be a multiple of 32") != std::string::npos);
+  CHECK(with([](W4A4Problem& q) { q.ld_a = 127; }).find("ld_a must be even and >= k/2") != std::string::npos);
+  CHECK(with([](W4A4Problem& q) { q.ld_w = 100; }).find("ld_w must be even and >= k/2") != std::string::npos);
+  CHECK(with([](W4A4Problem& q) { q.w_signed = false; q.drop_sum_a = true; }).find("zero_w (asymmetric weights) needs sum_a") !=
+        std::string::npos);
+  CHECK(with([](W4A4Problem& q) { q.m = -2; }).find("need m >= 0") != std::string::npos);
+}

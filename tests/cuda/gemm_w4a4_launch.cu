@@ -1,0 +1,97 @@
+#include "gemm_w4a4_launch.hpp"
+
+#include <oq/cuda/device/gemm_w4a4.cuh>
+
+#include "support/device_buffer.cuh"
+
+#include <cmath>
+#include <stdexcept>
+
+namespace {
+
+using oq::test::check_cuda;
+using oq::test::DeviceBuffer;
+using Gemm = oq::cuda::device::GemmW4A4<float>;
+
+Gemm::Params params_of(const oq::test::W4A4Problem& q) {
+  Gemm::Params p;
+  p.m = q.m;
+  p.n = q.n;
+  p.k = q.k;
+  p.ld_a = q.ld_a;
+  p.ld_w = q.ld_w;
+  p.a_signed = q.a_signed;
+  p.w_signed = q.w_signed;
+  p.ld_acc = q.n;
+  p.ld_y = q.n;
+  return p;
+}
+
+template <class T>
+void upload(DeviceBuffer<T>& d, const std::vector<T>& h) {
+  if (!h.empty()) check_cuda(cudaMemcpy(d.ptr, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy");
+}
+
+}  // namespace
+
+namespace oq::test {
+
+std::string check_w4a4_arguments(const W4A4Problem& q) {
+  auto p = params_of(q);
+  alignas(16) static std::uint8_t bytes[16];
+  static float f[1];
+  static std::int32_t sums[1];
+  p.a = bytes;
+  p.w = bytes;
+  p.scale_a = p.scale_w = f;
+  p.zero_w = q.w_signed ? nullptr : f;
+  p.zero_a = q.a_signed ? nullptr : f;
+  p.sum_a = q.drop_sum_a ? nullptr : sums;
+  p.sum_w = sums;
+  p.y = q.with_y ? f : nullptr;
+  const auto report = Gemm::check_arguments(p);
+  return report.ok() ? std::string() : report.message;
+}
+
+W4A4Result gemm_w4a4_on_device(const W4A4Problem& q, const std::vector<std::uint8_t>& a,
+                               const std::vector<std::uint8_t>& w, const std::vector<float>& scale_a,
+                               const std::vector<float>& zero_a, const std::vector<float>& scale_w,
+                               const std::vector<float>& zero_w, const std::vector<std::int32_t>& sum_a,
+                               const std::vector<std::int32_t>& sum_w) {
+  const auto out = static_cast<std::size_t>(q.m * q.n);
+  DeviceBuffer<std::uint8_t> d_a(a.size()), d_w(w.size());
+  DeviceBuffer<float> d_sa(scale_a.size()), d_za(zero_a.size()), d_sw(scale_w.size()), d_zw(zero_w.size()), d_y(out);
+  DeviceBuffer<std::int32_t> d_suma(sum_a.size()), d_sumw(sum_w.size()), d_acc(out);
+  upload(d_a, a);
+  upload(d_w, w);
+  upload(d_sa, scale_a);
+  upload(d_za, zero_a);
+  upload(d_sw, scale_w);
+  upload(d_zw, zero_w);
+  upload(d_suma, sum_a);
+  upload(d_sumw, sum_w);
+  check_cuda(cudaMemset(d_acc.ptr, 0xAB, out * sizeof(std::int32_t)), "poison acc");
+  const std::vector<float> nan(out, std::nanf(""));
+  upload(d_y, nan);
+
+  auto p = params_of(q);
+  p.a = d_a.ptr;
+  p.w = d_w.ptr;
+  p.scale_a = d_sa.ptr;
+  p.scale_w = d_sw.ptr;
+  p.zero_a = zero_a.empty() ? nullptr : d_za.ptr;
+  p.zero_w = zero_w.empty() ? nullptr : d_zw.ptr;
+  p.sum_a = d_suma.ptr;
+  p.sum_w = d_sumw.ptr;
+  p.acc = d_acc.ptr;
+  p.y = d_y.ptr;
+  const auto report = Gemm::run(p);
+  if (!report.ok()) throw std::runtime_error(report.message);
+  check_cuda(cudaDeviceSynchronize(), "gemm_w4a4_kernel");
+  W4A4Result result{std::vector<std::int32_t>(out), std::vector<float>(out)};
+  check_cuda(cudaMemcpy(result.acc.data(), d_acc.ptr, out * sizeof(std::int32_t), cudaMemcpyDeviceToHost), "cudaMemcpy");
+  check_cuda(cudaMemcpy(result.y.data(), d_y.ptr, out * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
+  return result;
+}
+
+}  // namespace oq::test

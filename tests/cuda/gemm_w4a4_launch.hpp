@@ -1,0 +1,34 @@
+// Plain-C++ entry points to the W4A4 GEMM launcher (tests/cuda/gemm_w4a4_test.cpp).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace oq::test {
+
+struct W4A4Problem {
+  std::int64_t m = 0, n = 0, k = 0;
+  std::int64_t ld_a = 0, ld_w = 0;
+  bool a_signed = true, w_signed = true;
+  bool with_y = true;
+  bool drop_sum_a = false;  ///< argument checks: zero_w without sum_a
+};
+
+/// GemmW4A4<float>::check_arguments ("" when fine). Needs no GPU.
+std::string check_w4a4_arguments(const W4A4Problem& problem);
+
+struct W4A4Result {
+  std::vector<std::int32_t> acc;  ///< m × n
+  std::vector<float> y;           ///< m × n
+};
+
+/// Runs GemmW4A4<float> writing both accumulators and outputs (poisoned first).
+/// zero_a / zero_w empty means symmetric.
+W4A4Result gemm_w4a4_on_device(const W4A4Problem& problem, const std::vector<std::uint8_t>& a,
+                               const std::vector<std::uint8_t>& w, const std::vector<float>& scale_a,
+                               const std::vector<float>& zero_a, const std::vector<float>& scale_w,
+                               const std::vector<float>& zero_w, const std::vector<std::int32_t>& sum_a,
+                               const std::vector<std::int32_t>& sum_w);
+
+}  // namespace oq::test
