@@ -384,3 +384,14 @@ TEST_CASE("kurtosis functions reject bad input") {
   CHECK_THROWS_WITH_AS(kurtosis_regularizer(bad, 1.0), doctest::Contains("y(1, 2) is -inf"), std::domain_error);
   CHECK_THROWS_WITH_AS(kurtosis_regularizer_grad(bad, 1.0), doctest::Contains("y(1, 2) is -inf"), std::domain_error);
 }
+
+TEST_CASE("kurtosis_regularizer_grad_into writes the same values into the caller's buffer") {
+  const Eigen::MatrixXd y = oq::test::heavy_tailed<double>(6, 40, 99);
+  Eigen::MatrixXd big = Eigen::MatrixXd::Constant(10, 40, 7.0);
+  oq::analysis::kurtosis_regularizer_grad_into(y, 1e-5, 0.0, big.middleRows(2, 6));
+  CHECK(big.middleRows(2, 6) == oq::analysis::kurtosis_regularizer_grad(y, 1e-5));
+  CHECK((big.topRows(2).array() == 7.0).all());
+  Eigen::MatrixXd wrong(5, 40);
+  CHECK_THROWS_WITH_AS(oq::analysis::kurtosis_regularizer_grad_into(y, 1e-5, 0.0, wrong),
+                       doctest::Contains("out must be 6 x 40"), std::invalid_argument);
+}

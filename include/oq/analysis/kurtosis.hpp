@@ -130,11 +130,11 @@ double kurtosis_sum(const Eigen::MatrixBase<Derived>& x, double epsilon) {
   return sum;
 }
 
-// factor · ∂K(row r)/∂x(r, ·) for every row.
-template <class Derived>
-quant::PlainMatrixOf<Derived> kurtosis_grad(const Eigen::MatrixBase<Derived>& x, double epsilon, double factor) {
-  using Scalar = typename Derived::Scalar;
-  quant::PlainMatrixOf<Derived> grad(x.rows(), x.cols());
+// factor · ∂K(row r)/∂x(r, ·) for every row, into grad (x's shape).
+template <class Derived, class GradDerived>
+void kurtosis_grad_into(const Eigen::MatrixBase<Derived>& x, double epsilon, double factor,
+                        Eigen::MatrixBase<GradDerived>& grad) {
+  using Scalar = typename GradDerived::Scalar;
   const double n = static_cast<double>(x.cols());
   Eigen::ArrayXd d;
   for (Eigen::Index r = 0; r < x.rows(); ++r) {
@@ -149,6 +149,12 @@ quant::PlainMatrixOf<Derived> kurtosis_grad(const Eigen::MatrixBase<Derived>& x,
     const double linear = m.m4 * m.m2 / m.denom;
     grad.row(r) = (coefficient * (d.cube() - m.m3 - linear * d)).transpose().template cast<Scalar>().matrix();
   }
+}
+
+template <class Derived>
+quant::PlainMatrixOf<Derived> kurtosis_grad(const Eigen::MatrixBase<Derived>& x, double epsilon, double factor) {
+  quant::PlainMatrixOf<Derived> grad(x.rows(), x.cols());
+  kurtosis_grad_into(x, epsilon, factor, grad);
   return grad;
 }
 
@@ -197,6 +203,21 @@ quant::PlainMatrixOf<Derived> kurtosis_regularizer_grad(const Eigen::MatrixBase<
   detail_kurtosis::check_lambda(lambda, kWhere);
   detail_kurtosis::check_input(y, epsilon, kWhere, "y");
   return detail_kurtosis::kurtosis_grad(y, epsilon, lambda);
+}
+
+/// kurtosis_regularizer_grad written into `out` (same shape as y; a block or
+/// map of the caller's buffer, taken as a const reference and written
+/// through): no allocation, for training loops that reuse their buffers.
+template <class Derived, class OutDerived>
+void kurtosis_regularizer_grad_into(const Eigen::MatrixBase<Derived>& y, double lambda, double epsilon,
+                                    const Eigen::MatrixBase<OutDerived>& out_) {
+  constexpr std::string_view kWhere = "oq::analysis::kurtosis_regularizer_grad_into";
+  detail_kurtosis::check_lambda(lambda, kWhere);
+  detail_kurtosis::check_input(y, epsilon, kWhere, "y");
+  auto& out = const_cast<Eigen::MatrixBase<OutDerived>&>(out_);
+  detail::require(out.rows() == y.rows() && out.cols() == y.cols(), kWhere, "out must be ", y.rows(), " x ",
+                  y.cols(), " like y, got ", out.rows(), " x ", out.cols());
+  detail_kurtosis::kurtosis_grad_into(y, epsilon, lambda, out);
 }
 
 }  // namespace oq::analysis
