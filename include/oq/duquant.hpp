@@ -13,5 +13,6 @@
 #include <oq/transform/duquant.hpp>
 #include <oq/transform/duquant_io.hpp>
 #include <oq/transform/duquant_rotation.hpp>
+#include <oq/transform/random_orthogonal.hpp>
 #include <oq/transform/smoothing.hpp>
 #include <oq/transform/zigzag.hpp>

@@ -6,6 +6,7 @@
 #include <oq/core/quant_math.hpp>
 #include <oq/core/rounding.hpp>
 #include <oq/duquant.hpp>
+#include <oq/hadamard.hpp>
 #include <oq/int4.hpp>
 #include <oq/kurtosis.hpp>
 #include <oq/quant.hpp>

@@ -1,6 +1,7 @@
 #include <oq/quant/quantize.hpp>
 #include <oq/transform/duquant.hpp>
 #include <oq/transform/duquant_io.hpp>
+#include <oq/transform/hadamard.hpp>
 
 #include <doctest/doctest.h>
 
@@ -9,6 +10,7 @@
 #include <Eigen/QR>
 
 #include <cmath>
+#include <random>
 #include <sstream>
 #include <string>
 #include <stdexcept>
@@ -121,6 +123,30 @@ TEST_CASE("on planted outliers DuQuant cuts max|x| and the 4-bit per-token error
   // Channel outliers (x20, x15) set every ordinary token's range under RTN;
   // rotated, they are spread over their blocks and the step shrinks.
   CHECK(duquant < 0.5 * rtn);
+
+  // Block Hadamard of the same block size (QuaRot-style), for the ordering.
+  Matrix x_had = x;
+  block_hadamard_rows(x_had, 128);
+  const Matrix err_had = oq::quant::fake_quantize(x_had, spec) - x_had;
+  const double hadamard = err_had(ordinary, Eigen::all).norm() / x(ordinary, Eigen::all).norm();
+  const double hadamard_massive = err_had.row(0).norm() / x.row(0).norm();
+  MESSAGE("block Hadamard: ordinary tokens " << hadamard << ", massive token 0 " << hadamard_massive);
+  CHECK(hadamard < 0.5 * rtn);
+}
+
+TEST_CASE("calibration from a seeded generator is reproducible") {
+  const Matrix x = planted(32, 64, 11);
+  DuQuantOptions options;
+  options.block_size = 16;
+  options.greedy_steps = 8;
+  std::mt19937_64 a(5), b(5), c(6);
+  const auto ta = calibrate_duquant(x, options, a);
+  const auto tb = calibrate_duquant(x, options, b);
+  const auto tc = calibrate_duquant(x, options, c);
+  CHECK(ta.matrix() == tb.matrix());
+  CHECK(ta.matrix() != tc.matrix());
+  const Matrix m = ta.matrix();
+  CHECK((m * m.transpose() - Matrix::Identity(64, 64)).cwiseAbs().maxCoeff() < 1e-12);
 }
 
 TEST_CASE("bad input") {

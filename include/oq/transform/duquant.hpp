@@ -11,13 +11,14 @@
 //
 //   using namespace oq::transform;
 //   std::mt19937_64 rng(0);
-//   auto t = calibrate_duquant(x_calib, DuQuantOptions{}, rng);   // 128-blocks, 256 steps
+//   auto t = calibrate_duquant(x_calib, DuQuantOptions{}, rng);   // 128-blocks, 256 steps, Haar Q′
 //   Eigen::MatrixXf w_hat = t.fold_into_weight(w);                // once, offline
 //   auto x_hat = t.apply(x);                                      // per batch (or fused on GPU)
 #pragma once
 
 #include <oq/detail/check.hpp>
 #include <oq/transform/duquant_rotation.hpp>
+#include <oq/transform/random_orthogonal.hpp>
 #include <oq/transform/zigzag.hpp>
 
 #include <Eigen/Core>
@@ -25,6 +26,7 @@
 #include <cmath>
 #include <cstddef>
 #include <functional>
+#include <random>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -193,6 +195,24 @@ DuQuantTransform<typename Derived::Scalar> calibrate_duquant(
     }
   }
   return DuQuantTransform<Scalar>(x.cols(), std::move(rotations), std::move(permutations), smoothing);
+}
+
+/// Calibrates M with every Q′ drawn Haar-random from `generator`
+/// (random_orthogonal.hpp), one per rotation stage in order, as the paper
+/// does; a seeded generator makes the result reproducible.
+template <class Derived, std::uniform_random_bit_generator Generator>
+DuQuantTransform<typename Derived::Scalar> calibrate_duquant(
+    const Eigen::MatrixBase<Derived>& x, const DuQuantOptions& options, Generator& generator,
+    const Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1>& smoothing = {}) {
+  using Scalar = typename Derived::Scalar;
+  detail::require(options.block_size >= 2, "oq::transform::calibrate_duquant", "options.block_size must be >= 2, got ",
+                  options.block_size);
+  detail::require(options.permutation_rounds >= 0, "oq::transform::calibrate_duquant",
+                  "options.permutation_rounds must be >= 0, got ", options.permutation_rounds);
+  std::vector<DenseMatrix<Scalar>> q_primes;
+  for (int stage = 0; stage <= options.permutation_rounds; ++stage)
+    q_primes.push_back(random_orthogonal<Scalar>(options.block_size - 1, generator));
+  return calibrate_duquant(x, options, q_primes, smoothing);
 }
 
 }  // namespace oq::transform

@@ -1,0 +1,463 @@
+// oq/transform/hadamard.hpp: Hadamard rotations (DESIGN §5).
+//
+//   using namespace oq::transform;
+//   hadamard_rows(x);                        // in place, every row: x ← x·M, M = H_n/√n, n = x.cols()
+//   hadamard_rows(w);                        // the same M on the weights: (x·M)·(w·M)ᵀ = x·wᵀ
+//   hadamard_rows(x, Direction::kInverse);   // x ← x·Mᵀ = x·M⁻¹ undoes it
+//   block_hadamard_rows(x, 64);              // M = diag(H_64, …, H_64)/8, blocks of 64 channels
+//   fwht_rows(x);                            // plain fast Walsh–Hadamard, n = 2^m only
+//   auto m = hadamard_orthogonal<float>(n);  // the explicit M, to fold into weights offline
+//   auto h = hadamard_matrix(n);             // the ±1 H_n (int), H·Hᵀ = n·I; or
+//   hadamard_matrix_into(n, buffer);         //   into your own n × n buffer, any scalar
+//   auto c = find_hadamard_construction(n);  // std::nullopt when oq has no construction for n
+//
+// Convention: a transform acts on rows from the right, x ↦ x·M, so that with
+// y = X·Wᵀ (X tokens × channels, W out × in, DESIGN §4) rotating both operands'
+// rows by the same orthogonal M leaves y unchanged (DESIGN §5). Sylvester's
+// H_(2^m) is symmetric, so for it x·H = (H·xᵀ)ᵀ and the inverse is the forward
+// transform again; Paley I matrices are not symmetric (H + Hᵀ = 2I), which is
+// why the general transforms take a Direction.
+//
+// Sizes. n = K·2^m with H_n = H_K ⊗ H_(2^m). The Kronecker index order is
+// Eigen's kroneckerProduct / numpy.kron order: with P = 2^m, index i = a·P + b
+// has the H_K index a ∈ [0, K) as the outer (slow) index and the Sylvester
+// index b ∈ [0, P) as the inner (fast, contiguous) one:
+//     H_n(a·P + b, c·P + d) = H_K(a, c) · H_P(b, d),   H_P(b, d) = (−1)^popcount(b & d).
+// H_K is one of (every matrix generated in code, never a pasted table):
+//   K = 1          nothing (n is a power of two: Sylvester 1867 alone);
+//   K = q + 1      q prime, q ≡ 3 (mod 4): Paley I (Paley 1933), H = I + [[0, jᵀ], [−j, Q]];
+//   K = 2(q + 1)   q prime, q ≡ 1 (mod 4): Paley II (Paley 1933),
+//                  H = S ⊗ [[1, 1], [1, −1]] + I ⊗ [[1, −1], [−1, −1]], S = [[0, jᵀ], [j, Q]];
+// with Q(a, b) = χ(a − b) the Jacobsthal matrix (χ the Legendre symbol mod q)
+// and j the all-ones column. Sylvester doubling of a Paley matrix (40 = 2·20)
+// is the m ≥ 1 case. Of the ways to write n, the one with the largest m (the
+// smallest K) is used, Paley I before Paley II (12 is Paley I with q = 11, not
+// Paley II with q = 5). Prime powers q (GF(q) arithmetic: 52 from q = 25, 100
+// from q = 49) are not implemented, and some Hadamard orders have no Paley
+// construction at all (172, of DESIGN §5's 11008 = 172·64): for those use
+// block_hadamard_rows with a constructible block size.
+//
+// Cost of hadamard_rows: O(n·(m + K)) per row — butterflies on the 2^m part
+// and a dense K × K product on the other, never a dense n × n product. K is
+// not bounded: 11008 = 2·5504 with 5504 = 5503 + 1 (5503 prime ≡ 3 mod 4) IS a
+// Paley I size, but its dense factor is 5504 × 5504 (and stored as such);
+// block_hadamard_rows(x, 64) is the practical choice there, as DESIGN §5 says.
+//
+// NaN/Inf policy: rejected with std::domain_error naming the first bad entry
+// (checked before anything is written), as everywhere in oq.
+#pragma once
+
+#include <oq/detail/check.hpp>
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+namespace oq::transform {
+
+/// Whether a transform applies M or its transpose Mᵀ = M⁻¹ to the rows.
+enum class Direction { kForward, kInverse };
+
+/// How the factor H_K of H_n = H_K ⊗ H_(2^m) is built (see the file comment).
+enum class HadamardKind { kSylvester, kPaleyI, kPaleyII };
+
+constexpr std::string_view to_string(HadamardKind kind) noexcept {
+  switch (kind) {
+    case HadamardKind::kSylvester: return "Sylvester";
+    case HadamardKind::kPaleyI: return "Paley I";
+    case HadamardKind::kPaleyII: return "Paley II";
+  }
+  return "unknown";
+}
+
+/// How oq builds a Hadamard matrix of order size = base · 2^power.
+struct HadamardConstruction {
+  Eigen::Index size = 1;                         ///< n
+  Eigen::Index base = 1;                         ///< K: 1, q + 1 (Paley I) or 2(q + 1) (Paley II)
+  int power = 0;                                 ///< m: the Sylvester factor is H_(2^m)
+  HadamardKind kind = HadamardKind::kSylvester;  ///< how H_K is built (kSylvester iff K = 1)
+  Eigen::Index prime = 0;                        ///< q of the Paley construction, 0 for K = 1
+
+  /// P = 2^m, the order of the Sylvester factor (the inner Kronecker index).
+  constexpr Eigen::Index sylvester_size() const noexcept { return Eigen::Index{1} << power; }
+};
+
+namespace detail_hadamard {
+
+constexpr std::string_view kSizeRule =
+    "a size with a Hadamard construction (K * 2^m with K = 1, K = q + 1 for a prime q = 3 mod 4, "
+    "or K = 2(q + 1) for a prime q = 1 mod 4)";
+
+// Trial division: the q of any matrix that fits in memory is far below 2^40.
+inline bool is_prime(Eigen::Index q) {
+  if (q < 2) return false;
+  if (q % 2 == 0) return q == 2;
+  for (Eigen::Index d = 3; d <= q / d; d += 2) {
+    if (q % d == 0) return false;
+  }
+  return true;
+}
+
+// Paley's constructions for one K, or nullopt (power set by the caller).
+inline std::optional<HadamardConstruction> base_construction(Eigen::Index k) {
+  if (k == 1) return HadamardConstruction{};
+  if (is_prime(k - 1) && (k - 1) % 4 == 3) {
+    return HadamardConstruction{k, k, 0, HadamardKind::kPaleyI, k - 1};
+  }
+  if (k % 2 == 0 && is_prime(k / 2 - 1) && (k / 2 - 1) % 4 == 1) {
+    return HadamardConstruction{k, k, 0, HadamardKind::kPaleyII, k / 2 - 1};
+  }
+  return std::nullopt;
+}
+
+// χ(a) for a in [0, q): 0 for a = 0, +1 for a nonzero square mod q, −1 otherwise.
+inline std::vector<int> legendre_table(Eigen::Index q) {
+  std::vector<int> chi(static_cast<std::size_t>(q), -1);
+  chi[0] = 0;
+  for (Eigen::Index x = 1; x <= q / 2; ++x) chi[static_cast<std::size_t>((x * x) % q)] = 1;
+  return chi;
+}
+
+// The ±1 matrix H_K of a construction (K × K).
+inline Eigen::MatrixXi base_matrix(const HadamardConstruction& c) {
+  const Eigen::Index k = c.base;
+  Eigen::MatrixXi h(k, k);
+  if (c.kind == HadamardKind::kSylvester) {
+    h.setOnes();
+    return h;
+  }
+  const Eigen::Index q = c.prime;
+  const std::vector<int> chi = legendre_table(q);
+  // Jacobsthal matrix Q(a, b) = χ(a − b), a, b in [0, q).
+  const auto jacobsthal = [&](Eigen::Index a, Eigen::Index b) {
+    return chi[static_cast<std::size_t>(((a - b) % q + q) % q)];
+  };
+  if (c.kind == HadamardKind::kPaleyI) {
+    // H = I + [[0, jᵀ], [−j, Q]]: Q is skew for q ≡ 3 (mod 4), so H·Hᵀ =
+    // I + S·Sᵀ = (q + 1)·I with S the bordered skew matrix (Paley 1933).
+    for (Eigen::Index i = 0; i < k; ++i) {
+      for (Eigen::Index j = 0; j < k; ++j) {
+        int v;  // the bordered skew matrix S = [[0, jᵀ], [−j, Q]]
+        if (i == 0) {
+          v = j == 0 ? 0 : 1;
+        } else if (j == 0) {
+          v = -1;
+        } else {
+          v = jacobsthal(i - 1, j - 1);
+        }
+        h(i, j) = v + (i == j ? 1 : 0);
+      }
+    }
+    return h;
+  }
+  // Paley II: S = [[0, jᵀ], [j, Q]] is a symmetric conference matrix (S² = q·I)
+  // for q ≡ 1 (mod 4); H = S ⊗ A + I ⊗ B with A = [[1, 1], [1, −1]],
+  // B = [[1, −1], [−1, −1]] gives H·Hᵀ = 2q·I + S ⊗ (AB + BA) + 2·I = 2(q + 1)·I
+  // because AB + BA = 0. S's index is the outer one, the 2 × 2 block's the inner.
+  const Eigen::Index s_size = q + 1;
+  constexpr int kA[2][2] = {{1, 1}, {1, -1}};
+  constexpr int kB[2][2] = {{1, -1}, {-1, -1}};
+  for (Eigen::Index i = 0; i < s_size; ++i) {
+    for (Eigen::Index j = 0; j < s_size; ++j) {
+      int s;
+      if (i == j) {
+        s = 0;
+      } else if (i == 0 || j == 0) {
+        s = 1;
+      } else {
+        s = jacobsthal(i - 1, j - 1);
+      }
+      for (int u = 0; u < 2; ++u) {
+        for (int v = 0; v < 2; ++v) h(2 * i + u, 2 * j + v) = i == j ? kB[u][v] : s * kA[u][v];
+      }
+    }
+  }
+  return h;
+}
+
+// What the fast transform of one size needs, built once per call.
+template <class Scalar>
+struct Plan {
+  HadamardConstruction construction;
+  Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> base;  // H_K or H_Kᵀ (±1), empty for K = 1
+  Scalar scale;                                                 // 1/√n
+
+  Plan(const HadamardConstruction& c, Direction direction)
+      : construction(c), scale(static_cast<Scalar>(1.0 / std::sqrt(static_cast<double>(c.size)))) {
+    if (c.base > 1) {
+      const Eigen::MatrixXi h = base_matrix(c);
+      // Row y = x·(H_K ⊗ H_P) mixes the K segments with H_K; the inverse
+      // x·(H_K ⊗ H_P)ᵀ = x·(H_Kᵀ ⊗ H_P) with H_Kᵀ (H_P is symmetric).
+      if (direction == Direction::kForward) {
+        base = h.cast<Scalar>();
+      } else {
+        base = h.transpose().cast<Scalar>();
+      }
+    }
+  }
+};
+
+// Rows processed together: a chunk is copied to a contiguous column-major
+// buffer of about this many scalars (fits in L2), transformed there, and
+// written back, which makes every step below a contiguous vector operation
+// whatever the storage order of x.
+constexpr Eigen::Index kChunkScalars = Eigen::Index{1} << 15;
+
+// x ← x·M for every row of x (x.cols() == plan.construction.size).
+template <class Scalar, class Derived>
+void apply_plan(Eigen::MatrixBase<Derived>& x, const Plan<Scalar>& plan) {
+  using Buffer = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  using Segment = Eigen::Map<Eigen::Array<Scalar, Eigen::Dynamic, 1>>;
+  const Eigen::Index n = plan.construction.size;
+  const Eigen::Index k = plan.construction.base;
+  const Eigen::Index p = plan.construction.sylvester_size();
+  const Eigen::Index rows = x.rows();
+  if (rows == 0) return;
+  const Eigen::Index chunk = std::min(rows, std::max<Eigen::Index>(1, kChunkScalars / n));
+  Buffer buffer(chunk, n);
+  Buffer mixed(k > 1 ? chunk : 0, k > 1 ? n : 0);
+  Eigen::Array<Scalar, Eigen::Dynamic, 1> temp(chunk * p / 2);
+  for (Eigen::Index r0 = 0; r0 < rows; r0 += chunk) {
+    const Eigen::Index height = std::min(chunk, rows - r0);
+    buffer.resize(height, n);
+    buffer = x.middleRows(r0, height);
+    // Sylvester part: the unnormalised FWHT of every length-P segment of every
+    // row, butterflies (u, v) ↦ (u + v, u − v) on columns h apart. In the
+    // column-major buffer the h columns starting at s are one contiguous run
+    // of height·h scalars, so a butterfly stage on a block is three array ops.
+    for (Eigen::Index h = 1; h < p; h *= 2) {
+      const Eigen::Index run = height * h;
+      for (Eigen::Index s = 0; s < n; s += 2 * h) {
+        Segment u(buffer.data() + s * height, run);
+        Segment v(buffer.data() + (s + h) * height, run);
+        temp.head(run) = v;
+        v = u - temp.head(run);
+        u += temp.head(run);
+      }
+    }
+    if (k == 1) {
+      x.middleRows(r0, height) = buffer * plan.scale;
+      continue;
+    }
+    // K part: y(c·P + d) = Σ_a H_K(a, c)·x(a·P + d). Column a·P + d of the
+    // buffer starts at (a·P + d)·height, so the buffer read as a
+    // (height·P) × K column-major matrix Z has Z(r + d·height, a) = x(r, a·P + d):
+    // the whole mix is one product Z·H_K.
+    mixed.resize(height, n);
+    Eigen::Map<const Buffer> z(buffer.data(), height * p, k);
+    Eigen::Map<Buffer> mixed_z(mixed.data(), height * p, k);
+    mixed_z.noalias() = z * plan.base;
+    x.middleRows(r0, height) = mixed * plan.scale;
+  }
+}
+
+inline bool is_power_of_two(Eigen::Index n) { return n > 0 && (n & (n - 1)) == 0; }
+
+inline int log2_exact(Eigen::Index n) {
+  return std::countr_zero(static_cast<std::uint64_t>(n));
+}
+
+}  // namespace detail_hadamard
+
+/// How oq builds a Hadamard matrix of order n (see the file comment), or
+/// std::nullopt when it has no construction for n (172, 52, any n that is not
+/// 1, 2 or a multiple of 4, …). Throws std::invalid_argument for n ≤ 0.
+inline std::optional<HadamardConstruction> find_hadamard_construction(Eigen::Index n) {
+  detail::require(n > 0, "oq::transform::find_hadamard_construction", "n must be positive, got ", n);
+  // Largest power of two first: the smaller K, the cheaper the dense part.
+  for (int m = detail_hadamard::log2_exact(n); m >= 0; --m) {
+    const Eigen::Index k = n >> m;
+    if (auto c = detail_hadamard::base_construction(k)) {
+      c->size = n;
+      c->power = m;
+      return c;
+    }
+  }
+  return std::nullopt;
+}
+
+namespace detail_hadamard {
+
+// Throws std::invalid_argument naming `name` unless n has a construction.
+inline HadamardConstruction require_construction(Eigen::Index n, std::string_view where, std::string_view name) {
+  detail::require(n > 0, where, name, " must be positive, got ", n);
+  const std::optional<HadamardConstruction> c = find_hadamard_construction(n);
+  detail::require(c.has_value(), where, name, " must be ", kSizeRule, ", got ", n, ": no construction exists for ",
+                  n, " (a block-diagonal Hadamard with a constructible block size dividing it does)");
+  return *c;
+}
+
+}  // namespace detail_hadamard
+
+/// The construction of order n; throws std::invalid_argument naming n when
+/// there is none (or n ≤ 0).
+inline HadamardConstruction hadamard_construction(Eigen::Index n) {
+  return detail_hadamard::require_construction(n, "oq::transform::hadamard_construction", "n");
+}
+
+namespace detail_hadamard {
+
+// Writes the ±1 entries of H_n (n × n) into h, in h's scalar type: one
+// allocation, the caller's.
+template <class Derived>
+void fill_hadamard(const HadamardConstruction& c, Eigen::MatrixBase<Derived>& h) {
+  using T = typename Derived::Scalar;
+  const Eigen::Index p = c.sylvester_size();
+  // Sylvester 1867, H_2s = [[H_s, H_s], [H_s, −H_s]], built in the top-left
+  // P × P block: natural order, H_P(b, d) = (−1)^popcount(b & d). Written
+  // as contiguous column segments, which Eigen copies far faster than 2-D
+  // blocks.
+  h(0, 0) = T(1);
+  for (Eigen::Index s = 1; s < p; s *= 2) {
+    for (Eigen::Index j = 0; j < s; ++j) {
+      h.col(j).segment(s, s) = h.col(j).head(s);
+      h.col(s + j).head(s) = h.col(j).head(s);
+      h.col(s + j).segment(s, s) = -h.col(j).head(s);
+    }
+  }
+  if (c.base == 1) return;
+  // H_n(a·P + b, c·P + d) = H_K(a, c)·H_P(b, d): H_K's index is the outer one.
+  // Block (0, 0) holds H_P until every other block has been copied from it;
+  // each block is a copy or a negation, never an integer multiply.
+  const Eigen::MatrixXi hk = base_matrix(c);
+  for (Eigen::Index col = 0; col < c.base; ++col) {
+    for (Eigen::Index row = 0; row < c.base; ++row) {
+      if (row == 0 && col == 0) continue;
+      for (Eigen::Index d = 0; d < p; ++d) {
+        if (hk(row, col) > 0) {
+          h.col(col * p + d).segment(row * p, p) = h.col(d).head(p);
+        } else {
+          h.col(col * p + d).segment(row * p, p) = -h.col(d).head(p);
+        }
+      }
+    }
+  }
+  if (hk(0, 0) < 0) {
+    for (Eigen::Index d = 0; d < p; ++d) h.col(d).head(p) = -h.col(d).head(p);
+  }
+}
+
+}  // namespace detail_hadamard
+
+/// The ±1 Hadamard matrix H_n = H_K ⊗ H_(2^m) (H_n·H_nᵀ = n·I, not
+/// normalised). Throws std::invalid_argument naming n when oq has no
+/// construction for it.
+inline Eigen::MatrixXi hadamard_matrix(Eigen::Index n) {
+  const HadamardConstruction c = detail_hadamard::require_construction(n, "oq::transform::hadamard_matrix", "n");
+  Eigen::MatrixXi h(n, n);
+  detail_hadamard::fill_hadamard(c, h);
+  return h;
+}
+
+/// Writes the ±1 entries of H_n into `out`, any writable n × n Eigen
+/// expression of any arithmetic scalar (an int8 map of your own buffer, a
+/// block of a bigger matrix, …), taken as a const reference and written
+/// through, the Eigen idiom. No allocation beyond H_K.
+template <class Derived>
+void hadamard_matrix_into(Eigen::Index n, const Eigen::MatrixBase<Derived>& out_) {
+  constexpr std::string_view kWhere = "oq::transform::hadamard_matrix_into";
+  const HadamardConstruction c = detail_hadamard::require_construction(n, kWhere, "n");
+  auto& out = const_cast<Eigen::MatrixBase<Derived>&>(out_);
+  detail::require(out.rows() == n && out.cols() == n, kWhere, "out must be ", n, " x ", n, ", got ", out.rows(),
+                  " x ", out.cols());
+  detail_hadamard::fill_hadamard(c, out);
+}
+
+/// The orthogonal M = H_n/√n that hadamard_rows(x) multiplies rows by
+/// (x ← x·M). Fold it into weights as W·M.
+template <class Scalar = double>
+Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> hadamard_orthogonal(Eigen::Index n) {
+  static_assert(std::is_floating_point_v<Scalar>, "hadamard_orthogonal needs a floating-point scalar");
+  const HadamardConstruction c =
+      detail_hadamard::require_construction(n, "oq::transform::hadamard_orthogonal", "n");
+  Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> m(n, n);
+  detail_hadamard::fill_hadamard(c, m);
+  m *= static_cast<Scalar>(1.0 / std::sqrt(static_cast<double>(n)));
+  return m;
+}
+
+/// The orthogonal M = diag(H_b, …, H_b)/√b (width/b blocks) that
+/// block_hadamard_rows(x, block_size) multiplies rows of width `width` by.
+template <class Scalar = double>
+Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> block_hadamard_orthogonal(Eigen::Index width,
+                                                                                Eigen::Index block_size) {
+  static_assert(std::is_floating_point_v<Scalar>, "block_hadamard_orthogonal needs a floating-point scalar");
+  constexpr std::string_view kWhere = "oq::transform::block_hadamard_orthogonal";
+  detail::require(width > 0, kWhere, "width must be positive, got ", width);
+  detail_hadamard::require_construction(block_size, kWhere, "block_size");
+  detail::require(width % block_size == 0, kWhere, "block_size must divide width = ", width, ", got ",
+                  block_size);
+  const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> block = hadamard_orthogonal<Scalar>(block_size);
+  Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> m =
+      Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>::Zero(width, width);
+  for (Eigen::Index s = 0; s < width; s += block_size) m.block(s, s, block_size, block_size) = block;
+  return m;
+}
+
+/// In place, every row: x ← x·H_n/√n, the fast Walsh–Hadamard transform in
+/// natural (Sylvester) order, O(n log n) per row, n = x.cols() a power of two.
+/// H_n is symmetric and orthogonal once normalised, so applying it twice gives
+/// x back. x is any writable Eigen expression of float or double (blocks,
+/// maps, either storage order), taken as a const reference and written
+/// through, the Eigen idiom.
+template <class Derived>
+void fwht_rows(const Eigen::MatrixBase<Derived>& x_) {
+  using Scalar = typename Derived::Scalar;
+  static_assert(std::is_floating_point_v<Scalar>, "fwht_rows needs a floating-point matrix");
+  constexpr std::string_view kWhere = "oq::transform::fwht_rows";
+  auto& x = const_cast<Eigen::MatrixBase<Derived>&>(x_);
+  detail::require(detail_hadamard::is_power_of_two(x.cols()), kWhere,
+                  "x.cols() must be a power of two (use hadamard_rows for K * 2^m), got ", x.cols());
+  detail::require_finite(x, kWhere, "x");
+  const HadamardConstruction c{x.cols(), 1, detail_hadamard::log2_exact(x.cols()), HadamardKind::kSylvester, 0};
+  detail_hadamard::apply_plan(x, detail_hadamard::Plan<Scalar>(c, Direction::kForward));
+}
+
+/// In place, every row: x ← x·M (kForward) or x·Mᵀ = x·M⁻¹ (kInverse) with
+/// M = (H_K ⊗ H_(2^m))/√n, n = x.cols() (hadamard_orthogonal(n) is M).
+/// Throws std::invalid_argument when n has no construction, std::domain_error
+/// on NaN/Inf.
+template <class Derived>
+void hadamard_rows(const Eigen::MatrixBase<Derived>& x_, Direction direction = Direction::kForward) {
+  using Scalar = typename Derived::Scalar;
+  static_assert(std::is_floating_point_v<Scalar>, "hadamard_rows needs a floating-point matrix");
+  constexpr std::string_view kWhere = "oq::transform::hadamard_rows";
+  auto& x = const_cast<Eigen::MatrixBase<Derived>&>(x_);
+  const HadamardConstruction c = detail_hadamard::require_construction(x.cols(), kWhere, "x.cols()");
+  detail::require_finite(x, kWhere, "x");
+  detail_hadamard::apply_plan(x, detail_hadamard::Plan<Scalar>(c, direction));
+}
+
+/// In place, every row: x ← x·M or x·Mᵀ with the block-diagonal
+/// M = diag(H_b, …, H_b)/√b (block_hadamard_orthogonal(x.cols(), b) is M).
+/// Each block of b channels is rotated on its own, which suits tensor-parallel
+/// shards and sizes with no construction of their own (DESIGN §5: 11008 with
+/// b = 64). Throws std::invalid_argument unless b has a construction and
+/// divides x.cols(); std::domain_error on NaN/Inf.
+template <class Derived>
+void block_hadamard_rows(const Eigen::MatrixBase<Derived>& x_, Eigen::Index block_size,
+                         Direction direction = Direction::kForward) {
+  using Scalar = typename Derived::Scalar;
+  static_assert(std::is_floating_point_v<Scalar>, "block_hadamard_rows needs a floating-point matrix");
+  constexpr std::string_view kWhere = "oq::transform::block_hadamard_rows";
+  auto& x = const_cast<Eigen::MatrixBase<Derived>&>(x_);
+  const HadamardConstruction c = detail_hadamard::require_construction(block_size, kWhere, "block_size");
+  detail::require(x.cols() > 0, kWhere, "x.cols() must be positive, got ", x.cols());
+  detail::require(x.cols() % block_size == 0, kWhere, "block_size must divide x.cols() = ", x.cols(), ", got ",
+                  block_size);
+  detail::require_finite(x, kWhere, "x");
+  const detail_hadamard::Plan<Scalar> plan(c, direction);
+  for (Eigen::Index s = 0; s < x.cols(); s += block_size) {
+    auto block = x.middleCols(s, block_size);
+    detail_hadamard::apply_plan(block, plan);
+  }
+}
+
+}  // namespace oq::transform

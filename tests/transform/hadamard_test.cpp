@@ -1,0 +1,570 @@
+#include <oq/transform/hadamard.hpp>
+
+#include <doctest/doctest.h>
+
+#include "support/matrices.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <algorithm>
+#include <bit>
+#include <limits>
+#include <map>
+#include <optional>
+#include <random>
+#include <set>
+#include <stdexcept>
+#include <type_traits>
+#include <vector>
+
+using namespace oq::transform;
+using oq::test::MatrixX;
+using oq::test::RowMatrixX;
+
+namespace {
+
+constexpr Eigen::Index kMaxSize = 4096;  // sizes checked exhaustively
+constexpr Eigen::Index kMaxBase = 256;   // K of the sizes checked exhaustively
+
+// Independent enumeration (a sieve, not the library's trial division): the
+// orders Paley 1933 gives, K = q + 1 (q ≡ 3 mod 4) and K = 2(q + 1) (q ≡ 1 mod 4),
+// plus K = 1, then every K·2^m (Sylvester doubling).
+struct PaleyOrders {
+  std::set<Eigen::Index> first;   // q + 1, q prime ≡ 3 (mod 4)
+  std::set<Eigen::Index> second;  // 2(q + 1), q prime ≡ 1 (mod 4)
+  std::set<Eigen::Index> all;     // both, and 1
+};
+
+PaleyOrders paley_orders(Eigen::Index limit) {
+  std::vector<bool> composite(static_cast<std::size_t>(limit + 1), false);
+  PaleyOrders orders;
+  orders.all.insert(1);
+  for (Eigen::Index q = 2; q <= limit; ++q) {
+    if (composite[static_cast<std::size_t>(q)]) continue;
+    for (Eigen::Index k = q * q; k <= limit; k += q) composite[static_cast<std::size_t>(k)] = true;
+    if (q % 4 == 3 && q + 1 <= limit) orders.first.insert(q + 1);
+    if (q % 4 == 1 && 2 * (q + 1) <= limit) orders.second.insert(2 * (q + 1));
+  }
+  orders.all.insert(orders.first.begin(), orders.first.end());
+  orders.all.insert(orders.second.begin(), orders.second.end());
+  return orders;
+}
+
+std::set<Eigen::Index> doubled(const std::set<Eigen::Index>& bases, Eigen::Index limit) {
+  std::set<Eigen::Index> sizes;
+  for (Eigen::Index k : bases) {
+    for (Eigen::Index n = k; n <= limit; n *= 2) sizes.insert(n);
+  }
+  return sizes;
+}
+
+// Every constructible size ≤ kMaxSize whose K is ≤ kMaxBase, from the independent enumeration.
+std::vector<Eigen::Index> sizes_under_test() {
+  const std::set<Eigen::Index> sizes = doubled(paley_orders(kMaxBase).all, kMaxSize);
+  return {sizes.begin(), sizes.end()};
+}
+
+// Sylvester's closed form as an entry function: H_P(b, d) = (−1)^popcount(b & d).
+int sylvester_entry(Eigen::Index b, Eigen::Index d) {
+  return std::popcount(static_cast<std::uint64_t>(b & d)) % 2 == 0 ? 1 : -1;
+}
+
+// Sylvester 1867 in natural order by its closed form H_P(b, d) =
+// (−1)^popcount(b & d) (the library builds it by doubling,
+// H_2P = [[H_P, H_P], [H_P, −H_P]]).
+Eigen::MatrixXi sylvester_closed_form(Eigen::Index p) {
+  Eigen::MatrixXi h(p, p);
+  for (Eigen::Index d = 0; d < p; ++d) {
+    for (Eigen::Index b = 0; b < p; ++b) h(b, d) = sylvester_entry(b, d);
+  }
+  return h;
+}
+
+// Legendre symbol by Euler's criterion a^((q−1)/2) mod q (the library uses a
+// table of squares instead).
+int legendre_euler(Eigen::Index a, Eigen::Index q) {
+  a = ((a % q) + q) % q;
+  if (a == 0) return 0;
+  Eigen::Index result = 1;
+  Eigen::Index base = a;
+  for (Eigen::Index e = (q - 1) / 2; e > 0; e /= 2) {
+    if (e % 2 == 1) result = result * base % q;
+    base = base * base % q;
+  }
+  return result == 1 ? 1 : -1;
+}
+
+// x·H_n/√n for every row: the float64 plain-loop reference, from the ±1
+// entries h(i, j) (a matrix, or a function where the n × n matrix would cost
+// more memory than the test is worth).
+template <class Entry>
+MatrixX<double> rows_times_ref(const MatrixX<double>& x, const Entry& h) {
+  const Eigen::Index n = x.cols();
+  const double scale = 1.0 / std::sqrt(static_cast<double>(n));
+  MatrixX<double> y(x.rows(), n);
+  for (Eigen::Index r = 0; r < x.rows(); ++r) {
+    for (Eigen::Index j = 0; j < n; ++j) {
+      double sum = 0.0;
+      for (Eigen::Index i = 0; i < n; ++i) sum += x(r, i) * h(i, j);
+      y(r, j) = sum * scale;
+    }
+  }
+  return y;
+}
+
+
+// Largest over rows of ‖y_r − ref_r‖ / ‖x_r‖ (‖ref_r‖ = ‖x_r‖: M is orthogonal).
+template <class T>
+double max_row_error(const MatrixX<T>& y, const MatrixX<double>& ref, const MatrixX<double>& x) {
+  double worst = 0.0;
+  for (Eigen::Index r = 0; r < x.rows(); ++r) {
+    worst = std::max(worst, (y.row(r).template cast<double>() - ref.row(r)).norm() / x.row(r).norm());
+  }
+  return worst;
+}
+
+// Rounding errors of long sums behave like random walks (Higham & Mary 2019,
+// probabilistic error analysis): the fast path's m butterfly stages and K-term
+// dot products give a relative row error of about √(m + K)·u_T, the float64
+// reference's n-term sums √n·u_64. Ten times that: an index-order, sign or
+// normalisation bug gives an error of order 1. Below the issue's 1e-12
+// (double) and 1e-5 (float) for every size tested here.
+template <class T>
+double tolerance(const HadamardConstruction& c) {
+  const double u = std::numeric_limits<T>::epsilon() / 2;
+  const double u64 = std::numeric_limits<double>::epsilon() / 2;
+  return 10.0 * (std::sqrt(static_cast<double>(c.power + c.base)) * u +
+                 std::sqrt(static_cast<double>(c.size)) * u64);
+}
+
+template <class T>
+double brief_tolerance() {
+  return std::is_same_v<T, double> ? 1e-12 : 1e-5;
+}
+
+}  // namespace
+
+TEST_CASE("constructible sizes: the library's list equals an independent enumeration") {
+  const PaleyOrders orders = paley_orders(kMaxSize);
+  const std::set<Eigen::Index>& bases = orders.all;
+  const std::set<Eigen::Index> sizes = doubled(bases, kMaxSize);
+  for (Eigen::Index n = 1; n <= kMaxSize; ++n) {
+    CAPTURE(n);
+    const std::optional<HadamardConstruction> c = find_hadamard_construction(n);
+    REQUIRE(c.has_value() == sizes.contains(n));
+    if (!c) continue;
+    CHECK(c->size == n);
+    CHECK(c->sylvester_size() * c->base == n);
+    CHECK(bases.contains(c->base));
+    // The smallest K (largest power of two) is the one used.
+    for (Eigen::Index p = 2 * c->sylvester_size(); n % p == 0; p *= 2) CHECK_FALSE(bases.contains(n / p));
+    switch (c->kind) {
+      case HadamardKind::kSylvester:
+        CHECK(c->base == 1);
+        CHECK(c->prime == 0);
+        break;
+      case HadamardKind::kPaleyI:
+        CHECK(orders.first.contains(c->base));
+        CHECK(c->base == c->prime + 1);
+        CHECK(c->prime % 4 == 3);
+        break;
+      case HadamardKind::kPaleyII:
+        CHECK(orders.second.contains(c->base));
+        CHECK(c->base == 2 * (c->prime + 1));
+        CHECK(c->prime % 4 == 1);
+        // Paley I is preferred when both apply (12 = 11 + 1 = 2·(5 + 1)).
+        CHECK_FALSE(orders.first.contains(c->base));
+        break;
+    }
+  }
+  // Pinned: the multiples of 4 up to 256 that neither Paley nor doubling reach
+  // (worked out separately from the prime lists; 52, 100 and 244 would need
+  // the prime powers q = 25, 49, 243, and 92, 116, 156, 172, … other
+  // constructions altogether).
+  std::vector<Eigen::Index> missing;
+  for (Eigen::Index n = 4; n <= 256; n += 4) {
+    if (!find_hadamard_construction(n)) missing.push_back(n);
+  }
+  CHECK(missing == std::vector<Eigen::Index>{52, 92, 100, 116, 156, 172, 184, 188, 232, 236, 244});
+  // Examples from DESIGN §5 and the issue.
+  CHECK(hadamard_construction(12).kind == HadamardKind::kPaleyI);
+  CHECK(hadamard_construction(28).kind == HadamardKind::kPaleyII);
+  CHECK(hadamard_construction(28).prime == 13);
+  CHECK(hadamard_construction(36).prime == 17);
+  CHECK(hadamard_construction(40).base == 20);
+  CHECK(hadamard_construction(40).power == 1);
+  CHECK_FALSE(find_hadamard_construction(172).has_value());
+  CHECK(hadamard_construction(11008).base == 5504);  // 11008 = 2·(5503 + 1), 5503 a prime ≡ 3 mod 4
+  CHECK(hadamard_construction(11008).power == 1);
+  CHECK(hadamard_construction(1 << 20).base == 1);
+  CHECK(hadamard_construction(1 << 20).power == 20);
+}
+
+TEST_CASE("H·Hᵀ = n·I exactly for every constructible size K·2^m with K ≤ 256 and n ≤ 4096") {
+  std::mt19937_64 rng(7);
+  std::uniform_int_distribution<int> coin(0, 1);
+  std::map<Eigen::Index, Eigen::MatrixXi> sylvester;  // by P, built once
+  // One buffer for all sizes (hadamard_matrix_into its top-left corner): a
+  // fresh 64 MiB matrix per size would spend most of the test in page faults.
+  Eigen::MatrixXi buffer(kMaxSize, kMaxSize);
+  for (Eigen::Index n : sizes_under_test()) {
+    CAPTURE(n);
+    const HadamardConstruction c = hadamard_construction(n);
+    const auto h = buffer.topLeftCorner(n, n);
+    hadamard_matrix_into(n, h);
+    REQUIRE((h.array().abs() == 1).all());
+    if (n <= 512) {
+      CHECK(hadamard_matrix(n) == h);
+      // The full Gram matrix, exact: float holds the integers ±n and every
+      // partial sum (|·| ≤ 512 < 2^24) exactly.
+      const Eigen::MatrixXf hf = h.cast<float>();
+      Eigen::MatrixXf gram = Eigen::MatrixXf::Zero(n, n);
+      gram.selfadjointView<Eigen::Lower>().rankUpdate(hf);
+      const Eigen::MatrixXf lower = gram.triangularView<Eigen::Lower>();
+      CHECK(lower == static_cast<float>(n) * Eigen::MatrixXf::Identity(n, n));
+    }
+    // Every size (the full Gram matrix of all of them would take minutes): the
+    // documented Kronecker order H_n(a·P + b, c·P + d) = H_K(a, c)·H_P(b, d),
+    // against H_K (itself a size of this loop, K ≤ 256, so Gram-checked in
+    // full) and Sylvester's closed form (Gram-checked up to 512 here), which
+    // makes H_n·H_nᵀ = (H_K·H_Kᵀ) ⊗ (H_P·H_Pᵀ) = K·I ⊗ P·I = n·I; and
+    // Freivalds' check H·(Hᵀ·v) = n·v in exact integers for random ±1 vectors
+    // v, which catches a non-Hadamard H with probability ≥ 1/2 per vector.
+    const Eigen::Index p = c.sylvester_size();
+    const Eigen::MatrixXi hk = hadamard_matrix(c.base);
+    REQUIRE(hadamard_construction(c.base).power == 0);
+    REQUIRE((hk.array().abs() == 1).all());
+    auto [found, inserted] = sylvester.try_emplace(p);
+    if (inserted) found->second = sylvester_closed_form(p);
+    const Eigen::MatrixXi& hp = found->second;
+    bool kronecker = true;
+    for (Eigen::Index a = 0; a < c.base; ++a) {
+      for (Eigen::Index b = 0; b < c.base; ++b) {
+        const auto block = h.block(a * p, b * p, p, p);
+        kronecker &= hk(a, b) > 0 ? block == hp : block == -hp;
+      }
+    }
+    CHECK(kronecker);
+    for (int trial = 0; trial < 2; ++trial) {
+      Eigen::VectorXi v(n);
+      for (Eigen::Index i = 0; i < n; ++i) v(i) = coin(rng) == 1 ? 1 : -1;
+      const Eigen::VectorXi w = h.transpose() * v;
+      const Eigen::VectorXi hw = h * w;
+      CHECK(hw == n * v);
+    }
+  }
+}
+
+TEST_CASE("hadamard_matrix_into writes any scalar type and layout") {
+  for (Eigen::Index n : {1, 12, 28, 40, 96, 128}) {
+    CAPTURE(n);
+    const Eigen::MatrixXi h = hadamard_matrix(n);
+    Eigen::Matrix<std::int8_t, Eigen::Dynamic, Eigen::Dynamic> small(n, n);
+    hadamard_matrix_into(n, small);
+    CHECK(small.cast<int>() == h);
+    std::vector<float> storage(static_cast<std::size_t>(n * n));
+    Eigen::Map<RowMatrixX<float>> mapped(storage.data(), n, n);
+    hadamard_matrix_into(n, mapped);
+    CHECK(mapped == h.cast<float>());
+    MatrixX<double> big = MatrixX<double>::Constant(n + 3, n + 2, 7.0);
+    hadamard_matrix_into(n, big.block(1, 2, n, n));
+    CHECK(big.block(1, 2, n, n) == h.cast<double>());
+    CHECK((big.topRows(1).array() == 7.0).all());
+    CHECK((big.leftCols(2).array() == 7.0).all());
+    CHECK((big.bottomRows(2).array() == 7.0).all());
+  }
+}
+
+TEST_CASE("H_K is Paley's matrix, generated as documented") {
+  // Sizes that are their own K (m = 0), so hadamard_matrix(k) is H_K itself.
+  for (Eigen::Index k : {12, 20, 44, 60, 68, 84, 108, 140, 252}) {
+    CAPTURE(k);
+    REQUIRE(hadamard_construction(k).kind == HadamardKind::kPaleyI);
+    REQUIRE(hadamard_construction(k).power == 0);
+    const Eigen::Index q = k - 1;
+    const Eigen::MatrixXi h = hadamard_matrix(k);
+    for (Eigen::Index i = 0; i < k; ++i) {
+      for (Eigen::Index j = 0; j < k; ++j) {
+        // I + [[0, jᵀ], [−j, Q]], Q(a, b) = χ(a − b).
+        int expected = i == 0 ? (j == 0 ? 0 : 1) : j == 0 ? -1 : legendre_euler((i - 1) - (j - 1), q);
+        if (i == j) expected += 1;
+        CHECK(h(i, j) == expected);
+      }
+    }
+    // Skew-Hadamard: H + Hᵀ = 2I, so H is not symmetric and the inverse
+    // transform needs Hᵀ.
+    CHECK(Eigen::MatrixXi(h + h.transpose()) == 2 * Eigen::MatrixXi::Identity(k, k));
+  }
+  for (Eigen::Index k : {28, 36, 76, 124, 148, 196}) {
+    CAPTURE(k);
+    REQUIRE(hadamard_construction(k).kind == HadamardKind::kPaleyII);
+    REQUIRE(hadamard_construction(k).power == 0);
+    const Eigen::Index q = k / 2 - 1;
+    const Eigen::MatrixXi h = hadamard_matrix(k);
+    const int a[2][2] = {{1, 1}, {1, -1}};
+    const int b[2][2] = {{1, -1}, {-1, -1}};
+    for (Eigen::Index i = 0; i <= q; ++i) {
+      for (Eigen::Index j = 0; j <= q; ++j) {
+        const int s = i == j ? 0 : (i == 0 || j == 0) ? 1 : legendre_euler((i - 1) - (j - 1), q);
+        for (int u = 0; u < 2; ++u) {
+          for (int v = 0; v < 2; ++v) CHECK(h(2 * i + u, 2 * j + v) == (i == j ? b[u][v] : s * a[u][v]));
+        }
+      }
+    }
+    CHECK(h == h.transpose());
+  }
+}
+
+TEST_CASE_TEMPLATE("fwht_rows equals x·H/√n with the explicit Sylvester matrix", T, float, double) {
+  for (Eigen::Index n = 1; n <= kMaxSize; n *= 2) {
+    CAPTURE(n);
+    const HadamardConstruction c = hadamard_construction(n);
+    const MatrixX<T> x = oq::test::gaussian<T>(2, n, static_cast<std::uint64_t>(n));
+    const MatrixX<double> xd = x.template cast<double>();
+    const MatrixX<double> ref = rows_times_ref(xd, sylvester_entry);
+    MatrixX<T> y = x;
+    fwht_rows(y);
+    CHECK(max_row_error(y, ref, xd) <= tolerance<T>(c));
+    CHECK(tolerance<T>(c) <= brief_tolerance<T>());
+    // Symmetric and orthogonal: applying it again gives x back.
+    fwht_rows(y);
+    CHECK(max_row_error(y, xd, xd) <= 2 * tolerance<T>(c));
+  }
+}
+
+TEST_CASE_TEMPLATE("hadamard_rows equals x·(H_K ⊗ H_2^m)/√n with the explicit matrix", T, float, double) {
+  std::vector<Eigen::Index> sizes;
+  for (Eigen::Index n : sizes_under_test()) {
+    if (n <= 512) sizes.push_back(n);
+  }
+  for (Eigen::Index n : {768, 2816, 3840}) sizes.push_back(n);  // K = 12, 44, 60 with P = 64
+  for (Eigen::Index n : sizes) {
+    CAPTURE(n);
+    const HadamardConstruction c = hadamard_construction(n);
+    const MatrixX<T> x = oq::test::gaussian<T>(2, n, static_cast<std::uint64_t>(n) + 1000);
+    const MatrixX<double> xd = x.template cast<double>();
+    const MatrixX<double> ref = rows_times_ref(xd, hadamard_matrix(n));
+    MatrixX<T> y = x;
+    hadamard_rows(y);
+    CHECK(max_row_error(y, ref, xd) <= tolerance<T>(c));
+    CHECK(tolerance<T>(c) <= brief_tolerance<T>());
+    // The explicit normalised matrix is the M of the transform (checked on the
+    // smaller sizes: a 4096² double matrix costs more to allocate than to test).
+    if (n <= 512) {
+      const MatrixX<T> m = hadamard_orthogonal<T>(n);
+      CHECK(m == (hadamard_matrix(n).cast<T>() * static_cast<T>(1.0 / std::sqrt(static_cast<double>(n)))).eval());
+    }
+    // Orthogonal: norms are kept, and x·M·Mᵀ = x.
+    for (Eigen::Index r = 0; r < x.rows(); ++r) {
+      CHECK(std::abs(y.row(r).template cast<double>().norm() - xd.row(r).norm()) <=
+            tolerance<T>(c) * xd.row(r).norm());
+    }
+    hadamard_rows(y, Direction::kInverse);
+    CHECK(max_row_error(y, xd, xd) <= 2 * tolerance<T>(c));
+  }
+}
+
+TEST_CASE("the inverse direction matters when H_K is not symmetric") {
+  // Paley I: H_12 + H_12ᵀ = 2I, so x·M·M ≠ x but x·M·Mᵀ = x.
+  const MatrixX<double> x = oq::test::gaussian<double>(4, 12 * 8, 3);
+  MatrixX<double> twice = x;
+  hadamard_rows(twice);
+  MatrixX<double> expected = twice;
+  hadamard_rows(twice);
+  CHECK((twice - x).norm() > 0.5 * x.norm());
+  hadamard_rows(expected, Direction::kInverse);
+  CHECK((expected - x).norm() <= 1e-12 * x.norm());
+  // kInverse alone is x·Mᵀ.
+  MatrixX<double> inverse = x;
+  hadamard_rows(inverse, Direction::kInverse);
+  const MatrixX<double> ref = rows_times_ref(x, Eigen::MatrixXi(hadamard_matrix(96).transpose()));
+  CHECK(max_row_error(inverse, ref, x) <= tolerance<double>(hadamard_construction(96)));
+}
+
+TEST_CASE("storage order, blocks, maps and many rows") {
+  // 70 rows of 1280 = 20·64: more than one chunk of rows, the last one partial.
+  const MatrixX<double> x = oq::test::heavy_tailed<double>(70, 1280, 11);
+  const MatrixX<double> ref = rows_times_ref(x, hadamard_matrix(1280));
+  const double tol = tolerance<double>(hadamard_construction(1280));
+
+  MatrixX<double> col_major = x;
+  hadamard_rows(col_major);
+  CHECK(max_row_error(col_major, ref, x) <= tol);
+
+  RowMatrixX<double> row_major = x;
+  hadamard_rows(row_major);
+  CHECK(MatrixX<double>(row_major) == col_major);
+
+  // A block of a bigger matrix: only the block changes.
+  MatrixX<double> big = MatrixX<double>::Constant(74, 1290, 5.0);
+  big.block(2, 7, 70, 1280) = x;
+  hadamard_rows(big.block(2, 7, 70, 1280));
+  CHECK(big.block(2, 7, 70, 1280) == col_major);
+  CHECK((big.topRows(2).array() == 5.0).all());
+  CHECK((big.bottomRows(2).array() == 5.0).all());
+  CHECK((big.leftCols(7).array() == 5.0).all());
+  CHECK((big.rightCols(3).array() == 5.0).all());
+
+  // A map over the caller's buffer, and a transposed view (rows of xᵀᵀ).
+  std::vector<double> buffer(row_major.size());
+  Eigen::Map<RowMatrixX<double>> mapped(buffer.data(), 70, 1280);
+  mapped = x;
+  hadamard_rows(mapped);
+  CHECK(MatrixX<double>(mapped) == col_major);
+  MatrixX<double> xt = x.transpose();
+  hadamard_rows(xt.transpose());
+  CHECK(MatrixX<double>(xt.transpose()) == col_major);
+
+  // No rows: nothing to do.
+  MatrixX<double> empty(0, 12);
+  hadamard_rows(empty);
+  CHECK(empty.size() == 0);
+}
+
+TEST_CASE_TEMPLATE("block-diagonal Hadamard equals the explicit block-diagonal matrix", T, float, double) {
+  struct Case {
+    Eigen::Index width, block;
+  };
+  // 100 and 688 = 172·4 have no construction of their own.
+  for (const Case& tc : {Case{100, 20}, Case{688, 4}, Case{168, 28}, Case{384, 12}, Case{512, 512}, Case{96, 1}}) {
+    CAPTURE(tc.width);
+    CAPTURE(tc.block);
+    const MatrixX<double> m = block_hadamard_orthogonal<double>(tc.width, tc.block);
+    // The explicit matrix: H_b/√b on the diagonal blocks, zero elsewhere.
+    const MatrixX<double> hb = hadamard_orthogonal<double>(tc.block);
+    for (Eigen::Index i = 0; i < tc.width / tc.block; ++i) {
+      for (Eigen::Index j = 0; j < tc.width / tc.block; ++j) {
+        const auto blk = m.block(i * tc.block, j * tc.block, tc.block, tc.block);
+        if (i == j) {
+          CHECK(blk == hb);
+        } else {
+          CHECK(blk.isZero(0));
+        }
+      }
+    }
+    CHECK(block_hadamard_orthogonal<float>(tc.width, tc.block) == m.cast<float>());
+
+    const MatrixX<T> x = oq::test::gaussian<T>(5, tc.width, 21);
+    const MatrixX<double> xd = x.template cast<double>();
+    // Plain loops over the explicit matrix (Gram-checked blocks scaled by 1/√b).
+    MatrixX<double> ref(x.rows(), tc.width);
+    for (Eigen::Index r = 0; r < x.rows(); ++r) {
+      for (Eigen::Index j = 0; j < tc.width; ++j) {
+        double sum = 0.0;
+        for (Eigen::Index i = 0; i < tc.width; ++i) sum += xd(r, i) * m(i, j);
+        ref(r, j) = sum;
+      }
+    }
+    MatrixX<T> y = x;
+    block_hadamard_rows(y, tc.block);
+    // The reference sums `width` terms (zeros add no rounding, but they are
+    // still counted): its share of the tolerance uses width, not block.
+    HadamardConstruction bound = hadamard_construction(tc.block);
+    bound.size = tc.width;
+    CHECK(max_row_error(y, ref, xd) <= tolerance<T>(bound));
+    block_hadamard_rows(y, tc.block, Direction::kInverse);
+    CHECK(max_row_error(y, xd, xd) <= 2 * tolerance<T>(bound));
+  }
+}
+
+TEST_CASE("X·Wᵀ is preserved when X and W get the same rotation") {
+  struct Case {
+    Eigen::Index width, block;  // block 0: hadamard_rows over the whole width
+  };
+  for (const Case& tc : {Case{768, 0}, Case{2816, 0}, Case{5120, 0}, Case{11008, 64}, Case{11008, 256}}) {
+    CAPTURE(tc.width);
+    CAPTURE(tc.block);
+    const MatrixX<double> x = oq::test::heavy_tailed<double>(8, tc.width, 31);
+    const MatrixX<double> w = oq::test::gaussian<double>(6, tc.width, 32);
+    MatrixX<double> xr = x;
+    MatrixX<double> wr = w;
+    if (tc.block == 0) {
+      hadamard_rows(xr);
+      hadamard_rows(wr);
+    } else {
+      block_hadamard_rows(xr, tc.block);
+      block_hadamard_rows(wr, tc.block);
+    }
+    CHECK((xr - x).norm() > 0.1 * x.norm());  // it did rotate
+    const MatrixX<double> y = x * w.transpose();
+    const MatrixX<double> yr = xr * wr.transpose();
+    // Normwise relative to ‖X‖·‖W‖, the scale of the dot products' rounding
+    // (‖X·Wᵀ‖ itself is smaller by about √width for independent rows).
+    CHECK((yr - y).norm() <= 1e-12 * x.norm() * w.norm());
+  }
+  // DESIGN §5's case: 11008 = 172·64, each 64-wide block rotated on its own.
+  const MatrixX<double> x = oq::test::gaussian<double>(3, 11008, 41);
+  MatrixX<double> y = x;
+  block_hadamard_rows(y, 64);
+  const MatrixX<double> h64 = hadamard_orthogonal<double>(64);
+  for (Eigen::Index s = 0; s < 11008; s += 64) {
+    const MatrixX<double> expected = x.middleCols(s, 64) * h64;
+    CHECK((y.middleCols(s, 64) - expected).norm() <= 1e-12 * x.middleCols(s, 64).norm());
+  }
+}
+
+TEST_CASE("bad input gives clear errors") {
+  CHECK_FALSE(find_hadamard_construction(172).has_value());
+  CHECK_FALSE(find_hadamard_construction(3).has_value());
+  CHECK_FALSE(find_hadamard_construction(6).has_value());
+  CHECK_THROWS_WITH_AS(hadamard_matrix(172),
+                       doctest::Contains("oq::transform::hadamard_matrix: n must be a size with a Hadamard "
+                                         "construction"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(hadamard_matrix(172), doctest::Contains("got 172: no construction exists for 172"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(hadamard_construction(52), doctest::Contains("got 52"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(hadamard_orthogonal<double>(100), doctest::Contains("n must be a size with"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(hadamard_matrix(0), doctest::Contains("n must be positive, got 0"), std::invalid_argument);
+  Eigen::MatrixXi wrong_shape(12, 11);
+  CHECK_THROWS_WITH_AS(hadamard_matrix_into(12, wrong_shape),
+                       doctest::Contains("oq::transform::hadamard_matrix_into: out must be 12 x 12, got 12 x 11"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(hadamard_matrix_into(172, Eigen::MatrixXi(172, 172)), doctest::Contains("got 172"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(find_hadamard_construction(-4), doctest::Contains("n must be positive, got -4"),
+                       std::invalid_argument);
+
+  MatrixX<double> x = oq::test::gaussian<double>(3, 172, 1);
+  CHECK_THROWS_WITH_AS(hadamard_rows(x),
+                       doctest::Contains("oq::transform::hadamard_rows: x.cols() must be a size with a Hadamard"),
+                       std::invalid_argument);
+  MatrixX<double> no_cols(3, 0);
+  CHECK_THROWS_WITH_AS(hadamard_rows(no_cols), doctest::Contains("x.cols() must be positive, got 0"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(block_hadamard_rows(no_cols, 4), doctest::Contains("x.cols() must be positive, got 0"),
+                       std::invalid_argument);
+
+  MatrixX<float> w = oq::test::gaussian<float>(2, 100, 2);
+  CHECK_THROWS_WITH_AS(block_hadamard_rows(w, 12),
+                       doctest::Contains("oq::transform::block_hadamard_rows: block_size must divide x.cols() = "
+                                         "100, got 12"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(block_hadamard_rows(w, 50), doctest::Contains("block_size must be a size with a Hadamard"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(block_hadamard_rows(w, 0), doctest::Contains("block_size must be positive, got 0"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(block_hadamard_orthogonal<float>(100, 8),
+                       doctest::Contains("block_size must divide width = 100, got 8"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(block_hadamard_orthogonal<float>(0, 8), doctest::Contains("width must be positive, got 0"),
+                       std::invalid_argument);
+
+  MatrixX<float> twelve = oq::test::gaussian<float>(2, 12, 3);
+  CHECK_THROWS_WITH_AS(fwht_rows(twelve),
+                       doctest::Contains("oq::transform::fwht_rows: x.cols() must be a power of two"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(fwht_rows(twelve), doctest::Contains("got 12"), std::invalid_argument);
+
+  // NaN/Inf: named, and x is left untouched.
+  MatrixX<double> bad = oq::test::gaussian<double>(3, 64, 4);
+  bad(1, 3) = std::numeric_limits<double>::quiet_NaN();
+  const MatrixX<double> before = bad;
+  CHECK_THROWS_WITH_AS(hadamard_rows(bad), doctest::Contains("x(1, 3) is nan"), std::domain_error);
+  CHECK_THROWS_WITH_AS(fwht_rows(bad), doctest::Contains("x(1, 3) is nan"), std::domain_error);
+  CHECK_THROWS_WITH_AS(block_hadamard_rows(bad, 16), doctest::Contains("x(1, 3) is nan"), std::domain_error);
+  bad(2, 60) = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_WITH_AS(hadamard_rows(bad.bottomRows(1)), doctest::Contains("x(0, 60) is inf"), std::domain_error);
+  bad(2, 60) = before(2, 60);
+  CHECK(bad.cwiseEqual(before).count() + 1 == bad.size());  // only the NaN differs (NaN != NaN)
+}
