@@ -8,6 +8,7 @@
 
 #include "support/matrices.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 using namespace oq::quant;
@@ -33,21 +34,27 @@ TEST_CASE("W4A16 equals the dequantized product to fp32 accumulation error") {
         const PackedInt4 packed = pack_int4(codes, symmetric ? Int4Kind::kSigned : Int4Kind::kUnsigned);
         const RowMatrix w_hat = dequantize(codes, params, spec);
 
-        oq::test::W4A16Problem q{s.m, s.n, s.k, s.group, s.k, s.k / 2, s.n, symmetric, false};
+        // Padded leading dimensions, so that a mix-up of ld and K or N fails.
+        const std::int64_t ld_a = s.k + 8, ld_w = s.k / 2 + 4, ld_y = s.n + 3;
+        oq::test::W4A16Problem q{s.m, s.n, s.k, s.group, ld_a, ld_w, ld_y, symmetric, false};
         RowMatrix a = oq::test::gaussian<float>(s.m, s.k, 7);
-        std::vector<float> a_flat(a.data(), a.data() + a.size());
-        const std::vector<std::uint8_t> w_flat(packed.data(), packed.data() + packed.size());
+        std::vector<float> a_flat(static_cast<std::size_t>(s.m * ld_a), 1e4f);
+        for (Eigen::Index r = 0; r < s.m; ++r) std::copy(a.row(r).data(), a.row(r).data() + s.k, a_flat.begin() + r * ld_a);
+        std::vector<std::uint8_t> w_flat(static_cast<std::size_t>(s.n * ld_w), 0x77);
+        for (Eigen::Index r = 0; r < s.n; ++r)
+          std::copy(packed.row(r).data(), packed.row(r).data() + packed.cols(), w_flat.begin() + r * ld_w);
         const RowMatrix scales = params.scale;  // n × groups, row-major as the kernel reads it
         const RowMatrix zeros = params.zero;
         const auto y = oq::test::gemm_w4a16_on_device(q, a_flat, bf16, w_flat,
                                                       std::vector<float>(scales.data(), scales.data() + scales.size()),
                                                       std::vector<float>(zeros.data(), zeros.data() + zeros.size()));
-        a = Eigen::Map<const RowMatrix>(a_flat.data(), s.m, s.k);  // the 16-bit values the kernel saw
+        for (Eigen::Index r = 0; r < s.m; ++r)  // the 16-bit values the kernel saw
+          a.row(r) = Eigen::Map<const Eigen::RowVectorXf>(a_flat.data() + r * ld_a, s.k);
         const Eigen::MatrixXd reference = a.cast<double>() * w_hat.cast<double>().transpose();
         const Eigen::MatrixXd magnitude = a.cast<double>().cwiseAbs() * w_hat.cast<double>().cwiseAbs().transpose();
         for (Eigen::Index i = 0; i < s.m; ++i) {
           for (Eigen::Index j = 0; j < s.n; ++j) {
-            const float got = y[static_cast<std::size_t>(i * s.n + j)];
+            const float got = y[static_cast<std::size_t>(i * ld_y + j)];
             REQUIRE(std::isfinite(got));  // NaN poison: every output written
             // fp32 accumulation of K products plus one rounding of each ŵ:
             // |error| <= (K/32 + 32 + 2)·2^−24·Σ|a·ŵ| (lane-strided sums, then a 32-way tree).

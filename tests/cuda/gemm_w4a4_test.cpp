@@ -6,6 +6,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -35,7 +36,9 @@ TEST_CASE("W4A4 accumulators and epilogue against the host reference") {
         const PackedInt4 pa = pack_int4(qa, a_signed ? Int4Kind::kSigned : Int4Kind::kUnsigned);
         const PackedInt4 pw = pack_int4(qw, w_signed ? Int4Kind::kSigned : Int4Kind::kUnsigned);
         std::uniform_real_distribution<float> scale(0.001f, 0.1f);
-        std::uniform_int_distribution<int> zero(0, 15);
+        // Zero points as the quantizers produce them: often outside the code
+        // range (DESIGN §2: a group that does not straddle 0).
+        std::uniform_int_distribution<int> zero(-20, 30);
         std::vector<float> sa(static_cast<std::size_t>(s.m)), sw(static_cast<std::size_t>(s.n)), za, zw;
         for (float& v : sa) v = scale(rng);
         for (float& v : sw) v = scale(rng);
@@ -47,10 +50,17 @@ TEST_CASE("W4A4 accumulators and epilogue against the host reference") {
         for (std::int64_t i = 0; i < s.m; ++i) suma[static_cast<std::size_t>(i)] = qa.row(i).sum();
         for (std::int64_t j = 0; j < s.n; ++j) sumw[static_cast<std::size_t>(j)] = qw.row(j).sum();
 
-        const oq::test::W4A4Problem problem{s.m, s.n, s.k, s.k / 2, s.k / 2, a_signed, w_signed, true, false};
-        const auto got = oq::test::gemm_w4a4_on_device(problem, std::vector<std::uint8_t>(pa.data(), pa.data() + pa.size()),
-                                                       std::vector<std::uint8_t>(pw.data(), pw.data() + pw.size()), sa, za,
-                                                       sw, zw, suma, sumw);
+        // Rows padded past K/2 bytes (by 6 and 2), so that a mix-up of ld and K fails.
+        const std::int64_t ld_a = s.k / 2 + 6, ld_w = s.k / 2 + 2;
+        auto padded = [](const PackedInt4& packed, std::int64_t ld) {
+          std::vector<std::uint8_t> out(static_cast<std::size_t>(packed.rows() * ld), 0x5A);
+          for (Eigen::Index r = 0; r < packed.rows(); ++r)
+            std::copy(packed.row(r).data(), packed.row(r).data() + packed.cols(), out.begin() + r * ld);
+          return out;
+        };
+        const oq::test::W4A4Problem problem{s.m, s.n, s.k, ld_a, ld_w, a_signed, w_signed, true, false};
+        const auto got = oq::test::gemm_w4a4_on_device(problem, padded(pa, ld_a), padded(pw, ld_w), sa, za, sw, zw,
+                                                       suma, sumw);
         int acc_mismatches = 0, y_mismatches = 0;
         for (std::int64_t i = 0; i < s.m; ++i) {
           for (std::int64_t j = 0; j < s.n; ++j) {

@@ -65,3 +65,20 @@ inline Report cuda_failure(const char* call, cudaError_t error) {
       return ::oq::cuda::cuda_failure(#call, oq_cuda_try_error_);         \
     }                                                                     \
   } while (0)
+
+namespace oq::cuda {
+
+/// Success when the current device has compute capability `major`.0 or newer;
+/// otherwise kUnsupportedDevice naming `who` (or kCudaError).
+inline Report require_compute_capability(int major, const std::string& who) {
+  int device = 0;
+  OQ_CUDA_TRY(cudaGetDevice(&device));
+  int found = 0;
+  OQ_CUDA_TRY(cudaDeviceGetAttribute(&found, cudaDevAttrComputeCapabilityMajor, device));
+  if (found < major)
+    return Report::failure(Status::kUnsupportedDevice, who + ": needs compute capability " + std::to_string(major) +
+                                                           ".0 or newer, got major " + std::to_string(found));
+  return Report::success();
+}
+
+}  // namespace oq::cuda

@@ -57,14 +57,7 @@ class GemmW4A16 {
 
   static Report can_implement(const Params& p) {
     if (Report r = check_arguments(p); !r.ok()) return r;
-    int device = 0;
-    OQ_CUDA_TRY(cudaGetDevice(&device));
-    int major = 0;
-    OQ_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    if (major < 8)
-      return Report::failure(Status::kUnsupportedDevice,
-                             "GemmW4A16: needs compute capability 8.0 or newer, got major " + std::to_string(major));
-    return Report::success();
+    return require_compute_capability(8, "GemmW4A16");
   }
 
   static Report run(const Params& p, cudaStream_t stream = nullptr) {

@@ -14,10 +14,8 @@
 #pragma once
 
 #include <oq/core/int4.hpp>
+#include <oq/cuda/numeric.cuh>
 #include <oq/cuda/status.cuh>
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
 #include <cstdint>
 #include <type_traits>
@@ -38,28 +36,6 @@ struct GemmW4A16Params {
   std::int64_t ld_y = 0;
   std::int64_t m = 0, n = 0, k = 0;
 };
-
-template <class T>
-__device__ __forceinline__ float element_to_float(T v) {
-  if constexpr (std::is_same_v<T, __half>) {
-    return __half2float(v);
-  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    return __bfloat162float(v);
-  } else {
-    return static_cast<float>(v);
-  }
-}
-
-template <class T>
-__device__ __forceinline__ T float_to_element(float v) {
-  if constexpr (std::is_same_v<T, __half>) {
-    return __float2half_rn(v);
-  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    return __float2bfloat16_rn(v);
-  } else {
-    return v;
-  }
-}
 
 template <class ElementA, class ElementOut, int kTileM = 8, int kWarps = 4>
 struct GemmW4A16 {
@@ -97,9 +73,10 @@ struct GemmW4A16 {
         if (m0 + i < p.m) {
           // Eight 16-bit activations in one 16-byte load.
           const uint4 raw = *reinterpret_cast<const uint4*>(p.a + (m0 + i) * p.ld_a + k0);
-          const ElementA* a8 = reinterpret_cast<const ElementA*>(&raw);
+          ElementA a8[8];
+          memcpy(a8, &raw, sizeof raw);  // register moves; no aliasing through a pointer cast
           OQ_UNROLL
-          for (int j = 0; j < 8; ++j) acc[i] = fmaf(element_to_float(a8[j]), w[j], acc[i]);
+          for (int j = 0; j < 8; ++j) acc[i] = fmaf(cuda::to_float(a8[j]), w[j], acc[i]);
         }
       }
     }
@@ -108,7 +85,7 @@ struct GemmW4A16 {
       float v = acc[i];
       OQ_UNROLL
       for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
-      if (lane == 0 && m0 + i < p.m) p.y[(m0 + i) * p.ld_y + n] = float_to_element<ElementOut>(v);
+      if (lane == 0 && m0 + i < p.m) p.y[(m0 + i) * p.ld_y + n] = cuda::from_float<ElementOut>(v);
     }
   }
 };

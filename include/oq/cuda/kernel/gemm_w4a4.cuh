@@ -22,10 +22,8 @@
 #pragma once
 
 #include <oq/core/int4.hpp>
+#include <oq/cuda/numeric.cuh>
 #include <oq/cuda/status.cuh>
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
 #include <cstdint>
 #include <type_traits>
@@ -53,17 +51,6 @@ struct GemmW4A4Params {
   ElementOut* y = nullptr;          ///< M × N outputs (ld_y apart), or null
   std::int64_t ld_y = 0;
 };
-
-template <class T>
-__device__ __forceinline__ T store_as(float v) {
-  if constexpr (std::is_same_v<T, __half>) {
-    return __float2half_rn(v);
-  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    return __float2bfloat16_rn(v);
-  } else {
-    return v;
-  }
-}
 
 template <class ElementOut, int kWarpsN = 4>
 struct GemmW4A4 {
@@ -121,7 +108,7 @@ struct GemmW4A4 {
         if (zw != 0) total -= zw * p.sum_a[row];
         if (za != 0) total -= za * p.sum_w[col];
         total += p.k * za * zw;
-        p.y[row * p.ld_y + col] = store_as<ElementOut>(p.scale_a[row] * p.scale_w[col] * static_cast<float>(total));
+        p.y[row * p.ld_y + col] = cuda::from_float<ElementOut>(p.scale_a[row] * p.scale_w[col] * static_cast<float>(total));
       }
     }
 #endif

@@ -18,17 +18,22 @@
 //   code_sums[m] = Σ_k q[m, k], the raw codes, for the zero-point terms of
 //             the GEMM epilogue (DESIGN §7); may be null.
 //
+// Bit-exactness assumes the default IEEE arithmetic: --use_fast_math turns
+// x / s into an approximate division and breaks it. Non-finite inputs are not
+// checked here (the host APIs reject them): NaN is skipped by the min/max but
+// its code is unspecified, and ±Inf gives an infinite scale. Validate on the
+// host, or upstream, where that matters.
+//
 // This first version favours clarity and exactness over speed (the row lives
 // in shared memory, so K·4 bytes plus the rotation must fit); issue 6 tunes it.
 #pragma once
 
 #include <oq/core/int4.hpp>
 #include <oq/core/quant_math.hpp>
+#include <oq/cuda/numeric.cuh>
 #include <oq/cuda/status.cuh>
 
 #include <cub/block/block_reduce.cuh>
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
 #include <cstdint>
 #include <type_traits>
@@ -53,17 +58,6 @@ struct QuantizePerTokenParams {
   const float* rotation = nullptr;  ///< block_size × block_size row-major, or null
   int block_size = 0;               ///< b, when rotation is given; divides cols and kThreads
 };
-
-template <class Element>
-__device__ __forceinline__ float to_float(Element v) {
-  if constexpr (std::is_same_v<Element, __half>) {
-    return __half2float(v);
-  } else if constexpr (std::is_same_v<Element, __nv_bfloat16>) {
-    return __bfloat162float(v);
-  } else {
-    return static_cast<float>(v);
-  }
-}
 
 // Reduction operators spelled out: cub::Min/cub::Max left CUB in CCCL 3.
 struct MinOp {
@@ -103,7 +97,7 @@ struct QuantizePerToken {
     const int t = threadIdx.x;
     float* row = dynamic;
     const Element* x = p.x + m * p.ld_x;
-    for (std::int64_t k = t; k < p.cols; k += kThreads) row[k] = to_float(x[k]);
+    for (std::int64_t k = t; k < p.cols; k += kThreads) row[k] = cuda::to_float(x[k]);
 
     if (p.rotation != nullptr) {
       float* r = dynamic + p.cols;
