@@ -13,7 +13,7 @@
 
 namespace {
 
-void check(cudaError_t status, const char* what) { oq::test::check_cuda(status, what); }
+using oq::test::check_cuda;
 
 __global__ void core_kernel(const float* values, int n_values, float* rounded, std::uint8_t* repacked,
                             const std::uint32_t* words, int n_words, std::uint64_t* widened) {
@@ -39,20 +39,20 @@ CoreDeviceResults run_core_on_device(const std::vector<float>& values, const std
   DeviceBuffer<std::uint8_t> d_repacked(256);
   DeviceBuffer<std::uint32_t> d_words(words.size());
   DeviceBuffer<std::uint64_t> d_widened(words.size());
-  check(cudaMemcpy(d_values.ptr, values.data(), values.size() * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
-  check(cudaMemcpy(d_words.ptr, words.data(), words.size() * sizeof(std::uint32_t), cudaMemcpyHostToDevice),
+  check_cuda(cudaMemcpy(d_values.ptr, values.data(), values.size() * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
+  check_cuda(cudaMemcpy(d_words.ptr, words.data(), words.size() * sizeof(std::uint32_t), cudaMemcpyHostToDevice),
         "cudaMemcpy");
   const int n = std::max(std::max(n_values, n_words), 256);
   core_kernel<<<(n + 255) / 256, 256>>>(d_values.ptr, n_values, d_rounded.ptr, d_repacked.ptr, d_words.ptr, n_words,
                                         d_widened.ptr);
-  check(cudaGetLastError(), "core_kernel launch");
-  check(cudaDeviceSynchronize(), "core_kernel");
+  check_cuda(cudaGetLastError(), "core_kernel launch");
+  check_cuda(cudaDeviceSynchronize(), "core_kernel");
   CoreDeviceResults results{std::vector<float>(values.size()), std::vector<std::uint8_t>(256),
                             std::vector<std::uint64_t>(words.size())};
-  check(cudaMemcpy(results.rounded.data(), d_rounded.ptr, values.size() * sizeof(float), cudaMemcpyDeviceToHost),
+  check_cuda(cudaMemcpy(results.rounded.data(), d_rounded.ptr, values.size() * sizeof(float), cudaMemcpyDeviceToHost),
         "cudaMemcpy");
-  check(cudaMemcpy(results.repacked.data(), d_repacked.ptr, 256, cudaMemcpyDeviceToHost), "cudaMemcpy");
-  check(cudaMemcpy(results.widened.data(), d_widened.ptr, words.size() * sizeof(std::uint64_t),
+  check_cuda(cudaMemcpy(results.repacked.data(), d_repacked.ptr, 256, cudaMemcpyDeviceToHost), "cudaMemcpy");
+  check_cuda(cudaMemcpy(results.widened.data(), d_widened.ptr, words.size() * sizeof(std::uint64_t),
                    cudaMemcpyDeviceToHost),
         "cudaMemcpy");
   return results;

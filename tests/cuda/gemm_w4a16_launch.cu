@@ -1,6 +1,7 @@
 #include "gemm_w4a16_launch.hpp"
 
 #include <oq/cuda/device/gemm_w4a16.cuh>
+#include <oq/cuda/numeric.cuh>
 
 #include "support/device_buffer.cuh"
 
@@ -34,13 +35,8 @@ std::vector<float> run(const oq::test::W4A16Problem& q, std::vector<float>& a, c
                        const std::vector<float>& scales, const std::vector<float>& zeros) {
   std::vector<ElementA> a16(a.size());
   for (std::size_t i = 0; i < a.size(); ++i) {
-    if constexpr (std::is_same_v<ElementA, __half>) {
-      a16[i] = __float2half_rn(a[i]);
-      a[i] = __half2float(a16[i]);
-    } else {
-      a16[i] = __float2bfloat16_rn(a[i]);
-      a[i] = __bfloat162float(a16[i]);
-    }
+    a16[i] = oq::cuda::from_float<ElementA>(a[i]);
+    a[i] = oq::cuda::to_float(a16[i]);
   }
   const auto out_size = static_cast<std::size_t>(q.m * q.ld_y);
   DeviceBuffer<ElementA> d_a(a16.size());

@@ -1,11 +1,9 @@
 #include "quantize_per_token_launch.hpp"
 
 #include <oq/cuda/device/quantize_per_token.cuh>
+#include <oq/cuda/numeric.cuh>
 
 #include "support/device_buffer.cuh"
-
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 
 #include <stdexcept>
 
@@ -13,7 +11,7 @@ namespace {
 
 using oq::test::DeviceBuffer;
 
-void check(cudaError_t status, const char* what) { oq::test::check_cuda(status, what); }
+using oq::test::check_cuda;
 
 template <class Element>
 oq::cuda::kernel::QuantizePerTokenParams<Element> params_of(const oq::test::PerTokenArgs& a) {
@@ -30,50 +28,28 @@ oq::cuda::kernel::QuantizePerTokenParams<Element> params_of(const oq::test::PerT
 }
 
 template <class Element>
-Element from_float(float v) {
-  if constexpr (std::is_same_v<Element, __half>) {
-    return __float2half_rn(v);
-  } else if constexpr (std::is_same_v<Element, __nv_bfloat16>) {
-    return __float2bfloat16_rn(v);
-  } else {
-    return v;
-  }
-}
-
-template <class Element>
-float back_to_float(Element v) {
-  if constexpr (std::is_same_v<Element, __half>) {
-    return __half2float(v);
-  } else if constexpr (std::is_same_v<Element, __nv_bfloat16>) {
-    return __bfloat162float(v);
-  } else {
-    return v;
-  }
-}
-
-template <class Element>
 oq::test::PerTokenResult run(const std::vector<float>& x, const oq::test::PerTokenArgs& a,
                              const std::vector<float>& rotation) {
   oq::test::PerTokenResult result;
   std::vector<Element> host(x.size());
   result.x_as_input.resize(x.size());
   for (std::size_t i = 0; i < x.size(); ++i) {
-    host[i] = from_float<Element>(x[i]);
-    result.x_as_input[i] = back_to_float(host[i]);
+    host[i] = oq::cuda::from_float<Element>(x[i]);
+    result.x_as_input[i] = oq::cuda::to_float(host[i]);
   }
   const auto rows = static_cast<std::size_t>(a.rows);
   DeviceBuffer<Element> d_x(host.size());
   DeviceBuffer<std::uint8_t> d_codes(rows * static_cast<std::size_t>(a.ld_codes));
   DeviceBuffer<float> d_scales(rows), d_zeros(rows), d_rotation(rotation.size());
   DeviceBuffer<std::int32_t> d_sums(rows);
-  check(cudaMemcpy(d_x.ptr, host.data(), host.size() * sizeof(Element), cudaMemcpyHostToDevice), "cudaMemcpy x");
+  check_cuda(cudaMemcpy(d_x.ptr, host.data(), host.size() * sizeof(Element), cudaMemcpyHostToDevice), "cudaMemcpy x");
   if (!rotation.empty())
-    check(cudaMemcpy(d_rotation.ptr, rotation.data(), rotation.size() * sizeof(float), cudaMemcpyHostToDevice),
+    check_cuda(cudaMemcpy(d_rotation.ptr, rotation.data(), rotation.size() * sizeof(float), cudaMemcpyHostToDevice),
           "cudaMemcpy rotation");
-  check(cudaMemset(d_codes.ptr, 0xAB, rows * static_cast<std::size_t>(a.ld_codes)), "cudaMemset");
-  check(cudaMemset(d_scales.ptr, 0xAB, rows * sizeof(float)), "cudaMemset");
-  check(cudaMemset(d_zeros.ptr, 0xAB, rows * sizeof(float)), "cudaMemset");
-  check(cudaMemset(d_sums.ptr, 0xAB, rows * sizeof(std::int32_t)), "cudaMemset");
+  check_cuda(cudaMemset(d_codes.ptr, 0xAB, rows * static_cast<std::size_t>(a.ld_codes)), "cudaMemset");
+  check_cuda(cudaMemset(d_scales.ptr, 0xAB, rows * sizeof(float)), "cudaMemset");
+  check_cuda(cudaMemset(d_zeros.ptr, 0xAB, rows * sizeof(float)), "cudaMemset");
+  check_cuda(cudaMemset(d_sums.ptr, 0xAB, rows * sizeof(std::int32_t)), "cudaMemset");
 
   auto p = params_of<Element>(a);
   p.x = d_x.ptr;
@@ -84,16 +60,16 @@ oq::test::PerTokenResult run(const std::vector<float>& x, const oq::test::PerTok
   p.rotation = rotation.empty() ? nullptr : d_rotation.ptr;
   const oq::cuda::Report report = oq::cuda::device::QuantizePerToken<Element>::run(p);
   if (!report.ok()) throw std::runtime_error(report.message);
-  check(cudaDeviceSynchronize(), "quantize_per_token_kernel");
+  check_cuda(cudaDeviceSynchronize(), "quantize_per_token_kernel");
 
   result.codes.resize(rows * static_cast<std::size_t>(a.ld_codes));
   result.scales.resize(rows);
   result.zeros.resize(rows);
   result.sums.resize(rows);
-  check(cudaMemcpy(result.codes.data(), d_codes.ptr, result.codes.size(), cudaMemcpyDeviceToHost), "cudaMemcpy");
-  check(cudaMemcpy(result.scales.data(), d_scales.ptr, rows * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
-  check(cudaMemcpy(result.zeros.data(), d_zeros.ptr, rows * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
-  check(cudaMemcpy(result.sums.data(), d_sums.ptr, rows * sizeof(std::int32_t), cudaMemcpyDeviceToHost), "cudaMemcpy");
+  check_cuda(cudaMemcpy(result.codes.data(), d_codes.ptr, result.codes.size(), cudaMemcpyDeviceToHost), "cudaMemcpy");
+  check_cuda(cudaMemcpy(result.scales.data(), d_scales.ptr, rows * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
+  check_cuda(cudaMemcpy(result.zeros.data(), d_zeros.ptr, rows * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
+  check_cuda(cudaMemcpy(result.sums.data(), d_sums.ptr, rows * sizeof(std::int32_t), cudaMemcpyDeviceToHost), "cudaMemcpy");
   return result;
 }
 

@@ -62,18 +62,15 @@ class QuantizePerToken {
   /// Arguments, then the current device.
   static Report can_implement(const Params& p) {
     if (Report r = check_arguments(p); !r.ok()) return r;
-    int device = 0;
+    if (Report r = require_compute_capability(8, "QuantizePerToken"); !r.ok()) return r;
+    int device = 0, smem_limit = 0;
     OQ_CUDA_TRY(cudaGetDevice(&device));
-    cudaDeviceProp prop{};
-    OQ_CUDA_TRY(cudaGetDeviceProperties(&prop, device));
-    if (prop.major < 8)
-      return Report::failure(Status::kUnsupportedDevice, "QuantizePerToken: needs compute capability 8.0 or newer, got " +
-                                                             std::to_string(prop.major) + "." + std::to_string(prop.minor));
+    OQ_CUDA_TRY(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     const std::size_t smem = Kernel::dynamic_smem_bytes(p) + sizeof(typename Kernel::SharedStorage);
-    if (smem > prop.sharedMemPerBlockOptin)
+    if (smem > static_cast<std::size_t>(smem_limit))
       return Report::failure(Status::kUnsupportedDevice,
                              "QuantizePerToken: the row and rotation need " + std::to_string(smem) +
-                                 " bytes of shared memory, the device allows " + std::to_string(prop.sharedMemPerBlockOptin));
+                                 " bytes of shared memory, the device allows " + std::to_string(smem_limit));
     return Report::success();
   }
 
