@@ -65,11 +65,12 @@ TEST_CASE_TEMPLATE("error bound: |x − Q(x)| ≤ s/2 inside the range, codes in
         const T s = p.scale(i, j);
         const T z = p.zero(i, j);
         // Inside the representable range [(lo − z)·s, (hi − z)·s] the error is at
-        // most half a step, plus the float rounding of x/s and (q − z)·s.
+        // most half a step, plus the roundings of x/s (ε|x| after scaling back)
+        // and of (q − z)·s (ε|x̂| ≤ ε(|x| + s/2)).
         const T lo = (range.lo - z) * s;
         const T hi = (range.hi - z) * s;
         if (x(r, c) < lo || x(r, c) > hi) continue;
-        const T slack = 8 * std::numeric_limits<T>::epsilon() * (std::fabs(x(r, c)) + s);
+        const T slack = 2 * std::numeric_limits<T>::epsilon() * (std::fabs(x(r, c)) + s);
         CHECK(std::fabs(x(r, c) - y(r, c)) <= s / 2 + slack);
       }
     }
