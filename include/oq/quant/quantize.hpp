@@ -70,6 +70,21 @@ void with_codes(const Block& block, core::AffineParams<Scalar> p, core::CodeRang
                                [&](const auto& rounded) { sink((rounded + p.zero).max(lo).min(hi)); });
 }
 
+// The fake-quantization pass itself, on arguments already checked.
+template <class Derived, class OutDerived>
+void fake_quantize_blocks(const Eigen::MatrixBase<Derived>& x, const QuantParams<typename Derived::Scalar>& params,
+                          const QuantSpec& spec, Eigen::MatrixBase<OutDerived>& out) {
+  const core::CodeRange range = spec.code_range();
+  const Eigen::Index height = spec.block_rows(x.rows());
+  const Eigen::Index width = spec.block_cols(x.cols());
+  for_each_block(x, spec, [&](Eigen::Index i, Eigen::Index j, const auto& block) {
+    const auto p = params.at(i, j);
+    with_codes(block, p, range, [&](const auto& codes) {
+      out.block(i * height, j * width, height, width).array() = (codes - p.zero) * p.scale;
+    });
+  });
+}
+
 }  // namespace detail_quantize
 
 /// Writes the fake-quantized x, (clamp(rne(x/s)+z) − z)·s, into `out` (same
@@ -83,15 +98,7 @@ void fake_quantize_into(const Eigen::MatrixBase<Derived>& x, const QuantParams<t
   auto& out = const_cast<Eigen::MatrixBase<OutDerived>&>(out_);
   detail::require(out.rows() == x.rows() && out.cols() == x.cols(), kWhere, "out must be ", x.rows(), " x ",
                   x.cols(), " like x, got ", out.rows(), " x ", out.cols());
-  const core::CodeRange range = spec.code_range();
-  const Eigen::Index height = spec.block_rows(x.rows());
-  const Eigen::Index width = spec.block_cols(x.cols());
-  for_each_block(x, spec, [&](Eigen::Index i, Eigen::Index j, const auto& block) {
-    const auto p = params.at(i, j);
-    detail_quantize::with_codes(block, p, range, [&](const auto& codes) {
-      out.block(i * height, j * width, height, width).array() = (codes - p.zero) * p.scale;
-    });
-  });
+  detail_quantize::fake_quantize_blocks(x, params, spec, out);
 }
 
 /// Fake-quantized copy of x with the given parameters.
@@ -104,9 +111,14 @@ PlainMatrixOf<Derived> fake_quantize(const Eigen::MatrixBase<Derived>& x,
 }
 
 /// Fake-quantized copy of x with parameters computed from x itself.
+/// compute_params has checked the spec, the shape and every entry of x, so the
+/// pass runs without checking them a second time.
 template <class Derived>
 PlainMatrixOf<Derived> fake_quantize(const Eigen::MatrixBase<Derived>& x, const QuantSpec& spec) {
-  return fake_quantize(x, compute_params(x, spec), spec);
+  const QuantParams<typename Derived::Scalar> params = compute_params(x, spec);
+  PlainMatrixOf<Derived> out(x.rows(), x.cols());
+  detail_quantize::fake_quantize_blocks(x, params, spec, out);
+  return out;
 }
 
 /// Integer codes q = clamp(rne(x/s) + z, lo, hi) of x.
