@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # oq's one-command entry points on a fresh Debian machine:
-#   bash cmake/run.sh example   build and run the main example
+#   bash cmake/run.sh example   build and run the main example (02_llama_layer) and draw its figures
 #   bash cmake/run.sh test      build everything and run the test suite
 #   bash cmake/run.sh asan      the test suite under ASan + UBSan
+#   bash cmake/run.sh fuzz      each file parser's libFuzzer target for 20 s (clang)
 #   bash cmake/run.sh deps      only install the Debian packages
 # Each installs the Debian packages it needs when they are missing (apt-get,
-# through sudo when not root), then runs the CMake workflow preset.
+# through sudo when not root), then runs the CMake workflow preset. `fuzz`
+# also needs clang and libFuzzer (clang, libclang-rt-dev), installed for it only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake ninja-build libeigen3-dev doctest-dev libbenchmark-dev nlohmann-json3-dev)
+fuzz_packages=(clang libclang-rt-dev)
+example_packages=(python3-matplotlib)  # plot_channels.py (Debian's python3, /usr/bin/python3)
 
+# install_deps [extra packages...]: the common packages plus the extra ones.
 install_deps() {
   local missing=()
-  for p in "${packages[@]}"; do
+  for p in "${packages[@]}" "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
@@ -33,17 +38,21 @@ case "${1:-}" in
   deps)
     install_deps ;;
   example)
-    install_deps
+    install_deps "${example_packages[@]}"
     cmake --preset default
-    cmake --build --preset default --target 01_quantize
-    ./build/default/examples/01_quantize/01_quantize ;;
+    cmake --build --preset default --target 02_llama_layer
+    ./build/default/examples/02_llama_layer/02_llama_layer --out build/llama_layer_out
+    "$(command -v /usr/bin/python3 || command -v python3)" examples/02_llama_layer/plot_channels.py build/llama_layer_out/channel_magnitudes.csv ;;
   test)
     install_deps
     cmake --workflow --preset default ;;
   asan)
     install_deps
     cmake --workflow --preset asan ;;
+  fuzz)
+    install_deps "${fuzz_packages[@]}"
+    cmake --workflow --preset fuzz ;;
   *)
-    echo "usage: bash cmake/run.sh {example|test|asan|deps}" >&2
+    echo "usage: bash cmake/run.sh {example|test|asan|fuzz|deps}" >&2
     exit 2 ;;
 esac

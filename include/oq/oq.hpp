@@ -8,6 +8,7 @@
 #include <oq/duquant.hpp>
 #include <oq/hadamard.hpp>
 #include <oq/int4.hpp>
+#include <oq/io.hpp>
 #include <oq/kurtosis.hpp>
 #include <oq/quant.hpp>
 #include <oq/smoothquant.hpp>

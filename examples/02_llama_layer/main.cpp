@@ -1,0 +1,232 @@
+// 02_llama_layer: one LLaMA decoder layer quantized W4A4 with every method,
+// compared with full precision. See README.md beside this file.
+//
+//   02_llama_layer                          default LLaMA-2-7B-shaped layer (outliers built into its weights)
+//   02_llama_layer --checkpoint DIR --layer 1    a Hugging Face checkpoint (safetensors, sharded or not)
+//   02_llama_layer --help
+#include "checkpoint_layer.hpp"
+#include "default_layer.hpp"
+#include "llama_layer.hpp"
+#include "methods.hpp"
+#include "report.hpp"
+
+#include <oq/analysis.hpp>
+#include <oq/io.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <filesystem>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+namespace {
+
+// Every method allocates a few hundred MB of folded weights and frees them
+// again. glibc serves blocks above 32 MB with fresh mmaps, and touching
+// fresh pages costs a page fault each: on the 2-core VM this example was
+// written on, that was half of the run time. Keeping large blocks in the
+// heap (no mmap, no trimming) makes later methods reuse the pages the
+// earlier ones touched. A tuning of this program, not of the library.
+void keep_freed_memory() {
+#if defined(__GLIBC__)
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, -1);
+#endif
+}
+
+struct Flags {
+  std::optional<std::filesystem::path> checkpoint;
+  int layer = 1;
+  std::optional<std::filesystem::path> input_npy;
+  std::optional<std::filesystem::path> calibration_npy;
+  Eigen::Index seq_len = 128;
+  Eigen::Index calibration_len = 128;
+  int greedy_steps = 256;
+  Eigen::Index block_size = 128;
+  std::uint64_t seed = 0;
+  std::filesystem::path out_dir = "llama_layer_out";
+  bool tiny = false;
+};
+
+constexpr const char* kUsage = R"(usage: 02_llama_layer [options]
+  --checkpoint DIR    Hugging Face LLaMA checkpoint directory (config.json and
+                      model.safetensors or model.safetensors.index.json);
+                      without it, the default LLaMA-2-7B-shaped layer
+  --layer N           layer index in the checkpoint (default 1)
+  --input X.npy       layer input hidden states [tokens, hidden] or [1, tokens, hidden]
+                      (default: embeddings of random token ids, through the
+                      checkpoint's earlier layers when there is one)
+  --calibration X.npy calibration hidden states (default: another random sequence)
+  --seq-len N         evaluation tokens (default 128)
+  --calib-len N       calibration tokens (default 128)
+  --steps N           DuQuant greedy steps per rotation (default 256)
+  --block N           DuQuant / Hadamard block size (default 128)
+  --seed N            seed of the default layer, the sequences and DuQuant's Q' (default 0)
+  --tiny              a small default layer (hidden 512, FFN 1408, 8 heads, 2 KV heads)
+  --out DIR           where the CSV files go (default ./llama_layer_out)
+)";
+
+Flags parse_flags(int argc, char** argv) {
+  Flags f;
+  auto value = [&](int& i) -> std::string {
+    if (i + 1 >= argc) throw std::invalid_argument(std::string(argv[i]) + " needs a value");
+    return argv[++i];
+  };
+  auto positive = [](const std::string& flag, const std::string& text) {
+    std::size_t used = 0;
+    const long long v = std::stoll(text, &used);
+    if (used != text.size() || v < 0) {
+      throw std::invalid_argument(flag + " expects a non-negative integer, got '" + text + "'");
+    }
+    return v;
+  };
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::fputs(kUsage, stdout);
+      std::exit(0);
+    } else if (arg == "--checkpoint") {
+      f.checkpoint = value(i);
+    } else if (arg == "--layer") {
+      f.layer = static_cast<int>(positive(arg, value(i)));
+    } else if (arg == "--input") {
+      f.input_npy = value(i);
+    } else if (arg == "--calibration") {
+      f.calibration_npy = value(i);
+    } else if (arg == "--seq-len") {
+      f.seq_len = positive(arg, value(i));
+    } else if (arg == "--calib-len") {
+      f.calibration_len = positive(arg, value(i));
+    } else if (arg == "--steps") {
+      f.greedy_steps = static_cast<int>(positive(arg, value(i)));
+    } else if (arg == "--block") {
+      f.block_size = positive(arg, value(i));
+    } else if (arg == "--seed") {
+      f.seed = static_cast<std::uint64_t>(positive(arg, value(i)));
+    } else if (arg == "--out") {
+      f.out_dir = value(i);
+    } else if (arg == "--tiny") {
+      f.tiny = true;
+    } else {
+      throw std::invalid_argument("unknown flag '" + arg + "' (see --help)");
+    }
+  }
+  if (f.seq_len < 1 || f.calibration_len < 1) throw std::invalid_argument("--seq-len and --calib-len must be >= 1");
+  return f;
+}
+
+void progress(const std::string& line) { std::cerr << "\r\033[K" << line << std::flush; }
+void progress_done() { std::cerr << "\r\033[K" << std::flush; }
+
+llama::Matrix<float> load_npy_input(const std::filesystem::path& path, Eigen::Index hidden) {
+  llama::Matrix<float> x = oq::io::read_npy_matrix<float>(path);
+  if (x.cols() != hidden) {
+    throw std::invalid_argument(path.string() + ": hidden size " + std::to_string(x.cols()) + ", the layer has " +
+                                std::to_string(hidden));
+  }
+  return x;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  keep_freed_memory();
+  const Flags flags = parse_flags(argc, argv);
+  using Clock = std::chrono::steady_clock;
+  const auto t0 = Clock::now();
+
+  // 1. The layer and its two input sequences (evaluation, calibration).
+  llama::Config config;
+  llama::LayerWeights<float> weights;
+  llama::Matrix<float> x, x_calibration;
+  std::string source;
+  if (flags.checkpoint) {
+    progress("loading " + flags.checkpoint->string());
+    const llama::CheckpointModel model(*flags.checkpoint);
+    config = model.config();
+    weights = model.layer(flags.layer);
+    source = flags.checkpoint->string() + ", layer " + std::to_string(flags.layer);
+    auto through_earlier_layers = [&](std::uint64_t seed, Eigen::Index tokens) {
+      return model.hidden_states_before(flags.layer, model.random_token_ids(tokens, seed), progress);
+    };
+    x = flags.input_npy ? load_npy_input(*flags.input_npy, config.hidden_size)
+                        : through_earlier_layers(flags.seed + 1, flags.seq_len);
+    x_calibration = flags.calibration_npy ? load_npy_input(*flags.calibration_npy, config.hidden_size)
+                                          : through_earlier_layers(flags.seed + 2, flags.calibration_len);
+  } else {
+    if (flags.tiny) {
+      config.hidden_size = 512;
+      config.intermediate_size = 1408;
+      config.num_attention_heads = 8;
+      config.num_key_value_heads = 2;
+      config.head_dim = 64;
+    }
+    progress("building the default layer");
+    llama::DefaultLayerOptions options;
+    options.seed = flags.seed;
+    llama::DefaultLayerLayout layout;
+    weights = llama::default_layer<float>(config, options, &layout);
+    source = "default LLaMA-2-7B-shaped layer (seed " + std::to_string(flags.seed) + ")";
+    x = flags.input_npy ? load_npy_input(*flags.input_npy, config.hidden_size)
+                        : llama::default_input<float>(config, flags.seq_len, flags.seed + 1, options);
+    x_calibration = flags.calibration_npy ? load_npy_input(*flags.calibration_npy, config.hidden_size)
+                                          : llama::default_input<float>(config, flags.calibration_len,
+                                                                        flags.seed + 2, options);
+    progress_done();
+    llama::print_default_layout(std::cout, layout);
+  }
+  weights.validate(config);
+  progress_done();
+  std::cout << "layer: " << source << "\n"
+            << "shape: hidden " << config.hidden_size << ", FFN " << config.intermediate_size << ", heads "
+            << config.num_attention_heads << " (KV " << config.num_key_value_heads << "), head_dim "
+            << config.head_dim << "; " << x.rows() << " evaluation tokens, " << x_calibration.rows()
+            << " calibration tokens\n\n";
+
+  // 2. Full precision: the reference output and every linear's input.
+  progress("full-precision forward");
+  const llama::Matrix<float> y_reference = llama::forward(config, weights, x);
+  const llama::LinearInputs<float> fp_inputs = llama::record_inputs(config, weights, x);
+  const llama::LinearInputs<float> calibration = llama::record_inputs(config, weights, x_calibration);
+  progress_done();
+  llama::print_outlier_summary(std::cout, x, y_reference, fp_inputs);
+
+  // 3. Every method: calibrate, quantize, run, measure.
+  llama::QuantOptions options;
+  options.block_size = flags.block_size;
+  options.greedy_steps = flags.greedy_steps;
+  options.seed = flags.seed;
+  options.progress = progress;
+  std::vector<llama::MethodResult> results;
+  llama::ChannelCsv csv(flags.out_dir / "channel_magnitudes.csv");
+  csv.add("full precision", fp_inputs);
+  for (llama::Method method : llama::kAllMethods) {
+    progress(std::string(llama::method_name(method)) + ": calibrating");
+    llama::QuantizedLayer<float> layer = llama::quantize_layer(method, weights, calibration, options);
+    progress(std::string(llama::method_name(method)) + ": forward");
+    llama::LinearInputs<float> transformed;
+    layer.record_transformed_inputs(&transformed);
+    const llama::Matrix<float> y = llama::forward(config, weights, x, layer);
+    progress_done();
+    results.push_back(llama::measure(method, layer.calibration_seconds(), y, y_reference, transformed));
+    csv.add(llama::method_name(method), transformed);
+  }
+  llama::print_results(std::cout, results, fp_inputs);
+  std::cout << "\nper-channel magnitudes: " << csv.path().string()
+            << " (draw with: python3 examples/02_llama_layer/plot_channels.py " << csv.path().string() << ")\n";
+  std::cout << "total time " << std::chrono::duration<double>(Clock::now() - t0).count() << " s\n";
+  return 0;
+} catch (const std::exception& e) {
+  progress_done();
+  std::cerr << "02_llama_layer: " << e.what() << "\n";
+  return 1;
+}

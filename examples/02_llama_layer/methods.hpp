@@ -1,0 +1,280 @@
+// examples/02_llama_layer/methods.hpp: the W4A4 methods the example compares,
+// each built from oq's parts and run through the same layer forward.
+//
+// Every method is one input transform per distinct linear input (q/k/v share
+// one, gate/up share one; llama::Input) and the weights folded accordingly
+// (DESIGN §5: y = X·Wᵀ = (X·M)·(W·M)ᵀ for orthogonal M; smoothing divides X
+// and multiplies W, §4). Then the transformed activation is fake-quantized per
+// token and the folded weight per output channel, both asymmetric, with the
+// clip ratios DuQuant uses (0.9 activations, 0.8 weights; DESIGN §6):
+//
+//   RTN            M = I
+//   SmoothQuant    X·diag(s)⁻¹, W·diag(s), s from eq. 4 with α = 0.5
+//   Hadamard       M = diag(H₁₂₈, …)/√128, block Hadamard (QuaRot-style, blocks
+//                  so that the 11008-wide down_proj input is covered too)
+//   DuQuant        M = R₁·P·R₂ calibrated by Algorithm 1 (256 greedy steps, b = 128)
+//   DuQuant+smooth the same after smoothing with α = 0.6 (the release's default)
+//
+// At deployment the smoothing scales fold away (into the RMSNorm γ before
+// q/k/v and gate/up, into v_proj's and up_proj's output rows before o_proj and
+// down_proj); block Hadamard and DuQuant on the q/k/v and gate/up inputs fold
+// into the preceding norm plus the weights only with a rotation of the whole
+// residual stream (QuaRot), otherwise they, like every rotation of the o_proj
+// and down_proj inputs (silu(gate)⊙up does not commute with a rotation; DuQuant's
+// permutation crosses heads), run online — fused into the quantize kernel
+// (oq/cuda/device/quantize_per_token.cuh rotates b×b blocks). The simulation
+// here applies every transform explicitly, which is numerically the same up
+// to rounding.
+#pragma once
+
+#include "llama_layer.hpp"
+
+#include <oq/analysis.hpp>
+#include <oq/kurtosis.hpp>
+#include <oq/duquant.hpp>
+#include <oq/hadamard.hpp>
+#include <oq/quant.hpp>
+#include <oq/smoothquant.hpp>
+
+#include <Eigen/Core>
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <random>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+namespace llama {
+
+enum class Method { kRtn, kSmoothQuant, kHadamard, kDuQuant, kDuQuantSmooth };
+inline constexpr std::array<Method, 5> kAllMethods{Method::kRtn, Method::kSmoothQuant, Method::kHadamard,
+                                                   Method::kDuQuant, Method::kDuQuantSmooth};
+
+inline constexpr std::string_view method_name(Method m) {
+  constexpr std::array<std::string_view, 5> names{"RTN", "SmoothQuant", "Hadamard", "DuQuant", "DuQuant+smooth"};
+  return names[static_cast<std::size_t>(m)];
+}
+
+struct QuantOptions {
+  /// Bits of activations and weights; 0 turns the quantizer off, which keeps
+  /// the transforms and folding (the test that every method is exact without
+  /// rounding uses it). oq's quantizers take 2..8 bits.
+  int act_bits = 4;
+  int weight_bits = 4;
+  double act_clip = 0.9;
+  double weight_clip = 0.8;
+  double smoothquant_alpha = 0.5;  ///< SmoothQuant's default
+  double duquant_alpha = 0.6;      ///< DuQuant's release, smoothing before rotation
+  Eigen::Index block_size = 128;   ///< DuQuant and Hadamard blocks
+  int greedy_steps = 256;
+  std::uint64_t seed = 0;          ///< the Haar Q′ of DuQuant's base blocks
+  /// Called with a line of text before each long step (may be empty).
+  std::function<void(const std::string&)> progress{};
+
+  oq::quant::QuantSpec act_spec() const { return oq::quant::QuantSpec::per_token(act_bits, false, act_clip); }
+  oq::quant::QuantSpec weight_spec() const {
+    return oq::quant::QuantSpec::per_channel(weight_bits, false, weight_clip);
+  }
+};
+
+/// The full-precision inputs of the four distinct linear inputs, recorded on
+/// a forward pass (the calibration data of every method).
+template <class Scalar>
+using LinearInputs = std::array<Matrix<Scalar>, 4>;
+
+template <class Scalar>
+LinearInputs<Scalar> record_inputs(const Config& c, const LayerWeights<Scalar>& w, const Matrix<Scalar>& x) {
+  LinearInputs<Scalar> inputs;
+  forward(c, w, x, [&inputs](Linear which, const Matrix<Scalar>& in, const Matrix<Scalar>& weight) {
+    inputs[static_cast<std::size_t>(input_of(which))] = in;
+    return PlainLinear{}(which, in, weight);
+  });
+  return inputs;
+}
+
+/// One linear input's transform: X ↦ X̂ and W ↦ Ŵ with X̂·Ŵᵀ = X·Wᵀ.
+template <class Scalar>
+class InputTransform {
+ public:
+  struct Identity {};
+  struct Smoothing {
+    Vector<Scalar> scales;
+  };
+  struct BlockHadamard {
+    Eigen::Index block_size;
+  };
+  using DuQuant = oq::transform::DuQuantTransform<Scalar>;
+
+  InputTransform() = default;
+  template <class Kind>
+  explicit InputTransform(Kind kind) : kind_(std::move(kind)) {}
+
+  Matrix<Scalar> apply(const Matrix<Scalar>& x) const { return transform(x, /*weight=*/false); }
+  Matrix<Scalar> fold_into_weight(const Matrix<Scalar>& w) const { return transform(w, /*weight=*/true); }
+
+ private:
+  Matrix<Scalar> transform(const Matrix<Scalar>& m, bool weight) const {
+    if (std::holds_alternative<Identity>(kind_)) return m;
+    if (const auto* s = std::get_if<Smoothing>(&kind_)) {
+      Matrix<Scalar> out = m;
+      if (weight) {
+        oq::transform::smooth_weights_in_place(out, s->scales);
+      } else {
+        oq::transform::smooth_activations_in_place(out, s->scales);
+      }
+      return out;
+    }
+    if (const auto* h = std::get_if<BlockHadamard>(&kind_)) {
+      Matrix<Scalar> out = m;
+      oq::transform::block_hadamard_rows(out, h->block_size);  // symmetric orthogonal blocks: X·H, W·H
+      return out;
+    }
+    const auto& d = std::get<DuQuant>(kind_);
+    return weight ? d.fold_into_weight(m) : d.apply(m);
+  }
+
+  std::variant<Identity, Smoothing, BlockHadamard, DuQuant> kind_{Identity{}};
+};
+
+/// A layer quantized with one method: pass it to forward() as the linear.
+template <class Scalar>
+class QuantizedLayer {
+ public:
+  QuantizedLayer(Method method, std::array<InputTransform<Scalar>, 4> transforms,
+                 std::array<Matrix<Scalar>, 7> quantized_weights, QuantOptions options, double calibration_seconds)
+      : method_(method),
+        transforms_(std::move(transforms)),
+        weights_(std::move(quantized_weights)),
+        options_(std::move(options)),
+        calibration_seconds_(calibration_seconds) {}
+
+  Method method() const { return method_; }
+  double calibration_seconds() const { return calibration_seconds_; }
+  const InputTransform<Scalar>& transform(Input i) const { return transforms_[static_cast<std::size_t>(i)]; }
+  const Matrix<Scalar>& quantized_weight(Linear l) const { return weights_[static_cast<std::size_t>(l)]; }
+
+  /// When set, every forward records each input after its transform and
+  /// before quantization (for the statistics table).
+  void record_transformed_inputs(LinearInputs<Scalar>* sink) { sink_ = sink; }
+
+  Matrix<Scalar> operator()(Linear which, const Matrix<Scalar>& x, const Matrix<Scalar>& /*full_precision*/) const {
+    Matrix<Scalar> xt = transform(input_of(which)).apply(x);
+    if (sink_ != nullptr) (*sink_)[static_cast<std::size_t>(input_of(which))] = xt;
+    if (options_.act_bits != 0) xt = oq::quant::fake_quantize(xt, options_.act_spec());
+    Matrix<Scalar> y(xt.rows(), quantized_weight(which).rows());
+    y.noalias() = xt * quantized_weight(which).transpose();
+    return y;
+  }
+
+ private:
+  Method method_;
+  std::array<InputTransform<Scalar>, 4> transforms_;
+  std::array<Matrix<Scalar>, 7> weights_;
+  QuantOptions options_;
+  double calibration_seconds_;
+  LinearInputs<Scalar>* sink_ = nullptr;
+};
+
+namespace detail_methods {
+
+template <class Scalar>
+Vector<Scalar> shared_weight_absmax(const LayerWeights<Scalar>& w, Input input) {
+  std::vector<Matrix<Scalar>> readers;
+  for (Linear l : kAllLinears) {
+    if (input_of(l) == input) readers.push_back(w[l]);
+  }
+  return oq::transform::weight_channel_absmax(readers);
+}
+
+template <class Scalar>
+Vector<Scalar> smoothing(const LayerWeights<Scalar>& w, const Matrix<Scalar>& calibration, Input input,
+                         double alpha) {
+  const Vector<Scalar> act_max = oq::transform::activation_channel_absmax(calibration);
+  return oq::transform::smoothing_scales(act_max, shared_weight_absmax(w, input),
+                                         oq::transform::SmoothingOptions{.alpha = alpha});
+}
+
+}  // namespace detail_methods
+
+/// Calibrates `method` on the recorded full-precision inputs and quantizes
+/// the weights. The calibration time covers the transforms' calibration and
+/// the weights' folding and quantization.
+template <class Scalar>
+QuantizedLayer<Scalar> quantize_layer(Method method, const LayerWeights<Scalar>& w,
+                                      const LinearInputs<Scalar>& calibration, const QuantOptions& options) {
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  std::array<InputTransform<Scalar>, 4> transforms;
+  std::mt19937_64 rng(options.seed);
+  for (Input input : kAllInputs) {
+    const Matrix<Scalar>& x = calibration[static_cast<std::size_t>(input)];
+    auto& t = transforms[static_cast<std::size_t>(input)];
+    switch (method) {
+      case Method::kRtn: break;
+      case Method::kSmoothQuant:
+        t = InputTransform<Scalar>(typename InputTransform<Scalar>::Smoothing{
+            detail_methods::smoothing(w, x, input, options.smoothquant_alpha)});
+        break;
+      case Method::kHadamard:
+        t = InputTransform<Scalar>(typename InputTransform<Scalar>::BlockHadamard{options.block_size});
+        break;
+      case Method::kDuQuant:
+      case Method::kDuQuantSmooth: {
+        Vector<Scalar> s;
+        if (method == Method::kDuQuantSmooth) s = detail_methods::smoothing(w, x, input, options.duquant_alpha);
+        oq::transform::DuQuantOptions d;
+        d.block_size = options.block_size;
+        d.greedy_steps = options.greedy_steps;
+        if (options.progress) {
+          const std::string label = std::string(method_name(method)) + ": " + std::string(input_name(input));
+          d.progress = [&options, label](int rotation, int done, int total) {
+            if (done == total || done % 64 == 0) {
+              options.progress(label + ", rotation " + std::to_string(rotation + 1) + ", step " +
+                               std::to_string(done) + "/" + std::to_string(total));
+            }
+          };
+        }
+        t = InputTransform<Scalar>(oq::transform::calibrate_duquant(x, d, rng, s));
+        break;
+      }
+    }
+  }
+  std::array<Matrix<Scalar>, 7> quantized;
+  for (Linear l : kAllLinears) {
+    Matrix<Scalar> folded = transforms[static_cast<std::size_t>(input_of(l))].fold_into_weight(w[l]);
+    quantized[static_cast<std::size_t>(l)] =
+        options.weight_bits == 0 ? folded : oq::quant::fake_quantize(folded, options.weight_spec());
+  }
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  return QuantizedLayer<Scalar>(method, std::move(transforms), std::move(quantized), options, seconds);
+}
+
+/// ‖a − b‖_F / ‖b‖_F in double.
+template <class A, class B>
+double relative_error(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
+  const double den = b.template cast<double>().norm();
+  return (a.template cast<double>() - b.template cast<double>()).norm() / (den > 0 ? den : 1.0);
+}
+
+/// Statistics of one (transformed) linear input: what the quantizer sees.
+struct InputStats {
+  double max_abs = 0;        ///< max |x|
+  double mean_kurtosis = 0;  ///< mean over tokens of the row kurtosis (DESIGN §3)
+  std::size_t outlier_channels = 0;  ///< channel-wise outliers (mean |x| > 6× the input's)
+};
+
+template <class Scalar>
+InputStats input_stats(const Matrix<Scalar>& x) {
+  InputStats s;
+  s.max_abs = static_cast<double>(x.cwiseAbs().maxCoeff());
+  s.mean_kurtosis = oq::analysis::row_kurtosis(x).template cast<double>().mean();
+  s.outlier_channels = oq::analysis::find_channel_outliers(x).size();
+  return s;
+}
+
+}  // namespace llama

@@ -1,0 +1,168 @@
+// examples/02_llama_layer/report.hpp: the tables the example prints and the
+// per-channel CSV its plot script reads.
+#pragma once
+
+#include "default_layer.hpp"
+#include "llama_layer.hpp"
+#include "methods.hpp"
+
+#include <oq/analysis.hpp>
+
+#include <algorithm>
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <ostream>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace llama {
+
+/// What one method measured.
+struct MethodResult {
+  Method method;
+  double calibration_seconds = 0;
+  double output_error = 0;       ///< ‖y − y_fp‖ / ‖y_fp‖ over the whole layer output
+  double first_token_error = 0;  ///< the same for token 0 alone (where the massive activations are)
+  double other_tokens_error = 0; ///< the same for tokens 1.. (ordinary tokens)
+  std::array<InputStats, 4> inputs{};  ///< of the transformed inputs
+};
+
+template <class Scalar>
+MethodResult measure(Method method, double calibration_seconds, const Matrix<Scalar>& y,
+                     const Matrix<Scalar>& y_reference, const LinearInputs<Scalar>& transformed) {
+  MethodResult r{method, calibration_seconds, relative_error(y, y_reference), 0.0, 0.0, {}};
+  r.first_token_error = relative_error(y.topRows(1), y_reference.topRows(1));
+  if (y.rows() > 1) r.other_tokens_error = relative_error(y.bottomRows(y.rows() - 1), y_reference.bottomRows(y.rows() - 1));
+  for (Input i : kAllInputs) r.inputs[static_cast<std::size_t>(i)] = input_stats(transformed[static_cast<std::size_t>(i)]);
+  return r;
+}
+
+inline std::string format(const char* fmt, double v) {
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, fmt, v);
+  return buffer;
+}
+
+template <class Collection>
+std::string join_indices(const Collection& c) {
+  std::string s;
+  for (auto v : c) s += (s.empty() ? "" : ", ") + std::to_string(v);
+  return s;
+}
+
+inline void print_default_layout(std::ostream& out, const DefaultLayerLayout& layout) {
+  out << "default layer construction (README.md): input_layernorm large-gamma channels {"
+      << join_indices(layout.input_norm_outliers) << "}, post_attention_layernorm {"
+      << join_indices(layout.post_norm_outliers) << "}, super weight: intermediate channel " << layout.super_channel
+      << " -> residual channels {" << layout.massive_channels[0] << ", " << layout.massive_channels[1] << "}\n";
+}
+
+/// Where the full-precision layer has its outliers, as oq::analysis finds them.
+template <class Scalar>
+void print_outlier_summary(std::ostream& out, const Matrix<Scalar>& x, const Matrix<Scalar>& y,
+                           const LinearInputs<Scalar>& inputs) {
+  auto median_abs = [](const auto& m) {
+    std::vector<double> a(static_cast<std::size_t>(m.size()));
+    for (Eigen::Index i = 0; i < m.size(); ++i) a[static_cast<std::size_t>(i)] = std::abs(double(m.data()[i]));
+    std::nth_element(a.begin(), a.begin() + static_cast<std::ptrdiff_t>(a.size() / 2), a.end());
+    return a[a.size() / 2];
+  };
+  out << "full precision:\n";
+  out << "  layer input : max|x| " << format("%.4g", double(x.cwiseAbs().maxCoeff())) << ", median |x| "
+      << format("%.3g", median_abs(x)) << "\n";
+  out << "  layer output: max|x| " << format("%.4g", double(y.cwiseAbs().maxCoeff())) << ", median |x| "
+      << format("%.3g", median_abs(y)) << "; massive activations (|x| > 100 and >= 1000x median):";
+  const auto massive = oq::analysis::find_massive_activations(y);
+  if (massive.empty()) out << " none";
+  for (std::size_t k = 0; k < std::min<std::size_t>(massive.size(), 6); ++k) {
+    out << " (token " << massive[k].token << ", channel " << massive[k].channel << ": "
+        << format("%.1f", massive[k].value) << ")";
+  }
+  if (massive.size() > 6) out << " ... " << massive.size() << " in all";
+  out << "\n";
+  for (Input i : kAllInputs) {
+    const auto& in = inputs[static_cast<std::size_t>(i)];
+    const auto outliers = oq::analysis::find_channel_outliers(in);
+    const auto spikes = oq::analysis::find_massive_activations(in);
+    out << "  " << std::string(input_name(i)) << std::string(16 - input_name(i).size(), ' ') << ": max|x| "
+        << format("%9.4g", double(in.cwiseAbs().maxCoeff())) << ", channel outliers (>6x mean |x|) "
+        << outliers.size();
+    if (!outliers.empty() && outliers.size() <= 8) {
+      std::vector<Eigen::Index> channels;
+      for (const auto& o : outliers) channels.push_back(o.channel);
+      out << " {" << join_indices(channels) << "}";
+    }
+    out << ", massive entries " << spikes.size();
+    if (!spikes.empty()) out << " (first: token " << spikes[0].token << ", channel " << spikes[0].channel << ")";
+    out << "\n";
+  }
+  out << "\n";
+}
+
+template <class Scalar>
+void print_results(std::ostream& out, const std::vector<MethodResult>& results, const LinearInputs<Scalar>& fp) {
+  out << "W4A4 (per-token asymmetric activations, clip 0.9; per-channel asymmetric weights, clip 0.8)\n";
+  out << "layer output relative error ||y - y_fp|| / ||y_fp||: all tokens, first token (massive), other tokens\n";
+  out << "method              all tokens   first token  other tokens  calibration s\n";
+  for (const auto& r : results) {
+    std::string name(method_name(r.method));
+    out << name << std::string(18 - name.size(), ' ') << format("%12.4g", r.output_error)
+        << format("%14.4g", r.first_token_error) << format("%14.4g", r.other_tokens_error)
+        << format("%15.2f", r.calibration_seconds) << "\n";
+  }
+  out << "\nwhat the activation quantizer sees (after each method's transform): max|x| / mean token kurtosis\n";
+  out << "input             full precision    ";
+  for (const auto& r : results) {
+    std::string name(method_name(r.method));
+    out << name << std::string(18 - std::min<std::size_t>(name.size(), 17), ' ');
+  }
+  out << "\n";
+  for (Input i : kAllInputs) {
+    std::string name(input_name(i));
+    out << name << std::string(18 - name.size(), ' ');
+    const InputStats f = input_stats(fp[static_cast<std::size_t>(i)]);
+    auto cell = [&out](const InputStats& s) {
+      const std::string c = format("%.4g", s.max_abs) + " / " + format("%.3g", s.mean_kurtosis);
+      out << c << std::string(c.size() < 18 ? 18 - c.size() : 1, ' ');
+    };
+    cell(f);
+    for (const auto& r : results) cell(r.inputs[static_cast<std::size_t>(i)]);
+    out << "\n";
+  }
+}
+
+/// channel_magnitudes.csv: stage,input,channel,absmax,absmean — for each stage
+/// ("full precision" and each method's transformed input) and each linear input.
+class ChannelCsv {
+ public:
+  explicit ChannelCsv(std::filesystem::path path) : path_(std::move(path)) {
+    if (path_.has_parent_path()) std::filesystem::create_directories(path_.parent_path());
+    out_.open(path_);
+    if (!out_) throw std::runtime_error("cannot write " + path_.string());
+    out_ << "stage,input,channel,absmax,absmean\n";
+  }
+  const std::filesystem::path& path() const { return path_; }
+
+  template <class Scalar>
+  void add(std::string_view stage, const LinearInputs<Scalar>& inputs) {
+    for (Input i : kAllInputs) {
+      const auto& x = inputs[static_cast<std::size_t>(i)];
+      const auto absmax = x.cwiseAbs().colwise().maxCoeff();
+      const auto absmean = x.cwiseAbs().template cast<double>().colwise().mean();
+      for (Eigen::Index j = 0; j < x.cols(); ++j) {
+        out_ << stage << ',' << input_name(i) << ',' << j << ',' << absmax[j] << ',' << absmean[j] << '\n';
+      }
+    }
+    if (!out_) throw std::runtime_error("error writing " + path_.string());
+  }
+
+ private:
+  std::filesystem::path path_;
+  std::ofstream out_;
+};
+
+}  // namespace llama

@@ -1,0 +1,762 @@
+// oq/io/safetensors.hpp: safetensors files — a strict, memory-mapping reader
+// and a writer whose output is laid out the way the reference library lays it.
+//
+// Why: Hugging Face checkpoints (LLaMA, Mistral, ...) are safetensors files;
+// oq reads their weights to quantize them and writes quantized tensors back.
+//
+// Format (https://huggingface.co/docs/safetensors/index, and the reference
+// implementation, the Rust crate `safetensors`, src/tensor.rs):
+//
+//   offset   size  field
+//   0        8     N, little-endian u64: the size of the header
+//   8        N     the header: a UTF-8 JSON object, which MUST begin with '{'
+//                  and MAY be padded at the end with spaces (0x20)
+//   8 + N    ...   the data section ("byte-buffer"): every tensor's elements,
+//                  little-endian, C order (row-major)
+//
+// The header maps each tensor name to
+//   {"dtype": "F32", "shape": [d0, d1, ...], "data_offsets": [begin, end]}
+// with offsets in bytes relative to the start of the data section, and may
+// hold one special key "__metadata__": a map of strings to strings.
+//
+// Reading is strict: every rule the reference implementation enforces, and a
+// few more it leaves to serde's leniency, throws oq::io::FormatError naming the
+// file (or "<memory>"), the tensor and what was expected:
+//   - the file is shorter than the 8-byte length, N is larger than what
+//     follows it, or N exceeds 100,000,000 bytes (the crate's MAX_HEADER_SIZE,
+//     which protects a reader from allocating for a forged length);
+//   - the header does not start with '{', is not valid JSON (UTF-8 included;
+//     after the object only whitespace may follow: the spec's spaces, or any
+//     JSON whitespace, which the crate's serde_json accepts as well) or not an
+//     object, or repeats a key anywhere (see io/json.hpp: JSON parsers keep
+//     the last of two equal keys silently, so two readers could disagree);
+//   - an entry is not an object of exactly "dtype" (a string naming a dtype oq
+//     knows, io/dtype.hpp), "shape" (an array of non-negative integers) and
+//     "data_offsets" (an array of two non-negative integers);
+//   - product(shape) · itemsize overflows, begin > end, end lies past the data
+//     section, or end − begin ≠ product(shape) · itemsize;
+//   - "__metadata__" is not an object of strings (null is accepted, as the
+//     crate's Option<HashMap<String, String>> accepts it);
+//   - sorted by (begin, end), the tensors do not tile the data section
+//     contiguously from byte 0 to its very end: an overlap, a hole or
+//     trailing bytes (the crate's Metadata::validate and its
+//     MetadataIncompleteBuffer check).
+// Empty tensors (a 0 in the shape, begin == end) and scalars (shape [], one
+// element) are valid. FP8 dtypes (F8_E4M3, F8_E5M2) are not supported by oq
+// and are reported as unknown.
+//
+// Writing (SafetensorsWriter) follows the crate's serializer: compact JSON
+// ({"__metadata__":{...},"name":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}),
+// "__metadata__" first and only when there is metadata, the header padded
+// with spaces to a multiple of 8 bytes so that the data section starts 8-byte
+// aligned, and the tensors' data one after the other. Tensors keep the order
+// they were added in (the crate sorts by dtype alignment, then by name; any
+// order is valid).
+//
+//   oq::io::SafetensorsFile f("model.safetensors");
+//   auto w = f.matrix<float>("model.layers.0.mlp.up_proj.weight");  // [out, in] → out × in, row-major
+//   oq::io::SafetensorsWriter out;
+//   out.add("w", w, oq::io::DType::kBF16);
+//   out.write("quantized.safetensors");
+#pragma once
+
+#include <oq/core/float16.hpp>
+#include <oq/detail/checked_size.hpp>
+#include <oq/io/dtype.hpp>
+#include <oq/io/format_error.hpp>
+#include <oq/io/json.hpp>
+#include <oq/io/mapped_file.hpp>
+
+#include <Eigen/Core>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <map>
+#include <optional>
+#include <set>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace oq::io {
+
+/// One tensor of a safetensors file, as its header describes it.
+struct TensorInfo {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<std::size_t> shape;  ///< empty for a scalar
+  std::size_t begin = 0;           ///< byte offset of the first element, relative to the data section
+  std::size_t end = 0;             ///< one past the last byte, relative to the data section
+
+  /// Number of elements: the product of shape (1 for a scalar, 0 when a
+  /// dimension is 0). Throws std::invalid_argument if the product overflows,
+  /// which only a hand-built TensorInfo can do (the parser rejects it).
+  std::size_t size() const;
+
+  bool operator==(const TensorInfo&) const = default;
+};
+
+/// A parsed and validated header.
+struct SafetensorsHeader {
+  std::vector<TensorInfo> tensors;              ///< sorted by begin (then end, then name)
+  std::map<std::string, std::string> metadata;  ///< "__metadata__", empty when absent
+  std::size_t data_offset = 8;                  ///< 8 + N: where the data section starts in the file
+
+  bool operator==(const SafetensorsHeader&) const = default;
+};
+
+namespace detail_safetensors {
+
+/// The reference implementation's MAX_HEADER_SIZE (safetensors/src/tensor.rs).
+inline constexpr std::uint64_t kMaxHeaderSize = 100'000'000;
+/// The writer pads the header to a multiple of this (the crate's serializer:
+/// "Force alignment to 8 bytes").
+inline constexpr std::size_t kHeaderAlign = 8;
+inline constexpr std::string_view kMetadataKey = "__metadata__";
+
+using detail::checked_count;  // oq/detail/checked_size.hpp
+using detail::checked_mul;
+
+/// "[2, 3]", "[]".
+inline std::string shape_str(std::span<const std::size_t> shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (i > 0) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+/// data_offsets as the header writes them: "[0, 8]".
+inline std::string offsets_str(std::size_t begin, std::size_t end) {
+  return "[" + std::to_string(begin) + ", " + std::to_string(end) + "]";
+}
+
+/// A half-open byte range: "[0, 8)".
+inline std::string range_str(std::size_t begin, std::size_t end) {
+  return "[" + std::to_string(begin) + ", " + std::to_string(end) + ")";
+}
+
+/// A byte for an error message: 'x', or byte 0xNN when not printable ASCII.
+inline std::string show_byte(char c) {
+  const auto u = static_cast<unsigned char>(c);
+  if (u >= 0x20 && u < 0x7F) return std::string("'") + c + "'";
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  return std::string("byte 0x") + kHex[u >> 4] + kHex[u & 0xF];
+}
+
+inline std::string prefix(std::string_view source) {
+  return "oq::io::parse_safetensors_header: " + std::string(source) + ": ";
+}
+
+[[noreturn]] inline void fail(std::string_view source, const std::string& what) {
+  throw FormatError(prefix(source) + what);
+}
+
+[[noreturn]] inline void fail_tensor(std::string_view source, const std::string& name, const std::string& what) {
+  fail(source, "tensor '" + detail_json::printable(name) + "': " + what);
+}
+
+/// A JSON integer that is ≥ 0 and fits std::size_t, or nullopt.
+inline std::optional<std::size_t> as_size(const nlohmann::json& v) {
+  if (!v.is_number_unsigned()) return std::nullopt;  // negative, fractional, or beyond 64 bits (a double)
+  const auto u = v.get<nlohmann::json::number_unsigned_t>();
+  if constexpr (sizeof(nlohmann::json::number_unsigned_t) > sizeof(std::size_t)) {
+    if (u > std::numeric_limits<std::size_t>::max()) return std::nullopt;
+  }
+  return static_cast<std::size_t>(u);
+}
+
+/// One header entry → TensorInfo, checking its own consistency and that it
+/// lies inside a data section of `data_size` bytes.
+inline TensorInfo parse_entry(const std::string& name, const nlohmann::json& entry, std::size_t data_size,
+                              std::string_view source) {
+  using detail_json::describe;
+  static constexpr std::string_view kExpected =
+      "(expected an object with exactly \"dtype\", \"shape\" and \"data_offsets\")";
+  if (!entry.is_object()) fail_tensor(source, name, "the entry is " + describe(entry) + " " + std::string(kExpected));
+  for (const auto& [field, value] : entry.items()) {
+    (void)value;
+    if (field != "dtype" && field != "shape" && field != "data_offsets") {
+      fail_tensor(source, name, "unknown field '" + detail_json::printable(field) + "' " + std::string(kExpected));
+    }
+  }
+  for (const char* field : {"dtype", "shape", "data_offsets"}) {
+    if (!entry.contains(field)) {
+      fail_tensor(source, name, "the field '" + std::string(field) + "' is missing " + std::string(kExpected));
+    }
+  }
+
+  TensorInfo t;
+  t.name = name;
+
+  const nlohmann::json& dtype = entry["dtype"];
+  if (!dtype.is_string()) {
+    fail_tensor(source, name, "\"dtype\" is " + describe(dtype) + " (expected a string such as \"F32\")");
+  }
+  const auto& dtype_text = dtype.get_ref<const std::string&>();
+  bool known = false;
+  for (DType d : kAllDTypes) {
+    if (dtype_name(d) == dtype_text) {
+      t.dtype = d;
+      known = true;
+    }
+  }
+  if (!known) {
+    std::string accepted;
+    for (DType d : kAllDTypes) {
+      if (!accepted.empty()) accepted += ", ";
+      accepted += dtype_name(d);
+    }
+    fail_tensor(source, name,
+                "unknown dtype \"" + detail_json::printable(dtype_text) + "\" (expected one of " + accepted + ")");
+  }
+
+  const nlohmann::json& shape = entry["shape"];
+  if (!shape.is_array()) {
+    fail_tensor(source, name, "\"shape\" is " + describe(shape) + " (expected an array of non-negative integers)");
+  }
+  t.shape.reserve(shape.size());
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    const auto d = as_size(shape[i]);
+    if (!d) {
+      fail_tensor(source, name,
+                  "shape[" + std::to_string(i) + "] is " + describe(shape[i]) +
+                      " (expected a non-negative integer that fits 64 bits)");
+    }
+    t.shape.push_back(*d);
+  }
+
+  const nlohmann::json& offsets = entry["data_offsets"];
+  if (!offsets.is_array() || offsets.size() != 2) {
+    fail_tensor(source, name,
+                "\"data_offsets\" is " + describe(offsets) + " (expected an array [begin, end] of two integers)");
+  }
+  for (std::size_t i = 0; i < 2; ++i) {
+    if (!as_size(offsets[i])) {
+      fail_tensor(source, name,
+                  "data_offsets[" + std::to_string(i) + "] is " + describe(offsets[i]) +
+                      " (expected a non-negative integer that fits 64 bits)");
+    }
+  }
+  t.begin = *as_size(offsets[0]);
+  t.end = *as_size(offsets[1]);
+
+  const std::size_t itemsize = dtype_size(t.dtype);
+  std::size_t count = 0, nbytes = 0;
+  if (!checked_count(t.shape, count) || !checked_mul(count, itemsize, nbytes)) {
+    fail_tensor(source, name,
+                "shape " + shape_str(t.shape) + " of " + dtype_text + " has more bytes than size_t can count");
+  }
+  const std::string offsets_text = "data_offsets " + offsets_str(t.begin, t.end);
+  if (t.begin > t.end) fail_tensor(source, name, offsets_text + " has begin > end (expected begin <= end)");
+  if (t.end > data_size) {
+    fail_tensor(source, name,
+                offsets_text + " ends past the data section, which has " + std::to_string(data_size) + " bytes");
+  }
+  if (t.end - t.begin != nbytes) {
+    fail_tensor(source, name,
+                offsets_text + " spans " + std::to_string(t.end - t.begin) + " bytes, but shape " +
+                    shape_str(t.shape) + " of " + dtype_text + " needs " + std::to_string(count) + " × " +
+                    std::to_string(itemsize) + " = " + std::to_string(nbytes));
+  }
+  return t;
+}
+
+/// Elements of `dtype` at `src` → dst[0..count), as T. Fast paths for what
+/// checkpoints hold (F32, BF16, F16, F64): a memcpy when the layout is the
+/// same, a direct bit conversion otherwise; every other dtype goes through
+/// load_element (via double, so I64/U64 beyond 2^53 are rounded, and rounded
+/// once more when T is float). `src` may be unaligned (the data section of a
+/// file starts wherever its header ends): every load is a memcpy.
+template <class T>
+void convert_elements(DType dtype, const std::byte* src, std::size_t count, T* dst) {
+  static_assert(std::is_floating_point_v<T>, "safetensors tensors are read as float or double");
+  if (count == 0) return;
+  if constexpr (std::is_same_v<T, float>) {
+    if (dtype == DType::kF32) {
+      std::memcpy(dst, src, count * sizeof(float));
+      return;
+    }
+  }
+  if constexpr (std::is_same_v<T, double>) {
+    if (dtype == DType::kF64) {
+      std::memcpy(dst, src, count * sizeof(double));
+      return;
+    }
+  }
+  switch (dtype) {
+    case DType::kBF16:
+      for (std::size_t i = 0; i < count; ++i) {
+        std::uint16_t bits;
+        std::memcpy(&bits, src + 2 * i, 2);
+        dst[i] = static_cast<T>(core::bf16_bits_to_float(bits));
+      }
+      return;
+    case DType::kF16:
+      for (std::size_t i = 0; i < count; ++i) {
+        std::uint16_t bits;
+        std::memcpy(&bits, src + 2 * i, 2);
+        dst[i] = static_cast<T>(core::f16_bits_to_float(bits));
+      }
+      return;
+    case DType::kF32:
+      for (std::size_t i = 0; i < count; ++i) {
+        float f;
+        std::memcpy(&f, src + 4 * i, 4);
+        dst[i] = static_cast<T>(f);
+      }
+      return;
+    default: {
+      const std::size_t itemsize = dtype_size(dtype);
+      for (std::size_t i = 0; i < count; ++i) dst[i] = static_cast<T>(load_element(dtype, src + i * itemsize));
+      return;
+    }
+  }
+}
+
+/// s as a JSON string literal (quotes, escapes). Throws std::invalid_argument
+/// naming `what` when s is not valid UTF-8 (a header must be UTF-8).
+inline std::string json_string(const std::string& s, std::string_view what) {
+  try {
+    return nlohmann::json(s).dump();
+  } catch (const nlohmann::json::exception&) {
+    throw std::invalid_argument("oq::io::SafetensorsWriter: " + std::string(what) + " is not valid UTF-8");
+  }
+}
+
+}  // namespace detail_safetensors
+
+inline std::size_t TensorInfo::size() const {
+  std::size_t n = 0;
+  if (!detail_safetensors::checked_count(shape, n)) {
+    throw std::invalid_argument("oq::io::TensorInfo::size: the product of shape " +
+                                detail_safetensors::shape_str(shape) + " of tensor '" + name + "' overflows size_t");
+  }
+  return n;
+}
+
+/// Parses and validates the header of a safetensors file held in `file` (the
+/// whole file: the data section's size is part of what is checked). `source`
+/// names the file in error messages. Throws FormatError for every violation
+/// listed at the top of this file; never reads outside `file`, and allocates
+/// in proportion to the header only.
+inline SafetensorsHeader parse_safetensors_header(std::span<const std::byte> file,
+                                                  std::string_view source = "<memory>") {
+  namespace d = detail_safetensors;
+  if (file.size() < 8) {
+    d::fail(source, "file is " + std::to_string(file.size()) +
+                        " bytes, too short for the 8-byte little-endian header length");
+  }
+  std::uint64_t n = 0;
+  for (std::size_t i = 0; i < 8; ++i) n |= static_cast<std::uint64_t>(file[i]) << (8 * i);
+  if (n > d::kMaxHeaderSize) {
+    d::fail(source, "header length " + std::to_string(n) + " exceeds the limit of " +
+                        std::to_string(d::kMaxHeaderSize) +
+                        " bytes (the safetensors crate's MAX_HEADER_SIZE; likely not a safetensors file)");
+  }
+  if (n > file.size() - 8) {
+    d::fail(source, "header length " + std::to_string(n) + " runs past the end of the file (" +
+                        std::to_string(file.size() - 8) + " bytes follow the length)");
+  }
+  const auto header_size = static_cast<std::size_t>(n);
+  const std::string_view text(reinterpret_cast<const char*>(file.data() + 8), header_size);
+  if (text.empty() || text.front() != '{') {
+    d::fail(source, text.empty() ? std::string("the header is empty (expected a JSON object starting with '{')")
+                                 : "the header starts with " + d::show_byte(text.front()) +
+                                       " (expected '{': the spec requires the header to begin with 0x7B)");
+  }
+  // Trailing whitespace (the spec's space padding; serde_json in the crate
+  // accepts any JSON whitespace there) is accepted by the JSON parser itself.
+  const nlohmann::json j = detail_json::parse_strict(text, d::prefix(source) + "header: ");
+  if (!j.is_object()) d::fail(source, "the header is " + detail_json::describe(j) + " (expected a JSON object)");
+
+  SafetensorsHeader h;
+  h.data_offset = 8 + header_size;
+  const std::size_t data_size = file.size() - h.data_offset;
+  h.tensors.reserve(j.size());
+  for (const auto& [key, value] : j.items()) {
+    if (key == d::kMetadataKey) {
+      if (value.is_null()) continue;
+      if (!value.is_object()) {
+        d::fail(source, "\"__metadata__\" is " + detail_json::describe(value) +
+                            " (expected an object mapping strings to strings)");
+      }
+      for (const auto& [mkey, mvalue] : value.items()) {
+        if (!mvalue.is_string()) {
+          d::fail(source, "\"__metadata__\" value of key '" + detail_json::printable(mkey) + "' is " + detail_json::describe(mvalue) +
+                              " (expected a string)");
+        }
+        h.metadata.emplace(mkey, mvalue.get<std::string>());
+      }
+      continue;
+    }
+    h.tensors.push_back(d::parse_entry(key, value, data_size, source));
+  }
+
+  // The crate sorts by data_offsets and requires each tensor to start where
+  // the previous one ended, the first at 0 and the last to end at the end of
+  // the file: together, no overlap, no hole, no trailing bytes. Ties (empty
+  // tensors at one offset) are ordered by name, so the order is deterministic.
+  std::sort(h.tensors.begin(), h.tensors.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return std::tie(a.begin, a.end, a.name) < std::tie(b.begin, b.end, b.name);
+  });
+  std::size_t cursor = 0;
+  const TensorInfo* previous = nullptr;
+  for (const TensorInfo& t : h.tensors) {
+    if (t.begin < cursor) {
+      d::fail_tensor(source, t.name,
+                     "data_offsets " + d::offsets_str(t.begin, t.end) + " overlap those of tensor '" +
+                         detail_json::printable(previous->name) + "' " +
+                         d::offsets_str(previous->begin, previous->end) +
+                         " (expected the tensors to tile the data section without overlapping)");
+    }
+    if (t.begin > cursor) {
+      d::fail(source, "bytes " + d::range_str(cursor, t.begin) + " of the data section belong to no tensor (a hole " +
+                          "before tensor '" + detail_json::printable(t.name) + "'; expected the tensors to tile the data section " +
+                          "contiguously from byte 0)");
+    }
+    cursor = t.end;
+    previous = &t;
+  }
+  if (cursor != data_size) {
+    d::fail(source, "the data section has " + std::to_string(data_size) + " bytes, but the tensors cover only " +
+                        d::range_str(0, cursor) + " (expected the tensors to cover it to its end, " +
+                        "with no trailing bytes)");
+  }
+  return h;
+}
+
+/// A safetensors file: the whole file memory-mapped (or held in memory), its
+/// validated header, and each tensor as bytes or converted to an Eigen matrix.
+/// Move-only. Lookups by name are O(log n). Const member functions may be
+/// called from several threads at once.
+class SafetensorsFile {
+ public:
+  template <class T>
+  using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  template <class T>
+  using Vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+
+  /// Memory-maps and validates `path`. Throws std::system_error (a
+  /// std::runtime_error) when it cannot be mapped, FormatError when it is
+  /// malformed (naming the path).
+  explicit SafetensorsFile(const std::filesystem::path& path)
+      : mapped_(std::in_place, path), source_(path.string()) {
+    init();
+  }
+
+  /// Validates `bytes` (a whole file) and keeps them. `source` names it in errors.
+  static SafetensorsFile from_bytes(std::vector<std::byte> bytes, std::string source = "<memory>") {
+    return SafetensorsFile(std::move(bytes), std::move(source));
+  }
+
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+  SafetensorsFile(SafetensorsFile&&) noexcept = default;
+  SafetensorsFile& operator=(SafetensorsFile&&) noexcept = default;
+  ~SafetensorsFile() = default;
+
+  const SafetensorsHeader& header() const noexcept { return header_; }
+  /// Sorted by begin, as in the header.
+  const std::vector<TensorInfo>& tensors() const noexcept { return header_.tensors; }
+  const std::map<std::string, std::string>& metadata() const noexcept { return header_.metadata; }
+  /// The path, or the name given to from_bytes.
+  const std::string& source() const noexcept { return source_; }
+  /// The whole file.
+  std::span<const std::byte> file_bytes() const noexcept {
+    return mapped_ ? mapped_->bytes() : std::span<const std::byte>(owned_);
+  }
+
+  bool contains(std::string_view name) const { return index_.find(name) != index_.end(); }
+
+  /// Throws std::invalid_argument "tensor 'x' not found in <file>".
+  const TensorInfo& info(std::string_view name) const {
+    const auto it = index_.find(name);
+    if (it == index_.end()) {
+      throw std::invalid_argument("oq::io::SafetensorsFile: tensor '" + std::string(name) + "' not found in " +
+                                  source_);
+    }
+    return header_.tensors[it->second];
+  }
+
+  /// The tensor's raw little-endian elements, C order.
+  std::span<const std::byte> bytes(std::string_view name) const {
+    const TensorInfo& t = info(name);
+    return file_bytes().subspan(header_.data_offset + t.begin, t.end - t.begin);
+  }
+
+  /// A 2-D tensor as a rows × cols row-major matrix (PyTorch's nn.Linear
+  /// weight [out, in] is row-major: W as oq's y = X·Wᵀ wants it); a 1-D
+  /// tensor [n] as 1 × n. Any dtype is converted to T (float or double; see
+  /// detail_safetensors::convert_elements). Throws std::invalid_argument for
+  /// other ranks, naming the shape, or when a dimension exceeds Eigen::Index.
+  template <class T = float>
+  Matrix<T> matrix(std::string_view name) const {
+    const TensorInfo& t = info(name);
+    std::size_t rows = 1, cols = 1;
+    if (t.shape.size() == 2) {
+      rows = t.shape[0];
+      cols = t.shape[1];
+    } else if (t.shape.size() == 1) {
+      cols = t.shape[0];
+    } else {
+      throw std::invalid_argument("oq::io::SafetensorsFile::matrix: tensor '" + t.name + "' in " + source_ +
+                                  " has shape " + detail_safetensors::shape_str(t.shape) +
+                                  " (expected 1-D or 2-D; elements() reads any rank)");
+    }
+    check_index(t, "matrix");
+    Matrix<T> m(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
+    detail_safetensors::convert_elements(t.dtype, file_bytes().data() + header_.data_offset + t.begin, t.size(),
+                                         m.data());
+    return m;
+  }
+
+  /// A tensor with at most one dimension ≠ 1 ([n], [1, n], [n, 1, 1], a
+  /// scalar) as a column vector of its size(). Throws std::invalid_argument
+  /// naming the shape otherwise.
+  template <class T = float>
+  Vector<T> vector(std::string_view name) const {
+    const TensorInfo& t = info(name);
+    if (std::count_if(t.shape.begin(), t.shape.end(), [](std::size_t d) { return d != 1; }) > 1) {
+      throw std::invalid_argument("oq::io::SafetensorsFile::vector: tensor '" + t.name + "' in " + source_ +
+                                  " has shape " + detail_safetensors::shape_str(t.shape) +
+                                  " (expected at most one dimension other than 1)");
+    }
+    check_index(t, "vector");
+    Vector<T> v(static_cast<Eigen::Index>(t.size()));
+    detail_safetensors::convert_elements(t.dtype, file_bytes().data() + header_.data_offset + t.begin, t.size(),
+                                         v.data());
+    return v;
+  }
+
+  /// Every element of a tensor of any rank, C order, converted to T.
+  template <class T = float>
+  std::vector<T> elements(std::string_view name) const {
+    const TensorInfo& t = info(name);
+    std::vector<T> out(t.size());
+    detail_safetensors::convert_elements(t.dtype, file_bytes().data() + header_.data_offset + t.begin, out.size(),
+                                         out.data());
+    return out;
+  }
+
+ private:
+  SafetensorsFile(std::vector<std::byte> bytes, std::string source)
+      : owned_(std::move(bytes)), source_(std::move(source)) {
+    init();
+  }
+
+  void init() {
+    header_ = parse_safetensors_header(file_bytes(), source_);
+    for (std::size_t i = 0; i < header_.tensors.size(); ++i) index_.emplace(header_.tensors[i].name, i);
+  }
+
+  void check_index(const TensorInfo& t, const char* what) const {
+    constexpr auto kMax = static_cast<std::size_t>(std::numeric_limits<Eigen::Index>::max());
+    for (std::size_t d : t.shape) {
+      if (d > kMax) {
+        throw std::invalid_argument("oq::io::SafetensorsFile::" + std::string(what) + ": tensor '" + t.name +
+                                    "' in " + source_ + " has shape " + detail_safetensors::shape_str(t.shape) +
+                                    ", whose dimensions do not fit Eigen::Index");
+      }
+    }
+  }
+
+  // Exactly one holds the file: the mapping (from a path) or the vector
+  // (from_bytes). A moved vector keeps its buffer, so moving is safe.
+  std::optional<MappedFile> mapped_;
+  std::vector<std::byte> owned_;
+  std::string source_;
+  SafetensorsHeader header_;
+  std::map<std::string, std::size_t, std::less<>> index_;
+};
+
+/// Builds a safetensors file in memory: add tensors and metadata, then
+/// bytes() or write(). The data is copied in, so the sources need not outlive
+/// the writer.
+class SafetensorsWriter {
+ public:
+  /// Adds a tensor from its raw little-endian C-order bytes. Throws
+  /// std::invalid_argument when data.size() ≠ product(shape)·itemsize, when
+  /// the name is taken, is "__metadata__" or is not valid UTF-8.
+  void add(std::string name, DType dtype, std::vector<std::size_t> shape, std::span<const std::byte> data) {
+    add_owned(std::move(name), dtype, std::move(shape), std::vector<std::byte>(data.begin(), data.end()));
+  }
+
+  /// Adds an Eigen matrix or vector, elements in row-major order whatever
+  /// x's storage order, each stored as `stored` through store_element (integer
+  /// dtypes throw std::domain_error for a non-integral or out-of-range entry
+  /// instead of truncating it; the writer is unchanged then). A column vector
+  /// (cols() == 1) or a row vector (rows() == 1) is stored 1-D as [size()];
+  /// anything else 2-D as [rows, cols].
+  template <class Derived>
+  void add(std::string name, const Eigen::DenseBase<Derived>& x, DType stored = DType::kF32) {
+    // Expressions without coefficient access (products) are evaluated once; a
+    // plain matrix is used in place (eval() returns a reference to it).
+    const auto& e = x.derived().eval();
+    std::vector<std::size_t> shape;
+    if (e.cols() == 1 || e.rows() == 1) {
+      shape = {static_cast<std::size_t>(e.size())};
+    } else {
+      shape = {static_cast<std::size_t>(e.rows()), static_cast<std::size_t>(e.cols())};
+    }
+    const std::size_t itemsize = dtype_size(stored);
+    std::vector<std::byte> data(static_cast<std::size_t>(e.size()) * itemsize);
+    if (e.size() > 0) {
+      std::byte* dst = data.data();
+      for (Eigen::Index r = 0; r < e.rows(); ++r) {
+        for (Eigen::Index c = 0; c < e.cols(); ++c) {
+          store_element(stored, static_cast<double>(e(r, c)), dst);
+          dst += itemsize;
+        }
+      }
+    }
+    add_owned(std::move(name), stored, std::move(shape), std::move(data));
+  }
+
+  /// Adds a "__metadata__" entry. Throws std::invalid_argument when the key
+  /// is already there or either string is not valid UTF-8.
+  void add_metadata(std::string key, std::string value) {
+    if (std::any_of(metadata_.begin(), metadata_.end(), [&key](const auto& kv) { return kv.first == key; })) {
+      throw std::invalid_argument("oq::io::SafetensorsWriter::add_metadata: key '" + key + "' is already there");
+    }
+    (void)detail_safetensors::json_string(key, "metadata key '" + key + "'");
+    (void)detail_safetensors::json_string(value, "the value of metadata key '" + key + "'");
+    metadata_.emplace_back(std::move(key), std::move(value));
+  }
+
+  /// Number of tensors added.
+  std::size_t size() const noexcept { return tensors_.size(); }
+
+  /// The header JSON, padded with spaces to a multiple of 8 bytes.
+  std::string header() const {
+    std::string h = "{";
+    if (!metadata_.empty()) {
+      h += "\"__metadata__\":{";
+      for (std::size_t i = 0; i < metadata_.size(); ++i) {
+        if (i > 0) h += ",";
+        h += nlohmann::json(metadata_[i].first).dump() + ":" + nlohmann::json(metadata_[i].second).dump();
+      }
+      h += "}";
+    }
+    std::size_t offset = 0;
+    for (std::size_t i = 0; i < tensors_.size(); ++i) {
+      const Entry& t = tensors_[i];
+      if (i > 0 || !metadata_.empty()) h += ",";
+      h += nlohmann::json(t.name).dump();
+      h += ":{\"dtype\":\"";
+      h += dtype_name(t.dtype);
+      h += "\",\"shape\":[";
+      for (std::size_t k = 0; k < t.shape.size(); ++k) {
+        if (k > 0) h += ",";
+        h += std::to_string(t.shape[k]);
+      }
+      h += "],\"data_offsets\":[" + std::to_string(offset) + "," + std::to_string(offset + t.data.size()) + "]}";
+      offset += t.data.size();
+    }
+    h += "}";
+    h.append((detail_safetensors::kHeaderAlign - h.size() % detail_safetensors::kHeaderAlign) %
+                 detail_safetensors::kHeaderAlign,
+             ' ');
+    return h;
+  }
+
+  /// The whole file.
+  std::vector<std::byte> bytes() const {
+    const std::string h = header();
+    std::size_t total = 8 + h.size();
+    for (const Entry& t : tensors_) total += t.data.size();
+    std::vector<std::byte> out;
+    out.reserve(total);
+    append_length(out, h.size());
+    for (char c : h) out.push_back(static_cast<std::byte>(c));
+    for (const Entry& t : tensors_) out.insert(out.end(), t.data.begin(), t.data.end());
+    return out;
+  }
+
+  /// Writes the file to `path + ".tmp"`, then renames it to `path`, so a
+  /// reader never sees a half-written checkpoint. Throws std::runtime_error
+  /// naming the path when writing or renaming fails (the .tmp file is removed).
+  void write(const std::filesystem::path& path) const {
+    std::filesystem::path tmp = path;
+    tmp += ".tmp";
+    auto fail = [&](const std::string& what) {
+      std::error_code ignored;
+      std::filesystem::remove(tmp, ignored);
+      throw std::runtime_error("oq::io::SafetensorsWriter::write: " + what);
+    };
+    {
+      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+      if (!out) fail("cannot open '" + tmp.string() + "' for writing");
+      const std::string h = header();
+      std::vector<std::byte> length;
+      append_length(length, h.size());
+      out.write(reinterpret_cast<const char*>(length.data()), static_cast<std::streamsize>(length.size()));
+      out.write(h.data(), static_cast<std::streamsize>(h.size()));
+      for (const Entry& t : tensors_) {
+        out.write(reinterpret_cast<const char*>(t.data.data()), static_cast<std::streamsize>(t.data.size()));
+      }
+      out.close();
+      if (!out) fail("writing '" + tmp.string() + "' failed");
+    }
+    std::error_code ec;
+    std::filesystem::rename(tmp, path, ec);
+    if (ec) fail("cannot rename '" + tmp.string() + "' to '" + path.string() + "': " + ec.message());
+  }
+
+ private:
+  struct Entry {
+    std::string name;
+    DType dtype;
+    std::vector<std::size_t> shape;
+    std::vector<std::byte> data;
+  };
+
+  static void append_length(std::vector<std::byte>& out, std::size_t n) {
+    for (std::size_t i = 0; i < 8; ++i) {
+      out.push_back(static_cast<std::byte>((static_cast<std::uint64_t>(n) >> (8 * i)) & 0xFFu));
+    }
+  }
+
+  void add_owned(std::string name, DType dtype, std::vector<std::size_t> shape, std::vector<std::byte> data) {
+    if (name == detail_safetensors::kMetadataKey) {
+      throw std::invalid_argument("oq::io::SafetensorsWriter::add: '__metadata__' is reserved, not a tensor name");
+    }
+    if (names_.count(name) != 0) {
+      throw std::invalid_argument("oq::io::SafetensorsWriter::add: tensor '" + name + "' is already there");
+    }
+    (void)detail_safetensors::json_string(name, "tensor name '" + name + "'");
+    std::size_t count = 0, nbytes = 0;
+    const bool counted = detail_safetensors::checked_count(shape, count) &&
+                         detail_safetensors::checked_mul(count, dtype_size(dtype), nbytes);
+    if (!counted || nbytes != data.size()) {
+      throw std::invalid_argument("oq::io::SafetensorsWriter::add: tensor '" + name + "' of shape " +
+                                  detail_safetensors::shape_str(shape) + " and dtype " +
+                                  std::string(dtype_name(dtype)) + " needs " +
+                                  (counted ? std::to_string(nbytes) + " bytes" : "more bytes than size_t can count") +
+                                  ", but data holds " + std::to_string(data.size()));
+    }
+    names_.insert(name);
+    tensors_.push_back(Entry{std::move(name), dtype, std::move(shape), std::move(data)});
+  }
+
+  std::vector<Entry> tensors_;
+  std::set<std::string, std::less<>> names_;
+  std::vector<std::pair<std::string, std::string>> metadata_;
+};
+
+}  // namespace oq::io

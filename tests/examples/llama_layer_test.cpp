@@ -1,0 +1,414 @@
+// Tests for examples/02_llama_layer: the layer forward against a plain float64
+// loop implementation, the default layer's outlier structure, every method's
+// exactness without rounding, the W4A4 error ordering as measured, and the
+// checkpoint path (safetensors + config.json) end to end.
+#include "../../examples/02_llama_layer/checkpoint_layer.hpp"
+#include "../../examples/02_llama_layer/default_layer.hpp"
+#include "../../examples/02_llama_layer/llama_layer.hpp"
+#include "../../examples/02_llama_layer/methods.hpp"
+
+#include <oq/analysis.hpp>
+#include <oq/io.hpp>
+
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <vector>
+
+namespace {
+
+using llama::Config;
+using llama::LayerWeights;
+using llama::Linear;
+using Md = llama::Matrix<double>;
+
+Config tiny_config() {
+  Config c;
+  c.hidden_size = 16;
+  c.intermediate_size = 24;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 4;
+  c.rms_norm_eps = 1e-6;
+  c.rope_theta = 500.0;
+  return c;
+}
+
+LayerWeights<double> random_weights(const Config& c, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> n(0.0, 0.3);
+  auto random = [&](Eigen::Index r, Eigen::Index k) {
+    Md m(r, k);
+    for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = n(rng);
+    return m;
+  };
+  LayerWeights<double> w;
+  w.input_norm = (random(c.hidden_size, 1).array() + 1.0).matrix();
+  w.post_norm = (random(c.hidden_size, 1).array() + 1.0).matrix();
+  w[Linear::kQ] = random(c.q_size(), c.hidden_size);
+  w[Linear::kK] = random(c.kv_size(), c.hidden_size);
+  w[Linear::kV] = random(c.kv_size(), c.hidden_size);
+  w[Linear::kO] = random(c.hidden_size, c.q_size());
+  w[Linear::kGate] = random(c.intermediate_size, c.hidden_size);
+  w[Linear::kUp] = random(c.intermediate_size, c.hidden_size);
+  w[Linear::kDown] = random(c.hidden_size, c.intermediate_size);
+  return w;
+}
+
+// The layer written as loops over indices, one formula per line of the
+// transformers source (modeling_llama.py), in double: RMSNorm, projections,
+// RoPE on (i, i + d/2) pairs with explicit angles, attention with a
+// log-sum-exp softmax over the causal prefix, SwiGLU, residuals.
+std::vector<std::vector<double>> loop_forward(const Config& c, const LayerWeights<double>& w,
+                                              const std::vector<std::vector<double>>& x) {
+  const std::size_t T = x.size();
+  const auto H = static_cast<std::size_t>(c.hidden_size), F = static_cast<std::size_t>(c.intermediate_size);
+  const auto heads = static_cast<std::size_t>(c.num_attention_heads);
+  const auto kv_heads = static_cast<std::size_t>(c.num_key_value_heads);
+  const auto d = static_cast<std::size_t>(c.head_dim);
+  auto norm = [&](const std::vector<double>& v, const llama::Vector<double>& g) {
+    double ss = 0;
+    for (double e : v) ss += e * e;
+    const double r = 1.0 / std::sqrt(ss / static_cast<double>(v.size()) + c.rms_norm_eps);
+    std::vector<double> out(v.size());
+    for (std::size_t j = 0; j < v.size(); ++j) out[j] = v[j] * r * g[static_cast<Eigen::Index>(j)];
+    return out;
+  };
+  auto linear = [](const Md& m, const std::vector<double>& v) {
+    std::vector<double> out(static_cast<std::size_t>(m.rows()), 0.0);
+    for (Eigen::Index o = 0; o < m.rows(); ++o)
+      for (Eigen::Index i = 0; i < m.cols(); ++i) out[static_cast<std::size_t>(o)] += m(o, i) * v[static_cast<std::size_t>(i)];
+    return out;
+  };
+  auto rope = [&](std::vector<double>& v, std::size_t pos, std::size_t nh) {
+    for (std::size_t h = 0; h < nh; ++h)
+      for (std::size_t i = 0; i < d / 2; ++i) {
+        const double freq = std::pow(c.rope_theta, -2.0 * static_cast<double>(i) / static_cast<double>(d));
+        const double a = v[h * d + i], b = v[h * d + i + d / 2];
+        const double angle = static_cast<double>(pos) * freq;
+        v[h * d + i] = a * std::cos(angle) - b * std::sin(angle);
+        v[h * d + i + d / 2] = b * std::cos(angle) + a * std::sin(angle);
+      }
+  };
+  std::vector<std::vector<double>> q(T), k(T), v(T), out(T);
+  for (std::size_t t = 0; t < T; ++t) {
+    const auto n1 = norm(x[t], w.input_norm);
+    q[t] = linear(w[Linear::kQ], n1);
+    k[t] = linear(w[Linear::kK], n1);
+    v[t] = linear(w[Linear::kV], n1);
+    rope(q[t], t, heads);
+    rope(k[t], t, kv_heads);
+  }
+  for (std::size_t t = 0; t < T; ++t) {
+    std::vector<double> attn(heads * d, 0.0);
+    for (std::size_t h = 0; h < heads; ++h) {
+      const std::size_t g = h / (heads / kv_heads);
+      std::vector<double> s(t + 1);
+      for (std::size_t u = 0; u <= t; ++u) {
+        double dot = 0;
+        for (std::size_t i = 0; i < d; ++i) dot += q[t][h * d + i] * k[u][g * d + i];
+        s[u] = dot / std::sqrt(static_cast<double>(d));
+      }
+      const double m = *std::max_element(s.begin(), s.end());
+      double lse = 0;
+      for (double e : s) lse += std::exp(e - m);
+      lse = m + std::log(lse);
+      for (std::size_t u = 0; u <= t; ++u)
+        for (std::size_t i = 0; i < d; ++i) attn[h * d + i] += std::exp(s[u] - lse) * v[u][g * d + i];
+    }
+    const auto o = linear(w[Linear::kO], attn);
+    std::vector<double> h(H);
+    for (std::size_t j = 0; j < H; ++j) h[j] = x[t][j] + o[j];
+    const auto n2 = norm(h, w.post_norm);
+    const auto gate = linear(w[Linear::kGate], n2), up = linear(w[Linear::kUp], n2);
+    std::vector<double> act(F);
+    for (std::size_t j = 0; j < F; ++j) act[j] = gate[j] / (1.0 + std::exp(-gate[j])) * up[j];
+    const auto down = linear(w[Linear::kDown], act);
+    out[t].resize(H);
+    for (std::size_t j = 0; j < H; ++j) out[t][j] = h[j] + down[j];
+  }
+  return out;
+}
+
+Md random_input(Eigen::Index tokens, Eigen::Index hidden, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> n(0.0, 1.0);
+  Md x(tokens, hidden);
+  for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = n(rng);
+  return x;
+}
+
+}  // namespace
+
+TEST_CASE("llama::forward equals a float64 loop implementation (GQA, RoPE, causal softmax, SwiGLU)") {
+  const Config c = tiny_config();
+  const LayerWeights<double> w = random_weights(c, 1);
+  const Md x = random_input(7, c.hidden_size, 2);
+  std::vector<std::vector<double>> xs(7, std::vector<double>(16));
+  for (int t = 0; t < 7; ++t)
+    for (int j = 0; j < 16; ++j) xs[static_cast<std::size_t>(t)][static_cast<std::size_t>(j)] = x(t, j);
+  const auto reference = loop_forward(c, w, xs);
+  const Md y = llama::forward(c, w, x);
+  const llama::Matrix<float> y32 = llama::forward(c, w.cast<float>(), llama::Matrix<float>(x.cast<float>()));
+  double max_err = 0, max_err32 = 0, scale = 0;
+  for (int t = 0; t < 7; ++t)
+    for (int j = 0; j < 16; ++j) {
+      const double r = reference[static_cast<std::size_t>(t)][static_cast<std::size_t>(j)];
+      max_err = std::max(max_err, std::abs(y(t, j) - r));
+      max_err32 = std::max(max_err32, std::abs(double(y32(t, j)) - r));
+      scale = std::max(scale, std::abs(r));
+    }
+  CHECK(max_err <= 1e-12 * scale);
+  CHECK(max_err32 <= 1e-5 * scale);
+
+  // Causality: changing a later token leaves earlier outputs unchanged.
+  Md x2 = x;
+  x2.row(6).setConstant(3.0);
+  const Md y2 = llama::forward(c, w, x2);
+  CHECK((y2.topRows(6) - y.topRows(6)).cwiseAbs().maxCoeff() == 0.0);
+  CHECK((y2.row(6) - y.row(6)).cwiseAbs().maxCoeff() > 1e-3);
+}
+
+TEST_CASE("llama::Config and LayerWeights reject inconsistent shapes by name") {
+  Config c = tiny_config();
+  c.num_key_value_heads = 3;
+  CHECK_THROWS_WITH_AS(c.validate(), doctest::Contains("num_key_value_heads must divide"), std::invalid_argument);
+  c = tiny_config();
+  c.head_dim = 3;
+  CHECK_THROWS_WITH_AS(c.validate(), doctest::Contains("head_dim must be even"), std::invalid_argument);
+  c = tiny_config();
+  LayerWeights<double> w = random_weights(c, 1);
+  w[Linear::kDown] = Md::Zero(16, 23);
+  CHECK_THROWS_WITH_AS(w.validate(c), doctest::Contains("down_proj must be 16 x 24, got 16 x 23"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(llama::forward(c, random_weights(c, 1), Md(Md::Zero(3, 15))),
+                       doctest::Contains("hidden_size = 16"), std::invalid_argument);
+}
+
+namespace {
+
+// A small default-style layer: the construction of default_layer.hpp at
+// 1/8 of LLaMA-2-7B's width.
+Config small_config() {
+  Config c;
+  c.hidden_size = 512;
+  c.intermediate_size = 1408;
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 2;
+  c.head_dim = 64;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("the default layer produces the published outlier structure from its weights") {
+  const Config c = small_config();
+  llama::DefaultLayerLayout layout;
+  const auto w = llama::default_layer<double>(c, {}, &layout);
+  const Md x = llama::default_input<double>(c, 48, 1);
+  const Md y = llama::forward(c, w, x);
+  const auto inputs = llama::record_inputs(c, w, x);
+
+  // The input has no massive activations and no outlier channels.
+  CHECK(oq::analysis::find_massive_activations(x).empty());
+  CHECK(oq::analysis::find_channel_outliers(x).empty());
+  // Massive activations at the output: exactly the two channels, first token, ~2000 and ~-1500.
+  const auto massive = oq::analysis::find_massive_activations(y);
+  REQUIRE(massive.size() == 2);
+  for (const auto& m : massive) {
+    CHECK(m.token == 0);
+    CHECK((m.channel == layout.massive_channels[0] || m.channel == layout.massive_channels[1]));
+  }
+  CHECK(y(0, layout.massive_channels[0]) == doctest::Approx(2000.0).epsilon(0.01));
+  CHECK(y(0, layout.massive_channels[1]) == doctest::Approx(-1500.0).epsilon(0.01));
+  // The down_proj input spikes to the thousands on the first token, in the super channel only.
+  const Md& down_in = inputs[static_cast<std::size_t>(llama::Input::kDown)];
+  Eigen::Index t = 0, j = 0;
+  const double spike = down_in.cwiseAbs().maxCoeff(&t, &j);
+  CHECK(t == 0);
+  CHECK(j == layout.super_channel);
+  CHECK(spike > 1000.0);
+  Md rest = down_in;
+  rest(0, layout.super_channel) = 0;
+  CHECK(rest.cwiseAbs().maxCoeff() < 20.0);
+  // Channel-wise outliers at the q/k/v input: exactly the large-γ channels.
+  std::vector<Eigen::Index> found;
+  for (const auto& o : oq::analysis::find_channel_outliers(inputs[0])) found.push_back(o.channel);
+  std::sort(found.begin(), found.end());
+  CHECK(found == layout.input_norm_outliers);
+}
+
+TEST_CASE("every method is exact when nothing is rounded: transforms and folding cancel") {
+  const Config c = small_config();
+  const auto w = llama::default_layer<double>(c);
+  const Md x = llama::default_input<double>(c, 24, 1);
+  const auto calibration = llama::record_inputs(c, w, llama::default_input<double>(c, 24, 2));
+  const Md y = llama::forward(c, w, x);
+  llama::QuantOptions o;
+  o.act_bits = 0;
+  o.weight_bits = 0;
+  o.greedy_steps = 16;
+  for (llama::Method m : llama::kAllMethods) {
+    const auto layer = llama::quantize_layer(m, w, calibration, o);
+    const Md yq = llama::forward(c, w, x, layer);
+    INFO(llama::method_name(m));
+    CHECK(llama::relative_error(yq, y) < 1e-12);
+  }
+}
+
+TEST_CASE("W4A4 on the small default layer: DuQuant and Hadamard each cut RTN's error at least 2x") {
+  const Config c = small_config();
+  const auto w = llama::default_layer<float>(c);
+  const llama::Matrix<float> x = llama::default_input<float>(c, 64, 1);
+  const auto calibration = llama::record_inputs(c, w, llama::default_input<float>(c, 64, 2));
+  const llama::Matrix<float> y = llama::forward(c, w, x);
+  llama::QuantOptions o;
+  o.greedy_steps = 64;
+  std::vector<std::pair<double, std::string_view>> ordering;
+  double rtn = 0, duquant = 0, hadamard = 0;
+  for (llama::Method m : llama::kAllMethods) {
+    const double e = llama::relative_error(llama::forward(c, w, x, llama::quantize_layer(m, w, calibration, o)), y);
+    ordering.emplace_back(e, llama::method_name(m));
+    if (m == llama::Method::kRtn) rtn = e;
+    if (m == llama::Method::kDuQuant) duquant = e;
+    if (m == llama::Method::kHadamard) hadamard = e;
+  }
+  std::sort(ordering.begin(), ordering.end());
+  std::cout << "small default layer, W4A4 output relative error, best first:";
+  for (const auto& [e, name] : ordering) std::cout << "  " << name << " " << e;
+  std::cout << "\n";
+  CHECK(duquant <= 0.5 * rtn);
+  CHECK(hadamard <= 0.5 * rtn);
+
+  // 8 bits against 4 bits on the same path: 16× finer steps. Without clipping
+  // (clip 1): at clip 0.9 the first token's super activation (3,200 at the
+  // down_proj input) is clipped by 10% whatever the bits, which bounds the
+  // error from below at any width.
+  o.act_clip = 1.0;
+  o.weight_clip = 1.0;
+  auto rtn_error = [&](int bits) {
+    o.act_bits = bits;
+    o.weight_bits = bits;
+    return llama::relative_error(llama::forward(c, w, x, llama::quantize_layer(llama::Method::kRtn, w, calibration, o)), y);
+  };
+  const double rtn4 = rtn_error(4), rtn8 = rtn_error(8);
+  std::cout << "RTN without clipping: 4 bits " << rtn4 << ", 8 bits " << rtn8 << "\n";
+  CHECK(rtn8 < rtn4 / 8);
+}
+
+namespace {
+
+// A temporary directory removed at scope exit.
+struct TempDir {
+  std::filesystem::path path;
+  explicit TempDir(const std::string& name)
+      : path(std::filesystem::temp_directory_path() / (name + "-" + std::to_string(std::random_device{}()))) {
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+};
+
+}  // namespace
+
+TEST_CASE("a sharded Hugging Face checkpoint: config.json and safetensors give the same layer and forward") {
+  const Config c = tiny_config();
+  const auto w0 = random_weights(c, 11).cast<float>();
+  const auto w1 = random_weights(c, 12).cast<float>();
+  const llama::Matrix<float> embeddings = random_input(40, c.hidden_size, 13).cast<float>();
+  TempDir dir("oq-llama-checkpoint");
+
+  // Layer 0 and the embeddings in one shard (F32), layer 1 in another (BF16,
+  // as checkpoints are usually stored), plus the index.
+  oq::io::SafetensorsWriter shard0, shard1;
+  nlohmann::json weight_map = nlohmann::json::object();
+  auto add_layer = [&](oq::io::SafetensorsWriter& shard, const std::string& file, int index,
+                       const LayerWeights<float>& w, oq::io::DType dtype) {
+    const std::string prefix = "model.layers." + std::to_string(index) + ".";
+    shard.add(prefix + "input_layernorm.weight", w.input_norm, dtype);
+    shard.add(prefix + "post_attention_layernorm.weight", w.post_norm, dtype);
+    weight_map[prefix + "input_layernorm.weight"] = file;
+    weight_map[prefix + "post_attention_layernorm.weight"] = file;
+    for (Linear l : llama::kAllLinears) {
+      shard.add(prefix + llama::linear_module(l) + ".weight", w[l], dtype);
+      weight_map[prefix + llama::linear_module(l) + ".weight"] = file;
+    }
+  };
+  add_layer(shard0, "model-00001-of-00002.safetensors", 0, w0, oq::io::DType::kF32);
+  shard0.add("model.embed_tokens.weight", embeddings, oq::io::DType::kF32);
+  weight_map["model.embed_tokens.weight"] = "model-00001-of-00002.safetensors";
+  add_layer(shard1, "model-00002-of-00002.safetensors", 1, w1, oq::io::DType::kBF16);
+  shard0.write(dir.path / "model-00001-of-00002.safetensors");
+  shard1.write(dir.path / "model-00002-of-00002.safetensors");
+  std::ofstream(dir.path / "model.safetensors.index.json")
+      << nlohmann::json{{"metadata", {{"total_size", 0}}}, {"weight_map", weight_map}}.dump(2);
+  nlohmann::json config = {{"architectures", {"LlamaForCausalLM"}},
+                           {"model_type", "llama"},
+                           {"hidden_size", c.hidden_size},
+                           {"intermediate_size", c.intermediate_size},
+                           {"num_attention_heads", c.num_attention_heads},
+                           {"num_key_value_heads", c.num_key_value_heads},
+                           {"num_hidden_layers", 2},
+                           {"rms_norm_eps", c.rms_norm_eps},
+                           {"rope_theta", c.rope_theta},
+                           {"rope_scaling", nullptr},
+                           {"hidden_act", "silu"},
+                           {"vocab_size", 40},
+                           {"bos_token_id", 5}};
+  std::ofstream(dir.path / "config.json") << config.dump(2);
+
+  const llama::CheckpointModel model(dir.path);
+  CHECK(model.num_layers() == 2);
+  CHECK(model.config().head_dim == c.head_dim);  // hidden / heads when config.json has no head_dim
+  CHECK(model.config().num_key_value_heads == 2);
+  const auto l0 = model.layer(0);
+  for (Linear l : llama::kAllLinears) CHECK(l0[l] == w0[l]);  // F32: exact
+  const auto l1 = model.layer(1);
+  for (Linear l : llama::kAllLinears) {
+    // BF16: each weight is its RNE rounding.
+    for (Eigen::Index i = 0; i < w1[l].size(); ++i) {
+      REQUIRE(l1[l].data()[i] == oq::core::bf16_bits_to_float(oq::core::float_to_bf16_bits(w1[l].data()[i])));
+    }
+  }
+  CHECK_THROWS_WITH_AS(model.layer(2), doctest::Contains("layer must be in [0, 2), got 2"), std::invalid_argument);
+
+  // The hidden states entering layer 1 are the embeddings through layer 0.
+  const auto ids = model.random_token_ids(6, 3);
+  CHECK(ids.front() == 5);  // config.json's bos_token_id, then anything but BOS
+  CHECK(std::count(ids.begin(), ids.end(), 5) == 1);
+  for (const auto id : model.random_token_ids(400, 4)) CHECK((id >= 0 && id < 40));
+  llama::Matrix<float> x(6, c.hidden_size);
+  for (int t = 0; t < 6; ++t) x.row(t) = embeddings.row(ids[static_cast<std::size_t>(t)]);
+  const llama::Matrix<float> expected = llama::forward(c, w0, x);
+  CHECK(model.hidden_states_before(1, ids) == expected);
+  CHECK(model.hidden_states_before(0, ids) == x);
+
+  // What the layer does not implement is refused by name, not run wrongly.
+  config["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
+  CHECK_THROWS_WITH_AS(llama::config_from_json(config), doctest::Contains("rope_scaling of type \"linear\" is not supported"),
+                       std::invalid_argument);
+  config["rope_scaling"] = {{"rope_type", "default"}};  // plain RoPE, spelled out
+  CHECK(llama::config_from_json(config).rope_theta == c.rope_theta);
+  config["rope_scaling"] = nullptr;
+  // Newer transformers: rope_parameters carries the type and theta.
+  config["rope_parameters"] = {{"rope_type", "llama3"}, {"rope_theta", 500000.0}, {"factor", 8.0}};
+  CHECK_THROWS_WITH_AS(llama::config_from_json(config), doctest::Contains("of type \"llama3\" is not supported"),
+                       std::invalid_argument);
+  config["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 500000.0}};
+  config.erase("rope_theta");
+  CHECK(llama::config_from_json(config).rope_theta == 500000.0);
+  config["rope_theta"] = 10000.0;
+  CHECK_THROWS_WITH_AS(llama::config_from_json(config), doctest::Contains("disagree"), std::invalid_argument);
+  config.erase("rope_parameters");
+  config["hidden_act"] = "gelu";
+  CHECK_THROWS_WITH_AS(llama::config_from_json(config), doctest::Contains("hidden_act must be \"silu\""),
+                       std::invalid_argument);
+  config["hidden_act"] = "silu";
+  config.erase("intermediate_size");
+  CHECK_THROWS_WITH_AS(llama::config_from_json(config), doctest::Contains("missing integer field 'intermediate_size'"),
+                       std::invalid_argument);
+}

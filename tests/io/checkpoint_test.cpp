@@ -1,0 +1,312 @@
+// Tests for oq/io/checkpoint.hpp: a sharded checkpoint (two shards and an
+// index, written into a fresh temporary directory) read through Checkpoint by
+// directory, index and shard file; a single-file checkpoint; lazy opening;
+// every malformed index (paths escaping the directory, missing shards,
+// tensors not where the index says) and lookup errors; concurrent reads.
+#include <oq/io/checkpoint.hpp>
+
+#include "support/matrices.hpp"
+
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <cstddef>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using oq::io::Checkpoint;
+using oq::io::DType;
+using oq::io::FormatError;
+using oq::io::SafetensorsWriter;
+template <class T>
+using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// A unique directory under the system's temp directory, removed at scope exit.
+struct TempDir {
+  std::filesystem::path path = std::filesystem::temp_directory_path() /
+                               ("oq_checkpoint_test_" + std::to_string(std::random_device{}()) + "_" +
+                                std::to_string(std::random_device{}()));
+  TempDir() { std::filesystem::create_directories(path); }
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path, ignored);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+};
+
+void write_text(const std::filesystem::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  REQUIRE(out.good());
+}
+
+// The weights of a two-layer toy model, split over two shards as
+// save_pretrained would, plus model.safetensors.index.json.
+struct ShardedModel {
+  RowMatrix<float> embed = oq::test::gaussian<float>(10, 8, 1);
+  RowMatrix<float> q0 = oq::test::gaussian<float>(8, 8, 2);
+  Eigen::VectorXf norm0 = Eigen::VectorXf::LinSpaced(8, 0.5f, 1.5f);
+  RowMatrix<float> q1 = oq::test::gaussian<float>(8, 8, 3);
+  Eigen::VectorXf norm1 = Eigen::VectorXf::LinSpaced(8, 1.5f, 0.5f);
+
+  static constexpr const char* kShard1 = "model-00001-of-00002.safetensors";
+  static constexpr const char* kShard2 = "model-00002-of-00002.safetensors";
+
+  void write(const std::filesystem::path& dir) const {
+    SafetensorsWriter s1;
+    s1.add_metadata("format", "pt");
+    s1.add("model.embed_tokens.weight", embed, DType::kBF16);
+    s1.add("model.layers.0.self_attn.q_proj.weight", q0, DType::kBF16);
+    s1.add("model.layers.0.input_layernorm.weight", norm0, DType::kF32);
+    s1.write(dir / kShard1);
+    SafetensorsWriter s2;
+    s2.add_metadata("format", "pt");
+    s2.add("model.layers.1.self_attn.q_proj.weight", q1, DType::kF16);
+    s2.add("model.layers.1.input_layernorm.weight", norm1, DType::kF32);
+    s2.write(dir / kShard2);
+    write_text(dir / "model.safetensors.index.json", index_json());
+  }
+
+  static std::string quoted(const char* s) { return std::string("\"") + s + "\""; }
+
+  // The index save_pretrained writes; `shard2` is the JSON value given to
+  // layer 1's tensors (a quoted file name, or anything else for the error tests).
+  static std::string index_json(const std::string& shard2 = quoted(kShard2)) {
+    const std::string shard1 = quoted(kShard1);
+    return "{\n"
+           "  \"metadata\": {\"total_size\": 1234},\n"
+           "  \"weight_map\": {\n"
+           "    \"model.embed_tokens.weight\": " + shard1 + ",\n"
+           "    \"model.layers.0.input_layernorm.weight\": " + shard1 + ",\n"
+           "    \"model.layers.0.self_attn.q_proj.weight\": " + shard1 + ",\n"
+           "    \"model.layers.1.input_layernorm.weight\": " + shard2 + ",\n"
+           "    \"model.layers.1.self_attn.q_proj.weight\": " + shard2 + "\n"
+           "  }\n"
+           "}\n";
+  }
+};
+
+template <class Derived>
+RowMatrix<float> through_bf16(const Eigen::MatrixBase<Derived>& x) {
+  RowMatrix<float> y = x;
+  for (Eigen::Index i = 0; i < y.size(); ++i) {
+    y.data()[i] = oq::core::bf16_bits_to_float(oq::core::float_to_bf16_bits(y.data()[i]));
+  }
+  return y;
+}
+
+template <class Derived>
+RowMatrix<float> through_f16(const Eigen::MatrixBase<Derived>& x) {
+  RowMatrix<float> y = x;
+  for (Eigen::Index i = 0; i < y.size(); ++i) {
+    y.data()[i] = oq::core::f16_bits_to_float(oq::core::float_to_f16_bits(y.data()[i]));
+  }
+  return y;
+}
+
+void check_model(const Checkpoint& c, const ShardedModel& m) {
+  CHECK(c.names() == std::vector<std::string>{"model.embed_tokens.weight", "model.layers.0.input_layernorm.weight",
+                                              "model.layers.0.self_attn.q_proj.weight",
+                                              "model.layers.1.input_layernorm.weight",
+                                              "model.layers.1.self_attn.q_proj.weight"});
+  CHECK(c.contains("model.layers.1.input_layernorm.weight"));
+  CHECK_FALSE(c.contains("lm_head.weight"));
+  CHECK(c.info("model.embed_tokens.weight").shape == std::vector<std::size_t>{10, 8});
+  CHECK(c.info("model.embed_tokens.weight").dtype == DType::kBF16);
+  CHECK(c.matrix<float>("model.embed_tokens.weight") == through_bf16(m.embed));
+  CHECK(c.matrix<float>("model.layers.0.self_attn.q_proj.weight") == through_bf16(m.q0));
+  CHECK(c.matrix<double>("model.layers.1.self_attn.q_proj.weight").cast<float>() == through_f16(m.q1));
+  CHECK(c.vector<float>("model.layers.0.input_layernorm.weight") == m.norm0);
+  CHECK(c.vector<float>("model.layers.1.input_layernorm.weight") == m.norm1);
+  CHECK(c.elements<double>("model.layers.1.input_layernorm.weight").size() == 8);
+  CHECK(c.bytes("model.layers.1.input_layernorm.weight").size() == 32);
+}
+
+std::string format_error_of(const std::filesystem::path& path, const std::string& tensor = "") {
+  try {
+    const Checkpoint c(path);
+    if (!tensor.empty()) (void)c.info(tensor);
+  } catch (const FormatError& e) {
+    return e.what();
+  }
+  return "<no FormatError>";
+}
+
+}  // namespace
+
+TEST_CASE("sharded checkpoint: by directory, by index file, and each shard alone") {
+  TempDir dir;
+  const ShardedModel m;
+  m.write(dir.path);
+
+  const Checkpoint by_dir(dir.path);
+  CHECK(by_dir.is_sharded());
+  CHECK(by_dir.directory() == dir.path);
+  CHECK(by_dir.index_path() == dir.path / "model.safetensors.index.json");
+  CHECK(by_dir.index_metadata()["total_size"] == 1234);
+  CHECK(by_dir.shard_paths() ==
+        std::vector<std::filesystem::path>{dir.path / ShardedModel::kShard1, dir.path / ShardedModel::kShard2});
+  check_model(by_dir, m);
+  CHECK(by_dir.file_of("model.layers.1.input_layernorm.weight").source() ==
+        (dir.path / ShardedModel::kShard2).string());
+
+  const Checkpoint by_index(dir.path / "model.safetensors.index.json");
+  check_model(by_index, m);
+
+  const Checkpoint shard2(dir.path / ShardedModel::kShard2);
+  CHECK_FALSE(shard2.is_sharded());
+  CHECK(shard2.names() ==
+        std::vector<std::string>{"model.layers.1.input_layernorm.weight", "model.layers.1.self_attn.q_proj.weight"});
+  CHECK(shard2.vector<float>("model.layers.1.input_layernorm.weight") == m.norm1);
+  CHECK_THROWS_WITH_AS(shard2.info("model.embed_tokens.weight"),
+                       doctest::Contains(("tensor 'model.embed_tokens.weight' not found in " +
+                                         (dir.path / ShardedModel::kShard2).string()).c_str()),
+                       std::invalid_argument);
+
+  // A moved checkpoint keeps working.
+  Checkpoint moved = Checkpoint(dir.path);
+  Checkpoint target(dir.path / ShardedModel::kShard2);
+  target = std::move(moved);
+  check_model(target, m);
+}
+
+TEST_CASE("single-file checkpoint: model.safetensors is preferred over an index, as in transformers") {
+  TempDir dir;
+  const ShardedModel m;
+  m.write(dir.path);
+  SafetensorsWriter single;
+  single.add("w", m.q0, DType::kF32);
+  single.write(dir.path / "model.safetensors");
+  const Checkpoint c(dir.path);
+  CHECK_FALSE(c.is_sharded());
+  CHECK(c.index_metadata().is_null());
+  CHECK(c.names() == std::vector<std::string>{"w"});
+  CHECK(c.matrix<float>("w") == m.q0);
+  CHECK_THROWS_WITH_AS(c.info("x"), doctest::Contains("tensor 'x' not found in"), std::invalid_argument);
+}
+
+TEST_CASE("shards are opened lazily, on first use") {
+  TempDir dir;
+  const ShardedModel m;
+  m.write(dir.path);
+  const Checkpoint c(dir.path);
+  // Corrupt shard 2 after the index was validated: shard 1 still reads, shard 2
+  // fails when it is first opened — and again on retry.
+  write_text(dir.path / ShardedModel::kShard2, "not a safetensors file");
+  CHECK(c.vector<float>("model.layers.0.input_layernorm.weight") == m.norm0);
+  CHECK(c.contains("model.layers.1.input_layernorm.weight"));  // from the index alone
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    CHECK_THROWS_WITH_AS(c.info("model.layers.1.input_layernorm.weight"),
+                         doctest::Contains(((dir.path / ShardedModel::kShard2).string()).c_str()), FormatError);
+  }
+}
+
+TEST_CASE("a tensor the index puts in the wrong shard is reported, naming both") {
+  TempDir dir;
+  const ShardedModel m;
+  m.write(dir.path);
+  // Assign layer 1's tensors to shard 1, which does not hold them.
+  write_text(dir.path / "model.safetensors.index.json",
+             ShardedModel::index_json(ShardedModel::quoted(ShardedModel::kShard1)));
+  const Checkpoint c(dir.path);
+  const std::string message = format_error_of(dir.path, "model.embed_tokens.weight");
+  CHECK(message.find("weight_map assigns tensor 'model.layers.1.input_layernorm.weight' to '" +
+                     std::string(ShardedModel::kShard1) + "', but '" +
+                     (dir.path / ShardedModel::kShard1).string() +
+                     "' has no tensor 'model.layers.1.input_layernorm.weight'") != std::string::npos);
+  CHECK(message.find("oq::io::Checkpoint: " + (dir.path / "model.safetensors.index.json").string()) == 0);
+}
+
+TEST_CASE("shards in a subdirectory and through symlinks are accepted") {
+  TempDir dir;
+  const ShardedModel m;
+  std::filesystem::create_directories(dir.path / "blobs");
+  std::filesystem::create_directories(dir.path / "snap");
+  m.write(dir.path / "blobs");
+  std::filesystem::create_symlink(dir.path / "blobs" / ShardedModel::kShard1, dir.path / "snap" / ShardedModel::kShard1);
+  std::filesystem::create_directories(dir.path / "snap" / "sub");
+  std::filesystem::copy_file(dir.path / "blobs" / ShardedModel::kShard2, dir.path / "snap" / "sub" / "two.safetensors");
+  write_text(dir.path / "snap" / "model.safetensors.index.json", ShardedModel::index_json("\"./sub/two.safetensors\""));
+  const Checkpoint c(dir.path / "snap");
+  check_model(c, m);
+  CHECK(c.shard_paths().at(1) == dir.path / "snap" / "sub" / "two.safetensors");
+}
+
+TEST_CASE("malformed indexes → FormatError naming the index") {
+  TempDir dir;
+  const ShardedModel m;
+  m.write(dir.path);
+  const auto index = dir.path / "model.safetensors.index.json";
+  auto expect = [&](const std::string& json, const std::string& expected) {
+    write_text(index, json);
+    const std::string message = format_error_of(dir.path);
+    INFO("index: ", json);
+    INFO("message: ", message);
+    CHECK(message.find(index.string()) != std::string::npos);
+    CHECK(message.find(expected) != std::string::npos);
+  };
+  expect(ShardedModel::index_json("\"/etc/passwd\""), "to '/etc/passwd', an absolute path");
+  expect(ShardedModel::index_json("\"../model.safetensors\""), "which has a '..' component");
+  expect(ShardedModel::index_json("\"sub/../../x.safetensors\""), "which has a '..' component");
+  expect(ShardedModel::index_json("\"missing.safetensors\""),
+         "assigns tensor 'model.layers.1.input_layernorm.weight' to 'missing.safetensors', which is not a file in");
+  expect(ShardedModel::index_json("\".\""), "which is not a file in");
+  expect(ShardedModel::index_json("\"\""), "(expected a file name, got an empty string)");
+  expect(ShardedModel::index_json("\"a\\u0000b\""), "to 'a\\x00b', which contains a NUL byte");
+  expect(ShardedModel::index_json("2"), "weight_map[\"model.layers.1.input_layernorm.weight\"] is number 2");
+  expect(R"({"metadata": {}})", "the key \"weight_map\" is missing");
+  expect(R"({"weight_map": []})", "\"weight_map\" is an array of 0 elements");
+  expect(R"({"metadata": 5, "weight_map": {}})", "\"metadata\" is number 5");
+  expect(R"([1, 2])", "the index is an array of 2 elements");
+  expect(R"({"weight_map": {"a": "x", "a": "y"}})", "duplicate key 'a' in the object at '/weight_map'");
+  expect(R"({"weight_map": {)", "not valid JSON");
+  // An empty weight_map is a (useless but) valid index.
+  write_text(index, R"({"weight_map": {}})");
+  CHECK(Checkpoint(dir.path).names().empty());
+}
+
+TEST_CASE("paths that are not checkpoints") {
+  TempDir dir;
+  CHECK_THROWS_WITH_AS(Checkpoint(dir.path), doctest::Contains("holds neither model.safetensors nor"),
+                       std::runtime_error);
+  CHECK_THROWS_WITH_AS(Checkpoint(dir.path / "nope"), doctest::Contains("does not exist"), std::runtime_error);
+  write_text(dir.path / "pytorch_model.bin", "x");
+  CHECK_THROWS_WITH_AS(Checkpoint(dir.path / "pytorch_model.bin"),
+                       doctest::Contains("neither a .safetensors file nor a .json index"), std::invalid_argument);
+  write_text(dir.path / "model.safetensors", "short");
+  CHECK_THROWS_WITH_AS(Checkpoint(dir.path), doctest::Contains("model.safetensors: file is 5 bytes"), FormatError);
+}
+
+TEST_CASE("concurrent reads open each shard once and agree") {
+  TempDir dir;
+  const ShardedModel m;
+  m.write(dir.path);
+  const Checkpoint c(dir.path);
+  const RowMatrix<float> expected_q1 = through_f16(m.q1);
+  const RowMatrix<float> expected_q0 = through_bf16(m.q0);
+  std::atomic<int> mismatches{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 20; ++i) {
+        const bool odd = (t + i) % 2 == 1;
+        const auto got = c.matrix<float>(odd ? "model.layers.1.self_attn.q_proj.weight"
+                                             : "model.layers.0.self_attn.q_proj.weight");
+        if (got != (odd ? expected_q1 : expected_q0)) ++mismatches;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  CHECK(mismatches == 0);
+  // One SafetensorsFile per shard: the same object every time.
+  CHECK(&c.file_of("model.layers.1.self_attn.q_proj.weight") == &c.file_of("model.layers.1.input_layernorm.weight"));
+}

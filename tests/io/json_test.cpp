@@ -1,0 +1,90 @@
+// Tests for oq/io/json.hpp: strict parsing (duplicate keys anywhere, comments,
+// invalid UTF-8 → FormatError with the source and where), read_json's file
+// errors, and deep nesting without a stack overflow.
+#include <oq/io/json.hpp>
+
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <stdexcept>
+#include <string>
+
+namespace {
+
+std::string error_of(std::string_view text) {
+  try {
+    (void)oq::io::parse_json(text, "cfg.json");
+  } catch (const oq::io::FormatError& e) {
+    return e.what();
+  }
+  return "<no FormatError>";
+}
+
+}  // namespace
+
+TEST_CASE("parse_json: valid documents") {
+  const auto j = oq::io::parse_json(R"({"hidden_size": 4096, "a": [{"x": 1}, {"x": 2}], "s": "ü"})");
+  CHECK(j["hidden_size"] == 4096);
+  CHECK(j["a"][1]["x"] == 2);
+  CHECK(j["s"] == "ü");
+  CHECK(oq::io::parse_json("  [1, 2]\n").size() == 2);
+  CHECK(oq::io::parse_json("3").get<int>() == 3);
+}
+
+TEST_CASE("parse_json: duplicate keys are errors, with their place") {
+  CHECK(error_of(R"({"a": 1, "a": 2})") ==
+        "oq::io::parse_json: cfg.json: duplicate key 'a' in the top-level object "
+        "(expected unique keys; JSON parsers would silently keep only the last one)");
+  CHECK(error_of(R"({"a": {"b": 1, "b": 1}})").find("duplicate key 'b' in the object at '/a'") != std::string::npos);
+  CHECK(error_of(R"({"a": [0, {"c": 1, "c": 1}]})").find("duplicate key 'c' in the object at '/a/[]'") !=
+        std::string::npos);
+  // Equal keys in sibling objects are fine, and closing an object forgets its keys.
+  CHECK_NOTHROW(oq::io::parse_json(R"({"a": {"k": 1}, "b": {"k": 2}, "c": [{"k": 1}, {"k": 2}]})"));
+}
+
+TEST_CASE("parse_json: syntax errors, comments, invalid UTF-8") {
+  for (const std::string& text : {std::string("{"), std::string("{\"a\": 1,}"), std::string("{} // c"),
+                                 std::string("/* c */ {}"), std::string("{\"a\xFF\": 1}"), std::string(""),
+                                 std::string("{} {}"), std::string("[1, 2"),
+                                  std::string("{}\0 trailing", 12), std::string("{\"a\0\": 1}", 9)}) {
+    INFO("text: ", text);
+    CHECK(error_of(text).find("oq::io::parse_json: cfg.json: not valid JSON: ") == 0);
+  }
+}
+
+TEST_CASE("parse_json: deep nesting does not overflow the stack") {
+  const std::size_t depth = 300000;
+  std::string text(depth, '[');
+  text.append(depth, ']');
+  CHECK(oq::io::parse_json(text).is_array());
+  std::string objects;
+  for (std::size_t i = 0; i < depth; ++i) objects += "{\"k\":";
+  objects += "1";
+  objects.append(depth, '}');
+  CHECK(oq::io::parse_json(objects).is_object());
+}
+
+TEST_CASE("read_json: files") {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("oq_json_test_" + std::to_string(std::random_device{}()) + std::to_string(std::random_device{}()));
+  std::filesystem::create_directories(dir);
+  {
+    std::ofstream(dir / "config.json") << R"({"model_type": "llama", "num_hidden_layers": 32})";
+    std::ofstream(dir / "bad.json") << R"({"model_type": "llama",})";
+    std::ofstream(dir / "dup.json") << R"({"vocab_size": 1, "vocab_size": 2})";
+  }
+  const auto j = oq::io::read_json(dir / "config.json");
+  CHECK(j["model_type"] == "llama");
+  CHECK(j["num_hidden_layers"] == 32);
+  CHECK_THROWS_WITH_AS(oq::io::read_json(dir / "bad.json"),
+                       doctest::Contains(("oq::io::read_json: " + (dir / "bad.json").string() + ": not valid JSON").c_str()),
+                       oq::io::FormatError);
+  CHECK_THROWS_WITH_AS(oq::io::read_json(dir / "dup.json"), doctest::Contains("duplicate key 'vocab_size'"),
+                       oq::io::FormatError);
+  CHECK_THROWS_WITH_AS(oq::io::read_json(dir / "missing.json"), doctest::Contains(((dir / "missing.json").string()).c_str()),
+                       std::runtime_error);
+  CHECK_THROWS_AS(oq::io::read_json(dir), std::runtime_error);  // a directory
+  std::filesystem::remove_all(dir);
+}
