@@ -24,6 +24,8 @@
 #include <string_view>
 #include <vector>
 
+#include <unistd.h>
+
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif
@@ -83,7 +85,12 @@ Flags parse_flags(int argc, char** argv) {
   };
   auto positive = [](const std::string& flag, const std::string& text) {
     std::size_t used = 0;
-    const long long v = std::stoll(text, &used);
+    long long v = -1;
+    try {
+      v = std::stoll(text, &used);
+    } catch (const std::exception&) {  // not a number, or out of range
+      used = 0;
+    }
     if (used != text.size() || v < 0) {
       throw std::invalid_argument(flag + " expects a non-negative integer, got '" + text + "'");
     }
@@ -124,8 +131,22 @@ Flags parse_flags(int argc, char** argv) {
   return f;
 }
 
-void progress(const std::string& line) { std::cerr << "\r\033[K" << line << std::flush; }
-void progress_done() { std::cerr << "\r\033[K" << std::flush; }
+// Progress on stderr: one line rewritten in place on a terminal, one line per
+// message in a log.
+bool stderr_is_terminal() {
+  static const bool terminal = isatty(STDERR_FILENO) != 0;
+  return terminal;
+}
+void progress(const std::string& line) {
+  if (stderr_is_terminal()) {
+    std::cerr << "\r\033[K" << line << std::flush;
+  } else {
+    std::cerr << line << '\n';
+  }
+}
+void progress_done() {
+  if (stderr_is_terminal()) std::cerr << "\r\033[K" << std::flush;
+}
 
 llama::Matrix<float> load_npy_input(const std::filesystem::path& path, Eigen::Index hidden) {
   llama::Matrix<float> x = oq::io::read_npy_matrix<float>(path);
