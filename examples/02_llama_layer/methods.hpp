@@ -182,13 +182,18 @@ class QuantizedLayer {
 
 namespace detail_methods {
 
+// max|W_j| over every linear that reads `input` (DESIGN §4: they share s),
+// without copying the weights.
 template <class Scalar>
 Vector<Scalar> shared_weight_absmax(const LayerWeights<Scalar>& w, Input input) {
-  std::vector<Matrix<Scalar>> readers;
-  for (Linear l : kAllLinears) {
-    if (input_of(l) == input) readers.push_back(w[l]);
+  switch (input) {
+    case Input::kAttention:
+      return oq::transform::weight_channel_absmax(w[Linear::kQ], w[Linear::kK], w[Linear::kV]);
+    case Input::kMlp: return oq::transform::weight_channel_absmax(w[Linear::kGate], w[Linear::kUp]);
+    case Input::kO: return oq::transform::weight_channel_absmax(w[Linear::kO]);
+    case Input::kDown: break;
   }
-  return oq::transform::weight_channel_absmax(readers);
+  return oq::transform::weight_channel_absmax(w[Linear::kDown]);
 }
 
 template <class Scalar>
