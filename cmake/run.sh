@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # oq's one-command entry points on a fresh Debian machine:
 #   bash cmake/run.sh example   build and run the main example (02_llama_layer) and draw its figures
+#   bash cmake/run.sh train     example 03: train a small transformer on the KJV Bible three ways,
+#                               quantize each W4A4 with every method, draw the outlier statistics
 #   bash cmake/run.sh test      build everything and run the test suite
 #   bash cmake/run.sh asan      the test suite under ASan + UBSan
 #   bash cmake/run.sh fuzz      each file parser's libFuzzer target for 20 s (clang)
@@ -14,6 +16,7 @@ cd "$(dirname "$0")/.."
 packages=(build-essential cmake ninja-build libeigen3-dev doctest-dev libbenchmark-dev nlohmann-json3-dev)
 fuzz_packages=(clang libclang-rt-dev)
 example_packages=(python3-matplotlib)  # plot_channels.py (Debian's python3, /usr/bin/python3)
+train_packages=(python3-matplotlib bible-kjv)  # plot_training.py; the training text (4.4 MB of English)
 
 # install_deps [extra packages...]: the common packages plus the extra ones.
 install_deps() {
@@ -43,6 +46,15 @@ case "${1:-}" in
     cmake --build --preset default --target 02_llama_layer
     ./build/default/examples/02_llama_layer/02_llama_layer --out build/llama_layer_out
     "$(command -v /usr/bin/python3 || command -v python3)" examples/02_llama_layer/plot_channels.py build/llama_layer_out/channel_magnitudes.csv ;;
+  train)
+    install_deps "${train_packages[@]}"
+    cmake --preset default
+    cmake --build --preset default --target 03_small_transformer
+    mkdir -p build
+    # The whole King James Bible, one verse per line (bible-kjv's own reader).
+    [ -s build/kjv.txt ] || bible -f Gen1:1-Rev22:21 > build/kjv.txt
+    ./build/default/examples/03_small_transformer/03_small_transformer --text build/kjv.txt --out build/small_transformer_out
+    "$(command -v /usr/bin/python3 || command -v python3)" examples/03_small_transformer/plot_training.py build/small_transformer_out ;;
   test)
     install_deps
     cmake --workflow --preset default ;;
@@ -53,6 +65,6 @@ case "${1:-}" in
     install_deps "${fuzz_packages[@]}"
     cmake --workflow --preset fuzz ;;
   *)
-    echo "usage: bash cmake/run.sh {example|test|asan|fuzz|deps}" >&2
+    echo "usage: bash cmake/run.sh {example|train|test|asan|fuzz|deps}" >&2
     exit 2 ;;
 esac

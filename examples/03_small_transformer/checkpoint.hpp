@@ -1,0 +1,115 @@
+// examples/03_small_transformer/checkpoint.hpp: a trained model saved as a
+// Hugging Face LlamaForCausalLM directory (config.json + model.safetensors),
+// so that transformers, ../02_llama_layer (--checkpoint DIR) and this example
+// (--load DIR) can all read it again without retraining.
+//
+// Tensor names are transformers' (model.embed_tokens.weight,
+// model.layers.{i}.self_attn.q_proj.weight, ..., model.norm.weight,
+// lm_head.weight), stored as F32. The learned QAT clips are stored too, as
+// oq.qat.layers.{i}.clip_lo / clip_hi ([4], indexed by llama::Input); config.json
+// carries the regularization under "oq_training", which transformers ignores.
+#pragma once
+
+#include "../02_llama_layer/checkpoint_layer.hpp"
+#include "model.hpp"
+
+#include <oq/io.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+#include <string>
+
+namespace small_lm {
+
+/// Writes `dir`/config.json and `dir`/model.safetensors (creating `dir`).
+inline void save_model(const std::filesystem::path& dir, const Config& c, const Regularization& r,
+                       Parameters<float>& p) {
+  std::filesystem::create_directories(dir);
+  nlohmann::json j;
+  j["architectures"] = {"LlamaForCausalLM"};
+  j["model_type"] = "llama";
+  j["vocab_size"] = c.vocab_size;
+  j["hidden_size"] = c.hidden_size;
+  j["intermediate_size"] = c.intermediate_size;
+  j["num_hidden_layers"] = c.num_layers;
+  j["num_attention_heads"] = c.num_heads;
+  j["num_key_value_heads"] = c.num_heads;
+  j["max_position_embeddings"] = c.seq_len;
+  j["rms_norm_eps"] = c.rms_norm_eps;
+  j["rope_theta"] = c.rope_theta;
+  j["hidden_act"] = "silu";
+  j["tie_word_embeddings"] = false;
+  j["attention_bias"] = false;
+  j["mlp_bias"] = false;
+  j["torch_dtype"] = "float32";
+  j["oq_training"] = {{"kurtosis_lambda", r.kurtosis_lambda}, {"qat_bits", r.qat_bits}};
+  {
+    std::ofstream out(dir / "config.json");
+    out << j.dump(2) << '\n';
+    if (!out) throw std::runtime_error("cannot write '" + (dir / "config.json").string() + "'");
+  }
+  oq::io::SafetensorsWriter writer;
+  for (const auto& t : p.tensors()) {
+    const Eigen::Map<const Matrix<float>> m(t.data, t.rows, t.cols);
+    writer.add(t.name, m, oq::io::DType::kF32);
+  }
+  writer.write(dir / "model.safetensors");
+}
+
+/// A saved model: its config, regularization and parameters.
+struct LoadedModel {
+  Config config;
+  Regularization regularization;
+  Parameters<float> parameters;
+};
+
+/// Reads a directory written by save_model (or any LlamaForCausalLM
+/// checkpoint of this shape: without QAT clips, they stay empty).
+inline LoadedModel load_model(const std::filesystem::path& dir) {
+  const nlohmann::json j = oq::io::read_json(dir / "config.json");
+  const llama::Config lc = llama::config_from_json(j, (dir / "config.json").string());
+  auto integer = [&j](const char* key) -> Eigen::Index {
+    if (!j.contains(key) || !j[key].is_number_integer()) {
+      throw std::invalid_argument(std::string("config.json: missing integer field '") + key + "'");
+    }
+    return j[key].get<Eigen::Index>();
+  };
+  LoadedModel m;
+  m.config.vocab_size = integer("vocab_size");
+  m.config.hidden_size = lc.hidden_size;
+  m.config.intermediate_size = lc.intermediate_size;
+  m.config.num_layers = integer("num_hidden_layers");
+  m.config.num_heads = lc.num_attention_heads;
+  m.config.seq_len = integer("max_position_embeddings");
+  m.config.rms_norm_eps = lc.rms_norm_eps;
+  m.config.rope_theta = lc.rope_theta;
+  if (lc.num_key_value_heads != lc.num_attention_heads || lc.head_dim * lc.num_attention_heads != lc.hidden_size) {
+    throw std::invalid_argument("config.json: this model has no grouped KV heads and head_dim = hidden/heads");
+  }
+  if (j.value("tie_word_embeddings", false)) throw std::invalid_argument("config.json: tied embeddings are not supported");
+  m.config.validate();
+  if (j.contains("oq_training") && j["oq_training"].is_object()) {
+    m.regularization.kurtosis_lambda = j["oq_training"].value("kurtosis_lambda", 0.0);
+    m.regularization.qat_bits = j["oq_training"].value("qat_bits", 0);
+  }
+  const oq::io::Checkpoint checkpoint(dir);
+  m.parameters = Parameters<float>::zeros(m.config);
+  for (const auto& t : m.parameters.tensors()) {
+    const bool clip = t.name.rfind("oq.qat.", 0) == 0;
+    if (clip && !checkpoint.contains(t.name)) continue;
+    const Matrix<float> stored = t.cols == 1 ? Matrix<float>(checkpoint.vector<float>(t.name))
+                                             : checkpoint.matrix<float>(t.name);
+    if (stored.rows() != t.rows || stored.cols() != t.cols) {
+      throw std::invalid_argument("checkpoint tensor '" + t.name + "' must be " + std::to_string(t.rows) + " x " +
+                                  std::to_string(t.cols) + ", got " + std::to_string(stored.rows()) + " x " +
+                                  std::to_string(stored.cols()));
+    }
+    Eigen::Map<Matrix<float>>(t.data, t.rows, t.cols) = stored;
+  }
+  return m;
+}
+
+}  // namespace small_lm

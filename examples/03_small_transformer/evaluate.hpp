@@ -1,0 +1,160 @@
+// examples/03_small_transformer/evaluate.hpp: validation perplexity of a
+// trained model in full precision and quantized W4A4 with each method of
+// ../02_llama_layer/methods.hpp, block by block through llama::forward.
+//
+// Quantized evaluation: every decoder block is calibrated on the inputs it
+// receives in the full-precision model (recorded on training windows), its
+// weights folded and fake-quantized, and then the validation windows run
+// through the quantized blocks in sequence, so the errors of earlier blocks
+// reach later ones as in a deployed model. The embedding table and lm_head
+// stay in full precision.
+#pragma once
+
+#include "../02_llama_layer/methods.hpp"
+#include "model.hpp"
+
+#include <oq/quant/learned_clip.hpp>
+
+#include <array>
+#include <cmath>
+#include <functional>
+#include <optional>
+#include <vector>
+
+namespace small_lm {
+
+/// The input rows of one sequence: embeddings of bytes 0..T−1 of window `s`.
+template <class Scalar>
+Matrix<Scalar> embed(const Parameters<Scalar>& p, const Batch& batch, Eigen::Index s) {
+  Matrix<Scalar> x(batch.seq_len, p.embedding.cols());
+  for (Eigen::Index t = 0; t < batch.seq_len; ++t) x.row(t) = p.embedding.row(batch.input(s, t));
+  return x;
+}
+
+/// Σ over window `s` of −log p(target) given the final hidden states x.
+template <class Scalar>
+double sequence_nll(const Config& c, const Parameters<Scalar>& p, const Batch& batch, Eigen::Index s,
+                    const Matrix<Scalar>& x) {
+  const Matrix<Scalar> normed = llama::rms_norm(x, p.final_norm, c.rms_norm_eps);
+  Matrix<Scalar> logits(x.rows(), p.lm_head.rows());
+  logits.noalias() = normed * p.lm_head.transpose();
+  double nll = 0;
+  for (Eigen::Index t = 0; t < x.rows(); ++t) {
+    const auto row = logits.row(t).template cast<double>().array();
+    const double mx = row.maxCoeff();
+    nll += std::log((row - mx).exp().sum()) - (row(batch.target(s, t)) - mx);
+  }
+  return nll;
+}
+
+/// Perplexity on `batch` with every block's linears run by `linear_of(layer)`
+/// (a functor as llama::forward takes it), or in full precision without one.
+template <class Scalar, class LinearOf>
+double perplexity_with(const Config& c, const Parameters<Scalar>& p, const Batch& batch, LinearOf&& linear_of) {
+  const llama::Config lc = c.layer_config();
+  double nll = 0;
+  for (Eigen::Index s = 0; s < batch.sequences; ++s) {
+    Matrix<Scalar> x = embed(p, batch, s);
+    for (std::size_t l = 0; l < p.layers.size(); ++l) x = llama::forward(lc, p.layers[l], x, linear_of(l));
+    nll += sequence_nll(c, p, batch, s, x);
+  }
+  return std::exp(nll / static_cast<double>(batch.sequences * batch.seq_len));
+}
+
+template <class Scalar>
+double perplexity(const Config& c, const Parameters<Scalar>& p, const Batch& batch) {
+  return perplexity_with(c, p, batch, [](std::size_t) { return llama::PlainLinear{}; });
+}
+
+/// The inputs of every block's four distinct linear inputs in the
+/// full-precision model, over the windows of `calibration` stacked as rows.
+template <class Scalar>
+std::vector<llama::LinearInputs<Scalar>> record_block_inputs(const Config& c, const Parameters<Scalar>& p,
+                                                             const Batch& calibration) {
+  const llama::Config lc = c.layer_config();
+  std::vector<llama::LinearInputs<Scalar>> stacked(p.layers.size());
+  const Eigen::Index rows = calibration.sequences * calibration.seq_len;
+  for (Eigen::Index s = 0; s < calibration.sequences; ++s) {
+    Matrix<Scalar> x = embed(p, calibration, s);
+    for (std::size_t l = 0; l < p.layers.size(); ++l) {
+      const llama::LinearInputs<Scalar> inputs = llama::record_inputs(lc, p.layers[l], x);
+      for (std::size_t i = 0; i < inputs.size(); ++i) {
+        if (s == 0) stacked[l][i].resize(rows, inputs[i].cols());
+        stacked[l][i].middleRows(s * calibration.seq_len, calibration.seq_len) = inputs[i];
+      }
+      x = llama::forward(lc, p.layers[l], x);
+    }
+  }
+  return stacked;
+}
+
+/// Every block quantized with `method`, calibrated on `calibration`.
+template <class Scalar>
+std::vector<llama::QuantizedLayer<Scalar>> quantize_model(const Config& c, const Parameters<Scalar>& p,
+                                                          const std::vector<llama::LinearInputs<Scalar>>& inputs,
+                                                          llama::Method method, const llama::QuantOptions& options) {
+  (void)c;
+  std::vector<llama::QuantizedLayer<Scalar>> blocks;
+  blocks.reserve(p.layers.size());
+  for (std::size_t l = 0; l < p.layers.size(); ++l) {
+    blocks.push_back(llama::quantize_layer(method, p.layers[l], inputs[l], options));
+  }
+  return blocks;
+}
+
+/// Validation perplexity of the model with its blocks quantized as `blocks`.
+template <class Scalar>
+double quantized_perplexity(const Config& c, const Parameters<Scalar>& p,
+                            const std::vector<llama::QuantizedLayer<Scalar>>& blocks, const Batch& batch) {
+  return perplexity_with(c, p, batch, [&blocks](std::size_t l) -> const llama::QuantizedLayer<Scalar>& {
+    return blocks[l];
+  });
+}
+
+/// A block as QAT trained it (model.hpp), deployed: every linear reads its
+/// input fake-quantized with the learned per-tensor clip [c−, c+] of that
+/// input (learned_clip_fake_quantize), and its weight fake-quantized per
+/// output channel as options.weight_spec() says (the same weights as the
+/// other methods; weight_bits = 0 keeps them exact).
+template <class Scalar>
+class LearnedClipLayer {
+ public:
+  LearnedClipLayer(const llama::LayerWeights<Scalar>& w, Vector<Scalar> clip_lo, Vector<Scalar> clip_hi, int act_bits,
+                   const llama::QuantOptions& options)
+      : clip_lo_(std::move(clip_lo)), clip_hi_(std::move(clip_hi)), act_bits_(act_bits) {
+    for (Linear l : llama::kAllLinears) {
+      weights_[static_cast<std::size_t>(l)] =
+          options.weight_bits == 0 ? w[l] : oq::quant::fake_quantize(w[l], options.weight_spec());
+    }
+  }
+
+  Matrix<Scalar> operator()(Linear which, const Matrix<Scalar>& x, const Matrix<Scalar>& /*full_precision*/) const {
+    const auto i = static_cast<Eigen::Index>(llama::input_of(which));
+    const Matrix<Scalar> xq = oq::quant::learned_clip_fake_quantize(x, clip_lo_(i), clip_hi_(i), act_bits_);
+    const Matrix<Scalar>& w = weights_[static_cast<std::size_t>(which)];
+    Matrix<Scalar> y(xq.rows(), w.rows());
+    y.noalias() = xq * w.transpose();
+    return y;
+  }
+
+ private:
+  Vector<Scalar> clip_lo_, clip_hi_;
+  int act_bits_;
+  std::array<Matrix<Scalar>, 7> weights_;
+};
+
+/// Validation perplexity with the learned QAT clips of `p` on every linear
+/// input (`act_bits`, as trained) and weights quantized per options.
+template <class Scalar>
+double learned_clip_perplexity(const Config& c, const Parameters<Scalar>& p, int act_bits,
+                               const llama::QuantOptions& options, const Batch& batch) {
+  std::vector<LearnedClipLayer<Scalar>> blocks;
+  for (std::size_t l = 0; l < p.layers.size(); ++l) {
+    blocks.emplace_back(p.layers[l], p.clip_lo[l], p.clip_hi[l], act_bits, options);
+  }
+  return perplexity_with(c, p, batch, [&blocks](std::size_t l) -> const LearnedClipLayer<Scalar>& {
+    return blocks[l];
+  });
+}
+
+}  // namespace small_lm

@@ -1,0 +1,352 @@
+// Tests for examples/03_small_transformer: every gradient of the hand-written
+// backward against central finite differences in float64, the training
+// forward against llama::forward (written separately, one sequence at a
+// time), training that lowers the loss and is deterministic, W4A4 evaluation
+// that equals full precision with rounding off, and the checkpoint round trip.
+#include "../../examples/02_llama_layer/checkpoint_layer.hpp"
+#include "../../examples/03_small_transformer/checkpoint.hpp"
+#include "../../examples/03_small_transformer/evaluate.hpp"
+#include "../../examples/03_small_transformer/model.hpp"
+#include "../../examples/03_small_transformer/train.hpp"
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using small_lm::Batch;
+using small_lm::Config;
+using small_lm::Model;
+using small_lm::Parameters;
+using small_lm::Regularization;
+
+Config tiny_config() {
+  Config c;
+  c.hidden_size = 8;
+  c.num_layers = 2;
+  c.num_heads = 2;
+  c.intermediate_size = 12;
+  c.seq_len = 6;
+  c.rms_norm_eps = 1e-6;
+  c.rope_theta = 50.0;
+  return c;
+}
+
+// Parameters with every entry drawn at random (γ around 1), so that no
+// gradient vanishes by symmetry as it might at the initialisation.
+Parameters<double> random_parameters(const Config& c, std::uint64_t seed) {
+  Parameters<double> p = Parameters<double>::zeros(c);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> normal(0.0, 0.5);
+  for (auto& t : p.tensors()) {
+    for (auto& v : t.flat()) v = normal(rng);
+    if (t.name.find("norm") != std::string::npos) t.flat() += 1.0;
+  }
+  return p;
+}
+
+Batch random_batch(const Config& c, Eigen::Index sequences, std::uint64_t seed) {
+  Batch b;
+  b.sequences = sequences;
+  b.seq_len = c.seq_len;
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int> byte(0, static_cast<int>(c.vocab_size) - 1);
+  for (Eigen::Index i = 0; i < sequences * (c.seq_len + 1); ++i) b.bytes.push_back(static_cast<std::uint8_t>(byte(rng)));
+  return b;
+}
+
+// Central differences of the total loss for every parameter entry (the clips
+// only matter with QAT, which is not differentiable, and are skipped).
+void check_gradient(const Regularization& r, double tolerance) {
+  const Config c = tiny_config();
+  Parameters<double> p = random_parameters(c, 3);
+  const Batch batch = random_batch(c, 2, 4);
+  Model<double> model(c, r);
+  Parameters<double> grad = Parameters<double>::zeros(c);
+  model.loss_and_gradient(p, batch, grad);
+  auto params = p.tensors();
+  auto grads = grad.tensors();
+  constexpr double kStep = 1e-4;
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    if (params[i].name.rfind("oq.qat.", 0) == 0) continue;
+    auto x = params[i].flat();
+    const auto g = grads[i].flat();
+    double worst = 0;
+    Eigen::Index worst_at = -1;
+    for (Eigen::Index k = 0; k < x.size(); ++k) {
+      const double saved = x(k);
+      auto at = [&](double offset) {
+        x(k) = saved + offset;
+        return model.loss(p, batch).total();
+      };
+      // Fourth-order central difference: truncation error O(h⁴), so that the
+      // kurtosis terms' large third derivatives do not set the tolerance.
+      const double numeric = (8 * (at(kStep) - at(-kStep)) - (at(2 * kStep) - at(-2 * kStep))) / (12 * kStep);
+      x(k) = saved;
+      const double error = std::abs(numeric - g(k)) / std::max(1e-3, std::abs(numeric));
+      if (error > worst) {
+        worst = error;
+        worst_at = k;
+      }
+    }
+    INFO(params[i].name << ": worst relative error " << worst << " at entry " << worst_at);
+    CHECK(worst < tolerance);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("small_transformer: every gradient of the backward matches central finite differences (float64)") {
+  SUBCASE("cross-entropy only") { check_gradient(Regularization{}, 1e-6); }
+  SUBCASE("with the kurtosis regularizer on every linear's output") {
+    // λ large enough that the regularizer's gradient is a visible part of the total.
+    check_gradient(Regularization{.kurtosis_lambda = 1e-2, .qat_bits = 0}, 1e-6);
+  }
+}
+
+TEST_CASE("small_transformer: the gradient check is not vacuous: every tensor gets a non-zero gradient") {
+  const Config c = tiny_config();
+  const Parameters<double> p = random_parameters(c, 5);
+  Model<double> model(c, Regularization{});
+  Parameters<double> grad = Parameters<double>::zeros(c);
+  model.loss_and_gradient(p, random_batch(c, 2, 6), grad);
+  for (const auto& t : grad.tensors()) {
+    if (t.name.rfind("oq.qat.", 0) == 0) continue;
+    INFO(t.name);
+    CHECK(t.flat().abs().maxCoeff() > 1e-6);
+  }
+}
+
+TEST_CASE("small_transformer: the training forward equals llama::forward run one sequence at a time") {
+  const Config c = tiny_config();
+  const Parameters<double> p = random_parameters(c, 7);
+  const Batch batch = random_batch(c, 3, 8);
+  Model<double> model(c, Regularization{});
+  const double ce = model.loss(p, batch).cross_entropy;
+  CHECK(std::abs(ce - std::log(small_lm::perplexity(c, p, batch))) < 1e-12);
+}
+
+TEST_CASE("small_transformer: the kurtosis term is λ·Σ over linears and tokens of the row kurtosis") {
+  const Config c = tiny_config();
+  const Parameters<double> p = random_parameters(c, 9);
+  const Batch batch = random_batch(c, 2, 10);
+  Model<double> model(c, Regularization{.kurtosis_lambda = 0.5, .qat_bits = 0});
+  const small_lm::Loss loss = model.loss(p, batch);
+  double expected = 0;
+  for (const auto& cache : model.caches()) {
+    for (const auto& y : cache.outputs) expected += 0.5 * oq::analysis::row_kurtosis(y).sum();
+  }
+  CHECK(loss.kurtosis == doctest::Approx(expected).epsilon(1e-12));
+  CHECK(Model<double>(c, Regularization{}).loss(p, batch).cross_entropy == doctest::Approx(loss.cross_entropy));
+}
+
+TEST_CASE("small_transformer: QAT reads the fake-quantized inputs and trains the clips") {
+  const Config c = tiny_config();
+  // The initialisation's small weights: a random model with large weights is
+  // so sensitive that any input rounding changes its gradients wholesale.
+  Parameters<double> p = Parameters<double>::initial(c, 11);
+  const Batch batch = random_batch(c, 2, 12);
+  Model<double> plain(c, Regularization{});
+  Model<double> qat8(c, Regularization{.kurtosis_lambda = 0, .qat_bits = 8});
+  qat8.init_clips(p, batch);
+  // The clips start at the inputs' full-precision [min, max].
+  plain.loss(p, batch);
+  for (std::size_t l = 0; l < p.layers.size(); ++l) {
+    for (llama::Input in : llama::kAllInputs) {
+      const auto i = static_cast<Eigen::Index>(in);
+      const auto& x = plain.caches()[l].inputs[static_cast<std::size_t>(i)];
+      CHECK(p.clip_lo[l](i) == x.minCoeff());
+      CHECK(p.clip_hi[l](i) == x.maxCoeff());
+    }
+  }
+  // Widened a little so that no entry is clipped (the extremes sit exactly on
+  // the bounds, where the clamp sends their gradient to the clip instead).
+  for (std::size_t l = 0; l < p.layers.size(); ++l) {
+    const Eigen::VectorXd range = p.clip_hi[l] - p.clip_lo[l];
+    p.clip_lo[l] -= 0.01 * range;
+    p.clip_hi[l] += 0.01 * range;
+  }
+  // With the clips spanning every input, 8-bit QAT changes the loss and the
+  // weights' gradients only by the rounding (a 2^−8 grid), but it does change them.
+  Parameters<double> g_plain = Parameters<double>::zeros(c), g_qat = Parameters<double>::zeros(c);
+  const double l_plain = plain.loss_and_gradient(p, batch, g_plain).total();
+  const double l_qat = qat8.loss_and_gradient(p, batch, g_qat).total();
+  CHECK(l_qat != l_plain);
+  CHECK(std::abs(l_qat - l_plain) < 0.05 * std::abs(l_plain));
+  auto a = g_plain.tensors(), b = g_qat.tensors();
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (a[i].name.rfind("oq.qat.", 0) == 0) {
+      // Every clip receives a gradient from the in-range rounding terms.
+      CHECK(b[i].flat().abs().minCoeff() > 0);
+      CHECK(a[i].flat().abs().maxCoeff() == 0);
+      continue;
+    }
+    INFO(a[i].name);
+    const double difference = (a[i].flat() - b[i].flat()).matrix().norm();
+    CHECK(difference > 0);
+    CHECK(difference < 0.05 * a[i].flat().matrix().norm());
+  }
+}
+
+TEST_CASE("small_transformer: deployed with its learned clips, a QAT model computes what training computed") {
+  // learned_clip_perplexity runs llama::forward one sequence at a time with
+  // the clips applied by LearnedClipLayer; Model applies them to the whole
+  // batch. With exact weights both must give the same cross-entropy.
+  const Config c = tiny_config();
+  Parameters<double> p = random_parameters(c, 17);
+  const Batch batch = random_batch(c, 3, 18);
+  Model<double> qat(c, Regularization{.kurtosis_lambda = 0, .qat_bits = 4});
+  qat.init_clips(p, batch);
+  for (auto& hi : p.clip_hi) hi *= 0.7;  // and clip some entries
+  for (auto& lo : p.clip_lo) lo *= 0.7;
+  llama::QuantOptions exact_weights;
+  exact_weights.weight_bits = 0;
+  const double deployed = small_lm::learned_clip_perplexity(c, p, 4, exact_weights, batch);
+  CHECK(std::log(deployed) == doctest::Approx(qat.loss(p, batch).cross_entropy).epsilon(1e-12));
+  CHECK(std::abs(std::log(deployed) - Model<double>(c, Regularization{}).loss(p, batch).cross_entropy) > 1e-6);
+}
+
+TEST_CASE("small_transformer: training lowers the loss on a short text and is deterministic") {
+  std::string text;
+  for (int i = 0; i < 40; ++i) text += "In the beginning God created the heaven and the earth. ";
+  const std::vector<std::uint8_t> bytes(text.begin(), text.end());
+  Config c;
+  c.hidden_size = 32;
+  c.num_layers = 2;
+  c.num_heads = 2;
+  c.intermediate_size = 64;
+  c.seq_len = 32;
+  const small_lm::Corpus corpus(bytes, 0.1, c.seq_len);
+  auto run = [&](const Regularization& r) {
+    Model<float> model(c, r);
+    Parameters<float> p = Parameters<float>::initial(c, 1);
+    Parameters<float> grad = Parameters<float>::zeros(c);
+    small_lm::OptimizerOptions o;
+    o.learning_rate = 1e-2;
+    o.total_steps = 30;
+    o.warmup_steps = 3;
+    small_lm::AdamW<float> optimizer(c, o);
+    std::mt19937_64 rng(2);
+    std::vector<double> losses;
+    for (int step = 0; step < o.total_steps; ++step) {
+      const Batch batch = corpus.training_batch(4, rng);
+      if (step == 0 && r.qat_bits != 0) model.init_clips(p, batch);
+      losses.push_back(model.loss_and_gradient(p, batch, grad).cross_entropy);
+      optimizer.step(p, grad, step);
+    }
+    return std::make_pair(losses, p);
+  };
+  for (const Regularization r : {Regularization{}, Regularization{.kurtosis_lambda = 1e-4, .qat_bits = 4}}) {
+    CAPTURE(r.qat_bits);
+    const auto [losses, p] = run(r);
+    // ln 256 = 5.55 at the start; a 30-step model of one repeated sentence
+    // must be far below the uniform distribution.
+    CHECK(losses.front() > 5.0);
+    CHECK(losses.back() < 0.5 * losses.front());
+    const auto [again, q] = run(r);
+    CHECK(again == losses);
+    auto pt = const_cast<Parameters<float>&>(p).tensors();
+    auto qt = const_cast<Parameters<float>&>(q).tensors();
+    for (std::size_t i = 0; i < pt.size(); ++i) CHECK((pt[i].flat() == qt[i].flat()).all());
+  }
+}
+
+TEST_CASE("small_transformer: W4A4 evaluation with rounding off equals full precision for every method") {
+  Config c = tiny_config();
+  c.hidden_size = 16;
+  c.intermediate_size = 32;
+  const Parameters<double> p = random_parameters(c, 13);
+  const Batch calibration = random_batch(c, 4, 14);
+  const Batch validation = random_batch(c, 3, 15);
+  const double full = small_lm::perplexity(c, p, validation);
+  const auto inputs = small_lm::record_block_inputs(c, p, calibration);
+  llama::QuantOptions off;
+  off.act_bits = 0;  // oq's quantizers stop at 8 bits; "16 bits" is rounding off
+  off.weight_bits = 0;
+  off.block_size = 8;
+  off.greedy_steps = 4;
+  llama::QuantOptions w4a4 = off;
+  w4a4.act_bits = 4;
+  w4a4.weight_bits = 4;
+  for (llama::Method m : llama::kAllMethods) {
+    CAPTURE(llama::method_name(m));
+    const auto exact = small_lm::quantize_model(c, p, inputs, m, off);
+    CHECK(small_lm::quantized_perplexity(c, p, exact, validation) == doctest::Approx(full).epsilon(1e-10));
+    const auto quantized = small_lm::quantize_model(c, p, inputs, m, w4a4);
+    CHECK(small_lm::quantized_perplexity(c, p, quantized, validation) != doctest::Approx(full).epsilon(1e-6));
+  }
+}
+
+TEST_CASE("small_transformer: a saved model loads back bit for bit, and 02_llama_layer reads its layers") {
+  const Config c = tiny_config();
+  Parameters<float> p = random_parameters(c, 16).cast<float>();
+  const Regularization r{.kurtosis_lambda = 1e-5, .qat_bits = 4};
+  const auto dir = std::filesystem::temp_directory_path() / "oq_small_transformer_test";
+  std::filesystem::remove_all(dir);
+  small_lm::save_model(dir, c, r, p);
+  small_lm::LoadedModel m = small_lm::load_model(dir);
+  CHECK(m.config.hidden_size == c.hidden_size);
+  CHECK(m.config.num_layers == c.num_layers);
+  CHECK(m.config.seq_len == c.seq_len);
+  CHECK(m.config.rope_theta == c.rope_theta);
+  CHECK(m.regularization.kurtosis_lambda == r.kurtosis_lambda);
+  CHECK(m.regularization.qat_bits == r.qat_bits);
+  auto saved = p.tensors(), loaded = m.parameters.tensors();
+  REQUIRE(saved.size() == loaded.size());
+  for (std::size_t i = 0; i < saved.size(); ++i) {
+    INFO(saved[i].name);
+    CHECK((saved[i].flat() == loaded[i].flat()).all());
+  }
+  const llama::CheckpointModel other(dir);
+  const llama::LayerWeights<float> layer1 = other.layer(1);
+  for (llama::Linear l : llama::kAllLinears) CHECK(layer1[l] == p.layers[1][l]);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("small_transformer: bad input is refused with a message naming it") {
+  const Config c = tiny_config();
+  CHECK_THROWS_WITH_AS(Model<float>(c, Regularization{.kurtosis_lambda = -1, .qat_bits = 0}),
+                       doctest::Contains("kurtosis_lambda"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(Model<float>(c, Regularization{.kurtosis_lambda = 0, .qat_bits = 1}),
+                       doctest::Contains("qat_bits"), std::invalid_argument);
+  Config bad = c;
+  bad.num_heads = 3;
+  CHECK_THROWS_WITH_AS(bad.validate(), doctest::Contains("num_heads"), std::invalid_argument);
+  Model<double> model(c, Regularization{});
+  const Parameters<double> p = random_parameters(c, 1);
+  Config longer = c;
+  longer.seq_len = c.seq_len + 1;
+  CHECK_THROWS_WITH_AS(model.loss(p, random_batch(longer, 1, 1)), doctest::Contains("seq_len"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(small_lm::Corpus(std::vector<std::uint8_t>(10, 'a'), 0.05, c.seq_len),
+                       doctest::Contains("too short"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(small_lm::Corpus(std::vector<std::uint8_t>(1000, 'a'), 1.5, c.seq_len),
+                       doctest::Contains("validation_fraction"), std::invalid_argument);
+}
+
+TEST_CASE("small_transformer: the corpus holds out its tail and validation windows tile it") {
+  std::vector<std::uint8_t> bytes(1000);
+  // Training part: 0..99 cyclic; validation tail: 200..249 cyclic.
+  for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<std::uint8_t>(i < 800 ? i % 100 : 200 + i % 50);
+  const small_lm::Corpus corpus(bytes, 0.2, 9);
+  CHECK(corpus.training_bytes() == 800);
+  const Batch v = corpus.validation_batch(1000);
+  CHECK(v.sequences == (200 - 1) / 9);
+  for (Eigen::Index s = 0; s < v.sequences; ++s) {
+    for (Eigen::Index t = 0; t < 9; ++t) CHECK(v.target(s, t) == bytes[static_cast<std::size_t>(800 + s * 9 + t + 1)]);
+  }
+  std::mt19937_64 rng(0);
+  const Batch b = corpus.training_batch(50, rng);
+  for (Eigen::Index s = 0; s < b.sequences; ++s) {
+    // Every window lies in the training part, contiguous.
+    for (Eigen::Index t = 0; t < 9; ++t) {
+      CHECK(b.input(s, t) < 100);
+      CHECK(b.target(s, t) == (b.input(s, t) + 1) % 100);
+    }
+  }
+}
