@@ -91,9 +91,14 @@ inline LoadedModel load_model(const std::filesystem::path& dir) {
   }
   if (j.value("tie_word_embeddings", false)) throw std::invalid_argument("config.json: tied embeddings are not supported");
   m.config.validate();
-  if (j.contains("oq_training") && j["oq_training"].is_object()) {
-    m.regularization.kurtosis_lambda = j["oq_training"].value("kurtosis_lambda", 0.0);
-    m.regularization.qat_bits = j["oq_training"].value("qat_bits", 0);
+  if (j.contains("oq_training")) {
+    const nlohmann::json& t = j["oq_training"];
+    if (!t.is_object() || !t.value("kurtosis_lambda", nlohmann::json(0.0)).is_number() ||
+        !t.value("qat_bits", nlohmann::json(0)).is_number_integer()) {
+      throw std::invalid_argument("config.json: oq_training must be {\"kurtosis_lambda\": number, \"qat_bits\": integer}");
+    }
+    m.regularization.kurtosis_lambda = t.value("kurtosis_lambda", 0.0);
+    m.regularization.qat_bits = t.value("qat_bits", 0);
   }
   const oq::io::Checkpoint checkpoint(dir);
   m.parameters = Parameters<float>::zeros(m.config);

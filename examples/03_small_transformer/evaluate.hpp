@@ -128,7 +128,7 @@ class LearnedClipLayer {
     }
   }
 
-  Matrix<Scalar> operator()(Linear which, const Matrix<Scalar>& x, const Matrix<Scalar>& /*full_precision*/) const {
+  Matrix<Scalar> operator()(Linear which, const Matrix<Scalar>& x, const Matrix<Scalar>& /*full_precision_weight*/) const {
     const auto i = static_cast<Eigen::Index>(llama::input_of(which));
     const Matrix<Scalar> xq = oq::quant::learned_clip_fake_quantize(x, clip_lo_(i), clip_hi_(i), act_bits_);
     const Matrix<Scalar>& w = weights_[static_cast<std::size_t>(which)];

@@ -233,10 +233,7 @@ small_lm::Parameters<float> train(const Flags& f, const small_lm::Corpus& corpus
     const small_lm::Loss loss = model.loss_and_gradient(params, batch, grad);
     if (step % f.log_every == 0 || step + 1 == f.steps) log_outliers(outliers_csv, v.name, step, model);
     const double norm = optimizer.step(params, grad, step);
-    // The learned clips must stay ordered (c− < c+) for the quantizer.
-    for (std::size_t l = 0; l < params.clip_lo.size(); ++l) {
-      params.clip_hi[l] = params.clip_hi[l].array().max(params.clip_lo[l].array() + 1e-3f).matrix();
-    }
+    model.project_clips(params);  // the learned clips stay ordered (c− < c+)
     loss_csv << v.name << ',' << step << ',' << loss.cross_entropy << ',' << loss.kurtosis << ',' << norm << '\n';
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     std::ostringstream line;
@@ -280,11 +277,11 @@ Row evaluate(const Flags& f, const small_lm::Config& c, const small_lm::Corpus& 
   return row;
 }
 
-void print_table(const std::vector<Row>& rows, double unigram) {
+void print_table(const std::vector<Row>& rows, double unigram, int qat_bits) {
   std::cout << "\nValidation perplexity (bytes; unigram model: " << std::fixed << std::setprecision(2) << unigram
             << ")\n\n| variant | full precision |";
   for (llama::Method m : llama::kAllMethods) std::cout << " W4A4 " << llama::method_name(m) << " |";
-  std::cout << " W4A4 learned clip (QAT) |\n|---|---|";
+  std::cout << " W4A" << qat_bits << " learned clip (QAT) |\n|---|---|";
   for (std::size_t i = 0; i <= llama::kAllMethods.size(); ++i) std::cout << "---|";
   std::cout << '\n';
   for (const Row& r : rows) {
@@ -309,7 +306,8 @@ int main(int argc, char** argv) {
       small_lm::LoadedModel m = small_lm::load_model(*f.load);
       const small_lm::Corpus corpus = small_lm::Corpus::from_file(*f.text, 0.05, m.config.seq_len);
       rows.push_back(evaluate(f, m.config, corpus, f.load->filename().string(), m.parameters, m.regularization, 0.0));
-      print_table(rows, corpus.unigram_perplexity(corpus.validation_batch(f.eval_sequences)));
+      print_table(rows, corpus.unigram_perplexity(corpus.validation_batch(f.eval_sequences)),
+                  m.regularization.qat_bits);
       return 0;
     }
     const small_lm::Corpus corpus = small_lm::Corpus::from_file(*f.text, 0.05, f.config.seq_len);
@@ -327,7 +325,7 @@ int main(int argc, char** argv) {
       small_lm::save_model(f.out_dir / name, f.config, v.regularization, p);
       rows.push_back(evaluate(f, f.config, corpus, name, p, v.regularization, seconds));
     }
-    print_table(rows, corpus.unigram_perplexity(corpus.validation_batch(f.eval_sequences)));
+    print_table(rows, corpus.unigram_perplexity(corpus.validation_batch(f.eval_sequences)), f.qat_bits);
     std::ofstream results(f.out_dir / "results.csv");
     results << "variant,train_seconds,full_precision";
     for (llama::Method m : llama::kAllMethods) results << ',' << llama::method_name(m);

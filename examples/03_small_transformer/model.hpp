@@ -21,8 +21,14 @@
 //
 // Training processes a batch of B sequences of T tokens as one (B·T) × hidden
 // matrix, so every linear is one GEMM; attention runs per sequence and head.
-// Every gradient below is checked against central finite differences in
-// float64 (tests/examples/small_transformer_test.cpp).
+// Every gradient of the full-precision path (all parameters, with and without
+// the kurtosis term) is checked against finite differences in float64
+// (tests/examples/small_transformer_test.cpp). With QAT the forward is a step
+// function and the gradient is the straight-through one of DESIGN §3
+// (oq's learned_clip tests check that formula): the test checks by finite
+// differences the parameters after the last quantizer, where the loss is
+// smooth, and that 8-bit QAT with wide clips stays within rounding of the
+// full-precision gradient while every clip receives one.
 #pragma once
 
 #include "../02_llama_layer/llama_layer.hpp"
@@ -76,7 +82,8 @@ struct Config {
   /// Throws std::invalid_argument naming the first bad field.
   void validate() const {
     auto fail = [](const std::string& what) { throw std::invalid_argument("small_lm::Config: " + what); };
-    if (vocab_size <= 0) fail("vocab_size must be > 0, got " + std::to_string(vocab_size));
+    // Token ids are bytes: a smaller table would be indexed out of range.
+    if (vocab_size < 256) fail("vocab_size must be >= 256 (byte tokens), got " + std::to_string(vocab_size));
     if (num_layers <= 0) fail("num_layers must be > 0, got " + std::to_string(num_layers));
     if (seq_len <= 0) fail("seq_len must be > 0, got " + std::to_string(seq_len));
     if (num_heads <= 0 || hidden_size <= 0 || hidden_size % num_heads != 0) {
@@ -324,11 +331,10 @@ template <class Scalar>
 class Model {
  public:
   Model(Config config, Regularization regularization)
-      : config_(config),
+      : config_(validated(config)),
         layer_(config.layer_config()),
         regularization_(regularization),
         rope_(config.seq_len, config.layer_config().head_dim, config.rope_theta) {
-    config_.validate();
     if (!(std::isfinite(regularization.kurtosis_lambda) && regularization.kurtosis_lambda >= 0)) {
       throw std::invalid_argument("small_lm::Model: kurtosis_lambda must be finite and >= 0, got " +
                                   std::to_string(regularization.kurtosis_lambda));
@@ -357,6 +363,7 @@ class Model {
   /// (overwritten; make it with Parameters::zeros(config)). With QAT on, the
   /// gradient is the straight-through one of learned_clip_grad (DESIGN §3).
   Loss loss_and_gradient(const Parameters<Scalar>& p, const Batch& batch, Parameters<Scalar>& grad) {
+    check_same_shapes(const_cast<Parameters<Scalar>&>(p), grad);  // tensors() only takes views
     Matrix<Scalar> dlogits;
     const Loss loss = forward(p, batch, /*want_grad=*/true, dlogits);
     backward(p, batch, dlogits, grad);
@@ -366,11 +373,9 @@ class Model {
   /// Sets every QAT clip to the [min, max] its input takes on `batch` in a
   /// full-precision forward (the clips' start; training then learns them).
   void init_clips(Parameters<Scalar>& p, const Batch& batch) {
-    const Regularization saved = regularization_;
-    regularization_ = Regularization{};
-    Matrix<Scalar> unused;
-    forward(p, batch, false, unused);
-    regularization_ = saved;
+    Model<Scalar> plain(config_, Regularization{});
+    plain.loss(p, batch);
+    caches_ = std::move(plain.caches_);
     for (std::size_t l = 0; l < caches_.size(); ++l) {
       for (Input in : llama::kAllInputs) {
         const auto i = static_cast<Eigen::Index>(in);
@@ -379,6 +384,15 @@ class Model {
         p.clip_hi[l](i) = x.maxCoeff();
         if (!(p.clip_lo[l](i) < p.clip_hi[l](i))) p.clip_hi[l](i) = p.clip_lo[l](i) + Scalar(1);
       }
+    }
+  }
+
+  /// Keeps every learned clip ordered, c+ ≥ c− + min_width, after an
+  /// optimizer step (the quantizer refuses c− ≥ c+). Does nothing without QAT.
+  void project_clips(Parameters<Scalar>& p, Scalar min_width = Scalar(1e-3)) const {
+    if (!qat()) return;
+    for (std::size_t l = 0; l < p.clip_lo.size(); ++l) {
+      p.clip_hi[l] = p.clip_hi[l].array().max(p.clip_lo[l].array() + min_width).matrix();
     }
   }
 
@@ -399,6 +413,35 @@ class Model {
       throw std::invalid_argument("small_lm::Model: parameters do not have the config's shapes");
     }
     for (const auto& w : p.layers) w.validate(layer_);
+    for (std::size_t l = 0; l < p.layers.size(); ++l) {
+      if (p.clip_lo.size() != p.layers.size() || p.clip_hi.size() != p.layers.size() || p.clip_lo[l].size() != 4 ||
+          p.clip_hi[l].size() != 4) {
+        throw std::invalid_argument("small_lm::Model: clip_lo and clip_hi must hold 4 entries per layer");
+      }
+      if (qat()) {
+        for (Eigen::Index i = 0; i < 4; ++i) {
+          if (!(p.clip_lo[l](i) < p.clip_hi[l](i))) {
+            throw std::invalid_argument("small_lm::Model: QAT clip of layer " + std::to_string(l) + ", input " +
+                                        std::to_string(i) + " is empty (clip_lo >= clip_hi): call init_clips first");
+          }
+        }
+      }
+    }
+  }
+
+  // The gradient must have the parameters' shapes (it is written in place).
+  static void check_same_shapes(Parameters<Scalar>& p, Parameters<Scalar>& grad) {
+    const auto a = p.tensors(), b = grad.tensors();
+    bool same = a.size() == b.size();
+    for (std::size_t i = 0; same && i < a.size(); ++i) same = a[i].rows == b[i].rows && a[i].cols == b[i].cols;
+    if (!same) {
+      throw std::invalid_argument("small_lm::Model: grad must have the parameters' shapes (Parameters::zeros(config))");
+    }
+  }
+
+  static Config validated(Config c) {
+    c.validate();
+    return c;
   }
 
   bool qat() const { return regularization_.qat_bits != 0; }

@@ -56,8 +56,8 @@ class Corpus {
     return batch_at(starts);
   }
 
-  /// Up to `max_sequences` consecutive non-overlapping windows of the
-  /// validation part, from its start (the same every call).
+  /// Up to `max_sequences` consecutive windows of the validation part, from
+  /// its start (the same every call); they overlap in one byte only.
   Batch validation_batch(Eigen::Index max_sequences) const {
     const std::size_t window = static_cast<std::size_t>(seq_len_ + 1);
     // Consecutive windows share their boundary byte, so every byte after the
@@ -124,12 +124,29 @@ template <class Scalar>
 class AdamW {
  public:
   AdamW(const Config& c, OptimizerOptions options)
-      : options_(options), m_(Parameters<Scalar>::zeros(c)), v_(Parameters<Scalar>::zeros(c)) {}
+      : options_(options), m_(Parameters<Scalar>::zeros(c)), v_(Parameters<Scalar>::zeros(c)) {
+    auto fail = [](const std::string& what) { throw std::invalid_argument("small_lm::AdamW: " + what); };
+    const auto& o = options_;
+    if (!(o.learning_rate >= 0 && std::isfinite(o.learning_rate))) fail("learning_rate must be finite and >= 0");
+    if (!(o.beta1 >= 0 && o.beta1 < 1)) fail("beta1 must be in [0, 1), got " + std::to_string(o.beta1));
+    if (!(o.beta2 >= 0 && o.beta2 < 1)) fail("beta2 must be in [0, 1), got " + std::to_string(o.beta2));
+    if (!(o.epsilon > 0)) fail("epsilon must be > 0");
+    if (!(o.weight_decay >= 0 && o.learning_rate * o.weight_decay < 1)) fail("weight_decay must be >= 0 with lr·wd < 1");
+    if (!(o.clip_norm >= 0)) fail("clip_norm must be >= 0 (0 = off)");
+    if (o.warmup_steps < 1 || o.total_steps < 1) fail("warmup_steps and total_steps must be >= 1");
+  }
 
-  /// One step at schedule position `step`; clips `grad` in place to the
-  /// global norm first. Returns the gradient's norm before clipping.
+  /// One step at schedule position `step`, with the gradient scaled down to
+  /// the global norm limit (`grad` itself is left as it is). Returns the
+  /// gradient's norm before clipping.
   double step(Parameters<Scalar>& p, Parameters<Scalar>& grad, int step) {
     auto params = p.tensors(), grads = grad.tensors(), ms = m_.tensors(), vs = v_.tensors();
+    bool same = params.size() == ms.size() && grads.size() == ms.size();
+    for (std::size_t i = 0; same && i < ms.size(); ++i) {
+      same = params[i].rows == ms[i].rows && params[i].cols == ms[i].cols && grads[i].rows == ms[i].rows &&
+             grads[i].cols == ms[i].cols;
+    }
+    if (!same) throw std::invalid_argument("small_lm::AdamW: p and grad must have the shapes of the optimizer's config");
     double squared = 0;
     for (const auto& g : grads) squared += g.flat().template cast<double>().square().sum();
     const double norm = std::sqrt(squared);

@@ -11,6 +11,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <random>
@@ -62,11 +63,14 @@ Batch random_batch(const Config& c, Eigen::Index sequences, std::uint64_t seed) 
 
 // Central differences of the total loss for every parameter entry (the clips
 // only matter with QAT, which is not differentiable, and are skipped).
-void check_gradient(const Regularization& r, double tolerance) {
+// `only`: when non-empty, the names of the tensors to check (QAT: those after
+// the last quantizer, where the loss is smooth).
+void check_gradient(const Regularization& r, double tolerance, const std::vector<std::string>& only = {}) {
   const Config c = tiny_config();
   Parameters<double> p = random_parameters(c, 3);
   const Batch batch = random_batch(c, 2, 4);
   Model<double> model(c, r);
+  if (r.qat_bits != 0) model.init_clips(p, batch);
   Parameters<double> grad = Parameters<double>::zeros(c);
   model.loss_and_gradient(p, batch, grad);
   auto params = p.tensors();
@@ -74,6 +78,7 @@ void check_gradient(const Regularization& r, double tolerance) {
   constexpr double kStep = 1e-4;
   for (std::size_t i = 0; i < params.size(); ++i) {
     if (params[i].name.rfind("oq.qat.", 0) == 0) continue;
+    if (!only.empty() && std::find(only.begin(), only.end(), params[i].name) == only.end()) continue;
     auto x = params[i].flat();
     const auto g = grads[i].flat();
     double worst = 0;
@@ -106,6 +111,10 @@ TEST_CASE("small_transformer: every gradient of the backward matches central fin
   SUBCASE("with the kurtosis regularizer on every linear's output") {
     // λ large enough that the regularizer's gradient is a visible part of the total.
     check_gradient(Regularization{.kurtosis_lambda = 1e-2, .qat_bits = 0}, 1e-6);
+  }
+  SUBCASE("with 4-bit QAT: the parameters after the last quantizer") {
+    check_gradient(Regularization{.kurtosis_lambda = 1e-2, .qat_bits = 4}, 1e-6,
+                   {"model.layers.1.mlp.down_proj.weight", "model.norm.weight", "lm_head.weight"});
   }
 }
 
@@ -238,6 +247,7 @@ TEST_CASE("small_transformer: training lowers the loss on a short text and is de
       if (step == 0 && r.qat_bits != 0) model.init_clips(p, batch);
       losses.push_back(model.loss_and_gradient(p, batch, grad).cross_entropy);
       optimizer.step(p, grad, step);
+      model.project_clips(p);
     }
     return std::make_pair(losses, p);
   };
@@ -323,6 +333,23 @@ TEST_CASE("small_transformer: bad input is refused with a message naming it") {
   longer.seq_len = c.seq_len + 1;
   CHECK_THROWS_WITH_AS(model.loss(p, random_batch(longer, 1, 1)), doctest::Contains("seq_len"),
                        std::invalid_argument);
+  Config small_vocabulary = c;
+  small_vocabulary.vocab_size = 100;  // byte tokens up to 255 would index past it
+  CHECK_THROWS_WITH_AS(small_vocabulary.validate(), doctest::Contains("vocab_size"), std::invalid_argument);
+  Config negative = c;
+  negative.seq_len = -4;
+  CHECK_THROWS_WITH_AS(Model<float>(negative, Regularization{}), doctest::Contains("seq_len"), std::invalid_argument);
+  Parameters<double> wrong_grad = Parameters<double>::zeros(c);
+  wrong_grad.lm_head.resize(3, 3);
+  CHECK_THROWS_WITH_AS(model.loss_and_gradient(p, random_batch(c, 1, 1), wrong_grad), doctest::Contains("grad"),
+                       std::invalid_argument);
+  Parameters<double> empty_grad;
+  CHECK_THROWS_AS(model.loss_and_gradient(p, random_batch(c, 1, 1), empty_grad), std::invalid_argument);
+  Model<double> qat(c, Regularization{.kurtosis_lambda = 0, .qat_bits = 4});
+  CHECK_THROWS_WITH_AS(qat.loss(p, random_batch(c, 1, 1)), doctest::Contains("init_clips"), std::invalid_argument);
+  small_lm::OptimizerOptions bad_beta;
+  bad_beta.beta1 = 1.0;
+  CHECK_THROWS_WITH_AS(small_lm::AdamW<float>(c, bad_beta), doctest::Contains("beta1"), std::invalid_argument);
   CHECK_THROWS_WITH_AS(small_lm::Corpus(std::vector<std::uint8_t>(10, 'a'), 0.05, c.seq_len),
                        doctest::Contains("too short"), std::invalid_argument);
   CHECK_THROWS_WITH_AS(small_lm::Corpus(std::vector<std::uint8_t>(1000, 'a'), 1.5, c.seq_len),
