@@ -7,7 +7,9 @@
 #include <Eigen/QR>
 
 #include <cmath>
+#include <limits>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 using namespace oq::transform;
@@ -47,17 +49,41 @@ struct GreedyRef {
 };
 
 // Algorithm 1 in plain loops: blocks as a vector of rows, explicit argmax,
-// exchanged matrix built by index mapping, triple-loop products.
-GreedyRef greedy_ref(const Matrix& x, const Matrix& base, int steps) {
+// exchanged matrix built by index mapping, triple-loop products. With `w`,
+// the weight-aware score: per block position j, max|x| · max|w| over the
+// blocked rows, pivot at the first largest product.
+GreedyRef greedy_ref(const Matrix& x, const Matrix& base, int steps, const Matrix* w = nullptr) {
   const Eigen::Index b = base.rows();
-  std::vector<std::vector<double>> rows;
-  for (Eigen::Index t = 0; t < x.rows(); ++t)
-    for (Eigen::Index k = 0; k < x.cols() / b; ++k) {
-      std::vector<double> row(static_cast<std::size_t>(b));
-      for (Eigen::Index j = 0; j < b; ++j) row[static_cast<std::size_t>(j)] = x(t, k * b + j);
-      rows.push_back(row);
+  auto to_rows = [b](const Matrix& m) {
+    std::vector<std::vector<double>> rows;
+    for (Eigen::Index t = 0; t < m.rows(); ++t)
+      for (Eigen::Index k = 0; k < m.cols() / b; ++k) {
+        std::vector<double> row(static_cast<std::size_t>(b));
+        for (Eigen::Index j = 0; j < b; ++j) row[static_cast<std::size_t>(j)] = m(t, k * b + j);
+        rows.push_back(row);
+      }
+    return rows;
+  };
+  std::vector<std::vector<double>> rows = to_rows(x);
+  std::vector<std::vector<double>> weight_rows = w != nullptr ? to_rows(*w) : std::vector<std::vector<double>>{};
+  auto column_max = [b](const std::vector<std::vector<double>>& rs, Eigen::Index j) {
+    double m = 0;
+    for (const auto& r : rs) m = std::max(m, std::fabs(r[static_cast<std::size_t>(j)]));
+    (void)b;
+    return m;
+  };
+  // The weighted score and its pivot.
+  auto weighted = [&] {
+    double best = -1;
+    Eigen::Index at = 0;
+    for (Eigen::Index j = 0; j < b; ++j) {
+      const double p = column_max(rows, j) * column_max(weight_rows, j);
+      if (p > best) best = p, at = j;
     }
+    return std::make_pair(best, at);
+  };
   auto score = [&] {
+    if (w != nullptr) return weighted().first;
     double hi = -1e300, lo = 1e300;
     for (const auto& r : rows)
       for (double v : r) hi = std::max(hi, v), lo = std::min(lo, v);
@@ -78,13 +104,16 @@ GreedyRef greedy_ref(const Matrix& x, const Matrix& base, int steps) {
     for (const auto& r : rows)
       for (Eigen::Index j = 0; j < b; ++j)
         if (std::fabs(r[static_cast<std::size_t>(j)]) > best) best = std::fabs(r[static_cast<std::size_t>(j)]), d = j;
+    if (w != nullptr) d = weighted().second;
     ref.pivots.push_back(d);
     const Matrix m = exchanged(d);
-    for (auto& r : rows) {
-      std::vector<double> out(static_cast<std::size_t>(b), 0.0);
-      for (Eigen::Index j = 0; j < b; ++j)
-        for (Eigen::Index i = 0; i < b; ++i) out[static_cast<std::size_t>(j)] += r[static_cast<std::size_t>(i)] * m(i, j);
-      r = out;
+    for (auto* rs : {&rows, &weight_rows}) {
+      for (auto& r : *rs) {
+        std::vector<double> out(static_cast<std::size_t>(b), 0.0);
+        for (Eigen::Index j = 0; j < b; ++j)
+          for (Eigen::Index i = 0; i < b; ++i) out[static_cast<std::size_t>(j)] += r[static_cast<std::size_t>(i)] * m(i, j);
+        r = out;
+      }
     }
   }
   ref.scores.push_back(score());
@@ -176,7 +205,45 @@ TEST_CASE("zero steps keep the identity; the float path stays orthogonal") {
   CHECK((gf.rotation * gf.rotation.transpose() - Eigen::MatrixXf::Identity(128, 128)).cwiseAbs().maxCoeff() < 1e-5f);
 }
 
+TEST_CASE("the weight-aware score equals a plain float64 implementation, and pivots where x and W are both large") {
+  Matrix x = oq::test::gaussian<double>(6, 32, 11);
+  x(2, 13) = 80.0;  // the largest activation: channel 5 of block 1
+  x(1, 2) = 30.0;   // a smaller one, channel 2 of block 0 ...
+  Matrix w = oq::test::gaussian<double>(5, 32, 12) * 0.1;
+  w(3, 26) = 40.0;  // ... whose block position 2 carries a huge weight (channel 26 = block 3, position 2)
+  const Matrix base = duquant_base_block(some_orthogonal(7, 3));
+  const GreedyRotationOptions options{.steps = 12, .score = GreedyScore::kActivationTimesWeight, .progress = {}};
+  const auto got = greedy_block_rotation(x, w, base, options);
+  const GreedyRef ref = greedy_ref(x, base, 12, &w);
+  CHECK(got.pivots == ref.pivots);
+  REQUIRE(got.scores.size() == ref.scores.size());
+  for (std::size_t t = 0; t < ref.scores.size(); ++t) CHECK(got.scores[t] == doctest::Approx(ref.scores[t]).epsilon(1e-12));
+  CHECK(got.kept == ref.kept);
+  CHECK(got.kept > 0);
+  CHECK((got.rotation - ref.rotation).cwiseAbs().maxCoeff() < 1e-12);
+  // max|x|·max|w| is largest at position 2 (30·40 against 80·~0.3), where the
+  // activation-only score pivots on position 5.
+  CHECK(got.pivots[0] == 2);
+  CHECK(greedy_block_rotation(x, base, {.steps = 1}).pivots[0] == 5);
+  // Other scores ignore the weights.
+  const auto range = greedy_block_rotation(x, w, base, {.steps = 12});
+  CHECK(range.pivots == greedy_block_rotation(x, base, {.steps = 12}).pivots);
+}
+
 TEST_CASE("bad input") {
+  {
+    const Matrix base8 = duquant_base_block(Matrix::Identity(7, 7));
+    const Matrix x = oq::test::gaussian<double>(2, 16, 1);
+    const GreedyRotationOptions weighted{.steps = 4, .score = GreedyScore::kActivationTimesWeight, .progress = {}};
+    CHECK_THROWS_WITH_AS(greedy_block_rotation(x, base8, weighted), doctest::Contains("needs the weights"),
+                         std::invalid_argument);
+    CHECK_THROWS_WITH_AS(greedy_block_rotation(x, oq::test::gaussian<double>(3, 8, 2), base8, weighted),
+                         doctest::Contains("w must have x's 16 columns"), std::invalid_argument);
+    Matrix w_nan = oq::test::gaussian<double>(3, 16, 2);
+    w_nan(2, 9) = std::numeric_limits<double>::infinity();
+    CHECK_THROWS_WITH_AS(greedy_block_rotation(x, w_nan, base8, weighted), doctest::Contains("w(2, 9)"),
+                         std::domain_error);
+  }
   const Matrix base = duquant_base_block(Matrix::Identity(7, 7));
   CHECK_THROWS_WITH_AS(greedy_block_rotation(oq::test::gaussian<double>(2, 12, 1), base),
                        doctest::Contains("the block size (8) must divide the channel count of x (12)"),

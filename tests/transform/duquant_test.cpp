@@ -69,6 +69,54 @@ TEST_CASE("M is orthogonal and X·Wᵀ is preserved, with and without smoothing"
   }
 }
 
+TEST_CASE("weight-aware calibration: the weights follow the activations through every stage") {
+  const Matrix x = planted(40, 96, 21);
+  Matrix w = oq::test::gaussian<double>(24, 96, 22, 0.1);
+  w.col(40) *= 50.0;  // a weight outlier channel where the activations are ordinary
+  DuQuantOptions options;
+  options.block_size = 32;
+  options.greedy_steps = 16;
+  options.score = GreedyScore::kActivationTimesWeight;
+  for (bool smooth : {false, true}) {
+    CAPTURE(smooth);
+    Eigen::VectorXd s;
+    if (smooth) s = (x.cwiseAbs().colwise().maxCoeff().transpose().array().sqrt() + 0.5).matrix();
+    const auto qs = q_primes(2, 32, 30);
+    const auto t = calibrate_duquant(x, w, options, qs, s);
+    const Matrix m = t.matrix();
+    CHECK((m * m.transpose() - Matrix::Identity(96, 96)).cwiseAbs().maxCoeff() < 1e-12);
+    const Matrix y = x * w.transpose();
+    CHECK((t.apply(x) * t.fold_into_weight(w).transpose() - y).norm() / y.norm() < 1e-12);
+    // Stage 2 must be the greedy rotation of what stage 1 made of x AND of w:
+    // smoothed, rotated by R₁ block by block, permuted by P.
+    using RowMatrix = Eigen::Matrix<double, -1, -1, Eigen::RowMajor>;
+    RowMatrix xs = x, ws = w;
+    if (smooth) {
+      xs = xs * s.cwiseInverse().asDiagonal();
+      ws = ws * s.asDiagonal();
+    }
+    auto rotate_blocks = [](RowMatrix& a, const Matrix& r) {
+      Eigen::Map<RowMatrix> blocks(a.data(), a.rows() * (a.cols() / r.rows()), r.rows());
+      blocks = (blocks * r).eval();
+    };
+    rotate_blocks(xs, t.rotations()[0]);
+    rotate_blocks(ws, t.rotations()[0]);
+    const RowMatrix x1 = xs(Eigen::all, t.permutations()[0]);
+    const RowMatrix w1 = ws(Eigen::all, t.permutations()[0]);
+    const GreedyRotationOptions greedy{16, GreedyScore::kActivationTimesWeight, {}};
+    const auto stage2 = greedy_block_rotation(x1, w1, duquant_base_block(qs[1]), greedy);
+    CHECK((stage2.rotation - t.rotations()[1]).cwiseAbs().maxCoeff() < 1e-12);
+  }
+  // The weights change the result: the activation-only calibration differs.
+  DuQuantOptions range = options;
+  range.score = GreedyScore::kRange;
+  CHECK(calibrate_duquant(x, w, options, q_primes(2, 32, 30)).matrix() !=
+        calibrate_duquant(x, range, q_primes(2, 32, 30)).matrix());
+  // The generator overload draws the same Q′ as q_primes from the same seed would.
+  std::mt19937_64 g1(5), g2(5);
+  CHECK(calibrate_duquant(x, w, options, g1).matrix() == calibrate_duquant(x, w, options, g2).matrix());
+}
+
 TEST_CASE("float transforms are orthogonal to float precision") {
   const Eigen::MatrixXf x = planted(64, 256, 3).cast<float>();
   DuQuantOptions options;
@@ -178,6 +226,15 @@ TEST_CASE("bad input") {
   CHECK_THROWS_WITH_AS(t.apply(Matrix::Zero(3, 60)), doctest::Contains("x must have 64 columns"),
                        std::invalid_argument);
   CHECK_THROWS_AS(DuQuantTransform<double>(64, {Matrix::Identity(16, 16)}, {Permutation{0, 1}}), std::invalid_argument);
+  DuQuantOptions weighted = options;
+  weighted.score = GreedyScore::kActivationTimesWeight;
+  CHECK_THROWS_WITH_AS(calibrate_duquant(x, weighted, q_primes(2, 16, 1)), doctest::Contains("needs the weights"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(calibrate_duquant(x, Matrix::Ones(4, 60), weighted, q_primes(2, 16, 1)),
+                       doctest::Contains("w must have x's 64 columns"), std::invalid_argument);
+  Matrix w_nan = Matrix::Ones(4, 64);
+  w_nan(1, 2) = std::nan("");
+  CHECK_THROWS_AS(calibrate_duquant(x, w_nan, weighted, q_primes(2, 16, 1)), std::domain_error);
 }
 
 TEST_CASE("save and load round-trip exactly; malformed streams give clear errors") {

@@ -14,6 +14,14 @@
 //   auto t = calibrate_duquant(x_calib, DuQuantOptions{}, rng);   // 128-blocks, 256 steps, Haar Q′
 //   Eigen::MatrixXf w_hat = t.fold_into_weight(w);                // once, offline
 //   auto x_hat = t.apply(x);                                      // per batch (or fused on GPU)
+//
+// With the weight-aware greedy score (GreedyScore::kActivationTimesWeight,
+// duquant_rotation.hpp), calibration also takes the weights of the linear(s)
+// reading x, stacked by rows when several share the input (q/k/v, gate/up):
+//   DuQuantOptions o;  o.score = GreedyScore::kActivationTimesWeight;
+//   auto t = calibrate_duquant(x_calib, w_qkv_stacked, o, rng);
+// The weights follow the activations through smoothing (W·diag(s)), every
+// rotation and every permutation, so each stage scores what it will fold.
 #pragma once
 
 #include <oq/detail/check.hpp>
@@ -28,6 +36,7 @@
 #include <functional>
 #include <random>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -149,33 +158,34 @@ struct DuQuantOptions {
   std::function<void(int, int, int)> progress{};
 };
 
-/// Calibrates M on activations x (tokens × channels), with the random factor
-/// Q′ of every rotation stage given explicitly (permutation_rounds + 1
-/// matrices of (b−1)×(b−1)), and optional smoothing scales applied first.
-/// A pure function of its inputs.
-template <class Derived>
-DuQuantTransform<typename Derived::Scalar> calibrate_duquant(
-    const Eigen::MatrixBase<Derived>& x, const DuQuantOptions& options,
-    const std::vector<DenseMatrix<typename Derived::Scalar>>& q_primes,
-    const Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1>& smoothing = {}) {
-  using Scalar = typename Derived::Scalar;
-  constexpr std::string_view kWhere = "oq::transform::calibrate_duquant";
+namespace detail_duquant {
+
+// Calibration with every input checked by the public overloads; `w` is the
+// weights (out × channels) when the score uses them, else null.
+template <class Scalar, class Derived>
+DuQuantTransform<Scalar> calibrate(const Eigen::MatrixBase<Derived>& x, const RowMajorMatrix<Scalar>* w,
+                                   const DuQuantOptions& options, const std::vector<DenseMatrix<Scalar>>& q_primes,
+                                   const Eigen::Matrix<Scalar, Eigen::Dynamic, 1>& smoothing, std::string_view where) {
   const Eigen::Index b = options.block_size;
-  detail::require(b >= 2, kWhere, "options.block_size must be >= 2, got ", b);
-  detail::require(x.rows() > 0 && x.cols() > 0, kWhere, "x must be non-empty, got ", x.rows(), " x ", x.cols());
-  detail::require(x.cols() % b == 0, kWhere, "options.block_size (", b, ") must divide the channel count of x (",
+  detail::require(b >= 2, where, "options.block_size must be >= 2, got ", b);
+  detail::require(x.rows() > 0 && x.cols() > 0, where, "x must be non-empty, got ", x.rows(), " x ", x.cols());
+  detail::require(x.cols() % b == 0, where, "options.block_size (", b, ") must divide the channel count of x (",
                   x.cols(), ")");
-  detail::require(options.permutation_rounds >= 0, kWhere, "options.permutation_rounds must be >= 0, got ",
+  detail::require(options.permutation_rounds >= 0, where, "options.permutation_rounds must be >= 0, got ",
                   options.permutation_rounds);
-  detail::require(options.greedy_steps >= 0, kWhere, "options.greedy_steps must be >= 0, got ", options.greedy_steps);
-  detail::require(static_cast<int>(q_primes.size()) == options.permutation_rounds + 1, kWhere,
+  detail::require(options.greedy_steps >= 0, where, "options.greedy_steps must be >= 0, got ", options.greedy_steps);
+  detail::require(static_cast<int>(q_primes.size()) == options.permutation_rounds + 1, where,
                   "q_primes must hold permutation_rounds + 1 = ", options.permutation_rounds + 1, " matrices, got ",
                   q_primes.size());
+  detail::require(w != nullptr || !needs_weights(options.score), where,
+                  "options.score = kActivationTimesWeight needs the weights: call the overload that takes them");
 
-  // Validates x and smoothing as the finished transform would.
+  // Validates x, w and smoothing as the finished transform would.
   const DuQuantTransform<Scalar> identity(
       x.cols(), {DenseMatrix<Scalar>::Identity(b, b)}, {}, smoothing);
   RowMajorMatrix<Scalar> y = identity.apply(x);
+  RowMajorMatrix<Scalar> wy;
+  if (w != nullptr) wy = identity.fold_into_weight(*w);
 
   std::vector<DenseMatrix<Scalar>> rotations;
   std::vector<Permutation> permutations;
@@ -185,16 +195,57 @@ DuQuantTransform<typename Derived::Scalar> calibrate_duquant(
       greedy.progress = [&options, stage](int done, int total) { options.progress(stage, done, total); };
     }
     const DenseMatrix<Scalar> base = duquant_base_block(q_primes[static_cast<std::size_t>(stage)]);
-    rotations.push_back(greedy_block_rotation(y, base, greedy).rotation);
+    rotations.push_back((w != nullptr ? greedy_block_rotation(y, wy, base, greedy)
+                                      : greedy_block_rotation(y, base, greedy)).rotation);
     Eigen::Map<RowMajorMatrix<Scalar>> blocks(y.data(), y.rows() * (y.cols() / b), b);
     blocks = (blocks * rotations.back()).eval();
+    if (w != nullptr) {
+      Eigen::Map<RowMajorMatrix<Scalar>> weight_blocks(wy.data(), wy.rows() * (wy.cols() / b), b);
+      weight_blocks = (weight_blocks * rotations.back()).eval();
+    }
     if (stage < options.permutation_rounds) {
+      // The permutation orders channels by the activations' maxima (zigzag.hpp).
       const Eigen::Matrix<Scalar, Eigen::Dynamic, 1> channel_max = y.cwiseAbs().colwise().maxCoeff().transpose();
       permutations.push_back(zigzag_permutation(channel_max, b));
       y = y(Eigen::all, permutations.back()).eval();
+      if (w != nullptr) wy = wy(Eigen::all, permutations.back()).eval();
     }
   }
   return DuQuantTransform<Scalar>(x.cols(), std::move(rotations), std::move(permutations), smoothing);
+}
+
+}  // namespace detail_duquant
+
+/// Calibrates M on activations x (tokens × channels), with the random factor
+/// Q′ of every rotation stage given explicitly (permutation_rounds + 1
+/// matrices of (b−1)×(b−1)), and optional smoothing scales applied first.
+/// A pure function of its inputs. Scores kRange and kAbsMax only; the
+/// weight-aware score needs the overload below.
+template <class Derived>
+DuQuantTransform<typename Derived::Scalar> calibrate_duquant(
+    const Eigen::MatrixBase<Derived>& x, const DuQuantOptions& options,
+    const std::vector<DenseMatrix<typename Derived::Scalar>>& q_primes,
+    const Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1>& smoothing = {}) {
+  using Scalar = typename Derived::Scalar;
+  return detail_duquant::calibrate<Scalar>(x, static_cast<const RowMajorMatrix<Scalar>*>(nullptr), options, q_primes,
+                                           smoothing, "oq::transform::calibrate_duquant");
+}
+
+/// The same with the weights w (out × channels) of the linear(s) reading x,
+/// stacked by rows when several share it, for the weight-aware score
+/// (GreedyScore::kActivationTimesWeight; other scores ignore w).
+template <class Derived, class WeightDerived>
+DuQuantTransform<typename Derived::Scalar> calibrate_duquant(
+    const Eigen::MatrixBase<Derived>& x, const Eigen::MatrixBase<WeightDerived>& w, const DuQuantOptions& options,
+    const std::vector<DenseMatrix<typename Derived::Scalar>>& q_primes,
+    const Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1>& smoothing = {}) {
+  using Scalar = typename Derived::Scalar;
+  static_assert(std::is_same_v<Scalar, typename WeightDerived::Scalar>, "x and w must have the same scalar type");
+  constexpr std::string_view kWhere = "oq::transform::calibrate_duquant";
+  detail::require(w.rows() > 0 && w.cols() == x.cols(), kWhere, "w must have x's ", x.cols(),
+                  " columns (one per input channel) and at least one row, got ", w.rows(), " x ", w.cols());
+  const RowMajorMatrix<Scalar> weights = w;
+  return detail_duquant::calibrate<Scalar>(x, &weights, options, q_primes, smoothing, kWhere);
 }
 
 /// Calibrates M with every Q′ drawn Haar-random from `generator`
@@ -213,6 +264,23 @@ DuQuantTransform<typename Derived::Scalar> calibrate_duquant(
   for (int stage = 0; stage <= options.permutation_rounds; ++stage)
     q_primes.push_back(random_orthogonal<Scalar>(options.block_size - 1, generator));
   return calibrate_duquant(x, options, q_primes, smoothing);
+}
+
+/// calibrate_duquant(x, w, options, q_primes, smoothing) with every Q′ drawn
+/// Haar-random from `generator`, one per rotation stage in order.
+template <class Derived, class WeightDerived, std::uniform_random_bit_generator Generator>
+DuQuantTransform<typename Derived::Scalar> calibrate_duquant(
+    const Eigen::MatrixBase<Derived>& x, const Eigen::MatrixBase<WeightDerived>& w, const DuQuantOptions& options,
+    Generator& generator, const Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1>& smoothing = {}) {
+  using Scalar = typename Derived::Scalar;
+  detail::require(options.block_size >= 2, "oq::transform::calibrate_duquant", "options.block_size must be >= 2, got ",
+                  options.block_size);
+  detail::require(options.permutation_rounds >= 0, "oq::transform::calibrate_duquant",
+                  "options.permutation_rounds must be >= 0, got ", options.permutation_rounds);
+  std::vector<DenseMatrix<Scalar>> q_primes;
+  for (int stage = 0; stage <= options.permutation_rounds; ++stage)
+    q_primes.push_back(random_orthogonal<Scalar>(options.block_size - 1, generator));
+  return calibrate_duquant(x, w, options, q_primes, smoothing);
 }
 
 }  // namespace oq::transform

@@ -29,6 +29,22 @@
 // between +v and −v to +v. The release scores by
 // max − min of the whole tensor (GreedyScore::kRange, the default here);
 // GreedyScore::kAbsMax scores by max |x|.
+//
+// Weight-aware score (GreedyScore::kActivationTimesWeight; the overload that
+// takes the weights W, out × C, of the linear that reads x). The weights are
+// viewed as blocks the same way and rotated along with the activations (they
+// are folded with the same rotation, W·R). Per step, for every position j of
+// the block, a_j = max |x| over the blocked activations' column j and w_j =
+// max |w| over the blocked weights' column j; the pivot is the first j of
+// largest a_j·w_j and that product is the step's score. a_j·w_j bounds every
+// entry of the channels' rank-one contributions x_j·w_jᵀ to X·Wᵀ, so the
+// rotation goes after the channels whose quantization error reaches the
+// output most, not only the largest activations. The released code has the
+// skeleton of this path (rotation(weight, other, score_func):
+// score_func(act_max, weight_max).argmax() over the block's positions) but
+// never takes it: online_duquant_cali calls rotation(weight) without a score
+// function, the release defines none, and the branch reads variables (c, r2,
+// c2) that only the other branch sets. The product is oq's choice.
 #pragma once
 
 #include <oq/detail/check.hpp>
@@ -40,6 +56,7 @@
 #include <functional>
 #include <limits>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace oq::transform {
@@ -102,9 +119,12 @@ DenseMatrix<typename Derived::Scalar> duquant_base_block(const Eigen::MatrixBase
 }
 
 enum class GreedyScore {
-  kRange,   ///< max x − min x of the whole tensor (the released code)
-  kAbsMax,  ///< max |x|
+  kRange,                 ///< max x − min x of the whole tensor (the released code)
+  kAbsMax,                ///< max |x|
+  kActivationTimesWeight, ///< max_j a_j·w_j over block positions (needs the weights; file comment)
 };
+
+inline constexpr bool needs_weights(GreedyScore s) { return s == GreedyScore::kActivationTimesWeight; }
 
 struct GreedyRotationOptions {
   int steps = 256;  ///< N, greedy steps tried (>= 0)
@@ -153,6 +173,17 @@ Extremes<Scalar> extremes_of(const RowMajorMatrix<Scalar>& blocks, GreedyScore s
   return e;
 }
 
+// The weight-aware score: a_j·w_j per block position from the column maxima
+// of the blocked activations and weights; the first j of the largest product.
+template <class Scalar>
+Extremes<Scalar> weighted_extremes_of(const RowMajorMatrix<Scalar>& blocks, const RowMajorMatrix<Scalar>& weight_blocks) {
+  const Eigen::ArrayXd product = blocks.cwiseAbs().colwise().maxCoeff().transpose().template cast<double>().array() *
+                                 weight_blocks.cwiseAbs().colwise().maxCoeff().transpose().template cast<double>().array();
+  Eigen::Index channel = 0;
+  const double best = product.maxCoeff(&channel);  // Eigen returns the first maximum
+  return Extremes<Scalar>{best, 0, channel};
+}
+
 // E_d·B·E_d into `out` (preallocated b × b): B with indices 0 and d exchanged.
 template <class Scalar>
 void exchanged(const DenseMatrix<Scalar>& base, Eigen::Index d, DenseMatrix<Scalar>& out) {
@@ -164,42 +195,38 @@ void exchanged(const DenseMatrix<Scalar>& base, Eigen::Index d, DenseMatrix<Scal
 
 }  // namespace detail_rotation
 
-/// Algorithm 1 on x (tokens × C) with the base block `base` (b × b, b | C).
-template <class Derived>
-GreedyRotation<typename Derived::Scalar> greedy_block_rotation(const Eigen::MatrixBase<Derived>& x,
-                                                               const DenseMatrix<typename Derived::Scalar>& base,
-                                                               const GreedyRotationOptions& options = {}) {
-  using Scalar = typename Derived::Scalar;
-  constexpr std::string_view kWhere = "oq::transform::greedy_block_rotation";
-  const Eigen::Index b = base.rows();
-  detail::require(b >= 2 && base.cols() == b, kWhere, "base must be square with size >= 2, got ", base.rows(), " x ",
-                  base.cols());
-  detail::require(x.rows() > 0 && x.cols() > 0, kWhere, "x must be non-empty, got ", x.rows(), " x ", x.cols());
-  detail::require(x.cols() % b == 0, kWhere, "the block size (", b, ") must divide the channel count of x (",
-                  x.cols(), ")");
-  detail::require(options.steps >= 0, kWhere, "options.steps must be >= 0, got ", options.steps);
-  detail::require_finite(x, kWhere, "x");
-  require_orthogonal(base, b, kWhere, "base");
+namespace detail_rotation {
 
-  // The blocked view: row-major (tokens·C/b) × b, one row per (token, block).
-  RowMajorMatrix<Scalar> blocks(x.rows() * (x.cols() / b), b);
-  Eigen::Map<RowMajorMatrix<Scalar>>(blocks.data(), x.rows(), x.cols()) = x;
+// Algorithm 1 on the blocked activations (and the blocked weights when the
+// score uses them: `weight_blocks` non-null). Inputs already checked.
+template <class Scalar>
+GreedyRotation<Scalar> greedy_on_blocks(RowMajorMatrix<Scalar> blocks, RowMajorMatrix<Scalar>* weight_blocks,
+                                        const DenseMatrix<Scalar>& base, const GreedyRotationOptions& options) {
+  const Eigen::Index b = base.rows();
   RowMajorMatrix<Scalar> next(blocks.rows(), b);  // no allocation inside the loop
+  RowMajorMatrix<Scalar> next_weights(weight_blocks != nullptr ? weight_blocks->rows() : 0, b);
   DenseMatrix<Scalar> step(b, b);
+  auto look = [&]() {
+    return weight_blocks != nullptr ? weighted_extremes_of(blocks, *weight_blocks) : extremes_of(blocks, options.score);
+  };
 
   GreedyRotation<Scalar> result;
   result.pivots.reserve(static_cast<std::size_t>(options.steps));
   result.scores.reserve(static_cast<std::size_t>(options.steps) + 1);
   for (int t = 0; t < options.steps; ++t) {
-    const auto e = detail_rotation::extremes_of(blocks, options.score);
+    const auto e = look();
     result.scores.push_back(e.score);
     result.pivots.push_back(e.channel);
-    detail_rotation::exchanged(base, e.channel, step);
+    exchanged(base, e.channel, step);
     next.noalias() = blocks * step;
     blocks.swap(next);
+    if (weight_blocks != nullptr) {
+      next_weights.noalias() = *weight_blocks * step;
+      weight_blocks->swap(next_weights);
+    }
     if (options.progress) options.progress(t + 1, options.steps);
   }
-  result.scores.push_back(detail_rotation::extremes_of(blocks, options.score).score);
+  result.scores.push_back(look().score);
 
   result.kept = static_cast<Eigen::Index>(std::min_element(result.scores.begin(), result.scores.end()) -
                                           result.scores.begin());
@@ -208,12 +235,72 @@ GreedyRotation<typename Derived::Scalar> greedy_block_rotation(const Eigen::Matr
   const DenseMatrix<double> base_d = base.template cast<double>();
   DenseMatrix<double> rotation = DenseMatrix<double>::Identity(b, b), product(b, b), step_d(b, b);
   for (Eigen::Index t = 0; t < result.kept; ++t) {
-    detail_rotation::exchanged(base_d, result.pivots[static_cast<std::size_t>(t)], step_d);
+    exchanged(base_d, result.pivots[static_cast<std::size_t>(t)], step_d);
     product.noalias() = rotation * step_d;
     rotation.swap(product);
   }
   result.rotation = rotation.cast<Scalar>();
   return result;
+}
+
+// The blocked view of m (rows × C): row-major (rows·C/b) × b, one row per
+// (row, block).
+template <class Derived>
+RowMajorMatrix<typename Derived::Scalar> blocked(const Eigen::MatrixBase<Derived>& m, Eigen::Index b) {
+  RowMajorMatrix<typename Derived::Scalar> blocks(m.rows() * (m.cols() / b), b);
+  Eigen::Map<RowMajorMatrix<typename Derived::Scalar>>(blocks.data(), m.rows(), m.cols()) = m;
+  return blocks;
+}
+
+template <class Derived>
+void check_greedy_input(const Eigen::MatrixBase<Derived>& x, const DenseMatrix<typename Derived::Scalar>& base,
+                        const GreedyRotationOptions& options, std::string_view where) {
+  const Eigen::Index b = base.rows();
+  detail::require(b >= 2 && base.cols() == b, where, "base must be square with size >= 2, got ", base.rows(), " x ",
+                  base.cols());
+  detail::require(x.rows() > 0 && x.cols() > 0, where, "x must be non-empty, got ", x.rows(), " x ", x.cols());
+  detail::require(x.cols() % b == 0, where, "the block size (", b, ") must divide the channel count of x (",
+                  x.cols(), ")");
+  detail::require(options.steps >= 0, where, "options.steps must be >= 0, got ", options.steps);
+  detail::require_finite(x, where, "x");
+  require_orthogonal(base, b, where, "base");
+}
+
+}  // namespace detail_rotation
+
+/// Algorithm 1 on x (tokens × C) with the base block `base` (b × b, b | C),
+/// scored on the activations alone (kRange or kAbsMax).
+template <class Derived>
+GreedyRotation<typename Derived::Scalar> greedy_block_rotation(const Eigen::MatrixBase<Derived>& x,
+                                                               const DenseMatrix<typename Derived::Scalar>& base,
+                                                               const GreedyRotationOptions& options = {}) {
+  constexpr std::string_view kWhere = "oq::transform::greedy_block_rotation";
+  detail_rotation::check_greedy_input(x, base, options, kWhere);
+  detail::require(!needs_weights(options.score), kWhere,
+                  "options.score = kActivationTimesWeight needs the weights: call the overload that takes them");
+  return detail_rotation::greedy_on_blocks(detail_rotation::blocked(x, base.rows()),
+                                           static_cast<RowMajorMatrix<typename Derived::Scalar>*>(nullptr), base,
+                                           options);
+}
+
+/// Algorithm 1 with the weights w (out × C) of the linear that reads x, for
+/// the weight-aware score kActivationTimesWeight (other scores ignore w,
+/// which must still have C columns).
+template <class Derived, class WeightDerived>
+GreedyRotation<typename Derived::Scalar> greedy_block_rotation(const Eigen::MatrixBase<Derived>& x,
+                                                               const Eigen::MatrixBase<WeightDerived>& w,
+                                                               const DenseMatrix<typename Derived::Scalar>& base,
+                                                               const GreedyRotationOptions& options = {}) {
+  using Scalar = typename Derived::Scalar;
+  static_assert(std::is_same_v<Scalar, typename WeightDerived::Scalar>, "x and w must have the same scalar type");
+  constexpr std::string_view kWhere = "oq::transform::greedy_block_rotation";
+  detail_rotation::check_greedy_input(x, base, options, kWhere);
+  detail::require(w.rows() > 0 && w.cols() == x.cols(), kWhere, "w must have x's ", x.cols(),
+                  " columns (one per input channel) and at least one row, got ", w.rows(), " x ", w.cols());
+  detail::require_finite(w, kWhere, "w");
+  if (!needs_weights(options.score)) return greedy_block_rotation(x, base, options);
+  RowMajorMatrix<Scalar> weight_blocks = detail_rotation::blocked(w, base.rows());
+  return detail_rotation::greedy_on_blocks(detail_rotation::blocked(x, base.rows()), &weight_blocks, base, options);
 }
 
 }  // namespace oq::transform
