@@ -125,6 +125,17 @@ GreedyRef greedy_ref(const Matrix& x, const Matrix& base, int steps, const Matri
   return ref;
 }
 
+// Every step's pivot and score, the kept count and the rotation agree, and at
+// least one step is kept (so the comparison of rotations is not trivial).
+void check_matches(const GreedyRotation<double>& got, const GreedyRef& ref) {
+  CHECK(got.pivots == ref.pivots);
+  REQUIRE(got.scores.size() == ref.scores.size());
+  for (std::size_t t = 0; t < ref.scores.size(); ++t) CHECK(got.scores[t] == doctest::Approx(ref.scores[t]).epsilon(1e-12));
+  CHECK(got.kept == ref.kept);
+  CHECK(got.kept > 0);
+  CHECK((got.rotation - ref.rotation).cwiseAbs().maxCoeff() < 1e-12);
+}
+
 }  // namespace
 
 TEST_CASE("the Givens spreading matrix: orthogonal, first row uniformly 1/sqrt(b), as the formula says") {
@@ -156,13 +167,7 @@ TEST_CASE("greedy rotation equals a plain float64 implementation of Algorithm 1"
   x.col(25) *= 10.0;
   const Matrix base = duquant_base_block(some_orthogonal(7, 2));
   const auto got = greedy_block_rotation(x, base, {.steps = 12});
-  const GreedyRef ref = greedy_ref(x, base, 12);
-  CHECK(got.pivots == ref.pivots);
-  REQUIRE(got.scores.size() == ref.scores.size());
-  for (std::size_t t = 0; t < ref.scores.size(); ++t) CHECK(got.scores[t] == doctest::Approx(ref.scores[t]).epsilon(1e-12));
-  CHECK(got.kept == ref.kept);
-  CHECK(got.kept > 0);
-  CHECK((got.rotation - ref.rotation).cwiseAbs().maxCoeff() < 1e-12);
+  check_matches(got, greedy_ref(x, base, 12));
   // The paper pivots on the outlier's channel: the first pivot is channel 5.
   CHECK(got.pivots[0] == 5);
   // The kept rotation attains the minimum score.
@@ -214,13 +219,7 @@ TEST_CASE("the weight-aware score equals a plain float64 implementation, and piv
   const Matrix base = duquant_base_block(some_orthogonal(7, 3));
   const GreedyRotationOptions options{.steps = 12, .score = GreedyScore::kActivationTimesWeight, .progress = {}};
   const auto got = greedy_block_rotation(x, w, base, options);
-  const GreedyRef ref = greedy_ref(x, base, 12, &w);
-  CHECK(got.pivots == ref.pivots);
-  REQUIRE(got.scores.size() == ref.scores.size());
-  for (std::size_t t = 0; t < ref.scores.size(); ++t) CHECK(got.scores[t] == doctest::Approx(ref.scores[t]).epsilon(1e-12));
-  CHECK(got.kept == ref.kept);
-  CHECK(got.kept > 0);
-  CHECK((got.rotation - ref.rotation).cwiseAbs().maxCoeff() < 1e-12);
+  check_matches(got, greedy_ref(x, base, 12, &w));
   // max|x|·max|w| is largest at position 2 (30·40 against 80·~0.3), where the
   // activation-only score pivots on position 5.
   CHECK(got.pivots[0] == 2);

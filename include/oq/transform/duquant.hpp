@@ -248,6 +248,23 @@ DuQuantTransform<typename Derived::Scalar> calibrate_duquant(
   return detail_duquant::calibrate<Scalar>(x, &weights, options, q_primes, smoothing, kWhere);
 }
 
+namespace detail_duquant {
+
+// One Haar-random Q′ per rotation stage, drawn in order from `generator`.
+template <class Scalar, class Generator>
+std::vector<DenseMatrix<Scalar>> draw_q_primes(const DuQuantOptions& options, Generator& generator) {
+  constexpr std::string_view kWhere = "oq::transform::calibrate_duquant";
+  detail::require(options.block_size >= 2, kWhere, "options.block_size must be >= 2, got ", options.block_size);
+  detail::require(options.permutation_rounds >= 0, kWhere, "options.permutation_rounds must be >= 0, got ",
+                  options.permutation_rounds);
+  std::vector<DenseMatrix<Scalar>> q_primes;
+  for (int stage = 0; stage <= options.permutation_rounds; ++stage)
+    q_primes.push_back(random_orthogonal<Scalar>(options.block_size - 1, generator));
+  return q_primes;
+}
+
+}  // namespace detail_duquant
+
 /// Calibrates M with every Q′ drawn Haar-random from `generator`
 /// (random_orthogonal.hpp), one per rotation stage in order, as the paper
 /// does; a seeded generator makes the result reproducible.
@@ -255,15 +272,8 @@ template <class Derived, std::uniform_random_bit_generator Generator>
 DuQuantTransform<typename Derived::Scalar> calibrate_duquant(
     const Eigen::MatrixBase<Derived>& x, const DuQuantOptions& options, Generator& generator,
     const Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1>& smoothing = {}) {
-  using Scalar = typename Derived::Scalar;
-  detail::require(options.block_size >= 2, "oq::transform::calibrate_duquant", "options.block_size must be >= 2, got ",
-                  options.block_size);
-  detail::require(options.permutation_rounds >= 0, "oq::transform::calibrate_duquant",
-                  "options.permutation_rounds must be >= 0, got ", options.permutation_rounds);
-  std::vector<DenseMatrix<Scalar>> q_primes;
-  for (int stage = 0; stage <= options.permutation_rounds; ++stage)
-    q_primes.push_back(random_orthogonal<Scalar>(options.block_size - 1, generator));
-  return calibrate_duquant(x, options, q_primes, smoothing);
+  return calibrate_duquant(x, options, detail_duquant::draw_q_primes<typename Derived::Scalar>(options, generator),
+                           smoothing);
 }
 
 /// calibrate_duquant(x, w, options, q_primes, smoothing) with every Q′ drawn
@@ -272,15 +282,8 @@ template <class Derived, class WeightDerived, std::uniform_random_bit_generator 
 DuQuantTransform<typename Derived::Scalar> calibrate_duquant(
     const Eigen::MatrixBase<Derived>& x, const Eigen::MatrixBase<WeightDerived>& w, const DuQuantOptions& options,
     Generator& generator, const Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1>& smoothing = {}) {
-  using Scalar = typename Derived::Scalar;
-  detail::require(options.block_size >= 2, "oq::transform::calibrate_duquant", "options.block_size must be >= 2, got ",
-                  options.block_size);
-  detail::require(options.permutation_rounds >= 0, "oq::transform::calibrate_duquant",
-                  "options.permutation_rounds must be >= 0, got ", options.permutation_rounds);
-  std::vector<DenseMatrix<Scalar>> q_primes;
-  for (int stage = 0; stage <= options.permutation_rounds; ++stage)
-    q_primes.push_back(random_orthogonal<Scalar>(options.block_size - 1, generator));
-  return calibrate_duquant(x, w, options, q_primes, smoothing);
+  return calibrate_duquant(x, w, options, detail_duquant::draw_q_primes<typename Derived::Scalar>(options, generator),
+                           smoothing);
 }
 
 }  // namespace oq::transform
