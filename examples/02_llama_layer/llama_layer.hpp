@@ -225,9 +225,22 @@ struct PlainLinear {
   }
 };
 
+/// What the linears reading `input` take: linear.prepare(input, x) when the
+/// functor has one (a transform and quantizer of the input, run once per
+/// distinct input rather than once per linear), else x itself.
+template <class LinearFn, class Scalar>
+decltype(auto) prepared_input(LinearFn& linear, Input input, const Matrix<Scalar>& x) {
+  if constexpr (requires { linear.prepare(input, x); }) {
+    return Matrix<Scalar>(linear.prepare(input, x));
+  } else {
+    return (x);
+  }
+}
+
 /// The layer's forward pass on x (tokens × hidden, token t at position t).
 /// `linear(which, input, weight)` computes each of the seven linears; it is
-/// called once per linear, in the order of kAllLinears.
+/// called once per linear, in the order of kAllLinears, on the input as
+/// prepared_input() returns it.
 template <class Scalar, class LinearFn = PlainLinear>
 Matrix<Scalar> forward(const Config& c, const LayerWeights<Scalar>& w, const Matrix<Scalar>& x,
                        LinearFn&& linear = LinearFn{}) {
@@ -238,20 +251,22 @@ Matrix<Scalar> forward(const Config& c, const LayerWeights<Scalar>& w, const Mat
   c.validate();
   w.validate(c);  // the attention below slices q/k/v by the config's head counts
   const Matrix<Scalar> n1 = rms_norm(x, w.input_norm, c.rms_norm_eps);
-  Matrix<Scalar> q = linear(Linear::kQ, n1, w[Linear::kQ]);
-  Matrix<Scalar> k = linear(Linear::kK, n1, w[Linear::kK]);
-  const Matrix<Scalar> v = linear(Linear::kV, n1, w[Linear::kV]);
+  const auto& a = prepared_input(linear, Input::kAttention, n1);
+  Matrix<Scalar> q = linear(Linear::kQ, a, w[Linear::kQ]);
+  Matrix<Scalar> k = linear(Linear::kK, a, w[Linear::kK]);
+  const Matrix<Scalar> v = linear(Linear::kV, a, w[Linear::kV]);
   apply_rope(q, c.head_dim, c.rope_theta);
   apply_rope(k, c.head_dim, c.rope_theta);
   const Matrix<Scalar> attention = causal_attention(q, k, v, c);
-  const Matrix<Scalar> h = x + linear(Linear::kO, attention, w[Linear::kO]);
+  const Matrix<Scalar> h = x + linear(Linear::kO, prepared_input(linear, Input::kO, attention), w[Linear::kO]);
 
   const Matrix<Scalar> n2 = rms_norm(h, w.post_norm, c.rms_norm_eps);
-  const Matrix<Scalar> gate = linear(Linear::kGate, n2, w[Linear::kGate]);
-  const Matrix<Scalar> up = linear(Linear::kUp, n2, w[Linear::kUp]);
+  const auto& m = prepared_input(linear, Input::kMlp, n2);
+  const Matrix<Scalar> gate = linear(Linear::kGate, m, w[Linear::kGate]);
+  const Matrix<Scalar> up = linear(Linear::kUp, m, w[Linear::kUp]);
   // silu(g) = g·σ(g) = g / (1 + e^−g)
   const Matrix<Scalar> act = (gate.array() / (Scalar(1) + (-gate.array()).exp()) * up.array()).matrix();
-  return h + linear(Linear::kDown, act, w[Linear::kDown]);
+  return h + linear(Linear::kDown, prepared_input(linear, Input::kDown, act), w[Linear::kDown]);
 }
 
 }  // namespace llama

@@ -4,6 +4,7 @@
 //   02_llama_layer                          default LLaMA-2-7B-shaped layer (outliers built into its weights)
 //   02_llama_layer --checkpoint DIR --layer 1    a Hugging Face checkpoint (safetensors, sharded or not)
 //   02_llama_layer --help
+#include "../common/parse_flag.hpp"
 #include "checkpoint_layer.hpp"
 #include "default_layer.hpp"
 #include "llama_layer.hpp"
@@ -83,19 +84,6 @@ Flags parse_flags(int argc, char** argv) {
     if (i + 1 >= argc) throw std::invalid_argument(std::string(argv[i]) + " needs a value");
     return argv[++i];
   };
-  auto positive = [](const std::string& flag, const std::string& text) {
-    std::size_t used = 0;
-    long long v = -1;
-    try {
-      v = std::stoll(text, &used);
-    } catch (const std::exception&) {  // not a number, or out of range
-      used = 0;
-    }
-    if (used != text.size() || v < 0) {
-      throw std::invalid_argument(flag + " expects a non-negative integer, got '" + text + "'");
-    }
-    return v;
-  };
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--help" || arg == "-h") {
@@ -104,21 +92,21 @@ Flags parse_flags(int argc, char** argv) {
     } else if (arg == "--checkpoint") {
       f.checkpoint = value(i);
     } else if (arg == "--layer") {
-      f.layer = static_cast<int>(positive(arg, value(i)));
+      f.layer = static_cast<int>(examples::parse_count(arg, value(i)));
     } else if (arg == "--input") {
       f.input_npy = value(i);
     } else if (arg == "--calibration") {
       f.calibration_npy = value(i);
     } else if (arg == "--seq-len") {
-      f.seq_len = positive(arg, value(i));
+      f.seq_len = examples::parse_count(arg, value(i));
     } else if (arg == "--calib-len") {
-      f.calibration_len = positive(arg, value(i));
+      f.calibration_len = examples::parse_count(arg, value(i));
     } else if (arg == "--steps") {
-      f.greedy_steps = static_cast<int>(positive(arg, value(i)));
+      f.greedy_steps = static_cast<int>(examples::parse_count(arg, value(i)));
     } else if (arg == "--block") {
-      f.block_size = positive(arg, value(i));
+      f.block_size = examples::parse_count(arg, value(i));
     } else if (arg == "--seed") {
-      f.seed = static_cast<std::uint64_t>(positive(arg, value(i)));
+      f.seed = static_cast<std::uint64_t>(examples::parse_count(arg, value(i)));
     } else if (arg == "--out") {
       f.out_dir = value(i);
     } else if (arg == "--tiny") {

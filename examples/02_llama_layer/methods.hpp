@@ -162,12 +162,19 @@ class QuantizedLayer {
   /// before quantization (for the statistics table).
   void record_transformed_inputs(LinearInputs<Scalar>* sink) { sink_ = sink; }
 
-  Matrix<Scalar> operator()(Linear which, const Matrix<Scalar>& x, const Matrix<Scalar>& /*full_precision*/) const {
-    Matrix<Scalar> xt = transform(input_of(which)).apply(x);
-    if (sink_ != nullptr) (*sink_)[static_cast<std::size_t>(input_of(which))] = xt;
+  /// The input every linear reading `input` takes: transformed, then
+  /// fake-quantized per token (forward() calls it once per distinct input).
+  Matrix<Scalar> prepare(Input input, const Matrix<Scalar>& x) const {
+    Matrix<Scalar> xt = transform(input).apply(x);
+    if (sink_ != nullptr) (*sink_)[static_cast<std::size_t>(input)] = xt;
     if (options_.act_bits != 0) xt = oq::quant::fake_quantize(xt, options_.act_spec());
-    Matrix<Scalar> y(xt.rows(), quantized_weight(which).rows());
-    y.noalias() = xt * quantized_weight(which).transpose();
+    return xt;
+  }
+
+  /// One linear on an input that prepare() returned.
+  Matrix<Scalar> operator()(Linear which, const Matrix<Scalar>& prepared, const Matrix<Scalar>& /*full_precision*/) const {
+    Matrix<Scalar> y(prepared.rows(), quantized_weight(which).rows());
+    y.noalias() = prepared * quantized_weight(which).transpose();
     return y;
   }
 

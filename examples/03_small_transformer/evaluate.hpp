@@ -128,12 +128,18 @@ class LearnedClipLayer {
     }
   }
 
-  Matrix<Scalar> operator()(Linear which, const Matrix<Scalar>& x, const Matrix<Scalar>& /*full_precision_weight*/) const {
-    const auto i = static_cast<Eigen::Index>(llama::input_of(which));
-    const Matrix<Scalar> xq = oq::quant::learned_clip_fake_quantize(x, clip_lo_(i), clip_hi_(i), act_bits_);
+  /// The input fake-quantized with its learned clip (once per distinct input).
+  Matrix<Scalar> prepare(llama::Input input, const Matrix<Scalar>& x) const {
+    const auto i = static_cast<Eigen::Index>(input);
+    return oq::quant::learned_clip_fake_quantize(x, clip_lo_(i), clip_hi_(i), act_bits_);
+  }
+
+  /// One linear on an input that prepare() returned.
+  Matrix<Scalar> operator()(Linear which, const Matrix<Scalar>& prepared,
+                            const Matrix<Scalar>& /*full_precision_weight*/) const {
     const Matrix<Scalar>& w = weights_[static_cast<std::size_t>(which)];
-    Matrix<Scalar> y(xq.rows(), w.rows());
-    y.noalias() = xq * w.transpose();
+    Matrix<Scalar> y(prepared.rows(), w.rows());
+    y.noalias() = prepared * w.transpose();
     return y;
   }
 

@@ -6,6 +6,7 @@
 //   03_small_transformer --text kjv.txt                 train the three variants, evaluate, write CSVs
 //   03_small_transformer --load out/baseline --text kjv.txt   evaluate a saved model again
 //   03_small_transformer --help
+#include "../common/parse_flag.hpp"
 #include "checkpoint.hpp"
 #include "evaluate.hpp"
 #include "model.hpp"
@@ -78,34 +79,6 @@ constexpr const char* kUsage = R"(usage: 03_small_transformer --text FILE [optio
   --out DIR          CSV files, figures' data and saved models (default ./small_transformer_out)
 )";
 
-long long parse_integer(const std::string& flag, const std::string& text) {
-  std::size_t used = 0;
-  long long v = -1;
-  try {
-    v = std::stoll(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != text.size() || v < 0) {
-    throw std::invalid_argument(flag + " expects a non-negative integer, got '" + text + "'");
-  }
-  return v;
-}
-
-double parse_number(const std::string& flag, const std::string& text) {
-  std::size_t used = 0;
-  double v = -1;
-  try {
-    v = std::stod(text, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != text.size() || !(v >= 0) || !std::isfinite(v)) {
-    throw std::invalid_argument(flag + " expects a finite number >= 0, got '" + text + "'");
-  }
-  return v;
-}
-
 Flags parse_flags(int argc, char** argv) {
   Flags f;
   auto value = [&](int& i) -> std::string {
@@ -134,35 +107,35 @@ Flags parse_flags(int argc, char** argv) {
       }
       if (f.variants.empty()) throw std::invalid_argument("--variants needs at least one variant");
     } else if (arg == "--steps") {
-      f.steps = static_cast<int>(parse_integer(arg, value(i)));
+      f.steps = static_cast<int>(examples::parse_count(arg, value(i)));
     } else if (arg == "--batch") {
-      f.batch = parse_integer(arg, value(i));
+      f.batch = examples::parse_count(arg, value(i));
     } else if (arg == "--seq-len") {
-      f.config.seq_len = parse_integer(arg, value(i));
+      f.config.seq_len = examples::parse_count(arg, value(i));
     } else if (arg == "--hidden") {
-      f.config.hidden_size = parse_integer(arg, value(i));
+      f.config.hidden_size = examples::parse_count(arg, value(i));
     } else if (arg == "--layers") {
-      f.config.num_layers = parse_integer(arg, value(i));
+      f.config.num_layers = examples::parse_count(arg, value(i));
     } else if (arg == "--heads") {
-      f.config.num_heads = parse_integer(arg, value(i));
+      f.config.num_heads = examples::parse_count(arg, value(i));
     } else if (arg == "--ffn") {
-      f.config.intermediate_size = parse_integer(arg, value(i));
+      f.config.intermediate_size = examples::parse_count(arg, value(i));
     } else if (arg == "--lr") {
-      f.learning_rate = parse_number(arg, value(i));
+      f.learning_rate = examples::parse_number(arg, value(i));
     } else if (arg == "--lambda") {
-      f.lambda = parse_number(arg, value(i));
+      f.lambda = examples::parse_number(arg, value(i));
     } else if (arg == "--qat-bits") {
-      f.qat_bits = static_cast<int>(parse_integer(arg, value(i)));
+      f.qat_bits = static_cast<int>(examples::parse_count(arg, value(i)));
     } else if (arg == "--log-every") {
-      f.log_every = static_cast<int>(parse_integer(arg, value(i)));
+      f.log_every = static_cast<int>(examples::parse_count(arg, value(i)));
     } else if (arg == "--eval-seqs") {
-      f.eval_sequences = parse_integer(arg, value(i));
+      f.eval_sequences = examples::parse_count(arg, value(i));
     } else if (arg == "--calib-seqs") {
-      f.calibration_sequences = parse_integer(arg, value(i));
+      f.calibration_sequences = examples::parse_count(arg, value(i));
     } else if (arg == "--block") {
-      f.block_size = parse_integer(arg, value(i));
+      f.block_size = examples::parse_count(arg, value(i));
     } else if (arg == "--seed") {
-      f.seed = static_cast<std::uint64_t>(parse_integer(arg, value(i)));
+      f.seed = static_cast<std::uint64_t>(examples::parse_count(arg, value(i)));
     } else {
       throw std::invalid_argument("unknown argument '" + arg + "' (see --help)");
     }

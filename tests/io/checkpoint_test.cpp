@@ -5,6 +5,7 @@
 // tensors not where the index says) and lookup errors; concurrent reads.
 #include <oq/io/checkpoint.hpp>
 
+#include "support/format_error.hpp"
 #include "support/matrices.hpp"
 
 #include <doctest/doctest.h>
@@ -132,13 +133,10 @@ void check_model(const Checkpoint& c, const ShardedModel& m) {
 }
 
 std::string format_error_of(const std::filesystem::path& path, const std::string& tensor = "") {
-  try {
+  return oq::test::format_error_message([&] {
     const Checkpoint c(path);
     if (!tensor.empty()) (void)c.info(tensor);
-  } catch (const FormatError& e) {
-    return e.what();
-  }
-  return "<no FormatError>";
+  });
 }
 
 }  // namespace

@@ -5,6 +5,8 @@
 
 #include <doctest/doctest.h>
 
+#include "support/format_error.hpp"
+
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -63,19 +65,11 @@ Bytes npy_file(std::string_view dict, const Bytes& data, unsigned major = 1, std
 // The FormatError message parse_npy throws for `b`, or a marker when it throws
 // nothing (or something else, which fails the CHECK in expect_format_error).
 std::string format_error_of(const Bytes& b) {
-  try {
-    (void)oq::io::parse_npy(b);
-  } catch (const FormatError& e) {
-    return e.what();
-  }
-  return "<no FormatError>";
+  return oq::test::format_error_message([&] { (void)oq::io::parse_npy(b); });
 }
 
 void expect_format_error(const Bytes& b, std::string_view expected) {
-  const std::string message = format_error_of(b);
-  INFO("message: ", message);
-  CHECK(message.find("oq::io::parse_npy: <memory>: ") == 0);
-  CHECK(message.find(expected) != std::string::npos);
+  oq::test::check_format_error(format_error_of(b), "oq::io::parse_npy: <memory>: ", expected);
 }
 
 // The header NumPy 1.24 writes: dict, its growth spaces and the 64-byte

@@ -8,9 +8,10 @@
 
 #include <oq/core/float16.hpp>
 
-#include "support/matrices.hpp"
-
 #include <doctest/doctest.h>
+
+#include "support/format_error.hpp"
+#include "support/matrices.hpp"
 
 #include <cmath>
 #include <cstddef>
@@ -66,19 +67,11 @@ Bytes file_of(std::string_view header, const Bytes& data = {}) {
 }
 
 std::string format_error_of(const Bytes& b) {
-  try {
-    (void)oq::io::parse_safetensors_header(b);
-  } catch (const FormatError& e) {
-    return e.what();
-  }
-  return "<no FormatError>";
+  return oq::test::format_error_message([&] { (void)oq::io::parse_safetensors_header(b); });
 }
 
 void expect_format_error(const Bytes& b, std::string_view expected) {
-  const std::string message = format_error_of(b);
-  INFO("message: ", message);
-  CHECK(message.find("oq::io::parse_safetensors_header: <memory>: ") == 0);
-  CHECK(message.find(expected) != std::string::npos);
+  oq::test::check_format_error(format_error_of(b), "oq::io::parse_safetensors_header: <memory>: ", expected);
 }
 
 // A header with one entry for tensor "t" whose JSON is `entry`, and `data_size` zero bytes.
