@@ -178,6 +178,55 @@ TEST_CASE("greedy rotation equals a plain float64 implementation of Algorithm 1"
   CHECK(rotated.maxCoeff() - rotated.minCoeff() == doctest::Approx(got.scores[static_cast<std::size_t>(got.kept)]));
 }
 
+TEST_CASE("lazy evaluation over many tiles, most rows never multiplied, equals the reference") {
+  // 96 tokens × 32 blocks of 16 = 3072 blocked rows: more than one tile of
+  // the lazy evaluation, and with these outliers the extremes sit in a few
+  // rows, so the visit stops early at most steps. The reference rotates every
+  // row at every step.
+  Matrix x = oq::test::gaussian<double>(96, 512, 21);
+  x(3, 100) = 500.0;
+  x(70, 301) = -400.0;
+  x.col(77) *= 8.0;
+  const Matrix base = duquant_base_block(some_orthogonal(15, 6));
+  check_matches(greedy_block_rotation(x, base, {.steps = 24}), greedy_ref(x, base, 24));
+
+  Matrix w = oq::test::gaussian<double>(40, 512, 22) * 0.1;
+  w(7, 205) = 30.0;
+  const GreedyRotationOptions weighted{.steps = 24, .score = GreedyScore::kActivationTimesWeight, .progress = {}};
+  check_matches(greedy_block_rotation(x, w, base, weighted), greedy_ref(x, base, 24, &w));
+
+  // How early the visit stops: the first tile (64 rows) holds the outliers'
+  // rows and sets a threshold no other row's norm reaches.
+  detail_rotation::NormOrderedRows<double> rows(x, 16);
+  detail_rotation::ExtremesVisitor<double> extremes(GreedyScore::kRange, 16);
+  CHECK(rows.visit(DenseMatrix<double>::Identity(16, 16), extremes) == detail_rotation::kFirstTileRows);
+  CHECK(extremes.score() == doctest::Approx(900.0));  // 500 − (−400)
+
+  // Gaussian rows: the extremes are spread, the visits run over several
+  // tiles of growing size before they stop.
+  const Matrix gaussian = oq::test::gaussian<double>(96, 512, 23);
+  check_matches(greedy_block_rotation(gaussian, base, {.steps = 24}), greedy_ref(gaussian, base, 24));
+}
+
+TEST_CASE("ties for the peak go to the first entry in row-major order, and +v to -v") {
+  // Blocked rows (token·2 + block) of 8: row 6 (token 3, block 0) has the
+  // largest norm and holds 10 at position 2; row 3 (token 1, block 1) holds
+  // 10 at position 5 alone; row 1 (token 0, block 1) holds −10 at position 1.
+  // The rows are visited by norm (6 first), but the pivot is the row-major
+  // first +10: row 3, position 5.
+  Matrix x = Matrix::Zero(4, 16);
+  x.row(3).head(8) << 9, 9, 10, 9, 9, 9, 9, 9;
+  x(1, 13) = 10.0;
+  x(0, 9) = -10.0;
+  const Matrix base = duquant_base_block(some_orthogonal(7, 8));
+  CHECK(greedy_block_rotation(x, base, {.steps = 1}).pivots[0] == 5);
+  CHECK(greedy_block_rotation(x, base, {.steps = 1, .score = GreedyScore::kAbsMax, .progress = {}}).pivots[0] == 5);
+  // Without the +10s the −10 is the peak.
+  x(1, 13) = 0.0;
+  x(3, 2) = 9.0;
+  CHECK(greedy_block_rotation(x, base, {.steps = 1}).pivots[0] == 1);
+}
+
 TEST_CASE("one massive outlier is spread to value/sqrt(b)") {
   // With Q′ = I one step spreads channel d evenly: the outlier v becomes v/√b
   // in every channel of its block, plus at most the rotated Gaussian noise.

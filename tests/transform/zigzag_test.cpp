@@ -59,6 +59,18 @@ TEST_CASE("permutations, their inverse and their matrix agree") {
   CHECK(moved == x * permutation_matrix(perm));
   CHECK(permute_columns(moved, inverse_permutation(perm)) == x);
   for (std::size_t j = 0; j < perm.size(); ++j) CHECK(moved.col(static_cast<Eigen::Index>(j)) == x.col(perm[j]));
+
+  // In place, for either storage order.
+  Eigen::MatrixXd in_place = x;
+  permute_columns_in_place(in_place, perm);
+  CHECK(in_place == moved);
+  Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> row_major = x;
+  permute_columns_in_place(row_major, perm);
+  CHECK(row_major == moved);
+  permute_columns_in_place(row_major, inverse_permutation(perm));
+  CHECK(row_major == x);
+  CHECK_THROWS_WITH_AS(permute_columns_in_place(in_place, Permutation{0, 1}), doctest::Contains("perm must have 12"),
+                       std::invalid_argument);
 }
 
 TEST_CASE("bad input") {

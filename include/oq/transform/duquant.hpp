@@ -106,8 +106,8 @@ class DuQuantTransform {
   Result invert(const Eigen::MatrixBase<Derived>& x_hat) const {
     Result y = checked_copy(x_hat, "oq::transform::DuQuantTransform::invert", "x_hat");
     for (std::size_t i = rotations_.size(); i-- > 0;) {
-      rotate_blocks(y, rotations_[i].transpose());
-      if (i > 0) y = y(Eigen::all, inverse_permutation(permutations_[i - 1])).eval();
+      detail_rotation::right_multiply_blocks(y, rotations_[i].transpose());
+      if (i > 0) permute_columns_in_place(y, inverse_permutation(permutations_[i - 1]));
     }
     if (smoothing_.size() != 0) y.array().rowwise() *= smoothing_.transpose().array();
     return y;
@@ -128,18 +128,10 @@ class DuQuantTransform {
     return x.template cast<Scalar>();
   }
 
-  // Right-multiplies every b-wide block of every row of y by r.
-  template <class RotationDerived>
-  void rotate_blocks(Result& y, const Eigen::MatrixBase<RotationDerived>& r) const {
-    const Eigen::Index b = block_size();
-    Eigen::Map<Result> blocks(y.data(), y.rows() * (channels_ / b), b);
-    blocks = (blocks * r).eval();
-  }
-
   void forward(Result& y) const {
     for (std::size_t i = 0; i < rotations_.size(); ++i) {
-      rotate_blocks(y, rotations_[i]);
-      if (i < permutations_.size()) y = y(Eigen::all, permutations_[i]).eval();
+      detail_rotation::right_multiply_blocks(y, rotations_[i]);
+      if (i < permutations_.size()) permute_columns_in_place(y, permutations_[i]);
     }
   }
 
@@ -197,18 +189,14 @@ DuQuantTransform<Scalar> calibrate(const Eigen::MatrixBase<Derived>& x, const Ro
     const DenseMatrix<Scalar> base = duquant_base_block(q_primes[static_cast<std::size_t>(stage)]);
     rotations.push_back((w != nullptr ? greedy_block_rotation(y, wy, base, greedy)
                                       : greedy_block_rotation(y, base, greedy)).rotation);
-    Eigen::Map<RowMajorMatrix<Scalar>> blocks(y.data(), y.rows() * (y.cols() / b), b);
-    blocks = (blocks * rotations.back()).eval();
-    if (w != nullptr) {
-      Eigen::Map<RowMajorMatrix<Scalar>> weight_blocks(wy.data(), wy.rows() * (wy.cols() / b), b);
-      weight_blocks = (weight_blocks * rotations.back()).eval();
-    }
+    detail_rotation::right_multiply_blocks(y, rotations.back());
+    if (w != nullptr) detail_rotation::right_multiply_blocks(wy, rotations.back());
     if (stage < options.permutation_rounds) {
       // The permutation orders channels by the activations' maxima (zigzag.hpp).
       const Eigen::Matrix<Scalar, Eigen::Dynamic, 1> channel_max = y.cwiseAbs().colwise().maxCoeff().transpose();
       permutations.push_back(zigzag_permutation(channel_max, b));
-      y = y(Eigen::all, permutations.back()).eval();
-      if (w != nullptr) wy = wy(Eigen::all, permutations.back()).eval();
+      permute_columns_in_place(y, permutations.back());
+      if (w != nullptr) permute_columns_in_place(wy, permutations.back());
     }
   }
   return DuQuantTransform<Scalar>(x.cols(), std::move(rotations), std::move(permutations), smoothing);

@@ -19,7 +19,11 @@
 // block; right-multiply by E_d·B·E_d (E_d exchanges indices 0 and d) — which
 // moves channel d to 0, spreads it, and moves it back. Scores s_0..s_N are
 // recorded before each step and after the last; the rotation kept is the
-// product of the first k steps, k = argmin s (first minimum).
+// product of the first k steps, k = argmin s (first minimum). The rotated
+// tensor is never stored: each step evaluates x_i·A_t (A_t the product of the
+// steps so far) only for the rows whose norm can reach the extremes
+// (detail_rotation::NormOrderedRows), which gives the same scores and pivots
+// as rotating the whole tensor step by step, to rounding.
 //
 // Where oq departs from the released code (quantize/quantizer.py, rotation()):
 // the release pivots on `exchange_id % block_size` with exchange_id the ROW of
@@ -55,6 +59,9 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <numeric>
+#include <optional>
+#include <utility>
 #include <string_view>
 #include <type_traits>
 #include <vector>
@@ -143,46 +150,175 @@ struct GreedyRotation {
 
 namespace detail_rotation {
 
-// One step's look at the blocked tensor: its extremes (two vectorised
-// reductions), the score, and the (first, row-major) position of the entry of
-// largest magnitude, found by a scan for that value instead of a third,
-// scalar, arg-reduction.
+// Rows of the blocked view per GEMM: large enough for Eigen's
+// (OpenMP-parallel) GEMM, small enough for a tile to stay in L2 while it is
+// reduced or copied back.
+inline constexpr Eigen::Index kTileRows = 2048;
+inline constexpr Eigen::Index kFirstTileRows = 64;
+
+// y's rows viewed as b-wide blocks, each right-multiplied by r (b × b), tile
+// by tile through a small buffer instead of a y-sized temporary.
+template <class Scalar, class RotationDerived>
+void right_multiply_blocks(RowMajorMatrix<Scalar>& y, const Eigen::MatrixBase<RotationDerived>& r) {
+  const Eigen::Index b = r.rows();
+  Eigen::Map<RowMajorMatrix<Scalar>> blocks(y.data(), y.size() / b, b);
+  RowMajorMatrix<Scalar> tile(std::min(kTileRows, blocks.rows()), b);
+  for (Eigen::Index start = 0; start < blocks.rows(); start += kTileRows) {
+    const Eigen::Index count = std::min(kTileRows, blocks.rows() - start);
+    tile.topRows(count).noalias() = blocks.middleRows(start, count) * r;
+    blocks.middleRows(start, count) = tile.topRows(count);
+  }
+}
+
+// Lazy evaluation of the rotated blocks (why the greedy is fast). Step t needs
+// only the extremes of Y_t = X_b·A_t, A_t the product of the steps so far,
+// and an orthogonal A_t keeps every row's 2-norm: no entry of row i can
+// exceed ‖x_i‖ in magnitude. So the rows are visited in order of decreasing
+// norm, each computed afresh as x_i·A_t (A_t accumulated in double, rounded
+// once per step), and the visit stops at the first row whose norm bound
+// cannot reach the extremes found so far. With outliers, the extremes sit in
+// the few rows that hold them and most rows are never multiplied; without,
+// every row is, at the cost of the plain sequential update Y_t = Y_(t−1)·B_t.
+// Nothing is written back: Y_t is never stored.
 template <class Scalar>
-struct Extremes {
-  double score;
-  Eigen::Index row;
-  Eigen::Index channel;
+class NormOrderedRows {
+ public:
+  /// The blocks of m (rows × C, b | C): row i·(C/b) + k of the blocked view
+  /// is m(i, k·b .. k·b + b − 1).
+  template <class Derived>
+  NormOrderedRows(const Eigen::MatrixBase<Derived>& m, Eigen::Index b)
+      : original_(static_cast<std::size_t>(m.rows() * (m.cols() / b))) {
+    const Eigen::Index per_row = m.cols() / b, n = m.rows() * per_row;
+    Eigen::VectorXd norms(n);
+    for (Eigen::Index r = 0; r < n; ++r)
+      norms(r) = m.row(r / per_row).segment((r % per_row) * b, b).template cast<double>().norm();
+    std::iota(original_.begin(), original_.end(), Eigen::Index(0));
+    std::stable_sort(original_.begin(), original_.end(), [&](Eigen::Index i, Eigen::Index j) { return norms(i) > norms(j); });
+    rows_.resize(n, b);
+    bounds_.resize(static_cast<std::size_t>(n));
+    // |fl(x_i·a_j)| ≤ (1 + γ_b)·‖x_i‖·‖fl(a_j)‖ and ‖fl(a_j)‖ ≤ 1 + √b·u for an
+    // orthogonal A rounded once: 4·b·u covers both with room.
+    const double slack = 1.0 + 4.0 * static_cast<double>(b) * static_cast<double>(std::numeric_limits<Scalar>::epsilon());
+    for (Eigen::Index r = 0; r < n; ++r) {
+      const Eigen::Index i = original_[static_cast<std::size_t>(r)];
+      rows_.row(r) = m.row(i / per_row).segment((i % per_row) * b, b);
+      bounds_[static_cast<std::size_t>(r)] = norms(i) * slack;
+    }
+    tile_.resize(std::min(kTileRows, n), b);
+  }
+
+  /// Feeds visitor(tile, original_rows) tiles of (rows·a) in norm order while
+  /// a row's bound can still reach visitor.threshold(); returns rows computed.
+  template <class Visitor>
+  Eigen::Index visit(const DenseMatrix<Scalar>& a, Visitor& visitor) {
+    const Eigen::Index n = rows_.rows();
+    Eigen::Index start = 0;
+    // The first tiles are small, so that a threshold exists before much is
+    // multiplied; they double up to kTileRows.
+    Eigen::Index tile_rows = kFirstTileRows;
+    while (start < n) {
+      const double threshold = visitor.threshold();
+      // Bounds are descending: the rows that can still matter are a prefix.
+      const auto first = bounds_.begin() + start;
+      const auto last = bounds_.begin() + std::min(n, start + tile_rows);
+      const Eigen::Index count = std::partition_point(first, last, [&](double bound) { return bound >= threshold; }) - first;
+      if (count == 0) break;
+      auto tile = tile_.topRows(count);
+      tile.noalias() = rows_.middleRows(start, count) * a;
+      visitor(tile, original_.data() + start);
+      start += count;
+      if (count < tile_rows && start < n) break;  // the next row is below the threshold already
+      tile_rows = std::min(2 * tile_rows, kTileRows);
+    }
+    return start;
+  }
+
+ private:
+  RowMajorMatrix<Scalar> rows_;          // the blocked rows, largest norm first
+  std::vector<double> bounds_;           // their norms with rounding slack, descending
+  std::vector<Eigen::Index> original_;   // their rows in the blocked view
+  RowMajorMatrix<Scalar> tile_;
 };
 
+// The extremes of the tensor for kRange and kAbsMax, and the first entry (in
+// row-major order of the blocked view) holding the peak: the one of max and
+// min of larger magnitude, +v on a tie with −v.
 template <class Scalar>
-Extremes<Scalar> extremes_of(const RowMajorMatrix<Scalar>& blocks, GreedyScore score) {
-  const Scalar hi = blocks.maxCoeff();
-  const Scalar lo = blocks.minCoeff();
-  const Scalar peak = -lo > hi ? lo : hi;
-  const double magnitude = std::fabs(static_cast<double>(peak));
-  Extremes<Scalar> e{score == GreedyScore::kRange ? static_cast<double>(hi) - static_cast<double>(lo) : magnitude, 0, 0};
-  const Scalar* data = blocks.data();
-  const Eigen::Index n = blocks.size();
-  for (Eigen::Index i = 0; i < n; ++i) {
-    if (data[i] == peak) {
-      e.row = i / blocks.cols();
-      e.channel = i % blocks.cols();
-      break;
-    }
-  }
-  return e;
-}
+class ExtremesVisitor {
+ public:
+  ExtremesVisitor(GreedyScore score, Eigen::Index b) : score_(score), b_(b) {}
 
-// The weight-aware score: a_j·w_j per block position from the column maxima
-// of the blocked activations and weights; the first j of the largest product.
+  double threshold() const {
+    if (!seen_) return -std::numeric_limits<double>::infinity();
+    const double hi = static_cast<double>(hi_), lo = static_cast<double>(lo_);
+    // kRange needs both extremes exactly; kAbsMax only the larger magnitude.
+    return score_ == GreedyScore::kRange ? std::min(hi, -lo) : std::max(hi, -lo);
+  }
+
+  template <class Tile>
+  void operator()(const Tile& tile, const Eigen::Index* original) {
+    // Row extremes first (vectorised along the contiguous rows): they give
+    // the tile's extremes and, when one is kept, the rows that hold it.
+    row_hi_ = tile.rowwise().maxCoeff();
+    row_lo_ = tile.rowwise().minCoeff();
+    const Scalar tile_hi = row_hi_.maxCoeff(), tile_lo = row_lo_.minCoeff();
+    if (!seen_ || tile_hi >= hi_) take(tile, row_hi_, original, tile_hi, hi_, hi_at_);
+    if (!seen_ || tile_lo <= lo_) take(tile, row_lo_, original, tile_lo, lo_, lo_at_);
+    seen_ = true;
+  }
+
+  double score() const {
+    return score_ == GreedyScore::kRange ? static_cast<double>(hi_) - static_cast<double>(lo_)
+                                         : std::fabs(static_cast<double>(peak_is_hi() ? hi_ : lo_));
+  }
+  Eigen::Index channel() const { return (peak_is_hi() ? hi_at_ : lo_at_) % b_; }
+
+ private:
+  bool peak_is_hi() const { return !(-lo_ > hi_); }
+
+  // value is the tile's max (or min) and at least as extreme as `best`: keep
+  // it with the first row-major position that holds it, here or earlier.
+  template <class Tile>
+  void take(const Tile& tile, const Eigen::Matrix<Scalar, Eigen::Dynamic, 1>& row_extreme,
+            const Eigen::Index* original, Scalar value, Scalar& best, Eigen::Index& best_at) {
+    Eigen::Index at = std::numeric_limits<Eigen::Index>::max();
+    for (Eigen::Index r = 0; r < tile.rows(); ++r) {
+      if (row_extreme(r) != value) continue;
+      Eigen::Index c = 0;
+      while (tile(r, c) != value) ++c;  // the row holds it: the first column is the earliest
+      at = std::min(at, original[r] * b_ + c);
+    }
+    if (!seen_ || value != best || at < best_at) best_at = at;
+    best = value;
+  }
+
+  GreedyScore score_;
+  Eigen::Index b_;
+  bool seen_ = false;
+  Scalar hi_{}, lo_{};
+  Eigen::Index hi_at_ = 0, lo_at_ = 0;
+  Eigen::Matrix<Scalar, Eigen::Dynamic, 1> row_hi_, row_lo_;
+};
+
+// Column maxima of |Y| for the weight-aware score: a row whose bound is below
+// every column's maximum found so far can change none of them.
 template <class Scalar>
-Extremes<Scalar> weighted_extremes_of(const RowMajorMatrix<Scalar>& blocks, const RowMajorMatrix<Scalar>& weight_blocks) {
-  const Eigen::ArrayXd product = blocks.cwiseAbs().colwise().maxCoeff().transpose().template cast<double>().array() *
-                                 weight_blocks.cwiseAbs().colwise().maxCoeff().transpose().template cast<double>().array();
-  Eigen::Index channel = 0;
-  const double best = product.maxCoeff(&channel);  // Eigen returns the first maximum
-  return Extremes<Scalar>{best, 0, channel};
-}
+class ColumnAbsMaxVisitor {
+ public:
+  explicit ColumnAbsMaxVisitor(Eigen::Index b) : max_(Eigen::ArrayXd::Constant(b, -1.0)) {}
+
+  double threshold() const { return max_.minCoeff(); }
+
+  template <class Tile>
+  void operator()(const Tile& tile, const Eigen::Index*) {
+    max_ = max_.max(tile.cwiseAbs().colwise().maxCoeff().transpose().template cast<double>().array());
+  }
+
+  const Eigen::ArrayXd& maxima() const { return max_; }
+
+ private:
+  Eigen::ArrayXd max_;
+};
 
 // E_d·B·E_d into `out` (preallocated b × b): B with indices 0 and d exchanged.
 template <class Scalar>
@@ -193,63 +329,67 @@ void exchanged(const DenseMatrix<Scalar>& base, Eigen::Index d, DenseMatrix<Scal
   out.col(0).swap(out.col(d));
 }
 
-}  // namespace detail_rotation
-
-namespace detail_rotation {
+// One step's look: the score and the pivot channel of Y_t = X_b·A_t.
+struct Look {
+  double score;
+  Eigen::Index channel;
+};
 
 // Algorithm 1 on the blocked activations (and the blocked weights when the
-// score uses them: `weight_blocks` non-null). Inputs already checked.
+// score uses them: `weights` engaged). Inputs already checked.
 template <class Scalar>
-GreedyRotation<Scalar> greedy_on_blocks(RowMajorMatrix<Scalar> blocks, RowMajorMatrix<Scalar>* weight_blocks,
+GreedyRotation<Scalar> greedy_on_blocks(NormOrderedRows<Scalar>& activations,
+                                        std::optional<NormOrderedRows<Scalar>>& weights,
                                         const DenseMatrix<Scalar>& base, const GreedyRotationOptions& options) {
   const Eigen::Index b = base.rows();
-  RowMajorMatrix<Scalar> next(blocks.rows(), b);  // no allocation inside the loop
-  RowMajorMatrix<Scalar> next_weights(weight_blocks != nullptr ? weight_blocks->rows() : 0, b);
-  DenseMatrix<Scalar> step(b, b);
+
+  // A_t in double; a_t = A_t rounded once to Scalar for the GEMMs.
+  const DenseMatrix<double> base_d = base.template cast<double>();
+  DenseMatrix<double> accumulated = DenseMatrix<double>::Identity(b, b), product(b, b), step(b, b);
+  DenseMatrix<Scalar> a = DenseMatrix<Scalar>::Identity(b, b);
   auto look = [&]() {
-    return weight_blocks != nullptr ? weighted_extremes_of(blocks, *weight_blocks) : extremes_of(blocks, options.score);
+    if (!weights) {
+      ExtremesVisitor<Scalar> extremes(options.score, b);
+      activations.visit(a, extremes);
+      return Look{extremes.score(), extremes.channel()};
+    }
+    ColumnAbsMaxVisitor<Scalar> x_max(b), w_max(b);
+    activations.visit(a, x_max);
+    weights->visit(a, w_max);
+    // a_j·w_j per block position; the first j of the largest product.
+    const Eigen::ArrayXd product_max = x_max.maxima() * w_max.maxima();
+    Eigen::Index channel = 0;
+    const double best = product_max.maxCoeff(&channel);  // Eigen returns the first maximum
+    return Look{best, channel};
   };
 
   GreedyRotation<Scalar> result;
   result.pivots.reserve(static_cast<std::size_t>(options.steps));
   result.scores.reserve(static_cast<std::size_t>(options.steps) + 1);
   for (int t = 0; t < options.steps; ++t) {
-    const auto e = look();
+    const Look e = look();
     result.scores.push_back(e.score);
     result.pivots.push_back(e.channel);
-    exchanged(base, e.channel, step);
-    next.noalias() = blocks * step;
-    blocks.swap(next);
-    if (weight_blocks != nullptr) {
-      next_weights.noalias() = *weight_blocks * step;
-      weight_blocks->swap(next_weights);
-    }
+    exchanged(base_d, e.channel, step);
+    product.noalias() = accumulated * step;
+    accumulated.swap(product);
+    a = accumulated.cast<Scalar>();
     if (options.progress) options.progress(t + 1, options.steps);
   }
   result.scores.push_back(look().score);
 
   result.kept = static_cast<Eigen::Index>(std::min_element(result.scores.begin(), result.scores.end()) -
                                           result.scores.begin());
-  // The kept product is accumulated in double and rounded once, so that a
-  // float rotation stays orthogonal to float precision after hundreds of steps.
-  const DenseMatrix<double> base_d = base.template cast<double>();
-  DenseMatrix<double> rotation = DenseMatrix<double>::Identity(b, b), product(b, b), step_d(b, b);
+  // The kept product, accumulated in double and rounded once, so that a float
+  // rotation stays orthogonal to float precision after hundreds of steps.
+  DenseMatrix<double> rotation = DenseMatrix<double>::Identity(b, b);
   for (Eigen::Index t = 0; t < result.kept; ++t) {
-    exchanged(base_d, result.pivots[static_cast<std::size_t>(t)], step_d);
-    product.noalias() = rotation * step_d;
+    exchanged(base_d, result.pivots[static_cast<std::size_t>(t)], step);
+    product.noalias() = rotation * step;
     rotation.swap(product);
   }
   result.rotation = rotation.cast<Scalar>();
   return result;
-}
-
-// The blocked view of m (rows × C): row-major (rows·C/b) × b, one row per
-// (row, block).
-template <class Derived>
-RowMajorMatrix<typename Derived::Scalar> blocked(const Eigen::MatrixBase<Derived>& m, Eigen::Index b) {
-  RowMajorMatrix<typename Derived::Scalar> blocks(m.rows() * (m.cols() / b), b);
-  Eigen::Map<RowMajorMatrix<typename Derived::Scalar>>(blocks.data(), m.rows(), m.cols()) = m;
-  return blocks;
 }
 
 template <class Derived>
@@ -278,9 +418,10 @@ GreedyRotation<typename Derived::Scalar> greedy_block_rotation(const Eigen::Matr
   detail_rotation::check_greedy_input(x, base, options, kWhere);
   detail::require(!needs_weights(options.score), kWhere,
                   "options.score = kActivationTimesWeight needs the weights: call the overload that takes them");
-  return detail_rotation::greedy_on_blocks(detail_rotation::blocked(x, base.rows()),
-                                           static_cast<RowMajorMatrix<typename Derived::Scalar>*>(nullptr), base,
-                                           options);
+  using Scalar = typename Derived::Scalar;
+  detail_rotation::NormOrderedRows<Scalar> activations(x, base.rows());
+  std::optional<detail_rotation::NormOrderedRows<Scalar>> no_weights;
+  return detail_rotation::greedy_on_blocks(activations, no_weights, base, options);
 }
 
 /// Algorithm 1 with the weights w (out × C) of the linear that reads x, for
@@ -299,8 +440,9 @@ GreedyRotation<typename Derived::Scalar> greedy_block_rotation(const Eigen::Matr
                   " columns (one per input channel) and at least one row, got ", w.rows(), " x ", w.cols());
   detail::require_finite(w, kWhere, "w");
   if (!needs_weights(options.score)) return greedy_block_rotation(x, base, options);
-  RowMajorMatrix<Scalar> weight_blocks = detail_rotation::blocked(w, base.rows());
-  return detail_rotation::greedy_on_blocks(detail_rotation::blocked(x, base.rows()), &weight_blocks, base, options);
+  detail_rotation::NormOrderedRows<Scalar> activations(x, base.rows());
+  std::optional<detail_rotation::NormOrderedRows<Scalar>> weights(std::in_place, w, base.rows());
+  return detail_rotation::greedy_on_blocks(activations, weights, base, options);
 }
 
 }  // namespace oq::transform

@@ -106,6 +106,18 @@ permute_columns(const Eigen::MatrixBase<Derived>& x, const Permutation& perm) {
   return x(Eigen::all, perm);
 }
 
+/// x ← x(:, perm) in place, one row at a time through a row buffer, so that
+/// a large x needs no second copy of itself.
+template <class Derived>
+void permute_columns_in_place(Eigen::MatrixBase<Derived>& x, const Permutation& perm) {
+  validate_permutation(perm, x.cols(), "oq::transform::permute_columns_in_place");
+  Eigen::Matrix<typename Derived::Scalar, 1, Eigen::Dynamic> row(x.cols());
+  for (Eigen::Index i = 0; i < x.rows(); ++i) {
+    row = x.row(i)(perm);
+    x.row(i) = row;
+  }
+}
+
 /// The permutation matrix P with P(perm[j], j) = 1, so that x·P = x(:, perm).
 template <class Scalar = double>
 Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> permutation_matrix(const Permutation& perm) {
