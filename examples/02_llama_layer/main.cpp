@@ -58,6 +58,7 @@ struct Flags {
   std::uint64_t seed = 0;
   std::filesystem::path out_dir = "llama_layer_out";
   bool tiny = false;
+  bool gptq = false;
 };
 
 constexpr const char* kUsage = R"(usage: 02_llama_layer [options]
@@ -75,6 +76,8 @@ constexpr const char* kUsage = R"(usage: 02_llama_layer [options]
   --block N           DuQuant / Hadamard block size (default 128)
   --seed N            seed of the default layer, the sequences and DuQuant's Q' (default 0)
   --tiny              a small default layer (hidden 512, FFN 1408, 8 heads, 2 KV heads)
+  --gptq              weights by GPTQ (act-order) instead of round-to-nearest, for
+                      every method (slow at full size: minutes per method)
   --out DIR           where the CSV files go (default ./llama_layer_out)
 )";
 
@@ -111,6 +114,8 @@ Flags parse_flags(int argc, char** argv) {
       f.out_dir = value(i);
     } else if (arg == "--tiny") {
       f.tiny = true;
+    } else if (arg == "--gptq") {
+      f.gptq = true;
     } else {
       throw std::invalid_argument("unknown flag '" + arg + "' (see --help)");
     }
@@ -214,6 +219,7 @@ int main(int argc, char** argv) try {
   options.block_size = flags.block_size;
   options.greedy_steps = flags.greedy_steps;
   options.seed = flags.seed;
+  options.gptq = flags.gptq;
   options.progress = progress;
   std::vector<llama::MethodResult> results;
   llama::ChannelCsv csv(flags.out_dir / "channel_magnitudes.csv");
@@ -229,7 +235,7 @@ int main(int argc, char** argv) try {
     results.push_back(llama::measure(method, layer.calibration_seconds(), y, y_reference, transformed));
     csv.add(llama::method_name(method), transformed);
   }
-  llama::print_results(std::cout, results, fp_inputs);
+  llama::print_results(std::cout, results, fp_inputs, flags.gptq);
   std::cout << "\nper-channel magnitudes: " << csv.path().string()
             << " (draw with: python3 examples/02_llama_layer/plot_channels.py " << csv.path().string() << ")\n";
   std::cout << "total time " << std::chrono::duration<double>(Clock::now() - t0).count() << " s\n";

@@ -73,6 +73,9 @@ struct QuantOptions {
   Eigen::Index block_size = 128;   ///< DuQuant and Hadamard blocks
   int greedy_steps = 256;
   std::uint64_t seed = 0;          ///< the Haar Q′ of DuQuant's base blocks
+  /// Weights by GPTQ (oq/quant/gptq.hpp, act-order, damp 0.01) on each
+  /// method's transformed calibration inputs instead of round-to-nearest.
+  bool gptq = false;
   /// Called with a line of text before each long step (may be empty).
   std::function<void(const std::string&)> progress{};
 
@@ -256,11 +259,29 @@ QuantizedLayer<Scalar> quantize_layer(Method method, const LayerWeights<Scalar>&
       }
     }
   }
+  // GPTQ: one factor per input, from the inputs as the transform leaves
+  // them, shared by the linears that read it.
+  std::array<std::optional<oq::quant::GptqFactor>, 4> gptq;
+  if (options.gptq && options.weight_bits != 0) {
+    for (Input input : kAllInputs) {
+      const auto i = static_cast<std::size_t>(input);
+      if (options.progress) options.progress(std::string(method_name(method)) + ": GPTQ, " + std::string(input_name(input)));
+      oq::quant::GptqHessian hessian(calibration[i].cols());
+      hessian.add(transforms[i].apply(calibration[i]));
+      gptq[i].emplace(hessian.matrix(), oq::quant::GptqOptions{.act_order = true});
+    }
+  }
   std::array<Matrix<Scalar>, 7> quantized;
   for (Linear l : kAllLinears) {
-    Matrix<Scalar> folded = transforms[static_cast<std::size_t>(input_of(l))].fold_into_weight(w[l]);
-    quantized[static_cast<std::size_t>(l)] =
-        options.weight_bits == 0 ? folded : oq::quant::fake_quantize(folded, options.weight_spec());
+    const auto i = static_cast<std::size_t>(input_of(l));
+    Matrix<Scalar> folded = transforms[i].fold_into_weight(w[l]);
+    if (options.weight_bits == 0) {
+      quantized[static_cast<std::size_t>(l)] = std::move(folded);
+    } else if (gptq[i]) {
+      quantized[static_cast<std::size_t>(l)] = oq::quant::gptq_quantize(folded, *gptq[i], options.weight_spec()).weight;
+    } else {
+      quantized[static_cast<std::size_t>(l)] = oq::quant::fake_quantize(folded, options.weight_spec());
+    }
   }
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
   return QuantizedLayer<Scalar>(method, std::move(transforms), std::move(quantized), options, seconds);

@@ -104,8 +104,10 @@ void print_outlier_summary(std::ostream& out, const Matrix<Scalar>& x, const Mat
 }
 
 template <class Scalar>
-void print_results(std::ostream& out, const std::vector<MethodResult>& results, const LinearInputs<Scalar>& fp) {
-  out << "W4A4 (per-token asymmetric activations, clip 0.9; per-channel asymmetric weights, clip 0.8)\n";
+void print_results(std::ostream& out, const std::vector<MethodResult>& results, const LinearInputs<Scalar>& fp,
+                   bool gptq_weights = false) {
+  out << "W4A4 (per-token asymmetric activations, clip 0.9; per-channel asymmetric weights, clip 0.8"
+      << (gptq_weights ? ", by GPTQ with act-order" : "") << ")\n";
   out << "layer output relative error ||y - y_fp|| / ||y_fp||: all tokens, first token (massive), other tokens\n";
   out << "method              all tokens   first token  other tokens  calibration s\n";
   for (const auto& r : results) {

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <oq/quant/clip_search.hpp>
+#include <oq/quant/gptq.hpp>
 #include <oq/quant/gradients.hpp>
 #include <oq/quant/pack.hpp>
 #include <oq/quant/params.hpp>

@@ -16,14 +16,27 @@
 
 namespace oq::detail {
 
-/// Throws std::invalid_argument("<where>: <what>") when `ok` is false.
+/// "<where>: <what...>".
 template <class... Parts>
-void require(bool ok, std::string_view where, const Parts&... what) {
-  if (ok) return;
+std::string message_of(std::string_view where, const Parts&... what) {
   std::ostringstream message;
   message << where << ": ";
   (message << ... << what);
-  throw std::invalid_argument(message.str());
+  return message.str();
+}
+
+/// Throws std::invalid_argument("<where>: <what>") when `ok` is false.
+template <class... Parts>
+void require(bool ok, std::string_view where, const Parts&... what) {
+  if (!ok) throw std::invalid_argument(message_of(where, what...));
+}
+
+/// Throws std::domain_error("<where>: <what>") when `ok` is false: the
+/// arguments are well formed but their values lie outside the function's
+/// domain (a matrix that is not positive definite, say).
+template <class... Parts>
+void require_domain(bool ok, std::string_view where, const Parts&... what) {
+  if (!ok) throw std::domain_error(message_of(where, what...));
 }
 
 /// True when every entry of x is finite, in one vectorised pass: x − x is 0 for

@@ -1,0 +1,340 @@
+// oq/quant/gptq.hpp: GPTQ weight quantization (Frantar et al., "GPTQ:
+// Accurate Post-Training Quantization for Generative Pre-trained
+// Transformers", ICLR 2023, Algorithm 1).
+//
+// RTN rounds every weight on its own. GPTQ quantizes W (out × in) one input
+// column at a time and moves each column's rounding error onto the columns
+// not yet quantized, so as to keep the layer's output X·Wᵀ on the
+// calibration inputs X (tokens × in). With H = 2·XᵀX/n, the Hessian of
+// ‖X·wᵀ − X·ŵᵀ‖² for every row w of W, and U the upper Cholesky factor of
+// H⁻¹ (H⁻¹ = UᵀU), step j is (§4, "Cholesky reformulation"):
+//     q_j = Q(w_j),   e = (w_j − q_j) / U_jj,   w_k ← w_k − e·U_jk  for k > j.
+// The updates are applied lazily (§4, "Lazy batch-updates"): inside a block
+// of B columns one rank-1 update per column; the columns after the block get
+// the block's errors at once, one GEMM. λ = damp·mean(diag H) is added to
+// H's diagonal first, so that H is safely positive definite.
+//
+// What the paper leaves to its reference code (IST-DASLab/gptq, gptq.py,
+// GPTQ.fasterquant), followed here:
+// - An input that is zero in all of the calibration data (H_jj = 0) gets
+//   H_jj = 1 and its weights set to 0.
+// - Per-channel (and per-tensor) parameters come from the original W, before
+//   any update. Per-group parameters come from the group's current columns,
+//   the updates so far included, computed when its first column is reached.
+//   (The reference reads them from W, which inside a block of B columns lacks
+//   that block's updates so far: for a group that starts inside a block its
+//   parameters depend on B. oq's do not, and neither does any result: B only
+//   schedules the same arithmetic, up to rounding. With group size = B = 128,
+//   the usual setting, both agree.)
+// - act_order ("--act-order"): the columns are processed in decreasing H_jj,
+//   the inputs with the most energy first. With per-group parameters, the
+//   groups then stay the contiguous column ranges of the original W, with
+//   parameters from the original W (the reference's static_groups), so that
+//   the result fits an ordinary per-group kernel. The reference's other
+//   choice, groups formed in the permuted order, needs a column-to-group
+//   index (g_idx) that oq's per-group format has no place for.
+// Where oq differs: the quantizer is oq's (DESIGN §2; the spec's clip ratio,
+// round half to even). The reference's quantizer widens [min, max] to
+// include 0, and oq's does not. oq computes in double for any scalar of W,
+// and the errors it propagates are those of the weights it returns,
+// (q − z)·s rounded to W's scalar.
+//
+//   oq::quant::GptqHessian hessian(4096);
+//   for (const auto& x : calibration_batches) hessian.add(x);  // tokens × 4096
+//   auto r = oq::quant::gptq_quantize(w, hessian.matrix(), QuantSpec::per_channel(4, false, 0.8));
+//   // r.weight: Ŵ (out × in), r.codes, r.params: what a W4 kernel consumes
+//   // q, k and v read one input: factor its hessian once.
+//   const oq::quant::GptqFactor factor(hessian.matrix(), {.act_order = true});
+//   auto q = gptq_quantize(w_q, factor, spec), k = gptq_quantize(w_k, factor, spec);
+#pragma once
+
+#include <oq/core/quant_math.hpp>
+#include <oq/detail/check.hpp>
+#include <oq/quant/params.hpp>
+#include <oq/quant/spec.hpp>
+
+#include <Eigen/Cholesky>
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+namespace oq::quant {
+
+/// H = (2/n)·Σ xᵀx over the calibration inputs of one linear layer (n tokens),
+/// accumulated batch by batch in double, as the reference's add_batch does.
+class GptqHessian {
+ public:
+  explicit GptqHessian(Eigen::Index channels) : sum_(Eigen::MatrixXd::Zero(channels, channels)) {
+    detail::require(channels > 0, "oq::quant::GptqHessian", "channels must be > 0, got ", channels);
+  }
+
+  /// Adds the rows of x (tokens × channels) as tokens.
+  template <class Derived>
+  void add(const Eigen::MatrixBase<Derived>& x) {
+    constexpr std::string_view kWhere = "oq::quant::GptqHessian::add";
+    detail::require(x.cols() == channels(), kWhere, "x must have ", channels(), " columns, got ", x.cols());
+    detail::require_finite(x, kWhere, "x");
+    if (x.rows() == 0) return;
+    sum_.selfadjointView<Eigen::Lower>().rankUpdate(x.template cast<double>().transpose());
+    tokens_ += x.rows();
+  }
+
+  Eigen::Index channels() const { return sum_.rows(); }
+  Eigen::Index tokens() const { return tokens_; }
+
+  /// (2/n)·Σ xᵀx, symmetric. Throws std::invalid_argument before any token.
+  Eigen::MatrixXd matrix() const {
+    detail::require(tokens_ > 0, "oq::quant::GptqHessian::matrix", "no tokens added yet");
+    Eigen::MatrixXd h = sum_.selfadjointView<Eigen::Lower>();
+    return h * (2.0 / static_cast<double>(tokens_));
+  }
+
+ private:
+  Eigen::MatrixXd sum_;  // Σ xᵀx, lower triangle
+  Eigen::Index tokens_ = 0;
+};
+
+struct GptqOptions {
+  double damp = 0.01;             ///< λ = damp · mean(diag H), >= 0 (the reference's percdamp)
+  Eigen::Index block_size = 128;  ///< B of the lazy batch updates, > 0 (changes the result by rounding only)
+  bool act_order = false;         ///< columns in decreasing H_jj (file comment)
+};
+
+template <class Scalar>
+struct GptqResult {
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  Matrix weight;                                                   ///< Ŵ = (codes − z)·s, out × in
+  Eigen::Matrix<std::int32_t, Eigen::Dynamic, Eigen::Dynamic> codes;  ///< out × in, in spec.code_range()
+  QuantParams<Scalar> params;                                      ///< the spec's shape, original column order
+  std::vector<Eigen::Index> order;  ///< order[k]: the column quantized k-th
+  /// ½·Σ_j ‖w_j − ŵ_j‖² / U_jj²: the reference's printed "error", the
+  /// increase of ½‖X·Wᵀ − X·Ŵᵀ‖²·(2/n) that GPTQ's steps account for.
+  double loss = 0.0;
+};
+
+/// What GPTQ needs of one linear input's Hessian, computed once and shared by
+/// every linear that reads the input (q/k/v, gate/up): the column order, the
+/// inputs never active (H_jj = 0), and U, the upper Cholesky factor of
+/// (H + λI)⁻¹ in that order.
+class GptqFactor {
+ public:
+  /// Throws std::invalid_argument for a hessian that is not square and
+  /// symmetric with a diagonal >= 0, or bad options; std::domain_error for
+  /// NaN/Inf or a hessian that damping does not make positive definite.
+  explicit GptqFactor(Eigen::MatrixXd hessian, const GptqOptions& options = {}) : options_(options) {
+    constexpr std::string_view kWhere = "oq::quant::GptqFactor";
+    detail::require(hessian.rows() == hessian.cols() && hessian.rows() > 0, kWhere,
+                    "hessian must be square and non-empty, got ", hessian.rows(), " x ", hessian.cols());
+    detail::require_finite(hessian, kWhere, "hessian");
+    const double scale = std::max(1.0, hessian.cwiseAbs().maxCoeff());
+    const double asymmetry = (hessian - hessian.transpose()).cwiseAbs().maxCoeff();
+    detail::require(asymmetry <= 1e-9 * scale, kWhere, "hessian must be symmetric, got max |H − Hᵀ| = ", asymmetry);
+    detail::require((hessian.diagonal().array() >= 0.0).all(), kWhere,
+                    "hessian's diagonal must be >= 0 (H = 2·XᵀX/n), got a negative entry");
+    detail::require(std::isfinite(options.damp) && options.damp >= 0.0, kWhere, "options.damp must be >= 0, got ",
+                    options.damp);
+    detail::require(options.block_size > 0, kWhere, "options.block_size must be > 0, got ", options.block_size);
+
+    const Eigen::Index n = hessian.rows();
+    dead_.assign(static_cast<std::size_t>(n), false);
+    for (Eigen::Index j = 0; j < n; ++j) {
+      if (hessian(j, j) == 0.0) {  // never active in calibration
+        hessian(j, j) = 1.0;
+        dead_[static_cast<std::size_t>(j)] = true;
+      }
+    }
+    order_.resize(static_cast<std::size_t>(n));
+    std::iota(order_.begin(), order_.end(), Eigen::Index(0));
+    if (options.act_order) {
+      std::stable_sort(order_.begin(), order_.end(),
+                       [&](Eigen::Index a, Eigen::Index b) { return hessian(a, a) > hessian(b, b); });
+      hessian = hessian(order_, order_).eval();
+    }
+    hessian.diagonal().array() += options.damp * hessian.diagonal().mean();
+    // U without forming H⁻¹ as the reference does (cholesky,
+    // cholesky_inverse, cholesky again): with J the reversal, J·H·J = L·Lᵀ
+    // gives H⁻¹ = (J·L⁻¹·J)ᵀ·(J·L⁻¹·J), and J·L⁻¹·J is upper triangular with
+    // a positive diagonal, so it is that factor. One factorisation and one
+    // triangular inverse: half the reference's flops.
+    const Eigen::LLT<Eigen::MatrixXd> factor(hessian.reverse());
+    detail::require_domain(factor.info() == Eigen::Success, kWhere,
+                           "hessian + damping is not positive definite: raise options.damp (got ", options.damp, ")");
+    Eigen::MatrixXd l_inverse = Eigen::MatrixXd::Identity(n, n);
+    factor.matrixL().solveInPlace(l_inverse);
+    u_ = l_inverse.reverse();
+  }
+
+  Eigen::Index channels() const { return u_.rows(); }
+  const GptqOptions& options() const { return options_; }
+  /// order()[k]: the column quantized k-th (decreasing H_jj with act_order).
+  const std::vector<Eigen::Index>& order() const { return order_; }
+  /// dead()[j]: input j is zero in all the calibration data; its weights become 0.
+  const std::vector<bool>& dead() const { return dead_; }
+  /// U in the order of order(): (H + λI)⁻¹ = UᵀU, upper triangular.
+  const Eigen::MatrixXd& u() const { return u_; }
+
+ private:
+  GptqOptions options_;
+  std::vector<Eigen::Index> order_;
+  std::vector<bool> dead_;
+  Eigen::MatrixXd u_;
+};
+
+namespace detail_gptq {
+
+inline constexpr std::string_view kWhere = "oq::quant::gptq_quantize";
+
+template <class Derived>
+void check_weights(const Eigen::MatrixBase<Derived>& w, const GptqFactor& factor, const QuantSpec& spec) {
+  spec.validate(kWhere);
+  spec.validate_shape(w.rows(), w.cols(), kWhere);
+  detail::require(w.cols() == factor.channels(), kWhere, "w must have ", factor.channels(),
+                  " columns (the hessian's size), got ", w.rows(), " x ", w.cols());
+  detail::require_finite(w, kWhere, "w");
+}
+
+// The parameters of one row of one group, from the values v (cast to Scalar
+// first, as compute_params would see the weights).
+template <class Scalar, class Values>
+core::AffineParams<Scalar> row_params(const Values& v, const QuantSpec& spec) {
+  const auto clip = static_cast<Scalar>(spec.clip_ratio);
+  const auto values = v.template cast<Scalar>();
+  return spec.symmetric ? core::symmetric_params(values.cwiseAbs().maxCoeff(), clip, spec.bits)
+                        : core::asymmetric_params(values.minCoeff(), values.maxCoeff(), clip, spec.bits);
+}
+
+template <class Scalar, class Derived>
+GptqResult<Scalar> run(const Eigen::MatrixBase<Derived>& w_in, const GptqFactor& factor, const QuantSpec& spec,
+                       const std::optional<QuantParams<Scalar>>& fixed) {
+  const Eigen::Index rows = w_in.rows(), cols = w_in.cols();
+  const bool grouped = spec.granularity == Granularity::kPerGroup;
+  const Eigen::Index group = grouped ? spec.group_size : cols;
+  const Eigen::Index block = factor.options().block_size;
+  const core::CodeRange range = spec.code_range();
+  const Eigen::MatrixXd& u = factor.u();
+
+  GptqResult<Scalar> result;
+  // Per-channel / per-tensor parameters: from the original W (the reference
+  // calls find_params before anything else).
+  if (fixed) {
+    result.params = *fixed;
+  } else if (!grouped) {
+    result.params = compute_params(w_in, spec);
+  } else {
+    result.params.scale.resize(rows, cols / group);
+    result.params.zero.resizeLike(result.params.scale);
+  }
+
+  Eigen::MatrixXd w = w_in.template cast<double>();
+  for (Eigen::Index j = 0; j < cols; ++j)
+    if (factor.dead()[static_cast<std::size_t>(j)]) w.col(j).setZero();
+  // Static groups (act_order): every group's parameters from the original W,
+  // its dead inputs zeroed, before any update.
+  const bool static_groups = grouped && !fixed && factor.options().act_order;
+  if (static_groups) result.params = compute_params(w.cast<Scalar>().eval(), spec);
+
+  result.order = factor.order();
+  if (factor.options().act_order) w = w(Eigen::all, result.order).eval();
+
+  result.weight.resize(rows, cols);
+  result.codes.resize(rows, cols);
+  Eigen::MatrixXd errors(rows, std::min(block, cols));
+  for (Eigen::Index start = 0; start < cols; start += block) {
+    const Eigen::Index end = std::min(start + block, cols);
+    for (Eigen::Index k = start; k < end; ++k) {
+      const Eigen::Index column = result.order[static_cast<std::size_t>(k)];
+      const Eigen::Index g = column / group;
+      if (grouped && !fixed && !static_groups && column % group == 0) {
+        // Without act_order, k == column: the group is columns k..k+group−1,
+        // as they are now. Those past the block still lack the errors of
+        // columns start..k−1 (they come once per block): add them here.
+        Eigen::MatrixXd current = w.middleCols(k, group);
+        const Eigen::Index pending = k + group - end;
+        if (pending > 0 && k > start)
+          current.rightCols(pending).noalias() -=
+              errors.leftCols(k - start) * u.block(start, end, k - start, pending);
+        for (Eigen::Index r = 0; r < rows; ++r) {
+          const core::AffineParams<Scalar> p = row_params<Scalar>(current.row(r), spec);
+          result.params.scale(r, g) = p.scale;
+          result.params.zero(r, g) = p.zero;
+        }
+      }
+      const double d = u(k, k);
+      for (Eigen::Index r = 0; r < rows; ++r) {
+        const Eigen::Index pi = spec.granularity == Granularity::kPerTensor ? 0 : r;
+        const Eigen::Index pj = grouped ? g : 0;
+        const core::AffineParams<Scalar> p = result.params.at(pi, pj);
+        const core::AffineParams<double> pd{static_cast<double>(p.scale), static_cast<double>(p.zero)};
+        const double code = core::quantize_value(w(r, k), pd, range);
+        const Scalar dequantized = core::dequantize_value(static_cast<Scalar>(code), p);
+        result.codes(r, column) = static_cast<std::int32_t>(code);
+        result.weight(r, column) = dequantized;
+        const double e = (w(r, k) - static_cast<double>(dequantized)) / d;
+        result.loss += 0.5 * e * e;
+        errors(r, k - start) = e;
+      }
+      // The rest of the block now; the columns after it once per block.
+      const Eigen::Index rest = end - k - 1;
+      if (rest > 0) w.middleCols(k + 1, rest).noalias() -= errors.col(k - start) * u.row(k).segment(k + 1, rest);
+    }
+    if (end < cols)
+      w.rightCols(cols - end).noalias() -= errors.leftCols(end - start) * u.block(start, end, end - start, cols - end);
+  }
+  return result;
+}
+
+}  // namespace detail_gptq
+
+/// GPTQ of w (out × in) with the factor of its input's hessian, parameters
+/// computed as the file comment says. spec: per-channel (one pair per output
+/// row, the usual choice), per-group along the inputs, or per-tensor.
+/// Throws std::invalid_argument for bad shapes or a bad spec, and
+/// std::domain_error for NaN/Inf in w.
+template <class Derived>
+GptqResult<typename Derived::Scalar> gptq_quantize(const Eigen::MatrixBase<Derived>& w, const GptqFactor& factor,
+                                                   const QuantSpec& spec) {
+  detail_gptq::check_weights(w, factor, spec);
+  return detail_gptq::run<typename Derived::Scalar>(w, factor, spec, std::nullopt);
+}
+
+/// The same with the parameters given (spec's shape for w, e.g. from
+/// search_clip_mse or compute_params); they are used as they are.
+template <class Derived>
+GptqResult<typename Derived::Scalar> gptq_quantize(const Eigen::MatrixBase<Derived>& w, const GptqFactor& factor,
+                                                   const QuantSpec& spec,
+                                                   const QuantParams<typename Derived::Scalar>& params) {
+  using Scalar = typename Derived::Scalar;
+  detail_gptq::check_weights(w, factor, spec);
+  validate_params(params, spec, w.rows(), w.cols(), detail_gptq::kWhere);
+  return detail_gptq::run<Scalar>(w, factor, spec, std::optional<QuantParams<Scalar>>(params));
+}
+
+/// GPTQ of one linear from its input's hessian (in × in, e.g.
+/// GptqHessian::matrix()). For linears that share an input, build one
+/// GptqFactor and pass it instead.
+template <class Derived>
+GptqResult<typename Derived::Scalar> gptq_quantize(const Eigen::MatrixBase<Derived>& w, const Eigen::MatrixXd& hessian,
+                                                   const QuantSpec& spec, const GptqOptions& options = {}) {
+  detail::require(hessian.rows() == w.cols(), detail_gptq::kWhere, "hessian must be ", w.cols(), " x ", w.cols(),
+                  " (in × in for w of ", w.rows(), " x ", w.cols(), "), got ", hessian.rows(), " x ", hessian.cols());
+  return gptq_quantize(w, GptqFactor(hessian, options), spec);
+}
+
+/// The same with the parameters given.
+template <class Derived>
+GptqResult<typename Derived::Scalar> gptq_quantize(const Eigen::MatrixBase<Derived>& w, const Eigen::MatrixXd& hessian,
+                                                   const QuantSpec& spec,
+                                                   const QuantParams<typename Derived::Scalar>& params,
+                                                   const GptqOptions& options = {}) {
+  detail::require(hessian.rows() == w.cols(), detail_gptq::kWhere, "hessian must be ", w.cols(), " x ", w.cols(),
+                  " (in × in for w of ", w.rows(), " x ", w.cols(), "), got ", hessian.rows(), " x ", hessian.cols());
+  return gptq_quantize(w, GptqFactor(hessian, options), spec, params);
+}
+
+}  // namespace oq::quant
