@@ -215,6 +215,13 @@ int main(int argc, char** argv) try {
   llama::print_outlier_summary(std::cout, x, y_reference, fp_inputs);
 
   // 3. Every method: calibrate, quantize, run, measure.
+  if (flags.gptq && x_calibration.rows() < config.intermediate_size) {
+    // GPTQ fits the weights to the calibration tokens; with fewer tokens than
+    // an input's width its Hessian is singular but for the damping.
+    std::cerr << "02_llama_layer: note: --gptq with " << x_calibration.rows()
+              << " calibration tokens, fewer than the down_proj input's width (" << config.intermediate_size
+              << "): its Hessian has rank <= " << x_calibration.rows() << " and GPTQ may overfit (--calib-len)\n";
+  }
   llama::QuantOptions options;
   options.block_size = flags.block_size;
   options.greedy_steps = flags.greedy_steps;

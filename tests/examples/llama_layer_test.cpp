@@ -303,8 +303,9 @@ TEST_CASE("W4A4 on the small default layer: DuQuant and Hadamard each cut RTN's 
 
 TEST_CASE("GPTQ weights: the calibration output error of W4 weights falls below round-to-nearest's, per method") {
   // Weights only (activations unrounded), so the comparison is GPTQ's own
-  // objective: the layer output on the calibration tokens. Enough tokens
-  // (512 against inputs of 512 and 1408) for a Hessian of full rank.
+  // objective: the layer output on the calibration tokens (512 of them:
+  // full-rank Hessians for the 512-wide inputs, rank <= 512 for the
+  // 1408-wide down_proj input, where the damping keeps it invertible).
   const Config c = small_config();
   const auto w = llama::default_layer<float>(c);
   const llama::Matrix<float> x_calibration = llama::default_input<float>(c, 512, 2);

@@ -104,14 +104,17 @@ GptqRef gptq_ref(Matrix w, Matrix h, const QuantSpec& spec, const QuantParams<do
       for (Eigen::Index r = 0; r < rows; ++r) {
         double lo = wp(r, k), hi = wp(r, k);
         for (Eigen::Index c = k; c < k + group; ++c) lo = std::min(lo, wp(r, c)), hi = std::max(hi, wp(r, c));
-        const auto p = oq::core::asymmetric_params(lo, hi, spec.clip_ratio, spec.bits);
+        const auto p = spec.symmetric ? oq::core::symmetric_params(std::max(-lo, hi), spec.clip_ratio, spec.bits)
+                                      : oq::core::asymmetric_params(lo, hi, spec.clip_ratio, spec.bits);
         scale(r, g) = p.scale;
         zero(r, g) = p.zero;
       }
     }
     for (Eigen::Index r = 0; r < rows; ++r) {
-      const double s = scale(r, spec.granularity == Granularity::kPerGroup ? g : 0);
-      const double z = zero(r, spec.granularity == Granularity::kPerGroup ? g : 0);
+      const Eigen::Index pr = spec.granularity == Granularity::kPerTensor ? 0 : r;
+      const Eigen::Index pc = spec.granularity == Granularity::kPerGroup ? g : 0;
+      const double s = scale(pr, pc);
+      const double z = zero(pr, pc);
       const double code = std::clamp(std::nearbyint(wp(r, k) / s) + z, double(range.lo), double(range.hi));
       const double q = (code - z) * s;
       ref.codes(r, column) = code;
@@ -179,6 +182,14 @@ TEST_CASE("GPTQ equals a plain float64 implementation of Algorithm 1, whatever t
     const GptqRef ref = gptq_ref(w, h, spec, nullptr, 0.01, false);
     // Groups starting inside a block (b = 7, 12) see the block's updates too.
     for (Eigen::Index b : {1, 7, 8, 12, 128}) check_equal(gptq_quantize(w, h, spec, {.block_size = b}), ref);
+    const QuantSpec symmetric = QuantSpec::per_group(4, true, 10, 0.9);
+    const GptqRef symmetric_ref = gptq_ref(w, h, symmetric, nullptr, 0.01, false);
+    for (Eigen::Index b : {3, 16}) check_equal(gptq_quantize(w, h, symmetric, {.block_size = b}), symmetric_ref);
+  }
+  SUBCASE("per-tensor") {
+    const QuantSpec spec = QuantSpec::per_tensor(4, false);
+    const QuantParams<double> params = compute_params(w, spec);
+    check_equal(gptq_quantize(w, h, spec, {.block_size = 6}), gptq_ref(w, h, spec, &params, 0.01, false));
   }
   SUBCASE("act_order, per-channel and with static groups") {
     const QuantSpec channel = QuantSpec::per_channel(4, false);
@@ -201,7 +212,7 @@ TEST_CASE("GPTQ equals a plain float64 implementation of Algorithm 1, whatever t
     params.scale *= 0.7;  // as a clip search might choose
     check_equal(gptq_quantize(w, h, spec, params), gptq_ref(w, h, spec, &params, 0.01, false));
   }
-  SUBCASE("inputs never active get zero weights") {
+  SUBCASE("inputs never active: their weights are zeroed before quantization") {
     Matrix x_dead = x;
     x_dead.col(5).setZero();
     x_dead.col(31).setZero();

@@ -52,7 +52,7 @@ struct GreedyRef {
 // exchanged matrix built by index mapping, triple-loop products. With `w`,
 // the weight-aware score: per block position j, max|x| · max|w| over the
 // blocked rows, pivot at the first largest product.
-GreedyRef greedy_ref(const Matrix& x, const Matrix& base, int steps, const Matrix* w = nullptr) {
+GreedyRef greedy_ref(const Matrix& x, const Matrix& base, int steps, const Matrix* w = nullptr, bool abs_max = false) {
   const Eigen::Index b = base.rows();
   auto to_rows = [b](const Matrix& m) {
     std::vector<std::vector<double>> rows;
@@ -87,7 +87,7 @@ GreedyRef greedy_ref(const Matrix& x, const Matrix& base, int steps, const Matri
     double hi = -1e300, lo = 1e300;
     for (const auto& r : rows)
       for (double v : r) hi = std::max(hi, v), lo = std::min(lo, v);
-    return hi - lo;
+    return abs_max ? std::max(hi, -lo) : hi - lo;
   };
   auto exchanged = [&](Eigen::Index d) {
     auto swap_index = [&](Eigen::Index i) { return i == 0 ? d : i == d ? 0 : i; };
@@ -206,25 +206,28 @@ TEST_CASE("lazy evaluation over many tiles, most rows never multiplied, equals t
   // tiles of growing size before they stop.
   const Matrix gaussian = oq::test::gaussian<double>(96, 512, 23);
   check_matches(greedy_block_rotation(gaussian, base, {.steps = 24}), greedy_ref(gaussian, base, 24));
+  const GreedyRotationOptions abs_max{.steps = 24, .score = GreedyScore::kAbsMax, .progress = {}};
+  check_matches(greedy_block_rotation(gaussian, base, abs_max), greedy_ref(gaussian, base, 24, nullptr, true));
+  check_matches(greedy_block_rotation(x, base, abs_max), greedy_ref(x, base, 24, nullptr, true));
 }
 
-TEST_CASE("ties for the peak go to the first entry in row-major order, and +v to -v") {
-  // Blocked rows (token·2 + block) of 8: row 6 (token 3, block 0) has the
-  // largest norm and holds 10 at position 2; row 3 (token 1, block 1) holds
-  // 10 at position 5 alone; row 1 (token 0, block 1) holds −10 at position 1.
-  // The rows are visited by norm (6 first), but the pivot is the row-major
-  // first +10: row 3, position 5.
-  Matrix x = Matrix::Zero(4, 16);
-  x.row(3).head(8) << 9, 9, 10, 9, 9, 9, 9, 9;
-  x(1, 13) = 10.0;
-  x(0, 9) = -10.0;
-  const Matrix base = duquant_base_block(some_orthogonal(7, 8));
-  CHECK(greedy_block_rotation(x, base, {.steps = 1}).pivots[0] == 5);
-  CHECK(greedy_block_rotation(x, base, {.steps = 1, .score = GreedyScore::kAbsMax, .progress = {}}).pivots[0] == 5);
-  // Without the +10s the −10 is the peak.
-  x(1, 13) = 0.0;
-  x(3, 2) = 9.0;
-  CHECK(greedy_block_rotation(x, base, {.steps = 1}).pivots[0] == 1);
+TEST_CASE("a tie for the peak across tiles goes to the row-major first entry, not the first visited") {
+  // 200 blocked rows of 8, visited by decreasing norm in tiles of 64, 128, ...
+  // Blocked row 150 (token 75, block 0) holds 20 at position 2 and has the
+  // largest norm: visited first. Blocked row 3 (token 1, block 1) holds 20
+  // at position 6 alone: the smallest norm, visited in the last tile. The
+  // other 198 rows are all 10 (norm 28.3, below the peak nowhere).
+  Matrix x = Matrix::Constant(100, 16, 10.0);
+  x(75, 2) = 20.0;
+  x.row(1).tail(8).setZero();
+  x(1, 8 + 6) = 20.0;
+  const Matrix base = duquant_base_block(some_orthogonal(7, 9));
+  const auto first = greedy_block_rotation(x, base, {.steps = 1});
+  CHECK(first.pivots[0] == 6);
+  CHECK(first.scores[0] == 20.0);  // 20 − 0
+  // Without row 3's 20, row 150's is the peak.
+  x(1, 8 + 6) = 0.0;
+  CHECK(greedy_block_rotation(x, base, {.steps = 1}).pivots[0] == 2);
 }
 
 TEST_CASE("one massive outlier is spread to value/sqrt(b)") {

@@ -6,7 +6,7 @@
 // column at a time and moves each column's rounding error onto the columns
 // not yet quantized, so as to keep the layer's output X·Wᵀ on the
 // calibration inputs X (tokens × in). With H = 2·XᵀX/n, the Hessian of
-// ‖X·wᵀ − X·ŵᵀ‖² for every row w of W, and U the upper Cholesky factor of
+// ‖X·wᵀ − X·ŵᵀ‖²/n for every row w of W, and U the upper Cholesky factor of
 // H⁻¹ (H⁻¹ = UᵀU), step j is (§4, "Cholesky reformulation"):
 //     q_j = Q(w_j),   e = (w_j − q_j) / U_jj,   w_k ← w_k − e·U_jk  for k > j.
 // The updates are applied lazily (§4, "Lazy batch-updates"): inside a block
@@ -67,7 +67,8 @@
 namespace oq::quant {
 
 /// H = (2/n)·Σ xᵀx over the calibration inputs of one linear layer (n tokens),
-/// accumulated batch by batch in double, as the reference's add_batch does.
+/// accumulated batch by batch in double. (The reference's add_batch divides
+/// by the number of sequences instead; GPTQ does not depend on H's scale.)
 class GptqHessian {
  public:
   explicit GptqHessian(Eigen::Index channels) : sum_(Eigen::MatrixXd::Zero(channels, channels)) {
@@ -113,8 +114,10 @@ struct GptqResult {
   Eigen::Matrix<std::int32_t, Eigen::Dynamic, Eigen::Dynamic> codes;  ///< out × in, in spec.code_range()
   QuantParams<Scalar> params;                                      ///< the spec's shape, original column order
   std::vector<Eigen::Index> order;  ///< order[k]: the column quantized k-th
-  /// ½·Σ_j ‖w_j − ŵ_j‖² / U_jj²: the reference's printed "error", the
-  /// increase of ½‖X·Wᵀ − X·Ŵᵀ‖²·(2/n) that GPTQ's steps account for.
+  /// ½·Σ_j ‖w_j − ŵ_j‖² / U_jj², w_j the column as updated when it is
+  /// quantized (the reference's printed "error", up to H's scale). It equals
+  /// ½·Σ_rows (w − ŵ)·(H + λI)·(w − ŵ)ᵀ for the original rows w (dead inputs
+  /// zeroed): (1/n)‖X·(W − Ŵ)ᵀ‖² plus the damping's ½λ‖W − Ŵ‖².
   double loss = 0.0;
 };
 
@@ -132,9 +135,13 @@ class GptqFactor {
     detail::require(hessian.rows() == hessian.cols() && hessian.rows() > 0, kWhere,
                     "hessian must be square and non-empty, got ", hessian.rows(), " x ", hessian.cols());
     detail::require_finite(hessian, kWhere, "hessian");
-    const double scale = std::max(1.0, hessian.cwiseAbs().maxCoeff());
+    // Symmetric to float rounding (a Hessian accumulated in float, or by a
+    // GEMM that is not bitwise symmetric, passes), then made exactly so.
+    const double scale = hessian.cwiseAbs().maxCoeff();
     const double asymmetry = (hessian - hessian.transpose()).cwiseAbs().maxCoeff();
-    detail::require(asymmetry <= 1e-9 * scale, kWhere, "hessian must be symmetric, got max |H − Hᵀ| = ", asymmetry);
+    detail::require(asymmetry <= 1e-5 * scale, kWhere, "hessian must be symmetric, got max |H − Hᵀ| = ", asymmetry,
+                    " (max |H| = ", scale, ")");
+    hessian = (0.5 * (hessian + hessian.transpose())).eval();
     detail::require((hessian.diagonal().array() >= 0.0).all(), kWhere,
                     "hessian's diagonal must be >= 0 (H = 2·XᵀX/n), got a negative entry");
     detail::require(std::isfinite(options.damp) && options.damp >= 0.0, kWhere, "options.damp must be >= 0, got ",
@@ -157,24 +164,27 @@ class GptqFactor {
       hessian = hessian(order_, order_).eval();
     }
     hessian.diagonal().array() += options.damp * hessian.diagonal().mean();
-    // U without forming H⁻¹ as the reference does (cholesky,
+    // U without forming H⁻¹, as the reference does (cholesky,
     // cholesky_inverse, cholesky again): with J the reversal, J·H·J = L·Lᵀ
     // gives H⁻¹ = (J·L⁻¹·J)ᵀ·(J·L⁻¹·J), and J·L⁻¹·J is upper triangular with
-    // a positive diagonal, so it is that factor. One factorisation and one
-    // triangular inverse: half the reference's flops.
-    const Eigen::LLT<Eigen::MatrixXd> factor(hessian.reverse());
+    // a positive diagonal, so it is that factor. One factorisation, in place,
+    // and one triangular solve; two n × n matrices at the peak.
+    hessian.reverseInPlace();
+    const Eigen::LLT<Eigen::Ref<Eigen::MatrixXd>> factor(hessian);
     detail::require_domain(factor.info() == Eigen::Success, kWhere,
                            "hessian + damping is not positive definite: raise options.damp (got ", options.damp, ")");
-    Eigen::MatrixXd l_inverse = Eigen::MatrixXd::Identity(n, n);
-    factor.matrixL().solveInPlace(l_inverse);
-    u_ = l_inverse.reverse();
+    u_ = Eigen::MatrixXd::Identity(n, n);
+    factor.matrixL().solveInPlace(u_);
+    u_.reverseInPlace();
   }
 
   Eigen::Index channels() const { return u_.rows(); }
   const GptqOptions& options() const { return options_; }
   /// order()[k]: the column quantized k-th (decreasing H_jj with act_order).
   const std::vector<Eigen::Index>& order() const { return order_; }
-  /// dead()[j]: input j is zero in all the calibration data; its weights become 0.
+  /// dead()[j]: input j is zero in all the calibration data. Its weights are
+  /// set to 0 before quantization, so they become Q(0): 0 where the
+  /// parameters represent 0 exactly (symmetric, or a zero point in range).
   const std::vector<bool>& dead() const { return dead_; }
   /// U in the order of order(): (H + λI)⁻¹ = UᵀU, upper triangular.
   const Eigen::MatrixXd& u() const { return u_; }
@@ -245,8 +255,8 @@ GptqResult<Scalar> run(const Eigen::MatrixBase<Derived>& w_in, const GptqFactor&
   result.weight.resize(rows, cols);
   result.codes.resize(rows, cols);
   Eigen::MatrixXd errors(rows, std::min(block, cols));
-  for (Eigen::Index start = 0; start < cols; start += block) {
-    const Eigen::Index end = std::min(start + block, cols);
+  for (Eigen::Index start = 0, end = 0; start < cols; start = end) {
+    end = start + std::min(block, cols - start);
     for (Eigen::Index k = start; k < end; ++k) {
       const Eigen::Index column = result.order[static_cast<std::size_t>(k)];
       const Eigen::Index g = column / group;
@@ -334,6 +344,8 @@ GptqResult<typename Derived::Scalar> gptq_quantize(const Eigen::MatrixBase<Deriv
                                                    const GptqOptions& options = {}) {
   detail::require(hessian.rows() == w.cols(), detail_gptq::kWhere, "hessian must be ", w.cols(), " x ", w.cols(),
                   " (in × in for w of ", w.rows(), " x ", w.cols(), "), got ", hessian.rows(), " x ", hessian.cols());
+  spec.validate(detail_gptq::kWhere);
+  validate_params(params, spec, w.rows(), w.cols(), detail_gptq::kWhere);  // before the O(n³) factor
   return gptq_quantize(w, GptqFactor(hessian, options), spec, params);
 }
 

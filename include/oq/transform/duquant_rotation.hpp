@@ -61,9 +61,9 @@
 #include <limits>
 #include <numeric>
 #include <optional>
-#include <utility>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace oq::transform {
@@ -196,8 +196,9 @@ class NormOrderedRows {
     std::stable_sort(original_.begin(), original_.end(), [&](Eigen::Index i, Eigen::Index j) { return norms(i) > norms(j); });
     rows_.resize(n, b);
     bounds_.resize(static_cast<std::size_t>(n));
-    // |fl(x_i·a_j)| ≤ (1 + γ_b)·‖x_i‖·‖fl(a_j)‖ and ‖fl(a_j)‖ ≤ 1 + √b·u for an
-    // orthogonal A rounded once: 4·b·u covers both with room.
+    // |fl(x_i·a_j)| ≤ (1 + γ_b)·‖x_i‖·‖a_j‖ (γ_b = b·u/(1 − b·u), the dot
+    // product's rounding); visit() multiplies by max_j ‖a_j‖, measured.
+    // 4·b·u covers 1 + γ_b with room, and the norms' own rounding.
     const double slack = 1.0 + 4.0 * static_cast<double>(b) * static_cast<double>(std::numeric_limits<Scalar>::epsilon());
     for (Eigen::Index r = 0; r < n; ++r) {
       const Eigen::Index i = original_[static_cast<std::size_t>(r)];
@@ -209,9 +210,12 @@ class NormOrderedRows {
 
   /// Feeds visitor(tile, original_rows) tiles of (rows·a) in norm order while
   /// a row's bound can still reach visitor.threshold(); returns rows computed.
+  /// The bound uses the largest column norm of a as it is (a product of many
+  /// rounded orthogonal blocks drifts from orthogonal), not 1.
   template <class Visitor>
   Eigen::Index visit(const DenseMatrix<Scalar>& a, Visitor& visitor) {
     const Eigen::Index n = rows_.rows();
+    const double column_norm = a.template cast<double>().colwise().norm().maxCoeff();
     Eigen::Index start = 0;
     // The first tiles are small, so that a threshold exists before much is
     // multiplied; they double up to kTileRows.
@@ -221,7 +225,8 @@ class NormOrderedRows {
       // Bounds are descending: the rows that can still matter are a prefix.
       const auto first = bounds_.begin() + start;
       const auto last = bounds_.begin() + std::min(n, start + tile_rows);
-      const Eigen::Index count = std::partition_point(first, last, [&](double bound) { return bound >= threshold; }) - first;
+      const Eigen::Index count =
+          std::partition_point(first, last, [&](double bound) { return bound * column_norm >= threshold; }) - first;
       if (count == 0) break;
       auto tile = tile_.topRows(count);
       tile.noalias() = rows_.middleRows(start, count) * a;
