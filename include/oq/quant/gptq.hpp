@@ -164,8 +164,8 @@ class GptqFactor {
       hessian = hessian(order_, order_).eval();
     }
     hessian.diagonal().array() += options.damp * hessian.diagonal().mean();
-    // U without forming H⁻¹, as the reference does (cholesky,
-    // cholesky_inverse, cholesky again): with J the reversal, J·H·J = L·Lᵀ
+    // U without forming H⁻¹ (the reference runs cholesky, cholesky_inverse
+    // and cholesky again): with J the reversal, J·H·J = L·Lᵀ
     // gives H⁻¹ = (J·L⁻¹·J)ᵀ·(J·L⁻¹·J), and J·L⁻¹·J is upper triangular with
     // a positive diagonal, so it is that factor. One factorisation, in place,
     // and one triangular solve; two n × n matrices at the peak.
