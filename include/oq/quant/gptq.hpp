@@ -67,8 +67,10 @@
 namespace oq::quant {
 
 /// H = (2/n)·Σ xᵀx over the calibration inputs of one linear layer (n tokens),
-/// accumulated batch by batch in double. (The reference's add_batch divides
-/// by the number of sequences instead; GPTQ does not depend on H's scale.)
+/// accumulated batch by batch in double. The reference's add_batch divides
+/// by the number of sequences instead. GPTQ does not depend on H's scale but
+/// through dead inputs: their H_jj = 1 enters the damping's mean, so with
+/// dead inputs the two scalings give slightly different factors.
 class GptqHessian {
  public:
   explicit GptqHessian(Eigen::Index channels) : sum_(Eigen::MatrixXd::Zero(channels, channels)) {
