@@ -211,14 +211,10 @@ void check_weights(const Eigen::MatrixBase<Derived>& w, const GptqFactor& factor
   detail::require_finite(w, kWhere, "w");
 }
 
-// The parameters of one row of one group, from the values v (cast to Scalar
-// first, as compute_params would see the weights).
-template <class Scalar, class Values>
-core::AffineParams<Scalar> row_params(const Values& v, const QuantSpec& spec) {
-  const auto clip = static_cast<Scalar>(spec.clip_ratio);
-  const auto values = v.template cast<Scalar>();
-  return spec.symmetric ? core::symmetric_params(values.cwiseAbs().maxCoeff(), clip, spec.bits)
-                        : core::asymmetric_params(values.minCoeff(), values.maxCoeff(), clip, spec.bits);
+template <class Derived>
+void check_hessian_size(const Eigen::MatrixBase<Derived>& w, const Eigen::MatrixXd& hessian) {
+  detail::require(hessian.rows() == w.cols(), kWhere, "hessian must be ", w.cols(), " x ", w.cols(),
+                  " (in × in for w of ", w.rows(), " x ", w.cols(), "), got ", hessian.rows(), " x ", hessian.cols());
 }
 
 template <class Scalar, class Derived>
@@ -272,7 +268,8 @@ GptqResult<Scalar> run(const Eigen::MatrixBase<Derived>& w_in, const GptqFactor&
           current.rightCols(pending).noalias() -=
               errors.leftCols(k - start) * u.block(start, end, k - start, pending);
         for (Eigen::Index r = 0; r < rows; ++r) {
-          const core::AffineParams<Scalar> p = row_params<Scalar>(current.row(r), spec);
+          // Cast to Scalar first, as compute_params would see the weights.
+          const core::AffineParams<Scalar> p = block_params(current.row(r).template cast<Scalar>(), spec);
           result.params.scale(r, g) = p.scale;
           result.params.zero(r, g) = p.zero;
         }
@@ -333,8 +330,7 @@ GptqResult<typename Derived::Scalar> gptq_quantize(const Eigen::MatrixBase<Deriv
 template <class Derived>
 GptqResult<typename Derived::Scalar> gptq_quantize(const Eigen::MatrixBase<Derived>& w, const Eigen::MatrixXd& hessian,
                                                    const QuantSpec& spec, const GptqOptions& options = {}) {
-  detail::require(hessian.rows() == w.cols(), detail_gptq::kWhere, "hessian must be ", w.cols(), " x ", w.cols(),
-                  " (in × in for w of ", w.rows(), " x ", w.cols(), "), got ", hessian.rows(), " x ", hessian.cols());
+  detail_gptq::check_hessian_size(w, hessian);
   return gptq_quantize(w, GptqFactor(hessian, options), spec);
 }
 
@@ -344,8 +340,7 @@ GptqResult<typename Derived::Scalar> gptq_quantize(const Eigen::MatrixBase<Deriv
                                                    const QuantSpec& spec,
                                                    const QuantParams<typename Derived::Scalar>& params,
                                                    const GptqOptions& options = {}) {
-  detail::require(hessian.rows() == w.cols(), detail_gptq::kWhere, "hessian must be ", w.cols(), " x ", w.cols(),
-                  " (in × in for w of ", w.rows(), " x ", w.cols(), "), got ", hessian.rows(), " x ", hessian.cols());
+  detail_gptq::check_hessian_size(w, hessian);
   spec.validate(detail_gptq::kWhere);
   validate_params(params, spec, w.rows(), w.cols(), detail_gptq::kWhere);  // before the O(n³) factor
   return gptq_quantize(w, GptqFactor(hessian, options), spec, params);

@@ -75,6 +75,16 @@ void validate_params(const QuantParams<Scalar>& params, const QuantSpec& spec, E
   }
 }
 
+/// The (scale, zero) of one block of values under `spec`'s bits, symmetry
+/// and clip ratio (DESIGN §2); the block's values must be finite.
+template <class Block>
+core::AffineParams<typename Block::Scalar> block_params(const Block& block, const QuantSpec& spec) {
+  using Scalar = typename Block::Scalar;
+  const auto clip = static_cast<Scalar>(spec.clip_ratio);
+  return spec.symmetric ? core::symmetric_params(block.cwiseAbs().maxCoeff(), clip, spec.bits)
+                        : core::asymmetric_params(block.minCoeff(), block.maxCoeff(), clip, spec.bits);
+}
+
 /// Scales and zero points of x under `spec` (DESIGN §2, core/quant_math.hpp).
 /// Throws std::invalid_argument for a bad spec or an empty x, and
 /// std::domain_error naming the first NaN/Inf entry of x.
@@ -86,14 +96,11 @@ QuantParams<typename Derived::Scalar> compute_params(const Eigen::MatrixBase<Der
   spec.validate_shape(x.rows(), x.cols(), kWhere);
   detail::require_finite(x, kWhere, "x");
 
-  const auto clip = static_cast<Scalar>(spec.clip_ratio);
   QuantParams<Scalar> params;
   params.scale.resize(spec.param_rows(x.rows()), spec.param_cols(x.cols()));
   params.zero.resizeLike(params.scale);
   for_each_block(x, spec, [&](Eigen::Index i, Eigen::Index j, const auto& block) {
-    const core::AffineParams<Scalar> p =
-        spec.symmetric ? core::symmetric_params(block.cwiseAbs().maxCoeff(), clip, spec.bits)
-                       : core::asymmetric_params(block.minCoeff(), block.maxCoeff(), clip, spec.bits);
+    const core::AffineParams<Scalar> p = block_params(block, spec);
     params.scale(i, j) = p.scale;
     params.zero(i, j) = p.zero;
   });

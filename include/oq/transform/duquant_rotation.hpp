@@ -371,9 +371,20 @@ GreedyRotation<Scalar> greedy_on_blocks(NormOrderedRows<Scalar>& activations,
   GreedyRotation<Scalar> result;
   result.pivots.reserve(static_cast<std::size_t>(options.steps));
   result.scores.reserve(static_cast<std::size_t>(options.steps) + 1);
+  // The kept rotation is A_k at the first lowest score, taken as the loop
+  // passes it. A_t is accumulated in double and rounded once, so that a float
+  // rotation stays orthogonal to float precision after hundreds of steps.
+  DenseMatrix<double> kept = accumulated;
+  auto record = [&](double score) {
+    if (result.scores.empty() || score < result.scores[static_cast<std::size_t>(result.kept)]) {
+      result.kept = static_cast<Eigen::Index>(result.scores.size());
+      kept = accumulated;
+    }
+    result.scores.push_back(score);
+  };
   for (int t = 0; t < options.steps; ++t) {
     const Look e = look();
-    result.scores.push_back(e.score);
+    record(e.score);
     result.pivots.push_back(e.channel);
     exchanged(base_d, e.channel, step);
     product.noalias() = accumulated * step;
@@ -381,19 +392,8 @@ GreedyRotation<Scalar> greedy_on_blocks(NormOrderedRows<Scalar>& activations,
     a = accumulated.cast<Scalar>();
     if (options.progress) options.progress(t + 1, options.steps);
   }
-  result.scores.push_back(look().score);
-
-  result.kept = static_cast<Eigen::Index>(std::min_element(result.scores.begin(), result.scores.end()) -
-                                          result.scores.begin());
-  // The kept product, accumulated in double and rounded once, so that a float
-  // rotation stays orthogonal to float precision after hundreds of steps.
-  DenseMatrix<double> rotation = DenseMatrix<double>::Identity(b, b);
-  for (Eigen::Index t = 0; t < result.kept; ++t) {
-    exchanged(base_d, result.pivots[static_cast<std::size_t>(t)], step);
-    product.noalias() = rotation * step;
-    rotation.swap(product);
-  }
-  result.rotation = rotation.cast<Scalar>();
+  record(look().score);
+  result.rotation = kept.cast<Scalar>();
   return result;
 }
 
