@@ -7,6 +7,8 @@
 #   bash cmake/run.sh asan      the test suite under ASan + UBSan
 #   bash cmake/run.sh fuzz      each file parser's libFuzzer target for 20 s (clang)
 #   bash cmake/run.sh deps      only install the Debian packages
+#   bash cmake/run.sh gpu-pack  build the GPU tests and benchmarks (nvcc, no GPU needed) into .gpu/,
+#                               which a lent GPU machine runs with cmake/gpu_check.sh (see there)
 # Each installs the Debian packages it needs when they are missing (apt-get,
 # through sudo when not root), then runs the CMake workflow preset. `fuzz`
 # also needs clang and libFuzzer (clang, libclang-rt-dev), installed for it only.
@@ -64,7 +66,20 @@ case "${1:-}" in
   fuzz)
     install_deps "${fuzz_packages[@]}"
     cmake --workflow --preset fuzz ;;
+  gpu-pack)
+    install_deps
+    command -v nvcc >/dev/null 2>&1 || { echo "oq: gpu-pack needs nvcc (the CUDA toolkit)" >&2; exit 1; }
+    cmake --preset cuda
+    targets=(core.device_test cuda.quantize_per_token_test cuda.gemm_w4a16_test cuda.gemm_w4a4_test
+             bench.cuda.gemm bench.cuda.quantize_per_token)
+    cmake --build --preset cuda --target "${targets[@]}"
+    rm -rf .gpu && mkdir -p .gpu/bin .gpu/lib
+    for t in "${targets[@]}"; do cp "$(find build/cuda -maxdepth 2 -type f -name "$t" | head -1)" .gpu/bin/; done
+    # Google Benchmark is a Debian library the GPU machine lacks: carry it.
+    cp -L "$(ldd .gpu/bin/bench.cuda.gemm | awk '/libbenchmark/ {print $3}')" .gpu/lib/
+    echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' + uncommitted changes')" > .gpu/COMMIT
+    du -sh .gpu ;;
   *)
-    echo "usage: bash cmake/run.sh {example|train|test|asan|fuzz|deps}" >&2
+    echo "usage: bash cmake/run.sh {example|train|test|asan|fuzz|deps|gpu-pack}" >&2
     exit 2 ;;
 esac

@@ -12,6 +12,9 @@ namespace {
 using oq::test::check_cuda;
 using oq::test::DeviceBuffer;
 using Gemm = oq::cuda::device::GemmW4A4<float>;
+using oq::cuda::kernel::W4A4Mma;
+template <W4A4Mma kMma>
+using GemmOn = oq::cuda::device::GemmW4A4<float, 4, kMma>;
 
 Gemm::Params params_of(const oq::test::W4A4Problem& q) {
   Gemm::Params p;
@@ -85,7 +88,9 @@ W4A4Result gemm_w4a4_on_device(const W4A4Problem& q, const std::vector<std::uint
   p.sum_w = d_sumw.ptr;
   p.acc = d_acc.ptr;
   p.y = d_y.ptr;
-  const auto report = Gemm::run(p);
+  const auto report = q.path == W4A4Path::kNativeS4     ? GemmOn<W4A4Mma::kNativeS4>::run(p)
+                      : q.path == W4A4Path::kWidenToS8 ? GemmOn<W4A4Mma::kWidenToS8>::run(p)
+                                                       : Gemm::run(p);
   if (!report.ok()) throw std::runtime_error(report.message);
   check_cuda(cudaDeviceSynchronize(), "gemm_w4a4_kernel");
   W4A4Result result{std::vector<std::int32_t>(out), std::vector<float>(out)};

@@ -7,12 +7,16 @@
 
 namespace oq::test {
 
+/// oq::cuda::kernel::W4A4Mma, spelled here without CUDA headers.
+enum class W4A4Path { kAuto, kNativeS4, kWidenToS8 };
+
 struct W4A4Problem {
   std::int64_t m = 0, n = 0, k = 0;
   std::int64_t ld_a = 0, ld_w = 0;
   bool a_signed = true, w_signed = true;
   bool with_y = true;
   bool drop_sum_a = false;  ///< argument checks: zero_w without sum_a
+  W4A4Path path = W4A4Path::kAuto;
 };
 
 /// GemmW4A4<float>::check_arguments ("" when fine). Needs no GPU.
@@ -23,7 +27,7 @@ struct W4A4Result {
   std::vector<float> y;           ///< m × n
 };
 
-/// Runs GemmW4A4<float> writing both accumulators and outputs (poisoned first).
+/// Runs GemmW4A4<float> on problem.path, writing both accumulators and outputs (poisoned first).
 /// zero_a / zero_w empty means symmetric.
 W4A4Result gemm_w4a4_on_device(const W4A4Problem& problem, const std::vector<std::uint8_t>& a,
                                const std::vector<std::uint8_t>& w, const std::vector<float>& scale_a,

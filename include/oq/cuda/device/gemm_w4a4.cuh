@@ -11,6 +11,10 @@
 //   p.y = d_y; p.ld_y = n;
 //   if (auto r = Gemm::run(p, stream); !r.ok()) throw std::runtime_error(r.message);
 //
+// The third template argument picks the tensor-core path (kernel::W4A4Mma):
+// the default, kAuto, is native INT4 MMA on sm_80..89 and INT4 widened to the
+// s8 MMA on sm_90, which has no INT4 tensor cores.
+//
 // Requirements (can_implement explains a failure): K a multiple of 32; ld_a,
 // ld_w even and at least K/2 bytes; a and w 2-byte aligned; y needs both
 // scales; zero_w needs sum_a and zero_a needs sum_w; compute capability 8.0+.
@@ -24,10 +28,10 @@
 
 namespace oq::cuda::device {
 
-template <class ElementOut, int kWarpsN = 4>
+template <class ElementOut, int kWarpsN = 4, kernel::W4A4Mma kMma = kernel::W4A4Mma::kAuto>
 class GemmW4A4 {
  public:
-  using Kernel = kernel::GemmW4A4<ElementOut, kWarpsN>;
+  using Kernel = kernel::GemmW4A4<ElementOut, kWarpsN, kMma>;
   using Params = typename Kernel::Params;
 
   static Report check_arguments(const Params& p) {
@@ -71,7 +75,7 @@ class GemmW4A4 {
     if (p.m == 0 || p.n == 0) return Report::success();
     const dim3 grid(static_cast<unsigned>((p.n + Kernel::kTileN - 1) / Kernel::kTileN),
                     static_cast<unsigned>((p.m + Kernel::kTileM - 1) / Kernel::kTileM));
-    kernel::gemm_w4a4_kernel<ElementOut, kWarpsN><<<grid, Kernel::kThreads, 0, stream>>>(p);
+    kernel::gemm_w4a4_kernel<ElementOut, kWarpsN, kMma><<<grid, Kernel::kThreads, 0, stream>>>(p);
     OQ_CUDA_TRY(cudaGetLastError());
     return Report::success();
   }

@@ -13,12 +13,23 @@
 // activations are asymmetric, s4 when symmetric), qw is N × K, both
 // K-contiguous — which is exactly the "row.col" operand order of mma.sync.
 //
-// This first version is written to be checkably correct on every target: it
-// widens INT4 to 8 bits in registers (core::widen_{s,u}4x4_to_{s,u}8x4) and
-// issues mma.sync.m16n8k32 s8 (valid on sm_80, sm_89 and sm_90; Hopper has no
-// INT4 MMA at all, DESIGN §7), one 16 × 8 tile per warp, operands straight
-// from global memory. The native s4 m16n8k64 path for sm_80/89, shared-memory
-// staging and the wgmma path for sm_90a are issue 6.
+// Two tensor-core paths, chosen by the W4A4Mma template argument:
+//   - kNativeS4: mma.sync.m16n8k64 on the packed codes as they are (.s4/.u4
+//     operands, signedness per operand), the INT4 tensor cores of sm_80/86/89.
+//     Its fragments are the s8 ones with every byte split into two nibbles,
+//     and a little-endian 32-bit word of a packed row (format/int4_row.hpp)
+//     is exactly one such register: no unpacking at all.
+//   - kWidenToS8: widen INT4 to 8-bit lanes in registers
+//     (core::widen_{s,u}4x4_to_{s,u}8x4) and issue mma.sync.m16n8k32 s8, the
+//     path for sm_90, which has no INT4 tensor cores (DESIGN §7). It also
+//     finishes a K that is an odd multiple of 32 on the native path.
+//   - kAuto (default): kNativeS4 when compiled for sm_80..sm_89, kWidenToS8
+//     for sm_90 and newer. ptxas accepts the s4 instruction for sm_90a too
+//     (what it becomes there is for the SASS check to say), which is what lets
+//     the GPU tests run both paths on a Hopper machine.
+// Both are first versions, written to be checkably correct: one 16 × 8 tile
+// per warp, operands straight from global memory. Shared-memory staging, a
+// pipelined mainloop and the wgmma path for sm_90a are issue 6.
 #pragma once
 
 #include <oq/core/int4.hpp>
@@ -52,12 +63,82 @@ struct GemmW4A4Params {
   std::int64_t ld_y = 0;
 };
 
-template <class ElementOut, int kWarpsN = 4>
+/// The tensor-core instruction of the W4A4 kernel (see the file comment).
+enum class W4A4Mma {
+  kAuto,       ///< kNativeS4 on sm_80..89, kWidenToS8 on sm_90+
+  kNativeS4,   ///< mma.sync.m16n8k64 .s4/.u4 on the packed codes
+  kWidenToS8,  ///< codes widened to 8 bits, mma.sync.m16n8k32 .s8
+};
+
+template <class ElementOut, int kWarpsN = 4, W4A4Mma kMma = W4A4Mma::kAuto>
 struct GemmW4A4 {
   using Params = GemmW4A4Params<ElementOut>;
   static constexpr int kThreads = 32 * kWarpsN;
   static constexpr int kTileM = 16;
   static constexpr int kTileN = 8 * kWarpsN;
+
+  /// Whether this compilation pass issues the native INT4 instruction.
+  __host__ __device__ static constexpr bool native_s4() {
+#if defined(__CUDA_ARCH__)
+    return kMma == W4A4Mma::kNativeS4 || (kMma == W4A4Mma::kAuto && __CUDA_ARCH__ < 900);
+#else
+    return kMma == W4A4Mma::kNativeS4;
+#endif
+  }
+
+  // Eight consecutive 4-bit elements starting at element `e` (a multiple of 8)
+  // of a packed row, as the little-endian word that is one s4/u4 fragment
+  // register; zero for rows past the end. Two 16-bit loads, because the
+  // launcher promises 2-byte alignment only.
+  __device__ __forceinline__ static std::uint32_t load8(const std::uint8_t* base, std::int64_t ld, std::int64_t row,
+                                                        std::int64_t rows, std::int64_t e) {
+    if (row >= rows) return 0u;
+    const auto* half = reinterpret_cast<const std::uint16_t*>(base + row * ld + e / 2);
+    return static_cast<std::uint32_t>(half[0]) | (static_cast<std::uint32_t>(half[1]) << 16);
+  }
+
+  // c += A·B for one m16n8k64 step with the operand types spelled out: PTX
+  // takes the signedness of each INT4 operand from the instruction.
+  template <bool kASigned, bool kWSigned>
+  __device__ __forceinline__ static void mma_m16n8k64(std::int32_t (&c)[4], const std::uint32_t (&a)[4],
+                                                      const std::uint32_t (&b)[2]) {
+#define OQ_W4A4_MMA_S4(TYPE_A, TYPE_B)                                                                      \
+  asm volatile("mma.sync.aligned.m16n8k64.row.col.s32." TYPE_A "." TYPE_B                                  \
+               ".s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"                               \
+               : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])                                            \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]))
+    if constexpr (kASigned && kWSigned) {
+      OQ_W4A4_MMA_S4("s4", "s4");
+    } else if constexpr (kASigned) {
+      OQ_W4A4_MMA_S4("s4", "u4");
+    } else if constexpr (kWSigned) {
+      OQ_W4A4_MMA_S4("u4", "s4");
+    } else {
+      OQ_W4A4_MMA_S4("u4", "u4");
+    }
+#undef OQ_W4A4_MMA_S4
+  }
+
+  // The native mainloop over whole 64-wide K steps; returns where it stopped
+  // (the largest multiple of 64 not above K). Fragments (PTX ISA, m16n8k64
+  // .s4/.u4): a0 row g, k = 8t..8t+7; a1 row g+8; a2, a3 the same at k + 32;
+  // b0 column g, k = 8t..8t+7; b1 at k + 32 — the s8 tables with bytes halved.
+  template <bool kASigned, bool kWSigned>
+  __device__ __forceinline__ static std::int64_t mainloop_s4(const Params& p, std::int64_t m0, std::int64_t n0,
+                                                             int group, int thread_in_group, std::int32_t (&c)[4]) {
+    std::int64_t k0 = 0;
+    for (; k0 + 64 <= p.k; k0 += 64) {
+      const std::int64_t ka = k0 + 8 * thread_in_group;
+      const std::uint32_t a[4] = {load8(p.a, p.ld_a, m0 + group, p.m, ka),
+                                  load8(p.a, p.ld_a, m0 + group + 8, p.m, ka),
+                                  load8(p.a, p.ld_a, m0 + group, p.m, ka + 32),
+                                  load8(p.a, p.ld_a, m0 + group + 8, p.m, ka + 32)};
+      const std::uint32_t b[2] = {load8(p.w, p.ld_w, n0 + group, p.n, ka),
+                                  load8(p.w, p.ld_w, n0 + group, p.n, ka + 32)};
+      mma_m16n8k64<kASigned, kWSigned>(c, a, b);
+    }
+    return k0;
+  }
 
   // Four consecutive 4-bit elements starting at element `e` (a multiple of 4)
   // of a packed row, widened to four 8-bit lanes; zero for rows past the end.
@@ -77,7 +158,18 @@ struct GemmW4A4 {
     const std::int64_t n0 = static_cast<std::int64_t>(blockIdx.x) * kTileN + 8 * (threadIdx.x / 32);
 
     std::int32_t c[4] = {0, 0, 0, 0};
-    for (std::int64_t k0 = 0; k0 < p.k; k0 += 32) {
+    std::int64_t k_done = 0;
+    if constexpr (native_s4()) {
+      if (p.a_signed) {
+        k_done = p.w_signed ? mainloop_s4<true, true>(p, m0, n0, group, thread_in_group, c)
+                            : mainloop_s4<true, false>(p, m0, n0, group, thread_in_group, c);
+      } else {
+        k_done = p.w_signed ? mainloop_s4<false, true>(p, m0, n0, group, thread_in_group, c)
+                            : mainloop_s4<false, false>(p, m0, n0, group, thread_in_group, c);
+      }
+    }
+    // The widened s8 path: all of K, or the last 32 after the native loop.
+    for (std::int64_t k0 = k_done; k0 < p.k; k0 += 32) {
       // A fragment (16 × 32, row): a0 row g, a1 row g+8 at k = 4t..4t+3; a2, a3 at k = 16+4t..
       const std::int64_t ka = k0 + 4 * thread_in_group;
       const std::uint32_t a0 = load4(p.a, p.ld_a, m0 + group, p.m, ka, p.a_signed);
@@ -115,9 +207,9 @@ struct GemmW4A4 {
   }
 };
 
-template <class ElementOut, int kWarpsN>
+template <class ElementOut, int kWarpsN, W4A4Mma kMma>
 __global__ void __launch_bounds__(32 * kWarpsN) gemm_w4a4_kernel(const GemmW4A4Params<ElementOut> params) {
-  GemmW4A4<ElementOut, kWarpsN>{}(params);
+  GemmW4A4<ElementOut, kWarpsN, kMma>{}(params);
 }
 
 }  // namespace oq::cuda::kernel

@@ -1,0 +1,79 @@
+// bench.cuda.quantize_per_token: the per-token INT4 quantization kernel, with
+// and without the fused 128-block rotation, against a device-to-device copy
+// of the same run (issue 6: ≥ 85% of copy bandwidth, bytes read + written).
+//
+//   copy               cudaMemcpyAsync of 1 GiB, device to device
+//   quantize           bf16 rows → packed u4 codes, fp32 scale and zero point,
+//                      int32 code sum per row (asymmetric, clip 1.0)
+//   quantize_rotated   the same after X·diag(R, …, R) with one 128 × 128 R
+//
+// `bytes` counts the fewest bytes the kernel must move: the bf16 input read
+// once, the codes and the 12 bytes per row written once (R stays in cache).
+#include "gpu_bench.cuh"
+
+#include <oq/cuda/device/quantize_per_token.cuh>
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+namespace {
+
+using namespace oq::bench_gpu;
+using bf16 = __nv_bfloat16;
+
+constexpr int kBlock = 128;
+
+void shapes(benchmark::internal::Benchmark* b) {
+  for (std::int64_t k : {4096, 11008}) b->Args({8192, k});
+}
+
+BENCHMARK(device_copy)->Name("copy")->ArgName("bytes")->Arg(std::int64_t{1} << 30)->UseManualTime();
+
+void run_quantize(benchmark::State& st, bool rotated) {
+  using Quantize = oq::cuda::device::QuantizePerToken<bf16>;
+  const std::int64_t rows = st.range(0), cols = st.range(1);
+  const std::size_t x_count = rows * cols, code_bytes = rows * cols / 2;
+  const int copies = copies_for(x_count * sizeof(bf16));
+  DeviceArray<bf16> x(x_count * copies);
+  DeviceArray<std::uint8_t> codes(code_bytes);
+  DeviceArray<float> scales(rows), zeros(rows), rotation(kBlock * kBlock);
+  DeviceArray<std::int32_t> sums(rows);
+  fill(x.get(), x.size(), 21, RandomUniform<bf16>{-4.0f, 4.0f});
+  fill(rotation.get(), rotation.size(), 22, RandomUniform<float>{-0.1f, 0.1f});  // timing only: any R
+  Quantize::Params p;
+  p.rows = rows;
+  p.cols = cols;
+  p.ld_x = cols;
+  p.codes = codes.get();
+  p.ld_codes = cols / 2;
+  p.scales = scales.get();
+  p.zeros = zeros.get();
+  p.code_sums = sums.get();
+  p.bits = 4;
+  p.symmetric = false;
+  if (rotated) {
+    p.rotation = rotation.get();
+    p.block_size = kBlock;
+  }
+  const double bytes = static_cast<double>(x_count * sizeof(bf16) + code_bytes + 12 * rows);
+  time_launches(st, copies, Work{rotated ? "quantize_rotated" : "quantize", bytes}, [&](cudaStream_t stream, int copy) {
+    Quantize::Params q = p;
+    q.x = x.get() + copy * x_count;
+    if (const auto r = Quantize::run(q, stream); !r.ok()) throw std::runtime_error(r.message);
+  });
+  st.counters["bytes"] = bytes;
+}
+
+void BM_quantize(benchmark::State& state) {
+  guarded(state, [](benchmark::State& st) { run_quantize(st, false); });
+}
+void BM_quantize_rotated(benchmark::State& state) {
+  guarded(state, [](benchmark::State& st) { run_quantize(st, true); });
+}
+BENCHMARK(BM_quantize)->Name("quantize")->ArgNames({"m", "k"})->Apply(shapes)->UseManualTime();
+BENCHMARK(BM_quantize_rotated)->Name("quantize_rotated")->ArgNames({"m", "k"})->Apply(shapes)->UseManualTime();
+
+}  // namespace
+
+OQ_GPU_BENCHMARK_MAIN()

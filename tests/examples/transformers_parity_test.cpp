@@ -1,0 +1,72 @@
+// Issue 7's real-client check: examples/02_llama_layer's forward against
+// Hugging Face transformers' own LlamaDecoderLayer, on a checkpoint that
+// transformers wrote with save_pretrained and the hidden states it computed
+// (examples/02_llama_layer/transformers_check.py, run where transformers is
+// installed; its output is kept in tests/data/transformers_llama/, and this
+// test is built only where that directory exists).
+//
+// What must hold: for every layer, oq's forward on the input transformers
+// gave the layer matches transformers' float64 output to 1e-4 relative
+// (Frobenius) in float and in double; and the embedding lookup of the saved
+// token ids equals layer 0's input exactly. The double forward's remaining
+// difference is transformers' float32 RoPE angles (see the script).
+#include "../../examples/02_llama_layer/checkpoint_layer.hpp"
+#include "../../examples/02_llama_layer/llama_layer.hpp"
+
+#include <oq/io.hpp>
+
+#include <doctest/doctest.h>
+
+#include <filesystem>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#ifndef OQ_TRANSFORMERS_DATA
+#error "OQ_TRANSFORMERS_DATA must name the directory transformers_check.py wrote"
+#endif
+
+namespace {
+
+const std::filesystem::path kData = OQ_TRANSFORMERS_DATA;
+
+template <class A, class B>
+double relative_error(const A& ours, const B& reference) {
+  const auto ref = reference.template cast<double>();
+  return (ours.template cast<double>() - ref).norm() / ref.norm();
+}
+
+}  // namespace
+
+TEST_CASE("the layer forward matches transformers' LlamaDecoderLayer on a save_pretrained checkpoint") {
+  const nlohmann::json meta = oq::io::read_json(kData / "meta.json");
+  std::cout << "transformers " << meta.at("transformers").get<std::string>() << ", torch "
+            << meta.at("torch").get<std::string>() << "\n";
+  const llama::CheckpointModel model(kData);
+  const int layers = meta.at("layers").get<int>();
+  REQUIRE(layers == model.num_layers());
+  REQUIRE(layers >= 1);
+
+  const std::vector<Eigen::Index> ids = meta.at("input_ids").get<std::vector<Eigen::Index>>();
+  const llama::Matrix<double> x0 = oq::io::read_npy_matrix<double>(kData / "layer_0_input.npy");
+  // Embedding lookup: transformers' float64 run holds the float32 table's values exactly.
+  CHECK(model.hidden_states_before(0, ids).cast<double>() == x0);
+
+  for (int i = 0; i < layers; ++i) {
+    CAPTURE(i);
+    const auto x = oq::io::read_npy_matrix<double>(kData / ("layer_" + std::to_string(i) + "_input.npy"));
+    const auto y = oq::io::read_npy_matrix<double>(kData / ("layer_" + std::to_string(i) + "_output.npy"));
+    REQUIRE(x.rows() == static_cast<Eigen::Index>(ids.size()));
+    REQUIRE(y.rows() == x.rows());
+    const llama::LayerWeights<float> w = model.layer(i);
+    const llama::Matrix<float> ours_f = llama::forward(model.config(), w, llama::Matrix<float>(x.cast<float>()));
+    const llama::Matrix<double> ours_d = llama::forward(model.config(), w.cast<double>(), llama::Matrix<double>(x));
+    const double error_f = relative_error(ours_f, y), error_d = relative_error(ours_d, y);
+    std::cout << "layer " << i << ": relative error against transformers (float64): float " << error_f
+              << ", double " << error_d << "\n";
+    CHECK(error_f <= 1e-4);
+    CHECK(error_d <= 1e-4);
+    // A check that can fail: the output is not the input passed through.
+    CHECK(relative_error(x, y) > 1e-2);
+  }
+}
