@@ -10,6 +10,7 @@
 //   w4a4           oq::cuda::device::GemmW4A4: u4 activations (asymmetric
 //                  per-token, as QuantizePerToken writes them), s4 weights
 //                  (symmetric per-channel), bf16 out through the scale epilogue
+//   w4a4_multistage  the same problem on device::GemmW4A4Multistage
 //   w4a16          oq::cuda::device::GemmW4A16: bf16 activations, u4 weights
 //                  with per-group(128) scales and zero points, bf16 out
 //
@@ -24,6 +25,7 @@
 
 #include <oq/cuda/device/gemm_w4a16.cuh>
 #include <oq/cuda/device/gemm_w4a4.cuh>
+#include <oq/cuda/device/gemm_w4a4_multistage.cuh>
 
 #include <cuda_bf16.h>
 
@@ -156,10 +158,10 @@ void BM_cublaslt_int8(benchmark::State& state) {
 BENCHMARK(BM_cublaslt_int8)->Name("cublaslt_int8")->ArgNames({"m", "n", "k"})->Apply(prefill_shapes)->UseManualTime();
 
 // ---------------------------------------------------------------------------
-void BM_w4a4(benchmark::State& state) {
-  guarded(state, [](benchmark::State& st) {
+template <class Gemm>
+void BM_w4a4(benchmark::State& state, const char* kernel) {
+  guarded(state, [kernel](benchmark::State& st) {
     const Shape s(st);
-    using Gemm = oq::cuda::device::GemmW4A4<bf16>;
     const std::size_t a_bytes = s.m * s.k / 2, w_bytes = s.n * s.k / 2;
     const int copies = copies_for(a_bytes + w_bytes);
     DeviceArray<std::uint8_t> a(a_bytes * copies), w(w_bytes * copies);
@@ -172,7 +174,7 @@ void BM_w4a4(benchmark::State& state) {
     fill(zero_a.get(), s.m, 9, RandomUniform<float>{0.0f, 15.0f});  // timing only: any value will do
     fill(scale_w.get(), s.n, 10, RandomUniform<float>{0.001f, 0.01f});
     fill(sum_w.get(), s.n, 11, RandomUniform<std::int32_t>{0.0f, 1024.0f});
-    Gemm::Params p;
+    typename Gemm::Params p;
     p.ld_a = s.k / 2;
     p.a_signed = false;
     p.ld_w = s.k / 2;
@@ -186,8 +188,8 @@ void BM_w4a4(benchmark::State& state) {
     p.scale_w = scale_w.get();
     p.y = y.get();
     p.ld_y = s.n;
-    time_launches(st, copies, Work{"w4a4", s.ops()}, [&](cudaStream_t stream, int copy) {
-      Gemm::Params q = p;
+    time_launches(st, copies, Work{kernel, s.ops()}, [&](cudaStream_t stream, int copy) {
+      typename Gemm::Params q = p;
       q.a = a.get() + copy * a_bytes;
       q.w = w.get() + copy * w_bytes;
       if (const auto r = Gemm::run(q, stream); !r.ok()) throw std::runtime_error(r.message);
@@ -195,7 +197,16 @@ void BM_w4a4(benchmark::State& state) {
     set_counters(st, s.ops(), static_cast<double>(a_bytes + w_bytes) + 2.0 * static_cast<double>(s.m * s.n));
   });
 }
-BENCHMARK(BM_w4a4)->Name("w4a4")->ArgNames({"m", "n", "k"})->Apply(prefill_shapes)->UseManualTime();
+void BM_w4a4_simple(benchmark::State& state) { BM_w4a4<oq::cuda::device::GemmW4A4<bf16>>(state, "w4a4"); }
+void BM_w4a4_multistage(benchmark::State& state) {
+  BM_w4a4<oq::cuda::device::GemmW4A4Multistage<bf16>>(state, "w4a4_multistage");
+}
+BENCHMARK(BM_w4a4_simple)->Name("w4a4")->ArgNames({"m", "n", "k"})->Apply(prefill_shapes)->UseManualTime();
+BENCHMARK(BM_w4a4_multistage)
+    ->Name("w4a4_multistage")
+    ->ArgNames({"m", "n", "k"})
+    ->Apply(prefill_shapes)
+    ->UseManualTime();
 
 // ---------------------------------------------------------------------------
 void BM_w4a16(benchmark::State& state) {

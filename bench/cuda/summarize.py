@@ -80,20 +80,24 @@ def gemm_tables(table, out):
     if copy_bw:
         out.append(f"Device-to-device copy: {copy_bw / 1e9:.0f} GB/s (bytes read + written).\n")
     shapes = sorted({(d["m"], d["n"], d["k"]) for (_, a) in table if "n" in (d := dict(a))})
-    prefill = [s for s in shapes if get(table, "w4a4", m=s[0], n=s[1], k=s[2]) or get(table, "cublaslt_int8", m=s[0], n=s[1], k=s[2])]
+    ours = ("w4a4", "w4a4_multistage")
+    prefill = [s for s in shapes if any(get(table, k, m=s[0], n=s[1], k=s[2]) for k in ours + ("cublaslt_int8",))]
     if prefill:
-        out.append("| M | N | K | W4A4 µs | W4A4 TOPS | BF16 µs | BF16 TFLOPS | INT8 µs | INT8 TOPS | × BF16 (≥ 1.8) | × INT8 (≥ 0.9) |")
-        out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        out.append("| M | N | K | kernel | µs | TOPS | BF16 µs | BF16 TFLOPS | INT8 µs | INT8 TOPS "
+                   "| × BF16 (≥ 1.8) | × INT8 (≥ 0.9) |")
+        out.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for m, n, k in prefill:
-            w = get(table, "w4a4", m=m, n=n, k=k)
             b = get(table, "cublas_bf16", m=m, n=n, k=k)
             i = get(table, "cublaslt_int8", m=m, n=n, k=k)
-            tw, tb, ti = (seconds(r) if r else None for r in (w, b, i))
+            tb, ti = (seconds(r) if r else None for r in (b, i))
             ops = 2.0 * m * n * k
-            out.append(
-                f"| {m} | {n} | {k} | {fmt(tw and tw * 1e6, 1)} | {fmt(tw and ops / tw / 1e12, 0)} | "
-                f"{fmt(tb and tb * 1e6, 1)} | {fmt(tb and ops / tb / 1e12, 0)} | {fmt(ti and ti * 1e6, 1)} | "
-                f"{fmt(ti and ops / ti / 1e12, 0)} | {fmt(tw and tb and tb / tw)} | {fmt(tw and ti and ti / tw)} |")
+            for kernel in ours:
+                w = get(table, kernel, m=m, n=n, k=k)
+                tw = seconds(w) if w else None
+                out.append(
+                    f"| {m} | {n} | {k} | {kernel} | {fmt(tw and tw * 1e6, 1)} | {fmt(tw and ops / tw / 1e12, 0)} | "
+                    f"{fmt(tb and tb * 1e6, 1)} | {fmt(tb and ops / tb / 1e12, 0)} | {fmt(ti and ti * 1e6, 1)} | "
+                    f"{fmt(ti and ops / ti / 1e12, 0)} | {fmt(tw and tb and tb / tw)} | {fmt(tw and ti and ti / tw)} |")
         out.append("")
     decode = [s for s in shapes if get(table, "w4a16", m=s[0], n=s[1], k=s[2])]
     if decode:
@@ -136,7 +140,7 @@ def plot(tables, path):
     if not shapes:
         return
     fig, axes = plt.subplots(1, len(shapes), figsize=(4 * len(shapes), 3.6), squeeze=False)
-    labels = {"w4a4": "oq W4A4", "w4a16": "oq W4A16", "cublas_bf16": "cuBLAS BF16", "cublaslt_int8": "cuBLASLt INT8"}
+    labels = {"w4a4": "oq W4A4", "w4a4_multistage": "oq W4A4 multistage", "w4a16": "oq W4A16", "cublas_bf16": "cuBLAS BF16", "cublaslt_int8": "cuBLASLt INT8"}
     for ax, (n, k) in zip(axes[0], shapes):
         for kern, label in labels.items():
             pts = sorted((dict(a)["m"], 2.0 * dict(a)["m"] * n * k / seconds(r) / 1e12)

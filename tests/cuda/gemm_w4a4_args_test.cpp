@@ -23,3 +23,15 @@ TEST_CASE("valid W4A4 arguments pass, each bad one is named") {
         std::string::npos);
   CHECK(with([](W4A4Problem& q) { q.m = -2; }).find("need m >= 0") != std::string::npos);
 }
+
+TEST_CASE("the multistage W4A4 launcher also needs 16-byte strides and names the launcher") {
+  W4A4Problem q{64, 64, 256, 128, 128, false, true, true, false};
+  q.kernel = oq::test::W4A4Kernel::kMultistage;
+  CHECK(check_w4a4_arguments(q).empty());
+  q.ld_a = 136;  // even (fine for GemmW4A4) but not a multiple of 16
+  CHECK(check_w4a4_arguments(q).find("GemmW4A4Multistage: ld_a and ld_w must be multiples of 16 bytes") !=
+        std::string::npos);
+  q.ld_a = 128;
+  q.k = 240;  // the shared checks speak for the multistage launcher too
+  CHECK(check_w4a4_arguments(q).find("GemmW4A4Multistage: k must be a multiple of 32") != std::string::npos);
+}

@@ -1,6 +1,7 @@
 #include "gemm_w4a4_launch.hpp"
 
 #include <oq/cuda/device/gemm_w4a4.cuh>
+#include <oq/cuda/device/gemm_w4a4_multistage.cuh>
 
 #include "support/device_buffer.cuh"
 
@@ -13,8 +14,23 @@ using oq::test::check_cuda;
 using oq::test::DeviceBuffer;
 using Gemm = oq::cuda::device::GemmW4A4<float>;
 using oq::cuda::kernel::W4A4Mma;
+using oq::test::W4A4Kernel;
+using oq::test::W4A4Path;
 template <W4A4Mma kMma>
 using GemmOn = oq::cuda::device::GemmW4A4<float, 4, kMma>;
+template <W4A4Mma kMma>
+using MultistageOn = oq::cuda::device::GemmW4A4Multistage<float, kMma>;
+
+oq::cuda::Report run_on(const oq::test::W4A4Problem& q, const Gemm::Params& p) {
+  if (q.kernel == W4A4Kernel::kMultistage) {
+    return q.path == W4A4Path::kNativeS4     ? MultistageOn<W4A4Mma::kNativeS4>::run(p)
+           : q.path == W4A4Path::kWidenToS8 ? MultistageOn<W4A4Mma::kWidenToS8>::run(p)
+                                            : MultistageOn<W4A4Mma::kAuto>::run(p);
+  }
+  return q.path == W4A4Path::kNativeS4     ? GemmOn<W4A4Mma::kNativeS4>::run(p)
+         : q.path == W4A4Path::kWidenToS8 ? GemmOn<W4A4Mma::kWidenToS8>::run(p)
+                                          : Gemm::run(p);
+}
 
 Gemm::Params params_of(const oq::test::W4A4Problem& q) {
   Gemm::Params p;
@@ -52,7 +68,8 @@ std::string check_w4a4_arguments(const W4A4Problem& q) {
   p.sum_a = q.drop_sum_a ? nullptr : sums;
   p.sum_w = sums;
   p.y = q.with_y ? f : nullptr;
-  const auto report = Gemm::check_arguments(p);
+  const auto report = q.kernel == W4A4Kernel::kMultistage ? MultistageOn<W4A4Mma::kAuto>::check_arguments(p)
+                                                          : Gemm::check_arguments(p);
   return report.ok() ? std::string() : report.message;
 }
 
@@ -88,9 +105,7 @@ W4A4Result gemm_w4a4_on_device(const W4A4Problem& q, const std::vector<std::uint
   p.sum_w = d_sumw.ptr;
   p.acc = d_acc.ptr;
   p.y = d_y.ptr;
-  const auto report = q.path == W4A4Path::kNativeS4     ? GemmOn<W4A4Mma::kNativeS4>::run(p)
-                      : q.path == W4A4Path::kWidenToS8 ? GemmOn<W4A4Mma::kWidenToS8>::run(p)
-                                                       : Gemm::run(p);
+  const auto report = run_on(q, p);
   if (!report.ok()) throw std::runtime_error(report.message);
   check_cuda(cudaDeviceSynchronize(), "gemm_w4a4_kernel");
   W4A4Result result{std::vector<std::int32_t>(out), std::vector<float>(out)};

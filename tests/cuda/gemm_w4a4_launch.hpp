@@ -9,6 +9,8 @@ namespace oq::test {
 
 /// oq::cuda::kernel::W4A4Mma, spelled here without CUDA headers.
 enum class W4A4Path { kAuto, kNativeS4, kWidenToS8 };
+/// Which launcher: device::GemmW4A4 or device::GemmW4A4Multistage.
+enum class W4A4Kernel { kSimple, kMultistage };
 
 struct W4A4Problem {
   std::int64_t m = 0, n = 0, k = 0;
@@ -17,9 +19,10 @@ struct W4A4Problem {
   bool with_y = true;
   bool drop_sum_a = false;  ///< argument checks: zero_w without sum_a
   W4A4Path path = W4A4Path::kAuto;
+  W4A4Kernel kernel = W4A4Kernel::kSimple;
 };
 
-/// GemmW4A4<float>::check_arguments ("" when fine). Needs no GPU.
+/// check_arguments of problem.kernel's launcher ("" when fine). Needs no GPU.
 std::string check_w4a4_arguments(const W4A4Problem& problem);
 
 struct W4A4Result {
@@ -27,7 +30,8 @@ struct W4A4Result {
   std::vector<float> y;           ///< m × n
 };
 
-/// Runs GemmW4A4<float> on problem.path, writing both accumulators and outputs (poisoned first).
+/// Runs problem.kernel's launcher (float out) on problem.path, writing both
+/// accumulators and outputs (poisoned first).
 /// zero_a / zero_w empty means symmetric.
 W4A4Result gemm_w4a4_on_device(const W4A4Problem& problem, const std::vector<std::uint8_t>& a,
                                const std::vector<std::uint8_t>& w, const std::vector<float>& scale_a,

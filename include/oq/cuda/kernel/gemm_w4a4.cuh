@@ -33,6 +33,7 @@
 #pragma once
 
 #include <oq/core/int4.hpp>
+#include <oq/cuda/arch/mma.cuh>
 #include <oq/cuda/numeric.cuh>
 #include <oq/cuda/status.cuh>
 
@@ -62,6 +63,24 @@ struct GemmW4A4Params {
   ElementOut* y = nullptr;          ///< M × N outputs (ld_y apart), or null
   std::int64_t ld_y = 0;
 };
+
+/// The epilogue of one output element (DESIGN §7, the formula at the top of
+/// this file): the raw accumulator to p.acc and the scaled, zero-point
+/// corrected value to p.y, each where given. (row, col) must be in bounds.
+template <class ElementOut>
+__device__ __forceinline__ void store_w4a4_output(const GemmW4A4Params<ElementOut>& p, std::int64_t row,
+                                                  std::int64_t col, std::int32_t acc) {
+  if (p.acc != nullptr) p.acc[row * p.ld_acc + col] = acc;
+  if (p.y != nullptr) {
+    std::int64_t total = acc;
+    const std::int64_t za = p.zero_a != nullptr ? static_cast<std::int64_t>(p.zero_a[row]) : 0;
+    const std::int64_t zw = p.zero_w != nullptr ? static_cast<std::int64_t>(p.zero_w[col]) : 0;
+    if (zw != 0) total -= zw * p.sum_a[row];
+    if (za != 0) total -= za * p.sum_w[col];
+    total += p.k * za * zw;
+    p.y[row * p.ld_y + col] = cuda::from_float<ElementOut>(p.scale_a[row] * p.scale_w[col] * static_cast<float>(total));
+  }
+}
 
 /// The tensor-core instruction of the W4A4 kernel (see the file comment).
 enum class W4A4Mma {
@@ -97,28 +116,6 @@ struct GemmW4A4 {
     return static_cast<std::uint32_t>(half[0]) | (static_cast<std::uint32_t>(half[1]) << 16);
   }
 
-  // c += A·B for one m16n8k64 step with the operand types spelled out: PTX
-  // takes the signedness of each INT4 operand from the instruction.
-  template <bool kASigned, bool kWSigned>
-  __device__ __forceinline__ static void mma_m16n8k64(std::int32_t (&c)[4], const std::uint32_t (&a)[4],
-                                                      const std::uint32_t (&b)[2]) {
-#define OQ_W4A4_MMA_S4(TYPE_A, TYPE_B)                                                                      \
-  asm volatile("mma.sync.aligned.m16n8k64.row.col.s32." TYPE_A "." TYPE_B                                  \
-               ".s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"                               \
-               : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])                                            \
-               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]))
-    if constexpr (kASigned && kWSigned) {
-      OQ_W4A4_MMA_S4("s4", "s4");
-    } else if constexpr (kASigned) {
-      OQ_W4A4_MMA_S4("s4", "u4");
-    } else if constexpr (kWSigned) {
-      OQ_W4A4_MMA_S4("u4", "s4");
-    } else {
-      OQ_W4A4_MMA_S4("u4", "u4");
-    }
-#undef OQ_W4A4_MMA_S4
-  }
-
   // The native mainloop over whole 64-wide K steps; returns where it stopped
   // (the largest multiple of 64 not above K). Fragments (PTX ISA, m16n8k64
   // .s4/.u4): a0 row g, k = 8t..8t+7; a1 row g+8; a2, a3 the same at k + 32;
@@ -135,7 +132,7 @@ struct GemmW4A4 {
                                   load8(p.a, p.ld_a, m0 + group + 8, p.m, ka + 32)};
       const std::uint32_t b[2] = {load8(p.w, p.ld_w, n0 + group, p.n, ka),
                                   load8(p.w, p.ld_w, n0 + group, p.n, ka + 32)};
-      mma_m16n8k64<kASigned, kWSigned>(c, a, b);
+      arch::mma_m16n8k64_int4<kASigned, kWSigned>(c, a, b);
     }
     return k0;
   }
@@ -181,27 +178,14 @@ struct GemmW4A4 {
       const std::uint32_t b1 = load4(p.w, p.ld_w, n0 + group, p.n, ka + 16, p.w_signed);
       // u4 codes widen to u8 lanes; with signed types both are read as s8,
       // which is exact because a u4 code (0..15) is also a valid s8 value.
-      asm volatile(
-          "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-          : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-          : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+      arch::mma_m16n8k32_s8(c, {a0, a1, a2, a3}, {b0, b1});
     }
     // C fragment: c0, c1 at row g, columns 2t, 2t+1; c2, c3 at row g+8.
     OQ_UNROLL
     for (int i = 0; i < 4; ++i) {
       const std::int64_t row = m0 + group + (i >= 2 ? 8 : 0);
       const std::int64_t col = n0 + 2 * thread_in_group + (i % 2);
-      if (row >= p.m || col >= p.n) continue;
-      if (p.acc != nullptr) p.acc[row * p.ld_acc + col] = c[i];
-      if (p.y != nullptr) {
-        std::int64_t total = c[i];
-        const std::int64_t za = p.zero_a != nullptr ? static_cast<std::int64_t>(p.zero_a[row]) : 0;
-        const std::int64_t zw = p.zero_w != nullptr ? static_cast<std::int64_t>(p.zero_w[col]) : 0;
-        if (zw != 0) total -= zw * p.sum_a[row];
-        if (za != 0) total -= za * p.sum_w[col];
-        total += p.k * za * zw;
-        p.y[row * p.ld_y + col] = cuda::from_float<ElementOut>(p.scale_a[row] * p.scale_w[col] * static_cast<float>(total));
-      }
+      if (row < p.m && col < p.n) store_w4a4_output(p, row, col, c[i]);
     }
 #endif
   }

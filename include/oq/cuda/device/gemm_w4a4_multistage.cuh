@@ -1,0 +1,85 @@
+// oq/cuda/device/gemm_w4a4_multistage.cuh: host launcher of the tiled,
+// pipelined W4A4 GEMM (kernel/gemm_w4a4_multistage.cuh). Same Params and
+// results as device::GemmW4A4; stricter alignment, much more reuse.
+//
+//   using Gemm = oq::cuda::device::GemmW4A4Multistage<__nv_bfloat16>;
+//   Gemm::Params p;                  // filled exactly as for GemmW4A4
+//   if (auto r = Gemm::run(p, stream); !r.ok()) throw std::runtime_error(r.message);
+//
+// Requirements (can_implement explains a failure): those of GemmW4A4, plus
+// a and w 16-byte aligned with ld_a and ld_w multiples of 16 bytes (cp.async
+// moves 16 bytes), and kSmemBytes of shared memory per CTA (61,440 with the
+// default 3 stages; opt-in above 48 KB, which sm_80 and newer allow).
+#pragma once
+
+#include <oq/cuda/device/gemm_w4a4.cuh>
+#include <oq/cuda/kernel/gemm_w4a4_multistage.cuh>
+#include <oq/cuda/status.cuh>
+
+#include <cstdint>
+#include <string>
+
+namespace oq::cuda::device {
+
+template <class ElementOut, kernel::W4A4Mma kMma = kernel::W4A4Mma::kAuto, int kStages = 3>
+class GemmW4A4Multistage {
+ public:
+  using Params = kernel::GemmW4A4Params<ElementOut>;
+  template <bool kASigned, bool kWSigned>
+  using Kernel = kernel::GemmW4A4Multistage<ElementOut, kASigned, kWSigned, kMma, kStages>;
+  static constexpr int kSmemBytes = Kernel<true, true>::kSmemBytes;
+  static constexpr int kTileM = Kernel<true, true>::kTileM;
+  static constexpr int kTileN = Kernel<true, true>::kTileN;
+
+  /// The argument checks alone: no CUDA call, usable without a GPU.
+  static Report check_arguments(const Params& p) {
+    if (Report r = GemmW4A4<ElementOut>::check_arguments(p); !r.ok()) {
+      r.message.replace(0, std::string("GemmW4A4").size(), "GemmW4A4Multistage");
+      return r;
+    }
+    auto bad = [](Status s, const std::string& why) { return Report::failure(s, "GemmW4A4Multistage: " + why); };
+    if (p.ld_a % 16 != 0 || p.ld_w % 16 != 0)
+      return bad(Status::kMisaligned, "ld_a and ld_w must be multiples of 16 bytes, got " + std::to_string(p.ld_a) +
+                                          " and " + std::to_string(p.ld_w));
+    if (p.m > 0 && p.n > 0 &&
+        (reinterpret_cast<std::uintptr_t>(p.a) % 16 != 0 || reinterpret_cast<std::uintptr_t>(p.w) % 16 != 0))
+      return bad(Status::kMisaligned, "a and w must be 16-byte aligned");
+    return Report::success();
+  }
+
+  /// Arguments, then the current device: compute capability 8.0+, shared memory.
+  static Report can_implement(const Params& p) {
+    if (Report r = check_arguments(p); !r.ok()) return r;
+    if (Report r = require_compute_capability(8, "GemmW4A4Multistage"); !r.ok()) return r;
+    int device = 0, smem_limit = 0;
+    OQ_CUDA_TRY(cudaGetDevice(&device));
+    OQ_CUDA_TRY(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    if (smem_limit < kSmemBytes)
+      return Report::failure(Status::kUnsupportedDevice, "GemmW4A4Multistage: needs " + std::to_string(kSmemBytes) +
+                                                             " bytes of shared memory per block, the device allows " +
+                                                             std::to_string(smem_limit));
+    return Report::success();
+  }
+
+  static Report run(const Params& p, cudaStream_t stream = nullptr) {
+    if (Report r = can_implement(p); !r.ok()) return r;
+    if (p.m == 0 || p.n == 0) return Report::success();
+    if (p.a_signed) return p.w_signed ? launch<true, true>(p, stream) : launch<true, false>(p, stream);
+    return p.w_signed ? launch<false, true>(p, stream) : launch<false, false>(p, stream);
+  }
+
+ private:
+  template <bool kASigned, bool kWSigned>
+  static Report launch(const Params& p, cudaStream_t stream) {
+    using K = Kernel<kASigned, kWSigned>;
+    auto* entry = &kernel::gemm_w4a4_multistage_kernel<ElementOut, kASigned, kWSigned, kMma, kStages>;
+    OQ_CUDA_TRY(cudaFuncSetAttribute(entry, cudaFuncAttributeMaxDynamicSharedMemorySize, K::kSmemBytes));
+    const dim3 grid(static_cast<unsigned>((p.n + K::kTileN - 1) / K::kTileN),
+                    static_cast<unsigned>((p.m + K::kTileM - 1) / K::kTileM));
+    entry<<<grid, K::kThreads, K::kSmemBytes, stream>>>(p);
+    OQ_CUDA_TRY(cudaGetLastError());
+    return Report::success();
+  }
+};
+
+}  // namespace oq::cuda::device
