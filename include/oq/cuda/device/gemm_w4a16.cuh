@@ -11,7 +11,8 @@
 // Requirements (can_implement explains a failure): K a multiple of 8;
 // group_size a multiple of 8 dividing K; a 16-byte aligned with ld_a a
 // multiple of 8 elements; w 4-byte aligned with ld_w a multiple of 4 bytes;
-// compute capability 8.0 or newer.
+// compute capability 8.0 or newer. Faster (16-byte weight loads) when K and
+// group_size are multiples of 32 and w and ld_w are 16-byte aligned.
 #pragma once
 
 #include <oq/cuda/kernel/gemm_w4a16.cuh>
@@ -26,7 +27,10 @@ namespace oq::cuda::device {
 template <class ElementA, class ElementOut, int kTileM = 8, int kWarps = 4>
 class GemmW4A16 {
  public:
-  using Kernel = kernel::GemmW4A16<ElementA, ElementOut, kTileM, kWarps>;
+  /// The kernel for u4 (asymmetric) or s4 (symmetric) codes; run() picks by p.symmetric.
+  template <bool kSymmetric>
+  using KernelFor = kernel::GemmW4A16<ElementA, ElementOut, kSymmetric, kTileM, kWarps>;
+  using Kernel = KernelFor<false>;
   using Params = typename Kernel::Params;
 
   static Report check_arguments(const Params& p) {
@@ -64,7 +68,11 @@ class GemmW4A16 {
     if (Report r = can_implement(p); !r.ok()) return r;
     if (p.m == 0 || p.n == 0) return Report::success();
     const dim3 grid(static_cast<unsigned>((p.n + kWarps - 1) / kWarps), static_cast<unsigned>((p.m + kTileM - 1) / kTileM));
-    kernel::gemm_w4a16_kernel<ElementA, ElementOut, kTileM, kWarps><<<grid, Kernel::kThreads, 0, stream>>>(p);
+    if (p.symmetric) {
+      kernel::gemm_w4a16_kernel<ElementA, ElementOut, true, kTileM, kWarps><<<grid, Kernel::kThreads, 0, stream>>>(p);
+    } else {
+      kernel::gemm_w4a16_kernel<ElementA, ElementOut, false, kTileM, kWarps><<<grid, Kernel::kThreads, 0, stream>>>(p);
+    }
     OQ_CUDA_TRY(cudaGetLastError());
     return Report::success();
   }

@@ -5,12 +5,22 @@
 // symmetric), fp32 scales and zero points per (row, group) — per-channel when
 // group_size = K, per-group(128) as GPTQ/AWQ checkpoints store them.
 //
-// This first version is the plain CUDA-core formulation, written to be
-// obviously correct; the tensor-core path and its tuning are issue 6. One warp
-// owns one output channel n and kTileM tokens: its lanes stride over K eight
-// weights (one 32-bit word) at a time, decode the word with the INT4 helpers
-// of core/int4.hpp, multiply against 16-byte loads of the activations and
-// accumulate in fp32; a warp shuffle reduction finishes each dot product.
+// The CUDA-core formulation (decode is bound by the weight bytes, not by
+// arithmetic; the tensor-core path is issue 6's). One warp owns one output
+// channel n and kTileM tokens; its lanes stride over K and a warp shuffle
+// reduction finishes each dot product. Two inner loops:
+//   - wide: 16-byte weight loads (32 codes per lane and step, a warp moves
+//     512 bytes per load instruction), one (scale, zero) per 32 codes; taken
+//     when K and group_size are multiples of 32 and the weight rows are
+//     16-byte aligned (ld_w % 16 == 0), the layout of real checkpoints;
+//   - narrow: one 32-bit word (8 codes) per lane and step, any layout the
+//     launcher accepts.
+// Codes become floats without I2F (a quarter-rate instruction that would
+// bound decode on its own): a code OR'd into the mantissa of 2^23 is the
+// float 2^23 + code exactly, and one subtraction leaves the code, exactly
+// (s4 codes go through offset binary, code ^ 8 = code + 8). So ŵ = s·(q − z)
+// is the same float either way, and every lane still sums at most K/32
+// products in order (the bound the GPU test asserts).
 #pragma once
 
 #include <oq/core/int4.hpp>
@@ -37,11 +47,54 @@ struct GemmW4A16Params {
   std::int64_t m = 0, n = 0, k = 0;
 };
 
-template <class ElementA, class ElementOut, int kTileM = 8, int kWarps = 4>
+template <class ElementA, class ElementOut, bool kSymmetric, int kTileM = 8, int kWarps = 4>
 struct GemmW4A16 {
   static_assert(sizeof(ElementA) == 2, "activations are 16-bit (fp16 or bf16)");
   using Params = GemmW4A16Params<ElementA, ElementOut>;
   static constexpr int kThreads = 32 * kWarps;
+
+  /// Whether the wide loop applies (see the file comment).
+  __host__ __device__ static bool wide(const Params& p) {
+    return p.k % 32 == 0 && p.group_size % 32 == 0 && p.ld_w % 16 == 0 &&
+           reinterpret_cast<std::uintptr_t>(p.w) % 16 == 0;
+  }
+
+  /// Code j (0..7) of a packed word as a float, exactly, without I2F.
+  __device__ __forceinline__ static float code(std::uint32_t word, int j) {
+    constexpr float kTwo23 = 8388608.0f;
+    const std::uint32_t nibble = (word >> (4 * j)) & 0xFu;
+    if constexpr (kSymmetric) {
+      return __uint_as_float(0x4B000000u | (nibble ^ 0x8u)) - (kTwo23 + 8.0f);  // s4 via offset binary
+    } else {
+      return __uint_as_float(0x4B000000u | nibble) - kTwo23;
+    }
+  }
+
+  // acc[i] += Σ_j a[m0 + i, k0 + j]·ŵ[j] over the 8 weights of one word.
+  __device__ __forceinline__ static void accumulate8(const Params& p, std::int64_t m0, std::int64_t k0,
+                                                     const float (&w)[8], float (&acc)[kTileM]) {
+    OQ_UNROLL
+    for (int i = 0; i < kTileM; ++i) {
+      if (m0 + i < p.m) {
+        // Eight 16-bit activations in one 16-byte load.
+        const uint4 raw = *reinterpret_cast<const uint4*>(p.a + (m0 + i) * p.ld_a + k0);
+        ElementA a8[8];
+        memcpy(a8, &raw, sizeof raw);  // register moves; no aliasing through a pointer cast
+        OQ_UNROLL
+        for (int j = 0; j < 8; ++j) acc[i] = fmaf(cuda::to_float(a8[j]), w[j], acc[i]);
+      }
+    }
+  }
+
+  // One packed word (8 codes from k0) with its group's scale and zero point.
+  __device__ __forceinline__ static void word_step(const Params& p, std::int64_t m0, std::int64_t k0,
+                                                   std::uint32_t packed, float scale, float zero,
+                                                   float (&acc)[kTileM]) {
+    float w[8];
+    OQ_UNROLL
+    for (int j = 0; j < 8; ++j) w[j] = scale * (code(packed, j) - zero);
+    accumulate8(p, m0, k0, w, acc);
+  }
 
   __device__ void operator()(const Params& p) const {
     const int lane = threadIdx.x % 32;
@@ -49,37 +102,33 @@ struct GemmW4A16 {
     const std::int64_t m0 = static_cast<std::int64_t>(blockIdx.y) * kTileM;
     if (n >= p.n) return;  // whole warp leaves together: n is warp-uniform
     const std::int64_t groups = p.k / p.group_size;
-    const auto* w_row = reinterpret_cast<const std::uint32_t*>(p.w + n * p.ld_w);
-
+    const float* scales = p.scales + n * groups;
+    const float* zeros = kSymmetric ? nullptr : p.zeros + n * groups;
     float acc[kTileM];
     OQ_UNROLL
     for (int i = 0; i < kTileM; ++i) acc[i] = 0.0f;
 
-    for (std::int64_t word = lane; word < p.k / 8; word += 32) {
-      const std::int64_t k0 = word * 8;
-      const std::int64_t g = k0 / p.group_size;  // a word never straddles groups (group_size % 8 == 0)
-      const float scale = p.scales[n * groups + g];
-      const float zero = p.symmetric ? 0.0f : p.zeros[n * groups + g];
-      const std::uint32_t packed = w_row[word];
-      float w[8];
-      OQ_UNROLL
-      for (int j = 0; j < 8; ++j) {
-        const unsigned nibble = (packed >> (4 * j)) & 0xFu;
-        const float q = p.symmetric ? static_cast<float>(core::sign_extend_s4(nibble)) : static_cast<float>(nibble);
-        w[j] = scale * (q - zero);
+    if (wide(p)) {
+      const auto* row = reinterpret_cast<const uint4*>(p.w + n * p.ld_w);
+      for (std::int64_t chunk = lane; chunk < p.k / 32; chunk += 32) {
+        const uint4 packed = row[chunk];  // codes 32·chunk .. +31, one group
+        const std::int64_t k0 = 32 * chunk, g = k0 / p.group_size;
+        const float scale = scales[g];
+        const float zero = kSymmetric ? 0.0f : zeros[g];
+        word_step(p, m0, k0, packed.x, scale, zero, acc);
+        word_step(p, m0, k0 + 8, packed.y, scale, zero, acc);
+        word_step(p, m0, k0 + 16, packed.z, scale, zero, acc);
+        word_step(p, m0, k0 + 24, packed.w, scale, zero, acc);
       }
-      OQ_UNROLL
-      for (int i = 0; i < kTileM; ++i) {
-        if (m0 + i < p.m) {
-          // Eight 16-bit activations in one 16-byte load.
-          const uint4 raw = *reinterpret_cast<const uint4*>(p.a + (m0 + i) * p.ld_a + k0);
-          ElementA a8[8];
-          memcpy(a8, &raw, sizeof raw);  // register moves; no aliasing through a pointer cast
-          OQ_UNROLL
-          for (int j = 0; j < 8; ++j) acc[i] = fmaf(cuda::to_float(a8[j]), w[j], acc[i]);
-        }
+    } else {
+      const auto* row = reinterpret_cast<const std::uint32_t*>(p.w + n * p.ld_w);
+      for (std::int64_t word = lane; word < p.k / 8; word += 32) {
+        const std::int64_t k0 = word * 8;
+        const std::int64_t g = k0 / p.group_size;  // a word never straddles groups (group_size % 8 == 0)
+        word_step(p, m0, k0, row[word], scales[g], kSymmetric ? 0.0f : zeros[g], acc);
       }
     }
+
     OQ_UNROLL
     for (int i = 0; i < kTileM; ++i) {
       float v = acc[i];
@@ -90,9 +139,9 @@ struct GemmW4A16 {
   }
 };
 
-template <class ElementA, class ElementOut, int kTileM, int kWarps>
+template <class ElementA, class ElementOut, bool kSymmetric, int kTileM, int kWarps>
 __global__ void __launch_bounds__(32 * kWarps) gemm_w4a16_kernel(const GemmW4A16Params<ElementA, ElementOut> params) {
-  GemmW4A16<ElementA, ElementOut, kTileM, kWarps>{}(params);
+  GemmW4A16<ElementA, ElementOut, kSymmetric, kTileM, kWarps>{}(params);
 }
 
 }  // namespace oq::cuda::kernel

@@ -24,8 +24,11 @@
 // its code is unspecified, and ±Inf gives an infinite scale. Validate on the
 // host, or upstream, where that matters.
 //
-// This first version favours clarity and exactness over speed (the row lives
-// in shared memory, so K·4 bytes plus the rotation must fit); issue 6 tunes it.
+// The row lives in shared memory, so K·4 bytes plus the rotation must fit.
+// Where the layout allows (see wide_input/wide_output), the row is read with
+// 16-byte loads and the codes written as 32-bit words; the per-element
+// arithmetic, and so every code, is the same on both paths. Issue 6 measures
+// it against the copy bandwidth.
 #pragma once
 
 #include <oq/core/int4.hpp>
@@ -85,6 +88,17 @@ struct QuantizePerToken {
     float rotated[kThreads];  // one b-wide output block per b threads
   };
 
+  static constexpr int kVec = 16 / sizeof(Element);  // elements per 16-byte load
+
+  /// Whether the row is read with 16-byte loads (cols, ld_x and x aligned to them).
+  __host__ __device__ static bool wide_input(const Params& p) {
+    return p.cols % kVec == 0 && p.ld_x % kVec == 0 && reinterpret_cast<std::uintptr_t>(p.x) % 16 == 0;
+  }
+  /// Whether codes are written as 32-bit words (cols, ld_codes and codes aligned to them).
+  __host__ __device__ static bool wide_output(const Params& p) {
+    return p.cols % (32 / p.bits) == 0 && p.ld_codes % 4 == 0 && reinterpret_cast<std::uintptr_t>(p.codes) % 4 == 0;
+  }
+
   /// Dynamic shared memory: the row, then the rotation (if any).
   static std::size_t dynamic_smem_bytes(const Params& p) {
     return sizeof(float) * (static_cast<std::size_t>(p.cols) +
@@ -97,7 +111,23 @@ struct QuantizePerToken {
     const int t = threadIdx.x;
     float* row = dynamic;
     const Element* x = p.x + m * p.ld_x;
-    for (std::int64_t k = t; k < p.cols; k += kThreads) row[k] = cuda::to_float(x[k]);
+    if (wide_input(p)) {
+      // 16-byte loads of kVec elements, stored to shared memory as float4s.
+      const auto* src = reinterpret_cast<const uint4*>(x);
+      for (std::int64_t v = t; v < p.cols / kVec; v += kThreads) {
+        const uint4 raw = src[v];
+        Element e[kVec];
+        memcpy(e, &raw, sizeof raw);  // register moves; no aliasing through a pointer cast
+        OQ_UNROLL
+        for (int j = 0; j < kVec; j += 4) {
+          reinterpret_cast<float4*>(row + v * kVec)[j / 4] =
+              make_float4(cuda::to_float(e[j]), cuda::to_float(e[j + 1]), cuda::to_float(e[j + 2]),
+                          cuda::to_float(e[j + 3]));
+        }
+      }
+    } else {
+      for (std::int64_t k = t; k < p.cols; k += kThreads) row[k] = cuda::to_float(x[k]);
+    }
 
     if (p.rotation != nullptr) {
       float* r = dynamic + p.cols;
@@ -146,7 +176,36 @@ struct QuantizePerToken {
 
     int sum = 0;
     std::uint8_t* out = p.codes + m * p.ld_codes;
-    if (p.bits == 4) {
+    if (wide_output(p)) {
+      // One 32-bit store per thread and step: 8 INT4 codes (4 bytes of pairs)
+      // or 4 INT8 codes, little-endian, i.e. the bytes of the narrow loop below.
+      const int per_word = 32 / p.bits;
+      for (std::int64_t w = t; w < p.cols / per_word; w += kThreads) {
+        const float4 v0 = reinterpret_cast<const float4*>(row + w * per_word)[0];
+        std::uint32_t word = 0;
+        if (p.bits == 4) {
+          const float4 v1 = reinterpret_cast<const float4*>(row + w * per_word)[1];
+          const float vals[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+          OQ_UNROLL
+          for (int j = 0; j < 8; j += 2) {
+            const int q0 = static_cast<int>(core::quantize_value(vals[j], params, range));
+            const int q1 = static_cast<int>(core::quantize_value(vals[j + 1], params, range));
+            word |= static_cast<std::uint32_t>(core::pack_u4x2(static_cast<unsigned>(q0), static_cast<unsigned>(q1)))
+                    << (4 * j);
+            sum += q0 + q1;
+          }
+        } else {
+          const float vals[4] = {v0.x, v0.y, v0.z, v0.w};
+          OQ_UNROLL
+          for (int j = 0; j < 4; ++j) {
+            const int q = static_cast<int>(core::quantize_value(vals[j], params, range));
+            word |= static_cast<std::uint32_t>(static_cast<std::uint8_t>(q)) << (8 * j);
+            sum += q;
+          }
+        }
+        reinterpret_cast<std::uint32_t*>(out)[w] = word;
+      }
+    } else if (p.bits == 4) {
       for (std::int64_t pair = t; pair < p.cols / 2; pair += kThreads) {
         const int q0 = static_cast<int>(core::quantize_value(row[2 * pair], params, range));
         const int q1 = static_cast<int>(core::quantize_value(row[2 * pair + 1], params, range));
@@ -174,7 +233,7 @@ template <class Element, int kThreads>
 __global__ void __launch_bounds__(kThreads) quantize_per_token_kernel(const QuantizePerTokenParams<Element> params) {
   using Kernel = QuantizePerToken<Element, kThreads>;
   __shared__ typename Kernel::SharedStorage shared;
-  extern __shared__ float dynamic[];
+  extern __shared__ __align__(16) float dynamic[];  // 16: float4 accesses to the row
   Kernel{}(params, shared, dynamic);
 }
 
