@@ -3,22 +3,24 @@
 # binaries that `bash cmake/run.sh gpu-pack` built and put in .gpu/ on the
 # machine without a GPU (nvcc is there; building here would spend lent minutes):
 #
-#   1. tests     every GPU test executable (ctest label `gpu`), then the W4A4,
-#                W4A16 and quantize tests under compute-sanitizer memcheck,
-#                racecheck, initcheck and synccheck (issue 5)
+#   1. tests     every GPU test executable (ctest label `gpu`) (issue 5)
 #   2. hf        examples/02_llama_layer/transformers_check.py: a
 #                save_pretrained checkpoint and transformers' layer inputs and
 #                outputs, tarred (issue 7; copy to tests/data/transformers_llama/)
 #   3. sass      which matrix instructions each kernel uses, per architecture
 #                (IMMA / IGMMA, not emulation: issue 6)
-#   4. bench     bench.cuda.gemm and bench.cuda.quantize_per_token, JSON, then
+#   4. sanitize  the W4A4, W4A16 and quantize tests under compute-sanitizer
+#                memcheck, racecheck, initcheck and synccheck (issue 5)
+#   5. bench     bench.cuda.gemm and bench.cuda.quantize_per_token, JSON, then
 #                bench/cuda/summarize.py's tables and plot (issue 6)
 #
 # Usage, from the repository root on the device machine (through the device
-# tool, carrying .gpu):  bash cmake/gpu_check.sh [stage…]   (default: all four)
+# tool, carrying .gpu):  bash cmake/gpu_check.sh [stage…]   (default: all five)
 # Everything lands in $OUT (default /tmp/oq_gpu_out) as at most 8 files:
 # log.txt, hf.tar, gemm.json, quantize.json, summary.md, gemm.png.
-# Each stage has its own time limit, so one that hangs cannot take the rest.
+# Every command has its own time limit and the whole run a deadline
+# (OQ_GPU_DEADLINE_S seconds, default 520, inside the device tool's 600 s per
+# command): a command never runs past it, so the summary always comes back.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/oq_gpu_out}"
@@ -26,16 +28,24 @@ mkdir -p "$OUT"
 LOG="$OUT/log.txt"
 BIN=.gpu/bin
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(tests hf sass bench)
+[ ${#stages[@]} -eq 0 ] && stages=(tests hf sass sanitize bench)
 
+deadline=$((SECONDS + ${OQ_GPU_DEADLINE_S:-520}))
 say() { echo "== $*" | tee -a "$LOG"; }
-# run_logged <seconds> <command…>: the command's output into the log (and the
-# reply's tail), its exit status and time after it.
+# run_logged <seconds> <command…>: the command's output into the log, its exit
+# status and time after it; at most <seconds>, and never past the deadline
+# (exit 124 when cut, 125 when not started for lack of time).
 run_logged() {
   local limit=$1
   shift
+  local left=$((deadline - SECONDS))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 5 ]; then
+    echo "== exit 125 after 0 s (no time left before the deadline): $*" >>"$LOG"
+    return 125
+  fi
   local start=$SECONDS
-  timeout "$limit" "$@" >>"$LOG" 2>&1
+  timeout -k 10 "$limit" "$@" >>"$LOG" 2>&1
   local rc=$?
   echo "== exit $rc after $((SECONDS - start)) s: $*" >>"$LOG"
   return $rc
@@ -61,11 +71,14 @@ for stage in "${stages[@]}"; do
       say "stage tests"
       for t in "$BIN"/core.device_test "$BIN"/cuda.*_test; do
         case "$t" in *_args_test) continue ;; esac
-        run_logged 120 "$t"
+        run_logged 90 "$t"
       done
-      for t in "$BIN"/cuda.gemm_w4a4_test "$BIN"/cuda.gemm_w4a16_test "$BIN"/cuda.quantize_per_token_test; do
-        for tool in memcheck racecheck initcheck synccheck; do
-          run_logged 150 compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 "$t"
+      ;;
+    sanitize)
+      say "stage sanitize"
+      for tool in memcheck racecheck initcheck synccheck; do
+        for t in "$BIN"/cuda.gemm_w4a4_test "$BIN"/cuda.gemm_w4a16_test "$BIN"/cuda.quantize_per_token_test; do
+          run_logged 90 compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 "$t"
         done
       done
       ;;
@@ -80,7 +93,7 @@ for stage in "${stages[@]}"; do
       for b in "$BIN"/cuda.gemm_w4a4_test "$BIN"/cuda.gemm_w4a16_test "$BIN"/bench.cuda.gemm; do
         [ -x "$b" ] || continue
         echo "-- $b: matrix and INT4-related instructions per architecture" >>"$LOG"
-        cuobjdump --dump-sass "$b" 2>>"$LOG" |
+        timeout -k 5 60 cuobjdump --dump-sass "$b" 2>>"$LOG" |
           awk '/arch = sm_/ {arch=$NF} /IMMA|IGMMA|HMMA|HGMMA|IDP|I2F|PRMT/ {
                  match($0, /(IMMA|IGMMA|HMMA|HGMMA|IDP|I2F|PRMT)[.A-Z0-9_]*/); key=arch " " substr($0, RSTART, RLENGTH); n[key]++ }
                END {for (k in n) print k, n[k]}' | sort >>"$LOG"
@@ -93,12 +106,12 @@ for stage in "${stages[@]}"; do
               --benchmark_out_format=json)
       run_logged 150 "$BIN"/bench.cuda.quantize_per_token "${common[@]}" --benchmark_out="$OUT/quantize.json"
       run_logged 300 "$BIN"/bench.cuda.gemm "${common[@]}" --benchmark_out="$OUT/gemm.json"
-      python3 bench/cuda/summarize.py "$OUT/gemm.json" "$OUT/quantize.json" --plot "$OUT/gemm.png" \
+      python3 bench/cuda/summarize.py "$OUT/quantize.json" "$OUT/gemm.json" --plot "$OUT/gemm.png" \
         >"$OUT/summary.md" 2>>"$LOG"
       cat "$OUT/summary.md"
       ;;
     *)
-      say "unknown stage $stage (tests, hf, sass, bench)"
+      say "unknown stage $stage (tests, hf, sass, sanitize, bench)"
       ;;
   esac
 done

@@ -16,7 +16,7 @@
 //
 // Every benchmark is named <kernel>/m:M/n:N/k:K, times one launch (see
 // gpu_bench.cuh) and sets `ops` = 2·M·N·K and `bytes`; the decode GEMMs also
-// set `weight_bytes`. Operands hold random bits (never zeros: METHOD.md).
+// set `weight_bytes`. Operands hold random bits, never zeros.
 //
 //   ./bench.cuda.gemm --benchmark_repetitions=5 --benchmark_report_aggregates_only=true \
 //       --benchmark_out=gemm.json --benchmark_out_format=json
@@ -81,7 +81,7 @@ void BM_cublas_bf16(benchmark::State& state) {
     const float alpha = 1.0f, beta = 0.0f;
     cublasHandle_t handle = cublas().handle();
     time_launches(st, copies, Work{"cublas_bf16", s.ops()}, [&](cudaStream_t stream, int copy) {
-      OQ_BENCH_CHECK(cublasSetStream(handle, stream));
+      cublas().use_stream(stream);
       // Column-major view: Yᵀ (N × M) = Wᵀ-as-stored (op T of K × N) · Aᵀ-as-stored (K × M).
       OQ_BENCH_CHECK(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(s.n), static_cast<int>(s.m),
                                   static_cast<int>(s.k), &alpha, w.get() + copy * w_count, CUDA_R_16BF,

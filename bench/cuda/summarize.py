@@ -18,9 +18,24 @@ import json
 import sys
 
 
-def load(path):
+def read_json(path):
+    """The file's JSON; a run cut off mid-way (Google Benchmark closes the
+    array only at the end) is read up to its last complete benchmark entry."""
     with open(path) as f:
-        data = json.load(f)
+        text = f.read()
+    try:
+        return json.loads(text), False
+    except json.JSONDecodeError:
+        cut = text.rfind("\n    }")
+        if cut < 0:
+            raise
+        return json.loads(text[:cut + len("\n    }")] + "\n  ]\n}"), True
+
+
+def load(path):
+    data, truncated = read_json(path)
+    if truncated:
+        print(f"note: {path} was cut off; read up to its last complete entry", file=sys.stderr)
     runs, errors = {}, {}
     for b in data["benchmarks"]:
         name = b.get("run_name", b["name"]).replace("/manual_time", "")
@@ -101,7 +116,8 @@ def gemm_tables(table, out):
         out.append("")
     decode = [s for s in shapes if get(table, "w4a16", m=s[0], n=s[1], k=s[2])]
     if decode:
-        out.append("| M | N | K | W4A16 µs | weight GB/s | of copy BW (≥ 0.70) | BF16 µs | × BF16 (≥ 3 at M = 1) |")
+        out.append("| M | N | K | W4A16 µs | weight GB/s | of copy BW (≥ 0.70) | BF16 µs "
+                   "| × BF16 (≥ 3 at M = 1) |")
         out.append("|---|---|---|---|---|---|---|---|")
         for m, n, k in decode:
             w = get(table, "w4a16", m=m, n=n, k=k)
@@ -140,11 +156,13 @@ def plot(tables, path):
     if not shapes:
         return
     fig, axes = plt.subplots(1, len(shapes), figsize=(4 * len(shapes), 3.6), squeeze=False)
-    labels = {"w4a4": "oq W4A4", "w4a4_multistage": "oq W4A4 multistage", "w4a16": "oq W4A16", "cublas_bf16": "cuBLAS BF16", "cublaslt_int8": "cuBLASLt INT8"}
+    labels = {"w4a4": "oq W4A4", "w4a4_multistage": "oq W4A4 multistage", "w4a16": "oq W4A16",
+              "cublas_bf16": "cuBLAS BF16", "cublaslt_int8": "cuBLASLt INT8"}
     for ax, (n, k) in zip(axes[0], shapes):
         for kern, label in labels.items():
             pts = sorted((dict(a)["m"], 2.0 * dict(a)["m"] * n * k / seconds(r) / 1e12)
-                         for (kk, a), r in merged.items() if kk == kern and dict(a).get("n") == n and dict(a).get("k") == k)
+                         for (kk, a), r in merged.items()
+                         if kk == kern and dict(a).get("n") == n and dict(a).get("k") == k)
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
         ax.set_xscale("log", base=2)
@@ -165,7 +183,11 @@ def main():
     args = parser.parse_args()
     out, tables = [], []
     for path in args.json:
-        context, runs, errors = load(path)
+        try:
+            context, runs, errors = load(path)
+        except (OSError, ValueError) as e:
+            out.append(f"### {path}: unreadable ({e})\n")
+            continue
         table = index(runs)
         tables.append(table)
         out.append(f"### {path}: {context.get('device', '?')}, {context.get('date', '?')}\n")

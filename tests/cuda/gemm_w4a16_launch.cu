@@ -69,6 +69,11 @@ std::vector<float> run(const oq::test::W4A16Problem& q, std::vector<float>& a, c
 
 namespace oq::test {
 
+bool w4a16_wide_loop(const W4A16Problem& q) {
+  auto p = params_of<__half>(q);  // p.w == nullptr: aligned like any cudaMalloc result
+  return oq::cuda::device::GemmW4A16<__half, float>::KernelFor<false>::wide(p);
+}
+
 std::string check_w4a16_arguments(const W4A16Problem& problem) {
   auto p = params_of<__half>(problem);
   alignas(16) static __half a[16];

@@ -18,6 +18,10 @@ struct W4A16Problem {
 /// Needs no GPU.
 std::string check_w4a16_arguments(const W4A16Problem& problem);
 
+/// Whether the kernel takes its wide loop (16-byte weight loads) on this
+/// problem with 16-byte aligned weights. Needs no GPU.
+bool w4a16_wide_loop(const W4A16Problem& problem);
+
 /// Runs GemmW4A16<__half or __nv_bfloat16, float> with activations `a`
 /// (m × ld_a floats, rounded to the 16-bit type first; the rounded values are
 /// written back into `a`), packed weights `w` (n × ld_w bytes), scales and

@@ -43,6 +43,8 @@ TEST_CASE("W4A16 equals the dequantized product to fp32 accumulation error") {
           // Padded leading dimensions, so that a mix-up of ld and K or N fails.
           const std::int64_t ld_a = s.k + 8, ld_w = (s.k / 2 + 15) / 16 * 16 + w_pad, ld_y = s.n + 3;
           oq::test::W4A16Problem q{s.m, s.n, s.k, s.group, ld_a, ld_w, ld_y, symmetric, false};
+          // The loop this case exercises: wide exactly for 16-byte rows of whole 32-code groups.
+          CHECK(oq::test::w4a16_wide_loop(q) == (w_pad == 16 && s.k % 32 == 0 && s.group % 32 == 0));
           RowMatrix a = oq::test::gaussian<float>(s.m, s.k, 7);
           std::vector<float> a_flat(static_cast<std::size_t>(s.m * ld_a), 1e4f);
           for (Eigen::Index r = 0; r < s.m; ++r) std::copy(a.row(r).data(), a.row(r).data() + s.k, a_flat.begin() + r * ld_a);

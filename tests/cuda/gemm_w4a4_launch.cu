@@ -51,9 +51,29 @@ void upload(DeviceBuffer<T>& d, const std::vector<T>& h) {
   if (!h.empty()) check_cuda(cudaMemcpy(d.ptr, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy");
 }
 
+__global__ void auto_paths_kernel(int* out) {
+  out[0] = oq::cuda::kernel::GemmW4A4<float>::native_s4() ? 1 : 0;
+  out[1] = oq::cuda::kernel::GemmW4A4Multistage<float, true, true>::native_s4() ? 1 : 0;
+}
+
 }  // namespace
 
 namespace oq::test {
+
+W4A4AutoPaths w4a4_auto_paths_on_device() {
+  DeviceBuffer<int> d_out(2);
+  check_cuda(cudaMemset(d_out.ptr, 0xFF, 2 * sizeof(int)), "cudaMemset");
+  auto_paths_kernel<<<1, 1>>>(d_out.ptr);
+  check_cuda(cudaGetLastError(), "auto_paths_kernel launch");
+  int out[2] = {-1, -1};
+  check_cuda(cudaMemcpy(out, d_out.ptr, sizeof out, cudaMemcpyDeviceToHost), "cudaMemcpy");
+  if ((out[0] != 0 && out[0] != 1) || (out[1] != 0 && out[1] != 1))
+    throw std::runtime_error("auto_paths_kernel did not run");
+  int device = 0, major = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+  return {out[0] == 1, out[1] == 1, major};
+}
 
 std::string check_w4a4_arguments(const W4A4Problem& q) {
   auto p = params_of(q);

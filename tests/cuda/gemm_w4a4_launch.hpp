@@ -22,6 +22,15 @@ struct W4A4Problem {
   W4A4Kernel kernel = W4A4Kernel::kSimple;
 };
 
+/// What W4A4Mma::kAuto resolves to in the code the current GPU runs (a
+/// kernel reads the compile-time choice), and that GPU's compute capability.
+struct W4A4AutoPaths {
+  bool simple_native_s4 = false;
+  bool multistage_native_s4 = false;
+  int compute_capability_major = 0;
+};
+W4A4AutoPaths w4a4_auto_paths_on_device();
+
 /// check_arguments of problem.kernel's launcher ("" when fine). Needs no GPU.
 std::string check_w4a4_arguments(const W4A4Problem& problem);
 

@@ -126,3 +126,11 @@ TEST_CASE("W4A4 (GemmW4A4Multistage) accumulators and epilogue against the host 
     }
   }
 }
+
+TEST_CASE("W4A4Mma::kAuto is native INT4 MMA before Hopper and widened s8 from Hopper on") {
+  const auto paths = oq::test::w4a4_auto_paths_on_device();
+  CAPTURE(paths.compute_capability_major);
+  const bool expect_native = paths.compute_capability_major < 9;  // DESIGN §7: no INT4 tensor cores on sm_90
+  CHECK(paths.simple_native_s4 == expect_native);
+  CHECK(paths.multistage_native_s4 == expect_native);
+}

@@ -77,6 +77,23 @@ oq::test::PerTokenResult run(const std::vector<float>& x, const oq::test::PerTok
 
 namespace oq::test {
 
+namespace {
+template <class Element>
+std::pair<bool, bool> wide_paths(const PerTokenArgs& args) {
+  const auto p = params_of<Element>(args);  // null buffers: aligned like any cudaMalloc result
+  using Kernel = typename oq::cuda::device::QuantizePerToken<Element>::Kernel;
+  return {Kernel::wide_input(p), Kernel::wide_output(p)};
+}
+}  // namespace
+
+std::pair<bool, bool> per_token_wide_paths(const PerTokenArgs& args, DeviceInput input) {
+  switch (input) {
+    case DeviceInput::kHalf: return wide_paths<__half>(args);
+    case DeviceInput::kBf16: return wide_paths<__nv_bfloat16>(args);
+    default: return wide_paths<float>(args);
+  }
+}
+
 std::string check_per_token_arguments(const PerTokenArgs& args) {
   auto p = params_of<float>(args);
   static float dummy[1];

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace oq::test {
@@ -30,6 +31,10 @@ struct PerTokenResult {
   std::vector<std::int32_t> sums;
   std::vector<float> x_as_input;  ///< x after rounding to the input type, as float
 };
+
+/// Whether the kernel reads rows with 16-byte loads (first) and writes codes
+/// as 32-bit words (second) on these arguments with aligned buffers. No GPU.
+std::pair<bool, bool> per_token_wide_paths(const PerTokenArgs& args, DeviceInput input);
 
 /// Runs the kernel on x (rows × cols, row-major, ld_x = cols), outputs poisoned
 /// with 0xAB first so that unwritten bytes show. Throws std::runtime_error on

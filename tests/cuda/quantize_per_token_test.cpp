@@ -64,6 +64,11 @@ TEST_CASE("without rotation the kernel equals oq::quant bit for bit") {
           const RowMatrix x = adversarial_rows(rows, cols, static_cast<std::uint64_t>(rows * cols + bits));
           const std::vector<float> flat(x.data(), x.data() + x.size());
           const PerTokenArgs a = args_for(rows, cols, bits, symmetric, 0.9f);
+          // Both loads and both stores are exercised: 16-byte loads of 4 floats,
+          // 32-bit words of 8 INT4 or 4 INT8 codes, where cols allows.
+          const auto [wide_in, wide_out] = oq::test::per_token_wide_paths(a, DeviceInput::kFloat);
+          CHECK(wide_in == (cols % 4 == 0));
+          CHECK(wide_out == (cols % (32 / bits) == 0));
           const auto got = oq::test::quantize_per_token_on_device(flat, a, DeviceInput::kFloat, {});
           QuantParams<float> params;
           const auto expected = host_bytes(x, QuantSpec::per_token(bits, symmetric, 0.9), params);
@@ -81,13 +86,18 @@ TEST_CASE("without rotation the kernel equals oq::quant bit for bit") {
 }
 
 TEST_CASE("half and bfloat16 inputs quantize as their float values") {
-  const RowMatrix x = adversarial_rows(17, 512, 5);
-  const std::vector<float> flat(x.data(), x.data() + x.size());
-  for (DeviceInput input : {DeviceInput::kHalf, DeviceInput::kBf16}) {
-    const auto got = oq::test::quantize_per_token_on_device(flat, args_for(17, 512, 4, false, 0.9f), input, {});
-    const RowMatrix rounded = Eigen::Map<const RowMatrix>(got.x_as_input.data(), 17, 512);
-    QuantParams<float> params;
-    CHECK(got.codes == host_bytes(rounded, QuantSpec::per_token(4, false, 0.9), params));
+  for (Eigen::Index cols : {512, 130}) {  // 16-byte loads of 8 elements, and element by element
+    const RowMatrix x = adversarial_rows(17, cols, 5);
+    const std::vector<float> flat(x.data(), x.data() + x.size());
+    for (DeviceInput input : {DeviceInput::kHalf, DeviceInput::kBf16}) {
+      CAPTURE(cols);
+      const PerTokenArgs a = args_for(17, cols, 4, false, 0.9f);
+      CHECK(oq::test::per_token_wide_paths(a, input).first == (cols % 8 == 0));
+      const auto got = oq::test::quantize_per_token_on_device(flat, a, input, {});
+      const RowMatrix rounded = Eigen::Map<const RowMatrix>(got.x_as_input.data(), 17, cols);
+      QuantParams<float> params;
+      CHECK(got.codes == host_bytes(rounded, QuantSpec::per_token(4, false, 0.9), params));
+    }
   }
 }
 

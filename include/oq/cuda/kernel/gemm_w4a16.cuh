@@ -19,8 +19,8 @@
 // bound decode on its own): a code OR'd into the mantissa of 2^23 is the
 // float 2^23 + code exactly, and one subtraction leaves the code, exactly
 // (s4 codes go through offset binary, code ^ 8 = code + 8). So ŵ = s·(q − z)
-// is the same float either way, and every lane still sums at most K/32
-// products in order (the bound the GPU test asserts).
+// is the same float either way, and every lane sums at most 32·⌈K/1024⌉
+// products in order on either loop (the bound the GPU test asserts).
 #pragma once
 
 #include <oq/core/int4.hpp>
