@@ -11,6 +11,7 @@
 //                  per-token, as QuantizePerToken writes them), s4 weights
 //                  (symmetric per-channel), bf16 out through the scale epilogue
 //   w4a4_multistage  the same problem on device::GemmW4A4Multistage
+//   w4a4_wgmma       and on device::GemmW4A4Wgmma (sm_90a; skipped elsewhere)
 //   w4a16          oq::cuda::device::GemmW4A16: bf16 activations, u4 weights
 //                  with per-group(128) scales and zero points, bf16 out
 //
@@ -26,6 +27,7 @@
 #include <oq/cuda/device/gemm_w4a16.cuh>
 #include <oq/cuda/device/gemm_w4a4.cuh>
 #include <oq/cuda/device/gemm_w4a4_multistage.cuh>
+#include <oq/cuda/device/gemm_w4a4_wgmma.cuh>
 
 #include <cuda_bf16.h>
 
@@ -201,12 +203,14 @@ void BM_w4a4_simple(benchmark::State& state) { BM_w4a4<oq::cuda::device::GemmW4A
 void BM_w4a4_multistage(benchmark::State& state) {
   BM_w4a4<oq::cuda::device::GemmW4A4Multistage<bf16>>(state, "w4a4_multistage");
 }
+void BM_w4a4_wgmma(benchmark::State& state) { BM_w4a4<oq::cuda::device::GemmW4A4Wgmma<bf16>>(state, "w4a4_wgmma"); }
 BENCHMARK(BM_w4a4_simple)->Name("w4a4")->ArgNames({"m", "n", "k"})->Apply(prefill_shapes)->UseManualTime();
 BENCHMARK(BM_w4a4_multistage)
     ->Name("w4a4_multistage")
     ->ArgNames({"m", "n", "k"})
     ->Apply(prefill_shapes)
     ->UseManualTime();
+BENCHMARK(BM_w4a4_wgmma)->Name("w4a4_wgmma")->ArgNames({"m", "n", "k"})->Apply(prefill_shapes)->UseManualTime();
 
 // ---------------------------------------------------------------------------
 void BM_w4a16(benchmark::State& state) {

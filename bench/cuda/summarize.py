@@ -95,7 +95,7 @@ def gemm_tables(table, out):
     if copy_bw:
         out.append(f"Device-to-device copy: {copy_bw / 1e9:.0f} GB/s (bytes read + written).\n")
     shapes = sorted({(d["m"], d["n"], d["k"]) for (_, a) in table if "n" in (d := dict(a))})
-    ours = ("w4a4", "w4a4_multistage")
+    ours = ("w4a4", "w4a4_multistage", "w4a4_wgmma")
     prefill = [s for s in shapes if any(get(table, k, m=s[0], n=s[1], k=s[2]) for k in ours + ("cublaslt_int8",))]
     if prefill:
         out.append("| M | N | K | kernel | µs | TOPS | BF16 µs | BF16 TFLOPS | INT8 µs | INT8 TOPS "
@@ -156,8 +156,8 @@ def plot(tables, path):
     if not shapes:
         return
     fig, axes = plt.subplots(1, len(shapes), figsize=(4 * len(shapes), 3.6), squeeze=False)
-    labels = {"w4a4": "oq W4A4", "w4a4_multistage": "oq W4A4 multistage", "w4a16": "oq W4A16",
-              "cublas_bf16": "cuBLAS BF16", "cublaslt_int8": "cuBLASLt INT8"}
+    labels = {"w4a4": "oq W4A4", "w4a4_multistage": "oq W4A4 multistage", "w4a4_wgmma": "oq W4A4 wgmma",
+              "w4a16": "oq W4A16", "cublas_bf16": "cuBLAS BF16", "cublaslt_int8": "cuBLASLt INT8"}
     for ax, (n, k) in zip(axes[0], shapes):
         for kern, label in labels.items():
             pts = sorted((dict(a)["m"], 2.0 * dict(a)["m"] * n * k / seconds(r) / 1e12)

@@ -35,3 +35,15 @@ TEST_CASE("the multistage W4A4 launcher also needs 16-byte strides and names the
   q.k = 240;  // the shared checks speak for the multistage launcher too
   CHECK(check_w4a4_arguments(q).find("GemmW4A4Multistage: k must be a multiple of 32") != std::string::npos);
 }
+
+TEST_CASE("the wgmma W4A4 launcher checks as the multistage one and names itself") {
+  W4A4Problem q{64, 64, 256, 128, 128, false, true, true, false};
+  q.kernel = oq::test::W4A4Kernel::kWgmma;
+  CHECK(check_w4a4_arguments(q).empty());
+  q.ld_w = 136;
+  CHECK(check_w4a4_arguments(q).find("GemmW4A4Wgmma: ld_a and ld_w must be multiples of 16 bytes") !=
+        std::string::npos);
+  q.ld_w = 128;
+  q.k = 240;
+  CHECK(check_w4a4_arguments(q).find("GemmW4A4Wgmma: k must be a multiple of 32") != std::string::npos);
+}

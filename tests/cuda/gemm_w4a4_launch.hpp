@@ -9,8 +9,9 @@ namespace oq::test {
 
 /// oq::cuda::kernel::W4A4Mma, spelled here without CUDA headers.
 enum class W4A4Path { kAuto, kNativeS4, kWidenToS8 };
-/// Which launcher: device::GemmW4A4 or device::GemmW4A4Multistage.
-enum class W4A4Kernel { kSimple, kMultistage };
+/// Which launcher: device::GemmW4A4, GemmW4A4Multistage or GemmW4A4Wgmma
+/// (the last ignores the path: it is always INT4 widened to s8).
+enum class W4A4Kernel { kSimple, kMultistage, kWgmma };
 
 struct W4A4Problem {
   std::int64_t m = 0, n = 0, k = 0;

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <string>
 
 using namespace oq::quant;
 using oq::test::W4A4Kernel;
@@ -122,6 +123,27 @@ TEST_CASE("W4A4 (GemmW4A4Multistage) accumulators and epilogue against the host 
           const std::int64_t row = (s.k / 2 + 15) / 16 * 16;
           check_against_host(s, a_signed, w_signed, path, W4A4Kernel::kMultistage, row + 16, row + 32, rng);
         }
+      }
+    }
+  }
+}
+
+TEST_CASE("W4A4 (GemmW4A4Wgmma, sm_90a) accumulators and epilogue against the host reference") {
+  const auto paths = oq::test::w4a4_auto_paths_on_device();
+  if (paths.compute_capability_major != 9) {
+    const std::string why = "skipped: GemmW4A4Wgmma needs compute capability 9.0, this device has major " +
+                            std::to_string(paths.compute_capability_major);
+    MESSAGE(why);
+    return;
+  }
+  std::mt19937 rng(31);
+  // The multistage kernel's ragged shapes: the same tiles and pipeline feed it.
+  for (const Shape& s : {Shape{1, 8, 32}, Shape{20, 40, 96}, Shape{129, 136, 128}, Shape{257, 129, 544},
+                         Shape{130, 257, 1056}, Shape{128, 128, 4096}}) {
+    for (bool a_signed : {false, true}) {
+      for (bool w_signed : {true, false}) {
+        const std::int64_t row = (s.k / 2 + 15) / 16 * 16;
+        check_against_host(s, a_signed, w_signed, W4A4Path::kAuto, W4A4Kernel::kWgmma, row + 16, row + 32, rng);
       }
     }
   }

@@ -1,0 +1,81 @@
+// oq/cuda/device/gemm_w4a4_wgmma.cuh: host launcher of the Hopper W4A4 GEMM
+// (kernel/gemm_w4a4_wgmma.cuh: INT4 widened to s8 in shared memory, wgmma).
+// Same Params and results as device::GemmW4A4 and GemmW4A4Multistage.
+//
+//   using Gemm = oq::cuda::device::GemmW4A4Wgmma<__nv_bfloat16>;
+//   Gemm::Params p;                  // filled exactly as for GemmW4A4
+//   if (auto r = Gemm::run(p, stream); !r.ok()) throw std::runtime_error(r.message);
+//
+// Requirements (can_implement explains a failure): those of
+// GemmW4A4Multistage (16-byte aligned operands and strides), a device of
+// compute capability exactly 9.0 (wgmma is an sm_90a feature, not forward
+// compatible), and a binary built for sm_90a (CMake: CUDA_ARCHITECTURES 90a;
+// oq's default). A binary without sm_90a code traps in the kernel instead of
+// returning unwritten outputs.
+#pragma once
+
+#include <oq/cuda/device/gemm_w4a4_multistage.cuh>
+#include <oq/cuda/kernel/gemm_w4a4_wgmma.cuh>
+#include <oq/cuda/status.cuh>
+
+#include <cstdint>
+#include <string>
+
+namespace oq::cuda::device {
+
+template <class ElementOut, int kStages = 3>
+class GemmW4A4Wgmma {
+ public:
+  using Params = kernel::GemmW4A4Params<ElementOut>;
+  template <bool kASigned, bool kWSigned>
+  using Kernel = kernel::GemmW4A4Wgmma<ElementOut, kASigned, kWSigned, kStages>;
+  static constexpr int kSmemBytes = Kernel<true, true>::kSmemBytes;
+
+  /// The argument checks alone: no CUDA call, usable without a GPU.
+  static Report check_arguments(const Params& p) {
+    Report r = GemmW4A4Multistage<ElementOut, kernel::W4A4Mma::kAuto, kStages>::check_arguments(p);
+    if (!r.ok()) r.message.replace(0, std::string("GemmW4A4Multistage").size(), "GemmW4A4Wgmma");
+    return r;
+  }
+
+  /// Arguments, then the current device: compute capability 9.0, shared memory.
+  static Report can_implement(const Params& p) {
+    if (Report r = check_arguments(p); !r.ok()) return r;
+    int device = 0, major = 0, minor = 0, smem_limit = 0;
+    OQ_CUDA_TRY(cudaGetDevice(&device));
+    OQ_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    OQ_CUDA_TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    if (major != 9 || minor != 0)
+      return Report::failure(Status::kUnsupportedDevice,
+                             "GemmW4A4Wgmma: needs compute capability 9.0 (sm_90a: wgmma), got " +
+                                 std::to_string(major) + "." + std::to_string(minor));
+    OQ_CUDA_TRY(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    if (smem_limit < kSmemBytes)
+      return Report::failure(Status::kUnsupportedDevice, "GemmW4A4Wgmma: needs " + std::to_string(kSmemBytes) +
+                                                             " bytes of shared memory per block, the device allows " +
+                                                             std::to_string(smem_limit));
+    return Report::success();
+  }
+
+  static Report run(const Params& p, cudaStream_t stream = nullptr) {
+    if (Report r = can_implement(p); !r.ok()) return r;
+    if (p.m == 0 || p.n == 0) return Report::success();
+    if (p.a_signed) return p.w_signed ? launch<true, true>(p, stream) : launch<true, false>(p, stream);
+    return p.w_signed ? launch<false, true>(p, stream) : launch<false, false>(p, stream);
+  }
+
+ private:
+  template <bool kASigned, bool kWSigned>
+  static Report launch(const Params& p, cudaStream_t stream) {
+    using K = Kernel<kASigned, kWSigned>;
+    auto* entry = &kernel::gemm_w4a4_wgmma_kernel<ElementOut, kASigned, kWSigned, kStages>;
+    OQ_CUDA_TRY(cudaFuncSetAttribute(entry, cudaFuncAttributeMaxDynamicSharedMemorySize, K::kSmemBytes));
+    const dim3 grid(static_cast<unsigned>((p.n + K::kTileN - 1) / K::kTileN),
+                    static_cast<unsigned>((p.m + K::kTileM - 1) / K::kTileM));
+    entry<<<grid, K::kThreads, K::kSmemBytes, stream>>>(p);
+    OQ_CUDA_TRY(cudaGetLastError());
+    return Report::success();
+  }
+};
+
+}  // namespace oq::cuda::device

@@ -1,0 +1,159 @@
+// oq/cuda/kernel/gemm_w4a4_wgmma.cuh: the W4A4 GEMM of kernel/gemm_w4a4.cuh
+// (same Params, accumulators and epilogue) on Hopper's warpgroup MMA: INT4
+// codes are widened to s8 in shared memory and multiplied by
+// wgmma.m64n128k32.s32.s8.s8 — Hopper has no INT4 tensor cores, and wgmma
+// takes s8 but not s4 (DESIGN §7). sm_90a only.
+//
+// Per CTA: a 128 × 128 tile of C, two warpgroups (256 threads), each owning 64
+// rows × 128 columns in 64 int32 registers per thread. K advances 128 codes
+// per stage:
+//   1. the packed INT4 slabs arrive through the cp.async pipeline of
+//      kernel/gemm_w4a4_multistage.cuh (same stages, same zero-filled edges);
+//   2. all 256 threads widen the stage's codes to s8 into one shared buffer
+//      laid out as wgmma's no-swizzle K-major core matrices (arch/wgmma.cuh):
+//      8 rows × 16 bytes each, the 8 of a row group adjacent along K
+//      (LBO = 128 bytes), row groups 1024 bytes apart (SBO);
+//   3. fence.proxy.async + barrier, then each warpgroup issues four k32
+//      wgmmas (A: its 64 rows, B: all 128 columns), commits and waits.
+// The widened buffer is single: a stage's conversion waits for the previous
+// stage's wgmmas. This first version is written to be right; overlapping the
+// conversion with the MMAs (two buffers, wait_group 1), a producer warpgroup
+// with TMA, and a swizzled layout are the next steps (issue 6).
+//
+// Conversion mapping: thread q handles 16 packed bytes (32 codes) of row
+// r = q % 128, chunk c = (q / 128) % 4, operand q / 512 (A, then W), and
+// writes two 16-byte s8 rows of two K-adjacent core matrices. Eight
+// consecutive threads read eight rows 80 bytes apart (conflict-free, as in the
+// multistage kernel) and write one whole 128-byte core matrix.
+#pragma once
+
+#include <oq/cuda/arch/memory.cuh>
+#include <oq/cuda/arch/wgmma.cuh>
+#include <oq/cuda/kernel/gemm_w4a4.cuh>
+#include <oq/cuda/kernel/gemm_w4a4_multistage.cuh>
+
+#include <cstdint>
+
+namespace oq::cuda::kernel {
+
+template <class ElementOut, bool kASigned, bool kWSigned, int kStages = 3>
+struct GemmW4A4Wgmma {
+  using Params = GemmW4A4Params<ElementOut>;
+  // The packed tiles and their pipeline are the multistage kernel's.
+  using Packed = GemmW4A4Multistage<ElementOut, kASigned, kWSigned, W4A4Mma::kWidenToS8, kStages>;
+  static constexpr int kThreads = Packed::kThreads;  // 256: two warpgroups
+  static constexpr int kTileM = Packed::kTileM;      // 128
+  static constexpr int kTileN = Packed::kTileN;      // 128
+  static constexpr int kTileK = Packed::kTileK;      // 128 codes per stage
+  static_assert(kThreads == 256 && kTileM == 128 && kTileN == 128 && kTileK == 128,
+                "the conversion mapping and the wgmma shape assume these");
+
+  static constexpr int kCoreBytes = 128;                 // 8 rows × 16 bytes
+  static constexpr int kCoresK = kTileK / 16;            // core matrices along K per row group
+  static constexpr int kLbo = kCoreBytes;                // K-adjacent core matrices
+  static constexpr int kSbo = kCoresK * kCoreBytes;      // next 8 rows: 1024 bytes
+  static constexpr int kS8Bytes = (kTileM + kTileN) * kTileK;  // A then W, one byte per code
+  static constexpr int kSmemBytes = kS8Bytes + kStages * Packed::kStageBytes;
+
+  // Widens the packed stage to s8 core matrices (see the file comment).
+  __device__ static void convert(const std::uint8_t* packed, std::uint8_t* s8) {
+    OQ_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      const int q = threadIdx.x + kThreads * i;  // i = 0, 1: A; i = 2, 3: W
+      const int operand = i / 2;
+      const int r = q % 128, c = (q / 128) % 4;
+      const auto* row = packed + (operand * kTileM + r) * Packed::kRowBytes;
+      const uint4 codes = *reinterpret_cast<const uint4*>(row + 16 * c);
+      uint4 low, high;  // codes 32c .. 32c+15 and 32c+16 .. 32c+31 as s8 lanes
+      if (operand == 0) {
+        Packed::template widen<kASigned>(codes.x, low.x, low.y);
+        Packed::template widen<kASigned>(codes.y, low.z, low.w);
+        Packed::template widen<kASigned>(codes.z, high.x, high.y);
+        Packed::template widen<kASigned>(codes.w, high.z, high.w);
+      } else {
+        Packed::template widen<kWSigned>(codes.x, low.x, low.y);
+        Packed::template widen<kWSigned>(codes.y, low.z, low.w);
+        Packed::template widen<kWSigned>(codes.z, high.x, high.y);
+        Packed::template widen<kWSigned>(codes.w, high.z, high.w);
+      }
+      std::uint8_t* core = s8 + operand * kTileM * kTileK + ((r / 8) * kCoresK + 2 * c) * kCoreBytes + (r % 8) * 16;
+      *reinterpret_cast<uint4*>(core) = low;
+      *reinterpret_cast<uint4*>(core + kCoreBytes) = high;  // the next core matrix along K
+    }
+  }
+
+  __device__ void operator()(const Params& p, std::uint8_t* smem) const {
+#if defined(OQ_CUDA_HAS_WGMMA)
+    std::uint8_t* s8 = smem;                        // kS8Bytes, 128-byte aligned
+    std::uint8_t* stages = smem + kS8Bytes;         // the packed pipeline
+    const int warpgroup = threadIdx.x / 128;
+    const std::int64_t m0 = static_cast<std::int64_t>(blockIdx.y) * kTileM;
+    const std::int64_t n0 = static_cast<std::int64_t>(blockIdx.x) * kTileN;
+    const std::int64_t k_tiles = (p.k + kTileK - 1) / kTileK;
+
+    std::int32_t acc[64];
+    OQ_UNROLL
+    for (int i = 0; i < 64; ++i) acc[i] = 0;
+
+    OQ_UNROLL
+    for (int s = 0; s < kStages - 1; ++s) {
+      if (s < k_tiles) Packed::load_stage(p, stages + s * Packed::kStageBytes, m0, n0, s);
+      arch::cp_async_commit();
+    }
+    const std::uint8_t* a_s8 = s8 + 64 * warpgroup * kTileK;  // this warpgroup's 64 rows: 8 row groups
+    const std::uint8_t* w_s8 = s8 + kTileM * kTileK;
+
+    for (std::int64_t kt = 0; kt < k_tiles; ++kt) {
+      arch::cp_async_wait<kStages - 2>();
+      __syncthreads();  // tile kt landed everywhere; the last stage's wgmmas are done (each warpgroup waited)
+      const std::int64_t next = kt + kStages - 1;
+      if (next < k_tiles) Packed::load_stage(p, stages + (next % kStages) * Packed::kStageBytes, m0, n0, next);
+      arch::cp_async_commit();
+
+      convert(stages + (kt % kStages) * Packed::kStageBytes, s8);
+      arch::fence_proxy_async_shared();  // the generic-proxy writes, before wgmma's async-proxy reads
+      __syncthreads();
+
+      arch::wgmma_fence_operands(acc);
+      arch::wgmma_fence();
+      OQ_UNROLL
+      for (int step = 0; step < kTileK / 32; ++step) {
+        arch::wgmma_m64n128k32_s8(acc, arch::wgmma_descriptor(a_s8 + 2 * step * kCoreBytes, kLbo, kSbo),
+                                  arch::wgmma_descriptor(w_s8 + 2 * step * kCoreBytes, kLbo, kSbo));
+      }
+      arch::wgmma_commit();
+      arch::wgmma_wait<0>();
+      arch::wgmma_fence_operands(acc);
+    }
+    arch::cp_async_wait<0>();
+
+    // d[4j + e] = D[16w + g + 8·(e / 2)][8j + 2t + e % 2] (arch/wgmma.cuh).
+    const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
+    const int group = lane / 4, thread_in_group = lane % 4;
+    OQ_UNROLL
+    for (int j = 0; j < 16; ++j) {
+      OQ_UNROLL
+      for (int e = 0; e < 4; ++e) {
+        const std::int64_t row = m0 + 64 * warpgroup + 16 * warp + group + (e >= 2 ? 8 : 0);
+        const std::int64_t col = n0 + 8 * j + 2 * thread_in_group + (e % 2);
+        if (row < p.m && col < p.n) store_w4a4_output(p, row, col, acc[4 * j + e]);
+      }
+    }
+#else
+    // Built without sm_90a code: the launcher admits only compute capability
+    // 9.0, so reaching this means the binary lacks its sm_90a image. Fail
+    // loudly rather than return unwritten outputs.
+    (void)p;
+    (void)smem;
+    __trap();
+#endif
+  }
+};
+
+template <class ElementOut, bool kASigned, bool kWSigned, int kStages>
+__global__ void __launch_bounds__(256, 1) gemm_w4a4_wgmma_kernel(const GemmW4A4Params<ElementOut> params) {
+  extern __shared__ __align__(128) std::uint8_t wgmma_smem[];  // its own name: alignments differ by kernel
+  GemmW4A4Wgmma<ElementOut, kASigned, kWSigned, kStages>{}(params, wgmma_smem);
+}
+
+}  // namespace oq::cuda::kernel
