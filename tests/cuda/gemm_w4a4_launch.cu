@@ -23,9 +23,11 @@ template <W4A4Mma kMma>
 using MultistageOn = oq::cuda::device::GemmW4A4Multistage<float, kMma>;
 
 using Wgmma = oq::cuda::device::GemmW4A4Wgmma<float>;
+using WgmmaOneBuffer = oq::cuda::device::GemmW4A4Wgmma<float, 3, 1>;
 
 oq::cuda::Report run_on(const oq::test::W4A4Problem& q, const Gemm::Params& p) {
   if (q.kernel == W4A4Kernel::kWgmma) return Wgmma::run(p);
+  if (q.kernel == W4A4Kernel::kWgmmaOneBuffer) return WgmmaOneBuffer::run(p);
   if (q.kernel == W4A4Kernel::kMultistage) {
     return q.path == W4A4Path::kNativeS4     ? MultistageOn<W4A4Mma::kNativeS4>::run(p)
            : q.path == W4A4Path::kWidenToS8 ? MultistageOn<W4A4Mma::kWidenToS8>::run(p)
@@ -92,7 +94,8 @@ std::string check_w4a4_arguments(const W4A4Problem& q) {
   p.sum_a = q.drop_sum_a ? nullptr : sums;
   p.sum_w = sums;
   p.y = q.with_y ? f : nullptr;
-  const auto report = q.kernel == W4A4Kernel::kWgmma        ? Wgmma::check_arguments(p)
+  const bool wgmma = q.kernel == W4A4Kernel::kWgmma || q.kernel == W4A4Kernel::kWgmmaOneBuffer;
+  const auto report = wgmma                                ? Wgmma::check_arguments(p)
                       : q.kernel == W4A4Kernel::kMultistage ? MultistageOn<W4A4Mma::kAuto>::check_arguments(p)
                                                             : Gemm::check_arguments(p);
   return report.ok() ? std::string() : report.message;

@@ -10,8 +10,8 @@ namespace oq::test {
 /// oq::cuda::kernel::W4A4Mma, spelled here without CUDA headers.
 enum class W4A4Path { kAuto, kNativeS4, kWidenToS8 };
 /// Which launcher: device::GemmW4A4, GemmW4A4Multistage or GemmW4A4Wgmma
-/// (the last ignores the path: it is always INT4 widened to s8).
-enum class W4A4Kernel { kSimple, kMultistage, kWgmma };
+/// with two or one widened buffers (these ignore the path: INT4 widened to s8).
+enum class W4A4Kernel { kSimple, kMultistage, kWgmma, kWgmmaOneBuffer };
 
 struct W4A4Problem {
   std::int64_t m = 0, n = 0, k = 0;

@@ -137,13 +137,17 @@ TEST_CASE("W4A4 (GemmW4A4Wgmma, sm_90a) accumulators and epilogue against the ho
     return;
   }
   std::mt19937 rng(31);
-  // The multistage kernel's ragged shapes: the same tiles and pipeline feed it.
-  for (const Shape& s : {Shape{1, 8, 32}, Shape{20, 40, 96}, Shape{129, 136, 128}, Shape{257, 129, 544},
-                         Shape{130, 257, 1056}, Shape{128, 128, 4096}}) {
+  // The multistage kernel's ragged shapes (the same tiles and pipeline feed
+  // it), and M = 100: the second warpgroup's rows partly past M.
+  for (const Shape& s : {Shape{1, 8, 32}, Shape{20, 40, 96}, Shape{100, 136, 256}, Shape{129, 136, 128},
+                         Shape{257, 129, 544}, Shape{130, 257, 1056}, Shape{128, 128, 4096}}) {
     for (bool a_signed : {false, true}) {
       for (bool w_signed : {true, false}) {
-        const std::int64_t row = (s.k / 2 + 15) / 16 * 16;
-        check_against_host(s, a_signed, w_signed, W4A4Path::kAuto, W4A4Kernel::kWgmma, row + 16, row + 32, rng);
+        // Two widened buffers (the default, widening overlapped with the MMAs) and one.
+        for (const W4A4Kernel kernel : {W4A4Kernel::kWgmma, W4A4Kernel::kWgmmaOneBuffer}) {
+          const std::int64_t row = (s.k / 2 + 15) / 16 * 16;
+          check_against_host(s, a_signed, w_signed, W4A4Path::kAuto, kernel, row + 16, row + 32, rng);
+        }
       }
     }
   }

@@ -105,7 +105,8 @@ __device__ __forceinline__ void wgmma_m64n128k32_s8(std::int32_t (&d)[64], std::
           "+r"(d[40]), "+r"(d[41]), "+r"(d[42]), "+r"(d[43]), "+r"(d[44]), "+r"(d[45]), "+r"(d[46]), "+r"(d[47]),
           "+r"(d[48]), "+r"(d[49]), "+r"(d[50]), "+r"(d[51]), "+r"(d[52]), "+r"(d[53]), "+r"(d[54]), "+r"(d[55]),
           "+r"(d[56]), "+r"(d[57]), "+r"(d[58]), "+r"(d[59]), "+r"(d[60]), "+r"(d[61]), "+r"(d[62]), "+r"(d[63])
-      : "l"(a_descriptor), "l"(b_descriptor), "n"(1));  // scale-d = 1: D += A·B
+      : "l"(a_descriptor), "l"(b_descriptor), "n"(1)  // scale-d = 1: D += A·B
+      : "memory");                                     // reads shared memory
 #endif
 }
 

@@ -23,12 +23,12 @@
 
 namespace oq::cuda::device {
 
-template <class ElementOut, int kStages = 3>
+template <class ElementOut, int kStages = 3, int kS8Buffers = 2>
 class GemmW4A4Wgmma {
  public:
   using Params = kernel::GemmW4A4Params<ElementOut>;
   template <bool kASigned, bool kWSigned>
-  using Kernel = kernel::GemmW4A4Wgmma<ElementOut, kASigned, kWSigned, kStages>;
+  using Kernel = kernel::GemmW4A4Wgmma<ElementOut, kASigned, kWSigned, kStages, kS8Buffers>;
   static constexpr int kSmemBytes = Kernel<true, true>::kSmemBytes;
 
   /// The argument checks alone: no CUDA call, usable without a GPU.
@@ -68,7 +68,7 @@ class GemmW4A4Wgmma {
   template <bool kASigned, bool kWSigned>
   static Report launch(const Params& p, cudaStream_t stream) {
     using K = Kernel<kASigned, kWSigned>;
-    auto* entry = &kernel::gemm_w4a4_wgmma_kernel<ElementOut, kASigned, kWSigned, kStages>;
+    auto* entry = &kernel::gemm_w4a4_wgmma_kernel<ElementOut, kASigned, kWSigned, kStages, kS8Buffers>;
     OQ_CUDA_TRY(cudaFuncSetAttribute(entry, cudaFuncAttributeMaxDynamicSharedMemorySize, K::kSmemBytes));
     const dim3 grid(static_cast<unsigned>((p.n + K::kTileN - 1) / K::kTileN),
                     static_cast<unsigned>((p.m + K::kTileM - 1) / K::kTileM));

@@ -14,11 +14,15 @@
 //      8 rows × 16 bytes each, the 8 of a row group adjacent along K
 //      (LBO = 128 bytes), row groups 1024 bytes apart (SBO);
 //   3. fence.proxy.async + barrier, then each warpgroup issues four k32
-//      wgmmas (A: its 64 rows, B: all 128 columns), commits and waits.
-// The widened buffer is single: a stage's conversion waits for the previous
-// stage's wgmmas. This first version is written to be right; overlapping the
-// conversion with the MMAs (two buffers, wait_group 1), a producer warpgroup
-// with TMA, and a swizzled layout are the next steps (issue 6).
+//      wgmmas (A: its 64 rows, B: all 128 columns) and commits them.
+// kS8Buffers = 2 (default) overlaps the widening of stage k + 1 with the
+// wgmmas of stage k: each warpgroup leaves one batch in flight (wait_group 1)
+// and stage k + 1 goes to the other buffer, which the batch of stage k − 1
+// read and which every warpgroup has waited for before the next barrier.
+// kS8Buffers = 1 waits for every batch (wait_group 0) before the buffer is
+// rewritten: slower, and the simplest schedule, kept to tell the two apart
+// should one fail. A producer warpgroup with TMA loads and a swizzled layout
+// are the next steps (issue 6).
 //
 // Conversion mapping: thread q handles 16 packed bytes (32 codes) of row
 // r = q % 128, chunk c = (q / 128) % 4, operand q / 512 (A, then W), and
@@ -36,8 +40,9 @@
 
 namespace oq::cuda::kernel {
 
-template <class ElementOut, bool kASigned, bool kWSigned, int kStages = 3>
+template <class ElementOut, bool kASigned, bool kWSigned, int kStages = 3, int kS8Buffers = 2>
 struct GemmW4A4Wgmma {
+  static_assert(kS8Buffers == 1 || kS8Buffers == 2, "one or two widened buffers");
   using Params = GemmW4A4Params<ElementOut>;
   // The packed tiles and their pipeline are the multistage kernel's.
   using Packed = GemmW4A4Multistage<ElementOut, kASigned, kWSigned, W4A4Mma::kWidenToS8, kStages>;
@@ -53,7 +58,7 @@ struct GemmW4A4Wgmma {
   static constexpr int kLbo = kCoreBytes;                // K-adjacent core matrices
   static constexpr int kSbo = kCoresK * kCoreBytes;      // next 8 rows: 1024 bytes
   static constexpr int kS8Bytes = (kTileM + kTileN) * kTileK;  // A then W, one byte per code
-  static constexpr int kSmemBytes = kS8Bytes + kStages * Packed::kStageBytes;
+  static constexpr int kSmemBytes = kS8Buffers * kS8Bytes + kStages * Packed::kStageBytes;
 
   // Widens the packed stage to s8 core matrices (see the file comment).
   __device__ static void convert(const std::uint8_t* packed, std::uint8_t* s8) {
@@ -84,8 +89,8 @@ struct GemmW4A4Wgmma {
 
   __device__ void operator()(const Params& p, std::uint8_t* smem) const {
 #if defined(OQ_CUDA_HAS_WGMMA)
-    std::uint8_t* s8 = smem;                        // kS8Bytes, 128-byte aligned
-    std::uint8_t* stages = smem + kS8Bytes;         // the packed pipeline
+    std::uint8_t* s8_buffers = smem;                     // kS8Buffers × kS8Bytes, 128-byte aligned
+    std::uint8_t* stages = smem + kS8Buffers * kS8Bytes;  // the packed pipeline
     const int warpgroup = threadIdx.x / 128;
     const std::int64_t m0 = static_cast<std::int64_t>(blockIdx.y) * kTileM;
     const std::int64_t n0 = static_cast<std::int64_t>(blockIdx.x) * kTileN;
@@ -94,27 +99,29 @@ struct GemmW4A4Wgmma {
     std::int32_t acc[64];
     OQ_UNROLL
     for (int i = 0; i < 64; ++i) acc[i] = 0;
+    arch::wgmma_fence_operands(acc);  // the zeros are written before the first batch
 
     OQ_UNROLL
     for (int s = 0; s < kStages - 1; ++s) {
       if (s < k_tiles) Packed::load_stage(p, stages + s * Packed::kStageBytes, m0, n0, s);
       arch::cp_async_commit();
     }
-    const std::uint8_t* a_s8 = s8 + 64 * warpgroup * kTileK;  // this warpgroup's 64 rows: 8 row groups
-    const std::uint8_t* w_s8 = s8 + kTileM * kTileK;
-
     for (std::int64_t kt = 0; kt < k_tiles; ++kt) {
       arch::cp_async_wait<kStages - 2>();
-      __syncthreads();  // tile kt landed everywhere; the last stage's wgmmas are done (each warpgroup waited)
+      // Tile kt landed everywhere, and every warpgroup has waited for the batch
+      // that last read the s8 buffer this stage is widened into.
+      __syncthreads();
       const std::int64_t next = kt + kStages - 1;
       if (next < k_tiles) Packed::load_stage(p, stages + (next % kStages) * Packed::kStageBytes, m0, n0, next);
       arch::cp_async_commit();
 
+      std::uint8_t* s8 = s8_buffers + (kt % kS8Buffers) * kS8Bytes;
       convert(stages + (kt % kStages) * Packed::kStageBytes, s8);
       arch::fence_proxy_async_shared();  // the generic-proxy writes, before wgmma's async-proxy reads
       __syncthreads();
 
-      arch::wgmma_fence_operands(acc);
+      const std::uint8_t* a_s8 = s8 + 64 * warpgroup * kTileK;  // this warpgroup's 64 rows: 8 row groups
+      const std::uint8_t* w_s8 = s8 + kTileM * kTileK;
       arch::wgmma_fence();
       OQ_UNROLL
       for (int step = 0; step < kTileK / 32; ++step) {
@@ -122,9 +129,10 @@ struct GemmW4A4Wgmma {
                                   arch::wgmma_descriptor(w_s8 + 2 * step * kCoreBytes, kLbo, kSbo));
       }
       arch::wgmma_commit();
-      arch::wgmma_wait<0>();
-      arch::wgmma_fence_operands(acc);
+      arch::wgmma_wait<kS8Buffers - 1>();  // two buffers: this batch may run on while the next stage widens
     }
+    arch::wgmma_wait<0>();
+    arch::wgmma_fence_operands(acc);  // the epilogue reads the accumulators after the last batch
     arch::cp_async_wait<0>();
 
     // d[4j + e] = D[16w + g + 8·(e / 2)][8j + 2t + e % 2] (arch/wgmma.cuh).
@@ -150,10 +158,10 @@ struct GemmW4A4Wgmma {
   }
 };
 
-template <class ElementOut, bool kASigned, bool kWSigned, int kStages>
+template <class ElementOut, bool kASigned, bool kWSigned, int kStages, int kS8Buffers>
 __global__ void __launch_bounds__(256, 1) gemm_w4a4_wgmma_kernel(const GemmW4A4Params<ElementOut> params) {
   extern __shared__ __align__(128) std::uint8_t wgmma_smem[];  // its own name: alignments differ by kernel
-  GemmW4A4Wgmma<ElementOut, kASigned, kWSigned, kStages>{}(params, wgmma_smem);
+  GemmW4A4Wgmma<ElementOut, kASigned, kWSigned, kStages, kS8Buffers>{}(params, wgmma_smem);
 }
 
 }  // namespace oq::cuda::kernel
