@@ -21,6 +21,32 @@
 
 namespace oq::cuda::device {
 
+namespace detail {
+
+/// launch.template operator()<kASigned, kWSigned>() for p's operand signedness:
+/// the tiled W4A4 kernels take it as template arguments.
+template <class Params, class Launch>
+Report dispatch_w4a4_signedness(const Params& p, Launch&& launch) {
+  if (p.a_signed) {
+    return p.w_signed ? launch.template operator()<true, true>() : launch.template operator()<true, false>();
+  }
+  return p.w_signed ? launch.template operator()<false, true>() : launch.template operator()<false, false>();
+}
+
+/// Launches tiled kernel K (K::kTileM × K::kTileN outputs per CTA, K::kThreads
+/// threads, K::kSmemBytes of dynamic shared memory) over p's M × N.
+template <class K, class Params>
+Report launch_w4a4_tiled(void (*entry)(Params), const Params& p, cudaStream_t stream) {
+  OQ_CUDA_TRY(cudaFuncSetAttribute(entry, cudaFuncAttributeMaxDynamicSharedMemorySize, K::kSmemBytes));
+  const dim3 grid(static_cast<unsigned>((p.n + K::kTileN - 1) / K::kTileN),
+                  static_cast<unsigned>((p.m + K::kTileM - 1) / K::kTileM));
+  entry<<<grid, K::kThreads, K::kSmemBytes, stream>>>(p);
+  OQ_CUDA_TRY(cudaGetLastError());
+  return Report::success();
+}
+
+}  // namespace detail
+
 template <class ElementOut, kernel::W4A4Mma kMma = kernel::W4A4Mma::kAuto, int kStages = 3>
 class GemmW4A4Multistage {
  public:
@@ -51,34 +77,16 @@ class GemmW4A4Multistage {
   static Report can_implement(const Params& p) {
     if (Report r = check_arguments(p); !r.ok()) return r;
     if (Report r = require_compute_capability(8, "GemmW4A4Multistage"); !r.ok()) return r;
-    int device = 0, smem_limit = 0;
-    OQ_CUDA_TRY(cudaGetDevice(&device));
-    OQ_CUDA_TRY(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    if (smem_limit < kSmemBytes)
-      return Report::failure(Status::kUnsupportedDevice, "GemmW4A4Multistage: needs " + std::to_string(kSmemBytes) +
-                                                             " bytes of shared memory per block, the device allows " +
-                                                             std::to_string(smem_limit));
-    return Report::success();
+    return require_shared_memory(kSmemBytes, "GemmW4A4Multistage", "its pipeline stages");
   }
 
   static Report run(const Params& p, cudaStream_t stream = nullptr) {
     if (Report r = can_implement(p); !r.ok()) return r;
     if (p.m == 0 || p.n == 0) return Report::success();
-    if (p.a_signed) return p.w_signed ? launch<true, true>(p, stream) : launch<true, false>(p, stream);
-    return p.w_signed ? launch<false, true>(p, stream) : launch<false, false>(p, stream);
-  }
-
- private:
-  template <bool kASigned, bool kWSigned>
-  static Report launch(const Params& p, cudaStream_t stream) {
-    using K = Kernel<kASigned, kWSigned>;
-    auto* entry = &kernel::gemm_w4a4_multistage_kernel<ElementOut, kASigned, kWSigned, kMma, kStages>;
-    OQ_CUDA_TRY(cudaFuncSetAttribute(entry, cudaFuncAttributeMaxDynamicSharedMemorySize, K::kSmemBytes));
-    const dim3 grid(static_cast<unsigned>((p.n + K::kTileN - 1) / K::kTileN),
-                    static_cast<unsigned>((p.m + K::kTileM - 1) / K::kTileM));
-    entry<<<grid, K::kThreads, K::kSmemBytes, stream>>>(p);
-    OQ_CUDA_TRY(cudaGetLastError());
-    return Report::success();
+    return detail::dispatch_w4a4_signedness(p, [&]<bool kASigned, bool kWSigned>() {
+      return detail::launch_w4a4_tiled<Kernel<kASigned, kWSigned>>(
+          &kernel::gemm_w4a4_multistage_kernel<ElementOut, kASigned, kWSigned, kMma, kStages>, p, stream);
+    });
   }
 };
 

@@ -41,7 +41,7 @@ class GemmW4A4Wgmma {
   /// Arguments, then the current device: compute capability 9.0, shared memory.
   static Report can_implement(const Params& p) {
     if (Report r = check_arguments(p); !r.ok()) return r;
-    int device = 0, major = 0, minor = 0, smem_limit = 0;
+    int device = 0, major = 0, minor = 0;
     OQ_CUDA_TRY(cudaGetDevice(&device));
     OQ_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
     OQ_CUDA_TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
@@ -49,32 +49,16 @@ class GemmW4A4Wgmma {
       return Report::failure(Status::kUnsupportedDevice,
                              "GemmW4A4Wgmma: needs compute capability 9.0 (sm_90a: wgmma), got " +
                                  std::to_string(major) + "." + std::to_string(minor));
-    OQ_CUDA_TRY(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    if (smem_limit < kSmemBytes)
-      return Report::failure(Status::kUnsupportedDevice, "GemmW4A4Wgmma: needs " + std::to_string(kSmemBytes) +
-                                                             " bytes of shared memory per block, the device allows " +
-                                                             std::to_string(smem_limit));
-    return Report::success();
+    return require_shared_memory(kSmemBytes, "GemmW4A4Wgmma", "its pipeline stages and widened buffers");
   }
 
   static Report run(const Params& p, cudaStream_t stream = nullptr) {
     if (Report r = can_implement(p); !r.ok()) return r;
     if (p.m == 0 || p.n == 0) return Report::success();
-    if (p.a_signed) return p.w_signed ? launch<true, true>(p, stream) : launch<true, false>(p, stream);
-    return p.w_signed ? launch<false, true>(p, stream) : launch<false, false>(p, stream);
-  }
-
- private:
-  template <bool kASigned, bool kWSigned>
-  static Report launch(const Params& p, cudaStream_t stream) {
-    using K = Kernel<kASigned, kWSigned>;
-    auto* entry = &kernel::gemm_w4a4_wgmma_kernel<ElementOut, kASigned, kWSigned, kStages, kS8Buffers>;
-    OQ_CUDA_TRY(cudaFuncSetAttribute(entry, cudaFuncAttributeMaxDynamicSharedMemorySize, K::kSmemBytes));
-    const dim3 grid(static_cast<unsigned>((p.n + K::kTileN - 1) / K::kTileN),
-                    static_cast<unsigned>((p.m + K::kTileM - 1) / K::kTileM));
-    entry<<<grid, K::kThreads, K::kSmemBytes, stream>>>(p);
-    OQ_CUDA_TRY(cudaGetLastError());
-    return Report::success();
+    return detail::dispatch_w4a4_signedness(p, [&]<bool kASigned, bool kWSigned>() {
+      return detail::launch_w4a4_tiled<Kernel<kASigned, kWSigned>>(
+          &kernel::gemm_w4a4_wgmma_kernel<ElementOut, kASigned, kWSigned, kStages, kS8Buffers>, p, stream);
+    });
   }
 };
 

@@ -63,14 +63,8 @@ class QuantizePerToken {
   static Report can_implement(const Params& p) {
     if (Report r = check_arguments(p); !r.ok()) return r;
     if (Report r = require_compute_capability(8, "QuantizePerToken"); !r.ok()) return r;
-    int device = 0, smem_limit = 0;
-    OQ_CUDA_TRY(cudaGetDevice(&device));
-    OQ_CUDA_TRY(cudaDeviceGetAttribute(&smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     const std::size_t smem = Kernel::dynamic_smem_bytes(p) + sizeof(typename Kernel::SharedStorage);
-    if (smem > static_cast<std::size_t>(smem_limit))
-      return Report::failure(Status::kUnsupportedDevice,
-                             "QuantizePerToken: the row and rotation need " + std::to_string(smem) +
-                                 " bytes of shared memory, the device allows " + std::to_string(smem_limit));
+    if (Report r = require_shared_memory(smem, "QuantizePerToken", "the row and rotation"); !r.ok()) return r;
     return Report::success();
   }
 

@@ -89,6 +89,16 @@ enum class W4A4Mma {
   kWidenToS8,  ///< codes widened to 8 bits, mma.sync.m16n8k32 .s8
 };
 
+/// Whether this compilation pass issues the native INT4 instruction for kMma.
+template <W4A4Mma kMma>
+__host__ __device__ constexpr bool uses_native_s4() {
+#if defined(__CUDA_ARCH__)
+  return kMma == W4A4Mma::kNativeS4 || (kMma == W4A4Mma::kAuto && __CUDA_ARCH__ < 900);
+#else
+  return kMma == W4A4Mma::kNativeS4;
+#endif
+}
+
 template <class ElementOut, int kWarpsN = 4, W4A4Mma kMma = W4A4Mma::kAuto>
 struct GemmW4A4 {
   using Params = GemmW4A4Params<ElementOut>;
@@ -97,13 +107,7 @@ struct GemmW4A4 {
   static constexpr int kTileN = 8 * kWarpsN;
 
   /// Whether this compilation pass issues the native INT4 instruction.
-  __host__ __device__ static constexpr bool native_s4() {
-#if defined(__CUDA_ARCH__)
-    return kMma == W4A4Mma::kNativeS4 || (kMma == W4A4Mma::kAuto && __CUDA_ARCH__ < 900);
-#else
-    return kMma == W4A4Mma::kNativeS4;
-#endif
-  }
+  __host__ __device__ static constexpr bool native_s4() { return uses_native_s4<kMma>(); }
 
   // Eight consecutive 4-bit elements starting at element `e` (a multiple of 8)
   // of a packed row, as the little-endian word that is one s4/u4 fragment

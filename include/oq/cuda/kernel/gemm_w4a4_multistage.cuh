@@ -62,13 +62,7 @@ struct GemmW4A4Multistage {
   static constexpr int kChunksPerRow = kSlabBytes / 16;  // 16-byte cp.async chunks
   static_assert(kTileM * kChunksPerRow % kThreads == 0 && kTileN * kChunksPerRow % kThreads == 0);
 
-  __host__ __device__ static constexpr bool native_s4() {
-#if defined(__CUDA_ARCH__)
-    return kMma == W4A4Mma::kNativeS4 || (kMma == W4A4Mma::kAuto && __CUDA_ARCH__ < 900);
-#else
-    return kMma == W4A4Mma::kNativeS4;
-#endif
-  }
+  __host__ __device__ static constexpr bool native_s4() { return uses_native_s4<kMma>(); }
 
   // Issues the cp.async copies of K tile `k_tile` into `stage` (rows of the
   // CTA's A and W tiles; zero-fill past M, N or K).
