@@ -6,6 +6,8 @@
 //   quantize           bf16 rows → packed u4 codes, fp32 scale and zero point,
 //                      int32 code sum per row (asymmetric, clip 1.0)
 //   quantize_rotated   the same after X·diag(R, …, R) with one 128 × 128 R
+//   quantize_hadamard  the same after X·diag(H, …, H), H = H_128/√128 by the
+//                      fast Walsh–Hadamard transform
 //
 // `bytes` counts the fewest bytes the kernel must move: the bf16 input read
 // once, the codes and the 12 bytes per row written once (R stays in cache).
@@ -30,7 +32,9 @@ void shapes(benchmark::internal::Benchmark* b) {
 
 BENCHMARK(device_copy)->Name("copy")->ArgName("bytes")->Arg(std::int64_t{1} << 30)->UseManualTime();
 
-void run_quantize(benchmark::State& st, bool rotated) {
+enum class Rotation { kNone, kMatrix, kHadamard };
+
+void run_quantize(benchmark::State& st, Rotation rotation_kind) {
   using Quantize = oq::cuda::device::QuantizePerToken<bf16>;
   const std::int64_t rows = st.range(0), cols = st.range(1);
   const std::size_t x_count = rows * cols, code_bytes = rows * cols / 2;
@@ -52,12 +56,15 @@ void run_quantize(benchmark::State& st, bool rotated) {
   p.code_sums = sums.get();
   p.bits = 4;
   p.symmetric = false;
-  if (rotated) {
+  if (rotation_kind == Rotation::kMatrix) {
     p.rotation = rotation.get();
     p.block_size = kBlock;
+  } else if (rotation_kind == Rotation::kHadamard) {
+    p.hadamard_block = kBlock;
   }
+  const char* names[] = {"quantize", "quantize_rotated", "quantize_hadamard"};
   const double bytes = static_cast<double>(x_count * sizeof(bf16) + code_bytes + 12 * rows);
-  time_launches(st, copies, Work{rotated ? "quantize_rotated" : "quantize", bytes}, [&](cudaStream_t stream, int copy) {
+  time_launches(st, copies, Work{names[static_cast<int>(rotation_kind)], bytes}, [&](cudaStream_t stream, int copy) {
     Quantize::Params q = p;
     q.x = x.get() + copy * x_count;
     if (const auto r = Quantize::run(q, stream); !r.ok()) throw std::runtime_error(r.message);
@@ -66,13 +73,17 @@ void run_quantize(benchmark::State& st, bool rotated) {
 }
 
 void BM_quantize(benchmark::State& state) {
-  guarded(state, [](benchmark::State& st) { run_quantize(st, false); });
+  guarded(state, [](benchmark::State& st) { run_quantize(st, Rotation::kNone); });
 }
 void BM_quantize_rotated(benchmark::State& state) {
-  guarded(state, [](benchmark::State& st) { run_quantize(st, true); });
+  guarded(state, [](benchmark::State& st) { run_quantize(st, Rotation::kMatrix); });
+}
+void BM_quantize_hadamard(benchmark::State& state) {
+  guarded(state, [](benchmark::State& st) { run_quantize(st, Rotation::kHadamard); });
 }
 BENCHMARK(BM_quantize)->Name("quantize")->ArgNames({"m", "k"})->Apply(shapes)->UseManualTime();
 BENCHMARK(BM_quantize_rotated)->Name("quantize_rotated")->ArgNames({"m", "k"})->Apply(shapes)->UseManualTime();
+BENCHMARK(BM_quantize_hadamard)->Name("quantize_hadamard")->ArgNames({"m", "k"})->Apply(shapes)->UseManualTime();
 
 }  // namespace
 

@@ -29,6 +29,9 @@ TEST_CASE("valid arguments pass") {
   rotated.with_rotation = true;
   rotated.block_size = 128;
   CHECK(check_per_token_arguments(rotated).empty());
+  PerTokenArgs hadamard = valid();
+  hadamard.hadamard_block = 128;
+  CHECK(check_per_token_arguments(hadamard).empty());
 }
 
 TEST_CASE("each bad argument is named") {
@@ -49,4 +52,11 @@ TEST_CASE("each bad argument is named") {
   CHECK(with([](PerTokenArgs& a) { a.with_rotation = true; a.block_size = 64; a.cols = 160; a.ld_x = 160; a.ld_codes = 80; })
             .find("block_size (64) must divide cols (160)") != std::string::npos);
   CHECK(with([](PerTokenArgs& a) { a.rows = -1; }).find("rows must be in") != std::string::npos);
+  CHECK(with([](PerTokenArgs& a) { a.hadamard_block = 96; }).find("hadamard_block must be a power of two >= 2, got 96") !=
+        std::string::npos);
+  CHECK(with([](PerTokenArgs& a) { a.hadamard_block = 1; }).find("power of two >= 2") != std::string::npos);
+  CHECK(with([](PerTokenArgs& a) { a.hadamard_block = 512; }).find("hadamard_block (512) must divide cols") !=
+        std::string::npos);
+  CHECK(with([](PerTokenArgs& a) { a.hadamard_block = 128; a.with_rotation = true; a.block_size = 128; })
+            .find("rotation and hadamard_block are alternatives") != std::string::npos);
 }

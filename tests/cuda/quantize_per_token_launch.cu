@@ -24,6 +24,7 @@ oq::cuda::kernel::QuantizePerTokenParams<Element> params_of(const oq::test::PerT
   p.symmetric = a.symmetric;
   p.clip_ratio = a.clip_ratio;
   p.block_size = a.block_size;
+  p.hadamard_block = a.hadamard_block;
   return p;
 }
 

@@ -17,6 +17,7 @@ struct PerTokenArgs {
   bool symmetric = false;
   float clip_ratio = 1.0f;
   int block_size = 0;        ///< with a rotation
+  int hadamard_block = 0;    ///< fused Walsh–Hadamard blocks instead
   bool with_rotation = false;
   bool null_output = false;  ///< pass a null scales pointer
 };

@@ -2,6 +2,7 @@
 // quantizers — bit for bit without rotation, and to the rounding of X·R with.
 #include "quantize_per_token_launch.hpp"
 
+#include <oq/hadamard.hpp>
 #include <oq/quant.hpp>
 
 #include <Eigen/QR>
@@ -101,24 +102,17 @@ TEST_CASE("half and bfloat16 inputs quantize as their float values") {
   }
 }
 
-TEST_CASE("with a fused block rotation the kernel quantizes X·R") {
-  const Eigen::Index rows = 33, cols = 512, b = 128;
-  const RowMatrix x = adversarial_rows(rows, cols, 9);
-  const Eigen::MatrixXd q = Eigen::HouseholderQR<Eigen::MatrixXd>(oq::test::gaussian<double>(b, b, 3)).householderQ();
-  const RowMatrix r = q.cast<float>();
-  RowMatrix rotated(rows, cols);
-  for (Eigen::Index k = 0; k < cols / b; ++k)
-    rotated.middleCols(k * b, b) = (x.middleCols(k * b, b).cast<double>() * r.cast<double>()).cast<float>();
-  PerTokenArgs a = args_for(rows, cols, 4, false, 0.9f);
-  a.block_size = static_cast<int>(b);
-  const std::vector<float> flat(x.data(), x.data() + x.size());
-  const std::vector<float> rot(r.data(), r.data() + r.size());
-  const auto got = oq::test::quantize_per_token_on_device(flat, a, DeviceInput::kFloat, rot);
+namespace {
+
+// The kernel's codes and scales for X·M against the host quantizer on the
+// float64 product `rotated`: the kernel's float arithmetic and the float64
+// reference differ by a few ulp, so scales agree to ~1e-6 and a code may sit
+// one step over when x/s is near a tie.
+void check_rotated(const oq::test::PerTokenResult& got, const RowMatrix& rotated) {
+  const Eigen::Index rows = rotated.rows(), cols = rotated.cols();
   const QuantSpec spec = QuantSpec::per_token(4, false, 0.9);
   const auto params = compute_params(rotated, spec);
   const auto codes = quantize(rotated, params, spec);
-  // The kernel's fmaf chain and the float64 reference differ by a few ulp, so
-  // scales agree to ~1e-6 and a code may sit one step over when x/s is near a tie.
   int off_by_one = 0;
   for (Eigen::Index m = 0; m < rows; ++m) {
     CHECK(got.scales[static_cast<std::size_t>(m)] == doctest::Approx(params.scale(m, 0)).epsilon(1e-5).scale(0));
@@ -131,4 +125,42 @@ TEST_CASE("with a fused block rotation the kernel quantizes X·R") {
     }
   }
   CHECK(off_by_one < rows * cols / 100);
+}
+
+}  // namespace
+
+TEST_CASE("with a fused block rotation the kernel quantizes X·R") {
+  const Eigen::Index rows = 33, cols = 512, b = 128;
+  const RowMatrix x = adversarial_rows(rows, cols, 9);
+  const Eigen::MatrixXd q = Eigen::HouseholderQR<Eigen::MatrixXd>(oq::test::gaussian<double>(b, b, 3)).householderQ();
+  const RowMatrix r = q.cast<float>();
+  RowMatrix rotated(rows, cols);
+  for (Eigen::Index k = 0; k < cols / b; ++k)
+    rotated.middleCols(k * b, b) = (x.middleCols(k * b, b).cast<double>() * r.cast<double>()).cast<float>();
+  PerTokenArgs a = args_for(rows, cols, 4, false, 0.9f);
+  a.block_size = static_cast<int>(b);
+  const std::vector<float> flat(x.data(), x.data() + x.size());
+  const std::vector<float> rot(r.data(), r.data() + r.size());
+  check_rotated(oq::test::quantize_per_token_on_device(flat, a, DeviceInput::kFloat, rot), rotated);
+}
+
+TEST_CASE("with a fused Walsh-Hadamard transform the kernel quantizes X·(H_b/sqrt(b)) per block") {
+  struct Case {
+    Eigen::Index rows, cols, b;
+  };
+  // One block; three blocks of the QuaRot size; many small ones; the smallest.
+  for (const Case& c : {Case{5, 128, 128}, Case{33, 384, 128}, Case{9, 4096, 64}, Case{3, 130, 2}}) {
+    CAPTURE(c.cols);
+    CAPTURE(c.b);
+    const RowMatrix x = adversarial_rows(c.rows, c.cols, static_cast<std::uint64_t>(c.cols + c.b));
+    const Eigen::MatrixXd h = oq::transform::hadamard_matrix(c.b).cast<double>() / std::sqrt(double(c.b));
+    REQUIRE((h * h.transpose() - Eigen::MatrixXd::Identity(c.b, c.b)).cwiseAbs().maxCoeff() < 1e-12);
+    RowMatrix rotated(c.rows, c.cols);
+    for (Eigen::Index k = 0; k < c.cols / c.b; ++k)
+      rotated.middleCols(k * c.b, c.b) = (x.middleCols(k * c.b, c.b).cast<double>() * h).cast<float>();
+    PerTokenArgs a = args_for(c.rows, c.cols, 4, false, 0.9f);
+    a.hadamard_block = static_cast<int>(c.b);
+    const std::vector<float> flat(x.data(), x.data() + x.size());
+    check_rotated(oq::test::quantize_per_token_on_device(flat, a, DeviceInput::kFloat, {}), rotated);
+  }
 }

@@ -7,6 +7,7 @@
 //   p.codes = d_codes; p.ld_codes = k / 2; p.scales = d_s; p.zeros = d_z; p.code_sums = d_sums;
 //   p.bits = 4; p.symmetric = false; p.clip_ratio = 0.9f;           // DuQuant's activations
 //   p.rotation = d_r; p.block_size = 128;                           // optional fused X·R
+//   // or p.hadamard_block = 128;                                   // fused X·(H/√128), fast WHT
 //   if (auto r = Quantize::run(p, stream); !r.ok()) throw std::runtime_error(r.message);
 //
 // can_implement() checks the arguments first (no CUDA call), then the device:
@@ -49,6 +50,16 @@ class QuantizePerToken {
     if ((p.rotation == nullptr) != (p.block_size == 0))
       return bad(Status::kInvalidArgument, "rotation and block_size must be given together (block_size " +
                                                std::to_string(p.block_size) + ")");
+    if (p.hadamard_block != 0) {
+      const int b = p.hadamard_block;
+      if (p.rotation != nullptr)
+        return bad(Status::kInvalidArgument, "rotation and hadamard_block are alternatives; give one");
+      if (b < 2 || (b & (b - 1)) != 0)
+        return bad(Status::kInvalidArgument, "hadamard_block must be a power of two >= 2, got " + std::to_string(b));
+      if (p.cols % b != 0)
+        return bad(Status::kInvalidShape, "hadamard_block (" + std::to_string(b) + ") must divide cols (" +
+                                              std::to_string(p.cols) + ")");
+    }
     if (p.rotation != nullptr) {
       if (p.block_size < 1 || kThreads % p.block_size != 0)
         return bad(Status::kInvalidArgument, "block_size must divide " + std::to_string(kThreads) + ", got " + std::to_string(p.block_size));

@@ -5,6 +5,12 @@
 // a rotation, every b-wide block is replaced by block·R (R: b×b, row-major,
 // the same for all blocks — DuQuant's R or a normalised Hadamard), so an
 // engine applies X·M and quantizes without a round trip through memory. The
+// Instead of a general R, hadamard_block = b (a power of two) applies the
+// normalised Sylvester Hadamard H_b/√b to every block by the fast Walsh–
+// Hadamard transform in shared memory — log2(b) butterfly passes, b·log2(b)
+// additions per block instead of b² multiply-adds, the QuaRot-style online
+// rotation at memory speed (a general 128 × 128 R costs 128 FMAs per element,
+// which bounds the kernel by arithmetic, not by memory). The
 // row's min/max (or max |x|) come from a cub::BlockReduce, the scale and zero
 // point from core/quant_math.hpp — the same function the host quantizers call,
 // so codes, scales and zero points equal oq::quant::quantize bit for bit on
@@ -60,6 +66,7 @@ struct QuantizePerTokenParams {
   float clip_ratio = 1.0f;
   const float* rotation = nullptr;  ///< block_size × block_size row-major, or null
   int block_size = 0;               ///< b, when rotation is given; divides cols and kThreads
+  int hadamard_block = 0;           ///< b > 0: x·(H_b/√b) per block instead (power of two ≥ 2 dividing cols)
 };
 
 // Reduction operators spelled out: cub::Min/cub::Max left CUB in CCCL 3.
@@ -151,6 +158,25 @@ struct QuantizePerToken {
         if (block < p.cols / b) row[block * b + j] = shared.rotated[t];
         __syncthreads();
       }
+    } else if (p.hadamard_block > 0) {
+      // Sylvester butterflies: at stride h, element i (bit h of its index in
+      // the block clear) and i + h become (u + v, u − v). The last pass also
+      // scales by 1/√b, so the transform is orthogonal.
+      const int b = p.hadamard_block;
+      const float norm = rsqrtf(static_cast<float>(b));
+      for (int h = 1; h < b; h *= 2) {
+        __syncthreads();
+        const float scale = 2 * h == b ? norm : 1.0f;
+        for (std::int64_t pair = t; pair < p.cols / 2; pair += kThreads) {
+          const std::int64_t block = pair / (b / 2);
+          const int j = static_cast<int>(pair % (b / 2));
+          const std::int64_t i = block * b + (j / h) * 2 * h + (j % h);
+          const float u = row[i], v = row[i + h];
+          row[i] = (u + v) * scale;
+          row[i + h] = (u - v) * scale;
+        }
+      }
+      __syncthreads();
     } else {
       __syncthreads();
     }
