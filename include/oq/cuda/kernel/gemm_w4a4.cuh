@@ -27,9 +27,11 @@
 //     for sm_90 and newer. ptxas accepts the s4 instruction for sm_90a too
 //     (what it becomes there is for the SASS check to say), which is what lets
 //     the GPU tests run both paths on a Hopper machine.
-// Both are first versions, written to be checkably correct: one 16 × 8 tile
-// per warp, operands straight from global memory. Shared-memory staging, a
-// pipelined mainloop and the wgmma path for sm_90a are issue 6.
+// Both are written to be checkably correct rather than fast: one 16 × 8 tile
+// per warp, operands straight from global memory. The tiled kernels reuse
+// this file's Params, MMA choice and epilogue: gemm_w4a4_multistage.cuh
+// (shared memory, cp.async pipeline, ldmatrix) and gemm_w4a4_wgmma.cuh
+// (sm_90a wgmma).
 #pragma once
 
 #include <oq/core/int4.hpp>

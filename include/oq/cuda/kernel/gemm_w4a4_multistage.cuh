@@ -2,7 +2,8 @@
 // kernel/gemm_w4a4.cuh (same Params, same int32 accumulators, same epilogue),
 // tiled through shared memory with a cp.async multistage pipeline — the
 // classic sm_80 structure (CUTLASS's "multistage" mainloop), and on sm_90 the
-// mma.sync form of the s8 path (the wgmma form is issue 6's next step).
+// mma.sync form of the s8 path (kernel/gemm_w4a4_wgmma.cuh is the wgmma form,
+// on the same packed tiles and pipeline).
 //
 // Tiling. A CTA computes a 128 × 128 tile of C with 8 warps (2 along M × 4
 // along N), each warp 64 × 32 = 4 × 4 mma tiles. K advances 128 elements
