@@ -75,8 +75,11 @@ case "${1:-}" in
     cmake --build --preset cuda --target "${targets[@]}"
     rm -rf .gpu && mkdir -p .gpu/bin .gpu/lib
     for t in "${targets[@]}"; do cp "$(find build/cuda -maxdepth 2 -type f -name "$t" | head -1)" .gpu/bin/; done
-    # Google Benchmark is a Debian library the GPU machine lacks: carry it.
-    cp -L "$(ldd .gpu/bin/bench.cuda.gemm | awk '/libbenchmark/ {print $3}')" .gpu/lib/
+    # Google Benchmark is a Debian library the GPU machine lacks, and the CUDA
+    # runtime is small: carry both (cuBLAS is large and on the GPU machine).
+    for lib in libbenchmark libcudart; do
+      cp -L "$(ldd .gpu/bin/bench.cuda.gemm | awk -v l="$lib" '$1 ~ l {print $3}')" .gpu/lib/
+    done
     echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' + uncommitted changes')" > .gpu/COMMIT
     du -sh .gpu ;;
   *)
