@@ -24,14 +24,29 @@
 
 namespace oq::cuda::device {
 
-template <class ElementA, class ElementOut, int kTileM = 8, int kWarps = 4>
+/// kTileM: tokens per CTA. 0 (the default) picks 1, 4 or 16 by M at run time:
+/// decode (M = 1) keeps no idle accumulators, and M = 16 reads each weight
+/// once. Larger tiles run out of registers (32 tokens: 255 and spills), so
+/// M = 64 reads the weights 4 times — from L2 where they fit; the CUDA-core
+/// FMAs bound that case anyway (a tensor-core W4A16 is issue 6's).
+template <class ElementA, class ElementOut, int kTileM = 0, int kWarps = 4>
 class GemmW4A16 {
  public:
-  /// The kernel for u4 (asymmetric) or s4 (symmetric) codes; run() picks by p.symmetric.
-  template <bool kSymmetric>
-  using KernelFor = kernel::GemmW4A16<ElementA, ElementOut, kSymmetric, kTileM, kWarps>;
+  /// The kernel for u4 (asymmetric) or s4 (symmetric) codes and a token tile;
+  /// run() picks by p.symmetric and p.m.
+  template <bool kSymmetric, int kTile = (kTileM > 0 ? kTileM : 16)>
+  using KernelFor = kernel::GemmW4A16<ElementA, ElementOut, kSymmetric, kTile, kWarps>;
   using Kernel = KernelFor<false>;
   using Params = typename Kernel::Params;
+
+  /// The token tile run() uses for M = m.
+  static constexpr int tile_for(std::int64_t m) {
+    if constexpr (kTileM > 0) {
+      return kTileM;
+    } else {
+      return m <= 1 ? 1 : m <= 4 ? 4 : 16;
+    }
+  }
 
   static Report check_arguments(const Params& p) {
     auto bad = [](Status s, const std::string& why) { return Report::failure(s, "GemmW4A16: " + why); };
@@ -47,7 +62,8 @@ class GemmW4A16 {
     if (p.ld_w < p.k / 2 || p.ld_w % 4 != 0)
       return bad(Status::kMisaligned, "ld_w must be >= k/2 bytes and a multiple of 4, got " + std::to_string(p.ld_w));
     if (p.ld_y < p.n) return bad(Status::kInvalidShape, "ld_y must be >= n, got " + std::to_string(p.ld_y));
-    if (p.n > std::int64_t(std::numeric_limits<int>::max()) * kWarps || (p.m + kTileM - 1) / kTileM > 65535)
+    if (p.n > std::int64_t(std::numeric_limits<int>::max()) * kWarps ||
+        (p.m + tile_for(p.m) - 1) / tile_for(p.m) > 65535)
       return bad(Status::kInvalidShape, "m or n too large for the grid");
     if (p.m > 0 && p.n > 0) {
       if (p.a == nullptr || p.w == nullptr || p.scales == nullptr || p.y == nullptr || (!p.symmetric && p.zeros == nullptr))
@@ -67,11 +83,25 @@ class GemmW4A16 {
   static Report run(const Params& p, cudaStream_t stream = nullptr) {
     if (Report r = can_implement(p); !r.ok()) return r;
     if (p.m == 0 || p.n == 0) return Report::success();
-    const dim3 grid(static_cast<unsigned>((p.n + kWarps - 1) / kWarps), static_cast<unsigned>((p.m + kTileM - 1) / kTileM));
-    if (p.symmetric) {
-      kernel::gemm_w4a16_kernel<ElementA, ElementOut, true, kTileM, kWarps><<<grid, Kernel::kThreads, 0, stream>>>(p);
+    if constexpr (kTileM > 0) {
+      return launch<kTileM>(p, stream);
     } else {
-      kernel::gemm_w4a16_kernel<ElementA, ElementOut, false, kTileM, kWarps><<<grid, Kernel::kThreads, 0, stream>>>(p);
+      switch (tile_for(p.m)) {
+        case 1: return launch<1>(p, stream);
+        case 4: return launch<4>(p, stream);
+        default: return launch<16>(p, stream);
+      }
+    }
+  }
+
+ private:
+  template <int kTile>
+  static Report launch(const Params& p, cudaStream_t stream) {
+    const dim3 grid(static_cast<unsigned>((p.n + kWarps - 1) / kWarps), static_cast<unsigned>((p.m + kTile - 1) / kTile));
+    if (p.symmetric) {
+      kernel::gemm_w4a16_kernel<ElementA, ElementOut, true, kTile, kWarps><<<grid, 32 * kWarps, 0, stream>>>(p);
+    } else {
+      kernel::gemm_w4a16_kernel<ElementA, ElementOut, false, kTile, kWarps><<<grid, 32 * kWarps, 0, stream>>>(p);
     }
     OQ_CUDA_TRY(cudaGetLastError());
     return Report::success();
