@@ -3,7 +3,7 @@
 # binaries that `bash cmake/run.sh gpu-pack` built and put in .gpu/ on the
 # machine without a GPU (nvcc is there; building here would spend lent minutes):
 #
-#   1. tests     every GPU test executable (ctest label `gpu`) (issue 5)
+#   1. tests     every GPU test executable (ctest label `gpu`) and example 04 (issue 5)
 #   2. hf        examples/02_llama_layer/transformers_check.py: a
 #                save_pretrained checkpoint and transformers' layer inputs and
 #                outputs, tarred (issue 7; copy to tests/data/transformers_llama/)
@@ -73,6 +73,7 @@ for stage in "${stages[@]}"; do
         case "$t" in *_args_test) continue ;; esac
         run_logged 90 "$t"
       done
+      run_logged 90 "$BIN"/04_cuda_w4a4  # example 04: GPU vs the host simulation of the same W4A4
       ;;
     sanitize)
       say "stage sanitize"
@@ -116,4 +117,4 @@ for stage in "${stages[@]}"; do
   esac
 done
 say "done at $(date -u)"
-grep -E "^== (exit [^0]|missing)|test cases:|ERROR SUMMARY|RACECHECK SUMMARY|relative error" "$LOG" | tail -40
+grep -E "^== (exit [^0]|missing)|test cases:|ERROR SUMMARY|RACECHECK SUMMARY|relative error|GPU vs" "$LOG" | tail -40

@@ -71,10 +71,10 @@ case "${1:-}" in
     command -v nvcc >/dev/null 2>&1 || { echo "oq: gpu-pack needs nvcc (the CUDA toolkit)" >&2; exit 1; }
     cmake --preset cuda
     targets=(core.device_test cuda.quantize_per_token_test cuda.gemm_w4a16_test cuda.gemm_w4a4_test
-             bench.cuda.gemm bench.cuda.quantize_per_token)
+             bench.cuda.gemm bench.cuda.quantize_per_token 04_cuda_w4a4)
     cmake --build --preset cuda --target "${targets[@]}"
     rm -rf .gpu && mkdir -p .gpu/bin .gpu/lib
-    for t in "${targets[@]}"; do cp "$(find build/cuda -maxdepth 2 -type f -name "$t" | head -1)" .gpu/bin/; done
+    for t in "${targets[@]}"; do cp "$(find build/cuda -maxdepth 3 -type f -name "$t" | head -1)" .gpu/bin/; done
     # Google Benchmark is a Debian library the GPU machine lacks, and the CUDA
     # runtime is small: carry both (cuBLAS is large and on the GPU machine).
     for lib in libbenchmark libcudart; do

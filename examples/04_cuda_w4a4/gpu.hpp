@@ -1,0 +1,31 @@
+// examples/04_cuda_w4a4/gpu.hpp: the example's device half, behind a plain
+// C++ interface (oq's CUDA headers are for nvcc, its Eigen code for the host
+// compiler: DESIGN §1).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace example {
+
+struct GpuRun {
+  bool ran = false;
+  std::string why;           ///< when !ran: no device, or the launcher's message
+  std::string device;        ///< the GPU's name and compute capability
+  std::string gemm;          ///< which W4A4 launcher ran
+  std::vector<float> y;      ///< m × n, row-major
+  float milliseconds = 0.0f; ///< quantize + GEMM, one run after a warm-up
+};
+
+/// Y = Q(X·H)·Ŵᵀ on the GPU: x (m × k floats, row-major) is rounded to bf16,
+/// quantized per token to asymmetric INT4 (after the fused block Walsh–
+/// Hadamard transform when hadamard_block > 0) by QuantizePerToken, then
+/// multiplied by the packed symmetric INT4 weights (n rows of k/2 bytes, one
+/// scale per row, Σ_k q per row) by the W4A4 GEMM with its zero-point
+/// epilogue. Never throws for a missing GPU: returns ran = false and why.
+GpuRun w4a4_on_gpu(const std::vector<float>& x, std::int64_t m, std::int64_t k,
+                   const std::vector<std::uint8_t>& w_packed, const std::vector<float>& w_scales,
+                   const std::vector<std::int32_t>& w_code_sums, std::int64_t n, int hadamard_block);
+
+}  // namespace example

@@ -1,0 +1,120 @@
+// Example 04: a W4A4 linear layer on the GPU, the way an engine runs it, and
+// why the online Hadamard rotation matters.
+//
+// Y = X·Wᵀ with LLM-like activations X (tokens × in: Gaussian, 8 channel-wise
+// outliers 30× larger, one massive activation of 2,000 — as example 01) and
+// Gaussian weights W (out × in). Two ways, each quantized W4A4 (activations
+// per token, asymmetric; weights per output channel, symmetric; INT4):
+//   plain     X and W as they are;
+//   hadamard  X·H and W·H with H = diag(H_128, …)/√128: Y is unchanged
+//             (H·Hᵀ = I), the outliers are spread over their blocks. W·H is
+//             folded offline; X·H is fused into the quantize kernel
+//             (QuantizePerToken's hadamard_block), as QuaRot applies it online.
+// On the host (oq::quant, float64 products) this shows the quantization error
+// of each; with a GPU, the device path (gpu.cu: QuantizePerToken + the W4A4
+// GEMM) must reproduce the host simulation of the same W4A4 product.
+//
+//   ./04_cuda_w4a4 [tokens] [in] [out]        (defaults 512 4096 4096)
+#include "gpu.hpp"
+
+#include <oq/core/float16.hpp>
+#include <oq/hadamard.hpp>
+#include <oq/quant.hpp>
+
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using oq::quant::QuantSpec;
+constexpr int kBlock = 128;
+
+RowMatrix activations(Eigen::Index tokens, Eigen::Index channels) {
+  std::mt19937 rng(2024);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  RowMatrix x(tokens, channels);
+  for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = normal(rng);
+  for (Eigen::Index c = 7; c < channels; c += channels / 8) x.col(c) *= 30.0f;  // channel-wise outliers
+  x(0, 7) = 2000.0f;                                                         // a massive activation
+  // The GPU reads bf16, as engines hold activations: quantize what it sees.
+  for (Eigen::Index i = 0; i < x.size(); ++i)
+    x.data()[i] = oq::core::bf16_bits_to_float(oq::core::float_to_bf16_bits(x.data()[i]));
+  return x;
+}
+
+RowMatrix weights(Eigen::Index out, Eigen::Index in) {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.0f / std::sqrt(static_cast<float>(in)));
+  RowMatrix w(out, in);
+  for (Eigen::Index i = 0; i < w.size(); ++i) w.data()[i] = normal(rng);
+  return w;
+}
+
+double relative_error(const Eigen::MatrixXd& got, const Eigen::MatrixXd& reference) {
+  return (got - reference).norm() / reference.norm();
+}
+
+void run(const char* name, const RowMatrix& x_in, const RowMatrix& w_in, bool hadamard, const Eigen::MatrixXd& y_fp) {
+  RowMatrix x = x_in, w = w_in;
+  if (hadamard) {  // the host's copy of what the GPU fuses for X; folded for W
+    oq::transform::block_hadamard_rows(x, kBlock);
+    oq::transform::block_hadamard_rows(w, kBlock);
+  }
+  // Weights, offline: per output channel, symmetric INT4, packed two per byte.
+  const QuantSpec w_spec = QuantSpec::per_token(4, /*symmetric=*/true);  // one scale per row of W
+  const auto w_params = oq::quant::compute_params(w, w_spec);
+  const auto w_codes = oq::quant::quantize(w, w_params, w_spec);
+  const oq::quant::PackedInt4 packed = oq::quant::pack_int4(w_codes, oq::quant::Int4Kind::kSigned);
+  // Activations: per token, asymmetric INT4 (what QuantizePerToken computes).
+  const QuantSpec x_spec = QuantSpec::per_token(4, /*symmetric=*/false);
+  const auto x_params = oq::quant::compute_params(x, x_spec);
+  const auto x_hat = oq::quant::dequantize(oq::quant::quantize(x, x_params, x_spec), x_params, x_spec);
+  const auto w_hat = oq::quant::dequantize(w_codes, w_params, w_spec);
+  const Eigen::MatrixXd y_sim = x_hat.cast<double>() * w_hat.cast<double>().transpose();
+  std::printf("%-9s  host W4A4 vs full precision: %.4f", name, relative_error(y_sim, y_fp));
+
+  const std::vector<float> x_flat(x_in.data(), x_in.data() + x_in.size());  // unrotated: the GPU rotates
+  const std::vector<std::uint8_t> w_flat(packed.data(), packed.data() + packed.size());
+  std::vector<float> w_scales(static_cast<std::size_t>(w.rows()));
+  std::vector<std::int32_t> w_sums(static_cast<std::size_t>(w.rows()));
+  for (Eigen::Index r = 0; r < w.rows(); ++r) {
+    w_scales[static_cast<std::size_t>(r)] = w_params.scale(r, 0);
+    w_sums[static_cast<std::size_t>(r)] = w_codes.row(r).sum();
+  }
+  const example::GpuRun gpu = example::w4a4_on_gpu(x_flat, x.rows(), x.cols(), w_flat, w_scales, w_sums, w.rows(),
+                                                   hadamard ? kBlock : 0);
+  if (!gpu.ran) {
+    std::printf("   (GPU: %s)\n", gpu.why.c_str());
+    return;
+  }
+  const Eigen::MatrixXd y_gpu =
+      Eigen::Map<const RowMatrix>(gpu.y.data(), x.rows(), w.rows()).cast<double>();
+  std::printf("   GPU vs host W4A4: %.2e   GPU vs full precision: %.4f   %.3f ms (%s)\n",
+              relative_error(y_gpu, y_sim), relative_error(y_gpu, y_fp), gpu.milliseconds, gpu.gemm.c_str());
+}
+
+Eigen::Index arg(int argc, char** argv, int i, Eigen::Index fallback) {
+  return argc > i ? std::strtoll(argv[i], nullptr, 10) : fallback;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Eigen::Index tokens = arg(argc, argv, 1, 512), in = arg(argc, argv, 2, 4096), out = arg(argc, argv, 3, 4096);
+  if (tokens < 1 || in < kBlock || in % kBlock != 0 || out < 1) {
+    std::fprintf(stderr, "usage: 04_cuda_w4a4 [tokens >= 1] [in: a multiple of %d] [out >= 1]\n", kBlock);
+    return 2;
+  }
+  const RowMatrix x = activations(tokens, in), w = weights(out, in);
+  const Eigen::MatrixXd y_fp = x.cast<double>() * w.cast<double>().transpose();
+  std::printf("Y = X·Wᵀ, X %lld × %lld (8 outlier channels, one value of 2,000), W %lld × %lld; relative errors:\n",
+              static_cast<long long>(tokens), static_cast<long long>(in), static_cast<long long>(out),
+              static_cast<long long>(in));
+  run("plain", x, w, false, y_fp);
+  run("hadamard", x, w, true, y_fp);
+  return 0;
+}
