@@ -31,6 +31,14 @@ struct Buffer {  // an owning device allocation
   ~Buffer() { cudaFree(ptr); }
 };
 
+struct Event {  // an owning CUDA event
+  cudaEvent_t event = nullptr;
+  Event() { check(cudaEventCreate(&event), "cudaEventCreate"); }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  ~Event() { cudaEventDestroy(event); }
+};
+
 template <class T>
 void upload(Buffer<T>& d, const std::vector<T>& h) {
   check(cudaMemcpy(d.ptr, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy");
@@ -43,8 +51,9 @@ GpuRun w4a4_on_gpu(const std::vector<float>& x, std::int64_t m, std::int64_t k,
                    const std::vector<std::int32_t>& w_code_sums, std::int64_t n, int hadamard_block) {
   GpuRun run;
   int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    run.why = "no CUDA device";
+  if (const cudaError_t e = cudaGetDeviceCount(&devices); e != cudaSuccess || devices == 0) {
+    run.no_device = true;
+    run.why = std::string("no usable CUDA device (") + (e != cudaSuccess ? cudaGetErrorString(e) : "none found") + ")";
     return run;
   }
   try {
@@ -109,16 +118,12 @@ GpuRun w4a4_on_gpu(const std::vector<float>& x, std::int64_t m, std::int64_t k,
 
     forward();  // warm-up: module load
     check(cudaDeviceSynchronize(), "warm-up");
-    cudaEvent_t start, stop;
-    check(cudaEventCreate(&start), "cudaEventCreate");
-    check(cudaEventCreate(&stop), "cudaEventCreate");
-    check(cudaEventRecord(start), "cudaEventRecord");
+    const Event start, stop;
+    check(cudaEventRecord(start.event), "cudaEventRecord");
     forward();
-    check(cudaEventRecord(stop), "cudaEventRecord");
-    check(cudaEventSynchronize(stop), "cudaEventSynchronize");
-    check(cudaEventElapsedTime(&run.milliseconds, start, stop), "cudaEventElapsedTime");
-    cudaEventDestroy(start);
-    cudaEventDestroy(stop);
+    check(cudaEventRecord(stop.event), "cudaEventRecord");
+    check(cudaEventSynchronize(stop.event), "cudaEventSynchronize");
+    check(cudaEventElapsedTime(&run.milliseconds, start.event, stop.event), "cudaEventElapsedTime");
 
     run.y.resize(static_cast<std::size_t>(m * n));
     check(cudaMemcpy(run.y.data(), d_y.ptr, run.y.size() * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");

@@ -11,7 +11,8 @@ namespace example {
 
 struct GpuRun {
   bool ran = false;
-  std::string why;           ///< when !ran: no device, or the launcher's message
+  bool no_device = false;    ///< !ran because there is no usable GPU (not an error here)
+  std::string why;           ///< when !ran: why (no device, a launcher's or CUDA's message)
   std::string device;        ///< the GPU's name and compute capability
   std::string gemm;          ///< which W4A4 launcher ran
   std::vector<float> y;      ///< m × n, row-major

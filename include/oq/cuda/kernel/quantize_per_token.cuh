@@ -4,13 +4,14 @@
 // One CTA per row (token). The row is staged in shared memory as float; with
 // a rotation, every b-wide block is replaced by block·R (R: b×b, row-major,
 // the same for all blocks — DuQuant's R or a normalised Hadamard), so an
-// engine applies X·M and quantizes without a round trip through memory. The
+// engine applies X·M and quantizes without a round trip through memory.
 // Instead of a general R, hadamard_block = b (a power of two) applies the
 // normalised Sylvester Hadamard H_b/√b to every block by the fast Walsh–
 // Hadamard transform in shared memory — log2(b) butterfly passes, b·log2(b)
 // additions per block instead of b² multiply-adds, the QuaRot-style online
 // rotation at memory speed (a general 128 × 128 R costs 128 FMAs per element,
-// which bounds the kernel by arithmetic, not by memory). The
+// which bounds the kernel by arithmetic, not by memory). The passes scale only
+// at the end, so inputs above FLT_MAX/b overflow where x·H/√b would not. The
 // row's min/max (or max |x|) come from a cub::BlockReduce, the scale and zero
 // point from core/quant_math.hpp — the same function the host quantizers call,
 // so codes, scales and zero points equal oq::quant::quantize bit for bit on
@@ -163,14 +164,18 @@ struct QuantizePerToken {
       // the block clear) and i + h become (u + v, u − v). The last pass also
       // scales by 1/√b, so the transform is orthogonal.
       const int b = p.hadamard_block;
-      const float norm = rsqrtf(static_cast<float>(b));
-      for (int h = 1; h < b; h *= 2) {
+      const int log_b = __ffs(b) - 1;                       // b is a power of two
+      const float norm = 1.0f / sqrtf(static_cast<float>(b));  // IEEE, as the host's 1/√b
+      for (int log_h = 0; log_h < log_b; ++log_h) {
+        const int h = 1 << log_h;
         __syncthreads();
-        const float scale = 2 * h == b ? norm : 1.0f;
+        const float scale = log_h + 1 == log_b ? norm : 1.0f;
         for (std::int64_t pair = t; pair < p.cols / 2; pair += kThreads) {
-          const std::int64_t block = pair / (b / 2);
-          const int j = static_cast<int>(pair % (b / 2));
-          const std::int64_t i = block * b + (j / h) * 2 * h + (j % h);
+          // pair → (block, j < b/2) → the pair's first element: bit log_h of its
+          // index in the block clear, the bits above and below from j.
+          const std::int64_t block = pair >> (log_b - 1);
+          const int j = static_cast<int>(pair & ((b >> 1) - 1));
+          const std::int64_t i = (block << log_b) + ((j >> log_h) << (log_h + 1)) + (j & (h - 1));
           const float u = row[i], v = row[i + h];
           row[i] = (u + v) * scale;
           row[i + h] = (u - v) * scale;
