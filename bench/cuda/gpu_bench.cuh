@@ -149,7 +149,7 @@ inline double max_launch_seconds() {
   return env != nullptr ? std::atof(env) : 2.0;
 }
 
-/// An RAII stream, event pair and graph for one benchmark.
+/// An owning non-blocking CUDA stream for one benchmark.
 class Stream {
  public:
   Stream() { OQ_BENCH_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
