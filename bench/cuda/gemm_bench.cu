@@ -14,6 +14,7 @@
 //   w4a4_wgmma       and on device::GemmW4A4Wgmma (sm_90a; skipped elsewhere)
 //   w4a16          oq::cuda::device::GemmW4A16: bf16 activations, u4 weights
 //                  with per-group(128) scales and zero points, bf16 out
+//   w4a16_tensorop the same problem on device::GemmW4A16TensorOp
 //
 // Every benchmark is named <kernel>/m:M/n:N/k:K, times one launch (see
 // gpu_bench.cuh) and sets `ops` = 2·M·N·K and `bytes`; the decode GEMMs also
@@ -25,6 +26,7 @@
 #include "gpu_bench.cuh"
 
 #include <oq/cuda/device/gemm_w4a16.cuh>
+#include <oq/cuda/device/gemm_w4a16_tensorop.cuh>
 #include <oq/cuda/device/gemm_w4a4.cuh>
 #include <oq/cuda/device/gemm_w4a4_multistage.cuh>
 #include <oq/cuda/device/gemm_w4a4_wgmma.cuh>
@@ -213,10 +215,10 @@ BENCHMARK(BM_w4a4_multistage)
 BENCHMARK(BM_w4a4_wgmma)->Name("w4a4_wgmma")->ArgNames({"m", "n", "k"})->Apply(prefill_shapes)->UseManualTime();
 
 // ---------------------------------------------------------------------------
-void BM_w4a16(benchmark::State& state) {
-  guarded(state, [](benchmark::State& st) {
+template <class Gemm>
+void BM_w4a16(benchmark::State& state, const char* kernel) {
+  guarded(state, [kernel](benchmark::State& st) {
     const Shape s(st);
-    using Gemm = oq::cuda::device::GemmW4A16<bf16, bf16>;
     const std::int64_t groups = s.k / kGroupSize;
     const std::size_t a_count = s.m * s.k, w_bytes = s.n * s.k / 2, param_count = s.n * groups;
     const std::size_t weight_bytes = w_bytes + 2 * sizeof(float) * param_count;  // codes, scales, zeros
@@ -228,7 +230,7 @@ void BM_w4a16(benchmark::State& state) {
     fill(w.get(), w.size(), 13, RandomByte{});
     fill(scales.get(), scales.size(), 14, RandomUniform<float>{0.001f, 0.01f});
     fill(zeros.get(), zeros.size(), 15, RandomUniform<float>{0.0f, 15.0f});
-    Gemm::Params p;
+    typename Gemm::Params p;
     p.ld_a = s.k;
     p.ld_w = s.k / 2;
     p.symmetric = false;
@@ -238,8 +240,8 @@ void BM_w4a16(benchmark::State& state) {
     p.m = s.m;
     p.n = s.n;
     p.k = s.k;
-    time_launches(st, copies, Work{"w4a16", s.ops()}, [&](cudaStream_t stream, int copy) {
-      Gemm::Params q = p;
+    time_launches(st, copies, Work{kernel, s.ops()}, [&](cudaStream_t stream, int copy) {
+      typename Gemm::Params q = p;
       q.a = a.get() + copy * a_count;
       q.w = w.get() + copy * w_bytes;
       q.scales = scales.get() + copy * param_count;
@@ -250,7 +252,16 @@ void BM_w4a16(benchmark::State& state) {
     st.counters["weight_bytes"] = static_cast<double>(weight_bytes);
   });
 }
-BENCHMARK(BM_w4a16)->Name("w4a16")->ArgNames({"m", "n", "k"})->Apply(decode_shapes)->UseManualTime();
+void BM_w4a16_simt(benchmark::State& state) { BM_w4a16<oq::cuda::device::GemmW4A16<bf16, bf16>>(state, "w4a16"); }
+void BM_w4a16_tensorop(benchmark::State& state) {
+  BM_w4a16<oq::cuda::device::GemmW4A16TensorOp<bf16, bf16>>(state, "w4a16_tensorop");
+}
+BENCHMARK(BM_w4a16_simt)->Name("w4a16")->ArgNames({"m", "n", "k"})->Apply(decode_shapes)->UseManualTime();
+BENCHMARK(BM_w4a16_tensorop)
+    ->Name("w4a16_tensorop")
+    ->ArgNames({"m", "n", "k"})
+    ->Apply(decode_shapes)
+    ->UseManualTime();
 
 }  // namespace
 

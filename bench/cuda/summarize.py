@@ -114,19 +114,24 @@ def gemm_tables(table, out):
                     f"{fmt(tb and tb * 1e6, 1)} | {fmt(tb and ops / tb / 1e12, 0)} | {fmt(ti and ti * 1e6, 1)} | "
                     f"{fmt(ti and ops / ti / 1e12, 0)} | {fmt(tw and tb and tb / tw)} | {fmt(tw and ti and ti / tw)} |")
         out.append("")
-    decode = [s for s in shapes if get(table, "w4a16", m=s[0], n=s[1], k=s[2])]
+    decode_kernels = ("w4a16", "w4a16_tensorop")
+    decode = [s for s in shapes if any(get(table, k, m=s[0], n=s[1], k=s[2]) for k in decode_kernels)]
     if decode:
-        out.append("| M | N | K | W4A16 µs | weight GB/s | of copy BW (≥ 0.70) | BF16 µs "
+        out.append("| M | N | K | kernel | µs | weight GB/s | of copy BW (≥ 0.70) | BF16 µs "
                    "| × BF16 (≥ 3 at M = 1) |")
-        out.append("|---|---|---|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|---|---|---|")
         for m, n, k in decode:
-            w = get(table, "w4a16", m=m, n=n, k=k)
             b = get(table, "cublas_bf16", m=m, n=n, k=k)
-            tw, tb = seconds(w), (seconds(b) if b else None)
-            bw = w["weight_bytes"] / tw
-            out.append(
-                f"| {m} | {n} | {k} | {tw * 1e6:.1f} | {bw / 1e9:.0f} | {fmt(copy_bw and bw / copy_bw)} | "
-                f"{fmt(tb and tb * 1e6, 1)} | {fmt(tb and tb / tw)} |")
+            tb = seconds(b) if b else None
+            for kernel in decode_kernels:
+                w = get(table, kernel, m=m, n=n, k=k)
+                if not w:
+                    continue
+                tw = seconds(w)
+                bw = w["weight_bytes"] / tw
+                out.append(
+                    f"| {m} | {n} | {k} | {kernel} | {tw * 1e6:.1f} | {bw / 1e9:.0f} | "
+                    f"{fmt(copy_bw and bw / copy_bw)} | {fmt(tb and tb * 1e6, 1)} | {fmt(tb and tb / tw)} |")
         out.append("")
 
 
@@ -157,7 +162,8 @@ def plot(tables, path):
         return
     fig, axes = plt.subplots(1, len(shapes), figsize=(4 * len(shapes), 3.6), squeeze=False)
     labels = {"w4a4": "oq W4A4", "w4a4_multistage": "oq W4A4 multistage", "w4a4_wgmma": "oq W4A4 wgmma",
-              "w4a16": "oq W4A16", "cublas_bf16": "cuBLAS BF16", "cublaslt_int8": "cuBLASLt INT8"}
+              "w4a16": "oq W4A16", "w4a16_tensorop": "oq W4A16 tensor cores", "cublas_bf16": "cuBLAS BF16",
+              "cublaslt_int8": "cuBLASLt INT8"}
     for ax, (n, k) in zip(axes[0], shapes):
         for kern, label in labels.items():
             pts = sorted((dict(a)["m"], 2.0 * dict(a)["m"] * n * k / seconds(r) / 1e12)

@@ -38,3 +38,21 @@ TEST_CASE("valid W4A16 arguments pass, each bad one is named") {
   CHECK(with([](W4A16Problem& q) { q.misalign_a = true; }).find("a must be 16-byte aligned") != std::string::npos);
   CHECK(with([](W4A16Problem& q) { q.m = -1; }).find("need m >= 0") != std::string::npos);
 }
+
+TEST_CASE("the tensor-core W4A16 launcher also needs K and groups of 16 and 8-byte weight rows") {
+  W4A16Problem q = valid();
+  q.tensor_op = true;
+  CHECK(check_w4a16_arguments(q).empty());
+  W4A16Problem groups = q;
+  groups.group_size = 8;
+  CHECK(check_w4a16_arguments(groups).find("GemmW4A16TensorOp: k and group_size must be multiples of 16") !=
+        std::string::npos);
+  W4A16Problem stride = q;
+  stride.ld_w = 132;
+  CHECK(check_w4a16_arguments(stride).find("ld_w must be a multiple of 8 bytes, got 132") != std::string::npos);
+  W4A16Problem shared = q;
+  shared.k = 260;  // the base launcher's check, under this launcher's name
+  shared.ld_a = 264;
+  shared.ld_w = 136;
+  CHECK(check_w4a16_arguments(shared).find("GemmW4A16TensorOp: k must be a multiple of 8") != std::string::npos);
+}

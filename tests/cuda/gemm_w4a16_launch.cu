@@ -1,6 +1,7 @@
 #include "gemm_w4a16_launch.hpp"
 
 #include <oq/cuda/device/gemm_w4a16.cuh>
+#include <oq/cuda/device/gemm_w4a16_tensorop.cuh>
 #include <oq/cuda/numeric.cuh>
 
 #include "support/device_buffer.cuh"
@@ -58,7 +59,8 @@ std::vector<float> run(const oq::test::W4A16Problem& q, std::vector<float>& a, c
   p.scales = d_scales.ptr;
   p.zeros = q.symmetric ? nullptr : d_zeros.ptr;
   p.y = d_y.ptr;
-  const auto report = oq::cuda::device::GemmW4A16<ElementA, float>::run(p);
+  const auto report = q.tensor_op ? oq::cuda::device::GemmW4A16TensorOp<ElementA, float>::run(p)
+                                  : oq::cuda::device::GemmW4A16<ElementA, float>::run(p);
   if (!report.ok()) throw std::runtime_error(report.message);
   check_cuda(cudaDeviceSynchronize(), "gemm_w4a16_kernel");
   check_cuda(cudaMemcpy(y.data(), d_y.ptr, out_size * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy y");
@@ -85,7 +87,8 @@ std::string check_w4a16_arguments(const W4A16Problem& problem) {
   p.scales = s;
   p.zeros = s;
   p.y = y;
-  const auto report = oq::cuda::device::GemmW4A16<__half, float>::check_arguments(p);
+  const auto report = problem.tensor_op ? oq::cuda::device::GemmW4A16TensorOp<__half, float>::check_arguments(p)
+                                        : oq::cuda::device::GemmW4A16<__half, float>::check_arguments(p);
   return report.ok() ? std::string() : report.message;
 }
 

@@ -12,6 +12,7 @@ struct W4A16Problem {
   std::int64_t ld_a = 0, ld_w = 0, ld_y = 0;
   bool symmetric = false;
   bool misalign_a = false;  ///< offset a by one element (argument checks)
+  bool tensor_op = false;   ///< device::GemmW4A16TensorOp instead of GemmW4A16
 };
 
 /// GemmW4A16<__half, float>::check_arguments: "" when fine, else the message.

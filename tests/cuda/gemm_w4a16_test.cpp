@@ -14,68 +14,112 @@
 using namespace oq::quant;
 using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+namespace {
+
+struct Shape {
+  std::int64_t m, n, k, group;
+};
+
+// One problem against a float64 product of the host's dequantized weights:
+// random heavy-tailed weights quantized per group by oq::quant, Gaussian
+// activations rounded to the 16-bit type, padded leading dimensions (so that
+// a mix-up of ld and K or N fails), outputs poisoned with NaN. Every output
+// must be finite and within bound(i, j) of the reference, where
+// magnitude(i, j) = Σ_k |a·ŵ|.
+template <class Bound>
+void check_against_host(const Shape& s, bool symmetric, bool bf16, std::int64_t ld_w, bool tensor_op, Bound bound) {
+  CAPTURE(s.m);
+  CAPTURE(s.n);
+  CAPTURE(s.k);
+  CAPTURE(s.group);
+  CAPTURE(symmetric);
+  CAPTURE(bf16);
+  CAPTURE(ld_w);
+  CAPTURE(tensor_op);
+  const RowMatrix w = oq::test::heavy_tailed<float>(s.n, s.k, static_cast<std::uint64_t>(s.n * s.k));
+  const QuantSpec spec = QuantSpec::per_group(4, symmetric, s.group);
+  const auto params = compute_params(w, spec);
+  const auto codes = quantize(w, params, spec);
+  const PackedInt4 packed = pack_int4(codes, symmetric ? Int4Kind::kSigned : Int4Kind::kUnsigned);
+  const RowMatrix w_hat = dequantize(codes, params, spec);
+
+  const std::int64_t ld_a = s.k + 8, ld_y = s.n + 3;
+  oq::test::W4A16Problem q{s.m, s.n, s.k, s.group, ld_a, ld_w, ld_y, symmetric, false};
+  q.tensor_op = tensor_op;
+  RowMatrix a = oq::test::gaussian<float>(s.m, s.k, 7);
+  std::vector<float> a_flat(static_cast<std::size_t>(s.m * ld_a), 1e4f);
+  for (Eigen::Index r = 0; r < s.m; ++r) std::copy(a.row(r).data(), a.row(r).data() + s.k, a_flat.begin() + r * ld_a);
+  std::vector<std::uint8_t> w_flat(static_cast<std::size_t>(s.n * ld_w), 0x77);
+  for (Eigen::Index r = 0; r < s.n; ++r)
+    std::copy(packed.row(r).data(), packed.row(r).data() + packed.cols(), w_flat.begin() + r * ld_w);
+  const RowMatrix scales = params.scale;  // n × groups, row-major as the kernel reads it
+  const RowMatrix zeros = params.zero;
+  const auto y = oq::test::gemm_w4a16_on_device(q, a_flat, bf16, w_flat,
+                                                std::vector<float>(scales.data(), scales.data() + scales.size()),
+                                                std::vector<float>(zeros.data(), zeros.data() + zeros.size()));
+  for (Eigen::Index r = 0; r < s.m; ++r)  // the 16-bit values the kernel saw
+    a.row(r) = Eigen::Map<const Eigen::RowVectorXf>(a_flat.data() + r * ld_a, s.k);
+  const Eigen::MatrixXd reference = a.cast<double>() * w_hat.cast<double>().transpose();
+  const Eigen::MatrixXd magnitude = a.cast<double>().cwiseAbs() * w_hat.cast<double>().cwiseAbs().transpose();
+  int outside = 0;
+  for (Eigen::Index i = 0; i < s.m; ++i) {
+    for (Eigen::Index j = 0; j < s.n; ++j) {
+      const float got = y[static_cast<std::size_t>(i * ld_y + j)];
+      REQUIRE(std::isfinite(got));  // NaN poison: every output written
+      outside += !(std::fabs(got - reference(i, j)) <= bound(magnitude(i, j)) + 1e-30);  // 1e-30: all-zero rows
+    }
+  }
+  CHECK(outside == 0);
+}
+
+}  // namespace
+
 TEST_CASE("W4A16 equals the dequantized product to fp32 accumulation error") {
-  struct Shape {
-    std::int64_t m, n, k, group;
-  };
   // K = 264 with groups of 8 and K = 96 with groups of 32 are the odd layouts.
   for (const Shape& s : {Shape{1, 64, 256, 128}, Shape{3, 37, 128, 128}, Shape{16, 130, 1024, 128},
                          Shape{64, 8, 512, 512}, Shape{9, 100, 4096, 128}, Shape{2, 16, 264, 8},
                          Shape{5, 33, 96, 32}}) {
+    // Each lane sums at most 32·⌈K/1024⌉ products (8 per word, one word in 32
+    // on the narrow loop; 32 per 16 bytes, one in 32 on the wide one) with one
+    // fmaf rounding apiece, a 5-level shuffle tree adds 5 more, and ŵ = s·(q − z)
+    // carries one rounding: |error| <= γ_n·Σ|a·ŵ| with n = 32·⌈K/1024⌉ + 6,
+    // γ_n = n·u/(1 − n·u), u = 2^−24 (Higham, recursive summation).
+    const double nu = (32.0 * double((s.k + 1023) / 1024) + 6) * std::ldexp(1.0, -24);
+    const auto bound = [nu](double magnitude) { return nu / (1 - nu) * magnitude; };
     for (bool symmetric : {false, true}) {
       for (bool bf16 : {false, true}) {
-        // Weight rows 4 bytes past K/2 (the narrow loop) or 16 (16-byte aligned: the
-        // wide loop where K and the group size allow it).
+        // Weight rows 4 bytes past K/2 (the narrow loop) or 16 (16-byte aligned:
+        // the wide loop where K and the group size allow it).
         for (std::int64_t w_pad : {4, 16}) {
-          CAPTURE(w_pad);
-          CAPTURE(s.m);
-          CAPTURE(s.n);
-          CAPTURE(s.k);
-          CAPTURE(symmetric);
-          CAPTURE(bf16);
-          const RowMatrix w = oq::test::heavy_tailed<float>(s.n, s.k, static_cast<std::uint64_t>(s.n * s.k));
-          const QuantSpec spec = QuantSpec::per_group(4, symmetric, s.group);
-          const auto params = compute_params(w, spec);
-          const auto codes = quantize(w, params, spec);
-          const PackedInt4 packed = pack_int4(codes, symmetric ? Int4Kind::kSigned : Int4Kind::kUnsigned);
-          const RowMatrix w_hat = dequantize(codes, params, spec);
-
-          // Padded leading dimensions, so that a mix-up of ld and K or N fails.
-          const std::int64_t ld_a = s.k + 8, ld_w = (s.k / 2 + 15) / 16 * 16 + w_pad, ld_y = s.n + 3;
-          oq::test::W4A16Problem q{s.m, s.n, s.k, s.group, ld_a, ld_w, ld_y, symmetric, false};
+          const std::int64_t ld_w = (s.k / 2 + 15) / 16 * 16 + w_pad;
+          oq::test::W4A16Problem q{s.m, s.n, s.k, s.group, s.k + 8, ld_w, s.n + 3, symmetric, false};
           // The loop this case exercises: wide exactly for 16-byte rows of whole 32-code groups.
           CHECK(oq::test::w4a16_wide_loop(q) == (w_pad == 16 && s.k % 32 == 0 && s.group % 32 == 0));
-          RowMatrix a = oq::test::gaussian<float>(s.m, s.k, 7);
-          std::vector<float> a_flat(static_cast<std::size_t>(s.m * ld_a), 1e4f);
-          for (Eigen::Index r = 0; r < s.m; ++r) std::copy(a.row(r).data(), a.row(r).data() + s.k, a_flat.begin() + r * ld_a);
-          std::vector<std::uint8_t> w_flat(static_cast<std::size_t>(s.n * ld_w), 0x77);
-          for (Eigen::Index r = 0; r < s.n; ++r)
-            std::copy(packed.row(r).data(), packed.row(r).data() + packed.cols(), w_flat.begin() + r * ld_w);
-          const RowMatrix scales = params.scale;  // n × groups, row-major as the kernel reads it
-          const RowMatrix zeros = params.zero;
-          const auto y = oq::test::gemm_w4a16_on_device(q, a_flat, bf16, w_flat,
-                                                        std::vector<float>(scales.data(), scales.data() + scales.size()),
-                                                        std::vector<float>(zeros.data(), zeros.data() + zeros.size()));
-          for (Eigen::Index r = 0; r < s.m; ++r)  // the 16-bit values the kernel saw
-            a.row(r) = Eigen::Map<const Eigen::RowVectorXf>(a_flat.data() + r * ld_a, s.k);
-          const Eigen::MatrixXd reference = a.cast<double>() * w_hat.cast<double>().transpose();
-          const Eigen::MatrixXd magnitude = a.cast<double>().cwiseAbs() * w_hat.cast<double>().cwiseAbs().transpose();
-          for (Eigen::Index i = 0; i < s.m; ++i) {
-            for (Eigen::Index j = 0; j < s.n; ++j) {
-              const float got = y[static_cast<std::size_t>(i * ld_y + j)];
-              REQUIRE(std::isfinite(got));  // NaN poison: every output written
-              // Each lane sums at most 32·⌈K/1024⌉ products (8 per word, one word in
-              // 32 on the narrow loop; 32 per 16 bytes, one in 32 on the wide one)
-              // with one fmaf rounding apiece, a 5-level shuffle tree adds 5 more, and
-              // ŵ = s·(q − z) carries one rounding: |error| <= γ_n·Σ|a·ŵ| with
-              // n = 32·⌈K/1024⌉ + 6, γ_n = n·u/(1 − n·u), u = 2^−24 (Higham,
-              // recursive summation). The +1e-30 covers an all-zero row.
-              const double nu = (32.0 * double((s.k + 1023) / 1024) + 6) * std::ldexp(1.0, -24);
-              const double bound = nu / (1 - nu) * magnitude(i, j) + 1e-30;
-              CHECK(std::fabs(got - reference(i, j)) <= bound);
-            }
-          }
+          check_against_host(s, symmetric, bf16, ld_w, false, bound);
         }
+      }
+    }
+  }
+}
+
+TEST_CASE("W4A16 on tensor cores equals the dequantized product to 16-bit weight rounding") {
+  // M past one 64-token CTA row and ragged N; a K tail of one k16 step past the
+  // 64-code chunks; groups of 16; one K chunk per warp or many.
+  for (const Shape& s : {Shape{1, 64, 256, 128}, Shape{3, 37, 128, 128}, Shape{16, 130, 1024, 128},
+                         Shape{64, 8, 512, 512}, Shape{9, 100, 4096, 128}, Shape{65, 24, 272, 16},
+                         Shape{130, 17, 96, 32}}) {
+    for (bool symmetric : {false, true}) {
+      for (bool bf16 : {false, true}) {
+        // ŵ is rounded once to the 16-bit type (unit roundoff 2^-8 for bf16,
+        // 2^-11 for fp16); products of 16-bit values are exact in fp32, and the
+        // tensor cores' fp32 accumulation plus the 8-way split-K sum add at
+        // most K + 24 roundings, counted at 2^-22 each because tensor-core
+        // additions need not round to nearest.
+        const double u16 = std::ldexp(1.0, bf16 ? -8 : -11);
+        const double nu = u16 + double(s.k + 24) * std::ldexp(1.0, -22);
+        const auto bound = [nu](double magnitude) { return nu / (1 - nu) * magnitude; };
+        const std::int64_t ld_w = (s.k / 2 + 15) / 16 * 16 + 8;  // 8-byte aligned rows
+        check_against_host(s, symmetric, bf16, ld_w, true, bound);
       }
     }
   }

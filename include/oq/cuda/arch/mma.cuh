@@ -23,7 +23,11 @@
 #error "oq/cuda/ headers need a CUDA compiler (nvcc); host code includes <oq/oq.hpp>"
 #endif
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <cstdint>
+#include <type_traits>
 
 namespace oq::cuda::arch {
 
@@ -59,6 +63,30 @@ __device__ __forceinline__ void mma_m16n8k64_int4(std::int32_t (&c)[4], const st
     OQ_MMA_M16N8K64("u4", "u4");
   }
 #undef OQ_MMA_M16N8K64
+#endif
+}
+
+/// c += A·B, m16n8k16, fp16 or bf16 operands (T: __half or __nv_bfloat16),
+/// fp32 accumulators. Fragments: each register holds two consecutive K
+/// elements; a0: A[g][2t, 2t+1], a1: A[g+8][2t..], a2: A[g][2t+8..],
+/// a3: A[g+8][2t+8..]; b0: B[2t, 2t+1][g], b1: B[2t+8, 2t+9][g] (lower K in
+/// the low half); c as for the integer shapes above.
+template <class T>
+__device__ __forceinline__ void mma_m16n8k16_f32(float (&c)[4], const std::uint32_t (&a)[4],
+                                                 const std::uint32_t (&b)[2]) {
+  static_assert(std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>, "fp16 or bf16 operands");
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  }
 #endif
 }
 

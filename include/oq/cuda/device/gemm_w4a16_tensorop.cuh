@@ -1,0 +1,71 @@
+// oq/cuda/device/gemm_w4a16_tensorop.cuh: host launcher of the tensor-core
+// W4A16 GEMM (kernel/gemm_w4a16_tensorop.cuh). Same Params and result as
+// device::GemmW4A16, except that ŵ is rounded once to the activations'
+// 16-bit type before the product (tensor cores take 16-bit operands).
+//
+//   using Gemm = oq::cuda::device::GemmW4A16TensorOp<__nv_bfloat16, __nv_bfloat16>;
+//   Gemm::Params p;                  // filled exactly as for GemmW4A16
+//   if (auto r = Gemm::run(p, stream); !r.ok()) throw std::runtime_error(r.message);
+//
+// Requirements (can_implement explains a failure): those of GemmW4A16, plus
+// K and group_size multiples of 16, and w 8-byte aligned with ld_w a
+// multiple of 8 bytes.
+#pragma once
+
+#include <oq/cuda/device/gemm_w4a16.cuh>
+#include <oq/cuda/kernel/gemm_w4a16_tensorop.cuh>
+#include <oq/cuda/status.cuh>
+
+#include <cstdint>
+#include <string>
+
+namespace oq::cuda::device {
+
+template <class ElementA, class ElementOut>
+class GemmW4A16TensorOp {
+ public:
+  template <bool kSymmetric>
+  using KernelFor = kernel::GemmW4A16TensorOp<ElementA, ElementOut, kSymmetric>;
+  using Kernel = KernelFor<false>;
+  using Params = typename Kernel::Params;
+
+  /// The argument checks alone: no CUDA call, usable without a GPU.
+  static Report check_arguments(const Params& p) {
+    if (Report r = GemmW4A16<ElementA, ElementOut>::check_arguments(p); !r.ok()) {
+      r.message.replace(0, std::string("GemmW4A16").size(), "GemmW4A16TensorOp");
+      return r;
+    }
+    auto bad = [](Status s, const std::string& why) { return Report::failure(s, "GemmW4A16TensorOp: " + why); };
+    if (p.k % 16 != 0 || p.group_size % 16 != 0)
+      return bad(Status::kInvalidShape, "k and group_size must be multiples of 16, got " + std::to_string(p.k) +
+                                            " and " + std::to_string(p.group_size));
+    if (p.ld_w % 8 != 0)
+      return bad(Status::kMisaligned, "ld_w must be a multiple of 8 bytes, got " + std::to_string(p.ld_w));
+    if (p.m > 0 && p.n > 0 && reinterpret_cast<std::uintptr_t>(p.w) % 8 != 0)
+      return bad(Status::kMisaligned, "w must be 8-byte aligned");
+    if ((p.m + Kernel::kTileM - 1) / Kernel::kTileM > 65535)
+      return bad(Status::kInvalidShape, "m must be at most " + std::to_string(65535 * Kernel::kTileM));
+    return Report::success();
+  }
+
+  static Report can_implement(const Params& p) {
+    if (Report r = check_arguments(p); !r.ok()) return r;
+    return require_compute_capability(8, "GemmW4A16TensorOp");
+  }
+
+  static Report run(const Params& p, cudaStream_t stream = nullptr) {
+    if (Report r = can_implement(p); !r.ok()) return r;
+    if (p.m == 0 || p.n == 0) return Report::success();
+    const dim3 grid(static_cast<unsigned>((p.n + Kernel::kTileN - 1) / Kernel::kTileN),
+                    static_cast<unsigned>((p.m + Kernel::kTileM - 1) / Kernel::kTileM));
+    if (p.symmetric) {
+      kernel::gemm_w4a16_tensorop_kernel<ElementA, ElementOut, true><<<grid, Kernel::kThreads, 0, stream>>>(p);
+    } else {
+      kernel::gemm_w4a16_tensorop_kernel<ElementA, ElementOut, false><<<grid, Kernel::kThreads, 0, stream>>>(p);
+    }
+    OQ_CUDA_TRY(cudaGetLastError());
+    return Report::success();
+  }
+};
+
+}  // namespace oq::cuda::device
