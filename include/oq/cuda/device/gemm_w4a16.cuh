@@ -48,7 +48,11 @@ class GemmW4A16 {
     }
   }
 
-  static Report check_arguments(const Params& p) {
+  static Report check_arguments(const Params& p) { return check_arguments_for_tile(p, tile_for(p.m)); }
+
+  /// check_arguments with the grid's token tile given: launchers that reuse
+  /// these checks with other tiles (GemmW4A16TensorOp) pass their own.
+  static Report check_arguments_for_tile(const Params& p, int tile_m) {
     auto bad = [](Status s, const std::string& why) { return Report::failure(s, "GemmW4A16: " + why); };
     if (p.m < 0 || p.n < 0 || p.k <= 0)
       return bad(Status::kInvalidShape, "need m >= 0, n >= 0, k > 0, got m = " + std::to_string(p.m) +
@@ -62,8 +66,7 @@ class GemmW4A16 {
     if (p.ld_w < p.k / 2 || p.ld_w % 4 != 0)
       return bad(Status::kMisaligned, "ld_w must be >= k/2 bytes and a multiple of 4, got " + std::to_string(p.ld_w));
     if (p.ld_y < p.n) return bad(Status::kInvalidShape, "ld_y must be >= n, got " + std::to_string(p.ld_y));
-    if (p.n > std::int64_t(std::numeric_limits<int>::max()) * kWarps ||
-        (p.m + tile_for(p.m) - 1) / tile_for(p.m) > 65535)
+    if (p.n > std::int64_t(std::numeric_limits<int>::max()) * kWarps || (p.m + tile_m - 1) / tile_m > 65535)
       return bad(Status::kInvalidShape, "m or n too large for the grid");
     if (p.m > 0 && p.n > 0) {
       if (p.a == nullptr || p.w == nullptr || p.scales == nullptr || p.y == nullptr || (!p.symmetric && p.zeros == nullptr))

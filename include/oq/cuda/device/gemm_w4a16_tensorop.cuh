@@ -31,7 +31,7 @@ class GemmW4A16TensorOp {
 
   /// The argument checks alone: no CUDA call, usable without a GPU.
   static Report check_arguments(const Params& p) {
-    if (Report r = GemmW4A16<ElementA, ElementOut>::check_arguments(p); !r.ok()) {
+    if (Report r = GemmW4A16<ElementA, ElementOut>::check_arguments_for_tile(p, Kernel::kTileM); !r.ok()) {
       r.message.replace(0, std::string("GemmW4A16").size(), "GemmW4A16TensorOp");
       return r;
     }
@@ -43,8 +43,6 @@ class GemmW4A16TensorOp {
       return bad(Status::kMisaligned, "ld_w must be a multiple of 8 bytes, got " + std::to_string(p.ld_w));
     if (p.m > 0 && p.n > 0 && reinterpret_cast<std::uintptr_t>(p.w) % 8 != 0)
       return bad(Status::kMisaligned, "w must be 8-byte aligned");
-    if ((p.m + Kernel::kTileM - 1) / Kernel::kTileM > 65535)
-      return bad(Status::kInvalidShape, "m must be at most " + std::to_string(65535 * Kernel::kTileM));
     return Report::success();
   }
 

@@ -6,9 +6,9 @@
 //
 // Per CTA: 16 output channels (two n8 tiles) × 64 tokens (four m16 tiles,
 // the ones past M skipped), 8 warps splitting K: warp w takes the 64-code
-// chunks w, w + 8, … (each chunk one 32-byte sector of every weight row, so
-// a warp's loads stay sector-aligned), and the eight partial sums meet in
-// shared memory at the end.
+// chunks w, w + 8, … (32 bytes of every weight row: one sector where the rows
+// are 32-byte aligned, as real checkpoints' are), and the eight partial sums
+// meet in shared memory at the end.
 //
 // One k16 step, mma.sync.m16n8k16 with fp32 accumulators (arch/mma.cuh):
 //   B (16 × 8: K × channels) — lane (g, t) needs ŵ[n0 + g][k0 + 2t, +1] and
