@@ -28,7 +28,7 @@ namespace oq::cuda::device {
 /// decode (M = 1) keeps no idle accumulators, and M = 16 reads each weight
 /// once. Larger tiles run out of registers (32 tokens: 255 and spills), so
 /// M = 64 reads the weights 4 times — from L2 where they fit; the CUDA-core
-/// FMAs bound that case anyway (a tensor-core W4A16 is issue 6's).
+/// FMAs bound that case anyway: GemmW4A16TensorOp is the launcher for it.
 template <class ElementA, class ElementOut, int kTileM = 0, int kWarps = 4>
 class GemmW4A16 {
  public:

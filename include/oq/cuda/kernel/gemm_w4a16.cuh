@@ -5,8 +5,9 @@
 // symmetric), fp32 scales and zero points per (row, group) — per-channel when
 // group_size = K, per-group(128) as GPTQ/AWQ checkpoints store them.
 //
-// The CUDA-core formulation (decode is bound by the weight bytes, not by
-// arithmetic; the tensor-core path is issue 6's). One warp owns one output
+// The CUDA-core formulation, for M = 1 to a few tokens (decode is bound by
+// the weight bytes there; from M ≈ 16 on the FMAs bound it, and
+// gemm_w4a16_tensorop.cuh is the tensor-core form). One warp owns one output
 // channel n and kTileM tokens; its lanes stride over K and a warp shuffle
 // reduction finishes each dot product. Two inner loops:
 //   - wide: 16-byte weight loads (32 codes per lane and step, a warp moves
