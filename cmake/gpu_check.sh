@@ -91,7 +91,7 @@ for stage in "${stages[@]}"; do
       ;;
     sass)
       say "stage sass"
-      for b in "$BIN"/cuda.gemm_w4a4_test "$BIN"/cuda.gemm_w4a16_test "$BIN"/bench.cuda.gemm; do
+      for b in "$BIN"/cuda.gemm_w4a4_test "$BIN"/cuda.gemm_w4a16_test "$BIN"/cuda.quantize_per_token_test "$BIN"/bench.cuda.gemm; do
         [ -x "$b" ] || continue
         echo "-- $b: matrix and INT4-related instructions per architecture" >>"$LOG"
         timeout -k 5 60 cuobjdump --dump-sass "$b" 2>>"$LOG" |

@@ -8,16 +8,26 @@
 //   quantize_rotated   the same after X·diag(R, …, R) with one 128 × 128 R
 //   quantize_hadamard  the same after X·diag(H, …, H), H = H_128/√128 by the
 //                      fast Walsh–Hadamard transform
+//   quantize_rotated_tc[1][_g2][_recompute]
+//                      quantize_rotated with X·R on tensor cores
+//                      (device/quantize_per_token_tensorop.cuh): R in two
+//                      bf16 terms, or one ("tc1": X·round(R)); one warp group
+//                      per CTA, or two ("_g2"); run()'s passes (Y resident in
+//                      shared memory where it fits: K = 4096), or Y computed
+//                      twice ("_recompute", what K = 11008 gets anyway)
 //
 // `bytes` counts the fewest bytes the kernel must move: the bf16 input read
 // once, the codes and the 12 bytes per row written once (R stays in cache).
 #include "gpu_bench.cuh"
 
 #include <oq/cuda/device/quantize_per_token.cuh>
+#include <oq/cuda/device/quantize_per_token_tensorop.cuh>
 
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <string>
+#include <type_traits>
 
 namespace {
 
@@ -34,8 +44,8 @@ BENCHMARK(device_copy)->Name("copy")->ArgName("bytes")->Arg(std::int64_t{1} << 3
 
 enum class Rotation { kNone, kMatrix, kHadamard };
 
-void run_quantize(benchmark::State& st, Rotation rotation_kind) {
-  using Quantize = oq::cuda::device::QuantizePerToken<bf16>;
+template <class Quantize = oq::cuda::device::QuantizePerToken<bf16>>
+void run_quantize(benchmark::State& st, Rotation rotation_kind, const char* name) {
   const std::int64_t rows = st.range(0), cols = st.range(1);
   const std::size_t x_count = rows * cols, code_bytes = rows * cols / 2;
   const int copies = copies_for(x_count * sizeof(bf16));
@@ -45,7 +55,7 @@ void run_quantize(benchmark::State& st, Rotation rotation_kind) {
   DeviceArray<std::int32_t> sums(rows);
   fill(x.get(), x.size(), 21, RandomUniform<bf16>{-4.0f, 4.0f});
   fill(rotation.get(), rotation.size(), 22, RandomUniform<float>{-0.1f, 0.1f});  // timing only: any R
-  Quantize::Params p;
+  typename Quantize::Params p;
   p.rows = rows;
   p.cols = cols;
   p.ld_x = cols;
@@ -62,10 +72,9 @@ void run_quantize(benchmark::State& st, Rotation rotation_kind) {
   } else if (rotation_kind == Rotation::kHadamard) {
     p.hadamard_block = kBlock;
   }
-  const char* names[] = {"quantize", "quantize_rotated", "quantize_hadamard"};
   const double bytes = static_cast<double>(x_count * sizeof(bf16) + code_bytes + 12 * rows);
-  time_launches(st, copies, Work{names[static_cast<int>(rotation_kind)], bytes}, [&](cudaStream_t stream, int copy) {
-    Quantize::Params q = p;
+  time_launches(st, copies, Work{name, bytes}, [&](cudaStream_t stream, int copy) {
+    typename Quantize::Params q = p;
     q.x = x.get() + copy * x_count;
     if (const auto r = Quantize::run(q, stream); !r.ok()) throw std::runtime_error(r.message);
   });
@@ -73,17 +82,40 @@ void run_quantize(benchmark::State& st, Rotation rotation_kind) {
 }
 
 void BM_quantize(benchmark::State& state) {
-  guarded(state, [](benchmark::State& st) { run_quantize(st, Rotation::kNone); });
+  guarded(state, [](benchmark::State& st) { run_quantize(st, Rotation::kNone, "quantize"); });
 }
 void BM_quantize_rotated(benchmark::State& state) {
-  guarded(state, [](benchmark::State& st) { run_quantize(st, Rotation::kMatrix); });
+  guarded(state, [](benchmark::State& st) { run_quantize(st, Rotation::kMatrix, "quantize_rotated"); });
 }
 void BM_quantize_hadamard(benchmark::State& state) {
-  guarded(state, [](benchmark::State& st) { run_quantize(st, Rotation::kHadamard); });
+  guarded(state, [](benchmark::State& st) { run_quantize(st, Rotation::kHadamard, "quantize_hadamard"); });
+}
+// The tensor-core launcher with its passes forced to kRecompute, for the
+// comparison with run()'s choice (kResidentY where Y fits).
+template <class Quantize>
+struct Recompute {
+  using Params = typename Quantize::Params;
+  static oq::cuda::Report run(const Params& p, cudaStream_t stream) {
+    return Quantize::run(p, stream, Quantize::Passes::kRecompute);
+  }
+};
+
+template <int kTerms, int kGroups, bool kForceRecompute = false>
+void BM_quantize_rotated_tc(benchmark::State& state) {
+  using Quantize = oq::cuda::device::QuantizePerTokenTensorOp<bf16, kBlock, kTerms, kGroups>;
+  using Launcher = std::conditional_t<kForceRecompute, Recompute<Quantize>, Quantize>;
+  static const std::string name = std::string("quantize_rotated_tc") + (kTerms == 1 ? "1" : "") +
+                                  (kGroups == 2 ? "_g2" : "") + (kForceRecompute ? "_recompute" : "");
+  guarded(state, [](benchmark::State& st) { run_quantize<Launcher>(st, Rotation::kMatrix, name.c_str()); });
 }
 BENCHMARK(BM_quantize)->Name("quantize")->ArgNames({"m", "k"})->Apply(shapes)->UseManualTime();
 BENCHMARK(BM_quantize_rotated)->Name("quantize_rotated")->ArgNames({"m", "k"})->Apply(shapes)->UseManualTime();
 BENCHMARK(BM_quantize_hadamard)->Name("quantize_hadamard")->ArgNames({"m", "k"})->Apply(shapes)->UseManualTime();
+BENCHMARK(BM_quantize_rotated_tc<2, 1>)->Name("quantize_rotated_tc")->ArgNames({"m", "k"})->Apply(shapes)->UseManualTime();
+BENCHMARK(BM_quantize_rotated_tc<2, 2>)->Name("quantize_rotated_tc_g2")->ArgNames({"m", "k"})->Apply(shapes)->UseManualTime();
+BENCHMARK(BM_quantize_rotated_tc<1, 1>)->Name("quantize_rotated_tc1")->ArgNames({"m", "k"})->Apply(shapes)->UseManualTime();
+BENCHMARK(BM_quantize_rotated_tc<1, 2>)->Name("quantize_rotated_tc1_g2")->ArgNames({"m", "k"})->Apply(shapes)->UseManualTime();
+BENCHMARK(BM_quantize_rotated_tc<2, 2, true>)->Name("quantize_rotated_tc_g2_recompute")->ArgNames({"m", "k"})->Apply(shapes)->UseManualTime();
 
 }  // namespace
 

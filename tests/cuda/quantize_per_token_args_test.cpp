@@ -1,9 +1,14 @@
-// The per-token launcher's argument checks (no GPU needed: no CUDA call is made).
+// The per-token launchers' argument checks, and the tensor-core rotation's
+// fragment layout replayed on the host (no GPU needed: no CUDA call is made).
 #include "quantize_per_token_launch.hpp"
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <cmath>
+#include <random>
 #include <string>
+#include <vector>
 
 using oq::test::check_per_token_arguments;
 using oq::test::PerTokenArgs;
@@ -59,4 +64,107 @@ TEST_CASE("each bad argument is named") {
         std::string::npos);
   CHECK(with([](PerTokenArgs& a) { a.hadamard_block = 128; a.with_rotation = true; a.block_size = 128; })
             .find("rotation and hadamard_block are alternatives") != std::string::npos);
+}
+
+// ---- device::QuantizePerTokenTensorOp (kernel/quantize_per_token_tensorop.cuh) ----
+
+namespace {
+PerTokenArgs valid_tensorop() {
+  PerTokenArgs a = valid();
+  a.with_rotation = true;
+  a.block_size = 128;
+  return a;
+}
+std::string tensorop_error(const PerTokenArgs& a) { return oq::test::check_per_token_tensorop_arguments(a, {}); }
+}  // namespace
+
+TEST_CASE("tensor-core rotation: valid arguments pass") {
+  CHECK(tensorop_error(valid_tensorop()).empty());
+  PerTokenArgs eight = valid_tensorop();
+  eight.bits = 8;
+  eight.ld_codes = 256;
+  CHECK(tensorop_error(eight).empty());
+  PerTokenArgs empty = valid_tensorop();
+  empty.rows = 0;
+  CHECK(tensorop_error(empty).empty());
+  CHECK(oq::test::check_per_token_tensorop_arguments(valid_tensorop(), {128, 1, 2}).empty());
+}
+
+TEST_CASE("tensor-core rotation: each bad argument is named") {
+  auto with = [](auto change) {
+    PerTokenArgs a = valid_tensorop();
+    change(a);
+    return tensorop_error(a);
+  };
+  CHECK(with([](PerTokenArgs& a) { a.with_rotation = false; a.block_size = 0; })
+            .find("QuantizePerTokenTensorOp: needs a rotation with block_size 128") != std::string::npos);
+  CHECK(with([](PerTokenArgs& a) { a.block_size = 64; }).find("got block_size 64") != std::string::npos);
+  CHECK(with([](PerTokenArgs& a) { a.hadamard_block = 128; }).find("hadamard_block is QuantizePerToken's fast path") !=
+        std::string::npos);
+  CHECK(with([](PerTokenArgs& a) { a.cols = 320; a.ld_x = 320; a.ld_codes = 160; })
+            .find("cols must be a multiple of block_size (128), got 320") != std::string::npos);
+  // QuantizePerToken's own checks, under this launcher's name.
+  CHECK(with([](PerTokenArgs& a) { a.bits = 3; }).find("QuantizePerTokenTensorOp: bits must be 4 or 8, got 3") !=
+        std::string::npos);
+  CHECK(with([](PerTokenArgs& a) { a.ld_x = 100; }).find("QuantizePerTokenTensorOp: ld_x must be >= cols") !=
+        std::string::npos);
+  CHECK(with([](PerTokenArgs& a) { a.null_output = true; }).find("must not be null") != std::string::npos);
+  // Alignment of the 16-byte row loads and the 32-bit code stores.
+  CHECK(with([](PerTokenArgs& a) { a.ld_x = 260; }).find("ld_x must be a multiple of 8 elements") != std::string::npos);
+  CHECK(with([](PerTokenArgs& a) { a.ld_codes = 130; }).find("ld_codes must be a multiple of 4 bytes, got 130") !=
+        std::string::npos);
+  CHECK(with([](PerTokenArgs& a) { a.x_offset_bytes = 8; }).find("x must be 16-byte aligned") != std::string::npos);
+  CHECK(with([](PerTokenArgs& a) { a.codes_offset_bytes = 2; }).find("codes must be 4-byte aligned") !=
+        std::string::npos);
+}
+
+TEST_CASE("tensor-core rotation: the fragments, replayed on the host, multiply X by R") {
+  // Any slip in the permuted K order, the A gather or the accumulator scatter
+  // moves whole products to the wrong output (an O(|y|) error); the bounds
+  // below are those of the operands' rounding alone.
+  using oq::test::DeviceInput;
+  std::mt19937_64 rng(17);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  for (const DeviceInput input : {DeviceInput::kBf16, DeviceInput::kHalf}) {
+    for (const int block : {32, 64, 128, 256}) {
+      for (const int terms : {1, 2}) {
+        if (block == 256 && terms == 2) continue;
+        CAPTURE(static_cast<int>(input));
+        CAPTURE(block);
+        CAPTURE(terms);
+        std::vector<float> x(static_cast<std::size_t>(8 * block)), r(static_cast<std::size_t>(block * block));
+        for (float& v : x) v = static_cast<float>(normal(rng));
+        for (int i = 0; i < block; ++i) x[static_cast<std::size_t>(2 * block + i)] = 0.0f;  // an all-zero token
+        x[static_cast<std::size_t>(5 * block + 3)] = 3000.0f;                              // a massive activation
+        for (float& v : r) v = static_cast<float>(normal(rng) / std::sqrt(double(block)));
+        const auto replay = oq::test::replay_tensorop_rotation(x, r, block, terms, input);
+        double worst = 0.0;
+        for (int n = 0; n < 8; ++n) {
+          for (int o = 0; o < block; ++o) {
+            double exact = 0.0, rounded_r = 0.0, magnitude = 0.0, x_norm = 0.0;
+            for (int i = 0; i < block; ++i) {
+              const double xi = replay.x_as_input[static_cast<std::size_t>(n * block + i)];
+              const auto ri = static_cast<std::size_t>(i * block + o);
+              exact += xi * r[ri];
+              rounded_r += xi * replay.r_as_input[ri];
+              magnitude += std::abs(xi * r[ri]);
+              x_norm += std::abs(xi);
+            }
+            const double y = replay.y[static_cast<std::size_t>(n * block + o)];
+            if (terms == 1) {
+              // X·round(R): every product is exact in double; only the order of the sum differs.
+              CHECK(std::abs(y - rounded_r) <= 1e-12 * magnitude);
+            } else {
+              // R carried by two 16-bit terms: |R − R₁ − R₂| ≤ 2⁻¹⁷|R| (bf16; fp16 2⁻²²),
+              // plus fp16's subnormal spacing 2⁻²⁴ for the smallest second terms.
+              CHECK(std::abs(y - exact) <= std::ldexp(magnitude, -16) + std::ldexp(x_norm, -24));
+            }
+            worst = std::max(worst, std::abs(y - exact) / std::max(magnitude, 1e-300));
+          }
+        }
+        // The second term is what buys the precision (bf16's first term alone is 2⁻⁹ off).
+        if (terms == 2) CHECK(worst < 1e-5);
+      }
+    }
+  }
 }

@@ -1,10 +1,12 @@
 #include "quantize_per_token_launch.hpp"
 
 #include <oq/cuda/device/quantize_per_token.cuh>
+#include <oq/cuda/device/quantize_per_token_tensorop.cuh>
 #include <oq/cuda/numeric.cuh>
 
 #include "support/device_buffer.cuh"
 
+#include <cstring>
 #include <stdexcept>
 
 namespace {
@@ -28,9 +30,10 @@ oq::cuda::kernel::QuantizePerTokenParams<Element> params_of(const oq::test::PerT
   return p;
 }
 
-template <class Element>
-oq::test::PerTokenResult run(const std::vector<float>& x, const oq::test::PerTokenArgs& a,
-                             const std::vector<float>& rotation) {
+// Runs `launch` (Report(const Params&)) on device copies of x and the rotation.
+template <class Element, class Launch>
+oq::test::PerTokenResult run_with(const std::vector<float>& x, const oq::test::PerTokenArgs& a,
+                                  const std::vector<float>& rotation, Launch launch) {
   oq::test::PerTokenResult result;
   std::vector<Element> host(x.size());
   result.x_as_input.resize(x.size());
@@ -59,9 +62,9 @@ oq::test::PerTokenResult run(const std::vector<float>& x, const oq::test::PerTok
   p.zeros = d_zeros.ptr;
   p.code_sums = d_sums.ptr;
   p.rotation = rotation.empty() ? nullptr : d_rotation.ptr;
-  const oq::cuda::Report report = oq::cuda::device::QuantizePerToken<Element>::run(p);
+  const oq::cuda::Report report = launch(p);
   if (!report.ok()) throw std::runtime_error(report.message);
-  check_cuda(cudaDeviceSynchronize(), "quantize_per_token_kernel");
+  check_cuda(cudaDeviceSynchronize(), "the per-token quantization kernel");
 
   result.codes.resize(rows * static_cast<std::size_t>(a.ld_codes));
   result.scales.resize(rows);
@@ -72,6 +75,12 @@ oq::test::PerTokenResult run(const std::vector<float>& x, const oq::test::PerTok
   check_cuda(cudaMemcpy(result.zeros.data(), d_zeros.ptr, rows * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
   check_cuda(cudaMemcpy(result.sums.data(), d_sums.ptr, rows * sizeof(std::int32_t), cudaMemcpyDeviceToHost), "cudaMemcpy");
   return result;
+}
+
+template <class Element>
+oq::test::PerTokenResult run(const std::vector<float>& x, const oq::test::PerTokenArgs& a,
+                             const std::vector<float>& rotation) {
+  return run_with<Element>(x, a, rotation, [](const auto& p) { return oq::cuda::device::QuantizePerToken<Element>::run(p); });
 }
 
 }  // namespace
@@ -116,6 +125,162 @@ PerTokenResult quantize_per_token_on_device(const std::vector<float>& x, const P
     case DeviceInput::kBf16: return run<__nv_bfloat16>(x, args, rotation);
   }
   throw std::invalid_argument("unknown DeviceInput");
+}
+
+namespace {
+
+using oq::test::DeviceInput;
+using oq::test::TensorOpConfig;
+
+bool is(const TensorOpConfig& c, int block, int terms, int groups) {
+  return c.block == block && c.terms == terms && c.groups == groups;
+}
+
+template <class Element, int kBlock, int kTerms>
+std::vector<double> replay(const std::vector<float>& x, const std::vector<float>& r) {
+  using Layout = oq::cuda::kernel::RotationFragmentLayout<kBlock>;
+  using Operand = oq::cuda::kernel::RotationOperand<Element, kBlock, kTerms>;
+  constexpr int kTokens = 8;
+  std::vector<Element> tile(static_cast<std::size_t>(kTokens * kBlock));
+  for (std::size_t i = 0; i < tile.size(); ++i) tile[i] = oq::cuda::from_float<Element>(x[i]);
+  auto value = [](std::uint32_t word, int half) {  // the 16-bit value in the low (0) or high (1) half
+    const auto bits = static_cast<std::uint16_t>(word >> (16 * half));
+    Element e;
+    std::memcpy(&e, &bits, sizeof bits);
+    return static_cast<double>(oq::cuda::to_float(e));
+  };
+  std::vector<double> y(static_cast<std::size_t>(kTokens * kBlock), 0.0);
+  for (int warp = 0; warp < kBlock / 32; ++warp) {
+    std::vector<Operand> a(32);
+    std::vector<std::uint32_t> words(32 * Layout::kChunks * 4);  // [lane][chunk][word], as the kernel's 16-byte loads
+    for (int lane = 0; lane < 32; ++lane) {
+      a[static_cast<std::size_t>(lane)].load(r.data(), warp, lane);
+      for (int i = 0; i < Layout::kChunks; ++i)
+        std::memcpy(&words[static_cast<std::size_t>((lane * Layout::kChunks + i) * 4)],
+                    &tile[static_cast<std::size_t>(Layout::b_token(lane) * kBlock + 8 * Layout::chunk(lane, i))], 16);
+    }
+    for (int term = 0; term < kTerms; ++term) {
+      for (int mt = 0; mt < 2; ++mt) {
+        double c[16][8] = {};
+        for (int j = 0; j < Layout::kKTiles; ++j) {
+          // PTX ISA, mma.m16n8k16 with 16-bit operands (g = lane / 4, t = lane % 4):
+          // a0,a1: A[g][2t + i]; a2,a3: A[g + 8][2t + i]; a4,a5: A[g][2t + 8 + i];
+          // a6,a7: A[g + 8][2t + 8 + i]; b0,b1: B[2t + i][g]; b2,b3: B[2t + 8 + i][g].
+          double am[16][16] = {}, bm[16][8] = {};
+          for (int lane = 0; lane < 32; ++lane) {
+            const int g = lane / 4, t = lane % 4;
+            const auto& regs = a[static_cast<std::size_t>(lane)].a[term][mt][j];
+            for (int i = 0; i < 2; ++i) {
+              am[g][2 * t + i] = value(regs[0], i);
+              am[g + 8][2 * t + i] = value(regs[1], i);
+              am[g][2 * t + 8 + i] = value(regs[2], i);
+              am[g + 8][2 * t + 8 + i] = value(regs[3], i);
+              for (int h = 0; h < 2; ++h) {
+                const std::uint32_t b =
+                    words[static_cast<std::size_t>((lane * Layout::kChunks + j / 2) * 4 + Layout::b_word(j, h))];
+                bm[2 * t + 8 * h + i][g] = value(b, i);
+              }
+            }
+          }
+          for (int m = 0; m < 16; ++m)
+            for (int n = 0; n < 8; ++n)
+              for (int k = 0; k < 16; ++k) c[m][n] += am[m][k] * bm[k][n];
+        }
+        // c0,c1: C[g][2t + i]; c2,c3: C[g + 8][2t + i].
+        for (int lane = 0; lane < 32; ++lane) {
+          const int g = lane / 4, t = lane % 4;
+          for (int e = 0; e < 4; ++e) {
+            const double v = c[g + 8 * (e >> 1)][2 * t + (e & 1)];
+            y[static_cast<std::size_t>(Layout::acc_token(lane, e) * kBlock + Layout::acc_channel(warp, mt, lane, e))] += v;
+          }
+        }
+      }
+    }
+  }
+  return y;
+}
+
+template <class Element>
+std::vector<double> replay_for(const std::vector<float>& x, const std::vector<float>& r, int block, int terms) {
+  if (block == 32) return terms == 1 ? replay<Element, 32, 1>(x, r) : replay<Element, 32, 2>(x, r);
+  if (block == 64) return terms == 1 ? replay<Element, 64, 1>(x, r) : replay<Element, 64, 2>(x, r);
+  if (block == 128) return terms == 1 ? replay<Element, 128, 1>(x, r) : replay<Element, 128, 2>(x, r);
+  if (block == 256 && terms == 1) return replay<Element, 256, 1>(x, r);
+  throw std::invalid_argument("replay_tensorop_rotation: no such block/terms");
+}
+
+}  // namespace
+
+std::string check_per_token_tensorop_arguments(const PerTokenArgs& args, TensorOpConfig config) {
+  using bf16 = __nv_bfloat16;
+  auto p = params_of<bf16>(args);
+  alignas(16) static bf16 dummy_x[16];
+  alignas(16) static std::uint8_t dummy_codes[16];
+  static float dummy[1];
+  p.x = reinterpret_cast<const bf16*>(reinterpret_cast<const char*>(dummy_x) + args.x_offset_bytes);
+  p.codes = dummy_codes + args.codes_offset_bytes;
+  p.scales = args.null_output ? nullptr : dummy;
+  p.zeros = dummy;
+  p.rotation = args.with_rotation ? dummy : nullptr;
+  oq::cuda::Report report;
+  if (is(config, 128, 2, 1))
+    report = oq::cuda::device::QuantizePerTokenTensorOp<bf16, 128, 2, 1>::check_arguments(p);
+  else if (is(config, 128, 1, 2))
+    report = oq::cuda::device::QuantizePerTokenTensorOp<bf16, 128, 1, 2>::check_arguments(p);
+  else
+    throw std::invalid_argument("check_per_token_tensorop_arguments: no such config");
+  return report.ok() ? std::string() : report.message;
+}
+
+namespace {
+template <class Element, int kBlock, int kTerms, int kGroups>
+PerTokenResult run_tensorop(const std::vector<float>& x, const PerTokenArgs& args, const std::vector<float>& rotation,
+                            int passes) {
+  using Quantize = oq::cuda::device::QuantizePerTokenTensorOp<Element, kBlock, kTerms, kGroups>;
+  using Passes = typename Quantize::Passes;
+  return run_with<Element>(x, args, rotation, [passes](const auto& p) {
+    if (passes == 0) return Quantize::run(p);
+    return Quantize::run(p, nullptr, passes == 1 ? Passes::kResidentY : Passes::kRecompute);
+  });
+}
+}  // namespace
+
+PerTokenResult quantize_per_token_tensorop_on_device(const std::vector<float>& x, const PerTokenArgs& args,
+                                                     DeviceInput input, const std::vector<float>& rotation,
+                                                     TensorOpConfig config) {
+  if (config.passes < 0 || config.passes > 2) throw std::invalid_argument("TensorOpConfig::passes: 0, 1 or 2");
+  if (input == DeviceInput::kBf16 && is(config, 128, 2, 1))
+    return run_tensorop<__nv_bfloat16, 128, 2, 1>(x, args, rotation, config.passes);
+  if (input == DeviceInput::kBf16 && is(config, 128, 1, 2))
+    return run_tensorop<__nv_bfloat16, 128, 1, 2>(x, args, rotation, config.passes);
+  if (input == DeviceInput::kHalf && is(config, 64, 2, 2))
+    return run_tensorop<__half, 64, 2, 2>(x, args, rotation, config.passes);
+  throw std::invalid_argument("quantize_per_token_tensorop_on_device: no such input/config");
+}
+
+TensorOpReplay replay_tensorop_rotation(const std::vector<float>& x, const std::vector<float>& r, int block, int terms,
+                                        DeviceInput input) {
+  if (x.size() != static_cast<std::size_t>(8 * block) || r.size() != static_cast<std::size_t>(block * block))
+    throw std::invalid_argument("replay_tensorop_rotation: x must be 8 × block and r block × block");
+  TensorOpReplay out;
+  auto rounded = [](const std::vector<float>& v, auto element) {
+    using Element = decltype(element);
+    std::vector<float> w(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) w[i] = oq::cuda::to_float(oq::cuda::from_float<Element>(v[i]));
+    return w;
+  };
+  if (input == DeviceInput::kBf16) {
+    out.y = replay_for<__nv_bfloat16>(x, r, block, terms);
+    out.x_as_input = rounded(x, __nv_bfloat16{});
+    out.r_as_input = rounded(r, __nv_bfloat16{});
+  } else if (input == DeviceInput::kHalf) {
+    out.y = replay_for<__half>(x, r, block, terms);
+    out.x_as_input = rounded(x, __half{});
+    out.r_as_input = rounded(r, __half{});
+  } else {
+    throw std::invalid_argument("replay_tensorop_rotation: input must be kHalf or kBf16");
+  }
+  return out;
 }
 
 }  // namespace oq::test

@@ -20,6 +20,16 @@ struct PerTokenArgs {
   int hadamard_block = 0;    ///< fused Walsh–Hadamard blocks instead
   bool with_rotation = false;
   bool null_output = false;  ///< pass a null scales pointer
+  int x_offset_bytes = 0;      ///< argument checks only: misalign x by this many bytes
+  int codes_offset_bytes = 0;  ///< argument checks only: misalign codes
+};
+
+/// An instantiation of device::QuantizePerTokenTensorOp<Element, block, terms, groups>.
+struct TensorOpConfig {
+  int block = 128;
+  int terms = 2;
+  int groups = 1;
+  int passes = 0;  ///< 0: run()'s choice; 1: kResidentY; 2: kRecompute
 };
 
 /// QuantizePerToken<float>::check_arguments on these arguments: "" when fine,
@@ -42,5 +52,34 @@ std::pair<bool, bool> per_token_wide_paths(const PerTokenArgs& args, DeviceInput
 /// any failure, with the launcher's message.
 PerTokenResult quantize_per_token_on_device(const std::vector<float>& x, const PerTokenArgs& args, DeviceInput input,
                                             const std::vector<float>& rotation);
+
+/// QuantizePerTokenTensorOp<__nv_bfloat16, config…>::check_arguments: "" or
+/// the message. Needs no GPU. Configs: those of quantize_per_token_tensorop_on_device.
+std::string check_per_token_tensorop_arguments(const PerTokenArgs& args, TensorOpConfig config);
+
+/// Runs device::QuantizePerTokenTensorOp (input kHalf or kBf16) as
+/// quantize_per_token_on_device runs QuantizePerToken. Configs (input, block,
+/// terms, groups): (kBf16, 128, 2, 1), (kBf16, 128, 1, 2), (kHalf, 64, 2, 2);
+/// others throw std::invalid_argument.
+PerTokenResult quantize_per_token_tensorop_on_device(const std::vector<float>& x, const PerTokenArgs& args,
+                                                     DeviceInput input, const std::vector<float>& rotation,
+                                                     TensorOpConfig config);
+
+struct TensorOpReplay {
+  std::vector<double> y;           ///< 8 × block, row-major: the replayed X·R
+  std::vector<float> x_as_input;   ///< x rounded to the input type
+  std::vector<float> r_as_input;   ///< R rounded to the input type (what terms = 1 multiplies by)
+};
+
+/// Replays, on the host, the warps of the tensor-core rotation on one block:
+/// each lane's A registers from kernel::RotationOperand, its B registers as
+/// the kernel reads them (RotationFragmentLayout), every mma.sync.m16n8k16
+/// assembled from the 32 lanes by the PTX ISA's fragment layout and
+/// multiplied in double, the accumulators scattered back through
+/// acc_channel/acc_token. x: 8 × block (row-major), r: block × block
+/// (row-major, R[input][output]). No GPU. block ∈ {32, 64, 128, 256},
+/// terms ∈ {1, 2} (not 256 with 2), input kHalf or kBf16.
+TensorOpReplay replay_tensorop_rotation(const std::vector<float>& x, const std::vector<float>& r, int block, int terms,
+                                        DeviceInput input);
 
 }  // namespace oq::test

@@ -11,6 +11,7 @@
 
 #include "support/matrices.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -164,5 +165,137 @@ TEST_CASE("with a fused Walsh-Hadamard transform the kernel quantizes X·(H_b/sq
     a.hadamard_block = static_cast<int>(c.b);
     const std::vector<float> flat(x.data(), x.data() + x.size());
     check_rotated(oq::test::quantize_per_token_on_device(flat, a, DeviceInput::kFloat, {}), rotated);
+  }
+}
+
+// ---- device::QuantizePerTokenTensorOp: the rotation on tensor cores ----
+
+namespace {
+
+// The kernel's outputs for X·M against the host quantizer on the float64
+// product `rotated` (of X as the kernel read it): scales to 1e-5 and zero
+// points within one of the host's; every code within one step of
+// clamp(round(y/s) + z) with the kernel's own s and z (so that a zero point
+// rounded the other way does not shift a whole row), fewer than 1% one step
+// off (ties of y/s); code_sums equal to the sums of the codes written.
+void check_rotated_codes(const oq::test::PerTokenResult& got, const RowMatrix& rotated, const QuantSpec& spec,
+                         std::int64_t ld_codes) {
+  const Eigen::Index rows = rotated.rows(), cols = rotated.cols();
+  const auto params = compute_params(rotated, spec);
+  const double lo = spec.symmetric ? -(1 << (spec.bits - 1)) : 0;
+  const double hi = spec.symmetric ? (1 << (spec.bits - 1)) - 1 : (1 << spec.bits) - 1;
+  int off_by_one = 0;
+  for (Eigen::Index m = 0; m < rows; ++m) {
+    CAPTURE(m);
+    const auto row = static_cast<std::size_t>(m);
+    const double scale = got.scales[row], zero = got.zeros[row];
+    CHECK(scale == doctest::Approx(params.scale(m, 0)).epsilon(1e-5).scale(0));
+    CHECK(std::abs(zero - params.zero(m, 0)) <= 1.0);
+    long sum = 0;
+    for (Eigen::Index k = 0; k < cols; ++k) {
+      int code = 0;
+      if (spec.bits == 4) {
+        const std::uint8_t byte = got.codes[row * static_cast<std::size_t>(ld_codes) + static_cast<std::size_t>(k / 2)];
+        const int nibble = k % 2 == 0 ? (byte & 0xF) : (byte >> 4);
+        code = spec.symmetric && nibble >= 8 ? nibble - 16 : nibble;
+      } else {
+        const std::uint8_t byte = got.codes[row * static_cast<std::size_t>(ld_codes) + static_cast<std::size_t>(k)];
+        code = spec.symmetric ? static_cast<std::int8_t>(byte) : byte;
+      }
+      sum += code;
+      const double expected = std::clamp(std::nearbyint(rotated(m, k) / scale) + zero, lo, hi);
+      const int diff = static_cast<int>(std::abs(code - expected));
+      CHECK(diff <= 1);
+      off_by_one += diff;
+    }
+    CHECK(got.sums[row] == sum);
+  }
+  CHECK(off_by_one < rows * cols / 100);
+}
+
+// X (as the kernel read it) times diag(M, …, M), in float64.
+RowMatrix block_product(const std::vector<float>& x_as_input, Eigen::Index rows, Eigen::Index cols,
+                        const Eigen::MatrixXd& m) {
+  const Eigen::Index b = m.rows();
+  const Eigen::MatrixXd x =
+      Eigen::Map<const RowMatrix>(x_as_input.data(), rows, cols).cast<double>();
+  RowMatrix out(rows, cols);
+  for (Eigen::Index k = 0; k < cols / b; ++k) out.middleCols(k * b, b) = (x.middleCols(k * b, b) * m).cast<float>();
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("on tensor cores the kernel quantizes X·R as the CUDA-core path does") {
+  struct Case {
+    Eigen::Index rows, cols, ld_x;
+    int bits;
+    bool symmetric;
+    DeviceInput input;
+    oq::test::TensorOpConfig config;
+  };
+  // bf16, b = 128, two terms: rows not a multiple of the 8-token tile; then
+  // 517 tiles × 16 stages, more tiles than an H100/H200's persistent grid
+  // holds CTAs (so that CTAs loop, and kResidentY prefetches the next tile
+  // during pass 2) and more stages than kResidentY's ring has slots and
+  // kRecompute issues ahead (so that slots are refilled and copies issued
+  // inside the loop). fp16, b = 64, two warp groups: an odd number of blocks
+  // (the last stage half empty), padded rows, symmetric 8-bit codes. Each
+  // with both passes; then K = 8192, whose fp32 Y exceeds shared memory,
+  // with run()'s choice.
+  for (const Case& c : {Case{33, 512, 512, 4, false, DeviceInput::kBf16, {128, 2, 1, 1}},
+                        Case{33, 512, 512, 4, false, DeviceInput::kBf16, {128, 2, 1, 2}},
+                        Case{4133, 2048, 2048, 4, true, DeviceInput::kBf16, {128, 2, 1, 1}},
+                        Case{4133, 2048, 2048, 4, true, DeviceInput::kBf16, {128, 2, 1, 2}},
+                        Case{17, 320, 328, 8, true, DeviceInput::kHalf, {64, 2, 2, 1}},
+                        Case{17, 320, 328, 8, true, DeviceInput::kHalf, {64, 2, 2, 2}},
+                        Case{9, 8192, 8192, 4, false, DeviceInput::kBf16, {128, 2, 1, 0}}}) {
+    CAPTURE(c.rows);
+    CAPTURE(c.cols);
+    CAPTURE(c.config.passes);
+    const Eigen::Index b = c.config.block;
+    const RowMatrix x = adversarial_rows(c.rows, c.cols, static_cast<std::uint64_t>(c.rows + c.cols));
+    const Eigen::MatrixXd q = Eigen::HouseholderQR<Eigen::MatrixXd>(oq::test::gaussian<double>(b, b, 5)).householderQ();
+    const RowMatrix r = q.cast<float>();
+    std::vector<float> flat(static_cast<std::size_t>(c.rows * c.ld_x), 0.0f);
+    for (Eigen::Index m = 0; m < c.rows; ++m)
+      for (Eigen::Index k = 0; k < c.cols; ++k) flat[static_cast<std::size_t>(m * c.ld_x + k)] = x(m, k);
+    PerTokenArgs a = args_for(c.rows, c.cols, c.bits, c.symmetric, 0.9f);
+    a.ld_x = c.ld_x;
+    a.block_size = static_cast<int>(b);
+    const std::vector<float> rot(r.data(), r.data() + r.size());
+    const auto got = oq::test::quantize_per_token_tensorop_on_device(flat, a, c.input, rot, c.config);
+    std::vector<float> x_read(static_cast<std::size_t>(c.rows * c.cols));
+    for (Eigen::Index m = 0; m < c.rows; ++m)
+      for (Eigen::Index k = 0; k < c.cols; ++k)
+        x_read[static_cast<std::size_t>(m * c.cols + k)] = got.x_as_input[static_cast<std::size_t>(m * c.ld_x + k)];
+    check_rotated_codes(got, block_product(x_read, c.rows, c.cols, r.cast<double>()),
+                        QuantSpec::per_token(c.bits, c.symmetric, 0.9), a.ld_codes);
+  }
+}
+
+TEST_CASE("on tensor cores with one term the kernel quantizes X·round(R)") {
+  // kTerms = 1 multiplies by R rounded to bf16 (2^-9 off R): against that
+  // matrix it agrees as the two-term path agrees with R.
+  const Eigen::Index rows = 41, cols = 384, b = 128;  // three blocks over two warp groups
+  const RowMatrix x = adversarial_rows(rows, cols, 23);
+  const Eigen::MatrixXd q = Eigen::HouseholderQR<Eigen::MatrixXd>(oq::test::gaussian<double>(b, b, 6)).householderQ();
+  const RowMatrix r = q.cast<float>();
+  PerTokenArgs a = args_for(rows, cols, 4, false, 1.0f);
+  a.block_size = static_cast<int>(b);
+  const std::vector<float> flat(x.data(), x.data() + x.size());
+  const std::vector<float> rot(r.data(), r.data() + r.size());
+  // round(R) through the replay helper's rounding (the same as the kernel's operand).
+  const auto rounded = oq::test::replay_tensorop_rotation(std::vector<float>(8 * b, 0.0f), rot, static_cast<int>(b), 1,
+                                                          DeviceInput::kBf16)
+                           .r_as_input;
+  const Eigen::MatrixXd r_rounded = Eigen::Map<const RowMatrix>(rounded.data(), b, b).cast<double>();
+  CHECK((r_rounded - r.cast<double>()).cwiseAbs().maxCoeff() > 1e-5);  // the rounding is real
+  for (const int passes : {1, 2}) {
+    CAPTURE(passes);
+    const auto got =
+        oq::test::quantize_per_token_tensorop_on_device(flat, a, DeviceInput::kBf16, rot, {128, 1, 2, passes});
+    check_rotated_codes(got, block_product(got.x_as_input, rows, cols, r_rounded), QuantSpec::per_token(4, false, 1.0),
+                        a.ld_codes);
   }
 }

@@ -78,6 +78,37 @@ struct MaxOp {
   __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
 };
 
+/// Quantizes 32 / bits consecutive values (8 for INT4, 4 for INT8; `values`
+/// 16-byte aligned) into one little-endian 32-bit word of the output row —
+/// the bytes format/int4_row.hpp (or plain int8/uint8) lays out — and adds
+/// the raw codes to `sum`.
+__device__ __forceinline__ std::uint32_t quantize_word(const float* values, core::AffineParams<float> params,
+                                                       core::CodeRange range, int bits, int& sum) {
+  const float4 v0 = reinterpret_cast<const float4*>(values)[0];
+  std::uint32_t word = 0;
+  if (bits == 4) {
+    const float4 v1 = reinterpret_cast<const float4*>(values)[1];
+    const float vals[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+    OQ_UNROLL
+    for (int j = 0; j < 8; j += 2) {
+      const int q0 = static_cast<int>(core::quantize_value(vals[j], params, range));
+      const int q1 = static_cast<int>(core::quantize_value(vals[j + 1], params, range));
+      word |= static_cast<std::uint32_t>(core::pack_u4x2(static_cast<unsigned>(q0), static_cast<unsigned>(q1)))
+              << (4 * j);
+      sum += q0 + q1;
+    }
+  } else {
+    const float vals[4] = {v0.x, v0.y, v0.z, v0.w};
+    OQ_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      const int q = static_cast<int>(core::quantize_value(vals[j], params, range));
+      word |= static_cast<std::uint32_t>(static_cast<std::uint8_t>(q)) << (8 * j);  // two's complement when signed
+      sum += q;
+    }
+  }
+  return word;
+}
+
 template <class Element, int kThreads = 256>
 struct QuantizePerToken {
   using Params = QuantizePerTokenParams<Element>;
@@ -211,31 +242,8 @@ struct QuantizePerToken {
       // One 32-bit store per thread and step: 8 INT4 codes (4 bytes of pairs)
       // or 4 INT8 codes, little-endian, i.e. the bytes of the narrow loop below.
       const int per_word = 32 / p.bits;
-      for (std::int64_t w = t; w < p.cols / per_word; w += kThreads) {
-        const float4 v0 = reinterpret_cast<const float4*>(row + w * per_word)[0];
-        std::uint32_t word = 0;
-        if (p.bits == 4) {
-          const float4 v1 = reinterpret_cast<const float4*>(row + w * per_word)[1];
-          const float vals[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
-          OQ_UNROLL
-          for (int j = 0; j < 8; j += 2) {
-            const int q0 = static_cast<int>(core::quantize_value(vals[j], params, range));
-            const int q1 = static_cast<int>(core::quantize_value(vals[j + 1], params, range));
-            word |= static_cast<std::uint32_t>(core::pack_u4x2(static_cast<unsigned>(q0), static_cast<unsigned>(q1)))
-                    << (4 * j);
-            sum += q0 + q1;
-          }
-        } else {
-          const float vals[4] = {v0.x, v0.y, v0.z, v0.w};
-          OQ_UNROLL
-          for (int j = 0; j < 4; ++j) {
-            const int q = static_cast<int>(core::quantize_value(vals[j], params, range));
-            word |= static_cast<std::uint32_t>(static_cast<std::uint8_t>(q)) << (8 * j);
-            sum += q;
-          }
-        }
-        reinterpret_cast<std::uint32_t*>(out)[w] = word;
-      }
+      for (std::int64_t w = t; w < p.cols / per_word; w += kThreads)
+        reinterpret_cast<std::uint32_t*>(out)[w] = quantize_word(row + w * per_word, params, range, p.bits, sum);
     } else if (p.bits == 4) {
       for (std::int64_t pair = t; pair < p.cols / 2; pair += kThreads) {
         const int q0 = static_cast<int>(core::quantize_value(row[2 * pair], params, range));

@@ -1,0 +1,480 @@
+// oq/cuda/kernel/quantize_per_token_tensorop.cuh: per-token quantization of
+// X·diag(R, …, R) (DuQuant's block rotation, DESIGN §2, §6) with the product
+// on tensor cores — the form of kernel/quantize_per_token.cuh's general-R
+// path that can keep up with memory.
+//
+// Why: a b × b rotation costs b multiply-adds per element. For b = 128 the
+// CUDA-core loop needs 128 FMAs per 2.5 bytes moved, ~7× what an H100/H200
+// issues in the copy time of those bytes; on mma.sync one pass of the
+// product (one term) takes about 2/3 of the copy time (issue 6).
+//
+// Precision: tensor cores take 16-bit operands. X is already 16-bit (bf16 or
+// fp16, exact); R is split into kTerms 16-bit terms R = R₁ + R₂ (+ rest),
+// R₁ = round(R), R₂ = round(R − R₁), and X·R₁ + X·R₂ is accumulated in fp32:
+//   kTerms = 2: R is carried to ~2⁻¹⁷ relative (bf16; fp16 ~2⁻²²), below the
+//               fp32 accumulation error of the CUDA-core path — the scales
+//               agree with it to a few 1e-6 and codes differ only at ties;
+//   kTerms = 1: the kernel quantizes X·round(R) — R rounded to the 16-bit type
+//               (2⁻⁹ relative for bf16), which is no longer exactly
+//               orthogonal. An engine that takes this path should fold the
+//               same rounded matrix (round(R)⁻¹, not Rᵀ) into the weights;
+//               half the tensor work of kTerms = 2.
+//
+// CTA: 8 tokens (the mma's N) × all K, kGroups × (kBlock / 32) warps. Each
+// warp owns 32 output channels of a block (two m16 tiles) and keeps their
+// column slice of R — all kBlock input channels, kTerms terms — in registers
+// for the whole kernel (kBlock/2 registers per term), since R is the same
+// for every block and every token; group γ of warps takes blocks γ, γ + G, ….
+// The CTA loops over 8-token tiles (a persistent grid), so R is read once
+// per CTA.
+//
+// One 8-token tile, in one of two RotationPasses (the launcher takes the
+// first where it fits in shared memory):
+//   kResidentY — X streams through a ring of kStages slots (cp.async, 3
+//     stages ahead); pass 1 multiplies each block, Y = X_block·R on
+//     mma.sync.m16n8k16 (A = Rᵀ slice, B = the 8 tokens' X), and keeps Y in
+//     shared memory as fp32 (8·K·4 bytes: 128 KiB at K = 4096) with each
+//     token's min/max; the min/max meet across lanes and warps → scale and
+//     zero point per token (core/quant_math.hpp, as on the host); pass 2
+//     quantizes the Y rows with 32-bit stores while the ring already loads
+//     the next tile. One tensor pass.
+//   kRecompute — for K whose Y does not fit (344 KiB at K = 11008): all 8
+//     rows of X stay in shared memory (8·K·2 bytes, 172 KiB at K = 11008),
+//     loaded kStages stages ahead; pass 1 keeps only the min/max of Y;
+//     pass 2 computes Y again, quantizes it, stages one block's codes in
+//     shared memory (double-buffered) and packs them into 32-bit words, one
+//     coalesced store per thread. Twice the tensor work.
+//
+// B fragments without a shuffle: the mma's K order inside a block is free as
+// long as A and B agree, so lane (g, t) reads its token g's channels as four
+// 16-byte chunks 4i + t (RotationFragmentLayout::chunk) and A is gathered
+// from R in the same permuted order (input_channel). With rows padded to a
+// stride ≡ 64 (mod 128) bytes the 8 lanes of each 128-bit load phase hit
+// distinct banks.
+//
+// Requirements (device/quantize_per_token_tensorop.cuh checks them): a
+// rotation of size b = kBlock (32, 64, 128 or 256) dividing K; x
+// 16-byte aligned with ld_x a multiple of 8 elements; codes 4-byte aligned
+// with ld_codes a multiple of 4; the shared memory of the passes (see
+// dynamic_smem_bytes).
+// Outputs are those of kernel/quantize_per_token.cuh (codes, scales, zeros,
+// code_sums), for bits 4 or 8, symmetric or not, with the same NaN/Inf caveat.
+#pragma once
+
+#include <oq/core/int4.hpp>
+#include <oq/core/quant_math.hpp>
+#include <oq/cuda/arch/memory.cuh>
+#include <oq/cuda/arch/mma.cuh>
+#include <oq/cuda/kernel/quantize_per_token.cuh>
+#include <oq/cuda/numeric.cuh>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+namespace oq::cuda::kernel {
+
+/// Where every fragment element of the rotation's mma.sync.m16n8k16 comes
+/// from, for one b-wide block (b = kBlock). Host and device: the tests replay
+/// a warp on the host through these functions and the PTX fragment layout.
+///
+/// g = lane / 4, t = lane % 4. Logical k (0..15) of k-tile j is the mma's K
+/// index; the block's input channel it stands for is
+///   input_channel(j, k) = 32·⌊j/2⌋ + 8·t' + 4·(j mod 2) + 2·h + e,
+///   with t' = (k mod 8) / 2, h = k / 8, e = k mod 2,
+/// so that b[h] of k-tile j (k = 2t + 8h + e) is word 2·(j mod 2) + h of the
+/// lane's 16-byte chunk ⌊j/2⌋ — channels 8·(4·⌊j/2⌋ + t) … + 7.
+template <int kBlock>
+struct RotationFragmentLayout {
+  static_assert(kBlock == 32 || kBlock == 64 || kBlock == 128 || kBlock == 256, "kBlock: 32, 64, 128 or 256");
+  static constexpr int kKTiles = kBlock / 16;  // k16 steps per block
+  static constexpr int kChunks = kBlock / 32;  // 16-byte chunks a lane reads per block of its token
+
+  /// The block's input channel that logical k `k` of k-tile `j` stands for.
+  __host__ __device__ static constexpr int input_channel(int j, int k) {
+    return 32 * (j >> 1) + 8 * ((k & 7) >> 1) + 4 * (j & 1) + 2 * (k >> 3) + (k & 1);
+  }
+  /// Token (B column) whose channels the lane reads.
+  __host__ __device__ static constexpr int b_token(int lane) { return lane >> 2; }
+  /// Index (in units of 8 channels within the block) of the lane's i-th chunk.
+  __host__ __device__ static constexpr int chunk(int lane, int i) { return 4 * i + (lane & 3); }
+  /// Word of chunk ⌊j/2⌋ that is b[h] of k-tile j.
+  __host__ __device__ static constexpr int b_word(int j, int h) { return 2 * (j & 1) + h; }
+  /// Output channel (within the block) of A register q of m-tile mt, warp w.
+  __host__ __device__ static constexpr int a_output(int warp, int mt, int lane, int q) {
+    return 32 * warp + 16 * mt + (lane >> 2) + 8 * (q & 1);
+  }
+  /// Input channel of half e (0: low) of A register q of k-tile j.
+  __host__ __device__ static constexpr int a_input(int j, int lane, int q, int e) {
+    return input_channel(j, 2 * (lane & 3) + 8 * (q >> 1) + e);
+  }
+  /// Output channel and token of accumulator c of m-tile mt, warp w.
+  __host__ __device__ static constexpr int acc_channel(int warp, int mt, int lane, int c) {
+    return 32 * warp + 16 * mt + (lane >> 2) + 8 * (c >> 1);
+  }
+  __host__ __device__ static constexpr int acc_token(int lane, int c) { return 2 * (lane & 3) + (c & 1); }
+};
+
+/// The raw 16 bits of a bf16 or fp16 value.
+template <class Element>
+__host__ __device__ inline std::uint16_t bits_of(Element v) {
+  std::uint16_t b;
+  memcpy(&b, &v, sizeof b);
+  return b;
+}
+
+/// A warp's slice of R as mma A fragments: a[term][mt][j][q], Rᵀ rows
+/// 32·warp + 16·mt + … (output channels), columns the permuted input
+/// channels of k-tile j. term 0 holds round(R), term 1 round(R − round(R)).
+template <class Element, int kBlock, int kTerms>
+struct RotationOperand {
+  static_assert(std::is_same_v<Element, __nv_bfloat16> || std::is_same_v<Element, __half>,
+                "tensor cores take bf16 or fp16 operands");
+  static_assert(kTerms == 1 || kTerms == 2, "kTerms: 1 or 2");
+  using Layout = RotationFragmentLayout<kBlock>;
+  std::uint32_t a[kTerms][2][Layout::kKTiles][4];
+
+  /// From R (kBlock × kBlock floats, row-major: R[input][output]).
+  __host__ __device__ void load(const float* rotation, int warp, int lane) {
+    OQ_UNROLL
+    for (int mt = 0; mt < 2; ++mt) {
+      OQ_UNROLL
+      for (int j = 0; j < Layout::kKTiles; ++j) {
+        OQ_UNROLL
+        for (int q = 0; q < 4; ++q) {
+          std::uint32_t word[kTerms] = {};
+          OQ_UNROLL
+          for (int e = 0; e < 2; ++e) {
+            float rest = rotation[Layout::a_input(j, lane, q, e) * kBlock + Layout::a_output(warp, mt, lane, q)];
+            OQ_UNROLL
+            for (int term = 0; term < kTerms; ++term) {
+              const Element v = from_float<Element>(rest);
+              rest -= to_float(v);  // exact: v is rest rounded to fewer bits
+              word[term] |= static_cast<std::uint32_t>(bits_of(v)) << (16 * e);
+            }
+          }
+          OQ_UNROLL
+          for (int term = 0; term < kTerms; ++term) a[term][mt][j][q] = word[term];
+        }
+      }
+    }
+  }
+};
+
+/// Where the rotated rows wait for their scale (see the file comment).
+enum class RotationPasses {
+  kResidentY,  ///< X streams through a ring of stages, Y = X·R stays in shared memory as fp32: one tensor pass
+  kRecompute,  ///< X stays in shared memory, Y is computed twice (min/max, then codes): for K too large for Y
+};
+
+template <class Element, int kBlock = 128, int kTerms = 2, int kGroups = 1,
+          RotationPasses kPasses = RotationPasses::kResidentY>
+struct QuantizePerTokenTensorOp {
+  static_assert(kGroups == 1 || kGroups == 2, "kGroups: 1 or 2");
+  static_assert(kTerms * kBlock <= 256, "R's slice must fit in registers: kTerms·kBlock/2 ≤ 128 per thread");
+  static_assert(kGroups * kBlock <= 256, "at most 256 threads, so that each may hold 255 registers");
+  using Params = QuantizePerTokenParams<Element>;
+  using Layout = RotationFragmentLayout<kBlock>;
+  using Operand = RotationOperand<Element, kBlock, kTerms>;
+  static constexpr bool kResidentY = kPasses == RotationPasses::kResidentY;
+  static constexpr int kTokens = 8;  // the mma's N
+  static constexpr int kWarpsPerGroup = kBlock / 32;
+  static constexpr int kWarps = kGroups * kWarpsPerGroup;
+  static constexpr int kThreads = 32 * kWarps;  // = kGroups·kBlock: one 16-byte copy each per stage
+  // Stages of kGroups blocks: in flight (kRecompute: all resident, 8 ahead),
+  // or the ring's slots (kResidentY: 3 ahead while the 4th is multiplied).
+  static constexpr int kStages = kResidentY ? 4 : 8;
+
+  // kRecompute's staging rows: 16 bytes of padding put tokens 2t and 2t + 2
+  // (lanes t and t + 1 of a store) in different banks.
+  static constexpr int kStagedRow = kBlock + 16;
+
+  struct SharedStorage {
+    // kRecompute: one block's codes per group, double-buffered (a stub in kResidentY).
+    alignas(16) std::uint8_t staged[kResidentY ? 1 : 2][kResidentY ? 1 : kGroups][kTokens][kStagedRow];
+    float lo[kWarps][kTokens];
+    float hi[kWarps][kTokens];
+    int sum[kWarps][kTokens];
+    float scale[kTokens];
+    float zero[kTokens];
+  };
+
+  /// Bytes between two tokens' rows of X in shared memory (the whole row in
+  /// kRecompute, one block in a ring slot in kResidentY): ≡ 64 (mod 128), so
+  /// that tokens 2p and 2p + 1 of a 128-bit load phase fall in different bank
+  /// halves. `elements` is a multiple of 32: 2·elements ≡ 0 or 64 (mod 128).
+  __host__ __device__ static constexpr std::int64_t x_stride_bytes(std::int64_t elements) {
+    return elements * 2 % 128 == 0 ? elements * 2 + 64 : elements * 2;
+  }
+  /// Floats between two tokens' rows of Y (kResidentY): ≡ 4 (mod 16), so that
+  /// the accumulator stores — lanes (g, t) at token 2t (+1), channel +g — hit
+  /// 32 distinct banks (2t·stride + g ≡ 8t + g mod 32).
+  __host__ __device__ static constexpr std::int64_t y_stride_floats(std::int64_t cols) { return cols + 4; }
+  __host__ __device__ static constexpr std::int64_t ring_slot_bytes() { return kTokens * x_stride_bytes(kBlock); }
+
+  static std::size_t dynamic_smem_bytes(const Params& p) {
+    if constexpr (kResidentY) {
+      return static_cast<std::size_t>(kTokens * y_stride_floats(p.cols) * 4 + kStages * kGroups * ring_slot_bytes());
+    } else {
+      return static_cast<std::size_t>(kTokens * x_stride_bytes(p.cols));
+    }
+  }
+
+  // Y = X_block·R for the 8 tokens whose block starts at `rows` (token n at
+  // rows + n·stride): acc[mt][c] is output channel acc_channel(warp, mt,
+  // lane, c) of token acc_token(lane, c). The terms and the two k-tile
+  // parities accumulate separately — eight independent mma chains of kChunks
+  // steps instead of one of 2·kTerms·kChunks.
+  __device__ __forceinline__ static void rotate_block(const Operand& r, const unsigned char* rows, std::int64_t stride,
+                                                      int lane, float (&acc)[2][4]) {
+    const unsigned char* row = rows + Layout::b_token(lane) * stride;
+    float part[kTerms][2][2][4] = {};
+    OQ_UNROLL
+    for (int i = 0; i < Layout::kChunks; ++i) {
+      const uint4 v = *reinterpret_cast<const uint4*>(row + 16 * Layout::chunk(lane, i));
+      const std::uint32_t w[4] = {v.x, v.y, v.z, v.w};
+      OQ_UNROLL
+      for (int parity = 0; parity < 2; ++parity) {
+        const int j = 2 * i + parity;
+        const std::uint32_t b[2] = {w[Layout::b_word(j, 0)], w[Layout::b_word(j, 1)]};
+        OQ_UNROLL
+        for (int term = 0; term < kTerms; ++term) {
+          OQ_UNROLL
+          for (int mt = 0; mt < 2; ++mt) arch::mma_m16n8k16_f32<Element>(part[term][mt][parity], r.a[term][mt][j], b);
+        }
+      }
+    }
+    OQ_UNROLL
+    for (int mt = 0; mt < 2; ++mt) {
+      OQ_UNROLL
+      for (int c = 0; c < 4; ++c) {
+        float y = part[kTerms - 1][mt][0][c] + part[kTerms - 1][mt][1][c];  // smallest term first
+        OQ_UNROLL
+        for (int term = kTerms - 2; term >= 0; --term) y += part[term][mt][0][c] + part[term][mt][1][c];
+        acc[mt][c] = y;
+      }
+    }
+  }
+
+  // kRecompute: packs group-thread tau's share of one staged block and stores
+  // it: 4-bit, one word (8 codes) per thread; 8-bit, two words (4 codes each).
+  __device__ __forceinline__ static void store_block(const Params& p, const std::uint8_t (&staged)[kTokens][kStagedRow],
+                                                     std::int64_t first, std::int64_t block, int tau) {
+    if (p.bits == 4) {
+      constexpr int kWordsPerToken = kBlock / 8;
+      const int token = tau / kWordsPerToken, w = tau % kWordsPerToken;
+      if (first + token >= p.rows) return;
+      const uint2 codes = *reinterpret_cast<const uint2*>(&staged[token][8 * w]);
+      std::uint32_t word = 0;
+      OQ_UNROLL
+      for (int byte = 0; byte < 4; ++byte) {
+        const std::uint32_t pair = (byte < 2 ? codes.x : codes.y) >> (16 * (byte & 1));
+        word |= static_cast<std::uint32_t>(core::pack_u4x2(pair & 0xFFu, (pair >> 8) & 0xFFu)) << (8 * byte);
+      }
+      std::uint8_t* out = p.codes + (first + token) * p.ld_codes + block * (kBlock / 2);
+      reinterpret_cast<std::uint32_t*>(out)[w] = word;
+    } else {
+      constexpr int kWordsPerToken = kBlock / 4;
+      OQ_UNROLL
+      for (int half = 0; half < 2; ++half) {
+        const int omega = tau + half * kBlock;
+        const int token = omega / kWordsPerToken, w = omega % kWordsPerToken;
+        if (first + token >= p.rows) continue;
+        std::uint8_t* out = p.codes + (first + token) * p.ld_codes + block * kBlock;
+        reinterpret_cast<std::uint32_t*>(out)[w] = *reinterpret_cast<const std::uint32_t*>(&staged[token][4 * w]);
+      }
+    }
+  }
+
+  // Reduces a per-lane pair (tokens 2t, 2t + 1) over the lanes with the same t
+  // and writes the warp's result to dst[warp][token].
+  template <class T, class Op>
+  __device__ __forceinline__ static void warp_reduce_pair(T (&v)[2], Op op, T (&dst)[kWarps][kTokens], int warp,
+                                                          int lane) {
+    OQ_UNROLL
+    for (int e = 0; e < 2; ++e) {
+      OQ_UNROLL
+      for (int offset = 4; offset < 32; offset *= 2) v[e] = op(v[e], __shfl_xor_sync(0xFFFFFFFFu, v[e], offset));
+      if (lane < 4) dst[warp][2 * lane + e] = v[e];
+    }
+  }
+
+  __device__ void operator()(const Params& p, SharedStorage& shared, unsigned char* dynamic) const {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int group = warp / kWarpsPerGroup, warp_in_group = warp % kWarpsPerGroup;
+    const int tau = tid % kBlock;  // thread within its group
+
+    Operand r;
+    r.load(p.rotation, warp_in_group, lane);
+
+    const std::int64_t blocks = p.cols / kBlock;
+    const std::int64_t stages = (blocks + kGroups - 1) / kGroups;
+    const std::int64_t tiles = (p.rows + kTokens - 1) / kTokens;
+    const core::CodeRange range = core::code_range(p.bits, p.symmetric);
+    // kRecompute: the X rows. kResidentY: the Y rows, then the ring of X slots.
+    const std::int64_t x_stride = kResidentY ? x_stride_bytes(kBlock) : x_stride_bytes(p.cols);
+    float* y_rows = reinterpret_cast<float*>(dynamic);
+    unsigned char* x_base = kResidentY ? dynamic + kTokens * y_stride_floats(p.cols) * 4 : dynamic;
+    // Where block `block` of stage `stage` (group γ = block mod G) lives: in
+    // kRecompute at its place in the rows, in kResidentY in ring slot
+    // (stage mod kStages, γ).
+    auto x_block = [&](std::int64_t stage, std::int64_t block) -> unsigned char* {
+      if constexpr (kResidentY) {
+        return x_base + ((stage % kStages) * kGroups + block % kGroups) * ring_slot_bytes();
+      } else {
+        return x_base + block * kBlock * 2;
+      }
+    };
+    // Stage s holds blocks s·G … s·G + G − 1; thread tid copies 16 bytes of
+    // block s·G + tid / kBlock: token tau / (kBlock/8), chunk tau % (kBlock/8).
+    // Tokens past the last row are zero-filled. Every call commits a group
+    // (empty past the end), so that cp_async_wait counts stages.
+    auto issue = [&](std::int64_t first, std::int64_t stage) {
+      const std::int64_t block = stage * kGroups + tid / kBlock;
+      if (stage < stages && block < blocks) {
+        const int token = tau / (kBlock / 8), chunk = tau % (kBlock / 8);
+        const bool valid = first + token < p.rows;
+        const Element* src = p.x + (valid ? (first + token) * p.ld_x : 0) + block * kBlock + 8 * chunk;
+        arch::cp_async_16(x_block(stage, block) + token * x_stride + 16 * chunk, src, valid);
+      }
+      arch::cp_async_commit();
+    };
+    constexpr int kAhead = kResidentY ? kStages - 1 : kStages;  // stages issued before the first is used
+
+    if (blockIdx.x < tiles) {
+      for (int s = 0; s < kAhead; ++s) issue(blockIdx.x * kTokens, s);
+    }
+    for (std::int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+      const std::int64_t first = t * kTokens;
+
+      // Pass 1: Y per block; its min/max per token (kResidentY: Y kept).
+      float lo[2] = {INFINITY, INFINITY}, hi[2] = {-INFINITY, -INFINITY};  // tokens 2t, 2t + 1
+      for (std::int64_t stage = 0; stage < stages; ++stage) {
+        arch::cp_async_wait<kAhead - 1>();
+        __syncthreads();
+        // kResidentY refills the slot of stage − 1, which every warp has
+        // finished with (the barrier above); kRecompute never reuses space.
+        if constexpr (kResidentY) issue(first, stage + kAhead);
+        const std::int64_t block = stage * kGroups + group;
+        if (block < blocks) {
+          float acc[2][4];
+          rotate_block(r, x_block(stage, block), x_stride, lane, acc);
+          OQ_UNROLL
+          for (int mt = 0; mt < 2; ++mt) {
+            OQ_UNROLL
+            for (int c = 0; c < 4; ++c) {
+              lo[c & 1] = fminf(lo[c & 1], acc[mt][c]);
+              hi[c & 1] = fmaxf(hi[c & 1], acc[mt][c]);
+              if constexpr (kResidentY)
+                y_rows[Layout::acc_token(lane, c) * y_stride_floats(p.cols) + block * kBlock +
+                       Layout::acc_channel(warp_in_group, mt, lane, c)] = acc[mt][c];
+            }
+          }
+        }
+        if constexpr (!kResidentY) issue(first, stage + kAhead);
+      }
+      warp_reduce_pair(lo, [](float a, float b) { return fminf(a, b); }, shared.lo, warp, lane);
+      warp_reduce_pair(hi, [](float a, float b) { return fmaxf(a, b); }, shared.hi, warp, lane);
+      __syncthreads();
+      // kResidentY: the ring is free from here on; the next tile's first
+      // stages load while this one is quantized.
+      if constexpr (kResidentY) {
+        if (t + gridDim.x < tiles) {
+          for (int s = 0; s < kAhead; ++s) issue((t + gridDim.x) * kTokens, s);
+        }
+      }
+      if (tid < kTokens) {
+        float l = INFINITY, h = -INFINITY;
+        for (int w = 0; w < kWarps; ++w) {
+          l = fminf(l, shared.lo[w][tid]);
+          h = fmaxf(h, shared.hi[w][tid]);
+        }
+        const core::AffineParams<float> params =
+            p.symmetric ? core::symmetric_params(fmaxf(fabsf(l), fabsf(h)), p.clip_ratio, p.bits)
+                        : core::asymmetric_params(l, h, p.clip_ratio, p.bits);
+        shared.scale[tid] = params.scale;
+        shared.zero[tid] = params.zero;
+      }
+      __syncthreads();
+
+      if constexpr (kResidentY) {
+        // Pass 2: the Y rows, 32 / bits values per thread and step, one
+        // 32-bit store each — row by row, so that a warp writes 128
+        // consecutive bytes. The code sums meet in shared.sum[warp][token].
+        const int per_word = 32 / p.bits;
+        for (int n = 0; n < kTokens; ++n) {
+          int sum = 0;
+          if (first + n < p.rows) {
+            const core::AffineParams<float> params{shared.scale[n], shared.zero[n]};
+            const float* y = y_rows + n * y_stride_floats(p.cols);
+            auto* out = reinterpret_cast<std::uint32_t*>(p.codes + (first + n) * p.ld_codes);
+            for (std::int64_t w = tid; w < p.cols / per_word; w += kThreads)
+              out[w] = quantize_word(y + w * per_word, params, range, p.bits, sum);
+          }
+          OQ_UNROLL
+          for (int offset = 1; offset < 32; offset *= 2) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, offset);
+          if (lane == 0) shared.sum[warp][n] = sum;
+        }
+      } else {
+        // Pass 2: recompute Y (X is still resident), quantize, stage, pack,
+        // store. The staging buffer alternates, so one barrier per stage
+        // separates a buffer's writes (stage s) from its reads (after the
+        // barrier of s) and its next writes (stage s + 2, after that of s + 1).
+        const core::AffineParams<float> params[2] = {
+            {shared.scale[2 * (lane & 3)], shared.zero[2 * (lane & 3)]},
+            {shared.scale[2 * (lane & 3) + 1], shared.zero[2 * (lane & 3) + 1]}};
+        int sum[2] = {0, 0};
+        for (std::int64_t stage = 0; stage < stages; ++stage) {
+          const std::int64_t block = stage * kGroups + group;
+          auto& staged = shared.staged[stage & 1][group];
+          if (block < blocks) {
+            float acc[2][4];
+            rotate_block(r, x_block(stage, block), x_stride, lane, acc);
+            OQ_UNROLL
+            for (int mt = 0; mt < 2; ++mt) {
+              OQ_UNROLL
+              for (int c = 0; c < 4; ++c) {
+                const int q = static_cast<int>(core::quantize_value(acc[mt][c], params[c & 1], range));
+                staged[Layout::acc_token(lane, c)][Layout::acc_channel(warp_in_group, mt, lane, c)] =
+                    static_cast<std::uint8_t>(q);  // two's complement when symmetric; packing keeps the low bits
+                sum[c & 1] += q;
+              }
+            }
+          }
+          __syncthreads();
+          if (block < blocks) store_block(p, staged, first, block, tau);
+        }
+        warp_reduce_pair(sum, [](int a, int b) { return a + b; }, shared.sum, warp, lane);
+      }
+      __syncthreads();
+      if (tid < kTokens && first + tid < p.rows) {
+        int total = 0;
+        for (int w = 0; w < kWarps; ++w) total += shared.sum[w][tid];
+        p.scales[first + tid] = shared.scale[tid];
+        p.zeros[first + tid] = shared.zero[tid];
+        if (p.code_sums != nullptr) p.code_sums[first + tid] = total;
+      }
+      __syncthreads();  // the next tile overwrites the rows, the staging and the reductions
+      if constexpr (!kResidentY) {
+        if (t + gridDim.x < tiles) {
+          for (int s = 0; s < kAhead; ++s) issue((t + gridDim.x) * kTokens, s);
+        }
+      }
+    }
+    arch::cp_async_wait<0>();  // no copy outlives the CTA
+  }
+};
+
+template <class Element, int kBlock, int kTerms, int kGroups, RotationPasses kPasses>
+__global__ void __launch_bounds__(QuantizePerTokenTensorOp<Element, kBlock, kTerms, kGroups, kPasses>::kThreads)
+    quantize_per_token_tensorop_kernel(const QuantizePerTokenParams<Element> params) {
+  using Kernel = QuantizePerTokenTensorOp<Element, kBlock, kTerms, kGroups, kPasses>;
+  __shared__ typename Kernel::SharedStorage shared;
+  extern __shared__ __align__(128) unsigned char oq_rotation_smem[];  // 128: the bank arithmetic of the strides
+  Kernel{}(params, shared, oq_rotation_smem);
+}
+
+}  // namespace oq::cuda::kernel
