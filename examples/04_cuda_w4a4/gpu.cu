@@ -1,12 +1,14 @@
 // examples/04_cuda_w4a4/gpu.cu: how an engine calls oq's kernels — one
-// QuantizePerToken launch for the activations, one W4A4 GEMM whose epilogue
-// turns int32 accumulators back into real outputs. Every launcher checks its
+// quantize launch for the activations (QuantizePerToken, or
+// QuantizePerTokenTensorOp for a general rotation), one W4A4 GEMM whose
+// epilogue turns int32 accumulators back into real outputs. Every launcher checks its
 // arguments and the device first (can_implement) and reports, never crashes.
 #include "gpu.hpp"
 
 #include <oq/cuda/device/gemm_w4a4_multistage.cuh>
 #include <oq/cuda/device/gemm_w4a4_wgmma.cuh>
 #include <oq/cuda/device/quantize_per_token.cuh>
+#include <oq/cuda/device/quantize_per_token_tensorop.cuh>
 
 #include <cuda_bf16.h>
 
@@ -48,7 +50,7 @@ void upload(Buffer<T>& d, const std::vector<T>& h) {
 
 GpuRun w4a4_on_gpu(const std::vector<float>& x, std::int64_t m, std::int64_t k,
                    const std::vector<std::uint8_t>& w_packed, const std::vector<float>& w_scales,
-                   const std::vector<std::int32_t>& w_code_sums, std::int64_t n, int hadamard_block) {
+                   const std::vector<std::int32_t>& w_code_sums, std::int64_t n, const OnlineRotation& rotation) {
   GpuRun run;
   int devices = 0;
   if (const cudaError_t e = cudaGetDeviceCount(&devices); e != cudaSuccess || devices == 0) {
@@ -67,13 +69,17 @@ GpuRun w4a4_on_gpu(const std::vector<float>& x, std::int64_t m, std::int64_t k,
     Buffer<std::uint8_t> d_codes(static_cast<std::size_t>(m * k / 2)), d_w(w_packed.size());
     Buffer<float> d_sa(m), d_za(m), d_sw(n), d_y(static_cast<std::size_t>(m * n));
     Buffer<std::int32_t> d_suma(m), d_sumw(n);
+    Buffer<float> d_r(rotation.matrix.size());
     upload(d_x, x16);
+    if (!rotation.matrix.empty()) upload(d_r, rotation.matrix);
     upload(d_w, w_packed);
     upload(d_sw, w_scales);
     upload(d_sumw, w_code_sums);
 
     // 1. Activations: per token, asymmetric INT4 (u4 codes, fp32 scale and zero).
     using Quantize = oq::cuda::device::QuantizePerToken<__nv_bfloat16>;
+    // A general R: X·R on tensor cores, R in two bf16 terms, two warp groups.
+    using QuantizeRotated = oq::cuda::device::QuantizePerTokenTensorOp<__nv_bfloat16, 128, 2, 2>;
     Quantize::Params q;
     q.x = d_x.ptr;
     q.rows = m;
@@ -86,7 +92,13 @@ GpuRun w4a4_on_gpu(const std::vector<float>& x, std::int64_t m, std::int64_t k,
     q.code_sums = d_suma.ptr;
     q.bits = 4;
     q.symmetric = false;
-    q.hadamard_block = hadamard_block;  // 0: none; b: x·(H_b/√b) per block, fused
+    q.hadamard_block = rotation.hadamard_block;  // 0: none; b: x·(H_b/√b) per block, fused
+    if (!rotation.matrix.empty()) {
+      q.rotation = d_r.ptr;
+      q.block_size = 128;
+    }
+    const bool tensor_op = q.rotation != nullptr;
+    run.quantize = tensor_op ? "QuantizePerTokenTensorOp" : "QuantizePerToken";
 
     // 2. The GEMM: u4 activations × s4 weights; the epilogue subtracts
     //    z_a·Σ_k qw (sum_w) because the activations are asymmetric.
@@ -112,7 +124,7 @@ GpuRun w4a4_on_gpu(const std::vector<float>& x, std::int64_t m, std::int64_t k,
     const bool hopper = Wgmma::can_implement(g).ok();
     run.gemm = hopper ? "GemmW4A4Wgmma" : "GemmW4A4Multistage";
     auto forward = [&] {
-      check(Quantize::run(q));
+      check(tensor_op ? QuantizeRotated::run(q) : Quantize::run(q));
       check(hopper ? Wgmma::run(g) : Multistage::run(g));
     };
 
