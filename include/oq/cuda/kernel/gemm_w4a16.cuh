@@ -18,10 +18,17 @@
 //     launcher accepts.
 // Codes become floats without I2F (a quarter-rate instruction that would
 // bound decode on its own): a code OR'd into the mantissa of 2^23 is the
-// float 2^23 + code exactly, and one subtraction leaves the code, exactly
-// (s4 codes go through offset binary, code ^ 8 = code + 8). So ŵ = s·(q − z)
-// is the same float either way, and every lane sums at most 32·⌈K/1024⌉
-// products in order on either loop (the bound the GPU test asserts).
+// float 2^23 + code exactly (s4 codes go through offset binary, code ^ 8 =
+// code + 8, so the bias is 2^23 + 8). Decode at M = 1 is bound by the
+// instructions per code as much as by the bytes (32 codes per 16-byte load),
+// so the scale leaves the inner loop, Σ_k a·s·(q − z) = s·Σ_k a·(q − z) over
+// the codes of one load (one group), and the zero point joins the bias:
+// (2^23 + q) − (bias + z) = q − z exactly when bias + z is exact (integer z,
+// as GPTQ/AWQ/oq store them; other z take one more subtraction). Three
+// instructions per code — extract, subtract, fmaf — and one fmaf per group
+// chunk and token. Every lane sums at most 32 products per chunk and
+// ⌈K/1024⌉ chunks (wide loop), or 8 per word and ⌈K/256⌉ words (narrow loop),
+// in order (the bound the GPU test asserts).
 #pragma once
 
 #include <oq/core/int4.hpp>
@@ -60,18 +67,19 @@ struct GemmW4A16 {
            reinterpret_cast<std::uintptr_t>(p.w) % 16 == 0;
   }
 
-  /// Code j (0..7) of a packed word as a float, exactly, without I2F.
-  __device__ __forceinline__ static float code(std::uint32_t word, int j) {
-    constexpr float kTwo23 = 8388608.0f;
-    const std::uint32_t nibble = (word >> (4 * j)) & 0xFu;
-    if constexpr (kSymmetric) {
-      return __uint_as_float(0x4B000000u | (nibble ^ 0x8u)) - (kTwo23 + 8.0f);  // s4 via offset binary
-    } else {
-      return __uint_as_float(0x4B000000u | nibble) - kTwo23;
-    }
-  }
+  static constexpr float kTwo23 = 8388608.0f;
+  /// What biased() adds to every code: 2^23 (u4), 2^23 + 8 (s4, offset binary).
+  static constexpr float kBias = kSymmetric ? kTwo23 + 8.0f : kTwo23;
 
-  // acc[i] += Σ_j a[m0 + i, k0 + j]·ŵ[j] over the 8 weights of one word.
+  /// Code j (0..7) of a packed word plus kBias, as a float, exactly, without I2F.
+  __device__ __forceinline__ static float biased(std::uint32_t word, int j) {
+    const std::uint32_t nibble = (word >> (4 * j)) & 0xFu;
+    return __uint_as_float(0x4B000000u | (kSymmetric ? nibble ^ 0x8u : nibble));
+  }
+  /// Code j (0..7) of a packed word as a float, exactly.
+  __device__ __forceinline__ static float code(std::uint32_t word, int j) { return biased(word, j) - kBias; }
+
+  // acc[i] += Σ_j a[m0 + i, k0 + j]·w[j] over the 8 values of one word.
   __device__ __forceinline__ static void accumulate8(const Params& p, std::int64_t m0, std::int64_t k0,
                                                      const float (&w)[8], float (&acc)[kTileM]) {
     OQ_UNROLL
@@ -87,14 +95,33 @@ struct GemmW4A16 {
     }
   }
 
-  // One packed word (8 codes from k0) with its group's scale and zero point.
+  /// The per-group constants of the inner loop: q − z = biased − offset when
+  /// `fused` (offset = kBias + z exactly), else (biased − kBias) − zero.
+  struct ZeroPoint {
+    float zero, offset;
+    bool fused;
+    __device__ __forceinline__ explicit ZeroPoint(float z)
+        : zero(z), offset(kBias + z), fused(offset - kBias == z) {}
+  };
+
+  // part[i] += Σ_j a[m0 + i, k0 + j]·(q_j − z) over the 8 codes of one word.
   __device__ __forceinline__ static void word_step(const Params& p, std::int64_t m0, std::int64_t k0,
-                                                   std::uint32_t packed, float scale, float zero,
-                                                   float (&acc)[kTileM]) {
+                                                   std::uint32_t packed, const ZeroPoint& z, float (&part)[kTileM]) {
     float w[8];
+    if (z.fused) {  // warp-uniform: one output channel per warp
+      OQ_UNROLL
+      for (int j = 0; j < 8; ++j) w[j] = biased(packed, j) - z.offset;
+    } else {
+      OQ_UNROLL
+      for (int j = 0; j < 8; ++j) w[j] = code(packed, j) - z.zero;
+    }
+    accumulate8(p, m0, k0, w, part);
+  }
+
+  // acc[i] += scale·part[i]: one group chunk's partial sums, scaled once.
+  __device__ __forceinline__ static void add_scaled(float scale, const float (&part)[kTileM], float (&acc)[kTileM]) {
     OQ_UNROLL
-    for (int j = 0; j < 8; ++j) w[j] = scale * (code(packed, j) - zero);
-    accumulate8(p, m0, k0, w, acc);
+    for (int i = 0; i < kTileM; ++i) acc[i] = fmaf(scale, part[i], acc[i]);
   }
 
   __device__ void operator()(const Params& p) const {
@@ -114,19 +141,22 @@ struct GemmW4A16 {
       for (std::int64_t chunk = lane; chunk < p.k / 32; chunk += 32) {
         const uint4 packed = row[chunk];  // codes 32·chunk .. +31, one group
         const std::int64_t k0 = 32 * chunk, g = k0 / p.group_size;
-        const float scale = scales[g];
-        const float zero = kSymmetric ? 0.0f : zeros[g];
-        word_step(p, m0, k0, packed.x, scale, zero, acc);
-        word_step(p, m0, k0 + 8, packed.y, scale, zero, acc);
-        word_step(p, m0, k0 + 16, packed.z, scale, zero, acc);
-        word_step(p, m0, k0 + 24, packed.w, scale, zero, acc);
+        const ZeroPoint z(kSymmetric ? 0.0f : zeros[g]);
+        float part[kTileM] = {};
+        word_step(p, m0, k0, packed.x, z, part);
+        word_step(p, m0, k0 + 8, packed.y, z, part);
+        word_step(p, m0, k0 + 16, packed.z, z, part);
+        word_step(p, m0, k0 + 24, packed.w, z, part);
+        add_scaled(scales[g], part, acc);
       }
     } else {
       const auto* row = reinterpret_cast<const std::uint32_t*>(p.w + n * p.ld_w);
       for (std::int64_t word = lane; word < p.k / 8; word += 32) {
         const std::int64_t k0 = word * 8;
         const std::int64_t g = k0 / p.group_size;  // a word never straddles groups (group_size % 8 == 0)
-        word_step(p, m0, k0, row[word], scales[g], kSymmetric ? 0.0f : zeros[g], acc);
+        float part[kTileM] = {};
+        word_step(p, m0, k0, row[word], ZeroPoint(kSymmetric ? 0.0f : zeros[g]), part);
+        add_scaled(scales[g], part, acc);
       }
     }
 
