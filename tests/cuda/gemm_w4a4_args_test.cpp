@@ -1,8 +1,13 @@
-// The W4A4 launcher's argument checks (no GPU needed).
+// The W4A4 launchers' argument checks, and the widened path's SWAR widening
+// (no GPU needed).
 #include "gemm_w4a4_launch.hpp"
+
+#include <oq/core/int4.hpp>
 
 #include <doctest/doctest.h>
 
+#include <cstdint>
+#include <random>
 #include <string>
 
 using oq::test::check_w4a4_arguments;
@@ -34,6 +39,17 @@ TEST_CASE("the multistage W4A4 launcher also needs 16-byte strides and names the
   q.ld_a = 128;
   q.k = 240;  // the shared checks speak for the multistage launcher too
   CHECK(check_w4a4_arguments(q).find("GemmW4A4Multistage: k must be a multiple of 32") != std::string::npos);
+  // The widened path's int32 sums of scaled codes: s4 × s4 up to K = 131,071.
+  q.a_signed = q.w_signed = true;
+  q.k = 131040;
+  q.ld_a = q.ld_w = 65520;
+  CHECK(check_w4a4_arguments(q).empty());
+  q.k = 131072;
+  q.ld_a = q.ld_w = 65536;
+  CHECK(check_w4a4_arguments(q).find("GemmW4A4Multistage: k must be <= 131071 for these signednesses") !=
+        std::string::npos);
+  q.a_signed = false;  // u4 × s4: 1,920 per product
+  CHECK(check_w4a4_arguments(q).empty());
 }
 
 TEST_CASE("the wgmma W4A4 launcher checks as the multistage one and names itself") {
@@ -46,4 +62,36 @@ TEST_CASE("the wgmma W4A4 launcher checks as the multistage one and names itself
   q.ld_w = 128;
   q.k = 240;
   CHECK(check_w4a4_arguments(q).find("GemmW4A4Wgmma: k must be a multiple of 32") != std::string::npos);
+}
+
+TEST_CASE("the widened path's dot products of packed words equal the codes' dot products") {
+  // Every product of the widened s8 lanes pairs the same code of A and W, and
+  // the scaled sum shifts back exactly: 20,000 random word pairs and the
+  // extreme words (all −8 / 7, all 0 / 15) for every signedness.
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<std::uint32_t> word;
+  auto decoded_dot = [](std::uint32_t a, std::uint32_t w, bool a_signed, bool w_signed) {
+    std::int64_t sum = 0;
+    for (int j = 0; j < 8; ++j) {
+      const auto na = static_cast<std::uint8_t>((a >> (4 * j)) & 0xFu), nw = static_cast<std::uint8_t>((w >> (4 * j)) & 0xFu);
+      sum += std::int64_t(a_signed ? oq::core::sign_extend_s4(na) : na) * (w_signed ? oq::core::sign_extend_s4(nw) : nw);
+    }
+    return sum;
+  };
+  const std::uint32_t extremes[] = {0x88888888u, 0x77777777u, 0x00000000u, 0xFFFFFFFFu, 0x8F8F7070u};
+  for (bool a_signed : {false, true}) {
+    for (bool w_signed : {false, true}) {
+      CAPTURE(a_signed);
+      CAPTURE(w_signed);
+      int mismatches = 0;
+      for (int i = 0; i < 20000; ++i) {
+        const std::uint32_t a = word(rng), w = word(rng);
+        mismatches += oq::test::widened_dot(a, w, a_signed, w_signed) != decoded_dot(a, w, a_signed, w_signed);
+      }
+      for (std::uint32_t a : extremes)
+        for (std::uint32_t w : extremes)
+          mismatches += oq::test::widened_dot(a, w, a_signed, w_signed) != decoded_dot(a, w, a_signed, w_signed);
+      CHECK(mismatches == 0);
+    }
+  }
 }

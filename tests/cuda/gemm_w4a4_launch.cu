@@ -81,6 +81,26 @@ W4A4AutoPaths w4a4_auto_paths_on_device() {
   return {out[0] == 1, out[1] == 1, major};
 }
 
+namespace {
+template <bool kASigned, bool kWSigned>
+std::int64_t widened_dot_for(std::uint32_t a, std::uint32_t w) {
+  using Kernel = oq::cuda::kernel::GemmW4A4Multistage<float, kASigned, kWSigned>;
+  std::uint32_t a8[2], w8[2];
+  Kernel::template widen<kASigned>(a, a8[0], a8[1]);
+  Kernel::template widen<kWSigned>(w, w8[0], w8[1]);
+  std::int32_t sum = 0;  // int32, as the tensor cores accumulate
+  for (int r = 0; r < 2; ++r)
+    for (int byte = 0; byte < 4; ++byte)
+      sum += static_cast<std::int8_t>(a8[r] >> (8 * byte)) * static_cast<std::int8_t>(w8[r] >> (8 * byte));
+  return sum >> Kernel::kWidenShift;
+}
+}  // namespace
+
+std::int64_t widened_dot(std::uint32_t a, std::uint32_t w, bool a_signed, bool w_signed) {
+  if (a_signed) return w_signed ? widened_dot_for<true, true>(a, w) : widened_dot_for<true, false>(a, w);
+  return w_signed ? widened_dot_for<false, true>(a, w) : widened_dot_for<false, false>(a, w);
+}
+
 std::string check_w4a4_arguments(const W4A4Problem& q) {
   auto p = params_of(q);
   alignas(16) static std::uint8_t bytes[16];

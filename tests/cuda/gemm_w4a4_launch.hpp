@@ -32,6 +32,11 @@ struct W4A4AutoPaths {
 };
 W4A4AutoPaths w4a4_auto_paths_on_device();
 
+/// The widened path's dot product of two packed words (8 codes each) as the
+/// kernels form it: both widened by GemmW4A4Multistage::widen, the s8 lanes
+/// multiplied pairwise, the sum shifted back by kWidenShift. Needs no GPU.
+std::int64_t widened_dot(std::uint32_t a, std::uint32_t w, bool a_signed, bool w_signed);
+
 /// check_arguments of problem.kernel's launcher ("" when fine). Needs no GPU.
 std::string check_w4a4_arguments(const W4A4Problem& problem);
 

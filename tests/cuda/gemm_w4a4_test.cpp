@@ -26,8 +26,11 @@ struct Shape {
 // Random codes, scales and zero points for `s`; runs the kernel with rows
 // `ld_pad` bytes longer than K/2 (filled with 0x5A, so that a mix-up of ld and
 // K fails) and compares every accumulator and output with a plain loop.
+// With `extremes`, every code is the least or the greatest of its range (−8 or
+// 7, 0 or 15): the largest products, and −8 is the s8 lane −128 on the
+// widened path.
 void check_against_host(const Shape& s, bool a_signed, bool w_signed, W4A4Path path, W4A4Kernel kernel,
-                        std::int64_t ld_a, std::int64_t ld_w, std::mt19937& rng) {
+                        std::int64_t ld_a, std::int64_t ld_w, std::mt19937& rng, bool extremes = false) {
   CAPTURE(static_cast<int>(kernel));
   CAPTURE(static_cast<int>(path));
   CAPTURE(s.m);
@@ -37,8 +40,10 @@ void check_against_host(const Shape& s, bool a_signed, bool w_signed, W4A4Path p
   CAPTURE(w_signed);
   auto codes = [&](std::int64_t rows, bool is_signed) {
     Int4Codes c(rows, s.k);
-    std::uniform_int_distribution<int> dist(is_signed ? -8 : 0, is_signed ? 7 : 15);
-    for (Eigen::Index i = 0; i < c.size(); ++i) c.data()[i] = dist(rng);
+    const int lo = is_signed ? -8 : 0, hi = is_signed ? 7 : 15;
+    std::uniform_int_distribution<int> dist(lo, hi);
+    std::bernoulli_distribution coin(0.5);
+    for (Eigen::Index i = 0; i < c.size(); ++i) c.data()[i] = extremes ? (coin(rng) ? hi : lo) : dist(rng);
     return c;
   };
   const Int4Codes qa = codes(s.m, a_signed), qw = codes(s.n, w_signed);
@@ -126,6 +131,14 @@ TEST_CASE("W4A4 (GemmW4A4Multistage) accumulators and epilogue against the host 
       }
     }
   }
+  // Extreme codes only, on every path and signedness.
+  for (bool a_signed : {false, true}) {
+    for (bool w_signed : {true, false}) {
+      for (const W4A4Path path : kPaths)
+        check_against_host(Shape{64, 72, 2048}, a_signed, w_signed, path, W4A4Kernel::kMultistage, 1040, 1024, rng,
+                           true);
+    }
+  }
 }
 
 TEST_CASE("W4A4 (GemmW4A4Wgmma, sm_90a) accumulators and epilogue against the host reference") {
@@ -150,6 +163,11 @@ TEST_CASE("W4A4 (GemmW4A4Wgmma, sm_90a) accumulators and epilogue against the ho
         }
       }
     }
+  }
+  for (bool a_signed : {false, true}) {  // extreme codes only
+    for (bool w_signed : {true, false})
+      check_against_host(Shape{64, 72, 2048}, a_signed, w_signed, W4A4Path::kAuto, W4A4Kernel::kWgmma, 1040, 1024, rng,
+                         true);
   }
 }
 

@@ -8,7 +8,8 @@
 //
 // Requirements (can_implement explains a failure): those of GemmW4A4, plus
 // a and w 16-byte aligned with ld_a and ld_w multiples of 16 bytes (cp.async
-// moves 16 bytes), and kSmemBytes of shared memory per CTA (61,440 with the
+// moves 16 bytes), K ≤ kernel::max_widened_k (131,071 for s4 × s4) unless the
+// instantiation is kNativeS4, and kSmemBytes of shared memory per CTA (61,440 with the
 // default 3 stages; opt-in above 48 KB, which sm_80 and newer allow).
 #pragma once
 
@@ -70,6 +71,11 @@ class GemmW4A4Multistage {
     if (p.m > 0 && p.n > 0 &&
         (reinterpret_cast<std::uintptr_t>(p.a) % 16 != 0 || reinterpret_cast<std::uintptr_t>(p.w) % 16 != 0))
       return bad(Status::kMisaligned, "a and w must be 16-byte aligned");
+    // The widened path (sm_90) sums scaled codes (kernel::max_widened_k).
+    if (kMma != kernel::W4A4Mma::kNativeS4 && p.k > kernel::max_widened_k(p.a_signed, p.w_signed))
+      return bad(Status::kInvalidShape, "k must be <= " + std::to_string(kernel::max_widened_k(p.a_signed, p.w_signed)) +
+                                            " for these signednesses (int32 sums of widened codes), got " +
+                                            std::to_string(p.k));
     return Report::success();
   }
 

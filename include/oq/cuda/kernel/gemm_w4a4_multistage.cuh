@@ -20,11 +20,16 @@
 // m16n8k64) and one per pair of 8 × 64-element W tiles (b0, b1 of each).
 //   - native INT4 (kAuto on sm_80..89): those registers go to m16n8k64 as is;
 //   - widened (kAuto on sm_90): each 32-bit register holds 8 codes of one row;
-//     its low and high halves are widened to two s8 registers and used as the
+//     its even and odd codes are widened to two s8 registers and used as the
 //     k = 4t.. and k = 16+4t.. lanes of an m16n8k32 — for A and W alike, so
 //     every product pairs the same K element of both operands, only in
 //     another order than K, which the sum does not see. The same shared-memory
-//     loads therefore serve both paths.
+//     loads therefore serve both paths. The widening is 2–3 instructions per 8
+//     codes (widen below): a signed code stays in its nibble, which becomes
+//     the high half of a byte, i.e. the s8 lane holds 16·q — no sign
+//     extension — and the int32 sum, 16^(signed operands) times the true one
+//     and still exact for K ≤ max_widened_k, is shifted back before the
+//     epilogue (kWidenShift).
 //
 // Edges: rows past M or N and K past the end are zero-filled by cp.async
 // (a zero code contributes nothing to the accumulator, and the zero-point
@@ -41,6 +46,14 @@
 #include <cstdint>
 
 namespace oq::cuda::kernel {
+
+/// The largest K whose widened int32 sums cannot overflow: each product of
+/// widened lanes is at most 15 (u4) or 16·8 (s4, scaled) per operand, so
+/// |Σ| ≤ K·16384 for s4 × s4 (K ≤ 131,071), K·1,920 mixed, K·225 for u4 × u4.
+__host__ __device__ constexpr std::int64_t max_widened_k(bool a_signed, bool w_signed) {
+  const std::int64_t a_max = a_signed ? 16 * 8 : 15, w_max = w_signed ? 16 * 8 : 15;
+  return 2147483647 / (a_max * w_max);
+}
 
 template <class ElementOut, bool kASigned, bool kWSigned, W4A4Mma kMma = W4A4Mma::kAuto, int kStages = 3>
 struct GemmW4A4Multistage {
@@ -85,18 +98,22 @@ struct GemmW4A4Multistage {
   }
 
   // Splits a register of 8 codes (one row, consecutive K) into two s8 lanes
-  // registers: codes 0..3 and codes 4..7, sign- or zero-extended.
+  // registers: codes 0, 2, 4, 6 and codes 1, 3, 5, 7 (byte i of `low` is code
+  // 2i, of `high` code 2i + 1). Unsigned codes become the bytes' low nibbles
+  // (q, 0..15: a non-negative s8); signed ones their high nibbles, the s8
+  // value 16·q (−128..112), exactly — hence kWidenShift.
   template <bool kSigned>
-  __device__ __forceinline__ static void widen(std::uint32_t codes, std::uint32_t& low, std::uint32_t& high) {
-    const auto lo16 = static_cast<std::uint16_t>(codes & 0xFFFFu), hi16 = static_cast<std::uint16_t>(codes >> 16);
+  __host__ __device__ __forceinline__ static void widen(std::uint32_t codes, std::uint32_t& low, std::uint32_t& high) {
     if constexpr (kSigned) {
-      low = core::widen_s4x4_to_s8x4(lo16);
-      high = core::widen_s4x4_to_s8x4(hi16);
+      low = (codes << 4) & 0xF0F0F0F0u;
+      high = codes & 0xF0F0F0F0u;
     } else {
-      low = core::widen_u4x4_to_u8x4(lo16);
-      high = core::widen_u4x4_to_u8x4(hi16);
+      low = codes & 0x0F0F0F0Fu;
+      high = (codes >> 4) & 0x0F0F0F0Fu;
     }
   }
+  /// log2 of the factor the widened accumulators carry: 16 per signed operand.
+  static constexpr int kWidenShift = 4 * (static_cast<int>(kASigned) + static_cast<int>(kWSigned));
 
   // The widened path's fragments of one 64-element K step: each register of
   // 8 codes (a0..a3 of m16n8k64: codes 8t.. of rows g, g+8, then codes
@@ -206,7 +223,7 @@ struct GemmW4A4Multistage {
         for (int e = 0; e < 4; ++e) {
           const std::int64_t row = m0 + warp_m * kWarpTileM + 16 * i + group + (e >= 2 ? 8 : 0);
           const std::int64_t col = n0 + warp_n * kWarpTileN + 8 * j + 2 * thread_in_group + (e % 2);
-          if (row < p.m && col < p.n) store_w4a4_output(p, row, col, c[i][j][e]);
+          if (row < p.m && col < p.n) store_w4a4_output(p, row, col, native_s4() ? c[i][j][e] : c[i][j][e] >> kWidenShift);
         }
       }
     }

@@ -9,7 +9,9 @@
 // per stage:
 //   1. the packed INT4 slabs arrive through the cp.async pipeline of
 //      kernel/gemm_w4a4_multistage.cuh (same stages, same zero-filled edges);
-//   2. all 256 threads widen the stage's codes to s8 into one shared buffer
+//   2. all 256 threads widen the stage's codes to s8 (the multistage kernel's
+//      widen: even/odd codes, signed ones scaled by 16, undone by
+//      kWidenShift in the epilogue) into one shared buffer
 //      laid out as wgmma's no-swizzle K-major core matrices (arch/wgmma.cuh):
 //      8 rows × 16 bytes each, the 8 of a row group adjacent along K
 //      (LBO = 128 bytes), row groups 1024 bytes apart (SBO);
@@ -69,7 +71,7 @@ struct GemmW4A4Wgmma {
       const int r = q % 128, c = (q / 128) % 4;
       const auto* row = packed + (operand * kTileM + r) * Packed::kRowBytes;
       const uint4 codes = *reinterpret_cast<const uint4*>(row + 16 * c);
-      uint4 low, high;  // codes 32c .. 32c+15 and 32c+16 .. 32c+31 as s8 lanes
+      uint4 low, high;  // codes 32c .. 32c+15 and 32c+16 .. 32c+31 as s8 lanes (even/odd order in each 8)
       if (operand == 0) {
         Packed::template widen<kASigned>(codes.x, low.x, low.y);
         Packed::template widen<kASigned>(codes.y, low.z, low.w);
@@ -144,7 +146,7 @@ struct GemmW4A4Wgmma {
       for (int e = 0; e < 4; ++e) {
         const std::int64_t row = m0 + 64 * warpgroup + 16 * warp + group + (e >= 2 ? 8 : 0);
         const std::int64_t col = n0 + 8 * j + 2 * thread_in_group + (e % 2);
-        if (row < p.m && col < p.n) store_w4a4_output(p, row, col, acc[4 * j + e]);
+        if (row < p.m && col < p.n) store_w4a4_output(p, row, col, acc[4 * j + e] >> Packed::kWidenShift);
       }
     }
 #else
