@@ -1,8 +1,10 @@
-// The W4A16 launcher's argument checks (no GPU needed).
+// The W4A16 launchers' argument checks, and the tensor-core kernel's exact
+// dequantization (no GPU needed).
 #include "gemm_w4a16_launch.hpp"
 
 #include <doctest/doctest.h>
 
+#include <cstdint>
 #include <string>
 
 using oq::test::check_w4a16_arguments;
@@ -55,4 +57,34 @@ TEST_CASE("the tensor-core W4A16 launcher also needs K and groups of 16 and 8-by
   shared.ld_a = 264;
   shared.ld_w = 136;
   CHECK(check_w4a16_arguments(shared).find("GemmW4A16TensorOp: k must be a multiple of 8") != std::string::npos);
+}
+
+TEST_CASE("the tensor-core W4A16's exact form builds q − z exactly, for the zero points it takes") {
+  for (bool bf16 : {true, false}) {
+    for (bool symmetric : {false, true}) {
+      CAPTURE(bf16);
+      CAPTURE(symmetric);
+      // Every integer zero point within the type's exact range (bf16: |z| ≤ 112,
+      // fp16: ≤ 1000), every byte; symmetric codes have z = 0.
+      const int limit = symmetric ? 0 : (bf16 ? 112 : 1000);
+      int wrong = 0;
+      for (int z = -limit; z <= limit; ++z) {
+        for (int byte = 0; byte < 256; ++byte) {
+          const auto got = oq::test::w4a16_exact_pair(static_cast<std::uint8_t>(byte), static_cast<float>(z), bf16, symmetric);
+          int lo = byte & 0xF, hi = byte >> 4;
+          if (symmetric) {
+            lo = lo >= 8 ? lo - 16 : lo;
+            hi = hi >= 8 ? hi - 16 : hi;
+          }
+          wrong += !got.exact || got.first != static_cast<float>(lo - z) || got.second != static_cast<float>(hi - z);
+        }
+      }
+      CHECK(wrong == 0);
+      if (!symmetric) {  // the zero points it leaves to the rounded form
+        CHECK_FALSE(oq::test::w4a16_exact_pair(0x21, 0.37f, bf16, false).exact);
+        CHECK_FALSE(oq::test::w4a16_exact_pair(0x21, static_cast<float>(limit + 1), bf16, false).exact);
+        CHECK_FALSE(oq::test::w4a16_exact_pair(0x21, -static_cast<float>(limit + 1), bf16, false).exact);
+      }
+    }
+  }
 }

@@ -10,6 +10,7 @@
 #include <cuda_fp16.h>
 
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 
 namespace {
@@ -70,6 +71,28 @@ std::vector<float> run(const oq::test::W4A16Problem& q, std::vector<float>& a, c
 }  // namespace
 
 namespace oq::test {
+
+namespace {
+template <class ElementA, bool kSymmetric>
+W4A16ExactPair exact_pair_for(std::uint8_t byte, float zero) {
+  using Kernel = oq::cuda::kernel::GemmW4A16TensorOp<ElementA, float, kSymmetric>;
+  W4A16ExactPair out;
+  out.exact = Kernel::exact_zero(zero);
+  if (!out.exact) return out;
+  const std::uint32_t pair = Kernel::exact_pair(byte, Kernel::bias2(zero));
+  ElementA v[2];
+  std::memcpy(v, &pair, sizeof pair);
+  out.first = oq::cuda::to_float(v[0]);
+  out.second = oq::cuda::to_float(v[1]);
+  return out;
+}
+}  // namespace
+
+W4A16ExactPair w4a16_exact_pair(std::uint8_t byte, float zero, bool bf16, bool symmetric) {
+  if (bf16)
+    return symmetric ? exact_pair_for<__nv_bfloat16, true>(byte, zero) : exact_pair_for<__nv_bfloat16, false>(byte, zero);
+  return symmetric ? exact_pair_for<__half, true>(byte, zero) : exact_pair_for<__half, false>(byte, zero);
+}
 
 bool w4a16_wide_loop(const W4A16Problem& q) {
   auto p = params_of<__half>(q);  // p.w == nullptr: aligned like any cudaMalloc result

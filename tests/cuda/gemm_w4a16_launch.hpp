@@ -23,6 +23,15 @@ std::string check_w4a16_arguments(const W4A16Problem& problem);
 /// problem with 16-byte aligned weights. Needs no GPU.
 bool w4a16_wide_loop(const W4A16Problem& problem);
 
+/// The tensor-core kernel's exact form on one byte of codes (low nibble
+/// first): whether zero point z takes it, and the two 16-bit values q − z it
+/// builds (bf16 or fp16, u4 or s4 codes), as floats. Needs no GPU.
+struct W4A16ExactPair {
+  bool exact = false;
+  float first = 0.0f, second = 0.0f;
+};
+W4A16ExactPair w4a16_exact_pair(std::uint8_t byte, float zero, bool bf16, bool symmetric);
+
 /// Runs GemmW4A16<__half or __nv_bfloat16, float> with activations `a`
 /// (m × ld_a floats, rounded to the 16-bit type first; the rounded values are
 /// written back into `a`), packed weights `w` (n × ld_w bytes), scales and

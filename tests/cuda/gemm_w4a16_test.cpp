@@ -111,15 +111,19 @@ TEST_CASE("W4A16 equals the dequantized product to fp32 accumulation error") {
 }
 
 TEST_CASE("W4A16 on tensor cores equals the dequantized product to 16-bit weight rounding") {
-  // M past one 64-token CTA row and ragged N; a K tail of one k16 step past the
-  // 64-code chunks; groups of 16; one K chunk per warp or many.
+  // M on each token tile (16: M ≤ 16, 32: M ≤ 32, 64) and past one 64-token
+  // CTA row; ragged N; a K tail of one k16 step past the 64-code chunks;
+  // groups of 16 (the warp's group changes every step); one K chunk per warp
+  // or many.
   for (const Shape& s : {Shape{1, 64, 256, 128}, Shape{3, 37, 128, 128}, Shape{16, 130, 1024, 128},
-                         Shape{64, 8, 512, 512}, Shape{9, 100, 4096, 128}, Shape{65, 24, 272, 16},
-                         Shape{130, 17, 96, 32}}) {
+                         Shape{27, 40, 512, 64}, Shape{64, 8, 512, 512}, Shape{9, 100, 4096, 128},
+                         Shape{65, 24, 272, 16}, Shape{130, 17, 96, 32}}) {
     for (bool symmetric : {false, true}) {
       for (bool bf16 : {false, true}) {
         // ŵ is rounded once to the 16-bit type (unit roundoff 2^-8 for bf16,
-        // 2^-11 for fp16); products of 16-bit values are exact in fp32, and the
+        // 2^-11 for fp16) on the rounded form, not at all on the exact form
+        // (q − z is exact; the scale multiplies each group's sum once, one
+        // more rounding per group); products of 16-bit values are exact in fp32, and the
         // tensor cores' fp32 accumulation plus the 8-way split-K sum add at
         // most K + 24 roundings, counted at 2^-22 each because tensor-core
         // additions need not round to nearest.
@@ -128,6 +132,12 @@ TEST_CASE("W4A16 on tensor cores equals the dequantized product to 16-bit weight
         const auto bound = [nu](double magnitude) { return nu / (1 - nu) * magnitude; };
         const std::int64_t ld_w = (s.k / 2 + 15) / 16 * 16 + 8;  // 8-byte aligned rows
         check_against_host(s, symmetric, bf16, ld_w, true, bound);
+        // Zero points the exact form does not take: off the integers, and
+        // integers beyond bf16's exact range (|z| > 112; fp16 keeps them).
+        if (!symmetric) {
+          check_against_host(s, symmetric, bf16, ld_w, true, bound, 0.37f);
+          check_against_host(s, symmetric, bf16, ld_w, true, bound, 200.0f);
+        }
       }
     }
   }

@@ -24,14 +24,18 @@ namespace oq::cuda::device {
 template <class ElementA, class ElementOut>
 class GemmW4A16TensorOp {
  public:
-  template <bool kSymmetric>
-  using KernelFor = kernel::GemmW4A16TensorOp<ElementA, ElementOut, kSymmetric>;
+  template <bool kSymmetric, int kTileM = 64>
+  using KernelFor = kernel::GemmW4A16TensorOp<ElementA, ElementOut, kSymmetric, kTileM>;
   using Kernel = KernelFor<false>;
   using Params = typename Kernel::Params;
 
+  /// The token tile run() takes for M tokens: the smallest of 16, 32, 64
+  /// that covers M (fewer accumulator registers, more CTAs per SM), else 64.
+  static constexpr int tile_m_for(std::int64_t m) { return m <= 16 ? 16 : m <= 32 ? 32 : 64; }
+
   /// The argument checks alone: no CUDA call, usable without a GPU.
   static Report check_arguments(const Params& p) {
-    if (Report r = GemmW4A16<ElementA, ElementOut>::check_arguments_for_tile(p, Kernel::kTileM); !r.ok()) {
+    if (Report r = GemmW4A16<ElementA, ElementOut>::check_arguments_for_tile(p, tile_m_for(p.m)); !r.ok()) {
       r.message.replace(0, std::string("GemmW4A16").size(), "GemmW4A16TensorOp");
       return r;
     }
@@ -54,12 +58,22 @@ class GemmW4A16TensorOp {
   static Report run(const Params& p, cudaStream_t stream = nullptr) {
     if (Report r = can_implement(p); !r.ok()) return r;
     if (p.m == 0 || p.n == 0) return Report::success();
+    switch (tile_m_for(p.m)) {
+      case 16: return launch<16>(p, stream);
+      case 32: return launch<32>(p, stream);
+      default: return launch<64>(p, stream);
+    }
+  }
+
+ private:
+  template <int kTileM>
+  static Report launch(const Params& p, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>((p.n + Kernel::kTileN - 1) / Kernel::kTileN),
-                    static_cast<unsigned>((p.m + Kernel::kTileM - 1) / Kernel::kTileM));
+                    static_cast<unsigned>((p.m + kTileM - 1) / kTileM));
     if (p.symmetric) {
-      kernel::gemm_w4a16_tensorop_kernel<ElementA, ElementOut, true><<<grid, Kernel::kThreads, 0, stream>>>(p);
+      kernel::gemm_w4a16_tensorop_kernel<ElementA, ElementOut, true, kTileM><<<grid, Kernel::kThreads, 0, stream>>>(p);
     } else {
-      kernel::gemm_w4a16_tensorop_kernel<ElementA, ElementOut, false><<<grid, Kernel::kThreads, 0, stream>>>(p);
+      kernel::gemm_w4a16_tensorop_kernel<ElementA, ElementOut, false, kTileM><<<grid, Kernel::kThreads, 0, stream>>>(p);
     }
     OQ_CUDA_TRY(cudaGetLastError());
     return Report::success();
