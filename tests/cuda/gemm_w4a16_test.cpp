@@ -26,11 +26,13 @@ struct Shape {
 // a mix-up of ld and K or N fails), outputs poisoned with NaN. Every output
 // must be finite and within bound(i, j) of the reference, where
 // magnitude(i, j) = Σ_k |a·ŵ|.
-// zero_shift moves every zero point off the integers (float zero points, as
-// HQQ stores them), which the CUDA-core kernel handles on its own path.
+// zero_shift moves the zero points (asymmetric only) off the integers (float
+// zero points, as HQQ stores them) or out of the exact range, which both
+// kernels handle on a second path; with odd_groups_only, only those of odd
+// groups, so that the two paths alternate along a row.
 template <class Bound>
 void check_against_host(const Shape& s, bool symmetric, bool bf16, std::int64_t ld_w, bool tensor_op, Bound bound,
-                        float zero_shift = 0.0f) {
+                        float zero_shift = 0.0f, bool odd_groups_only = false) {
   CAPTURE(s.m);
   CAPTURE(s.n);
   CAPTURE(s.k);
@@ -40,11 +42,14 @@ void check_against_host(const Shape& s, bool symmetric, bool bf16, std::int64_t 
   CAPTURE(ld_w);
   CAPTURE(tensor_op);
   CAPTURE(zero_shift);
+  CAPTURE(odd_groups_only);
   const RowMatrix w = oq::test::heavy_tailed<float>(s.n, s.k, static_cast<std::uint64_t>(s.n * s.k));
   const QuantSpec spec = QuantSpec::per_group(4, symmetric, s.group);
   auto params = compute_params(w, spec);
   const auto codes = quantize(w, params, spec);
-  if (!symmetric) params.zero.array() += zero_shift;
+  if (!symmetric)
+    for (Eigen::Index g = odd_groups_only ? 1 : 0; g < params.zero.cols(); g += odd_groups_only ? 2 : 1)
+      params.zero.col(g).array() += zero_shift;
   const PackedInt4 packed = pack_int4(codes, symmetric ? Int4Kind::kSigned : Int4Kind::kUnsigned);
   const RowMatrix w_hat = dequantize(codes, params, spec);
 
@@ -103,14 +108,17 @@ TEST_CASE("W4A16 equals the dequantized product to fp32 accumulation error") {
           // The loop this case exercises: wide exactly for 16-byte rows of whole 32-code groups.
           CHECK(oq::test::w4a16_wide_loop(q) == (w_pad == 16 && s.k % 32 == 0 && s.group % 32 == 0));
           check_against_host(s, symmetric, bf16, ld_w, false, bound);
-          if (!symmetric) check_against_host(s, symmetric, bf16, ld_w, false, bound, 0.37f);
+          if (!symmetric) {
+            check_against_host(s, symmetric, bf16, ld_w, false, bound, 0.37f);
+            check_against_host(s, symmetric, bf16, ld_w, false, bound, 0.37f, true);
+          }
         }
       }
     }
   }
 }
 
-TEST_CASE("W4A16 on tensor cores equals the dequantized product to 16-bit weight rounding") {
+TEST_CASE("W4A16 on tensor cores equals the dequantized product to fp32 accumulation or 16-bit weight rounding") {
   // M on each token tile (16: M ≤ 16, 32: M ≤ 32, 64) and past one 64-token
   // CTA row; ragged N; a K tail of one k16 step past the 64-code chunks;
   // groups of 16 (the warp's group changes every step); one K chunk per warp
@@ -137,6 +145,7 @@ TEST_CASE("W4A16 on tensor cores equals the dequantized product to 16-bit weight
         if (!symmetric) {
           check_against_host(s, symmetric, bf16, ld_w, true, bound, 0.37f);
           check_against_host(s, symmetric, bf16, ld_w, true, bound, 200.0f);
+          check_against_host(s, symmetric, bf16, ld_w, true, bound, 0.37f, true);  // the forms alternate
         }
       }
     }

@@ -39,16 +39,10 @@ TEST_CASE("the multistage W4A4 launcher also needs 16-byte strides and names the
   q.ld_a = 128;
   q.k = 240;  // the shared checks speak for the multistage launcher too
   CHECK(check_w4a4_arguments(q).find("GemmW4A4Multistage: k must be a multiple of 32") != std::string::npos);
-  // The widened path's int32 sums of scaled codes: s4 × s4 up to K = 131,071.
+  // kAuto leaves the widened path's bound on K to can_implement (only sm_90 widens).
   q.a_signed = q.w_signed = true;
-  q.k = 131040;
-  q.ld_a = q.ld_w = 65520;
-  CHECK(check_w4a4_arguments(q).empty());
   q.k = 131072;
   q.ld_a = q.ld_w = 65536;
-  CHECK(check_w4a4_arguments(q).find("GemmW4A4Multistage: k must be <= 131071 for these signednesses") !=
-        std::string::npos);
-  q.a_signed = false;  // u4 × s4: 1,920 per product
   CHECK(check_w4a4_arguments(q).empty());
 }
 
@@ -62,6 +56,17 @@ TEST_CASE("the wgmma W4A4 launcher checks as the multistage one and names itself
   q.ld_w = 128;
   q.k = 240;
   CHECK(check_w4a4_arguments(q).find("GemmW4A4Wgmma: k must be a multiple of 32") != std::string::npos);
+  // The widened path's int32 sums of scaled codes: s4 × s4 up to K = 131,071.
+  q.a_signed = q.w_signed = true;
+  q.k = 131040;
+  q.ld_a = q.ld_w = 65520;
+  CHECK(check_w4a4_arguments(q).empty());
+  q.k = 131072;
+  q.ld_a = q.ld_w = 65536;
+  CHECK(check_w4a4_arguments(q).find("GemmW4A4Wgmma: k must be <= 131071 for these signednesses") !=
+        std::string::npos);
+  q.a_signed = false;  // u4 × s4: 1,920 per product
+  CHECK(check_w4a4_arguments(q).empty());
 }
 
 TEST_CASE("the widened path's dot products of packed words equal the codes' dot products") {

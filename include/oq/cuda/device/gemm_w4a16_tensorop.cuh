@@ -1,7 +1,9 @@
 // oq/cuda/device/gemm_w4a16_tensorop.cuh: host launcher of the tensor-core
 // W4A16 GEMM (kernel/gemm_w4a16_tensorop.cuh). Same Params and result as
-// device::GemmW4A16, except that ŵ is rounded once to the activations'
-// 16-bit type before the product (tensor cores take 16-bit operands).
+// device::GemmW4A16, to fp32 accumulation error where the zero points are
+// integers of moderate size (q − z exact in 16 bits, the scale applied per
+// group); otherwise ŵ is rounded once to the activations' 16-bit type before
+// the product (tensor cores take 16-bit operands).
 //
 //   using Gemm = oq::cuda::device::GemmW4A16TensorOp<__nv_bfloat16, __nv_bfloat16>;
 //   Gemm::Params p;                  // filled exactly as for GemmW4A16
@@ -26,7 +28,7 @@ class GemmW4A16TensorOp {
  public:
   template <bool kSymmetric, int kTileM = 64>
   using KernelFor = kernel::GemmW4A16TensorOp<ElementA, ElementOut, kSymmetric, kTileM>;
-  using Kernel = KernelFor<false>;
+  using Kernel = KernelFor<false>;  // for kTileN, kThreads and Params; the token tile is tile_m_for(M)
   using Params = typename Kernel::Params;
 
   /// The token tile run() takes for M tokens: the smallest of 16, 32, 64

@@ -8,8 +8,8 @@
 //
 // Requirements (can_implement explains a failure): those of GemmW4A4, plus
 // a and w 16-byte aligned with ld_a and ld_w multiples of 16 bytes (cp.async
-// moves 16 bytes), K ≤ kernel::max_widened_k (131,071 for s4 × s4) unless the
-// instantiation is kNativeS4, and kSmemBytes of shared memory per CTA (61,440 with the
+// moves 16 bytes), K ≤ kernel::max_widened_k (131,071 for s4 × s4) where the
+// codes are widened (kWidenToS8, or kAuto on sm_90), and kSmemBytes of shared memory per CTA (61,440 with the
 // default 3 stages; opt-in above 48 KB, which sm_80 and newer allow).
 #pragma once
 
@@ -71,18 +71,34 @@ class GemmW4A4Multistage {
     if (p.m > 0 && p.n > 0 &&
         (reinterpret_cast<std::uintptr_t>(p.a) % 16 != 0 || reinterpret_cast<std::uintptr_t>(p.w) % 16 != 0))
       return bad(Status::kMisaligned, "a and w must be 16-byte aligned");
-    // The widened path (sm_90) sums scaled codes (kernel::max_widened_k).
-    if (kMma != kernel::W4A4Mma::kNativeS4 && p.k > kernel::max_widened_k(p.a_signed, p.w_signed))
-      return bad(Status::kInvalidShape, "k must be <= " + std::to_string(kernel::max_widened_k(p.a_signed, p.w_signed)) +
-                                            " for these signednesses (int32 sums of widened codes), got " +
-                                            std::to_string(p.k));
+    if (kMma == kernel::W4A4Mma::kWidenToS8)
+      if (Report r = check_widened_k(p, "GemmW4A4Multistage"); !r.ok()) return r;
     return Report::success();
   }
 
-  /// Arguments, then the current device: compute capability 8.0+, shared memory.
+  /// The widened path's bound on K (kernel::max_widened_k: int32 sums of
+  /// codes scaled by 16 per signed operand), named for `who`.
+  static Report check_widened_k(const Params& p, const std::string& who) {
+    const std::int64_t limit = kernel::max_widened_k(p.a_signed, p.w_signed);
+    if (p.k > limit)
+      return Report::failure(Status::kInvalidShape, who + ": k must be <= " + std::to_string(limit) +
+                                                        " for these signednesses on the widened (sm_90) path, got " +
+                                                        std::to_string(p.k));
+    return Report::success();
+  }
+
+  /// Arguments, then the current device: compute capability 8.0+, shared
+  /// memory, and with kAuto on sm_90 (widened) the bound on K.
   static Report can_implement(const Params& p) {
     if (Report r = check_arguments(p); !r.ok()) return r;
     if (Report r = require_compute_capability(8, "GemmW4A4Multistage"); !r.ok()) return r;
+    if constexpr (kMma == kernel::W4A4Mma::kAuto) {
+      int device = 0, major = 0;
+      OQ_CUDA_TRY(cudaGetDevice(&device));
+      OQ_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+      if (major >= 9)
+        if (Report r = check_widened_k(p, "GemmW4A4Multistage"); !r.ok()) return r;
+    }
     return require_shared_memory(kSmemBytes, "GemmW4A4Multistage", "its pipeline stages");
   }
 

@@ -7,7 +7,8 @@
 //   if (auto r = Gemm::run(p, stream); !r.ok()) throw std::runtime_error(r.message);
 //
 // Requirements (can_implement explains a failure): those of
-// GemmW4A4Multistage (16-byte aligned operands and strides), a device of
+// GemmW4A4Multistage (16-byte aligned operands and strides, K ≤
+// kernel::max_widened_k: the codes are always widened), a device of
 // compute capability exactly 9.0 (wgmma is an sm_90a feature, not forward
 // compatible), and a binary built for sm_90a (CMake: CUDA_ARCHITECTURES 90a;
 // oq's default). A binary without sm_90a code traps in the kernel instead of
@@ -33,9 +34,13 @@ class GemmW4A4Wgmma {
 
   /// The argument checks alone: no CUDA call, usable without a GPU.
   static Report check_arguments(const Params& p) {
-    Report r = GemmW4A4Multistage<ElementOut, kernel::W4A4Mma::kAuto, kStages>::check_arguments(p);
-    if (!r.ok()) r.message.replace(0, std::string("GemmW4A4Multistage").size(), "GemmW4A4Wgmma");
-    return r;
+    using Multistage = GemmW4A4Multistage<ElementOut, kernel::W4A4Mma::kAuto, kStages>;
+    Report r = Multistage::check_arguments(p);
+    if (!r.ok()) {
+      r.message.replace(0, std::string("GemmW4A4Multistage").size(), "GemmW4A4Wgmma");
+      return r;
+    }
+    return Multistage::check_widened_k(p, "GemmW4A4Wgmma");  // always widened
   }
 
   /// Arguments, then the current device: compute capability 9.0, shared memory.

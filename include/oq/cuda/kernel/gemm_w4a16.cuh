@@ -108,7 +108,7 @@ struct GemmW4A16 {
   __device__ __forceinline__ static void word_step(const Params& p, std::int64_t m0, std::int64_t k0,
                                                    std::uint32_t packed, const ZeroPoint& z, float (&part)[kTileM]) {
     float w[8];
-    if (z.fused) {  // warp-uniform: one output channel per warp
+    if (z.fused) {  // per lane (its chunk's group); uniform where a row's zero points are all integers
       OQ_UNROLL
       for (int j = 0; j < 8; ++j) w[j] = biased(packed, j) - z.offset;
     } else {
