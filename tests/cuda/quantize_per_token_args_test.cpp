@@ -66,6 +66,35 @@ TEST_CASE("each bad argument is named") {
             .find("rotation and hadamard_block are alternatives") != std::string::npos);
 }
 
+TEST_CASE("the register path is taken exactly where its conditions hold") {
+  using oq::test::DeviceInput;
+  using oq::test::per_token_register_path;
+  PerTokenArgs a = valid();  // 4 × 256, INT4, ld_codes 128
+  CHECK(per_token_register_path(a, DeviceInput::kBf16));
+  CHECK(per_token_register_path(a, DeviceInput::kHalf));
+  CHECK_FALSE(per_token_register_path(a, DeviceInput::kFloat));  // 16-bit input only
+  PerTokenArgs rotated = a;
+  rotated.with_rotation = true;
+  rotated.block_size = 128;
+  CHECK_FALSE(per_token_register_path(rotated, DeviceInput::kBf16));
+  PerTokenArgs hadamard = a;
+  hadamard.hadamard_block = 128;
+  CHECK_FALSE(per_token_register_path(hadamard, DeviceInput::kBf16));
+  PerTokenArgs narrow = a;
+  narrow.ld_x = 260;  // rows not 16-byte aligned
+  CHECK_FALSE(per_token_register_path(narrow, DeviceInput::kBf16));
+  PerTokenArgs odd_codes = a;
+  odd_codes.ld_codes = 130;  // code rows not 4-byte aligned
+  CHECK_FALSE(per_token_register_path(odd_codes, DeviceInput::kBf16));
+  PerTokenArgs largest = a;
+  largest.cols = largest.ld_x = 16384;
+  largest.ld_codes = 8192;
+  CHECK(per_token_register_path(largest, DeviceInput::kBf16));
+  largest.cols = largest.ld_x = 16392;
+  largest.ld_codes = 8196;
+  CHECK_FALSE(per_token_register_path(largest, DeviceInput::kBf16));
+}
+
 // ---- device::QuantizePerTokenTensorOp (kernel/quantize_per_token_tensorop.cuh) ----
 
 namespace {

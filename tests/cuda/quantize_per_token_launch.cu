@@ -96,6 +96,24 @@ std::pair<bool, bool> wide_paths(const PerTokenArgs& args) {
 }
 }  // namespace
 
+namespace {
+template <class Element>
+bool register_path_for(const PerTokenArgs& args) {
+  auto p = params_of<Element>(args);
+  static float dummy[1];
+  p.rotation = args.with_rotation ? dummy : nullptr;
+  return oq::cuda::device::QuantizePerToken<Element>::Kernel::register_path(p);
+}
+}  // namespace
+
+bool per_token_register_path(const PerTokenArgs& args, DeviceInput input) {
+  switch (input) {
+    case DeviceInput::kHalf: return register_path_for<__half>(args);
+    case DeviceInput::kBf16: return register_path_for<__nv_bfloat16>(args);
+    default: return register_path_for<float>(args);
+  }
+}
+
 std::pair<bool, bool> per_token_wide_paths(const PerTokenArgs& args, DeviceInput input) {
   switch (input) {
     case DeviceInput::kHalf: return wide_paths<__half>(args);

@@ -47,6 +47,10 @@ struct PerTokenResult {
 /// as 32-bit words (second) on these arguments with aligned buffers. No GPU.
 std::pair<bool, bool> per_token_wide_paths(const PerTokenArgs& args, DeviceInput input);
 
+/// Whether the kernel keeps each row in registers (Kernel::register_path)
+/// on these arguments with aligned buffers. No GPU.
+bool per_token_register_path(const PerTokenArgs& args, DeviceInput input);
+
 /// Runs the kernel on x (rows × cols, row-major, ld_x = cols), outputs poisoned
 /// with 0xAB first so that unwritten bytes show. Throws std::runtime_error on
 /// any failure, with the launcher's message.

@@ -87,6 +87,40 @@ TEST_CASE("without rotation the kernel equals oq::quant bit for bit") {
   }
 }
 
+TEST_CASE("16-bit rows held in registers quantize as the host does, bit for bit") {
+  // The register path (no rotation, 16-byte loads, K ≤ 16,384 at 256
+  // threads): one chunk per thread, the K = 4096 and 11008 (a ragged
+  // last round of chunks), its largest K, and one past it (the staged path).
+  for (Eigen::Index cols : {8, 4096, 11008, 16384, 16392}) {
+    for (DeviceInput input : {DeviceInput::kHalf, DeviceInput::kBf16}) {
+      for (int bits : {4, 8}) {
+        for (bool symmetric : {false, true}) {
+          CAPTURE(cols);
+          CAPTURE(static_cast<int>(input));
+          CAPTURE(bits);
+          CAPTURE(symmetric);
+          const Eigen::Index rows = 7;
+          const RowMatrix x = adversarial_rows(rows, cols, static_cast<std::uint64_t>(cols + bits));
+          const std::vector<float> flat(x.data(), x.data() + x.size());
+          const PerTokenArgs a = args_for(rows, cols, bits, symmetric, 0.9f);
+          CHECK(oq::test::per_token_register_path(a, input) == (cols <= 16384));
+          const auto got = oq::test::quantize_per_token_on_device(flat, a, input, {});
+          const RowMatrix rounded = Eigen::Map<const RowMatrix>(got.x_as_input.data(), rows, cols);
+          QuantParams<float> params;
+          const QuantSpec spec = QuantSpec::per_token(bits, symmetric, 0.9);
+          CHECK(got.codes == host_bytes(rounded, spec, params));
+          const auto codes = quantize(rounded, params, spec);
+          for (Eigen::Index r = 0; r < rows; ++r) {
+            CHECK(got.scales[static_cast<std::size_t>(r)] == params.scale(r, 0));
+            CHECK(got.zeros[static_cast<std::size_t>(r)] == params.zero(r, 0));
+            CHECK(got.sums[static_cast<std::size_t>(r)] == codes.row(r).sum());
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("half and bfloat16 inputs quantize as their float values") {
   for (Eigen::Index cols : {512, 130}) {  // 16-byte loads of 8 elements, and element by element
     const RowMatrix x = adversarial_rows(17, cols, 5);

@@ -34,8 +34,11 @@
 // The row lives in shared memory, so K·4 bytes plus the rotation must fit.
 // Where the layout allows (see wide_input/wide_output), the row is read with
 // 16-byte loads and the codes written as 32-bit words; the per-element
-// arithmetic, and so every code, is the same on both paths. Issue 6 measures
-// it against the copy bandwidth.
+// arithmetic, and so every code, is the same on both paths. Without a
+// rotation, 16-bit rows up to 16,384 elements skip shared memory altogether
+// (register_path: each thread's 16-byte chunks stay in registers, all loads
+// in flight at once, one barrier for the min/max). Issue 6 measures it
+// against the copy bandwidth.
 #pragma once
 
 #include <oq/core/int4.hpp>
@@ -125,7 +128,13 @@ struct QuantizePerToken {
     float scale;
     float zero;
     float rotated[kThreads];  // one b-wide output block per b threads
+    float warp_lo[kThreads / 32];  // the register path's reductions
+    float warp_hi[kThreads / 32];
+    int warp_sum[kThreads / 32];
   };
+
+  /// The register path holds at most this many 16-byte chunks per thread.
+  static constexpr int kMaxRegisterChunks = 8;
 
   static constexpr int kVec = 16 / sizeof(Element);  // elements per 16-byte load
 
@@ -138,15 +147,109 @@ struct QuantizePerToken {
     return p.cols % (32 / p.bits) == 0 && p.ld_codes % 4 == 0 && reinterpret_cast<std::uintptr_t>(p.codes) % 4 == 0;
   }
 
-  /// Dynamic shared memory: the row, then the rotation (if any).
+  /// Whether the row stays in registers (no rotation, 16-bit input on the
+  /// wide paths, K ≤ kMaxRegisterChunks · 8 · kThreads: 16,384 at 256
+  /// threads): every thread keeps its 16-byte chunks, the min/max meet in
+  /// one barrier, and the codes are written from the registers — no trip
+  /// through shared memory. Codes, scales and sums are those of the staged
+  /// path, bit for bit (the same min/max, the same per-element arithmetic).
+  __host__ __device__ static bool register_path(const Params& p) {
+    return sizeof(Element) == 2 && p.rotation == nullptr && p.hadamard_block == 0 && wide_input(p) &&
+           wide_output(p) && p.cols <= std::int64_t{kMaxRegisterChunks} * kVec * kThreads;
+  }
+
+  /// Dynamic shared memory: the row, then the rotation (if any); none on the
+  /// register path.
   static std::size_t dynamic_smem_bytes(const Params& p) {
+    if (register_path(p)) return 0;
     return sizeof(float) * (static_cast<std::size_t>(p.cols) +
                             (p.rotation ? static_cast<std::size_t>(p.block_size) * p.block_size : 0));
+  }
+
+  // The register path (see register_path) for row m: chunk c of thread t is
+  // elements 8·(t + c·kThreads) … + 7, one 32-bit word of INT4 codes or two of
+  // INT8 codes.
+  __device__ void register_row(const Params& p, SharedStorage& shared, std::int64_t m) const {
+    const int t = threadIdx.x, lane = t % 32, warp = t / 32;
+    const std::int64_t chunks = p.cols / kVec;
+    const auto* src = reinterpret_cast<const uint4*>(p.x + m * p.ld_x);
+    uint4 raw[kMaxRegisterChunks];
+    float lo = INFINITY, hi = -INFINITY;
+    OQ_UNROLL
+    for (int c = 0; c < kMaxRegisterChunks; ++c) {
+      const std::int64_t idx = t + std::int64_t{c} * kThreads;
+      if (idx < chunks) {
+        raw[c] = src[idx];
+        Element e[kVec];
+        memcpy(e, &raw[c], sizeof raw[c]);
+        OQ_UNROLL
+        for (int j = 0; j < kVec; ++j) {
+          lo = fminf(lo, cuda::to_float(e[j]));
+          hi = fmaxf(hi, cuda::to_float(e[j]));
+        }
+      }
+    }
+    OQ_UNROLL
+    for (int offset = 16; offset > 0; offset /= 2) {
+      lo = fminf(lo, __shfl_xor_sync(0xFFFFFFFFu, lo, offset));
+      hi = fmaxf(hi, __shfl_xor_sync(0xFFFFFFFFu, hi, offset));
+    }
+    if (lane == 0) {
+      shared.warp_lo[warp] = lo;
+      shared.warp_hi[warp] = hi;
+    }
+    __syncthreads();
+    // Every thread finishes the reduction and derives the same parameters.
+    OQ_UNROLL
+    for (int w = 0; w < kThreads / 32; ++w) {
+      lo = fminf(lo, shared.warp_lo[w]);
+      hi = fmaxf(hi, shared.warp_hi[w]);
+    }
+    const core::AffineParams<float> params =
+        p.symmetric ? core::symmetric_params(fmaxf(fabsf(lo), fabsf(hi)), p.clip_ratio, p.bits)
+                    : core::asymmetric_params(lo, hi, p.clip_ratio, p.bits);
+    const core::CodeRange range = core::code_range(p.bits, p.symmetric);
+
+    int sum = 0;
+    std::uint8_t* out = p.codes + m * p.ld_codes;
+    OQ_UNROLL
+    for (int c = 0; c < kMaxRegisterChunks; ++c) {
+      const std::int64_t idx = t + std::int64_t{c} * kThreads;
+      if (idx < chunks) {
+        Element e[kVec];
+        memcpy(e, &raw[c], sizeof raw[c]);
+        alignas(16) float v[kVec];
+        OQ_UNROLL
+        for (int j = 0; j < kVec; ++j) v[j] = cuda::to_float(e[j]);
+        if (p.bits == 4) {
+          reinterpret_cast<std::uint32_t*>(out)[idx] = quantize_word(v, params, range, 4, sum);
+        } else {
+          // Two 32-bit stores: wide_output promises 4-byte alignment only.
+          reinterpret_cast<std::uint32_t*>(out)[2 * idx] = quantize_word(v, params, range, 8, sum);
+          reinterpret_cast<std::uint32_t*>(out)[2 * idx + 1] = quantize_word(v + 4, params, range, 8, sum);
+        }
+      }
+    }
+    OQ_UNROLL
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, offset);
+    if (lane == 0) shared.warp_sum[warp] = sum;
+    __syncthreads();
+    if (t == 0) {
+      int total = 0;
+      for (int w = 0; w < kThreads / 32; ++w) total += shared.warp_sum[w];
+      p.scales[m] = params.scale;
+      p.zeros[m] = params.zero;
+      if (p.code_sums != nullptr) p.code_sums[m] = total;
+    }
   }
 
   __device__ void operator()(const Params& p, SharedStorage& shared, float* dynamic) const {
     const std::int64_t m = blockIdx.x;
     if (m >= p.rows) return;
+    if (register_path(p)) {
+      register_row(p, shared, m);
+      return;
+    }
     const int t = threadIdx.x;
     float* row = dynamic;
     const Element* x = p.x + m * p.ld_x;
