@@ -89,9 +89,11 @@ TEST_CASE("without rotation the kernel equals oq::quant bit for bit") {
 
 TEST_CASE("16-bit rows held in registers quantize as the host does, bit for bit") {
   // The register path (no rotation, 16-byte loads, K ≤ 16,384 at 256
-  // threads): one chunk per thread, the K = 4096 and 11008 (a ragged
-  // last round of chunks), its largest K, and one past it (the staged path).
-  for (Eigen::Index cols : {8, 4096, 11008, 16384, 16392}) {
+  // threads), on each of its kernels — at most 1, 2, 4 or 8 chunks per
+  // thread: K = 8 (a single chunk: one thread busy), 4096, 8192, the issue's
+  // 11008 (a ragged last round of chunks) and 16,384 — and one past it (the
+  // staged path). Rows padded by 8 elements (16 bytes: still aligned).
+  for (Eigen::Index cols : {8, 4096, 8192, 11008, 16384, 16392}) {
     for (DeviceInput input : {DeviceInput::kHalf, DeviceInput::kBf16}) {
       for (int bits : {4, 8}) {
         for (bool symmetric : {false, true}) {
@@ -99,13 +101,19 @@ TEST_CASE("16-bit rows held in registers quantize as the host does, bit for bit"
           CAPTURE(static_cast<int>(input));
           CAPTURE(bits);
           CAPTURE(symmetric);
-          const Eigen::Index rows = 7;
+          const Eigen::Index rows = 7, ld_x = cols + 8;
           const RowMatrix x = adversarial_rows(rows, cols, static_cast<std::uint64_t>(cols + bits));
-          const std::vector<float> flat(x.data(), x.data() + x.size());
-          const PerTokenArgs a = args_for(rows, cols, bits, symmetric, 0.9f);
+          std::vector<float> flat(static_cast<std::size_t>(rows * ld_x), 0.0f);
+          for (Eigen::Index r = 0; r < rows; ++r)
+            for (Eigen::Index k = 0; k < cols; ++k) flat[static_cast<std::size_t>(r * ld_x + k)] = x(r, k);
+          PerTokenArgs a = args_for(rows, cols, bits, symmetric, 0.9f);
+          a.ld_x = ld_x;
           CHECK(oq::test::per_token_register_path(a, input) == (cols <= 16384));
           const auto got = oq::test::quantize_per_token_on_device(flat, a, input, {});
-          const RowMatrix rounded = Eigen::Map<const RowMatrix>(got.x_as_input.data(), rows, cols);
+          RowMatrix rounded(rows, cols);
+          for (Eigen::Index r = 0; r < rows; ++r)
+            for (Eigen::Index k = 0; k < cols; ++k)
+              rounded(r, k) = got.x_as_input[static_cast<std::size_t>(r * ld_x + k)];
           QuantParams<float> params;
           const QuantSpec spec = QuantSpec::per_token(bits, symmetric, 0.9);
           CHECK(got.codes == host_bytes(rounded, spec, params));
@@ -122,7 +130,8 @@ TEST_CASE("16-bit rows held in registers quantize as the host does, bit for bit"
 }
 
 TEST_CASE("half and bfloat16 inputs quantize as their float values") {
-  for (Eigen::Index cols : {512, 130}) {  // 16-byte loads of 8 elements, and element by element
+  // Rows in registers (512), and staged element by element (130).
+  for (Eigen::Index cols : {512, 130}) {
     const RowMatrix x = adversarial_rows(17, cols, 5);
     const std::vector<float> flat(x.data(), x.data() + x.size());
     for (DeviceInput input : {DeviceInput::kHalf, DeviceInput::kBf16}) {

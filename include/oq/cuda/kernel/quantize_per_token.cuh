@@ -114,6 +114,7 @@ __device__ __forceinline__ std::uint32_t quantize_word(const float* values, core
 
 template <class Element, int kThreads = 256>
 struct QuantizePerToken {
+  static_assert(kThreads % 32 == 0, "whole warps: the reductions shuffle across all 32 lanes");
   using Params = QuantizePerTokenParams<Element>;
   using MinMaxReduce = cub::BlockReduce<float, kThreads>;
   using SumReduce = cub::BlockReduce<int, kThreads>;
@@ -158,25 +159,33 @@ struct QuantizePerToken {
            wide_output(p) && p.cols <= std::int64_t{kMaxRegisterChunks} * kVec * kThreads;
   }
 
-  /// Dynamic shared memory: the row, then the rotation (if any); none on the
-  /// register path.
+  /// Dynamic shared memory of the staged kernel (kRegisterChunks = 0): the
+  /// row, then the rotation (if any). The register-path kernels need none.
   static std::size_t dynamic_smem_bytes(const Params& p) {
-    if (register_path(p)) return 0;
     return sizeof(float) * (static_cast<std::size_t>(p.cols) +
                             (p.rotation ? static_cast<std::size_t>(p.block_size) * p.block_size : 0));
   }
 
-  // The register path (see register_path) for row m: chunk c of thread t is
-  // elements 8·(t + c·kThreads) … + 7, one 32-bit word of INT4 codes or two of
-  // INT8 codes.
+  /// Chunks per thread the register path needs for this row length: 1, 2, 4
+  /// or kMaxRegisterChunks — the launcher's choice among kernels (fewer
+  /// chunks, fewer registers, more CTAs per SM).
+  __host__ __device__ static int register_chunks(const Params& p) {
+    const std::int64_t per_thread = (p.cols / kVec + kThreads - 1) / kThreads;
+    return per_thread <= 1 ? 1 : per_thread <= 2 ? 2 : per_thread <= 4 ? 4 : kMaxRegisterChunks;
+  }
+
+  // The register path (see register_path) for row m, at most kChunks chunks
+  // per thread: chunk c of thread t is elements 8·(t + c·kThreads) … + 7, one
+  // 32-bit word of INT4 codes or two of INT8 codes.
+  template <int kChunks>
   __device__ void register_row(const Params& p, SharedStorage& shared, std::int64_t m) const {
     const int t = threadIdx.x, lane = t % 32, warp = t / 32;
     const std::int64_t chunks = p.cols / kVec;
     const auto* src = reinterpret_cast<const uint4*>(p.x + m * p.ld_x);
-    uint4 raw[kMaxRegisterChunks];
+    uint4 raw[kChunks];
     float lo = INFINITY, hi = -INFINITY;
     OQ_UNROLL
-    for (int c = 0; c < kMaxRegisterChunks; ++c) {
+    for (int c = 0; c < kChunks; ++c) {
       const std::int64_t idx = t + std::int64_t{c} * kThreads;
       if (idx < chunks) {
         raw[c] = src[idx];
@@ -213,7 +222,7 @@ struct QuantizePerToken {
     int sum = 0;
     std::uint8_t* out = p.codes + m * p.ld_codes;
     OQ_UNROLL
-    for (int c = 0; c < kMaxRegisterChunks; ++c) {
+    for (int c = 0; c < kChunks; ++c) {
       const std::int64_t idx = t + std::int64_t{c} * kThreads;
       if (idx < chunks) {
         Element e[kVec];
@@ -243,11 +252,14 @@ struct QuantizePerToken {
     }
   }
 
+  /// kRegisterChunks > 0: the register path with that many chunks per thread
+  /// (the launcher checked register_path and register_chunks); 0: staged.
+  template <int kRegisterChunks = 0>
   __device__ void operator()(const Params& p, SharedStorage& shared, float* dynamic) const {
     const std::int64_t m = blockIdx.x;
     if (m >= p.rows) return;
-    if (register_path(p)) {
-      register_row(p, shared, m);
+    if constexpr (kRegisterChunks > 0) {
+      register_row<kRegisterChunks>(p, shared, m);
       return;
     }
     const int t = threadIdx.x;
@@ -371,12 +383,12 @@ struct QuantizePerToken {
   }
 };
 
-template <class Element, int kThreads>
+template <class Element, int kThreads, int kRegisterChunks = 0>
 __global__ void __launch_bounds__(kThreads) quantize_per_token_kernel(const QuantizePerTokenParams<Element> params) {
   using Kernel = QuantizePerToken<Element, kThreads>;
   __shared__ typename Kernel::SharedStorage shared;
   extern __shared__ __align__(16) float dynamic[];  // 16: float4 accesses to the row
-  Kernel{}(params, shared, dynamic);
+  Kernel{}.template operator()<kRegisterChunks>(params, shared, dynamic);
 }
 
 }  // namespace oq::cuda::kernel
