@@ -258,15 +258,46 @@ PerTokenResult run_tensorop(const std::vector<float>& x, const PerTokenArgs& arg
   using Passes = typename Quantize::Passes;
   return run_with<Element>(x, args, rotation, [passes](const auto& p) {
     if (passes == 0) return Quantize::run(p);
-    return Quantize::run(p, nullptr, passes == 1 ? Passes::kResidentY : Passes::kRecompute);
+    return Quantize::run(p, nullptr,
+                         passes == 1 ? Passes::kResidentY : passes == 2 ? Passes::kRecompute : Passes::kResidentYPair);
   });
 }
+
+template <class Element, int kBlock, int kTerms, int kGroups>
+int chosen_passes(const PerTokenArgs& args) {
+  using Quantize = oq::cuda::device::QuantizePerTokenTensorOp<Element, kBlock, kTerms, kGroups>;
+  using Passes = typename Quantize::Passes;
+  auto p = params_of<Element>(args);
+  alignas(16) static Element x[8];
+  alignas(16) static std::uint8_t codes[16];
+  static float dummy[1];
+  p.x = x;
+  p.codes = codes;
+  p.scales = p.zeros = dummy;
+  p.rotation = dummy;
+  const Passes passes = Quantize::choose_passes(p);
+  return passes == Passes::kResidentY ? 1 : passes == Passes::kRecompute ? 2 : 3;
+}
 }  // namespace
+
+bool device_has_clusters() {
+  int device = 0, major = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) return false;
+  return major >= 9;
+}
+
+int tensorop_chosen_passes(const PerTokenArgs& args, TensorOpConfig config) {
+  if (is(config, 128, 2, 1)) return chosen_passes<__nv_bfloat16, 128, 2, 1>(args);
+  if (is(config, 128, 1, 2)) return chosen_passes<__nv_bfloat16, 128, 1, 2>(args);
+  if (is(config, 64, 2, 2)) return chosen_passes<__half, 64, 2, 2>(args);
+  throw std::invalid_argument("tensorop_chosen_passes: no such config");
+}
 
 PerTokenResult quantize_per_token_tensorop_on_device(const std::vector<float>& x, const PerTokenArgs& args,
                                                      DeviceInput input, const std::vector<float>& rotation,
                                                      TensorOpConfig config) {
-  if (config.passes < 0 || config.passes > 2) throw std::invalid_argument("TensorOpConfig::passes: 0, 1 or 2");
+  if (config.passes < 0 || config.passes > 3) throw std::invalid_argument("TensorOpConfig::passes: 0 … 3");
   if (input == DeviceInput::kBf16 && is(config, 128, 2, 1))
     return run_tensorop<__nv_bfloat16, 128, 2, 1>(x, args, rotation, config.passes);
   if (input == DeviceInput::kBf16 && is(config, 128, 1, 2))

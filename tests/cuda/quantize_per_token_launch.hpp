@@ -29,8 +29,16 @@ struct TensorOpConfig {
   int block = 128;
   int terms = 2;
   int groups = 1;
-  int passes = 0;  ///< 0: run()'s choice; 1: kResidentY; 2: kRecompute
+  int passes = 0;  ///< 0: run()'s choice; 1: kResidentY; 2: kRecompute; 3: kResidentYPair
 };
+
+/// Whether the current device has thread-block clusters (compute capability
+/// 9.0 or newer), which kResidentYPair needs.
+bool device_has_clusters();
+
+/// The passes (1, 2, 3 as TensorOpConfig::passes) QuantizePerTokenTensorOp's
+/// run() would take on the current device for these arguments.
+int tensorop_chosen_passes(const PerTokenArgs& args, TensorOpConfig config);
 
 /// QuantizePerToken<float>::check_arguments on these arguments: "" when fine,
 /// else the message. Needs no GPU.

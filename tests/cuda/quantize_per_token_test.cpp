@@ -284,8 +284,8 @@ TEST_CASE("on tensor cores the kernel quantizes X·R as the CUDA-core path does"
   // kRecompute issues ahead (so that slots are refilled and copies issued
   // inside the loop). fp16, b = 64, two warp groups: an odd number of blocks
   // (the last stage half empty), padded rows, symmetric 8-bit codes. Each
-  // with both passes; then K = 8192, whose fp32 Y exceeds shared memory,
-  // with run()'s choice.
+  // with both passes; then K = 8192, whose fp32 Y exceeds one CTA's shared
+  // memory, with run()'s choice (kResidentYPair on sm_90, else kRecompute).
   for (const Case& c : {Case{33, 512, 512, 4, false, DeviceInput::kBf16, {128, 2, 1, 1}},
                         Case{33, 512, 512, 4, false, DeviceInput::kBf16, {128, 2, 1, 2}},
                         Case{4133, 2048, 2048, 4, true, DeviceInput::kBf16, {128, 2, 1, 1}},
@@ -314,6 +314,36 @@ TEST_CASE("on tensor cores the kernel quantizes X·R as the CUDA-core path does"
         x_read[static_cast<std::size_t>(m * c.cols + k)] = got.x_as_input[static_cast<std::size_t>(m * c.ld_x + k)];
     check_rotated_codes(got, block_product(x_read, c.rows, c.cols, r.cast<double>()),
                         QuantSpec::per_token(c.bits, c.symmetric, 0.9), a.ld_codes);
+  }
+}
+
+TEST_CASE("on tensor cores with the row split over a cluster of two CTAs (sm_90)") {
+  if (!oq::test::device_has_clusters()) {
+    MESSAGE("skipped: kResidentYPair needs thread-block clusters (compute capability 9.0)");
+    return;
+  }
+  struct Case {
+    Eigen::Index rows, cols;
+    int passes;
+  };
+  // One block (rank 1 holds none), three (2 + 1), 16 over 517 tiles (CTA pairs
+  // loop over tiles, the ring refills); and K = 11008, whose fp32 Y fits only
+  // split, with run()'s choice — which must be the pair here.
+  for (const Case& c : {Case{17, 128, 3}, Case{33, 384, 3}, Case{4133, 2048, 3}, Case{9, 11008, 0}}) {
+    CAPTURE(c.rows);
+    CAPTURE(c.cols);
+    const Eigen::Index b = 128;
+    const RowMatrix x = adversarial_rows(c.rows, c.cols, static_cast<std::uint64_t>(c.rows * 3 + c.cols));
+    const Eigen::MatrixXd q = Eigen::HouseholderQR<Eigen::MatrixXd>(oq::test::gaussian<double>(b, b, 8)).householderQ();
+    const RowMatrix r = q.cast<float>();
+    PerTokenArgs a = args_for(c.rows, c.cols, 4, false, 0.9f);
+    a.block_size = static_cast<int>(b);
+    if (c.passes == 0) CHECK(oq::test::tensorop_chosen_passes(a, {128, 2, 1}) == 3);
+    const std::vector<float> flat(x.data(), x.data() + x.size());
+    const std::vector<float> rot(r.data(), r.data() + r.size());
+    const auto got = oq::test::quantize_per_token_tensorop_on_device(flat, a, DeviceInput::kBf16, rot, {128, 2, 1, c.passes});
+    check_rotated_codes(got, block_product(got.x_as_input, c.rows, c.cols, r.cast<double>()),
+                        QuantSpec::per_token(4, false, 0.9), a.ld_codes);
   }
 }
 

@@ -16,8 +16,11 @@
 // capability 8.0 and the shared memory of the passes:
 //   kResidentY  8 rows of Y in fp32 plus a ring of X: 32·K bytes + 10 KiB per
 //               warp group (K ≤ ~6,800 on H100/H200); one tensor pass
+//   kResidentYPair  (sm_90) kResidentY with each row split over a cluster of
+//               two CTAs that exchange the min/max and code sums through
+//               distributed shared memory: K ≤ ~13,600; one tensor pass
 //   kRecompute  8 rows of X: 16·K bytes (K ≤ ~14,000); Y computed twice
-// run(p, stream) takes kResidentY where it fits and kRecompute otherwise;
+// run(p, stream) takes the first of these that fits (choose_passes);
 // run(p, stream, passes) forces one (tests, benchmarks). The grid is
 // persistent: as many CTAs as fit on the device at once, each looping over
 // 8-token tiles.
@@ -72,56 +75,97 @@ class QuantizePerTokenTensorOp {
 
   /// Shared memory per CTA (dynamic and static) for these arguments.
   static std::size_t shared_memory_bytes(const Params& p, Passes passes) {
-    return passes == Passes::kResidentY
-               ? KernelFor<Passes::kResidentY>::dynamic_smem_bytes(p) +
-                     sizeof(typename KernelFor<Passes::kResidentY>::SharedStorage)
-               : KernelFor<Passes::kRecompute>::dynamic_smem_bytes(p) +
-                     sizeof(typename KernelFor<Passes::kRecompute>::SharedStorage);
+    switch (passes) {
+      case Passes::kResidentY: return bytes_of<Passes::kResidentY>(p);
+      case Passes::kResidentYPair: return bytes_of<Passes::kResidentYPair>(p);
+      default: return bytes_of<Passes::kRecompute>(p);
+    }
   }
 
-  /// Arguments, then the current device, for the given passes.
+  /// Arguments, then the current device, for the given passes
+  /// (kResidentYPair: compute capability 9.0 or newer, for clusters).
   static Report can_implement(const Params& p, Passes passes) {
     if (Report r = check_arguments(p); !r.ok()) return r;
-    if (Report r = require_compute_capability(8, "QuantizePerTokenTensorOp"); !r.ok()) return r;
+    const int major = passes == Passes::kResidentYPair ? 9 : 8;
+    if (Report r = require_compute_capability(major, "QuantizePerTokenTensorOp"); !r.ok()) return r;
     return require_shared_memory(shared_memory_bytes(p, passes), "QuantizePerTokenTensorOp",
-                                 passes == Passes::kResidentY ? "the 8 rows of Y = X·R (fp32) and the ring of X"
-                                                              : "the 8 rows of X");
+                                 passes == Passes::kRecompute ? "the 8 rows of X"
+                                 : passes == Passes::kResidentY
+                                     ? "the 8 rows of Y = X·R (fp32) and the ring of X"
+                                     : "half of the 8 rows of Y = X·R (fp32) and the ring of X");
   }
   /// For the passes run() picks (kRecompute needs the least memory).
   static Report can_implement(const Params& p) { return can_implement(p, Passes::kRecompute); }
 
-  /// kResidentY where its shared memory fits the device, else kRecompute.
+  /// The passes run() takes: kResidentY where its shared memory fits the
+  /// device, else kResidentYPair where that fits (sm_90), else kRecompute.
+  static Passes choose_passes(const Params& p) {
+    if (can_implement(p, Passes::kResidentY).ok()) return Passes::kResidentY;
+    if (can_implement(p, Passes::kResidentYPair).ok()) return Passes::kResidentYPair;
+    return Passes::kRecompute;
+  }
+
   static Report run(const Params& p, cudaStream_t stream = nullptr) {
     if (Report r = can_implement(p); !r.ok()) return r;
-    const bool resident = require_shared_memory(shared_memory_bytes(p, Passes::kResidentY), "", "").ok();
-    return run(p, stream, resident ? Passes::kResidentY : Passes::kRecompute);
+    return run(p, stream, choose_passes(p));
   }
 
   static Report run(const Params& p, cudaStream_t stream, Passes passes) {
     if (Report r = can_implement(p, passes); !r.ok()) return r;
     if (p.rows == 0) return Report::success();
-    return passes == Passes::kResidentY ? launch<Passes::kResidentY>(p, stream)
-                                        : launch<Passes::kRecompute>(p, stream);
+    switch (passes) {
+      case Passes::kResidentY: return launch<Passes::kResidentY>(p, stream);
+      case Passes::kResidentYPair: return launch<Passes::kResidentYPair>(p, stream);
+      default: return launch<Passes::kRecompute>(p, stream);
+    }
   }
 
  private:
+  template <Passes kPasses>
+  static std::size_t bytes_of(const Params& p) {
+    return KernelFor<kPasses>::dynamic_smem_bytes(p) + sizeof(typename KernelFor<kPasses>::SharedStorage);
+  }
+
   template <Passes kPasses>
   static Report launch(const Params& p, cudaStream_t stream) {
     using Kernel = KernelFor<kPasses>;
     const auto smem = static_cast<int>(Kernel::dynamic_smem_bytes(p));
     auto* entry = &kernel::quantize_per_token_tensorop_kernel<Element, kBlock, kTerms, kGroups, kPasses>;
     OQ_CUDA_TRY(cudaFuncSetAttribute(entry, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    int device = 0, sms = 0, per_sm = 0;
-    OQ_CUDA_TRY(cudaGetDevice(&device));
-    OQ_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    OQ_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, entry, Kernel::kThreads, smem));
-    if (per_sm < 1)
+    const std::int64_t tiles = (p.rows + Kernel::kTokens - 1) / Kernel::kTokens;
+    auto no_fit = [&] {
       return Report::failure(Status::kUnsupportedDevice,
                              "QuantizePerTokenTensorOp: no CTA fits on a multiprocessor (" + std::to_string(smem) +
                                  " bytes of shared memory, " + std::to_string(Kernel::kThreads) + " threads)");
-    const std::int64_t tiles = (p.rows + Kernel::kTokens - 1) / Kernel::kTokens;
-    const auto grid = static_cast<unsigned>(std::min<std::int64_t>(tiles, static_cast<std::int64_t>(sms) * per_sm));
-    entry<<<grid, Kernel::kThreads, smem, stream>>>(p);
+    };
+    if constexpr (Kernel::kCluster == 1) {
+      int device = 0, sms = 0, per_sm = 0;
+      OQ_CUDA_TRY(cudaGetDevice(&device));
+      OQ_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+      OQ_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, entry, Kernel::kThreads, smem));
+      if (per_sm < 1) return no_fit();
+      const auto grid = static_cast<unsigned>(std::min<std::int64_t>(tiles, static_cast<std::int64_t>(sms) * per_sm));
+      entry<<<grid, Kernel::kThreads, smem, stream>>>(p);
+    } else {
+      // Clusters of kCluster CTAs along x, one tile per cluster and step.
+      cudaLaunchAttribute attribute{};
+      attribute.id = cudaLaunchAttributeClusterDimension;
+      attribute.val.clusterDim.x = Kernel::kCluster;
+      attribute.val.clusterDim.y = 1;
+      attribute.val.clusterDim.z = 1;
+      cudaLaunchConfig_t config{};
+      config.blockDim = dim3(Kernel::kThreads);
+      config.dynamicSmemBytes = static_cast<std::size_t>(smem);
+      config.stream = stream;
+      config.attrs = &attribute;
+      config.numAttrs = 1;
+      config.gridDim = dim3(static_cast<unsigned>(Kernel::kCluster));
+      int clusters = 0;
+      OQ_CUDA_TRY(cudaOccupancyMaxActiveClusters(&clusters, entry, &config));
+      if (clusters < 1) return no_fit();
+      config.gridDim = dim3(static_cast<unsigned>(Kernel::kCluster * std::min<std::int64_t>(tiles, clusters)));
+      OQ_CUDA_TRY(cudaLaunchKernelEx(&config, entry, p));
+    }
     OQ_CUDA_TRY(cudaGetLastError());
     return Report::success();
   }

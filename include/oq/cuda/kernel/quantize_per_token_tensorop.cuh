@@ -38,7 +38,11 @@
 //     zero point per token (core/quant_math.hpp, as on the host); pass 2
 //     quantizes the Y rows with 32-bit stores while the ring already loads
 //     the next tile. One tensor pass.
-//   kRecompute — for K whose Y does not fit (344 KiB at K = 11008): all 8
+//   kResidentYPair — kResidentY for K whose Y does not fit one CTA (344 KiB
+//     at K = 11008), on sm_90: a cluster of two CTAs splits each row's
+//     blocks, and the per-token min/max and code sums meet through
+//     distributed shared memory (two cluster barriers per tile).
+//   kRecompute — for K whose Y does not fit, before sm_90: all 8
 //     rows of X stay in shared memory (8·K·2 bytes, 172 KiB at K = 11008),
 //     loaded kStages stages ahead; pass 1 keeps only the min/max of Y;
 //     pass 2 computes Y again, quantizes it, stages one block's codes in
@@ -63,6 +67,7 @@
 
 #include <oq/core/int4.hpp>
 #include <oq/core/quant_math.hpp>
+#include <oq/cuda/arch/cluster.cuh>
 #include <oq/cuda/arch/memory.cuh>
 #include <oq/cuda/arch/mma.cuh>
 #include <oq/cuda/kernel/quantize_per_token.cuh>
@@ -166,8 +171,9 @@ struct RotationOperand {
 
 /// Where the rotated rows wait for their scale (see the file comment).
 enum class RotationPasses {
-  kResidentY,  ///< X streams through a ring of stages, Y = X·R stays in shared memory as fp32: one tensor pass
-  kRecompute,  ///< X stays in shared memory, Y is computed twice (min/max, then codes): for K too large for Y
+  kResidentY,      ///< X streams through a ring of stages, Y = X·R stays in shared memory as fp32: one tensor pass
+  kRecompute,      ///< X stays in shared memory, Y is computed twice (min/max, then codes): for K too large for Y
+  kResidentYPair,  ///< kResidentY with each row split over a cluster of two CTAs (sm_90): Y of twice the K
 };
 
 template <class Element, int kBlock = 128, int kTerms = 2, int kGroups = 1,
@@ -179,7 +185,8 @@ struct QuantizePerTokenTensorOp {
   using Params = QuantizePerTokenParams<Element>;
   using Layout = RotationFragmentLayout<kBlock>;
   using Operand = RotationOperand<Element, kBlock, kTerms>;
-  static constexpr bool kResidentY = kPasses == RotationPasses::kResidentY;
+  static constexpr bool kResidentY = kPasses != RotationPasses::kRecompute;
+  static constexpr int kCluster = kPasses == RotationPasses::kResidentYPair ? 2 : 1;  // CTAs sharing a row
   static constexpr int kTokens = 8;  // the mma's N
   static constexpr int kWarpsPerGroup = kBlock / 32;
   static constexpr int kWarps = kGroups * kWarpsPerGroup;
@@ -200,6 +207,11 @@ struct QuantizePerTokenTensorOp {
     int sum[kWarps][kTokens];
     float scale[kTokens];
     float zero[kTokens];
+    // kResidentYPair: this CTA's half of the tile's per-token min, max and
+    // code sum, which the other CTA of the cluster reads.
+    float pair_lo[kTokens];
+    float pair_hi[kTokens];
+    int pair_sum[kTokens];
   };
 
   /// Bytes between two tokens' rows of X in shared memory (the whole row in
@@ -215,9 +227,16 @@ struct QuantizePerTokenTensorOp {
   __host__ __device__ static constexpr std::int64_t y_stride_floats(std::int64_t cols) { return cols + 4; }
   __host__ __device__ static constexpr std::int64_t ring_slot_bytes() { return kTokens * x_stride_bytes(kBlock); }
 
+  /// The channels of a row one CTA holds: all, or (kResidentYPair) the larger
+  /// half of the blocks — rank 0 takes blocks [0, ⌈B/2⌉), rank 1 the rest.
+  __host__ __device__ static constexpr std::int64_t cta_cols(std::int64_t cols) {
+    return (cols / kBlock + kCluster - 1) / kCluster * kBlock;
+  }
+
   static std::size_t dynamic_smem_bytes(const Params& p) {
     if constexpr (kResidentY) {
-      return static_cast<std::size_t>(kTokens * y_stride_floats(p.cols) * 4 + kStages * kGroups * ring_slot_bytes());
+      return static_cast<std::size_t>(kTokens * y_stride_floats(cta_cols(p.cols)) * 4 +
+                                      kStages * kGroups * ring_slot_bytes());
     } else {
       return static_cast<std::size_t>(kTokens * x_stride_bytes(p.cols));
     }
@@ -310,14 +329,21 @@ struct QuantizePerTokenTensorOp {
     Operand r;
     r.load(p.rotation, warp_in_group, lane);
 
-    const std::int64_t blocks = p.cols / kBlock;
+    // This CTA's blocks: all, or its half of them (kResidentYPair); `block`
+    // below counts from first_block, whose channels start at `offset`.
+    const std::int64_t all_blocks = p.cols / kBlock;
+    const unsigned rank = kCluster == 2 ? arch::cluster_rank() : 0u;
+    const std::int64_t first_block = rank == 0 ? 0 : (all_blocks + 1) / 2;
+    const std::int64_t blocks = kCluster == 1 ? all_blocks : rank == 0 ? (all_blocks + 1) / 2 : all_blocks / 2;
+    const std::int64_t offset = first_block * kBlock;
     const std::int64_t stages = (blocks + kGroups - 1) / kGroups;
     const std::int64_t tiles = (p.rows + kTokens - 1) / kTokens;
     const core::CodeRange range = core::code_range(p.bits, p.symmetric);
     // kRecompute: the X rows. kResidentY: the Y rows, then the ring of X slots.
     const std::int64_t x_stride = kResidentY ? x_stride_bytes(kBlock) : x_stride_bytes(p.cols);
+    const std::int64_t y_stride = y_stride_floats(cta_cols(p.cols));
     float* y_rows = reinterpret_cast<float*>(dynamic);
-    unsigned char* x_base = kResidentY ? dynamic + kTokens * y_stride_floats(p.cols) * 4 : dynamic;
+    unsigned char* x_base = kResidentY ? dynamic + kTokens * y_stride * 4 : dynamic;
     // Where block `block` of stage `stage` (group γ = block mod G) lives: in
     // kRecompute at its place in the rows, in kResidentY in ring slot
     // (stage mod kStages, γ).
@@ -337,17 +363,19 @@ struct QuantizePerTokenTensorOp {
       if (stage < stages && block < blocks) {
         const int token = tau / (kBlock / 8), chunk = tau % (kBlock / 8);
         const bool valid = first + token < p.rows;
-        const Element* src = p.x + (valid ? (first + token) * p.ld_x : 0) + block * kBlock + 8 * chunk;
+        const Element* src = p.x + (valid ? (first + token) * p.ld_x : 0) + offset + block * kBlock + 8 * chunk;
         arch::cp_async_16(x_block(stage, block) + token * x_stride + 16 * chunk, src, valid);
       }
       arch::cp_async_commit();
     };
     constexpr int kAhead = kResidentY ? kStages - 1 : kStages;  // stages issued before the first is used
 
-    if (blockIdx.x < tiles) {
-      for (int s = 0; s < kAhead; ++s) issue(blockIdx.x * kTokens, s);
+    // A cluster's CTAs take the same tiles: tile index blockIdx.x / kCluster.
+    const std::int64_t first_tile = blockIdx.x / kCluster, tile_stride = gridDim.x / kCluster;
+    if (first_tile < tiles) {
+      for (int s = 0; s < kAhead; ++s) issue(first_tile * kTokens, s);
     }
-    for (std::int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+    for (std::int64_t t = first_tile; t < tiles; t += tile_stride) {
       const std::int64_t first = t * kTokens;
 
       // Pass 1: Y per block; its min/max per token (kResidentY: Y kept).
@@ -369,7 +397,7 @@ struct QuantizePerTokenTensorOp {
               lo[c & 1] = fminf(lo[c & 1], acc[mt][c]);
               hi[c & 1] = fmaxf(hi[c & 1], acc[mt][c]);
               if constexpr (kResidentY)
-                y_rows[Layout::acc_token(lane, c) * y_stride_floats(p.cols) + block * kBlock +
+                y_rows[Layout::acc_token(lane, c) * y_stride + block * kBlock +
                        Layout::acc_channel(warp_in_group, mt, lane, c)] = acc[mt][c];
             }
           }
@@ -382,16 +410,33 @@ struct QuantizePerTokenTensorOp {
       // kResidentY: the ring is free from here on; the next tile's first
       // stages load while this one is quantized.
       if constexpr (kResidentY) {
-        if (t + gridDim.x < tiles) {
-          for (int s = 0; s < kAhead; ++s) issue((t + gridDim.x) * kTokens, s);
+        if (t + tile_stride < tiles) {
+          for (int s = 0; s < kAhead; ++s) issue((t + tile_stride) * kTokens, s);
         }
       }
+      float l = INFINITY, h = -INFINITY;
       if (tid < kTokens) {
-        float l = INFINITY, h = -INFINITY;
         for (int w = 0; w < kWarps; ++w) {
           l = fminf(l, shared.lo[w][tid]);
           h = fmaxf(h, shared.hi[w][tid]);
         }
+      }
+      if constexpr (kCluster == 2) {
+        // The other half of the row: its CTA's min/max through distributed
+        // shared memory. The barrier publishes both halves; the next writes
+        // to pair_lo/hi come after the next tile's second cluster barrier,
+        // which the peer reaches only after reading these.
+        if (tid < kTokens) {
+          shared.pair_lo[tid] = l;
+          shared.pair_hi[tid] = h;
+        }
+        arch::cluster_sync();
+        if (tid < kTokens) {
+          l = fminf(l, arch::load_peer_shared(&shared.pair_lo[tid], rank ^ 1u));
+          h = fmaxf(h, arch::load_peer_shared(&shared.pair_hi[tid], rank ^ 1u));
+        }
+      }
+      if (tid < kTokens) {
         const core::AffineParams<float> params =
             p.symmetric ? core::symmetric_params(fmaxf(fabsf(l), fabsf(h)), p.clip_ratio, p.bits)
                         : core::asymmetric_params(l, h, p.clip_ratio, p.bits);
@@ -409,9 +454,9 @@ struct QuantizePerTokenTensorOp {
           int sum = 0;
           if (first + n < p.rows) {
             const core::AffineParams<float> params{shared.scale[n], shared.zero[n]};
-            const float* y = y_rows + n * y_stride_floats(p.cols);
-            auto* out = reinterpret_cast<std::uint32_t*>(p.codes + (first + n) * p.ld_codes);
-            for (std::int64_t w = tid; w < p.cols / per_word; w += kThreads)
+            const float* y = y_rows + n * y_stride;
+            auto* out = reinterpret_cast<std::uint32_t*>(p.codes + (first + n) * p.ld_codes + offset * p.bits / 8);
+            for (std::int64_t w = tid; w < blocks * kBlock / per_word; w += kThreads)
               out[w] = quantize_word(y + w * per_word, params, range, p.bits, sum);
           }
           OQ_UNROLL
@@ -450,21 +495,32 @@ struct QuantizePerTokenTensorOp {
         warp_reduce_pair(sum, [](int a, int b) { return a + b; }, shared.sum, warp, lane);
       }
       __syncthreads();
-      if (tid < kTokens && first + tid < p.rows) {
-        int total = 0;
+      int total = 0;
+      if (tid < kTokens) {
         for (int w = 0; w < kWarps; ++w) total += shared.sum[w][tid];
+      }
+      if constexpr (kCluster == 2) {
+        // Rank 0 adds rank 1's half of the code sums and writes the outputs.
+        // The next writes to pair_sum come after the next tile's first cluster
+        // barrier, which rank 0 reaches only after reading these.
+        if (tid < kTokens) shared.pair_sum[tid] = total;
+        arch::cluster_sync();
+        if (tid < kTokens && rank == 0) total += arch::load_peer_shared(&shared.pair_sum[tid], 1u);
+      }
+      if (tid < kTokens && rank == 0 && first + tid < p.rows) {
         p.scales[first + tid] = shared.scale[tid];
         p.zeros[first + tid] = shared.zero[tid];
         if (p.code_sums != nullptr) p.code_sums[first + tid] = total;
       }
       __syncthreads();  // the next tile overwrites the rows, the staging and the reductions
       if constexpr (!kResidentY) {
-        if (t + gridDim.x < tiles) {
-          for (int s = 0; s < kAhead; ++s) issue((t + gridDim.x) * kTokens, s);
+        if (t + tile_stride < tiles) {
+          for (int s = 0; s < kAhead; ++s) issue((t + tile_stride) * kTokens, s);
         }
       }
     }
     arch::cp_async_wait<0>();  // no copy outlives the CTA
+    if constexpr (kCluster == 2) arch::cluster_sync();  // nor does the peer's last read of this CTA's shared memory
   }
 };
 
