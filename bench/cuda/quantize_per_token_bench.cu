@@ -13,8 +13,9 @@
 //                      (device/quantize_per_token_tensorop.cuh): R in two
 //                      bf16 terms, or one ("tc1": X·round(R)); one warp group
 //                      per CTA, or two ("_g2"); run()'s passes (Y resident in
-//                      shared memory where it fits: K = 4096), or Y computed
-//                      twice ("_recompute", what K = 11008 gets anyway)
+//                      shared memory: one CTA's at K = 4096, split over a
+//                      cluster of two on sm_90 at K = 11008), or Y computed
+//                      twice ("_recompute", the form before sm_90)
 //
 // `bytes` counts the fewest bytes the kernel must move: the bf16 input read
 // once, the codes and the 12 bytes per row written once (R stays in cache).
@@ -91,7 +92,7 @@ void BM_quantize_hadamard(benchmark::State& state) {
   guarded(state, [](benchmark::State& st) { run_quantize(st, Rotation::kHadamard, "quantize_hadamard"); });
 }
 // The tensor-core launcher with its passes forced to kRecompute, for the
-// comparison with run()'s choice (kResidentY where Y fits).
+// comparison with run()'s choice (Y resident, in one CTA or a pair).
 template <class Quantize>
 struct Recompute {
   using Params = typename Quantize::Params;

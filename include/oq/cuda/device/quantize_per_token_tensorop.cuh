@@ -88,6 +88,17 @@ class QuantizePerTokenTensorOp {
     if (Report r = check_arguments(p); !r.ok()) return r;
     const int major = passes == Passes::kResidentYPair ? 9 : 8;
     if (Report r = require_compute_capability(major, "QuantizePerTokenTensorOp"); !r.ok()) return r;
+    if (passes == Passes::kResidentYPair) {
+      // The cluster instructions exist only in code built for sm_90 or newer:
+      // a device that runs, say, the compute_89 PTX JIT-compiled would trap.
+      cudaFuncAttributes attributes{};
+      OQ_CUDA_TRY(cudaFuncGetAttributes(
+          &attributes, &kernel::quantize_per_token_tensorop_kernel<Element, kBlock, kTerms, kGroups, Passes::kResidentYPair>));
+      if (attributes.ptxVersion < 90)
+        return Report::failure(Status::kUnsupportedDevice,
+                               "QuantizePerTokenTensorOp: kResidentYPair needs code built for sm_90 or newer (clusters); "
+                               "this device runs code from PTX " + std::to_string(attributes.ptxVersion));
+    }
     return require_shared_memory(shared_memory_bytes(p, passes), "QuantizePerTokenTensorOp",
                                  passes == Passes::kRecompute ? "the 8 rows of X"
                                  : passes == Passes::kResidentY

@@ -20,7 +20,8 @@
 //               same rounded matrix (round(R)⁻¹, not Rᵀ) into the weights;
 //               half the tensor work of kTerms = 2.
 //
-// CTA: 8 tokens (the mma's N) × all K, kGroups × (kBlock / 32) warps. Each
+// CTA: 8 tokens (the mma's N) × all K (half of it in kResidentYPair),
+// kGroups × (kBlock / 32) warps. Each
 // warp owns 32 output channels of a block (two m16 tiles) and keeps their
 // column slice of R — all kBlock input channels, kTerms terms — in registers
 // for the whole kernel (kBlock/2 registers per term), since R is the same
@@ -28,8 +29,8 @@
 // The CTA loops over 8-token tiles (a persistent grid), so R is read once
 // per CTA.
 //
-// One 8-token tile, in one of two RotationPasses (the launcher takes the
-// first where it fits in shared memory):
+// One 8-token tile, in one of three RotationPasses (the launcher takes the
+// first that fits in shared memory and the device):
 //   kResidentY — X streams through a ring of kStages slots (cp.async, 3
 //     stages ahead); pass 1 multiplies each block, Y = X_block·R on
 //     mma.sync.m16n8k16 (A = Rᵀ slice, B = the 8 tokens' X), and keeps Y in
@@ -424,8 +425,8 @@ struct QuantizePerTokenTensorOp {
       if constexpr (kCluster == 2) {
         // The other half of the row: its CTA's min/max through distributed
         // shared memory. The barrier publishes both halves; the next writes
-        // to pair_lo/hi come after the next tile's second cluster barrier,
-        // which the peer reaches only after reading these.
+        // to pair_lo/hi come after this tile's second cluster barrier, which
+        // the peer reaches only after reading these.
         if (tid < kTokens) {
           shared.pair_lo[tid] = l;
           shared.pair_hi[tid] = h;
