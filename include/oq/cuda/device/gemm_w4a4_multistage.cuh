@@ -9,8 +9,9 @@
 // Requirements (can_implement explains a failure): those of GemmW4A4, plus
 // a and w 16-byte aligned with ld_a and ld_w multiples of 16 bytes (cp.async
 // moves 16 bytes), K ≤ kernel::max_widened_k (131,071 for s4 × s4) where the
-// codes are widened (kWidenToS8, or kAuto on sm_90), and kSmemBytes of shared memory per CTA (61,440 with the
-// default 3 stages; opt-in above 48 KB, which sm_80 and newer allow).
+// codes are widened (kWidenToS8, or kAuto on sm_90), and kSmemBytes of
+// shared memory per CTA (61,440 with the default 3 stages; opt-in above
+// 48 KB, which sm_80 and newer allow).
 #pragma once
 
 #include <oq/cuda/device/gemm_w4a4.cuh>
