@@ -278,8 +278,8 @@ TEST_CASE("on tensor cores the kernel quantizes X·R as the CUDA-core path does"
     oq::test::TensorOpConfig config;
   };
   // bf16, b = 128, two terms: rows not a multiple of the 8-token tile; then
-  // 517 tiles × 16 stages, more tiles than an H100/H200's persistent grid
-  // holds CTAs (so that CTAs loop, and kResidentY prefetches the next tile
+  // 275 tiles × 16 stages: more tiles than an H100/H200's persistent grid has
+  // CTAs (2 per SM, 264; so that CTAs loop, and kResidentY prefetches the next tile
   // during pass 2) and more stages than kResidentY's ring has slots and
   // kRecompute issues ahead (so that slots are refilled and copies issued
   // inside the loop). fp16, b = 64, two warp groups: an odd number of blocks
@@ -288,8 +288,8 @@ TEST_CASE("on tensor cores the kernel quantizes X·R as the CUDA-core path does"
   // memory, with run()'s choice (kResidentYPair on sm_90, else kRecompute).
   for (const Case& c : {Case{33, 512, 512, 4, false, DeviceInput::kBf16, {128, 2, 1, 1}},
                         Case{33, 512, 512, 4, false, DeviceInput::kBf16, {128, 2, 1, 2}},
-                        Case{4133, 2048, 2048, 4, true, DeviceInput::kBf16, {128, 2, 1, 1}},
-                        Case{4133, 2048, 2048, 4, true, DeviceInput::kBf16, {128, 2, 1, 2}},
+                        Case{2200, 2048, 2048, 4, true, DeviceInput::kBf16, {128, 2, 1, 1}},
+                        Case{2200, 2048, 2048, 4, true, DeviceInput::kBf16, {128, 2, 1, 2}},
                         Case{17, 320, 328, 8, true, DeviceInput::kHalf, {64, 2, 2, 1}},
                         Case{17, 320, 328, 8, true, DeviceInput::kHalf, {64, 2, 2, 2}},
                         Case{9, 8192, 8192, 4, false, DeviceInput::kBf16, {128, 2, 1, 0}},
@@ -332,10 +332,10 @@ TEST_CASE("on tensor cores with the row split over a cluster of two CTAs (sm_90)
     Eigen::Index rows, cols;
     int passes;
   };
-  // One block (rank 1 holds none), three (2 + 1), 16 over 517 tiles (CTA pairs
+  // One block (rank 1 holds none), three (2 + 1), 16 over 275 tiles (CTA pairs
   // loop over tiles, the ring refills); and K = 11008, whose fp32 Y fits only
   // split, with run()'s choice — which must be the pair here.
-  for (const Case& c : {Case{17, 128, 3}, Case{33, 384, 3}, Case{4133, 2048, 3}, Case{9, 11008, 0}}) {
+  for (const Case& c : {Case{17, 128, 3}, Case{33, 384, 3}, Case{2200, 2048, 3}, Case{9, 11008, 0}}) {
     CAPTURE(c.rows);
     CAPTURE(c.cols);
     const Eigen::Index b = 128;
