@@ -197,3 +197,25 @@ TEST_CASE("tensor-core rotation: the fragments, replayed on the host, multiply X
     }
   }
 }
+
+TEST_CASE("tensor-core rotation: shared memory of each passes, against an H100/H200's 227 KiB") {
+  // What run() chooses from: the issue's K = 4096 keeps Y in one CTA; at
+  // K = 11008 only half of Y fits (the pair), and X alone (kRecompute).
+  constexpr std::size_t kHopperOptIn = 232448;  // cudaDevAttrMaxSharedMemoryPerBlockOptin on sm_90
+  auto bytes = [](std::int64_t cols, int passes) {
+    PerTokenArgs a = valid_tensorop();
+    a.cols = a.ld_x = cols;
+    a.ld_codes = cols / 2;
+    return oq::test::tensorop_shared_memory_bytes(a, {128, 2, 1, passes});
+  };
+  // Y: 8 rows of K + 4 floats; the ring: 4 slots × 8 rows × (256 + 64) bytes.
+  const std::size_t ring = 4 * 8 * (256 + 64);
+  CHECK(bytes(4096, 1) >= 8 * (4096 + 4) * 4 + ring);
+  CHECK(bytes(4096, 1) <= kHopperOptIn);
+  CHECK(bytes(11008, 1) > kHopperOptIn);
+  CHECK(bytes(11008, 3) >= 8 * (5504 + 4) * 4 + ring);  // each rank: 43 of the 86 blocks
+  CHECK(bytes(11008, 3) <= kHopperOptIn);
+  CHECK(bytes(11008, 2) >= 8 * (2 * 11008 + 64));       // X rows, padded to a stride ≡ 64 (mod 128)
+  CHECK(bytes(11008, 2) <= kHopperOptIn);
+  CHECK(bytes(11008, 2) < bytes(11008, 3));  // kRecompute needs the least: run()'s first check
+}

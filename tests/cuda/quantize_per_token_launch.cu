@@ -287,6 +287,25 @@ bool device_has_clusters() {
   return major >= 9;
 }
 
+namespace {
+template <class Element, int kBlock, int kTerms, int kGroups>
+std::size_t shared_bytes(const PerTokenArgs& args, int passes) {
+  using Quantize = oq::cuda::device::QuantizePerTokenTensorOp<Element, kBlock, kTerms, kGroups>;
+  using Passes = typename Quantize::Passes;
+  return Quantize::shared_memory_bytes(
+      params_of<Element>(args),
+      passes == 1 ? Passes::kResidentY : passes == 2 ? Passes::kRecompute : Passes::kResidentYPair);
+}
+}  // namespace
+
+std::size_t tensorop_shared_memory_bytes(const PerTokenArgs& args, TensorOpConfig config) {
+  if (config.passes < 1 || config.passes > 3) throw std::invalid_argument("tensorop_shared_memory_bytes: passes 1, 2 or 3");
+  if (is(config, 128, 2, 1)) return shared_bytes<__nv_bfloat16, 128, 2, 1>(args, config.passes);
+  if (is(config, 128, 1, 2)) return shared_bytes<__nv_bfloat16, 128, 1, 2>(args, config.passes);
+  if (is(config, 64, 2, 2)) return shared_bytes<__half, 64, 2, 2>(args, config.passes);
+  throw std::invalid_argument("tensorop_shared_memory_bytes: no such config");
+}
+
 int tensorop_chosen_passes(const PerTokenArgs& args, TensorOpConfig config) {
   if (is(config, 128, 2, 1)) return chosen_passes<__nv_bfloat16, 128, 2, 1>(args);
   if (is(config, 128, 1, 2)) return chosen_passes<__nv_bfloat16, 128, 1, 2>(args);

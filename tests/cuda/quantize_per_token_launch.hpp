@@ -2,6 +2,7 @@
 // doctest cases (and Eigen) stay in .cpp files (DESIGN §1).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -39,6 +40,10 @@ bool device_has_clusters();
 /// The passes (1, 2, 3 as TensorOpConfig::passes) QuantizePerTokenTensorOp's
 /// run() would take on the current device for these arguments.
 int tensorop_chosen_passes(const PerTokenArgs& args, TensorOpConfig config);
+
+/// QuantizePerTokenTensorOp::shared_memory_bytes for config.passes (1, 2, 3).
+/// Needs no GPU.
+std::size_t tensorop_shared_memory_bytes(const PerTokenArgs& args, TensorOpConfig config);
 
 /// QuantizePerToken<float>::check_arguments on these arguments: "" when fine,
 /// else the message. Needs no GPU.
