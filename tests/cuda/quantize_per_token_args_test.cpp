@@ -78,7 +78,11 @@ TEST_CASE("the register path is taken exactly where its conditions hold") {
   rotated.block_size = 128;
   CHECK_FALSE(per_token_register_path(rotated, DeviceInput::kBf16));
   PerTokenArgs hadamard = a;
-  hadamard.hadamard_block = 128;
+  hadamard.hadamard_block = 128;  // the butterflies run in registers and shuffles
+  CHECK(per_token_register_path(hadamard, DeviceInput::kBf16));
+  hadamard.cols = hadamard.ld_x = 512;
+  hadamard.ld_codes = 256;
+  hadamard.hadamard_block = 512;  // a block wider than a warp's 32 chunks
   CHECK_FALSE(per_token_register_path(hadamard, DeviceInput::kBf16));
   PerTokenArgs narrow = a;
   narrow.ld_x = 260;  // rows not 16-byte aligned

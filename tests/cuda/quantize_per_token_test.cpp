@@ -129,6 +129,38 @@ TEST_CASE("16-bit rows held in registers quantize as the host does, bit for bit"
   }
 }
 
+TEST_CASE("the Walsh-Hadamard transform in registers equals the staged one bit for bit") {
+  // 16-bit rows take the register path (butterflies inside chunks, then
+  // between lanes); the same values as float rows take the staged path
+  // (shared memory): the same butterflies in the same order, so every code,
+  // scale, zero point and sum must agree exactly. Blocks from 2 to 256.
+  for (const int b : {2, 8, 64, 128, 256}) {
+    for (const Eigen::Index cols : {Eigen::Index{256}, Eigen::Index{11008}}) {
+      for (DeviceInput input : {DeviceInput::kHalf, DeviceInput::kBf16}) {
+        for (const int bits : {4, 8}) {
+          CAPTURE(b);
+          CAPTURE(cols);
+          CAPTURE(static_cast<int>(input));
+          CAPTURE(bits);
+          const Eigen::Index rows = 5;
+          const RowMatrix x = adversarial_rows(rows, cols, static_cast<std::uint64_t>(cols + b));
+          const std::vector<float> flat(x.data(), x.data() + x.size());
+          PerTokenArgs a = args_for(rows, cols, bits, bits == 8, 0.9f);
+          a.hadamard_block = b;
+          CHECK(oq::test::per_token_register_path(a, input));
+          CHECK_FALSE(oq::test::per_token_register_path(a, DeviceInput::kFloat));
+          const auto registers = oq::test::quantize_per_token_on_device(flat, a, input, {});
+          const auto staged = oq::test::quantize_per_token_on_device(registers.x_as_input, a, DeviceInput::kFloat, {});
+          CHECK(registers.codes == staged.codes);
+          CHECK(registers.scales == staged.scales);
+          CHECK(registers.zeros == staged.zeros);
+          CHECK(registers.sums == staged.sums);
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("half and bfloat16 inputs quantize as their float values") {
   // Rows in registers (512), and staged element by element (130).
   for (Eigen::Index cols : {512, 130}) {

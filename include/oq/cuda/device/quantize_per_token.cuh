@@ -13,8 +13,9 @@
 // can_implement() checks the arguments first (no CUDA call), then the device:
 // compute capability 8.0 or newer, and shared memory for the row plus the
 // rotation (K·4 + b²·4 bytes) within the device's opt-in limit — what the
-// staged kernel needs; run() takes, for 16-bit rows without a rotation (K ≤
-// 16,384), a register-path kernel that needs none (Kernel::register_path).
+// staged kernel needs; run() takes, for 16-bit rows without a general
+// rotation (K ≤ 16,384, Walsh–Hadamard blocks ≤ 256), a register-path kernel
+// that needs none (Kernel::register_path).
 #pragma once
 
 #include <oq/cuda/kernel/quantize_per_token.cuh>
@@ -85,23 +86,27 @@ class QuantizePerToken {
     if (Report r = can_implement(p); !r.ok()) return r;
     if (p.rows == 0) return Report::success();
     if constexpr (sizeof(Element) == 2) {  // the register path's kernels, by chunks per thread
-      if (Kernel::register_path(p)) {
-        switch (Kernel::register_chunks(p)) {
-          case 1: return launch<1>(p, stream);
-          case 2: return launch<2>(p, stream);
-          case 4: return launch<4>(p, stream);
-          default: return launch<Kernel::kMaxRegisterChunks>(p, stream);
-        }
-      }
+      if (Kernel::register_path(p))
+        return p.hadamard_block > 0 ? launch_registers<true>(p, stream) : launch_registers<false>(p, stream);
     }
-    return launch<0>(p, stream);
+    return launch<0, false>(p, stream);
   }
 
  private:
-  template <int kRegisterChunks>
+  template <bool kHadamard>
+  static Report launch_registers(const Params& p, cudaStream_t stream) {
+    switch (Kernel::register_chunks(p)) {
+      case 1: return launch<1, kHadamard>(p, stream);
+      case 2: return launch<2, kHadamard>(p, stream);
+      case 4: return launch<4, kHadamard>(p, stream);
+      default: return launch<Kernel::kMaxRegisterChunks, kHadamard>(p, stream);
+    }
+  }
+
+  template <int kRegisterChunks, bool kHadamard>
   static Report launch(const Params& p, cudaStream_t stream) {
     const auto smem = kRegisterChunks > 0 ? 0 : static_cast<int>(Kernel::dynamic_smem_bytes(p));
-    auto* entry = &kernel::quantize_per_token_kernel<Element, kThreads, kRegisterChunks>;
+    auto* entry = &kernel::quantize_per_token_kernel<Element, kThreads, kRegisterChunks, kHadamard>;
     OQ_CUDA_TRY(cudaFuncSetAttribute(entry, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     entry<<<static_cast<unsigned>(p.rows), kThreads, smem, stream>>>(p);
     OQ_CUDA_TRY(cudaGetLastError());

@@ -35,10 +35,11 @@
 // Where the layout allows (see wide_input/wide_output), the row is read with
 // 16-byte loads and the codes written as 32-bit words; the per-element
 // arithmetic, and so every code, is the same on both paths. Without a
-// rotation, 16-bit rows up to 16,384 elements skip shared memory altogether
-// (register_path: each thread's 16-byte chunks stay in registers, all loads
-// in flight at once, one barrier for the min/max). Issue 6 measures it
-// against the copy bandwidth.
+// general rotation, 16-bit rows up to 16,384 elements skip shared memory
+// altogether (register_path: each thread's 16-byte chunks stay in registers,
+// all loads in flight at once, Walsh–Hadamard blocks up to 256 by butterflies
+// in registers and warp shuffles, one barrier for the min/max). Issue 6
+// measures it against the copy bandwidth.
 #pragma once
 
 #include <oq/core/int4.hpp>
@@ -148,14 +149,18 @@ struct QuantizePerToken {
     return p.cols % (32 / p.bits) == 0 && p.ld_codes % 4 == 0 && reinterpret_cast<std::uintptr_t>(p.codes) % 4 == 0;
   }
 
-  /// Whether the row stays in registers (no rotation, 16-bit input on the
-  /// wide paths, K ≤ kMaxRegisterChunks · 8 · kThreads: 16,384 at 256
-  /// threads): every thread keeps its 16-byte chunks, the min/max meet in
-  /// one barrier, and the codes are written from the registers — no trip
-  /// through shared memory. Codes, scales and sums are those of the staged
-  /// path, bit for bit (the same min/max, the same per-element arithmetic).
+  /// Whether the row stays in registers (16-bit input on the wide paths, no
+  /// general rotation, a Walsh–Hadamard block of at most 256, K ≤
+  /// kMaxRegisterChunks · 8 · kThreads: 16,384 at 256 threads): every thread
+  /// keeps its 16-byte chunks, the butterflies run in registers (levels
+  /// below 8 inside a chunk, the others between lanes by shuffles: a block
+  /// of ≤ 256 elements is ≤ 32 consecutive chunks of one warp), the min/max
+  /// meet in one barrier, and the codes are written from the registers — no
+  /// trip through shared memory. Codes, scales and sums are those of the
+  /// staged path, bit for bit (the same butterflies in the same order, the
+  /// same min/max, the same per-element arithmetic).
   __host__ __device__ static bool register_path(const Params& p) {
-    return sizeof(Element) == 2 && p.rotation == nullptr && p.hadamard_block == 0 && wide_input(p) &&
+    return sizeof(Element) == 2 && p.rotation == nullptr && p.hadamard_block <= 256 && wide_input(p) &&
            wide_output(p) && p.cols <= std::int64_t{kMaxRegisterChunks} * kVec * kThreads;
   }
 
@@ -176,25 +181,88 @@ struct QuantizePerToken {
 
   // The register path (see register_path) for row m, at most kChunks chunks
   // per thread: chunk c of thread t is elements 8·(t + c·kThreads) … + 7, one
-  // 32-bit word of INT4 codes or two of INT8 codes.
-  template <int kChunks>
+  // 32-bit word of INT4 codes or two of INT8 codes. kHadamard: the row's
+  // values after the fused Walsh–Hadamard transform (p.hadamard_block).
+  template <int kChunks, bool kHadamard>
   __device__ void register_row(const Params& p, SharedStorage& shared, std::int64_t m) const {
+    static_assert(kVec == 8, "16-bit elements: 8 per chunk");
     const int t = threadIdx.x, lane = t % 32, warp = t / 32;
     const std::int64_t chunks = p.cols / kVec;
     const auto* src = reinterpret_cast<const uint4*>(p.x + m * p.ld_x);
-    uint4 raw[kChunks];
-    float lo = INFINITY, hi = -INFINITY;
+    // The chunks as loaded (raw, 4 registers each), or as floats after the
+    // transform (v, 8 each); zero past the row (the shuffles read every lane).
+    uint4 raw[kHadamard ? 1 : kChunks] = {};
+    float v[kHadamard ? kChunks : 1][kVec] = {};
+    auto value = [&](int c, int j) -> float {
+      if constexpr (kHadamard) {
+        return v[c][j];
+      } else {
+        Element e[kVec];
+        memcpy(e, &raw[c], sizeof raw[c]);  // register moves
+        return cuda::to_float(e[j]);
+      }
+    };
     OQ_UNROLL
     for (int c = 0; c < kChunks; ++c) {
       const std::int64_t idx = t + std::int64_t{c} * kThreads;
-      if (idx < chunks) {
-        raw[c] = src[idx];
+      const uint4 chunk = idx < chunks ? src[idx] : make_uint4(0u, 0u, 0u, 0u);
+      if constexpr (kHadamard) {
         Element e[kVec];
-        memcpy(e, &raw[c], sizeof raw[c]);
+        memcpy(e, &chunk, sizeof chunk);
+        OQ_UNROLL
+        for (int j = 0; j < kVec; ++j) v[c][j] = cuda::to_float(e[j]);
+      } else {
+        raw[c] = chunk;
+      }
+    }
+    if constexpr (kHadamard) {
+      // The staged path's butterflies in its order: level h pairs element i
+      // (bit h clear) with i + h as (u + v, u − v), the last level times
+      // 1/√b. h < 8: inside the chunk; h ≥ 8: chunk idx with idx ^ (h/8),
+      // which is lane ^ (h/8) of the same warp and round c. The levels are
+      // unrolled (h a constant: v stays in registers) up to b = 256.
+      const int b = p.hadamard_block;
+      const int log_b = __ffs(b) - 1;
+      const float norm = 1.0f / sqrtf(static_cast<float>(b));
+      OQ_UNROLL
+      for (int log_h = 0; log_h < 8; ++log_h) {
+        if (log_h >= log_b) break;
+        const int h = 1 << log_h;
+        const float scale = log_h + 1 == log_b ? norm : 1.0f;
+        if (h < kVec) {
+          OQ_UNROLL
+          for (int c = 0; c < kChunks; ++c) {
+            OQ_UNROLL
+            for (int i = 0; i < kVec; ++i) {
+              if ((i & h) == 0) {
+                const float u = v[c][i], w = v[c][i + h];
+                v[c][i] = (u + w) * scale;
+                v[c][i + h] = (u - w) * scale;
+              }
+            }
+          }
+        } else {
+          const int distance = h / kVec;  // < 32: b ≤ 256
+          const bool upper = (lane & distance) != 0;
+          OQ_UNROLL
+          for (int c = 0; c < kChunks; ++c) {
+            OQ_UNROLL
+            for (int i = 0; i < kVec; ++i) {
+              const float other = __shfl_xor_sync(0xFFFFFFFFu, v[c][i], distance);
+              v[c][i] = upper ? (other - v[c][i]) * scale : (v[c][i] + other) * scale;
+            }
+          }
+        }
+      }
+    }
+    float lo = INFINITY, hi = -INFINITY;
+    OQ_UNROLL
+    for (int c = 0; c < kChunks; ++c) {
+      if (t + std::int64_t{c} * kThreads < chunks) {
         OQ_UNROLL
         for (int j = 0; j < kVec; ++j) {
-          lo = fminf(lo, cuda::to_float(e[j]));
-          hi = fmaxf(hi, cuda::to_float(e[j]));
+          lo = fminf(lo, value(c, j));
+          hi = fmaxf(hi, value(c, j));
         }
       }
     }
@@ -225,17 +293,15 @@ struct QuantizePerToken {
     for (int c = 0; c < kChunks; ++c) {
       const std::int64_t idx = t + std::int64_t{c} * kThreads;
       if (idx < chunks) {
-        Element e[kVec];
-        memcpy(e, &raw[c], sizeof raw[c]);
-        alignas(16) float v[kVec];
+        alignas(16) float w[kVec];
         OQ_UNROLL
-        for (int j = 0; j < kVec; ++j) v[j] = cuda::to_float(e[j]);
+        for (int j = 0; j < kVec; ++j) w[j] = value(c, j);
         if (p.bits == 4) {
-          reinterpret_cast<std::uint32_t*>(out)[idx] = quantize_word(v, params, range, 4, sum);
+          reinterpret_cast<std::uint32_t*>(out)[idx] = quantize_word(w, params, range, 4, sum);
         } else {
           // Two 32-bit stores: wide_output promises 4-byte alignment only.
-          reinterpret_cast<std::uint32_t*>(out)[2 * idx] = quantize_word(v, params, range, 8, sum);
-          reinterpret_cast<std::uint32_t*>(out)[2 * idx + 1] = quantize_word(v + 4, params, range, 8, sum);
+          reinterpret_cast<std::uint32_t*>(out)[2 * idx] = quantize_word(w, params, range, 8, sum);
+          reinterpret_cast<std::uint32_t*>(out)[2 * idx + 1] = quantize_word(w + 4, params, range, 8, sum);
         }
       }
     }
@@ -253,13 +319,14 @@ struct QuantizePerToken {
   }
 
   /// kRegisterChunks > 0: the register path with that many chunks per thread
-  /// (the launcher checked register_path and register_chunks); 0: staged.
-  template <int kRegisterChunks = 0>
+  /// (the launcher checked register_path and register_chunks), with the
+  /// Walsh–Hadamard transform when kRegisterHadamard; 0: staged.
+  template <int kRegisterChunks = 0, bool kRegisterHadamard = false>
   __device__ void operator()(const Params& p, SharedStorage& shared, float* dynamic) const {
     const std::int64_t m = blockIdx.x;
     if (m >= p.rows) return;
     if constexpr (kRegisterChunks > 0) {
-      register_row<kRegisterChunks>(p, shared, m);
+      register_row<kRegisterChunks, kRegisterHadamard>(p, shared, m);
       return;
     }
     const int t = threadIdx.x;
@@ -383,12 +450,12 @@ struct QuantizePerToken {
   }
 };
 
-template <class Element, int kThreads, int kRegisterChunks = 0>
+template <class Element, int kThreads, int kRegisterChunks = 0, bool kRegisterHadamard = false>
 __global__ void __launch_bounds__(kThreads) quantize_per_token_kernel(const QuantizePerTokenParams<Element> params) {
   using Kernel = QuantizePerToken<Element, kThreads>;
   __shared__ typename Kernel::SharedStorage shared;
   extern __shared__ __align__(16) float dynamic[];  // 16: float4 accesses to the row
-  Kernel{}.template operator()<kRegisterChunks>(params, shared, dynamic);
+  Kernel{}.template operator()<kRegisterChunks, kRegisterHadamard>(params, shared, dynamic);
 }
 
 }  // namespace oq::cuda::kernel
