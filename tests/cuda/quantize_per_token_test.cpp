@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 
 using namespace oq::quant;
 using oq::test::DeviceInput;
@@ -133,19 +134,24 @@ TEST_CASE("the Walsh-Hadamard transform in registers equals the staged one bit f
   // 16-bit rows take the register path (butterflies inside chunks, then
   // between lanes); the same values as float rows take the staged path
   // (shared memory): the same butterflies in the same order, so every code,
-  // scale, zero point and sum must agree exactly. Blocks from 2 to 256.
-  for (const int b : {2, 8, 64, 128, 256}) {
-    for (const Eigen::Index cols : {Eigen::Index{256}, Eigen::Index{11008}}) {
+  // scale, zero point and sum must agree exactly. Blocks from 2 to 256 (all
+  // levels inside a chunk up to 8; one shuffle level at 16, four at 128), on
+  // each register kernel (1, 2, 4, 8 chunks per thread), both bit widths and
+  // signednesses.
+  for (const int b : {2, 4, 8, 16, 64, 128, 256}) {
+    for (const Eigen::Index cols : {Eigen::Index{256}, Eigen::Index{4096}, Eigen::Index{8192}, Eigen::Index{11008}}) {
       for (DeviceInput input : {DeviceInput::kHalf, DeviceInput::kBf16}) {
-        for (const int bits : {4, 8}) {
+        for (const auto& [bits, symmetric] : {std::pair{4, false}, std::pair{4, true}, std::pair{8, false},
+                                              std::pair{8, true}}) {
           CAPTURE(b);
           CAPTURE(cols);
           CAPTURE(static_cast<int>(input));
           CAPTURE(bits);
+          CAPTURE(symmetric);
           const Eigen::Index rows = 5;
           const RowMatrix x = adversarial_rows(rows, cols, static_cast<std::uint64_t>(cols + b));
           const std::vector<float> flat(x.data(), x.data() + x.size());
-          PerTokenArgs a = args_for(rows, cols, bits, bits == 8, 0.9f);
+          PerTokenArgs a = args_for(rows, cols, bits, symmetric, 0.9f);
           a.hadamard_block = b;
           CHECK(oq::test::per_token_register_path(a, input));
           CHECK_FALSE(oq::test::per_token_register_path(a, DeviceInput::kFloat));

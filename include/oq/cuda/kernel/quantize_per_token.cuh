@@ -1,13 +1,15 @@
 // oq/cuda/kernel/quantize_per_token.cuh: dynamic per-token quantization of
 // activations, optionally after a block rotation, in one pass (DESIGN §2, §6).
 //
-// One CTA per row (token). The row is staged in shared memory as float; with
+// One CTA per row (token). The row is staged in shared memory as float (or,
+// for 16-bit rows on the register path below, kept in registers); with
 // a rotation, every b-wide block is replaced by block·R (R: b×b, row-major,
 // the same for all blocks — DuQuant's R or a normalised Hadamard), so an
 // engine applies X·M and quantizes without a round trip through memory.
 // Instead of a general R, hadamard_block = b (a power of two) applies the
 // normalised Sylvester Hadamard H_b/√b to every block by the fast Walsh–
-// Hadamard transform in shared memory — log2(b) butterfly passes, b·log2(b)
+// Hadamard transform in shared memory (in registers and warp shuffles on the
+// register path) — log2(b) butterfly passes, b·log2(b)
 // additions per block instead of b² multiply-adds, the QuaRot-style online
 // rotation at memory speed (a general 128 × 128 R costs 128 FMAs per element,
 // which bounds the kernel by arithmetic, not by memory). The passes scale only
