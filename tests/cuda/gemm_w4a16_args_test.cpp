@@ -57,6 +57,12 @@ TEST_CASE("the tensor-core W4A16 launcher also needs K and groups of 16 and 8-by
   shared.ld_a = 264;
   shared.ld_w = 136;
   CHECK(check_w4a16_arguments(shared).find("GemmW4A16TensorOp: k must be a multiple of 8") != std::string::npos);
+  // The grid's token rows: 64-token tiles past M = 32, at most 65,535 of them.
+  W4A16Problem tall = q;
+  tall.m = std::int64_t{65535} * 64;
+  CHECK(check_w4a16_arguments(tall).empty());
+  tall.m += 1;
+  CHECK(check_w4a16_arguments(tall).find("GemmW4A16TensorOp: m or n too large for the grid") != std::string::npos);
 }
 
 TEST_CASE("the tensor-core W4A16's exact form builds q − z exactly, for the zero points it takes") {
