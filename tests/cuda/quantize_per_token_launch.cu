@@ -8,6 +8,8 @@
 
 #include <cstring>
 #include <stdexcept>
+#include <string>
+#include <type_traits>
 
 namespace {
 
@@ -229,56 +231,53 @@ std::vector<double> replay_for(const std::vector<float>& x, const std::vector<fl
 
 }  // namespace
 
-std::string check_per_token_tensorop_arguments(const PerTokenArgs& args, TensorOpConfig config) {
+namespace {
+
+using Passes = oq::cuda::kernel::RotationPasses;
+
+// TensorOpConfig::passes (1, 2, 3) to the launcher's enum and back.
+Passes passes_of(int number) {
+  return number == 1 ? Passes::kResidentY : number == 2 ? Passes::kRecompute : Passes::kResidentYPair;
+}
+int number_of(Passes passes) { return passes == Passes::kResidentY ? 1 : passes == Passes::kRecompute ? 2 : 3; }
+
+// f.template operator()<Quantize, Element>() for config's instantiation of
+// device::QuantizePerTokenTensorOp: (bf16, 128, 2, 1), (bf16, 128, 1, 2),
+// (fp16, 64, 2, 2).
+template <class F>
+auto with_tensorop(const TensorOpConfig& config, const char* who, F&& f) {
+  using oq::cuda::device::QuantizePerTokenTensorOp;
   using bf16 = __nv_bfloat16;
-  auto p = params_of<bf16>(args);
-  alignas(16) static bf16 dummy_x[16];
-  alignas(16) static std::uint8_t dummy_codes[16];
+  if (is(config, 128, 2, 1)) return f.template operator()<QuantizePerTokenTensorOp<bf16, 128, 2, 1>, bf16>();
+  if (is(config, 128, 1, 2)) return f.template operator()<QuantizePerTokenTensorOp<bf16, 128, 1, 2>, bf16>();
+  if (is(config, 64, 2, 2)) return f.template operator()<QuantizePerTokenTensorOp<__half, 64, 2, 2>, __half>();
+  throw std::invalid_argument(std::string(who) + ": no such config");
+}
+
+// Params for argument-only calls: aligned stand-ins for the device buffers
+// (x and codes moved by args' offsets), a rotation unless args says none.
+template <class Element>
+oq::cuda::kernel::QuantizePerTokenParams<Element> host_params(const PerTokenArgs& args) {
+  auto p = params_of<Element>(args);
+  alignas(16) static Element x[16];
+  alignas(16) static std::uint8_t codes[16];
   static float dummy[1];
-  p.x = reinterpret_cast<const bf16*>(reinterpret_cast<const char*>(dummy_x) + args.x_offset_bytes);
-  p.codes = dummy_codes + args.codes_offset_bytes;
+  p.x = reinterpret_cast<const Element*>(reinterpret_cast<const char*>(x) + args.x_offset_bytes);
+  p.codes = codes + args.codes_offset_bytes;
   p.scales = args.null_output ? nullptr : dummy;
   p.zeros = dummy;
   p.rotation = args.with_rotation ? dummy : nullptr;
-  oq::cuda::Report report;
-  if (is(config, 128, 2, 1))
-    report = oq::cuda::device::QuantizePerTokenTensorOp<bf16, 128, 2, 1>::check_arguments(p);
-  else if (is(config, 128, 1, 2))
-    report = oq::cuda::device::QuantizePerTokenTensorOp<bf16, 128, 1, 2>::check_arguments(p);
-  else
-    throw std::invalid_argument("check_per_token_tensorop_arguments: no such config");
-  return report.ok() ? std::string() : report.message;
+  return p;
 }
 
-namespace {
-template <class Element, int kBlock, int kTerms, int kGroups>
-PerTokenResult run_tensorop(const std::vector<float>& x, const PerTokenArgs& args, const std::vector<float>& rotation,
-                            int passes) {
-  using Quantize = oq::cuda::device::QuantizePerTokenTensorOp<Element, kBlock, kTerms, kGroups>;
-  using Passes = typename Quantize::Passes;
-  return run_with<Element>(x, args, rotation, [passes](const auto& p) {
-    if (passes == 0) return Quantize::run(p);
-    return Quantize::run(p, nullptr,
-                         passes == 1 ? Passes::kResidentY : passes == 2 ? Passes::kRecompute : Passes::kResidentYPair);
+}  // namespace
+
+std::string check_per_token_tensorop_arguments(const PerTokenArgs& args, TensorOpConfig config) {
+  return with_tensorop(config, "check_per_token_tensorop_arguments", [&]<class Quantize, class Element>() {
+    const auto report = Quantize::check_arguments(host_params<Element>(args));
+    return report.ok() ? std::string() : report.message;
   });
 }
-
-template <class Element, int kBlock, int kTerms, int kGroups>
-int chosen_passes(const PerTokenArgs& args) {
-  using Quantize = oq::cuda::device::QuantizePerTokenTensorOp<Element, kBlock, kTerms, kGroups>;
-  using Passes = typename Quantize::Passes;
-  auto p = params_of<Element>(args);
-  alignas(16) static Element x[8];
-  alignas(16) static std::uint8_t codes[16];
-  static float dummy[1];
-  p.x = x;
-  p.codes = codes;
-  p.scales = p.zeros = dummy;
-  p.rotation = dummy;
-  const Passes passes = Quantize::choose_passes(p);
-  return passes == Passes::kResidentY ? 1 : passes == Passes::kRecompute ? 2 : 3;
-}
-}  // namespace
 
 bool device_has_clusters() {
   int device = 0, major = 0;
@@ -287,43 +286,32 @@ bool device_has_clusters() {
   return major >= 9;
 }
 
-namespace {
-template <class Element, int kBlock, int kTerms, int kGroups>
-std::size_t shared_bytes(const PerTokenArgs& args, int passes) {
-  using Quantize = oq::cuda::device::QuantizePerTokenTensorOp<Element, kBlock, kTerms, kGroups>;
-  using Passes = typename Quantize::Passes;
-  return Quantize::shared_memory_bytes(
-      params_of<Element>(args),
-      passes == 1 ? Passes::kResidentY : passes == 2 ? Passes::kRecompute : Passes::kResidentYPair);
-}
-}  // namespace
-
 std::size_t tensorop_shared_memory_bytes(const PerTokenArgs& args, TensorOpConfig config) {
   if (config.passes < 1 || config.passes > 3) throw std::invalid_argument("tensorop_shared_memory_bytes: passes 1, 2 or 3");
-  if (is(config, 128, 2, 1)) return shared_bytes<__nv_bfloat16, 128, 2, 1>(args, config.passes);
-  if (is(config, 128, 1, 2)) return shared_bytes<__nv_bfloat16, 128, 1, 2>(args, config.passes);
-  if (is(config, 64, 2, 2)) return shared_bytes<__half, 64, 2, 2>(args, config.passes);
-  throw std::invalid_argument("tensorop_shared_memory_bytes: no such config");
+  return with_tensorop(config, "tensorop_shared_memory_bytes", [&]<class Quantize, class Element>() {
+    return Quantize::shared_memory_bytes(params_of<Element>(args), passes_of(config.passes));
+  });
 }
 
 int tensorop_chosen_passes(const PerTokenArgs& args, TensorOpConfig config) {
-  if (is(config, 128, 2, 1)) return chosen_passes<__nv_bfloat16, 128, 2, 1>(args);
-  if (is(config, 128, 1, 2)) return chosen_passes<__nv_bfloat16, 128, 1, 2>(args);
-  if (is(config, 64, 2, 2)) return chosen_passes<__half, 64, 2, 2>(args);
-  throw std::invalid_argument("tensorop_chosen_passes: no such config");
+  PerTokenArgs with_rotation = args;
+  with_rotation.with_rotation = true;
+  return with_tensorop(config, "tensorop_chosen_passes", [&]<class Quantize, class Element>() {
+    return number_of(Quantize::choose_passes(host_params<Element>(with_rotation)));
+  });
 }
 
 PerTokenResult quantize_per_token_tensorop_on_device(const std::vector<float>& x, const PerTokenArgs& args,
                                                      DeviceInput input, const std::vector<float>& rotation,
                                                      TensorOpConfig config) {
   if (config.passes < 0 || config.passes > 3) throw std::invalid_argument("TensorOpConfig::passes: 0 … 3");
-  if (input == DeviceInput::kBf16 && is(config, 128, 2, 1))
-    return run_tensorop<__nv_bfloat16, 128, 2, 1>(x, args, rotation, config.passes);
-  if (input == DeviceInput::kBf16 && is(config, 128, 1, 2))
-    return run_tensorop<__nv_bfloat16, 128, 1, 2>(x, args, rotation, config.passes);
-  if (input == DeviceInput::kHalf && is(config, 64, 2, 2))
-    return run_tensorop<__half, 64, 2, 2>(x, args, rotation, config.passes);
-  throw std::invalid_argument("quantize_per_token_tensorop_on_device: no such input/config");
+  return with_tensorop(config, "quantize_per_token_tensorop_on_device", [&]<class Quantize, class Element>() {
+    if ((input == DeviceInput::kHalf) != std::is_same_v<Element, __half> || input == DeviceInput::kFloat)
+      throw std::invalid_argument("quantize_per_token_tensorop_on_device: the input type is not the config's");
+    return run_with<Element>(x, args, rotation, [&](const auto& p) {
+      return config.passes == 0 ? Quantize::run(p) : Quantize::run(p, nullptr, passes_of(config.passes));
+    });
+  });
 }
 
 TensorOpReplay replay_tensorop_rotation(const std::vector<float>& x, const std::vector<float>& r, int block, int terms,

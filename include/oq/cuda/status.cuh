@@ -69,13 +69,20 @@ inline Report cuda_failure(const char* call, cudaError_t error) {
 
 namespace oq::cuda {
 
+/// The current device's compute capability (or kCudaError).
+inline Report compute_capability(int& major, int& minor) {
+  int device = 0;
+  OQ_CUDA_TRY(cudaGetDevice(&device));
+  OQ_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  OQ_CUDA_TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  return Report::success();
+}
+
 /// Success when the current device has compute capability `major`.0 or newer;
 /// otherwise kUnsupportedDevice naming `who` (or kCudaError).
 inline Report require_compute_capability(int major, const std::string& who) {
-  int device = 0;
-  OQ_CUDA_TRY(cudaGetDevice(&device));
-  int found = 0;
-  OQ_CUDA_TRY(cudaDeviceGetAttribute(&found, cudaDevAttrComputeCapabilityMajor, device));
+  int found = 0, minor = 0;
+  if (Report r = compute_capability(found, minor); !r.ok()) return r;
   if (found < major)
     return Report::failure(Status::kUnsupportedDevice, who + ": needs compute capability " + std::to_string(major) +
                                                            ".0 or newer, got major " + std::to_string(found));

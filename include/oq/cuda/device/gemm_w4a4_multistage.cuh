@@ -94,9 +94,8 @@ class GemmW4A4Multistage {
     if (Report r = check_arguments(p); !r.ok()) return r;
     if (Report r = require_compute_capability(8, "GemmW4A4Multistage"); !r.ok()) return r;
     if constexpr (kMma == kernel::W4A4Mma::kAuto) {
-      int device = 0, major = 0;
-      OQ_CUDA_TRY(cudaGetDevice(&device));
-      OQ_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+      int major = 0, minor = 0;
+      if (Report r = compute_capability(major, minor); !r.ok()) return r;
       if (major >= 9)
         if (Report r = check_widened_k(p, "GemmW4A4Multistage"); !r.ok()) return r;
     }

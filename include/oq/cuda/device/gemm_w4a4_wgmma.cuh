@@ -46,10 +46,8 @@ class GemmW4A4Wgmma {
   /// Arguments, then the current device: compute capability 9.0, shared memory.
   static Report can_implement(const Params& p) {
     if (Report r = check_arguments(p); !r.ok()) return r;
-    int device = 0, major = 0, minor = 0;
-    OQ_CUDA_TRY(cudaGetDevice(&device));
-    OQ_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    OQ_CUDA_TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    int major = 0, minor = 0;
+    if (Report r = compute_capability(major, minor); !r.ok()) return r;
     if (major != 9 || minor != 0)
       return Report::failure(Status::kUnsupportedDevice,
                              "GemmW4A4Wgmma: needs compute capability 9.0 (sm_90a: wgmma), got " +
