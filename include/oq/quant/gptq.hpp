@@ -50,6 +50,7 @@
 
 #include <oq/core/quant_math.hpp>
 #include <oq/detail/check.hpp>
+#include <oq/detail/triangular_inverse.hpp>
 #include <oq/quant/params.hpp>
 #include <oq/quant/spec.hpp>
 
@@ -62,6 +63,7 @@
 #include <numeric>
 #include <optional>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace oq::quant {
@@ -169,15 +171,20 @@ class GptqFactor {
     // U without forming H⁻¹ (the reference runs cholesky, cholesky_inverse
     // and cholesky again): with J the reversal, J·H·J = L·Lᵀ
     // gives H⁻¹ = (J·L⁻¹·J)ᵀ·(J·L⁻¹·J), and J·L⁻¹·J is upper triangular with
-    // a positive diagonal, so it is that factor. One factorisation, in place,
-    // and one triangular solve; two n × n matrices at the peak.
+    // a positive diagonal, so it is that factor. One factorisation and one
+    // triangular inverse (n³/3 flops each), both in place in the hessian's
+    // storage: one n × n matrix (and a quarter of one) at the peak.
     hessian.reverseInPlace();
-    const Eigen::LLT<Eigen::Ref<Eigen::MatrixXd>> factor(hessian);
-    detail::require_domain(factor.info() == Eigen::Success, kWhere,
-                           "hessian + damping is not positive definite: raise options.damp (got ", options.damp, ")");
-    u_ = Eigen::MatrixXd::Identity(n, n);
-    factor.matrixL().solveInPlace(u_);
-    u_.reverseInPlace();
+    {
+      const Eigen::LLT<Eigen::Ref<Eigen::MatrixXd>> factor(hessian);  // L in the lower triangle
+      detail::require_domain(factor.info() == Eigen::Success, kWhere,
+                             "hessian + damping is not positive definite: raise options.damp (got ", options.damp,
+                             ")");
+    }
+    detail::invert_lower_triangular_in_place<double>(hessian);
+    hessian.triangularView<Eigen::StrictlyUpper>().setZero();
+    hessian.reverseInPlace();
+    u_ = std::move(hessian);
   }
 
   Eigen::Index channels() const { return u_.rows(); }
