@@ -38,9 +38,11 @@ struct GptqRef {
 // Algorithm 1 without lazy batches, in plain loops: Gauss–Jordan inverse,
 // Cholesky–Banachiewicz for U (H⁻¹ = UᵀU), every remaining column updated
 // right after each column. Parameters as gptq.hpp's file comment says:
-// `fixed` (per-channel / static groups) or per-group from the current values.
+// `fixed` (per-channel / static groups) or per-group from the current values,
+// the groups formed of columns or, with groups_in_order, of positions in the
+// act order.
 GptqRef gptq_ref(Matrix w, Matrix h, const QuantSpec& spec, const QuantParams<double>* fixed, double damp,
-                 bool act_order) {
+                 bool act_order, bool groups_in_order = false) {
   const Eigen::Index rows = w.rows(), n = w.cols();
   for (Eigen::Index j = 0; j < n; ++j)
     if (h(j, j) == 0.0) {
@@ -99,8 +101,8 @@ GptqRef gptq_ref(Matrix w, Matrix h, const QuantSpec& spec, const QuantParams<do
   const auto range = spec.code_range();
   for (Eigen::Index k = 0; k < n; ++k) {
     const Eigen::Index column = order[std::size_t(k)];
-    const Eigen::Index g = column / group;
-    if (fixed == nullptr && column % group == 0) {
+    const Eigen::Index g = (groups_in_order ? k : column) / group;
+    if (fixed == nullptr && (groups_in_order ? k : column) % group == 0) {
       for (Eigen::Index r = 0; r < rows; ++r) {
         double lo = wp(r, k), hi = wp(r, k);
         for (Eigen::Index c = k; c < k + group; ++c) lo = std::min(lo, wp(r, c)), hi = std::max(hi, wp(r, c));
@@ -205,6 +207,48 @@ TEST_CASE("GPTQ equals a plain float64 implementation of Algorithm 1, whatever t
     const auto g = gptq_quantize(w, h, grouped, {.block_size = 16, .act_order = true});
     check_equal(g, gptq_ref(w, h, grouped, &static_params, 0.01, true));
     CHECK(g.params.scale == static_params.scale);
+    REQUIRE(g.group_index.size() == 40);
+    for (Eigen::Index j = 0; j < 40; ++j) CHECK(g.group_index[std::size_t(j)] == j / 10);
+    CHECK(got.group_index.empty());  // per-channel
+  }
+  SUBCASE("act_order with groups formed in the act order (g_idx)") {
+    const QuantSpec grouped = QuantSpec::per_group(4, false, 10);
+    const GptqRef ref = gptq_ref(w, h, grouped, nullptr, 0.01, true, /*groups_in_order=*/true);
+    GptqResult<double> g;
+    for (Eigen::Index b : {1, 7, 10, 16, 128}) {
+      CAPTURE(b);
+      g = gptq_quantize(w, h, grouped, {.block_size = b, .act_order = true, .static_groups = false});
+      check_equal(g, ref);
+    }
+    REQUIRE(g.group_index.size() == 40);
+    for (std::size_t k = 0; k < 40; ++k) CHECK(g.group_index[std::size_t(g.order[k])] == std::int32_t(k / 10));
+    // Not the static groups: some group mixes columns of several original ranges.
+    CHECK_FALSE(std::is_sorted(g.group_index.begin(), g.group_index.end()));
+    // Ŵ through g_idx, and the engine's layout: in the act order, codes(:, order)
+    // with params is an ordinary per-group matrix of contiguous groups.
+    Matrix codes_in_order(w.rows(), 40), weight_in_order(w.rows(), 40);
+    for (Eigen::Index k = 0; k < 40; ++k) {
+      const Eigen::Index j = g.order[std::size_t(k)];
+      codes_in_order.col(k) = g.codes.col(j).cast<double>();
+      weight_in_order.col(k) = g.weight.col(j);
+      for (Eigen::Index r = 0; r < w.rows(); ++r) {
+        const std::int32_t group = g.group_index[std::size_t(j)];
+        CHECK(g.weight(r, j) == (g.codes(r, j) - g.params.zero(r, group)) * g.params.scale(r, group));
+      }
+    }
+    CHECK(dequantize(codes_in_order.cast<std::int32_t>(), g.params, grouped) == weight_in_order);
+
+    // Without act_order the two kinds of group are the same.
+    const auto plain = gptq_quantize(w, h, grouped, {.block_size = 16});
+    const auto plain_dynamic = gptq_quantize(w, h, grouped, {.block_size = 16, .static_groups = false});
+    CHECK(plain.codes == plain_dynamic.codes);
+    CHECK(plain.group_index == plain_dynamic.group_index);
+    // Given per-group parameters name contiguous groups: refused here.
+    const QuantParams<double> params = compute_params(w, grouped);
+    CHECK_THROWS_WITH_AS(gptq_quantize(w, h, grouped, params, {.act_order = true, .static_groups = false}),
+                         doctest::Contains("static_groups"), std::invalid_argument);
+    CHECK_THROWS_WITH_AS(gptq_quantize(w, GptqFactor(h, {.act_order = true, .static_groups = false}), grouped, params),
+                         doctest::Contains("static_groups"), std::invalid_argument);
   }
   SUBCASE("given parameters are used as they are") {
     const QuantSpec spec = QuantSpec::per_channel(4, false);
@@ -248,6 +292,15 @@ TEST_CASE("GptqFactor: UᵀU is (H + λI)⁻¹ in the column order, and one fact
   CHECK(u.isUpperTriangular());
   CHECK((u.diagonal().array() > 0).all());
   CHECK(((u.transpose() * u) * ordered - Matrix::Identity(24, 24)).cwiseAbs().maxCoeff() < 1e-10);
+  {
+    // Wider than the triangular inverse's base case (64): its recursion.
+    const Matrix h_wide = hessian_of(correlated_inputs(400, 203, 13));
+    const GptqFactor wide(h_wide, {.damp = 0.01});
+    Matrix damped = h_wide;
+    damped.diagonal().array() += 0.01 * damped.diagonal().mean();
+    CHECK(wide.u().isUpperTriangular());
+    CHECK(((wide.u().transpose() * wide.u()) * damped - Matrix::Identity(203, 203)).cwiseAbs().maxCoeff() < 1e-9);
+  }
 
   const Matrix w_q = oq::test::heavy_tailed<double>(6, 24, 11), w_k = oq::test::heavy_tailed<double>(9, 24, 12);
   const QuantSpec spec = QuantSpec::per_channel(4, false);

@@ -27,12 +27,20 @@
 //   schedules the same arithmetic, up to rounding. With group size = B = 128,
 //   the usual setting, both agree.)
 // - act_order ("--act-order"): the columns are processed in decreasing H_jj,
-//   the inputs with the most energy first. With per-group parameters, the
-//   groups then stay the contiguous column ranges of the original W, with
-//   parameters from the original W (the reference's static_groups), so that
-//   the result fits an ordinary per-group kernel. The reference's other
-//   choice, groups formed in the permuted order, needs a column-to-group
-//   index (g_idx) that oq's per-group format has no place for.
+//   the inputs with the most energy first. With per-group parameters there
+//   are the reference's two choices (GptqOptions::static_groups):
+//   - static groups (oq's default; the reference's static_groups): the
+//     groups stay the contiguous column ranges of the original W, with
+//     parameters from the original W, so that the result fits an ordinary
+//     per-group kernel as it is;
+//   - groups in the act order (the reference's default, static_groups =
+//     false, what "desc_act" GPTQ checkpoints hold): group g is the columns
+//     quantized g·G-th to (g+1)·G−1-th, with parameters from their current
+//     values like any group. Column j's group is then group_index[j] (the
+//     checkpoints' g_idx). An engine either reads g_idx per column, or
+//     gathers its activations x(:, order) and runs an ordinary per-group
+//     kernel on codes(:, order), whose groups are contiguous again
+//     (exllama's approach).
 // Where oq differs: the quantizer is oq's (DESIGN §2; the spec's clip ratio,
 // round half to even). The reference's quantizer widens [min, max] to
 // include 0, and oq's does not. oq computes in double for any scalar of W,
@@ -109,6 +117,11 @@ struct GptqOptions {
   double damp = 0.01;             ///< λ = damp · mean(diag H), >= 0 (the reference's percdamp)
   Eigen::Index block_size = 128;  ///< B of the lazy batch updates, > 0 (changes the result by rounding only)
   bool act_order = false;         ///< columns in decreasing H_jj (file comment)
+  /// With act_order and per-group parameters: groups of contiguous original
+  /// columns (true) or of consecutive columns in the act order (false, the
+  /// reference's default; the result's group_index says which is where).
+  /// Without act_order both are the same groups.
+  bool static_groups = true;
 };
 
 template <class Scalar>
@@ -116,8 +129,14 @@ struct GptqResult {
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
   Matrix weight;                                                   ///< Ŵ = (codes − z)·s, out × in
   Eigen::Matrix<std::int32_t, Eigen::Dynamic, Eigen::Dynamic> codes;  ///< out × in, in spec.code_range()
-  QuantParams<Scalar> params;                                      ///< the spec's shape, original column order
+  /// The spec's shape. Per-group: params.scale(r, g) belongs to row r's
+  /// columns j with group_index[j] == g.
+  QuantParams<Scalar> params;
   std::vector<Eigen::Index> order;  ///< order[k]: the column quantized k-th
+  /// Per-group specs: group_index[j] is column j's group (GPTQ checkpoints'
+  /// g_idx): j / G, or with act_order and options.static_groups = false,
+  /// k / G for j = order[k]. Empty for per-channel and per-tensor specs.
+  std::vector<std::int32_t> group_index;
   /// ½·Σ_j ‖w_j − ŵ_j‖² / U_jj², w_j the column as updated when it is
   /// quantized (the reference's printed "error", up to H's scale). It equals
   /// ½·Σ_rows (w − ŵ)·(H + λI)·(w − ŵ)ᵀ for the original rows w (dead inputs
@@ -218,6 +237,14 @@ void check_weights(const Eigen::MatrixBase<Derived>& w, const GptqFactor& factor
   detail::require_finite(w, kWhere, "w");
 }
 
+// Given per-group parameters belong to contiguous column groups: they cannot
+// name groups that form in the act order.
+inline void check_given_groups(const GptqOptions& options, const QuantSpec& spec) {
+  detail::require(!(spec.granularity == Granularity::kPerGroup && options.act_order && !options.static_groups), kWhere,
+                  "given per-group parameters need options.static_groups = true with act_order (groups of "
+                  "contiguous columns), got static_groups = false");
+}
+
 template <class Derived>
 void check_hessian_size(const Eigen::MatrixBase<Derived>& w, const Eigen::MatrixXd& hessian) {
   detail::require(hessian.rows() == w.cols(), kWhere, "hessian must be ", w.cols(), " x ", w.cols(),
@@ -230,6 +257,8 @@ GptqResult<Scalar> run(const Eigen::MatrixBase<Derived>& w_in, const GptqFactor&
   const Eigen::Index rows = w_in.rows(), cols = w_in.cols();
   const bool grouped = spec.granularity == Granularity::kPerGroup;
   const Eigen::Index group = grouped ? spec.group_size : cols;
+  // Groups of consecutive positions k in the act order, or of columns.
+  const bool groups_in_order = grouped && factor.options().act_order && !factor.options().static_groups;
   const Eigen::Index block = factor.options().block_size;
   const core::CodeRange range = spec.code_range();
   const Eigen::MatrixXd& u = factor.u();
@@ -251,10 +280,18 @@ GptqResult<Scalar> run(const Eigen::MatrixBase<Derived>& w_in, const GptqFactor&
     if (factor.dead()[static_cast<std::size_t>(j)]) w.col(j).setZero();
   // Static groups (act_order): every group's parameters from the original W,
   // its dead inputs zeroed, before any update.
-  const bool static_groups = grouped && !fixed && factor.options().act_order;
+  const bool static_groups = grouped && !fixed && factor.options().act_order && !groups_in_order;
   if (static_groups) result.params = compute_params(w.cast<Scalar>().eval(), spec);
 
   result.order = factor.order();
+  if (grouped) {
+    result.group_index.resize(static_cast<std::size_t>(cols));
+    for (Eigen::Index k = 0; k < cols; ++k) {
+      const Eigen::Index column = result.order[static_cast<std::size_t>(k)];
+      result.group_index[static_cast<std::size_t>(column)] =
+          static_cast<std::int32_t>((groups_in_order ? k : column) / group);
+    }
+  }
   if (factor.options().act_order) w = w(Eigen::all, result.order).eval();
 
   result.weight.resize(rows, cols);
@@ -264,11 +301,14 @@ GptqResult<Scalar> run(const Eigen::MatrixBase<Derived>& w_in, const GptqFactor&
     end = start + std::min(block, cols - start);
     for (Eigen::Index k = start; k < end; ++k) {
       const Eigen::Index column = result.order[static_cast<std::size_t>(k)];
-      const Eigen::Index g = column / group;
-      if (grouped && !fixed && !static_groups && column % group == 0) {
-        // Without act_order, k == column: the group is columns k..k+group−1,
-        // as they are now. Those past the block still lack the errors of
-        // columns start..k−1 (they come once per block): add them here.
+      const Eigen::Index member = groups_in_order ? k : column;  // what the groups partition
+      const Eigen::Index g = member / group;
+      if (grouped && !fixed && !static_groups && member % group == 0) {
+        // Without act_order k == column; with groups in the act order the
+        // group is positions k..k+group−1. Either way it is w's columns
+        // k..k+group−1, as they are now. Those past the block still lack
+        // the errors of columns start..k−1 (they come once per block): add
+        // them here.
         Eigen::MatrixXd current = w.middleCols(k, group);
         const Eigen::Index pending = k + group - end;
         if (pending > 0 && k > start)
@@ -328,6 +368,7 @@ GptqResult<typename Derived::Scalar> gptq_quantize(const Eigen::MatrixBase<Deriv
   using Scalar = typename Derived::Scalar;
   detail_gptq::check_weights(w, factor, spec);
   validate_params(params, spec, w.rows(), w.cols(), detail_gptq::kWhere);
+  detail_gptq::check_given_groups(factor.options(), spec);
   return detail_gptq::run<Scalar>(w, factor, spec, std::optional<QuantParams<Scalar>>(params));
 }
 
@@ -350,6 +391,7 @@ GptqResult<typename Derived::Scalar> gptq_quantize(const Eigen::MatrixBase<Deriv
   detail_gptq::check_hessian_size(w, hessian);
   spec.validate(detail_gptq::kWhere);
   validate_params(params, spec, w.rows(), w.cols(), detail_gptq::kWhere);  // before the O(n³) factor
+  detail_gptq::check_given_groups(options, spec);
   return gptq_quantize(w, GptqFactor(hessian, options), spec, params);
 }
 
