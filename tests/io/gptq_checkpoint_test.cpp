@@ -1,0 +1,335 @@
+// Tests for oq/io/gptq_checkpoint.hpp: the bit layout against hand-written
+// words, oq's GPTQ results against AutoGPTQ's dequantization formula written
+// as a plain loop over the packed words, round trips (codes → words → codes
+// and arbitrary words → codes → words, both zero formats), safetensors
+// tensors, and every bad input.
+#include <oq/io/gptq_checkpoint.hpp>
+
+#include <oq/core/float16.hpp>
+
+#include <doctest/doctest.h>
+
+#include "support/matrices.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+using oq::io::GptqCheckpointFormat;
+using oq::io::GptqLinearCodes;
+using oq::io::GptqPackedLinear;
+using oq::quant::QuantSpec;
+
+namespace {
+
+constexpr GptqCheckpointFormat kFormats[] = {GptqCheckpointFormat::kGptq, GptqCheckpointFormat::kGptqV2};
+
+// AutoGPTQ's torch forward (qlinear_cuda_old.py), element by element: shift
+// each word right by 4·(index mod 8), mask 15, add 1 to the zero for "gptq".
+Eigen::MatrixXf dequantize_like_autogptq(const GptqPackedLinear& p, GptqCheckpointFormat format) {
+  const Eigen::Index in = Eigen::Index(p.g_idx.size()), out = p.scales.cols();
+  Eigen::MatrixXf w(out, in);
+  for (Eigen::Index k = 0; k < in; ++k) {
+    const std::int32_t g = p.g_idx[std::size_t(k)];
+    for (Eigen::Index n = 0; n < out; ++n) {
+      const std::uint32_t qw = std::uint32_t(p.qweight(k / 8, n)), qz = std::uint32_t(p.qzeros(g, n / 8));
+      const int code = int((qw >> (4 * (k % 8))) & 15u);
+      const int zero = int((qz >> (4 * (n % 8))) & 15u) + (format == GptqCheckpointFormat::kGptq ? 1 : 0);
+      w(n, k) = oq::core::f16_bits_to_float(p.scales(g, n)) * float(code - zero);
+    }
+  }
+  return w;
+}
+
+float round_to_f16(float x) { return oq::core::f16_bits_to_float(oq::core::float_to_f16_bits(x)); }
+
+// Calibration inputs with correlated channels of unequal energy.
+Eigen::MatrixXd hessian_of_correlated(Eigen::Index tokens, Eigen::Index channels, std::uint64_t seed) {
+  const Eigen::MatrixXd g = oq::test::gaussian<double>(tokens, channels, seed);
+  const Eigen::MatrixXd m =
+      Eigen::MatrixXd::Identity(channels, channels) + 0.5 * oq::test::gaussian<double>(channels, channels, seed + 1);
+  Eigen::VectorXd scale(channels);
+  for (Eigen::Index c = 0; c < channels; ++c) scale(c) = 0.2 + double((c * 5) % 13) / 6.0;
+  const Eigen::MatrixXd x = g * m * scale.asDiagonal();
+  return 2.0 / double(tokens) * x.transpose() * x;
+}
+
+GptqLinearCodes small_codes(Eigen::Index out, Eigen::Index in, Eigen::Index groups, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  GptqLinearCodes c;
+  c.codes.resize(out, in);
+  for (Eigen::Index i = 0; i < c.codes.size(); ++i) c.codes.data()[i] = std::int32_t(rng() % 16);
+  c.params.scale = (oq::test::gaussian<float>(out, groups, seed + 1).array().abs() + 0.01f).matrix();
+  c.params.zero.resize(out, groups);
+  for (Eigen::Index i = 0; i < c.params.zero.size(); ++i) c.params.zero.data()[i] = float(1 + rng() % 15);
+  for (Eigen::Index k = 0; k < in; ++k) c.group_index.push_back(std::int32_t(rng() % std::uint64_t(groups)));
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("the bit layout: eight codes per qweight word along K, eight zeros per qzeros word along N") {
+  GptqLinearCodes c;
+  c.codes = Eigen::Matrix<std::int32_t, Eigen::Dynamic, Eigen::Dynamic>::Zero(8, 16);
+  for (int k = 0; k < 8; ++k) c.codes(0, k) = k + 1;  // output 0, inputs 0..7: 1..8
+  c.codes(3, 9) = 15;                                   // output 3, input 9: word (1, 3), bits 4..7
+  c.params.scale = Eigen::MatrixXf::Ones(8, 2);
+  c.params.scale(5, 1) = 0.333333343f;
+  c.params.zero.resize(8, 2);
+  for (int n = 0; n < 8; ++n) c.params.zero(n, 0) = float(n + 1), c.params.zero(n, 1) = 16.0f - float(n);
+  c.group_index = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1};
+
+  const GptqPackedLinear v1 = pack_gptq_linear(c, GptqCheckpointFormat::kGptq);
+  REQUIRE(v1.qweight.rows() == 2);
+  REQUIRE(v1.qweight.cols() == 8);
+  CHECK(std::uint32_t(v1.qweight(0, 0)) == 0x87654321u);
+  CHECK(v1.qweight(0, 0) < 0);  // bit 31 set: stored as a negative int32, as numpy's astype(int32) does
+  CHECK(std::uint32_t(v1.qweight(1, 3)) == 0x000000F0u);
+  CHECK(v1.qweight(1, 0) == 0);
+  REQUIRE(v1.qzeros.rows() == 2);
+  REQUIRE(v1.qzeros.cols() == 1);
+  CHECK(std::uint32_t(v1.qzeros(0, 0)) == 0x76543210u);  // zeros 1..8 stored minus one
+  CHECK(std::uint32_t(v1.qzeros(1, 0)) == 0x89ABCDEFu);  // zeros 16..9: 16 is stored as 15
+  CHECK(v1.scales(0, 0) == 0x3C00);                      // 1.0 in binary16
+  CHECK(v1.scales(1, 5) == 0x3555);                      // 1/3 rounded to binary16
+  CHECK(v1.g_idx == c.group_index);
+
+  c.params.zero.col(1).setConstant(15.0f);  // "gptq_v2" stores the zeros themselves, 0..15
+  const GptqPackedLinear v2 = pack_gptq_linear(c, GptqCheckpointFormat::kGptqV2);
+  CHECK(std::uint32_t(v2.qzeros(0, 0)) == 0x87654321u);
+  CHECK(std::uint32_t(v2.qzeros(1, 0)) == 0xFFFFFFFFu);
+  CHECK(v2.qweight == v1.qweight);
+}
+
+TEST_CASE("oq's GPTQ results packed: AutoGPTQ's dequantization gives oq's Ŵ with binary16 scales") {
+  const Eigen::Index out = 24, in = 64;
+  const Eigen::MatrixXd h = hessian_of_correlated(256, in, 5);
+  const Eigen::MatrixXf w = oq::test::heavy_tailed<float>(out, in, 6);
+  struct Case {
+    const char* name;
+    QuantSpec spec;
+    oq::quant::GptqOptions options;
+  };
+  const Case cases[] = {
+      {"asymmetric, groups of 16 in the act order (desc_act)", QuantSpec::per_group(4, false, 16),
+       {.act_order = true, .static_groups = false}},
+      {"asymmetric, static groups of 32", QuantSpec::per_group(4, false, 32), {.act_order = true}},
+      {"symmetric, groups of 16", QuantSpec::per_group(4, true, 16, 0.9), {}},
+      {"symmetric, per-channel", QuantSpec::per_channel(4, true), {.act_order = true}},
+      {"asymmetric, per-channel", QuantSpec::per_channel(4, false, 0.8), {}},
+  };
+  for (const Case& tc : cases) {
+    CAPTURE(tc.name);
+    const auto r = oq::quant::gptq_quantize(w, h, tc.spec, tc.options);
+    const GptqLinearCodes c = oq::io::gptq_linear_codes(r, tc.spec);
+    CHECK(c.codes.minCoeff() >= 0);
+    CHECK(c.codes.maxCoeff() <= 15);
+    if (tc.spec.symmetric) CHECK((c.params.zero.array() == 8.0f).all());
+    const bool in_order = tc.options.act_order && !tc.options.static_groups &&
+                          tc.spec.granularity == oq::quant::Granularity::kPerGroup;
+    bool trivial = true;
+    for (Eigen::Index k = 0; k < in; ++k)
+      trivial = trivial && c.group_index[std::size_t(k)] == (tc.spec.group_size > 0 ? k / tc.spec.group_size : 0);
+    CHECK(trivial == !in_order);
+
+    // oq's Ŵ with each scale rounded to binary16, the format's one loss.
+    Eigen::MatrixXf expected(out, in);
+    for (Eigen::Index n = 0; n < out; ++n)
+      for (Eigen::Index k = 0; k < in; ++k) {
+        const Eigen::Index g = c.group_index[std::size_t(k)];
+        expected(n, k) = round_to_f16(r.params.scale(n, g)) * float(r.codes(n, k) - std::int32_t(r.params.zero(n, g)));
+      }
+    // And within binary16's half ulp of the scale (2⁻¹¹ relative) of Ŵ itself.
+    CHECK(((expected - r.weight).cwiseAbs().array() <= r.weight.cwiseAbs().array() * std::ldexp(1.0f, -11)).all());
+
+    int packed = 0;
+    for (const GptqCheckpointFormat format : kFormats) {
+      CAPTURE(to_string(format));
+      const float z_lo = format == GptqCheckpointFormat::kGptq ? 1.0f : 0.0f;
+      const float z_hi = format == GptqCheckpointFormat::kGptq ? 16.0f : 15.0f;
+      if (c.params.zero.minCoeff() < z_lo || c.params.zero.maxCoeff() > z_hi) {
+        CHECK_THROWS_AS(pack_gptq_linear(c, format), std::domain_error);
+        continue;
+      }
+      const GptqPackedLinear p = pack_gptq_linear(c, format);
+      CHECK(dequantize_like_autogptq(p, format) == expected);
+      const GptqLinearCodes back = unpack_gptq_linear(p, format);
+      CHECK(back.codes == c.codes);
+      CHECK(back.params.zero == c.params.zero);
+      CHECK(back.group_index == c.group_index);
+      CHECK(oq::io::dequantize_gptq_linear(back) == expected);
+      ++packed;
+    }
+    CHECK(packed >= 1);
+  }
+}
+
+TEST_CASE("round trips: codes → words → codes, and any words → codes → the same words") {
+  for (const GptqCheckpointFormat format : kFormats) {
+    CAPTURE(to_string(format));
+    GptqLinearCodes c = small_codes(40, 96, 5, 11);
+    if (format == GptqCheckpointFormat::kGptqV2) c.params.zero(3, 2) = 0.0f;   // only v2 stores 0
+    if (format == GptqCheckpointFormat::kGptq) c.params.zero(3, 2) = 16.0f;    // only v1 stores 16
+    const GptqLinearCodes back = unpack_gptq_linear(pack_gptq_linear(c, format), format);
+    CHECK(back.codes == c.codes);
+    CHECK(back.params.zero == c.params.zero);
+    CHECK(back.group_index == c.group_index);
+    for (Eigen::Index i = 0; i < c.params.scale.size(); ++i)
+      CHECK(back.params.scale.data()[i] == round_to_f16(c.params.scale.data()[i]));
+
+    // Every 32-bit pattern is a valid qweight/qzeros word in both formats.
+    std::mt19937_64 rng(12);
+    GptqPackedLinear p;
+    p.qweight.resize(12, 16);
+    p.qzeros.resize(3, 2);
+    p.scales.resize(3, 16);
+    for (Eigen::Index i = 0; i < p.qweight.size(); ++i) p.qweight.data()[i] = std::int32_t(std::uint32_t(rng()));
+    for (Eigen::Index i = 0; i < p.qzeros.size(); ++i) p.qzeros.data()[i] = std::int32_t(std::uint32_t(rng()));
+    for (Eigen::Index i = 0; i < p.scales.size(); ++i)
+      p.scales.data()[i] = std::uint16_t(0x0400 + rng() % 0x7800);  // positive normal binary16
+    for (int k = 0; k < 96; ++k) p.g_idx.push_back(std::int32_t(rng() % 3));
+    const GptqPackedLinear again = pack_gptq_linear(unpack_gptq_linear(p, format), format);
+    CHECK(again.qweight == p.qweight);
+    CHECK(again.qzeros == p.qzeros);
+    CHECK(again.scales == p.scales);
+    CHECK(again.g_idx == p.g_idx);
+  }
+}
+
+TEST_CASE("safetensors: <prefix>.qweight/.qzeros/.scales/.g_idx as I32 and F16, read back unchanged") {
+  const GptqPackedLinear p = pack_gptq_linear(small_codes(16, 32, 2, 21), GptqCheckpointFormat::kGptq);
+  oq::io::SafetensorsWriter writer;
+  add_gptq_linear(writer, "model.layers.0.mlp.down_proj", p);
+  const auto file = oq::io::SafetensorsFile::from_bytes(writer.bytes());
+  using oq::io::DType;
+  CHECK(file.info("model.layers.0.mlp.down_proj.qweight").dtype == DType::kI32);
+  CHECK(file.info("model.layers.0.mlp.down_proj.qweight").shape == std::vector<std::size_t>{4, 16});
+  CHECK(file.info("model.layers.0.mlp.down_proj.qzeros").shape == std::vector<std::size_t>{2, 2});
+  CHECK(file.info("model.layers.0.mlp.down_proj.scales").dtype == DType::kF16);
+  CHECK(file.info("model.layers.0.mlp.down_proj.scales").shape == std::vector<std::size_t>{2, 16});
+  CHECK(file.info("model.layers.0.mlp.down_proj.g_idx").shape == std::vector<std::size_t>{32});
+  // The generic reader sees the same values (I32 exactly in double, F16 widened).
+  CHECK(file.matrix<double>("model.layers.0.mlp.down_proj.qweight") == p.qweight.cast<double>());
+  const GptqPackedLinear q = oq::io::read_gptq_linear(file, "model.layers.0.mlp.down_proj");
+  CHECK(q.qweight == p.qweight);
+  CHECK(q.qzeros == p.qzeros);
+  CHECK(q.scales == p.scales);
+  CHECK(q.g_idx == p.g_idx);
+
+  CHECK_THROWS_WITH_AS(oq::io::read_gptq_linear(file, "model.layers.1.mlp.down_proj"),
+                       doctest::Contains("not found"), std::invalid_argument);
+  oq::io::SafetensorsWriter wrong;
+  wrong.add("x.qweight", p.qweight.cast<float>(), DType::kF32);
+  CHECK_THROWS_WITH_AS(oq::io::read_gptq_linear(oq::io::SafetensorsFile::from_bytes(wrong.bytes()), "x"),
+                       doctest::Contains("must be I32 of rank 2, got F32"), oq::io::FormatError);
+
+  const nlohmann::json config = oq::io::gptq_quantization_config(128, true, false, GptqCheckpointFormat::kGptq);
+  CHECK(config == nlohmann::json{{"quant_method", "gptq"},
+                                 {"bits", 4},
+                                 {"group_size", 128},
+                                 {"desc_act", true},
+                                 {"sym", false},
+                                 {"checkpoint_format", "gptq"}});
+  CHECK(oq::io::gptq_quantization_config(-1, false, true, GptqCheckpointFormat::kGptqV2)["checkpoint_format"] ==
+        "gptq_v2");
+  CHECK_THROWS_AS(oq::io::gptq_quantization_config(0, false, true, GptqCheckpointFormat::kGptq),
+                  std::invalid_argument);
+}
+
+TEST_CASE("bad input names the entry and what was expected") {
+  const GptqLinearCodes good = small_codes(16, 32, 2, 31);
+  const auto pack_v1 = [](const GptqLinearCodes& c) { return pack_gptq_linear(c, GptqCheckpointFormat::kGptq); };
+  const auto pack_v2 = [](const GptqLinearCodes& c) { return pack_gptq_linear(c, GptqCheckpointFormat::kGptqV2); };
+  {
+    GptqLinearCodes c = small_codes(16, 36, 2, 31);
+    CHECK_THROWS_WITH_AS(pack_v1(c), doctest::Contains("multiples of 8"), std::invalid_argument);
+    c = small_codes(12, 32, 2, 31);
+    CHECK_THROWS_WITH_AS(pack_v1(c), doctest::Contains("multiples of 8"), std::invalid_argument);
+  }
+  {
+    GptqLinearCodes c = good;
+    c.codes(2, 5) = 16;
+    CHECK_THROWS_WITH_AS(pack_v1(c), doctest::Contains("c.codes(2, 5) must be in [0, 15]"), std::domain_error);
+    c.codes(2, 5) = -1;
+    CHECK_THROWS_AS(pack_v1(c), std::domain_error);
+  }
+  {
+    GptqLinearCodes c = good;
+    c.params.zero(4, 1) = 0.0f;
+    CHECK_THROWS_WITH_AS(pack_v1(c), doctest::Contains("c.params.zero(4, 1) must be an integer in [1, 16]"),
+                         std::domain_error);
+    CHECK_NOTHROW(pack_v2(c));
+    c.params.zero(4, 1) = 16.0f;
+    CHECK_THROWS_WITH_AS(pack_v2(c), doctest::Contains("[0, 15] for checkpoint_format \"gptq_v2\""),
+                         std::domain_error);
+    c.params.zero(4, 1) = 2.5f;
+    CHECK_THROWS_AS(pack_v1(c), std::domain_error);
+    c.params.zero(4, 1) = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_AS(pack_v1(c), std::domain_error);
+  }
+  for (const float bad_scale : {0.0f, -1.0f, std::numeric_limits<float>::infinity(),
+                                std::numeric_limits<float>::quiet_NaN(), 1e6f /* ∞ in binary16 */,
+                                1e-9f /* 0 in binary16 */}) {
+    CAPTURE(bad_scale);
+    GptqLinearCodes c = good;
+    c.params.scale(7, 0) = bad_scale;
+    CHECK_THROWS_WITH_AS(pack_v1(c), doctest::Contains("c.params.scale(7, 0) must be positive, finite"),
+                         std::domain_error);
+  }
+  {
+    GptqLinearCodes c = good;
+    c.group_index.pop_back();
+    CHECK_THROWS_WITH_AS(pack_v1(c), doctest::Contains("must have 32 entries"), std::invalid_argument);
+    c = good;
+    c.group_index[9] = 2;
+    CHECK_THROWS_WITH_AS(pack_v1(c), doctest::Contains("c.group_index[9] must be in [0, 2), got 2"),
+                         std::invalid_argument);
+    CHECK_THROWS_WITH_AS(oq::io::dequantize_gptq_linear(c), doctest::Contains("c.group_index[9]"),
+                         std::invalid_argument);
+    c = good;
+    c.params.zero = Eigen::MatrixXf::Constant(16, 3, 4.0f);
+    CHECK_THROWS_WITH_AS(pack_v1(c), doctest::Contains("must both be 16 x G"), std::invalid_argument);
+  }
+  {
+    const GptqPackedLinear p = pack_v1(good);
+    const auto unpack_v1 = [](const GptqPackedLinear& packed) {
+      return unpack_gptq_linear(packed, GptqCheckpointFormat::kGptq);
+    };
+    GptqPackedLinear q = p;
+    q.g_idx.resize(40, 0);
+    CHECK_THROWS_WITH_AS(unpack_v1(q), doctest::Contains("qweight must be [40/8, 16]"),
+                         std::invalid_argument);
+    q = p;
+    q.qzeros.resize(2, 3);
+    CHECK_THROWS_WITH_AS(unpack_v1(q), doctest::Contains("qzeros must be [2, 16/8]"),
+                         std::invalid_argument);
+    q = p;
+    q.g_idx[0] = -1;
+    CHECK_THROWS_WITH_AS(unpack_v1(q), doctest::Contains("g_idx[0]"),
+                         std::invalid_argument);
+    q = p;
+    q.scales(1, 3) = 0x7C00;  // +∞
+    CHECK_THROWS_WITH_AS(unpack_v1(q), doctest::Contains("scales[1, 3] must be finite"),
+                         std::domain_error);
+    q = p;
+    q.scales.resize(0, 16);
+    CHECK_THROWS_WITH_AS(unpack_v1(q), doctest::Contains("at least one group"),
+                         std::invalid_argument);
+  }
+  {
+    const Eigen::MatrixXd h = hessian_of_correlated(64, 16, 41);
+    const Eigen::MatrixXf w = oq::test::gaussian<float>(8, 16, 42);
+    const auto r8 = oq::quant::gptq_quantize(w, h, QuantSpec::per_channel(8, true));
+    CHECK_THROWS_WITH_AS(oq::io::gptq_linear_codes(r8, QuantSpec::per_channel(8, true)),
+                         doctest::Contains("spec.bits must be 4"), std::invalid_argument);
+    const auto rt = oq::quant::gptq_quantize(w, h, QuantSpec::per_tensor(4, true));
+    CHECK_THROWS_WITH_AS(oq::io::gptq_linear_codes(rt, QuantSpec::per_tensor(4, true)),
+                         doctest::Contains("per-channel or per-group"), std::invalid_argument);
+    const auto r4 = oq::quant::gptq_quantize(w, h, QuantSpec::per_channel(4, true));
+    CHECK_THROWS_WITH_AS(oq::io::gptq_linear_codes(r4, QuantSpec::per_group(4, true, 8)),
+                         doctest::Contains("r.params must be 8 x 2"), std::invalid_argument);
+  }
+}
