@@ -72,6 +72,12 @@ TEST_CASE("a block of a larger matrix (outer stride) is inverted in place, its s
   CHECK((big.array() == 42.0).all());
 }
 
+TEST_CASE("an empty matrix is a no-op") {
+  Eigen::MatrixXd m(0, 0);
+  oq::detail::invert_lower_triangular_in_place<double>(m);
+  CHECK(m.size() == 0);
+}
+
 TEST_CASE("a diagonal matrix gets its reciprocals, exactly") {
   Eigen::MatrixXd m = Eigen::MatrixXd::Zero(70, 70);
   for (Eigen::Index i = 0; i < 70; ++i) m(i, i) = std::ldexp(1.0, int(i % 9) - 4);

@@ -27,8 +27,10 @@ namespace {
 
 constexpr GptqCheckpointFormat kFormats[] = {GptqCheckpointFormat::kGptq, GptqCheckpointFormat::kGptqV2};
 
-// AutoGPTQ's torch forward (qlinear_cuda_old.py), element by element: shift
-// each word right by 4·(index mod 8), mask 15, add 1 to the zero for "gptq".
+// What a g_idx-aware GPTQ reader computes (AutoGPTQ's qlinear_cuda.py and
+// exllama layers), element by element: shift each word right by
+// 4·(index mod 8), mask 15, add 1 to the zero for "gptq" (pack writes zeros
+// 1..15 there, where every reader agrees), scale of group g_idx[k].
 Eigen::MatrixXf dequantize_like_autogptq(const GptqPackedLinear& p, GptqCheckpointFormat format) {
   const Eigen::Index in = Eigen::Index(p.g_idx.size()), out = p.scales.cols();
   Eigen::MatrixXf w(out, in);
@@ -79,7 +81,7 @@ TEST_CASE("the bit layout: eight codes per qweight word along K, eight zeros per
   c.params.scale = Eigen::MatrixXf::Ones(8, 2);
   c.params.scale(5, 1) = 0.333333343f;
   c.params.zero.resize(8, 2);
-  for (int n = 0; n < 8; ++n) c.params.zero(n, 0) = float(n + 1), c.params.zero(n, 1) = 16.0f - float(n);
+  for (int n = 0; n < 8; ++n) c.params.zero(n, 0) = float(n + 1), c.params.zero(n, 1) = 15.0f - float(n);
   c.group_index = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1};
 
   const GptqPackedLinear v1 = pack_gptq_linear(c, GptqCheckpointFormat::kGptq);
@@ -92,7 +94,7 @@ TEST_CASE("the bit layout: eight codes per qweight word along K, eight zeros per
   REQUIRE(v1.qzeros.rows() == 2);
   REQUIRE(v1.qzeros.cols() == 1);
   CHECK(std::uint32_t(v1.qzeros(0, 0)) == 0x76543210u);  // zeros 1..8 stored minus one
-  CHECK(std::uint32_t(v1.qzeros(1, 0)) == 0x89ABCDEFu);  // zeros 16..9: 16 is stored as 15
+  CHECK(std::uint32_t(v1.qzeros(1, 0)) == 0x789ABCDEu);  // zeros 15..8
   CHECK(v1.scales(0, 0) == 0x3C00);                      // 1.0 in binary16
   CHECK(v1.scales(1, 5) == 0x3555);                      // 1/3 rounded to binary16
   CHECK(v1.g_idx == c.group_index);
@@ -100,6 +102,8 @@ TEST_CASE("the bit layout: eight codes per qweight word along K, eight zeros per
   c.params.zero.col(1).setConstant(15.0f);  // "gptq_v2" stores the zeros themselves, 0..15
   const GptqPackedLinear v2 = pack_gptq_linear(c, GptqCheckpointFormat::kGptqV2);
   CHECK(std::uint32_t(v2.qzeros(0, 0)) == 0x87654321u);
+  // GPTQModel's "gptq" → "gptq_v2" conversion adds 1 to every nibble at once.
+  CHECK(std::uint32_t(v1.qzeros(0, 0)) + 0x11111111u == std::uint32_t(v2.qzeros(0, 0)));
   CHECK(std::uint32_t(v2.qzeros(1, 0)) == 0xFFFFFFFFu);
   CHECK(v2.qweight == v1.qweight);
 }
@@ -149,7 +153,7 @@ TEST_CASE("oq's GPTQ results packed: AutoGPTQ's dequantization gives oq's Ŵ wit
     for (const GptqCheckpointFormat format : kFormats) {
       CAPTURE(to_string(format));
       const float z_lo = format == GptqCheckpointFormat::kGptq ? 1.0f : 0.0f;
-      const float z_hi = format == GptqCheckpointFormat::kGptq ? 16.0f : 15.0f;
+      const float z_hi = 15.0f;
       if (c.params.zero.minCoeff() < z_lo || c.params.zero.maxCoeff() > z_hi) {
         CHECK_THROWS_AS(pack_gptq_linear(c, format), std::domain_error);
         continue;
@@ -172,7 +176,7 @@ TEST_CASE("round trips: codes → words → codes, and any words → codes → t
     CAPTURE(to_string(format));
     GptqLinearCodes c = small_codes(40, 96, 5, 11);
     if (format == GptqCheckpointFormat::kGptqV2) c.params.zero(3, 2) = 0.0f;   // only v2 stores 0
-    if (format == GptqCheckpointFormat::kGptq) c.params.zero(3, 2) = 16.0f;    // only v1 stores 16
+    if (format == GptqCheckpointFormat::kGptq) c.params.zero(3, 2) = 15.0f;    // v1's largest
     const GptqLinearCodes back = unpack_gptq_linear(pack_gptq_linear(c, format), format);
     CHECK(back.codes == c.codes);
     CHECK(back.params.zero == c.params.zero);
@@ -187,7 +191,12 @@ TEST_CASE("round trips: codes → words → codes, and any words → codes → t
     p.qzeros.resize(3, 2);
     p.scales.resize(3, 16);
     for (Eigen::Index i = 0; i < p.qweight.size(); ++i) p.qweight.data()[i] = std::int32_t(std::uint32_t(rng()));
-    for (Eigen::Index i = 0; i < p.qzeros.size(); ++i) p.qzeros.data()[i] = std::int32_t(std::uint32_t(rng()));
+    for (Eigen::Index i = 0; i < p.qzeros.size(); ++i) {
+      std::uint32_t word = 0;  // "gptq" writes nibbles 0..14 (zeros 1..15), "gptq_v2" any
+      for (int j = 0; j < 8; ++j)
+        word |= std::uint32_t(rng() % (format == GptqCheckpointFormat::kGptq ? 15 : 16)) << (4 * j);
+      p.qzeros.data()[i] = std::int32_t(word);
+    }
     for (Eigen::Index i = 0; i < p.scales.size(); ++i)
       p.scales.data()[i] = std::uint16_t(0x0400 + rng() % 0x7800);  // positive normal binary16
     for (int k = 0; k < 96; ++k) p.g_idx.push_back(std::int32_t(rng() % 3));
@@ -197,6 +206,24 @@ TEST_CASE("round trips: codes → words → codes, and any words → codes → t
     CHECK(again.scales == p.scales);
     CHECK(again.g_idx == p.g_idx);
   }
+  // A "gptq" zero nibble of 15 reads as 16 (exllama's and vLLM's reading),
+  // which pack does not write back.
+  GptqPackedLinear p = pack_gptq_linear(small_codes(8, 8, 1, 13), GptqCheckpointFormat::kGptq);
+  p.qzeros(0, 0) = std::int32_t(0xFFFFFFFFu);
+  const GptqLinearCodes c = unpack_gptq_linear(p, GptqCheckpointFormat::kGptq);
+  CHECK((c.params.zero.array() == 16.0f).all());
+  CHECK_THROWS_WITH_AS(pack_gptq_linear(c, GptqCheckpointFormat::kGptq), doctest::Contains("[1, 15]"),
+                       std::domain_error);
+
+  // No inputs (K = 0): nothing to pack, and nothing breaks.
+  GptqLinearCodes empty = small_codes(8, 0, 1, 14);
+  const GptqPackedLinear e = pack_gptq_linear(empty, GptqCheckpointFormat::kGptqV2);
+  CHECK(e.qweight.rows() == 0);
+  CHECK(e.qweight.cols() == 8);
+  const GptqLinearCodes e_back = unpack_gptq_linear(e, GptqCheckpointFormat::kGptqV2);
+  CHECK(e_back.codes.rows() == 8);
+  CHECK(e_back.codes.cols() == 0);
+  CHECK(e_back.params.zero == empty.params.zero);
 }
 
 TEST_CASE("safetensors: <prefix>.qweight/.qzeros/.scales/.g_idx as I32 and F16, read back unchanged") {
@@ -225,6 +252,18 @@ TEST_CASE("safetensors: <prefix>.qweight/.qzeros/.scales/.g_idx as I32 and F16, 
   wrong.add("x.qweight", p.qweight.cast<float>(), DType::kF32);
   CHECK_THROWS_WITH_AS(oq::io::read_gptq_linear(oq::io::SafetensorsFile::from_bytes(wrong.bytes()), "x"),
                        doctest::Contains("must be I32 of rank 2, got F32"), oq::io::FormatError);
+  // An empty tensor is valid safetensors whatever its other dimensions: a
+  // forged 2⁴⁰ must not reach the shape arithmetic.
+  oq::io::SafetensorsWriter forged_qweight;
+  forged_qweight.add("x.qweight", DType::kI32, {std::size_t(1) << 40, 0}, std::span<const std::byte>());
+  CHECK_THROWS_WITH_AS(oq::io::read_gptq_linear(oq::io::SafetensorsFile::from_bytes(forged_qweight.bytes()), "x"),
+                       doctest::Contains("expected every dimension below 2^31"), oq::io::FormatError);
+  oq::io::SafetensorsWriter scales_f32;
+  scales_f32.add("x.qweight", DType::kI32, {4, 16}, std::as_bytes(std::span(p.qweight.data(), 64)));
+  scales_f32.add("x.qzeros", DType::kI32, {2, 2}, std::as_bytes(std::span(p.qzeros.data(), 4)));
+  scales_f32.add("x.scales", Eigen::MatrixXf::Ones(2, 16), DType::kF32);
+  CHECK_THROWS_WITH_AS(oq::io::read_gptq_linear(oq::io::SafetensorsFile::from_bytes(scales_f32.bytes()), "x"),
+                       doctest::Contains("'x.scales'"), oq::io::FormatError);
 
   const nlohmann::json config = oq::io::gptq_quantization_config(128, true, false, GptqCheckpointFormat::kGptq);
   CHECK(config == nlohmann::json{{"quant_method", "gptq"},
@@ -259,12 +298,16 @@ TEST_CASE("bad input names the entry and what was expected") {
   {
     GptqLinearCodes c = good;
     c.params.zero(4, 1) = 0.0f;
-    CHECK_THROWS_WITH_AS(pack_v1(c), doctest::Contains("c.params.zero(4, 1) must be an integer in [1, 16]"),
+    CHECK_THROWS_WITH_AS(pack_v1(c), doctest::Contains("c.params.zero(4, 1) must be an integer in [1, 15]"),
                          std::domain_error);
+    CHECK_THROWS_WITH_AS(pack_v1(c), doctest::Contains("\"gptq_v2\" stores a zero of 0"), std::domain_error);
     CHECK_NOTHROW(pack_v2(c));
     c.params.zero(4, 1) = 16.0f;
     CHECK_THROWS_WITH_AS(pack_v2(c), doctest::Contains("[0, 15] for checkpoint_format \"gptq_v2\""),
                          std::domain_error);
+    CHECK_THROWS_AS(pack_v1(c), std::domain_error);  // 16: where "gptq" readers disagree
+    c.params.zero(4, 1) = -1.0f;  // a group entirely above 0 (oq does not clamp zeros)
+    CHECK_THROWS_AS(pack_v2(c), std::domain_error);
     c.params.zero(4, 1) = 2.5f;
     CHECK_THROWS_AS(pack_v1(c), std::domain_error);
     c.params.zero(4, 1) = std::numeric_limits<float>::quiet_NaN();
@@ -314,6 +357,9 @@ TEST_CASE("bad input names the entry and what was expected") {
     q.scales(1, 3) = 0x7C00;  // +∞
     CHECK_THROWS_WITH_AS(unpack_v1(q), doctest::Contains("scales[1, 3] must be finite"),
                          std::domain_error);
+    q = p;
+    q.g_idx.resize(36, 0);  // K not a multiple of 8
+    CHECK_THROWS_WITH_AS(unpack_v1(q), doctest::Contains("qweight must be [36/8, 16]"), std::invalid_argument);
     q = p;
     q.scales.resize(0, 16);
     CHECK_THROWS_WITH_AS(unpack_v1(q), doctest::Contains("at least one group"),

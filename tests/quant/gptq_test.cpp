@@ -249,6 +249,11 @@ TEST_CASE("GPTQ equals a plain float64 implementation of Algorithm 1, whatever t
                          doctest::Contains("static_groups"), std::invalid_argument);
     CHECK_THROWS_WITH_AS(gptq_quantize(w, GptqFactor(h, {.act_order = true, .static_groups = false}), grouped, params),
                          doctest::Contains("static_groups"), std::invalid_argument);
+    // Given per-channel parameters have no groups: accepted either way.
+    const QuantSpec channel = QuantSpec::per_channel(4, false);
+    const QuantParams<double> channel_params = compute_params(w, channel);
+    CHECK(gptq_quantize(w, h, channel, channel_params, {.act_order = true, .static_groups = false}).codes ==
+          gptq_quantize(w, h, channel, channel_params, {.act_order = true}).codes);
   }
   SUBCASE("given parameters are used as they are") {
     const QuantSpec spec = QuantSpec::per_channel(4, false);

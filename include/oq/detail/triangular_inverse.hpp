@@ -10,8 +10,8 @@
 // (LAPACK's dtrtri computes the same blocks, in another order) spends
 // T(n) = 2·T(n/2) + 2·(n/2)³ = n³/3 flops, nearly all of them in the two
 // triangular matrix products of the off-diagonal block, which Eigen runs
-// with its blocked GEMM kernels. 4096² in double on one core: 1.2 s against
-// the solve's 3.5 s (bench/RESULTS.md has GPTQ's factor with both).
+// with its blocked GEMM kernels (bench/RESULTS.md: GPTQ's factor with the
+// solve and with this).
 #pragma once
 
 #include <Eigen/Core>
@@ -52,8 +52,10 @@ void invert(Eigen::Ref<Matrix<Scalar>> m, Eigen::Ref<Matrix<Scalar>> scratch) {
   invert<Scalar>(a, scratch);
   invert<Scalar>(c, scratch);
   auto t = scratch.topLeftCorner(n2, n1);
-  t.noalias() = b * a.template triangularView<Eigen::Lower>();      // B·A⁻¹
-  b.noalias() = -(c.template triangularView<Eigen::Lower>() * t);  // −C⁻¹·B·A⁻¹
+  // The sign goes with the first product, where Eigen folds it into the
+  // kernel's alpha; −(C⁻¹·T) would be evaluated into a temporary first.
+  t.noalias() = -b * a.template triangularView<Eigen::Lower>();   // −B·A⁻¹
+  b.noalias() = c.template triangularView<Eigen::Lower>() * t;    // −C⁻¹·B·A⁻¹
 }
 
 }  // namespace triangular_inverse_impl

@@ -21,22 +21,33 @@
 //     ŵ(n, k) = scales[g, n] · (code(n, k) − zero(g, n)),   g = g_idx[k].
 // The stored zero depends on checkpoint_format:
 //   - "gptq" (AutoGPTQ and transformers; GptqCheckpointFormat::kGptq) stores
-//     zero − 1, and readers add 1 back to the nibble. Zeros 1..16 can be
-//     stored; a zero of 0 cannot (−1 wraps to 15 and reads back as 16),
-//     which is why GPTQModel introduced
+//     zero − 1, and readers add 1 back. Only zeros 1..15 are written: a zero
+//     of 0 would wrap to nibble 15, and nibble 15 is where readers disagree
+//     (exllama and vLLM's gptq kernels read 16; GPTQModel's v1 → v2
+//     conversion, which transformers runs on load, adds 0x11111111 to the
+//     whole word, so 15 + 1 carries into the next output's zero; AutoGPTQ's
+//     converters read (15 + 1) & 15 = 0). unpack_gptq_linear reads it as 16.
+//     GPTQModel introduced for this
 //   - "gptq_v2" (kGptqV2), which stores the zero itself: zeros 0..15.
+// oq's zero points are not clamped (DESIGN §2): a group that lies entirely
+// above 0 has a negative zero, one entirely below 0 a zero above 15. Such
+// groups cannot be stored in either format, and pack_gptq_linear says which
+// entry (the reference quantizer widens [min, max] to include 0 for this).
 // Symmetric quantization: oq's signed codes q in [−8, 7] with zero 0 become
 // q + 8 with zero 8, as AutoGPTQ's symmetric quantizer stores them (its
 // zero point is (maxq + 1)/2 = 8): the same ŵ.
 // g_idx is k / group size for contiguous groups; with GPTQ's act order and
 // groups formed in that order ("desc_act", GptqOptions::static_groups =
 // false) it is GptqResult::group_index.
-// Source: AutoGPTQ, auto_gptq/nn_modules/qlinear/qlinear_cuda_old.py,
-// QuantLinear.pack and its torch forward path.
+// Sources: AutoGPTQ, auto_gptq/nn_modules/qlinear/: QuantLinear.pack (the
+// nibble order of qweight and qzeros, zeros − 1; qlinear_cuda_old.py) and
+// the per-input scales[g_idx[k]] of the g_idx-aware layers (qlinear_cuda.py,
+// qlinear_exllama.py).
 //
 // Example (pinned by tests/io/gptq_checkpoint_test.cpp): output 0 with codes
 // 1, 2, ..., 8 on inputs 0..7 gives qweight word (0, 0) = 0x87654321; outputs
-// 0..7 of group 0 with zeros 1..8 give the "gptq" qzeros word 0x76543210.
+// 0..7 of group 0 with zeros 1..8 give the "gptq" qzeros word 0x76543210
+// ("gptq_v2": 0x87654321, the same word plus 0x11111111).
 //
 //   auto r = oq::quant::gptq_quantize(w, factor, QuantSpec::per_group(4, true, 128));
 //   auto packed = oq::io::pack_gptq_linear(oq::io::gptq_linear_codes(r, spec), GptqCheckpointFormat::kGptq);
@@ -61,6 +72,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <span>
 #include <string>
 #include <string_view>
@@ -101,7 +113,7 @@ inline constexpr int kCodesPerWord = 8;  // 32-bit words of 4-bit fields
 
 // The zeros a format can store: [lo, hi].
 constexpr int zero_lo(GptqCheckpointFormat f) noexcept { return f == GptqCheckpointFormat::kGptq ? 1 : 0; }
-constexpr int zero_hi(GptqCheckpointFormat f) noexcept { return f == GptqCheckpointFormat::kGptq ? 16 : 15; }
+constexpr int zero_hi(GptqCheckpointFormat) noexcept { return 15; }
 
 inline std::uint32_t nibble(std::uint32_t word, int j) noexcept { return (word >> (4 * j)) & 0xFu; }
 
@@ -119,8 +131,12 @@ inline void check_group_index(const std::vector<std::int32_t>& group_index, Eige
 
 /// oq's GPTQ result as the checkpoint's codes: symmetric codes shifted to
 /// [0, 15] with zero 8, per-channel parameters as one group, g_idx from
-/// r.group_index (or all 0). Throws std::invalid_argument unless spec is
-/// 4-bit and per-channel or per-group, and matches r's shapes.
+/// r.group_index (or all 0), scales cast to float (for a double result, then
+/// rounded once more to binary16 by pack_gptq_linear, as AutoGPTQ rounds its
+/// float32 scales). Asymmetric zeros stay as oq computed them; packing
+/// refuses those outside the format's range (file comment). Throws
+/// std::invalid_argument unless spec is 4-bit and per-channel or per-group,
+/// and matches r's shapes.
 template <class Scalar>
 GptqLinearCodes gptq_linear_codes(const quant::GptqResult<Scalar>& r, const quant::QuantSpec& spec) {
   constexpr std::string_view kWhere = "oq::io::gptq_linear_codes";
@@ -173,7 +189,7 @@ inline Eigen::MatrixXf dequantize_gptq_linear(const GptqLinearCodes& c) {
 /// Throws std::invalid_argument for shapes (K and N must be multiples of 8;
 /// params N × G; group_index K entries in [0, G)), and std::domain_error for
 /// a code outside [0, 15], a zero that is not an integer the format can
-/// store (1..16 for "gptq", 0..15 for "gptq_v2"), or a scale that is not
+/// store (1..15 for "gptq", 0..15 for "gptq_v2"), or a scale that is not
 /// finite and positive or becomes 0 or ∞ in binary16; each names the entry.
 inline GptqPackedLinear pack_gptq_linear(const GptqLinearCodes& c, GptqCheckpointFormat format) {
   namespace d = detail_gptq_checkpoint;
@@ -225,7 +241,8 @@ inline GptqPackedLinear pack_gptq_linear(const GptqLinearCodes& c, GptqCheckpoin
         const float z = c.params.zero(n, g);
         detail::require_domain(std::isfinite(z) && z == std::nearbyint(z) && z >= float(lo) && z <= float(hi),
                                kWhere, "c.params.zero(", n, ", ", g, ") must be an integer in [", lo, ", ", hi,
-                               "] for checkpoint_format \"", to_string(format), "\", got ", z);
+                               "] for checkpoint_format \"", to_string(format), "\", got ", z,
+                               z == 0.0f && format == GptqCheckpointFormat::kGptq ? " (\"gptq_v2\" stores a zero of 0)" : "");
         word |= static_cast<std::uint32_t>(static_cast<int>(z) - stored_offset) << (4 * j);
       }
       p.qzeros(g, c8) = static_cast<std::int32_t>(word);
@@ -234,19 +251,23 @@ inline GptqPackedLinear pack_gptq_linear(const GptqLinearCodes& c, GptqCheckpoin
   return p;
 }
 
-/// Unpacks the checkpoint's tensors. Throws std::invalid_argument when their
-/// shapes disagree (naming both) or g_idx leaves [0, G), and
-/// std::domain_error for a scale that is NaN or ±∞.
+/// Unpacks the checkpoint's tensors; a "gptq" zero nibble of 15 reads as 16
+/// (file comment). Throws std::invalid_argument when their shapes disagree
+/// (naming both) or g_idx leaves [0, G), and std::domain_error for a scale
+/// that is NaN or ±∞ (any finite scale is returned as it is).
 inline GptqLinearCodes unpack_gptq_linear(const GptqPackedLinear& p, GptqCheckpointFormat format) {
   namespace d = detail_gptq_checkpoint;
   constexpr std::string_view kWhere = "oq::io::unpack_gptq_linear";
   const Eigen::Index in = static_cast<Eigen::Index>(p.g_idx.size());
   const Eigen::Index out = p.scales.cols(), groups = p.scales.rows();
   detail::require(groups > 0, kWhere, "scales must have at least one group (row), got ", groups);
-  detail::require(p.qweight.rows() * d::kCodesPerWord == in && p.qweight.cols() == out, kWhere, "qweight must be [",
+  // Compared by division: a forged dimension must not overflow a product.
+  detail::require(in % d::kCodesPerWord == 0 && p.qweight.rows() == in / d::kCodesPerWord && p.qweight.cols() == out,
+                  kWhere, "qweight must be [",
                   in, "/8, ", out, "] for g_idx of ", in, " and scales of ", out, " columns, got [", p.qweight.rows(),
                   ", ", p.qweight.cols(), "]");
-  detail::require(p.qzeros.rows() == groups && p.qzeros.cols() * d::kCodesPerWord == out, kWhere, "qzeros must be [",
+  detail::require(p.qzeros.rows() == groups && out % d::kCodesPerWord == 0 && p.qzeros.cols() == out / d::kCodesPerWord,
+                  kWhere, "qzeros must be [",
                   groups, ", ", out, "/8] for scales of [", groups, ", ", out, "], got [", p.qzeros.rows(), ", ",
                   p.qzeros.cols(), "]");
   d::check_group_index(p.g_idx, in, groups, kWhere, "g_idx");
@@ -295,7 +316,9 @@ inline void add_gptq_linear(SafetensorsWriter& writer, std::string_view prefix, 
 
 namespace detail_gptq_checkpoint {
 
-// The raw elements of a tensor of the expected dtype and rank.
+// The raw elements of a tensor of the expected dtype and rank, each
+// dimension below 2³¹ (g_idx is int32; an empty tensor may still carry a
+// forged dimension, since its size is 0 whatever the others are).
 template <class T>
 std::vector<T> read_raw(const SafetensorsFile& file, const std::string& name, DType dtype, std::size_t rank,
                         std::vector<std::size_t>& shape) {
@@ -304,6 +327,12 @@ std::vector<T> read_raw(const SafetensorsFile& file, const std::string& name, DT
     throw FormatError("oq::io::read_gptq_linear: tensor '" + name + "' in " + file.source() + " must be " +
                       std::string(dtype_name(dtype)) + " of rank " + std::to_string(rank) + ", got " +
                       std::string(dtype_name(t.dtype)) + " of shape " + detail_safetensors::shape_str(t.shape));
+  }
+  for (const std::size_t dim : t.shape) {
+    if (dim > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max())) {
+      throw FormatError("oq::io::read_gptq_linear: tensor '" + name + "' in " + file.source() + " has shape " +
+                        detail_safetensors::shape_str(t.shape) + " (expected every dimension below 2^31)");
+    }
   }
   shape = t.shape;
   const std::span<const std::byte> bytes = file.bytes(name);
@@ -323,7 +352,8 @@ RowMajorMatrix<T> as_matrix(const std::vector<T>& v, const std::vector<std::size
 
 /// Reads <prefix>.qweight, .qzeros, .scales and .g_idx. Throws
 /// std::invalid_argument when one is missing, FormatError when one has
-/// another dtype or rank. unpack_gptq_linear checks that the shapes agree.
+/// another dtype or rank or a dimension of 2³¹ or more.
+/// unpack_gptq_linear checks that the shapes agree.
 inline GptqPackedLinear read_gptq_linear(const SafetensorsFile& file, std::string_view prefix) {
   namespace d = detail_gptq_checkpoint;
   const std::string name(prefix);

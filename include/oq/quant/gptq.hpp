@@ -192,7 +192,7 @@ class GptqFactor {
     // gives H⁻¹ = (J·L⁻¹·J)ᵀ·(J·L⁻¹·J), and J·L⁻¹·J is upper triangular with
     // a positive diagonal, so it is that factor. One factorisation and one
     // triangular inverse (n³/3 flops each), both in place in the hessian's
-    // storage: one n × n matrix (and a quarter of one) at the peak.
+    // storage: one n × n matrix (and a quarter of one) while they run.
     hessian.reverseInPlace();
     {
       const Eigen::LLT<Eigen::Ref<Eigen::MatrixXd>> factor(hessian);  // L in the lower triangle
