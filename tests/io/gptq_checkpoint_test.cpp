@@ -6,11 +6,13 @@
 #include <oq/io/gptq_checkpoint.hpp>
 
 #include <oq/core/float16.hpp>
+#include <oq/quant/quantize.hpp>
 
 #include <doctest/doctest.h>
 
 #include "support/matrices.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -169,6 +171,51 @@ TEST_CASE("oq's GPTQ results packed: AutoGPTQ's dequantization gives oq's Ŵ wit
     }
     CHECK(packed >= 1);
   }
+}
+
+TEST_CASE("an act-order linear sorted by group is an ordinary per-group linear of gathered inputs") {
+  const Eigen::Index out = 16, in = 48, group = 8;
+  const Eigen::MatrixXd h = hessian_of_correlated(200, in, 51);
+  const Eigen::MatrixXf w = oq::test::heavy_tailed<float>(out, in, 52);
+  const QuantSpec spec = QuantSpec::per_group(4, true, group);
+  const auto r = oq::quant::gptq_quantize(w, h, spec, {.act_order = true, .static_groups = false});
+  const GptqLinearCodes c = oq::io::gptq_linear_codes(r, spec);
+  const oq::io::GptqInputsByGroup sorted = oq::io::sort_inputs_by_group(c);
+  REQUIRE(sorted.group_size == group);
+  REQUIRE(sorted.input_order.size() == std::size_t(in));
+  std::vector<bool> seen(std::size_t(in), false);
+  for (Eigen::Index k = 0; k < in; ++k) {
+    const Eigen::Index j = sorted.input_order[std::size_t(k)];
+    CHECK(sorted.linear.group_index[std::size_t(k)] == k / group);
+    CHECK(c.group_index[std::size_t(j)] == k / group);  // the input kept its group
+    CHECK_FALSE(seen[std::size_t(j)]);
+    seen[std::size_t(j)] = true;
+    CHECK(sorted.linear.codes.col(k) == c.codes.col(j));
+  }
+  // Stable: inside a group, the original order.
+  for (Eigen::Index k = 1; k < in; ++k)
+    if (k % group != 0) CHECK(sorted.input_order[std::size_t(k - 1)] < sorted.input_order[std::size_t(k)]);
+  // Sorting did something here (act-order groups are not contiguous).
+  CHECK_FALSE(std::is_sorted(sorted.input_order.begin(), sorted.input_order.end()));
+
+  // Contiguous groups: oq's own per-group dequantization applies, and equals
+  // the g_idx dequantization with its columns gathered.
+  const Eigen::MatrixXf w_sorted = oq::io::dequantize_gptq_linear(sorted.linear);
+  const Eigen::MatrixXf w_gidx = oq::io::dequantize_gptq_linear(c);
+  CHECK(oq::quant::dequantize(sorted.linear.codes, sorted.linear.params, QuantSpec::per_group(4, false, group)) ==
+        w_sorted);
+  const std::vector<Eigen::Index> order(sorted.input_order.begin(), sorted.input_order.end());
+  CHECK(w_sorted == w_gidx(Eigen::all, order));
+  // The layer: gathered inputs times the sorted weights is the original product.
+  const Eigen::MatrixXf x = oq::test::gaussian<float>(5, in, 53);
+  const Eigen::MatrixXf y = x * w_gidx.transpose();
+  const Eigen::MatrixXf y_sorted = x(Eigen::all, order) * w_sorted.transpose();
+  CHECK((y_sorted - y).norm() <= 1e-5f * y.norm());
+
+  GptqLinearCodes uneven = c;
+  uneven.group_index[0] = uneven.group_index[0] == 0 ? 1 : 0;
+  CHECK_THROWS_WITH_AS(oq::io::sort_inputs_by_group(uneven), doctest::Contains("of the 48 inputs (expected K / G = 8"),
+                       std::invalid_argument);
 }
 
 TEST_CASE("round trips: codes → words → codes, and any words → codes → the same words") {

@@ -53,6 +53,9 @@
 //   auto packed = oq::io::pack_gptq_linear(oq::io::gptq_linear_codes(r, spec), GptqCheckpointFormat::kGptq);
 //   oq::io::SafetensorsWriter out;
 //   oq::io::add_gptq_linear(out, "model.layers.0.self_attn.q_proj", packed);
+//   // An act-order checkpoint's linear for a contiguous per-group kernel:
+//   auto sorted = oq::io::sort_inputs_by_group(oq::io::unpack_gptq_linear(packed, GptqCheckpointFormat::kGptq));
+//   // y = x(:, sorted.input_order) · Ŵ(sorted.linear)ᵀ
 #pragma once
 
 #include <oq/core/float16.hpp>
@@ -182,6 +185,52 @@ inline Eigen::MatrixXf dequantize_gptq_linear(const GptqLinearCodes& c) {
     w.col(k) = (c.codes.col(k).cast<float>() - c.params.zero.col(g)).cwiseProduct(c.params.scale.col(g));
   }
   return w;
+}
+
+/// A linear whose inputs are sorted by group, and where they came from.
+struct GptqInputsByGroup {
+  GptqLinearCodes linear;                 ///< group_index[k] = k / group_size
+  std::vector<Eigen::Index> input_order;  ///< input_order[k]: the original input now at k
+  Eigen::Index group_size = 0;            ///< K / G
+};
+
+/// An act-order linear (g_idx not k / G) as an ordinary per-group one: its
+/// inputs sorted by group, stably, so that group g is inputs g·G .. g·G+G−1,
+/// with codes and parameters unchanged. An engine gathers its activations
+/// x(:, input_order), or folds the gather into the op before, and runs a
+/// contiguous per-group kernel (oq's W4A16 after quant::pack_int4, u4):
+/// x(:, input_order)·Ŵ_sortedᵀ = x·Ŵᵀ (exllama's and vLLM's approach to
+/// desc_act checkpoints). Throws std::invalid_argument unless every one of
+/// the G groups holds exactly K / G inputs (GPTQ's groups do), naming the
+/// first that does not.
+inline GptqInputsByGroup sort_inputs_by_group(const GptqLinearCodes& c) {
+  constexpr std::string_view kWhere = "oq::io::sort_inputs_by_group";
+  const Eigen::Index in = c.codes.cols(), groups = c.params.scale.cols();
+  detail::require(groups > 0, kWhere, "c.params must have at least one group (column), got ", groups);
+  detail_gptq_checkpoint::check_group_index(c.group_index, in, groups, kWhere, "c.group_index");
+  std::vector<Eigen::Index> count(static_cast<std::size_t>(groups), 0);
+  for (const std::int32_t g : c.group_index) ++count[static_cast<std::size_t>(g)];
+  for (Eigen::Index g = 0; g < groups; ++g) {
+    detail::require(in % groups == 0 && count[static_cast<std::size_t>(g)] == in / groups, kWhere, "group ", g,
+                    " holds ", count[static_cast<std::size_t>(g)], " of the ", in, " inputs (expected K / G = ",
+                    in / groups, " each, and K a multiple of G = ", groups, ")");
+  }
+  GptqInputsByGroup sorted;
+  sorted.group_size = in / groups;
+  // Counting sort: the inputs of group g, in their original order, at g·G.
+  std::vector<Eigen::Index> next(static_cast<std::size_t>(groups));
+  for (Eigen::Index g = 0; g < groups; ++g) next[static_cast<std::size_t>(g)] = g * sorted.group_size;
+  sorted.input_order.resize(static_cast<std::size_t>(in));
+  for (Eigen::Index k = 0; k < in; ++k) {
+    const auto g = static_cast<std::size_t>(c.group_index[static_cast<std::size_t>(k)]);
+    sorted.input_order[static_cast<std::size_t>(next[g]++)] = k;
+  }
+  sorted.linear.codes = c.codes(Eigen::all, sorted.input_order);
+  sorted.linear.params = c.params;
+  sorted.linear.group_index.resize(static_cast<std::size_t>(in));
+  for (Eigen::Index k = 0; k < in; ++k)
+    sorted.linear.group_index[static_cast<std::size_t>(k)] = static_cast<std::int32_t>(k / sorted.group_size);
+  return sorted;
 }
 
 /// Packs codes and parameters into the checkpoint's tensors. Scales are
