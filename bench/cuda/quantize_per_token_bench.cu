@@ -8,7 +8,7 @@
 //   quantize_rotated   the same after X·diag(R, …, R) with one 128 × 128 R
 //   quantize_hadamard  the same after X·diag(H, …, H), H = H_128/√128 by the
 //                      fast Walsh–Hadamard transform
-//   quantize_rotated_tc[1][_g2][_recompute]
+//   quantize_rotated_tc[1][_g2][_recompute], quantize_rotated_tc1_ring4
 //                      quantize_rotated with X·R on tensor cores
 //                      (device/quantize_per_token_tensorop.cuh): R in two
 //                      bf16 terms, or one ("tc1": X·round(R)); one warp group
@@ -101,12 +101,16 @@ struct Recompute {
   }
 };
 
-template <int kTerms, int kGroups, bool kForceRecompute = false>
+// kRingSlots: 0 is the kernel's ring depth (~24 KiB in flight); 4 is the
+// depth before 2026-11-30 (3 stages, ~7.5 KiB in flight), kept to measure
+// what the deeper ring moves.
+template <int kTerms, int kGroups, bool kForceRecompute = false, int kRingSlots = 0>
 void BM_quantize_rotated_tc(benchmark::State& state) {
-  using Quantize = oq::cuda::device::QuantizePerTokenTensorOp<bf16, kBlock, kTerms, kGroups>;
+  using Quantize = oq::cuda::device::QuantizePerTokenTensorOp<bf16, kBlock, kTerms, kGroups, kRingSlots>;
   using Launcher = std::conditional_t<kForceRecompute, Recompute<Quantize>, Quantize>;
   static const std::string name = std::string("quantize_rotated_tc") + (kTerms == 1 ? "1" : "") +
-                                  (kGroups == 2 ? "_g2" : "") + (kForceRecompute ? "_recompute" : "");
+                                  (kGroups == 2 ? "_g2" : "") + (kForceRecompute ? "_recompute" : "") +
+                                  (kRingSlots > 0 ? "_ring" + std::to_string(kRingSlots) : "");
   guarded(state, [](benchmark::State& st) { run_quantize<Launcher>(st, Rotation::kMatrix, name.c_str()); });
 }
 BENCHMARK(BM_quantize)->Name("quantize")->ArgNames({"m", "k"})->Apply(shapes)->UseManualTime();
@@ -117,6 +121,7 @@ BENCHMARK(BM_quantize_rotated_tc<2, 2>)->Name("quantize_rotated_tc_g2")->ArgName
 BENCHMARK(BM_quantize_rotated_tc<1, 1>)->Name("quantize_rotated_tc1")->ArgNames({"m", "k"})->Apply(shapes)->UseManualTime();
 BENCHMARK(BM_quantize_rotated_tc<1, 2>)->Name("quantize_rotated_tc1_g2")->ArgNames({"m", "k"})->Apply(shapes)->UseManualTime();
 BENCHMARK(BM_quantize_rotated_tc<2, 2, true>)->Name("quantize_rotated_tc_g2_recompute")->ArgNames({"m", "k"})->Apply(shapes)->UseManualTime();
+BENCHMARK(BM_quantize_rotated_tc<1, 1, false, 4>)->Name("quantize_rotated_tc1_ring4")->ArgNames({"m", "k"})->Apply(shapes)->UseManualTime();
 
 }  // namespace
 

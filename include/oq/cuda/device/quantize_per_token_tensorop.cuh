@@ -14,11 +14,12 @@
 // hadamard_block; x 16-byte aligned with ld_x a multiple of 8; codes 4-byte
 // aligned with ld_codes a multiple of 4. can_implement adds compute
 // capability 8.0 and the shared memory of the passes:
-//   kResidentY  8 rows of Y in fp32 plus a ring of X: 32·K bytes + 10 KiB per
-//               warp group (K ≤ ~6,800 on H100/H200); one tensor pass
+//   kResidentY  8 rows of Y in fp32 plus a ring of X: 32·K bytes + 20 KiB
+//               at b = 128 (K ≤ ~6,600 on H100/H200; 10 KiB per warp group
+//               and K ≤ ~6,800 with kRingSlots = 4); one tensor pass
 //   kResidentYPair  (sm_90) kResidentY with each row split over a cluster of
 //               two CTAs that exchange the min/max and code sums through
-//               distributed shared memory: K ≤ ~13,600; one tensor pass
+//               distributed shared memory: K ≤ ~13,200; one tensor pass
 //   kRecompute  8 rows of X: 16·K bytes (K ≤ ~14,000); Y computed twice
 // run(p, stream) takes the first of these that fits (choose_passes);
 // run(p, stream, passes) forces one (tests, benchmarks). The grid is
@@ -36,12 +37,14 @@
 
 namespace oq::cuda::device {
 
-template <class Element, int kBlock = 128, int kTerms = 2, int kGroups = 1>
+/// kRingSlots: kResidentY's ring depth, 0 for the kernel's choice (see
+/// kernel::QuantizePerTokenTensorOp::kStages); benchmarks set it to compare.
+template <class Element, int kBlock = 128, int kTerms = 2, int kGroups = 1, int kRingSlots = 0>
 class QuantizePerTokenTensorOp {
  public:
   using Passes = kernel::RotationPasses;
   template <Passes kPasses>
-  using KernelFor = kernel::QuantizePerTokenTensorOp<Element, kBlock, kTerms, kGroups, kPasses>;
+  using KernelFor = kernel::QuantizePerTokenTensorOp<Element, kBlock, kTerms, kGroups, kPasses, kRingSlots>;
   using Params = typename KernelFor<Passes::kResidentY>::Params;
 
   /// The argument checks alone: no CUDA call, usable without a GPU.
@@ -92,8 +95,8 @@ class QuantizePerTokenTensorOp {
       // The cluster instructions exist only in code built for sm_90 or newer:
       // a device that runs, say, the compute_89 PTX JIT-compiled would trap.
       cudaFuncAttributes attributes{};
-      OQ_CUDA_TRY(cudaFuncGetAttributes(
-          &attributes, &kernel::quantize_per_token_tensorop_kernel<Element, kBlock, kTerms, kGroups, Passes::kResidentYPair>));
+      OQ_CUDA_TRY(cudaFuncGetAttributes(&attributes, &kernel::quantize_per_token_tensorop_kernel<
+                                                         Element, kBlock, kTerms, kGroups, Passes::kResidentYPair, kRingSlots>));
       if (attributes.ptxVersion < 90)
         return Report::failure(Status::kUnsupportedDevice,
                                "QuantizePerTokenTensorOp: kResidentYPair needs code built for sm_90 or newer (clusters); "
@@ -141,7 +144,7 @@ class QuantizePerTokenTensorOp {
   static Report launch(const Params& p, cudaStream_t stream) {
     using Kernel = KernelFor<kPasses>;
     const auto smem = static_cast<int>(Kernel::dynamic_smem_bytes(p));
-    auto* entry = &kernel::quantize_per_token_tensorop_kernel<Element, kBlock, kTerms, kGroups, kPasses>;
+    auto* entry = &kernel::quantize_per_token_tensorop_kernel<Element, kBlock, kTerms, kGroups, kPasses, kRingSlots>;
     OQ_CUDA_TRY(cudaFuncSetAttribute(entry, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     const std::int64_t tiles = (p.rows + Kernel::kTokens - 1) / Kernel::kTokens;
     auto no_fit = [&] {

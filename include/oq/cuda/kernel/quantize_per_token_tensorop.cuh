@@ -31,8 +31,9 @@
 //
 // One 8-token tile, in one of three RotationPasses (the launcher takes the
 // first that fits in shared memory and the device):
-//   kResidentY — X streams through a ring of kStages slots (cp.async, 3
-//     stages ahead); pass 1 multiplies each block, Y = X_block·R on
+//   kResidentY — X streams through a ring of kStages slots (cp.async,
+//     kStages − 1 stages ahead, ~24 KiB in flight: see kStages); pass 1
+//     multiplies each block, Y = X_block·R on
 //     mma.sync.m16n8k16 (A = Rᵀ slice, B = the 8 tokens' X), and keeps Y in
 //     shared memory as fp32 (8·K·4 bytes: 128 KiB at K = 4096) with each
 //     token's min/max; the min/max meet across lanes and warps → scale and
@@ -77,6 +78,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -178,7 +181,7 @@ enum class RotationPasses {
 };
 
 template <class Element, int kBlock = 128, int kTerms = 2, int kGroups = 1,
-          RotationPasses kPasses = RotationPasses::kResidentY>
+          RotationPasses kPasses = RotationPasses::kResidentY, int kRingSlots = 0>
 struct QuantizePerTokenTensorOp {
   static_assert(kGroups == 1 || kGroups == 2, "kGroups: 1 or 2");
   static_assert(kTerms * kBlock <= 256, "R's slice must fit in registers: kTerms·kBlock/2 ≤ 128 per thread");
@@ -193,8 +196,21 @@ struct QuantizePerTokenTensorOp {
   static constexpr int kWarps = kGroups * kWarpsPerGroup;
   static constexpr int kThreads = 32 * kWarps;  // = kGroups·kBlock: one 16-byte copy each per stage
   // Stages of kGroups blocks: in flight (kRecompute: all resident, 8 ahead),
-  // or the ring's slots (kResidentY: 3 ahead while the 4th is multiplied).
-  static constexpr int kStages = kResidentY ? 4 : 8;
+  // or the ring's slots (kResidentY: kStages − 1 ahead while one is
+  // multiplied). The resident passes run one CTA per SM at large K, so the
+  // ring alone must cover the memory latency: by Little's law an H100/H200
+  // streams ~3.4–4.8 TB/s over ~0.7 µs across 132 SMs only with ~20–25 KiB
+  // in flight per SM. kRingSlots = 0 picks the largest power of two (so that
+  // stage mod kStages is a mask: a 64-bit modulo by 5 or 10 costs registers,
+  // and spilled) with at most ~24 KiB in flight, 4 to 16 slots: 8 at b = 128
+  // (a slot holds 8 tokens × one block, padded: 2.5 KiB), 17.5 KiB ahead; a
+  // positive kRingSlots (a power of two) forces that many (benchmarks compare).
+  static constexpr int kRingSlotBytes = kTokens * (kBlock * 2 % 128 == 0 ? kBlock * 2 + 64 : kBlock * 2);
+  static constexpr int kAutoRingSlots = std::clamp(
+      static_cast<int>(std::bit_floor(static_cast<unsigned>(24 * 1024 / (kGroups * kRingSlotBytes) + 1))), 4, 16);
+  static_assert(kRingSlots == 0 || (kRingSlots >= 2 && kRingSlots <= 32 && std::has_single_bit(unsigned(kRingSlots))),
+                "kRingSlots: 0 (auto) or a power of two in 2..32");
+  static constexpr int kStages = kResidentY ? (kRingSlots > 0 ? kRingSlots : kAutoRingSlots) : 8;
 
   // kRecompute's staging rows: 16 bytes of padding put tokens 2t and 2t + 2
   // (lanes t and t + 1 of a store) in different banks.
@@ -227,6 +243,7 @@ struct QuantizePerTokenTensorOp {
   /// 32 distinct banks (2t·stride + g ≡ 8t + g mod 32).
   __host__ __device__ static constexpr std::int64_t y_stride_floats(std::int64_t cols) { return cols + 4; }
   __host__ __device__ static constexpr std::int64_t ring_slot_bytes() { return kTokens * x_stride_bytes(kBlock); }
+  static_assert(kRingSlotBytes == kTokens * x_stride_bytes(kBlock), "kRingSlotBytes is ring_slot_bytes()");
 
   /// The channels of a row one CTA holds: all, or (kResidentYPair) the larger
   /// half of the blocks — rank 0 takes blocks [0, ⌈B/2⌉), rank 1 the rest.
@@ -374,6 +391,9 @@ struct QuantizePerTokenTensorOp {
     // A cluster's CTAs take the same tiles: tile index blockIdx.x / kCluster.
     const std::int64_t first_tile = blockIdx.x / kCluster, tile_stride = gridDim.x / kCluster;
     if (first_tile < tiles) {
+      // kResidentY's deeper ring (up to 15 stages ahead) as a loop: unrolled,
+      // the inlined copies of issue() cost registers (and spilled at b = 64).
+#pragma unroll(kResidentY ? 1 : kAhead)
       for (int s = 0; s < kAhead; ++s) issue(first_tile * kTokens, s);
     }
     for (std::int64_t t = first_tile; t < tiles; t += tile_stride) {
@@ -525,10 +545,11 @@ struct QuantizePerTokenTensorOp {
   }
 };
 
-template <class Element, int kBlock, int kTerms, int kGroups, RotationPasses kPasses>
-__global__ void __launch_bounds__(QuantizePerTokenTensorOp<Element, kBlock, kTerms, kGroups, kPasses>::kThreads)
+template <class Element, int kBlock, int kTerms, int kGroups, RotationPasses kPasses, int kRingSlots>
+__global__ void __launch_bounds__(
+    QuantizePerTokenTensorOp<Element, kBlock, kTerms, kGroups, kPasses, kRingSlots>::kThreads)
     quantize_per_token_tensorop_kernel(const QuantizePerTokenParams<Element> params) {
-  using Kernel = QuantizePerTokenTensorOp<Element, kBlock, kTerms, kGroups, kPasses>;
+  using Kernel = QuantizePerTokenTensorOp<Element, kBlock, kTerms, kGroups, kPasses, kRingSlots>;
   __shared__ typename Kernel::SharedStorage shared;
   extern __shared__ __align__(128) unsigned char oq_rotation_smem[];  // 128: the bank arithmetic of the strides
   Kernel{}(params, shared, oq_rotation_smem);
