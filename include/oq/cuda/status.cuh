@@ -55,6 +55,12 @@ inline Report cuda_failure(const char* call, cudaError_t error) {
   return Report::failure(Status::kCudaError, std::string(call) + ": " + cudaGetErrorString(error));
 }
 
+/// Resets the runtime's last error before a launch. A runtime call that
+/// failed earlier (the caller's, or one of a launcher that returned its
+/// error) leaves its error there, and the cudaGetLastError() after this
+/// launch would report it against a launch that was fine.
+inline void clear_last_error() noexcept { (void)cudaGetLastError(); }
+
 }  // namespace oq::cuda
 
 /// Evaluates a CUDA runtime call; on failure returns cuda_failure(...) from the

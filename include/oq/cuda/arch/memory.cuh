@@ -15,6 +15,10 @@
 //                                  matrix i — for 8-bit or 4-bit data, exactly
 //                                  the A/B fragment registers of mma.sync
 //                                  (arch/mma.cuh) when the rows are chosen so.
+// Below sm_80 these instructions do not exist: code built for such a target
+// traps where it would use one, rather than skip it and compute garbage (a
+// binary built only for sm_75 also runs on an sm_80 device, which the
+// launchers' compute-capability checks admit).
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -38,12 +42,16 @@ __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool val
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)), "l"(src),
                "r"(src_bytes)
                : "memory");
+#elif defined(__CUDA_ARCH__)
+  __trap();  // code built for a target below sm_80 (see the file comment)
 #endif
 }
 
 __device__ __forceinline__ void cp_async_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::: "memory");
+#elif defined(__CUDA_ARCH__)
+  __trap();  // code built for a target below sm_80 (see the file comment)
 #endif
 }
 
@@ -52,6 +60,8 @@ template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+#elif defined(__CUDA_ARCH__)
+  __trap();  // code built for a target below sm_80 (see the file comment)
 #endif
 }
 
@@ -62,6 +72,8 @@ __device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], const void* r
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(shared_address(row)));
+#elif defined(__CUDA_ARCH__)
+  __trap();  // code built for a target below sm_80 (see the file comment)
 #endif
 }
 

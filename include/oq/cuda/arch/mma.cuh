@@ -17,6 +17,8 @@
 // lowest byte or nibble), which is the order of a little-endian word of a
 // packed INT4 row (format/int4_row.hpp). Both need sm_80; ptxas also accepts
 // the INT4 form for sm_90, which has no INT4 tensor cores (DESIGN §7).
+// Code built for a target below sm_80 traps where it would issue one (as in
+// arch/memory.cuh) rather than leave the accumulators unchanged.
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -39,6 +41,8 @@ __device__ __forceinline__ void mma_m16n8k32_s8(std::int32_t (&c)[4], const std:
       "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
       : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#elif defined(__CUDA_ARCH__)
+  __trap();  // code built for a target below sm_80 (see the file comment)
 #endif
 }
 
@@ -63,6 +67,8 @@ __device__ __forceinline__ void mma_m16n8k64_int4(std::int32_t (&c)[4], const st
     OQ_MMA_M16N8K64("u4", "u4");
   }
 #undef OQ_MMA_M16N8K64
+#elif defined(__CUDA_ARCH__)
+  __trap();  // code built for a target below sm_80 (see the file comment)
 #endif
 }
 
@@ -87,6 +93,8 @@ __device__ __forceinline__ void mma_m16n8k16_f32(float (&c)[4], const std::uint3
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
+#elif defined(__CUDA_ARCH__)
+  __trap();  // code built for a target below sm_80 (see the file comment)
 #endif
 }
 

@@ -481,7 +481,7 @@ struct QuantizePerTokenTensorOp {
               out[w] = quantize_word(y + w * per_word, params, range, p.bits, sum);
           }
           OQ_UNROLL
-          for (int offset = 1; offset < 32; offset *= 2) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, offset);
+          for (int lane_mask = 1; lane_mask < 32; lane_mask *= 2) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, lane_mask);
           if (lane == 0) shared.sum[warp][n] = sum;
         }
       } else {
