@@ -4,10 +4,11 @@
 // inputs whose channels are correlated and of unequal energy (what GPTQ's
 // error feedback exploits). The steps an engine's quantization pipeline runs:
 //   1. the Hessian H = 2·XᵀX/n, accumulated batch by batch (GptqHessian);
-//   2. one factor of H with act-order (GptqFactor), shared by two GPTQ runs:
-//      static groups (contiguous inputs; an ordinary per-group kernel runs
-//      them as they are) and groups formed in the act order (desc_act: better
-//      groups, but a per-input group index, g_idx);
+//   2. H's factor with act-order (GptqFactor), once per kind of group (the
+//      choice is one of the factor's options): static groups (contiguous
+//      inputs; an ordinary per-group kernel runs them as they are) and
+//      groups formed in the act order (desc_act: each group gathers inputs of
+//      like energy, but needs a per-input group index, g_idx);
 //   3. each written as a GPTQ checkpoint (qweight / qzeros / scales / g_idx in
 //      a safetensors file, plus quantize_config.json), the layout AutoGPTQ,
 //      transformers, vLLM and exllama read;
@@ -99,8 +100,8 @@ int main(int argc, char** argv) try {
   for (Eigen::Index i = 0; i < mixing.size(); ++i) mixing.data()[i] += 0.5f * normal(rng) / std::sqrt(float(o.in));
 
   // 1. The Hessian, from calibration batches of 256 tokens.
-  auto t0 = std::chrono::steady_clock::now();
   const Matrix calibration = calibration_like(o.tokens, o.in, mixing, 6);
+  const auto t0 = std::chrono::steady_clock::now();
   oq::quant::GptqHessian hessian(o.in);
   for (Eigen::Index start = 0; start < o.tokens; start += 256)
     hessian.add(calibration.middleRows(start, std::min<Eigen::Index>(256, o.tokens - start)));

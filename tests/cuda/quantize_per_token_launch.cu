@@ -243,7 +243,7 @@ int number_of(Passes passes) { return passes == Passes::kResidentY ? 1 : passes 
 
 // f.template operator()<Quantize, Element>() for config's instantiation of
 // device::QuantizePerTokenTensorOp: (bf16, 128, 2, 1), (bf16, 128, 1, 2),
-// (fp16, 64, 2, 2).
+// (fp16, 64, 2, 2), (fp16, 64, 2, 1) (kResidentY's deepest ring, 16 slots).
 template <class F>
 auto with_tensorop(const TensorOpConfig& config, const char* who, F&& f) {
   using oq::cuda::device::QuantizePerTokenTensorOp;
@@ -251,6 +251,7 @@ auto with_tensorop(const TensorOpConfig& config, const char* who, F&& f) {
   if (is(config, 128, 2, 1)) return f.template operator()<QuantizePerTokenTensorOp<bf16, 128, 2, 1>, bf16>();
   if (is(config, 128, 1, 2)) return f.template operator()<QuantizePerTokenTensorOp<bf16, 128, 1, 2>, bf16>();
   if (is(config, 64, 2, 2)) return f.template operator()<QuantizePerTokenTensorOp<__half, 64, 2, 2>, __half>();
+  if (is(config, 64, 2, 1)) return f.template operator()<QuantizePerTokenTensorOp<__half, 64, 2, 1>, __half>();
   throw std::invalid_argument(std::string(who) + ": no such config");
 }
 

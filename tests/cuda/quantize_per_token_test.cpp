@@ -330,6 +330,11 @@ TEST_CASE("on tensor cores the kernel quantizes X·R as the CUDA-core path does"
                         Case{2200, 2048, 2048, 4, true, DeviceInput::kBf16, {128, 2, 1, 2}},
                         Case{17, 320, 328, 8, true, DeviceInput::kHalf, {64, 2, 2, 1}},
                         Case{17, 320, 328, 8, true, DeviceInput::kHalf, {64, 2, 2, 2}},
+                        // More stages than the ring has slots at b = 64: 16
+                        // stages of two groups against 8 slots, and (one
+                        // group, the deepest ring) 32 against 16.
+                        Case{300, 2048, 2048, 4, true, DeviceInput::kHalf, {64, 2, 2, 1}},
+                        Case{300, 2048, 2048, 4, false, DeviceInput::kHalf, {64, 2, 1, 1}},
                         Case{9, 8192, 8192, 4, false, DeviceInput::kBf16, {128, 2, 1, 0}},
                         // kResidentYPair (sm_90) on the same layouts: padded
                         // rows, 8-bit symmetric codes, two warp groups, ranks
@@ -371,9 +376,12 @@ TEST_CASE("on tensor cores with the row split over a cluster of two CTAs (sm_90)
     int passes;
   };
   // One block (rank 1 holds none), three (2 + 1), 16 over 275 tiles (CTA pairs
-  // loop over tiles, the ring refills); and K = 11008, whose fp32 Y fits only
+  // loop over tiles; 8 stages per rank, as many as the ring's slots, so
+  // the ring wraps only across tiles), 64 over 275 tiles (32 stages per rank:
+  // the ring refills within a tile); and K = 11008, whose fp32 Y fits only
   // split, with run()'s choice — which must be the pair here.
-  for (const Case& c : {Case{17, 128, 3}, Case{33, 384, 3}, Case{2200, 2048, 3}, Case{9, 11008, 0}}) {
+  for (const Case& c : {Case{17, 128, 3}, Case{33, 384, 3}, Case{2200, 2048, 3}, Case{300, 8192, 3},
+                        Case{9, 11008, 0}}) {
     CAPTURE(c.rows);
     CAPTURE(c.cols);
     const Eigen::Index b = 128;

@@ -216,6 +216,12 @@ TEST_CASE("an act-order linear sorted by group is an ordinary per-group linear o
   uneven.group_index[0] = uneven.group_index[0] == 0 ? 1 : 0;
   CHECK_THROWS_WITH_AS(oq::io::sort_inputs_by_group(uneven), doctest::Contains("of the 48 inputs (expected K / G = 8"),
                        std::invalid_argument);
+  CHECK_THROWS_WITH_AS(oq::io::sort_inputs_by_group(small_codes(8, 0, 1, 15)), doctest::Contains("at least one input"),
+                       std::invalid_argument);
+  GptqLinearCodes mismatched = c;
+  mismatched.params.zero.conservativeResize(out, 5);
+  CHECK_THROWS_WITH_AS(oq::io::sort_inputs_by_group(mismatched), doctest::Contains("must both be 16 x G"),
+                       std::invalid_argument);
 }
 
 TEST_CASE("round trips: codes → words → codes, and any words → codes → the same words") {

@@ -194,9 +194,9 @@ struct GptqInputsByGroup {
   Eigen::Index group_size = 0;            ///< K / G
 };
 
-/// An act-order linear (g_idx not k / G) as an ordinary per-group one: its
-/// inputs sorted by group, stably, so that group g is inputs g·G .. g·G+G−1,
-/// with codes and parameters unchanged. An engine gathers its activations
+/// An act-order linear (g_idx not k / S, S = K / G inputs per group) as an
+/// ordinary per-group one: its inputs sorted by group, stably, so that group
+/// g is inputs g·S .. g·S+S−1, with codes and parameters unchanged. An engine gathers its activations
 /// x(:, input_order), or folds the gather into the op before, and runs a
 /// contiguous per-group kernel (oq's W4A16 after quant::pack_int4, u4):
 /// x(:, input_order)·Ŵ_sortedᵀ = x·Ŵᵀ (exllama's and vLLM's approach to
@@ -206,7 +206,11 @@ struct GptqInputsByGroup {
 inline GptqInputsByGroup sort_inputs_by_group(const GptqLinearCodes& c) {
   constexpr std::string_view kWhere = "oq::io::sort_inputs_by_group";
   const Eigen::Index in = c.codes.cols(), groups = c.params.scale.cols();
-  detail::require(groups > 0, kWhere, "c.params must have at least one group (column), got ", groups);
+  detail::require(in > 0, kWhere, "c.codes must have at least one input (column), got ", in);
+  detail::require(groups > 0 && c.params.scale.rows() == c.codes.rows() && c.params.zero.rows() == c.codes.rows() &&
+                      c.params.zero.cols() == groups,
+                  kWhere, "c.params.scale and c.params.zero must both be ", c.codes.rows(), " x G with G > 0, got ",
+                  c.params.scale.rows(), " x ", groups, " and ", c.params.zero.rows(), " x ", c.params.zero.cols());
   detail_gptq_checkpoint::check_group_index(c.group_index, in, groups, kWhere, "c.group_index");
   std::vector<Eigen::Index> count(static_cast<std::size_t>(groups), 0);
   for (const std::int32_t g : c.group_index) ++count[static_cast<std::size_t>(g)];
@@ -217,7 +221,7 @@ inline GptqInputsByGroup sort_inputs_by_group(const GptqLinearCodes& c) {
   }
   GptqInputsByGroup sorted;
   sorted.group_size = in / groups;
-  // Counting sort: the inputs of group g, in their original order, at g·G.
+  // Counting sort: the inputs of group g, in their original order, at g·S.
   std::vector<Eigen::Index> next(static_cast<std::size_t>(groups));
   for (Eigen::Index g = 0; g < groups; ++g) next[static_cast<std::size_t>(g)] = g * sorted.group_size;
   sorted.input_order.resize(static_cast<std::size_t>(in));

@@ -17,8 +17,8 @@
 //                                  (arch/mma.cuh) when the rows are chosen so.
 // Below sm_80 these instructions do not exist: code built for such a target
 // traps where it would use one, rather than skip it and compute garbage (a
-// binary built only for sm_75 also runs on an sm_80 device, which the
-// launchers' compute-capability checks admit).
+// binary built only for compute_75 PTX also runs on an sm_80 device, JIT
+// compiled, and the launchers' compute-capability checks admit the device).
 #pragma once
 
 #if !defined(__CUDACC__)

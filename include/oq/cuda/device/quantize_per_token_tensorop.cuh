@@ -15,12 +15,13 @@
 // aligned with ld_codes a multiple of 4. can_implement adds compute
 // capability 8.0 and the shared memory of the passes:
 //   kResidentY  8 rows of Y in fp32 plus a ring of X: 32·K bytes + 20 KiB
-//               at b = 128 (K ≤ ~6,600 on H100/H200; 10 KiB per warp group
-//               and K ≤ ~6,800 with kRingSlots = 4); one tensor pass
+//               at b = 128 (K ≤ 6,528 on H100/H200; with kRingSlots = 4,
+//               10 KiB and K ≤ 6,784); one tensor pass. The ring is larger
+//               at smaller blocks (24 KiB at b = 64 with one group): K ≤ ~6,400
 //   kResidentYPair  (sm_90) kResidentY with each row split over a cluster of
 //               two CTAs that exchange the min/max and code sums through
-//               distributed shared memory: K ≤ ~13,200; one tensor pass
-//   kRecompute  8 rows of X: 16·K bytes (K ≤ ~14,000); Y computed twice
+//               distributed shared memory: K ≤ 13,056; one tensor pass
+//   kRecompute  8 rows of X: 16·K bytes (K ≤ ~14,200); Y computed twice
 // run(p, stream) takes the first of these that fits (choose_passes);
 // run(p, stream, passes) forces one (tests, benchmarks). The grid is
 // persistent: as many CTAs as fit on the device at once, each looping over

@@ -193,6 +193,11 @@ struct GemmW4A4 {
       const std::int64_t col = n0 + 2 * thread_in_group + (i % 2);
       if (row < p.m && col < p.n) store_w4a4_output(p, row, col, c[i]);
     }
+#elif defined(__CUDA_ARCH__)
+    // Built for a target below sm_80 (no mma.sync on integers, no cp.async):
+    // fail loudly rather than leave the output unwritten.
+    (void)p;
+    __trap();
 #endif
   }
 };

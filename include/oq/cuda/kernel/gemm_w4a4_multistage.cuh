@@ -227,6 +227,12 @@ struct GemmW4A4Multistage {
         }
       }
     }
+#elif defined(__CUDA_ARCH__)
+    // Built for a target below sm_80 (no mma.sync on integers, no cp.async):
+    // fail loudly rather than leave the output unwritten.
+    (void)p;
+    (void)smem;
+    __trap();
 #endif
   }
 };

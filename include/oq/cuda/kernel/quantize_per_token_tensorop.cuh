@@ -32,7 +32,7 @@
 // One 8-token tile, in one of three RotationPasses (the launcher takes the
 // first that fits in shared memory and the device):
 //   kResidentY — X streams through a ring of kStages slots (cp.async,
-//     kStages − 1 stages ahead, ~24 KiB in flight: see kStages); pass 1
+//     kStages − 1 stages ahead, up to ~24 KiB in flight: see kStages); pass 1
 //     multiplies each block, Y = X_block·R on
 //     mma.sync.m16n8k16 (A = Rᵀ slice, B = the 8 tokens' X), and keeps Y in
 //     shared memory as fp32 (8·K·4 bytes: 128 KiB at K = 4096) with each
@@ -202,9 +202,11 @@ struct QuantizePerTokenTensorOp {
   // streams ~3.4–4.8 TB/s over ~0.7 µs across 132 SMs only with ~20–25 KiB
   // in flight per SM. kRingSlots = 0 picks the largest power of two (so that
   // stage mod kStages is a mask: a 64-bit modulo by 5 or 10 costs registers,
-  // and spilled) with at most ~24 KiB in flight, 4 to 16 slots: 8 at b = 128
-  // (a slot holds 8 tokens × one block, padded: 2.5 KiB), 17.5 KiB ahead; a
-  // positive kRingSlots (a power of two) forces that many (benchmarks compare).
+  // and spilled) with at most ~24 KiB in flight, 4 to 16 slots. A slot holds
+  // 8 tokens × one block, padded: 2.5 KiB at b = 128, so 8 slots there with
+  // one group (17.5 KiB ahead) and 4 with two (15 KiB); 16 at b = 32 and
+  // b = 64 with one group. A positive kRingSlots (a power of two) forces
+  // that many (benchmarks compare).
   static constexpr int kRingSlotBytes = kTokens * (kBlock * 2 % 128 == 0 ? kBlock * 2 + 64 : kBlock * 2);
   static constexpr int kAutoRingSlots = std::clamp(
       static_cast<int>(std::bit_floor(static_cast<unsigned>(24 * 1024 / (kGroups * kRingSlotBytes) + 1))), 4, 16);
@@ -393,6 +395,8 @@ struct QuantizePerTokenTensorOp {
     if (first_tile < tiles) {
       // kResidentY's deeper ring (up to 15 stages ahead) as a loop: unrolled,
       // the inlined copies of issue() cost registers (and spilled at b = 64).
+      // The next tile's prefetch below stays unrolled: as a loop it made the
+      // sm_90a pair kernel spill (ptxas -v, 2026-11-30).
 #pragma unroll(kResidentY ? 1 : kAhead)
       for (int s = 0; s < kAhead; ++s) issue(first_tile * kTokens, s);
     }
