@@ -134,8 +134,9 @@ struct GptqResult {
   QuantParams<Scalar> params;
   std::vector<Eigen::Index> order;  ///< order[k]: the column quantized k-th
   /// Per-group specs: group_index[j] is column j's group (GPTQ checkpoints'
-  /// g_idx): j / G, or with act_order and options.static_groups = false,
-  /// k / G for j = order[k]. Empty for per-channel and per-tensor specs.
+  /// g_idx): j / spec.group_size, or with act_order and
+  /// options.static_groups = false, k / spec.group_size for j = order[k].
+  /// Empty for per-channel and per-tensor specs.
   std::vector<std::int32_t> group_index;
   /// ½·Σ_j ‖w_j − ŵ_j‖² / U_jj², w_j the column as updated when it is
   /// quantized (the reference's printed "error", up to H's scale). It equals

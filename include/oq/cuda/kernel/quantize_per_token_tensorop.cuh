@@ -204,8 +204,8 @@ struct QuantizePerTokenTensorOp {
   // stage mod kStages is a mask: a 64-bit modulo by 5 or 10 costs registers,
   // and spilled) with at most ~24 KiB in flight, 4 to 16 slots. A slot holds
   // 8 tokens × one block, padded: 2.5 KiB at b = 128, so 8 slots there with
-  // one group (17.5 KiB ahead) and 4 with two (15 KiB); 16 at b = 32 and
-  // b = 64 with one group. A positive kRingSlots (a power of two) forces
+  // one group (17.5 KiB ahead) and 4 with two (15 KiB); 16 at b = 32, and
+  // at b = 64 with one group. A positive kRingSlots (a power of two) forces
   // that many (benchmarks compare).
   static constexpr int kRingSlotBytes = kTokens * (kBlock * 2 % 128 == 0 ? kBlock * 2 + 64 : kBlock * 2);
   static constexpr int kAutoRingSlots = std::clamp(
