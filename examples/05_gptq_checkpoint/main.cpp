@@ -4,11 +4,11 @@
 // inputs whose channels are correlated and of unequal energy (what GPTQ's
 // error feedback exploits). The steps an engine's quantization pipeline runs:
 //   1. the Hessian H = 2·XᵀX/n, accumulated batch by batch (GptqHessian);
-//   2. H's factor with act-order (GptqFactor), once per kind of group (the
-//      choice is one of the factor's options): static groups (contiguous
-//      inputs; an ordinary per-group kernel runs them as they are) and
-//      groups formed in the act order (desc_act: each group gathers inputs of
-//      like energy, but needs a per-input group index, g_idx);
+//   2. one factor of H with act-order (GptqFactor), shared by two GPTQ runs
+//      (with_options): static groups (contiguous inputs; an ordinary
+//      per-group kernel runs them as they are) and groups formed in the act
+//      order (desc_act: each group gathers inputs of like energy, but needs
+//      a per-input group index, g_idx);
 //   3. each written as a GPTQ checkpoint (qweight / qzeros / scales / g_idx in
 //      a safetensors file, plus quantize_config.json), the layout AutoGPTQ,
 //      transformers, vLLM and exllama read;
@@ -109,7 +109,7 @@ int main(int argc, char** argv) try {
   //    the common "4-bit 128g" configuration.
   const QuantSpec spec = QuantSpec::per_group(4, true, o.group);
   const oq::quant::GptqFactor static_factor(hessian.matrix(), {.act_order = true});
-  const oq::quant::GptqFactor desc_act_factor(hessian.matrix(), {.act_order = true, .static_groups = false});
+  const oq::quant::GptqFactor desc_act_factor = static_factor.with_options({.act_order = true, .static_groups = false});
   const auto gptq_static = oq::quant::gptq_quantize(w, static_factor, spec);
   const auto gptq_desc_act = oq::quant::gptq_quantize(w, desc_act_factor, spec);
   const double gptq_seconds = seconds_since(t0);
@@ -158,7 +158,7 @@ int main(int argc, char** argv) try {
 
   std::printf("W: %ld x %ld (Student-t), calibration: %ld tokens, held-out: %ld tokens; W4 symmetric, groups of %ld\n",
               long(o.out), long(o.in), long(o.tokens), long(x.rows()), long(o.group));
-  std::printf("GPTQ (Hessian, two factors, two runs): %.2f s\n\n", gptq_seconds);
+  std::printf("GPTQ (Hessian, one factor, two runs): %.2f s\n\n", gptq_seconds);
   std::printf("  %-48s %s\n", "", "layer output rel. error vs FP");
   std::printf("  %-48s %11s  %8s\n", "weights", "calibration", "held-out");
   std::printf("  %-48s %11.4f  %8.4f\n", "round to nearest", fit.rtn, held_out.rtn);

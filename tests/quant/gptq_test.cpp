@@ -318,6 +318,27 @@ TEST_CASE("GptqFactor: UᵀU is (H + λI)⁻¹ in the column order, and one fact
   }
   CHECK_THROWS_WITH_AS(gptq_quantize(Matrix::Zero(2, 23), factor, spec), doctest::Contains("must have 24 columns"),
                        std::invalid_argument);
+
+  // with_options: other loop options on the same U (shared, not copied), the
+  // results of a factor built with them.
+  const GptqOptions desc_act{.damp = 0.02, .block_size = 3, .act_order = true, .static_groups = false};
+  const GptqFactor shared = factor.with_options(desc_act);
+  CHECK(&shared.u() == &factor.u());
+  CHECK(shared.options().block_size == 3);
+  CHECK_FALSE(shared.options().static_groups);
+  CHECK(factor.options().static_groups);  // the original keeps its options
+  const QuantSpec grouped = QuantSpec::per_group(4, false, 8);
+  const auto via_shared = gptq_quantize(w_q, shared, grouped);
+  const auto via_own = gptq_quantize(w_q, h, grouped, desc_act);
+  CHECK(via_shared.codes == via_own.codes);
+  CHECK(via_shared.weight == via_own.weight);
+  CHECK(via_shared.group_index == via_own.group_index);
+  CHECK_THROWS_WITH_AS(factor.with_options({.damp = 0.03, .act_order = true}), doctest::Contains("they change U"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(factor.with_options({.damp = 0.02, .act_order = false}), doctest::Contains("they change U"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(factor.with_options({.damp = 0.02, .block_size = 0, .act_order = true}),
+                       doctest::Contains("block_size must be > 0"), std::invalid_argument);
   CHECK_THROWS_WITH_AS(GptqFactor(Matrix::Zero(3, 4)), doctest::Contains("square"), std::invalid_argument);
 }
 

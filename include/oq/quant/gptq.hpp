@@ -54,6 +54,8 @@
 //   // q, k and v read one input: factor its hessian once.
 //   const oq::quant::GptqFactor factor(hessian.matrix(), {.act_order = true});
 //   auto q = gptq_quantize(w_q, factor, spec), k = gptq_quantize(w_k, factor, spec);
+//   // The same U with groups formed in the act order (desc_act):
+//   auto v = gptq_quantize(w_v, factor.with_options({.act_order = true, .static_groups = false}), spec);
 #pragma once
 
 #include <oq/core/quant_math.hpp>
@@ -68,6 +70,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <numeric>
 #include <optional>
 #include <string_view>
@@ -148,7 +151,9 @@ struct GptqResult {
 /// What GPTQ needs of one linear input's Hessian, computed once and shared by
 /// every linear that reads the input (q/k/v, gate/up): the column order, the
 /// inputs never active (H_jj = 0), and U, the upper Cholesky factor of
-/// (H + λI)⁻¹ in that order.
+/// (H + λI)⁻¹ in that order. Copies share U (it is immutable); with_options
+/// gives the same factor with other column-loop options (block size, kind of
+/// groups) without factoring again.
 class GptqFactor {
  public:
   /// Throws std::invalid_argument for a hessian that is not square and
@@ -204,10 +209,27 @@ class GptqFactor {
     detail::invert_lower_triangular_in_place<double>(hessian);
     hessian.triangularView<Eigen::StrictlyUpper>().setZero();
     hessian.reverseInPlace();
-    u_ = std::move(hessian);
+    u_ = std::make_shared<const Eigen::MatrixXd>(std::move(hessian));
   }
 
-  Eigen::Index channels() const { return u_.rows(); }
+  /// This factor with `options` for the column loop: block_size and
+  /// static_groups may differ, and U, the order and the dead inputs are
+  /// shared, not recomputed. Throws std::invalid_argument when damp or
+  /// act_order differ (they change U: build a new factor) or block_size is
+  /// not > 0.
+  GptqFactor with_options(const GptqOptions& options) const {
+    constexpr std::string_view kWhere = "oq::quant::GptqFactor::with_options";
+    detail::require(options.damp == options_.damp && options.act_order == options_.act_order, kWhere,
+                    "options.damp and options.act_order must be the factor's (", options_.damp, ", ",
+                    options_.act_order ? "true" : "false", "): they change U; got ", options.damp, ", ",
+                    options.act_order ? "true" : "false");
+    detail::require(options.block_size > 0, kWhere, "options.block_size must be > 0, got ", options.block_size);
+    GptqFactor copy = *this;
+    copy.options_ = options;
+    return copy;
+  }
+
+  Eigen::Index channels() const { return u_->rows(); }
   const GptqOptions& options() const { return options_; }
   /// order()[k]: the column quantized k-th (decreasing H_jj with act_order).
   const std::vector<Eigen::Index>& order() const { return order_; }
@@ -216,13 +238,13 @@ class GptqFactor {
   /// parameters represent 0 exactly (symmetric, or a zero point in range).
   const std::vector<bool>& dead() const { return dead_; }
   /// U in the order of order(): (H + λI)⁻¹ = UᵀU, upper triangular.
-  const Eigen::MatrixXd& u() const { return u_; }
+  const Eigen::MatrixXd& u() const { return *u_; }
 
  private:
   GptqOptions options_;
   std::vector<Eigen::Index> order_;
   std::vector<bool> dead_;
-  Eigen::MatrixXd u_;
+  std::shared_ptr<const Eigen::MatrixXd> u_;
 };
 
 namespace detail_gptq {
