@@ -339,6 +339,13 @@ TEST_CASE("GptqFactor: UᵀU is (H + λI)⁻¹ in the column order, and one fact
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS(factor.with_options({.damp = 0.02, .block_size = 0, .act_order = true}),
                        doctest::Contains("block_size must be > 0"), std::invalid_argument);
+  // A moved-from factor: no U, a clear refusal rather than a null dereference.
+  GptqFactor moved = factor.with_options(options);
+  const GptqFactor taker = std::move(moved);
+  CHECK(taker.channels() == 24);
+  CHECK(moved.channels() == 0);  // NOLINT(bugprone-use-after-move): the state is what is tested
+  CHECK_THROWS_WITH_AS(gptq_quantize(w_q, moved, spec), doctest::Contains("must have 0 columns"),
+                       std::invalid_argument);
   CHECK_THROWS_WITH_AS(GptqFactor(Matrix::Zero(3, 4)), doctest::Contains("square"), std::invalid_argument);
 }
 

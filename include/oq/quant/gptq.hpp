@@ -229,7 +229,9 @@ class GptqFactor {
     return copy;
   }
 
-  Eigen::Index channels() const { return u_->rows(); }
+  // A moved-from factor holds no U: it reports 0 channels (gptq_quantize then
+  // refuses every w by its column count) instead of dereferencing null.
+  Eigen::Index channels() const { return u_ ? u_->rows() : 0; }
   const GptqOptions& options() const { return options_; }
   /// order()[k]: the column quantized k-th (decreasing H_jj with act_order).
   const std::vector<Eigen::Index>& order() const { return order_; }
@@ -238,7 +240,10 @@ class GptqFactor {
   /// parameters represent 0 exactly (symmetric, or a zero point in range).
   const std::vector<bool>& dead() const { return dead_; }
   /// U in the order of order(): (H + λI)⁻¹ = UᵀU, upper triangular.
-  const Eigen::MatrixXd& u() const { return *u_; }
+  const Eigen::MatrixXd& u() const {
+    static const Eigen::MatrixXd kNone;
+    return u_ ? *u_ : kNone;
+  }
 
  private:
   GptqOptions options_;
