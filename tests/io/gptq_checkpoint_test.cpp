@@ -50,15 +50,8 @@ Eigen::MatrixXf dequantize_like_autogptq(const GptqPackedLinear& p, GptqCheckpoi
 
 float round_to_f16(float x) { return oq::core::f16_bits_to_float(oq::core::float_to_f16_bits(x)); }
 
-// Calibration inputs with correlated channels of unequal energy.
 Eigen::MatrixXd hessian_of_correlated(Eigen::Index tokens, Eigen::Index channels, std::uint64_t seed) {
-  const Eigen::MatrixXd g = oq::test::gaussian<double>(tokens, channels, seed);
-  const Eigen::MatrixXd m =
-      Eigen::MatrixXd::Identity(channels, channels) + 0.5 * oq::test::gaussian<double>(channels, channels, seed + 1);
-  Eigen::VectorXd scale(channels);
-  for (Eigen::Index c = 0; c < channels; ++c) scale(c) = 0.2 + double((c * 5) % 13) / 6.0;
-  const Eigen::MatrixXd x = g * m * scale.asDiagonal();
-  return 2.0 / double(tokens) * x.transpose() * x;
+  return oq::test::gptq_hessian_of(oq::test::correlated_inputs(tokens, channels, seed));
 }
 
 GptqLinearCodes small_codes(Eigen::Index out, Eigen::Index in, Eigen::Index groups, std::uint64_t seed) {

@@ -17,17 +17,8 @@ using Matrix = Eigen::MatrixXd;
 
 namespace {
 
-// Calibration inputs with correlated channels of unequal energy, where
-// moving one column's error onto the others pays: X = G·M·diag(scale).
-Matrix correlated_inputs(Eigen::Index tokens, Eigen::Index channels, std::uint64_t seed) {
-  const Matrix g = oq::test::gaussian<double>(tokens, channels, seed);
-  const Matrix m = Matrix::Identity(channels, channels) + 0.6 * oq::test::gaussian<double>(channels, channels, seed + 1);
-  Eigen::VectorXd scale(channels);
-  for (Eigen::Index c = 0; c < channels; ++c) scale(c) = 0.3 + 2.0 * double((c * 7) % 11) / 11.0;
-  return g * m * scale.asDiagonal();
-}
-
-Matrix hessian_of(const Matrix& x) { return 2.0 / double(x.rows()) * x.transpose() * x; }
+using oq::test::correlated_inputs;
+Matrix hessian_of(const Matrix& x) { return oq::test::gptq_hessian_of(x); }
 
 struct GptqRef {
   Matrix weight;

@@ -35,6 +35,23 @@ MatrixX<T> heavy_tailed(Eigen::Index rows, Eigen::Index cols, std::uint64_t seed
   return m;
 }
 
+/// Calibration inputs (tokens × channels) with correlated channels of unequal
+/// energy, where GPTQ's moving of one column's error onto the others pays:
+/// X = G·M·diag(scale), M = I + 0.6·Gaussian, scales 0.3 … 2.1.
+inline MatrixX<double> correlated_inputs(Eigen::Index tokens, Eigen::Index channels, std::uint64_t seed) {
+  const MatrixX<double> g = gaussian<double>(tokens, channels, seed);
+  const MatrixX<double> m =
+      MatrixX<double>::Identity(channels, channels) + 0.6 * gaussian<double>(channels, channels, seed + 1);
+  Eigen::VectorXd scale(channels);
+  for (Eigen::Index c = 0; c < channels; ++c) scale(c) = 0.3 + 2.0 * double((c * 7) % 11) / 11.0;
+  return g * m * scale.asDiagonal();
+}
+
+/// H = 2·XᵀX/n of calibration inputs X (n tokens), as GPTQ takes it.
+inline MatrixX<double> gptq_hessian_of(const MatrixX<double>& x) {
+  return 2.0 / double(x.rows()) * x.transpose() * x;
+}
+
 /// Gaussian data with the adversarial rows every quantizer test needs:
 /// row 0 all zero, row 1 constant positive, row 2 constant negative, row 3 with
 /// one huge outlier (1e4), row 4 all positive (zero point outside the codes),

@@ -114,9 +114,10 @@ namespace detail_gptq_checkpoint {
 
 inline constexpr int kCodesPerWord = 8;  // 32-bit words of 4-bit fields
 
-// The zeros a format can store: [lo, hi].
-constexpr int zero_lo(GptqCheckpointFormat f) noexcept { return f == GptqCheckpointFormat::kGptq ? 1 : 0; }
-constexpr int zero_hi(GptqCheckpointFormat) noexcept { return 15; }
+// What qzeros stores is zero − stored_zero_offset(format); the zeros it can
+// hold are [stored_zero_offset, kMaxZero] (file comment: "gptq" 1..15).
+constexpr int stored_zero_offset(GptqCheckpointFormat f) noexcept { return f == GptqCheckpointFormat::kGptq ? 1 : 0; }
+inline constexpr int kMaxZero = 15;
 
 inline std::uint32_t nibble(std::uint32_t word, int j) noexcept { return (word >> (4 * j)) & 0xFu; }
 
@@ -275,8 +276,7 @@ inline GptqPackedLinear pack_gptq_linear(const GptqLinearCodes& c, GptqCheckpoin
   }
   p.scales.resize(groups, out);
   p.qzeros.resize(groups, out / d::kCodesPerWord);
-  const int lo = d::zero_lo(format), hi = d::zero_hi(format);
-  const int stored_offset = format == GptqCheckpointFormat::kGptq ? 1 : 0;
+  const int stored_offset = d::stored_zero_offset(format), lo = stored_offset, hi = d::kMaxZero;
   for (Eigen::Index g = 0; g < groups; ++g) {
     for (Eigen::Index n = 0; n < out; ++n) {
       const float s = c.params.scale(n, g);
@@ -337,7 +337,7 @@ inline GptqLinearCodes unpack_gptq_linear(const GptqPackedLinear& p, GptqCheckpo
   }
   c.params.scale.resize(out, groups);
   c.params.zero.resize(out, groups);
-  const int stored_offset = format == GptqCheckpointFormat::kGptq ? 1 : 0;
+  const int stored_offset = d::stored_zero_offset(format);
   for (Eigen::Index g = 0; g < groups; ++g) {
     for (Eigen::Index n = 0; n < out; ++n) {
       const float s = core::f16_bits_to_float(p.scales(g, n));
