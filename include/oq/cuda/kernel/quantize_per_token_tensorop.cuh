@@ -180,6 +180,14 @@ enum class RotationPasses {
   kResidentYPair,  ///< kResidentY with each row split over a cluster of two CTAs (sm_90): Y of twice the K
 };
 
+/// Bytes between two tokens' rows of X (16-bit) in the kernel's shared
+/// memory: ≡ 64 (mod 128), so that tokens 2p and 2p + 1 of a 128-bit load
+/// phase fall in different bank halves. `elements` is a multiple of 32:
+/// 2·elements ≡ 0 or 64 (mod 128).
+__host__ __device__ constexpr std::int64_t rotation_x_stride_bytes(std::int64_t elements) {
+  return elements * 2 % 128 == 0 ? elements * 2 + 64 : elements * 2;
+}
+
 template <class Element, int kBlock = 128, int kTerms = 2, int kGroups = 1,
           RotationPasses kPasses = RotationPasses::kResidentY, int kRingSlots = 0>
 struct QuantizePerTokenTensorOp {
@@ -207,7 +215,7 @@ struct QuantizePerTokenTensorOp {
   // one group (17.5 KiB ahead) and 4 with two (15 KiB); 16 at b = 32, and
   // at b = 64 with one group. A positive kRingSlots (a power of two) forces
   // that many (benchmarks compare).
-  static constexpr int kRingSlotBytes = kTokens * (kBlock * 2 % 128 == 0 ? kBlock * 2 + 64 : kBlock * 2);
+  static constexpr int kRingSlotBytes = kTokens * static_cast<int>(rotation_x_stride_bytes(kBlock));
   static constexpr int kAutoRingSlots = std::clamp(
       static_cast<int>(std::bit_floor(static_cast<unsigned>(24 * 1024 / (kGroups * kRingSlotBytes) + 1))), 4, 16);
   static_assert(kRingSlots == 0 || (kRingSlots >= 2 && kRingSlots <= 32 && std::has_single_bit(unsigned(kRingSlots))),
@@ -234,18 +242,15 @@ struct QuantizePerTokenTensorOp {
   };
 
   /// Bytes between two tokens' rows of X in shared memory (the whole row in
-  /// kRecompute, one block in a ring slot in kResidentY): ≡ 64 (mod 128), so
-  /// that tokens 2p and 2p + 1 of a 128-bit load phase fall in different bank
-  /// halves. `elements` is a multiple of 32: 2·elements ≡ 0 or 64 (mod 128).
+  /// kRecompute, one block in a ring slot in kResidentY): rotation_x_stride_bytes.
   __host__ __device__ static constexpr std::int64_t x_stride_bytes(std::int64_t elements) {
-    return elements * 2 % 128 == 0 ? elements * 2 + 64 : elements * 2;
+    return rotation_x_stride_bytes(elements);
   }
   /// Floats between two tokens' rows of Y (kResidentY): ≡ 4 (mod 16), so that
   /// the accumulator stores — lanes (g, t) at token 2t (+1), channel +g — hit
   /// 32 distinct banks (2t·stride + g ≡ 8t + g mod 32).
   __host__ __device__ static constexpr std::int64_t y_stride_floats(std::int64_t cols) { return cols + 4; }
-  __host__ __device__ static constexpr std::int64_t ring_slot_bytes() { return kTokens * x_stride_bytes(kBlock); }
-  static_assert(kRingSlotBytes == kTokens * x_stride_bytes(kBlock), "kRingSlotBytes is ring_slot_bytes()");
+  __host__ __device__ static constexpr std::int64_t ring_slot_bytes() { return kRingSlotBytes; }
 
   /// The channels of a row one CTA holds: all, or (kResidentYPair) the larger
   /// half of the blocks — rank 0 takes blocks [0, ⌈B/2⌉), rank 1 the rest.
