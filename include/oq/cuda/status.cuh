@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 namespace oq::cuda {
@@ -55,11 +56,6 @@ inline Report cuda_failure(const char* call, cudaError_t error) {
   return Report::failure(Status::kCudaError, std::string(call) + ": " + cudaGetErrorString(error));
 }
 
-/// Resets the runtime's last error before a launch. A runtime call that
-/// failed earlier (the caller's, or one of a launcher that returned its
-/// error) leaves its error there, and the cudaGetLastError() after this
-/// launch would report it against a launch that was fine.
-inline void clear_last_error() noexcept { (void)cudaGetLastError(); }
 
 }  // namespace oq::cuda
 
@@ -74,6 +70,23 @@ inline void clear_last_error() noexcept { (void)cudaGetLastError(); }
   } while (0)
 
 namespace oq::cuda {
+
+/// Runs `launch`, one kernel launch (a <<<>>> statement, or a call that
+/// returns the cudaError_t of cudaLaunchKernelEx), and reports that launch's
+/// error. The runtime's last error is reset first: a call that failed
+/// earlier (the caller's, or one of a launcher that returned its error)
+/// leaves its error there, and it would be reported against this launch.
+template <class Launch>
+Report checked_launch(Launch&& launch) {
+  (void)cudaGetLastError();
+  if constexpr (std::is_same_v<decltype(launch()), cudaError_t>) {
+    OQ_CUDA_TRY(launch());
+  } else {
+    launch();
+  }
+  OQ_CUDA_TRY(cudaGetLastError());
+  return Report::success();
+}
 
 /// The current device's compute capability (or kCudaError).
 inline Report compute_capability(int& major, int& minor) {

@@ -101,14 +101,13 @@ class GemmW4A16 {
   template <int kTile>
   static Report launch(const Params& p, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>((p.n + kWarps - 1) / kWarps), static_cast<unsigned>((p.m + kTile - 1) / kTile));
-    clear_last_error();
-    if (p.symmetric) {
-      kernel::gemm_w4a16_kernel<ElementA, ElementOut, true, kTile, kWarps><<<grid, 32 * kWarps, 0, stream>>>(p);
-    } else {
-      kernel::gemm_w4a16_kernel<ElementA, ElementOut, false, kTile, kWarps><<<grid, 32 * kWarps, 0, stream>>>(p);
-    }
-    OQ_CUDA_TRY(cudaGetLastError());
-    return Report::success();
+    return checked_launch([&] {
+      if (p.symmetric) {
+        kernel::gemm_w4a16_kernel<ElementA, ElementOut, true, kTile, kWarps><<<grid, 32 * kWarps, 0, stream>>>(p);
+      } else {
+        kernel::gemm_w4a16_kernel<ElementA, ElementOut, false, kTile, kWarps><<<grid, 32 * kWarps, 0, stream>>>(p);
+      }
+    });
   }
 };
 

@@ -72,14 +72,13 @@ class GemmW4A16TensorOp {
   static Report launch(const Params& p, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>((p.n + Kernel::kTileN - 1) / Kernel::kTileN),
                     static_cast<unsigned>((p.m + kTileM - 1) / kTileM));
-    clear_last_error();
-    if (p.symmetric) {
-      kernel::gemm_w4a16_tensorop_kernel<ElementA, ElementOut, true, kTileM><<<grid, Kernel::kThreads, 0, stream>>>(p);
-    } else {
-      kernel::gemm_w4a16_tensorop_kernel<ElementA, ElementOut, false, kTileM><<<grid, Kernel::kThreads, 0, stream>>>(p);
-    }
-    OQ_CUDA_TRY(cudaGetLastError());
-    return Report::success();
+    return checked_launch([&] {
+      if (p.symmetric) {
+        kernel::gemm_w4a16_tensorop_kernel<ElementA, ElementOut, true, kTileM><<<grid, Kernel::kThreads, 0, stream>>>(p);
+      } else {
+        kernel::gemm_w4a16_tensorop_kernel<ElementA, ElementOut, false, kTileM><<<grid, Kernel::kThreads, 0, stream>>>(p);
+      }
+    });
   }
 };
 

@@ -75,10 +75,8 @@ class GemmW4A4 {
     if (p.m == 0 || p.n == 0) return Report::success();
     const dim3 grid(static_cast<unsigned>((p.n + Kernel::kTileN - 1) / Kernel::kTileN),
                     static_cast<unsigned>((p.m + Kernel::kTileM - 1) / Kernel::kTileM));
-    clear_last_error();
-    kernel::gemm_w4a4_kernel<ElementOut, kWarpsN, kMma><<<grid, Kernel::kThreads, 0, stream>>>(p);
-    OQ_CUDA_TRY(cudaGetLastError());
-    return Report::success();
+    return checked_launch(
+        [&] { kernel::gemm_w4a4_kernel<ElementOut, kWarpsN, kMma><<<grid, Kernel::kThreads, 0, stream>>>(p); });
   }
 };
 

@@ -42,10 +42,7 @@ Report launch_w4a4_tiled(void (*entry)(Params), const Params& p, cudaStream_t st
   OQ_CUDA_TRY(cudaFuncSetAttribute(entry, cudaFuncAttributeMaxDynamicSharedMemorySize, K::kSmemBytes));
   const dim3 grid(static_cast<unsigned>((p.n + K::kTileN - 1) / K::kTileN),
                   static_cast<unsigned>((p.m + K::kTileM - 1) / K::kTileM));
-  clear_last_error();
-  entry<<<grid, K::kThreads, K::kSmemBytes, stream>>>(p);
-  OQ_CUDA_TRY(cudaGetLastError());
-  return Report::success();
+  return checked_launch([&] { entry<<<grid, K::kThreads, K::kSmemBytes, stream>>>(p); });
 }
 
 }  // namespace detail

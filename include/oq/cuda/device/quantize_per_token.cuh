@@ -108,10 +108,7 @@ class QuantizePerToken {
     const auto smem = kRegisterChunks > 0 ? 0 : static_cast<int>(Kernel::dynamic_smem_bytes(p));
     auto* entry = &kernel::quantize_per_token_kernel<Element, kThreads, kRegisterChunks, kHadamard>;
     OQ_CUDA_TRY(cudaFuncSetAttribute(entry, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    clear_last_error();
-    entry<<<static_cast<unsigned>(p.rows), kThreads, smem, stream>>>(p);
-    OQ_CUDA_TRY(cudaGetLastError());
-    return Report::success();
+    return checked_launch([&] { entry<<<static_cast<unsigned>(p.rows), kThreads, smem, stream>>>(p); });
   }
 };
 

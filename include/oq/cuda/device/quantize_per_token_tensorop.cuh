@@ -160,8 +160,7 @@ class QuantizePerTokenTensorOp {
       OQ_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, entry, Kernel::kThreads, smem));
       if (per_sm < 1) return no_fit();
       const auto grid = static_cast<unsigned>(std::min<std::int64_t>(tiles, static_cast<std::int64_t>(sms) * per_sm));
-      clear_last_error();
-      entry<<<grid, Kernel::kThreads, smem, stream>>>(p);
+      return checked_launch([&] { entry<<<grid, Kernel::kThreads, smem, stream>>>(p); });
     } else {
       // Clusters of kCluster CTAs along x, one tile per cluster and step.
       cudaLaunchAttribute attribute{};
@@ -180,11 +179,8 @@ class QuantizePerTokenTensorOp {
       OQ_CUDA_TRY(cudaOccupancyMaxActiveClusters(&clusters, entry, &config));
       if (clusters < 1) return no_fit();
       config.gridDim = dim3(static_cast<unsigned>(Kernel::kCluster * std::min<std::int64_t>(tiles, clusters)));
-      clear_last_error();
-      OQ_CUDA_TRY(cudaLaunchKernelEx(&config, entry, p));
+      return checked_launch([&] { return cudaLaunchKernelEx(&config, entry, p); });
     }
-    OQ_CUDA_TRY(cudaGetLastError());
-    return Report::success();
   }
 };
 
