@@ -166,6 +166,43 @@ TEST_CASE("oq's GPTQ results packed: AutoGPTQ's dequantization gives oq's Ŵ wit
   }
 }
 
+TEST_CASE("rows entirely above or below 0: refused as oq quantizes, stored with range_includes_zero") {
+  const Eigen::Index out = 16, in = 64;
+  const Eigen::MatrixXd h = hessian_of_correlated(256, in, 9);
+  Eigen::MatrixXf w = oq::test::gaussian<float>(out, in, 10);
+  w.topRows(4).array() = w.topRows(4).array().abs() + 0.5f;          // above 0
+  w.middleRows(4, 4).array() = -w.middleRows(4, 4).array().abs() - 0.5f;  // below 0
+  for (const bool act_order : {false, true}) {
+    CAPTURE(act_order);
+    QuantSpec spec = QuantSpec::per_group(4, false, 16);
+    const oq::quant::GptqOptions options{.act_order = act_order, .static_groups = false};
+    const GptqLinearCodes unwidened = oq::io::gptq_linear_codes(oq::quant::gptq_quantize(w, h, spec, options), spec);
+    CHECK(unwidened.params.zero.minCoeff() < 0.0f);
+    CHECK(unwidened.params.zero.maxCoeff() > 15.0f);
+    for (const GptqCheckpointFormat format : kFormats)
+      CHECK_THROWS_WITH_AS(pack_gptq_linear(unwidened, format), doctest::Contains("range_includes_zero"),
+                           std::domain_error);
+
+    spec.range_includes_zero = true;
+    const auto r = oq::quant::gptq_quantize(w, h, spec, options);
+    const GptqLinearCodes c = oq::io::gptq_linear_codes(r, spec);
+    CHECK(c.params.zero.minCoeff() >= 0.0f);
+    CHECK(c.params.zero.maxCoeff() <= 15.0f);
+    CHECK((c.params.zero.topRows(4).array() == 0.0f).all());        // [0, max]: zero 0
+    CHECK((c.params.zero.middleRows(4, 4).array() == 15.0f).all());  // [min, 0]: zero 15
+    const GptqPackedLinear p = pack_gptq_linear(c, GptqCheckpointFormat::kGptqV2);
+    CHECK(oq::io::dequantize_gptq_linear(unpack_gptq_linear(p, GptqCheckpointFormat::kGptqV2)) ==
+          dequantize_like_autogptq(p, GptqCheckpointFormat::kGptqV2));
+    // Within binary16's half ulp of the scale of oq's Ŵ.
+    CHECK(((dequantize_like_autogptq(p, GptqCheckpointFormat::kGptqV2) - r.weight).cwiseAbs().array() <=
+           r.weight.cwiseAbs().array() * std::ldexp(1.0f, -11))
+              .all());
+    // "gptq" cannot store the zero 0 of the rows above 0 (file comment).
+    CHECK_THROWS_WITH_AS(pack_gptq_linear(c, GptqCheckpointFormat::kGptq),
+                         doctest::Contains("\"gptq_v2\" stores a zero of 0"), std::domain_error);
+  }
+}
+
 TEST_CASE("an act-order linear sorted by group is an ordinary per-group linear of gathered inputs") {
   const Eigen::Index out = 16, in = 48, group = 8;
   const Eigen::MatrixXd h = hessian_of_correlated(200, in, 51);

@@ -48,6 +48,38 @@ TEST_CASE("a single-point grid reproduces the fixed clip ratio") {
   CHECK(found.params.zero == p.zero);
 }
 
+TEST_CASE("clip search with range_includes_zero scales the widened range, as GPTQ's grid search does") {
+  // Heavy-tailed rows shifted above and below 0: without the widening their
+  // zero points leave the code range.
+  MatrixX<double> w = oq::test::heavy_tailed<double>(12, 128, 78);
+  for (Eigen::Index r = 0; r < w.rows(); ++r) {
+    const double shift = (r % 3 == 0 ? 1.0 : r % 3 == 1 ? -1.0 : 0.0) * (w.row(r).cwiseAbs().maxCoeff() + 0.1);
+    w.row(r).array() += shift;
+  }
+  QuantSpec spec = QuantSpec::per_group(4, false, 32);
+  spec.range_includes_zero = true;
+  const auto found = search_clip_mse(w, spec);
+  CHECK(found.params.zero.minCoeff() >= 0.0);
+  CHECK(found.params.zero.maxCoeff() <= 15.0);
+  // Each group's result is compute_params at the chosen ratio, and never worse
+  // than the unclipped widened range.
+  const MatrixX<double> unclipped = fake_quantize(w, spec);
+  const MatrixX<double> searched = fake_quantize(w, found.params, spec);
+  for (Eigen::Index r = 0; r < w.rows(); ++r) {
+    for (Eigen::Index j = 0; j < found.clip_ratio.cols(); ++j) {
+      CAPTURE(r);
+      CAPTURE(j);
+      QuantSpec at = spec;
+      at.clip_ratio = found.clip_ratio(r, j);
+      const auto p = compute_params(w.block(r, 32 * j, 1, 32), at);
+      CHECK(found.params.scale(r, j) == p.scale(0, 0));
+      CHECK(found.params.zero(r, j) == p.zero(0, 0));
+      CHECK((searched - w).block(r, 32 * j, 1, 32).squaredNorm() <=
+            (unclipped - w).block(r, 32 * j, 1, 32).squaredNorm());
+    }
+  }
+}
+
 TEST_CASE("clip search rejects bad options") {
   const MatrixX<float> w = oq::test::gaussian<float>(4, 16, 5);
   const QuantSpec spec = QuantSpec::per_channel(4, false);

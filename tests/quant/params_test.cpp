@@ -5,7 +5,10 @@
 
 #include "support/matrices.hpp"
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
+#include <type_traits>
 #include <stdexcept>
 #include <vector>
 
@@ -25,6 +28,13 @@ std::vector<QuantSpec> all_specs(Eigen::Index cols) {
       }
     }
   }
+  // Every spec again with GPTQ's zero-including range (a no-op when symmetric).
+  const std::size_t plain = specs.size();
+  for (std::size_t i = 0; i < plain; ++i) {
+    QuantSpec widened = specs[i];
+    widened.range_includes_zero = true;
+    specs.push_back(widened);
+  }
   return specs;
 }
 }  // namespace
@@ -36,6 +46,7 @@ TEST_CASE_TEMPLATE("compute_params equals the plain reference bit for bit", T, f
     CAPTURE(spec.symmetric);
     CAPTURE(to_string(spec.granularity));
     CAPTURE(spec.clip_ratio);
+    CAPTURE(spec.range_includes_zero);
     const QuantParams<T> p = compute_params(x, spec);
     const QuantParams<T> ref = compute_params_ref(x, spec);
     REQUIRE(p.scale.rows() == spec.param_rows(x.rows()));
@@ -70,6 +81,74 @@ TEST_CASE("per-group with group_size = row length equals per-row") {
     const auto group = compute_params(x, QuantSpec::per_group(4, symmetric, 24, 0.9));
     CHECK(row.scale == group.scale);
     CHECK(row.zero == group.zero);
+  }
+}
+
+TEST_CASE_TEMPLATE("range_includes_zero: 0 is a code, every zero in the code range, GPTQ's formula", T, float,
+                   double) {
+  // Rows entirely above 0, entirely below 0, across 0, constant either sign,
+  // all zero, and one huge outlier above a positive bulk.
+  const Eigen::Index cols = 40;
+  MatrixX<T> x(8, cols);
+  const MatrixX<T> g = oq::test::gaussian<T>(8, cols, 31);
+  x.row(0) = (g.row(0).array().abs() + T(0.5)).matrix();
+  x.row(1) = (-g.row(1).array().abs() - T(2)).matrix();
+  x.row(2) = g.row(2);
+  x.row(3).setConstant(T(3));
+  x.row(4).setConstant(T(-0.25));
+  x.row(5).setZero();
+  x.row(6) = (g.row(6).array().abs() + T(1)).matrix();
+  x(6, 17) = T(5000);
+  x.row(7) = (T(1e-30) * (g.row(7).array().abs() + T(1))).matrix();  // positive, tiny
+  for (int bits : {2, 3, 4, 8}) {
+    for (double clip : {1.0, 0.8}) {
+      CAPTURE(bits);
+      CAPTURE(clip);
+      QuantSpec spec = QuantSpec::per_token(bits, false, clip);
+      const QuantParams<T> unwidened = compute_params(x, spec);
+      spec.range_includes_zero = true;
+      const QuantParams<T> p = compute_params(x, spec);
+      const T top = T((1 << bits) - 1);
+      for (Eigen::Index r = 0; r < x.rows(); ++r) {
+        CAPTURE(r);
+        const T s = p.scale(r, 0), z = p.zero(r, 0);
+        CHECK(z >= T(0));
+        CHECK(z <= top);
+        // 0 quantizes to the code z and comes back as exactly 0.
+        const oq::core::AffineParams<T> ap{s, z};
+        const T q0 = oq::core::quantize_value(T(0), ap, spec.code_range());
+        CHECK(q0 == z);
+        CHECK((q0 - z) * s == T(0));
+        const T lo = x.row(r).minCoeff(), hi = x.row(r).maxCoeff();
+        if (lo < 0 && hi > 0) {  // the range held 0 already: nothing changes
+          CHECK(s == unwidened.scale(r, 0));
+          CHECK(z == unwidened.zero(r, 0));
+        }
+        if (clip == 1.0 && !(lo == 0 && hi == 0)) {
+          // gptq/quant.py's find_params, in double: scale = (xmax − xmin)/maxq,
+          // zero = round(−xmin/scale), xmin = min(lo, 0), xmax = max(hi, 0).
+          const double xmin = std::min(double(lo), 0.0), xmax = std::max(double(hi), 0.0);
+          const double scale = (xmax - xmin) / double(top);
+          CHECK(double(s) == doctest::Approx(scale).epsilon(1e-6));
+          if (std::is_same_v<T, double>) CHECK(double(z) == std::nearbyint(-xmin / scale));
+          // The whole widened range is representable: |x − Q(x)| ≤ s/2.
+          for (Eigen::Index c = 0; c < cols; ++c) {
+            const T q = oq::core::quantize_value(x(r, c), ap, spec.code_range());
+            CHECK(std::abs(double((q - z) * s) - double(x(r, c))) <= 0.5 * double(s) * (1 + 1e-5));
+          }
+        }
+      }
+      // The all-zero row keeps DESIGN §2's scale 1, zero 0.
+      CHECK(p.scale(5, 0) == T(1));
+      CHECK(p.zero(5, 0) == T(0));
+      // Symmetric ranges hold 0 already: the flag changes nothing.
+      QuantSpec sym = QuantSpec::per_token(bits, true, clip);
+      const QuantParams<T> a = compute_params(x, sym);
+      sym.range_includes_zero = true;
+      const QuantParams<T> b = compute_params(x, sym);
+      CHECK(a.scale == b.scale);
+      CHECK(a.zero == b.zero);
+    }
   }
 }
 

@@ -32,7 +32,9 @@
 // oq's zero points are not clamped (DESIGN §2): a group that lies entirely
 // above 0 has a negative zero, one entirely below 0 a zero above 15. Such
 // groups cannot be stored in either format, and pack_gptq_linear says which
-// entry (the reference quantizer widens [min, max] to include 0 for this).
+// entry. Quantize with QuantSpec::range_includes_zero, as GPTQ's reference
+// quantizer does, and every zero lies in 0..15: "gptq_v2" stores them all,
+// "gptq" all but the zero 0 of a group with no negative weight.
 // Symmetric quantization: oq's signed codes q in [−8, 7] with zero 0 become
 // q + 8 with zero 8, as AutoGPTQ's symmetric quantizer stores them (its
 // zero point is (maxq + 1)/2 = 8): the same ŵ.
@@ -295,7 +297,9 @@ inline GptqPackedLinear pack_gptq_linear(const GptqLinearCodes& c, GptqCheckpoin
         detail::require_domain(std::isfinite(z) && z == std::nearbyint(z) && z >= float(lo) && z <= float(hi),
                                kWhere, "c.params.zero(", n, ", ", g, ") must be an integer in [", lo, ", ", hi,
                                "] for checkpoint_format \"", to_string(format), "\", got ", z,
-                               z == 0.0f && format == GptqCheckpointFormat::kGptq ? " (\"gptq_v2\" stores a zero of 0)" : "");
+                               z == 0.0f && format == GptqCheckpointFormat::kGptq ? " (\"gptq_v2\" stores a zero of 0)"
+                               : z < 0.0f || z > float(hi) ? " (QuantSpec::range_includes_zero keeps zeros in [0, 15])"
+                                                           : "");
         word |= static_cast<std::uint32_t>(static_cast<int>(z) - stored_offset) << (4 * j);
       }
       p.qzeros(g, c8) = static_cast<std::int32_t>(word);

@@ -7,7 +7,9 @@
 // for every parameter entry (group) independently and keeps the one with the
 // smallest Σ (x − x̂)² over that group (ties: the larger ratio). The grid holds
 // max_ratio, so with max_ratio = 1 (default) the result is never worse than no
-// clipping. spec.clip_ratio is ignored: the search chooses it.
+// clipping. spec.clip_ratio is ignored: the search chooses it; with
+// spec.range_includes_zero the ratios scale the widened range, as in GPTQ's
+// reference grid search (Quantizer.find_params with mse).
 //
 //   auto found = oq::quant::search_clip_mse(w, QuantSpec::per_channel(4, false));
 //   auto w_hat = oq::quant::fake_quantize(w, found.params, spec);
@@ -70,15 +72,13 @@ ClipSearchResult<typename Derived::Scalar> search_clip_mse(const Eigen::MatrixBa
   for_each_block(x, spec, [&](Eigen::Index i, Eigen::Index j, const auto& block) {
     const Scalar lo_value = block.minCoeff();
     const Scalar hi_value = block.maxCoeff();
-    const Scalar absmax = block.cwiseAbs().maxCoeff();
     double best_error = std::numeric_limits<double>::infinity();
     for (int k = 0; k <= options.steps; ++k) {
       const double ratio = options.steps == 0 ? options.max_ratio
                                               : options.max_ratio - k * (options.max_ratio - options.min_ratio) /
                                                                          options.steps;
       const auto c = static_cast<Scalar>(ratio);
-      const core::AffineParams<Scalar> p = spec.symmetric ? core::symmetric_params(absmax, c, spec.bits)
-                                                          : core::asymmetric_params(lo_value, hi_value, c, spec.bits);
+      const core::AffineParams<Scalar> p = range_params(lo_value, hi_value, spec, c);
       double error = 0;
       detail_quantize::with_codes(block, p, range, [&](const auto& q) {
         error = ((q - p.zero) * p.scale - block.array()).template cast<double>().square().sum();

@@ -16,6 +16,7 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cmath>
 #include <string_view>
 #include <type_traits>
@@ -75,14 +76,27 @@ void validate_params(const QuantParams<Scalar>& params, const QuantSpec& spec, E
   }
 }
 
-/// The (scale, zero) of one block of values under `spec`'s bits, symmetry
-/// and clip ratio (DESIGN §2); the block's values must be finite.
+/// The (scale, zero) of a block whose values span [lo, hi] (finite, lo ≤ hi)
+/// under `spec`'s bits, symmetry and range_includes_zero, at clip ratio
+/// `clip` (DESIGN §2). The one place a spec becomes parameters: block_params
+/// passes spec.clip_ratio, the clip search each ratio it tries.
+template <class Scalar>
+core::AffineParams<Scalar> range_params(Scalar lo, Scalar hi, const QuantSpec& spec, Scalar clip) {
+  using std::abs;
+  if (spec.symmetric) return core::symmetric_params(std::max(abs(lo), abs(hi)), clip, spec.bits);
+  if (spec.range_includes_zero) {
+    lo = std::min(lo, Scalar(0));
+    hi = std::max(hi, Scalar(0));
+  }
+  return core::asymmetric_params(lo, hi, clip, spec.bits);
+}
+
+/// The (scale, zero) of one block of values under `spec` (range_params at
+/// spec.clip_ratio); the block's values must be finite.
 template <class Block>
 core::AffineParams<typename Block::Scalar> block_params(const Block& block, const QuantSpec& spec) {
   using Scalar = typename Block::Scalar;
-  const auto clip = static_cast<Scalar>(spec.clip_ratio);
-  return spec.symmetric ? core::symmetric_params(block.cwiseAbs().maxCoeff(), clip, spec.bits)
-                        : core::asymmetric_params(block.minCoeff(), block.maxCoeff(), clip, spec.bits);
+  return range_params(block.minCoeff(), block.maxCoeff(), spec, static_cast<Scalar>(spec.clip_ratio));
 }
 
 /// Scales and zero points of x under `spec` (DESIGN §2, core/quant_math.hpp).

@@ -54,6 +54,10 @@ QuantParams<T> compute_params_ref(const Eigen::Matrix<T, Eigen::Dynamic, Eigen::
         s = (clip * absmax) / static_cast<T>(std::pow(2, spec.bits - 1) - 1);
         if (s == 0) s = 1;
       } else {
+        if (spec.range_includes_zero) {  // GPTQ's reference: [min(lo, 0), max(hi, 0)]
+          if (lo(i, j) > 0) lo(i, j) = 0;
+          if (hi(i, j) < 0) hi(i, j) = 0;
+        }
         const T levels = static_cast<T>(std::pow(2, spec.bits) - 1);
         s = (clip * hi(i, j) - clip * lo(i, j)) / levels;
         if (std::isinf(s)) s = clip * hi(i, j) / levels - clip * lo(i, j) / levels;

@@ -46,19 +46,27 @@ struct QuantSpec {
   Granularity granularity = Granularity::kPerToken;  ///< see the file comment
   Eigen::Index group_size = 0;                       ///< > 0 for kPerGroup only
   double clip_ratio = 1.0;                           ///< c in (0, 1]
+  /// Asymmetric only: widen each block's [min, max] to [min(min, 0),
+  /// max(max, 0)] before clipping, as GPTQ's reference quantizer does
+  /// (gptq/quant.py, Quantizer.find_params). The zero point then always lies
+  /// in the code range, so 0 is exactly representable and every group can be
+  /// stored in a GPTQ checkpoint (io/gptq_checkpoint.hpp); without it (DESIGN
+  /// §2, DuQuant's quantizer) a group entirely above or below 0 uses all
+  /// 2^b levels on its own range. A symmetric range always holds 0: no effect.
+  bool range_includes_zero = false;
 
   static constexpr QuantSpec per_tensor(int bits, bool symmetric, double clip_ratio = 1.0) noexcept {
-    return {bits, symmetric, Granularity::kPerTensor, 0, clip_ratio};
+    return {bits, symmetric, Granularity::kPerTensor, 0, clip_ratio, false};
   }
   static constexpr QuantSpec per_channel(int bits, bool symmetric, double clip_ratio = 1.0) noexcept {
-    return {bits, symmetric, Granularity::kPerChannel, 0, clip_ratio};
+    return {bits, symmetric, Granularity::kPerChannel, 0, clip_ratio, false};
   }
   static constexpr QuantSpec per_token(int bits, bool symmetric, double clip_ratio = 1.0) noexcept {
-    return {bits, symmetric, Granularity::kPerToken, 0, clip_ratio};
+    return {bits, symmetric, Granularity::kPerToken, 0, clip_ratio, false};
   }
   static constexpr QuantSpec per_group(int bits, bool symmetric, Eigen::Index group_size,
                                        double clip_ratio = 1.0) noexcept {
-    return {bits, symmetric, Granularity::kPerGroup, group_size, clip_ratio};
+    return {bits, symmetric, Granularity::kPerGroup, group_size, clip_ratio, false};
   }
 
   /// The integer codes' range for these bits and this symmetry.
