@@ -14,6 +14,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
+#include <string>
+#include <thread>
 #include <utility>
 
 using namespace oq::quant;
@@ -210,6 +213,45 @@ void check_rotated(const oq::test::PerTokenResult& got, const RowMatrix& rotated
 }
 
 }  // namespace
+
+TEST_CASE("host threads launching rows of different lengths at once all succeed, bit for bit") {
+  // One kernel instantiation (float rows, staged in shared memory) launched
+  // from two host threads with 4 KiB and 80 KiB of dynamic shared memory. Its
+  // shared memory limit is a kernel attribute: set to each call's own size,
+  // the small row's launcher would lower it between the large row's set and
+  // launch (allow_dynamic_shared_memory, status.cuh).
+  const Eigen::Index rows = 5;
+  const Eigen::Index lengths[2] = {1024, 20480};
+  std::vector<float> inputs[2];
+  PerTokenArgs args[2];
+  oq::test::PerTokenResult expected[2];
+  for (int t = 0; t < 2; ++t) {
+    const RowMatrix x = adversarial_rows(rows, lengths[t], 60 + static_cast<std::uint64_t>(t));
+    inputs[t].assign(x.data(), x.data() + x.size());
+    args[t] = args_for(rows, lengths[t], 4, false, 0.9f);
+    expected[t] = oq::test::quantize_per_token_on_device(inputs[t], args[t], DeviceInput::kFloat, {});
+  }
+  std::string failures[2];
+  int mismatches[2] = {0, 0};
+  auto work = [&](int t) {
+    try {
+      for (int i = 0; i < 100; ++i) {
+        const auto got = oq::test::quantize_per_token_on_device(inputs[t], args[t], DeviceInput::kFloat, {});
+        if (got.codes != expected[t].codes || got.scales != expected[t].scales) ++mismatches[t];
+      }
+    } catch (const std::exception& e) {
+      failures[t] = e.what();
+    }
+  };
+  std::thread small(work, 0), large(work, 1);
+  small.join();
+  large.join();
+  for (int t = 0; t < 2; ++t) {
+    CAPTURE(lengths[t]);
+    CHECK(failures[t] == "");
+    CHECK(mismatches[t] == 0);
+  }
+}
 
 TEST_CASE("with a fused block rotation the kernel quantizes X·R") {
   const Eigen::Index rows = 33, cols = 512, b = 128;

@@ -14,6 +14,8 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <map>
+#include <mutex>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -118,6 +120,46 @@ inline Report require_shared_memory(std::size_t bytes, const std::string& who, c
     return Report::failure(Status::kUnsupportedDevice, who + ": " + what + " need " + std::to_string(bytes) +
                                                            " bytes of shared memory, the device allows " +
                                                            std::to_string(limit));
+  return Report::success();
+}
+
+namespace detail {
+
+// The largest dynamic shared memory size each (device, kernel) may launch
+// with, as set through allow_dynamic_shared_memory: one table per program
+// (an inline function's static), guarded by its mutex.
+struct DynamicSharedMemoryLimits {
+  std::mutex mutex;
+  std::map<std::pair<int, const void*>, int> allowed;
+};
+inline DynamicSharedMemoryLimits& dynamic_shared_memory_limits() {
+  static DynamicSharedMemoryLimits limits;
+  return limits;
+}
+
+}  // namespace detail
+
+/// Lets `entry` launch on the current device with `bytes` of dynamic shared
+/// memory (cudaFuncAttributeMaxDynamicSharedMemorySize), raising the limit
+/// and never lowering it. The attribute belongs to the kernel, not to the
+/// launch: a launcher whose size depends on its arguments and that set the
+/// attribute to each call's own size would let a second host thread lower it
+/// between the first thread's set and launch, and that launch would fail. A
+/// limit is only an upper bound (each launch reserves its own size, and
+/// occupancy follows that size), so the limit only rises, and a size already
+/// allowed makes no CUDA call. The table of limits assumes the
+/// device's context lives as long as the program; after cudaDeviceReset()
+/// nothing here knows that the attributes were reset.
+template <class Kernel>
+Report allow_dynamic_shared_memory(Kernel* entry, int bytes) {
+  int device = 0;
+  OQ_CUDA_TRY(cudaGetDevice(&device));
+  detail::DynamicSharedMemoryLimits& limits = detail::dynamic_shared_memory_limits();
+  const std::lock_guard<std::mutex> lock(limits.mutex);
+  int& allowed = limits.allowed[{device, reinterpret_cast<const void*>(entry)}];
+  if (bytes <= allowed) return Report::success();
+  OQ_CUDA_TRY(cudaFuncSetAttribute(entry, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  allowed = bytes;
   return Report::success();
 }
 

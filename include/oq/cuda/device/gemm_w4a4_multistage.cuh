@@ -39,7 +39,7 @@ Report dispatch_w4a4_signedness(const Params& p, Launch&& launch) {
 /// threads, K::kSmemBytes of dynamic shared memory) over p's M × N.
 template <class K, class Params>
 Report launch_w4a4_tiled(void (*entry)(Params), const Params& p, cudaStream_t stream) {
-  OQ_CUDA_TRY(cudaFuncSetAttribute(entry, cudaFuncAttributeMaxDynamicSharedMemorySize, K::kSmemBytes));
+  if (Report r = allow_dynamic_shared_memory(entry, K::kSmemBytes); !r.ok()) return r;
   const dim3 grid(static_cast<unsigned>((p.n + K::kTileN - 1) / K::kTileN),
                   static_cast<unsigned>((p.m + K::kTileM - 1) / K::kTileM));
   return checked_launch([&] { entry<<<grid, K::kThreads, K::kSmemBytes, stream>>>(p); });

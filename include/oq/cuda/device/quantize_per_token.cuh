@@ -107,7 +107,7 @@ class QuantizePerToken {
   static Report launch(const Params& p, cudaStream_t stream) {
     const auto smem = kRegisterChunks > 0 ? 0 : static_cast<int>(Kernel::dynamic_smem_bytes(p));
     auto* entry = &kernel::quantize_per_token_kernel<Element, kThreads, kRegisterChunks, kHadamard>;
-    OQ_CUDA_TRY(cudaFuncSetAttribute(entry, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    if (Report r = allow_dynamic_shared_memory(entry, smem); !r.ok()) return r;
     return checked_launch([&] { entry<<<static_cast<unsigned>(p.rows), kThreads, smem, stream>>>(p); });
   }
 };

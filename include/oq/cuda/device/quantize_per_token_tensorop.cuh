@@ -146,7 +146,7 @@ class QuantizePerTokenTensorOp {
     using Kernel = KernelFor<kPasses>;
     const auto smem = static_cast<int>(Kernel::dynamic_smem_bytes(p));
     auto* entry = &kernel::quantize_per_token_tensorop_kernel<Element, kBlock, kTerms, kGroups, kPasses, kRingSlots>;
-    OQ_CUDA_TRY(cudaFuncSetAttribute(entry, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    if (Report r = allow_dynamic_shared_memory(entry, smem); !r.ok()) return r;
     const std::int64_t tiles = (p.rows + Kernel::kTokens - 1) / Kernel::kTokens;
     auto no_fit = [&] {
       return Report::failure(Status::kUnsupportedDevice,
