@@ -461,6 +461,61 @@ TEST_CASE("SafetensorsFile lookups and shape errors") {
   CHECK_THROWS_WITH_AS(big.matrix<float>("z"), doctest::Contains("do not fit Eigen::Index"), std::invalid_argument);
 }
 
+namespace {
+
+// Every dtype's bytes read back as stored into an unsigned integer of its
+// size: the same bytes, in C order, whatever the dtype means.
+template <class U>
+void check_stored_as(DType dtype, std::mt19937_64& rng) {
+  CAPTURE(oq::io::dtype_name(dtype));
+  std::vector<U> v(2 * 7);
+  for (U& e : v) e = static_cast<U>(rng());
+  SafetensorsWriter w;
+  w.add("m", dtype, {2, 7}, le_bytes(v));
+  w.add("t", dtype, {7, 1, 2}, le_bytes(v));
+  w.add("e", dtype, {0, 3}, {});
+  const auto f = SafetensorsFile::from_bytes(w.bytes(), "stored.safetensors");
+  CHECK(f.stored_elements<U>("m", dtype) == v);
+  CHECK(f.stored_elements<U>("t", dtype) == v);  // any rank
+  const RowMatrix<U> m = f.stored_matrix<U>("m", dtype);
+  REQUIRE(m.rows() == 2);
+  REQUIRE(m.cols() == 7);
+  for (Eigen::Index r = 0; r < 2; ++r)
+    for (Eigen::Index c = 0; c < 7; ++c) CHECK(m(r, c) == v[static_cast<std::size_t>(7 * r + c)]);
+  CHECK(f.stored_elements<U>("e", dtype).empty());
+  CHECK(f.stored_matrix<U>("e", dtype).rows() == 0);
+  CHECK_THROWS_WITH_AS(f.stored_matrix<U>("t", dtype), doctest::Contains("has shape [7, 1, 2]"),
+                       std::invalid_argument);
+  const DType other = dtype == DType::kU8 ? DType::kI8 : DType::kU8;
+  const std::string expected = "tensor 'm' in stored.safetensors is " + std::string(oq::io::dtype_name(dtype)) +
+                               ", expected " + std::string(oq::io::dtype_name(other));
+  CHECK_THROWS_WITH_AS(f.stored_elements<std::uint8_t>("m", other), doctest::Contains(expected.c_str()),
+                       std::invalid_argument);
+}
+
+}  // namespace
+
+TEST_CASE("stored_elements / stored_matrix: every dtype's bytes as stored, and the wrong dtype or size refused") {
+  std::mt19937_64 rng(17);
+  for (const DType dtype : oq::io::kAllDTypes) {
+    switch (oq::io::dtype_size(dtype)) {
+      case 1: check_stored_as<std::uint8_t>(dtype, rng); break;
+      case 2: check_stored_as<std::uint16_t>(dtype, rng); break;
+      case 4: check_stored_as<std::uint32_t>(dtype, rng); break;
+      case 8: check_stored_as<std::uint64_t>(dtype, rng); break;
+      default: FAIL("a dtype of ", oq::io::dtype_size(dtype), " bytes");
+    }
+  }
+  SafetensorsWriter w;
+  w.add("i", DType::kI32, {2}, le_bytes(std::vector<std::int32_t>{-1, 7}));
+  const auto f = SafetensorsFile::from_bytes(w.bytes());
+  CHECK(f.stored_elements<std::int32_t>("i", DType::kI32) == std::vector<std::int32_t>{-1, 7});
+  CHECK_THROWS_WITH_AS(f.stored_elements<std::int16_t>("i", DType::kI32),
+                       doctest::Contains("dtype I32 has elements of 4 bytes, the element type 2"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(f.stored_matrix<std::int32_t>("j", DType::kI32), doctest::Contains("'j' not found"),
+                       std::invalid_argument);
+}
+
 TEST_CASE("big matrix: 300×257 BF16/F16/F32 → float equals the per-element core conversion") {
   const RowMatrix<float> x = oq::test::heavy_tailed<float>(300, 257, 11);
   SafetensorsWriter w;

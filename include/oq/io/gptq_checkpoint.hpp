@@ -76,7 +76,6 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <limits>
 #include <span>
 #include <string>
@@ -373,12 +372,10 @@ inline void add_gptq_linear(SafetensorsWriter& writer, std::string_view prefix, 
 
 namespace detail_gptq_checkpoint {
 
-// The raw elements of a tensor of the expected dtype and rank, each
-// dimension below 2³¹ (g_idx is int32; an empty tensor may still carry a
-// forged dimension, since its size is 0 whatever the others are).
-template <class T>
-std::vector<T> read_raw(const SafetensorsFile& file, const std::string& name, DType dtype, std::size_t rank,
-                        std::vector<std::size_t>& shape) {
+// Throws FormatError unless tensor `name` has dtype `dtype`, rank `rank` and
+// every dimension below 2³¹ (g_idx is int32; an empty tensor may still carry
+// a forged dimension, since its size is 0 whatever the others are).
+inline void require_tensor(const SafetensorsFile& file, const std::string& name, DType dtype, std::size_t rank) {
   const TensorInfo& t = file.info(name);
   if (t.dtype != dtype || t.shape.size() != rank) {
     throw FormatError("oq::io::read_gptq_linear: tensor '" + name + "' in " + file.source() + " must be " +
@@ -391,18 +388,6 @@ std::vector<T> read_raw(const SafetensorsFile& file, const std::string& name, DT
                         detail_safetensors::shape_str(t.shape) + " (expected every dimension below 2^31)");
     }
   }
-  shape = t.shape;
-  const std::span<const std::byte> bytes = file.bytes(name);
-  std::vector<T> out(bytes.size() / sizeof(T));
-  if (!out.empty()) std::memcpy(out.data(), bytes.data(), out.size() * sizeof(T));
-  return out;
-}
-
-template <class T>
-RowMajorMatrix<T> as_matrix(const std::vector<T>& v, const std::vector<std::size_t>& shape) {
-  RowMajorMatrix<T> m(static_cast<Eigen::Index>(shape[0]), static_cast<Eigen::Index>(shape[1]));
-  if (!v.empty()) std::memcpy(m.data(), v.data(), v.size() * sizeof(T));
-  return m;
 }
 
 }  // namespace detail_gptq_checkpoint
@@ -415,11 +400,14 @@ inline GptqPackedLinear read_gptq_linear(const SafetensorsFile& file, std::strin
   namespace d = detail_gptq_checkpoint;
   const std::string name(prefix);
   GptqPackedLinear p;
-  std::vector<std::size_t> shape;
-  p.qweight = d::as_matrix(d::read_raw<std::int32_t>(file, name + ".qweight", DType::kI32, 2, shape), shape);
-  p.qzeros = d::as_matrix(d::read_raw<std::int32_t>(file, name + ".qzeros", DType::kI32, 2, shape), shape);
-  p.scales = d::as_matrix(d::read_raw<std::uint16_t>(file, name + ".scales", DType::kF16, 2, shape), shape);
-  p.g_idx = d::read_raw<std::int32_t>(file, name + ".g_idx", DType::kI32, 1, shape);
+  d::require_tensor(file, name + ".qweight", DType::kI32, 2);
+  d::require_tensor(file, name + ".qzeros", DType::kI32, 2);
+  d::require_tensor(file, name + ".scales", DType::kF16, 2);
+  d::require_tensor(file, name + ".g_idx", DType::kI32, 1);
+  p.qweight = file.stored_matrix<std::int32_t>(name + ".qweight", DType::kI32);
+  p.qzeros = file.stored_matrix<std::int32_t>(name + ".qzeros", DType::kI32);
+  p.scales = file.stored_matrix<std::uint16_t>(name + ".scales", DType::kF16);
+  p.g_idx = file.stored_elements<std::int32_t>(name + ".g_idx", DType::kI32);
   return p;
 }
 

@@ -508,21 +508,32 @@ class SafetensorsFile {
   template <class T = float>
   Matrix<T> matrix(std::string_view name) const {
     const TensorInfo& t = info(name);
-    std::size_t rows = 1, cols = 1;
-    if (t.shape.size() == 2) {
-      rows = t.shape[0];
-      cols = t.shape[1];
-    } else if (t.shape.size() == 1) {
-      cols = t.shape[0];
-    } else {
-      throw std::invalid_argument("oq::io::SafetensorsFile::matrix: tensor '" + t.name + "' in " + source_ +
-                                  " has shape " + detail_safetensors::shape_str(t.shape) +
-                                  " (expected 1-D or 2-D; elements() reads any rank)");
-    }
-    check_index(t, "matrix");
-    Matrix<T> m(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
-    detail_safetensors::convert_elements(t.dtype, file_bytes().data() + header_.data_offset + t.begin, t.size(),
-                                         m.data());
+    Matrix<T> m = matrix_of_shape<T>(t, "matrix");
+    detail_safetensors::convert_elements(t.dtype, data_of(t), t.size(), m.data());
+    return m;
+  }
+
+  /// Every element of a tensor of dtype `dtype`, C order, as stored: the
+  /// bytes copied into T with no conversion (std::int32_t for I32's packed
+  /// words, std::uint16_t for F16 or BF16 bits, std::int8_t for I8, …; the
+  /// file is little-endian, as the host is). Throws std::invalid_argument
+  /// when the tensor's dtype is not `dtype`, or T's size is not its size.
+  template <class T>
+  std::vector<T> stored_elements(std::string_view name, DType dtype) const {
+    const TensorInfo& t = info(name);
+    check_stored<T>(t, dtype, "stored_elements");
+    std::vector<T> out(t.size());
+    if (!out.empty()) std::memcpy(out.data(), data_of(t), out.size() * sizeof(T));
+    return out;
+  }
+
+  /// stored_elements as matrix() shapes them (2-D: rows × cols, 1-D: 1 × n).
+  template <class T>
+  Matrix<T> stored_matrix(std::string_view name, DType dtype) const {
+    const TensorInfo& t = info(name);
+    check_stored<T>(t, dtype, "stored_matrix");
+    Matrix<T> m = matrix_of_shape<T>(t, "stored_matrix");
+    if (m.size() > 0) std::memcpy(m.data(), data_of(t), static_cast<std::size_t>(m.size()) * sizeof(T));
     return m;
   }
 
@@ -539,8 +550,7 @@ class SafetensorsFile {
     }
     check_index(t, "vector");
     Vector<T> v(static_cast<Eigen::Index>(t.size()));
-    detail_safetensors::convert_elements(t.dtype, file_bytes().data() + header_.data_offset + t.begin, t.size(),
-                                         v.data());
+    detail_safetensors::convert_elements(t.dtype, data_of(t), t.size(), v.data());
     return v;
   }
 
@@ -549,8 +559,7 @@ class SafetensorsFile {
   std::vector<T> elements(std::string_view name) const {
     const TensorInfo& t = info(name);
     std::vector<T> out(t.size());
-    detail_safetensors::convert_elements(t.dtype, file_bytes().data() + header_.data_offset + t.begin, out.size(),
-                                         out.data());
+    detail_safetensors::convert_elements(t.dtype, data_of(t), out.size(), out.data());
     return out;
   }
 
@@ -563,6 +572,43 @@ class SafetensorsFile {
   void init() {
     header_ = parse_safetensors_header(file_bytes(), source_);
     for (std::size_t i = 0; i < header_.tensors.size(); ++i) index_.emplace(header_.tensors[i].name, i);
+  }
+
+  const std::byte* data_of(const TensorInfo& t) const noexcept {
+    return file_bytes().data() + header_.data_offset + t.begin;
+  }
+
+  // An uninitialised matrix of t's shape: rows × cols for 2-D, 1 × n for 1-D.
+  template <class T>
+  Matrix<T> matrix_of_shape(const TensorInfo& t, const char* what) const {
+    std::size_t rows = 1, cols = 1;
+    if (t.shape.size() == 2) {
+      rows = t.shape[0];
+      cols = t.shape[1];
+    } else if (t.shape.size() == 1) {
+      cols = t.shape[0];
+    } else {
+      throw std::invalid_argument("oq::io::SafetensorsFile::" + std::string(what) + ": tensor '" + t.name + "' in " +
+                                  source_ + " has shape " + detail_safetensors::shape_str(t.shape) +
+                                  " (expected 1-D or 2-D; elements() reads any rank)");
+    }
+    check_index(t, what);
+    return Matrix<T>(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
+  }
+
+  template <class T>
+  void check_stored(const TensorInfo& t, DType dtype, const char* what) const {
+    static_assert(std::is_trivially_copyable_v<T>, "stored elements are copied bytewise");
+    const std::string where = "oq::io::SafetensorsFile::" + std::string(what) + ": ";
+    if (sizeof(T) != dtype_size(dtype)) {
+      throw std::invalid_argument(where + "dtype " + std::string(dtype_name(dtype)) + " has elements of " +
+                                  std::to_string(dtype_size(dtype)) + " bytes, the element type " +
+                                  std::to_string(sizeof(T)));
+    }
+    if (t.dtype != dtype) {
+      throw std::invalid_argument(where + "tensor '" + t.name + "' in " + source_ + " is " +
+                                  std::string(dtype_name(t.dtype)) + ", expected " + std::string(dtype_name(dtype)));
+    }
   }
 
   void check_index(const TensorInfo& t, const char* what) const {
