@@ -16,6 +16,48 @@ static_assert(code_range(2, false).hi == 3);
 static_assert(symmetric_params(7.0, 1.0, 4).scale == 1.0);
 static_assert(fake_quantize_value(2.5, symmetric_params(7.0, 1.0, 4), code_range(4, true)) == 2.0);
 
+// Full range: max|x| = 7.5 maps to 7.5 codes of scale 1.
+static_assert(symmetric_full_range_params(7.5, 1.0, 4).scale == 1.0);
+static_assert(symmetric_full_range_params(0.0, 1.0, 4).scale == 1.0);  // all-zero group
+
+TEST_CASE_TEMPLATE("full-range symmetric: s = 2·max/(2^b − 1), −max uses the code −2^(b−1), error ≤ s/2", T, float,
+                   double) {
+  std::mt19937 rng(15);
+  std::uniform_real_distribution<double> dist(1e-3, 1e3);
+  for (int bits = kMinBits; bits <= kMaxBits; ++bits) {
+    const CodeRange r = code_range(bits, true);
+    for (int k = 0; k < 200; ++k) {
+      const auto m = static_cast<T>(dist(rng));
+      const AffineParams<T> p = symmetric_full_range_params(m, T(1), bits);
+      // The reference's (xmax − xmin)/maxq with xmin = −xmax, in T.
+      CHECK(p.scale == (m + m) / static_cast<T>((1 << bits) - 1));
+      CHECK(p.zero == T(0));
+      // Slack as for the asymmetric bound below: the rounding of s moves the
+      // grid's ends by up to 2^(b−1)·ε·s, plus the roundings of x/s and q·s.
+      const double eps = std::numeric_limits<T>::epsilon();
+      for (const T x : {m, -m, m / T(3), -m / T(7), T(0)})
+        CHECK(std::fabs(double(fake_quantize_value(x, p, r)) - double(x)) <=
+              double(p.scale) * (0.5 + ((1 << (bits - 1)) + 2) * eps) + 2 * eps * std::fabs(double(x)));
+    }
+  }
+  // ±max/s = ±(2^(b−1) − ½), a tie: exact when max = (2^b − 1)/2 · 2^k. Half
+  // to even gives −2^(b−1), the code a restricted grid never uses, and
+  // 2^(b−1), which clamps to 2^(b−1) − 1 (the error s/2 of the bound).
+  for (int bits = kMinBits; bits <= kMaxBits; ++bits) {
+    const CodeRange r = code_range(bits, true);
+    for (int k : {-3, 0, 5}) {
+      const T m = std::ldexp(static_cast<T>((1 << bits) - 1) / T(2), k);
+      const AffineParams<T> p = symmetric_full_range_params(m, T(1), bits);
+      CHECK(p.scale == std::ldexp(T(1), k));
+      CHECK(quantize_value(-m, p, r) == static_cast<T>(r.lo));
+      CHECK(quantize_value(m, p, r) == static_cast<T>(r.hi));
+    }
+  }
+  // No overflow at the top of the range: c·max/(2^b − 1)/2, never 2·c·max.
+  const T top = std::numeric_limits<T>::max();
+  CHECK(std::isfinite(symmetric_full_range_params(top, T(1), 8).scale));
+}
+
 TEST_CASE("code ranges hold 2^bits codes for every bit width") {
   for (int bits = kMinBits; bits <= kMaxBits; ++bits) {
     for (bool symmetric : {false, true}) {

@@ -119,6 +119,9 @@ TEST_CASE("oq's GPTQ results packed: AutoGPTQ's dequantization gives oq's Ŵ wit
       {"symmetric, groups of 16", QuantSpec::per_group(4, true, 16, 0.9), {}},
       {"symmetric, per-channel", QuantSpec::per_channel(4, true), {.act_order = true}},
       {"asymmetric, per-channel", QuantSpec::per_channel(4, false, 0.8), {}},
+      {"GPTQ's reference grid, symmetric full range, groups of 16 (desc_act)", QuantSpec::gptq_reference(4, true, 16),
+       {.act_order = true, .static_groups = false}},
+      {"GPTQ's reference grid, asymmetric with 0 in range, per-channel", QuantSpec::gptq_reference(4, false), {}},
   };
   for (const Case& tc : cases) {
     CAPTURE(tc.name);

@@ -26,6 +26,29 @@ struct GptqRef {
   double loss = 0.0;
 };
 
+// One group's parameters. GPTQ's reference grids (gptq/quant.py,
+// Quantizer.find_params, clip 1) transcribed as written there:
+//   xmin = min(lo, 0), xmax = max(hi, 0); symmetric: xmax = max(|xmin|, xmax),
+//   xmin = −xmax; scale = (xmax − xmin)/maxq; zero = round(−xmin/scale)
+//   (symmetric: the code offset (maxq + 1)/2, 0 in oq's signed codes).
+// Otherwise DESIGN §2 through oq::core.
+oq::core::AffineParams<double> group_params_ref(double lo, double hi, const QuantSpec& spec) {
+  const bool gptq_grid = spec.symmetric ? spec.symmetric_full_range : spec.range_includes_zero;
+  if (!gptq_grid)
+    return spec.symmetric ? oq::core::symmetric_params(std::max(-lo, hi), spec.clip_ratio, spec.bits)
+                          : oq::core::asymmetric_params(lo, hi, spec.clip_ratio, spec.bits);
+  REQUIRE(spec.clip_ratio == 1.0);
+  double xmin = std::min(lo, 0.0), xmax = std::max(hi, 0.0);
+  if (spec.symmetric) {
+    xmax = std::max(-xmin, xmax);
+    xmin = -xmax;
+  }
+  if (xmin == 0.0 && xmax == 0.0) return {1.0, 0.0};  // oq's all-zero group (the reference: [−1, 1])
+  const double maxq = double((1 << spec.bits) - 1);
+  const double scale = (xmax - xmin) / maxq;
+  return {scale, spec.symmetric ? 0.0 : std::nearbyint(-xmin / scale)};
+}
+
 // Algorithm 1 without lazy batches, in plain loops: Gauss–Jordan inverse,
 // Cholesky–Banachiewicz for U (H⁻¹ = UᵀU), every remaining column updated
 // right after each column. Parameters as gptq.hpp's file comment says:
@@ -97,8 +120,7 @@ GptqRef gptq_ref(Matrix w, Matrix h, const QuantSpec& spec, const QuantParams<do
       for (Eigen::Index r = 0; r < rows; ++r) {
         double lo = wp(r, k), hi = wp(r, k);
         for (Eigen::Index c = k; c < k + group; ++c) lo = std::min(lo, wp(r, c)), hi = std::max(hi, wp(r, c));
-        const auto p = spec.symmetric ? oq::core::symmetric_params(std::max(-lo, hi), spec.clip_ratio, spec.bits)
-                                      : oq::core::asymmetric_params(lo, hi, spec.clip_ratio, spec.bits);
+        const auto p = group_params_ref(lo, hi, spec);
         scale(r, g) = p.scale;
         zero(r, g) = p.zero;
       }
@@ -178,6 +200,39 @@ TEST_CASE("GPTQ equals a plain float64 implementation of Algorithm 1, whatever t
     const QuantSpec symmetric = QuantSpec::per_group(4, true, 10, 0.9);
     const GptqRef symmetric_ref = gptq_ref(w, h, symmetric, nullptr, 0.01, false);
     for (Eigen::Index b : {3, 16}) check_equal(gptq_quantize(w, h, symmetric, {.block_size = b}), symmetric_ref);
+  }
+  SUBCASE("GPTQ's reference grids (QuantSpec::gptq_reference), rows above and below 0 included") {
+    Matrix shifted = w;
+    shifted.row(0).array() = shifted.row(0).array().abs() + 0.1;   // no negative weight
+    shifted.row(1).array() = -shifted.row(1).array().abs() - 0.1;  // no positive weight
+    for (const bool symmetric : {false, true}) {
+      for (const Eigen::Index group : {Eigen::Index(0), Eigen::Index(8)}) {
+        CAPTURE(symmetric);
+        CAPTURE(group);
+        const QuantSpec spec = QuantSpec::gptq_reference(4, symmetric, group);
+        const GptqRef ref = group > 0 ? gptq_ref(shifted, h, spec, nullptr, 0.01, false)
+                                      : [&] {
+                                          const QuantParams<double> params = compute_params(shifted, spec);
+                                          return gptq_ref(shifted, h, spec, &params, 0.01, false);
+                                        }();
+        const auto got = gptq_quantize(shifted, h, spec, {.block_size = 5});
+        check_equal(got, ref);
+        if (!symmetric) {  // every zero in the codes: 0 and 15 for the two shifted rows
+          CHECK(got.params.zero.minCoeff() >= 0.0);
+          CHECK(got.params.zero.maxCoeff() <= 15.0);
+          CHECK((got.params.zero.row(0).array() == 0.0).all());
+          CHECK((got.params.zero.row(1).array() == 15.0).all());
+        }
+      }
+    }
+    // Per-channel parameters from the original W, as the reference: compute_params
+    // on GPTQ's grid equals the transcription of find_params.
+    const QuantSpec sym = QuantSpec::gptq_reference(4, true);
+    const QuantParams<double> p = compute_params(shifted, sym);
+    for (Eigen::Index r = 0; r < shifted.rows(); ++r) {
+      const auto expected = group_params_ref(shifted.row(r).minCoeff(), shifted.row(r).maxCoeff(), sym);
+      CHECK(p.scale(r, 0) == expected.scale);
+    }
   }
   SUBCASE("per-tensor") {
     const QuantSpec spec = QuantSpec::per_tensor(4, false);

@@ -1,4 +1,5 @@
 #include <oq/quant/params.hpp>
+#include <oq/quant/quantize.hpp>
 #include <oq/quant/reference.hpp>
 
 #include <doctest/doctest.h>
@@ -8,8 +9,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <type_traits>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 using namespace oq::quant;
@@ -28,12 +29,14 @@ std::vector<QuantSpec> all_specs(Eigen::Index cols) {
       }
     }
   }
-  // Every spec again with GPTQ's zero-including range (a no-op when symmetric).
+  // Every spec again on GPTQ's grids: the zero-including asymmetric range,
+  // the full-range symmetric scale (each flag a no-op for the other symmetry).
   const std::size_t plain = specs.size();
   for (std::size_t i = 0; i < plain; ++i) {
-    QuantSpec widened = specs[i];
-    widened.range_includes_zero = true;
-    specs.push_back(widened);
+    QuantSpec gptq = specs[i];
+    gptq.range_includes_zero = true;
+    gptq.symmetric_full_range = true;
+    specs.push_back(gptq);
   }
   return specs;
 }
@@ -47,6 +50,7 @@ TEST_CASE_TEMPLATE("compute_params equals the plain reference bit for bit", T, f
     CAPTURE(to_string(spec.granularity));
     CAPTURE(spec.clip_ratio);
     CAPTURE(spec.range_includes_zero);
+    CAPTURE(spec.symmetric_full_range);
     const QuantParams<T> p = compute_params(x, spec);
     const QuantParams<T> ref = compute_params_ref(x, spec);
     REQUIRE(p.scale.rows() == spec.param_rows(x.rows()));
@@ -134,20 +138,70 @@ TEST_CASE_TEMPLATE("range_includes_zero: 0 is a code, every zero in the code ran
           // The whole widened range is representable: |x − Q(x)| ≤ s/2.
           for (Eigen::Index c = 0; c < cols; ++c) {
             const T q = oq::core::quantize_value(x(r, c), ap, spec.code_range());
-            CHECK(std::abs(double((q - z) * s) - double(x(r, c))) <= 0.5 * double(s) * (1 + 1e-5));
+            const double eps = std::numeric_limits<T>::epsilon();  // slack: core's asymmetric bound
+            CHECK(std::abs(double((q - z) * s) - double(x(r, c))) <=
+                  double(s) * (0.5 + (double(top) + 2) * eps) + 2 * eps * std::abs(double(x(r, c))));
           }
         }
       }
       // The all-zero row keeps DESIGN §2's scale 1, zero 0.
       CHECK(p.scale(5, 0) == T(1));
       CHECK(p.zero(5, 0) == T(0));
-      // Symmetric ranges hold 0 already: the flag changes nothing.
+      // Symmetric ranges hold 0 already, and asymmetric ones use every code:
+      // each flag leaves the other kind alone.
       QuantSpec sym = QuantSpec::per_token(bits, true, clip);
       const QuantParams<T> a = compute_params(x, sym);
       sym.range_includes_zero = true;
       const QuantParams<T> b = compute_params(x, sym);
       CHECK(a.scale == b.scale);
       CHECK(a.zero == b.zero);
+      QuantSpec asym = QuantSpec::per_token(bits, false, clip);
+      asym.symmetric_full_range = true;
+      const QuantParams<T> c = compute_params(x, asym);
+      CHECK(c.scale == unwidened.scale);
+      CHECK(c.zero == unwidened.zero);
+    }
+  }
+}
+
+TEST_CASE_TEMPLATE("symmetric_full_range: GPTQ's symmetric grid, a finer step, both end codes, |x − Q(x)| ≤ s/2", T,
+                   float, double) {
+  const MatrixX<T> x = oq::test::adversarial<T>(9, 64, 41);
+  for (int bits : {2, 3, 4, 8}) {
+    for (double clip : {1.0, 0.85}) {
+      CAPTURE(bits);
+      CAPTURE(clip);
+      QuantSpec spec = QuantSpec::per_token(bits, true, clip);
+      const QuantParams<T> restricted = compute_params(x, spec);
+      spec.symmetric_full_range = true;
+      const QuantParams<T> p = compute_params(x, spec);
+      const auto range = spec.code_range();
+      const auto codes = quantize(x, p, spec);
+      for (Eigen::Index r = 0; r < x.rows(); ++r) {
+        CAPTURE(r);
+        const double absmax = x.row(r).cwiseAbs().maxCoeff();
+        if (absmax == 0) {
+          CHECK(p.scale(r, 0) == T(1));
+          continue;
+        }
+        // gptq/quant.py, sym: (xmax − xmin)/maxq with xmin = −xmax, after the clip.
+        const double scale = 2 * (clip * absmax) / double((1 << bits) - 1);
+        CHECK(double(p.scale(r, 0)) == doctest::Approx(scale).epsilon(1e-6));
+        CHECK(p.zero(r, 0) == T(0));
+        // A finer step than DESIGN §2's: (2^(b−1) − 1) / (2^(b−1) − ½).
+        CHECK(p.scale(r, 0) < restricted.scale(r, 0));
+        for (Eigen::Index c = 0; c < x.cols(); ++c) {
+          const double v = double(x(r, c));
+          if (std::abs(v) > clip * absmax) continue;  // clipped away
+          const double back = double((T(codes(r, c)) - p.zero(r, 0)) * p.scale(r, 0));
+          // Slack: the rounding of s moves the grid's ends by 2^(b−1)·ε·s (core's bound).
+          const double eps = std::numeric_limits<T>::epsilon();
+          CHECK(std::abs(back - v) <=
+                double(p.scale(r, 0)) * (0.5 + ((1 << (bits - 1)) + 2) * eps) + 2 * eps * std::abs(v));
+        }
+        CHECK(codes.row(r).minCoeff() >= range.lo);
+        CHECK(codes.row(r).maxCoeff() <= range.hi);
+      }
     }
   }
 }

@@ -29,6 +29,20 @@ TEST_CASE("factories and designated initializers describe the same quantizers") 
   CHECK(to_string(Granularity::kPerToken) == "per-token");
 }
 
+TEST_CASE("gptq_reference: GPTQ's grids (zero-including asymmetric range, full-range symmetric)") {
+  constexpr QuantSpec asym = QuantSpec::gptq_reference(4, false, 128);
+  static_assert(asym.granularity == Granularity::kPerGroup && asym.group_size == 128 && asym.range_includes_zero &&
+                !asym.symmetric_full_range && asym.clip_ratio == 1.0 && !asym.symmetric);
+  constexpr QuantSpec sym = QuantSpec::gptq_reference(3, true);
+  static_assert(sym.granularity == Granularity::kPerChannel && sym.group_size == 0 && sym.symmetric_full_range &&
+                !sym.range_includes_zero && sym.bits == 3);
+  CHECK_NOTHROW(asym.validate("test"));
+  CHECK_NOTHROW(sym.validate("test"));
+  // The factories leave both off: DESIGN §2's quantizer.
+  constexpr QuantSpec plain = QuantSpec::per_token(4, true);
+  static_assert(!plain.range_includes_zero && !plain.symmetric_full_range);
+}
+
 TEST_CASE("parameter layout per granularity") {
   CHECK(QuantSpec::per_tensor(4, false).param_rows(10) == 1);
   CHECK(QuantSpec::per_tensor(4, false).param_cols(64) == 1);

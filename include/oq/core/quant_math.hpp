@@ -71,6 +71,21 @@ OQ_HOST_DEVICE constexpr AffineParams<T> symmetric_params(T absmax, T clip_ratio
   return {scale, T(0)};
 }
 
+/// Symmetric parameters on the full code range: max|x| maps to 2^(b−1) − ½,
+/// s = 2·c·max|x| / (2^b − 1), so that the code −2^(b−1) is used as well and
+/// +max|x| rounds to 2^(b−1) and clamps to 2^(b−1) − 1 (an error of s/2).
+/// GPTQ's reference quantizer (gptq/quant.py, sym = True: zero (maxq + 1)/2
+/// on unsigned codes) computes this grid.
+template <class T>
+OQ_HOST_DEVICE constexpr AffineParams<T> symmetric_full_range_params(T absmax, T clip_ratio, int bits) noexcept {
+  const T clipped = clip_ratio * absmax;
+  // (2^b − 1)/2 is exact in binary floating point, and c·max|x| / it is the
+  // correctly rounded 2·c·max|x| / (2^b − 1), the reference's (xmax − xmin)/maxq.
+  const T scale = clipped / (static_cast<T>((1 << bits) - 1) / T(2));
+  if (scale == T(0)) return {T(1), T(0)};  // all-zero group
+  return {scale, T(0)};
+}
+
 /// Asymmetric parameters from the group's minimum and maximum (before clipping).
 template <class T>
 OQ_HOST_DEVICE constexpr AffineParams<T> asymmetric_params(T min, T max, T clip_ratio, int bits) noexcept {

@@ -41,11 +41,14 @@
 //     gathers its activations x(:, order) and runs an ordinary per-group
 //     kernel on codes(:, order), whose groups are contiguous again
 //     (exllama's approach).
-// Where oq differs: the quantizer is oq's (DESIGN §2; the spec's clip ratio,
-// round half to even). The reference's quantizer widens [min, max] to
-// include 0, and oq's does not. oq computes in double for any scalar of W,
-// and the errors it propagates are those of the weights it returns,
-// (q − z)·s rounded to W's scalar.
+// The quantizer is the spec's: DESIGN §2's by default (the spec's clip
+// ratio, round half to even), or the reference's grids with
+// QuantSpec::gptq_reference (asymmetric ranges widened to include 0,
+// symmetric scales 2·max|x|/(2^b − 1); see there for the one case oq does
+// not copy). The reference's optional MSE shrink search (error exponent 2.4)
+// is not reproduced; search_clip_mse searches squared error. oq computes in
+// double for any scalar of W, and the errors it propagates are those of the
+// weights it returns, (q − z)·s rounded to W's scalar.
 //
 //   oq::quant::GptqHessian hessian(4096);
 //   for (const auto& x : calibration_batches) hessian.add(x);  // tokens × 4096

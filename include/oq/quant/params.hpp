@@ -77,13 +77,17 @@ void validate_params(const QuantParams<Scalar>& params, const QuantSpec& spec, E
 }
 
 /// The (scale, zero) of a block whose values span [lo, hi] (finite, lo ≤ hi)
-/// under `spec`'s bits, symmetry and range_includes_zero, at clip ratio
+/// under `spec`'s bits, symmetry, range_includes_zero and symmetric_full_range, at clip ratio
 /// `clip` (DESIGN §2). The one place a spec becomes parameters: block_params
 /// passes spec.clip_ratio, the clip search each ratio it tries.
 template <class Scalar>
 core::AffineParams<Scalar> range_params(Scalar lo, Scalar hi, const QuantSpec& spec, Scalar clip) {
   using std::abs;
-  if (spec.symmetric) return core::symmetric_params(std::max(abs(lo), abs(hi)), clip, spec.bits);
+  if (spec.symmetric) {
+    const Scalar absmax = std::max(abs(lo), abs(hi));
+    return spec.symmetric_full_range ? core::symmetric_full_range_params(absmax, clip, spec.bits)
+                                     : core::symmetric_params(absmax, clip, spec.bits);
+  }
   if (spec.range_includes_zero) {
     lo = std::min(lo, Scalar(0));
     hi = std::max(hi, Scalar(0));

@@ -51,7 +51,10 @@ QuantParams<T> compute_params_ref(const Eigen::Matrix<T, Eigen::Dynamic, Eigen::
       T z = 0;
       if (spec.symmetric) {
         const T absmax = std::max(std::fabs(lo(i, j)), std::fabs(hi(i, j)));
-        s = (clip * absmax) / static_cast<T>(std::pow(2, spec.bits - 1) - 1);
+        // DESIGN §2: max|x| ↦ 2^(b−1) − 1; full range (GPTQ's reference): the
+        // reference's (xmax − xmin)/maxq with xmin = −xmax.
+        s = spec.symmetric_full_range ? (clip * absmax + clip * absmax) / static_cast<T>(std::pow(2, spec.bits) - 1)
+                                      : (clip * absmax) / static_cast<T>(std::pow(2, spec.bits - 1) - 1);
         if (s == 0) s = 1;
       } else {
         if (spec.range_includes_zero) {  // GPTQ's reference: [min(lo, 0), max(hi, 0)]

@@ -54,19 +54,38 @@ struct QuantSpec {
   /// §2, DuQuant's quantizer) a group entirely above or below 0 uses all
   /// 2^b levels on its own range. A symmetric range always holds 0: no effect.
   bool range_includes_zero = false;
+  /// Symmetric only: map max|x| to 2^(b−1) − ½ instead of 2^(b−1) − 1, i.e.
+  /// s = 2·c·max|x|/(2^b − 1), using the code −2^(b−1) too
+  /// (core::symmetric_full_range_params; GPTQ's reference quantizer). An
+  /// asymmetric range uses every code already: no effect.
+  bool symmetric_full_range = false;
+
+  /// GPTQ's reference quantizer (gptq/quant.py, Quantizer.find_params without
+  /// its MSE grid): asymmetric with the range widened to hold 0, or symmetric
+  /// on the full code range; group_size 0 means per-channel. What AutoGPTQ /
+  /// GPTQModel checkpoints hold, so that oq's GPTQ reproduces their grids.
+  /// (For a group with no negative entry the reference's symmetric scale is
+  /// half of this one and clips the upper half of the group, an accident of
+  /// its code, which oq does not copy.)
+  static constexpr QuantSpec gptq_reference(int bits, bool symmetric, Eigen::Index group_size = 0) noexcept {
+    QuantSpec s = group_size > 0 ? per_group(bits, symmetric, group_size) : per_channel(bits, symmetric);
+    s.range_includes_zero = !symmetric;
+    s.symmetric_full_range = symmetric;
+    return s;
+  }
 
   static constexpr QuantSpec per_tensor(int bits, bool symmetric, double clip_ratio = 1.0) noexcept {
-    return {bits, symmetric, Granularity::kPerTensor, 0, clip_ratio, false};
+    return {bits, symmetric, Granularity::kPerTensor, 0, clip_ratio, false, false};
   }
   static constexpr QuantSpec per_channel(int bits, bool symmetric, double clip_ratio = 1.0) noexcept {
-    return {bits, symmetric, Granularity::kPerChannel, 0, clip_ratio, false};
+    return {bits, symmetric, Granularity::kPerChannel, 0, clip_ratio, false, false};
   }
   static constexpr QuantSpec per_token(int bits, bool symmetric, double clip_ratio = 1.0) noexcept {
-    return {bits, symmetric, Granularity::kPerToken, 0, clip_ratio, false};
+    return {bits, symmetric, Granularity::kPerToken, 0, clip_ratio, false, false};
   }
   static constexpr QuantSpec per_group(int bits, bool symmetric, Eigen::Index group_size,
                                        double clip_ratio = 1.0) noexcept {
-    return {bits, symmetric, Granularity::kPerGroup, group_size, clip_ratio, false};
+    return {bits, symmetric, Granularity::kPerGroup, group_size, clip_ratio, false, false};
   }
 
   /// The integer codes' range for these bits and this symmetry.
