@@ -75,8 +75,10 @@ __device__ __forceinline__ void store_w4a4_output(const GemmW4A4Params<ElementOu
   if (p.acc != nullptr) p.acc[row * p.ld_acc + col] = acc;
   if (p.y != nullptr) {
     std::int64_t total = acc;
-    const std::int64_t za = p.zero_a != nullptr ? static_cast<std::int64_t>(p.zero_a[row]) : 0;
-    const std::int64_t zw = p.zero_w != nullptr ? static_cast<std::int64_t>(p.zero_w[col]) : 0;
+    // Zero points are integer-valued floats (DESIGN §2): round, never truncate, so that
+    // one carrying a rounding error (6.9999995) still counts as 7.
+    const std::int64_t za = p.zero_a != nullptr ? __float2ll_rn(p.zero_a[row]) : 0;
+    const std::int64_t zw = p.zero_w != nullptr ? __float2ll_rn(p.zero_w[col]) : 0;
     if (zw != 0) total -= zw * p.sum_a[row];
     if (za != 0) total -= za * p.sum_w[col];
     total += p.k * za * zw;
