@@ -226,9 +226,14 @@ struct QuantizePerTokenTensorOp {
   // (lanes t and t + 1 of a store) in different banks.
   static constexpr int kStagedRow = kBlock + 16;
 
-  struct SharedStorage {
-    // kRecompute: one block's codes per group, double-buffered (a stub in kResidentY).
-    alignas(16) std::uint8_t staged[kResidentY ? 1 : 2][kResidentY ? 1 : kGroups][kTokens][kStagedRow];
+  // kRecompute: one block's codes per group, double-buffered. kResidentY
+  // packs from Y in place and has none (an empty base takes no bytes).
+  struct StagedCodes {
+    alignas(16) std::uint8_t staged[2][kGroups][kTokens][kStagedRow];
+  };
+  struct NoStagedCodes {};
+
+  struct SharedStorage : std::conditional_t<kResidentY, NoStagedCodes, StagedCodes> {
     float lo[kWarps][kTokens];
     float hi[kWarps][kTokens];
     int sum[kWarps][kTokens];
