@@ -23,7 +23,7 @@ function(oq_add_header_check)
   _oq_header_check_sources(sources "${include_root}" "${out_root}" ".cpp" ${headers})
   add_library(oq_header_check OBJECT ${sources})
   target_link_libraries(oq_header_check PRIVATE oq::oq)
-  oq_target_warnings(oq_header_check)
+  oq_target_options(oq_header_check)
 
   if(OQ_ENABLE_CUDA)
     file(GLOB_RECURSE cuda_headers RELATIVE "${include_root}" CONFIGURE_DEPENDS "${include_root}/oq/*.cuh")

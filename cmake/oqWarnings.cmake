@@ -1,7 +1,12 @@
-# oq_target_warnings(target): the warning set of oq's own tests, examples and
-# benchmarks (never forced on users of the INTERFACE targets).
-function(oq_target_warnings target)
-  set(flags -Wall -Wextra -Wpedantic -Wshadow)
+# oq_target_options(target): the warning set of oq's own tests, examples and
+# benchmarks (never forced on users of the INTERFACE targets), and no
+# floating-point contraction in their host code: a product merged into an
+# FMA rounds once instead of twice, and the tests compare host results with
+# the device's (which core::mul_rn keeps uncontracted) and with references
+# written differently, bit for bit. GCC contracts by default wherever the
+# target has FMA (-march=haswell or newer).
+function(oq_target_options target)
+  set(flags -Wall -Wextra -Wpedantic -Wshadow -ffp-contract=off)
   if(OQ_WARNINGS_AS_ERRORS)
     list(APPEND flags -Werror)
   endif()

@@ -1,6 +1,7 @@
 #include "device_kernels.hpp"
 
 #include <oq/core/int4.hpp>
+#include <oq/core/quant_math.hpp>
 #include <oq/core/rounding.hpp>
 
 #include <cuda_runtime.h>
@@ -26,7 +27,31 @@ __global__ void core_kernel(const float* values, int n_values, float* rounded, s
   if (i < n_words) widened[i] = oq::core::widen_s4x8_to_s8x8(words[i]);
 }
 
+__global__ void params_kernel(const float* lo, const float* hi, const float* clip, const int* bits, int n,
+                              float* asym_scale, float* asym_zero, float* sym_scale, float* full_scale) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const auto asym = oq::core::asymmetric_params(lo[i], hi[i], clip[i], bits[i]);
+  asym_scale[i] = asym.scale;
+  asym_zero[i] = asym.zero;
+  const float absmax = fmaxf(fabsf(lo[i]), fabsf(hi[i]));
+  sym_scale[i] = oq::core::symmetric_params(absmax, clip[i], bits[i]).scale;
+  full_scale[i] = oq::core::symmetric_full_range_params(absmax, clip[i], bits[i]).scale;
+}
+
 using oq::test::DeviceBuffer;
+
+template <class T>
+void copy_to_device(DeviceBuffer<T>& d, const std::vector<T>& v) {
+  check_cuda(cudaMemcpy(d.ptr, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), "cudaMemcpy");
+}
+
+template <class T>
+std::vector<T> to_host(const DeviceBuffer<T>& d, std::size_t n) {
+  std::vector<T> v(n);
+  check_cuda(cudaMemcpy(v.data(), d.ptr, n * sizeof(T), cudaMemcpyDeviceToHost), "cudaMemcpy");
+  return v;
+}
 
 }  // namespace
 
@@ -56,6 +81,27 @@ CoreDeviceResults run_core_on_device(const std::vector<float>& values, const std
                    cudaMemcpyDeviceToHost),
         "cudaMemcpy");
   return results;
+}
+
+ParamsDeviceResults run_params_on_device(const std::vector<float>& lo, const std::vector<float>& hi,
+                                         const std::vector<float>& clip, const std::vector<int>& bits) {
+  const std::size_t n = lo.size();
+  if (hi.size() != n || clip.size() != n || bits.size() != n)
+    throw std::invalid_argument("run_params_on_device: lo, hi, clip and bits must have one size");
+  if (n == 0) return {};
+  DeviceBuffer<float> d_lo(n), d_hi(n), d_clip(n);
+  DeviceBuffer<int> d_bits(n);
+  copy_to_device(d_lo, lo);
+  copy_to_device(d_hi, hi);
+  copy_to_device(d_clip, clip);
+  copy_to_device(d_bits, bits);
+  DeviceBuffer<float> asym_scale(n), asym_zero(n), sym_scale(n), full_scale(n);
+  params_kernel<<<static_cast<unsigned>((n + 255) / 256), 256>>>(d_lo.ptr, d_hi.ptr, d_clip.ptr, d_bits.ptr,
+                                                                 static_cast<int>(n), asym_scale.ptr, asym_zero.ptr,
+                                                                 sym_scale.ptr, full_scale.ptr);
+  check_cuda(cudaGetLastError(), "params_kernel launch");
+  check_cuda(cudaDeviceSynchronize(), "params_kernel");
+  return {to_host(asym_scale, n), to_host(asym_zero, n), to_host(sym_scale, n), to_host(full_scale, n)};
 }
 
 }  // namespace oq::test

@@ -16,4 +16,16 @@ struct CoreDeviceResults {
 /// Runs the helpers on device 0; throws std::runtime_error naming a failed CUDA call.
 CoreDeviceResults run_core_on_device(const std::vector<float>& values, const std::vector<std::uint32_t>& words);
 
+/// core's parameter formulas of group i, whose values span [lo[i], hi[i]],
+/// at clip ratio clip[i] and bits[i] bits.
+struct ParamsDeviceResults {
+  std::vector<float> asym_scale, asym_zero;  ///< core::asymmetric_params
+  std::vector<float> sym_scale;              ///< core::symmetric_params of max(|lo|, |hi|)
+  std::vector<float> full_scale;             ///< core::symmetric_full_range_params of the same
+};
+
+/// Runs core's parameter formulas on device 0 (float, as the kernels do).
+ParamsDeviceResults run_params_on_device(const std::vector<float>& lo, const std::vector<float>& hi,
+                                         const std::vector<float>& clip, const std::vector<int>& bits);
+
 }  // namespace oq::test

@@ -65,7 +65,7 @@ OQ_HOST_DEVICE constexpr bool is_finite_value(T x) noexcept {
 /// Symmetric parameters from the group's largest magnitude (before clipping).
 template <class T>
 OQ_HOST_DEVICE constexpr AffineParams<T> symmetric_params(T absmax, T clip_ratio, int bits) noexcept {
-  const T clipped = clip_ratio * absmax;
+  const T clipped = mul_rn(clip_ratio, absmax);
   const T scale = clipped / static_cast<T>((1 << (bits - 1)) - 1);
   if (scale == T(0)) return {T(1), T(0)};  // all-zero group
   return {scale, T(0)};
@@ -78,7 +78,7 @@ OQ_HOST_DEVICE constexpr AffineParams<T> symmetric_params(T absmax, T clip_ratio
 /// on unsigned codes) computes this grid.
 template <class T>
 OQ_HOST_DEVICE constexpr AffineParams<T> symmetric_full_range_params(T absmax, T clip_ratio, int bits) noexcept {
-  const T clipped = clip_ratio * absmax;
+  const T clipped = mul_rn(clip_ratio, absmax);
   // (2^b − 1)/2 is exact in binary floating point, and c·max|x| / it is the
   // correctly rounded 2·c·max|x| / (2^b − 1), the reference's (xmax − xmin)/maxq.
   const T scale = clipped / (static_cast<T>((1 << bits) - 1) / T(2));
@@ -90,8 +90,10 @@ OQ_HOST_DEVICE constexpr AffineParams<T> symmetric_full_range_params(T absmax, T
 template <class T>
 OQ_HOST_DEVICE constexpr AffineParams<T> asymmetric_params(T min, T max, T clip_ratio, int bits) noexcept {
   const T levels = static_cast<T>((1 << bits) - 1);
-  const T cmin = clip_ratio * min;
-  const T cmax = clip_ratio * max;
+  // Each product rounded on its own (mul_rn): the device would otherwise
+  // fuse one of them into the subtraction below.
+  const T cmin = mul_rn(clip_ratio, min);
+  const T cmax = mul_rn(clip_ratio, max);
   T scale = (cmax - cmin) / levels;
   if (!is_finite_value(scale)) scale = cmax / levels - cmin / levels;  // range overflowed
   if (scale == T(0)) {
