@@ -124,6 +124,16 @@ std::pair<bool, bool> per_token_wide_paths(const PerTokenArgs& args, DeviceInput
   }
 }
 
+std::pair<std::size_t, int> per_token_staged_shared_memory(const PerTokenArgs& args) {
+  constexpr int kThreads = 256;  // QuantizePerToken<float>'s default
+  using Kernel = oq::cuda::device::QuantizePerToken<float, kThreads>::Kernel;
+  const auto p = params_of<float>(args);
+  cudaFuncAttributes attributes{};
+  check_cuda(cudaFuncGetAttributes(&attributes, oq::cuda::kernel::quantize_per_token_kernel<float, kThreads, 0, false>),
+             "cudaFuncGetAttributes");
+  return {Kernel::dynamic_smem_bytes(p), attributes.maxDynamicSharedSizeBytes};
+}
+
 std::string check_per_token_arguments(const PerTokenArgs& args) {
   auto p = params_of<float>(args);
   static float dummy[1];

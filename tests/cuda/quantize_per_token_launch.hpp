@@ -64,6 +64,12 @@ std::pair<bool, bool> per_token_wide_paths(const PerTokenArgs& args, DeviceInput
 /// on these arguments with aligned buffers. No GPU.
 bool per_token_register_path(const PerTokenArgs& args, DeviceInput input);
 
+/// The staged float kernel (no rotation) on these arguments: the dynamic
+/// shared memory it launches with (first), and the limit its kernel
+/// attribute allows now (second, cudaFuncGetAttributes'
+/// maxDynamicSharedSizeBytes on the current device).
+std::pair<std::size_t, int> per_token_staged_shared_memory(const PerTokenArgs& args);
+
 /// Runs the kernel on x (rows × cols, row-major, ld_x = cols), outputs poisoned
 /// with 0xAB first so that unwritten bytes show. Throws std::runtime_error on
 /// any failure, with the launcher's message.

@@ -251,6 +251,17 @@ TEST_CASE("host threads launching rows of different lengths at once all succeed,
     CHECK(failures[t] == "");
     CHECK(mismatches[t] == 0);
   }
+  // The race above needs an unlucky interleaving; this does not. The large
+  // row launched last, then the small one: the limit must still allow the
+  // large row (set to each launch's own size, it would now be the small one's).
+  (void)oq::test::quantize_per_token_on_device(inputs[1], args[1], DeviceInput::kFloat, {});
+  (void)oq::test::quantize_per_token_on_device(inputs[0], args[0], DeviceInput::kFloat, {});
+  const auto [small_bytes, limit_after_small] = oq::test::per_token_staged_shared_memory(args[0]);
+  const auto [large_bytes, limit] = oq::test::per_token_staged_shared_memory(args[1]);
+  CHECK(small_bytes < large_bytes);
+  CHECK(large_bytes > 48 * 1024);  // beyond the default limit: the attribute is needed at all
+  CHECK(limit_after_small == limit);
+  CHECK(static_cast<std::size_t>(limit) >= large_bytes);
 }
 
 TEST_CASE("with a fused block rotation the kernel quantizes X·R") {

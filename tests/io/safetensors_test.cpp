@@ -511,7 +511,7 @@ TEST_CASE("stored_elements / stored_matrix: every dtype's bytes as stored, and t
   const auto f = SafetensorsFile::from_bytes(w.bytes());
   CHECK(f.stored_elements<std::int32_t>("i", DType::kI32) == std::vector<std::int32_t>{-1, 7});
   CHECK_THROWS_WITH_AS(f.stored_elements<std::int16_t>("i", DType::kI32),
-                       doctest::Contains("dtype I32 has elements of 4 bytes, the element type 2"), std::invalid_argument);
+                       doctest::Contains("the element type must have 4 bytes for dtype I32, got 2"), std::invalid_argument);
   CHECK_THROWS_WITH_AS(f.stored_matrix<std::int32_t>("j", DType::kI32), doctest::Contains("'j' not found"),
                        std::invalid_argument);
 }

@@ -27,11 +27,14 @@ struct GptqRef {
 };
 
 // One group's parameters. GPTQ's reference grids (gptq/quant.py,
-// Quantizer.find_params, clip 1) transcribed as written there:
+// Quantizer.find_params, clip 1):
 //   xmin = min(lo, 0), xmax = max(hi, 0); symmetric: xmax = max(|xmin|, xmax),
 //   xmin = −xmax; scale = (xmax − xmin)/maxq; zero = round(−xmin/scale)
 //   (symmetric: the code offset (maxq + 1)/2, 0 in oq's signed codes).
-// Otherwise DESIGN §2 through oq::core.
+// Two departures, both oq's documented ones (QuantSpec::gptq_reference): the
+// reference sets xmin = −xmax only where xmin < 0 (here always), and gives
+// an all-zero group [−1, 1] (here scale 1, zero 0). Otherwise DESIGN §2
+// through oq::core.
 oq::core::AffineParams<double> group_params_ref(double lo, double hi, const QuantSpec& spec) {
   const bool gptq_grid = spec.symmetric ? spec.symmetric_full_range : spec.range_includes_zero;
   if (!gptq_grid)

@@ -93,7 +93,7 @@ TEST_CASE_TEMPLATE("range_includes_zero: 0 is a code, every zero in the code ran
   // Rows entirely above 0, entirely below 0, across 0, constant either sign,
   // all zero, and one huge outlier above a positive bulk.
   const Eigen::Index cols = 40;
-  MatrixX<T> x(8, cols);
+  MatrixX<T> x(9, cols);
   const MatrixX<T> g = oq::test::gaussian<T>(8, cols, 31);
   x.row(0) = (g.row(0).array().abs() + T(0.5)).matrix();
   x.row(1) = (-g.row(1).array().abs() - T(2)).matrix();
@@ -104,6 +104,7 @@ TEST_CASE_TEMPLATE("range_includes_zero: 0 is a code, every zero in the code ran
   x.row(6) = (g.row(6).array().abs() + T(1)).matrix();
   x(6, 17) = T(5000);
   x.row(7) = (T(1e-30) * (g.row(7).array().abs() + T(1))).matrix();  // positive, tiny
+  x.row(8).setConstant(std::numeric_limits<T>::denorm_min());         // a range whose scale underflows
   for (int bits : {2, 3, 4, 8}) {
     for (double clip : {1.0, 0.8}) {
       CAPTURE(bits);
@@ -112,6 +113,9 @@ TEST_CASE_TEMPLATE("range_includes_zero: 0 is a code, every zero in the code ran
       const QuantParams<T> unwidened = compute_params(x, spec);
       spec.range_includes_zero = true;
       const QuantParams<T> p = compute_params(x, spec);
+      const QuantParams<T> ref = compute_params_ref(x, spec);  // the subnormal row included
+      CHECK(p.scale == ref.scale);
+      CHECK(p.zero == ref.zero);
       const T top = T((1 << bits) - 1);
       for (Eigen::Index r = 0; r < x.rows(); ++r) {
         CAPTURE(r);
@@ -128,13 +132,15 @@ TEST_CASE_TEMPLATE("range_includes_zero: 0 is a code, every zero in the code ran
           CHECK(s == unwidened.scale(r, 0));
           CHECK(z == unwidened.zero(r, 0));
         }
-        if (clip == 1.0 && !(lo == 0 && hi == 0)) {
-          // gptq/quant.py's find_params, in double: scale = (xmax − xmin)/maxq,
-          // zero = round(−xmin/scale), xmin = min(lo, 0), xmax = max(hi, 0).
-          const double xmin = std::min(double(lo), 0.0), xmax = std::max(double(hi), 0.0);
-          const double scale = (xmax - xmin) / double(top);
-          CHECK(double(s) == doctest::Approx(scale).epsilon(1e-6));
-          if (std::is_same_v<T, double>) CHECK(double(z) == std::nearbyint(-xmin / scale));
+        // gptq/quant.py's find_params, in T: scale = (xmax − xmin)/maxq,
+        // zero = round(−xmin/scale), xmin = min(lo, 0), xmax = max(hi, 0); bit
+        // for bit where that scale is a positive number (not the all-zero row,
+        // not one that underflows).
+        const T xmin = std::min(lo, T(0)), xmax = std::max(hi, T(0));
+        const T scale = (xmax - xmin) / top;
+        if (clip == 1.0 && scale > T(0)) {
+          CHECK(s == scale);
+          CHECK(z == std::nearbyint(-xmin / scale));
           // The whole widened range is representable: |x − Q(x)| ≤ s/2.
           for (Eigen::Index c = 0; c < cols; ++c) {
             const T q = oq::core::quantize_value(x(r, c), ap, spec.code_range());
@@ -144,9 +150,15 @@ TEST_CASE_TEMPLATE("range_includes_zero: 0 is a code, every zero in the code ran
           }
         }
       }
-      // The all-zero row keeps DESIGN §2's scale 1, zero 0.
+      // The all-zero row keeps DESIGN §2's scale 1, zero 0. The subnormal row
+      // (its scale underflows) reconstructs its value exactly, at code 1.
       CHECK(p.scale(5, 0) == T(1));
       CHECK(p.zero(5, 0) == T(0));
+      CHECK(p.zero(8, 0) == T(0));
+      const T tiny = std::numeric_limits<T>::denorm_min();
+      const T q_tiny = oq::core::quantize_value(tiny, oq::core::AffineParams<T>{p.scale(8, 0), p.zero(8, 0)},
+                                                spec.code_range());
+      CHECK((q_tiny - p.zero(8, 0)) * p.scale(8, 0) == tiny);
       // Symmetric ranges hold 0 already, and asymmetric ones use every code:
       // each flag leaves the other kind alone.
       QuantSpec sym = QuantSpec::per_token(bits, true, clip);
@@ -184,9 +196,10 @@ TEST_CASE_TEMPLATE("symmetric_full_range: GPTQ's symmetric grid, a finer step, b
           CHECK(p.scale(r, 0) == T(1));
           continue;
         }
-        // gptq/quant.py, sym: (xmax − xmin)/maxq with xmin = −xmax, after the clip.
-        const double scale = 2 * (clip * absmax) / double((1 << bits) - 1);
-        CHECK(double(p.scale(r, 0)) == doctest::Approx(scale).epsilon(1e-6));
+        // gptq/quant.py, sym: (xmax − xmin)/maxq with xmin = −xmax, after the
+        // clip, in T: bit for bit.
+        const T clipped = T(clip) * T(absmax);
+        CHECK(p.scale(r, 0) == (clipped + clipped) / T((1 << bits) - 1));
         CHECK(p.zero(r, 0) == T(0));
         // A finer step than DESIGN §2's: (2^(b−1) − 1) / (2^(b−1) − ½).
         CHECK(p.scale(r, 0) < restricted.scale(r, 0));

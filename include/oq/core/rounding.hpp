@@ -57,16 +57,17 @@ OQ_HOST_DEVICE constexpr T round_half_even(T x) noexcept {
 template <class T>
 OQ_HOST_DEVICE constexpr T mul_rn(T a, T b) noexcept {
 #if defined(__CUDA_ARCH__)
-  if constexpr (std::is_same_v<T, float>) {
-    return __fmul_rn(a, b);
-  } else if constexpr (std::is_same_v<T, double>) {
-    return __dmul_rn(a, b);
-  } else {
-    return a * b;
+  // The intrinsics are not constexpr; the builtin (what std::is_constant_evaluated
+  // wraps) is callable from device code, the std function is host-only.
+  if (!__builtin_is_constant_evaluated()) {
+    if constexpr (std::is_same_v<T, float>) {
+      return __fmul_rn(a, b);
+    } else if constexpr (std::is_same_v<T, double>) {
+      return __dmul_rn(a, b);
+    }
   }
-#else
-  return a * b;
 #endif
+  return a * b;
 }
 
 }  // namespace oq::core

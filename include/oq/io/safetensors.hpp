@@ -599,10 +599,11 @@ class SafetensorsFile {
   template <class T>
   void check_stored(const TensorInfo& t, DType dtype, const char* what) const {
     static_assert(std::is_trivially_copyable_v<T>, "stored elements are copied bytewise");
+    static_assert(!std::is_same_v<T, bool>, "read BOOL as std::uint8_t: a file's byte need not be 0 or 1");
     const std::string where = "oq::io::SafetensorsFile::" + std::string(what) + ": ";
     if (sizeof(T) != dtype_size(dtype)) {
-      throw std::invalid_argument(where + "dtype " + std::string(dtype_name(dtype)) + " has elements of " +
-                                  std::to_string(dtype_size(dtype)) + " bytes, the element type " +
+      throw std::invalid_argument(where + "the element type must have " + std::to_string(dtype_size(dtype)) +
+                                  " bytes for dtype " + std::string(dtype_name(dtype)) + ", got " +
                                   std::to_string(sizeof(T)));
     }
     if (t.dtype != dtype) {

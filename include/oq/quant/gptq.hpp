@@ -44,8 +44,8 @@
 // The quantizer is the spec's: DESIGN §2's by default (the spec's clip
 // ratio, round half to even), or the reference's grids with
 // QuantSpec::gptq_reference (asymmetric ranges widened to include 0,
-// symmetric scales 2·max|x|/(2^b − 1); see there for the one case oq does
-// not copy). The reference's optional MSE shrink search (error exponent 2.4)
+// symmetric scales 2·max|x|/(2^b − 1); see there for the two cases whose
+// parameters differ). The reference's optional MSE shrink search (error exponent 2.4)
 // is not reproduced; search_clip_mse searches squared error. oq computes in
 // double for any scalar of W, and the errors it propagates are those of the
 // weights it returns, (q − z)·s rounded to W's scalar.

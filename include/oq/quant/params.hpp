@@ -88,11 +88,13 @@ core::AffineParams<Scalar> range_params(Scalar lo, Scalar hi, const QuantSpec& s
     return spec.symmetric_full_range ? core::symmetric_full_range_params(absmax, clip, spec.bits)
                                      : core::symmetric_params(absmax, clip, spec.bits);
   }
-  if (spec.range_includes_zero) {
-    lo = std::min(lo, Scalar(0));
-    hi = std::max(hi, Scalar(0));
-  }
-  return core::asymmetric_params(lo, hi, clip, spec.bits);
+  if (!spec.range_includes_zero) return core::asymmetric_params(lo, hi, clip, spec.bits);
+  core::AffineParams<Scalar> p = core::asymmetric_params(std::min(lo, Scalar(0)), std::max(hi, Scalar(0)), clip, spec.bits);
+  // A widened range so small that its scale underflows (subnormal values)
+  // takes core's constant-group rule: s = v, z = −1 for v > 0, code 0. Code 1
+  // with z = 0 gives the same v, and keeps the zero in the code range.
+  if (p.zero < Scalar(0)) p.zero = Scalar(0);
+  return p;
 }
 
 /// The (scale, zero) of one block of values under `spec` (range_params at

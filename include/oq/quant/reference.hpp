@@ -68,6 +68,7 @@ QuantParams<T> compute_params_ref(const Eigen::Matrix<T, Eigen::Dynamic, Eigen::
           const T v = std::fabs(hi(i, j)) >= std::fabs(lo(i, j)) ? hi(i, j) : lo(i, j);
           s = v == 0 ? T(1) : std::fabs(v);
           z = std::nearbyint(-v / s);
+          if (spec.range_includes_zero && z < 0) z = 0;  // v > 0 at code 1, zero kept in range
         } else {
           z = std::nearbyint(-(clip * lo(i, j)) / s);
         }

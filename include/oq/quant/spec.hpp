@@ -49,24 +49,30 @@ struct QuantSpec {
   /// Asymmetric only: widen each block's [min, max] to [min(min, 0),
   /// max(max, 0)] before clipping, as GPTQ's reference quantizer does
   /// (gptq/quant.py, Quantizer.find_params). The zero point then always lies
-  /// in the code range, so 0 is exactly representable and every group can be
-  /// stored in a GPTQ checkpoint (io/gptq_checkpoint.hpp); without it (DESIGN
-  /// §2, DuQuant's quantizer) a group entirely above or below 0 uses all
-  /// 2^b levels on its own range. A symmetric range always holds 0: no effect.
+  /// in the code range [0, 2^b − 1], so 0 is exactly representable and a
+  /// 4-bit group's zero fits a "gptq_v2" checkpoint ("gptq" stores all but
+  /// the zero 0 of a group with no negative entry; io/gptq_checkpoint.hpp).
+  /// Without it (DESIGN §2, DuQuant's quantizer) a group entirely above or
+  /// below 0 uses all 2^b levels on its own range. A symmetric range always
+  /// holds 0: no effect (validate() accepts the flag either way).
   bool range_includes_zero = false;
   /// Symmetric only: map max|x| to 2^(b−1) − ½ instead of 2^(b−1) − 1, i.e.
   /// s = 2·c·max|x|/(2^b − 1), using the code −2^(b−1) too
   /// (core::symmetric_full_range_params; GPTQ's reference quantizer). An
-  /// asymmetric range uses every code already: no effect.
+  /// asymmetric range uses every code already: no effect (validate()
+  /// accepts the flag either way).
   bool symmetric_full_range = false;
 
   /// GPTQ's reference quantizer (gptq/quant.py, Quantizer.find_params without
   /// its MSE grid): asymmetric with the range widened to hold 0, or symmetric
   /// on the full code range; group_size 0 means per-channel. What AutoGPTQ /
   /// GPTQModel checkpoints hold, so that oq's GPTQ reproduces their grids.
-  /// (For a group with no negative entry the reference's symmetric scale is
-  /// half of this one and clips the upper half of the group, an accident of
-  /// its code, which oq does not copy.)
+  /// Two cases differ from the reference's parameters: a group with no
+  /// negative entry in symmetric mode, where the reference's scale is half of
+  /// this one and clips the upper half of the group (an accident of its code,
+  /// which oq does not copy); and an all-zero group, which the reference
+  /// gives the range [−1, 1] and oq scale 1 and zero 0 (DESIGN §2): both
+  /// reconstruct 0.
   static constexpr QuantSpec gptq_reference(int bits, bool symmetric, Eigen::Index group_size = 0) noexcept {
     QuantSpec s = group_size > 0 ? per_group(bits, symmetric, group_size) : per_channel(bits, symmetric);
     s.range_includes_zero = !symmetric;
