@@ -114,13 +114,19 @@ QuantParams<typename Derived::Scalar> compute_params(const Eigen::MatrixBase<Der
   constexpr std::string_view kWhere = "oq::quant::compute_params";
   spec.validate(kWhere);
   spec.validate_shape(x.rows(), x.cols(), kWhere);
-  detail::require_finite(x, kWhere, "x");
 
   QuantParams<Scalar> params;
   params.scale.resize(spec.param_rows(x.rows()), spec.param_cols(x.cols()));
   params.zero.resizeLike(params.scale);
+  const auto clip = static_cast<Scalar>(spec.clip_ratio);
   for_each_block(x, spec, [&](Eigen::Index i, Eigen::Index j, const auto& block) {
-    const core::AffineParams<Scalar> p = block_params(block, spec);
+    // The finiteness check per block, not as a pass of its own over x: the
+    // block (one row when per-token) is still in cache from the min and max.
+    // The error names x's first bad entry, as require_finite does.
+    if (!detail::all_finite(block)) detail::require_finite(x, kWhere, "x");
+    const Scalar lo = block.minCoeff();
+    const Scalar hi = block.maxCoeff();
+    const core::AffineParams<Scalar> p = range_params(lo, hi, spec, clip);
     params.scale(i, j) = p.scale;
     params.zero(i, j) = p.zero;
   });
