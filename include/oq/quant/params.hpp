@@ -89,7 +89,8 @@ core::AffineParams<Scalar> range_params(Scalar lo, Scalar hi, const QuantSpec& s
                                      : core::symmetric_params(absmax, clip, spec.bits);
   }
   if (!spec.range_includes_zero) return core::asymmetric_params(lo, hi, clip, spec.bits);
-  core::AffineParams<Scalar> p = core::asymmetric_params(std::min(lo, Scalar(0)), std::max(hi, Scalar(0)), clip, spec.bits);
+  core::AffineParams<Scalar> p =
+      core::asymmetric_params(std::min(lo, Scalar(0)), std::max(hi, Scalar(0)), clip, spec.bits);
   // A widened range so small that its scale underflows (subnormal values)
   // takes core's constant-group rule: s = v, z = −1 for v > 0, code 0. Code 1
   // with z = 0 gives the same v, and keeps the zero in the code range.
@@ -121,8 +122,9 @@ QuantParams<typename Derived::Scalar> compute_params(const Eigen::MatrixBase<Der
   const auto clip = static_cast<Scalar>(spec.clip_ratio);
   for_each_block(x, spec, [&](Eigen::Index i, Eigen::Index j, const auto& block) {
     // The finiteness check per block, not as a pass of its own over x: the
-    // block (one row when per-token) is still in cache from the min and max.
-    // The error names x's first bad entry, as require_finite does.
+    // min and max then read a block (one row when per-token) that the check
+    // has just brought into cache. The error names x's first bad entry, as
+    // require_finite does.
     if (!detail::all_finite(block)) detail::require_finite(x, kWhere, "x");
     const Scalar lo = block.minCoeff();
     const Scalar hi = block.maxCoeff();

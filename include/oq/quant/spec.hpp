@@ -71,8 +71,8 @@ struct QuantSpec {
   /// negative entry in symmetric mode, where the reference's scale is half of
   /// this one and clips the upper half of the group (an accident of its code,
   /// which oq does not copy); and an all-zero group, which the reference
-  /// gives the range [−1, 1] and oq scale 1 and zero 0 (DESIGN §2): both
-  /// reconstruct 0.
+  /// gives the range [−1, 1] and oq scale 1 and zero 0 (DESIGN §2; either
+  /// reconstructs 0).
   static constexpr QuantSpec gptq_reference(int bits, bool symmetric, Eigen::Index group_size = 0) noexcept {
     QuantSpec s = group_size > 0 ? per_group(bits, symmetric, group_size) : per_channel(bits, symmetric);
     s.range_includes_zero = !symmetric;
