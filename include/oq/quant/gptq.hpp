@@ -178,7 +178,7 @@ class GptqFactor {
                     "hessian's diagonal must be >= 0 (H = 2·XᵀX/n), got a negative entry");
     detail::require(std::isfinite(options.damp) && options.damp >= 0.0, kWhere, "options.damp must be >= 0, got ",
                     options.damp);
-    detail::require(options.block_size > 0, kWhere, "options.block_size must be > 0, got ", options.block_size);
+    require_loop_options(options, kWhere);
 
     const Eigen::Index n = hessian.rows();
     dead_.assign(static_cast<std::size_t>(n), false);
@@ -226,7 +226,7 @@ class GptqFactor {
                     "options.damp and options.act_order must be the factor's (", options_.damp, ", ",
                     options_.act_order ? "true" : "false", "): they change U; got ", options.damp, ", ",
                     options.act_order ? "true" : "false");
-    detail::require(options.block_size > 0, kWhere, "options.block_size must be > 0, got ", options.block_size);
+    require_loop_options(options, kWhere);
     GptqFactor copy = *this;
     copy.options_ = options;
     return copy;
@@ -249,6 +249,11 @@ class GptqFactor {
   }
 
  private:
+  // The column loop's options, the ones with_options may change.
+  static void require_loop_options(const GptqOptions& options, std::string_view where) {
+    detail::require(options.block_size > 0, where, "options.block_size must be > 0, got ", options.block_size);
+  }
+
   GptqOptions options_;
   std::vector<Eigen::Index> order_;
   std::vector<bool> dead_;
