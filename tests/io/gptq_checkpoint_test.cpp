@@ -206,6 +206,61 @@ TEST_CASE("rows entirely above or below 0: refused as oq quantizes, stored with 
   }
 }
 
+TEST_CASE("w4a16_weights: the W4A16 kernels' operands, dequantized by their formula, are the checkpoint's Ŵ") {
+  const Eigen::Index out = 12, in = 64, group = 16;
+  const Eigen::MatrixXd h = hessian_of_correlated(256, in, 61);
+  const Eigen::MatrixXf w = oq::test::heavy_tailed<float>(out, in, 62);
+  for (const bool symmetric : {false, true}) {
+    CAPTURE(symmetric);
+    const QuantSpec spec = QuantSpec::gptq_reference(4, symmetric, group);
+    const auto r = oq::quant::gptq_quantize(w, h, spec, {.act_order = true, .static_groups = false});
+    const GptqLinearCodes desc_act = oq::io::gptq_linear_codes(r, spec);
+    // Groups in the act order are not contiguous: the kernels cannot take them as they are.
+    CHECK_THROWS_WITH_AS(oq::io::w4a16_weights(desc_act), doctest::Contains("sort_inputs_by_group first"),
+                         std::invalid_argument);
+    const oq::io::GptqInputsByGroup sorted = oq::io::sort_inputs_by_group(desc_act);
+    const oq::io::GptqW4A16Weights k = oq::io::w4a16_weights(sorted.linear);
+    REQUIRE(k.w.rows() == out);
+    REQUIRE(k.w.cols() == in / 2);
+    REQUIRE(k.scales.rows() == out);
+    REQUIRE(k.scales.cols() == in / group);
+    REQUIRE(k.zeros.rows() == out);
+    CHECK(k.group_size == group);
+    // GemmW4A16's formula on the bytes as its file comment gives it:
+    // ŵ[n, k] = s[n, k / group]·(q[n, k] − z[n, k / group]), q[n, k] the low
+    // nibble of byte (n, k/2) for even k, the high one for odd k.
+    Eigen::MatrixXf w_kernel(out, in);
+    for (Eigen::Index n = 0; n < out; ++n)
+      for (Eigen::Index kk = 0; kk < in; ++kk) {
+        const std::uint8_t byte = k.w(n, kk / 2);
+        const int q = kk % 2 == 0 ? (byte & 0xF) : (byte >> 4);
+        w_kernel(n, kk) = k.scales(n, kk / group) * (float(q) - k.zeros(n, kk / group));
+      }
+    CHECK(w_kernel == oq::io::dequantize_gptq_linear(sorted.linear));
+    // And the layer: gathered inputs through the kernel's Ŵ equal oq's GPTQ layer.
+    const Eigen::MatrixXf x = oq::test::gaussian<float>(5, in, 63);
+    const Eigen::MatrixXf y_ref = x * r.weight.transpose();
+    const Eigen::MatrixXf y = x(Eigen::all, sorted.input_order) * w_kernel.transpose();
+    CHECK((y - y_ref).norm() <= 1e-5f * y_ref.norm());
+    if (symmetric) CHECK((k.zeros.array() == 8.0f).all());
+  }
+  // Bad input: odd K, a code outside u4, a wrong parameter shape.
+  GptqLinearCodes c = small_codes(8, 16, 2, 64);
+  for (Eigen::Index kk = 0; kk < 16; ++kk) c.group_index[std::size_t(kk)] = std::int32_t(kk / 8);
+  CHECK_NOTHROW(oq::io::w4a16_weights(c));
+  GptqLinearCodes odd = c;
+  odd.codes.conservativeResize(8, 15);
+  odd.group_index.resize(15);
+  CHECK_THROWS_WITH_AS(oq::io::w4a16_weights(odd), doctest::Contains("even"), std::invalid_argument);
+  GptqLinearCodes big = c;
+  big.codes(3, 5) = 16;
+  CHECK_THROWS_WITH_AS(oq::io::w4a16_weights(big), doctest::Contains("codes(3, 5) = 16"), std::invalid_argument);
+  GptqLinearCodes shape = c;
+  shape.params.zero.conservativeResize(8, 1);
+  CHECK_THROWS_WITH_AS(oq::io::w4a16_weights(shape), doctest::Contains("c.params.scale and c.params.zero"),
+                       std::invalid_argument);
+}
+
 TEST_CASE("an act-order linear sorted by group is an ordinary per-group linear of gathered inputs") {
   const Eigen::Index out = 16, in = 48, group = 8;
   const Eigen::MatrixXd h = hessian_of_correlated(200, in, 51);

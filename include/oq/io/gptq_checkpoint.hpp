@@ -66,6 +66,7 @@
 #include <oq/io/format_error.hpp>
 #include <oq/io/safetensors.hpp>
 #include <oq/quant/gptq.hpp>
+#include <oq/quant/pack.hpp>
 #include <oq/quant/params.hpp>
 #include <oq/quant/spec.hpp>
 
@@ -237,6 +238,46 @@ inline GptqInputsByGroup sort_inputs_by_group(const GptqLinearCodes& c) {
   for (Eigen::Index k = 0; k < in; ++k)
     sorted.linear.group_index[static_cast<std::size_t>(k)] = static_cast<std::int32_t>(k / sorted.group_size);
   return sorted;
+}
+
+/// A GPTQ linear with contiguous groups as oq's W4A16 kernels take it
+/// (cuda/kernel/gemm_w4a16.cuh and gemm_w4a16_tensorop.cuh, GemmW4A16Params,
+/// asymmetric: u4 codes and zero points): each output's codes packed along K
+/// two per byte, low nibble first (format/int4_row.hpp), and the scales and
+/// zero points row-major, one row per output. GPTQ's symmetric linears come
+/// as u4 codes with zero 8 (gptq_linear_codes) and run the same way.
+struct GptqW4A16Weights {
+  quant::PackedInt4 w;            ///< N × K/2 bytes (ld_w = K/2)
+  RowMajorMatrix<float> scales;   ///< N × G
+  RowMajorMatrix<float> zeros;    ///< N × G, integers
+  Eigen::Index group_size = 0;    ///< K / G
+};
+
+/// c's codes and parameters in the W4A16 kernels' layout. Throws
+/// std::invalid_argument unless the groups are contiguous (group_index[k] =
+/// k / (K / G): for a desc_act linear, sort_inputs_by_group first and gather
+/// the activations), K is even, and the shapes agree.
+inline GptqW4A16Weights w4a16_weights(const GptqLinearCodes& c) {
+  constexpr std::string_view kWhere = "oq::io::w4a16_weights";
+  const Eigen::Index out = c.codes.rows(), in = c.codes.cols(), groups = c.params.scale.cols();
+  detail::require(in > 0 && in % 2 == 0, kWhere, "c.codes must have an even, positive number of inputs, got ", in);
+  detail::require(groups > 0 && in % groups == 0 && c.params.scale.rows() == out && c.params.zero.rows() == out &&
+                      c.params.zero.cols() == groups,
+                  kWhere, "c.params.scale and c.params.zero must both be ", out, " x G with G > 0 dividing K = ", in,
+                  ", got ", c.params.scale.rows(), " x ", groups, " and ", c.params.zero.rows(), " x ",
+                  c.params.zero.cols());
+  detail_gptq_checkpoint::check_group_index(c.group_index, in, groups, kWhere, "c.group_index");
+  GptqW4A16Weights result;
+  result.group_size = in / groups;
+  for (Eigen::Index k = 0; k < in; ++k) {
+    detail::require(c.group_index[static_cast<std::size_t>(k)] == k / result.group_size, kWhere, "c.group_index[", k,
+                    "] must be ", k / result.group_size, " (contiguous groups of ", result.group_size, "), got ",
+                    c.group_index[static_cast<std::size_t>(k)], ": sort_inputs_by_group first");
+  }
+  result.w = quant::pack_int4(c.codes, quant::Int4Kind::kUnsigned);  // names a code outside [0, 15]
+  result.scales = c.params.scale;
+  result.zeros = c.params.zero;
+  return result;
 }
 
 /// Packs codes and parameters into the checkpoint's tensors. Scales are
