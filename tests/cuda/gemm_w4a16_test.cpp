@@ -2,6 +2,7 @@
 // from oq's own quantizer and packing.
 #include "gemm_w4a16_launch.hpp"
 
+#include <oq/io/gptq_checkpoint.hpp>
 #include <oq/quant.hpp>
 
 #include <doctest/doctest.h>
@@ -147,6 +148,55 @@ TEST_CASE("W4A16 on tensor cores equals the dequantized product to fp32 accumula
           check_against_host(s, symmetric, bf16, ld_w, true, bound, 200.0f);
           check_against_host(s, symmetric, bf16, ld_w, true, bound, 0.37f, true);  // the forms alternate
         }
+      }
+    }
+  }
+}
+
+TEST_CASE("a desc_act GPTQ checkpoint, read back and sorted by group, runs on both W4A16 kernels") {
+  // What an engine does with a GPTQ checkpoint: unpack, sort the act-order
+  // groups contiguous (sort_inputs_by_group), lay the linear out for the
+  // kernels (w4a16_weights), gather the activations, run. Reference: the
+  // gathered activations (rounded to the 16-bit type, as the kernel reads
+  // them) times the checkpoint's Ŵ, in double; bounds as in the cases above.
+  const Eigen::Index m = 6, n = 40, k = 256, group = 64;
+  const Eigen::MatrixXd x_cal = oq::test::correlated_inputs(512, k, 71);
+  const Eigen::MatrixXd h = oq::test::gptq_hessian_of(x_cal);
+  const Eigen::MatrixXf w = oq::test::heavy_tailed<float>(n, k, 72);
+  for (const bool symmetric : {false, true}) {
+    const QuantSpec spec = QuantSpec::gptq_reference(4, symmetric, group);
+    const auto r = gptq_quantize(w, h, spec, {.act_order = true, .static_groups = false});
+    const auto format = oq::io::GptqCheckpointFormat::kGptqV2;
+    const oq::io::GptqLinearCodes read =
+        oq::io::unpack_gptq_linear(oq::io::pack_gptq_linear(oq::io::gptq_linear_codes(r, spec), format), format);
+    const oq::io::GptqInputsByGroup sorted = oq::io::sort_inputs_by_group(read);
+    const oq::io::GptqW4A16Weights weights = oq::io::w4a16_weights(sorted.linear);
+    const Eigen::MatrixXf w_hat = oq::io::dequantize_gptq_linear(sorted.linear);
+    const RowMatrix x = oq::test::gaussian<float>(m, k, 73);
+    const RowMatrix gathered = x(Eigen::all, sorted.input_order);
+    for (const bool tensor_op : {false, true}) {
+      for (const bool bf16 : {false, true}) {
+        CAPTURE(symmetric);
+        CAPTURE(tensor_op);
+        CAPTURE(bf16);
+        oq::test::W4A16Problem q{m, n, k, group, k, k / 2, n, false, false};
+        q.tensor_op = tensor_op;
+        std::vector<float> a(gathered.data(), gathered.data() + gathered.size());
+        const std::vector<std::uint8_t> w_bytes(weights.w.data(), weights.w.data() + weights.w.size());
+        const auto y = oq::test::gemm_w4a16_on_device(
+            q, a, bf16, w_bytes, std::vector<float>(weights.scales.data(), weights.scales.data() + weights.scales.size()),
+            std::vector<float>(weights.zeros.data(), weights.zeros.data() + weights.zeros.size()));
+        const Eigen::MatrixXd a_seen = Eigen::Map<const RowMatrix>(a.data(), m, k).cast<double>();
+        const Eigen::MatrixXd reference = a_seen * w_hat.cast<double>().transpose();
+        const Eigen::MatrixXd magnitude = a_seen.cwiseAbs() * w_hat.cast<double>().cwiseAbs().transpose();
+        const double nu = tensor_op ? std::ldexp(1.0, bf16 ? -8 : -11) + double(k + 24) * std::ldexp(1.0, -22)
+                                    : (40.0 + double((k + 255) / 256)) * std::ldexp(1.0, -24);
+        int outside = 0;
+        for (Eigen::Index i = 0; i < m; ++i)
+          for (Eigen::Index j = 0; j < n; ++j)
+            outside += !(std::fabs(y[static_cast<std::size_t>(i * n + j)] - reference(i, j)) <=
+                         nu / (1 - nu) * magnitude(i, j) + 1e-30);
+        CHECK(outside == 0);
       }
     }
   }
