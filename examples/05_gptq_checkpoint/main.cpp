@@ -14,7 +14,8 @@
 //      transformers, vLLM and exllama read;
 //   4. read back as an engine would: unpacked, and the desc_act one sorted by
 //      group with its inputs gathered (sort_inputs_by_group), so that a
-//      contiguous per-group W4A16 kernel runs it too.
+//      contiguous per-group W4A16 kernel runs it too;
+//   5. laid out as oq's W4A16 kernels take it (w4a16_weights).
 // It prints the layer's output error against full precision, on calibration
 // inputs and on held-out ones, for round-to-nearest and both GPTQ runs, and
 // checks that what was read back computes the same layer as oq's own result
@@ -185,6 +186,13 @@ int main(int argc, char** argv) try {
               "checkpoint, sorted by group and fed gathered inputs, computes oq's layer to %.1e relative\n"
               "(bound %.1e).\n",
               scale_rounding, std::ldexp(1.0, -11), same_layer, layer_bound);
+  // 5. The sorted linear laid out for oq's W4A16 kernels (GemmW4A16Params:
+  //    w, ld_w = K/2, scales, zeros, group_size; symmetric = false, since
+  //    GPTQ's codes are u4 with their zero points).
+  const oq::io::GptqW4A16Weights operands = oq::io::w4a16_weights(desc_act_sorted.linear);
+  std::printf("W4A16 kernel operands: w %ld x %ld bytes, scales and zeros %ld x %ld floats, groups of %ld.\n",
+              long(operands.w.rows()), long(operands.w.cols()), long(operands.scales.rows()),
+              long(operands.scales.cols()), long(operands.group_size));
   std::printf("Wrote %s and %s (+ quantize_config.json each).\n", static_file.string().c_str(),
               desc_act_file.string().c_str());
   if (scale_rounding > std::ldexp(1.0, -11) || same_layer > layer_bound) {
