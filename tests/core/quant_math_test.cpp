@@ -2,6 +2,8 @@
 
 #include <doctest/doctest.h>
 
+#include "support/bounds.hpp"
+
 #include <cmath>
 #include <limits>
 #include <random>
@@ -32,12 +34,10 @@ TEST_CASE_TEMPLATE("full-range symmetric: s = 2·max/(2^b − 1), −max uses th
       // The reference's (xmax − xmin)/maxq with xmin = −xmax, in T.
       CHECK(p.scale == (m + m) / static_cast<T>((1 << bits) - 1));
       CHECK(p.zero == T(0));
-      // Slack as for the asymmetric bound below: the rounding of s moves the
-      // grid's ends by up to 2^(b−1)·ε·s, plus the roundings of x/s and q·s.
-      const double eps = std::numeric_limits<T>::epsilon();
+      // The grid's ends lie 2^(b−1) steps from 0.
       for (const T x : {m, -m, m / T(3), -m / T(7), T(0)})
         CHECK(std::fabs(double(fake_quantize_value(x, p, r)) - double(x)) <=
-              double(p.scale) * (0.5 + ((1 << (bits - 1)) + 2) * eps) + 2 * eps * std::fabs(double(x)));
+              oq::test::half_step_bound<T>(double(p.scale), double(1 << (bits - 1)), double(x)));
     }
   }
   // ±max/s = ±(2^(b−1) − ½), a tie: exact when max = (2^b − 1)/2 · 2^k. Half
@@ -98,15 +98,13 @@ TEST_CASE_TEMPLATE("asymmetric ends map to the first and last code", T, float, d
       const AffineParams<T> p = asymmetric_params(lo, hi, T(1), bits);
       CHECK(p.zero == std::nearbyint(p.zero));
       // |x − x̂| ≤ s/2 everywhere inside [lo, hi]: z = rne(−lo/s) shifts the grid
-      // by at most s/2, which the clamp at the range ends absorbs. Slack: the
-      // rounding of s itself moves the far end of the grid by up to L·ε·s, plus
-      // the roundings of x/s and (q − z)·s.
-      const T levels = static_cast<T>(r.hi - r.lo);
+      // by at most s/2, which the clamp at the range ends absorbs; the far end
+      // lies L = 2^b − 1 steps away (half_step_bound's slack).
+      const double levels = r.hi - r.lo;
       for (int t = 0; t <= 16; ++t) {
         const T x = lo + (hi - lo) * static_cast<T>(t) / T(16);
         const T err = std::fabs(fake_quantize_value(x, p, r) - x);
-        const T eps = std::numeric_limits<T>::epsilon();
-        CHECK(err <= p.scale * T(0.5) + (levels + 2) * eps * p.scale + 2 * eps * std::fabs(x));
+        CHECK(double(err) <= oq::test::half_step_bound<T>(double(p.scale), levels, double(x)));
       }
     }
   }
