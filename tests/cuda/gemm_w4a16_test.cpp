@@ -21,6 +21,13 @@ struct Shape {
   std::int64_t m, n, k, group;
 };
 
+// The relative rounding count n·u of each kernel's bound γ = n·u/(1 − n·u)
+// on Σ|a·ŵ|, derived in the test cases below.
+double cuda_core_nu(std::int64_t k) { return (40.0 + double((k + 255) / 256)) * std::ldexp(1.0, -24); }
+double tensor_op_nu(std::int64_t k, bool bf16) {
+  return std::ldexp(1.0, bf16 ? -8 : -11) + double(k + 24) * std::ldexp(1.0, -22);
+}
+
 // One problem against a float64 product of the host's dequantized weights:
 // random heavy-tailed weights quantized per group by oq::quant, Gaussian
 // activations rounded to the 16-bit type, padded leading dimensions (so that
@@ -97,7 +104,7 @@ TEST_CASE("W4A16 equals the dequantized product to fp32 accumulation error") {
     // host's ŵ = s·(q − z) (and a non-integer z) one each: every product passes
     // at most n = 40 + ⌈K/256⌉ roundings, so |error| <= γ_n·Σ|a·ŵ|,
     // γ_n = n·u/(1 − n·u), u = 2^−24 (Higham, recursive summation).
-    const double nu = (40.0 + double((s.k + 255) / 256)) * std::ldexp(1.0, -24);
+    const double nu = cuda_core_nu(s.k);
     const auto bound = [nu](double magnitude) { return nu / (1 - nu) * magnitude; };
     for (bool symmetric : {false, true}) {
       for (bool bf16 : {false, true}) {
@@ -136,8 +143,7 @@ TEST_CASE("W4A16 on tensor cores equals the dequantized product to fp32 accumula
         // tensor cores' fp32 accumulation plus the 8-way split-K sum add at
         // most K + 24 roundings, counted at 2^-22 each because tensor-core
         // additions need not round to nearest.
-        const double u16 = std::ldexp(1.0, bf16 ? -8 : -11);
-        const double nu = u16 + double(s.k + 24) * std::ldexp(1.0, -22);
+        const double nu = tensor_op_nu(s.k, bf16);
         const auto bound = [nu](double magnitude) { return nu / (1 - nu) * magnitude; };
         const std::int64_t ld_w = (s.k / 2 + 15) / 16 * 16 + 8;  // 8-byte aligned rows
         check_against_host(s, symmetric, bf16, ld_w, true, bound);
@@ -189,8 +195,7 @@ TEST_CASE("a desc_act GPTQ checkpoint, read back and sorted by group, runs on bo
         const Eigen::MatrixXd a_seen = Eigen::Map<const RowMatrix>(a.data(), m, k).cast<double>();
         const Eigen::MatrixXd reference = a_seen * w_hat.cast<double>().transpose();
         const Eigen::MatrixXd magnitude = a_seen.cwiseAbs() * w_hat.cast<double>().cwiseAbs().transpose();
-        const double nu = tensor_op ? std::ldexp(1.0, bf16 ? -8 : -11) + double(k + 24) * std::ldexp(1.0, -22)
-                                    : (40.0 + double((k + 255) / 256)) * std::ldexp(1.0, -24);
+        const double nu = tensor_op ? tensor_op_nu(k, bf16) : cuda_core_nu(k);
         int outside = 0;
         for (Eigen::Index i = 0; i < m; ++i)
           for (Eigen::Index j = 0; j < n; ++j)
