@@ -213,11 +213,15 @@ TEST_CASE("GPTQ equals a plain float64 implementation of Algorithm 1, whatever t
         CAPTURE(symmetric);
         CAPTURE(group);
         const QuantSpec spec = QuantSpec::gptq_reference(4, symmetric, group);
-        const GptqRef ref = group > 0 ? gptq_ref(shifted, h, spec, nullptr, 0.01, false)
-                                      : [&] {
-                                          const QuantParams<double> params = compute_params(shifted, spec);
-                                          return gptq_ref(shifted, h, spec, &params, 0.01, false);
-                                        }();
+        // Per-channel parameters from the original rows by the transcription
+        // too, not by oq's compute_params.
+        QuantParams<double> per_channel{Matrix(shifted.rows(), 1), Matrix(shifted.rows(), 1)};
+        for (Eigen::Index r = 0; r < shifted.rows(); ++r) {
+          const auto p = group_params_ref(shifted.row(r).minCoeff(), shifted.row(r).maxCoeff(), spec);
+          per_channel.scale(r, 0) = p.scale;
+          per_channel.zero(r, 0) = p.zero;
+        }
+        const GptqRef ref = gptq_ref(shifted, h, spec, group > 0 ? nullptr : &per_channel, 0.01, false);
         const auto got = gptq_quantize(shifted, h, spec, {.block_size = 5});
         check_equal(got, ref);
         if (!symmetric) {  // every zero in the codes: 0 and 15 for the two shifted rows
