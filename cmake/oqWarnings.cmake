@@ -4,13 +4,16 @@
 # FMA rounds once instead of twice, and the tests compare host results with
 # the device's (which core::mul_rn keeps uncontracted) and with references
 # written differently, bit for bit. GCC contracts by default wherever the
-# target has FMA (-march=haswell or newer).
+# target has FMA (-march=haswell or newer). The host half of .cu files gets
+# the same flag through nvcc; device code keeps nvcc's --fmad=true (speed)
+# and calls core::mul_rn where a product must not be fused.
 function(oq_target_options target)
   set(flags -Wall -Wextra -Wpedantic -Wshadow -ffp-contract=off)
   if(OQ_WARNINGS_AS_ERRORS)
     list(APPEND flags -Werror)
   endif()
   target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${flags}>)
+  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-ffp-contract=off>)
 endfunction()
 
 # oq_target_cuda_std(target): C++20 for a target's CUDA sources. CMake 3.25
