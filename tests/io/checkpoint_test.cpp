@@ -224,6 +224,33 @@ TEST_CASE("a tensor the index puts in the wrong shard is reported, naming both")
   CHECK(message.find("oq::io::Checkpoint: " + (dir.path / "model.safetensors.index.json").string()) == 0);
 }
 
+TEST_CASE("a tensor held by two shards is reported, naming the shard the index gives it") {
+  TempDir dir;
+  const ShardedModel m;
+  m.write(dir.path);
+  // Shard 2 also holds a (different) embedding, which the index gives to shard 1.
+  SafetensorsWriter s2;
+  s2.add("model.layers.1.self_attn.q_proj.weight", m.q1, DType::kF16);
+  s2.add("model.layers.1.input_layernorm.weight", m.norm1, DType::kF32);
+  s2.add("model.embed_tokens.weight", RowMatrix<float>(m.embed * 2.0f), DType::kBF16);
+  s2.add("extra.unindexed", m.norm1, DType::kF32);  // not in the index: left alone
+  s2.write(dir.path / ShardedModel::kShard2);
+  const Checkpoint c(dir.path);
+  CHECK(c.matrix<float>("model.embed_tokens.weight") == through_bf16(m.embed));  // shard 1 is sound
+  const std::string message = format_error_of(dir.path, "model.layers.1.input_layernorm.weight");
+  CHECK(message.find("'" + (dir.path / ShardedModel::kShard2).string() +
+                     "' holds tensor 'model.embed_tokens.weight', which weight_map assigns to '" +
+                     std::string(ShardedModel::kShard1) + "' (expected each tensor in exactly one shard)") !=
+        std::string::npos);
+  // Without the duplicate, the unindexed extra tensor does not stop the shard.
+  SafetensorsWriter s2b;
+  s2b.add("model.layers.1.self_attn.q_proj.weight", m.q1, DType::kF16);
+  s2b.add("model.layers.1.input_layernorm.weight", m.norm1, DType::kF32);
+  s2b.add("extra.unindexed", m.norm1, DType::kF32);
+  s2b.write(dir.path / ShardedModel::kShard2);
+  CHECK(Checkpoint(dir.path).vector<float>("model.layers.1.input_layernorm.weight") == m.norm1);
+}
+
 TEST_CASE("shards in a subdirectory and through symlinks are accepted") {
   TempDir dir;
   const ShardedModel m;

@@ -1,6 +1,6 @@
 // Tests for oq/io/json.hpp: strict parsing (duplicate keys anywhere, comments,
 // invalid UTF-8 → FormatError with the source and where), read_json's file
-// errors, and deep nesting without a stack overflow.
+// errors, and deep nesting refused before it exhausts the stack or memory.
 #include <oq/io/json.hpp>
 
 #include <doctest/doctest.h>
@@ -54,16 +54,27 @@ TEST_CASE("parse_json: syntax errors, comments, invalid UTF-8") {
   }
 }
 
-TEST_CASE("parse_json: deep nesting does not overflow the stack") {
-  const std::size_t depth = 300000;
-  std::string text(depth, '[');
-  text.append(depth, ']');
-  CHECK(oq::io::parse_json(text).is_array());
-  std::string objects;
-  for (std::size_t i = 0; i < depth; ++i) objects += "{\"k\":";
-  objects += "1";
-  objects.append(depth, '}');
-  CHECK(oq::io::parse_json(objects).is_object());
+TEST_CASE("parse_json: nesting up to kMaxJsonDepth parses, deeper is refused before it costs memory") {
+  const std::size_t limit = oq::io::kMaxJsonDepth;
+  auto arrays = [](std::size_t depth) { return std::string(depth, '[') + std::string(depth, ']'); };
+  auto objects = [](std::size_t depth) {
+    std::string text;
+    for (std::size_t i = 0; i < depth; ++i) text += "{\"k\":";
+    text += "1";
+    text.append(depth, '}');
+    return text;
+  };
+  CHECK(oq::io::parse_json(arrays(limit)).is_array());
+  CHECK(oq::io::parse_json(objects(limit)).is_object());
+  const std::string expected = "nested deeper than " + std::to_string(limit) + " levels";
+  CHECK_THROWS_WITH_AS(oq::io::parse_json(arrays(limit + 1)), doctest::Contains(expected.c_str()), oq::io::FormatError);
+  CHECK_THROWS_WITH_AS(oq::io::parse_json(objects(limit + 1)), doctest::Contains(expected.c_str()), oq::io::FormatError);
+  // 300,000 levels: refused at level 513, neither a stack overflow nor the
+  // ~60 MB of frames that parsing them all would take.
+  CHECK_THROWS_AS(oq::io::parse_json(arrays(300000)), oq::io::FormatError);
+  // Unclosed: the limit is met while reading, before the missing brackets.
+  CHECK_THROWS_WITH_AS(oq::io::parse_json(std::string(100000, '[')), doctest::Contains(expected.c_str()),
+                       oq::io::FormatError);
 }
 
 TEST_CASE("read_json: files") {

@@ -393,6 +393,21 @@ TEST_CASE("writer errors: duplicates, reserved name, size mismatch, invalid UTF-
   CHECK(f.metadata().empty());
 }
 
+TEST_CASE("the writer refuses a header the readers would refuse (over 100 MB)") {
+  // A metadata value near the limit: the header is the value plus its framing.
+  const std::size_t limit = 100'000'000;
+  SafetensorsWriter fits;
+  fits.add_metadata("k", std::string(limit - 200, 'v'));
+  fits.add("x", Eigen::Vector2f(1, 2));
+  CHECK(fits.header().size() <= limit);
+  SafetensorsWriter over;
+  over.add_metadata("k", std::string(limit, 'v'));
+  over.add("x", Eigen::Vector2f(1, 2));
+  CHECK_THROWS_WITH_AS(over.header(), doctest::Contains("expected at most 100000000, the safetensors limit"),
+                       std::invalid_argument);
+  CHECK_THROWS_AS(over.bytes(), std::invalid_argument);
+}
+
 TEST_CASE("write() → SafetensorsFile(path): memory-mapped read, no .tmp left behind") {
   const auto dir = std::filesystem::temp_directory_path() / temp_name("oq_safetensors_test");
   std::filesystem::create_directories(dir);
@@ -681,17 +696,18 @@ TEST_CASE("names in error messages: control bytes escaped, long names shortened"
   CHECK(message.size() < 500);
 }
 
-TEST_CASE("deeply nested JSON is rejected without exhausting the stack") {
+TEST_CASE("deeply nested JSON is rejected without exhausting the stack or memory") {
   const std::size_t depth = 200000;
+  const std::string expected = "nested deeper than " + std::to_string(oq::io::kMaxJsonDepth) + " levels";
   std::string header = "{\"a\":";
   header.append(depth, '[');
   header.append(depth, ']');
   header += "}";
-  expect_format_error(file_of(header), "tensor 'a': the entry is an array of 1 elements");
+  expect_format_error(file_of(header), expected);
   std::string objects = "{";
   for (std::size_t i = 0; i < depth; ++i) objects += "\"k\":{";
   objects.append(depth + 1, '}');
-  expect_format_error(file_of(objects), "tensor 'k'");
+  expect_format_error(file_of(objects), expected);
 }
 
 TEST_CASE("every truncation of a valid file, and every extension, throws FormatError") {

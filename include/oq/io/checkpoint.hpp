@@ -266,6 +266,19 @@ class Checkpoint {
                      detail_json::printable(name) + "'");
         }
       }
+      // The other direction: a tensor this shard holds that the index puts
+      // in another shard exists twice, and readers disagree on which copy is
+      // the weight (oq follows the index; transformers loads every shard's
+      // tensors, so the last shard read wins). Tensors the index does not
+      // name are left alone, as transformers leaves them (unexpected keys).
+      for (const TensorInfo& t : file->tensors()) {
+        const auto it = weight_map_.find(t.name);
+        if (it != weight_map_.end() && it->second != i) {
+          fail_index("'" + s.path.string() + "' holds tensor '" + detail_json::printable(t.name) +
+                     "', which weight_map assigns to '" + detail_json::printable(shards_[it->second].relative) +
+                     "' (expected each tensor in exactly one shard)");
+        }
+      }
       s.file = std::move(file);
     }
     return *s.file;

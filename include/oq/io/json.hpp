@@ -15,6 +15,12 @@
 // (3.10+), so parsing deeply nested input cannot exhaust the stack. Copying a
 // json value and dump() do recurse once per nesting level: move values out of
 // untrusted documents and describe them with detail_json::describe().
+// Nesting deeper than kMaxJsonDepth (512) levels is refused all the same:
+// each open level costs the duplicate-key check a frame and nlohmann a value,
+// about 200 bytes per byte of "[[[…", so a 100 MB safetensors header (the
+// format's limit) of brackets would need some 20 GB. No checkpoint file
+// nests more than a handful of levels (serde_json, which the reference
+// safetensors reader uses, stops at 128).
 //
 //   const nlohmann::json config = oq::io::read_json(dir / "config.json");
 #pragma once
@@ -36,6 +42,9 @@
 #include <vector>
 
 namespace oq::io {
+
+/// The deepest nesting of arrays and objects parse_json accepts.
+inline constexpr std::size_t kMaxJsonDepth = 512;
 
 namespace detail_json {
 
@@ -91,7 +100,11 @@ inline nlohmann::json parse_strict(std::string_view text, const std::string& pre
     }
     return path;
   };
-  auto open = [&stack](bool is_object) {
+  auto open = [&stack, &prefix](bool is_object) {
+    if (stack.size() >= kMaxJsonDepth) {
+      throw FormatError(prefix + "arrays and objects nested deeper than " + std::to_string(kMaxJsonDepth) +
+                        " levels (expected at most " + std::to_string(kMaxJsonDepth) + ")");
+    }
     Frame f;
     f.is_object = is_object;
     stack.push_back(std::move(f));

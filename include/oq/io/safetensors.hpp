@@ -689,7 +689,9 @@ class SafetensorsWriter {
   /// Number of tensors added.
   std::size_t size() const noexcept { return tensors_.size(); }
 
-  /// The header JSON, padded with spaces to a multiple of 8 bytes.
+  /// The header JSON, padded with spaces to a multiple of 8 bytes. Throws
+  /// std::invalid_argument when it would exceed the format's 100 MB limit,
+  /// which readers (oq's, and the reference one) refuse.
   std::string header() const {
     std::string h = "{";
     if (!metadata_.empty()) {
@@ -719,6 +721,11 @@ class SafetensorsWriter {
     h.append((detail_safetensors::kHeaderAlign - h.size() % detail_safetensors::kHeaderAlign) %
                  detail_safetensors::kHeaderAlign,
              ' ');
+    if (h.size() > detail_safetensors::kMaxHeaderSize) {
+      throw std::invalid_argument("oq::io::SafetensorsWriter: the header would be " + std::to_string(h.size()) +
+                                  " bytes (expected at most " + std::to_string(detail_safetensors::kMaxHeaderSize) +
+                                  ", the safetensors limit: fewer tensors, shorter names or less metadata)");
+    }
     return h;
   }
 
