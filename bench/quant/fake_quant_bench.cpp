@@ -68,10 +68,27 @@ void BM_FakeQuantPerTokenInt4GivenParams(benchmark::State& state) {
   set_bytes(state, x);
 }
 
+// The parameters alone (DESIGN §2's finiteness check, min and max), per
+// token and per tensor: a read of x, whose bound is the copy's read half.
+// Bytes counted: one read of every element.
+void params_bench(benchmark::State& state, const oq::quant::QuantSpec& spec) {
+  const Eigen::Index n = state.range(0);
+  const RowMatrix x = random_activations(n, n);
+  for (auto _ : state) {
+    auto params = oq::quant::compute_params(x, spec);
+    benchmark::DoNotOptimize(params.scale.data());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * x.size() * static_cast<int64_t>(sizeof(float)));
+}
+void BM_ParamsPerTokenInt4(benchmark::State& state) { params_bench(state, oq::quant::QuantSpec::per_token(4, false, 0.9)); }
+void BM_ParamsPerTensorInt4(benchmark::State& state) { params_bench(state, oq::quant::QuantSpec::per_tensor(4, false, 0.9)); }
+
 }  // namespace
 
 BENCHMARK(BM_Copy)->Arg(1024)->Arg(4096)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_FakeQuantPerTokenInt4)->Arg(1024)->Arg(4096)->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_FakeQuantPerTokenInt4GivenParams)->Arg(1024)->Arg(4096)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_ParamsPerTokenInt4)->Arg(4096)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_ParamsPerTensorInt4)->Arg(4096)->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();

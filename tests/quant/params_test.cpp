@@ -79,6 +79,41 @@ TEST_CASE("compute_params accepts expressions and either storage order") {
   CHECK(columns.scale.rows() == x.cols());
 }
 
+TEST_CASE_TEMPLATE("blocks larger than a cache chunk: the range and the finiteness of every chunk count", T, float,
+                   double) {
+  // compute_params walks a block bigger than 2^14 entries in chunks of whole
+  // inner vectors (block_range). The extremes and a NaN sit in the last
+  // chunk, in either storage order, for a whole tensor, a block expression,
+  // and a 40,000-wide row (one inner vector longer than a chunk).
+  MatrixX<T> x = oq::test::gaussian<T>(300, 200, 7);
+  x(299, 198) = T(9);
+  x(298, 199) = T(-7);
+  const oq::test::RowMatrixX<T> x_row = x;
+  const MatrixX<T> wide = oq::test::gaussian<T>(2, 40000, 8);
+  for (const QuantSpec& spec : {QuantSpec::per_tensor(4, false, 0.9), QuantSpec::per_tensor(8, true),
+                                QuantSpec::per_channel(4, false), QuantSpec::per_group(4, false, 100)}) {
+    CAPTURE(to_string(spec.granularity));
+    CAPTURE(spec.bits);
+    const QuantParams<T> ref = compute_params_ref(x, spec);
+    CHECK(compute_params(x, spec).scale == ref.scale);
+    CHECK(compute_params(x, spec).zero == ref.zero);
+    CHECK(compute_params(x_row, spec).scale == ref.scale);
+    CHECK(compute_params(x_row, spec).zero == ref.zero);
+    CHECK(compute_params(x.transpose().transpose(), spec).scale == ref.scale);
+    CHECK(compute_params(wide, spec).scale == compute_params_ref(wide, spec).scale);
+  }
+  // The planted extremes (|gaussian| < 6 here) set the per-tensor range.
+  const auto planted = oq::core::asymmetric_params<T>(T(-7), T(9), T(1), 4);
+  CHECK(compute_params(x, QuantSpec::per_tensor(4, false)).scale(0, 0) == planted.scale);
+  CHECK(compute_params(x, QuantSpec::per_tensor(4, false)).zero(0, 0) == planted.zero);
+  x(297, 199) = std::numeric_limits<T>::quiet_NaN();
+  const oq::test::RowMatrixX<T> bad_row = x;
+  for (const QuantSpec& spec : {QuantSpec::per_tensor(4, false), QuantSpec::per_channel(4, true)}) {
+    CHECK_THROWS_WITH_AS(compute_params(x, spec), doctest::Contains("x(297, 199) is nan"), std::domain_error);
+    CHECK_THROWS_WITH_AS(compute_params(bad_row, spec), doctest::Contains("x(297, 199) is nan"), std::domain_error);
+  }
+}
+
 TEST_CASE("per-group with group_size = row length equals per-row") {
   const MatrixX<double> x = oq::test::adversarial<double>(9, 24, 8);
   for (bool symmetric : {false, true}) {

@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string_view>
 #include <type_traits>
 
@@ -98,6 +99,50 @@ core::AffineParams<Scalar> range_params(Scalar lo, Scalar hi, const QuantSpec& s
   return p;
 }
 
+/// A block's smallest and largest entries, and whether all its entries are
+/// finite (lo and hi are meaningful only then).
+template <class Scalar>
+struct BlockRange {
+  Scalar lo;
+  Scalar hi;
+  bool finite;
+};
+
+/// block_range(block): the finiteness check, the min and the max of a block,
+/// reading it from memory once. Each is a vectorised pass of its own (a fused
+/// NaN-propagating min/max is slower, bench/RESULTS.md), so a block larger than
+/// a cache-sized chunk (a per-tensor block is the whole tensor) is walked in
+/// chunks of whole inner vectors (rows of a row-major x, columns of a
+/// column-major one), and the three passes run over each chunk while it is in
+/// cache. min and max are exact, so chunking changes no result.
+template <class Block>
+BlockRange<typename Block::Scalar> block_range(const Block& block) {
+  using Scalar = typename Block::Scalar;
+  constexpr Eigen::Index kChunkElements = Eigen::Index{1} << 14;  // 64 KiB of float: in L2
+  const Eigen::Index inner = block.innerSize();
+  const Eigen::Index outer = block.outerSize();
+  const Eigen::Index step = std::max<Eigen::Index>(1, kChunkElements / std::max<Eigen::Index>(inner, 1));
+  BlockRange<Scalar> range{std::numeric_limits<Scalar>::infinity(), -std::numeric_limits<Scalar>::infinity(), true};
+  for (Eigen::Index start = 0; start < outer; start += step) {
+    const Eigen::Index count = std::min(step, outer - start);
+    auto visit = [&](const auto& chunk) {
+      if (!detail::all_finite(chunk)) {
+        range.finite = false;
+        return;
+      }
+      range.lo = std::min(range.lo, chunk.minCoeff());
+      range.hi = std::max(range.hi, chunk.maxCoeff());
+    };
+    if constexpr (Block::IsRowMajor) {
+      visit(block.middleRows(start, count));
+    } else {
+      visit(block.middleCols(start, count));
+    }
+    if (!range.finite) break;
+  }
+  return range;
+}
+
 /// The (scale, zero) of one block of values under `spec` (range_params at
 /// spec.clip_ratio); the block's values must be finite.
 template <class Block>
@@ -121,14 +166,13 @@ QuantParams<typename Derived::Scalar> compute_params(const Eigen::MatrixBase<Der
   params.zero.resizeLike(params.scale);
   const auto clip = static_cast<Scalar>(spec.clip_ratio);
   for_each_block(x, spec, [&](Eigen::Index i, Eigen::Index j, const auto& block) {
-    // The finiteness check per block, not as a pass of its own over x: the
-    // min and max then read a block (one row when per-token) that the check
+    // The finiteness check per block (per cache-sized chunk of it), not as a
+    // pass of its own over x: the min and max then read data that the check
     // has just brought into cache. The error names x's first bad entry, as
     // require_finite does.
-    if (!detail::all_finite(block)) detail::require_finite(x, kWhere, "x");
-    const Scalar lo = block.minCoeff();
-    const Scalar hi = block.maxCoeff();
-    const core::AffineParams<Scalar> p = range_params(lo, hi, spec, clip);
+    const BlockRange<Scalar> range = block_range(block);
+    if (!range.finite) detail::require_finite(x, kWhere, "x");
+    const core::AffineParams<Scalar> p = range_params(range.lo, range.hi, spec, clip);
     params.scale(i, j) = p.scale;
     params.zero(i, j) = p.zero;
   });
