@@ -4,6 +4,7 @@
 
 #include "support/matrices.hpp"
 
+#include <cmath>
 #include <limits>
 #include <stdexcept>
 
@@ -72,6 +73,12 @@ TEST_CASE("bad input") {
   CHECK_THROWS_AS(find_massive_activations(MatrixX<float>(0, 4)), std::invalid_argument);
   CHECK_THROWS_WITH_AS(find_massive_activations(x, {.min_abs = -1}), doctest::Contains("options.min_abs"),
                        std::invalid_argument);
+  // An infinite ratio would report every entry above min_abs once the median is 0 (∞ ≥ ∞).
+  CHECK_THROWS_WITH_AS(
+      find_massive_activations(x, {.min_abs = 100, .min_ratio_to_median = std::numeric_limits<double>::infinity()}),
+      doctest::Contains("options.min_ratio_to_median must be finite and >= 0"), std::invalid_argument);
+  CHECK_THROWS_AS(find_massive_activations(x, {.min_abs = 100, .min_ratio_to_median = std::nan("")}),
+                  std::invalid_argument);
   CHECK_THROWS_WITH_AS(find_channel_outliers(x, 0.0), doctest::Contains("min_ratio must be finite and > 0"),
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS(find_outlier_weight_channels(Eigen::VectorXf::Ones(7), x),

@@ -56,3 +56,26 @@ TEST_CASE("a single-matrix report has no after columns; shapes must agree") {
   CHECK_THROWS_WITH_AS(LayerReport::compare("x", x, MatrixX<float>(16, 9)), doctest::Contains("after must be 16 x 8"),
                        std::invalid_argument);
 }
+
+TEST_CASE("an empty report is an error, not a read of an empty vector") {
+  // A default-constructed report has no channels and no tokens: its largest
+  // |x| and kurtosis do not exist.
+  std::ostringstream out;
+  const LayerReport empty;
+  CHECK_THROWS_WITH_AS(empty.print(out), doctest::Contains("oq::analysis::LayerReport::print: before must hold"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(empty.write_csv(out), doctest::Contains("oq::analysis::LayerReport::write_csv"),
+                       std::invalid_argument);
+  // Tokens of zero channels (a tokens x 0 input) are just as empty.
+  LayerReport no_channels;
+  no_channels.before = ChannelMoments(0);
+  no_channels.before.update(MatrixX<double>(5, 0));
+  CHECK_THROWS_WITH_AS(no_channels.print(out), doctest::Contains("got 5 tokens x 0 channels"), std::invalid_argument);
+  // An `after` of another channel count would be read past its end.
+  LayerReport mismatched = LayerReport::of("x", oq::test::gaussian<double>(4, 3, 5));
+  mismatched.after = ChannelMoments(2);
+  mismatched.after->update(oq::test::gaussian<double>(4, 2, 6));
+  CHECK_THROWS_WITH_AS(mismatched.write_csv(out), doctest::Contains("after must have 3 channels"),
+                       std::invalid_argument);
+  CHECK_THROWS_AS(mismatched.print(out), std::invalid_argument);
+}

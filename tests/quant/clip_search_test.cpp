@@ -5,6 +5,9 @@
 
 #include "support/matrices.hpp"
 
+#include <climits>
+#include <cmath>
+#include <limits>
 #include <stdexcept>
 
 using namespace oq::quant;
@@ -81,6 +84,47 @@ TEST_CASE("clip search with range_includes_zero scales the widened range, as GPT
   }
 }
 
+TEST_CASE("clip search chooses the same ratios under power-of-two scaling, where Σ(x − x̂)² overflows or underflows") {
+  // Scaling x by 2^k scales every candidate's scale by exactly 2^k and leaves
+  // zero points and codes as they were, so its error is exactly 2^2k times the
+  // unscaled one and the same ratio must win. At k = 600 the errors (≈ 1e361)
+  // overflow float64 and at k = −600 (≈ 1e−361) they underflow; the search
+  // compares them in units of 2^2e per group (max|x| = f·2^e, f ∈ [0.5, 1)), so
+  // neither decides the choice. The reported error is 2^2k times the unscaled
+  // one rounded once, hence +inf or 0 there (documented).
+  const MatrixX<double> w = oq::test::heavy_tailed<double>(16, 128, 79);
+  for (const QuantSpec& spec : {QuantSpec::per_channel(4, false), QuantSpec::per_group(3, true, 32)}) {
+    CAPTURE(spec.symmetric);
+    const auto found = search_clip_mse(w, spec);
+    for (int k : {600, -600, 480}) {
+      CAPTURE(k);
+      const MatrixX<double> scaled = std::ldexp(1.0, k) * w;
+      const auto f = search_clip_mse(scaled, spec);
+      CHECK(f.clip_ratio == found.clip_ratio);
+      CHECK(f.params.scale == (std::ldexp(1.0, k) * found.params.scale).eval());
+      CHECK(f.params.zero == found.params.zero);
+      for (Eigen::Index i = 0; i < f.squared_error.rows(); ++i)
+        for (Eigen::Index j = 0; j < f.squared_error.cols(); ++j)
+          CHECK(f.squared_error(i, j) == std::ldexp(found.squared_error(i, j), 2 * k));
+    }
+  }
+  // The reviewer's case: every Σ(x − x̂)² is ≈ 1e399 = +inf in float64. The
+  // result must still be parameters of a tried ratio that quantize accepts.
+  MatrixX<double> big(1, 4);
+  big << 1e200, -3e200, 2.2e200, 0.7e200;
+  const QuantSpec spec = QuantSpec::per_channel(4, false);
+  const auto f = search_clip_mse(big, spec);
+  CHECK_NOTHROW(validate_params(f.params, spec, 1, 4, "test"));
+  CHECK(f.clip_ratio(0, 0) >= 0.5);
+  CHECK(f.clip_ratio(0, 0) <= 1.0);
+  CHECK(std::isinf(f.squared_error(0, 0)));
+  // It is the search of the same values scaled by 2^−664 (≈ 1e−200), which
+  // stays far inside the float64 range.
+  const auto g = search_clip_mse((std::ldexp(1.0, -664) * big).eval(), spec);
+  CHECK(f.clip_ratio == g.clip_ratio);
+  CHECK(f.params.scale == (std::ldexp(1.0, 664) * g.params.scale).eval());
+}
+
 TEST_CASE("clip search rejects bad options") {
   const MatrixX<float> w = oq::test::gaussian<float>(4, 16, 5);
   const QuantSpec spec = QuantSpec::per_channel(4, false);
@@ -89,5 +133,23 @@ TEST_CASE("clip search rejects bad options") {
   CHECK_THROWS_AS(search_clip_mse(w, spec, {.min_ratio = 0.9, .max_ratio = 0.8}), std::invalid_argument);
   CHECK_THROWS_AS(search_clip_mse(w, spec, {.max_ratio = 1.2}), std::invalid_argument);
   CHECK_THROWS_AS(search_clip_mse(w, spec, {.steps = -1}), std::invalid_argument);
+  // steps + 1 passes over every group: bounded (INT_MAX would also overflow the counter).
+  CHECK_THROWS_WITH_AS(search_clip_mse(w, spec, {.steps = ClipSearchOptions::kMaxSteps + 1}),
+                       doctest::Contains("options.steps must be in [0, 10000]"), std::invalid_argument);
+  CHECK_THROWS_AS(search_clip_mse(w, spec, {.steps = INT_MAX}), std::invalid_argument);
+  CHECK_NOTHROW(search_clip_mse(w, spec, {.steps = ClipSearchOptions::kMaxSteps}));
+  // A ratio that is 0 or subnormal once cast to the data's type (float here).
+  CHECK_THROWS_WITH_AS(search_clip_mse(w, spec, {.min_ratio = 1e-50}), doctest::Contains("options.min_ratio"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(search_clip_mse(w, spec, {.min_ratio = 1e-40}), doctest::Contains("normal float"),
+                       std::invalid_argument);
+  // The same ratio is a normal double: the search runs, and still never loses to ratio 1.
+  const MatrixX<double> wd = w.cast<double>();
+  const auto tiny = search_clip_mse(wd, spec, {.min_ratio = 1e-40, .max_ratio = 1.0, .steps = 4});
+  CHECK_NOTHROW(validate_params(tiny.params, spec, wd.rows(), wd.cols(), "test"));
+  // (1e-12: the search sums its errors in another order than squaredNorm.)
+  CHECK((fake_quantize(wd, tiny.params, spec) - wd).squaredNorm() <=
+        (fake_quantize(wd, spec) - wd).squaredNorm() * (1 + 1e-12));
+  CHECK_THROWS_AS(search_clip_mse(wd, spec, {.min_ratio = 1e-310}), std::invalid_argument);
   CHECK_THROWS_AS(search_clip_mse(MatrixX<float>(0, 16), spec), std::invalid_argument);
 }

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iterator>
+#include <limits>
 #include <stdexcept>
 
 using namespace oq::quant;
@@ -99,6 +101,92 @@ TEST_CASE("LSQ scale gradient equals finite differences of the round-STE surroga
     const auto scaled = lsq_grad_scale(x, p, spec, g, 0.25);
     CHECK(scaled.isApprox(0.25 * gs));
   }
+}
+
+TEST_CASE("the half step past the clip follows round-then-clamp (DESIGN §2), not LSQ eq. 3") {
+  // Hand-derived values, one element per scale (per-token, x a column), s = 0.5
+  // so that x = u·s and x/s = u are exact. x̂ = (clamp(rne(u) + z, lo, hi) − z)·s
+  // with rne's straight-through gradient: where the rounded code rne(u) + z is
+  // in [lo, hi] (closed), ∂x̂/∂x = 1 and ∂x̂/∂s = rne(u) − u; beyond it ∂x̂/∂x = 0
+  // and ∂x̂/∂s = (lo or hi) − z. LSQ eq. 3 clamps u first, so in the half step
+  // (hi − z, hi − z + ½] it would give ∂x̂/∂s = hi − z, ∂x̂/∂x = 0 (7 and 0 at
+  // u = 7.3 below) and at u = hi − z exactly ∂x̂/∂s = hi − z; the values below
+  // are those of the round-then-clamp function, which is what oq differentiates.
+  struct Case {
+    double u;
+    double ds;  // ∂x̂/∂s
+    double dx;  // ∂x̂/∂x
+  };
+  // 4-bit symmetric: codes [−8, 7], z = 0.
+  const Case symmetric[] = {
+      {7.3, 7 - 7.3, 1},    // rne = 7 = hi: in range (LSQ eq. 3: 7, 0)
+      {-8.4, -8 + 8.4, 1},  // rne = −8 = lo: in range (LSQ eq. 3: −8, 0)
+      {7.0, 0, 1},          // exactly at hi (LSQ eq. 3: 7, 0)
+      {-8.0, 0, 1},         // exactly at lo (LSQ eq. 3: −8, 0)
+      {7.5, 7, 0},          // a tie, to even: 8 > hi
+      {-8.5, 0.5, 1},       // a tie, to even: −8 = lo
+      {7.6, 7, 0},          // rne = 8 > hi
+      {-8.6, -8, 0},        // rne = −9 < lo
+      {2.25, -0.25, 1},     // inside
+  };
+  // 4-bit asymmetric with z = 3: codes [0, 15], so rne(u) ∈ [−3, 12] is in range.
+  const Case asymmetric[] = {
+      {12.3, 12 - 12.3, 1}, {-3.4, -3 + 3.4, 1}, {12.0, 0, 1}, {-3.0, 0, 1}, {12.6, 12, 0}, {-3.6, -3, 0},
+  };
+  const auto check = [](const auto& cases, const QuantSpec& spec, double z) {
+    const Eigen::Index n = static_cast<Eigen::Index>(std::size(cases));
+    MatrixX<double> x(n, 1), g(n, 1);
+    for (Eigen::Index i = 0; i < n; ++i) {
+      x(i, 0) = cases[i].u * 0.5;
+      g(i, 0) = 1.0 + static_cast<double>(i);  // distinct upstream gradients, multiplied through
+    }
+    const QuantParams<double> p{MatrixX<double>::Constant(n, 1, 0.5), MatrixX<double>::Constant(n, 1, z)};
+    const MatrixX<double> gs = lsq_grad_scale(x, p, spec, g);
+    const MatrixX<double> gx = ste_grad_input(x, p, spec, g);
+    for (Eigen::Index i = 0; i < n; ++i) {
+      CAPTURE(cases[i].u);
+      // ds is exact up to the rounding of u's decimal literal (|rne(u) − u| is
+      // then off by at most ulp(u) ≈ 2e-15).
+      CHECK(std::abs(gs(i, 0) - g(i, 0) * cases[i].ds) <= 1e-14 * g(i, 0));
+      CHECK(gx(i, 0) == g(i, 0) * cases[i].dx);
+    }
+  };
+  check(symmetric, QuantSpec::per_token(4, true), 0.0);
+  check(asymmetric, QuantSpec::per_token(4, false), 3.0);
+}
+
+TEST_CASE("LSQ scale gradient of a large float tensor is summed in double") {
+  // 2^22 float entries under one scale (a 2048 × 2048 weight, per-tensor): a
+  // float running sum of d·g loses about 1e-4 relative here. Reference: each
+  // term d = rne(u) − u (u = x/s in float, as the estimator divides; every
+  // code is in range since s = max|x|/127) times g exactly in long double,
+  // summed in long double. A double sum is off by at most (n − 1)·u_double·Σ|d·g|
+  // (Higham, "Accuracy and Stability of Numerical Algorithms", §4.2), and the
+  // cast to float by half an ulp.
+  const Eigen::Index n = Eigen::Index(1) << 22;
+  const MatrixX<float> x = oq::test::gaussian<float>(1, n, 43);
+  const MatrixX<float> g = (1.0f + 0.01f * oq::test::gaussian<float>(1, n, 44).array()).matrix();
+  const QuantSpec spec = QuantSpec::per_tensor(8, true);
+  const auto p = compute_params(x, spec);
+  const float s = p.scale(0, 0);
+  long double ref = 0, magnitude = 0;
+  float largest_code = 0;
+  for (Eigen::Index i = 0; i < n; ++i) {
+    const float u = x(0, i) / s;
+    const float r = std::nearbyint(u);
+    largest_code = std::max(largest_code, std::abs(r));
+    const long double term = (static_cast<long double>(r) - u) * g(0, i);
+    ref += term;
+    magnitude += std::abs(term);
+  }
+  REQUIRE(largest_code <= 127.0f);  // no clamp: every term is rne(u) − u
+  const double bound = std::ldexp(std::abs(static_cast<double>(ref)), -24) +
+                       static_cast<double>(n) * std::numeric_limits<double>::epsilon() / 2 *
+                           static_cast<double>(magnitude);
+  const float got = lsq_grad_scale(x, p, spec, g)(0, 0);
+  CHECK(std::abs(static_cast<double>(got) - static_cast<double>(ref)) <= bound);
+  // The gradient scale multiplies in double too: the same sum times 0.5, rounded once.
+  CHECK(lsq_grad_scale(x, p, spec, g, 0.5f)(0, 0) == 0.5f * got);
 }
 
 TEST_CASE("LSQ gradient scale is 1/sqrt(N·Q_P)") {

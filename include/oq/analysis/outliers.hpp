@@ -35,7 +35,7 @@ namespace oq::analysis {
 
 struct MassiveActivationOptions {
   double min_abs = 100.0;          ///< |x| must exceed this
-  double min_ratio_to_median = 1000.0;  ///< and be at least this many times median |x|
+  double min_ratio_to_median = 1000.0;  ///< and be at least this many times median |x| (finite)
 };
 
 struct MassiveActivation {
@@ -54,8 +54,9 @@ std::vector<MassiveActivation> find_massive_activations(const Eigen::MatrixBase<
   detail::require(x.size() > 0, kWhere, "x must be non-empty, got ", x.rows(), " x ", x.cols());
   detail::require(options.min_abs >= 0.0 && std::isfinite(options.min_abs), kWhere,
                   "options.min_abs must be finite and >= 0, got ", options.min_abs);
-  detail::require(options.min_ratio_to_median >= 0.0, kWhere, "options.min_ratio_to_median must be >= 0, got ",
-                  options.min_ratio_to_median);
+  // Finite: with a zero median every ratio is ∞, and ∞ ≥ ∞ would report every entry above min_abs.
+  detail::require(options.min_ratio_to_median >= 0.0 && std::isfinite(options.min_ratio_to_median), kWhere,
+                  "options.min_ratio_to_median must be finite and >= 0, got ", options.min_ratio_to_median);
   detail::require_finite(x, kWhere, "x");
 
   std::vector<double> magnitudes(static_cast<std::size_t>(x.size()));

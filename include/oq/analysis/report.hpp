@@ -20,6 +20,7 @@
 #include <optional>
 #include <ostream>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -60,8 +61,11 @@ struct LayerReport {
   }
 
   /// A short table: max |x|, the largest channel kurtosis, channel outliers and
-  /// massive activations, before and (if present) after.
+  /// massive activations, before and (if present) after. Throws
+  /// std::invalid_argument for a report without tokens or channels (a
+  /// default-constructed one) or whose `after` has another channel count.
   void print(std::ostream& out) const {
+    check("oq::analysis::LayerReport::print");
     char line[160];
     out << "layer " << name << ": " << before.count() << " tokens x " << before.channels() << " channels\n";
     std::snprintf(line, sizeof line, "  %-8s %12s %14s %16s %10s\n", "", "max |x|", "max kurtosis",
@@ -87,8 +91,9 @@ struct LayerReport {
   }
 
   /// One row per channel: channel, absmax, mean_abs, kurtosis before, and the
-  /// same after when present. Plain CSV with a header line.
+  /// same after when present. Plain CSV with a header line. Throws as print().
   void write_csv(std::ostream& out) const {
+    check("oq::analysis::LayerReport::write_csv");
     out << "channel,absmax_before,mean_abs_before,kurtosis_before";
     if (after) out << ",absmax_after,mean_abs_after,kurtosis_after";
     out << "\n";
@@ -108,6 +113,20 @@ struct LayerReport {
         out << line;
       }
       out << "\n";
+    }
+  }
+
+ private:
+  // Both outputs read max |x| and kurtosis per channel, and index `after` by
+  // before's channels: an empty report has no such values.
+  void check(std::string_view where) const {
+    detail::require(before.channels() > 0 && before.count() > 0, where,
+                    "before must hold at least one token of at least one channel, got ", before.count(),
+                    " tokens x ", before.channels(), " channels");
+    if (after) {
+      detail::require(after->channels() == before.channels() && after->count() > 0, where, "after must have ",
+                      before.channels(), " channels and at least one token, like before, got ", after->count(),
+                      " tokens x ", after->channels(), " channels");
     }
   }
 };

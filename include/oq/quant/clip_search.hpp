@@ -4,12 +4,24 @@
 // clip for a finer step on all the others; for heavy-tailed weight rows the
 // trade pays. search_clip_mse() tries the ratios
 //     c_k = max_ratio − k·(max_ratio − min_ratio)/steps,  k = 0..steps
+// (rounded up to min_ratio where the subtraction would go below it)
 // for every parameter entry (group) independently and keeps the one with the
 // smallest Σ (x − x̂)² over that group (ties: the larger ratio). The grid holds
 // max_ratio, so with max_ratio = 1 (default) the result is never worse than no
 // clipping. spec.clip_ratio is ignored: the search chooses it; with
 // spec.range_includes_zero the ratios scale the widened range, as in GPTQ's
 // reference grid search (Quantizer.find_params with mse).
+//
+// Numerics: each group's errors are compared in units of 2^(2e), where max|x|
+// of the group is f·2^e with f ∈ [0.5, 1): ((q − z)·s·2^−e − x·2^−e)², an exact
+// rescaling (a power of two) of every term that stays normal, so the choice is
+// the same as in plain units, but it does not overflow (|x| ≳ 1e154 in double, where every
+// Σ (x − x̂)² would be +inf and no ratio could win) or underflow (|x| ≲ 1e−154).
+// The first ratio tried (max_ratio) is taken unless a later one does strictly
+// better, so the result is always the parameters of a ratio of the grid.
+// squared_error is reported in x's scalar type: +inf where Σ (x − x̂)² exceeds
+// its range (float data beyond ~1e19, double beyond ~1e154), 0 or subnormal
+// where it underflows; the choice of ratio does not depend on that rounding.
 //
 //   auto found = oq::quant::search_clip_mse(w, QuantSpec::per_channel(4, false));
 //   auto w_hat = oq::quant::fake_quantize(w, found.params, spec);
@@ -23,15 +35,20 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
+#include <cmath>
 #include <limits>
 #include <string_view>
 
 namespace oq::quant {
 
 struct ClipSearchOptions {
-  double min_ratio = 0.5;  ///< smallest ratio tried, in (0, max_ratio]
+  /// The largest `steps`: every ratio costs a pass over x, and a grid finer
+  /// than 1e4 intervals moves the scale by less than 1e−4 relative per step.
+  static constexpr int kMaxSteps = 10000;
+  double min_ratio = 0.5;  ///< smallest ratio tried, in (0, max_ratio]; normal in x's scalar type
   double max_ratio = 1.0;  ///< largest ratio tried, in (0, 1]
-  int steps = 50;          ///< grid intervals; steps + 1 ratios are tried
+  int steps = 50;          ///< grid intervals, in [0, kMaxSteps]; steps + 1 ratios are tried
 };
 
 template <class Scalar>
@@ -39,7 +56,7 @@ struct ClipSearchResult {
   using Matrix = typename QuantParams<Scalar>::Matrix;
   QuantParams<Scalar> params;  ///< parameters at the chosen ratios
   Matrix clip_ratio;           ///< chosen ratio per parameter entry
-  Matrix squared_error;        ///< Σ (x − x̂)² per parameter entry at that ratio
+  Matrix squared_error;        ///< Σ (x − x̂)² per parameter entry at that ratio (+inf beyond Scalar's range)
 };
 
 template <class Derived>
@@ -57,7 +74,14 @@ ClipSearchResult<typename Derived::Scalar> search_clip_mse(const Eigen::MatrixBa
   detail::require(options.min_ratio > 0.0 && options.min_ratio <= options.max_ratio, kWhere,
                   "options.min_ratio must be in (0, options.max_ratio = ", options.max_ratio, "], got ",
                   options.min_ratio);
-  detail::require(options.steps >= 0, kWhere, "options.steps must be >= 0, got ", options.steps);
+  // A ratio that casts to 0 or a subnormal in Scalar would give a zero or
+  // inexact scale; the grid's points all lie in [min_ratio, max_ratio].
+  detail::require(static_cast<Scalar>(options.min_ratio) >= std::numeric_limits<Scalar>::min(), kWhere,
+                  "options.min_ratio must be a normal ", sizeof(Scalar) == sizeof(float) ? "float" : "double",
+                  " number (>= ", std::numeric_limits<Scalar>::min(), ") once cast to x's scalar type, got ",
+                  options.min_ratio);
+  detail::require(options.steps >= 0 && options.steps <= ClipSearchOptions::kMaxSteps, kWhere,
+                  "options.steps must be in [0, ", ClipSearchOptions::kMaxSteps, "], got ", options.steps);
   detail::require_finite(x, kWhere, "x");
 
   const core::CodeRange range = spec.code_range();
@@ -70,27 +94,44 @@ ClipSearchResult<typename Derived::Scalar> search_clip_mse(const Eigen::MatrixBa
   result.squared_error.resize(rows, cols);
 
   for_each_block(x, spec, [&](Eigen::Index i, Eigen::Index j, const auto& block) {
+    using std::abs;
     const Scalar lo_value = block.minCoeff();
     const Scalar hi_value = block.maxCoeff();
-    double best_error = std::numeric_limits<double>::infinity();
+    // 2^−e as two factors, each a normal Scalar (2^−e alone overflows for the
+    // smallest subnormal groups); x·a·b is exact wherever it stays normal.
+    int e = 0;
+    std::frexp(std::max(abs(lo_value), abs(hi_value)), &e);
+    const Scalar a = std::ldexp(Scalar(1), -(e / 2));
+    const Scalar b = std::ldexp(Scalar(1), e / 2 - e);
+    double best_error = 0;  // in units of 2^(2e)
     for (int k = 0; k <= options.steps; ++k) {
-      const double ratio = options.steps == 0 ? options.max_ratio
-                                              : options.max_ratio - k * (options.max_ratio - options.min_ratio) /
-                                                                         options.steps;
+      // Clamped to min_ratio: max_ratio − (max_ratio − min_ratio) may round to 0
+      // when min_ratio is far below max_ratio.
+      const double ratio =
+          options.steps == 0
+              ? options.max_ratio
+              : std::max(options.min_ratio,
+                         options.max_ratio - k * (options.max_ratio - options.min_ratio) / options.steps);
       const auto c = static_cast<Scalar>(ratio);
       const core::AffineParams<Scalar> p = range_params(lo_value, hi_value, spec, c);
+      const Scalar unit_scale = p.scale * a * b;
       double error = 0;
       detail_quantize::with_codes(block, p, range, [&](const auto& q) {
-        error = ((q - p.zero) * p.scale - block.array()).template cast<double>().square().sum();
+        error = ((q - p.zero) * unit_scale - block.array() * a * b).template cast<double>().square().sum();
       });
-      if (error < best_error) {  // strict: ties keep the larger ratio
+      if (k == 0 || error < best_error) {  // strict: ties keep the larger ratio
         best_error = error;
         result.params.scale(i, j) = p.scale;
         result.params.zero(i, j) = p.zero;
         result.clip_ratio(i, j) = c;
-        result.squared_error(i, j) = static_cast<Scalar>(error);
       }
     }
+    // Σ (x − x̂)² in plain units; beyond Scalar's range it is +inf (a float cast of
+    // an out-of-range double is not defined, so that case is spelled out).
+    const double squared_error = std::ldexp(best_error, 2 * e);
+    result.squared_error(i, j) = squared_error > static_cast<double>(std::numeric_limits<Scalar>::max())
+                                     ? std::numeric_limits<Scalar>::infinity()
+                                     : static_cast<Scalar>(squared_error);
   });
   return result;
 }

@@ -1,19 +1,31 @@
 // oq/quant/gradients.hpp: gradients of fake quantization for training.
 //
-// Fake quantization x̂ = (clamp(rne(x/s) + z, lo, hi) − z)·s has zero gradient
-// almost everywhere, so training uses estimators:
-//  - straight-through (STE, Bengio et al. 2013; as in OmniQuant/DuQuant's
-//    round_ste): rne is treated as the identity, so ∂x̂/∂x = 1 where the code
-//    v = rne(x/s) + z lies in [lo, hi] and 0 where the clamp is active. The
-//    interval is closed, like torch.clamp's backward, so a code exactly at lo
-//    or hi still passes its gradient.
-//  - LSQ (Esser et al. 2020, "Learned Step Size Quantization", eq. 3): with the
-//    same STE and z held fixed,
+// Fake quantization x̂ = (clamp(rne(x/s) + z, lo, hi) − z)·s (DESIGN §2: round,
+// then clamp the code) has zero gradient almost everywhere, so training uses
+// estimators. Both functions below differentiate exactly that function with
+// rne replaced by round_ste(u) = u + stop_gradient(rne(u) − u) and z held
+// fixed, which is what autograd gives for OmniQuant's/DuQuant's quantizer
+// (x_int = round_ste(x / scale) + zero, clamp, (x_int − zero)·scale), with the
+// clamp's branch decided by the rounded code v = rne(x/s) + z:
+//  - straight-through (STE, Bengio et al. 2013): ∂x̂/∂x = 1 where lo ≤ v ≤ hi
+//    and 0 where the clamp is active. The interval is closed, like
+//    torch.clamp's backward, so a code exactly at lo or hi passes its gradient.
+//  - scale (LSQ-style, Esser et al. 2020, "Learned Step Size Quantization"):
 //        ∂x̂/∂s = rne(x/s) − x/s   if lo ≤ v ≤ hi,
 //                lo − z           if v < lo,
 //                hi − z           if v > hi,
-//    summed over the elements that share the scale and multiplied by the
-//    gradient scale g (LSQ §2.2 recommends g = 1/√(N·Q_P); lsq_gradient_scale).
+//    summed over the elements that share the scale (in double) and multiplied
+//    by the gradient scale g (LSQ §2.2 recommends g = 1/√(N·Q_P);
+//    lsq_gradient_scale).
+// This is not LSQ's eq. 3 in the half step past each clip. LSQ clamps u = x/s
+// before rounding and decides the branch on u: with Q_P = hi − z and
+// −Q_N = lo − z it gives ∂x̂/∂s = Q_P, ∂x̂/∂x = 0 for u ≥ Q_P (and −Q_N, 0 for
+// u ≤ −Q_N). Here u ∈ (Q_P, Q_P + ½] still rounds to the code hi, so it is
+// in range: ∂x̂/∂s = Q_P − u ∈ [−½, 0) and ∂x̂/∂x = 1 (at u = Q_P + ½ exactly,
+// ties to even decide); likewise u ∈ [−Q_N − ½, −Q_N) gives −Q_N − u and 1;
+// and at u = Q_P or −Q_N exactly, 0 and 1 where LSQ gives Q_P or −Q_N and 0.
+// Example, 4-bit symmetric, s = 1, x = 7.3: here ∂x̂/∂s = −0.3 and ∂x̂/∂x = 1;
+// LSQ eq. 3 gives 7 and 0. The forward values agree everywhere.
 //
 //   auto gx = oq::quant::ste_grad_input(x, params, spec, grad_y);
 //   auto gs = oq::quant::lsq_grad_scale(x, params, spec, grad_y,
@@ -29,6 +41,7 @@
 #include <Eigen/Core>
 
 #include <cmath>
+#include <limits>
 #include <string_view>
 
 namespace oq::quant {
@@ -88,8 +101,11 @@ Scalar lsq_gradient_scale(Eigen::Index elements_per_scale, const QuantSpec& spec
   return static_cast<Scalar>(1.0 / std::sqrt(static_cast<double>(elements_per_scale) * q_p));
 }
 
-/// ∂L/∂s for every scale of `params` (same shape as params.scale), LSQ
-/// estimator with zero points held fixed, times `gradient_scale`.
+/// ∂L/∂s for every scale of `params` (same shape as params.scale): the scale
+/// gradient of the file comment (round-then-clamp; LSQ-style, not LSQ eq. 3 in
+/// the half step past the clip) with zero points held fixed, summed in double
+/// and times `gradient_scale`. Throws std::domain_error if a result exceeds
+/// the range of x's scalar type.
 template <class XDerived, class GDerived>
 typename QuantParams<typename XDerived::Scalar>::Matrix lsq_grad_scale(
     const Eigen::MatrixBase<XDerived>& x, const QuantParams<typename XDerived::Scalar>& params,
@@ -112,7 +128,15 @@ typename QuantParams<typename XDerived::Scalar>::Matrix lsq_grad_scale(
     detail::with_rounded_clamped(u, lo - p.zero - 1, hi - p.zero + 1, [&](const auto& r) {
       const auto v = r + p.zero;
       const auto d = (v < lo).select(lo - p.zero, (v > hi).select(hi - p.zero, r - u));
-      grad_scale(i, j) = gradient_scale * (d * grad_out.block(i * height, j * width, height, width).array()).sum();
+      // Each product d·g is exact in double for float data; a float running
+      // sum over a per-tensor scale (millions of elements) would lose ~1e−4.
+      const double sum = (d.template cast<double>() *
+                          grad_out.block(i * height, j * width, height, width).array().template cast<double>())
+                             .sum();
+      const double value = static_cast<double>(gradient_scale) * sum;
+      detail::require_domain(std::abs(value) <= static_cast<double>(std::numeric_limits<Scalar>::max()), kWhere,
+                             "the scale gradient (", i, ", ", j, ") = ", value, " is beyond the range of x's type");
+      grad_scale(i, j) = static_cast<Scalar>(value);
     });
   });
   return grad_scale;
