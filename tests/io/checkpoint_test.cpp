@@ -228,13 +228,18 @@ TEST_CASE("a tensor held by two shards is reported, naming the shard the index g
   TempDir dir;
   const ShardedModel m;
   m.write(dir.path);
-  // Shard 2 also holds a (different) embedding, which the index gives to shard 1.
-  SafetensorsWriter s2;
-  s2.add("model.layers.1.self_attn.q_proj.weight", m.q1, DType::kF16);
-  s2.add("model.layers.1.input_layernorm.weight", m.norm1, DType::kF32);
-  s2.add("model.embed_tokens.weight", RowMatrix<float>(m.embed * 2.0f), DType::kBF16);
-  s2.add("extra.unindexed", m.norm1, DType::kF32);  // not in the index: left alone
-  s2.write(dir.path / ShardedModel::kShard2);
+  // Shard 2 rewritten with layer 1's tensors, a tensor the index does not
+  // name (left alone, as transformers leaves unexpected keys) and, when
+  // `duplicate`, a (different) embedding, which the index gives to shard 1.
+  const auto write_shard2 = [&](bool duplicate) {
+    SafetensorsWriter s2;
+    s2.add("model.layers.1.self_attn.q_proj.weight", m.q1, DType::kF16);
+    s2.add("model.layers.1.input_layernorm.weight", m.norm1, DType::kF32);
+    s2.add("extra.unindexed", m.norm1, DType::kF32);
+    if (duplicate) s2.add("model.embed_tokens.weight", RowMatrix<float>(m.embed * 2.0f), DType::kBF16);
+    s2.write(dir.path / ShardedModel::kShard2);
+  };
+  write_shard2(true);
   const Checkpoint c(dir.path);
   CHECK(c.matrix<float>("model.embed_tokens.weight") == through_bf16(m.embed));  // shard 1 is sound
   const std::string message = format_error_of(dir.path, "model.layers.1.input_layernorm.weight");
@@ -242,12 +247,7 @@ TEST_CASE("a tensor held by two shards is reported, naming the shard the index g
                      "' holds tensor 'model.embed_tokens.weight', which weight_map assigns to '" +
                      std::string(ShardedModel::kShard1) + "' (expected each tensor in exactly one shard)") !=
         std::string::npos);
-  // Without the duplicate, the unindexed extra tensor does not stop the shard.
-  SafetensorsWriter s2b;
-  s2b.add("model.layers.1.self_attn.q_proj.weight", m.q1, DType::kF16);
-  s2b.add("model.layers.1.input_layernorm.weight", m.norm1, DType::kF32);
-  s2b.add("extra.unindexed", m.norm1, DType::kF32);
-  s2b.write(dir.path / ShardedModel::kShard2);
+  write_shard2(false);
   CHECK(Checkpoint(dir.path).vector<float>("model.layers.1.input_layernorm.weight") == m.norm1);
 }
 
