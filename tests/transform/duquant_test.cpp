@@ -9,11 +9,18 @@
 
 #include <Eigen/QR>
 
+#include <climits>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
 #include <random>
 #include <sstream>
+#include <streambuf>
 #include <string>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 using namespace oq::transform;
@@ -30,6 +37,23 @@ std::vector<DenseMatrix<Scalar>> q_primes(int count, Eigen::Index b, std::uint64
   }
   return qs;
 }
+
+// u64 little-endian at `offset` of a saved transform's bytes (duquant_io.hpp's header).
+void put_u64(std::string& bytes, std::size_t offset, std::uint64_t value) {
+  for (std::size_t i = 0; i < 8; ++i) bytes[offset + i] = static_cast<char>((value >> (8 * i)) & 0xff);
+}
+
+// A stream that cannot seek or tell its position, like a pipe: load_duquant
+// cannot measure it and must bound its memory by what it reads.
+class PipeBuffer : public std::streambuf {
+ public:
+  explicit PipeBuffer(std::string data) : data_(std::move(data)) {
+    setg(data_.data(), data_.data(), data_.data() + data_.size());
+  }
+
+ private:
+  std::string data_;
+};
 
 // Activations with planted massive outliers and outlier channels, LLM-like.
 Matrix planted(Eigen::Index tokens, Eigen::Index channels, std::uint64_t seed) {
@@ -112,9 +136,22 @@ TEST_CASE("weight-aware calibration: the weights follow the activations through 
   range.score = GreedyScore::kRange;
   CHECK(calibrate_duquant(x, w, options, q_primes(2, 32, 30)).matrix() !=
         calibrate_duquant(x, range, q_primes(2, 32, 30)).matrix());
-  // The generator overload draws the same Q′ as q_primes from the same seed would.
+  // The generator overload draws one Haar Q′ per stage, in order, with
+  // random_orthogonal (duquant.hpp): the same transform as the q_primes
+  // overload given those draws from an identically seeded generator.
   std::mt19937_64 g1(5), g2(5);
-  CHECK(calibrate_duquant(x, w, options, g1).matrix() == calibrate_duquant(x, w, options, g2).matrix());
+  std::vector<Matrix> drawn;
+  for (int stage = 0; stage < 2; ++stage) drawn.push_back(random_orthogonal<double>(31, g2));
+  const auto from_generator = calibrate_duquant(x, w, options, g1);
+  const auto from_q_primes = calibrate_duquant(x, w, options, drawn);
+  CHECK(from_generator.matrix() == from_q_primes.matrix());
+  CHECK(from_generator.permutations() == from_q_primes.permutations());
+  CHECK(g1 == g2);  // and it drew exactly those, no more
+  // The activation-only generator overload likewise.
+  std::mt19937_64 g3(6), g4(6);
+  drawn.clear();
+  for (int stage = 0; stage < 2; ++stage) drawn.push_back(random_orthogonal<double>(31, g4));
+  CHECK(calibrate_duquant(x, range, g3).matrix() == calibrate_duquant(x, range, drawn).matrix());
 }
 
 TEST_CASE("float transforms are orthogonal to float precision") {
@@ -141,6 +178,26 @@ TEST_CASE("calibration is a pure function of its inputs") {
   options.progress = [&](int, int, int) { ++calls; };
   calibrate_duquant(x, options, q_primes(3, 16, 5));
   CHECK(calls == 3 * 10);
+
+  // With 2 and 3 permutation rounds (3 and 4 rotations), apply() is still
+  // X·M for the dense M = R₁·P₁·R₂·P₂·… and invert() undoes it (DESIGN §6):
+  // every stage, not only the first permutation, is composed in order.
+  for (int rounds : {2, 3}) {
+    CAPTURE(rounds);
+    DuQuantOptions more = options;
+    more.progress = {};
+    more.permutation_rounds = rounds;
+    const auto t = calibrate_duquant(x, more, q_primes(rounds + 1, 16, 40));
+    REQUIRE(t.rotations().size() == static_cast<std::size_t>(rounds + 1));
+    const Matrix m = t.matrix();
+    CHECK((m * m.transpose() - Matrix::Identity(64, 64)).cwiseAbs().maxCoeff() < 1e-12);
+    CHECK((Matrix(t.apply(x)) - x * m).norm() / x.norm() < 1e-13);
+    CHECK((t.invert(t.apply(x)) - x).norm() / x.norm() < 1e-13);
+    // The last permutation is not the identity, so its place in M is tested.
+    Permutation identity(64);
+    std::iota(identity.begin(), identity.end(), Eigen::Index(0));
+    CHECK(t.permutations().back() != identity);
+  }
 }
 
 TEST_CASE("on planted outliers DuQuant cuts max|x| and the 4-bit per-token error of ordinary tokens below RTN") {
@@ -275,6 +332,176 @@ TEST_CASE("bad input") {
   Matrix w_nan = Matrix::Ones(4, 64);
   w_nan(1, 2) = std::nan("");
   CHECK_THROWS_AS(calibrate_duquant(x, w_nan, weighted, q_primes(2, 16, 1)), std::domain_error);
+
+  // The constructor names the bad part by its index.
+  const Permutation identity64 = [] {
+    Permutation p(64);
+    std::iota(p.begin(), p.end(), Eigen::Index(0));
+    return p;
+  }();
+  CHECK_THROWS_WITH_AS(DuQuantTransform<double>(64, {Matrix::Identity(16, 16), 2.0 * Matrix::Identity(16, 16)},
+                                                {identity64}),
+                       doctest::Contains("rotations[1] must be orthogonal"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(DuQuantTransform<double>(64, {Matrix::Identity(16, 16), Matrix::Identity(8, 8)}, {identity64}),
+                       doctest::Contains("rotations[1] must be 16 x 16, got 8 x 8"), std::invalid_argument);
+  Permutation repeated = identity64;
+  repeated[5] = 4;
+  CHECK_THROWS_WITH_AS(DuQuantTransform<double>(64, {Matrix::Identity(16, 16), Matrix::Identity(16, 16),
+                                                     Matrix::Identity(16, 16)},
+                                                {identity64, repeated}),
+                       doctest::Contains("permutations[1] is not a permutation of 0..63: permutations[1][5] = 4"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(DuQuantTransform<double>(64, {Matrix::Identity(16, 16), Matrix::Identity(16, 16)},
+                                                {Permutation{0, 1}}),
+                       doctest::Contains("permutations[0] must have 64 entries, got 2"), std::invalid_argument);
+}
+
+TEST_CASE("Q′ of the wrong size is refused, not taken as another block size") {
+  // duquant_base_block takes b from Q′ (b = rows + 1): 15 x 15 matrices with
+  // options.block_size = 32 would give 16-blocks while the zigzag deals
+  // channels to 32-blocks.
+  const Matrix x = planted(8, 64, 12);
+  DuQuantOptions options;
+  options.block_size = 32;
+  options.greedy_steps = 4;
+  CHECK_THROWS_WITH_AS(calibrate_duquant(x, options, q_primes(2, 16, 1)),
+                       doctest::Contains("q_primes[0] must be (options.block_size - 1) x (options.block_size - 1) = "
+                                         "31 x 31, got 15 x 15"),
+                       std::invalid_argument);
+  std::vector<Matrix> mixed = q_primes(2, 32, 1);
+  mixed[1] = q_primes(1, 24, 2)[0];
+  CHECK_THROWS_WITH_AS(calibrate_duquant(x, options, mixed), doctest::Contains("q_primes[1] must be"),
+                       std::invalid_argument);
+  options.score = GreedyScore::kActivationTimesWeight;
+  CHECK_THROWS_WITH_AS(calibrate_duquant(x, Matrix::Ones(3, 64), options, q_primes(2, 16, 1)),
+                       doctest::Contains("q_primes[0] must be"), std::invalid_argument);
+}
+
+TEST_CASE("the generator overloads check x and the options before drawing any Q′") {
+  // A check after the draws would cost a QR of (block_size − 1)² entries
+  // first (bad_alloc for 2^40; seconds for 1500) and loop permutation_rounds
+  // times. The generator left untouched shows that nothing was drawn.
+  const Matrix x = planted(8, 64, 13);
+  const Matrix w = Matrix::Ones(3, 64);
+  auto refused = [&](const DuQuantOptions& options, const std::string& message, const Matrix& input) {
+    std::mt19937_64 g(1);
+    const std::mt19937_64 untouched = g;
+    CHECK_THROWS_WITH_AS(calibrate_duquant(input, options, g), doctest::Contains(message.c_str()),
+                         std::invalid_argument);
+    CHECK(g == untouched);
+    CHECK_THROWS_WITH_AS(calibrate_duquant(input, w, options, g), doctest::Contains(message.c_str()),
+                         std::invalid_argument);
+    CHECK(g == untouched);
+  };
+  DuQuantOptions options;
+  options.greedy_steps = 4;
+  for (Eigen::Index b : {Eigen::Index(-3), Eigen::Index(0), Eigen::Index(1)}) {
+    CAPTURE(b);
+    options.block_size = b;
+    refused(options, "options.block_size must be >= 2, got " + std::to_string(b), x);
+  }
+  for (Eigen::Index b : {Eigen::Index(128), Eigen::Index(1500), Eigen::Index(1) << 40}) {
+    CAPTURE(b);
+    options.block_size = b;
+    refused(options, "options.block_size (" + std::to_string(b) + ") must divide the channel count of x (64)", x);
+  }
+  options.block_size = 16;
+  for (int rounds : {-1, INT_MIN, kMaxPermutationRounds + 1, INT_MAX}) {
+    CAPTURE(rounds);
+    options.permutation_rounds = rounds;
+    refused(options, "options.permutation_rounds must be in [0, 63], got " + std::to_string(rounds), x);
+  }
+  options.permutation_rounds = 1;
+  for (int steps : {-1, kMaxGreedySteps + 1, INT_MAX}) {
+    CAPTURE(steps);
+    options.greedy_steps = steps;
+    refused(options, "options.greedy_steps must be in [0, 65536], got " + std::to_string(steps), x);
+  }
+  options.greedy_steps = 4;
+  refused(options, "x must be non-empty, got 0 x 64", Matrix(0, 64));
+  refused(options, "x must be non-empty, got 8 x 0", Matrix(8, 0));
+  // The q_primes overloads refuse the same (INT_MAX rounds would overflow
+  // permutation_rounds + 1, and an empty x has no channels).
+  options.permutation_rounds = INT_MAX;
+  CHECK_THROWS_WITH_AS(calibrate_duquant(x, options, q_primes(2, 16, 1)),
+                       doctest::Contains("options.permutation_rounds must be in [0, 63]"), std::invalid_argument);
+  options.permutation_rounds = 1;
+  CHECK_THROWS_WITH_AS(calibrate_duquant(Matrix(0, 64), options, q_primes(2, 16, 1)),
+                       doctest::Contains("x must be non-empty"), std::invalid_argument);
+  // Data and weights too: NaN in x, a malformed w.
+  Matrix nan = x;
+  nan(2, 9) = std::nan("");
+  std::mt19937_64 g(1);
+  const std::mt19937_64 untouched = g;
+  CHECK_THROWS_WITH_AS(calibrate_duquant(nan, options, g), doctest::Contains("x(2, 9) is nan"), std::domain_error);
+  CHECK_THROWS_WITH_AS(calibrate_duquant(x, Matrix::Ones(3, 60), options, g),
+                       doctest::Contains("w must have x's 64 columns"), std::invalid_argument);
+  DuQuantOptions weighted = options;
+  weighted.score = GreedyScore::kActivationTimesWeight;
+  CHECK_THROWS_WITH_AS(calibrate_duquant(x, weighted, g), doctest::Contains("needs the weights"),
+                       std::invalid_argument);
+  CHECK(g == untouched);
+}
+
+TEST_CASE("orthogonality is checked to the scalar type's precision") {
+  // The tolerance is 8·√n·ε + n·ε_double (duquant_rotation.hpp): 1.0007·I
+  // (max |QᵀQ − I| = 1.4e-3) was accepted in float at n = 128 by the former
+  // 100·n·ε (1.5e-3), and (1 + 1e-13)·I (2e-13) in double (2.8e-12).
+  const Eigen::MatrixXf scaled_f = 1.0007f * Eigen::MatrixXf::Identity(128, 128);
+  CHECK_THROWS_WITH_AS(DuQuantTransform<float>(128, {scaled_f}, {}),
+                       doctest::Contains("rotations[0] must be orthogonal"), std::invalid_argument);
+  for (double factor : {1.001, 1.0 + 1e-13}) {
+    CAPTURE(factor);
+    CHECK_THROWS_WITH_AS(DuQuantTransform<double>(128, {factor * Matrix::Identity(128, 128)}, {}),
+                         doctest::Contains("rotations[0] must be orthogonal"), std::invalid_argument);
+  }
+  // What oq itself makes passes: Haar and Hadamard matrices rounded to float,
+  // and a float QR of the user's (measured 5.7ε at most for b ≤ 512, against
+  // 8·√n·ε).
+  for (Eigen::Index n : {2, 12, 64, 128, 256}) {
+    CAPTURE(n);
+    std::mt19937_64 rng(static_cast<std::uint64_t>(n));
+    CHECK_NOTHROW(DuQuantTransform<float>(n, {random_orthogonal<float>(n, rng)}, {}));
+    CHECK_NOTHROW(DuQuantTransform<float>(n, {hadamard_orthogonal<float>(n)}, {}));
+    CHECK_NOTHROW(DuQuantTransform<double>(n, {hadamard_orthogonal<double>(n)}, {}));
+    const Eigen::MatrixXf qr = Eigen::HouseholderQR<Eigen::MatrixXf>(
+                                   oq::test::gaussian<float>(n, n, static_cast<std::uint64_t>(n)))
+                                   .householderQ();
+    CHECK_NOTHROW(DuQuantTransform<float>(n, {qr}, {}));
+  }
+}
+
+TEST_CASE("an output that overflows the scalar type throws instead of returning Inf") {
+  // Valid scales and finite inputs can still leave float's range: 1e10 / 1e-30
+  // = 1e40 > FLT_MAX ≈ 3.4e38, and without smoothing the rotation of a row
+  // whose norm exceeds FLT_MAX (two entries of 3e38: (3e38 + 3e38)/√2).
+  const Eigen::MatrixXf identity = Eigen::MatrixXf::Identity(16, 16);
+  const Eigen::MatrixXf x = Eigen::MatrixXf::Constant(2, 16, 1e10f);
+  const DuQuantTransform<float> tiny(16, {identity}, {}, Eigen::VectorXf::Constant(16, 1e-30f));
+  CHECK_THROWS_WITH_AS(tiny.apply(x),
+                       doctest::Contains("DuQuantTransform::apply: the result x·diag(s)⁻¹·M overflowed"),
+                       std::domain_error);
+  const DuQuantTransform<float> huge(16, {identity}, {}, Eigen::VectorXf::Constant(16, 1e30f));
+  CHECK_THROWS_WITH_AS(huge.fold_into_weight(x),
+                       doctest::Contains("fold_into_weight: the result w·diag(s)·M overflowed"), std::domain_error);
+  CHECK_THROWS_WITH_AS(huge.invert(x), doctest::Contains("invert: the result x_hat·Mᵀ·diag(s) overflowed"),
+                       std::domain_error);
+  // Within range the same transforms work.
+  CHECK(tiny.apply(Eigen::MatrixXf::Constant(1, 16, 1e-10f)).allFinite());
+
+  const DuQuantTransform<float> spread(2, {givens_spread_matrix<float>(2)}, {});
+  Eigen::MatrixXf big(1, 2);
+  big << 3e38f, 3e38f;
+  CHECK_THROWS_WITH_AS(spread.apply(big), doctest::Contains("(0, 1) is inf"), std::domain_error);
+  CHECK_THROWS_AS(spread.fold_into_weight(big), std::domain_error);
+  // Calibration goes through apply() as well: smoothing that overflows x is an error, not Inf activations.
+  DuQuantOptions options;
+  options.block_size = 16;
+  options.greedy_steps = 2;
+  options.permutation_rounds = 0;
+  std::vector<Eigen::MatrixXf> one_q;
+  for (const Matrix& q : q_primes(1, 16, 3)) one_q.push_back(q.cast<float>());
+  CHECK_THROWS_AS(calibrate_duquant(x, options, one_q, Eigen::VectorXf::Constant(16, 1e-30f)), std::domain_error);
 }
 
 TEST_CASE("save and load round-trip exactly; malformed streams give clear errors") {
@@ -318,4 +545,104 @@ TEST_CASE("save and load round-trip exactly; malformed streams give clear errors
   const std::size_t perm_at = 48 + 2 * 16 * 16 * 8;
   bad_perm.replace(perm_at, 8, bytes.substr(perm_at + 8, 8));  // a repeated channel
   CHECK_THROWS_WITH_AS(load(bad_perm), doctest::Contains("not a permutation"), std::invalid_argument);
+
+  // Header fields (offsets in the format table of duquant_io.hpp).
+  std::string not_dividing = bytes;
+  put_u64(not_dividing, 24, 24);  // b = 24 does not divide C = 64
+  CHECK_THROWS_WITH_AS(load(not_dividing), doctest::Contains("block size must divide channels (64)"),
+                       std::invalid_argument);
+  for (std::uint64_t count : {std::uint64_t(0), std::uint64_t(65), ~std::uint64_t(0)}) {
+    CAPTURE(count);
+    std::string bad_count = bytes;
+    put_u64(bad_count, 32, count);
+    CHECK_THROWS_WITH_AS(load(bad_count), doctest::Contains("rotation count must be in [1, 64], got"),
+                         std::invalid_argument);
+  }
+  std::string bad_flag = bytes;
+  put_u64(bad_flag, 40, 2);
+  CHECK_THROWS_WITH_AS(load(bad_flag), doctest::Contains("smoothing flag must be 0 or 1, got 2"),
+                       std::invalid_argument);
+  // Stored values: scales follow the permutations, 8 bytes each.
+  const std::size_t scales_at = perm_at + 64 * 8;
+  auto with_scale = [&](double value) {
+    std::string changed = bytes;
+    std::uint64_t raw = 0;
+    std::memcpy(&raw, &value, 8);
+    put_u64(changed, scales_at + 5 * 8, raw);
+    return changed;
+  };
+  CHECK_THROWS_WITH_AS(load(with_scale(-1.0)), doctest::Contains("smoothing scales must be > 0"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(load(with_scale(0.0)), doctest::Contains("smoothing scales must be > 0"),
+                       std::invalid_argument);
+  // NaN/Inf values are data outside the domain: std::domain_error, as the
+  // io header says (and everywhere in oq).
+  CHECK_THROWS_WITH_AS(load(with_scale(std::nan(""))), doctest::Contains("smoothing(5, 0) is nan"),
+                       std::domain_error);
+  CHECK_THROWS_WITH_AS(load(with_scale(std::numeric_limits<double>::infinity())),
+                       doctest::Contains("smoothing(5, 0) is inf"), std::domain_error);
+  std::string nan_rotation = bytes;
+  const double nan_value = std::nan("");
+  std::uint64_t nan_bits = 0;
+  std::memcpy(&nan_bits, &nan_value, 8);
+  put_u64(nan_rotation, 48 + 16 * 16 * 8 + 8, nan_bits);  // the second rotation's entry (0, 1)
+  CHECK_THROWS_WITH_AS(load(nan_rotation), doctest::Contains("rotations[1] must be finite"), std::domain_error);
+
+  // The same bytes through an unseekable stream load the same transform.
+  PipeBuffer pipe(bytes);
+  std::istream piped(&pipe);
+  CHECK(load_duquant<double>(piped).matrix() == t.matrix());
+}
+
+TEST_CASE("a header that promises more than the stream holds fails before allocating it") {
+  // C = b = 65536, one double rotation: 32 GiB that the stream does not hold.
+  // A seekable stream is measured against the header; an unseekable one is
+  // read in chunks, so either way the error is the format's, not bad_alloc.
+  std::string header(48, '\0');
+  header.replace(0, 8, std::string("OQDUQNT\0", 8));
+  header[8] = 1;   // version
+  header[12] = 8;  // double
+  put_u64(header, 16, 65536);
+  put_u64(header, 24, 65536);
+  put_u64(header, 32, 1);
+  put_u64(header, 40, 0);
+  const std::string data = header + std::string(4096, '\0');
+  {
+    std::istringstream in(data, std::ios::binary);
+    CHECK_THROWS_WITH_AS(load_duquant<double>(in),
+                         doctest::Contains("the stream ended inside the data: the header promises 34359738368 bytes"),
+                         std::invalid_argument);
+  }
+  {
+    PipeBuffer pipe(data);
+    std::istream in(&pipe);
+    CHECK_THROWS_WITH_AS(load_duquant<double>(in), doctest::Contains("the stream ended inside a rotation block"),
+                         std::invalid_argument);
+  }
+}
+
+TEST_CASE("save_duquant refuses what load_duquant would refuse") {
+  // 64 permutation rounds = 65 rotations: constructible, but the format (and
+  // calibration) stop at kMaxPermutationRounds = 63. Saving it must fail
+  // before writing, not write a file that cannot be loaded.
+  const Permutation identity = {0, 1, 2, 3};
+  auto transform = [&](int rounds) {
+    const auto count = static_cast<std::size_t>(rounds);
+    return DuQuantTransform<double>(4, std::vector<Matrix>(count + 1, Matrix::Identity(4, 4)),
+                                    std::vector<Permutation>(count, identity));
+  };
+  std::ostringstream too_many(std::ios::binary);
+  CHECK_THROWS_WITH_AS(save_duquant(too_many, transform(kMaxPermutationRounds + 1)),
+                       doctest::Contains("t.rotations() must hold at most 64 matrices"), std::invalid_argument);
+  CHECK(too_many.str().empty());
+  // More channels than the header allows (1 x 1 blocks keep this cheap).
+  std::ostringstream wide(std::ios::binary);
+  const auto channels = static_cast<Eigen::Index>(kDuQuantMaxChannels) + 1;
+  CHECK_THROWS_WITH_AS(save_duquant(wide, DuQuantTransform<double>(channels, {Matrix::Identity(1, 1)}, {})),
+                       doctest::Contains("t.channels() must be at most 16777216"), std::invalid_argument);
+  CHECK(wide.str().empty());
+  // At the bound it saves and loads.
+  std::stringstream at_bound(std::ios::in | std::ios::out | std::ios::binary);
+  save_duquant(at_bound, transform(kMaxPermutationRounds));
+  CHECK(load_duquant<double>(at_bound).rotations().size() == 64);
 }

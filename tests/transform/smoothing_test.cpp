@@ -583,3 +583,97 @@ TEST_CASE("bad input gives clear errors") {
                          std::invalid_argument);
   }
 }
+
+TEST_CASE("s must be a finite normal value of its scalar type") {
+  // Eq. 4 is evaluated in double and cast (smoothing.hpp). In float, act = 1,
+  // w = 0 and α = 0 give s = 1 / weight_floor = 1e40 > FLT_MAX with a weight
+  // floor of 1e-40; a dead channel gives s = scale_floor, 0 in float for
+  // 1e-50. Either would make X̂ = X·diag(s)⁻¹ Inf or 0 without a word.
+  const VectorX<float> one = VectorX<float>::Ones(2), zero = VectorX<float>::Zero(2);
+  CHECK_THROWS_WITH_AS(smoothing_scales(one, zero, {.alpha = 0.0, .weight_floor = 1e-40}),
+                       doctest::Contains("scales(0) = 1e+40 overflows the scalar type (max 3.40282e+38): raise "
+                                         "options.weight_floor (got 1e-40)"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(smoothing_scales(zero, one, {.alpha = 0.5, .scale_floor = 1e-50}),
+                       doctest::Contains("scales(0) = 1e-50 is below the smallest normal value of the scalar type "
+                                         "(1.17549e-38): raise options.scale_floor (got 1e-50)"),
+                       std::invalid_argument);
+  // A subnormal float is refused too (its reciprocal overflows); the
+  // smallest normal is accepted, as is the same floor in double.
+  CHECK_THROWS_AS(smoothing_scales(zero, one, {.alpha = 0.5, .scale_floor = 1e-40}), std::invalid_argument);
+  const double normal = std::numeric_limits<float>::min();
+  CHECK(smoothing_scales(zero, one, {.alpha = 0.5, .scale_floor = normal})(0) == std::numeric_limits<float>::min());
+  CHECK(smoothing_scales(VectorX<double>::Zero(1), VectorX<double>::Ones(1), {.alpha = 0.5, .scale_floor = 1e-50})(0) ==
+        1e-50);
+  // Double has the same limits further out: 1 / 4.9e-324 overflows, and a
+  // subnormal floor is below the smallest normal.
+  const VectorX<double> one_d = VectorX<double>::Ones(1), zero_d = VectorX<double>::Zero(1);
+  CHECK_THROWS_WITH_AS(
+      smoothing_scales(one_d, zero_d, {.alpha = 0.0, .weight_floor = std::numeric_limits<double>::denorm_min()}),
+      doctest::Contains("raise options.weight_floor"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(smoothing_scales(zero_d, one_d, {.alpha = 0.5, .scale_floor = 1e-310}),
+                       doctest::Contains("raise options.scale_floor"), std::invalid_argument);
+  // The α search computes the same s.
+  const MatrixX<float> x = MatrixX<float>::Ones(4, 2);
+  const MatrixX<float> w = MatrixX<float>::Zero(3, 2);
+  CHECK_THROWS_WITH_AS(search_smoothing_alpha(x, w, QuantSpec::per_token(8, true), QuantSpec::per_channel(8, true),
+                                              {.alphas = {0.0}, .weight_floor = 1e-40}),
+                       doctest::Contains("search_smoothing_alpha: scales(0) = 1e+40 overflows"), std::invalid_argument);
+}
+
+TEST_CASE("smoothing that would overflow the scalar type throws, and writes nothing") {
+  // Valid scales (finite, > 0) and finite data can still leave float's range:
+  // 1e10 / 1e-30 = 1e40 > FLT_MAX. The check runs before anything is written
+  // (the column's largest |entry| decides, rounding being monotone).
+  VectorX<float> s = VectorX<float>::Ones(4);
+  s(2) = 1e-30f;
+  const MatrixX<float> x = MatrixX<float>::Constant(3, 4, 1e10f);
+  MatrixX<float> x_copy = x;
+  CHECK_THROWS_WITH_AS(smooth_activations_in_place(x_copy, s),
+                       doctest::Contains("smooth_activations_in_place: x column 2 divided by scales(2) = 1e-30 "
+                                         "overflows the scalar type (its largest |entry| is 1e+10)"),
+                       std::domain_error);
+  CHECK(x_copy == x);
+
+  VectorX<float> big = VectorX<float>::Ones(4);
+  big(1) = 1e30f;
+  MatrixX<float> w_copy = x;
+  CHECK_THROWS_WITH_AS(smooth_weights_in_place(w_copy, big), doctest::Contains("w column 1 times scales(1) = 1e+30"),
+                       std::domain_error);
+  CHECK(w_copy == x);
+
+  VectorX<float> gamma = VectorX<float>::Constant(4, 1e10f);
+  const VectorX<float> gamma_before = gamma;
+  CHECK_THROWS_WITH_AS(fold_into_rms_norm(gamma, s), doctest::Contains("gamma(2) / scales(2) = 1e+10 / 1e-30"),
+                       std::domain_error);
+  CHECK(gamma == gamma_before);
+  VectorX<float> ones = VectorX<float>::Ones(4);
+  VectorX<float> beta = VectorX<float>::Constant(4, 1e10f);
+  CHECK_THROWS_WITH_AS(fold_into_layer_norm(ones, beta, s), doctest::Contains("beta(2) / scales(2)"),
+                       std::domain_error);
+  CHECK(ones == VectorX<float>::Ones(4));  // gamma untouched although its own division is fine
+  CHECK(beta == VectorX<float>::Constant(4, 1e10f));
+
+  MatrixX<float> w_prev = MatrixX<float>::Constant(4, 5, 1e10f);
+  CHECK_THROWS_WITH_AS(fold_into_previous_linear(w_prev, s), doctest::Contains("w_prev row 2 divided by scales(2)"),
+                       std::domain_error);
+  CHECK(w_prev == MatrixX<float>::Constant(4, 5, 1e10f));
+  MatrixX<float> w_prev_ok = MatrixX<float>::Ones(4, 5);
+  VectorX<float> bias = VectorX<float>::Constant(4, 1e10f);
+  CHECK_THROWS_WITH_AS(fold_into_previous_linear(w_prev_ok, bias, s), doctest::Contains("bias_prev(2) / scales(2)"),
+                       std::domain_error);
+  CHECK(w_prev_ok == MatrixX<float>::Ones(4, 5));  // the bias is checked before w_prev is written
+
+  // The α search: α = 0 gives s = 1 / max|W_j| = 0.1, and x / 0.1 = 1e39.
+  const MatrixX<float> x_big = MatrixX<float>::Constant(4, 2, 1e38f);
+  const MatrixX<float> w_ten = MatrixX<float>::Constant(3, 2, 10.0f);
+  CHECK_THROWS_WITH_AS(search_smoothing_alpha(x_big, w_ten, QuantSpec::per_token(8, true),
+                                              QuantSpec::per_channel(8, true), {.alphas = {0.0}}),
+                       doctest::Contains("search_smoothing_alpha: x column 0 divided by scales(0) = 0.1"),
+                       std::domain_error);
+
+  // Within range nothing changes: the largest finite quotient is allowed.
+  MatrixX<float> edge = MatrixX<float>::Constant(2, 4, std::numeric_limits<float>::max());
+  smooth_activations_in_place(edge, VectorX<float>::Ones(4));
+  CHECK(edge.allFinite());
+}

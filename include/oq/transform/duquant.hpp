@@ -35,6 +35,7 @@
 #include <cstddef>
 #include <functional>
 #include <random>
+#include <string>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -67,8 +68,10 @@ class DuQuantTransform {
     const Eigen::Index b = rotations_.front().rows();
     detail::require(b > 0 && channels_ % b == 0, kWhere, "the rotation block size (", b,
                     ") must divide channels (", channels_, ")");
-    for (const Matrix& r : rotations_) require_orthogonal(r, b, kWhere, "rotations[i]");
-    for (const Permutation& p : permutations_) validate_permutation(p, channels_, kWhere);
+    for (std::size_t i = 0; i < rotations_.size(); ++i)
+      require_orthogonal(rotations_[i], b, kWhere, "rotations[" + std::to_string(i) + "]");
+    for (std::size_t i = 0; i < permutations_.size(); ++i)
+      validate_permutation(permutations_[i], channels_, kWhere, "permutations[" + std::to_string(i) + "]");
     if (smoothing_.size() != 0) {
       detail::require(smoothing_.size() == channels_, kWhere, "smoothing must have ", channels_, " scales, got ",
                       smoothing_.size());
@@ -83,33 +86,41 @@ class DuQuantTransform {
   const std::vector<Permutation>& permutations() const { return permutations_; }
   const Vector& smoothing() const { return smoothing_; }
 
-  /// Activations: X·diag(s)⁻¹·M (X is tokens × channels).
+  /// Activations: X·diag(s)⁻¹·M (X is tokens × channels). Throws
+  /// std::domain_error when the result overflows the scalar type (all three
+  /// transforms below check their output).
   template <class Derived>
   Result apply(const Eigen::MatrixBase<Derived>& x) const {
-    Result y = checked_copy(x, "oq::transform::DuQuantTransform::apply", "x");
+    constexpr std::string_view kWhere = "oq::transform::DuQuantTransform::apply";
+    Result y = checked_copy(x, kWhere, "x");
     if (smoothing_.size() != 0) y.array().rowwise() /= smoothing_.transpose().array();
     forward(y);
+    require_no_overflow(y, kWhere, "x·diag(s)⁻¹·M");
     return y;
   }
 
   /// Weights (out × channels): W·diag(s)·M, so that apply(X)·fold_into_weight(W)ᵀ = X·Wᵀ.
   template <class Derived>
   Result fold_into_weight(const Eigen::MatrixBase<Derived>& w) const {
-    Result y = checked_copy(w, "oq::transform::DuQuantTransform::fold_into_weight", "w");
+    constexpr std::string_view kWhere = "oq::transform::DuQuantTransform::fold_into_weight";
+    Result y = checked_copy(w, kWhere, "w");
     if (smoothing_.size() != 0) y.array().rowwise() *= smoothing_.transpose().array();
     forward(y);
+    require_no_overflow(y, kWhere, "w·diag(s)·M");
     return y;
   }
 
   /// The inverse of apply(): (X̂·Mᵀ)·diag(s).
   template <class Derived>
   Result invert(const Eigen::MatrixBase<Derived>& x_hat) const {
-    Result y = checked_copy(x_hat, "oq::transform::DuQuantTransform::invert", "x_hat");
+    constexpr std::string_view kWhere = "oq::transform::DuQuantTransform::invert";
+    Result y = checked_copy(x_hat, kWhere, "x_hat");
     for (std::size_t i = rotations_.size(); i-- > 0;) {
       detail_rotation::right_multiply_blocks(y, rotations_[i].transpose());
       if (i > 0) permute_columns_in_place(y, inverse_permutation(permutations_[i - 1]));
     }
     if (smoothing_.size() != 0) y.array().rowwise() *= smoothing_.transpose().array();
+    require_no_overflow(y, kWhere, "x_hat·Mᵀ·diag(s)");
     return y;
   }
 
@@ -128,6 +139,20 @@ class DuQuantTransform {
     return x.template cast<Scalar>();
   }
 
+  // Finite input and an orthogonal M keep every output entry below its row's
+  // norm, but that norm, and the division by small smoothing scales, can
+  // exceed the scalar type's range: a silent ±Inf (or NaN, Inf − Inf in a
+  // later block product) would reach the quantizer. One vectorised pass
+  // (detail::all_finite) against the GEMMs; the loop only names the entry.
+  static void require_no_overflow(const Result& y, std::string_view where, std::string_view what) {
+    if (detail::all_finite(y)) return;
+    for (Eigen::Index r = 0; r < y.rows(); ++r)
+      for (Eigen::Index c = 0; c < y.cols(); ++c)
+        detail::require_domain(std::isfinite(y(r, c)), where, "the result ", what, " overflowed the scalar type: (",
+                               r, ", ", c, ") is ", y(r, c),
+                               " (the input is too large for this transform's smoothing scales or scalar type)");
+  }
+
   void forward(Result& y) const {
     for (std::size_t i = 0; i < rotations_.size(); ++i) {
       detail_rotation::right_multiply_blocks(y, rotations_[i]);
@@ -141,10 +166,14 @@ class DuQuantTransform {
   Vector smoothing_;
 };
 
+/// The most zigzag permutations a calibration may use (64 rotations): the
+/// most that duquant_io.hpp stores, so every calibrated transform can be saved.
+inline constexpr int kMaxPermutationRounds = 63;
+
 struct DuQuantOptions {
-  Eigen::Index block_size = 128;  ///< b (DuQuant's default)
-  int greedy_steps = 256;         ///< N of Algorithm 1 per rotation
-  int permutation_rounds = 1;     ///< zigzag permutations; rotations = rounds + 1
+  Eigen::Index block_size = 128;  ///< b (DuQuant's default), >= 2, divides the channel count
+  int greedy_steps = 256;         ///< N of Algorithm 1 per rotation, in [0, kMaxGreedySteps]
+  int permutation_rounds = 1;     ///< zigzag permutations, in [0, kMaxPermutationRounds]; rotations = rounds + 1
   GreedyScore score = GreedyScore::kRange;
   /// Called as progress(rotation index, steps done, steps in all); may be empty.
   std::function<void(int, int, int)> progress{};
@@ -152,25 +181,54 @@ struct DuQuantOptions {
 
 namespace detail_duquant {
 
+// The checks of x and the options that need no Q′, which the generator
+// overloads run before drawing any: an oversized block or round count must
+// not cost a QR (or bad_alloc) before its error.
+template <class Derived>
+void check_input(const Eigen::MatrixBase<Derived>& x, bool has_weights, const DuQuantOptions& options,
+                 std::string_view where) {
+  const Eigen::Index b = options.block_size;
+  detail::require(b >= 2, where, "options.block_size must be >= 2, got ", b);
+  detail::require(x.rows() > 0 && x.cols() > 0, where, "x must be non-empty, got ", x.rows(), " x ", x.cols());
+  detail::require(x.cols() % b == 0, where, "options.block_size (", b, ") must divide the channel count of x (",
+                  x.cols(), ")");
+  detail::require(options.permutation_rounds >= 0 && options.permutation_rounds <= kMaxPermutationRounds, where,
+                  "options.permutation_rounds must be in [0, ", kMaxPermutationRounds, "], got ",
+                  options.permutation_rounds);
+  detail::require(options.greedy_steps >= 0 && options.greedy_steps <= kMaxGreedySteps, where,
+                  "options.greedy_steps must be in [0, ", kMaxGreedySteps, "], got ", options.greedy_steps);
+  detail::require(has_weights || !needs_weights(options.score), where,
+                  "options.score = kActivationTimesWeight needs the weights: call the overload that takes them");
+  detail::require_finite(x, where, "x");
+}
+
+// The weights' shape and values, for the overloads that take them.
+template <class Derived, class WeightDerived>
+void check_weights(const Eigen::MatrixBase<Derived>& x, const Eigen::MatrixBase<WeightDerived>& w,
+                   std::string_view where) {
+  detail::require(w.rows() > 0 && w.cols() == x.cols(), where, "w must have x's ", x.cols(),
+                  " columns (one per input channel) and at least one row, got ", w.rows(), " x ", w.cols());
+  detail::require_finite(w, where, "w");
+}
+
 // Calibration with every input checked by the public overloads; `w` is the
 // weights (out × channels) when the score uses them, else null.
 template <class Scalar, class Derived>
 DuQuantTransform<Scalar> calibrate(const Eigen::MatrixBase<Derived>& x, const RowMajorMatrix<Scalar>* w,
                                    const DuQuantOptions& options, const std::vector<DenseMatrix<Scalar>>& q_primes,
                                    const Eigen::Matrix<Scalar, Eigen::Dynamic, 1>& smoothing, std::string_view where) {
+  check_input(x, w != nullptr, options, where);
   const Eigen::Index b = options.block_size;
-  detail::require(b >= 2, where, "options.block_size must be >= 2, got ", b);
-  detail::require(x.rows() > 0 && x.cols() > 0, where, "x must be non-empty, got ", x.rows(), " x ", x.cols());
-  detail::require(x.cols() % b == 0, where, "options.block_size (", b, ") must divide the channel count of x (",
-                  x.cols(), ")");
-  detail::require(options.permutation_rounds >= 0, where, "options.permutation_rounds must be >= 0, got ",
-                  options.permutation_rounds);
-  detail::require(options.greedy_steps >= 0, where, "options.greedy_steps must be >= 0, got ", options.greedy_steps);
   detail::require(static_cast<int>(q_primes.size()) == options.permutation_rounds + 1, where,
                   "q_primes must hold permutation_rounds + 1 = ", options.permutation_rounds + 1, " matrices, got ",
                   q_primes.size());
-  detail::require(w != nullptr || !needs_weights(options.score), where,
-                  "options.score = kActivationTimesWeight needs the weights: call the overload that takes them");
+  // duquant_base_block takes b from Q′: one of another size would silently
+  // change the block size of its stage against the zigzag's.
+  for (std::size_t i = 0; i < q_primes.size(); ++i) {
+    detail::require(q_primes[i].rows() == b - 1 && q_primes[i].cols() == b - 1, where, "q_primes[", i,
+                    "] must be (options.block_size - 1) x (options.block_size - 1) = ", b - 1, " x ", b - 1, ", got ",
+                    q_primes[i].rows(), " x ", q_primes[i].cols());
+  }
 
   // Validates x, w and smoothing as the finished transform would.
   const DuQuantTransform<Scalar> identity(
@@ -230,21 +288,18 @@ DuQuantTransform<typename Derived::Scalar> calibrate_duquant(
   using Scalar = typename Derived::Scalar;
   static_assert(std::is_same_v<Scalar, typename WeightDerived::Scalar>, "x and w must have the same scalar type");
   constexpr std::string_view kWhere = "oq::transform::calibrate_duquant";
-  detail::require(w.rows() > 0 && w.cols() == x.cols(), kWhere, "w must have x's ", x.cols(),
-                  " columns (one per input channel) and at least one row, got ", w.rows(), " x ", w.cols());
+  detail_duquant::check_input(x, true, options, kWhere);
+  detail_duquant::check_weights(x, w, kWhere);
   const RowMajorMatrix<Scalar> weights = w;
   return detail_duquant::calibrate<Scalar>(x, &weights, options, q_primes, smoothing, kWhere);
 }
 
 namespace detail_duquant {
 
-// One Haar-random Q′ per rotation stage, drawn in order from `generator`.
+// One Haar-random Q′ per rotation stage, drawn in order from `generator`;
+// options already checked (check_input).
 template <class Scalar, class Generator>
 std::vector<DenseMatrix<Scalar>> draw_q_primes(const DuQuantOptions& options, Generator& generator) {
-  constexpr std::string_view kWhere = "oq::transform::calibrate_duquant";
-  detail::require(options.block_size >= 2, kWhere, "options.block_size must be >= 2, got ", options.block_size);
-  detail::require(options.permutation_rounds >= 0, kWhere, "options.permutation_rounds must be >= 0, got ",
-                  options.permutation_rounds);
   std::vector<DenseMatrix<Scalar>> q_primes;
   for (int stage = 0; stage <= options.permutation_rounds; ++stage)
     q_primes.push_back(random_orthogonal<Scalar>(options.block_size - 1, generator));
@@ -260,6 +315,7 @@ template <class Derived, std::uniform_random_bit_generator Generator>
 DuQuantTransform<typename Derived::Scalar> calibrate_duquant(
     const Eigen::MatrixBase<Derived>& x, const DuQuantOptions& options, Generator& generator,
     const Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1>& smoothing = {}) {
+  detail_duquant::check_input(x, false, options, "oq::transform::calibrate_duquant");
   return calibrate_duquant(x, options, detail_duquant::draw_q_primes<typename Derived::Scalar>(options, generator),
                            smoothing);
 }
@@ -270,6 +326,9 @@ template <class Derived, class WeightDerived, std::uniform_random_bit_generator 
 DuQuantTransform<typename Derived::Scalar> calibrate_duquant(
     const Eigen::MatrixBase<Derived>& x, const Eigen::MatrixBase<WeightDerived>& w, const DuQuantOptions& options,
     Generator& generator, const Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1>& smoothing = {}) {
+  constexpr std::string_view kWhere = "oq::transform::calibrate_duquant";
+  detail_duquant::check_input(x, true, options, kWhere);
+  detail_duquant::check_weights(x, w, kWhere);
   return calibrate_duquant(x, w, options, detail_duquant::draw_q_primes<typename Derived::Scalar>(options, generator),
                            smoothing);
 }

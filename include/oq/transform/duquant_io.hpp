@@ -6,18 +6,26 @@
 //   0       8           magic "OQDUQNT\0"
 //   8       4  u32      format version (1)
 //   12      4  u32      bytes per scalar: 4 (float) or 8 (double)
-//   16      8  u64      channels C
-//   24      8  u64      block size b (divides C)
-//   32      8  u64      rotations n (>= 1); permutations = n − 1
+//   16      8  u64      channels C (1 .. 2^24)
+//   24      8  u64      block size b (divides C, at most 65536)
+//   32      8  u64      rotations n (1 .. 64); permutations = n − 1
 //   40      8  u64      1 if smoothing scales follow, else 0
 //   48      n·b·b       rotation blocks, each row-major
 //   …       (n−1)·C·8   permutations, u64 each (perm[j] = old channel at j)
 //   …       C           smoothing scales (if present)
 //
 // Loading checks every field and the stream after every read, so a truncated
-// or corrupted file gives std::invalid_argument naming what is wrong, never a
+// or corrupted file gives std::invalid_argument naming what is wrong (a NaN
+// or ±Inf rotation entry or scale gives std::domain_error, as NaN/Inf data
+// does everywhere in oq; both derive from std::logic_error), never a
 // half-filled transform; the DuQuantTransform constructor then re-checks that
-// the rotations are orthogonal and the permutations are permutations.
+// the rotations are orthogonal, the permutations are permutations and the
+// scales are positive. The header's sizes are bounded (kDuQuantMaxChannels,
+// kDuQuantMaxBlockSize, kDuQuantMaxRotations) and, where the stream can
+// seek, checked against the bytes it holds before anything is allocated;
+// the data is read in chunks, so even an unseekable stream with a lying
+// header costs memory only for what it holds. save_duquant refuses a
+// transform beyond those bounds, so whatever it writes loads.
 //
 //   std::ofstream out("layer3.duquant", std::ios::binary);
 //   oq::transform::save_duquant(out, transform);
@@ -33,6 +41,7 @@
 #include <cstdint>
 #include <cstring>
 #include <istream>
+#include <optional>
 #include <ostream>
 #include <string_view>
 #include <type_traits>
@@ -42,6 +51,10 @@ namespace oq::transform {
 
 inline constexpr std::array<char, 8> kDuQuantMagic = {'O', 'Q', 'D', 'U', 'Q', 'N', 'T', '\0'};
 inline constexpr std::uint32_t kDuQuantFormatVersion = 1;
+/// Bounds of the header that load_duquant accepts and save_duquant enforces.
+inline constexpr std::uint64_t kDuQuantMaxChannels = std::uint64_t(1) << 24;
+inline constexpr std::uint64_t kDuQuantMaxBlockSize = 65536;
+inline constexpr std::uint64_t kDuQuantMaxRotations = kMaxPermutationRounds + 1;  // 64, the most calibration makes
 
 namespace detail_io {
 
@@ -68,10 +81,64 @@ T read_le(std::istream& in, std::string_view field) {
   return value;
 }
 
+// `count` values, read `kChunk` at a time: memory grows with what the stream
+// holds, not with what a corrupted header claims.
+template <class T>
+std::vector<T> read_array(std::istream& in, std::uint64_t count, std::string_view field) {
+  static_assert(std::is_arithmetic_v<T>);
+  constexpr std::uint64_t kChunk = std::uint64_t(1) << 16;
+  std::vector<T> values;
+  while (values.size() < count) {
+    const std::size_t done = values.size();
+    const auto n = static_cast<std::size_t>(std::min(kChunk, count - done));
+    values.resize(done + n);
+    in.read(reinterpret_cast<char*>(values.data() + done), static_cast<std::streamsize>(n * sizeof(T)));
+    detail::require(static_cast<bool>(in), "oq::transform::load_duquant", "the stream ended inside ", field,
+                    " (truncated file?)");
+  }
+  if constexpr (std::endian::native == std::endian::big) {
+    for (T& v : values) {
+      std::array<char, sizeof(T)> bytes;
+      std::memcpy(bytes.data(), &v, sizeof(T));
+      std::reverse(bytes.begin(), bytes.end());
+      std::memcpy(&v, bytes.data(), sizeof(T));
+    }
+  }
+  return values;
+}
+
+// Bytes from the read position to the end, where the stream can seek (files,
+// string streams); std::nullopt where it cannot (pipes). The position is restored.
+inline std::optional<std::uint64_t> remaining_bytes(std::istream& in) {
+  const std::istream::pos_type here = in.tellg();
+  if (here == std::istream::pos_type(-1)) return std::nullopt;
+  in.seekg(0, std::ios::end);
+  const std::istream::pos_type end = in.tellg();  // -1 when the seek failed
+  in.clear();
+  in.seekg(here);
+  detail::require(static_cast<bool>(in), "oq::transform::load_duquant",
+                  "the stream could not return to its position after measuring its length");
+  if (end == std::istream::pos_type(-1) || end < here) return std::nullopt;
+  return static_cast<std::uint64_t>(end - here);
+}
+
 }  // namespace detail_io
 
+/// Writes t in the format above. Throws std::invalid_argument, before
+/// writing anything, when t exceeds the bounds load_duquant accepts (more
+/// than kDuQuantMaxRotations rotations, channels or block size too large).
 template <class Scalar>
 void save_duquant(std::ostream& out, const DuQuantTransform<Scalar>& t) {
+  constexpr std::string_view kWhere = "oq::transform::save_duquant";
+  const auto channels = static_cast<std::uint64_t>(t.channels());
+  detail::require(channels <= kDuQuantMaxChannels, kWhere, "t.channels() must be at most ", kDuQuantMaxChannels,
+                  " for load_duquant to read it back, got ", channels);
+  detail::require(static_cast<std::uint64_t>(t.block_size()) <= kDuQuantMaxBlockSize, kWhere,
+                  "t.block_size() must be at most ", kDuQuantMaxBlockSize, " for load_duquant to read it back, got ",
+                  t.block_size());
+  detail::require(t.rotations().size() <= kDuQuantMaxRotations, kWhere, "t.rotations() must hold at most ",
+                  kDuQuantMaxRotations, " matrices (kMaxPermutationRounds = ", kMaxPermutationRounds,
+                  " permutation rounds) for load_duquant to read it back, got ", t.rotations().size());
   out.write(kDuQuantMagic.data(), kDuQuantMagic.size());
   detail_io::write_le<std::uint32_t>(out, kDuQuantFormatVersion);
   detail_io::write_le<std::uint32_t>(out, sizeof(Scalar));
@@ -107,36 +174,43 @@ DuQuantTransform<Scalar> load_duquant(std::istream& in) {
   const auto rotations = detail_io::read_le<std::uint64_t>(in, "the rotation count");
   const auto has_smoothing = detail_io::read_le<std::uint64_t>(in, "the smoothing flag");
   // Bounds before any allocation: a corrupted header must not ask for terabytes.
-  constexpr std::uint64_t kMaxChannels = std::uint64_t(1) << 24;
-  detail::require(channels > 0 && channels <= kMaxChannels, kWhere, "channels must be in [1, ", kMaxChannels,
-                  "], got ", channels);
-  detail::require(b > 0 && b <= 65536 && channels % b == 0, kWhere, "block size must divide channels (", channels,
-                  ") and be at most 65536, got ", b);
-  detail::require(rotations >= 1 && rotations <= 64, kWhere, "rotation count must be in [1, 64], got ", rotations);
+  detail::require(channels > 0 && channels <= kDuQuantMaxChannels, kWhere, "channels must be in [1, ",
+                  kDuQuantMaxChannels, "], got ", channels);
+  detail::require(b > 0 && b <= kDuQuantMaxBlockSize && channels % b == 0, kWhere, "block size must divide channels (",
+                  channels, ") and be at most ", kDuQuantMaxBlockSize, ", got ", b);
+  detail::require(rotations >= 1 && rotations <= kDuQuantMaxRotations, kWhere, "rotation count must be in [1, ",
+                  kDuQuantMaxRotations, "], got ", rotations);
   detail::require(has_smoothing <= 1, kWhere, "smoothing flag must be 0 or 1, got ", has_smoothing);
+  // At most 2^41 bytes under those bounds: no overflow.
+  const std::uint64_t payload = rotations * b * b * sizeof(Scalar) + (rotations - 1) * channels * 8 +
+                                has_smoothing * channels * sizeof(Scalar);
+  if (const auto remaining = detail_io::remaining_bytes(in)) {
+    detail::require(*remaining >= payload, kWhere, "the stream ended inside the data: the header promises ", payload,
+                    " bytes of rotations, permutations and scales, the stream holds ", *remaining,
+                    " (truncated file?)");
+  }
 
   const auto n = static_cast<Eigen::Index>(b);
   std::vector<DenseMatrix<Scalar>> rs;
   for (std::uint64_t k = 0; k < rotations; ++k) {
-    DenseMatrix<Scalar> r(n, n);
-    for (Eigen::Index i = 0; i < n; ++i)
-      for (Eigen::Index j = 0; j < n; ++j) r(i, j) = detail_io::read_le<Scalar>(in, "a rotation block");
-    rs.push_back(std::move(r));
+    const std::vector<Scalar> values = detail_io::read_array<Scalar>(in, b * b, "a rotation block");
+    rs.push_back(Eigen::Map<const RowMajorMatrix<Scalar>>(values.data(), n, n));
   }
   std::vector<Permutation> ps;
   for (std::uint64_t k = 0; k + 1 < rotations; ++k) {
-    Permutation p(static_cast<std::size_t>(channels));
-    for (auto& v : p) {
-      const auto raw = detail_io::read_le<std::uint64_t>(in, "a permutation");
-      detail::require(raw < channels, kWhere, "permutation entry ", raw, " is not a channel below ", channels);
-      v = static_cast<Eigen::Index>(raw);
+    const std::vector<std::uint64_t> raw = detail_io::read_array<std::uint64_t>(in, channels, "a permutation");
+    Permutation p(raw.size());
+    for (std::size_t j = 0; j < raw.size(); ++j) {
+      detail::require(raw[j] < channels, kWhere, "permutation entry ", raw[j], " is not a channel below ", channels);
+      p[j] = static_cast<Eigen::Index>(raw[j]);
     }
     ps.push_back(std::move(p));
   }
   typename DuQuantTransform<Scalar>::Vector smoothing;
   if (has_smoothing == 1) {
-    smoothing.resize(static_cast<Eigen::Index>(channels));
-    for (Eigen::Index j = 0; j < smoothing.size(); ++j) smoothing[j] = detail_io::read_le<Scalar>(in, "the smoothing scales");
+    const std::vector<Scalar> values = detail_io::read_array<Scalar>(in, channels, "the smoothing scales");
+    smoothing = Eigen::Map<const typename DuQuantTransform<Scalar>::Vector>(values.data(),
+                                                                            static_cast<Eigen::Index>(channels));
   }
   return DuQuantTransform<Scalar>(static_cast<Eigen::Index>(channels), std::move(rs), std::move(ps),
                                   std::move(smoothing));

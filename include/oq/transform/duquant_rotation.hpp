@@ -19,7 +19,10 @@
 // block; right-multiply by E_d·B·E_d (E_d exchanges indices 0 and d) — which
 // moves channel d to 0, spreads it, and moves it back. Scores s_0..s_N are
 // recorded before each step and after the last; the rotation kept is the
-// product of the first k steps, k = argmin s (first minimum). The rotated
+// product of the first k steps, k = argmin s (first minimum), projected onto
+// the orthogonal matrices in double before it is rounded to the scalar type
+// (detail_rotation::make_orthogonal: a float B's rounding would otherwise
+// accumulate over the steps). The rotated
 // tensor is never stored: each step evaluates x_i·A_t (A_t the product of the
 // steps so far) only for the rows whose norm can reach the extremes
 // (detail_rotation::NormOrderedRows), which gives the same scores and pivots
@@ -93,7 +96,26 @@ DenseMatrix<Scalar> givens_spread_matrix(Eigen::Index b) {
 }
 
 /// Throws std::invalid_argument unless q is square n×n and QᵀQ = I to a
-/// tolerance of 100·n·ε of its scalar type.
+/// tolerance of 8·√n·ε of its scalar type plus n·ε of double.
+///
+/// The terms: an orthogonal matrix rounded once to the scalar type is off by
+/// at most 2u + u² ≈ ε (Cauchy–Schwarz on the entries' relative errors), any
+/// n; one formed by products in the scalar type (a float QR, B = R·diag(1, Q′)
+/// in float) adds dot-product rounding, about √n·u in practice (Higham,
+/// "Accuracy and Stability of Numerical Algorithms", §3.1 and §3.5); and QᵀQ
+/// is computed here in double, whose own rounding is at most γ_n ≈ n·u of
+/// double (ibid., Lemma 3.1): it dominates for double input. The greedy
+/// rotation is projected onto the orthogonal matrices before it is rounded
+/// (detail_rotation::make_orthogonal), so its step count does not enter.
+/// Measured, b = 2..512 (every b to 128 with 1024 greedy steps; every 8th
+/// beyond, and 129, 255, 257, 383, 511, with 256), max |QᵀQ − I| over oq's
+/// own rotations — random_orthogonal, hadamard_orthogonal, duquant_base_block,
+/// the greedy rotation, a transform saved and loaded: float 1.40ε (the base
+/// block at b = 4), double 58ε (hadamard_orthogonal at b = 496, the check's
+/// own rounding); each kind at least 8.4× below the tolerance at its size
+/// (float: 11.5×). An Eigen HouseholderQR in float reached 5.7ε, 8.5× below.
+/// A matrix off by 1.0007 (float: 1.4e-3) or 1.001 (double) is rejected at
+/// any n up to the 65536 of duquant_io.hpp (float tolerance 2.4e-4 there).
 template <class Derived>
 void require_orthogonal(const Eigen::MatrixBase<Derived>& q, Eigen::Index n, std::string_view where,
                         std::string_view name) {
@@ -101,7 +123,9 @@ void require_orthogonal(const Eigen::MatrixBase<Derived>& q, Eigen::Index n, std
   detail::require(q.rows() == n && q.cols() == n, where, name, " must be ", n, " x ", n, ", got ", q.rows(), " x ",
                   q.cols());
   detail::require_finite(q, where, name);
-  const double tolerance = 100.0 * static_cast<double>(n) * std::numeric_limits<Scalar>::epsilon();
+  const double size = static_cast<double>(n);
+  const double tolerance = 8.0 * std::sqrt(size) * static_cast<double>(std::numeric_limits<Scalar>::epsilon()) +
+                           size * std::numeric_limits<double>::epsilon();
   const double error = n == 0 ? 0.0
                               : (q.template cast<double>().transpose() * q.template cast<double>() -
                                  DenseMatrix<double>::Identity(n, n))
@@ -133,8 +157,14 @@ enum class GreedyScore {
 
 inline constexpr bool needs_weights(GreedyScore s) { return s == GreedyScore::kActivationTimesWeight; }
 
+/// The most greedy steps one rotation may try: 256× the paper's N = 256.
+/// The bound keeps an untrusted count from reserving pivots and scores for
+/// INT_MAX steps (32 GiB) and running for ever: every step costs at least a
+/// b×b product.
+inline constexpr int kMaxGreedySteps = 1 << 16;
+
 struct GreedyRotationOptions {
-  int steps = 256;  ///< N, greedy steps tried (>= 0)
+  int steps = 256;  ///< N, greedy steps tried, in [0, kMaxGreedySteps]
   GreedyScore score = GreedyScore::kRange;
   /// Called after every step with (steps done, steps in all); may be empty.
   std::function<void(int, int)> progress{};
@@ -340,6 +370,33 @@ struct Look {
   Eigen::Index channel;
 };
 
+// m ← its orthogonal polar factor, the orthogonal matrix nearest to it. The
+// kept rotation is a product of up to kMaxGreedySteps copies of B, and a
+// float B is orthogonal only to its rounding (~ε), an error the product
+// accumulates step by step: unprojected, max |AᵀA − I| reached 254ε at
+// b = 4 with 207 steps kept and 1175ε at b = 2 with 4093 (measured, float).
+// Newton–Schulz, m ← m·(3I − mᵀm)/2 (Higham, "Functions of Matrices", 2008,
+// §8.3), converges quadratically while ‖mᵀm − I‖₂ < 1 and moves m by about
+// ‖mᵀm − I‖, so the result is still the product of the steps to the
+// precision it had, and orthogonal to double rounding. It stops at √b·ε
+// (the typical rounding of mᵀm itself), once an iteration no longer halves
+// the error (the rounding floor), or after 8 iterations, ample from any drift
+// below 0.1; the identity of zero steps is returned as is.
+inline void make_orthogonal(DenseMatrix<double>& m) {
+  const Eigen::Index b = m.rows();
+  const double stop = std::sqrt(static_cast<double>(b)) * std::numeric_limits<double>::epsilon();
+  const DenseMatrix<double> identity = DenseMatrix<double>::Identity(b, b);
+  DenseMatrix<double> gram(b, b);
+  double previous = std::numeric_limits<double>::infinity();
+  for (int iteration = 0; iteration < 8; ++iteration) {
+    gram.noalias() = m.transpose() * m;
+    const double error = (gram - identity).cwiseAbs().maxCoeff();
+    if (error <= stop || error > 0.5 * previous) return;
+    previous = error;
+    m = (m * (1.5 * identity - 0.5 * gram)).eval();
+  }
+}
+
 // Algorithm 1 on the blocked activations (and the blocked weights when the
 // score uses them: `weights` engaged). Inputs already checked.
 template <class Scalar>
@@ -393,6 +450,7 @@ GreedyRotation<Scalar> greedy_on_blocks(NormOrderedRows<Scalar>& activations,
     if (options.progress) options.progress(t + 1, options.steps);
   }
   record(look().score);
+  make_orthogonal(kept);
   result.rotation = kept.cast<Scalar>();
   return result;
 }
@@ -406,7 +464,8 @@ void check_greedy_input(const Eigen::MatrixBase<Derived>& x, const DenseMatrix<t
   detail::require(x.rows() > 0 && x.cols() > 0, where, "x must be non-empty, got ", x.rows(), " x ", x.cols());
   detail::require(x.cols() % b == 0, where, "the block size (", b, ") must divide the channel count of x (",
                   x.cols(), ")");
-  detail::require(options.steps >= 0, where, "options.steps must be >= 0, got ", options.steps);
+  detail::require(options.steps >= 0 && options.steps <= kMaxGreedySteps, where, "options.steps must be in [0, ",
+                  kMaxGreedySteps, "], got ", options.steps);
   detail::require_finite(x, where, "x");
   require_orthogonal(base, b, where, "base");
 }

@@ -8,7 +8,7 @@
 //   fwht_rows(x);                            // plain fast Walsh–Hadamard, n = 2^m only
 //   auto m = hadamard_orthogonal<float>(n);  // the explicit M, to fold into weights offline
 //   auto h = hadamard_matrix(n);             // the ±1 H_n (int), H·Hᵀ = n·I; or
-//   hadamard_matrix_into(n, buffer);         //   into your own n × n buffer, any scalar
+//   hadamard_matrix_into(n, buffer);         //   into your own n × n buffer, any signed scalar
 //   auto c = find_hadamard_construction(n);  // std::nullopt when oq has no construction for n
 //
 // Convention: a transform acts on rows from the right, x ↦ x·M, so that with
@@ -55,6 +55,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string_view>
 #include <type_traits>
@@ -357,11 +358,14 @@ inline Eigen::MatrixXi hadamard_matrix(Eigen::Index n) {
 }
 
 /// Writes the ±1 entries of H_n into `out`, any writable n × n Eigen
-/// expression of any arithmetic scalar (an int8 map of your own buffer, a
-/// block of a bigger matrix, …), taken as a const reference and written
-/// through, the Eigen idiom. No allocation beyond H_K.
+/// expression of any signed scalar (an int8 map of your own buffer, a block
+/// of a bigger matrix, …), taken as a const reference and written through,
+/// the Eigen idiom. No allocation beyond H_K. An unsigned scalar cannot hold
+/// −1 (it would wrap to 255, say) and does not compile.
 template <class Derived>
 void hadamard_matrix_into(Eigen::Index n, const Eigen::MatrixBase<Derived>& out_) {
+  static_assert(std::numeric_limits<typename Derived::Scalar>::is_signed,
+                "hadamard_matrix_into needs a signed scalar: H_n has entries -1");
   constexpr std::string_view kWhere = "oq::transform::hadamard_matrix_into";
   const HadamardConstruction c = detail_hadamard::require_construction(n, kWhere, "n");
   auto& out = const_cast<Eigen::MatrixBase<Derived>&>(out_);

@@ -37,7 +37,8 @@
 // search_smoothing_alpha() picks α on calibration data by the quantized
 // layer's output error. Every function validates its inputs: shapes and
 // parameters throw std::invalid_argument, NaN/Inf data std::domain_error
-// naming the first bad entry (detail/check.hpp).
+// naming the first bad entry (detail/check.hpp), and so does a scaling whose
+// result would overflow the scalar type (checked before anything is written).
 #pragma once
 
 #include <oq/detail/check.hpp>
@@ -189,14 +190,62 @@ ChannelVector<typename ActDerived::Scalar> scales(const Eigen::MatrixBase<ActDer
     // nothing, and float callers get s within float rounding of the formula.
     const double a = static_cast<double>(entry(act_max, j));
     const double w = std::max(static_cast<double>(entry(weight_max, j)), weight_floor);
-    s(j) = static_cast<Scalar>(std::max(std::pow(a, alpha) / std::pow(w, 1.0 - alpha), scale_floor));
+    const double value = std::max(std::pow(a, alpha) / std::pow(w, 1.0 - alpha), scale_floor);
+    s(j) = static_cast<Scalar>(value);
+    // s must be usable in Scalar, where X̂ = X·diag(s)⁻¹ is computed: a tiny
+    // weight_floor (or weight maxima) can take it past the type's range, a
+    // scale_floor below the smallest normal to 0 or a subnormal (whose
+    // reciprocal overflows). s ≥ scale_floor in double, and rounding is
+    // monotone, so only a scale_floor below that normal can give the latter.
+    detail::require(std::isfinite(s(j)), where, "scales(", j, ") = ", value, " overflows the scalar type (max ",
+                    std::numeric_limits<Scalar>::max(), "): raise options.weight_floor (got ", weight_floor, ")");
+    detail::require(s(j) >= std::numeric_limits<Scalar>::min(), where, "scales(", j, ") = ", value,
+                    " is below the smallest normal value of the scalar type (", std::numeric_limits<Scalar>::min(),
+                    "): raise options.scale_floor (got ", scale_floor, ")");
   }
   return s;
 }
 
-// Divides (or multiplies) column j of m by scales(j); m is written through.
+// Throws std::domain_error, before anything is written, when m's columns (its
+// rows, with by_rows) divided by (or times) scales would overflow: rounding
+// is monotone, so the entry of largest magnitude in each decides, in the
+// scaling's own Scalar arithmetic. One pass over m.
 template <class Derived, class ScalesDerived>
-void scale_columns(Eigen::MatrixBase<Derived>& m, const Eigen::MatrixBase<ScalesDerived>& scales, bool divide) {
+void require_scaling_finite(const Eigen::MatrixBase<Derived>& m, const Eigen::MatrixBase<ScalesDerived>& scales,
+                            bool divide, bool by_rows, std::string_view where, std::string_view name) {
+  using Scalar = typename Derived::Scalar;
+  Eigen::Matrix<Scalar, Eigen::Dynamic, 1> peaks;
+  if (by_rows) {
+    peaks = m.cwiseAbs().rowwise().maxCoeff();
+  } else {
+    peaks = m.cwiseAbs().colwise().maxCoeff().transpose();
+  }
+  for (Eigen::Index j = 0; j < peaks.size(); ++j) {
+    const Scalar s = entry(scales, j);
+    const Scalar scaled = divide ? peaks(j) / s : peaks(j) * s;
+    detail::require_domain(std::isfinite(scaled), where, name, by_rows ? " row " : " column ", j,
+                           divide ? " divided by " : " times ", "scales(", j, ") = ", s,
+                           " overflows the scalar type (its largest |entry| is ", peaks(j), ")");
+  }
+}
+
+// The same for the entries of a vector divided by scales.
+template <class Derived, class ScalesDerived>
+void require_division_finite(const Eigen::MatrixBase<Derived>& v, const Eigen::MatrixBase<ScalesDerived>& scales,
+                             std::string_view where, std::string_view name) {
+  for (Eigen::Index j = 0; j < v.size(); ++j) {
+    const auto quotient = entry(v, j) / entry(scales, j);
+    detail::require_domain(std::isfinite(quotient), where, name, "(", j, ") / scales(", j, ") = ", entry(v, j), " / ",
+                           entry(scales, j), " overflows the scalar type");
+  }
+}
+
+// Divides (or multiplies) column j of m by scales(j) after checking that
+// nothing overflows; m is written through.
+template <class Derived, class ScalesDerived>
+void scale_columns(Eigen::MatrixBase<Derived>& m, const Eigen::MatrixBase<ScalesDerived>& scales, bool divide,
+                   std::string_view where, std::string_view name) {
+  require_scaling_finite(m, scales, divide, /*by_rows=*/false, where, name);
   for (Eigen::Index j = 0; j < m.cols(); ++j) {
     const auto s = entry(scales, j);
     if (divide) {
@@ -263,7 +312,9 @@ ChannelVector<typename WMatrix::Scalar> weight_channel_absmax(const std::vector<
 /// are row or column vectors of the same length C, finite and ≥ 0 (from
 /// activation_channel_absmax and weight_channel_absmax, or your own
 /// calibration). Throws std::invalid_argument for α outside [0, 1], floors
-/// ≤ 0, lengths that differ or negative maxima; std::domain_error for NaN/Inf.
+/// ≤ 0, lengths that differ, negative maxima, or an s_j that the scalar type
+/// cannot hold as a finite normal value (naming the floor to raise);
+/// std::domain_error for NaN/Inf.
 template <class ActDerived, class WeightDerived>
 ChannelVector<typename ActDerived::Scalar> smoothing_scales(const Eigen::MatrixBase<ActDerived>& act_max,
                                                             const Eigen::MatrixBase<WeightDerived>& weight_max,
@@ -278,7 +329,8 @@ ChannelVector<typename ActDerived::Scalar> smoothing_scales(const Eigen::MatrixB
 /// block, a map), taken by const reference and written through as in
 /// oq::quant::fake_quantize_into. Use it to smooth calibration data or when
 /// the division cannot be folded. Throws std::invalid_argument unless s has
-/// x.cols() positive finite entries.
+/// x.cols() positive finite entries, std::domain_error (x untouched) when a
+/// quotient would overflow.
 template <class Derived, class ScalesDerived>
 void smooth_activations_in_place(const Eigen::MatrixBase<Derived>& x_, const Eigen::MatrixBase<ScalesDerived>& scales) {
   detail_smoothing::require_same_scalar<Derived, ScalesDerived>();
@@ -287,7 +339,7 @@ void smooth_activations_in_place(const Eigen::MatrixBase<Derived>& x_, const Eig
   detail_smoothing::check_scales(scales, x_.cols(), kWhere);
   detail::require_finite(x_, kWhere, "x");
   auto& x = const_cast<Eigen::MatrixBase<Derived>&>(x_);
-  detail_smoothing::scale_columns(x, scales, /*divide=*/true);
+  detail_smoothing::scale_columns(x, scales, /*divide=*/true, kWhere, "x");
 }
 
 /// W ← W·diag(s), in place (column j times s_j); w is out × C. Apply it to
@@ -300,7 +352,7 @@ void smooth_weights_in_place(const Eigen::MatrixBase<Derived>& w_, const Eigen::
   detail_smoothing::check_scales(scales, w_.cols(), kWhere);
   detail::require_finite(w_, kWhere, "w");
   auto& w = const_cast<Eigen::MatrixBase<Derived>&>(w_);
-  detail_smoothing::scale_columns(w, scales, /*divide=*/false);
+  detail_smoothing::scale_columns(w, scales, /*divide=*/false, kWhere, "w");
 }
 
 /// γ ← γ / s for the RMSNorm y = x / rms(x) ∘ γ that produces X: the norm then
@@ -313,6 +365,7 @@ void fold_into_rms_norm(const Eigen::MatrixBase<GammaDerived>& gamma_, const Eig
   detail_smoothing::check_scales(scales, scales.size(), kWhere);
   detail_smoothing::require_vector(gamma_, scales.size(), kWhere, "gamma");
   detail::require_finite(gamma_, kWhere, "gamma");
+  detail_smoothing::require_division_finite(gamma_, scales, kWhere, "gamma");
   auto& gamma = const_cast<Eigen::MatrixBase<GammaDerived>&>(gamma_);
   detail_smoothing::divide_entries(gamma, scales);
 }
@@ -331,6 +384,8 @@ void fold_into_layer_norm(const Eigen::MatrixBase<GammaDerived>& gamma_, const E
   detail_smoothing::require_vector(beta_, scales.size(), kWhere, "beta");
   detail::require_finite(gamma_, kWhere, "gamma");
   detail::require_finite(beta_, kWhere, "beta");
+  detail_smoothing::require_division_finite(gamma_, scales, kWhere, "gamma");
+  detail_smoothing::require_division_finite(beta_, scales, kWhere, "beta");
   auto& gamma = const_cast<Eigen::MatrixBase<GammaDerived>&>(gamma_);
   auto& beta = const_cast<Eigen::MatrixBase<BetaDerived>&>(beta_);
   detail_smoothing::divide_entries(gamma, scales);
@@ -351,6 +406,7 @@ void fold_into_previous_linear(const Eigen::MatrixBase<WDerived>& w_prev_,
                   " rows (one per smoothed channel) and at least one column, got ", w_prev_.rows(), " x ",
                   w_prev_.cols());
   detail::require_finite(w_prev_, kWhere, "w_prev");
+  detail_smoothing::require_scaling_finite(w_prev_, scales, /*divide=*/true, /*by_rows=*/true, kWhere, "w_prev");
   auto& w_prev = const_cast<Eigen::MatrixBase<WDerived>&>(w_prev_);
   for (Eigen::Index j = 0; j < w_prev.rows(); ++j) w_prev.row(j) /= detail_smoothing::entry(scales, j);
 }
@@ -366,6 +422,7 @@ void fold_into_previous_linear(const Eigen::MatrixBase<WDerived>& w_prev_,
   detail_smoothing::check_scales(scales, scales.size(), kWhere);
   detail_smoothing::require_vector(bias_prev_, scales.size(), kWhere, "bias_prev");
   detail::require_finite(bias_prev_, kWhere, "bias_prev");
+  detail_smoothing::require_division_finite(bias_prev_, scales, kWhere, "bias_prev");  // before w_prev is written
   fold_into_previous_linear(w_prev_, scales);
   auto& bias_prev = const_cast<Eigen::MatrixBase<BiasDerived>&>(bias_prev_);
   detail_smoothing::divide_entries(bias_prev, scales);
@@ -421,12 +478,12 @@ AlphaSearchResult<typename XDerived::Scalar> search_alpha(const Eigen::MatrixBas
     const ChannelVector<Scalar> s =
         scales(act_max, weight_max, alpha, options.weight_floor, options.scale_floor, where);
     Matrix x_hat = x;
-    scale_columns(x_hat, s, /*divide=*/true);
+    scale_columns(x_hat, s, /*divide=*/true, where, "x");
     const MatrixD x_quant = quant::fake_quantize(x_hat, act_spec).template cast<double>();
     double error = 0;
     for (std::size_t k = 0; k < count; ++k) {
       Matrix w_hat = weight(k);
-      scale_columns(w_hat, s, /*divide=*/false);
+      scale_columns(w_hat, s, /*divide=*/false, where, "weights[" + std::to_string(k) + "]");
       const MatrixD w_quant = quant::fake_quantize(w_hat, weight_spec).template cast<double>();
       error += (x_quant * w_quant.transpose() - reference[k]).squaredNorm();
     }

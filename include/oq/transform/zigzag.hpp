@@ -76,15 +76,17 @@ Permutation zigzag_permutation(const Eigen::MatrixBase<Derived>& channel_max, Ei
   return perm;
 }
 
-/// Throws std::invalid_argument unless perm is a permutation of 0..n−1.
-inline void validate_permutation(const Permutation& perm, Eigen::Index n, std::string_view where) {
-  detail::require(static_cast<Eigen::Index>(perm.size()) == n, where, "perm must have ", n, " entries, got ",
+/// Throws std::invalid_argument unless perm is a permutation of 0..n−1; the
+/// message calls it `name`.
+inline void validate_permutation(const Permutation& perm, Eigen::Index n, std::string_view where,
+                                 std::string_view name = "perm") {
+  detail::require(static_cast<Eigen::Index>(perm.size()) == n, where, name, " must have ", n, " entries, got ",
                   perm.size());
   std::vector<bool> seen(static_cast<std::size_t>(n), false);
   for (std::size_t j = 0; j < perm.size(); ++j) {
     const Eigen::Index p = perm[j];
-    detail::require(p >= 0 && p < n && !seen[static_cast<std::size_t>(p)], where, "perm is not a permutation of 0..",
-                    n - 1, ": perm[", j, "] = ", p);
+    detail::require(p >= 0 && p < n && !seen[static_cast<std::size_t>(p)], where, name, " is not a permutation of 0..",
+                    n - 1, ": ", name, "[", j, "] = ", p);
     seen[static_cast<std::size_t>(p)] = true;
   }
 }
