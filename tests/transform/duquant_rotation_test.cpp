@@ -315,6 +315,30 @@ TEST_CASE("the weight-aware score equals a plain float64 implementation, and piv
   CHECK(range.pivots == greedy_block_rotation(x, base, {.steps = 12}).pivots);
 }
 
+TEST_CASE("nearest_orthogonal: a drifted rotation is refused with the way out, and projected it is accepted") {
+  // A float rotation drifted as products in float/TF32 leave it: Q + E with
+  // |E| ~ 1e-4, far beyond require_orthogonal's 8·√n·ε (1.1e-5 at n = 128).
+  const Eigen::Index n = 128;
+  const Matrix q = some_orthogonal(n, 5);
+  const Eigen::MatrixXf drifted = (q + 1e-4 * oq::test::gaussian<double>(n, n, 6)).cast<float>();
+  CHECK_THROWS_WITH_AS(duquant_base_block(drifted.bottomRightCorner(n - 1, n - 1)),
+                       doctest::Contains("can be projected with oq::transform::nearest_orthogonal"),
+                       std::invalid_argument);
+  const Eigen::MatrixXf projected = nearest_orthogonal(drifted.bottomRightCorner(n - 1, n - 1));
+  CHECK_NOTHROW(duquant_base_block(projected));
+  const Eigen::MatrixXd p = nearest_orthogonal(drifted.cast<double>());
+  CHECK((p.transpose() * p - Matrix::Identity(n, n)).cwiseAbs().maxCoeff() <= 1e-13);
+  // The nearest: within the drift of q (Frobenius), not merely some orthogonal matrix.
+  CHECK((p - drifted.cast<double>()).norm() <= (q - drifted.cast<double>()).norm());
+  // An orthogonal matrix is its own projection.
+  CHECK((nearest_orthogonal(q) - q).cwiseAbs().maxCoeff() <= 1e-13);
+  CHECK_THROWS_AS(nearest_orthogonal(Matrix(3, 4)), std::invalid_argument);
+  CHECK_THROWS_AS(nearest_orthogonal(Matrix(0, 0)), std::invalid_argument);
+  Matrix nan = q;
+  nan(3, 4) = std::nan("");
+  CHECK_THROWS_WITH_AS(nearest_orthogonal(nan), doctest::Contains("m(3, 4) is nan"), std::domain_error);
+}
+
 TEST_CASE("bad input") {
   {
     const Matrix base8 = duquant_base_block(Matrix::Identity(7, 7));

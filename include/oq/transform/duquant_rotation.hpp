@@ -57,6 +57,7 @@
 #include <oq/detail/check.hpp>
 
 #include <Eigen/Core>
+#include <Eigen/SVD>
 
 #include <algorithm>
 #include <cmath>
@@ -132,7 +133,28 @@ void require_orthogonal(const Eigen::MatrixBase<Derived>& q, Eigen::Index n, std
                                     .cwiseAbs()
                                     .maxCoeff();
   detail::require(error <= tolerance, where, name, " must be orthogonal (max |QᵀQ − I| <= ", tolerance, "), got ",
-                  error);
+                  error, "; a rotation computed in lower precision (float or TF32 products) can be projected with "
+                  "oq::transform::nearest_orthogonal");
+}
+
+/// The orthogonal matrix nearest to m in the Frobenius norm: the polar factor
+/// U·Vᵀ of m = U·Σ·Vᵀ (Higham, "Functions of Matrices", 2008, Theorem 8.4),
+/// computed in double and rounded once to m's scalar type. For rotations made
+/// elsewhere — products of many steps in float, or in TF32 where a framework
+/// enables it for matrix products, drift from orthogonality by more than
+/// require_orthogonal accepts — before they build a DuQuantTransform:
+/// the projection moves m by about its drift, so the transform stays the
+/// rotation m was meant to be, and becomes exactly invertible by its
+/// transpose. Throws std::invalid_argument for an empty or non-square m and
+/// std::domain_error for a NaN/Inf entry.
+template <class Derived>
+DenseMatrix<typename Derived::Scalar> nearest_orthogonal(const Eigen::MatrixBase<Derived>& m) {
+  constexpr std::string_view kWhere = "oq::transform::nearest_orthogonal";
+  detail::require(m.rows() > 0 && m.rows() == m.cols(), kWhere, "m must be square and non-empty, got ", m.rows(),
+                  " x ", m.cols());
+  detail::require_finite(m, kWhere, "m");
+  const Eigen::BDCSVD<DenseMatrix<double>> svd(m.template cast<double>(), Eigen::ComputeFullU | Eigen::ComputeFullV);
+  return (svd.matrixU() * svd.matrixV().transpose()).template cast<typename Derived::Scalar>();
 }
 
 /// B = R·diag(1, Q′) for block size b = q_prime.rows() + 1.
