@@ -173,6 +173,42 @@ TEST_CASE("Gaussian rows have kurtosis 3 and uniform rows 1.8 within the standar
   CHECK(row_kurtosis(spike)(0) == doctest::Approx((64.0 * 64 - 3 * 64 + 3) / 63));
 }
 
+TEST_CASE("ordinary rows take the plain float64 formulas, bit for bit") {
+  // Rows of ordinary magnitude are neither pre-scaled nor range-checked, and
+  // the power-of-two scaling of the deviations commutes with every rounding:
+  // K and the gradient are exactly the unscaled formulas, written here with
+  // the same Eigen reductions (corrected two-pass mean, then m2, m3, m4).
+  MatrixX<double> x = oq::test::heavy_tailed<double>(5, 300, 41);
+  x.row(4).array() += 250.0;  // far from zero
+  const double n = static_cast<double>(x.cols());
+  const double lambda = 1e-5;
+  const MatrixX<float> xf = x.cast<float>();
+  const Eigen::VectorXd k = row_kurtosis(x);
+  const MatrixX<double> g = kurtosis_regularizer_grad(x, lambda);
+  const Eigen::VectorXf kf = row_kurtosis(xf);
+  const MatrixX<float> gf = kurtosis_regularizer_grad(xf, lambda);
+  for (Eigen::Index r = 0; r < x.rows(); ++r) {
+    CAPTURE(r);
+    for (bool as_float : {false, true}) {
+      CAPTURE(as_float);
+      Eigen::ArrayXd d = as_float ? xf.row(r).transpose().cast<double>().array().eval() : x.row(r).transpose().array();
+      d -= d.mean();
+      d -= d.mean();
+      const Eigen::ArrayXd d2 = d.square();
+      const double m2 = d2.mean(), m3 = (d2 * d).mean(), m4 = d2.square().mean();
+      const double denom = m2 * m2;
+      const Eigen::ArrayXd grad = lambda * (4.0 / (n * denom)) * (d.cube() - m3 - (m4 * m2 / denom) * d);
+      if (as_float) {
+        CHECK(kf(r) == static_cast<float>(m4 / denom));
+        CHECK(gf.row(r) == grad.cast<float>().matrix().transpose());
+      } else {
+        CHECK(k(r) == m4 / denom);
+        CHECK(g.row(r) == grad.matrix().transpose());
+      }
+    }
+  }
+}
+
 TEST_CASE("kurtosis is invariant under shift and scale") {
   const MatrixX<double> x = oq::test::heavy_tailed<double>(4, 300, 31);
   const double a = -3.7, b = 50.0;
@@ -199,6 +235,88 @@ TEST_CASE("kurtosis is invariant under shift and scale") {
   const MatrixX<double> gx = row_kurtosis_grad(x);
   CHECK(row_kurtosis_grad(big) == (std::ldexp(1.0, -600) * gx).eval());
   CHECK(row_kurtosis_grad(tiny) == (std::ldexp(1.0, 600) * gx).eval());
+
+  // Up to the ends of the range: max|x| just below DBL_MAX, where the mean's
+  // sum and x − mean would overflow unless the row is scaled before the mean.
+  // K keeps its bits; the gradient is 2^−k·gx rounded once (it is subnormal
+  // in places, and a single correctly rounded product is what the test forms).
+  int e_max = 0;
+  std::frexp(x.cwiseAbs().maxCoeff(), &e_max);
+  const int k = 1024 - e_max;  // max|x·2^k| ∈ [2^1023, 2^1024)
+  const MatrixX<double> huge = std::ldexp(1.0, k) * x;
+  CHECK(row_kurtosis(huge) == kx);
+  CHECK(row_kurtosis_grad(huge) == (std::ldexp(1.0, -k) * gx).eval());
+}
+
+TEST_CASE("kurtosis at the ends of the float64 range, against hand-derived values") {
+  // {a, a, −a} has mean a/3 and d = (2, 2, −4)·a/3: m2 = 8/9·a², m4 = 32/27·a⁴,
+  // K = 3/2. With a = 1.6e308 the sum of the row overflows.
+  Eigen::RowVectorXd three(3);
+  three << 1.6e308, 1.6e308, -1.6e308;
+  CHECK(row_kurtosis(three)(0) == doctest::Approx(1.5).epsilon(1e-15));
+  // {a, a, −a, 0}: mean a/4, d = (3, 3, −5, −1)·a/4, so in units of a/4 m2 = 11,
+  // m3 = −18, m4 = 197, K = 197/121, m4·m2/D = 197/11, and ∂K/∂x_i =
+  // 4/(4·121)·(d_i³ + 18 − 197/11·d_i)·(4/a) = (−384, −384, −768, 1536)/(1331·a).
+  // These are subnormal for a = 1.6e308 (≈ 1e−309, about 15 significant digits).
+  const double a = 1.6e308;
+  Eigen::RowVectorXd four(4);
+  four << a, a, -a, 0.0;
+  CHECK(row_kurtosis(four)(0) == doctest::Approx(197.0 / 121).epsilon(1e-15));
+  const Eigen::RowVectorXd g = row_kurtosis_grad(four);
+  const double expected[] = {-384.0, -384.0, -768.0, 1536.0};
+  for (Eigen::Index i = 0; i < 4; ++i) {
+    CAPTURE(i);
+    const double want = expected[i] / 1331.0 / a;
+    CHECK(std::abs(g(i) - want) <= 1e-13 * std::abs(want));
+  }
+
+  // Integer multiples of the smallest subnormal are exact, and scaling them by
+  // 2^1071 is exact too: K must be the same bits as the integer row's, though
+  // the tiny row's mean, 13/8·denorm_min, is not representable.
+  const double t = std::numeric_limits<double>::denorm_min();
+  Eigen::RowVectorXd ints(8);
+  ints << 0, 1, 2, 0, 5, -3, 7, 1;
+  const Eigen::RowVectorXd tiny = t * ints;
+  CHECK(row_kurtosis(tiny)(0) == row_kurtosis(ints)(0));
+  CHECK(row_kurtosis(t * four.cwiseSign())(0) == doctest::Approx(197.0 / 121).epsilon(1e-15));
+  // Its gradient is ≈ 2^1074 times the integer row's: beyond float64, so an
+  // error (ε > 0 bounds it; see the next test case), not ±inf.
+  CHECK_THROWS_WITH_AS(row_kurtosis_grad(tiny), doctest::Contains("use epsilon > 0"), std::domain_error);
+}
+
+TEST_CASE("a gradient beyond the scalar type's range is an error, not inf") {
+  // {0, t, 2t, 0}: mean 3t/4, d = (−3, 1, 5, −3)·t/4; in units of t/4 m2 = 11,
+  // m3 = 18, m4 = 197, so K = 197/121 and ∂K/∂x_i = 4/(4·121)·(d_i³ − 18 −
+  // 197/11·d_i)·(4/t) = (384, −1536, 768, 384)/(1331·t). With ε = 0 it grows as
+  // 1/t: for t = the smallest float subnormal (1.4e−45) its largest entry is
+  // 8.2e44, above FLT_MAX ≈ 3.4e38, and a cast would give ±inf.
+  const float t = std::numeric_limits<float>::denorm_min();
+  Eigen::RowVectorXf f(4);
+  f << 0.0f, t, 2 * t, 0.0f;
+  CHECK(row_kurtosis(f)(0) == doctest::Approx(197.0 / 121).epsilon(1e-6));
+  CHECK_THROWS_WITH_AS(row_kurtosis_grad(f), doctest::Contains("oq::analysis::row_kurtosis_grad"),
+                       std::domain_error);
+  CHECK_THROWS_WITH_AS(row_kurtosis_grad(f), doctest::Contains("use epsilon > 0 or double"), std::domain_error);
+  CHECK_THROWS_AS(kurtosis_regularizer_grad(f, 1e-5), std::domain_error);  // 1e−5 · 8.2e44 still overflows
+  Eigen::RowVectorXf out(4);
+  CHECK_THROWS_AS(kurtosis_regularizer_grad_into(f, 1e-5, 0.0, out), std::domain_error);
+  // In double the same values have a representable gradient: the hand-derived one.
+  const Eigen::RowVectorXd g = row_kurtosis_grad(f.cast<double>().eval());
+  const double expected[] = {384.0, -1536.0, 768.0, 384.0};
+  for (Eigen::Index i = 0; i < 4; ++i) {
+    CAPTURE(i);
+    const double want = expected[i] / 1331.0 / static_cast<double>(t);
+    CHECK(std::abs(g(i) - want) <= 1e-13 * std::abs(want));
+  }
+  // ε > 0 bounds the gradient (D ≥ ε): representable in float again.
+  CHECK(row_kurtosis_grad(f, 1e-3).allFinite());
+  // A small but representable gradient (≈ 1e20) still comes back as the
+  // float64 gradient rounded once.
+  Eigen::RowVectorXf h(4);
+  h << 0.0f, 1e-20f, 2e-20f, 0.0f;
+  const Eigen::RowVectorXf gh = row_kurtosis_grad(h);
+  const Eigen::RowVectorXd gd = row_kurtosis_grad(h.cast<double>().eval());
+  CHECK(gh == gd.cast<float>());
 }
 
 TEST_CASE("kurtosis gradient equals central finite differences") {
