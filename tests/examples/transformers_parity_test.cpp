@@ -55,6 +55,27 @@ TEST_CASE("the layer forward matches transformers' LlamaDecoderLayer on a save_p
   std::cout << "transformers " << meta.at("transformers").get<std::string>() << ", torch "
             << meta.at("torch").get<std::string>() << "\n";
   const llama::CheckpointModel model(kData);
+  // The fields transformers_check.py sets to values that are neither
+  // transformers' defaults nor oq's fallbacks, as oq read config.json: had
+  // either side ignored one, the outputs could agree at the defaults.
+  const llama::Config& config = model.config();
+  CHECK(config.rope_theta == 50000.0);
+  CHECK(config.head_dim == 64);
+  CHECK(config.rms_norm_eps == 1e-5);
+  CHECK(config.num_attention_heads == 4);
+  CHECK(config.num_key_value_heads == 2);
+  // The script's self-checks of the model transformers ran: false fails; a
+  // check it could not run (an internal name moved) is reported as its text.
+  if (meta.contains("checks")) {
+    for (const auto& [name, ok] : meta.at("checks").items()) {
+      INFO("transformers_check.py self-check: ", name, " = ", ok.dump());
+      if (ok.is_boolean()) {
+        CHECK(ok.get<bool>());
+      } else {
+        MESSAGE("not verified by the script: ", name, " = ", ok.dump());
+      }
+    }
+  }
   const int layers = meta.at("layers").get<int>();
   REQUIRE(layers == model.num_layers());
   REQUIRE(layers >= 1);
@@ -84,6 +105,11 @@ TEST_CASE("the layer forward matches transformers' LlamaDecoderLayer on a save_p
 }
 
 int main(int argc, char** argv) {
+  const char* requested = std::getenv("OQ_TRANSFORMERS_DATA");
+  if (requested != nullptr && *requested != '\0' && !std::filesystem::exists(kData / "meta.json")) {
+    std::printf("FAILED: OQ_TRANSFORMERS_DATA names %s, which has no meta.json\n", kData.string().c_str());
+    return 1;
+  }
   if (!std::filesystem::exists(kData / "meta.json")) {
     std::printf("SKIPPED: no %s; examples/02_llama_layer/transformers_check.py writes it where "
                 "transformers is installed (on a lent GPU machine: bash cmake/gpu_check.sh hf)\n",

@@ -267,7 +267,7 @@ TEST_CASE("after thousands of float steps the rotation is still orthogonal to fl
   // kept steps accumulates that error step by step: here (measured) 1175ε
   // after 4093 steps at b = 2 and 171ε after 4029 at b = 4, beyond what
   // DuQuantTransform accepts. The kept product is projected onto the
-  // orthogonal matrices (detail_rotation::make_orthogonal), which moves it by
+  // orthogonal matrices (detail_rotation::project_orthogonal), which moves it by
   // no more than its distance from orthogonal.
   for (Eigen::Index b : {2, 4}) {
     CAPTURE(b);

@@ -646,3 +646,33 @@ TEST_CASE("save_duquant refuses what load_duquant would refuse") {
   save_duquant(at_bound, transform(kMaxPermutationRounds));
   CHECK(load_duquant<double>(at_bound).rotations().size() == 64);
 }
+
+TEST_CASE("a saved rotation slightly off orthogonal (older files) is projected on load; farther off is refused") {
+  // Files written before calibration projected its rotations hold float
+  // rotations drifted beyond the constructor's 8·√b·ε but within the 100·b·ε
+  // accepted then. Entry (0, 0) of an 8×8 identity, stored at byte 48 as a
+  // float, is set to 1 + δ: max |QᵀQ − I| ≈ 2δ.
+  const auto file_with = [](float entry) {
+    std::ostringstream out(std::ios::binary);
+    save_duquant(out, DuQuantTransform<float>(8, {Eigen::MatrixXf::Identity(8, 8)}, {}));
+    std::string bytes = out.str();
+    std::memcpy(bytes.data() + 48, &entry, sizeof entry);
+    return bytes;
+  };
+  const float drifted = 1.0f + 1e-5f;  // 2e-5: above 8·√8·ε = 2.7e-6, below 100·8·ε = 9.5e-5
+  Eigen::MatrixXf as_stored = Eigen::MatrixXf::Identity(8, 8);
+  as_stored(0, 0) = drifted;
+  CHECK_THROWS_WITH_AS(DuQuantTransform<float>(8, {as_stored}, {}), doctest::Contains("must be orthogonal"),
+                       std::invalid_argument);
+  std::istringstream in(file_with(drifted), std::ios::binary);
+  const DuQuantTransform<float> loaded = load_duquant<float>(in);
+  // The nearest orthogonal matrix to diag(1 + δ, 1, …) is the identity.
+  CHECK(loaded.rotations()[0] == Eigen::MatrixXf::Identity(8, 8));
+  // Saved again, it loads unchanged (projected once).
+  std::stringstream again(std::ios::in | std::ios::out | std::ios::binary);
+  save_duquant(again, loaded);
+  CHECK(load_duquant<float>(again).rotations()[0] == loaded.rotations()[0]);
+  // 2e-3 is beyond any tolerance oq ever had: a corrupt file.
+  std::istringstream corrupt(file_with(1.001f), std::ios::binary);
+  CHECK_THROWS_WITH_AS(load_duquant<float>(corrupt), doctest::Contains("must be orthogonal"), std::invalid_argument);
+}

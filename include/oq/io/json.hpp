@@ -12,10 +12,9 @@
 // invalid UTF-8 inside strings is rejected by nlohmann's lexer.
 //
 // nlohmann's parser is iterative and json values are destroyed iteratively
-// (3.10+), so parsing deeply nested input cannot exhaust the stack. Copying a
-// json value and dump() do recurse once per nesting level: move values out of
-// untrusted documents and describe them with detail_json::describe().
-// Nesting deeper than kMaxJsonDepth (512) levels is refused all the same:
+// (3.10+), so parsing cannot exhaust the stack; copying a json value and
+// dump() recurse once per nesting level, at most kMaxJsonDepth (512) levels
+// here, since nesting deeper than that is refused. The limit is for memory:
 // each open level costs the duplicate-key check a frame and nlohmann a value,
 // about 200 bytes per byte of "[[[…", so a 100 MB safetensors header (the
 // format's limit) of brackets would need some 20 GB. No checkpoint file

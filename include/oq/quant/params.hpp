@@ -108,13 +108,6 @@ struct BlockRange {
   bool finite;
 };
 
-/// block_range(block): the finiteness check, the min and the max of a block,
-/// reading it from memory once. Each is a vectorised pass of its own (a fused
-/// NaN-propagating min/max is slower, bench/RESULTS.md), so a block larger than
-/// a cache-sized chunk (a per-tensor block is the whole tensor) is walked in
-/// chunks of whole inner vectors (rows of a row-major x, columns of a
-/// column-major one), and the three passes run over each chunk while it is in
-/// cache. min and max are exact, so chunking changes no result.
 namespace detail_params {
 
 // The three passes over a block small enough to stay in cache between them.
@@ -127,6 +120,13 @@ BlockRange<typename Block::Scalar> cached_block_range(const Block& block) {
 
 }  // namespace detail_params
 
+/// block_range(block): the finiteness check, the min and the max of a block,
+/// reading it from memory once. Each is a vectorised pass of its own (a fused
+/// NaN-propagating min/max is slower, bench/RESULTS.md), so a block larger than
+/// a cache-sized chunk (a per-tensor block is the whole tensor) is walked in
+/// chunks of whole inner vectors (rows of a row-major x, columns of a
+/// column-major one), and the three passes run over each chunk while it is in
+/// cache. min and max are exact, so chunking changes no result.
 template <class Block>
 BlockRange<typename Block::Scalar> block_range(const Block& block) {
   using Scalar = typename Block::Scalar;

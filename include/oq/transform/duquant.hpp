@@ -211,13 +211,13 @@ void check_weights(const Eigen::MatrixBase<Derived>& x, const Eigen::MatrixBase<
   detail::require_finite(w, where, "w");
 }
 
-// Calibration with every input checked by the public overloads; `w` is the
+// Calibration once the public overloads have checked x, w and the options
+// (check_input, check_weights: each scan of x and w once); `w` is the
 // weights (out × channels) when the score uses them, else null.
 template <class Scalar, class Derived>
 DuQuantTransform<Scalar> calibrate(const Eigen::MatrixBase<Derived>& x, const RowMajorMatrix<Scalar>* w,
                                    const DuQuantOptions& options, const std::vector<DenseMatrix<Scalar>>& q_primes,
                                    const Eigen::Matrix<Scalar, Eigen::Dynamic, 1>& smoothing, std::string_view where) {
-  check_input(x, w != nullptr, options, where);
   const Eigen::Index b = options.block_size;
   detail::require(static_cast<int>(q_primes.size()) == options.permutation_rounds + 1, where,
                   "q_primes must hold permutation_rounds + 1 = ", options.permutation_rounds + 1, " matrices, got ",
@@ -273,8 +273,10 @@ DuQuantTransform<typename Derived::Scalar> calibrate_duquant(
     const std::vector<DenseMatrix<typename Derived::Scalar>>& q_primes,
     const Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1>& smoothing = {}) {
   using Scalar = typename Derived::Scalar;
+  constexpr std::string_view kWhere = "oq::transform::calibrate_duquant";
+  detail_duquant::check_input(x, false, options, kWhere);
   return detail_duquant::calibrate<Scalar>(x, static_cast<const RowMajorMatrix<Scalar>*>(nullptr), options, q_primes,
-                                           smoothing, "oq::transform::calibrate_duquant");
+                                           smoothing, kWhere);
 }
 
 /// The same with the weights w (out × channels) of the linear(s) reading x,
@@ -315,9 +317,12 @@ template <class Derived, std::uniform_random_bit_generator Generator>
 DuQuantTransform<typename Derived::Scalar> calibrate_duquant(
     const Eigen::MatrixBase<Derived>& x, const DuQuantOptions& options, Generator& generator,
     const Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1>& smoothing = {}) {
-  detail_duquant::check_input(x, false, options, "oq::transform::calibrate_duquant");
-  return calibrate_duquant(x, options, detail_duquant::draw_q_primes<typename Derived::Scalar>(options, generator),
-                           smoothing);
+  using Scalar = typename Derived::Scalar;
+  constexpr std::string_view kWhere = "oq::transform::calibrate_duquant";
+  detail_duquant::check_input(x, false, options, kWhere);
+  return detail_duquant::calibrate<Scalar>(x, static_cast<const RowMajorMatrix<Scalar>*>(nullptr), options,
+                                           detail_duquant::draw_q_primes<Scalar>(options, generator), smoothing,
+                                           kWhere);
 }
 
 /// calibrate_duquant(x, w, options, q_primes, smoothing) with every Q′ drawn
@@ -326,11 +331,14 @@ template <class Derived, class WeightDerived, std::uniform_random_bit_generator 
 DuQuantTransform<typename Derived::Scalar> calibrate_duquant(
     const Eigen::MatrixBase<Derived>& x, const Eigen::MatrixBase<WeightDerived>& w, const DuQuantOptions& options,
     Generator& generator, const Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1>& smoothing = {}) {
+  using Scalar = typename Derived::Scalar;
+  static_assert(std::is_same_v<Scalar, typename WeightDerived::Scalar>, "x and w must have the same scalar type");
   constexpr std::string_view kWhere = "oq::transform::calibrate_duquant";
   detail_duquant::check_input(x, true, options, kWhere);
   detail_duquant::check_weights(x, w, kWhere);
-  return calibrate_duquant(x, w, options, detail_duquant::draw_q_primes<typename Derived::Scalar>(options, generator),
-                           smoothing);
+  const RowMajorMatrix<Scalar> weights = w;
+  return detail_duquant::calibrate<Scalar>(x, &weights, options,
+                                           detail_duquant::draw_q_primes<Scalar>(options, generator), smoothing, kWhere);
 }
 
 }  // namespace oq::transform

@@ -25,7 +25,9 @@
 // seek, checked against the bytes it holds before anything is allocated;
 // the data is read in chunks, so even an unseekable stream with a lying
 // header costs memory only for what it holds. save_duquant refuses a
-// transform beyond those bounds, so whatever it writes loads.
+// transform beyond those bounds, so whatever it writes loads. A rotation
+// slightly off orthogonal, as files from before 2026-11-30 may hold, is
+// projected onto the orthogonal matrices on load (kDuQuantLegacyOrthogonality).
 //
 //   std::ofstream out("layer3.duquant", std::ios::binary);
 //   oq::transform::save_duquant(out, transform);
@@ -41,8 +43,10 @@
 #include <cstdint>
 #include <cstring>
 #include <istream>
+#include <limits>
 #include <optional>
 #include <ostream>
+#include <string>
 #include <string_view>
 #include <type_traits>
 #include <vector>
@@ -55,6 +59,9 @@ inline constexpr std::uint32_t kDuQuantFormatVersion = 1;
 inline constexpr std::uint64_t kDuQuantMaxChannels = std::uint64_t(1) << 24;
 inline constexpr std::uint64_t kDuQuantMaxBlockSize = 65536;
 inline constexpr std::uint64_t kDuQuantMaxRotations = kMaxPermutationRounds + 1;  // 64, the most calibration makes
+/// The orthogonality tolerance of files written before 2026-11-30, in units
+/// of b·ε: load_duquant projects a rotation within it (see there).
+inline constexpr double kDuQuantLegacyOrthogonality = 100.0;
 
 namespace detail_io {
 
@@ -195,6 +202,19 @@ DuQuantTransform<Scalar> load_duquant(std::istream& in) {
   for (std::uint64_t k = 0; k < rotations; ++k) {
     const std::vector<Scalar> values = detail_io::read_array<Scalar>(in, b * b, "a rotation block");
     rs.push_back(Eigen::Map<const RowMajorMatrix<Scalar>>(values.data(), n, n));
+    // Files saved before calibration projected its greedy rotation onto the
+    // orthogonal matrices (oq before 2026-11-30) hold float rotations drifted
+    // by up to ~150ε at small b or many steps, beyond what the constructor now
+    // accepts but within the 100·b·ε it accepted then: those are projected
+    // (nearest_orthogonal, which moves them by their drift). A rotation
+    // farther off is corrupt, and the constructor says so.
+    detail::require_finite(rs.back(), kWhere, "rotations[" + std::to_string(k) + "]");
+    const double error = detail_rotation::orthogonality_error(rs.back());
+    if (error > detail_rotation::orthogonality_tolerance<Scalar>(n) &&
+        error <= kDuQuantLegacyOrthogonality * static_cast<double>(n) *
+                     static_cast<double>(std::numeric_limits<Scalar>::epsilon())) {
+      rs.back() = nearest_orthogonal(rs.back());
+    }
   }
   std::vector<Permutation> ps;
   for (std::uint64_t k = 0; k + 1 < rotations; ++k) {

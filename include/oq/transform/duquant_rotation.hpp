@@ -21,7 +21,7 @@
 // recorded before each step and after the last; the rotation kept is the
 // product of the first k steps, k = argmin s (first minimum), projected onto
 // the orthogonal matrices in double before it is rounded to the scalar type
-// (detail_rotation::make_orthogonal: a float B's rounding would otherwise
+// (detail_rotation::project_orthogonal: a float B's rounding would otherwise
 // accumulate over the steps). The rotated
 // tensor is never stored: each step evaluates x_i·A_t (A_t the product of the
 // steps so far) only for the rows whose norm can reach the extremes
@@ -96,6 +96,57 @@ DenseMatrix<Scalar> givens_spread_matrix(Eigen::Index b) {
   return m.cast<Scalar>();
 }
 
+namespace detail_rotation {
+
+// max |QᵀQ − I| over the entries, computed in double (0 for an empty q).
+template <class Derived>
+double orthogonality_error(const Eigen::MatrixBase<Derived>& q) {
+  if (q.size() == 0) return 0.0;
+  const DenseMatrix<double> qd = q.template cast<double>();
+  return (qd.transpose() * qd - DenseMatrix<double>::Identity(qd.cols(), qd.cols())).cwiseAbs().maxCoeff();
+}
+
+// require_orthogonal's tolerance for an n×n matrix of Scalar (its comment).
+template <class Scalar>
+double orthogonality_tolerance(Eigen::Index n) {
+  const double size = static_cast<double>(n);
+  return 8.0 * std::sqrt(size) * static_cast<double>(std::numeric_limits<Scalar>::epsilon()) +
+         size * std::numeric_limits<double>::epsilon();
+}
+
+// m ← its orthogonal polar factor U·Vᵀ (m = U·Σ·Vᵀ), the orthogonal matrix
+// nearest to m in the Frobenius norm (Higham, "Functions of Matrices", 2008,
+// Theorem 8.4), in double. Near-orthogonal m (‖mᵀm − I‖_F ≤ 1/2, which
+// bounds the spectral norm that must stay below 1) takes Newton–Schulz,
+// m ← m·(3I − mᵀm)/2 (ibid. §8.3): quadratic convergence at two b×b products
+// an iteration, moving m by about its drift. It stops at the rounding floor
+// (b·ε of double, or once an iteration no longer halves the error), keeping
+// the better iterate, or after 8 iterations, ample from a drift of 1/2.
+// Anything farther takes an SVD (BDCSVD: O(b³) with a large constant;
+// seconds at b = 1024, about a minute at 4096).
+inline void project_orthogonal(DenseMatrix<double>& m) {
+  const Eigen::Index b = m.rows();
+  const DenseMatrix<double> identity = DenseMatrix<double>::Identity(b, b);
+  DenseMatrix<double> gram = m.transpose() * m;
+  double error = (gram - identity).norm();
+  if (!(error <= 0.5)) {
+    const Eigen::BDCSVD<DenseMatrix<double>> svd(m, Eigen::ComputeFullU | Eigen::ComputeFullV);
+    m = svd.matrixU() * svd.matrixV().transpose();
+    return;
+  }
+  const double stop = static_cast<double>(b) * std::numeric_limits<double>::epsilon();
+  for (int iteration = 0; iteration < 8 && error > stop; ++iteration) {
+    DenseMatrix<double> next = m * (1.5 * identity - 0.5 * gram);
+    gram.noalias() = next.transpose() * next;
+    const double next_error = (gram - identity).norm();
+    if (!(next_error < 0.5 * error)) return;  // the rounding floor: m is the better one
+    m = std::move(next);
+    error = next_error;
+  }
+}
+
+}  // namespace detail_rotation
+
 /// Throws std::invalid_argument unless q is square n×n and QᵀQ = I to a
 /// tolerance of 8·√n·ε of its scalar type plus n·ε of double.
 ///
@@ -107,7 +158,7 @@ DenseMatrix<Scalar> givens_spread_matrix(Eigen::Index b) {
 /// is computed here in double, whose own rounding is at most γ_n ≈ n·u of
 /// double (ibid., Lemma 3.1): it dominates for double input. The greedy
 /// rotation is projected onto the orthogonal matrices before it is rounded
-/// (detail_rotation::make_orthogonal), so its step count does not enter.
+/// (detail_rotation::project_orthogonal), so its step count does not enter.
 /// Measured, b = 2..512 (every b to 128 with 1024 greedy steps; every 8th
 /// beyond, and 129, 255, 257, 383, 511, with 256), max |QᵀQ − I| over oq's
 /// own rotations — random_orthogonal, hadamard_orthogonal, duquant_base_block,
@@ -124,14 +175,8 @@ void require_orthogonal(const Eigen::MatrixBase<Derived>& q, Eigen::Index n, std
   detail::require(q.rows() == n && q.cols() == n, where, name, " must be ", n, " x ", n, ", got ", q.rows(), " x ",
                   q.cols());
   detail::require_finite(q, where, name);
-  const double size = static_cast<double>(n);
-  const double tolerance = 8.0 * std::sqrt(size) * static_cast<double>(std::numeric_limits<Scalar>::epsilon()) +
-                           size * std::numeric_limits<double>::epsilon();
-  const double error = n == 0 ? 0.0
-                              : (q.template cast<double>().transpose() * q.template cast<double>() -
-                                 DenseMatrix<double>::Identity(n, n))
-                                    .cwiseAbs()
-                                    .maxCoeff();
+  const double tolerance = detail_rotation::orthogonality_tolerance<Scalar>(n);
+  const double error = detail_rotation::orthogonality_error(q);
   detail::require(error <= tolerance, where, name, " must be orthogonal (max |QᵀQ − I| <= ", tolerance, "), got ",
                   error, "; a rotation computed in lower precision (float or TF32 products) can be projected with "
                   "oq::transform::nearest_orthogonal");
@@ -145,7 +190,9 @@ void require_orthogonal(const Eigen::MatrixBase<Derived>& q, Eigen::Index n, std
 /// require_orthogonal accepts — before they build a DuQuantTransform:
 /// the projection moves m by about its drift, so the transform stays the
 /// rotation m was meant to be, and becomes exactly invertible by its
-/// transpose. Throws std::invalid_argument for an empty or non-square m and
+/// transpose. A drifted rotation costs a few b×b products (Newton–Schulz);
+/// a matrix far from orthogonal an SVD (detail_rotation::project_orthogonal).
+/// Throws std::invalid_argument for an empty or non-square m and
 /// std::domain_error for a NaN/Inf entry.
 template <class Derived>
 DenseMatrix<typename Derived::Scalar> nearest_orthogonal(const Eigen::MatrixBase<Derived>& m) {
@@ -153,8 +200,9 @@ DenseMatrix<typename Derived::Scalar> nearest_orthogonal(const Eigen::MatrixBase
   detail::require(m.rows() > 0 && m.rows() == m.cols(), kWhere, "m must be square and non-empty, got ", m.rows(),
                   " x ", m.cols());
   detail::require_finite(m, kWhere, "m");
-  const Eigen::BDCSVD<DenseMatrix<double>> svd(m.template cast<double>(), Eigen::ComputeFullU | Eigen::ComputeFullV);
-  return (svd.matrixU() * svd.matrixV().transpose()).template cast<typename Derived::Scalar>();
+  DenseMatrix<double> q = m.template cast<double>();
+  detail_rotation::project_orthogonal(q);
+  return q.template cast<typename Derived::Scalar>();
 }
 
 /// B = R·diag(1, Q′) for block size b = q_prime.rows() + 1.
@@ -392,33 +440,6 @@ struct Look {
   Eigen::Index channel;
 };
 
-// m ← its orthogonal polar factor, the orthogonal matrix nearest to it. The
-// kept rotation is a product of up to kMaxGreedySteps copies of B, and a
-// float B is orthogonal only to its rounding (~ε), an error the product
-// accumulates step by step: unprojected, max |AᵀA − I| reached 254ε at
-// b = 4 with 207 steps kept and 1175ε at b = 2 with 4093 (measured, float).
-// Newton–Schulz, m ← m·(3I − mᵀm)/2 (Higham, "Functions of Matrices", 2008,
-// §8.3), converges quadratically while ‖mᵀm − I‖₂ < 1 and moves m by about
-// ‖mᵀm − I‖, so the result is still the product of the steps to the
-// precision it had, and orthogonal to double rounding. It stops at √b·ε
-// (the typical rounding of mᵀm itself), once an iteration no longer halves
-// the error (the rounding floor), or after 8 iterations, ample from any drift
-// below 0.1; the identity of zero steps is returned as is.
-inline void make_orthogonal(DenseMatrix<double>& m) {
-  const Eigen::Index b = m.rows();
-  const double stop = std::sqrt(static_cast<double>(b)) * std::numeric_limits<double>::epsilon();
-  const DenseMatrix<double> identity = DenseMatrix<double>::Identity(b, b);
-  DenseMatrix<double> gram(b, b);
-  double previous = std::numeric_limits<double>::infinity();
-  for (int iteration = 0; iteration < 8; ++iteration) {
-    gram.noalias() = m.transpose() * m;
-    const double error = (gram - identity).cwiseAbs().maxCoeff();
-    if (error <= stop || error > 0.5 * previous) return;
-    previous = error;
-    m = (m * (1.5 * identity - 0.5 * gram)).eval();
-  }
-}
-
 // Algorithm 1 on the blocked activations (and the blocked weights when the
 // score uses them: `weights` engaged). Inputs already checked.
 template <class Scalar>
@@ -472,7 +493,12 @@ GreedyRotation<Scalar> greedy_on_blocks(NormOrderedRows<Scalar>& activations,
     if (options.progress) options.progress(t + 1, options.steps);
   }
   record(look().score);
-  make_orthogonal(kept);
+  // The kept rotation is a product of up to kMaxGreedySteps copies of B, and
+  // a float B is orthogonal only to its rounding (~ε), an error the product
+  // accumulates: unprojected, max |AᵀA − I| reached 254ε at b = 4 with 207
+  // steps kept and 1175ε at b = 2 with 4093 (measured, float). Projected, it
+  // is still the product of the steps to the precision it had.
+  detail_rotation::project_orthogonal(kept);
   result.rotation = kept.cast<Scalar>();
   return result;
 }

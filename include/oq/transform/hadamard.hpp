@@ -364,7 +364,9 @@ inline Eigen::MatrixXi hadamard_matrix(Eigen::Index n) {
 /// −1 (it would wrap to 255, say) and does not compile.
 template <class Derived>
 void hadamard_matrix_into(Eigen::Index n, const Eigen::MatrixBase<Derived>& out_) {
-  static_assert(std::numeric_limits<typename Derived::Scalar>::is_signed,
+  // !is_unsigned rather than is_signed: numeric_limits is false for scalars
+  // without a specialisation (std::complex, autodiff types), which hold −1.
+  static_assert(!std::is_unsigned_v<typename Derived::Scalar>,
                 "hadamard_matrix_into needs a signed scalar: H_n has entries -1");
   constexpr std::string_view kWhere = "oq::transform::hadamard_matrix_into";
   const HadamardConstruction c = detail_hadamard::require_construction(n, kWhere, "n");
