@@ -260,6 +260,23 @@ DuQuantTransform<Scalar> calibrate(const Eigen::MatrixBase<Derived>& x, const Ro
   return DuQuantTransform<Scalar>(x.cols(), std::move(rotations), std::move(permutations), smoothing);
 }
 
+// The weighted overloads: x, w and the options checked, then calibration with
+// the Q′ that `q_primes()` gives, asked for only once the inputs passed (a
+// generator is not advanced by a call that fails).
+template <class Derived, class WeightDerived, class QPrimes>
+DuQuantTransform<typename Derived::Scalar> calibrate_weighted(
+    const Eigen::MatrixBase<Derived>& x, const Eigen::MatrixBase<WeightDerived>& w, const DuQuantOptions& options,
+    QPrimes&& q_primes, const Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1>& smoothing) {
+  using Scalar = typename Derived::Scalar;
+  static_assert(std::is_same_v<Scalar, typename WeightDerived::Scalar>, "x and w must have the same scalar type");
+  constexpr std::string_view kWhere = "oq::transform::calibrate_duquant";
+  check_input(x, true, options, kWhere);
+  check_weights(x, w, kWhere);
+  const RowMajorMatrix<Scalar> weights = w;
+  const std::vector<DenseMatrix<Scalar>>& drawn = q_primes();
+  return calibrate<Scalar>(x, &weights, options, drawn, smoothing, kWhere);
+}
+
 }  // namespace detail_duquant
 
 /// Calibrates M on activations x (tokens × channels), with the random factor
@@ -287,13 +304,9 @@ DuQuantTransform<typename Derived::Scalar> calibrate_duquant(
     const Eigen::MatrixBase<Derived>& x, const Eigen::MatrixBase<WeightDerived>& w, const DuQuantOptions& options,
     const std::vector<DenseMatrix<typename Derived::Scalar>>& q_primes,
     const Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1>& smoothing = {}) {
-  using Scalar = typename Derived::Scalar;
-  static_assert(std::is_same_v<Scalar, typename WeightDerived::Scalar>, "x and w must have the same scalar type");
-  constexpr std::string_view kWhere = "oq::transform::calibrate_duquant";
-  detail_duquant::check_input(x, true, options, kWhere);
-  detail_duquant::check_weights(x, w, kWhere);
-  const RowMajorMatrix<Scalar> weights = w;
-  return detail_duquant::calibrate<Scalar>(x, &weights, options, q_primes, smoothing, kWhere);
+  return detail_duquant::calibrate_weighted(
+      x, w, options, [&]() -> const std::vector<DenseMatrix<typename Derived::Scalar>>& { return q_primes; },
+      smoothing);
 }
 
 namespace detail_duquant {
@@ -331,14 +344,9 @@ template <class Derived, class WeightDerived, std::uniform_random_bit_generator 
 DuQuantTransform<typename Derived::Scalar> calibrate_duquant(
     const Eigen::MatrixBase<Derived>& x, const Eigen::MatrixBase<WeightDerived>& w, const DuQuantOptions& options,
     Generator& generator, const Eigen::Matrix<typename Derived::Scalar, Eigen::Dynamic, 1>& smoothing = {}) {
-  using Scalar = typename Derived::Scalar;
-  static_assert(std::is_same_v<Scalar, typename WeightDerived::Scalar>, "x and w must have the same scalar type");
-  constexpr std::string_view kWhere = "oq::transform::calibrate_duquant";
-  detail_duquant::check_input(x, true, options, kWhere);
-  detail_duquant::check_weights(x, w, kWhere);
-  const RowMajorMatrix<Scalar> weights = w;
-  return detail_duquant::calibrate<Scalar>(x, &weights, options,
-                                           detail_duquant::draw_q_primes<Scalar>(options, generator), smoothing, kWhere);
+  return detail_duquant::calibrate_weighted(
+      x, w, options, [&] { return detail_duquant::draw_q_primes<typename Derived::Scalar>(options, generator); },
+      smoothing);
 }
 
 }  // namespace oq::transform
