@@ -103,6 +103,8 @@ ClipSearchResult<typename Derived::Scalar> search_clip_mse(const Eigen::MatrixBa
     std::frexp(std::max(abs(lo_value), abs(hi_value)), &e);
     const Scalar a = std::ldexp(Scalar(1), -(e / 2));
     const Scalar b = std::ldexp(Scalar(1), e / 2 - e);
+    // The group in those units, once: every candidate ratio compares with it.
+    const Eigen::Array<Scalar, Eigen::Dynamic, Eigen::Dynamic> unit_block = block.array() * a * b;
     double best_error = 0;  // in units of 2^(2e)
     for (int k = 0; k <= options.steps; ++k) {
       // Clamped to min_ratio: max_ratio − (max_ratio − min_ratio) may round to 0
@@ -117,7 +119,7 @@ ClipSearchResult<typename Derived::Scalar> search_clip_mse(const Eigen::MatrixBa
       const Scalar unit_scale = p.scale * a * b;
       double error = 0;
       detail_quantize::with_codes(block, p, range, [&](const auto& q) {
-        error = ((q - p.zero) * unit_scale - block.array() * a * b).template cast<double>().square().sum();
+        error = ((q - p.zero) * unit_scale - unit_block).template cast<double>().square().sum();
       });
       if (k == 0 || error < best_error) {  // strict: ties keep the larger ratio
         best_error = error;
