@@ -59,6 +59,7 @@
 #pragma once
 
 #include <oq/detail/check.hpp>
+#include <oq/detail/power_of_two.hpp>
 #include <oq/quant/quantize.hpp>
 
 #include <Eigen/Core>
@@ -89,11 +90,11 @@ struct RowMoments {
 };
 
 // x·2^−e for every entry, exact (a power of two) unless the result is
-// subnormal; split in two factors so that 2^−e itself never overflows.
+// subnormal (detail/power_of_two.hpp).
 inline void scale_by_power_of_two(Eigen::ArrayXd& d, int e) {
-  const int half = e / 2;
-  d *= std::ldexp(1.0, -half);
-  d *= std::ldexp(1.0, half - e);
+  const auto factors = detail::inverse_power_of_two<double>(e);
+  d *= factors.first;
+  d *= factors.second;
 }
 
 // Subtracts the mean from every entry of d, with the corrected two-pass term

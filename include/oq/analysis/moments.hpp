@@ -53,6 +53,7 @@
 #pragma once
 
 #include <oq/detail/check.hpp>
+#include <oq/detail/power_of_two.hpp>
 
 #include <Eigen/Core>
 
@@ -217,9 +218,9 @@ class ChannelMoments {
       f1.resize(c);
       f2.resize(c);
       for (Eigen::Index j = 0; j < c; ++j) {
-        const int e = unit_exponent(absmax[j]);
-        f1[j] = std::ldexp(1.0, -(e / 2));
-        f2[j] = std::ldexp(1.0, e / 2 - e);
+        const auto factors = detail::inverse_power_of_two<double>(unit_exponent(absmax[j]));
+        f1[j] = factors.first;
+        f2[j] = factors.second;
       }
     }
     const auto to_units = [&](Eigen::ArrayXd& v) {

@@ -29,6 +29,7 @@
 
 #include <oq/core/quant_math.hpp>
 #include <oq/detail/check.hpp>
+#include <oq/detail/power_of_two.hpp>
 #include <oq/quant/params.hpp>
 #include <oq/quant/quantize.hpp>
 #include <oq/quant/spec.hpp>
@@ -97,12 +98,12 @@ ClipSearchResult<typename Derived::Scalar> search_clip_mse(const Eigen::MatrixBa
     using std::abs;
     const Scalar lo_value = block.minCoeff();
     const Scalar hi_value = block.maxCoeff();
-    // 2^−e as two factors, each a normal Scalar (2^−e alone overflows for the
-    // smallest subnormal groups); x·a·b is exact wherever it stays normal.
+    // 2^−e as two normal factors (detail/power_of_two.hpp): x·a·b is exact
+    // wherever it stays normal.
     int e = 0;
     std::frexp(std::max(abs(lo_value), abs(hi_value)), &e);
-    const Scalar a = std::ldexp(Scalar(1), -(e / 2));
-    const Scalar b = std::ldexp(Scalar(1), e / 2 - e);
+    const detail::PowerOfTwoFactors<Scalar> factors = detail::inverse_power_of_two<Scalar>(e);
+    const Scalar a = factors.first, b = factors.second;
     // The group in those units, once: every candidate ratio compares with it.
     const Eigen::Array<Scalar, Eigen::Dynamic, Eigen::Dynamic> unit_block = block.array() * a * b;
     double best_error = 0;  // in units of 2^(2e)
