@@ -5,6 +5,7 @@
 #include <oq/config.hpp>
 #include <oq/core/quant_math.hpp>
 #include <oq/core/rounding.hpp>
+#include <oq/cpu.hpp>
 #include <oq/duquant.hpp>
 #include <oq/hadamard.hpp>
 #include <oq/int4.hpp>

@@ -1,0 +1,294 @@
+// oq/cpu/quantize_per_token.hpp: dynamic per-token quantization of float
+// activations to INT4 / INT8 codes, optionally after a rotation fused into
+// the same pass over each row (DESIGN §2, §5, §6).
+//
+//   using namespace oq::cpu;
+//   const auto spec = oq::quant::QuantSpec::per_token(4, /*symmetric=*/false, 0.9);
+//   PackedActivations a = quantize_per_token(x, spec);                                 // plain
+//   PackedActivations h = quantize_per_token(x, spec, TokenTransform::hadamard(128));  // QuaRot-style
+//   const TokenTransform t = TokenTransform::duquant(duquant_transform);               // once
+//   PackedActivations d = quantize_per_token(x, spec, t);                              // x·diag(s)⁻¹·R₁·P·R₂
+//
+// Each row is read once into a scratch buffer, transformed there, and its
+// codes, scale, zero point and code sum written (packed_activations.hpp).
+// Scales and zero points come from quant::range_params — the function
+// oq::quant::compute_params calls — and codes from core::quantize_value's
+// arithmetic, so the result equals oq::quant::compute_params + quantize (and
+// the CUDA QuantizePerToken kernel) bit for bit on the transformed row.
+//
+// The transformed row is computed as token_row.hpp documents:
+//   hadamard(b)      bit-identical to transform::block_hadamard_rows(x, b);
+//   block_rotation   R applied per block by an FMA chain in the CUDA
+//                    kernel's order (bit-identical to that kernel);
+//   duquant(t)       smoothing division as t.apply(), then each rotation as
+//                    block_rotation and each zigzag permutation. t.apply()
+//                    multiplies the blocks with Eigen's GEMM, whose summation
+//                    order differs: the two agree to float rounding (|Δ| ≤
+//                    b·ε·‖row block‖ per rotation), not bit for bit.
+//
+// Errors: spec not per-token with 4 or 8 bits, a transform for another
+// width, odd K with 4 bits → std::invalid_argument; NaN/±Inf in x, or a
+// transformed entry that overflows → std::domain_error naming the entry.
+#pragma once
+
+#include <oq/cpu/isa.hpp>
+#include <oq/cpu/kernel/token_row.hpp>
+#include <oq/cpu/packed_activations.hpp>
+#include <oq/cpu/parallel.hpp>
+#include <oq/detail/check.hpp>
+#include <oq/quant/params.hpp>
+#include <oq/quant/spec.hpp>
+#include <oq/transform/duquant.hpp>
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace oq::cpu {
+
+using RowMajorMatrixXf = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using RowMajorMatrixXi32 = Eigen::Matrix<std::int32_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+/// Options of the CPU kernels: threads (0: all hardware threads) and the
+/// instruction set (kAuto: the best this CPU runs; another value forces it,
+/// and is refused where the CPU lacks it).
+struct KernelOptions {
+  int threads = 0;
+  Isa isa = Isa::kAuto;
+};
+
+/// The rotation applied to every token before it is quantized: none, a block
+/// Walsh–Hadamard, one block rotation R, or a whole DuQuant transform.
+/// Built once (it copies what it needs), used for every batch.
+class TokenTransform {
+ public:
+  enum class Kind { kNone, kHadamard, kRotations };
+
+  TokenTransform() = default;
+
+  /// x ← x·diag(H_b, …, H_b)/√b, b a power of two ≥ 2 (Sylvester order).
+  static TokenTransform hadamard(std::int64_t block_size) {
+    constexpr std::string_view kWhere = "oq::cpu::TokenTransform::hadamard";
+    detail::require(block_size >= 2 && (block_size & (block_size - 1)) == 0, kWhere,
+                    "block_size must be a power of two >= 2, got ", block_size);
+    TokenTransform t;
+    t.kind_ = Kind::kHadamard;
+    t.block_ = block_size;
+    t.hadamard_scale_ = static_cast<float>(1.0 / std::sqrt(static_cast<double>(block_size)));
+    return t;
+  }
+
+  /// x ← x·diag(R, …, R), R b × b (any Eigen matrix of float, taken as given:
+  /// orthogonality is the caller's business, as on the GPU).
+  template <class Derived>
+  static TokenTransform block_rotation(const Eigen::MatrixBase<Derived>& r) {
+    constexpr std::string_view kWhere = "oq::cpu::TokenTransform::block_rotation";
+    detail::require(r.rows() >= 1 && r.rows() == r.cols(), kWhere, "r must be square and non-empty, got ", r.rows(),
+                    " x ", r.cols());
+    detail::require_finite(r, kWhere, "r");
+    TokenTransform t;
+    t.kind_ = Kind::kRotations;
+    t.block_ = r.rows();
+    t.rotations_.push_back(row_major(r));
+    return t;
+  }
+
+  /// DuQuant's M (with its smoothing): x ← x·diag(s)⁻¹·R₁·P₁·R₂ ⋯, for
+  /// exactly t.channels() channels.
+  static TokenTransform duquant(const transform::DuQuantTransform<float>& t) {
+    TokenTransform out;
+    out.kind_ = Kind::kRotations;
+    out.block_ = t.block_size();
+    out.channels_ = t.channels();
+    for (const auto& r : t.rotations()) out.rotations_.push_back(row_major(r));
+    for (const auto& p : t.permutations()) out.permutations_.emplace_back(p.begin(), p.end());
+    if (t.smoothing().size() != 0) out.smoothing_.assign(t.smoothing().data(), t.smoothing().data() + t.smoothing().size());
+    return out;
+  }
+
+  Kind kind() const noexcept { return kind_; }
+  /// b, or 0 for kNone.
+  std::int64_t block_size() const noexcept { return block_; }
+  /// The channel count the transform was built for, or 0 when any multiple of b will do.
+  std::int64_t channels() const noexcept { return channels_; }
+
+  /// Throws std::invalid_argument unless rows of k channels can be transformed.
+  void check_width(std::int64_t k, std::string_view where) const {
+    if (kind_ == Kind::kNone) return;
+    detail::require(k % block_ == 0, where, "the transform's block size (", block_, ") must divide x.cols() = ", k);
+    detail::require(channels_ == 0 || channels_ == k, where, "the transform was built for ", channels_,
+                    " channels, x has ", k);
+  }
+
+  /// The transformed row x[0, k): x itself for kNone, else y, which it
+  /// fills (x is not modified; y and work hold k floats). Where the
+  /// transform finds the row's range on the way, it sets *range.
+  const float* apply(const float* x, std::int64_t k, Isa isa, float* y, float* work,
+                     std::optional<kernel::RowRange>* range = nullptr) const {
+    const bool wide = isa == Isa::kAvx512Vnni;
+    switch (kind_) {
+      case Kind::kNone:
+        return x;
+      case Kind::kHadamard:
+#if OQ_CPU_X86
+        if (wide) {
+          const kernel::RowRange found = kernel::avx512::hadamard_blocks(x, y, k, block_, hadamard_scale_);
+          if (range != nullptr) *range = found;
+          return y;
+        }
+#endif
+        std::copy(x, x + k, y);
+        kernel::scalar::hadamard_blocks(y, k, block_, hadamard_scale_);
+        return y;
+      case Kind::kRotations: {
+        // The stages ping-pong between y and work and end in y.
+        const float* in = x;
+        if (!smoothing_.empty()) {
+          smooth(x, smoothing_.data(), work, k, wide);
+          in = work;
+        }
+        for (std::size_t i = 0; i < rotations_.size(); ++i) {
+          float* out = in == work ? y : work;
+          rotate(in, rotations_[i].data(), out, k, wide);
+          in = out;
+          if (i < permutations_.size()) {
+            float* permuted = in == work ? y : work;
+            const std::int32_t* perm = permutations_[i].data();
+            for (std::int64_t j = 0; j < k; ++j) permuted[j] = in[perm[j]];
+            in = permuted;
+          }
+        }
+        return in;
+      }
+    }
+    return x;
+  }
+
+ private:
+  template <class Derived>
+  static std::vector<float> row_major(const Eigen::MatrixBase<Derived>& r) {
+    std::vector<float> out(static_cast<std::size_t>(r.rows() * r.cols()));
+    for (Eigen::Index i = 0; i < r.rows(); ++i)
+      for (Eigen::Index j = 0; j < r.cols(); ++j) out[static_cast<std::size_t>(i * r.cols() + j)] = static_cast<float>(r(i, j));
+    return out;
+  }
+
+  void rotate(const float* x, const float* r, float* y, std::int64_t k, bool wide) const {
+#if OQ_CPU_X86
+    if (wide) return kernel::avx512::rotate_blocks(x, r, block_, y, k);
+#endif
+    (void)wide;
+    kernel::scalar::rotate_blocks(x, r, block_, y, k);
+  }
+
+  static void smooth(const float* x, const float* s, float* y, std::int64_t k, bool wide) {
+#if OQ_CPU_X86
+    if (wide) return kernel::avx512::smooth(x, s, y, k);
+#endif
+    (void)wide;
+    kernel::scalar::smooth(x, s, y, k);
+  }
+
+  Kind kind_ = Kind::kNone;
+  std::int64_t block_ = 0;
+  std::int64_t channels_ = 0;
+  float hadamard_scale_ = 1.0f;
+  std::vector<std::vector<float>> rotations_;          // row-major b × b each
+  std::vector<std::vector<std::int32_t>> permutations_;  // perm[j]: the old channel at new index j
+  std::vector<float> smoothing_;
+};
+
+namespace detail_token {
+
+inline void check_spec(const quant::QuantSpec& spec, std::string_view where) {
+  spec.validate(where);
+  detail::require(spec.granularity == quant::Granularity::kPerToken, where, "spec.granularity must be per-token, got ",
+                  to_string(spec.granularity));
+  detail::require(spec.bits == 4 || spec.bits == 8, where, "spec.bits must be 4 or 8 (packed codes), got ",
+                  spec.bits);
+}
+
+// Names x's first non-finite entry (row r holds one).
+inline void throw_nonfinite(const float* x, std::int64_t r, std::int64_t k, std::string_view where,
+                            std::string_view what) {
+  for (std::int64_t j = 0; j < k; ++j)
+    detail::require_domain(std::isfinite(x[j]), where, what, "(", r, ", ", j, ") is ", x[j],
+                           what == "x" ? " (x must be finite)" : " (the transform overflowed float)");
+}
+
+}  // namespace detail_token
+
+/// Quantizes every row (token) of x (M × K floats; any row-major matrix binds
+/// without a copy) after `transform`, per token under `spec` (4 or 8 bits,
+/// per-token granularity, any clip ratio; range_includes_zero and
+/// symmetric_full_range as in oq::quant).
+inline PackedActivations quantize_per_token(
+    const Eigen::Ref<const RowMajorMatrixXf>& x,
+    const quant::QuantSpec& spec, const TokenTransform& transform = {}, const KernelOptions& options = {}) {
+  constexpr std::string_view kWhere = "oq::cpu::quantize_per_token";
+  detail_token::check_spec(spec, kWhere);
+  const Isa isa = resolve_isa(options.isa, kWhere);
+  const int threads = resolve_threads(options.threads, kWhere);
+  const std::int64_t m = x.rows(), k = x.cols();
+  detail::require(k > 0, kWhere, "x must have at least one column, got ", k);
+  detail::require(spec.bits == 8 || k % 2 == 0, kWhere, "x.cols() must be even for 4-bit codes (two per byte), got ",
+                  k);
+  transform.check_width(k, kWhere);
+
+  PackedActivations a;
+  a.m = m;
+  a.k = k;
+  a.bits = spec.bits;
+  a.is_signed = spec.symmetric;
+  a.codes.resize(static_cast<std::size_t>(m * a.row_bytes()));
+  a.scales.resize(static_cast<std::size_t>(m));
+  a.zeros.resize(static_cast<std::size_t>(m));
+  a.code_sums.resize(static_cast<std::size_t>(m));
+  const core::CodeRange range = spec.code_range();
+  const auto clip = static_cast<float>(spec.clip_ratio);
+
+  parallel_for(m, threads, 16, [&](std::int64_t begin, std::int64_t end) {
+    std::vector<float> y(static_cast<std::size_t>(k)), work(static_cast<std::size_t>(k));
+    for (std::int64_t r = begin; r < end; ++r) {
+      const float* row = x.row(r).data();
+      std::optional<kernel::RowRange> found;
+      const float* t = transform.apply(row, k, isa, y.data(), work.data(), &found);
+#if OQ_CPU_X86
+      const kernel::RowRange span =
+          found ? *found : isa == Isa::kAvx512Vnni ? kernel::avx512::row_range(t, k) : kernel::scalar::row_range(t, k);
+#else
+      const kernel::RowRange span = found ? *found : kernel::scalar::row_range(t, k);
+#endif
+      if (!span.finite) {
+        // Name the input's entry when the input is at fault, else the transform's.
+        if (!kernel::scalar::row_range(row, k).finite) detail_token::throw_nonfinite(row, r, k, kWhere, "x");
+        detail_token::throw_nonfinite(t, r, k, kWhere, "the transformed x");
+      }
+      const core::AffineParams<float> p = quant::range_params(span.lo, span.hi, spec, clip);
+      std::uint8_t* out = a.codes.data() + r * a.row_bytes();
+#if OQ_CPU_X86
+      const std::int64_t sum = isa == Isa::kAvx512Vnni ? kernel::avx512::quantize(t, k, p, range, a.bits, out)
+                                                       : kernel::scalar::quantize(t, k, p, range, a.bits, out);
+#else
+      const std::int64_t sum = kernel::scalar::quantize(t, k, p, range, a.bits, out);
+#endif
+      // An 8-bit row whose range is tiny against its offset (all of it in
+      // [1e6, 1e6 + 1/16]) has a zero point up to 255·2^24: beyond int32.
+      detail::require_domain(std::abs(p.zero) < 2147483648.0f, kWhere, "row ", r, " has zero point ", p.zero,
+                             " beyond int32 (its range is too narrow for its offset): quantize it symmetric");
+      const auto i = static_cast<std::size_t>(r);
+      a.scales[i] = p.scale;
+      a.zeros[i] = static_cast<std::int32_t>(p.zero);
+      a.code_sums[i] = static_cast<std::int32_t>(sum);
+    }
+  });
+  return a;
+}
+
+}  // namespace oq::cpu

@@ -1,0 +1,312 @@
+// Tests of oq/cpu/quantize_per_token.hpp: codes, scales, zero points and code
+// sums equal oq::quant (compute_params + quantize, then packing) bit for bit on
+// the transformed row, which is computed here by plain loops in the
+// documented order; the DuQuant path agrees with DuQuantTransform::apply
+// within float rounding; bad input is refused.
+#include <oq/cpu/quantize_per_token.hpp>
+#include <oq/quant/pack.hpp>
+#include <oq/quant/quantize.hpp>
+#include <oq/transform/duquant.hpp>
+#include <oq/transform/hadamard.hpp>
+#include <oq/transform/random_orthogonal.hpp>
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+namespace {
+
+using oq::cpu::Isa;
+using oq::cpu::PackedActivations;
+using oq::cpu::TokenTransform;
+using RowMatrix = oq::cpu::RowMajorMatrixXf;
+using oq::quant::QuantSpec;
+
+std::vector<Isa> available_paths() {
+  std::vector<Isa> out;
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512Vnni})
+    if (oq::cpu::isa_supported(isa)) out.push_back(isa);
+  return out;
+}
+
+RowMatrix random_tokens(Eigen::Index m, Eigen::Index k, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  RowMatrix x(m, k);
+  for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = normal(rng);
+  if (m > 1) x.row(1).setZero();                     // all-zero token
+  if (m > 2) x(2, k / 3) = 2500.0f;                  // massive activation
+  if (m > 3) x.row(3).setConstant(-0.75f);           // constant token
+  return x;
+}
+
+// The packed activations oq::quant gives for y (already transformed).
+PackedActivations reference(const RowMatrix& y, const QuantSpec& spec) {
+  const auto params = oq::quant::compute_params(y, spec);
+  const auto codes = oq::quant::quantize(y, params, spec);
+  PackedActivations a;
+  a.m = y.rows();
+  a.k = y.cols();
+  a.bits = spec.bits;
+  a.is_signed = spec.symmetric;
+  if (spec.bits == 4) {
+    const auto packed = oq::quant::pack_int4(codes, spec.symmetric ? oq::quant::Int4Kind::kSigned
+                                                                   : oq::quant::Int4Kind::kUnsigned);
+    a.codes.assign(packed.data(), packed.data() + packed.size());
+  } else {
+    for (Eigen::Index i = 0; i < codes.size(); ++i) a.codes.push_back(static_cast<std::uint8_t>(codes.data()[i] & 0xFF));
+  }
+  for (Eigen::Index r = 0; r < y.rows(); ++r) {
+    a.scales.push_back(params.scale(r, 0));
+    a.zeros.push_back(static_cast<std::int32_t>(params.zero(r, 0)));
+    a.code_sums.push_back(codes.row(r).sum());
+  }
+  return a;
+}
+
+void require_same(const PackedActivations& got, const PackedActivations& want) {
+  REQUIRE(got.m == want.m);
+  REQUIRE(got.k == want.k);
+  REQUIRE(got.bits == want.bits);
+  REQUIRE(got.is_signed == want.is_signed);
+  REQUIRE(got.codes == want.codes);
+  for (std::size_t i = 0; i < want.scales.size(); ++i) {
+    CAPTURE(i);
+    std::uint32_t a, b;
+    std::memcpy(&a, &got.scales[i], 4);
+    std::memcpy(&b, &want.scales[i], 4);
+    REQUIRE(a == b);
+  }
+  REQUIRE(got.zeros == want.zeros);
+  REQUIRE(got.code_sums == want.code_sums);
+}
+
+// y = x·diag(R, …, R) by the documented FMA chain, plain loops.
+RowMatrix rotate_ref(const RowMatrix& x, const Eigen::MatrixXf& r) {
+  const Eigen::Index b = r.rows();
+  RowMatrix y(x.rows(), x.cols());
+  for (Eigen::Index i = 0; i < x.rows(); ++i)
+    for (Eigen::Index s = 0; s < x.cols(); s += b)
+      for (Eigen::Index j = 0; j < b; ++j) {
+        float acc = 0.0f;
+        for (Eigen::Index t = 0; t < b; ++t) acc = std::fma(x(i, s + t), r(t, j), acc);
+        y(i, s + j) = acc;
+      }
+  return y;
+}
+
+const QuantSpec kSpecs[] = {QuantSpec::per_token(4, false, 0.9), QuantSpec::per_token(4, true),
+                            QuantSpec::per_token(8, false), QuantSpec::per_token(8, true, 0.95)};
+
+}  // namespace
+
+TEST_CASE("golden bytes: the token {0, 1, 2, 3}, 4-bit asymmetric") {
+  RowMatrix x(1, 4);
+  x << 0.0f, 1.0f, 2.0f, 3.0f;
+  for (Isa isa : available_paths()) {
+    const PackedActivations a = oq::cpu::quantize_per_token(x, QuantSpec::per_token(4, false), {}, {1, isa});
+    CHECK(a.codes == std::vector<std::uint8_t>{0x50, 0xFA});
+    CHECK(a.scales[0] == 0.2f);
+    CHECK(a.zeros[0] == 0);
+    CHECK(a.code_sums[0] == 30);
+  }
+}
+
+TEST_CASE("no transform: every path equals oq::quant bit for bit (ragged widths, extreme rows)") {
+  for (Eigen::Index k : {2, 6, 30, 34, 130, 4098}) {
+    const RowMatrix x = random_tokens(7, k, static_cast<std::uint32_t>(k));
+    for (const QuantSpec& spec : kSpecs) {
+      const PackedActivations want = reference(x, spec);
+      for (Isa isa : available_paths()) {
+        CAPTURE(k);
+        CAPTURE(spec.bits);
+        CAPTURE(spec.symmetric);
+        CAPTURE(oq::cpu::to_string(isa));
+        require_same(oq::cpu::quantize_per_token(x, spec, {}, {2, isa}), want);
+      }
+    }
+  }
+}
+
+TEST_CASE("block Hadamard: equals oq::quant on transform::block_hadamard_rows bit for bit") {
+  for (Eigen::Index b : {2, 8, 16, 32, 128}) {
+    for (Eigen::Index k : {b * 3, b * 8}) {
+      const RowMatrix x = random_tokens(5, k, static_cast<std::uint32_t>(b + k));
+      RowMatrix y = x;
+      oq::transform::block_hadamard_rows(y, b);
+      const TokenTransform h = TokenTransform::hadamard(b);
+      for (const QuantSpec& spec : kSpecs) {
+        const PackedActivations want = reference(y, spec);
+        for (Isa isa : available_paths()) {
+          CAPTURE(b);
+          CAPTURE(k);
+          CAPTURE(spec.bits);
+          CAPTURE(oq::cpu::to_string(isa));
+          require_same(oq::cpu::quantize_per_token(x, spec, h, {1, isa}), want);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("block rotation: the FMA chain of the CUDA kernel, then oq::quant, bit for bit") {
+  std::mt19937_64 gen(42);
+  for (Eigen::Index b : {3, 16, 20, 128, 136}) {  // widths that are and are not whole vectors
+    const Eigen::MatrixXf r = oq::transform::random_orthogonal<float>(b, gen);
+    const RowMatrix x = random_tokens(6, 2 * b + (b % 2 == 0 ? 0 : b), static_cast<std::uint32_t>(b));
+    const RowMatrix y = rotate_ref(x, r);
+    const TokenTransform t = TokenTransform::block_rotation(r);
+    for (const QuantSpec& spec : kSpecs) {
+      if (spec.bits == 4 && x.cols() % 2 != 0) continue;
+      const PackedActivations want = reference(y, spec);
+      for (Isa isa : available_paths()) {
+        CAPTURE(b);
+        CAPTURE(spec.bits);
+        CAPTURE(oq::cpu::to_string(isa));
+        require_same(oq::cpu::quantize_per_token(x, spec, t, {1, isa}), want);
+      }
+    }
+  }
+}
+
+TEST_CASE("DuQuant: smoothing, R1, zigzag, R2 in order, bit for bit; and within float rounding of apply()") {
+  const Eigen::Index k = 256, b = 64;
+  RowMatrix x = random_tokens(24, k, 99);
+  x.col(7) *= 40.0f;  // a channel-wise outlier
+  std::mt19937_64 gen(1);
+  oq::transform::DuQuantOptions options;
+  options.block_size = b;
+  options.greedy_steps = 16;
+  Eigen::VectorXf smoothing = Eigen::VectorXf::LinSpaced(k, 0.5f, 3.0f);
+  const auto t = oq::transform::calibrate_duquant(Eigen::MatrixXf(x), options, gen, smoothing);
+  REQUIRE(t.permutations().size() == 1);
+
+  // The documented order by plain loops.
+  RowMatrix y = x;
+  for (Eigen::Index i = 0; i < y.rows(); ++i)
+    for (Eigen::Index j = 0; j < k; ++j) y(i, j) = x(i, j) / smoothing[j];
+  y = rotate_ref(y, t.rotations()[0]);
+  RowMatrix permuted(y.rows(), k);
+  for (Eigen::Index j = 0; j < k; ++j) permuted.col(j) = y.col(t.permutations()[0][static_cast<std::size_t>(j)]);
+  y = rotate_ref(permuted, t.rotations()[1]);
+
+  const TokenTransform fused = TokenTransform::duquant(t);
+  CHECK(fused.channels() == k);
+  CHECK(fused.block_size() == b);
+  for (const QuantSpec& spec : kSpecs) {
+    const PackedActivations want = reference(y, spec);
+    for (Isa isa : available_paths()) {
+      CAPTURE(spec.bits);
+      CAPTURE(oq::cpu::to_string(isa));
+      require_same(oq::cpu::quantize_per_token(x, spec, fused, {2, isa}), want);
+    }
+  }
+  // Against Eigen's blocked products in apply(): each rotation's entries
+  // differ by at most b·u·‖block of its input‖₁ (two summation orders of the
+  // same b products, γ_b each); two rotations, and the permutation is exact.
+  const RowMatrix applied = t.apply(x);
+  const double u = std::ldexp(1.0, -24);
+  for (Eigen::Index i = 0; i < x.rows(); ++i) {
+    const double norm = (x.row(i).array() / smoothing.transpose().array()).matrix().norm();
+    // ‖block‖₁ ≤ √b·‖row‖₂ and rotations keep ‖row‖₂.
+    const double bound = 2.0 * 2.0 * static_cast<double>(b) * u * std::sqrt(static_cast<double>(b)) * norm * 1.01;
+    CHECK((applied.row(i) - y.row(i)).cwiseAbs().maxCoeff() <= bound);
+  }
+}
+
+TEST_CASE("bad input is refused with a message naming it") {
+  const RowMatrix x = random_tokens(3, 64, 1);
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(x, QuantSpec::per_channel(4, false)),
+                       doctest::Contains("spec.granularity must be per-token"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(x, QuantSpec::per_token(3, false)),
+                       doctest::Contains("spec.bits must be 4 or 8"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(x, QuantSpec::per_token(4, false, 1.5)),
+                       doctest::Contains("spec.clip_ratio"), std::invalid_argument);
+  const RowMatrix odd = random_tokens(2, 7, 2);
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(odd, QuantSpec::per_token(4, false)),
+                       doctest::Contains("must be even"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(x, QuantSpec::per_token(8, false), TokenTransform::hadamard(128)),
+                       doctest::Contains("must divide x.cols() = 64"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(TokenTransform::hadamard(12), doctest::Contains("power of two"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(x, QuantSpec::per_token(8, false), {}, {1, static_cast<Isa>(99)}),
+                       doctest::Contains("options.isa"), std::invalid_argument);
+
+  RowMatrix bad = x;
+  bad(2, 5) = std::numeric_limits<float>::quiet_NaN();
+  for (Isa isa : available_paths())
+    CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(bad, QuantSpec::per_token(4, false), {}, {1, isa}),
+                         doctest::Contains("x(2, 5) is nan"), std::domain_error);
+  bad(2, 5) = -std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(bad, QuantSpec::per_token(8, true)), doctest::Contains("x(2, 5)"),
+                       std::domain_error);
+  // Finite input whose Hadamard transform overflows float: FLT_MAX in every
+  // channel of a block sums past it.
+  RowMatrix huge = RowMatrix::Constant(1, 16, std::numeric_limits<float>::max());
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(huge, QuantSpec::per_token(8, true), TokenTransform::hadamard(16)),
+                       doctest::Contains("the transformed x"), std::domain_error);
+  // An 8-bit row whose range is tiny against its offset: zero point beyond int32.
+  RowMatrix narrow(1, 4);
+  narrow << 1.0e9f, 1.0e9f + 64.0f, 1.0e9f, 1.0e9f;
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(narrow, QuantSpec::per_token(8, false)),
+                       doctest::Contains("beyond int32"), std::domain_error);
+}
+
+TEST_CASE("no tokens: an empty result") {
+  const RowMatrix x(0, 8);
+  const PackedActivations a = oq::cpu::quantize_per_token(x, QuantSpec::per_token(4, false));
+  CHECK(a.m == 0);
+  CHECK(a.codes.empty());
+  a.validate("test");
+}
+
+#if OQ_CPU_X86
+TEST_CASE("AVX-512 codes near every rounding boundary equal the scalar division's (the multiply-and-check path)") {
+  // The vector path replaces y / s by y·(1/s) except near half-integers;
+  // here every value sits on or a few ulps from a boundary (k + ½)·s, at
+  // scales whose reciprocal is inexact, tiny and huge, with zero points from
+  // 0 to beyond the code range.
+  if (!oq::cpu::isa_supported(Isa::kAvx512Vnni)) return;
+  std::mt19937 rng(17);
+  std::uniform_real_distribution<float> exponent(-30.0f, 30.0f);
+  std::vector<float> scales = {0.1f, 1.0f / 3.0f, 3.0f / 7.0f, 1e-30f, 7e30f, 0.2f, 1.0f};
+  for (int i = 0; i < 40; ++i) scales.push_back(std::exp2(exponent(rng)));
+  std::int64_t checked = 0;
+  for (const float s : scales) {
+    for (const float z : {0.0f, 7.0f, -200.0f, 3e6f}) {
+      std::vector<float> y;
+      for (int k = -300; k <= 300; ++k) {
+        float v = (static_cast<float>(k) + 0.5f) * s;
+        for (int step = 0; step < 3; ++step) v = std::nextafter(v, -std::numeric_limits<float>::infinity());
+        for (int step = 0; step < 7; ++step) {
+          y.push_back(v);
+          v = std::nextafter(v, std::numeric_limits<float>::infinity());
+        }
+        y.push_back(static_cast<float>(k) * s);
+      }
+      y.resize(y.size() / 32 * 32);
+      for (const bool is_signed : {false, true}) {
+        for (const int bits : {4, 8}) {
+          const oq::core::CodeRange range = oq::core::code_range(bits, is_signed);
+          const oq::core::AffineParams<float> p{s, is_signed ? 0.0f : z};
+          std::vector<std::uint8_t> want(y.size()), got(y.size());
+          const auto n = static_cast<std::int64_t>(y.size());
+          const std::int64_t sum_want = oq::cpu::kernel::scalar::quantize(y.data(), n, p, range, bits, want.data());
+          const std::int64_t sum_got = oq::cpu::kernel::avx512::quantize(y.data(), n, p, range, bits, got.data());
+          CAPTURE(s);
+          CAPTURE(z);
+          CAPTURE(bits);
+          REQUIRE(got == want);
+          REQUIRE(sum_got == sum_want);
+          checked += n;
+        }
+      }
+    }
+  }
+  CHECK(checked > 1000000);
+}
+#endif
