@@ -219,6 +219,28 @@ TEST_CASE("DuQuant: smoothing, R1, zigzag, R2 in order, bit for bit; and within 
   }
 }
 
+TEST_CASE("smoothing alone: x / s per channel, then oq::quant, bit for bit") {
+  const RowMatrix x = random_tokens(5, 48, 4);
+  const Eigen::VectorXf s = Eigen::VectorXf::LinSpaced(48, 0.25f, 7.0f);
+  RowMatrix y(x.rows(), x.cols());
+  for (Eigen::Index i = 0; i < x.rows(); ++i)
+    for (Eigen::Index j = 0; j < x.cols(); ++j) y(i, j) = x(i, j) / s[j];
+  const TokenTransform t = TokenTransform::smoothing(s);
+  CHECK(t.channels() == 48);
+  for (const QuantSpec& spec : kSpecs) {
+    const PackedActivations want = reference(y, spec);
+    for (Isa isa : available_paths()) {
+      CAPTURE(oq::cpu::to_string(isa));
+      require_same(oq::cpu::quantize_per_token(x, spec, t, {1, isa}), want);
+    }
+  }
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(random_tokens(2, 50, 1), kSpecs[0], t),
+                       doctest::Contains("built for 48 channels"), std::invalid_argument);
+  Eigen::VectorXf bad = s;
+  bad[3] = 0.0f;
+  CHECK_THROWS_WITH_AS(TokenTransform::smoothing(bad), doctest::Contains("s(3) = 0"), std::invalid_argument);
+}
+
 TEST_CASE("bad input is refused with a message naming it") {
   const RowMatrix x = random_tokens(3, 64, 1);
   CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(x, QuantSpec::per_channel(4, false)),

@@ -6,6 +6,7 @@
 //   const auto spec = oq::quant::QuantSpec::per_token(4, /*symmetric=*/false, 0.9);
 //   PackedActivations a = quantize_per_token(x, spec);                                 // plain
 //   PackedActivations h = quantize_per_token(x, spec, TokenTransform::hadamard(128));  // QuaRot-style
+//   PackedActivations s = quantize_per_token(x, spec, TokenTransform::smoothing(s));   // SmoothQuant, x·diag(s)⁻¹
 //   const TokenTransform t = TokenTransform::duquant(duquant_transform);               // once
 //   PackedActivations d = quantize_per_token(x, spec, t);                              // x·diag(s)⁻¹·R₁·P·R₂
 //
@@ -17,6 +18,8 @@
 // the CUDA QuantizePerToken kernel) bit for bit on the transformed row.
 //
 // The transformed row is computed as token_row.hpp documents:
+//   smoothing(s)     y[j] = x[j] / s[j], as DuQuantTransform::apply and
+//                    (a division, never a multiplication by 1/s);
 //   hadamard(b)      bit-identical to transform::block_hadamard_rows(x, b);
 //   block_rotation   R applied per block by an FMA chain in the CUDA
 //                    kernel's order (bit-identical to that kernel);
@@ -68,7 +71,7 @@ struct KernelOptions {
 /// Built once (it copies what it needs), used for every batch.
 class TokenTransform {
  public:
-  enum class Kind { kNone, kHadamard, kRotations };
+  enum class Kind { kNone, kHadamard, kRotations };  ///< kRotations: smoothing, then rotations and permutations
 
   TokenTransform() = default;
 
@@ -99,6 +102,27 @@ class TokenTransform {
     return t;
   }
 
+  /// x ← x·diag(s)⁻¹ (SmoothQuant's activations, where the division is not
+  /// folded into the previous norm): s holds one positive finite scale per
+  /// channel.
+  template <class Derived>
+  static TokenTransform smoothing(const Eigen::MatrixBase<Derived>& s) {
+    constexpr std::string_view kWhere = "oq::cpu::TokenTransform::smoothing";
+    detail::require(s.size() > 0 && (s.rows() == 1 || s.cols() == 1), kWhere, "s must be a non-empty vector, got ",
+                    s.rows(), " x ", s.cols());
+    detail::require_finite(s, kWhere, "s");
+    TokenTransform t;
+    t.kind_ = Kind::kRotations;
+    t.block_ = 1;
+    t.channels_ = s.size();
+    for (Eigen::Index i = 0; i < s.size(); ++i) {
+      const auto v = static_cast<float>(s(i));
+      detail::require(v > 0.0f && std::isfinite(v), kWhere, "s(", i, ") = ", s(i), " must be positive and finite as a float");
+      t.smoothing_.push_back(v);
+    }
+    return t;
+  }
+
   /// DuQuant's M (with its smoothing): x ← x·diag(s)⁻¹·R₁·P₁·R₂ ⋯, for
   /// exactly t.channels() channels.
   static TokenTransform duquant(const transform::DuQuantTransform<float>& t) {
@@ -113,7 +137,7 @@ class TokenTransform {
   }
 
   Kind kind() const noexcept { return kind_; }
-  /// b, or 0 for kNone.
+  /// b (1 for smoothing alone), or 0 for kNone.
   std::int64_t block_size() const noexcept { return block_; }
   /// The channel count the transform was built for, or 0 when any multiple of b will do.
   std::int64_t channels() const noexcept { return channels_; }
