@@ -72,6 +72,52 @@ struct PreparedActivations {
   }
 };
 
+// Code i of a packed activation row, for a fixed format (no per-code branch
+// on bits or signedness: prepare's loops then vectorise).
+template <int kBits, bool kSigned>
+inline int code_at(const std::uint8_t* row, std::int64_t i) {
+  if constexpr (kBits == 8) {
+    return kSigned ? static_cast<int>(static_cast<std::int8_t>(row[i])) : static_cast<int>(row[i]);
+  } else {
+    const unsigned nibble = (row[i / 2] >> (4 * (i % 2))) & 0xFu;
+    return kSigned ? static_cast<int>(nibble ^ 8u) - 8 : static_cast<int>(nibble);
+  }
+}
+
+template <int kBits, bool kSigned>
+void prepare_rows(const PackedActivations& a, PreparedActivations& p, std::int64_t begin, std::int64_t end) {
+  const std::int64_t chunk = kernel::chunk_codes(p.isa), half = chunk / 2;
+  for (std::int64_t r = begin; r < end; ++r) {
+    const std::uint8_t* row = a.row(r);
+    for (std::int64_t s = 0; s < p.segments; ++s) {
+      const std::int64_t first = s * p.segment;
+      std::int32_t sum = 0;
+      if (p.isa == Isa::kScalar) {
+        std::int16_t* out = p.words.data() + r * a.k + first;
+        for (std::int64_t i = 0; i < p.segment; ++i) {
+          const int q = code_at<kBits, kSigned>(row, first + i);
+          out[i] = static_cast<std::int16_t>(q);
+          sum += q;
+        }
+      } else {
+        // Chunk by chunk: the even codes to the first half, the odd to the second.
+        std::int8_t* out = p.bytes.data() + (r * p.segments + s) * p.padded;
+        for (std::int64_t c = 0; c < p.segment; c += chunk) {
+          const std::int64_t pairs = std::min(half, (p.segment - c) / 2);
+          for (std::int64_t t = 0; t < pairs; ++t) {
+            const int even = code_at<kBits, kSigned>(row, first + c + 2 * t);
+            const int odd = code_at<kBits, kSigned>(row, first + c + 2 * t + 1);
+            out[c + t] = static_cast<std::int8_t>(even - p.bias);
+            out[c + half + t] = static_cast<std::int8_t>(odd - p.bias);
+            sum += even + odd;
+          }
+        }
+      }
+      p.sums[static_cast<std::size_t>(r * p.segments + s)] = sum;
+    }
+  }
+}
+
 inline PreparedActivations prepare(const PackedActivations& a, std::int64_t segment, Isa isa, int threads) {
   PreparedActivations p;
   p.isa = isa;
@@ -84,27 +130,13 @@ inline PreparedActivations prepare(const PackedActivations& a, std::int64_t segm
   if (isa == Isa::kScalar) {
     p.words.resize(static_cast<std::size_t>(a.m * a.k));
   } else {
-    p.bytes.assign(static_cast<std::size_t>(a.m * p.segments * p.padded), 0);
+    p.bytes.assign(static_cast<std::size_t>(a.m * p.segments * p.padded), 0);  // the padding stays 0
   }
   parallel_for(a.m, threads, 64, [&](std::int64_t begin, std::int64_t end) {
-    for (std::int64_t r = begin; r < end; ++r) {
-      for (std::int64_t s = 0; s < p.segments; ++s) {
-        std::int32_t sum = 0;
-        for (std::int64_t i = 0; i < segment; ++i) {
-          const int q = a.code(r, s * segment + i);
-          sum += q;
-          if (isa == Isa::kScalar) {
-            p.words[static_cast<std::size_t>(r * a.k + s * segment + i)] = static_cast<std::int16_t>(q);
-          } else {
-            // Chunk i / C, even codes first: position (i mod C)/2, plus C/2 for odd codes.
-            const std::int64_t within = i % chunk;
-            const std::int64_t at = i - within + (within % 2) * (chunk / 2) + within / 2;
-            p.bytes[static_cast<std::size_t>((r * p.segments + s) * p.padded + at)] =
-                static_cast<std::int8_t>(q - p.bias);
-          }
-        }
-        p.sums[static_cast<std::size_t>(r * p.segments + s)] = sum;
-      }
+    if (a.bits == 8) {
+      a.is_signed ? prepare_rows<8, true>(a, p, begin, end) : prepare_rows<8, false>(a, p, begin, end);
+    } else {
+      a.is_signed ? prepare_rows<4, true>(a, p, begin, end) : prepare_rows<4, false>(a, p, begin, end);
     }
   });
   return p;
