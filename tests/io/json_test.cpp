@@ -1,15 +1,23 @@
 // Tests for oq/io/json.hpp: strict parsing (duplicate keys anywhere, comments,
-// invalid UTF-8 → FormatError with the source and where), read_json's file
-// errors, and deep nesting refused before it exhausts the stack or memory.
+// invalid UTF-8 → FormatError with the source and where, never the text),
+// linear time in the number of keys, read_json's file errors (FIFOs and
+// devices refused without blocking), and deep nesting refused before it
+// exhausts the stack or memory.
 #include <oq/io/json.hpp>
 
 #include <doctest/doctest.h>
 
+#include "support/subprocess.hpp"
+
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <system_error>
+
+#include <sys/stat.h>
 
 namespace {
 
@@ -97,5 +105,58 @@ TEST_CASE("read_json: files") {
   CHECK_THROWS_WITH_AS(oq::io::read_json(dir / "missing.json"), doctest::Contains(((dir / "missing.json").string()).c_str()),
                        std::runtime_error);
   CHECK_THROWS_AS(oq::io::read_json(dir), std::runtime_error);  // a directory
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("parse_json: an object of 200,000 keys parses in linear time") {
+  // nlohmann's parser callback, which the duplicate check used before, rescans
+  // the parent object at every close: O(n²), some 7 minutes for this object.
+  std::string text = "{";
+  for (int i = 0; i < 200000; ++i) {
+    if (i > 0) text += ',';
+    text += "\"k";
+    text += std::to_string(i);
+    text += "\":{\"v\":[1]}";
+  }
+  text += "}";
+  CHECK(oq::test::finishes_within(std::chrono::seconds(60), [&] {
+    const auto j = oq::io::parse_json(text);
+    return j.size() == 200000 && j["k199999"]["v"][0] == 1;
+  }));
+}
+
+TEST_CASE("parse_json: syntax errors give the place, never the text") {
+  // nlohmann's messages end in "last read: '<the token's bytes>'", which can
+  // be a whole string of the file, and "number overflow parsing '<digits>'".
+  const std::string secret = "hunter2-secret";
+  for (const std::string& text : {"{\"a\": \"" + secret, "{\"a\": " + secret, secret, "{\"" + secret + "\u0001\": 1}",
+                                  "[1" + std::string(400, '7') + "e99999]"}) {
+    const std::string message = error_of(text);
+    INFO("message: ", message);
+    CHECK(message.find("oq::io::parse_json: cfg.json: not valid JSON: ") == 0);
+    CHECK(message.find("hunter") == std::string::npos);
+    CHECK(message.find("777") == std::string::npos);
+  }
+  // What nlohmann expected is kept, and where.
+  CHECK(error_of("{\"a\" x").find("line 1, column 6") != std::string::npos);
+  CHECK(error_of("{\"a\" x").find("expected ':'") != std::string::npos);
+}
+
+TEST_CASE("read_json refuses a FIFO and a device without blocking") {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("oq_json_fifo_" + std::to_string(std::random_device{}()) + std::to_string(std::random_device{}()));
+  std::filesystem::create_directories(dir);
+  const auto fifo = dir / "config.json";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  // Before: std::ifstream blocked in open() until a writer came (forever).
+  CHECK(oq::test::finishes_within(std::chrono::seconds(5), [&] {
+    try {
+      (void)oq::io::read_json(fifo);
+    } catch (const std::system_error& e) {
+      return std::string(e.what()).find("oq::io::read_json: '" + fifo.string() + "' is a FIFO") == 0;
+    }
+    return false;
+  }));
+  CHECK_THROWS_WITH_AS(oq::io::read_json("/dev/zero"), doctest::Contains("is a character device"), std::runtime_error);
   std::filesystem::remove_all(dir);
 }

@@ -1,9 +1,13 @@
 // Tests for oq/io/mapped_file.hpp: contents, the 0-byte file (no mmap),
-// errors naming the path and the system's reason, and move semantics.
+// errors naming the path and the system's reason, FIFOs and devices refused
+// without blocking, and move semantics.
 #include <oq/io/mapped_file.hpp>
 
 #include <doctest/doctest.h>
 
+#include "support/subprocess.hpp"
+
+#include <chrono>
 #include <cstddef>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +17,8 @@
 #include <system_error>
 #include <type_traits>
 #include <utility>
+
+#include <sys/stat.h>
 
 namespace {
 
@@ -76,4 +82,27 @@ TEST_CASE("MappedFile is move-only and moves its mapping") {
   CHECK(text_of(b) == "abc");
   static_assert(!std::is_copy_constructible_v<oq::io::MappedFile>);
   static_assert(std::is_nothrow_move_constructible_v<oq::io::MappedFile>);
+}
+
+TEST_CASE("MappedFile refuses a FIFO and a device without blocking, naming the kind of file") {
+  // Opening a FIFO for reading blocks until a writer opens it: before the
+  // O_NONBLOCK open, this check never finished (the child is killed at 5 s).
+  TempDir dir;
+  const auto fifo = dir.path / "shard.safetensors";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  const bool refused = oq::test::finishes_within(std::chrono::seconds(5), [&] {
+    try {
+      oq::io::MappedFile f(fifo);
+    } catch (const std::system_error& e) {
+      return std::string(e.what()).find("'" + fifo.string() + "' is a FIFO, not a regular file") !=
+             std::string::npos;
+    }
+    return false;
+  });
+  CHECK(refused);
+  // A character device opens without blocking but is no file to map.
+  CHECK_THROWS_WITH_AS(oq::io::MappedFile{"/dev/null"}, doctest::Contains("'/dev/null' is a character device"),
+                       std::system_error);
+  CHECK_THROWS_WITH_AS(oq::io::MappedFile{dir.path}, doctest::Contains("is a directory, not a regular file"),
+                       std::system_error);
 }

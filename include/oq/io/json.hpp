@@ -5,11 +5,12 @@
 // last of two equal keys in an object (RFC 8259 §4 only says names "SHOULD be
 // unique" and leaves the behaviour to the parser). For a safetensors header a
 // duplicated tensor name would make two readers disagree on where a tensor
-// lives, so oq rejects duplicates everywhere: parse_json watches the key
-// events of nlohmann's parser callback and throws FormatError naming the key
-// and the object that holds it. Comments are rejected too (the
-// default of nlohmann's parser, and what every other JSON reader expects);
-// invalid UTF-8 inside strings is rejected by nlohmann's lexer.
+// lives, so oq rejects duplicates everywhere: parse_json builds the value
+// from the events of nlohmann's SAX parser and throws FormatError naming the
+// key and the object that holds it, in time linear in the text. Comments are
+// rejected too (the default of nlohmann's parser, and what every other JSON
+// reader expects); invalid UTF-8 inside strings is rejected by nlohmann's
+// lexer. Syntax errors give the line and column, never the text itself.
 //
 // nlohmann's parser is iterative and json values are destroyed iteratively
 // (3.10+), so parsing cannot exhaust the stack; copying a json value and
@@ -25,19 +26,17 @@
 #pragma once
 
 #include <oq/io/format_error.hpp>
+#include <oq/io/mapped_file.hpp>
 
 #include <nlohmann/json.hpp>
 
 #include <cstddef>
 #include <filesystem>
-#include <fstream>
-#include <functional>
-#include <iterator>
-#include <set>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <string_view>
-#include <system_error>
+#include <utility>
 #include <vector>
 
 namespace oq::io {
@@ -76,77 +75,197 @@ inline std::string printable(std::string_view s) {
   return out;
 }
 
-/// Parses `text`; every error throws FormatError(prefix + what). Duplicate
-/// keys are detected with the parser callback: a stack of open containers,
-/// each object with the set of keys seen so far and the last one, from which
-/// the message builds the path of the offending object ("/a/shape/[]").
-inline nlohmann::json parse_strict(std::string_view text, const std::string& prefix) {
+/// nlohmann's parse error without the text it quotes: its messages end in
+/// "; last read: '<token>'" (the bytes of the token that failed, which can be
+/// a whole string of the file) and "number overflow parsing '<number>'". A
+/// file named by an untrusted index can be any file (a symlinked shard, see
+/// io/checkpoint.hpp), so errors about text that is not yet known to be JSON
+/// say what and where (line, column), never what the bytes were.
+inline std::string parse_error_text(const nlohmann::json::exception& e) {
+  std::string what = e.what();
+  if (e.id == 406) return "a number too large for a double";
+  constexpr std::string_view kLastRead = "; last read: '";
+  if (const auto at = what.find(kLastRead); at != std::string::npos) {
+    // nlohmann appends "; expected <token kind>" after the quoted token when
+    // it knows what it expected: keep that part (the last occurrence, since
+    // the token itself may contain the same characters).
+    constexpr std::string_view kExpected = "'; expected ";
+    const auto expected = what.rfind(kExpected);
+    std::string tail = expected != std::string::npos && expected >= at + kLastRead.size()
+                           ? what.substr(expected + 1)
+                           : std::string();
+    what.erase(at);
+    what += tail;
+  }
+  return what;
+}
+
+/// SAX handler that builds a nlohmann::json value (as nlohmann's own DOM
+/// parser does) and refuses duplicate keys, nesting deeper than
+/// kMaxJsonDepth and, optionally, more than `max_values` values.
+///
+/// Why not nlohmann's parser callback, which oq used before: at every close of
+/// an object or array the callback parser scans the parent container for a
+/// discarded value, so a header of n entries cost O(n²) time (40,000 tensors:
+/// 17 s; a 100 MB header did not finish; issue 23). Here each event costs
+/// O(log n) (the duplicate check is the insertion into the object's std::map).
+///
+/// `base_path` and `base_depth` place the value inside a document that an
+/// outer handler reads (the safetensors header collects one entry at a time):
+/// the path of the error messages starts with it, and the depth limit counts
+/// the levels above. Past `max_values` values it throws
+/// FormatError(too_many_values), the whole message.
+class StrictDomBuilder {
+ public:
+  using json = nlohmann::json;
+
+  StrictDomBuilder(const std::string& prefix, std::string base_path = {}, std::size_t base_depth = 0,
+                   std::size_t max_values = std::numeric_limits<std::size_t>::max(),
+                   std::string too_many_values = {})
+      : prefix_(prefix),
+        base_path_(std::move(base_path)),
+        base_depth_(base_depth),
+        max_values_(max_values),
+        too_many_values_(std::move(too_many_values)) {}
+
+  bool null() { return add(json(nullptr)); }
+  bool boolean(bool v) { return add(json(v)); }
+  bool number_integer(json::number_integer_t v) { return add(json(v)); }
+  bool number_unsigned(json::number_unsigned_t v) { return add(json(v)); }
+  bool number_float(json::number_float_t v, const json::string_t& /*text*/) { return add(json(v)); }
+  bool string(json::string_t& v) { return add(json(std::move(v))); }
+  bool binary(json::binary_t& v) { return add(json(std::move(v))); }  // never from JSON text
+
+  bool start_object(std::size_t /*unknown size*/) { return open(json::value_t::object); }
+  bool start_array(std::size_t /*unknown size*/) { return open(json::value_t::array); }
+  bool end_object() { return close(); }
+  bool end_array() { return close(); }
+
+  bool key(json::string_t& k) {
+    // A key event only occurs inside an open object.
+    Frame& top = stack_.back();
+    auto& object = top.value->get_ref<json::object_t&>();
+    const auto [it, inserted] = object.emplace(std::move(k), nullptr);
+    if (!inserted) {
+      const std::string path = path_of_top();
+      const std::string where = path.empty() ? "the top-level object" : "the object at '" + printable(path) + "'";
+      throw FormatError(prefix_ + "duplicate key '" + printable(it->first) + "' in " + where +
+                        " (expected unique keys; JSON parsers would silently keep only the last one)");
+    }
+    top.last_key = &it->first;  // std::map keys do not move
+    element_ = &it->second;
+    return true;
+  }
+
+  bool parse_error(std::size_t /*position*/, const std::string& /*last token*/, const json::exception& e) {
+    throw FormatError(prefix_ + "not valid JSON: " + parse_error_text(e));
+  }
+
+  /// Whether the value is complete (its outermost container closed, or a scalar read).
+  bool done() const noexcept { return started_ && stack_.empty(); }
+  json take() { return std::move(root_); }
+
+ private:
+  struct Frame {
+    json* value = nullptr;
+    const std::string* last_key = nullptr;  // null for an array
+  };
+
   // Paths are built only for the error message (by walking the stack):
   // keeping one per frame would cost O(depth²) on deeply nested input.
-  struct Frame {
-    bool is_object = false;
-    std::set<std::string, std::less<>> keys;
-    std::string last_key;
-  };
-  std::vector<Frame> stack;
-  auto path_of_top = [&stack] {
-    std::string path;
-    for (std::size_t i = 0; i + 1 < stack.size(); ++i) {
+  std::string path_of_top() const {
+    std::string path = base_path_;
+    for (std::size_t i = 0; i + 1 < stack_.size(); ++i) {
       // Appended piecewise: "/" + std::string&& trips GCC 12's -Wrestrict
       // false positive (GCC bug 105329) at -O3.
       path += '/';
-      path += stack[i].is_object ? std::string_view(stack[i].last_key) : std::string_view("[]");
+      path += stack_[i].last_key != nullptr ? std::string_view(*stack_[i].last_key) : std::string_view("[]");
     }
     return path;
-  };
-  auto open = [&stack, &prefix](bool is_object) {
-    if (stack.size() >= kMaxJsonDepth) {
-      throw FormatError(prefix + "arrays and objects nested deeper than " + std::to_string(kMaxJsonDepth) +
+  }
+
+  /// Places v where the document is: the root, the end of the open array or
+  /// the value of the last key. Returns its address (stable while it is open:
+  /// a container only grows after its last element is closed).
+  json* place(json&& v) {
+    if (++values_ > max_values_) throw FormatError(too_many_values_);
+    started_ = true;
+    if (stack_.empty()) {
+      root_ = std::move(v);
+      return &root_;
+    }
+    json& top = *stack_.back().value;
+    if (top.is_array()) {
+      auto& array = top.get_ref<json::array_t&>();
+      array.push_back(std::move(v));
+      return &array.back();
+    }
+    *element_ = std::move(v);
+    return element_;
+  }
+
+  bool add(json&& v) {
+    place(std::move(v));
+    return true;
+  }
+
+  bool open(json::value_t kind) {
+    if (base_depth_ + stack_.size() >= kMaxJsonDepth) {
+      throw FormatError(prefix_ + "arrays and objects nested deeper than " + std::to_string(kMaxJsonDepth) +
                         " levels (expected at most " + std::to_string(kMaxJsonDepth) + ")");
     }
-    Frame f;
-    f.is_object = is_object;
-    stack.push_back(std::move(f));
-  };
-  using Event = nlohmann::json::parse_event_t;
-  const nlohmann::json::parser_callback_t callback = [&](int /*depth*/, Event event, nlohmann::json& parsed) {
-    switch (event) {
-      case Event::object_start: open(true); break;
-      case Event::array_start: open(false); break;
-      case Event::object_end:
-      case Event::array_end:
-        if (!stack.empty()) stack.pop_back();
-        break;
-      case Event::key: {
-        // A key event only occurs inside an open object.
-        Frame& top = stack.back();
-        std::string key = parsed.get<std::string>();
-        if (!top.keys.insert(key).second) {
-          const std::string path = path_of_top();
-          const std::string where =
-              path.empty() ? "the top-level object" : "the object at '" + printable(path) + "'";
-          throw FormatError(prefix + "duplicate key '" + printable(key) + "' in " + where +
-                            " (expected unique keys; JSON parsers would silently keep only the last one)");
-        }
-        top.last_key = std::move(key);
-        break;
-      }
-      case Event::value: break;
-    }
+    json* v = place(json(kind));
+    stack_.push_back(Frame{v, nullptr});
     return true;
-  };
-  // nlohmann's lexer takes a NUL byte for the end of the input (a C-string
-  // convention) and would accept "{}\0anything". No valid JSON text holds a
-  // raw NUL (RFC 8259 §7: control characters in strings must be escaped).
+  }
+
+  bool close() {
+    stack_.pop_back();
+    return true;
+  }
+
+  const std::string& prefix_;
+  std::string base_path_;
+  std::size_t base_depth_;
+  std::size_t max_values_;
+  std::string too_many_values_;
+  json root_;
+  std::vector<Frame> stack_;
+  json* element_ = nullptr;
+  std::size_t values_ = 0;
+  bool started_ = false;
+};
+
+/// nlohmann's lexer takes a NUL byte for the end of the input (a C-string
+/// convention) and would accept "{}\0anything". No valid JSON text holds a
+/// raw NUL (RFC 8259 §7: control characters in strings must be escaped).
+inline void refuse_nul(std::string_view text, const std::string& prefix) {
   if (const auto nul = text.find('\0'); nul != std::string_view::npos) {
     throw FormatError(prefix + "not valid JSON: NUL byte at offset " + std::to_string(nul));
   }
-  try {
-    return nlohmann::json::parse(text.begin(), text.end(), callback, /*allow_exceptions=*/true,
-                                 /*ignore_comments=*/false);
-  } catch (const nlohmann::json::exception& e) {
-    throw FormatError(prefix + "not valid JSON: " + e.what());
-  }
+}
+
+/// Runs nlohmann's SAX parser over `text` (strict: nothing but whitespace
+/// after the value; no comments) with `handler`, which throws FormatError on
+/// every error (see StrictDomBuilder::parse_error).
+template <class Handler>
+void sax_parse_strict(std::string_view text, Handler& handler, const std::string& prefix) {
+  refuse_nul(text, prefix);
+  // nlohmann's parser is iterative (no recursion per level) and reports every
+  // syntax error through handler.parse_error, which throws.
+  (void)nlohmann::json::sax_parse(text.begin(), text.end(), &handler, nlohmann::json::input_format_t::json,
+                                  /*strict=*/true, /*ignore_comments=*/false);
+}
+
+/// Parses `text`; every error throws FormatError(prefix + what): duplicate
+/// keys (naming the key and the path of the object that holds it, "/a/[]"),
+/// nesting deeper than kMaxJsonDepth, syntax errors (without quoting the
+/// text, see parse_error_text). Time linear in the text (times log of the
+/// widest object).
+inline nlohmann::json parse_strict(std::string_view text, const std::string& prefix) {
+  StrictDomBuilder builder(prefix);
+  sax_parse_strict(text, builder, prefix);
+  return builder.take();
 }
 
 /// A JSON value for an error message: scalars as JSON text (shortened),
@@ -169,17 +288,14 @@ inline nlohmann::json parse_json(std::string_view text, std::string_view source 
 }
 
 /// Reads and strictly parses a JSON file (a model's config.json, a sharded
-/// checkpoint's index). Throws std::runtime_error naming the path when it
-/// cannot be read, FormatError naming it when it is not valid JSON.
+/// checkpoint's index). Throws std::runtime_error (std::system_error) naming
+/// the path when it cannot be opened or read or is not a regular file (a
+/// FIFO or a device is refused without blocking: detail_file::RegularFile),
+/// FormatError naming it when it is not valid JSON.
 inline nlohmann::json read_json(const std::filesystem::path& path) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) {
-    throw std::runtime_error("oq::io::read_json: '" + path.string() + "' is not a regular file (or does not exist)");
-  }
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("oq::io::read_json: cannot open '" + path.string() + "'");
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw std::runtime_error("oq::io::read_json: reading '" + path.string() + "' failed");
+  const detail_file::RegularFile file(path, "oq::io::read_json");
+  std::string text(file.size(), '\0');
+  file.read_at(0, text.data(), text.size());
   return detail_json::parse_strict(text, "oq::io::read_json: " + path.string() + ": ");
 }
 

@@ -1,4 +1,5 @@
-// oq/io/mapped_file.hpp: a read-only memory map of a whole file (POSIX).
+// oq/io/mapped_file.hpp: a read-only memory map of a whole file, and the
+// checked opening of a regular file that every reader of oq uses (POSIX).
 //
 // Why: a LLaMA-2-7B checkpoint is 13 GB in two shards; reading one 4096×11008
 // weight should touch only its 90 MB (safetensors is designed for this: the
@@ -13,6 +14,11 @@
 // accesses past the new end raise SIGBUS; oq cannot prevent that, as no
 // memory-mapping reader can. A 0-byte file gives an empty span without
 // calling mmap, which rejects a zero length.
+//
+// What is opened must be a regular file, checked on the opened descriptor
+// (detail_file::RegularFile below, which read_npy and read_json use too): a
+// FIFO or a device in place of a checkpoint file is refused at once instead
+// of blocking the reader or feeding it endless bytes (issue 23).
 #pragma once
 
 #if !defined(__unix__) && !defined(__APPLE__)
@@ -24,6 +30,7 @@
 #include <filesystem>
 #include <span>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <utility>
 
@@ -34,41 +41,121 @@
 
 namespace oq::io {
 
+namespace detail_file {
+
+/// A regular file opened for reading: the one way oq's readers open files
+/// (MappedFile, read_npy, read_json).
+///
+/// Why: open(2) of a FIFO for reading blocks until a writer appears (forever,
+/// for a FIFO planted where a shard should be), and a device such as
+/// /dev/zero or a terminal would be read without end. So the file is opened
+/// with O_NONBLOCK, which makes open return at once for a FIFO and is
+/// ignored by regular files, and the opened descriptor is checked with fstat:
+/// checking the path first (std::filesystem::is_regular_file) and opening it
+/// after would leave a window in which the path can be replaced.
+class RegularFile {
+ public:
+  /// Throws std::system_error "<who>: cannot open '<path>': <reason>", or
+  /// "<who>: '<path>' is a FIFO, not a regular file: …" (a directory, a
+  /// character device, …) naming `who`, the path and the kind of file.
+  RegularFile(const std::filesystem::path& path, std::string_view who) : path_(path), who_(who) {
+    do {
+      fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    } while (fd_ < 0 && errno == EINTR);
+    if (fd_ < 0) fail("cannot open '" + path_.string() + "'", errno);
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) {
+      const int err = errno;
+      close();
+      fail("cannot stat '" + path_.string() + "'", err);
+    }
+    if (!S_ISREG(st.st_mode)) {
+      close();
+      fail("'" + path_.string() + "' is " + kind_of(st.st_mode) + ", not a regular file",
+           S_ISDIR(st.st_mode) ? EISDIR : EINVAL);
+    }
+    size_ = static_cast<std::size_t>(st.st_size);
+  }
+
+  RegularFile(const RegularFile&) = delete;
+  RegularFile& operator=(const RegularFile&) = delete;
+  ~RegularFile() { close(); }
+
+  int fd() const noexcept { return fd_; }
+  /// The size fstat reported when the file was opened.
+  std::size_t size() const noexcept { return size_; }
+
+  /// Reads exactly n bytes at `offset` into dst. Throws std::system_error
+  /// when reading fails, or when the file ends first (it shrank since it
+  /// was opened).
+  void read_at(std::size_t offset, void* dst, std::size_t n) const {
+    auto* out = static_cast<char*>(dst);
+    while (n > 0) {
+      // At most 1 GiB per call: Linux transfers at most 0x7ffff000 bytes at once.
+      const std::size_t chunk = n < (std::size_t{1} << 30) ? n : (std::size_t{1} << 30);
+      const ::ssize_t got = ::pread(fd_, out, chunk, static_cast<::off_t>(offset));
+      if (got < 0) {
+        if (errno == EINTR) continue;
+        fail("cannot read '" + path_.string() + "'", errno);
+      }
+      if (got == 0) {
+        fail("'" + path_.string() + "' ended at byte " + std::to_string(offset) + " (it had " +
+                 std::to_string(size_) + " bytes when opened)",
+             EIO);
+      }
+      out += got;
+      offset += static_cast<std::size_t>(got);
+      n -= static_cast<std::size_t>(got);
+    }
+  }
+
+ private:
+  static std::string kind_of(mode_t mode) {
+    if (S_ISDIR(mode)) return "a directory";
+    if (S_ISFIFO(mode)) return "a FIFO";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    if (S_ISSOCK(mode)) return "a socket";
+    return "of another kind";
+  }
+
+  [[noreturn]] void fail(const std::string& what, int err) const {
+    throw std::system_error(err, std::generic_category(), who_ + ": " + what);
+  }
+
+  void close() noexcept {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+  std::filesystem::path path_;
+  std::string who_;
+  int fd_ = -1;
+  std::size_t size_ = 0;
+};
+
+}  // namespace detail_file
+
 /// RAII read-only memory map of a whole file. Move-only.
 class MappedFile {
  public:
   /// Maps `path`. Throws std::system_error (a std::runtime_error) naming the
   /// path and the system's reason (strerror) when the file cannot be opened,
-  /// is not a regular file, or cannot be mapped.
+  /// is not a regular file (checked on the opened descriptor, which a FIFO or
+  /// a device cannot block: see detail_file::RegularFile), or cannot be mapped.
   explicit MappedFile(std::filesystem::path path) : path_(std::move(path)) {
-    int fd;
-    do {
-      fd = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
-    } while (fd < 0 && errno == EINTR);
-    if (fd < 0) fail("cannot open", errno);
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-      const int err = errno;
-      ::close(fd);
-      fail("cannot stat", err);
-    }
-    if (!S_ISREG(st.st_mode)) {
-      ::close(fd);
-      // A directory opens fine with O_RDONLY; mmap would then fail with the
-      // less helpful ENODEV.
-      fail("cannot map", S_ISDIR(st.st_mode) ? EISDIR : EINVAL);
-    }
-    size_ = static_cast<std::size_t>(st.st_size);
+    const detail_file::RegularFile file(path_, "oq::io::MappedFile");
+    size_ = file.size();
     if (size_ > 0) {
-      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, file.fd(), 0);
       if (p == MAP_FAILED) {
         const int err = errno;
-        ::close(fd);
+        size_ = 0;
         fail("cannot map", err);
       }
       data_ = static_cast<const std::byte*>(p);
     }
-    ::close(fd);  // the mapping holds its own reference to the file
+    // The descriptor is closed here; the mapping holds its own reference to the file.
   }
 
   MappedFile(const MappedFile&) = delete;

@@ -45,6 +45,7 @@
 #include <oq/detail/checked_size.hpp>
 #include <oq/io/dtype.hpp>
 #include <oq/io/format_error.hpp>
+#include <oq/io/mapped_file.hpp>
 
 #include <Eigen/Core>
 
@@ -376,16 +377,17 @@ class HeaderParser {
   std::size_t pos_ = 0;
 };
 
-/// Copies column-major (Fortran-order) elements into row-major order.
+/// Visits column-major (Fortran-order) elements in row-major order:
+/// visit(i, element) for the C-order index i = 0, 1, … of each element.
 /// Odometer over the C-order multi-index, last axis fastest, with the
 /// Fortran offset kept incrementally (stride of axis j = product of dims < j).
 /// Axes of size 1 do not change the layout and are dropped first: then every
 /// axis has ≥ 2 entries, at most log2(count) of them, and a shape with
 /// thousands of 1s cannot make the odometer's carries quadratic.
-inline std::vector<std::byte> fortran_to_c(std::span<const std::byte> src, std::span<const std::size_t> full_shape,
-                                           std::size_t count, std::size_t itemsize) {
-  std::vector<std::byte> dst(src.size());
-  if (count == 0) return dst;
+template <class Visit>
+void for_each_fortran_in_c_order(std::span<const std::byte> src, std::span<const std::size_t> full_shape,
+                                 std::size_t count, std::size_t itemsize, Visit&& visit) {
+  if (count == 0) return;
   std::vector<std::size_t> shape;
   for (std::size_t d : full_shape) {
     if (d != 1) shape.push_back(d);
@@ -398,7 +400,7 @@ inline std::vector<std::byte> fortran_to_c(std::span<const std::byte> src, std::
   }
   std::size_t offset = 0;
   for (std::size_t i = 0; i < count; ++i) {
-    std::memcpy(dst.data() + i * itemsize, src.data() + offset * itemsize, itemsize);
+    visit(i, src.data() + offset * itemsize);
     for (std::size_t j = k; j-- > 0;) {
       if (++index[j] < shape[j]) {
         offset += stride[j];
@@ -408,6 +410,15 @@ inline std::vector<std::byte> fortran_to_c(std::span<const std::byte> src, std::
       index[j] = 0;
     }
   }
+}
+
+/// Copies column-major (Fortran-order) elements into row-major order.
+inline std::vector<std::byte> fortran_to_c(std::span<const std::byte> src, std::span<const std::size_t> full_shape,
+                                           std::size_t count, std::size_t itemsize) {
+  std::vector<std::byte> dst(src.size());
+  for_each_fortran_in_c_order(src, full_shape, count, itemsize, [&](std::size_t i, const std::byte* element) {
+    std::memcpy(dst.data() + i * itemsize, element, itemsize);
+  });
   return dst;
 }
 
@@ -438,21 +449,50 @@ inline std::size_t NpyArray::size() const {
   return n;
 }
 
-/// Parses the bytes of a .npy file (versions 1.0, 2.0, 3.0). `source` names
-/// the file in error messages. Throws FormatError for anything that is not a
-/// well-formed .npy file of a supported dtype (see the top of this file);
-/// never reads outside `bytes`, and allocates in proportion to its size (a
-/// huge shape over a short file is an error before any allocation).
-inline NpyArray parse_npy(std::span<const std::byte> bytes, std::string_view source = "<memory>") {
-  using detail_npy::fail;
-  auto byte_at = [&](std::size_t i) { return static_cast<unsigned char>(bytes[i]); };
+namespace detail_npy {
 
-  if (bytes.size() < 8) {
-    fail(source, "file is " + std::to_string(bytes.size()) +
+/// What a .npy file's preamble and header say, validated against the file's
+/// size: everything but the data.
+struct Layout {
+  DType dtype = DType::kF32;
+  std::vector<std::size_t> shape;
+  std::string descr;
+  bool fortran_order = false;
+  std::size_t count = 0;        // product(shape)
+  std::size_t itemsize = 0;
+  std::size_t data_offset = 0;  // where the data starts in the file
+  std::size_t data_bytes = 0;   // count · itemsize, which is what follows data_offset
+};
+
+/// How many leading bytes of a file of `file_size` bytes parse_layout needs,
+/// given its first min(file_size, 12) bytes `first`: the preamble and the
+/// header when the preamble can be read, else what there is.
+inline std::size_t head_size(std::span<const std::byte> first, std::size_t file_size) {
+  constexpr std::size_t kMaxPreamble = 12;
+  if (first.size() < 8) return std::min(file_size, kMaxPreamble);
+  const auto major = static_cast<unsigned char>(first[6]);
+  if (major < 1 || major > 3) return std::min(file_size, kMaxPreamble);
+  const std::size_t len_bytes = major == 1 ? 2 : 4;
+  if (first.size() < 8 + len_bytes) return std::min(file_size, kMaxPreamble);
+  std::size_t header_len = 0;
+  for (std::size_t i = 0; i < len_bytes; ++i) {
+    header_len |= static_cast<std::size_t>(static_cast<unsigned char>(first[8 + i])) << (8 * i);
+  }
+  return std::min(file_size, 8 + len_bytes + header_len);
+}
+
+/// Validates the preamble and header of a .npy file of `file_size` bytes
+/// whose first bytes are `head` (at least head_size of them, or the whole
+/// file) against that size. Throws FormatError as parse_npy documents.
+inline Layout parse_layout(std::span<const std::byte> head, std::size_t file_size, std::string_view source) {
+  auto byte_at = [&](std::size_t i) { return static_cast<unsigned char>(head[i]); };
+
+  if (file_size < 8) {
+    fail(source, "file is " + std::to_string(file_size) +
                      " bytes, too short for the magic \"\\x93NUMPY\" and the version (8 bytes)");
   }
-  for (std::size_t i = 0; i < detail_npy::kMagic.size(); ++i) {
-    if (byte_at(i) != detail_npy::kMagic[i]) fail(source, "not a .npy file (expected the magic \"\\x93NUMPY\")");
+  for (std::size_t i = 0; i < kMagic.size(); ++i) {
+    if (byte_at(i) != kMagic[i]) fail(source, "not a .npy file (expected the magic \"\\x93NUMPY\")");
   }
   const unsigned major = byte_at(6), minor = byte_at(7);
   if (major < 1 || major > 3 || minor != 0) {
@@ -462,16 +502,15 @@ inline NpyArray parse_npy(std::span<const std::byte> bytes, std::string_view sou
   // 1.0: HEADER_LEN is a little-endian u16; 2.0 and 3.0: u32.
   const std::size_t len_bytes = major == 1 ? 2 : 4;
   const std::size_t preamble = 8 + len_bytes;
-  if (bytes.size() < preamble) {
-    fail(source, "file is " + std::to_string(bytes.size()) + " bytes, too short for the " +
-                     std::to_string(preamble) + "-byte preamble of a version " + std::to_string(major) +
-                     ".0 file");
+  if (file_size < preamble) {
+    fail(source, "file is " + std::to_string(file_size) + " bytes, too short for the " + std::to_string(preamble) +
+                     "-byte preamble of a version " + std::to_string(major) + ".0 file");
   }
   std::size_t header_len = 0;
   for (std::size_t i = 0; i < len_bytes; ++i) header_len |= static_cast<std::size_t>(byte_at(8 + i)) << (8 * i);
-  if (header_len > bytes.size() - preamble) {
+  if (header_len > file_size - preamble) {
     fail(source, "header length " + std::to_string(header_len) + " runs past the end of the file (" +
-                     std::to_string(bytes.size() - preamble) + " bytes follow the preamble)");
+                     std::to_string(file_size - preamble) + " bytes follow the preamble)");
   }
   if (header_len == 0 || byte_at(preamble + header_len - 1) != '\n') {
     fail(source, "the header is not terminated by '\\n' (expected a space-padded dict ending in a newline)");
@@ -479,67 +518,138 @@ inline NpyArray parse_npy(std::span<const std::byte> bytes, std::string_view sou
   // The header is ASCII in 1.0/2.0 (latin1, but every descr oq reads is
   // ASCII) and UTF-8 in 3.0, where non-ASCII only occurs in structured
   // dtypes' field names: reject any non-ASCII or control byte.
-  const std::string_view text(reinterpret_cast<const char*>(bytes.data() + preamble), header_len - 1);
+  const std::string_view text(reinterpret_cast<const char*>(head.data() + preamble), header_len - 1);
   for (std::size_t i = 0; i < text.size(); ++i) {
     const auto c = static_cast<unsigned char>(text[i]);
     if ((c < 0x20 && c != '\t' && c != '\n' && c != '\r' && c != '\f') || c >= 0x7F) {
-      fail(source, "header: " + detail_npy::show_char(text[i]) + " at byte " + std::to_string(i) +
+      fail(source, "header: " + show_char(text[i]) + " at byte " + std::to_string(i) +
                        " is not printable ASCII (expected a Python dict literal)");
     }
   }
-  const auto header = detail_npy::HeaderParser(text, source, major <= 2).parse();
+  const auto header = HeaderParser(text, source, major <= 2).parse();
 
-  NpyArray out;
-  out.dtype = detail_npy::dtype_of_descr(header.descr, source);
+  Layout out;
+  out.dtype = dtype_of_descr(header.descr, source);
   out.shape = header.shape;
-  const std::size_t itemsize = dtype_size(out.dtype);
-  std::size_t count = 0, needed = 0;
-  if (!detail_npy::checked_count(out.shape, count) || !detail_npy::checked_mul(count, itemsize, needed)) {
-    fail(source, "shape " + detail_npy::shape_repr(out.shape) + " of '" + header.descr +
-                     "' has more bytes than size_t can count");
+  out.descr = header.descr;
+  out.fortran_order = header.fortran_order;
+  out.itemsize = dtype_size(out.dtype);
+  if (!checked_count(out.shape, out.count) || !checked_mul(out.count, out.itemsize, out.data_bytes)) {
+    fail(source, "shape " + shape_repr(out.shape) + " of '" + header.descr + "' has more bytes than size_t can count");
   }
-  const std::size_t data_offset = preamble + header_len;
-  const std::size_t available = bytes.size() - data_offset;
-  if (available < needed) {
-    fail(source, "data is truncated: shape " + detail_npy::shape_repr(out.shape) + " of '" + header.descr +
-                     "' needs " + std::to_string(needed) + " bytes, but only " + std::to_string(available) +
+  out.data_offset = preamble + header_len;
+  const std::size_t available = file_size - out.data_offset;
+  if (available < out.data_bytes) {
+    fail(source, "data is truncated: shape " + shape_repr(out.shape) + " of '" + header.descr + "' needs " +
+                     std::to_string(out.data_bytes) + " bytes, but only " + std::to_string(available) +
                      " follow the header");
   }
-  if (available > needed) {
-    fail(source, std::to_string(available) + " bytes follow the header, but shape " +
-                     detail_npy::shape_repr(out.shape) + " of '" + header.descr + "' needs exactly " +
-                     std::to_string(needed) + " (trailing bytes: the header does not describe the data)");
+  if (available > out.data_bytes) {
+    fail(source, std::to_string(available) + " bytes follow the header, but shape " + shape_repr(out.shape) +
+                     " of '" + header.descr + "' needs exactly " + std::to_string(out.data_bytes) +
+                     " (trailing bytes: the header does not describe the data)");
   }
-  const auto data = bytes.subspan(data_offset, needed);
-  if (header.fortran_order && out.shape.size() >= 2) {
-    out.data = detail_npy::fortran_to_c(data, out.shape, count, itemsize);
+  return out;
+}
+
+/// Opens `path` (a regular file, without blocking on a FIFO: see
+/// detail_file::RegularFile) and reads and validates its preamble and header.
+inline Layout read_layout(const detail_file::RegularFile& file, const std::string& source) {
+  std::vector<std::byte> head(std::min<std::size_t>(file.size(), 12));
+  file.read_at(0, head.data(), head.size());
+  const std::size_t needed = head_size(head, file.size());
+  if (needed > head.size()) {
+    const std::size_t have = head.size();
+    head.resize(needed);
+    file.read_at(have, head.data() + have, needed - have);
+  }
+  return parse_layout(head, file.size(), source);
+}
+
+}  // namespace detail_npy
+
+/// Parses the bytes of a .npy file (versions 1.0, 2.0, 3.0). `source` names
+/// the file in error messages. Throws FormatError for anything that is not a
+/// well-formed .npy file of a supported dtype (see the top of this file);
+/// never reads outside `bytes`, and allocates in proportion to its size (a
+/// huge shape over a short file is an error before any allocation).
+inline NpyArray parse_npy(std::span<const std::byte> bytes, std::string_view source = "<memory>") {
+  const detail_npy::Layout layout = detail_npy::parse_layout(bytes, bytes.size(), source);
+  NpyArray out;
+  out.dtype = layout.dtype;
+  out.shape = layout.shape;
+  const auto data = bytes.subspan(layout.data_offset, layout.data_bytes);
+  if (layout.fortran_order && out.shape.size() >= 2) {
+    out.data = detail_npy::fortran_to_c(data, out.shape, layout.count, layout.itemsize);
   } else {
     out.data.assign(data.begin(), data.end());
   }
   return out;
 }
 
-/// Reads and parses a .npy file. Throws std::runtime_error when the file
-/// cannot be read (naming the path) and FormatError when it is malformed.
+/// Reads and parses a .npy file. Throws std::runtime_error (std::system_error)
+/// naming the path when it cannot be opened or read or is not a regular file
+/// (a FIFO or a device is refused without blocking), and FormatError when it
+/// is malformed. The data is read straight into the result: peak memory is
+/// the array's size (twice that for a Fortran-order array, which is
+/// reordered from a copy).
 inline NpyArray read_npy(const std::filesystem::path& path) {
-  std::error_code ec;
-  // Regular files only: a directory opens as a stream on Linux but reports
-  // a meaningless size.
-  if (!std::filesystem::is_regular_file(path, ec)) {
-    throw std::runtime_error("oq::io::read_npy: '" + path.string() + "' is not a regular file (or does not exist)");
+  const detail_file::RegularFile file(path, "oq::io::read_npy");
+  const detail_npy::Layout layout = detail_npy::read_layout(file, path.string());
+  NpyArray out;
+  out.dtype = layout.dtype;
+  out.shape = layout.shape;
+  if (layout.fortran_order && out.shape.size() >= 2) {
+    std::vector<std::byte> stored(layout.data_bytes);
+    file.read_at(layout.data_offset, stored.data(), stored.size());
+    out.data = detail_npy::fortran_to_c(stored, out.shape, layout.count, layout.itemsize);
+  } else {
+    out.data.resize(layout.data_bytes);
+    file.read_at(layout.data_offset, out.data.data(), out.data.size());
   }
-  const std::uintmax_t size = std::filesystem::file_size(path, ec);
-  if (ec) throw std::runtime_error("oq::io::read_npy: cannot stat '" + path.string() + "': " + ec.message());
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("oq::io::read_npy: cannot open '" + path.string() + "'");
-  std::vector<std::byte> bytes(static_cast<std::size_t>(size));
-  in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  if (static_cast<std::uintmax_t>(in.gcount()) != size) {
-    throw std::runtime_error("oq::io::read_npy: read " + std::to_string(in.gcount()) + " of " + std::to_string(size) +
-                             " bytes of '" + path.string() + "'");
-  }
-  return parse_npy(bytes, path.string());
+  return out;
 }
+
+namespace detail_npy {
+
+template <class T>
+using RowMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+/// The matrix npy_to_matrix makes of `shape`, uninitialised: 2-D as is, 1-D
+/// (n,) → 1×n, 0-D → 1×1, k-D → leading dims flattened into rows. Throws
+/// std::invalid_argument "<who>: …" when a dimension does not fit Eigen::Index.
+template <class T>
+RowMatrix<T> matrix_of_shape(std::span<const std::size_t> shape, const char* who) {
+  std::size_t rows = 1, cols = 1;
+  if (!shape.empty()) {
+    cols = shape.back();
+    // The leading product can overflow only when another dimension is 0.
+    for (std::size_t i = 0; i + 1 < shape.size(); ++i) {
+      if (!checked_mul(rows, shape[i], rows)) {
+        throw std::invalid_argument(std::string(who) + ": the leading dimensions of shape " + shape_repr(shape) +
+                                    " overflow size_t");
+      }
+    }
+  }
+  constexpr auto kMaxIndex = static_cast<std::size_t>(std::numeric_limits<Eigen::Index>::max());
+  if (rows > kMaxIndex || cols > kMaxIndex) {
+    throw std::invalid_argument(std::string(who) + ": shape " + shape_repr(shape) + " does not fit Eigen::Index");
+  }
+  return RowMatrix<T>(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
+}
+
+/// count elements of `dtype` at src (C order) → dst, as T.
+template <class T>
+void convert_elements(DType dtype, const std::byte* src, std::size_t count, T* dst) {
+  if ((std::is_same_v<T, float> && dtype == DType::kF32) || (std::is_same_v<T, double> && dtype == DType::kF64)) {
+    if (count > 0) std::memcpy(dst, src, count * sizeof(T));  // same layout: no conversion
+    return;
+  }
+  const std::size_t itemsize = dtype_size(dtype);
+  for (std::size_t i = 0; i < count; ++i) dst[i] = static_cast<T>(load_element(dtype, src + i * itemsize));
+}
+
+}  // namespace detail_npy
 
 /// The array as a row-major matrix of T (float or double), converting every
 /// dtype through load_element: 2-D as is; 1-D (n,) → 1×n; 0-D → 1×1; k-D,
@@ -558,37 +668,46 @@ Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> npy_to_matrix(
                                 " needs " + std::to_string(count) + " elements of " + std::to_string(itemsize) +
                                 " bytes");
   }
-  std::size_t rows = 1, cols = 1;
-  if (!a.shape.empty()) {
-    cols = a.shape.back();
-    // The leading product can overflow only when another dimension is 0.
-    for (std::size_t i = 0; i + 1 < a.shape.size(); ++i) {
-      if (!detail_npy::checked_mul(rows, a.shape[i], rows)) {
-        throw std::invalid_argument("oq::io::npy_to_matrix: the leading dimensions of shape " +
-                                    detail_npy::shape_repr(a.shape) + " overflow size_t");
-      }
-    }
-  }
-  constexpr auto kMaxIndex = static_cast<std::size_t>(std::numeric_limits<Eigen::Index>::max());
-  if (rows > kMaxIndex || cols > kMaxIndex) {
-    throw std::invalid_argument("oq::io::npy_to_matrix: shape " + detail_npy::shape_repr(a.shape) +
-                                " does not fit Eigen::Index");
-  }
-  Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> m(static_cast<Eigen::Index>(rows),
-                                                                      static_cast<Eigen::Index>(cols));
-  const std::byte* src = a.data.data();
-  if ((std::is_same_v<T, float> && a.dtype == DType::kF32) || (std::is_same_v<T, double> && a.dtype == DType::kF64)) {
-    if (count > 0) std::memcpy(m.data(), src, count * sizeof(T));  // same layout: no conversion
-  } else {
-    for (std::size_t i = 0; i < count; ++i) m.data()[i] = static_cast<T>(load_element(a.dtype, src + i * itemsize));
-  }
+  auto m = detail_npy::matrix_of_shape<T>(a.shape, "oq::io::npy_to_matrix");
+  detail_npy::convert_elements(a.dtype, a.data.data(), count, m.data());
   return m;
 }
 
-/// read_npy + npy_to_matrix.
+/// read_npy + npy_to_matrix, without holding the file's bytes and the matrix
+/// at once: the data is read straight into the matrix when the layouts agree
+/// ('<f4' as float, '<f8' as double), else converted from 1 MiB chunks; a
+/// Fortran-order array is read whole, then reordered into the matrix. So peak
+/// memory is the matrix (plus the stored bytes for Fortran order), where
+/// read_npy then npy_to_matrix holds the array and the matrix together
+/// (issue 23). Throws as read_npy and npy_to_matrix do.
 template <class T = float>
 Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> read_npy_matrix(const std::filesystem::path& path) {
-  return npy_to_matrix<T>(read_npy(path));
+  static_assert(std::is_floating_point_v<T>, "read_npy_matrix converts to float or double");
+  const detail_file::RegularFile file(path, "oq::io::read_npy_matrix");
+  const detail_npy::Layout layout = detail_npy::read_layout(file, path.string());
+  auto m = detail_npy::matrix_of_shape<T>(layout.shape, "oq::io::read_npy_matrix");
+  if (layout.fortran_order && layout.shape.size() >= 2) {
+    std::vector<std::byte> stored(layout.data_bytes);
+    file.read_at(layout.data_offset, stored.data(), stored.size());
+    detail_npy::for_each_fortran_in_c_order(
+        stored, layout.shape, layout.count, layout.itemsize, [&](std::size_t i, const std::byte* element) {
+          detail_npy::convert_elements(layout.dtype, element, 1, m.data() + i);
+        });
+  } else if ((std::is_same_v<T, float> && layout.dtype == DType::kF32) ||
+             (std::is_same_v<T, double> && layout.dtype == DType::kF64)) {
+    file.read_at(layout.data_offset, m.data(), layout.data_bytes);
+  } else {
+    constexpr std::size_t kChunkBytes = std::size_t{1} << 20;
+    const std::size_t per_chunk = std::max<std::size_t>(1, kChunkBytes / layout.itemsize);
+    std::vector<std::byte> chunk(std::min(layout.count, per_chunk) * layout.itemsize);
+    for (std::size_t done = 0; done < layout.count;) {
+      const std::size_t n = std::min(per_chunk, layout.count - done);
+      file.read_at(layout.data_offset + done * layout.itemsize, chunk.data(), n * layout.itemsize);
+      detail_npy::convert_elements(layout.dtype, chunk.data(), n, m.data() + done);
+      done += n;
+    }
+  }
+  return m;
 }
 
 /// A 2-D NpyArray of shape (rows, cols) holding x in C order whatever x's

@@ -41,9 +41,26 @@
 //     contiguously from byte 0 to its very end: an overlap, a hole or
 //     trailing bytes (the crate's Metadata::validate and its
 //     MetadataIncompleteBuffer check).
+//   - oq's own limits, beyond the crate's, which bound the memory a header
+//     can make a reader spend: a shape of more than 1024 dimensions, and
+//     "__metadata__" of more than 65,536 entries (PyTorch and NumPy tensors
+//     have at most 64 dimensions; real metadata holds a handful of strings).
 // Empty tensors (a 0 in the shape, begin == end) and scalars (shape [], one
 // element) are valid. FP8 dtypes (F8_E4M3, F8_E5M2) are not supported by oq
 // and are reported as unknown.
+//
+// Cost of reading (issue 23): time linear in the header's length (a 99 MB
+// header of 1.4 million tensors in 3 s on one core; bench/RESULTS.md), and
+// memory in proportion to it: entries are checked one at a time as the JSON
+// parser reads them (io/json.hpp's StrictDomBuilder, one entry at a time)
+// and only their TensorInfo is kept: about 120 bytes per tensor with the
+// lookup index, 1.7 times the header for 71-byte entries ("t123456" of F32
+// [1]). So an error in an entry is reported before a syntax error later in
+// the header.
+// Error messages name tensors and quote values of a header that parses as
+// JSON, but never quote text that does not (see io/json.hpp), nor the bytes
+// of the 8-byte length or of the header's first byte: a shard named by an
+// untrusted index may be any file (io/checkpoint.hpp).
 //
 // Writing (SafetensorsWriter) follows the crate's serializer: compact JSON
 // ({"__metadata__":{...},"name":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}),
@@ -127,6 +144,24 @@ inline constexpr std::uint64_t kMaxHeaderSize = 100'000'000;
 /// "Force alignment to 8 bytes").
 inline constexpr std::size_t kHeaderAlign = 8;
 inline constexpr std::string_view kMetadataKey = "__metadata__";
+/// oq's limits beyond the crate's, so that reading a header costs memory in
+/// proportion to its size (issue 23; see the top of this file). No checkpoint
+/// comes near them: PyTorch and NumPy tensors have at most 64 dimensions, and
+/// the metadata of real files holds a handful of strings.
+inline constexpr std::size_t kMaxRank = 1024;
+inline constexpr std::size_t kMaxMetadataEntries = 65536;
+/// Collecting an entry stops past this many JSON values, so a forged entry
+/// (an array of millions of numbers) is refused before it is held in memory.
+/// A valid entry holds kMaxRank + 6 at most (its object, the dtype string,
+/// the shape array and its dimensions, the offsets array and its two
+/// numbers); the slack lets a shape just past kMaxRank be refused as such.
+inline constexpr std::size_t kMaxEntryValues = 2 * kMaxRank;
+/// The shortest entry a header can hold, 50 bytes plus a separating comma:
+/// "":{"dtype":"U8","shape":[],"data_offsets":[0,1]}. The tensors of an
+/// N-byte header are reserved for at most N / this many entries up front
+/// (address space only: pages of the reservation that no entry fills are
+/// never touched), so that the vector never doubles while the header is read.
+inline constexpr std::size_t kMinEntryBytes = 51;
 
 using detail::checked_count;  // oq/detail/checked_size.hpp
 using detail::checked_mul;
@@ -141,23 +176,22 @@ inline std::string shape_str(std::span<const std::size_t> shape) {
   return s + "]";
 }
 
-/// data_offsets as the header writes them: "[0, 8]".
-inline std::string offsets_str(std::size_t begin, std::size_t end) {
-  return "[" + std::to_string(begin) + ", " + std::to_string(end) + "]";
+// Both built piecewise: "[" + std::string&& trips GCC 12's -Wrestrict false
+// positive (GCC bug 105329) at -O3 where they are inlined.
+inline std::string interval_str(std::size_t begin, std::size_t end, char close) {
+  std::string s = "[";
+  s += std::to_string(begin);
+  s += ", ";
+  s += std::to_string(end);
+  s += close;
+  return s;
 }
+
+/// data_offsets as the header writes them: "[0, 8]".
+inline std::string offsets_str(std::size_t begin, std::size_t end) { return interval_str(begin, end, ']'); }
 
 /// A half-open byte range: "[0, 8)".
-inline std::string range_str(std::size_t begin, std::size_t end) {
-  return "[" + std::to_string(begin) + ", " + std::to_string(end) + ")";
-}
-
-/// A byte for an error message: 'x', or byte 0xNN when not printable ASCII.
-inline std::string show_byte(char c) {
-  const auto u = static_cast<unsigned char>(c);
-  if (u >= 0x20 && u < 0x7F) return std::string("'") + c + "'";
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  return std::string("byte 0x") + kHex[u >> 4] + kHex[u & 0xF];
-}
+inline std::string range_str(std::size_t begin, std::size_t end) { return interval_str(begin, end, ')'); }
 
 inline std::string prefix(std::string_view source) {
   return "oq::io::parse_safetensors_header: " + std::string(source) + ": ";
@@ -229,6 +263,11 @@ inline TensorInfo parse_entry(const std::string& name, const nlohmann::json& ent
   const nlohmann::json& shape = entry["shape"];
   if (!shape.is_array()) {
     fail_tensor(source, name, "\"shape\" is " + describe(shape) + " (expected an array of non-negative integers)");
+  }
+  if (shape.size() > kMaxRank) {
+    fail_tensor(source, name,
+                "\"shape\" has " + std::to_string(shape.size()) + " dimensions (expected at most " +
+                    std::to_string(kMaxRank) + ", oq's limit)");
   }
   t.shape.reserve(shape.size());
   for (std::size_t i = 0; i < shape.size(); ++i) {
@@ -329,6 +368,156 @@ void convert_elements(DType dtype, const std::byte* src, std::size_t count, T* d
   }
 }
 
+/// "__metadata__" → h.metadata (null is no metadata).
+inline void read_metadata(const nlohmann::json& value, SafetensorsHeader& h, std::string_view source) {
+  if (value.is_null()) return;
+  if (!value.is_object()) {
+    fail(source, "\"__metadata__\" is " + detail_json::describe(value) +
+                     " (expected an object mapping strings to strings)");
+  }
+  for (const auto& [mkey, mvalue] : value.items()) {
+    if (!mvalue.is_string()) {
+      fail(source, "\"__metadata__\" value of key '" + detail_json::printable(mkey) + "' is " +
+                       detail_json::describe(mvalue) + " (expected a string)");
+    }
+    h.metadata.emplace(mkey, mvalue.get<std::string>());
+  }
+}
+
+/// SAX handler for the header object: each top-level value (a tensor's entry
+/// or "__metadata__") is collected on its own as a small nlohmann::json
+/// (StrictDomBuilder, at most kMaxEntryValues values for an entry), checked
+/// and turned into a TensorInfo, then dropped. So the whole header is never
+/// held as a json value (about 10 times its size in memory), and time is
+/// linear in its length. Duplicate keys inside an entry or the metadata are
+/// refused by the builder; duplicate tensor names are found afterwards by
+/// sorting (find_duplicate_name), which costs 4 bytes per tensor instead of
+/// a set of names.
+class HeaderReader {
+ public:
+  using json = nlohmann::json;
+
+  HeaderReader(SafetensorsHeader& h, std::size_t data_size, std::string_view source)
+      : h_(h), data_size_(data_size), source_(source), json_prefix_(prefix(source) + "header: ") {}
+
+  const std::string& json_prefix() const noexcept { return json_prefix_; }
+
+  // Each event goes to the builder of the value being collected, if any;
+  // a scalar at the top level is a whole value by itself.
+  bool null() { return value_ ? forwarded(value_->null()) : finish(json(nullptr)); }
+  bool boolean(bool v) { return value_ ? forwarded(value_->boolean(v)) : finish(json(v)); }
+  bool number_integer(json::number_integer_t v) {
+    return value_ ? forwarded(value_->number_integer(v)) : finish(json(v));
+  }
+  bool number_unsigned(json::number_unsigned_t v) {
+    return value_ ? forwarded(value_->number_unsigned(v)) : finish(json(v));
+  }
+  bool number_float(json::number_float_t v, const json::string_t& text) {
+    return value_ ? forwarded(value_->number_float(v, text)) : finish(json(v));
+  }
+  bool string(json::string_t& v) { return value_ ? forwarded(value_->string(v)) : finish(json(std::move(v))); }
+  bool binary(json::binary_t& v) { return value_ ? forwarded(value_->binary(v)) : finish(json(std::move(v))); }
+
+  bool start_object(std::size_t n) {
+    if (value_) return forwarded(value_->start_object(n));
+    if (!in_top_) {
+      in_top_ = true;  // the header's own object (it starts with '{': checked before parsing)
+      return true;
+    }
+    return begin_value().start_object(n);
+  }
+  bool start_array(std::size_t n) { return value_ ? forwarded(value_->start_array(n)) : begin_value().start_array(n); }
+  bool end_object() {
+    if (value_) return forwarded(value_->end_object());
+    in_top_ = false;
+    return true;
+  }
+  bool end_array() { return forwarded(value_->end_array()); }  // arrays only occur inside collected values
+
+  bool key(json::string_t& k) {
+    if (value_) return forwarded(value_->key(k));
+    if (k == kMetadataKey) {
+      if (seen_metadata_) duplicate(k);
+      seen_metadata_ = true;
+    }
+    key_ = std::move(k);
+    return true;
+  }
+
+  bool parse_error(std::size_t /*position*/, const std::string& /*last token*/, const json::exception& e) {
+    throw FormatError(json_prefix_ + "not valid JSON: " + detail_json::parse_error_text(e));
+  }
+
+  [[noreturn]] void duplicate(const std::string& name) const {
+    throw FormatError(json_prefix_ + "duplicate key '" + detail_json::printable(name) +
+                      "' in the top-level object (expected unique keys; JSON parsers would silently keep only " +
+                      "the last one)");
+  }
+
+ private:
+  // After an event inside a collected value: when its outermost container
+  // has closed, the value is checked and dropped.
+  bool forwarded(bool /*builders always go on*/) {
+    if (value_->done()) {
+      json v = value_->take();
+      value_.reset();
+      finish(std::move(v));
+    }
+    return true;
+  }
+
+  detail_json::StrictDomBuilder& begin_value() {
+    const bool metadata = key_ == kMetadataKey;
+    const std::size_t max_values = metadata ? 1 + kMaxMetadataEntries : kMaxEntryValues;
+    std::string too_many = metadata ? prefix(source_) + "\"__metadata__\" holds more than " + std::to_string(max_values) +
+                                          " JSON values (expected an object of at most " +
+                                          std::to_string(kMaxMetadataEntries) + " strings, oq's limit)"
+                                    : prefix(source_) + "tensor '" + detail_json::printable(key_) +
+                                          "': the entry holds more than " +
+                                          std::to_string(max_values) +
+                                          " JSON values (expected an object with exactly \"dtype\", \"shape\" " +
+                                          "of at most " + std::to_string(kMaxRank) +
+                                          " dimensions and \"data_offsets\")";
+    std::string path = "/";
+    path += key_;
+    value_.emplace(json_prefix_, std::move(path), /*base_depth=*/1, max_values, std::move(too_many));
+    return *value_;
+  }
+
+  bool finish(json&& v) {
+    if (key_ == kMetadataKey) {
+      read_metadata(v, h_, source_);
+    } else {
+      h_.tensors.push_back(parse_entry(key_, v, data_size_, source_));
+    }
+    return true;
+  }
+
+  SafetensorsHeader& h_;
+  std::size_t data_size_;
+  std::string_view source_;
+  std::string json_prefix_;
+  std::string key_;
+  std::optional<detail_json::StrictDomBuilder> value_;
+  bool in_top_ = false;
+  bool seen_metadata_ = false;
+};
+
+/// A tensor whose name another tensor has too, or null: names sorted through
+/// a permutation of 32-bit indices (a header holds at most 100 MB /
+/// kMinEntryBytes entries), then compared with their neighbours.
+inline const TensorInfo* find_duplicate_name(const std::vector<TensorInfo>& tensors) {
+  static_assert(kMaxHeaderSize / kMinEntryBytes < std::numeric_limits<std::uint32_t>::max());
+  std::vector<std::uint32_t> order(tensors.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<std::uint32_t>(i);
+  std::sort(order.begin(), order.end(),
+            [&tensors](std::uint32_t a, std::uint32_t b) { return tensors[a].name < tensors[b].name; });
+  for (std::size_t i = 1; i < order.size(); ++i) {
+    if (tensors[order[i]].name == tensors[order[i - 1]].name) return &tensors[order[i]];
+  }
+  return nullptr;
+}
+
 /// s as a JSON string literal (quotes, escapes). Throws std::invalid_argument
 /// naming `what` when s is not valid UTF-8 (a header must be UTF-8).
 inline std::string json_string(const std::string& s, std::string_view what) {
@@ -364,49 +553,32 @@ inline SafetensorsHeader parse_safetensors_header(std::span<const std::byte> fil
   }
   std::uint64_t n = 0;
   for (std::size_t i = 0; i < 8; ++i) n |= static_cast<std::uint64_t>(file[i]) << (8 * i);
+  // The length is the file's first 8 bytes and the first byte of the header
+  // the next: neither is quoted (see the top of this file).
   if (n > d::kMaxHeaderSize) {
-    d::fail(source, "header length " + std::to_string(n) + " exceeds the limit of " +
-                        std::to_string(d::kMaxHeaderSize) +
+    d::fail(source, "the 8-byte header length exceeds the limit of " + std::to_string(d::kMaxHeaderSize) +
                         " bytes (the safetensors crate's MAX_HEADER_SIZE; likely not a safetensors file)");
   }
   if (n > file.size() - 8) {
-    d::fail(source, "header length " + std::to_string(n) + " runs past the end of the file (" +
-                        std::to_string(file.size() - 8) + " bytes follow the length)");
+    d::fail(source, "the 8-byte header length runs past the end of the file (" + std::to_string(file.size() - 8) +
+                        " bytes follow it: a truncated file, or not a safetensors file)");
   }
   const auto header_size = static_cast<std::size_t>(n);
   const std::string_view text(reinterpret_cast<const char*>(file.data() + 8), header_size);
   if (text.empty() || text.front() != '{') {
     d::fail(source, text.empty() ? std::string("the header is empty (expected a JSON object starting with '{')")
-                                 : "the header starts with " + d::show_byte(text.front()) +
-                                       " (expected '{': the spec requires the header to begin with 0x7B)");
+                                 : std::string("the header does not start with '{' (the spec requires the header "
+                                               "to begin with 0x7B; likely not a safetensors file)"));
   }
-  // Trailing whitespace (the spec's space padding; serde_json in the crate
-  // accepts any JSON whitespace there) is accepted by the JSON parser itself.
-  const nlohmann::json j = detail_json::parse_strict(text, d::prefix(source) + "header: ");
-  if (!j.is_object()) d::fail(source, "the header is " + detail_json::describe(j) + " (expected a JSON object)");
-
   SafetensorsHeader h;
   h.data_offset = 8 + header_size;
   const std::size_t data_size = file.size() - h.data_offset;
-  h.tensors.reserve(j.size());
-  for (const auto& [key, value] : j.items()) {
-    if (key == d::kMetadataKey) {
-      if (value.is_null()) continue;
-      if (!value.is_object()) {
-        d::fail(source, "\"__metadata__\" is " + detail_json::describe(value) +
-                            " (expected an object mapping strings to strings)");
-      }
-      for (const auto& [mkey, mvalue] : value.items()) {
-        if (!mvalue.is_string()) {
-          d::fail(source, "\"__metadata__\" value of key '" + detail_json::printable(mkey) + "' is " + detail_json::describe(mvalue) +
-                              " (expected a string)");
-        }
-        h.metadata.emplace(mkey, mvalue.get<std::string>());
-      }
-      continue;
-    }
-    h.tensors.push_back(d::parse_entry(key, value, data_size, source));
-  }
+  h.tensors.reserve(header_size / d::kMinEntryBytes + 1);
+  // Trailing whitespace (the spec's space padding; serde_json in the crate
+  // accepts any JSON whitespace there) is accepted by the JSON parser itself.
+  d::HeaderReader reader(h, data_size, source);
+  detail_json::sax_parse_strict(text, reader, reader.json_prefix());
+  if (const TensorInfo* dup = d::find_duplicate_name(h.tensors)) reader.duplicate(dup->name);
 
   // The crate sorts by data_offsets and requires each tensor to start where
   // the previous one ended, the first at 0 and the last to end at the end of
@@ -482,16 +654,16 @@ class SafetensorsFile {
     return mapped_ ? mapped_->bytes() : std::span<const std::byte>(owned_);
   }
 
-  bool contains(std::string_view name) const { return index_.find(name) != index_.end(); }
+  bool contains(std::string_view name) const { return find(name) != nullptr; }
 
   /// Throws std::invalid_argument "tensor 'x' not found in <file>".
   const TensorInfo& info(std::string_view name) const {
-    const auto it = index_.find(name);
-    if (it == index_.end()) {
+    const TensorInfo* t = find(name);
+    if (t == nullptr) {
       throw std::invalid_argument("oq::io::SafetensorsFile: tensor '" + std::string(name) + "' not found in " +
                                   source_);
     }
-    return header_.tensors[it->second];
+    return *t;
   }
 
   /// The tensor's raw little-endian elements, C order.
@@ -571,7 +743,22 @@ class SafetensorsFile {
 
   void init() {
     header_ = parse_safetensors_header(file_bytes(), source_);
-    for (std::size_t i = 0; i < header_.tensors.size(); ++i) index_.emplace(header_.tensors[i].name, i);
+    // The names sorted through indices into the header's tensors: 8 bytes a
+    // tensor, where a std::map<std::string, …> held a node and a second copy
+    // of every name (issue 23: memory in proportion to the header).
+    by_name_.resize(header_.tensors.size());
+    for (std::size_t i = 0; i < by_name_.size(); ++i) by_name_[i] = i;
+    std::sort(by_name_.begin(), by_name_.end(), [this](std::size_t a, std::size_t b) {
+      return header_.tensors[a].name < header_.tensors[b].name;
+    });
+  }
+
+  const TensorInfo* find(std::string_view name) const {
+    const auto it = std::lower_bound(by_name_.begin(), by_name_.end(), name, [this](std::size_t i, std::string_view n) {
+      return std::string_view(header_.tensors[i].name) < n;
+    });
+    if (it == by_name_.end() || header_.tensors[*it].name != name) return nullptr;
+    return &header_.tensors[*it];
   }
 
   const std::byte* data_of(const TensorInfo& t) const noexcept {
@@ -629,7 +816,7 @@ class SafetensorsFile {
   std::vector<std::byte> owned_;
   std::string source_;
   SafetensorsHeader header_;
-  std::map<std::string, std::size_t, std::less<>> index_;
+  std::vector<std::size_t> by_name_;  // indices into header_.tensors, sorted by name
 };
 
 /// Builds a safetensors file in memory: add tensors and metadata, then
@@ -639,6 +826,7 @@ class SafetensorsWriter {
  public:
   /// Adds a tensor from its raw little-endian C-order bytes. Throws
   /// std::invalid_argument when data.size() ≠ product(shape)·itemsize, when
+  /// the shape has more than 1024 dimensions (what oq's reader accepts), when
   /// the name is taken, is "__metadata__" or is not valid UTF-8.
   void add(std::string name, DType dtype, std::vector<std::size_t> shape, std::span<const std::byte> data) {
     add_owned(std::move(name), dtype, std::move(shape), std::vector<std::byte>(data.begin(), data.end()));
@@ -676,13 +864,21 @@ class SafetensorsWriter {
   }
 
   /// Adds a "__metadata__" entry. Throws std::invalid_argument when the key
-  /// is already there or either string is not valid UTF-8.
+  /// is already there, either string is not valid UTF-8, or there are
+  /// already 65,536 entries (what oq's reader accepts).
   void add_metadata(std::string key, std::string value) {
-    if (std::any_of(metadata_.begin(), metadata_.end(), [&key](const auto& kv) { return kv.first == key; })) {
+    if (metadata_keys_.count(key) != 0) {
       throw std::invalid_argument("oq::io::SafetensorsWriter::add_metadata: key '" + key + "' is already there");
+    }
+    if (metadata_.size() >= detail_safetensors::kMaxMetadataEntries) {
+      throw std::invalid_argument("oq::io::SafetensorsWriter::add_metadata: already " +
+                                  std::to_string(metadata_.size()) + " entries (expected at most " +
+                                  std::to_string(detail_safetensors::kMaxMetadataEntries) +
+                                  ", which readers refuse beyond)");
     }
     (void)detail_safetensors::json_string(key, "metadata key '" + key + "'");
     (void)detail_safetensors::json_string(value, "the value of metadata key '" + key + "'");
+    metadata_keys_.insert(key);
     metadata_.emplace_back(std::move(key), std::move(value));
   }
 
@@ -794,6 +990,11 @@ class SafetensorsWriter {
       throw std::invalid_argument("oq::io::SafetensorsWriter::add: tensor '" + name + "' is already there");
     }
     (void)detail_safetensors::json_string(name, "tensor name '" + name + "'");
+    if (shape.size() > detail_safetensors::kMaxRank) {
+      throw std::invalid_argument("oq::io::SafetensorsWriter::add: tensor '" + name + "' has " +
+                                  std::to_string(shape.size()) + " dimensions (expected at most " +
+                                  std::to_string(detail_safetensors::kMaxRank) + ", which readers refuse beyond)");
+    }
     std::size_t count = 0, nbytes = 0;
     const bool counted = detail_safetensors::checked_count(shape, count) &&
                          detail_safetensors::checked_mul(count, dtype_size(dtype), nbytes);
@@ -810,7 +1011,8 @@ class SafetensorsWriter {
 
   std::vector<Entry> tensors_;
   std::set<std::string, std::less<>> names_;
-  std::vector<std::pair<std::string, std::string>> metadata_;
+  std::vector<std::pair<std::string, std::string>> metadata_;  // in insertion order, as written
+  std::set<std::string, std::less<>> metadata_keys_;            // the duplicate check, O(log n) per key
 };
 
 }  // namespace oq::io
