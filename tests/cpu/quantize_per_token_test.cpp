@@ -158,7 +158,7 @@ TEST_CASE("block rotation: the FMA chain of the CUDA kernel, then oq::quant, bit
   std::mt19937_64 gen(42);
   for (Eigen::Index b : {3, 16, 20, 128, 136}) {  // widths that are and are not whole vectors
     const Eigen::MatrixXf r = oq::transform::random_orthogonal<float>(b, gen);
-    const RowMatrix x = random_tokens(6, 2 * b + (b % 2 == 0 ? 0 : b), static_cast<std::uint32_t>(b));
+    const RowMatrix x = random_tokens(6, 5 * b, static_cast<std::uint32_t>(b));  // a group of four blocks and one more
     const RowMatrix y = rotate_ref(x, r);
     const TokenTransform t = TokenTransform::block_rotation(r);
     for (const QuantSpec& spec : kSpecs) {

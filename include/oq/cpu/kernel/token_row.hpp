@@ -152,9 +152,51 @@ OQ_CPU_TARGET_AVX512VNNI inline void rotate_columns(const float* x, const float*
     _mm512_mask_storeu_ps(y + j0 + 16 * v, v + 1 == kVectors ? last_mask : static_cast<__mmask16>(0xFFFF), acc[v]);
 }
 
+// Four b-blocks at once, columns j0 … j0 + 16·kVectors: each vector of R
+// loaded once serves the four blocks (R is b² floats, 64 KiB at b = 128: it
+// lives in L2, and one load per FMA would bound the loop by L2's bandwidth).
+// Each output keeps its own chain in i order: the same bits as rotate_columns.
+template <int kVectors>
+OQ_CPU_TARGET_AVX512VNNI inline void rotate_columns4(const float* x, const float* r, std::int64_t b, std::int64_t j0,
+                                                     __mmask16 last_mask, float* y) {
+  __m512 acc[4][kVectors];
+  for (int k = 0; k < 4; ++k)
+    for (int v = 0; v < kVectors; ++v) acc[k][v] = _mm512_setzero_ps();
+  for (std::int64_t i = 0; i < b; ++i) {
+    const float* row = r + i * b + j0;
+    __m512 rv[kVectors];
+    for (int v = 0; v < kVectors; ++v)
+      rv[v] = _mm512_maskz_loadu_ps(v + 1 == kVectors ? last_mask : static_cast<__mmask16>(0xFFFF), row + 16 * v);
+    for (int k = 0; k < 4; ++k) {
+      const __m512 xi = _mm512_set1_ps(x[k * b + i]);
+      for (int v = 0; v < kVectors; ++v) acc[k][v] = _mm512_fmadd_ps(xi, rv[v], acc[k][v]);
+    }
+  }
+  for (int k = 0; k < 4; ++k)
+    for (int v = 0; v < kVectors; ++v)
+      _mm512_mask_storeu_ps(y + k * b + j0 + 16 * v, v + 1 == kVectors ? last_mask : static_cast<__mmask16>(0xFFFF),
+                            acc[k][v]);
+}
+
 OQ_CPU_TARGET_AVX512VNNI inline void rotate_blocks(const float* x, const float* r, std::int64_t b, float* y,
                                                    std::int64_t n) {
-  for (std::int64_t s = 0; s < n; s += b) {
+  std::int64_t s = 0;
+  // Groups of four blocks, columns in runs of up to 4 vectors (16 accumulators).
+  for (; s + 4 * b <= n; s += 4 * b) {
+    for (std::int64_t j0 = 0; j0 < b; j0 += 64) {
+      const std::int64_t width = b - j0 < 64 ? b - j0 : 64;
+      const int vectors = static_cast<int>((width + 15) / 16);
+      const auto rem = static_cast<unsigned>(width - 16 * (vectors - 1));
+      const auto last = static_cast<__mmask16>(rem == 16 ? 0xFFFFu : (1u << rem) - 1u);
+      switch (vectors) {
+        case 1: rotate_columns4<1>(x + s, r, b, j0, last, y + s); break;
+        case 2: rotate_columns4<2>(x + s, r, b, j0, last, y + s); break;
+        case 3: rotate_columns4<3>(x + s, r, b, j0, last, y + s); break;
+        default: rotate_columns4<4>(x + s, r, b, j0, last, y + s); break;
+      }
+    }
+  }
+  for (; s < n; s += b) {
     // Columns in runs of up to 8 vectors (128 floats): the accumulators stay in registers.
     for (std::int64_t j0 = 0; j0 < b; j0 += 128) {
       const std::int64_t width = b - j0 < 128 ? b - j0 : 128;
