@@ -1,16 +1,20 @@
 // Tests for oq/io/checkpoint.hpp: a sharded checkpoint (two shards and an
 // index, written into a fresh temporary directory) read through Checkpoint by
 // directory, index and shard file; a single-file checkpoint; lazy opening;
-// every malformed index (paths escaping the directory, missing shards,
-// tensors not where the index says) and lookup errors; concurrent reads.
+// every malformed index (paths escaping the directory, lexically or through a
+// symlinked directory, missing shards, tensors not where the index says) and
+// lookup errors; shards that turn out not to be safetensors files (a link to
+// an unrelated file, a FIFO planted after the index was read); concurrent reads.
 #include <oq/io/checkpoint.hpp>
 
 #include "support/format_error.hpp"
 #include "support/matrices.hpp"
+#include "support/subprocess.hpp"
 
 #include <doctest/doctest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <filesystem>
 #include <fstream>
@@ -20,6 +24,8 @@
 #include <system_error>
 #include <thread>
 #include <vector>
+
+#include <sys/stat.h>
 
 namespace {
 
@@ -334,4 +340,93 @@ TEST_CASE("concurrent reads open each shard once and agree") {
   CHECK(mismatches == 0);
   // One SafetensorsFile per shard: the same object every time.
   CHECK(&c.file_of("model.layers.1.self_attn.q_proj.weight") == &c.file_of("model.layers.1.input_layernorm.weight"));
+}
+
+TEST_CASE("a symlinked directory leading outside the checkpoint is refused; inside, and shard links, are not") {
+  TempDir dir;
+  const ShardedModel m;
+  std::filesystem::create_directories(dir.path / "ckpt" / "sub");
+  std::filesystem::create_directories(dir.path / "elsewhere");
+  m.write(dir.path / "ckpt");
+  std::filesystem::copy_file(dir.path / "ckpt" / ShardedModel::kShard2, dir.path / "elsewhere" / "two.safetensors");
+  std::filesystem::copy_file(dir.path / "ckpt" / ShardedModel::kShard2, dir.path / "ckpt" / "sub" / "two.safetensors");
+  std::filesystem::create_directory_symlink(dir.path / "elsewhere", dir.path / "ckpt" / "out");
+  std::filesystem::create_directory_symlink(dir.path / "ckpt" / "sub", dir.path / "ckpt" / "alias");
+  const auto index = dir.path / "ckpt" / "model.safetensors.index.json";
+  // Before: only ".." was looked for, and "out/…" read a file outside.
+  write_text(index, ShardedModel::index_json("\"out/two.safetensors\""));
+  const std::string message = format_error_of(dir.path / "ckpt");
+  INFO("message: ", message);
+  CHECK(message.find("to 'out/two.safetensors', whose directory 'out' leads outside the checkpoint directory") !=
+        std::string::npos);
+  // A link to a directory inside the checkpoint is harmless.
+  write_text(index, ShardedModel::index_json("\"alias/two.safetensors\""));
+  check_model(Checkpoint(dir.path / "ckpt"), m);
+  // The checkpoint directory itself reached through a link, and a shard file
+  // that is a link to a file outside (the Hugging Face cache's blobs).
+  std::filesystem::create_directory_symlink(dir.path / "ckpt", dir.path / "ckpt_link");
+  std::filesystem::create_symlink(dir.path / "elsewhere" / "two.safetensors", dir.path / "ckpt" / "blob.safetensors");
+  write_text(index, ShardedModel::index_json("\"blob.safetensors\""));
+  check_model(Checkpoint(dir.path / "ckpt_link"), m);
+}
+
+TEST_CASE("a directory replaced by an outside link after the index was read is refused when the shard opens") {
+  TempDir dir;
+  const ShardedModel m;
+  std::filesystem::create_directories(dir.path / "ckpt" / "sub");
+  std::filesystem::create_directories(dir.path / "elsewhere");
+  m.write(dir.path / "ckpt");
+  std::filesystem::copy_file(dir.path / "ckpt" / ShardedModel::kShard2, dir.path / "ckpt" / "sub" / "two.safetensors");
+  std::filesystem::copy_file(dir.path / "ckpt" / ShardedModel::kShard2, dir.path / "elsewhere" / "two.safetensors");
+  write_text(dir.path / "ckpt" / "model.safetensors.index.json", ShardedModel::index_json("\"sub/two.safetensors\""));
+  const Checkpoint c(dir.path / "ckpt");
+  std::filesystem::remove_all(dir.path / "ckpt" / "sub");
+  std::filesystem::create_directory_symlink(dir.path / "elsewhere", dir.path / "ckpt" / "sub");
+  CHECK_THROWS_WITH_AS(c.vector<float>("model.layers.1.input_layernorm.weight"),
+                       doctest::Contains("whose directory 'sub' leads outside the checkpoint directory"), FormatError);
+}
+
+TEST_CASE("a shard that is not a safetensors file: its bytes never reach the message") {
+  TempDir dir;
+  const ShardedModel m;
+  m.write(dir.path);
+  // A link to an unrelated file, as a hostile archive could hold.
+  const std::string secret = "-----BEGIN OPENSSH PRIVATE KEY-----\nsecret material\n";
+  write_text(dir.path / "id_ed25519", secret);
+  std::filesystem::remove(dir.path / ShardedModel::kShard2);
+  std::filesystem::create_symlink(dir.path / "id_ed25519", dir.path / ShardedModel::kShard2);
+  const std::string message = format_error_of(dir.path, "model.layers.1.input_layernorm.weight");
+  INFO("message: ", message);
+  CHECK(message.find("exceeds the limit") != std::string::npos);
+  CHECK(message.find("BEGIN") == std::string::npos);
+  CHECK(message.find("secret") == std::string::npos);
+  // The length fits and the header starts with '{' but is no JSON.
+  std::string forged(8, '\0');
+  forged[0] = static_cast<char>(secret.size() + 1);
+  write_text(dir.path / "id_ed25519", forged + "{" + secret);
+  const std::string json_message = format_error_of(dir.path, "model.layers.1.input_layernorm.weight");
+  INFO("message: ", json_message);
+  CHECK(json_message.find("not valid JSON") != std::string::npos);
+  CHECK(json_message.find("BEGIN") == std::string::npos);
+  CHECK(json_message.find("secret") == std::string::npos);
+}
+
+TEST_CASE("a FIFO planted as a shard after the index was read is refused without blocking") {
+  TempDir dir;
+  const ShardedModel m;
+  m.write(dir.path);
+  const Checkpoint c(dir.path);  // the shards exist and are regular files now
+  std::filesystem::remove(dir.path / ShardedModel::kShard2);
+  REQUIRE(::mkfifo((dir.path / ShardedModel::kShard2).c_str(), 0600) == 0);
+  // Before: the shard was checked only when the index was read, and mapping
+  // it opened the FIFO, which blocks until a writer comes (forever).
+  CHECK(oq::test::finishes_within(std::chrono::seconds(5), [&] {
+    try {
+      (void)c.vector<float>("model.layers.1.input_layernorm.weight");
+    } catch (const std::system_error& e) {
+      return std::string(e.what()).find("is a FIFO, not a regular file") != std::string::npos;
+    }
+    return false;
+  }));
+  CHECK(c.vector<float>("model.layers.0.input_layernorm.weight") == m.norm0);  // the other shard reads on
 }

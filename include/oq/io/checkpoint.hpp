@@ -15,13 +15,36 @@
 // .json file (its shards are looked up next to it).
 //
 // The index is validated up front: "weight_map" must be an object of strings
-// naming files inside the directory (no absolute paths, no ".." component: an
-// index must not make oq open files elsewhere; symlinks are followed, since
-// the Hugging Face cache links snapshot files to blobs) that exist. Shards
-// are memory-mapped lazily, on the first access to one of their tensors, so
-// opening a 13 GB checkpoint costs nothing until a weight is read. When a
-// shard is opened, every tensor the index assigns to it must really be in it:
-// a mismatch throws FormatError naming the index, the tensor and the shard.
+// naming files inside the directory that exist. Shards are memory-mapped
+// lazily, on the first access to one of their tensors, so opening a 13 GB
+// checkpoint costs nothing until a weight is read. When a shard is opened,
+// every tensor the index assigns to it must really be in it: a mismatch
+// throws FormatError naming the index, the tensor and the shard.
+//
+// Which files an index may make oq open (issue 23). The index is data (it
+// comes with a download, or is written by any tool), the directory is what
+// its owner put there; an index must not reach files its directory does not
+// hold. So:
+//   - a shard name is a relative path without a ".." component (checked
+//     lexically), and
+//   - its directories, resolved (std::filesystem::canonical), must lie inside
+//     the resolved checkpoint directory: a symlinked directory component that
+//     leads elsewhere (a link to the home directory, or to /) is refused, so
+//     that an index cannot walk a whole foreign tree through one link;
+//   - the shard file itself may be a symbolic link, to anywhere: the Hugging
+//     Face cache links snapshots/<revision>/model-00001-of-00002.safetensors
+//     to ../../blobs/<sha256>, outside the snapshot directory. Each such link
+//     was put there by whoever made the directory, file by file.
+// The directory check is made when the index is read and again when the shard
+// is opened. Whatever a shard turns out to be, it is opened as detail_file::
+// RegularFile opens files (a FIFO or a device is refused, without blocking,
+// on the opened descriptor), and an error about it never quotes its bytes
+// unless they parse as a safetensors header (io/safetensors.hpp): a link to
+// an unrelated file (a private key) gives "not a safetensors file", not its
+// first bytes. Only the directory author can plant such a link, and the
+// window between the second check and the open gives nothing more to someone
+// who can rename directories in the checkpoint: they could as well link the
+// shard itself to any file.
 //
 //   oq::io::Checkpoint ckpt("Llama-2-7b-hf");
 //   auto w = ckpt.matrix<float>("model.layers.17.mlp.down_proj.weight");   // 4096 × 11008
@@ -34,6 +57,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstddef>
 #include <filesystem>
 #include <functional>
@@ -215,11 +239,12 @@ class Checkpoint {
         Shard s;
         s.path = directory_ / relative;
         s.relative = key;
+        const std::string assigns = "weight_map assigns tensor '" + detail_json::printable(name) + "' to '" +
+                                    detail_json::printable(file) + "'";
+        check_inside(relative, assigns);
         std::error_code ec;
         if (!fs::is_regular_file(s.path, ec)) {
-          fail_index("weight_map assigns tensor '" + detail_json::printable(name) + "' to '" +
-                     detail_json::printable(file) + "', which is not a file in '" +
-                     directory_.string() + "'");
+          fail_index(assigns + ", which is not a file in '" + directory_.string() + "'");
         }
         shards_.push_back(std::move(s));
       }
@@ -245,6 +270,27 @@ class Checkpoint {
     return p.lexically_normal();
   }
 
+  /// The directories of `relative`, resolved, must lie inside the resolved
+  /// checkpoint directory (see the top of this file); a missing directory is
+  /// left to the caller's "not a file" check.
+  void check_inside(const std::filesystem::path& relative, const std::string& assigns) const {
+    namespace fs = std::filesystem;
+    if (!relative.has_parent_path()) return;  // a file in the directory itself
+    std::error_code ec;
+    const fs::path root = fs::canonical(directory_, ec);
+    if (ec) {
+      throw std::runtime_error("oq::io::Checkpoint: cannot resolve '" + directory_.string() + "': " + ec.message());
+    }
+    const fs::path parent = fs::canonical(directory_ / relative.parent_path(), ec);
+    if (ec) return;
+    const auto [r, p] = std::mismatch(root.begin(), root.end(), parent.begin(), parent.end());
+    if (r != root.end()) {
+      fail_index(assigns + ", whose directory '" + relative.parent_path().generic_string() +
+                 "' leads outside the checkpoint directory through a symbolic link (expected the shard's " +
+                 "directories inside it; only the shard file itself may be a link)");
+    }
+  }
+
   std::size_t shard_index(std::string_view name) const {
     const auto it = weight_map_.find(name);
     if (it == weight_map_.end()) {
@@ -258,6 +304,10 @@ class Checkpoint {
     const std::lock_guard<std::mutex> lock(*mutex_);
     Shard& s = shards_[i];
     if (!s.file) {
+      // Again now: a directory may have been replaced by a link since the
+      // index was read (the shard's name was checked lexically then).
+      if (is_sharded()) check_inside(std::filesystem::path(s.relative), "weight_map assigns tensors to '" +
+                                                                           detail_json::printable(s.relative) + "'");
       auto file = std::make_unique<SafetensorsFile>(s.path);
       for (const std::string& name : s.names) {
         if (!file->contains(name)) {
