@@ -28,9 +28,6 @@
 #define OQ_CPU_TARGET_AVX2 __attribute__((target("avx2,fma")))
 // AVX-512 VNNI path: vpdpbusd, byte masks (BW), 256-bit forms (VL).
 #define OQ_CPU_TARGET_AVX512VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
-// Lambdas do not inherit their enclosing function's target: this marks one
-// that uses the AVX-512 intrinsics (after the parameter list).
-#define OQ_CPU_LAMBDA_AVX512VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
 #else
 #define OQ_CPU_X86 0
 #endif

@@ -150,36 +150,29 @@ class TokenTransform {
                     " channels, x has ", k);
   }
 
-  /// The transformed row x[0, k): x itself for kNone, else y, which it
-  /// fills (x is not modified; y and work hold k floats). Where the
+  /// The transformed row x[0, k): x itself for kNone, else y or work, which
+  /// it fills (x is not modified; y and work hold k floats). Where the
   /// transform finds the row's range on the way, it sets *range.
-  const float* apply(const float* x, std::int64_t k, Isa isa, float* y, float* work,
+  const float* apply(const float* x, std::int64_t k, const kernel::TokenRowKernels& kernels, float* y, float* work,
                      std::optional<kernel::RowRange>* range = nullptr) const {
-    const bool wide = isa == Isa::kAvx512Vnni;
     switch (kind_) {
       case Kind::kNone:
         return x;
-      case Kind::kHadamard:
-#if OQ_CPU_X86
-        if (wide) {
-          const kernel::RowRange found = kernel::avx512::hadamard_blocks(x, y, k, block_, hadamard_scale_);
-          if (range != nullptr) *range = found;
-          return y;
-        }
-#endif
-        std::copy(x, x + k, y);
-        kernel::scalar::hadamard_blocks(y, k, block_, hadamard_scale_);
+      case Kind::kHadamard: {
+        const kernel::RowRange found = kernels.hadamard_blocks(x, y, k, block_, hadamard_scale_);
+        if (range != nullptr) *range = found;
         return y;
+      }
       case Kind::kRotations: {
-        // The stages ping-pong between y and work and end in y.
+        // The stages ping-pong between y and work.
         const float* in = x;
         if (!smoothing_.empty()) {
-          smooth(x, smoothing_.data(), work, k, wide);
+          kernels.smooth(x, smoothing_.data(), work, k);
           in = work;
         }
         for (std::size_t i = 0; i < rotations_.size(); ++i) {
           float* out = in == work ? y : work;
-          rotate(in, rotations_[i].data(), out, k, wide);
+          kernels.rotate_blocks(in, rotations_[i].data(), block_, out, k);
           in = out;
           if (i < permutations_.size()) {
             float* permuted = in == work ? y : work;
@@ -201,22 +194,6 @@ class TokenTransform {
     for (Eigen::Index i = 0; i < r.rows(); ++i)
       for (Eigen::Index j = 0; j < r.cols(); ++j) out[static_cast<std::size_t>(i * r.cols() + j)] = static_cast<float>(r(i, j));
     return out;
-  }
-
-  void rotate(const float* x, const float* r, float* y, std::int64_t k, bool wide) const {
-#if OQ_CPU_X86
-    if (wide) return kernel::avx512::rotate_blocks(x, r, block_, y, k);
-#endif
-    (void)wide;
-    kernel::scalar::rotate_blocks(x, r, block_, y, k);
-  }
-
-  static void smooth(const float* x, const float* s, float* y, std::int64_t k, bool wide) {
-#if OQ_CPU_X86
-    if (wide) return kernel::avx512::smooth(x, s, y, k);
-#endif
-    (void)wide;
-    kernel::scalar::smooth(x, s, y, k);
   }
 
   Kind kind_ = Kind::kNone;
@@ -277,18 +254,14 @@ inline PackedActivations quantize_per_token(
   const core::CodeRange range = spec.code_range();
   const auto clip = static_cast<float>(spec.clip_ratio);
 
+  const kernel::TokenRowKernels kernels = kernel::token_row_kernels(isa);
   parallel_for(m, threads, 16, [&](std::int64_t begin, std::int64_t end) {
     std::vector<float> y(static_cast<std::size_t>(k)), work(static_cast<std::size_t>(k));
     for (std::int64_t r = begin; r < end; ++r) {
       const float* row = x.row(r).data();
       std::optional<kernel::RowRange> found;
-      const float* t = transform.apply(row, k, isa, y.data(), work.data(), &found);
-#if OQ_CPU_X86
-      const kernel::RowRange span =
-          found ? *found : isa == Isa::kAvx512Vnni ? kernel::avx512::row_range(t, k) : kernel::scalar::row_range(t, k);
-#else
-      const kernel::RowRange span = found ? *found : kernel::scalar::row_range(t, k);
-#endif
+      const float* t = transform.apply(row, k, kernels, y.data(), work.data(), &found);
+      const kernel::RowRange span = found ? *found : kernels.row_range(t, k);
       if (!span.finite) {
         // Name the input's entry when the input is at fault, else the transform's.
         if (!kernel::scalar::row_range(row, k).finite) detail_token::throw_nonfinite(row, r, k, kWhere, "x");
@@ -296,12 +269,7 @@ inline PackedActivations quantize_per_token(
       }
       const core::AffineParams<float> p = quant::range_params(span.lo, span.hi, spec, clip);
       std::uint8_t* out = a.codes.data() + r * a.row_bytes();
-#if OQ_CPU_X86
-      const std::int64_t sum = isa == Isa::kAvx512Vnni ? kernel::avx512::quantize(t, k, p, range, a.bits, out)
-                                                       : kernel::scalar::quantize(t, k, p, range, a.bits, out);
-#else
-      const std::int64_t sum = kernel::scalar::quantize(t, k, p, range, a.bits, out);
-#endif
+      const std::int64_t sum = kernels.quantize(t, k, p, range, a.bits, out);
       // An 8-bit row whose range is tiny against its offset (all of it in
       // [1e6, 1e6 + 1/16]) has a zero point up to 255·2^24: beyond int32.
       detail::require_domain(std::abs(p.zero) < 2147483648.0f, kWhere, "row ", r, " has zero point ", p.zero,
