@@ -490,3 +490,42 @@ TEST_CASE("bad input") {
   CHECK_THROWS_WITH_AS(gptq_quantize(w, indefinite, spec, {.damp = 0.0}), doctest::Contains("not positive definite"),
                        std::domain_error);
 }
+
+TEST_CASE("extreme hessians: a finite result or std::domain_error, never a NaN cast to int32") {
+  // Issue 23: with H = 1e308·I the damping's mean overflowed to inf as a
+  // sum (NaN with damp = 0), U became NaN and the codes were NaN cast to
+  // int32 (undefined behaviour; UBSan: "nan is outside the range of
+  // representable values of type 'int'").
+  const Matrix w = oq::test::gaussian<double>(4, 8, 11);
+  const QuantSpec spec = QuantSpec::per_channel(4, false);
+  const QuantParams<double> params = compute_params(w, spec);
+  for (double damp : {0.01, 0.0}) {
+    INFO("damp ", damp);
+    const auto got = gptq_quantize(w, Matrix(1e308 * Matrix::Identity(8, 8)), spec, {.damp = damp});
+    CHECK(got.codes == quantize(w, params, spec));  // H = c·I: round-to-nearest, as at any scale
+    CHECK(got.weight == fake_quantize(w, params, spec));
+    CHECK(std::isfinite(got.loss));
+    CHECK(got.loss > 0.0);
+  }
+  // The same errors at a scale whose loss overflows: refused, naming it.
+  const Matrix big_w = 1e3 * oq::test::gaussian<double>(64, 8, 12);
+  CHECK_THROWS_WITH_AS(gptq_quantize(big_w, Matrix(1e308 * Matrix::Identity(8, 8)), spec),
+                       doctest::Contains("the loss"), std::domain_error);
+  // The damping itself overflows (damp · mean(diag H) > DBL_MAX).
+  CHECK_THROWS_WITH_AS(gptq_quantize(w, Matrix(1e308 * Matrix::Identity(8, 8)), spec, {.damp = 10.0}),
+                       doctest::Contains("options.damp · mean(diag H)"), std::domain_error);
+  // An H whose inverse spreads the errors past DBL_MAX: for H = [[a, b], [b, c]]
+  // the first column's error δ moves the second weight by δ·b/c, here
+  // 0.5e300·δ with δ about 1e9. Before: inf − inf = NaN in the updates, cast
+  // to int32.
+  Matrix coupled(2, 2);
+  coupled << 1e300, 0.5, 0.5, 1e-300;
+  const Matrix w2 = 1e10 * oq::test::gaussian<double>(4, 2, 13);
+  CHECK_THROWS_WITH_AS(gptq_quantize(w2, coupled, spec, {.damp = 0.0}),
+                       doctest::Contains("GPTQ's error updates overflow double at w("), std::domain_error);
+  // The same H on small weights stays finite: a result, in range.
+  const auto small = gptq_quantize(Matrix(1e-300 * oq::test::gaussian<double>(4, 2, 13)), coupled, spec, {.damp = 0.0});
+  CHECK(small.weight.allFinite());
+  CHECK(small.codes.minCoeff() >= 0);
+  CHECK(small.codes.maxCoeff() <= 15);
+}

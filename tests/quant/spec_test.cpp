@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -73,4 +74,25 @@ TEST_CASE("shape validation") {
                        "f: x must be non-empty, got 0 x 48", std::invalid_argument);
   CHECK_THROWS_AS(QuantSpec::per_token(4, true).validate_shape(3, 0, "f"), std::invalid_argument);
   CHECK_NOTHROW(QuantSpec::per_group(4, true, 16).validate_shape(3, 48, "f"));
+}
+
+TEST_CASE("code_range refuses bit counts outside [2, 8] instead of shifting by them") {
+  // Before: 1 << bits with bits = 40 or -1 is undefined behaviour (UBSan:
+  // shift exponent too large / negative), and bits = 31 overflowed int.
+  for (int bits : {-1, 0, 1, 9, 16, 31, 32, 40, std::numeric_limits<int>::min(), std::numeric_limits<int>::max()}) {
+    for (bool symmetric : {false, true}) {
+      QuantSpec spec = QuantSpec::per_token(4, symmetric);
+      spec.bits = bits;
+      INFO("bits ", bits, " symmetric ", symmetric);
+      CHECK_THROWS_WITH_AS(spec.code_range(),
+                           ("oq::quant::QuantSpec::code_range: spec.bits must be in [2, 8], got " + std::to_string(bits))
+                               .c_str(),
+                           std::invalid_argument);
+    }
+  }
+  for (int bits = 2; bits <= 8; ++bits) {
+    const QuantSpec spec = QuantSpec::per_token(bits, true);
+    CHECK(spec.code_range().lo == -(1 << (bits - 1)));
+    CHECK(QuantSpec::per_token(bits, false).code_range().hi == (1 << bits) - 1);
+  }
 }

@@ -39,6 +39,8 @@ struct CodeRange {
 };
 
 /// Code range for `bits` bits: symmetric [−2^(b−1), 2^(b−1)−1], asymmetric [0, 2^b−1].
+/// Precondition: kMinBits <= bits <= kMaxBits (a shift by an unchecked count
+/// is undefined); host code asks through QuantSpec::code_range, which checks.
 OQ_HOST_DEVICE constexpr CodeRange code_range(int bits, bool symmetric) noexcept {
   return symmetric ? CodeRange{-(1 << (bits - 1)), (1 << (bits - 1)) - 1}
                    : CodeRange{0, (1 << bits) - 1};

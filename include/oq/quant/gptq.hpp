@@ -73,6 +73,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <numeric>
 #include <optional>
@@ -161,7 +162,8 @@ class GptqFactor {
  public:
   /// Throws std::invalid_argument for a hessian that is not square and
   /// symmetric with a diagonal >= 0, or bad options; std::domain_error for
-  /// NaN/Inf or a hessian that damping does not make positive definite.
+  /// NaN/Inf, a hessian that damping does not make positive definite, or
+  /// one whose damping or inverse factor overflows double.
   explicit GptqFactor(Eigen::MatrixXd hessian, const GptqOptions& options = {}) : options_(options) {
     constexpr std::string_view kWhere = "oq::quant::GptqFactor";
     detail::require(hessian.rows() == hessian.cols() && hessian.rows() > 0, kWhere,
@@ -173,7 +175,13 @@ class GptqFactor {
     const double asymmetry = (hessian - hessian.transpose()).cwiseAbs().maxCoeff();
     detail::require(asymmetry <= 1e-5 * scale, kWhere, "hessian must be symmetric, got max |H − Hᵀ| = ", asymmetry,
                     " (max |H| = ", scale, ")");
-    hessian = (0.5 * (hessian + hessian.transpose())).eval();
+    // ½(H + Hᵀ) overflows past DBL_MAX / 2; halving first is the same value
+    // there (halving a normal double is exact) and never overflows.
+    if (scale <= std::numeric_limits<double>::max() / 2) {
+      hessian = (0.5 * (hessian + hessian.transpose())).eval();
+    } else {
+      hessian = (0.5 * hessian + 0.5 * hessian.transpose()).eval();
+    }
     detail::require((hessian.diagonal().array() >= 0.0).all(), kWhere,
                     "hessian's diagonal must be >= 0 (H = 2·XᵀX/n), got a negative entry");
     detail::require(std::isfinite(options.damp) && options.damp >= 0.0, kWhere, "options.damp must be >= 0, got ",
@@ -195,7 +203,21 @@ class GptqFactor {
                        [&](Eigen::Index a, Eigen::Index b) { return hessian(a, a) > hessian(b, b); });
       hessian = hessian(order_, order_).eval();
     }
-    hessian.diagonal().array() += options.damp * hessian.diagonal().mean();
+    // λ = damp·mean(diag H). The mean of a diagonal near DBL_MAX overflows as
+    // a sum (then λ = inf, or NaN for damp = 0, and U's NaN reached an int
+    // cast in run(): undefined behaviour; issue 23): computed from the
+    // diagonal divided by n then, which cannot overflow. Ordinary data keeps
+    // the plain mean's bits.
+    double mean = hessian.diagonal().mean();
+    if (!std::isfinite(mean)) mean = (hessian.diagonal() / static_cast<double>(n)).sum();
+    const double lambda = options.damp * mean;
+    detail::require_domain(std::isfinite(lambda), kWhere, "the damping options.damp · mean(diag H) = ",
+                           options.damp, " · ", mean, " overflows double: rescale the hessian (GPTQ's result does ",
+                           "not depend on its scale) or lower options.damp");
+    hessian.diagonal().array() += lambda;
+    detail::require_domain(hessian.diagonal().allFinite(), kWhere,
+                           "hessian + damping overflows double on the diagonal: rescale the hessian (GPTQ's result ",
+                           "does not depend on its scale)");
     // U without forming H⁻¹ (the reference runs cholesky, cholesky_inverse
     // and cholesky again): with J the reversal, J·H·J = L·Lᵀ
     // gives H⁻¹ = (J·L⁻¹·J)ᵀ·(J·L⁻¹·J), and J·L⁻¹·J is upper triangular with
@@ -211,6 +233,11 @@ class GptqFactor {
     }
     detail::invert_lower_triangular_in_place<double>(hessian);
     hessian.triangularView<Eigen::StrictlyUpper>().setZero();
+    // A factor beyond double (H spanning more than DBL_MAX between its
+    // eigenvalues) would give run() NaN codes.
+    detail::require_domain(hessian.allFinite() && (hessian.diagonal().array() > 0.0).all(), kWhere,
+                           "the inverse factor of hessian + damping is not finite in double (H too ill-conditioned ",
+                           "at its scale): raise options.damp (got ", options.damp, ")");
     hessian.reverseInPlace();
     u_ = std::make_shared<const Eigen::MatrixXd>(std::move(hessian));
   }
@@ -363,6 +390,14 @@ GptqResult<Scalar> run(const Eigen::MatrixBase<Derived>& w_in, const GptqFactor&
         const Eigen::Index pj = grouped ? g : 0;
         const core::AffineParams<Scalar> p = result.params.at(pi, pj);
         const core::AffineParams<double> pd{static_cast<double>(p.scale), static_cast<double>(p.zero)};
+        // A weight updated past double (an ill-conditioned H amplifies the
+        // errors it spreads) would make the code NaN, and casting NaN to
+        // int32 is undefined behaviour.
+        if (!std::isfinite(w(r, k))) {
+          detail::require_domain(false, kWhere, "GPTQ's error updates overflow double at w(", r, ", ", column,
+                                 "): the hessian's inverse amplifies the rounding errors beyond double; raise ",
+                                 "options.damp (got ", factor.options().damp, ")");
+        }
         const double code = core::quantize_value(w(r, k), pd, range);
         const Scalar dequantized = core::dequantize_value(static_cast<Scalar>(code), p);
         result.codes(r, column) = static_cast<std::int32_t>(code);
@@ -378,6 +413,8 @@ GptqResult<Scalar> run(const Eigen::MatrixBase<Derived>& w_in, const GptqFactor&
     if (end < cols)
       w.rightCols(cols - end).noalias() -= errors.leftCols(end - start) * u.block(start, end, end - start, cols - end);
   }
+  detail::require_domain(std::isfinite(result.loss), kWhere, "the loss ½·Σ((w − ŵ)/U_kk)² overflows double: ",
+                         "rescale the hessian (GPTQ's codes do not depend on its scale, the loss does)");
   return result;
 }
 
@@ -387,7 +424,9 @@ GptqResult<Scalar> run(const Eigen::MatrixBase<Derived>& w_in, const GptqFactor&
 /// computed as the file comment says. spec: per-channel (one pair per output
 /// row, the usual choice), per-group along the inputs, or per-tensor.
 /// Throws std::invalid_argument for bad shapes or a bad spec, and
-/// std::domain_error for NaN/Inf in w.
+/// std::domain_error for NaN/Inf in w, or when the error updates or the loss
+/// overflow double (an H whose inverse amplifies the rounding errors past
+/// DBL_MAX, or a loss beyond it at H's scale), naming what overflowed.
 template <class Derived>
 GptqResult<typename Derived::Scalar> gptq_quantize(const Eigen::MatrixBase<Derived>& w, const GptqFactor& factor,
                                                    const QuantSpec& spec) {

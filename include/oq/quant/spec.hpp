@@ -22,6 +22,8 @@
 
 #include <Eigen/Core>
 
+#include <stdexcept>
+#include <string>
 #include <string_view>
 
 namespace oq::quant {
@@ -94,8 +96,18 @@ struct QuantSpec {
     return {bits, symmetric, Granularity::kPerGroup, group_size, clip_ratio, false, false};
   }
 
-  /// The integer codes' range for these bits and this symmetry.
-  constexpr core::CodeRange code_range() const noexcept { return core::code_range(bits, symmetric); }
+  /// The integer codes' range for these bits and this symmetry. Throws
+  /// std::invalid_argument naming spec.bits outside [2, 8]: the range is
+  /// 1 << bits, undefined behaviour for a negative count or one past the
+  /// int's width (issue 23), and callers may ask before validate().
+  constexpr core::CodeRange code_range() const {
+    if (bits < core::kMinBits || bits > core::kMaxBits) {
+      throw std::invalid_argument("oq::quant::QuantSpec::code_range: spec.bits must be in [" +
+                                  std::to_string(core::kMinBits) + ", " + std::to_string(core::kMaxBits) +
+                                  "], got " + std::to_string(bits));
+    }
+    return core::code_range(bits, symmetric);
+  }
 
   /// Throws std::invalid_argument naming the offending field.
   void validate(std::string_view where) const {
