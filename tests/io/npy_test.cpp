@@ -755,3 +755,11 @@ TEST_CASE("read_npy and read_npy_matrix refuse a FIFO and a device without block
   CHECK_THROWS_WITH_AS(oq::io::read_npy(fifo), doctest::Contains("is a FIFO, not a regular file"), std::runtime_error);
   CHECK_THROWS_WITH_AS(oq::io::read_npy("/dev/zero"), doctest::Contains("is a character device"), std::runtime_error);
 }
+
+TEST_CASE("make_npy refuses finite values its float dtype cannot hold, instead of storing ±inf") {
+  CHECK_THROWS_WITH_AS(oq::io::make_npy(Eigen::Vector2d(1.0, 1e39), DType::kF32),
+                       doctest::Contains("value 1e+39 is finite but overflows F32"),
+                       std::domain_error);
+  CHECK_THROWS_AS(oq::io::make_npy(Eigen::Vector2d(1.0, -7e4), DType::kF16), std::domain_error);
+  CHECK(oq::io::npy_to_matrix<double>(oq::io::make_npy(Eigen::Vector2d(1.0, 65504.0), DType::kF16))(0, 1) == 65504.0);
+}

@@ -228,7 +228,9 @@ TEST_CASE("writer → reader round trip of every dtype") {
 }
 
 TEST_CASE("F16 and BF16 bytes are core/float16.hpp's bits, and NaN/Inf survive") {
-  const std::vector<float> v = {1.0f, 0.1f, -65520.0f, 1e-8f, std::numeric_limits<float>::infinity(),
+  // (−65519 rounds to F16's −65504; −65520 would round to −inf, which the
+  // writer refuses: see the overflow test below.)
+  const std::vector<float> v = {1.0f, 0.1f, -65519.0f, 1e-8f, std::numeric_limits<float>::infinity(),
                                 std::numeric_limits<float>::quiet_NaN()};
   for (DType t : {DType::kF16, DType::kBF16}) {
     SafetensorsWriter w;
@@ -836,4 +838,38 @@ TEST_CASE("errors never quote a file that is not a safetensors header") {
     CHECK(m.find("BEG") == std::string::npos);
     CHECK(m.find("99999") == std::string::npos);
   }
+}
+
+TEST_CASE("the writer refuses finite values its float dtype cannot hold, instead of storing ±inf") {
+  // Issue 23: 1e39 was stored as F32 +inf, 70000 as F16 +inf, without a word.
+  const double flt_max = std::numeric_limits<float>::max();
+  const double rounds_to_inf = std::ldexp(2.0 - std::ldexp(1.0, -24), 127);  // half an ulp past FLT_MAX
+  struct Case {
+    DType dtype;
+    double largest_kept;  // rounds to the type's largest finite value
+    double first_refused;
+  };
+  for (const Case& c : {Case{DType::kF32, std::nextafter(rounds_to_inf, 0.0), rounds_to_inf},
+                        Case{DType::kF16, 65519.99, 65520.0},
+                        Case{DType::kBF16, 3.3961e38, 3.3962e38}}) {
+    INFO("dtype ", oq::io::dtype_name(c.dtype));
+    SafetensorsWriter w;
+    CHECK_NOTHROW(w.add("kept", Eigen::Vector3d(c.largest_kept, -c.largest_kept, 1.0), c.dtype));
+    const auto kept = SafetensorsFile::from_bytes(w.bytes()).vector<double>("kept");
+    CHECK(std::isfinite(kept(0)));
+    CHECK(kept(1) == -kept(0));
+    for (double v : {c.first_refused, -c.first_refused, 1e300, -std::numeric_limits<double>::max()}) {
+      CHECK_THROWS_WITH_AS(w.add("x", Eigen::Vector2d(1.0, v), c.dtype), doctest::Contains("is finite but overflows"),
+                           std::domain_error);
+    }
+    CHECK(w.size() == 1);  // unchanged by the refusals
+    // ±inf and NaN are values of the type: stored as they are.
+    CHECK_NOTHROW(w.add("special", Eigen::Vector3d(std::numeric_limits<double>::infinity(),
+                                                   -std::numeric_limits<double>::infinity(),
+                                                   std::numeric_limits<double>::quiet_NaN()),
+                        c.dtype));
+  }
+  SafetensorsWriter f32;
+  f32.add("max", Eigen::Vector2d(flt_max, -flt_max), DType::kF32);
+  CHECK(SafetensorsFile::from_bytes(f32.bytes()).vector<double>("max")(0) == flt_max);
 }

@@ -11,6 +11,7 @@
 
 #include <array>
 #include <bit>
+#include <charconv>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -117,12 +118,53 @@ inline double load_element(DType t, const std::byte* src) noexcept {
   return 0.0;
 }
 
+namespace detail_dtype {
+
+/// The shortest text that reads back as `value` ("1e+39", "65520").
+inline std::string shortest(double value) {
+  std::array<char, 32> buffer{};
+  const auto end = std::to_chars(buffer.data(), buffer.data() + buffer.size(), value).ptr;
+  return std::string(buffer.data(), end);
+}
+
+[[noreturn]] inline void overflow(double value, DType t) {
+  throw std::domain_error("oq::io: value " + shortest(value) + " is finite but overflows " +
+                          std::string(dtype_name(t)) + " (it would be stored as " + (value > 0 ? "+inf" : "-inf") +
+                          "; expected a value within the type's range)");
+}
+
+/// value as a float, or std::domain_error when finite and beyond float's
+/// range: from (2 − 2^−24)·2^127, half an ulp past FLT_MAX, a double rounds
+/// to ±inf (and converting it is undefined behaviour in C++).
+inline float to_float(double value, DType t) {
+  const double rounds_to_inf = std::ldexp(2.0 - std::ldexp(1.0, -24), 127);
+  if (std::isfinite(value) && std::fabs(value) >= rounds_to_inf) overflow(value, t);
+  return static_cast<float>(value);
+}
+
+/// value's half-precision bits through float, or std::domain_error when a
+/// finite value became ±inf (`inf_bits` with the sign cleared).
+template <class Convert>
+std::uint16_t narrowed_bits(double value, DType t, Convert convert, std::uint16_t inf_bits) {
+  const std::uint16_t bits = convert(to_float(value, t));
+  if (std::isfinite(value) && (bits & 0x7FFFu) == inf_bits) overflow(value, t);
+  return bits;
+}
+
+}  // namespace detail_dtype
+
 /// Store `value` as one little-endian element of type `t` at `dst`. Floating
 /// types round to nearest even (F16/BF16 through float, which is exact for
 /// float inputs; a double that is not a float can be rounded twice). Integer types
 /// require an integral value in range and throw std::domain_error otherwise,
-/// so a silent truncation can never happen.
+/// so a silent truncation can never happen. Likewise a finite value too large
+/// for a floating type (one that would round to ±inf: |value| ≥ 65520 for
+/// F16, about 3.3961e38 for BF16, 3.4028e38 for F32) throws std::domain_error
+/// instead of being stored as ±inf (issue 23); ±inf and NaN are stored as
+/// they are.
 inline void store_element(DType t, double value, std::byte* dst) {
+  using detail_dtype::narrowed_bits;
+  using detail_dtype::to_float;
   auto store = [dst]<class T>(T v) { std::memcpy(dst, &v, sizeof(T)); };
   auto integral = [value, t]<class T>(T) {
     // max() + 1 = 2^digits is exact in double even for 64-bit types, whose
@@ -150,9 +192,9 @@ inline void store_element(DType t, double value, std::byte* dst) {
     case DType::kU32: store(integral(std::uint32_t{})); return;
     case DType::kI64: store(integral(std::int64_t{})); return;
     case DType::kU64: store(integral(std::uint64_t{})); return;
-    case DType::kF16: store(core::float_to_f16_bits(static_cast<float>(value))); return;
-    case DType::kBF16: store(core::float_to_bf16_bits(static_cast<float>(value))); return;
-    case DType::kF32: store(static_cast<float>(value)); return;
+    case DType::kF16: store(narrowed_bits(value, t, core::float_to_f16_bits, std::uint16_t{0x7C00})); return;
+    case DType::kBF16: store(narrowed_bits(value, t, core::float_to_bf16_bits, std::uint16_t{0x7F80})); return;
+    case DType::kF32: store(to_float(value, t)); return;
     case DType::kF64: store(value); return;
   }
 }
