@@ -6,6 +6,8 @@
 #   bash cmake/run.sh test      build everything and run the test suite
 #   bash cmake/run.sh asan      the test suite under ASan + UBSan
 #   bash cmake/run.sh fuzz      each file parser's libFuzzer target for 20 s (clang)
+#   bash cmake/run.sh arm       the CPU kernels' tests cross-compiled for aarch64 (NEON dot product)
+#                               and run under qemu-user (cmake/arm_check.sh)
 #   bash cmake/run.sh deps      only install the Debian packages
 #   bash cmake/run.sh gpu-pack  build the GPU tests and benchmarks (nvcc, no GPU needed) into .gpu/,
 #                               which a lent GPU machine runs with cmake/gpu_check.sh (see there)
@@ -17,6 +19,7 @@ cd "$(dirname "$0")/.."
 
 packages=(build-essential cmake ninja-build libeigen3-dev doctest-dev libbenchmark-dev nlohmann-json3-dev)
 fuzz_packages=(clang libclang-rt-dev)
+arm_packages=(g++-aarch64-linux-gnu qemu-user)
 example_packages=(python3-matplotlib)  # plot_channels.py (Debian's python3, /usr/bin/python3)
 train_packages=(python3-matplotlib bible-kjv)  # plot_training.py; the training text (4.4 MB of English)
 
@@ -66,6 +69,9 @@ case "${1:-}" in
   fuzz)
     install_deps "${fuzz_packages[@]}"
     cmake --workflow --preset fuzz ;;
+  arm)
+    install_deps "${arm_packages[@]}"
+    bash cmake/arm_check.sh ;;
   gpu-pack)
     install_deps
     command -v nvcc >/dev/null 2>&1 || { echo "oq: gpu-pack needs nvcc (the CUDA toolkit)" >&2; exit 1; }
@@ -83,6 +89,6 @@ case "${1:-}" in
     echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' + uncommitted changes')" > .gpu/COMMIT
     du -sh .gpu ;;
   *)
-    echo "usage: bash cmake/run.sh {example|train|test|asan|fuzz|deps|gpu-pack}" >&2
+    echo "usage: bash cmake/run.sh {example|train|test|asan|fuzz|arm|deps|gpu-pack}" >&2
     exit 2 ;;
 esac

@@ -24,7 +24,7 @@ using oq::cpu::PackedWeights;
 
 std::vector<Isa> available_paths() {
   std::vector<Isa> out;
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512Vnni})
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512Vnni, Isa::kNeonDot})
     if (oq::cpu::isa_supported(isa)) out.push_back(isa);
   return out;
 }
@@ -348,7 +348,7 @@ TEST_CASE("bad input is refused with a message naming it") {
   // one, so the check runs on every machine).
   CHECK_THROWS_WITH_AS(oq::cpu::gemm(o.a, o.w, {1, static_cast<Isa>(99)}), doctest::Contains("options.isa"),
                        std::invalid_argument);
-  for (Isa isa : {Isa::kAvx2, Isa::kAvx512Vnni}) {
+  for (Isa isa : {Isa::kAvx2, Isa::kAvx512Vnni, Isa::kNeonDot}) {
     if (!oq::cpu::isa_supported(isa))
       CHECK_THROWS_WITH_AS(oq::cpu::gemm(o.a, o.w, {1, isa}), doctest::Contains("not available"),
                            std::invalid_argument);

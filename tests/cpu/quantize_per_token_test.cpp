@@ -29,7 +29,7 @@ using oq::quant::QuantSpec;
 
 std::vector<Isa> available_paths() {
   std::vector<Isa> out;
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512Vnni})
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512Vnni, Isa::kNeonDot})
     if (oq::cpu::isa_supported(isa)) out.push_back(isa);
   return out;
 }

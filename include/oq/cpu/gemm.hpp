@@ -26,7 +26,8 @@
 // equal on every path to a plain integer loop.
 //
 // Paths (KernelOptions::isa): AVX-512 VNNI (vpdpbusd), AVX2 (vpmaddubsw +
-// vpmaddwd) and scalar, all computing the same integers (dot_int4.hpp);
+// vpmaddwd), NEON dot product (sdot, where compiled) and scalar, all
+// computing the same integers (dot_int4.hpp);
 // threads split the output channels. K must be even (packed INT4 weights)
 // and at most kMaxK; a group must be even and divide K.
 #pragma once
@@ -167,6 +168,14 @@ void dot_tile(const PreparedActivations& p, const std::int64_t* rows, const std:
       return;
     }
 #endif
+#if OQ_CPU_NEON_DOT
+    case Isa::kNeonDot: {
+      const std::int8_t* ap[MT];
+      for (int i = 0; i < MT; ++i) ap[i] = p.simd_row(rows[i], s);
+      kernel::neon::dot_tile<MT>(ap, wp, p.segment / 2, w_signed, out);
+      return;
+    }
+#endif
     default: {
       const std::int16_t* ap[MT];
       for (int i = 0; i < MT; ++i) ap[i] = p.scalar_row(rows[i], s);
@@ -184,7 +193,7 @@ void output_tile(const PackedActivations& a, const PackedWeights& w, const Prepa
                  std::int64_t ld_y, std::int32_t* acc, std::int64_t ld_acc) {
   const std::uint8_t* wrows[4];
   for (int j = 0; j < 4; ++j) wrows[j] = j < nt ? w.row(n0 + j) : zero_row;
-  const int bw = (w.is_signed && p.isa != Isa::kScalar) ? 8 : 0;
+  const int bw = kernel::weight_bias(p.isa, w.is_signed);
   const int ba = p.isa != Isa::kScalar ? p.bias : 0;
   const std::int64_t groups = w.groups(), length = p.segment;
   float out[MT][4] = {};

@@ -13,8 +13,11 @@
 // -march flag is needed. Every path computes the same int32 accumulators
 // (exact integer arithmetic) and the same float epilogue.
 //
-// ARM: the NEON dot-product path (kNeonDot) is not written yet; on aarch64
-// the scalar path runs.
+// ARM: the NEON dot-product path (kNeonDot: sdot) is compiled where the
+// compiler targets it (aarch64 with __ARM_FEATURE_DOTPROD, e.g.
+// -march=armv8.2-a+dotprod or -mcpu=native on such a core); a binary built
+// so assumes the CPU has it, as the compiler does. Elsewhere on aarch64 the
+// scalar path runs.
 #pragma once
 
 #include <oq/detail/check.hpp>
@@ -32,10 +35,17 @@
 #define OQ_CPU_X86 0
 #endif
 
+#if defined(__aarch64__) && defined(__ARM_FEATURE_DOTPROD) && defined(__ARM_NEON)
+#define OQ_CPU_NEON_DOT 1
+#include <arm_neon.h>
+#else
+#define OQ_CPU_NEON_DOT 0
+#endif
+
 namespace oq::cpu {
 
 /// An instruction set of the CPU kernels. kAuto picks the best this CPU runs.
-enum class Isa { kAuto, kScalar, kAvx2, kAvx512Vnni };
+enum class Isa { kAuto, kScalar, kAvx2, kAvx512Vnni, kNeonDot };
 
 constexpr std::string_view to_string(Isa isa) noexcept {
   switch (isa) {
@@ -43,6 +53,7 @@ constexpr std::string_view to_string(Isa isa) noexcept {
     case Isa::kScalar: return "scalar";
     case Isa::kAvx2: return "AVX2";
     case Isa::kAvx512Vnni: return "AVX-512 VNNI";
+    case Isa::kNeonDot: return "NEON dot product";
   }
   return "unknown";
 }
@@ -64,6 +75,7 @@ inline bool isa_supported(Isa isa) noexcept {
     case Isa::kAvx2:
     case Isa::kAvx512Vnni: return false;
 #endif
+    case Isa::kNeonDot: return OQ_CPU_NEON_DOT != 0;
   }
   return false;
 }
@@ -72,6 +84,7 @@ inline bool isa_supported(Isa isa) noexcept {
 inline Isa best_isa() noexcept {
   if (isa_supported(Isa::kAvx512Vnni)) return Isa::kAvx512Vnni;
   if (isa_supported(Isa::kAvx2)) return Isa::kAvx2;
+  if (isa_supported(Isa::kNeonDot)) return Isa::kNeonDot;
   return Isa::kScalar;
 }
 

@@ -3,9 +3,10 @@
 // weight rows over one K segment (a weight group, or all of K), as exact
 // int32 sums.
 //
-// The SIMD paths multiply unsigned bytes by signed bytes (vpdpbusd on
+// The x86 SIMD paths multiply unsigned bytes by signed bytes (vpdpbusd on
 // AVX-512 VNNI; vpmaddubsw + vpmaddwd on AVX2), so both operands are biased
-// into those types and the bias is taken out afterwards, exactly:
+// into those types and the bias is taken out afterwards, exactly (NEON's
+// sdot multiplies signed bytes: there only the activations are biased):
 //   weights  u8 w' = w + bw: bw = 8 for s4 codes (the nibble XOR 8, done on
 //            both nibbles of a byte at once by XOR 0x88), 0 for u4;
 //   acts     s8 a' = a − ba: ba = 128 for uint8 codes, 0 otherwise (s8, and
@@ -16,7 +17,7 @@
 //
 // Prepared activation layout (PreparedActivations, built once per call):
 // each segment of L codes is split into chunks of C codes (C = 128 for
-// AVX-512, 64 for AVX2), zero-padded to a whole chunk; a chunk stores its
+// AVX-512, 64 for AVX2, 32 for NEON), zero-padded to a whole chunk; a chunk stores its
 // even-indexed codes (C/2 bytes) then its odd-indexed ones, because C/2
 // bytes of a packed weight row hold the even codes in their low nibbles and
 // the odd codes in their high nibbles. The scalar path keeps natural order.
@@ -31,7 +32,13 @@ namespace oq::cpu::kernel {
 
 /// Codes per chunk of the prepared activations for an instruction set.
 constexpr std::int64_t chunk_codes(Isa isa) noexcept {
-  return isa == Isa::kAvx512Vnni ? 128 : isa == Isa::kAvx2 ? 64 : 2;
+  return isa == Isa::kAvx512Vnni ? 128 : isa == Isa::kAvx2 ? 64 : isa == Isa::kNeonDot ? 32 : 2;
+}
+
+/// The bias bw the path adds to the weight codes (8 for s4 on the x86 paths,
+/// whose products take unsigned weights; 0 where the products are signed).
+constexpr int weight_bias(Isa isa, bool w_signed) noexcept {
+  return w_signed && (isa == Isa::kAvx512Vnni || isa == Isa::kAvx2) ? 8 : 0;
 }
 
 namespace scalar {
@@ -152,5 +159,49 @@ OQ_CPU_TARGET_AVX2 inline void dot_tile(const std::int8_t* const* a, const std::
 #pragma GCC diagnostic pop
 #endif
 #endif  // OQ_CPU_X86
+
+#if OQ_CPU_NEON_DOT
+namespace neon {
+
+/// As avx512::dot_tile with 16-byte chunks (32 codes) and sdot (s8 × s8 →
+/// s32 in fours): signed products, so s4 weights are sign-extended in place
+/// (bw = 0) and only uint8 activations are biased.
+template <int MT>
+inline void dot_tile(const std::int8_t* const* a, const std::uint8_t* const* w, std::int64_t bytes, bool w_signed,
+                     std::int32_t (&out)[MT][4]) {
+  int32x4_t acc[MT][4];
+  for (int i = 0; i < MT; ++i)
+    for (int j = 0; j < 4; ++j) acc[i][j] = vdupq_n_s32(0);
+  for (std::int64_t c = 0; c < bytes; c += 16) {
+    const std::int64_t valid = bytes - c < 16 ? bytes - c : 16;
+    for (int j = 0; j < 4; ++j) {
+      std::uint8_t tail[16] = {};
+      const std::uint8_t* src = w[j] + c;
+      if (valid < 16) {
+        std::memcpy(tail, src, static_cast<std::size_t>(valid));
+        src = tail;
+      }
+      const uint8x16_t raw = vld1q_u8(src);
+      int8x16_t lo, hi;
+      if (w_signed) {
+        const int8x16_t s = vreinterpretq_s8_u8(raw);
+        lo = vshrq_n_s8(vshlq_n_s8(s, 4), 4);  // arithmetic: sign-extends the low nibble
+        hi = vshrq_n_s8(s, 4);
+      } else {
+        lo = vreinterpretq_s8_u8(vandq_u8(raw, vdupq_n_u8(0x0F)));
+        hi = vreinterpretq_s8_u8(vshrq_n_u8(raw, 4));
+      }
+      for (int i = 0; i < MT; ++i) {
+        acc[i][j] = vdotq_s32(acc[i][j], lo, vld1q_s8(a[i] + 2 * c));
+        acc[i][j] = vdotq_s32(acc[i][j], hi, vld1q_s8(a[i] + 2 * c + 16));
+      }
+    }
+  }
+  for (int i = 0; i < MT; ++i)
+    for (int j = 0; j < 4; ++j) out[i][j] = vaddvq_s32(acc[i][j]);
+}
+
+}  // namespace neon
+#endif  // OQ_CPU_NEON_DOT
 
 }  // namespace oq::cpu::kernel

@@ -189,3 +189,77 @@ OQ_CPU_END
 #endif
 
 #endif  // OQ_CPU_X86
+
+#if OQ_CPU_NEON_DOT
+#include <cstring>
+
+namespace oq::cpu::kernel {
+
+/// 4 floats (AArch64 Advanced SIMD; baseline on every aarch64 core).
+struct NeonFloat {
+  using F = float32x4_t;
+  using I = int32x4_t;
+  static constexpr int kLanes = 4;
+  static constexpr int kRotateVectors4 = 4;    // 16 accumulators + 4 of R in 32 registers
+  static constexpr int kRegisterVectors = 16;
+
+  static F load(const float* p) { return vld1q_f32(p); }
+  static void store(float* p, F v) { vst1q_f32(p, v); }
+  static F load_first(const float* p, int count) {
+    float lanes[4] = {};
+    std::memcpy(lanes, p, sizeof(float) * static_cast<std::size_t>(count < 4 ? count : 4));
+    return vld1q_f32(lanes);
+  }
+  static void store_first(float* p, F v, int count) {
+    float lanes[4];
+    vst1q_f32(lanes, v);
+    std::memcpy(p, lanes, sizeof(float) * static_cast<std::size_t>(count < 4 ? count : 4));
+  }
+  static F set1(float v) { return vdupq_n_f32(v); }
+  static F zero() { return vdupq_n_f32(0.0f); }
+  static F add(F a, F b) { return vaddq_f32(a, b); }
+  static F sub(F a, F b) { return vsubq_f32(a, b); }
+  static F mul(F a, F b) { return vmulq_f32(a, b); }
+  static F div(F a, F b) { return vdivq_f32(a, b); }
+  static F fma(F a, F b, F c) { return vfmaq_f32(c, a, b); }  // c + a·b, one rounding
+  static F min(F a, F b) { return vminq_f32(a, b); }
+  static F max(F a, F b) { return vmaxq_f32(a, b); }
+  static F abs(F a) { return vabsq_f32(a); }
+  static F round_even(F a) { return vrndnq_f32(a); }
+  static bool all_zero(F a) { return vminvq_u32(vceqq_f32(a, zero())) == 0xFFFFFFFFu; }
+  static float reduce_min(F a) { return vminvq_f32(a); }
+  static float reduce_max(F a) { return vmaxvq_f32(a); }
+  static F divide_where_near(F m, F a, F b, F distance, F tolerance) {
+    const uint32x4_t near = vmvnq_u32(vcgtq_f32(distance, tolerance));  // ≤, or NaN
+    return vmaxvq_u32(near) == 0 ? m : vbslq_f32(near, vdivq_f32(a, b), m);
+  }
+  template <int kH>
+  static F partner(F v) {
+    if constexpr (kH == 1) return vrev64q_f32(v);    // 1,0,3,2
+    if constexpr (kH == 2) return vextq_f32(v, v, 2);  // 2,3,0,1
+  }
+  template <int kH>
+  static F blend_upper(F a, F b) {
+    const uint32x4_t upper = kH == 1 ? uint32x4_t{0u, ~0u, 0u, ~0u} : uint32x4_t{0u, 0u, ~0u, ~0u};
+    return vbslq_f32(upper, b, a);
+  }
+  static I codes(F q) { return vcvtnq_s32_f32(q); }  // integer-valued: exact
+  static I iadd(I a, I b) { return vaddq_s32(a, b); }
+  static I izero() { return vdupq_n_s32(0); }
+  static std::int64_t ireduce(I a) { return vaddvq_s32(a); }
+  /// 32 codes (eight vectors) → 16 bytes of nibble pairs.
+  static void store_nibbles(const I* q, std::uint8_t* out) {
+    std::int32_t lanes[32];
+    for (int v = 0; v < 8; ++v) vst1q_s32(lanes + 4 * v, q[v]);
+    for (int i = 0; i < 16; ++i)
+      out[i] = static_cast<std::uint8_t>((lanes[2 * i] & 0xF) | ((lanes[2 * i + 1] & 0xF) << 4));
+  }
+  static void store_bytes(I q, std::uint8_t* out) {
+    std::int32_t lanes[4];
+    vst1q_s32(lanes, q);
+    for (int i = 0; i < 4; ++i) out[i] = static_cast<std::uint8_t>(lanes[i] & 0xFF);
+  }
+};
+
+}  // namespace oq::cpu::kernel
+#endif  // OQ_CPU_NEON_DOT

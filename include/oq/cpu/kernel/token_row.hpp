@@ -126,6 +126,13 @@ OQ_CPU_END
 #endif
 #endif  // OQ_CPU_X86
 
+#if OQ_CPU_NEON_DOT
+namespace neon {
+using V = NeonFloat;
+#include <oq/cpu/kernel/token_row_simd.inc>
+}  // namespace neon
+#endif
+
 /// The row kernels of one instruction set.
 struct TokenRowKernels {
   RowRange (*row_range)(const float*, std::int64_t);
@@ -151,6 +158,10 @@ inline TokenRowKernels token_row_kernels(Isa isa) {
     return {avx512::row_range, avx512::smooth, avx512::rotate_blocks, avx512::hadamard_blocks, avx512::quantize};
   if (isa == Isa::kAvx2)
     return {avx2::row_range, avx2::smooth, avx2::rotate_blocks, avx2::hadamard_blocks, avx2::quantize};
+#endif
+#if OQ_CPU_NEON_DOT
+  if (isa == Isa::kNeonDot)
+    return {neon::row_range, neon::smooth, neon::rotate_blocks, neon::hadamard_blocks, neon::quantize};
 #endif
   (void)isa;
   return {scalar::row_range, scalar::smooth, scalar::rotate_blocks, scalar::hadamard_blocks_copy, scalar::quantize};
