@@ -3,17 +3,20 @@
 #include <doctest/doctest.h>
 
 #include "support/matrices.hpp"
+#include "support/subprocess.hpp"
 
 #include <cmath>
 #include <cstdint>
 #include <algorithm>
 #include <bit>
+#include <chrono>
 #include <limits>
 #include <map>
 #include <optional>
 #include <random>
 #include <set>
 #include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -567,4 +570,57 @@ TEST_CASE("bad input gives clear errors") {
   CHECK_THROWS_WITH_AS(hadamard_rows(bad.bottomRows(1)), doctest::Contains("x(0, 60) is inf"), std::domain_error);
   bad(2, 60) = before(2, 60);
   CHECK(bad.cwiseEqual(before).count() + 1 == bad.size());  // only the NaN differs (NaN != NaN)
+}
+
+TEST_CASE("a huge size is refused by the cheap checks, before the construction search") {
+  // 4·P with 4P − 1 a prime (≡ 3 mod 4, so Paley I applies): the search's
+  // trial division runs to √(4.6e18) ≈ 2.1e9 before it finds the
+  // construction. Before: seconds of it, then "must divide" (issue 23).
+  // Read through a volatile: a constant would let GCC propagate it into the
+  // fill loops after the checks and warn about their iteration count.
+  volatile Eigen::Index huge_value = 4611686018427388092;
+  const Eigen::Index kHuge = huge_value;
+  MatrixX<float> x = oq::test::gaussian<float>(2, 8, 5);
+  CHECK(oq::test::finishes_within(std::chrono::seconds(2), [&] {
+    try {
+      block_hadamard_rows(x, kHuge);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what()).find("block_size must divide x.cols() = 8, got 4611686018427388092") !=
+             std::string::npos;
+    }
+    return false;
+  }));
+  CHECK(oq::test::finishes_within(std::chrono::seconds(2), [&] {
+    try {
+      (void)block_hadamard_orthogonal<float>(8, kHuge);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what()).find("block_size must divide width = 8") != std::string::npos;
+    }
+    return false;
+  }));
+  for (int which = 0; which < 2; ++which) {
+    CHECK(oq::test::finishes_within(std::chrono::seconds(2), [&] {
+      try {
+        if (which == 0) {
+          (void)hadamard_orthogonal<double>(kHuge);
+        } else {
+          (void)hadamard_matrix(kHuge);
+        }
+      } catch (const std::invalid_argument& e) {
+        return std::string(e.what()).find("n = 4611686018427388092 is too large: an n x n matrix") !=
+               std::string::npos;
+      }
+      return false;
+    }));
+  }
+  CHECK(oq::test::finishes_within(std::chrono::seconds(2), [&] {
+    Eigen::MatrixXi small(8, 8);
+    try {
+      hadamard_matrix_into(kHuge, small);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what()).find("out must be 4611686018427388092 x 4611686018427388092, got 8 x 8") !=
+             std::string::npos;
+    }
+    return false;
+  }));
 }

@@ -295,6 +295,16 @@ inline HadamardConstruction require_construction(Eigen::Index n, std::string_vie
   return *c;
 }
 
+// Throws std::invalid_argument naming `name` unless an n × n matrix can be
+// indexed (n² ≤ Eigen::Index's max). Checked before the construction search,
+// whose trial division takes seconds for a huge n (issue 23): the cheap
+// check first.
+inline void require_square_fits(Eigen::Index n, std::string_view where, std::string_view name) {
+  detail::require(n > 0, where, name, " must be positive, got ", n);
+  detail::require(n <= std::numeric_limits<Eigen::Index>::max() / n, where, name, " = ", n,
+                  " is too large: an n x n matrix has more entries than Eigen::Index can count");
+}
+
 }  // namespace detail_hadamard
 
 /// The construction of order n; throws std::invalid_argument naming n when
@@ -351,6 +361,7 @@ void fill_hadamard(const HadamardConstruction& c, Eigen::MatrixBase<Derived>& h)
 /// normalised). Throws std::invalid_argument naming n when oq has no
 /// construction for it.
 inline Eigen::MatrixXi hadamard_matrix(Eigen::Index n) {
+  detail_hadamard::require_square_fits(n, "oq::transform::hadamard_matrix", "n");
   const HadamardConstruction c = detail_hadamard::require_construction(n, "oq::transform::hadamard_matrix", "n");
   Eigen::MatrixXi h(n, n);
   detail_hadamard::fill_hadamard(c, h);
@@ -369,10 +380,11 @@ void hadamard_matrix_into(Eigen::Index n, const Eigen::MatrixBase<Derived>& out_
   static_assert(!std::is_unsigned_v<typename Derived::Scalar>,
                 "hadamard_matrix_into needs a signed scalar: H_n has entries -1");
   constexpr std::string_view kWhere = "oq::transform::hadamard_matrix_into";
-  const HadamardConstruction c = detail_hadamard::require_construction(n, kWhere, "n");
   auto& out = const_cast<Eigen::MatrixBase<Derived>&>(out_);
+  // The shape first: the construction search can take seconds for a huge n.
   detail::require(out.rows() == n && out.cols() == n, kWhere, "out must be ", n, " x ", n, ", got ", out.rows(),
                   " x ", out.cols());
+  const HadamardConstruction c = detail_hadamard::require_construction(n, kWhere, "n");
   detail_hadamard::fill_hadamard(c, out);
 }
 
@@ -381,6 +393,7 @@ void hadamard_matrix_into(Eigen::Index n, const Eigen::MatrixBase<Derived>& out_
 template <class Scalar = double>
 Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> hadamard_orthogonal(Eigen::Index n) {
   static_assert(std::is_floating_point_v<Scalar>, "hadamard_orthogonal needs a floating-point scalar");
+  detail_hadamard::require_square_fits(n, "oq::transform::hadamard_orthogonal", "n");
   const HadamardConstruction c =
       detail_hadamard::require_construction(n, "oq::transform::hadamard_orthogonal", "n");
   Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> m(n, n);
@@ -396,10 +409,11 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> block_hadamard_orthogonal(
                                                                                 Eigen::Index block_size) {
   static_assert(std::is_floating_point_v<Scalar>, "block_hadamard_orthogonal needs a floating-point scalar");
   constexpr std::string_view kWhere = "oq::transform::block_hadamard_orthogonal";
-  detail::require(width > 0, kWhere, "width must be positive, got ", width);
-  detail_hadamard::require_construction(block_size, kWhere, "block_size");
+  detail_hadamard::require_square_fits(width, kWhere, "width");
+  detail::require(block_size > 0, kWhere, "block_size must be positive, got ", block_size);
   detail::require(width % block_size == 0, kWhere, "block_size must divide width = ", width, ", got ",
                   block_size);
+  detail_hadamard::require_construction(block_size, kWhere, "block_size");  // after the cheap checks
   const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> block = hadamard_orthogonal<Scalar>(block_size);
   Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> m =
       Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>::Zero(width, width);
@@ -454,10 +468,13 @@ void block_hadamard_rows(const Eigen::MatrixBase<Derived>& x_, Eigen::Index bloc
   static_assert(std::is_floating_point_v<Scalar>, "block_hadamard_rows needs a floating-point matrix");
   constexpr std::string_view kWhere = "oq::transform::block_hadamard_rows";
   auto& x = const_cast<Eigen::MatrixBase<Derived>&>(x_);
-  const HadamardConstruction c = detail_hadamard::require_construction(block_size, kWhere, "block_size");
+  detail::require(block_size > 0, kWhere, "block_size must be positive, got ", block_size);
   detail::require(x.cols() > 0, kWhere, "x.cols() must be positive, got ", x.cols());
   detail::require(x.cols() % block_size == 0, kWhere, "block_size must divide x.cols() = ", x.cols(), ", got ",
                   block_size);
+  // After the cheap checks: the search's trial division takes seconds for
+  // a huge block_size (issue 23), which cannot divide a real x anyway.
+  const HadamardConstruction c = detail_hadamard::require_construction(block_size, kWhere, "block_size");
   detail::require_finite(x, kWhere, "x");
   const detail_hadamard::Plan<Scalar> plan(c, direction);
   for (Eigen::Index s = 0; s < x.cols(); s += block_size) {
