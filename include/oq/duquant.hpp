@@ -1,5 +1,5 @@
-// oq/duquant.hpp: module header for DuQuant (Lin et al., NeurIPS 2024; DESIGN
-// §6): everything an engine needs to calibrate and apply the dual
+// oq/duquant.hpp: module header for DuQuant (Lin et al., NeurIPS 2024;
+// docs/design.md §6): everything an engine needs to calibrate and apply the dual
 // transformation M = R₁·P·R₂ (after optional smoothing) to its layers.
 //
 //   #include <oq/duquant.hpp>

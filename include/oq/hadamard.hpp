@@ -1,4 +1,4 @@
-// oq/hadamard.hpp: module header for orthogonal rotations (DESIGN §5).
+// oq/hadamard.hpp: module header for orthogonal rotations (docs/design.md §5).
 //
 // An orthogonal M keeps y = X·Wᵀ = (X·M)·(W·M)ᵀ while spreading outlier
 // channels over many, which is what makes X·M easier to quantize:

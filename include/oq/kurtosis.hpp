@@ -1,5 +1,5 @@
 // oq/kurtosis.hpp: module header for the kurtosis regularizer and the
-// learned-clip QAT quantizer of Nrusimha et al. 2024 (DESIGN §3), the two
+// learned-clip QAT quantizer of Nrusimha et al. 2024 (docs/design.md §3), the two
 // halves of their recipe against outlier channels: QAT of a linear layer's
 // input through a learned clip [c−, c+], and λ·Σ_tokens K(row) of its output
 // added to the training loss.

@@ -1,7 +1,7 @@
 // oq/quant.hpp: module header for the host quantizers (Eigen).
 //
 // Uniform affine quantization, 2–8 bits, symmetric or asymmetric, per-tensor /
-// per-channel / per-token / per-group (DESIGN §2): parameters from data,
+// per-channel / per-token / per-group (docs/design.md §2): parameters from data,
 // quantize / dequantize / fake-quantize, MSE clip search, STE and LSQ
 // gradients, INT4 packing, and the plain `_ref` implementations.
 #pragma once

@@ -1,5 +1,5 @@
 // oq/smoothquant.hpp: module header for SmoothQuant smoothing (Xiao et al.
-// 2023; DESIGN §4), host only (Eigen).
+// 2023; docs/design.md §4), host only (Eigen).
 //
 // Per-channel scales s that move activation outliers into the weights,
 // y = (X·diag(s)⁻¹)·(W·diag(s))ᵀ, folded into the preceding norm (or linear) so

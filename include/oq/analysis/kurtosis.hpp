@@ -6,7 +6,7 @@
 //   auto r  = oq::analysis::kurtosis_regularizer(y, 1e-5);      // λ·Σ_rows K(row)
 //   auto gr = oq::analysis::kurtosis_regularizer_grad(y, 1e-5); // its ∂/∂y
 //
-// Kurtosis of a row x of n entries (DESIGN §3, biased moments): d = x − mean,
+// Kurtosis of a row x of n entries (docs/design.md §3, biased moments): d = x − mean,
 // m_k = mean(d^k), K = m4 / (m2² + ε), and with D = m2² + ε
 //     ∂K/∂x_i = 4/(n·D) · (d_i³ − m3 − (m4·m2/D)·d_i).
 // (∂m4/∂x_i = 4/n·(d_i³ − m3) and ∂m2/∂x_i = 2/n·d_i because Σ_j ∂d_j/∂x_i·d_j^k
@@ -16,7 +16,7 @@
 // to zero and is orthogonal to x; ε > 0 keeps K bounded (K ≤ m4/ε) and smooth
 // as a row approaches a constant.
 //
-// Regularizer (Nrusimha et al.; DESIGN §3): y is a linear layer's output with
+// Regularizer (Nrusimha et al.; docs/design.md §3): y is a linear layer's output with
 // one token per row, and λ·Σ_rows K(row) (λ = 1e-5 in the paper) is added to
 // the training loss, so that outlier channels do not form in the first place.
 // It is meant to be paired with QAT of the layer's input through the learned
@@ -231,7 +231,7 @@ quant::PlainMatrixOf<Derived> kurtosis_grad(const Eigen::MatrixBase<Derived>& x,
 
 }  // namespace detail_kurtosis
 
-/// Kurtosis K = m4/(m2² + ε) of every row of x (biased moments, DESIGN §3).
+/// Kurtosis K = m4/(m2² + ε) of every row of x (biased moments, docs/design.md §3).
 /// Constant rows get K = 0 (see the file comment).
 template <class Derived>
 RowValuesOf<Derived> row_kurtosis(const Eigen::MatrixBase<Derived>& x, double epsilon = 0.0) {
@@ -254,8 +254,8 @@ quant::PlainMatrixOf<Derived> row_kurtosis_grad(const Eigen::MatrixBase<Derived>
   return detail_kurtosis::kurtosis_grad(x, epsilon, 1.0, kWhere);
 }
 
-/// The kurtosis regularizer λ·Σ_rows K(row of y) of Nrusimha et al. (DESIGN
-/// §3) for a layer output y with one token per row.
+/// The kurtosis regularizer λ·Σ_rows K(row of y) of Nrusimha et al.
+/// (docs/design.md §3) for a layer output y with one token per row.
 template <class Derived>
 typename Derived::Scalar kurtosis_regularizer(const Eigen::MatrixBase<Derived>& y, double lambda,
                                               double epsilon = 0.0) {

@@ -7,7 +7,7 @@
 // and Pébay (2008, eqs. 2.1–2.3 for order 4). A batch's own moments are taken
 // in two passes (mean, then central sums), everything in double: raw power
 // sums Σx⁴ would cancel catastrophically for channels whose mean is large
-// compared with their spread (DESIGN §3).
+// compared with their spread (docs/design.md §3).
 //
 //   oq::analysis::ChannelMoments stats(4096);
 //   for (const auto& batch : calibration) stats.update(batch);   // batch: tokens × 4096
@@ -157,7 +157,7 @@ class ChannelMoments {
   /// (|x| ≳ 1e154; stddev() is still finite there).
   Vector variance() const { return in_units(m2_ / denominator("variance"), 2); }
   Vector stddev() const { return in_units((m2_ / denominator("stddev")).sqrt(), 1); }
-  /// Kurtosis m4 / (m2² + ε) per channel (biased moments, DESIGN §3); a
+  /// Kurtosis m4 / (m2² + ε) per channel (biased moments, docs/design.md §3); a
   /// constant channel with ε = 0 gives 0/0 = NaN, reported as 0 (no tails).
   Vector kurtosis(double epsilon = 0.0) const {
     detail::require(epsilon >= 0.0 && std::isfinite(epsilon), "oq::analysis::ChannelMoments::kurtosis",

@@ -1,4 +1,4 @@
-// oq/analysis/outliers.hpp: where the outliers are (DESIGN §3).
+// oq/analysis/outliers.hpp: where the outliers are (docs/design.md §3).
 //
 //  - Massive activations (Sun et al. 2024, "Massive Activations in Large
 //    Language Models", §2): single entries of a hidden state with |x| > 100
@@ -13,8 +13,8 @@
 //  - Outlier-triggering weight channels: for an input produced by a norm with
 //    weight γ and consumed by a linear W (out × C), channel j's output energy
 //    scales with |γ_j|·‖W_{:,j}‖₂; channels whose score exceeds `min_ratio` ×
-//    the mean score over all channels are reported. (DESIGN is silent on the
-//    threshold: oq reuses the channel-outlier convention, ratio to the mean.)
+//    the mean score over all channels are reported. (The threshold is oq's
+//    choice, docs/design.md §3: the channel-outlier convention, ratio to the mean.)
 //
 //   auto massive = oq::analysis::find_massive_activations(hidden);
 //   for (auto& m : massive) std::printf("token %ld channel %ld: %g (%gx median)\n", ...);

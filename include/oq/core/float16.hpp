@@ -2,7 +2,7 @@
 // converted to and from float without any compiler or CUDA half type.
 //
 // Why bits: checkpoints (safetensors F16/BF16, .npy '<f2') store these formats,
-// and host code must read them with g++ alone (DESIGN §1: core/ has no CUDA
+// and host code must read them with g++ alone (docs/design.md §1: core/ has no CUDA
 // headers). The conversions are exact where the target can hold the value and
 // round to nearest, ties to even otherwise — what PyTorch's `.half()` and
 // `.bfloat16()` do — so a tensor written by PyTorch and read here gives the

@@ -61,7 +61,7 @@ OQ_HOST_DEVICE constexpr std::uint32_t pack_s4x8(const std::int8_t (&v)[8]) noex
 
 /// Widen eight packed s4 values to eight int8 lanes of a 64-bit word: element j
 /// of `word` (bits 4j..4j+3) becomes byte j (bits 8j..8j+7), sign-extended.
-/// This is the register layout the int8 tensor-core path consumes (DESIGN §7:
+/// This is the register layout the int8 tensor-core path consumes (docs/design.md §7:
 /// Hopper has no s4 MMA, so INT4 operands are widened to s8).
 ///
 /// SWAR, no loop over elements: even elements sit in the low nibble of each
@@ -85,7 +85,7 @@ OQ_HOST_DEVICE constexpr std::uint64_t widen_s4x8_to_s8x8(std::uint32_t word) no
 
 /// Four u4 values (element j in bits 4j..4j+3 of `quad`) to four u8 lanes
 /// (element j in byte j), zero-extended: the A/B register layout of the s8/u8
-/// tensor-core MMA (DESIGN §7).
+/// tensor-core MMA (docs/design.md §7).
 OQ_HOST_DEVICE constexpr std::uint32_t widen_u4x4_to_u8x4(std::uint16_t quad) noexcept {
   const std::uint32_t q = quad;
   return (q & 0x000Fu) | ((q & 0x00F0u) << 4) | ((q & 0x0F00u) << 8) | ((q & 0xF000u) << 12);

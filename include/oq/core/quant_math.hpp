@@ -1,5 +1,5 @@
 // oq/core/quant_math.hpp: the scalar formulas of uniform affine quantization
-// (DESIGN §2), shared by the host quantizers, the reference implementation's
+// (docs/design.md §2), shared by the host quantizers, the reference implementation's
 // tests and the CUDA kernels. Pure functions, no exceptions, no Eigen.
 //
 // Symmetric, b bits:  q = clamp(rne(x/s), −2^(b−1), 2^(b−1)−1),   x̂ = q·s,
@@ -10,16 +10,15 @@
 // release (quantize/quantizer.py: clip both ends, subtract, divide; x / scale
 // rather than x * (1/scale)), so float results match it bit for bit.
 //
-// Degenerate groups (DESIGN §2 asks for "scale 1 and exact reconstruction,
-// never NaN" for a zero range):
+// Degenerate groups (docs/design.md §2: a zero range never gives NaN):
 //  - an all-zero group gets s = 1, z = 0;
 //  - a constant group x ≡ v ≠ 0 in asymmetric mode has zero range; s = 1 would
 //    reconstruct rne(v), not v, so oq takes s = |v|, z = rne(−v/s) = −sign(v),
-//    which reconstructs v exactly with code 0 (this refines DESIGN §2, which is
-//    silent on v ≠ 0);
+//    which reconstructs v exactly with code 0; the same rule covers a range
+//    whose scale underflows to 0;
 //  - a range so wide that c·max − c·min overflows is computed as
 //    c·max/(2^b−1) − c·min/(2^b−1) instead of giving s = ∞ and all-zero output.
-// Zero points are integers stored in the scalar type; DESIGN's formula puts
+// Zero points are integers stored in the scalar type; docs/design.md §2's formula puts
 // them outside [0, 2^b−1] whenever a group does not straddle zero, exactly as
 // the released code does, so they are not b-bit codes.
 #pragma once

@@ -1,6 +1,6 @@
 // oq/core/rounding.hpp: round half to even, the rounding of every oq quantizer.
 //
-// DESIGN §2: quantizers round with rne (round half to even), which is what
+// docs/design.md §2: quantizers round with rne (round half to even), which is what
 // PyTorch's torch.round does and what std::nearbyint does under the default
 // floating-point environment. std::round (half away from zero) would move
 // every exact tie (x/s = k + 0.5) one code away from the reference

@@ -1,5 +1,5 @@
 // oq/cpu/gemm.hpp: W4A8 and W4A4 GEMM on the CPU with int32 accumulation and
-// the zero-point epilogue of the CUDA W4A4 kernel (DESIGN §7).
+// the zero-point epilogue of the CUDA W4A4 kernel (docs/design.md §7).
 //
 //   using namespace oq::cpu;
 //   PackedWeights w = quantize_weights(weight, QuantSpec::per_channel(4, false, 0.8));     // offline

@@ -12,9 +12,9 @@
 //                  is_signed) or uint8 ([0, 255]).
 //   scales     M floats, s_a[m]
 //   zeros      M int32, z_a[m]: integers (0 when is_signed), possibly outside
-//              the code range (DESIGN §2)
+//              the code range (docs/design.md §2)
 //   code_sums  M int32, Σ_k q[m, k] of the raw codes, for the epilogue's
-//              z_w·Σq_a term (DESIGN §7)
+//              z_w·Σq_a term (docs/design.md §7)
 //
 // Example (pinned by tests/cpu/quantize_per_token_test.cpp): the token
 // {0, 1, 2, 3} quantized 4-bit asymmetric (clip 1) has s = 0.2, z = 0, u4 codes

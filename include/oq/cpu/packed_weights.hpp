@@ -13,10 +13,10 @@
 //   scales     N × G floats, row-major (G = K/g groups; G = 1 per channel):
 //              scales[n·G + j] is s_w of row n, inputs j·g … j·g + g − 1.
 //   zeros      N × G int32, the integer zero points z_w (empty when
-//              is_signed). Integers, not 4-bit codes: DESIGN §2's formula
+//              is_signed). Integers, not 4-bit codes: docs/design.md §2's formula
 //              puts them outside [0, 15] for a group that does not straddle 0.
 //   code_sums  N × G int32, Σ_{k in group} q[n, k], the raw codes, for the
-//              epilogue's z_a·Σq_w term (DESIGN §7).
+//              epilogue's z_a·Σq_w term (docs/design.md §7).
 //
 // Dequantized, ŵ[n, k] = s_w[n, G(k)] · (q[n, k] − z_w[n, G(k)]), exactly what
 // oq::quant::dequantize gives for the QuantParams the codes came from.

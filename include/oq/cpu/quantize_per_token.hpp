@@ -1,6 +1,6 @@
 // oq/cpu/quantize_per_token.hpp: dynamic per-token quantization of float
 // activations to INT4 / INT8 codes, optionally after a rotation fused into
-// the same pass over each row (DESIGN §2, §5, §6).
+// the same pass over each row (docs/design.md §2, §5, §6).
 //
 //   using namespace oq::cpu;
 //   const auto spec = oq::quant::QuantSpec::per_token(4, /*symmetric=*/false, 0.9);

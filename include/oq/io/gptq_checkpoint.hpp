@@ -29,7 +29,7 @@
 //     converters read (15 + 1) & 15 = 0). unpack_gptq_linear reads it as 16.
 //     GPTQModel introduced for this
 //   - "gptq_v2" (kGptqV2), which stores the zero itself: zeros 0..15.
-// oq's zero points are not clamped (DESIGN §2): a group that lies entirely
+// oq's zero points are not clamped (docs/design.md §2): a group that lies entirely
 // above 0 has a negative zero, one entirely below 0 a zero above 15. Such
 // groups cannot be stored in either format, and pack_gptq_linear says which
 // entry. Quantize with QuantSpec::range_includes_zero, as GPTQ's reference

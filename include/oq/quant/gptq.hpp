@@ -41,7 +41,7 @@
 //     gathers its activations x(:, order) and runs an ordinary per-group
 //     kernel on codes(:, order), whose groups are contiguous again
 //     (exllama's approach).
-// The quantizer is the spec's: DESIGN §2's by default (the spec's clip
+// The quantizer is the spec's: docs/design.md §2's by default (the spec's clip
 // ratio, round half to even), or the reference's grids with
 // QuantSpec::gptq_reference (asymmetric ranges widened to include 0,
 // symmetric scales 2·max|x|/(2^b − 1); see there for the two cases whose

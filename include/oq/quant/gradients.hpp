@@ -1,6 +1,6 @@
 // oq/quant/gradients.hpp: gradients of fake quantization for training.
 //
-// Fake quantization x̂ = (clamp(rne(x/s) + z, lo, hi) − z)·s (DESIGN §2: round,
+// Fake quantization x̂ = (clamp(rne(x/s) + z, lo, hi) − z)·s (docs/design.md §2: round,
 // then clamp the code) has zero gradient almost everywhere, so training uses
 // estimators. Both functions below differentiate exactly that function with
 // rne replaced by round_ste(u) = u + stop_gradient(rne(u) − u) and z held

@@ -1,7 +1,7 @@
 // oq/quant/learned_clip.hpp: fake quantization with a learned two-sided clip
 // [c−, c+] and its gradients, for QAT of a layer's input (Nrusimha et al.
 // 2024, arXiv 2404.03605; PACT, Choi et al. 2018, for the learned clip; LSQ,
-// Esser et al. 2020, for the rounding term). DESIGN §3.
+// Esser et al. 2020, for the rounding term). docs/design.md §3.
 //
 //   using namespace oq::quant;
 //   auto x_hat = learned_clip_fake_quantize(x, clip_lo, clip_hi, 4);
@@ -16,7 +16,7 @@
 //
 // so x̂ lies on the grid c− + k/s, k = 0..L, which moves with the bounds.
 //
-// Backward (DESIGN §3). Autograd of the PyTorch formulation with the
+// Backward (docs/design.md §3). Autograd of the PyTorch formulation with the
 // straight-through rounding rne(u) = u + stop_grad(rne(u) − u) differentiates
 // the surrogate in which ρ = rne(u) − u is a constant:
 //   x̂ = (u + ρ)/s + c−,  u = (clamp(x, c−, c+) − c−)·s
@@ -169,7 +169,7 @@ LearnedClipGrad<PlainMatrixOf<Derived>, Vector<double>> grad_rows(const Eigen::M
     const auto xr = x.row(r).array();
     const auto g = grad_out.row(r).array();
     const auto u = (xr.max(lo).min(hi) - lo) * s;
-    const auto delta = (u - u.rint()) / l;  // DESIGN §3's δ, used in range only
+    const auto delta = (u - u.rint()) / l;  // docs/design.md §3's δ, used in range only
     const auto below = xr <= lo;
     const auto above = xr >= hi;
     grad.x.row(r).array() = (below || above).select(Scalar(0), g);
@@ -182,7 +182,7 @@ LearnedClipGrad<PlainMatrixOf<Derived>, Vector<double>> grad_rows(const Eigen::M
 }  // namespace detail_learned_clip
 
 /// Fake quantization of x with the per-tensor clip [clip_lo, clip_hi] on a
-/// grid of 2^bits codes (DESIGN §3). Same shape and storage order as x.
+/// grid of 2^bits codes (docs/design.md §3). Same shape and storage order as x.
 template <class Derived>
 PlainMatrixOf<Derived> learned_clip_fake_quantize(const Eigen::MatrixBase<Derived>& x,
                                                   typename Derived::Scalar clip_lo,

@@ -79,7 +79,7 @@ void validate_params(const QuantParams<Scalar>& params, const QuantSpec& spec, E
 
 /// The (scale, zero) of a block whose values span [lo, hi] (finite, lo ≤ hi)
 /// under `spec`'s bits, symmetry, range_includes_zero and symmetric_full_range, at clip ratio
-/// `clip` (DESIGN §2). The one place a spec becomes parameters: block_params
+/// `clip` (docs/design.md §2). The one place a spec becomes parameters: block_params
 /// passes spec.clip_ratio, the clip search each ratio it tries.
 template <class Scalar>
 core::AffineParams<Scalar> range_params(Scalar lo, Scalar hi, const QuantSpec& spec, Scalar clip) {
@@ -157,7 +157,7 @@ core::AffineParams<typename Block::Scalar> block_params(const Block& block, cons
   return range_params(block.minCoeff(), block.maxCoeff(), spec, static_cast<Scalar>(spec.clip_ratio));
 }
 
-/// Scales and zero points of x under `spec` (DESIGN §2, core/quant_math.hpp).
+/// Scales and zero points of x under `spec` (docs/design.md §2, core/quant_math.hpp).
 /// Throws std::invalid_argument for a bad spec or an empty x, and
 /// std::domain_error naming the first NaN/Inf entry of x.
 template <class Derived>

@@ -12,7 +12,7 @@
 // x is any Eigen matrix expression of float or double: blocks, maps of your
 // own buffers, transposes. Results keep x's storage order. Arithmetic is
 // vectorised Eigen array code in x's scalar type; rounding is round half to
-// even under the default rounding mode (DESIGN §2; detail/rint.hpp). The
+// even under the default rounding mode (docs/design.md §2; detail/rint.hpp). The
 // scalar formulas live in core/quant_math.hpp; reference.hpp re-derives them
 // in plain loops for the tests.
 //

@@ -1,6 +1,6 @@
 // oq/quant/reference.hpp: plain scalar reference quantizers (the `_ref` family).
 //
-// Written from DESIGN §2 a second time, as element loops over explicit indices
+// Written from docs/design.md §2 a second time, as element loops over explicit indices
 // with std::nearbyint and no Eigen expressions, so that the vectorised paths in
 // params.hpp / quantize.hpp can be tested against something that shares none
 // of their code. Slow by design; instantiate with double for a float64
@@ -51,7 +51,7 @@ QuantParams<T> compute_params_ref(const Eigen::Matrix<T, Eigen::Dynamic, Eigen::
       T z = 0;
       if (spec.symmetric) {
         const T absmax = std::max(std::fabs(lo(i, j)), std::fabs(hi(i, j)));
-        // DESIGN §2: max|x| ↦ 2^(b−1) − 1; full range (GPTQ's reference): the
+        // docs/design.md §2: max|x| ↦ 2^(b−1) − 1; full range (GPTQ's reference): the
         // reference's (xmax − xmin)/maxq with xmin = −xmax.
         s = spec.symmetric_full_range ? (clip * absmax + clip * absmax) / static_cast<T>(std::pow(2, spec.bits) - 1)
                                       : (clip * absmax) / static_cast<T>(std::pow(2, spec.bits - 1) - 1);

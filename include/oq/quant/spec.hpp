@@ -6,7 +6,7 @@
 //   QuantSpec w = QuantSpec::per_group(4, /*symmetric=*/true, /*group_size=*/128);
 //
 // Granularity is always described for a row-major view of y = X·Wᵀ
-// (DESIGN §2): X is tokens × channels and W is out × in, so
+// (docs/design.md §2): X is tokens × channels and W is out × in, so
 //   kPerTensor   one (scale, zero) for the whole matrix;
 //   kPerChannel  one per row of W (output channel);
 //   kPerToken    one per row of X (token);
@@ -44,7 +44,7 @@ constexpr std::string_view to_string(Granularity g) noexcept {
 /// initializers or the factories). Check it with validate().
 struct QuantSpec {
   int bits = 4;                                      ///< 2..8
-  bool symmetric = false;                            ///< DESIGN §2
+  bool symmetric = false;                            ///< docs/design.md §2
   Granularity granularity = Granularity::kPerToken;  ///< see the file comment
   Eigen::Index group_size = 0;                       ///< > 0 for kPerGroup only
   double clip_ratio = 1.0;                           ///< c in (0, 1]
@@ -54,7 +54,7 @@ struct QuantSpec {
   /// in the code range [0, 2^b − 1], so 0 is exactly representable and a
   /// 4-bit group's zero fits a "gptq_v2" checkpoint ("gptq" stores all but
   /// the zero 0 of a group with no negative entry; io/gptq_checkpoint.hpp).
-  /// Without it (DESIGN §2, DuQuant's quantizer) a group entirely above or
+  /// Without it (docs/design.md §2, DuQuant's quantizer) a group entirely above or
   /// below 0 uses all 2^b levels on its own range. A symmetric range always
   /// holds 0: no effect (validate() accepts the flag either way).
   bool range_includes_zero = false;
@@ -73,7 +73,7 @@ struct QuantSpec {
   /// negative entry in symmetric mode, where the reference's scale is half of
   /// this one and clips the upper half of the group (an accident of its code,
   /// which oq does not copy); and an all-zero group, which the reference
-  /// gives the range [−1, 1] and oq scale 1 and zero 0 (DESIGN §2; either
+  /// gives the range [−1, 1] and oq scale 1 and zero 0 (docs/design.md §2; either
   /// reconstructs 0).
   static constexpr QuantSpec gptq_reference(int bits, bool symmetric, Eigen::Index group_size = 0) noexcept {
     QuantSpec s = group_size > 0 ? per_group(bits, symmetric, group_size) : per_channel(bits, symmetric);

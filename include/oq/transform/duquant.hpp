@@ -1,12 +1,12 @@
 // oq/transform/duquant.hpp: the whole DuQuant transform of one linear layer's
 // input, M = R₁·P₁·R₂ (·P₂·R₃ … with more permutation rounds), optionally
-// preceded by smoothing scales (DESIGN §6; Lin et al. 2024, eq. 5).
+// preceded by smoothing scales (docs/design.md §6; Lin et al. 2024, eq. 5).
 //
 // Every R_i is block-diagonal with one b×b block repeated C/b times (the
 // greedy rotation of duquant_rotation.hpp), every P_i the zigzag permutation
 // (zigzag.hpp). With smoothing scales s, the layer y = X·Wᵀ becomes
 //     y = (X·diag(s)⁻¹·M) · (W·diag(s)·M)ᵀ,
-// exact because M is orthogonal (DESIGN §5): apply() transforms activations,
+// exact because M is orthogonal (docs/design.md §5): apply() transforms activations,
 // fold_into_weight() weights, invert() undoes apply().
 //
 //   using namespace oq::transform;

@@ -1,5 +1,5 @@
 // oq/transform/duquant_rotation.hpp: DuQuant's base block matrix and greedy
-// block rotation (DESIGN §6; Lin et al. 2024, §3.1 and Algorithm 1).
+// block rotation (docs/design.md §6; Lin et al. 2024, §3.1 and Algorithm 1).
 //
 // Base block matrix of size b:
 //   R = E·(G_(b−2)⋯G_1·G_0)·E, G_i the Givens rotation of the plane (i, i+1)
@@ -31,7 +31,7 @@
 // Where oq departs from the released code (quantize/quantizer.py, rotation()):
 // the release pivots on `exchange_id % block_size` with exchange_id the ROW of
 // the reshaped tensor (a token-block index), not the outlier's channel; oq
-// pivots on the channel as the paper says (DESIGN §6). Ties for the largest
+// pivots on the channel as the paper says (docs/design.md §6). Ties for the largest
 // |x| go to the first entry in row-major order of the blocked view, and
 // between +v and −v to +v. The release scores by
 // max − min of the whole tensor (GreedyScore::kRange, the default here);

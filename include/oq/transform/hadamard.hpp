@@ -1,4 +1,4 @@
-// oq/transform/hadamard.hpp: Hadamard rotations (DESIGN §5).
+// oq/transform/hadamard.hpp: Hadamard rotations (docs/design.md §5).
 //
 //   using namespace oq::transform;
 //   hadamard_rows(x);                        // in place, every row: x ← x·M, M = H_n/√n, n = x.cols()
@@ -12,8 +12,8 @@
 //   auto c = find_hadamard_construction(n);  // std::nullopt when oq has no construction for n
 //
 // Convention: a transform acts on rows from the right, x ↦ x·M, so that with
-// y = X·Wᵀ (X tokens × channels, W out × in, DESIGN §4) rotating both operands'
-// rows by the same orthogonal M leaves y unchanged (DESIGN §5). Sylvester's
+// y = X·Wᵀ (X tokens × channels, W out × in, docs/design.md §4) rotating both operands'
+// rows by the same orthogonal M leaves y unchanged (docs/design.md §5). Sylvester's
 // H_(2^m) is symmetric, so for it x·H = (H·xᵀ)ᵀ and the inverse is the forward
 // transform again; Paley I matrices are not symmetric (H + Hᵀ = 2I), which is
 // why the general transforms take a Direction.
@@ -34,14 +34,14 @@
 // smallest K) is used, Paley I before Paley II (12 is Paley I with q = 11, not
 // Paley II with q = 5). Prime powers q (GF(q) arithmetic: 52 from q = 25, 100
 // from q = 49) are not implemented, and some Hadamard orders have no Paley
-// construction at all (172, of DESIGN §5's 11008 = 172·64): for those use
+// construction at all (172, of docs/design.md §5's 11008 = 172·64): for those use
 // block_hadamard_rows with a constructible block size.
 //
 // Cost of hadamard_rows: O(n·(m + K)) per row — butterflies on the 2^m part
 // and a dense K × K product on the other, never a dense n × n product. K is
 // not bounded: 11008 = 2·5504 with 5504 = 5503 + 1 (5503 prime ≡ 3 mod 4) IS a
 // Paley I size, but its dense factor is 5504 × 5504 (and stored as such);
-// block_hadamard_rows(x, 64) is the practical choice there, as DESIGN §5 says.
+// block_hadamard_rows(x, 64) is the practical choice there, as docs/design.md §5 says.
 //
 // NaN/Inf policy: rejected with std::domain_error naming the first bad entry
 // (checked before anything is written), as everywhere in oq.
@@ -458,7 +458,7 @@ void hadamard_rows(const Eigen::MatrixBase<Derived>& x_, Direction direction = D
 /// In place, every row: x ← x·M or x·Mᵀ with the block-diagonal
 /// M = diag(H_b, …, H_b)/√b (block_hadamard_orthogonal(x.cols(), b) is M).
 /// Each block of b channels is rotated on its own, which suits tensor-parallel
-/// shards and sizes with no construction of their own (DESIGN §5: 11008 with
+/// shards and sizes with no construction of their own (docs/design.md §5: 11008 with
 /// b = 64). Throws std::invalid_argument unless b has a construction and
 /// divides x.cols(); std::domain_error on NaN/Inf.
 template <class Derived>

@@ -1,4 +1,4 @@
-// oq/transform/random_orthogonal.hpp: Haar-random orthogonal matrices (DESIGN §5).
+// oq/transform/random_orthogonal.hpp: Haar-random orthogonal matrices (docs/design.md §5).
 //
 //   std::mt19937_64 rng(seed);
 //   auto q = oq::transform::random_orthogonal<float>(n, rng);  // n × n, Q·Qᵀ = I

@@ -1,4 +1,4 @@
-// oq/transform/smoothing.hpp: SmoothQuant smoothing (Xiao et al. 2023, DESIGN §4).
+// oq/transform/smoothing.hpp: SmoothQuant smoothing (Xiao et al. 2023, docs/design.md §4).
 //
 // For a linear layer y = X·Wᵀ (X tokens × C, W out × C, column j of W
 // multiplies channel j) any positive vector s gives, exactly up to rounding,
@@ -9,15 +9,15 @@
 // moves part of each channel's range from X into W: α = 1 makes every column
 // of X̂ peak at 1, α = 0 every column of Ŵ, α = 0.5 (the default) splits it.
 //
-// Floors (as the authors' release, smoothquant/smooth.py, does; DESIGN §4
-// names only the second): max|W_j| is floored at weight_floor = 1e-5 before
+// Floors (as the authors' release, smoothquant/smooth.py, does;
+// docs/design.md §4): max|W_j| is floored at weight_floor = 1e-5 before
 // the division, so an all-zero weight column gives a finite s, and s_j is
 // floored at scale_floor = 1e-5, so a channel that is zero in the calibration
 // data (max|X_j| = 0, α > 0) does not get s_j = 0. Activation maxima are not
 // floored (neither are they in the release); std::pow(0, 0) = 1, so α = 0 with
 // a dead channel gives s_j = 1 / max|W_j|, as in PyTorch.
 //
-// Folding (DESIGN §4): X̂ = X·diag(s)⁻¹ need never be computed at run time.
+// Folding (docs/design.md §4): X̂ = X·diag(s)⁻¹ need never be computed at run time.
 // The division goes into whatever produced X, when that is channel-wise
 // linear: the RMSNorm weight γ (γ_j / s_j), the LayerNorm weight and bias
 // (both / s_j), or the rows of a previous linear whose output is X (row j of
@@ -280,7 +280,7 @@ ChannelVector<typename Derived::Scalar> activation_channel_absmax(const Eigen::M
 }
 
 /// max over all the given weights (each out_k × C) of max_i |W_ij|, for every
-/// input channel j: linears that share one input share s (DESIGN §4).
+/// input channel j: linears that share one input share s (docs/design.md §4).
 /// Throws std::invalid_argument when a weight is empty or its column count
 /// differs from the first one's (naming it weights[k]).
 template <class Derived, class... More>
@@ -308,7 +308,7 @@ ChannelVector<typename WMatrix::Scalar> weight_channel_absmax(const std::vector<
 }
 
 /// s_j = max(max|X_j|^α / max(max|W_j|, weight_floor)^(1−α), scale_floor)
-/// (paper eq. 4, DESIGN §4, floors as in smooth.py). act_max and weight_max
+/// (paper eq. 4, docs/design.md §4, floors as in smooth.py). act_max and weight_max
 /// are row or column vectors of the same length C, finite and ≥ 0 (from
 /// activation_channel_absmax and weight_channel_absmax, or your own
 /// calibration). Throws std::invalid_argument for α outside [0, 1], floors
@@ -356,7 +356,7 @@ void smooth_weights_in_place(const Eigen::MatrixBase<Derived>& w_, const Eigen::
 }
 
 /// γ ← γ / s for the RMSNorm y = x / rms(x) ∘ γ that produces X: the norm then
-/// outputs X̂ (DESIGN §4). gamma is a vector of C entries, written through.
+/// outputs X̂ (docs/design.md §4). gamma is a vector of C entries, written through.
 template <class GammaDerived, class ScalesDerived>
 void fold_into_rms_norm(const Eigen::MatrixBase<GammaDerived>& gamma_, const Eigen::MatrixBase<ScalesDerived>& scales) {
   detail_smoothing::require_same_scalar<GammaDerived, ScalesDerived>();
@@ -464,7 +464,7 @@ AlphaSearchResult<typename XDerived::Scalar> search_alpha(const Eigen::MatrixBas
   }
 
   // The reference outputs X·Wᵀ, and below the quantized products, are formed
-  // in double: the integer GEMM they stand for is exact (DESIGN §7), so the
+  // in double: the integer GEMM they stand for is exact (docs/design.md §7), so the
   // objective should measure quantization error, not float rounding.
   const MatrixD x_double = x.template cast<double>();
   std::vector<MatrixD> reference(count);

@@ -1,4 +1,4 @@
-// oq/transform/zigzag.hpp: DuQuant's zigzag channel permutation (DESIGN §6;
+// oq/transform/zigzag.hpp: DuQuant's zigzag channel permutation (docs/design.md §6;
 // Lin et al. 2024, §3.2 "Zigzag permutation").
 //
 // After the first block rotation, outliers may still crowd into a few blocks.

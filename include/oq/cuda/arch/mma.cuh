@@ -16,7 +16,7 @@
 // Lanes hold consecutive elements in increasing bit order (element 0 in the
 // lowest byte or nibble), which is the order of a little-endian word of a
 // packed INT4 row (format/int4_row.hpp). Both need sm_80; ptxas also accepts
-// the INT4 form for sm_90, which has no INT4 tensor cores (DESIGN §7).
+// the INT4 form for sm_90, which has no INT4 tensor cores (docs/design.md §7).
 // Code built for a target below sm_80 traps where it would issue one (as in
 // arch/memory.cuh) rather than leave the accumulators unchanged.
 #pragma once

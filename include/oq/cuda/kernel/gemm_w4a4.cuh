@@ -1,11 +1,11 @@
 // oq/cuda/kernel/gemm_w4a4.cuh: W4A4 GEMM with int32 accumulation on tensor
-// cores and the scale epilogue of DESIGN §7.
+// cores and the scale epilogue of docs/design.md §7.
 //
 //   acc[m, n] = Σ_k qa[m, k] · qw[n, k]                       (exact, int32)
 //   y[m, n]   = s_a[m] · s_w[n] · (acc − z_w[n]·Σ_k qa[m, k] − z_a[m]·Σ_k qw[n, k] + K·z_a[m]·z_w[n])
 // i.e. s_a·s_w·Σ_k (qa − z_a)(qw − z_w): the zero-point terms vanish for
 // symmetric operands. The K·z_a·z_w term, needed when both operands are
-// asymmetric, is missing from DESIGN §7's wording. The bracket is formed in
+// asymmetric, is part of docs/design.md §7's formula. The bracket is formed in
 // int64 (zero points are integers), so the only roundings are the float
 // conversion and the two scale products.
 //
@@ -21,7 +21,7 @@
 //     is exactly one such register: no unpacking at all.
 //   - kWidenToS8: widen INT4 to 8-bit lanes in registers
 //     (core::widen_{s,u}4x4_to_{s,u}8x4) and issue mma.sync.m16n8k32 s8, the
-//     path for sm_90, which has no INT4 tensor cores (DESIGN §7). It also
+//     path for sm_90, which has no INT4 tensor cores (docs/design.md §7). It also
 //     finishes a K that is an odd multiple of 32 on the native path.
 //   - kAuto (default): kNativeS4 when compiled for sm_80..sm_89, kWidenToS8
 //     for sm_90 and newer. ptxas accepts the s4 instruction for sm_90a too
@@ -66,7 +66,7 @@ struct GemmW4A4Params {
   std::int64_t ld_y = 0;
 };
 
-/// The epilogue of one output element (DESIGN §7, the formula at the top of
+/// The epilogue of one output element (docs/design.md §7, the formula at the top of
 /// this file): the raw accumulator to p.acc and the scaled, zero-point
 /// corrected value to p.y, each where given. (row, col) must be in bounds.
 template <class ElementOut>
@@ -75,7 +75,7 @@ __device__ __forceinline__ void store_w4a4_output(const GemmW4A4Params<ElementOu
   if (p.acc != nullptr) p.acc[row * p.ld_acc + col] = acc;
   if (p.y != nullptr) {
     std::int64_t total = acc;
-    // Zero points are integer-valued floats (DESIGN §2): round, never truncate, so that
+    // Zero points are integer-valued floats (docs/design.md §2): round, never truncate, so that
     // one carrying a rounding error (6.9999995) still counts as 7.
     const std::int64_t za = p.zero_a != nullptr ? __float2ll_rn(p.zero_a[row]) : 0;
     const std::int64_t zw = p.zero_w != nullptr ? __float2ll_rn(p.zero_w[col]) : 0;

@@ -2,7 +2,7 @@
 // (same Params, accumulators and epilogue) on Hopper's warpgroup MMA: INT4
 // codes are widened to s8 in shared memory and multiplied by
 // wgmma.m64n128k32.s32.s8.s8 — Hopper has no INT4 tensor cores, and wgmma
-// takes s8 but not s4 (DESIGN §7). sm_90a only.
+// takes s8 but not s4 (docs/design.md §7). sm_90a only.
 //
 // Per CTA: a 128 × 128 tile of C, two warpgroups (256 threads), each owning 64
 // rows × 128 columns in 64 int32 registers per thread. K advances 128 codes

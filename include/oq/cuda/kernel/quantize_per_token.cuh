@@ -1,5 +1,5 @@
 // oq/cuda/kernel/quantize_per_token.cuh: dynamic per-token quantization of
-// activations, optionally after a block rotation, in one pass (DESIGN §2, §6).
+// activations, optionally after a block rotation, in one pass (docs/design.md §2, §6).
 //
 // One CTA per row (token). The row is staged in shared memory as float (or,
 // for 16-bit rows on the register path below, kept in registers); with
@@ -25,7 +25,7 @@
 //             (uint8 asymmetric, int8 symmetric)
 //   scales[m], zeros[m] (float; zero 0 when symmetric)
 //   code_sums[m] = Σ_k q[m, k], the raw codes, for the zero-point terms of
-//             the GEMM epilogue (DESIGN §7); may be null.
+//             the GEMM epilogue (docs/design.md §7); may be null.
 //
 // Bit-exactness assumes the default IEEE arithmetic: --use_fast_math turns
 // x / s into an approximate division and breaks it. Non-finite inputs are not

@@ -1,5 +1,5 @@
 // oq/cuda/kernel/quantize_per_token_tensorop.cuh: per-token quantization of
-// X·diag(R, …, R) (DuQuant's block rotation, DESIGN §2, §6) with the product
+// X·diag(R, …, R) (DuQuant's block rotation, docs/design.md §2, §6) with the product
 // on tensor cores — the form of kernel/quantize_per_token.cuh's general-R
 // path that can keep up with memory.
 //
