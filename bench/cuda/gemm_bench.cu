@@ -6,7 +6,7 @@
 //                  operands K-contiguous, as a linear layer stores them)
 //   cublaslt_int8  cublasLtMatmul, int8 in, int32 out, int32 compute (TN, the
 //                  layout IMMA needs): Hopper's ceiling for 4-bit operands,
-//                  which it has no tensor cores for (DESIGN §7)
+//                  which it has no tensor cores for (docs/design.md §7)
 //   w4a4           oq::cuda::device::GemmW4A4: u4 activations (asymmetric
 //                  per-token, as QuantizePerToken writes them), s4 weights
 //                  (symmetric per-channel), bf16 out through the scale epilogue

@@ -39,7 +39,7 @@ void BM_Copy(benchmark::State& state) {
   set_bytes(state, x);
 }
 
-// Parameters and fake quantization, the whole per-token step of DESIGN §2.
+// Parameters and fake quantization, the whole per-token step of docs/design.md §2.
 void BM_FakeQuantPerTokenInt4(benchmark::State& state) {
   const Eigen::Index n = state.range(0);
   const RowMatrix x = random_activations(n, n);
@@ -68,7 +68,7 @@ void BM_FakeQuantPerTokenInt4GivenParams(benchmark::State& state) {
   set_bytes(state, x);
 }
 
-// The parameters alone (DESIGN §2's finiteness check, min and max), per
+// The parameters alone (docs/design.md §2's finiteness check, min and max), per
 // token and per tensor: a read of x, whose bound is the copy's read half.
 // Bytes counted: one read of every element.
 void params_bench(benchmark::State& state, const oq::quant::QuantSpec& spec) {

@@ -6,7 +6,7 @@
 //  1. Channel-wise outliers at the q/k/v input (and the gate/up input) come
 //     from a few large RMSNorm weights: RMSNorm multiplies channel j by γ_j, so
 //     a γ_j ~12× the others makes channel j's mean |x| ~12× the input's mean,
-//     above the 6× of Nrusimha et al. (DESIGN §3). The layer's input itself has
+//     above the 6× of Nrusimha et al. (docs/design.md §3). The layer's input itself has
 //     no outlier channels.
 //  2. The super weight (Yu et al. 2024): one intermediate channel r of the MLP
 //     whose gate and up rows are aligned with the first token's MLP input, so

@@ -4,7 +4,7 @@
 // 2404.03605) wired into every linear layer of its decoder blocks:
 //
 //   kurtosis regularizer   loss += λ·Σ_tokens K(row of the linear's output)
-//                          (oq/kurtosis.hpp, DESIGN §3)
+//                          (oq/kurtosis.hpp, docs/design.md §3)
 //   QAT of the input       the linear reads x̂ = fake-quant of x with a learned
 //                          two-sided clip [c−, c+] (oq/quant/learned_clip.hpp):
 //                          one clip per distinct input, so q/k/v share one and
@@ -24,7 +24,7 @@
 // Every gradient of the full-precision path (all parameters, with and without
 // the kurtosis term) is checked against finite differences in float64
 // (tests/examples/small_transformer_test.cpp). With QAT the forward is a step
-// function and the gradient is the straight-through one of DESIGN §3
+// function and the gradient is the straight-through one of docs/design.md §3
 // (oq's learned_clip tests check that formula): the test checks by finite
 // differences the parameters after the last quantizer, where the loss is
 // smooth, and that 8-bit QAT with wide clips stays within rounding of the
@@ -361,7 +361,7 @@ class Model {
 
   /// The loss and its gradient with respect to every parameter, into `grad`
   /// (overwritten; make it with Parameters::zeros(config)). With QAT on, the
-  /// gradient is the straight-through one of learned_clip_grad (DESIGN §3).
+  /// gradient is the straight-through one of learned_clip_grad (docs/design.md §3).
   Loss loss_and_gradient(const Parameters<Scalar>& p, const Batch& batch, Parameters<Scalar>& grad) {
     check_same_shapes(const_cast<Parameters<Scalar>&>(p), grad);  // tensors() only takes views
     Matrix<Scalar> dlogits;

@@ -1,6 +1,6 @@
 // examples/04_cuda_w4a4/gpu.hpp: the example's device half, behind a plain
 // C++ interface (oq's CUDA headers are for nvcc, its Eigen code for the host
-// compiler: DESIGN §1).
+// compiler: docs/design.md §1).
 #pragma once
 
 #include <cstdint>

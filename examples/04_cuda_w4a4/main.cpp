@@ -11,7 +11,7 @@
 //             folded offline; X·H is fused into the quantize kernel
 //             (QuantizePerToken's hadamard_block), as QuaRot applies it online;
 //   duquant   X·R and W·R with R = diag(R_b, …), R_b DuQuant's greedy rotation
-//             (Algorithm 1, DESIGN §6) calibrated on X: W·R folded offline,
+//             (Algorithm 1, docs/design.md §6) calibrated on X: W·R folded offline,
 //             X·R fused into the quantize kernel on tensor cores
 //             (QuantizePerTokenTensorOp). The rotation stage alone — the
 //             permutation and second rotation of DuQuant's M = R₁·P·R₂ mix

@@ -12,7 +12,7 @@ using namespace oq::analysis;
 using oq::test::MatrixX;
 
 TEST_CASE("every planted massive activation is found, with its ratio") {
-  // LLaMA-2-7B-like (DESIGN §3): ~2000 in channels 1415 and 2533 on the first
+  // LLaMA-2-7B-like (docs/design.md §3): ~2000 in channels 1415 and 2533 on the first
   // token and on a "." token, against a median |x| near 0.2.
   MatrixX<float> h = oq::test::gaussian<float>(64, 4096, 1, 0.3);
   const Eigen::Index tokens[] = {0, 17};

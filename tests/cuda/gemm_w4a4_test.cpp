@@ -51,7 +51,7 @@ void check_against_host(const Shape& s, bool a_signed, bool w_signed, W4A4Path p
   const PackedInt4 pw = pack_int4(qw, w_signed ? Int4Kind::kSigned : Int4Kind::kUnsigned);
   std::uniform_real_distribution<float> scale(0.001f, 0.1f);
   // Zero points as the quantizers produce them: often outside the code
-  // range (DESIGN §2: a group that does not straddle 0).
+  // range (docs/design.md §2: a group that does not straddle 0).
   std::uniform_int_distribution<int> zero(-20, 30);
   std::vector<float> sa(static_cast<std::size_t>(s.m)), sw(static_cast<std::size_t>(s.n)), za, zw;
   for (float& v : sa) v = scale(rng);
@@ -179,7 +179,7 @@ TEST_CASE("W4A4 (GemmW4A4Wgmma, sm_90a) accumulators and epilogue against the ho
 TEST_CASE("W4A4Mma::kAuto is native INT4 MMA before Hopper and widened s8 from Hopper on") {
   const auto paths = oq::test::w4a4_auto_paths_on_device();
   CAPTURE(paths.compute_capability_major);
-  const bool expect_native = paths.compute_capability_major < 9;  // DESIGN §7: no INT4 tensor cores on sm_90
+  const bool expect_native = paths.compute_capability_major < 9;  // docs/design.md §7: no INT4 tensor cores on sm_90
   CHECK(paths.simple_native_s4 == expect_native);
   CHECK(paths.multistage_native_s4 == expect_native);
 }

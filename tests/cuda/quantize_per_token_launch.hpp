@@ -1,5 +1,5 @@
 // Plain-C++ entry points to the per-token quantization launcher, so that the
-// doctest cases (and Eigen) stay in .cpp files (DESIGN §1).
+// doctest cases (and Eigen) stay in .cpp files (docs/design.md §1).
 #pragma once
 
 #include <cstddef>

@@ -33,7 +33,7 @@ struct GptqRef {
 //   (symmetric: the code offset (maxq + 1)/2, 0 in oq's signed codes).
 // Two departures, both oq's documented ones (QuantSpec::gptq_reference): the
 // reference sets xmin = −xmax only where xmin < 0 (here always), and gives
-// an all-zero group [−1, 1] (here scale 1, zero 0). Otherwise DESIGN §2
+// an all-zero group [−1, 1] (here scale 1, zero 0). Otherwise docs/design.md §2
 // through oq::core.
 oq::core::AffineParams<double> group_params_ref(double lo, double hi, const QuantSpec& spec) {
   const bool gptq_grid = spec.symmetric ? spec.symmetric_full_range : spec.range_includes_zero;

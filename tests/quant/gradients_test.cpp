@@ -103,7 +103,7 @@ TEST_CASE("LSQ scale gradient equals finite differences of the round-STE surroga
   }
 }
 
-TEST_CASE("the half step past the clip follows round-then-clamp (DESIGN §2), not LSQ eq. 3") {
+TEST_CASE("the half step past the clip follows round-then-clamp (docs/design.md §2), not LSQ eq. 3") {
   // Hand-derived values, one element per scale (per-token, x a column), s = 0.5
   // so that x = u·s and x/s = u are exact. x̂ = (clamp(rne(u) + z, lo, hi) − z)·s
   // with rne's straight-through gradient: where the rounded code rne(u) + z is

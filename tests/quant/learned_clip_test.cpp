@@ -21,7 +21,7 @@ constexpr double kU = std::numeric_limits<double>::epsilon() / 2;  // float64 un
 
 double levels(int bits) { return std::ldexp(1.0, bits) - 1; }
 
-// Plain loop of DESIGN §3's forward: rne((clamp(x, lo, hi) − lo)·s)/s + lo.
+// Plain loop of docs/design.md §3's forward: rne((clamp(x, lo, hi) − lo)·s)/s + lo.
 double fake_quantize_ref(double x, double lo, double hi, int bits) {
   const double s = levels(bits) / (hi - lo);
   return std::nearbyint((std::clamp(x, lo, hi) - lo) * s) / s + lo;

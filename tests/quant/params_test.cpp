@@ -185,7 +185,7 @@ TEST_CASE_TEMPLATE("range_includes_zero: 0 is a code, every zero in the code ran
           }
         }
       }
-      // The all-zero row keeps DESIGN §2's scale 1, zero 0. The subnormal row
+      // The all-zero row keeps docs/design.md §2's scale 1, zero 0. The subnormal row
       // (its scale underflows) reconstructs its value exactly, at code 1.
       CHECK(p.scale(5, 0) == T(1));
       CHECK(p.zero(5, 0) == T(0));
@@ -235,7 +235,7 @@ TEST_CASE_TEMPLATE("symmetric_full_range: GPTQ's symmetric grid, a finer step, |
         const T clipped = T(clip) * T(absmax);
         CHECK(p.scale(r, 0) == (clipped + clipped) / T((1 << bits) - 1));
         CHECK(p.zero(r, 0) == T(0));
-        // A finer step than DESIGN §2's: (2^(b−1) − 1) / (2^(b−1) − ½).
+        // A finer step than docs/design.md §2's: (2^(b−1) − 1) / (2^(b−1) − ½).
         CHECK(p.scale(r, 0) < restricted.scale(r, 0));
         for (Eigen::Index c = 0; c < x.cols(); ++c) {
           const double v = double(x(r, c));

@@ -1,4 +1,4 @@
-// The reference itself, against values worked out by hand from DESIGN §2.
+// The reference itself, against values worked out by hand from docs/design.md §2.
 #include <oq/quant/reference.hpp>
 
 #include <doctest/doctest.h>

@@ -39,7 +39,7 @@ TEST_CASE("gptq_reference: GPTQ's grids (zero-including asymmetric range, full-r
                 !sym.range_includes_zero && sym.bits == 3);
   CHECK_NOTHROW(asym.validate("test"));
   CHECK_NOTHROW(sym.validate("test"));
-  // The factories leave both off: DESIGN §2's quantizer.
+  // The factories leave both off: docs/design.md §2's quantizer.
   constexpr QuantSpec plain = QuantSpec::per_token(4, true);
   static_assert(!plain.range_includes_zero && !plain.symmetric_full_range);
 }

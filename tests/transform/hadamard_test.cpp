@@ -189,7 +189,7 @@ TEST_CASE("constructible sizes: the library's list equals an independent enumera
     if (!find_hadamard_construction(n)) missing.push_back(n);
   }
   CHECK(missing == std::vector<Eigen::Index>{52, 92, 100, 116, 156, 172, 184, 188, 232, 236, 244});
-  // Examples from DESIGN §5 and the issue.
+  // Examples from docs/design.md §5 and the issue.
   CHECK(hadamard_construction(12).kind == HadamardKind::kPaleyI);
   CHECK(hadamard_construction(28).kind == HadamardKind::kPaleyII);
   CHECK(hadamard_construction(28).prime == 13);
@@ -495,7 +495,7 @@ TEST_CASE("X·Wᵀ is preserved when X and W get the same rotation") {
     // (‖X·Wᵀ‖ itself is smaller by about √width for independent rows).
     CHECK((yr - y).norm() <= 1e-12 * x.norm() * w.norm());
   }
-  // DESIGN §5's case: 11008 = 172·64, each 64-wide block rotated on its own.
+  // docs/design.md §5's case: 11008 = 172·64, each 64-wide block rotated on its own.
   const MatrixX<double> x = oq::test::gaussian<double>(3, 11008, 41);
   MatrixX<double> y = x;
   block_hadamard_rows(y, 64);

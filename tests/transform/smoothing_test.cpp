@@ -452,7 +452,7 @@ TEST_CASE("α search: its reported errors are the objective, and it beats α = 0
   CHECK(single.alphas == std::vector<double>{0.0, 0.5, 1.0});
 
   // Ties keep the earliest α of the grid. A zero weight makes every error
-  // exactly 0: X·Wᵀ = 0, Ŵ = 0 and a zero row quantizes exactly (DESIGN §2).
+  // exactly 0: X·Wᵀ = 0, Ŵ = 0 and a zero row quantizes exactly (docs/design.md §2).
   const auto tied = search_smoothing_alpha(x, MatrixX<double>::Zero(8, 128), a8, w8, {.alphas = {0.7, 0.2, 0.9}});
   CHECK(tied.errors == std::vector<double>{0.0, 0.0, 0.0});
   CHECK(tied.alpha == 0.7);
