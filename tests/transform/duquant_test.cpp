@@ -676,3 +676,52 @@ TEST_CASE("a saved rotation slightly off orthogonal (older files) is projected o
   std::istringstream corrupt(file_with(1.001f), std::ios::binary);
   CHECK_THROWS_WITH_AS(load_duquant<float>(corrupt), doctest::Contains("must be orthogonal"), std::invalid_argument);
 }
+
+TEST_CASE("load_duquant refuses bytes after the transform, on seekable and unseekable streams") {
+  // Before (issue 23): anything after the data was ignored.
+  std::ostringstream out(std::ios::binary);
+  save_duquant(out, DuQuantTransform<float>(8, {Eigen::MatrixXf::Identity(8, 8)}, {}));
+  const std::string bytes = out.str();
+  {
+    std::istringstream exact(bytes, std::ios::binary);
+    CHECK(load_duquant<float>(exact).channels() == 8);
+  }
+  for (const std::string& extra : {std::string(1, '\0'), std::string("trailing"), bytes}) {
+    INFO("extra bytes: ", extra.size());
+    std::istringstream seekable(bytes + extra, std::ios::binary);
+    CHECK_THROWS_WITH_AS(load_duquant<float>(seekable),
+                         doctest::Contains((std::to_string(extra.size()) + " bytes follow the transform").c_str()),
+                         std::invalid_argument);
+    PipeBuffer pipe(bytes + extra);
+    std::istream piped(&pipe);
+    CHECK_THROWS_WITH_AS(load_duquant<float>(piped), doctest::Contains("bytes follow the transform"),
+                         std::invalid_argument);
+  }
+  PipeBuffer pipe(bytes);
+  std::istream piped(&pipe);
+  CHECK(load_duquant<float>(piped).channels() == 8);
+}
+
+TEST_CASE("the legacy projection is bounded: a float rotation far from orthogonal is refused at any block size") {
+  // A 1024 × 1024 float identity with Q(0, 1) = Q(1, 0) = δ: max |QᵀQ − I| ≈ 2δ.
+  // The old bound 100·b·ε is 0.0122 here: 2δ = 5e-3 was projected onto some
+  // rotation and loaded. Now the bound stops at 100·128·ε ≈ 1.5e-3.
+  constexpr Eigen::Index b = 1024;
+  const auto file_with = [](float delta) {
+    std::ostringstream out(std::ios::binary);
+    save_duquant(out, DuQuantTransform<float>(b, {Eigen::MatrixXf::Identity(b, b)}, {}));
+    std::string bytes = out.str();
+    std::memcpy(bytes.data() + 48 + 1 * sizeof(float), &delta, sizeof delta);       // (0, 1)
+    std::memcpy(bytes.data() + 48 + (b + 0) * sizeof(float), &delta, sizeof delta);  // (1, 0)
+    return bytes;
+  };
+  std::istringstream far(file_with(2.5e-3f), std::ios::binary);
+  CHECK_THROWS_WITH_AS(load_duquant<float>(far), doctest::Contains("must be orthogonal"), std::invalid_argument);
+  // A legacy drift (6e-5 = 500ε: above the constructor's 8·√b·ε = 3.1e-5) is
+  // still projected, and loads.
+  std::istringstream legacy(file_with(3e-5f), std::ios::binary);
+  const auto loaded = load_duquant<float>(legacy);
+  CHECK(detail_rotation::orthogonality_error(loaded.rotations()[0]) <=
+        detail_rotation::orthogonality_tolerance<float>(b));
+  CHECK((loaded.rotations()[0] - Eigen::MatrixXf::Identity(b, b)).cwiseAbs().maxCoeff() < 1e-4f);
+}

@@ -14,8 +14,9 @@
 //   …       (n−1)·C·8   permutations, u64 each (perm[j] = old channel at j)
 //   …       C           smoothing scales (if present)
 //
-// Loading checks every field and the stream after every read, so a truncated
-// or corrupted file gives std::invalid_argument naming what is wrong (a NaN
+// Nothing may follow the data. Loading checks every field and the stream
+// after every read, so a truncated, extended or corrupted file gives
+// std::invalid_argument naming what is wrong (a NaN
 // or ±Inf rotation entry or scale gives std::domain_error, as NaN/Inf data
 // does everywhere in oq; both derive from std::logic_error), never a
 // half-filled transform; the DuQuantTransform constructor then re-checks that
@@ -27,7 +28,8 @@
 // header costs memory only for what it holds. save_duquant refuses a
 // transform beyond those bounds, so whatever it writes loads. A rotation
 // slightly off orthogonal, as files from before 2026-11-30 may hold, is
-// projected onto the orthogonal matrices on load (kDuQuantLegacyOrthogonality).
+// projected onto the orthogonal matrices on load (kDuQuantLegacyOrthogonality,
+// bounded by kDuQuantLegacyBlockCap).
 //
 //   std::ofstream out("layer3.duquant", std::ios::binary);
 //   oq::transform::save_duquant(out, transform);
@@ -60,8 +62,17 @@ inline constexpr std::uint64_t kDuQuantMaxChannels = std::uint64_t(1) << 24;
 inline constexpr std::uint64_t kDuQuantMaxBlockSize = 65536;
 inline constexpr std::uint64_t kDuQuantMaxRotations = kMaxPermutationRounds + 1;  // 64, the most calibration makes
 /// The orthogonality tolerance of files written before 2026-11-30, in units
-/// of b·ε: load_duquant projects a rotation within it (see there).
+/// of min(b, kDuQuantLegacyBlockCap)·ε: load_duquant projects a rotation
+/// within it (see there).
 inline constexpr double kDuQuantLegacyOrthogonality = 100.0;
+/// The old tolerance 100·b·ε grew with b, to 0.78 at b = 65536 for float:
+/// within it a matrix far from any rotation would have been projected onto a
+/// different one and loaded silently (issue 23). What those files can
+/// honestly hold does not grow with b: their drift came from float products
+/// of the greedy steps, measured at ~150ε at most. So the tolerance stops at
+/// its value at DuQuant's default block size 128 (100·128·ε ≈ 1.5e-3 in
+/// float), which every file calibrated at b ≤ 128 met when it was written.
+inline constexpr std::uint64_t kDuQuantLegacyBlockCap = 128;
 
 namespace detail_io {
 
@@ -207,12 +218,14 @@ DuQuantTransform<Scalar> load_duquant(std::istream& in) {
     // by up to ~150ε at small b or many steps, beyond what the constructor now
     // accepts but within the 100·b·ε it accepted then: those are projected
     // (nearest_orthogonal, which moves them by their drift). A rotation
-    // farther off is corrupt, and the constructor says so.
+    // farther off (or beyond kDuQuantLegacyBlockCap's bound) is corrupt, and
+    // the constructor says so.
     detail::require_finite(rs.back(), kWhere, "rotations[" + std::to_string(k) + "]");
     const double error = detail_rotation::orthogonality_error(rs.back());
-    if (error > detail_rotation::orthogonality_tolerance<Scalar>(n) &&
-        error <= kDuQuantLegacyOrthogonality * static_cast<double>(n) *
-                     static_cast<double>(std::numeric_limits<Scalar>::epsilon())) {
+    const double legacy_tolerance = kDuQuantLegacyOrthogonality *
+                                    static_cast<double>(std::min<std::uint64_t>(b, kDuQuantLegacyBlockCap)) *
+                                    static_cast<double>(std::numeric_limits<Scalar>::epsilon());
+    if (error > detail_rotation::orthogonality_tolerance<Scalar>(n) && error <= legacy_tolerance) {
       rs.back() = nearest_orthogonal(rs.back());
     }
   }
@@ -231,6 +244,16 @@ DuQuantTransform<Scalar> load_duquant(std::istream& in) {
     const std::vector<Scalar> values = detail_io::read_array<Scalar>(in, channels, "the smoothing scales");
     smoothing = Eigen::Map<const typename DuQuantTransform<Scalar>::Vector>(values.data(),
                                                                             static_cast<Eigen::Index>(channels));
+  }
+  // A file is one transform: bytes after it mean the header does not
+  // describe the file (as the .npy and safetensors readers hold; issue 23).
+  if (const auto remaining = detail_io::remaining_bytes(in)) {
+    detail::require(*remaining == 0, kWhere, *remaining, " bytes follow the transform (expected the stream to end ",
+                    "there: the header does not describe them)");
+  } else {
+    detail::require(in.peek() == std::istream::traits_type::eof(), kWhere,
+                    "bytes follow the transform (expected the stream to end there: the header does not describe "
+                    "them)");
   }
   return DuQuantTransform<Scalar>(static_cast<Eigen::Index>(channels), std::move(rs), std::move(ps),
                                   std::move(smoothing));
