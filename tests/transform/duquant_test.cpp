@@ -180,7 +180,7 @@ TEST_CASE("calibration is a pure function of its inputs") {
   CHECK(calls == 3 * 10);
 
   // With 2 and 3 permutation rounds (3 and 4 rotations), apply() is still
-  // X·M for the dense M = R₁·P₁·R₂·P₂·… and invert() undoes it (DESIGN §6):
+  // X·M for the dense M = R₁·P₁·R₂·P₂·… and invert() undoes it (docs/design.md §6):
   // every stage, not only the first permutation, is composed in order.
   for (int rounds : {2, 3}) {
     CAPTURE(rounds);
