@@ -163,11 +163,14 @@ PackedWeights pack_weights(const Eigen::MatrixBase<CodesDerived>& codes, const q
 }
 
 /// Quantizes W (N × K, float or double) under `spec` with oq::quant
-/// (compute_params, quantize) and packs it.
+/// (compute_params, quantize) and packs it. An expression is evaluated once
+/// (a plain matrix is not copied), so the parameters and the codes see the
+/// same values even for expressions that differ between reads (Random()).
 template <class Derived>
 PackedWeights quantize_weights(const Eigen::MatrixBase<Derived>& w, const quant::QuantSpec& spec) {
-  const auto params = quant::compute_params(w, spec);
-  return pack_weights(quant::quantize(w, params, spec), params, spec);
+  const auto& values = w.derived().eval();
+  const auto params = quant::compute_params(values, spec);
+  return pack_weights(quant::quantize(values, params, spec), params, spec);
 }
 
 /// Packs a GPTQ result. Its groups must be contiguous (group_index[j] ==
