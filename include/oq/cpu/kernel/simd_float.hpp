@@ -67,10 +67,11 @@ struct Avx512Float {
   static bool all_zero(F a) { return _mm512_cmp_ps_mask(a, zero(), _CMP_EQ_OQ) == 0xFFFF; }
   static float reduce_min(F a) { return _mm512_reduce_min_ps(a); }
   static float reduce_max(F a) { return _mm512_reduce_max_ps(a); }
-  /// m where !(distance ≤ tolerance) holds ordered, a / b elsewhere.
-  static F divide_where_near(F m, F a, F b, F distance, F tolerance) {
+  /// r where distance > tolerance (ordered), rne(a / b) elsewhere.
+  static F rounded_division_where_near(F r, F a, F b, F distance, F tolerance) {
     const __mmask16 near = _mm512_cmp_ps_mask(distance, tolerance, _CMP_NGT_UQ);
-    return near == 0 ? m : _mm512_mask_div_ps(m, near, a, b);
+    if (near == 0) return r;
+    return _mm512_mask_roundscale_ps(r, near, _mm512_div_ps(a, b), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
   /// Lane i of the result is lane i ^ h of v (h < kLanes).
   template <int kH>
@@ -145,9 +146,10 @@ struct Avx2Float {
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
   }
-  static F divide_where_near(F m, F a, F b, F distance, F tolerance) {
+  static F rounded_division_where_near(F r, F a, F b, F distance, F tolerance) {
     const __m256 near = _mm256_cmp_ps(distance, tolerance, _CMP_NGT_UQ);
-    return _mm256_movemask_ps(near) == 0 ? m : _mm256_blendv_ps(m, _mm256_div_ps(a, b), near);
+    if (_mm256_movemask_ps(near) == 0) return r;
+    return _mm256_blendv_ps(r, round_even(_mm256_div_ps(a, b)), near);
   }
   template <int kH>
   static F partner(F v) {
@@ -229,9 +231,10 @@ struct NeonFloat {
   static bool all_zero(F a) { return vminvq_u32(vceqq_f32(a, zero())) == 0xFFFFFFFFu; }
   static float reduce_min(F a) { return vminvq_f32(a); }
   static float reduce_max(F a) { return vmaxvq_f32(a); }
-  static F divide_where_near(F m, F a, F b, F distance, F tolerance) {
+  static F rounded_division_where_near(F r, F a, F b, F distance, F tolerance) {
     const uint32x4_t near = vmvnq_u32(vcgtq_f32(distance, tolerance));  // ≤, or NaN
-    return vmaxvq_u32(near) == 0 ? m : vbslq_f32(near, vdivq_f32(a, b), m);
+    if (vmaxvq_u32(near) == 0) return r;
+    return vbslq_f32(near, vrndnq_f32(vdivq_f32(a, b)), r);
   }
   template <int kH>
   static F partner(F v) {
