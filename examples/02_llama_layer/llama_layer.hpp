@@ -23,6 +23,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 namespace llama {
 
@@ -227,11 +228,13 @@ struct PlainLinear {
 
 /// What the linears reading `input` take: linear.prepare(input, x) when the
 /// functor has one (a transform and quantizer of the input, run once per
-/// distinct input rather than once per linear), else x itself.
+/// distinct input rather than once per linear), else x itself. prepare() may
+/// return a matrix or anything its linears read (integer_path.hpp: packed
+/// integer codes).
 template <class LinearFn, class Scalar>
 decltype(auto) prepared_input(LinearFn& linear, Input input, const Matrix<Scalar>& x) {
   if constexpr (requires { linear.prepare(input, x); }) {
-    return Matrix<Scalar>(linear.prepare(input, x));
+    return std::remove_cvref_t<decltype(linear.prepare(input, x))>(linear.prepare(input, x));
   } else {
     return (x);
   }

@@ -7,6 +7,7 @@
 #include "../common/parse_flag.hpp"
 #include "checkpoint_layer.hpp"
 #include "default_layer.hpp"
+#include "integer_path.hpp"
 #include "llama_layer.hpp"
 #include "methods.hpp"
 #include "report.hpp"
@@ -238,11 +239,19 @@ int main(int argc, char** argv) try {
     llama::LinearInputs<float> transformed;
     layer.record_transformed_inputs(&transformed);
     const llama::Matrix<float> y = llama::forward(config, weights, x, layer);
-    progress_done();
+    layer.record_transformed_inputs(nullptr);
     results.push_back(llama::measure(method, layer.calibration_seconds(), y, y_reference, transformed));
     csv.add(llama::method_name(method), transformed);
+    // The same method with oq::cpu's integer kernels, each linear compared
+    // with fake quantization on the same input.
+    progress(std::string(llama::method_name(method)) + ": integer kernels");
+    llama::IntegerLayer integer(layer);
+    integer.compare_into(&results.back().agreement);
+    results.back().integer_error = llama::relative_error(llama::forward(config, weights, x, integer), y_reference);
+    progress_done();
   }
   llama::print_results(std::cout, results, fp_inputs, flags.gptq);
+  llama::print_integer_results(std::cout, results);
   std::cout << "\nper-channel magnitudes: " << csv.path().string()
             << " (draw with: python3 examples/02_llama_layer/plot_channels.py " << csv.path().string() << ")\n";
   std::cout << "total time " << std::chrono::duration<double>(Clock::now() - t0).count() << " s\n";

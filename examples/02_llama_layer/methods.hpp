@@ -24,12 +24,14 @@
 // permutation crosses heads), run online — fused into the quantize kernel
 // (oq/cuda/device/quantize_per_token.cuh rotates b×b blocks). The simulation
 // here applies every transform explicitly, which is numerically the same up
-// to rounding.
+// to rounding. integer_path.hpp runs the same methods with the transform
+// fused into oq::cpu's per-token quantizer and real INT4 products.
 #pragma once
 
 #include "llama_layer.hpp"
 
 #include <oq/analysis.hpp>
+#include <oq/cpu.hpp>
 #include <oq/kurtosis.hpp>
 #include <oq/duquant.hpp>
 #include <oq/hadamard.hpp>
@@ -46,6 +48,7 @@
 #include <random>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <variant>
 #include <vector>
 
@@ -120,6 +123,23 @@ class InputTransform {
   Matrix<Scalar> apply(const Matrix<Scalar>& x) const { return transform(x, /*weight=*/false); }
   Matrix<Scalar> fold_into_weight(const Matrix<Scalar>& w) const { return transform(w, /*weight=*/true); }
 
+  /// The same transform of X for oq::cpu::quantize_per_token to fuse into its
+  /// pass over each row (float only, as the CPU kernels are). A block
+  /// Hadamard of a size that is not a power of two has no butterfly kernel
+  /// there and runs as a general block rotation by the same matrix.
+  oq::cpu::TokenTransform token_transform() const
+    requires std::is_same_v<Scalar, float>
+  {
+    if (const auto* s = std::get_if<Smoothing>(&kind_)) return oq::cpu::TokenTransform::smoothing(s->scales);
+    if (const auto* h = std::get_if<BlockHadamard>(&kind_)) {
+      const Eigen::Index b = h->block_size;
+      if (b >= 2 && (b & (b - 1)) == 0) return oq::cpu::TokenTransform::hadamard(b);
+      return oq::cpu::TokenTransform::block_rotation(oq::transform::hadamard_orthogonal<float>(b));
+    }
+    if (const auto* d = std::get_if<DuQuant>(&kind_)) return oq::cpu::TokenTransform::duquant(*d);
+    return {};
+  }
+
  private:
   Matrix<Scalar> transform(const Matrix<Scalar>& m, bool weight) const {
     if (std::holds_alternative<Identity>(kind_)) return m;
@@ -148,18 +168,29 @@ class InputTransform {
 template <class Scalar>
 class QuantizedLayer {
  public:
+  /// packed_weights: the same weights as INT4 codes for oq::cpu::gemm, packed
+  /// from the codes and parameters that quantized_weights dequantize (empty
+  /// where there are none: weight_bits other than 4, or double).
   QuantizedLayer(Method method, std::array<InputTransform<Scalar>, 4> transforms,
-                 std::array<Matrix<Scalar>, 7> quantized_weights, QuantOptions options, double calibration_seconds)
+                 std::array<Matrix<Scalar>, 7> quantized_weights, QuantOptions options, double calibration_seconds,
+                 std::array<std::optional<oq::cpu::PackedWeights>, 7> packed_weights = {})
       : method_(method),
         transforms_(std::move(transforms)),
         weights_(std::move(quantized_weights)),
+        packed_(std::move(packed_weights)),
         options_(std::move(options)),
         calibration_seconds_(calibration_seconds) {}
 
   Method method() const { return method_; }
   double calibration_seconds() const { return calibration_seconds_; }
+  const QuantOptions& options() const { return options_; }
   const InputTransform<Scalar>& transform(Input i) const { return transforms_[static_cast<std::size_t>(i)]; }
   const Matrix<Scalar>& quantized_weight(Linear l) const { return weights_[static_cast<std::size_t>(l)]; }
+  /// The packed INT4 weight of `l`, or nullptr (see the constructor).
+  const oq::cpu::PackedWeights* packed_weight(Linear l) const {
+    const auto& p = packed_[static_cast<std::size_t>(l)];
+    return p ? &*p : nullptr;
+  }
 
   /// When set, every forward records each input after its transform and
   /// before quantization (for the statistics table).
@@ -185,6 +216,7 @@ class QuantizedLayer {
   Method method_;
   std::array<InputTransform<Scalar>, 4> transforms_;
   std::array<Matrix<Scalar>, 7> weights_;
+  std::array<std::optional<oq::cpu::PackedWeights>, 7> packed_;
   QuantOptions options_;
   double calibration_seconds_;
   LinearInputs<Scalar>* sink_ = nullptr;
@@ -271,20 +303,34 @@ QuantizedLayer<Scalar> quantize_layer(Method method, const LayerWeights<Scalar>&
       gptq[i].emplace(hessian.matrix(), oq::quant::GptqOptions{.act_order = true});
     }
   }
+  // 4-bit float weights are also packed for oq::cpu::gemm (integer_path.hpp),
+  // from the very codes and parameters that the fake-quantized copy holds.
+  constexpr bool kFloat = std::is_same_v<Scalar, float>;
+  const bool pack = kFloat && options.weight_bits == 4;
   std::array<Matrix<Scalar>, 7> quantized;
+  std::array<std::optional<oq::cpu::PackedWeights>, 7> packed;
   for (Linear l : kAllLinears) {
     const auto i = static_cast<std::size_t>(input_of(l));
+    const auto li = static_cast<std::size_t>(l);
     Matrix<Scalar> folded = transforms[i].fold_into_weight(w[l]);
     if (options.weight_bits == 0) {
-      quantized[static_cast<std::size_t>(l)] = std::move(folded);
+      quantized[li] = std::move(folded);
     } else if (gptq[i]) {
-      quantized[static_cast<std::size_t>(l)] = oq::quant::gptq_quantize(folded, *gptq[i], options.weight_spec()).weight;
+      auto result = oq::quant::gptq_quantize(folded, *gptq[i], options.weight_spec());
+      quantized[li] = result.weight;
+      if (pack) packed[li] = oq::cpu::pack_weights(result, options.weight_spec());
     } else {
-      quantized[static_cast<std::size_t>(l)] = oq::quant::fake_quantize(folded, options.weight_spec());
+      const auto params = oq::quant::compute_params(folded, options.weight_spec());
+      quantized[li] = oq::quant::fake_quantize(folded, params, options.weight_spec());
+      if (pack) {
+        packed[li] = oq::cpu::pack_weights(oq::quant::quantize(folded, params, options.weight_spec()), params,
+                                           options.weight_spec());
+      }
     }
   }
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  return QuantizedLayer<Scalar>(method, std::move(transforms), std::move(quantized), options, seconds);
+  return QuantizedLayer<Scalar>(method, std::move(transforms), std::move(quantized), options, seconds,
+                                std::move(packed));
 }
 
 /// ‖a − b‖_F / ‖b‖_F in double.

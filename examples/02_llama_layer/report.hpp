@@ -3,6 +3,7 @@
 #pragma once
 
 #include "default_layer.hpp"
+#include "integer_path.hpp"
 #include "llama_layer.hpp"
 #include "methods.hpp"
 
@@ -13,6 +14,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <ostream>
 #include <stdexcept>
 #include <string>
@@ -29,12 +31,17 @@ struct MethodResult {
   double first_token_error = 0;  ///< the same for token 0 alone (where the massive activations are)
   double other_tokens_error = 0; ///< the same for tokens 1.. (ordinary tokens)
   std::array<InputStats, 4> inputs{};  ///< of the transformed inputs
+  /// With oq::cpu's integer kernels (integer_path.hpp): the layer output's
+  /// relative error, all tokens, and how each linear agreed with fake
+  /// quantization on the same input.
+  std::optional<double> integer_error;
+  PathAgreement agreement{};
 };
 
 template <class Scalar>
 MethodResult measure(Method method, double calibration_seconds, const Matrix<Scalar>& y,
                      const Matrix<Scalar>& y_reference, const LinearInputs<Scalar>& transformed) {
-  MethodResult r{method, calibration_seconds, relative_error(y, y_reference), 0.0, 0.0, {}};
+  MethodResult r{method, calibration_seconds, relative_error(y, y_reference), 0.0, 0.0, {}, std::nullopt, {}};
   r.first_token_error = relative_error(y.topRows(1), y_reference.topRows(1));
   if (y.rows() > 1) r.other_tokens_error = relative_error(y.bottomRows(y.rows() - 1), y_reference.bottomRows(y.rows() - 1));
   for (Input i : kAllInputs) r.inputs[static_cast<std::size_t>(i)] = input_stats(transformed[static_cast<std::size_t>(i)]);
@@ -135,6 +142,38 @@ void print_results(std::ostream& out, const std::vector<MethodResult>& results, 
     for (const auto& r : results) cell(r.inputs[static_cast<std::size_t>(i)]);
     out << "\n";
   }
+}
+
+/// Both paths side by side, and the bound their linear outputs keep.
+inline void print_integer_results(std::ostream& out, const std::vector<MethodResult>& results) {
+  out << "\nthe same W4A4 with real integer products (oq/cpu.hpp, " << oq::cpu::to_string(oq::cpu::best_isa())
+      << "): every linear input quantized per token by cpu::quantize_per_token with the method's transform fused,\n"
+      << "weights packed INT4 from the fake path's codes, cpu::gemm (int32 accumulation, zero-point epilogue)\n";
+  out << "layer output relative error of both paths, and the two paths' linear outputs on the same input\n"
+      << "(every output of the 7 linears; differing codes: activation codes of the fused transform against\n"
+      << "oq::quant on the Eigen-transformed input, and token rows whose s_a or z_a differ)\n";
+  out << "method             fake quant     integer  max|y_int-y_fake|    max|y|    max |r|/bound  epilogue/bound"
+         "  differing codes (rows)\n";
+  for (const auto& r : results) {
+    if (!r.integer_error) continue;
+    const PathAgreement& a = r.agreement;
+    std::string name(method_name(r.method));
+    out << name << std::string(18 - name.size(), ' ') << format("%11.4g", r.output_error)
+        << format("%12.4g", *r.integer_error) << format("%19.3g", a.max_difference) << format("%10.4g", a.max_output)
+        << format("%17.3g", a.max_bound_ratio) << format("%16.3g", a.max_epilogue_ratio) << "  "
+        << a.differing_codes << " of " << a.codes << " (" << a.differing_rows << " of " << a.rows << ")\n";
+  }
+  out << "bound, per output of a linear with K inputs (u = 2^-24, g_n = n*u/(1 - n*u)):\n"
+      << "  y_int - y_fake = (E_int - E_fake) + r,  |r| <= g_3*|E_int| + g_(K+2)*A\n"
+      << "  E = s_a*s_w*sum_k (qa_k - z_a)(qw_k - z_w), the exact product of a path's dequantized operands;\n"
+      << "  A = s_a*s_w*sum_k |qa_k - z_a|*|qw_k - z_w|. The integer path rounds three times (float(T), s_a*s_w,\n"
+      << "  their product: epilogue/bound is |y_int - E_int| / (g_3*|E_int|)); fake quantization rounds x^ and w^\n"
+      << "  once each and sums K products in float. E_int = E_fake where the codes agree; DuQuant's fused rotation\n"
+      << "  (an FMA chain) and Eigen's GEMM in DuQuantTransform::apply may round a transformed entry differently,\n"
+      << "  which moves a code next to a rounding boundary by one: those are counted, and E_int - E_fake is exact.\n"
+      << "  The bound is a worst case (K roundings adding up); the observed residual is far below it.\n"
+      << "  The layer errors differ more than one linear's outputs: each path's rounding reaches the next\n"
+      << "  linear's input, where a code near a boundary can then round the other way.\n";
 }
 
 /// channel_magnitudes.csv: stage,input,channel,absmax,absmean — for each stage

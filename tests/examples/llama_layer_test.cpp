@@ -1,9 +1,12 @@
 // Tests for examples/02_llama_layer: the layer forward against a plain float64
 // loop implementation, the default layer's outlier structure, every method's
-// exactness without rounding, the W4A4 error ordering as measured, and the
-// checkpoint path (safetensors + config.json) end to end.
+// exactness without rounding, the W4A4 error ordering as measured, the
+// integer-kernel path against fake quantization within the bound of
+// integer_path.hpp, and the checkpoint path (safetensors + config.json) end
+// to end.
 #include "../../examples/02_llama_layer/checkpoint_layer.hpp"
 #include "../../examples/02_llama_layer/default_layer.hpp"
+#include "../../examples/02_llama_layer/integer_path.hpp"
 #include "../../examples/02_llama_layer/llama_layer.hpp"
 #include "../../examples/02_llama_layer/methods.hpp"
 
@@ -325,6 +328,117 @@ TEST_CASE("GPTQ weights: the calibration output error of W4 weights falls below 
   // With weight_bits 0 there is nothing to round, and GPTQ is skipped.
   o.weight_bits = 0;
   CHECK(llama::relative_error(llama::forward(c, w, x_calibration, llama::quantize_layer(llama::Method::kHadamard, w, calibration, o)), y) < 1e-5);
+}
+
+TEST_CASE("integer kernels and fake quantization agree within the stated bound, every method (small default layer)") {
+  const Config c = small_config();
+  const auto w = llama::default_layer<float>(c);
+  const llama::Matrix<float> x = llama::default_input<float>(c, 24, 1);
+  const auto calibration = llama::record_inputs(c, w, llama::default_input<float>(c, 24, 2));
+  const llama::Matrix<float> y = llama::forward(c, w, x);
+  llama::QuantOptions o;
+  o.greedy_steps = 16;
+  o.block_size = 64;
+  for (llama::Method m : llama::kAllMethods) {
+    INFO(llama::method_name(m));
+    const auto layer = llama::quantize_layer(m, w, calibration, o);
+    // The packed weights dequantize to the fake path's Ŵ bit for bit.
+    for (Linear l : llama::kAllLinears) {
+      const oq::cpu::PackedWeights* p = layer.packed_weight(l);
+      REQUIRE(p != nullptr);
+      REQUIRE_FALSE(p->is_signed);  // asymmetric weights: codes in [0, 15], integer zero points
+      const llama::Matrix<float>& w_hat = layer.quantized_weight(l);
+      bool same = true;
+      for (Eigen::Index r = 0; r < w_hat.rows(); ++r) {
+        const auto ri = static_cast<std::size_t>(r);
+        for (Eigen::Index k = 0; k < w_hat.cols(); ++k) {
+          const auto q = static_cast<float>(oq::format::load_u4(p->row(r), static_cast<std::size_t>(k)));
+          same = same && (q - static_cast<float>(p->zeros[ri])) * p->scales[ri] == w_hat(r, k);
+        }
+      }
+      CHECK(same);
+    }
+    const llama::Matrix<float> y_fake = llama::forward(c, w, x, layer);
+    llama::IntegerLayer integer(layer);
+    llama::PathAgreement agreement;
+    integer.compare_into(&agreement);
+    const llama::Matrix<float> y_int = llama::forward(c, w, x, integer);
+    const double e_fake = llama::relative_error(y_fake, y), e_int = llama::relative_error(y_int, y);
+    std::cout << llama::method_name(m) << ": fake quant " << e_fake << ", integer " << e_int << ", max |r|/bound "
+              << agreement.max_bound_ratio << ", epilogue/bound " << agreement.max_epilogue_ratio
+              << ", differing codes " << agreement.differing_codes << " of " << agreement.codes << "\n";
+    // Every output of the 7 linears on 24 tokens, every code of the 4 inputs.
+    CHECK(agreement.outputs == 24 * (c.q_size() + 2 * c.kv_size() + c.hidden_size + 2 * c.intermediate_size + c.hidden_size));
+    CHECK(agreement.codes == 24 * (2 * c.hidden_size + c.q_size() + c.intermediate_size));
+    CHECK(agreement.max_bound_ratio <= 1.0);
+    CHECK(agreement.max_epilogue_ratio <= 1.0);
+    CHECK(agreement.max_output > 0.0);
+    if (m != llama::Method::kDuQuant && m != llama::Method::kDuQuantSmooth) {
+      // The fused transform computes what the Eigen one does: the same codes.
+      CHECK(agreement.differing_codes == 0);
+      CHECK(agreement.differing_rows == 0);
+    } else {
+      CHECK(agreement.differing_codes <= agreement.codes / 1000);
+    }
+    // Propagated through the layer, the two paths stay within rounding of
+    // each other (no code flip cascaded into a different result).
+    CHECK(llama::relative_error(y_int, y_fake) < 1e-3 * e_fake);
+  }
+}
+
+TEST_CASE("the bound of integer_path.hpp: a wrong weight code breaks it, a differing activation code is accounted for") {
+  std::mt19937_64 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const Eigen::Index m = 12, n = 40, k = 256;
+  llama::Matrix<float> x(m, k), weight(n, k);
+  for (Eigen::Index i = 0; i < x.size(); ++i) x.data()[i] = normal(rng);
+  for (Eigen::Index i = 0; i < weight.size(); ++i) weight.data()[i] = 0.02f * normal(rng);
+  x.col(5) *= 30.0f;  // an outlier channel
+  const auto aspec = oq::quant::QuantSpec::per_token(4, false, 0.9);
+  const auto wspec = oq::quant::QuantSpec::per_channel(4, false, 0.8);
+  const auto wp = oq::quant::compute_params(weight, wspec);
+  const llama::Matrix<float> w_hat = oq::quant::fake_quantize(weight, wp, wspec);
+  const oq::cpu::PackedWeights packed = oq::cpu::pack_weights(oq::quant::quantize(weight, wp, wspec), wp, wspec);
+  const auto ap = oq::quant::compute_params(x, aspec);
+  const llama::Matrix<float> x_hat = oq::quant::fake_quantize(x, ap, aspec);
+  const oq::cpu::PackedActivations a_fake = llama::pack_activations(oq::quant::quantize(x, ap, aspec), ap, aspec);
+  const oq::cpu::PackedActivations a_int = oq::cpu::quantize_per_token(x, aspec);
+  const llama::Matrix<float> y_int = oq::cpu::gemm(a_int, packed);
+  const llama::Matrix<float> y_fake = x_hat * w_hat.transpose();
+
+  CHECK(llama::compare_codes(a_int, a_fake).differing_codes == 0);
+  const llama::PathAgreement ok = llama::compare_outputs(a_int, a_fake, x_hat, packed, w_hat, y_int, y_fake);
+  CHECK(ok.outputs == m * n);
+  CHECK(ok.max_bound_ratio <= 1.0);
+  CHECK(ok.max_epilogue_ratio <= 1.0);
+
+  // One weight code off by one in the integer path: its outputs move by
+  // s_a·s_w·(qa − z_a), far beyond the rounding bound.
+  oq::cpu::PackedWeights wrong = packed;
+  const unsigned q0 = oq::format::load_u4(wrong.row(0), 5);
+  const int q1 = q0 == 15 ? 14 : static_cast<int>(q0) + 1;
+  oq::format::store_int4(wrong.codes.data(), 5, q1);
+  wrong.code_sums[0] += q1 - static_cast<int>(q0);
+  const llama::PathAgreement bad =
+      llama::compare_outputs(a_int, a_fake, x_hat, wrong, w_hat, oq::cpu::gemm(a_int, wrong), y_fake);
+  CHECK(bad.max_bound_ratio > 1.0);
+
+  // One activation code off by one on the fake path (what a DuQuant rotation
+  // rounded differently can do): the difference is the exact term's, and
+  // the bound still holds.
+  oq::cpu::PackedActivations flipped = a_fake;
+  const int c0 = flipped.code(0, 5);
+  const int c1 = c0 == 15 ? 14 : c0 + 1;
+  oq::format::store_int4(flipped.codes.data(), 5, c1);
+  flipped.code_sums[0] += c1 - c0;
+  llama::Matrix<float> x_flipped = x_hat;
+  x_flipped(0, 5) = static_cast<float>(c1 - flipped.zeros[0]) * flipped.scales[0];
+  const llama::Matrix<float> y_flipped = x_flipped * w_hat.transpose();
+  CHECK(llama::compare_codes(a_int, flipped).differing_codes == 1);
+  const llama::PathAgreement accounted =
+      llama::compare_outputs(a_int, flipped, x_flipped, packed, w_hat, y_int, y_flipped);
+  CHECK(accounted.max_bound_ratio <= 1.0);
+  CHECK(accounted.max_difference > 100 * ok.max_difference);
 }
 
 namespace {
