@@ -304,9 +304,11 @@ class ChannelMoments {
   }
 
   // Whether a channel's units are 1: max|x| = f·2^E with |E| ≤ 150, or 0
-  // (file comment); for one max|x| (T = double) or all (an Eigen array).
-  template <class T>
-  static auto in_window(const T& absmax) {
+  // (file comment); for one max|x| or for all channels at once. Declared
+  // with their types (no deduced return type) because clang does not allow a
+  // member with a deduced return type to be used above its definition.
+  static bool in_window(double absmax) { return (absmax >= 0x1p-151 && absmax < 0x1p150) || absmax == 0.0; }
+  static Eigen::Array<bool, Eigen::Dynamic, 1> in_window(const Eigen::ArrayXd& absmax) {
     return (absmax >= 0x1p-151 && absmax < 0x1p150) || absmax == 0.0;
   }
 
