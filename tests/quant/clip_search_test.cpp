@@ -153,3 +153,53 @@ TEST_CASE("clip search rejects bad options") {
   CHECK_THROWS_AS(search_clip_mse(wd, spec, {.min_ratio = 1e-310}), std::invalid_argument);
   CHECK_THROWS_AS(search_clip_mse(MatrixX<float>(0, 16), spec), std::invalid_argument);
 }
+
+TEST_CASE("clip search is the brute-force argmin over its grid, ties to the larger ratio, on degenerate rows too") {
+  // Issue 23 (a mutant survived): the tie comparison of the search changed
+  // (<= for <) reported 0.5 instead of 1.0 on all-zero and constant rows,
+  // where every ratio reconstructs the row exactly; no test held the search
+  // to a brute-force argmin. Rows: all zero, constant ±, one outlier in
+  // zeros, a two-valued row, Gaussian, heavy-tailed.
+  MatrixX<double> w(8, 64);
+  w.row(0).setZero();
+  w.row(1).setConstant(3.25);
+  w.row(2).setConstant(-0.75);
+  w.row(3).setZero();
+  w(3, 17) = 40.0;
+  for (Eigen::Index j = 0; j < 64; ++j) w(4, j) = j % 2 == 0 ? 1.0 : -2.0;
+  w.row(5) = oq::test::gaussian<double>(1, 64, 31);
+  w.bottomRows(2) = oq::test::heavy_tailed<double>(2, 64, 32);
+  const ClipSearchOptions options{.min_ratio = 0.5, .max_ratio = 1.0, .steps = 20};
+  for (const QuantSpec& spec : {QuantSpec::per_channel(4, false), QuantSpec::per_channel(3, true),
+                                QuantSpec::per_group(4, false, 16)}) {
+    CAPTURE(to_string(spec.granularity));
+    CAPTURE(spec.symmetric);
+    const auto found = search_clip_mse(w, spec, options);
+    const Eigen::Index width = spec.block_cols(w.cols());
+    for (Eigen::Index r = 0; r < w.rows(); ++r) {
+      for (Eigen::Index g = 0; g < found.clip_ratio.cols(); ++g) {
+        CAPTURE(r);
+        CAPTURE(g);
+        const MatrixX<double> block = w.block(r, g * width, 1, width);
+        QuantSpec one = spec;
+        if (one.granularity == Granularity::kPerGroup) one = QuantSpec::per_channel(spec.bits, spec.symmetric);
+        // Every ratio of the grid, in the search's order (largest first).
+        double best_error = std::numeric_limits<double>::infinity(), best_ratio = 0.0;
+        for (int k = 0; k <= options.steps; ++k) {
+          one.clip_ratio = std::max(options.min_ratio, options.max_ratio - k * (options.max_ratio - options.min_ratio) /
+                                                                             options.steps);
+          const double error = (fake_quantize(block, one) - block).squaredNorm();
+          if (error < best_error) best_error = error, best_ratio = one.clip_ratio;
+        }
+        // The argmin is unique here but for exact ties (rows 0-2: every
+        // ratio gives 0), which go to the larger ratio.
+        CHECK(found.clip_ratio(r, g) == doctest::Approx(best_ratio).epsilon(1e-12));
+        CHECK(found.squared_error(r, g) == doctest::Approx(best_error).epsilon(1e-9));
+        if (r <= 2) {
+          CHECK(found.clip_ratio(r, g) == 1.0);
+          CHECK(found.squared_error(r, g) <= 1e-20);  // exact but for the rounding of s
+        }
+      }
+    }
+  }
+}

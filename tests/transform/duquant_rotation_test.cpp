@@ -99,11 +99,18 @@ GreedyRef greedy_ref(const Matrix& x, const Matrix& base, int steps, const Matri
   GreedyRef ref;
   for (int t = 0; t < steps; ++t) {
     ref.scores.push_back(score());
-    double best = -1;
-    Eigen::Index d = 0;
+    // The peak: the first (row-major) entry holding the max or the min,
+    // whichever has the larger magnitude, and the max on a tie +v / −v
+    // (the documented rule, wherever −v sits).
+    double hi = -1e300, lo = 1e300;
+    Eigen::Index hi_at = 0, lo_at = 0;
     for (const auto& r : rows)
-      for (Eigen::Index j = 0; j < b; ++j)
-        if (std::fabs(r[static_cast<std::size_t>(j)]) > best) best = std::fabs(r[static_cast<std::size_t>(j)]), d = j;
+      for (Eigen::Index j = 0; j < b; ++j) {
+        const double v = r[static_cast<std::size_t>(j)];
+        if (v > hi) hi = v, hi_at = j;
+        if (v < lo) lo = v, lo_at = j;
+      }
+    Eigen::Index d = hi >= -lo ? hi_at : lo_at;
     if (w != nullptr) d = weighted().second;
     ref.pivots.push_back(d);
     const Matrix m = exchanged(d);
@@ -228,6 +235,27 @@ TEST_CASE("a tie for the peak across tiles goes to the row-major first entry, no
   // Without row 3's 20, row 150's is the peak.
   x(1, 8 + 6) = 0.0;
   CHECK(greedy_block_rotation(x, base, {.steps = 1}).pivots[0] == 2);
+}
+
+TEST_CASE("a tie between +v and -v pivots on +v, wherever -v sits") {
+  // DESIGN §6 and the file comment: "between +v and −v to +v". −20 comes
+  // first in row-major order (token 0, channel 3), +20 later (token 5,
+  // channel 13, block 1 position 5); a first-largest-|x| rule would take 3.
+  Matrix x = oq::test::gaussian<double>(8, 16, 21, 0.1);
+  x(0, 3) = -20.0;
+  x(5, 13) = 20.0;
+  const Matrix base = duquant_base_block(some_orthogonal(7, 22));
+  for (const GreedyScore score : {GreedyScore::kRange, GreedyScore::kAbsMax}) {
+    const auto g = greedy_block_rotation(x, base, {.steps = 1, .score = score});
+    CHECK(g.pivots[0] == 5);
+  }
+  // And with +v first, still +v.
+  x(0, 3) = 20.0;
+  x(5, 13) = -20.0;
+  CHECK(greedy_block_rotation(x, base, {.steps = 1}).pivots[0] == 3);
+  // Not a tie: the larger magnitude wins, whatever its sign.
+  x(5, 13) = -20.5;
+  CHECK(greedy_block_rotation(x, base, {.steps = 1}).pivots[0] == 5);
 }
 
 TEST_CASE("one massive outlier is spread to value/sqrt(b)") {
