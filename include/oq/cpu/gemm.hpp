@@ -105,12 +105,26 @@ void prepare_rows(const PackedActivations& a, PreparedActivations& p, std::int64
         std::int8_t* out = p.bytes.data() + (r * p.segments + s) * p.padded;
         for (std::int64_t c = 0; c < p.segment; c += chunk) {
           const std::int64_t pairs = std::min(half, (p.segment - c) / 2);
-          for (std::int64_t t = 0; t < pairs; ++t) {
-            const int even = code_at<kBits, kSigned>(row, first + c + 2 * t);
-            const int odd = code_at<kBits, kSigned>(row, first + c + 2 * t + 1);
-            out[c + t] = static_cast<std::int8_t>(even - p.bias);
-            out[c + half + t] = static_cast<std::int8_t>(odd - p.bias);
-            sum += even + odd;
+          if constexpr (kBits == 4) {
+            // A pair of codes is one byte (segments start on a byte): the
+            // low nibbles are the even codes, the high nibbles the odd ones.
+            const std::uint8_t* bytes = row + (first + c) / 2;
+            for (std::int64_t t = 0; t < pairs; ++t) {
+              const unsigned lo = bytes[t] & 0xFu, hi = bytes[t] >> 4;
+              const int even = kSigned ? static_cast<int>(lo ^ 8u) - 8 : static_cast<int>(lo);
+              const int odd = kSigned ? static_cast<int>(hi ^ 8u) - 8 : static_cast<int>(hi);
+              out[c + t] = static_cast<std::int8_t>(even);  // INT4 codes are never biased
+              out[c + half + t] = static_cast<std::int8_t>(odd);
+              sum += even + odd;
+            }
+          } else {
+            for (std::int64_t t = 0; t < pairs; ++t) {
+              const int even = code_at<kBits, kSigned>(row, first + c + 2 * t);
+              const int odd = code_at<kBits, kSigned>(row, first + c + 2 * t + 1);
+              out[c + t] = static_cast<std::int8_t>(even - p.bias);
+              out[c + half + t] = static_cast<std::int8_t>(odd - p.bias);
+              sum += even + odd;
+            }
           }
         }
       }
