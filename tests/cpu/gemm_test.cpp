@@ -374,3 +374,17 @@ TEST_CASE("empty operands: no tokens or no outputs give an empty result") {
   CHECK(y.rows() == 1);
   CHECK(y.cols() == 0);
 }
+
+TEST_CASE("gemm into a block of a larger row-major matrix: the block's stride, nothing around it written") {
+  std::mt19937 rng(13);
+  const Operands o = make_operands(5, 7, 64, 32, 4, false, true, rng);
+  const auto want = oq::cpu::gemm(o.a, o.w);
+  oq::cpu::RowMajorMatrixXf big = oq::cpu::RowMajorMatrixXf::Constant(9, 12, -7.0f);
+  oq::cpu::gemm(o.a, o.w, big.block(2, 3, 5, 7));
+  CHECK(big.block(2, 3, 5, 7) == want);
+  int untouched = 0;
+  for (Eigen::Index i = 0; i < big.rows(); ++i)
+    for (Eigen::Index j = 0; j < big.cols(); ++j)
+      if (i < 2 || i >= 7 || j < 3 || j >= 10) untouched += big(i, j) == -7.0f;
+  CHECK(untouched == 9 * 12 - 5 * 7);
+}
