@@ -873,3 +873,40 @@ TEST_CASE("the writer refuses finite values its float dtype cannot hold, instead
   f32.add("max", Eigen::Vector2d(flt_max, -flt_max), DType::kF32);
   CHECK(SafetensorsFile::from_bytes(f32.bytes()).vector<double>("max")(0) == flt_max);
 }
+
+TEST_CASE("the size check end − begin = product(shape)·itemsize, for every dtype, one byte off either way") {
+  // Issue 23: the check rested on one case (F32 [2] in 4 bytes); a mutant
+  // comparing with < or with the element count instead of bytes survived.
+  for (DType d : oq::io::kAllDTypes) {
+    const std::size_t itemsize = oq::io::dtype_size(d);
+    const std::string name(oq::io::dtype_name(d));
+    for (const std::vector<std::size_t>& shape : {std::vector<std::size_t>{3}, std::vector<std::size_t>{2, 5},
+                                                  std::vector<std::size_t>{}}) {
+      std::size_t count = 1;
+      for (std::size_t s : shape) count *= s;
+      // Built piecewise: "…" + std::string&& trips GCC 12's -Wrestrict (bug 105329).
+      std::string dims;
+      for (std::size_t i = 0; i < shape.size(); ++i) {
+        if (i > 0) dims += ',';
+        dims += std::to_string(shape[i]);
+      }
+      const std::size_t bytes = count * itemsize;
+      for (const std::size_t end : {bytes - 1, bytes, bytes + 1}) {
+        std::string header = "{\"t\":{\"dtype\":\"";
+        header += name;
+        header += "\",\"shape\":[";
+        header += dims;
+        header += "],\"data_offsets\":[0,";
+        header += std::to_string(end);
+        header += "]}}";
+        INFO("header: ", header);
+        const Bytes file = file_of(header, Bytes(end));
+        if (end == bytes) {
+          CHECK(oq::io::parse_safetensors_header(file).tensors.at(0).end == bytes);
+        } else {
+          CHECK(format_error_of(file).find("spans " + std::to_string(end) + " bytes, but shape") != std::string::npos);
+        }
+      }
+    }
+  }
+}

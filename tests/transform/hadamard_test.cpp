@@ -97,6 +97,39 @@ int legendre_euler(Eigen::Index a, Eigen::Index q) {
   return result == 1 ? 1 : -1;
 }
 
+// H_n(i, j) from the documented formulas alone, written independently of the
+// library's generator: H_n(a·P + b, c·P + d) = H_K(a, c)·H_P(b, d) with
+// H_P(b, d) = (−1)^popcount(b & d), and H_K Paley I, I + [[0, jᵀ], [−j, Q]],
+// or Paley II, S ⊗ [[1, 1], [1, −1]] + I ⊗ [[1, −1], [−1, −1]] with
+// S = [[0, jᵀ], [j, Q]], Q(a, b) = χ(a − b) (Euler's criterion). Only the
+// choice of K and m (which construction) comes from the library.
+struct IndependentHadamard {
+  Eigen::Index k, p, q;
+  HadamardKind kind;
+  explicit IndependentHadamard(Eigen::Index n) {
+    const HadamardConstruction c = hadamard_construction(n);
+    k = c.base;
+    p = Eigen::Index(1) << c.power;
+    q = c.prime;
+    kind = c.kind;
+  }
+  int base(Eigen::Index a, Eigen::Index c) const {
+    if (kind == HadamardKind::kSylvester) return 1;  // K = 1
+    if (kind == HadamardKind::kPaleyI) {
+      const int skew = a == 0 ? (c == 0 ? 0 : 1) : c == 0 ? -1 : legendre_euler(a - c, q);
+      return skew + (a == c ? 1 : 0);
+    }
+    const Eigen::Index i = a / 2, j = c / 2;
+    const int u = static_cast<int>(a % 2), v = static_cast<int>(c % 2);
+    if (i == j) return u == 0 ? (v == 0 ? 1 : -1) : -1;                       // [[1, −1], [−1, −1]]
+    const int s = (i == 0 || j == 0) ? 1 : legendre_euler(i - j, q);         // S(i, j)
+    return s * (u == 1 && v == 1 ? -1 : 1);                                   // S(i, j)·[[1, 1], [1, −1]]
+  }
+  int operator()(Eigen::Index i, Eigen::Index j) const {
+    return base(i / p, j / p) * sylvester_entry(i % p, j % p);
+  }
+};
+
 // x·H_n/√n for every row: the float64 plain-loop reference, from the ±1
 // entries h(i, j) (a matrix, or a function where the n × n matrix would cost
 // more memory than the test is worth).
@@ -346,7 +379,18 @@ TEST_CASE_TEMPLATE("hadamard_rows equals x·(H_K ⊗ H_2^m)/√n with the explic
     const HadamardConstruction c = hadamard_construction(n);
     const MatrixX<T> x = oq::test::gaussian<T>(2, n, static_cast<std::uint64_t>(n) + 1000);
     const MatrixX<double> xd = x.template cast<double>();
-    const MatrixX<double> ref = rows_times_ref(xd, hadamard_matrix(n));
+    // Against the matrix built from the formulas, not the library's
+    // hadamard_matrix (issue 23: a shared error in the Kronecker order or
+    // H_K would have passed), and the library's matrix against it too.
+    const IndependentHadamard independent(n);
+    const MatrixX<double> ref = rows_times_ref(xd, independent);
+    if (n <= 512) {
+      const Eigen::MatrixXi h = hadamard_matrix(n);
+      bool same = true;
+      for (Eigen::Index i = 0; i < n; ++i)
+        for (Eigen::Index j = 0; j < n; ++j) same = same && h(i, j) == independent(i, j);
+      CHECK(same);
+    }
     MatrixX<T> y = x;
     hadamard_rows(y);
     CHECK(max_row_error(y, ref, xd) <= tolerance<T>(c));
@@ -435,6 +479,14 @@ TEST_CASE_TEMPLATE("block-diagonal Hadamard equals the explicit block-diagonal m
     const MatrixX<double> m = block_hadamard_orthogonal<double>(tc.width, tc.block);
     // The explicit matrix: H_b/√b on the diagonal blocks, zero elsewhere.
     const MatrixX<double> hb = hadamard_orthogonal<double>(tc.block);
+    // H_b itself against the formulas (IndependentHadamard), not only the
+    // library's own hadamard_orthogonal.
+    const IndependentHadamard independent(tc.block);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(tc.block));
+    bool same = true;
+    for (Eigen::Index i = 0; i < tc.block; ++i)
+      for (Eigen::Index j = 0; j < tc.block; ++j) same = same && hb(i, j) == independent(i, j) * scale;
+    CHECK(same);
     for (Eigen::Index i = 0; i < tc.width / tc.block; ++i) {
       for (Eigen::Index j = 0; j < tc.width / tc.block; ++j) {
         const auto blk = m.block(i * tc.block, j * tc.block, tc.block, tc.block);
