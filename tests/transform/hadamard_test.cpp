@@ -676,3 +676,58 @@ TEST_CASE("a huge size is refused by the cheap checks, before the construction s
     return false;
   }));
 }
+
+TEST_CASE_TEMPLATE("entries near the largest value: a finite result or std::domain_error, never inf", T, float, double) {
+  // Issue 23: the unnormalised sums (up to n·max|x|) overflowed to inf before
+  // the 1/√n, for finite outputs as large as max/√n·… . Now: rows whose sums
+  // could overflow are transformed scaled by a power of two.
+  const T big = std::numeric_limits<T>::max() / T(4);
+  for (const Eigen::Index n : {Eigen::Index(64), Eigen::Index(12), Eigen::Index(48)}) {
+    CAPTURE(n);
+    // One large entry per row: |y_j| = big/√n, far below the largest value.
+    MatrixX<T> x = MatrixX<T>::Zero(4, n);
+    x(0, 0) = big;
+    x(1, n - 1) = -big;
+    x(2, 1) = big;
+    x(2, 2) = big;  // two: the sum 2·big stays finite, |y| ≤ 2·big/√n
+    // Four entries of max/3: the unnormalised sums reach 4·max/3 (inf before
+    // the fix), the outputs at most 4·max/(3√n), finite.
+    x.row(3).head(4).setConstant(std::numeric_limits<T>::max() / T(3));
+    const MatrixX<double> xd = x.template cast<double>();
+    MatrixX<T> y = x;
+    hadamard_rows(y);
+    CHECK(y.allFinite());
+    const MatrixX<double> ref = rows_times_ref(xd, IndependentHadamard(n));
+    CHECK(max_row_error(y, ref, xd) <= tolerance<T>(hadamard_construction(n)));
+    hadamard_rows(y, Direction::kInverse);
+    CHECK(max_row_error(y, xd, xd) <= 2 * tolerance<T>(hadamard_construction(n)));
+    // A row of n equal entries of half the largest value: its first output
+    // is √n/2 (Sylvester) or (K − 2)/(2√n)·… (Paley) times the largest
+    // value, beyond it. Refused, naming the entry, x unchanged.
+    const T half = std::numeric_limits<T>::max() / T(2);
+    MatrixX<T> full = MatrixX<T>::Constant(2, n, half);
+    full.row(0).setZero();
+    const MatrixX<T> before = full;
+    CHECK_THROWS_WITH_AS(hadamard_rows(full), doctest::Contains("the rotated x(1, 0) exceeds the largest finite"),
+                         std::domain_error);
+    CHECK(full == before);
+  }
+  // fwht_rows and the block-diagonal transform, the same way.
+  MatrixX<T> x = MatrixX<T>::Zero(2, 16);
+  x(0, 3) = big;
+  x(1, 9) = -big;
+  MatrixX<T> f = x;
+  fwht_rows(f);
+  CHECK(f.allFinite());
+  CHECK(std::abs(static_cast<double>(f(0, 0)) - static_cast<double>(big) / 4.0) <= 1e-6 * static_cast<double>(big));
+  MatrixX<T> blocks = x;
+  block_hadamard_rows(blocks, 8);
+  CHECK(blocks.allFinite());
+  MatrixX<T> wide = MatrixX<T>::Constant(1, 16, std::numeric_limits<T>::max() / T(2));
+  const MatrixX<T> wide_before = wide;
+  CHECK_THROWS_WITH_AS(block_hadamard_rows(wide, 8), doctest::Contains("exceeds the largest finite"),
+                       std::domain_error);
+  CHECK(wide == wide_before);
+  CHECK_THROWS_AS(fwht_rows(wide), std::domain_error);
+  CHECK(wide == wide_before);
+}

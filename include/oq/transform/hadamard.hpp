@@ -44,7 +44,15 @@
 // block_hadamard_rows(x, 64) is the practical choice there, as docs/design.md §5 says.
 //
 // NaN/Inf policy: rejected with std::domain_error naming the first bad entry
-// (checked before anything is written), as everywhere in oq.
+// (checked before anything is written), as everywhere in oq. Finite input
+// never gives a non-finite output silently (issue 23): the transform sums
+// up to n entries before it normalises by 1/√n, which overflows for entries
+// near the type's largest value (FLT_MAX / n); then the rows are transformed
+// scaled by a power of two (exact, but for entries driven subnormal) and
+// scaled back, and an output that is itself beyond the largest finite value
+// (|y| ≤ ‖x_row‖₂ ≤ √n·max|x|) is a std::domain_error naming it, with x
+// unchanged. Ordinary data takes the unscaled path, bit for bit as before,
+// at the cost of one more pass over x (its max |x|).
 #pragma once
 
 #include <oq/detail/check.hpp>
@@ -259,6 +267,40 @@ void apply_plan(Eigen::MatrixBase<Derived>& x, const Plan<Scalar>& plan) {
   }
 }
 
+// x ← x·M for every row, as apply_plan, without overflow of its unnormalised
+// sums (see the file comment): when n·max|x| could exceed half the largest
+// value, the rows are transformed from a copy scaled by 2^−s, n ≤ 2^s, and
+// scaled back; an output beyond the largest finite value throws
+// std::domain_error naming it (`where`; x's columns start at first_column),
+// x unchanged. x must be finite.
+template <class Scalar, class Derived>
+void apply_plan_without_overflow(Eigen::MatrixBase<Derived>& x, const Plan<Scalar>& plan, std::string_view where,
+                                 Eigen::Index first_column = 0) {
+  if (x.size() == 0) return;
+  constexpr double kLargest = static_cast<double>(std::numeric_limits<Scalar>::max());
+  const double n = static_cast<double>(plan.construction.size);
+  const double max_abs = static_cast<double>(x.cwiseAbs().maxCoeff());
+  if (max_abs * n <= 0.5 * kLargest) {
+    apply_plan(x, plan);
+    return;
+  }
+  const int s = static_cast<int>(std::ceil(std::log2(n))) + 1;
+  using Copy = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  Copy scaled = x * static_cast<Scalar>(std::ldexp(1.0, -s));
+  apply_plan(scaled, plan);
+  scaled *= static_cast<Scalar>(std::ldexp(1.0, s));
+  for (Eigen::Index r = 0; r < scaled.rows(); ++r) {
+    for (Eigen::Index c = 0; c < scaled.cols(); ++c) {
+      if (!std::isfinite(scaled(r, c))) {
+        detail::require_domain(false, where, "the rotated x(", r, ", ", first_column + c, ") exceeds the largest finite ",
+                               sizeof(Scalar) == 4 ? "float" : "double", " (x's row ", r,
+                               " is too large for an orthogonal transform to keep finite; x is unchanged)");
+      }
+    }
+  }
+  x = scaled;
+}
+
 inline bool is_power_of_two(Eigen::Index n) { return n > 0 && (n & (n - 1)) == 0; }
 
 inline int log2_exact(Eigen::Index n) {
@@ -437,7 +479,7 @@ void fwht_rows(const Eigen::MatrixBase<Derived>& x_) {
                   "x.cols() must be a power of two (use hadamard_rows for K * 2^m), got ", x.cols());
   detail::require_finite(x, kWhere, "x");
   const HadamardConstruction c{x.cols(), 1, detail_hadamard::log2_exact(x.cols()), HadamardKind::kSylvester, 0};
-  detail_hadamard::apply_plan(x, detail_hadamard::Plan<Scalar>(c, Direction::kForward));
+  detail_hadamard::apply_plan_without_overflow(x, detail_hadamard::Plan<Scalar>(c, Direction::kForward), kWhere);
 }
 
 /// In place, every row: x ← x·M (kForward) or x·Mᵀ = x·M⁻¹ (kInverse) with
@@ -452,7 +494,7 @@ void hadamard_rows(const Eigen::MatrixBase<Derived>& x_, Direction direction = D
   auto& x = const_cast<Eigen::MatrixBase<Derived>&>(x_);
   const HadamardConstruction c = detail_hadamard::require_construction(x.cols(), kWhere, "x.cols()");
   detail::require_finite(x, kWhere, "x");
-  detail_hadamard::apply_plan(x, detail_hadamard::Plan<Scalar>(c, direction));
+  detail_hadamard::apply_plan_without_overflow(x, detail_hadamard::Plan<Scalar>(c, direction), kWhere);
 }
 
 /// In place, every row: x ← x·M or x·Mᵀ with the block-diagonal
@@ -477,6 +519,19 @@ void block_hadamard_rows(const Eigen::MatrixBase<Derived>& x_, Eigen::Index bloc
   const HadamardConstruction c = detail_hadamard::require_construction(block_size, kWhere, "block_size");
   detail::require_finite(x, kWhere, "x");
   const detail_hadamard::Plan<Scalar> plan(c, direction);
+  // The overflow check first, for every block (x unchanged if one throws):
+  // a copy of x only when some entry is near the largest value.
+  const double n = static_cast<double>(block_size);
+  const double largest = static_cast<double>(std::numeric_limits<Scalar>::max());
+  if (x.size() > 0 && static_cast<double>(x.cwiseAbs().maxCoeff()) * n > 0.5 * largest) {
+    Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> copy = x;
+    for (Eigen::Index s = 0; s < copy.cols(); s += block_size) {
+      auto block = copy.middleCols(s, block_size);
+      detail_hadamard::apply_plan_without_overflow(block, plan, kWhere, s);
+    }
+    x = copy;
+    return;
+  }
   for (Eigen::Index s = 0; s < x.cols(); s += block_size) {
     auto block = x.middleCols(s, block_size);
     detail_hadamard::apply_plan(block, plan);
