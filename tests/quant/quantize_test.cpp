@@ -8,6 +8,7 @@
 #include <cmath>
 #include <limits>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 using namespace oq::quant;
@@ -172,4 +173,40 @@ TEST_CASE("bad input gives clear errors") {
   CHECK_THROWS_WITH_AS(dequantize(codes, p, spec),
                        doctest::Contains("codes(1, 2) = 16 is outside the code range [0, 15]"),
                        std::invalid_argument);
+}
+
+TEST_CASE_TEMPLATE("ranges near the largest value: a finite result or std::domain_error, never ±inf", T, float, double) {
+  // Issue 23: with x spanning ±max, a symmetric clip of 0.9 gives
+  // s = 0.9·max/7 and x = −max the code −8 (−7.78 rounded), whose value
+  // −8·0.9·max/7 ≈ −1.03·max became −inf without a word.
+  const T max = std::numeric_limits<T>::max();
+  MatrixX<T> x(2, 4);
+  x << -max, max, T(0), max / T(3), T(1), T(-2), T(3), T(0.5);
+  const QuantSpec spec = QuantSpec::per_tensor(4, true, 0.9);
+  const auto params = compute_params(x, spec);
+  CHECK(std::isfinite(params.scale(0, 0)));
+  MatrixX<T> in_place = x;
+  CHECK_THROWS_WITH_AS(fake_quantize_into(x, params, spec, in_place),
+                       doctest::Contains("x(0, 0) quantizes to code -8"), std::domain_error);
+  CHECK(in_place == x);  // refused before anything was written
+  CHECK_THROWS_AS(fake_quantize(x, spec), std::domain_error);
+  const auto codes = quantize(x, params, spec);  // the codes themselves are fine
+  CHECK(codes(0, 0) == -8);
+  CHECK_THROWS_WITH_AS(dequantize(codes, params, spec), doctest::Contains("codes(0, 0) quantizes to code -8"),
+                       std::domain_error);
+  // Half the range: every code's value is finite, and nothing is refused.
+  const MatrixX<T> half = x / T(2);
+  const auto half_params = compute_params(half, spec);
+  const MatrixX<T> y = fake_quantize(half, half_params, spec);
+  CHECK(y.allFinite());
+  CHECK(dequantize(quantize(half, half_params, spec), half_params, spec) == y);
+  // Asymmetric over ±max (s = max/L − min/L, z = rne(7.5) = 8: code 0 is
+  // (0 − 8)·2·max/15 = −16/15·max, or not, as 7.5 rounds): either way a
+  // finite result or the error, never ±inf.
+  try {
+    const bool finite = fake_quantize(x, QuantSpec::per_tensor(4, false)).allFinite();
+    CHECK(finite);
+  } catch (const std::domain_error& e) {
+    CHECK(std::string(e.what()).find("overflows the scalar type") != std::string::npos);
+  }
 }

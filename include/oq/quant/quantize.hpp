@@ -19,7 +19,12 @@
 // NaN/Inf policy: rejected. Every function here throws std::domain_error
 // naming the first non-finite entry (row, col) of x, because a single NaN
 // would otherwise poison a whole group's scale silently, and converting NaN
-// to an integer code is undefined behaviour.
+// to an integer code is undefined behaviour. Nor does finite input give a
+// non-finite output: where a code's value (q − z)·s is beyond the largest
+// float (ranges near ±FLT_MAX with a clip ratio above 7/8, or GPTQ's
+// full-range grid), fake_quantize and dequantize throw std::domain_error
+// naming the entry before writing anything (issue 23). Checked per block in
+// O(1) from its parameters; only such blocks are checked code by code.
 #pragma once
 
 #include <oq/detail/check.hpp>
@@ -29,7 +34,10 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string_view>
 #include <type_traits>
 
@@ -70,11 +78,91 @@ void with_codes(const Block& block, core::AffineParams<Scalar> p, core::CodeRang
                                [&](const auto& rounded) { sink((rounded + p.zero).max(lo).min(hi)); });
 }
 
+// Whether (q − z)·s can leave Scalar's range for some code q of the range:
+// s·max(|lo − z|, |hi − z|) beyond the largest value. Only for ranges near
+// the largest value (a symmetric clip c > 7/8 of ±FLT_MAX reaches code −8,
+// −8·c·FLT_MAX/7; GPTQ's full-range grid −16/15·FLT_MAX); O(1) per block.
+template <class Scalar>
+bool may_overflow(core::AffineParams<Scalar> p, core::CodeRange range) {
+  const double z = static_cast<double>(p.zero);
+  const double reach = std::max(std::fabs(range.lo - z), std::fabs(range.hi - z)) * static_cast<double>(p.scale);
+  return !(reach <= static_cast<double>(std::numeric_limits<Scalar>::max()));
+}
+
+// Whether may_overflow can hold for any block, from two vectorised
+// reductions over the parameters (conservative: the largest scale times the
+// farthest any code can be from any zero; a per-block call costs as much as
+// the pass itself for small groups). Ordinary data is far below the bound.
+template <class Scalar>
+bool any_may_overflow(const QuantParams<Scalar>& params, core::CodeRange range) {
+  // The largest reach is at the largest scale or at a zero far from the
+  // range: bound it by max s · max distance, two plain reductions.
+  if (params.scale.size() == 0) return false;
+  const double largest_scale = static_cast<double>(params.scale.maxCoeff());
+  const double z_lo = static_cast<double>(params.zero.minCoeff()), z_hi = static_cast<double>(params.zero.maxCoeff());
+  const double distance = std::max(std::fabs(z_lo - range.lo), std::fabs(z_hi - range.hi)) +
+                          static_cast<double>(range.hi - range.lo);
+  return !(largest_scale * distance <= 0.5 * static_cast<double>(std::numeric_limits<Scalar>::max()));
+}
+
+// Throws std::domain_error (`where`) naming the entry whose (q − z)·s, for
+// the code q that code_at(r, c) gives, is beyond Scalar's largest value: a
+// finite input whose quantized value is not a finite Scalar (issue 23).
+template <class Scalar, class CodeAt>
+void require_representable(core::AffineParams<Scalar> p, Eigen::Index rows, Eigen::Index cols, Eigen::Index row0,
+                           Eigen::Index col0, CodeAt&& code_at, std::string_view where, std::string_view name) {
+  // (q − z)·s is exact in double for a float scale (an integer of at most 9
+  // bits times 24 bits), and rounds to ±inf in float from (2 − 2^−24)·2^127,
+  // half an ulp past FLT_MAX; for double it is the product itself.
+  const double rounds_to_inf = sizeof(Scalar) < sizeof(double) ? std::ldexp(2.0 - std::ldexp(1.0, -24), 127)
+                                                               : std::numeric_limits<double>::infinity();
+  for (Eigen::Index r = 0; r < rows; ++r) {
+    for (Eigen::Index c = 0; c < cols; ++c) {
+      const double q = static_cast<double>(code_at(r, c));
+      const double value = (q - static_cast<double>(p.zero)) * static_cast<double>(p.scale);
+      if (!(std::fabs(value) < rounds_to_inf)) {
+        detail::require_domain(false, where, name, "(", row0 + r, ", ", col0 + c, ") quantizes to code ", q,
+                               ", whose value (q − z)·s = (", q, " − ", p.zero, ")·", p.scale,
+                               " overflows the scalar type (a range near its largest value; a smaller clip ratio ",
+                               "keeps it finite)");
+      }
+    }
+  }
+}
+
+// Before anything is written (out may be x): the blocks whose parameters
+// could dequantize beyond the largest value, code by code. A function of its
+// own, called only when some block may overflow, so that the pass below
+// compiles as it did without it.
+template <class Derived>
+[[gnu::noinline]] void require_fake_quantizable(const Eigen::MatrixBase<Derived>& x,
+                                                const QuantParams<typename Derived::Scalar>& params,
+                                                const QuantSpec& spec) {
+  const core::CodeRange range = spec.code_range();
+  const Eigen::Index height = spec.block_rows(x.rows());
+  const Eigen::Index width = spec.block_cols(x.cols());
+  for (Eigen::Index i = 0; i < params.scale.rows(); ++i) {
+    for (Eigen::Index j = 0; j < params.scale.cols(); ++j) {
+      const auto p = params.at(i, j);
+      if (!may_overflow(p, range)) continue;
+      // The scalar formula of the codes (core/quant_math.hpp), which the
+      // vectorised pass computes bit for bit.
+      require_representable(
+          p, height, width, i * height, j * width,
+          [&](Eigen::Index r, Eigen::Index c) {
+            return core::quantize_value(x(i * height + r, j * width + c), p, range);
+          },
+          "oq::quant::fake_quantize", "x");
+    }
+  }
+}
+
 // The fake-quantization pass itself, on arguments already checked.
 template <class Derived, class OutDerived>
 void fake_quantize_blocks(const Eigen::MatrixBase<Derived>& x, const QuantParams<typename Derived::Scalar>& params,
                           const QuantSpec& spec, Eigen::MatrixBase<OutDerived>& out) {
   const core::CodeRange range = spec.code_range();
+  if (any_may_overflow(params, range)) require_fake_quantizable(x, params, spec);
   const Eigen::Index height = spec.block_rows(x.rows());
   const Eigen::Index width = spec.block_cols(x.cols());
   for_each_block(x, spec, [&](Eigen::Index i, Eigen::Index j, const auto& block) {
@@ -140,7 +228,9 @@ CodesOf<Derived> quantize(const Eigen::MatrixBase<Derived>& x, const QuantParams
 }
 
 /// x̂ = (q − z)·s from integer codes. Throws std::invalid_argument if a code is
-/// outside spec.code_range() (naming the first one) or shapes disagree.
+/// outside spec.code_range() (naming the first one) or shapes disagree, and
+/// std::domain_error naming the first code whose value overflows Scalar
+/// (parameters of a range near its largest value).
 template <class CodesDerived, class Scalar>
 PlainMatrixOf<CodesDerived, Scalar> dequantize(const Eigen::MatrixBase<CodesDerived>& codes,
                                                const QuantParams<Scalar>& params, const QuantSpec& spec) {
@@ -161,8 +251,14 @@ PlainMatrixOf<CodesDerived, Scalar> dequantize(const Eigen::MatrixBase<CodesDeri
   PlainMatrixOf<CodesDerived, Scalar> out(codes.rows(), codes.cols());
   const Eigen::Index height = spec.block_rows(codes.rows());
   const Eigen::Index width = spec.block_cols(codes.cols());
+  const bool check_overflow = detail_quantize::any_may_overflow(params, range);
   for_each_block(codes, spec, [&](Eigen::Index i, Eigen::Index j, const auto& block) {
     const auto p = params.at(i, j);
+    if (check_overflow && detail_quantize::may_overflow(p, range)) {
+      detail_quantize::require_representable(
+          p, height, width, i * height, j * width, [&](Eigen::Index r, Eigen::Index c) { return block(r, c); },
+          kWhere, "codes");
+    }
     out.block(i * height, j * width, height, width).array() =
         (block.template cast<Scalar>().array() - p.zero) * p.scale;
   });
