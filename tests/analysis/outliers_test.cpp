@@ -87,3 +87,31 @@ TEST_CASE("bad input") {
   CHECK_THROWS_WITH_AS(find_massive_activations(x), doctest::Contains("x(2, 3) is inf"), std::domain_error);
   CHECK_THROWS_AS(find_channel_outliers(x), std::domain_error);
 }
+
+TEST_CASE("the median is the lower median of all |x|, and a zero median makes every large entry massive") {
+  // Issue 23: the convention (torch.median's lower median) was checked by no
+  // value. |x| = {0.05, 0.1, 0.2, 140}: lower median 0.1 (ratio 1400, found),
+  // the mean of the middle two 0.15 (933, not), the upper 0.2 (700, not).
+  MatrixX<double> x(2, 2);
+  x << 0.05, -0.1, 0.2, -140.0;
+  const auto found = find_massive_activations(x, {.min_abs = 100, .min_ratio_to_median = 1000});
+  REQUIRE(found.size() == 1);
+  CHECK(found[0].token == 1);
+  CHECK(found[0].channel == 1);
+  CHECK(found[0].value == -140.0);
+  CHECK(found[0].ratio_to_median == 1400.0);
+  // Odd count: the middle one. |x| = {1, 2, 3e5}: median 2, ratio 1.5e5.
+  MatrixX<double> odd(1, 3);
+  odd << 3e5, -1.0, 2.0;
+  const auto one = find_massive_activations(odd, {.min_abs = 100, .min_ratio_to_median = 1000});
+  REQUIRE(one.size() == 1);
+  CHECK(one[0].ratio_to_median == 1.5e5);
+  // More than half zeros: median 0, ratio ∞, every entry above min_abs counts.
+  MatrixX<double> zeros = MatrixX<double>::Zero(2, 3);
+  zeros(0, 1) = 101.0;
+  zeros(1, 2) = -5.0;
+  const auto z = find_massive_activations(zeros, {.min_abs = 100, .min_ratio_to_median = 1000});
+  REQUIRE(z.size() == 1);
+  CHECK(z[0].channel == 1);
+  CHECK(std::isinf(z[0].ratio_to_median));
+}

@@ -4,9 +4,13 @@
 
 #include "support/matrices.hpp"
 
+#include <algorithm>
+#include <array>
+#include <cmath>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 using namespace oq::analysis;
 using oq::test::MatrixX;
@@ -78,4 +82,60 @@ TEST_CASE("an empty report is an error, not a read of an empty vector") {
   CHECK_THROWS_WITH_AS(mismatched.write_csv(out), doctest::Contains("after must have 3 channels"),
                        std::invalid_argument);
   CHECK_THROWS_AS(mismatched.print(out), std::invalid_argument);
+}
+
+TEST_CASE("every CSV column holds its value: max |x|, mean |x| and kurtosis m4/m2², before and after") {
+  // Issue 23: only the channel index and absmax_before were checked, so a
+  // swapped or wrong column passed. Reference values in plain loops.
+  MatrixX<double> x = oq::test::gaussian<double>(64, 6, 2);
+  x.col(1) *= 20.0;
+  x(3, 4) = 300.0;
+  const MatrixX<double> after = 0.5 * x + MatrixX<double>::Constant(64, 6, 0.25);
+  std::ostringstream written;
+  LayerReport::compare("l", x, after).write_csv(written);
+  std::istringstream csv(written.str());
+  std::string line;
+  std::getline(csv, line);
+  REQUIRE(line == "channel,absmax_before,mean_abs_before,kurtosis_before,absmax_after,mean_abs_after,kurtosis_after");
+  auto reference = [](const MatrixX<double>& m, Eigen::Index c) {
+    const Eigen::Index n = m.rows();
+    double absmax = 0, mean_abs = 0, mean = 0;
+    for (Eigen::Index t = 0; t < n; ++t) {
+      absmax = std::max(absmax, std::fabs(m(t, c)));
+      mean_abs += std::fabs(m(t, c));
+      mean += m(t, c);
+    }
+    mean /= static_cast<double>(n);
+    double m2 = 0, m4 = 0;
+    for (Eigen::Index t = 0; t < n; ++t) {
+      const double d = m(t, c) - mean;
+      m2 += d * d;
+      m4 += d * d * d * d;
+    }
+    m2 /= static_cast<double>(n);
+    m4 /= static_cast<double>(n);
+    return std::array<double, 3>{absmax, mean_abs / static_cast<double>(n), m4 / (m2 * m2)};
+  };
+  Eigen::Index rows = 0;
+  while (std::getline(csv, line)) {
+    std::istringstream fields(line);
+    std::string field;
+    std::vector<double> values;
+    while (std::getline(fields, field, ',')) values.push_back(std::stod(field));
+    REQUIRE(values.size() == 7);
+    const auto c = static_cast<Eigen::Index>(values[0]);
+    CHECK(c == rows);
+    const auto b = reference(x, c), a = reference(after, c);
+    for (int k = 0; k < 3; ++k) {
+      CAPTURE(c);
+      CAPTURE(k);
+      CHECK(values[static_cast<std::size_t>(1 + k)] == doctest::Approx(b[static_cast<std::size_t>(k)]).epsilon(1e-8));
+      CHECK(values[static_cast<std::size_t>(4 + k)] == doctest::Approx(a[static_cast<std::size_t>(k)]).epsilon(1e-8));
+    }
+    ++rows;
+  }
+  CHECK(rows == 6);
+  // The planted channel stands out in its own columns: a check that the
+  // reference is not trivially equal across columns.
+  CHECK(reference(x, 4)[2] > 10.0);
 }
