@@ -70,7 +70,7 @@ void BM_ReadBandwidth(benchmark::State& state) {
       }
       if (i < e)
         acc0 = _mm512_add_epi64(acc0, _mm512_sad_epu8(_mm512_loadu_si512(buffer.data() + 64 * i), _mm512_setzero_si512()));
-      sums[static_cast<std::size_t>(b % 64)] += static_cast<std::uint64_t>(_mm512_reduce_add_epi64(_mm512_add_epi64(acc0, acc1)));
+      sums[static_cast<std::size_t>((b / 1024) % 64)] += static_cast<std::uint64_t>(_mm512_reduce_add_epi64(_mm512_add_epi64(acc0, acc1)));
 #else
       std::uint64_t acc = 0;
       for (std::int64_t i = 64 * b; i < 64 * e; i += 8) {
@@ -78,7 +78,7 @@ void BM_ReadBandwidth(benchmark::State& state) {
         std::memcpy(&v, buffer.data() + i, 8);
         acc += v;
       }
-      sums[static_cast<std::size_t>(b % 64)] += acc;
+      sums[static_cast<std::size_t>((b / 1024) % 64)] += acc;
 #endif
     });
     benchmark::DoNotOptimize(sums.data());

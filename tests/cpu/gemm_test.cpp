@@ -104,6 +104,12 @@ Operands make_operands(std::int64_t m, std::int64_t n, std::int64_t k, std::int6
   return o;
 }
 
+#if defined(__SIZEOF_INT128__)
+__extension__ using Exact = __int128;  // T_G of extreme zero points exceeds int64
+#else
+using Exact = std::int64_t;
+#endif
+
 // Σ_k qa·qw per output, int64, plain loop.
 std::vector<std::int64_t> accumulators_ref(const Operands& o) {
   const std::int64_t m = o.a.m, n = o.w.n, k = o.a.k;
@@ -127,9 +133,9 @@ std::vector<float> output_ref(const Operands& o) {
         const auto cell = static_cast<std::size_t>(j * groups + G);
         const std::int64_t za = o.a.zeros[static_cast<std::size_t>(i)];
         const std::int64_t zw = o.w.is_signed ? 0 : o.w.zeros[cell];
-        std::int64_t t = 0;
+        Exact t = 0;
         for (std::int64_t c = G * g; c < (G + 1) * g; ++c)
-          t += (o.qa[static_cast<std::size_t>(i * k + c)] - za) * (o.qw[static_cast<std::size_t>(j * k + c)] - zw);
+          t += Exact{o.qa[static_cast<std::size_t>(i * k + c)] - za} * (o.qw[static_cast<std::size_t>(j * k + c)] - zw);
         const float p = o.a.scales[static_cast<std::size_t>(i)] * o.w.scales[cell];
         out = G == 0 ? p * static_cast<float>(t) : std::fma(p, static_cast<float>(t), out);
       }
@@ -205,6 +211,37 @@ TEST_CASE("every M from 1 to 17, threads 1 and 3: the same integers and outputs"
     check_all_paths(o, 1);
     check_all_paths(o, 3);
   }
+}
+
+TEST_CASE("threads over many output tiles and more than one 64-row block of tokens: the same integers and outputs") {
+  std::mt19937 rng(21);
+  const Operands o = make_operands(70, 37, 96, 32, 8, true, false, rng);
+  check_all_paths(o, 3);
+  const Operands p = make_operands(65, 33, 130, 130, 4, false, true, rng);
+  check_all_paths(p, 2);
+}
+
+TEST_CASE("zero points near int32's ends: T_G beyond int64 is exact (128-bit epilogue) or refused") {
+  std::mt19937 rng(23);
+  Operands o = make_operands(3, 5, 64, 64, 8, false, false, rng);
+  o.a.zeros = {2147483647, -2147483647, 5};
+  for (std::size_t i = 0; i < o.w.zeros.size(); ++i) o.w.zeros[i] = i % 2 == 0 ? -2147483647 : 2147483000;
+#if defined(__SIZEOF_INT128__)
+  check_all_paths(o, 1);
+#else
+  CHECK_THROWS_WITH_AS(oq::cpu::gemm(o.a, o.w), doctest::Contains("too large for an exact 64-bit epilogue"),
+                       std::domain_error);
+#endif
+}
+
+TEST_CASE("K = kMaxK runs exactly; one more pair of codes is refused") {
+  std::mt19937 rng(29);
+  const Operands o = make_operands(1, 2, oq::cpu::kMaxK, oq::cpu::kMaxK, 8, false, false, rng);
+  check_all_paths(o, 2);
+  Operands big = make_operands(1, 1, 2, 2, 8, false, false, rng);
+  big.w.k = big.a.k = oq::cpu::kMaxK + 2;
+  big.a.codes.assign(static_cast<std::size_t>(big.a.k), 0);  // valid activations: the weights' k is refused
+  CHECK_THROWS_WITH_AS(oq::cpu::gemm(big.a, big.w), doctest::Contains("weights.k must be even"), std::invalid_argument);
 }
 
 TEST_CASE("extreme codes: the largest |Σ qa·qw| of a row fills int32 without overflow on every path") {

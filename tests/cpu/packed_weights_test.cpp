@@ -86,6 +86,15 @@ TEST_CASE("GPTQ results pack with contiguous groups; groups in act order are ref
                        std::invalid_argument);
 }
 
+TEST_CASE("validate_code_sums finds a code sum that is not the codes' sum") {
+  const PackedWeights p = oq::cpu::quantize_weights(random_weights(3, 64, 2), QuantSpec::per_group(4, false, 32));
+  p.validate_code_sums("test");
+  PackedWeights bad = p;
+  bad.code_sums[3] += 1;
+  bad.validate("test");  // the cheap check does not read the codes
+  CHECK_THROWS_WITH_AS(bad.validate_code_sums("test"), doctest::Contains("weights.code_sums[3]"), std::invalid_argument);
+}
+
 TEST_CASE("bad input is refused with a message naming it") {
   const Eigen::MatrixXf w = random_weights(3, 64, 1);
   CHECK_THROWS_WITH_AS(oq::cpu::quantize_weights(w, QuantSpec::per_channel(8, false)), doctest::Contains("spec.bits must be 4"),

@@ -100,8 +100,18 @@ RowMatrix rotate_ref(const RowMatrix& x, const Eigen::MatrixXf& r) {
   return y;
 }
 
-const QuantSpec kSpecs[] = {QuantSpec::per_token(4, false, 0.9), QuantSpec::per_token(4, true),
-                            QuantSpec::per_token(8, false), QuantSpec::per_token(8, true, 0.95)};
+QuantSpec with_flags(QuantSpec s, bool includes_zero, bool full_range) {
+  s.range_includes_zero = includes_zero;
+  s.symmetric_full_range = full_range;
+  return s;
+}
+
+const QuantSpec kSpecs[] = {QuantSpec::per_token(4, false, 0.9),
+                            QuantSpec::per_token(4, true),
+                            QuantSpec::per_token(8, false),
+                            QuantSpec::per_token(8, true, 0.95),
+                            with_flags(QuantSpec::per_token(4, false), true, false),   // GPTQ's widened range
+                            with_flags(QuantSpec::per_token(8, true), false, true)};  // full symmetric range
 
 }  // namespace
 
@@ -332,4 +342,42 @@ TEST_CASE("vector codes near every rounding boundary equal the scalar division's
     }
   }
   CHECK(checked > 1000000);
+}
+
+TEST_CASE("vector codes of large quotients, with zero points that keep them unclamped, equal the scalar division's") {
+  // |y/s| from 2^10 to 2^22 with z ≈ −y/s: the codes land inside the range,
+  // so a quotient off by one ulp (the multiply path without its guard) would
+  // show as a different code.
+  std::mt19937 rng(31);
+  std::uniform_real_distribution<float> unit(0.5f, 1.0f);
+  std::int64_t checked = 0;
+  for (int e = 10; e <= 22; e += 2) {
+    const float s = unit(rng) * 1e-3f;
+    const float base = std::ldexp(1.0f, e);
+    std::vector<float> y;
+    for (int k = 0; k < 64; ++k) {
+      float v = (base + static_cast<float>(k) + 0.5f) * s;
+      for (int step = 0; step < 2; ++step) v = std::nextafter(v, 0.0f);
+      for (int step = 0; step < 4; ++step) {
+        y.push_back(v);
+        v = std::nextafter(v, std::numeric_limits<float>::infinity());
+      }
+    }
+    const oq::core::AffineParams<float> p{s, -(base + 32.0f) + 128.0f};
+    const oq::core::CodeRange range = oq::core::code_range(8, false);
+    const auto n = static_cast<std::int64_t>(y.size());
+    std::vector<std::uint8_t> want(y.size()), got(y.size());
+    const std::int64_t sum_want = oq::cpu::kernel::scalar::quantize(y.data(), n, p, range, 8, want.data());
+    int inside = 0;
+    for (const std::uint8_t q : want) inside += q > 0 && q < 255;
+    CHECK(inside > n / 2);  // the test means something only if most codes are unclamped
+    for (Isa isa : available_paths()) {
+      CAPTURE(e);
+      CAPTURE(oq::cpu::to_string(isa));
+      REQUIRE(oq::cpu::kernel::token_row_kernels(isa).quantize(y.data(), n, p, range, 8, got.data()) == sum_want);
+      REQUIRE(got == want);
+      checked += n;
+    }
+  }
+  CHECK(checked > 0);
 }

@@ -29,7 +29,10 @@
 // vpmaddwd), NEON dot product (sdot, where compiled) and scalar, all
 // computing the same integers (dot_int4.hpp);
 // threads split the output channels. K must be even (packed INT4 weights)
-// and at most kMaxK; a group must be even and divide K.
+// and at most kMaxK; a group must be even and divide K. The weights'
+// code_sums must be their codes' sums: pack_weights computes them, and
+// PackedWeights::validate_code_sums checks weights built by hand or read
+// from a file (the GEMM does not re-read every code to check them).
 #pragma once
 
 #include <oq/cpu/isa.hpp>
@@ -37,7 +40,7 @@
 #include <oq/cpu/packed_activations.hpp>
 #include <oq/cpu/packed_weights.hpp>
 #include <oq/cpu/parallel.hpp>
-#include <oq/cpu/quantize_per_token.hpp>
+#include <oq/cpu/types.hpp>
 #include <oq/detail/check.hpp>
 
 #include <Eigen/Core>
@@ -52,7 +55,27 @@ namespace oq::cpu {
 
 namespace detail_gemm {
 
-__extension__ using Int128 = __int128;  // T_G may exceed int64 for extreme zero points
+// T_G = Σ (qa − z_a)(qw − z_w) over L ≤ kMaxK codes fits int64 unless the
+// zero points are extreme (|z| near 2^31 from a degenerate range: up to
+// 2^19·2^32·2^32). Each call checks a bound once; beyond it the epilogue
+// runs in 128 bits where the compiler has them, and is refused elsewhere.
+#if defined(__SIZEOF_INT128__)
+__extension__ using Int128 = __int128;
+inline constexpr bool kHasInt128 = true;
+#else
+using Int128 = std::int64_t;  // never used for a call past the bound: refused
+inline constexpr bool kHasInt128 = false;
+#endif
+
+// Whether every T_G of the product fits int64 with room:
+// L·(max|z_a| + 255)·(max|z_w| + 15) < 2^60, which bounds each of T_G's four terms.
+inline bool fits_int64(const PackedActivations& a, const PackedWeights& w) {
+  std::int64_t za = 0, zw = 0;
+  for (const std::int32_t z : a.zeros) za = std::max<std::int64_t>(za, z < 0 ? -std::int64_t{z} : z);
+  for (const std::int32_t z : w.zeros) zw = std::max<std::int64_t>(zw, z < 0 ? -std::int64_t{z} : z);
+  const double bound = static_cast<double>(w.group_size) * static_cast<double>(za + 255) * static_cast<double>(zw + 15);
+  return bound < 0x1p60;
+}
 
 // The activations re-laid for one instruction set (dot_int4.hpp): per row,
 // per segment, chunks of C codes (even codes, then odd), biased to s8 —
@@ -201,7 +224,7 @@ void dot_tile(const PreparedActivations& p, const std::int64_t* rows, const std:
 
 // The output tile rows[0, MT) × [n0, n0 + nt): every segment's S, the
 // epilogue into y (row-major, ld_y) and the raw sums into acc, where given.
-template <int MT>
+template <int MT, class Wide>
 void output_tile(const PackedActivations& a, const PackedWeights& w, const PreparedActivations& p,
                  const std::int64_t* rows, std::int64_t n0, std::int64_t nt, const std::uint8_t* zero_row, float* y,
                  std::int64_t ld_y, std::int32_t* acc, std::int64_t ld_acc) {
@@ -225,7 +248,7 @@ void output_tile(const PackedActivations& a, const PackedWeights& w, const Prepa
         const std::int64_t zw = w.is_signed ? 0 : w.zeros[cell];
         const std::int64_t dot = unbias(d[i][j], ba, bw, sum_w, sum_a, length);
         total_raw[i][j] += dot;
-        const Int128 t = Int128{dot} - Int128{zw} * sum_a - Int128{za} * sum_w + Int128{length} * za * zw;
+        const Wide t = Wide{dot} - Wide{zw} * sum_a - Wide{za} * sum_w + Wide{length} * za * zw;
         const float scale = a.scales[r] * w.scales[cell];
         const auto tf = static_cast<float>(t);
         out[i][j] = s == 0 ? scale * tf : std::fma(scale, tf, out[i][j]);
@@ -240,6 +263,19 @@ void output_tile(const PackedActivations& a, const PackedWeights& w, const Prepa
   }
 }
 
+// output_tile for mt rows, T_G computed in Wide.
+template <class Wide>
+void tile(std::int64_t mt, const PackedActivations& a, const PackedWeights& w, const PreparedActivations& p,
+          const std::int64_t* rows, std::int64_t n0, std::int64_t nt, const std::uint8_t* zero_row, float* y,
+          std::int64_t ld_y, std::int32_t* acc, std::int64_t ld_acc) {
+  switch (mt) {
+    case 1: output_tile<1, Wide>(a, w, p, rows, n0, nt, zero_row, y, ld_y, acc, ld_acc); break;
+    case 2: output_tile<2, Wide>(a, w, p, rows, n0, nt, zero_row, y, ld_y, acc, ld_acc); break;
+    case 3: output_tile<3, Wide>(a, w, p, rows, n0, nt, zero_row, y, ld_y, acc, ld_acc); break;
+    default: output_tile<4, Wide>(a, w, p, rows, n0, nt, zero_row, y, ld_y, acc, ld_acc); break;
+  }
+}
+
 inline void run(const PackedActivations& a, const PackedWeights& w, float* y, std::int64_t ld_y, std::int32_t* acc,
                 std::int64_t ld_acc, const KernelOptions& options, std::string_view where) {
   a.validate(where);
@@ -250,6 +286,10 @@ inline void run(const PackedActivations& a, const PackedWeights& w, float* y, st
   if (a.m == 0 || w.n == 0) return;
   const PreparedActivations p = prepare(a, w.group_size, isa, threads);
   const std::vector<std::uint8_t> zero_row(static_cast<std::size_t>(w.row_bytes()), 0);
+  const bool narrow = fits_int64(a, w);
+  detail::require_domain(narrow || kHasInt128, where,
+                         "the zero points are too large for an exact 64-bit epilogue on this compiler (no 128-bit "
+                         "integers): L·(max|z_a| + 255)·(max|z_w| + 15) must stay below 2^60");
   const int max_mt = isa == Isa::kAvx2 ? 2 : 4;
   constexpr std::int64_t kBlockRows = 64;  // activation rows kept hot in L2 across the weight tiles
   const std::int64_t tiles = (w.n + 3) / 4;
@@ -260,11 +300,11 @@ inline void run(const PackedActivations& a, const PackedWeights& w, float* y, st
         const std::int64_t n0 = 4 * t, nt = std::min<std::int64_t>(4, w.n - n0);
         for (std::int64_t r = m0; r < m1; r += max_mt) {
           const std::int64_t rows[4] = {r, r + 1, r + 2, r + 3};
-          switch (std::min<std::int64_t>(max_mt, m1 - r)) {
-            case 1: output_tile<1>(a, w, p, rows, n0, nt, zero_row.data(), y, ld_y, acc, ld_acc); break;
-            case 2: output_tile<2>(a, w, p, rows, n0, nt, zero_row.data(), y, ld_y, acc, ld_acc); break;
-            case 3: output_tile<3>(a, w, p, rows, n0, nt, zero_row.data(), y, ld_y, acc, ld_acc); break;
-            default: output_tile<4>(a, w, p, rows, n0, nt, zero_row.data(), y, ld_y, acc, ld_acc); break;
+          const std::int64_t mt = std::min<std::int64_t>(max_mt, m1 - r);
+          if (narrow) {
+            tile<std::int64_t>(mt, a, w, p, rows, n0, nt, zero_row.data(), y, ld_y, acc, ld_acc);
+          } else {
+            tile<Int128>(mt, a, w, p, rows, n0, nt, zero_row.data(), y, ld_y, acc, ld_acc);
           }
         }
       }

@@ -31,7 +31,6 @@
 #include <oq/core/int4.hpp>
 #include <oq/detail/check.hpp>
 #include <oq/format/int4_row.hpp>
-#include <oq/quant/gptq.hpp>
 #include <oq/quant/params.hpp>
 #include <oq/quant/quantize.hpp>
 #include <oq/quant/spec.hpp>
@@ -67,7 +66,8 @@ struct PackedWeights {
 
   /// Throws std::invalid_argument naming the first field that disagrees with
   /// the others (shape, group, buffer sizes, scales that are not positive
-  /// finite, code sums that are not the codes' sums).
+  /// finite). O(n·groups): the GEMM calls it on every call. It does not read
+  /// the codes: see validate_code_sums.
   void validate(std::string_view where) const {
     detail::require(n >= 0, where, "weights.n must be >= 0, got ", n);
     detail::require(k > 0 && k % 2 == 0 && k <= kMaxK, where,
@@ -87,6 +87,27 @@ struct PackedWeights {
     for (std::size_t i = 0; i < cells; ++i)
       detail::require(std::isfinite(scales[i]) && scales[i] > 0.0f, where, "weights.scales[", i,
                       "] must be positive and finite, got ", scales[i]);
+  }
+
+  /// validate(), then that code_sums holds the codes' sums. O(n·k), a pass
+  /// over the codes: for weights built by hand or read from a file, once,
+  /// before the first GEMM (which trusts the sums: its zero-point terms and
+  /// the SIMD paths' bias corrections use them). pack_weights computes them.
+  void validate_code_sums(std::string_view where) const {
+    validate(where);
+    const std::int64_t g = groups();
+    for (std::int64_t r = 0; r < n; ++r) {
+      for (std::int64_t j = 0; j < g; ++j) {
+        std::int64_t sum = 0;
+        for (std::int64_t c = j * group_size; c < (j + 1) * group_size; ++c) {
+          sum += is_signed ? format::load_s4(row(r), static_cast<std::size_t>(c))
+                           : static_cast<std::int64_t>(format::load_u4(row(r), static_cast<std::size_t>(c)));
+        }
+        const auto cell = static_cast<std::size_t>(r * g + j);
+        detail::require(sum == code_sums[cell], where, "weights.code_sums[", cell, "] = ", code_sums[cell],
+                        " is not the sum of row ", r, "'s codes in group ", j, " (", sum, ")");
+      }
+    }
   }
 };
 
@@ -177,8 +198,11 @@ PackedWeights quantize_weights(const Eigen::MatrixBase<Derived>& w, const quant:
 /// j / g: no act-order, or act-order with static groups); a desc_act result
 /// whose groups follow the act order is refused — re-sort its columns first
 /// (io/gptq_checkpoint.hpp) and permute the activations the same way.
-template <class Scalar>
-PackedWeights pack_weights(const quant::GptqResult<Scalar>& result, const quant::QuantSpec& spec) {
+///
+/// `result` is a quant::GptqResult (a template here, so that this header
+/// need not include quant/gptq.hpp).
+template <class GptqResult>
+PackedWeights pack_weights(const GptqResult& result, const quant::QuantSpec& spec) {
   constexpr std::string_view kWhere = "oq::cpu::pack_weights";
   if (spec.granularity == quant::Granularity::kPerGroup) {
     detail::require(static_cast<Eigen::Index>(result.group_index.size()) == result.codes.cols(), kWhere,

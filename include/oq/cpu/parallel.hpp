@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <exception>
 #include <string_view>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -32,7 +33,9 @@ inline int resolve_threads(int requested, std::string_view where) {
 /// Calls body(begin, end) on disjoint ranges covering [0, count), on up to
 /// `threads` threads (the caller's thread takes the first range), each range
 /// a whole number of `grain`s except the last. Returns when all are done;
-/// rethrows the first exception a range threw.
+/// rethrows the exception of the lowest-numbered range that threw. Where a
+/// thread cannot be started (a process or container thread limit), the
+/// ranges it would have run run on the caller's thread instead.
 template <class Body>
 void parallel_for(std::int64_t count, int threads, std::int64_t grain, Body&& body) {
   if (count <= 0) return;
@@ -43,29 +46,25 @@ void parallel_for(std::int64_t count, int threads, std::int64_t grain, Body&& bo
     body(std::int64_t{0}, count);
     return;
   }
-  auto range = [&](std::int64_t w) {
-    const std::int64_t g0 = grains * w / workers, g1 = grains * (w + 1) / workers;
-    return std::pair<std::int64_t, std::int64_t>{g0 * grain, std::min(count, g1 * grain)};
-  };
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(workers));
+  auto run = [&](std::int64_t w) {
+    try {
+      const std::int64_t g0 = grains * w / workers, g1 = grains * (w + 1) / workers;
+      body(g0 * grain, std::min(count, g1 * grain));
+    } catch (...) {
+      errors[static_cast<std::size_t>(w)] = std::current_exception();
+    }
+  };
   std::vector<std::thread> pool;
   pool.reserve(static_cast<std::size_t>(workers - 1));
-  for (std::int64_t w = 1; w < workers; ++w) {
-    pool.emplace_back([&, w] {
-      try {
-        const auto [b, e] = range(w);
-        body(b, e);
-      } catch (...) {
-        errors[static_cast<std::size_t>(w)] = std::current_exception();
-      }
-    });
-  }
+  std::int64_t started = 1;  // ranges 1 .. started − 1 have a thread
   try {
-    const auto [b, e] = range(0);
-    body(b, e);
-  } catch (...) {
-    errors[0] = std::current_exception();
+    for (; started < workers; ++started) pool.emplace_back(run, started);
+  } catch (const std::system_error&) {
+    // No more threads: the caller runs the rest below.
   }
+  run(0);
+  for (std::int64_t w = started; w < workers; ++w) run(w);
   for (auto& t : pool) t.join();
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);

@@ -18,8 +18,8 @@
 // the CUDA QuantizePerToken kernel) bit for bit on the transformed row.
 //
 // The transformed row is computed as token_row.hpp documents:
-//   smoothing(s)     y[j] = x[j] / s[j], as DuQuantTransform::apply and
-//                    (a division, never a multiplication by 1/s);
+//   smoothing(s)     y[j] = x[j] / s[j], a division (never a multiplication
+//                    by 1/s), as DuQuantTransform::apply divides;
 //   hadamard(b)      bit-identical to transform::block_hadamard_rows(x, b);
 //   block_rotation   R applied per block by an FMA chain in the CUDA
 //                    kernel's order (bit-identical to that kernel);
@@ -38,10 +38,10 @@
 #include <oq/cpu/kernel/token_row.hpp>
 #include <oq/cpu/packed_activations.hpp>
 #include <oq/cpu/parallel.hpp>
+#include <oq/cpu/types.hpp>
 #include <oq/detail/check.hpp>
 #include <oq/quant/params.hpp>
 #include <oq/quant/spec.hpp>
-#include <oq/transform/duquant.hpp>
 
 #include <Eigen/Core>
 
@@ -54,17 +54,6 @@
 #include <vector>
 
 namespace oq::cpu {
-
-using RowMajorMatrixXf = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using RowMajorMatrixXi32 = Eigen::Matrix<std::int32_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-
-/// Options of the CPU kernels: threads (0: all hardware threads) and the
-/// instruction set (kAuto: the best this CPU runs; another value forces it,
-/// and is refused where the CPU lacks it).
-struct KernelOptions {
-  int threads = 0;
-  Isa isa = Isa::kAuto;
-};
 
 /// The rotation applied to every token before it is quantized: none, a block
 /// Walsh–Hadamard, one block rotation R, or a whole DuQuant transform.
@@ -124,8 +113,11 @@ class TokenTransform {
   }
 
   /// DuQuant's M (with its smoothing): x ← x·diag(s)⁻¹·R₁·P₁·R₂ ⋯, for
-  /// exactly t.channels() channels.
-  static TokenTransform duquant(const transform::DuQuantTransform<float>& t) {
+  /// exactly t.channels() channels. `t` is a transform::DuQuantTransform
+  /// (float or double; rotations are used as float): a template, so that
+  /// this header need not include transform/duquant.hpp and its SVD.
+  template <class DuQuantTransform>
+  static TokenTransform duquant(const DuQuantTransform& t) {
     TokenTransform out;
     out.kind_ = Kind::kRotations;
     out.block_ = t.block_size();
