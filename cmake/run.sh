@@ -5,6 +5,7 @@
 #                               quantize each W4A4 with every method, draw the outlier statistics
 #   bash cmake/run.sh test      build everything and run the test suite
 #   bash cmake/run.sh asan      the test suite under ASan + UBSan
+#   bash cmake/run.sh clang     the test suite and header check built with clang++
 #   bash cmake/run.sh fuzz      each file parser's libFuzzer target for 20 s (clang)
 #   bash cmake/run.sh arm       the CPU kernels' tests cross-compiled for aarch64 (NEON dot product)
 #                               and run under qemu-user (cmake/arm_check.sh)
@@ -66,6 +67,9 @@ case "${1:-}" in
   asan)
     install_deps
     cmake --workflow --preset asan ;;
+  clang)
+    install_deps clang
+    cmake --workflow --preset clang ;;
   fuzz)
     install_deps "${fuzz_packages[@]}"
     cmake --workflow --preset fuzz ;;
@@ -89,6 +93,6 @@ case "${1:-}" in
     echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' + uncommitted changes')" > .gpu/COMMIT
     du -sh .gpu ;;
   *)
-    echo "usage: bash cmake/run.sh {example|train|test|asan|fuzz|arm|deps|gpu-pack}" >&2
+    echo "usage: bash cmake/run.sh {example|train|test|asan|clang|fuzz|arm|deps|gpu-pack}" >&2
     exit 2 ;;
 esac

@@ -67,7 +67,11 @@ TEST_CASE("the layer forward matches transformers' LlamaDecoderLayer on a save_p
   // The script's self-checks of the model transformers ran: false fails; a
   // check it could not run (an internal name moved) is reported as its text.
   if (meta.contains("checks")) {
-    for (const auto& [name, ok] : meta.at("checks").items()) {
+    for (const auto& item : meta.at("checks").items()) {
+      // Named copies, not structured bindings: INFO captures them in a
+      // lambda, which clang 14 does not allow for bindings.
+      const std::string name = item.key();
+      const auto& ok = item.value();
       INFO("transformers_check.py self-check: ", name, " = ", ok.dump());
       if (ok.is_boolean()) {
         CHECK(ok.get<bool>());
