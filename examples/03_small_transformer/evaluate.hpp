@@ -8,8 +8,21 @@
 // through the quantized blocks in sequence, so the errors of earlier blocks
 // reach later ones as in a deployed model. The embedding table and lm_head
 // stay in full precision.
+//
+// The same quantized blocks also run with oq::cpu's integer kernels
+// (integer_perplexity, ../02_llama_layer/integer_path.hpp): per-token INT4
+// codes from cpu::quantize_per_token with the method's transform fused,
+// INT4 weights packed from the fake path's codes, cpu::gemm. The learned-clip
+// QAT quantizer has no integer-kernel path: it quantizes with a fixed
+// per-tensor range [c−, c+] (x̂ = c− + q·(c+ − c−)/(2^b − 1)), whose offset c−
+// is not an integer number of steps, while cpu::quantize_per_token takes each
+// token's own range and PackedActivations holds integer zero points. An
+// engine would run it with z = 0, s_a = (c+ − c−)/(2^b − 1) and a
+// per-output-channel bias c−·Σ_k ŵ_k, which oq::cpu does not provide (no
+// static-range quantizer, no bias in the epilogue).
 #pragma once
 
+#include "../02_llama_layer/integer_path.hpp"
 #include "../02_llama_layer/methods.hpp"
 #include "model.hpp"
 
@@ -109,6 +122,22 @@ double quantized_perplexity(const Config& c, const Parameters<Scalar>& p,
   return perplexity_with(c, p, batch, [&blocks](std::size_t l) -> const llama::QuantizedLayer<Scalar>& {
     return blocks[l];
   });
+}
+
+/// Validation perplexity with the blocks of quantize_model run by oq::cpu's
+/// integer kernels instead of fake quantization (float models only). With
+/// `agreement`, every linear is also computed by fake quantization on the
+/// same input and the two compared (integer_path.hpp's bound).
+inline double integer_perplexity(const Config& c, const Parameters<float>& p,
+                                 const std::vector<llama::QuantizedLayer<float>>& blocks, const Batch& batch,
+                                 llama::PathAgreement* agreement = nullptr) {
+  std::vector<llama::IntegerLayer> integer;
+  integer.reserve(blocks.size());
+  for (const auto& b : blocks) {
+    integer.emplace_back(b);
+    integer.back().compare_into(agreement);
+  }
+  return perplexity_with(c, p, batch, [&integer](std::size_t l) -> const llama::IntegerLayer& { return integer[l]; });
 }
 
 /// A block as QAT trained it (model.hpp), deployed: every linear reads its

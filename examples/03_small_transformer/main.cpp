@@ -225,6 +225,8 @@ struct Row {
   std::vector<double> methods;  // llama::kAllMethods order
   double train_seconds;
   std::optional<double> learned_clip;  // QAT-trained models: W4A4 with their own clips
+  std::vector<double> integer;         // the same methods with oq::cpu's integer kernels
+  std::vector<llama::PathAgreement> agreement;  // per method: integer kernels against fake quantization
 };
 
 Row evaluate(const Flags& f, const small_lm::Config& c, const small_lm::Corpus& corpus, const std::string& name,
@@ -232,7 +234,7 @@ Row evaluate(const Flags& f, const small_lm::Config& c, const small_lm::Corpus& 
   const small_lm::Batch validation = corpus.validation_batch(f.eval_sequences);
   std::mt19937_64 rng(f.seed + 2);
   const small_lm::Batch calibration = corpus.training_batch(f.calibration_sequences, rng);
-  Row row{name, small_lm::perplexity(c, p, validation), {}, train_seconds, std::nullopt};
+  Row row{name, small_lm::perplexity(c, p, validation), {}, train_seconds, std::nullopt, {}, {}};
   const auto inputs = small_lm::record_block_inputs(c, p, calibration);
   llama::QuantOptions q;
   q.block_size = f.block_size;
@@ -241,6 +243,9 @@ Row evaluate(const Flags& f, const small_lm::Config& c, const small_lm::Corpus& 
     progress(name + ": evaluating W4A4 " + std::string(llama::method_name(m)));
     const auto blocks = small_lm::quantize_model(c, p, inputs, m, q);
     row.methods.push_back(small_lm::quantized_perplexity(c, p, blocks, validation));
+    progress(name + ": evaluating W4A4 " + std::string(llama::method_name(m)) + " with integer kernels");
+    row.agreement.emplace_back();
+    row.integer.push_back(small_lm::integer_perplexity(c, p, blocks, validation, &row.agreement.back()));
   }
   if (r.qat_bits != 0) {
     progress(name + ": evaluating W4A4 with the learned clips");
@@ -252,20 +257,39 @@ Row evaluate(const Flags& f, const small_lm::Config& c, const small_lm::Corpus& 
 
 void print_table(const std::vector<Row>& rows, double unigram, int qat_bits) {
   std::cout << "\nValidation perplexity (bytes; unigram model: " << std::fixed << std::setprecision(2) << unigram
-            << ")\n\n| variant | full precision |";
+            << "); W4A4 cells: fake quantization / integer kernels (oq/cpu.hpp, "
+            << oq::cpu::to_string(oq::cpu::best_isa()) << ")\n\n| variant | full precision |";
   for (llama::Method m : llama::kAllMethods) std::cout << " W4A4 " << llama::method_name(m) << " |";
   std::cout << " W4A" << qat_bits << " learned clip (QAT) |\n|---|---|";
   for (std::size_t i = 0; i <= llama::kAllMethods.size(); ++i) std::cout << "---|";
   std::cout << '\n';
   for (const Row& r : rows) {
     std::cout << "| " << r.variant << " | " << r.full_precision << " |";
-    for (double v : r.methods) std::cout << ' ' << v << " |";
+    for (std::size_t i = 0; i < r.methods.size(); ++i) std::cout << ' ' << r.methods[i] << " / " << r.integer[i] << " |";
     if (r.learned_clip) {
-      std::cout << ' ' << *r.learned_clip << " |\n";
+      std::cout << ' ' << *r.learned_clip << " / – |\n";
     } else {
       std::cout << " – |\n";
     }
   }
+  std::cout << "\nlearned clip: no integer-kernel figure. Its quantizer has one fixed range [c-, c+] per tensor, and\n"
+               "c- is not an integer number of steps; cpu::quantize_per_token takes each token's own range, and\n"
+               "PackedActivations holds integer zero points (an engine would need z = 0 plus a per-channel bias\n"
+               "c- * sum_k w^_k, which oq::cpu's epilogue does not have).\n";
+  std::cout << "\ninteger kernels against fake quantization, every output of every linear of every block, on the same\n"
+               "input (examples/02_llama_layer/integer_path.hpp: y_int - y_fake = (E_int - E_fake) + r with\n"
+               "|r| <= g_3*|E_int| + g_(K+2)*A; both ratios must stay <= 1):\n";
+  std::cout << "method             max |r|/bound  epilogue/bound  differing codes (rows whose s_a or z_a differ)\n";
+  for (std::size_t i = 0; i < llama::kAllMethods.size(); ++i) {
+    llama::PathAgreement all;
+    for (const Row& r : rows) all.merge(r.agreement[i]);
+    const std::string name(llama::method_name(llama::kAllMethods[i]));
+    std::cout << name << std::string(18 - name.size(), ' ') << std::scientific << std::setprecision(2)
+              << std::setw(14) << all.max_bound_ratio << std::setw(16) << all.max_epilogue_ratio << "  "
+              << all.differing_codes << " of " << all.codes << " (" << all.differing_rows << " of " << all.rows
+              << ")\n";
+  }
+  std::cout << std::fixed << std::setprecision(2);
 }
 
 }  // namespace
@@ -302,10 +326,12 @@ int main(int argc, char** argv) {
     std::ofstream results(f.out_dir / "results.csv");
     results << "variant,train_seconds,full_precision";
     for (llama::Method m : llama::kAllMethods) results << ',' << llama::method_name(m);
+    for (llama::Method m : llama::kAllMethods) results << ',' << llama::method_name(m) << " integer";
     results << ",learned_clip\n";
     for (const Row& r : rows) {
       results << r.variant << ',' << r.train_seconds << ',' << r.full_precision;
       for (double v : r.methods) results << ',' << v;
+      for (double v : r.integer) results << ',' << v;
       results << ',';
       if (r.learned_clip) results << *r.learned_clip;
       results << '\n';

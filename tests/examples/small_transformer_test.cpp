@@ -2,7 +2,8 @@
 // backward against central finite differences in float64, the training
 // forward against llama::forward (written separately, one sequence at a
 // time), training that lowers the loss and is deterministic, W4A4 evaluation
-// that equals full precision with rounding off, and the checkpoint round trip.
+// that equals full precision with rounding off, W4A4 with oq::cpu's integer
+// kernels within the bound of integer_path.hpp, and the checkpoint round trip.
 #include "../../examples/02_llama_layer/checkpoint_layer.hpp"
 #include "../../examples/03_small_transformer/checkpoint.hpp"
 #include "../../examples/03_small_transformer/evaluate.hpp"
@@ -290,6 +291,39 @@ TEST_CASE("small_transformer: W4A4 evaluation with rounding off equals full prec
     const auto quantized = small_lm::quantize_model(c, p, inputs, m, w4a4);
     CHECK(small_lm::quantized_perplexity(c, p, quantized, validation) != doctest::Approx(full).epsilon(1e-6));
   }
+}
+
+TEST_CASE("small_transformer: W4A4 with oq::cpu's integer kernels agrees with fake quantization within the bound") {
+  Config c = tiny_config();
+  c.hidden_size = 16;
+  c.intermediate_size = 32;
+  const Parameters<float> p = random_parameters(c, 13).cast<float>();
+  const Batch calibration = random_batch(c, 4, 14);
+  const Batch validation = random_batch(c, 3, 15);
+  const auto inputs = small_lm::record_block_inputs(c, p, calibration);
+  llama::QuantOptions o;
+  o.block_size = 8;
+  o.greedy_steps = 4;
+  const llama::Config lc = c.layer_config();
+  const Eigen::Index outputs_per_token = lc.q_size() + 2 * lc.kv_size() + 2 * lc.hidden_size + 2 * lc.intermediate_size;
+  for (llama::Method m : llama::kAllMethods) {
+    CAPTURE(llama::method_name(m));
+    const auto blocks = small_lm::quantize_model(c, p, inputs, m, o);
+    const double fake = small_lm::quantized_perplexity(c, p, blocks, validation);
+    llama::PathAgreement agreement;
+    const double integer = small_lm::integer_perplexity(c, p, blocks, validation, &agreement);
+    // Every output of every linear of both blocks on every validation token.
+    CHECK(agreement.outputs == validation.sequences * validation.seq_len * c.num_layers * outputs_per_token);
+    CHECK(agreement.max_bound_ratio <= 1.0);
+    CHECK(agreement.max_epilogue_ratio <= 1.0);
+    if (m != llama::Method::kDuQuant && m != llama::Method::kDuQuantSmooth) CHECK(agreement.differing_codes == 0);
+    CHECK(integer == doctest::Approx(fake).epsilon(1e-4));
+  }
+  // Without 4-bit weights there is nothing for cpu::gemm to read: refused by name.
+  o.weight_bits = 8;
+  const auto w8 = small_lm::quantize_model(c, p, inputs, llama::Method::kRtn, o);
+  CHECK_THROWS_WITH_AS(small_lm::integer_perplexity(c, p, w8, validation),
+                       doctest::Contains("no packed INT4 weight for q_proj"), std::invalid_argument);
 }
 
 TEST_CASE("small_transformer: a saved model loads back bit for bit, and 02_llama_layer reads its layers") {
