@@ -14,3 +14,5 @@
 #include <oq/cpu/packed_weights.hpp>
 #include <oq/cpu/parallel.hpp>
 #include <oq/cpu/quantize_per_token.hpp>
+#include <oq/cpu/thread_pool.hpp>
+#include <oq/cpu/types.hpp>

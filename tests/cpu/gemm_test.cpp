@@ -221,6 +221,20 @@ TEST_CASE("threads over many output tiles and more than one 64-row block of toke
   check_all_paths(p, 2);
 }
 
+TEST_CASE("a caller-owned pool gives the same integers and outputs as the call's own threads") {
+  std::mt19937 rng(37);
+  const Operands o = make_operands(9, 41, 96, 96, 4, false, false, rng);
+  oq::cpu::ThreadPool pool(3);
+  for (Isa isa : available_paths()) {
+    CAPTURE(oq::cpu::to_string(isa));
+    oq::cpu::KernelOptions with_pool;
+    with_pool.isa = isa;
+    with_pool.pool = &pool;
+    CHECK(oq::cpu::gemm_accumulators(o.a, o.w, with_pool) == oq::cpu::gemm_accumulators(o.a, o.w, {1, isa}));
+    CHECK(oq::cpu::gemm(o.a, o.w, with_pool) == oq::cpu::gemm(o.a, o.w, {1, isa}));
+  }
+}
+
 TEST_CASE("zero points near int32's ends: T_G beyond int64 is exact (128-bit epilogue) or refused") {
   std::mt19937 rng(23);
   Operands o = make_operands(3, 5, 64, 64, 8, false, false, rng);

@@ -9,6 +9,8 @@
 #include <atomic>
 #include <cstdint>
 #include <stdexcept>
+#include <string>
+#include <thread>
 #include <vector>
 
 TEST_CASE("parallel_for covers [0, count) once, in whole grains but the last") {
@@ -63,4 +65,45 @@ TEST_CASE("instruction sets: the best is supported, kAuto resolves to it, scalar
   // VNNI implies AVX2 on every CPU that has it: best_isa never skips a level.
   if (oq::cpu::isa_supported(Isa::kAvx512Vnni)) CHECK(oq::cpu::isa_supported(Isa::kAvx2));
   MESSAGE("this CPU's best path: ", oq::cpu::to_string(oq::cpu::best_isa()));
+}
+
+TEST_CASE("a caller-owned pool: every task once, many jobs in a row, exceptions, two callers taking turns") {
+  oq::cpu::ThreadPool pool(3);
+  CHECK(pool.size() == 3);
+  for (int job = 0; job < 200; ++job) {
+    const std::int64_t tasks = job % 7;
+    std::vector<std::atomic<int>> hits(static_cast<std::size_t>(tasks));
+    pool.run(tasks, [&](std::int64_t i) { ++hits[static_cast<std::size_t>(i)]; });
+    int wrong = 0;
+    for (auto& h : hits) wrong += h != 1;
+    REQUIRE(wrong == 0);
+  }
+  CHECK_THROWS_WITH_AS(pool.run(5,
+                                [](std::int64_t i) {
+                                  if (i == 1 || i == 3) throw std::runtime_error("task " + std::to_string(i));
+                                }),
+                       "task 1", std::runtime_error);
+  // parallel_for on the pool: the same coverage as with its own threads.
+  std::vector<std::atomic<int>> hits(1001);
+  oq::cpu::parallel_for(
+      1001, 0, 7, [&](std::int64_t b, std::int64_t e) {
+        for (std::int64_t i = b; i < e; ++i) ++hits[static_cast<std::size_t>(i)];
+      },
+      &pool);
+  int wrong = 0;
+  for (auto& h : hits) wrong += h != 1;
+  CHECK(wrong == 0);
+  // Two threads sharing the pool take turns.
+  std::atomic<long> total{0};
+  auto caller = [&] {
+    for (int job = 0; job < 100; ++job) pool.run(4, [&](std::int64_t i) { total += i + 1; });
+  };
+  std::thread other(caller);
+  caller();
+  other.join();
+  CHECK(total == 2 * 100 * 10);
+  CHECK(oq::cpu::resolve_threads(0, "t", &pool) == 3);
+  CHECK_THROWS_WITH_AS(oq::cpu::resolve_threads(2, "t", &pool), doctest::Contains("options.threads must be 0"),
+                       std::invalid_argument);
+  CHECK_THROWS_AS(oq::cpu::ThreadPool(-1), std::invalid_argument);
 }

@@ -40,6 +40,7 @@
 #include <oq/cpu/packed_activations.hpp>
 #include <oq/cpu/packed_weights.hpp>
 #include <oq/cpu/parallel.hpp>
+#include <oq/cpu/thread_pool.hpp>
 #include <oq/cpu/types.hpp>
 #include <oq/detail/check.hpp>
 
@@ -156,7 +157,8 @@ void prepare_rows(const PackedActivations& a, PreparedActivations& p, std::int64
   }
 }
 
-inline PreparedActivations prepare(const PackedActivations& a, std::int64_t segment, Isa isa, int threads) {
+inline PreparedActivations prepare(const PackedActivations& a, std::int64_t segment, Isa isa, int threads,
+                                   ThreadPool* pool) {
   PreparedActivations p;
   p.isa = isa;
   p.segment = segment;
@@ -176,7 +178,7 @@ inline PreparedActivations prepare(const PackedActivations& a, std::int64_t segm
     } else {
       a.is_signed ? prepare_rows<4, true>(a, p, begin, end) : prepare_rows<4, false>(a, p, begin, end);
     }
-  });
+  }, pool);
   return p;
 }
 
@@ -282,9 +284,9 @@ inline void run(const PackedActivations& a, const PackedWeights& w, float* y, st
   w.validate(where);
   detail::require(a.k == w.k, where, "activations.k (", a.k, ") must equal weights.k (", w.k, ")");
   const Isa isa = resolve_isa(options.isa, where);
-  const int threads = resolve_threads(options.threads, where);
+  const int threads = resolve_threads(options.threads, where, options.pool);
   if (a.m == 0 || w.n == 0) return;
-  const PreparedActivations p = prepare(a, w.group_size, isa, threads);
+  const PreparedActivations p = prepare(a, w.group_size, isa, threads, options.pool);
   const std::vector<std::uint8_t> zero_row(static_cast<std::size_t>(w.row_bytes()), 0);
   const bool narrow = fits_int64(a, w);
   detail::require_domain(narrow || kHasInt128, where,
@@ -309,7 +311,7 @@ inline void run(const PackedActivations& a, const PackedWeights& w, float* y, st
         }
       }
     }
-  });
+  }, options.pool);
 }
 
 }  // namespace detail_gemm

@@ -227,7 +227,7 @@ inline PackedActivations quantize_per_token(
   constexpr std::string_view kWhere = "oq::cpu::quantize_per_token";
   detail_token::check_spec(spec, kWhere);
   const Isa isa = resolve_isa(options.isa, kWhere);
-  const int threads = resolve_threads(options.threads, kWhere);
+  const int threads = resolve_threads(options.threads, kWhere, options.pool);
   const std::int64_t m = x.rows(), k = x.cols();
   detail::require(k > 0, kWhere, "x must have at least one column, got ", k);
   detail::require(spec.bits == 8 || k % 2 == 0, kWhere, "x.cols() must be even for 4-bit codes (two per byte), got ",
@@ -271,7 +271,7 @@ inline PackedActivations quantize_per_token(
       a.zeros[i] = static_cast<std::int32_t>(p.zero);
       a.code_sums[i] = static_cast<std::int32_t>(sum);
     }
-  });
+  }, options.pool);
   return a;
 }
 

@@ -12,15 +12,20 @@
 
 namespace oq::cpu {
 
+class ThreadPool;  // thread_pool.hpp
+
 using RowMajorMatrixXf = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using RowMajorMatrixXi32 = Eigen::Matrix<std::int32_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-/// Options of the CPU kernels: threads (0: all hardware threads) and the
+/// Options of the CPU kernels: threads (0: all hardware threads), the
 /// instruction set (kAuto: the best this CPU runs; another value forces it,
-/// and is refused where the CPU lacks it).
+/// and is refused where the CPU lacks it), and a pool of threads the caller
+/// owns (thread_pool.hpp), which the call then runs on instead of starting
+/// threads (threads must be 0 then).
 struct KernelOptions {
   int threads = 0;
   Isa isa = Isa::kAuto;
+  ThreadPool* pool = nullptr;
 };
 
 }  // namespace oq::cpu
