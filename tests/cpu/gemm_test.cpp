@@ -9,6 +9,8 @@
 
 #include <doctest/doctest.h>
 
+#include "support/cpu_paths.hpp"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -22,12 +24,7 @@ using oq::cpu::Isa;
 using oq::cpu::PackedActivations;
 using oq::cpu::PackedWeights;
 
-std::vector<Isa> available_paths() {
-  std::vector<Isa> out;
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512Vnni, Isa::kNeonDot})
-    if (oq::cpu::isa_supported(isa)) out.push_back(isa);
-  return out;
-}
+std::vector<Isa> available_paths() { return oq_test::available_cpu_paths(); }
 
 // Random codes in [lo, hi], with the ends of the range forced in every row
 // (the bias tricks break first there).

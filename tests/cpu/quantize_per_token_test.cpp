@@ -12,6 +12,8 @@
 
 #include <doctest/doctest.h>
 
+#include "support/cpu_paths.hpp"
+
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -27,12 +29,7 @@ using oq::cpu::TokenTransform;
 using RowMatrix = oq::cpu::RowMajorMatrixXf;
 using oq::quant::QuantSpec;
 
-std::vector<Isa> available_paths() {
-  std::vector<Isa> out;
-  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512Vnni, Isa::kNeonDot})
-    if (oq::cpu::isa_supported(isa)) out.push_back(isa);
-  return out;
-}
+std::vector<Isa> available_paths() { return oq_test::available_cpu_paths(); }
 
 RowMatrix random_tokens(Eigen::Index m, Eigen::Index k, std::uint32_t seed) {
   std::mt19937 rng(seed);

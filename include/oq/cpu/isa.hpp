@@ -42,6 +42,19 @@
 #define OQ_CPU_NEON_DOT 0
 #endif
 
+// GCC 12's intrinsics headers trip its own -Wmaybe-uninitialized and
+// -Wuninitialized through _mm512_undefined_* (GCC bug 105593, fixed in 13):
+// the kernels' headers silence both between these two macros.
+#if defined(__GNUC__) && !defined(__clang__)
+#define OQ_CPU_INTRINSICS_WARNINGS_OFF \
+  _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"") \
+      _Pragma("GCC diagnostic ignored \"-Wuninitialized\"")
+#define OQ_CPU_INTRINSICS_WARNINGS_ON _Pragma("GCC diagnostic pop")
+#else
+#define OQ_CPU_INTRINSICS_WARNINGS_OFF
+#define OQ_CPU_INTRINSICS_WARNINGS_ON
+#endif
+
 namespace oq::cpu {
 
 /// An instruction set of the CPU kernels. kAuto picks the best this CPU runs.

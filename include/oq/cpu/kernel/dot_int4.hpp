@@ -64,13 +64,7 @@ inline void dot_tile(const std::int16_t* const* a, const std::uint8_t* const* w,
 }  // namespace scalar
 
 #if OQ_CPU_X86
-// GCC 12's intrinsics headers trip its own -Wmaybe-uninitialized through
-// _mm512_undefined_* (GCC bug 105593, fixed in 13): silenced for the kernels only.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+OQ_CPU_INTRINSICS_WARNINGS_OFF
 namespace avx512 {
 
 /// out[i][j] = Σ over the segment of w'·a' (see the file comment); a: MT
@@ -155,9 +149,7 @@ OQ_CPU_TARGET_AVX2 inline void dot_tile(const std::int8_t* const* a, const std::
 }
 
 }  // namespace avx2
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+OQ_CPU_INTRINSICS_WARNINGS_ON
 #endif  // OQ_CPU_X86
 
 #if OQ_CPU_NEON_DOT

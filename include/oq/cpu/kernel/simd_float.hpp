@@ -29,13 +29,7 @@
 #define OQ_CPU_END _Pragma("GCC pop_options")
 #endif
 
-// GCC 12's intrinsics headers trip its own -Wmaybe-uninitialized through
-// _mm512_undefined_* (GCC bug 105593, fixed in 13): silenced here only.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+OQ_CPU_INTRINSICS_WARNINGS_OFF
 
 namespace oq::cpu::kernel {
 
@@ -186,9 +180,7 @@ OQ_CPU_END
 
 }  // namespace oq::cpu::kernel
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+OQ_CPU_INTRINSICS_WARNINGS_ON
 
 #endif  // OQ_CPU_X86
 

@@ -99,13 +99,7 @@ inline std::int64_t quantize(const float* y, std::int64_t n, core::AffineParams<
 }  // namespace scalar
 
 #if OQ_CPU_X86
-// GCC 12's intrinsics headers trip its own -Wmaybe-uninitialized through
-// _mm512_undefined_* (GCC bug 105593, fixed in 13): silenced for the kernels only.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
+OQ_CPU_INTRINSICS_WARNINGS_OFF
 
 OQ_CPU_BEGIN_AVX512
 namespace avx512 {
@@ -121,9 +115,7 @@ using V = Avx2Float;
 }  // namespace avx2
 OQ_CPU_END
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+OQ_CPU_INTRINSICS_WARNINGS_ON
 #endif  // OQ_CPU_X86
 
 #if OQ_CPU_NEON_DOT
