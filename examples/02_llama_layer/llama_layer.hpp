@@ -8,7 +8,7 @@
 // layout of transformers (dimension i pairs with i + head_dim/2, frequency
 // theta^(−2i/head_dim)); causal softmax attention with grouped-query heads
 // (query head h reads key/value head h / (heads / kv_heads)). Weights are
-// PyTorch's [out, in], so every linear is y = x·Wᵀ (DESIGN §4).
+// PyTorch's [out, in], so every linear is y = x·Wᵀ (docs/design.md §4).
 //
 // The seven linears go through a caller-supplied function, so that the same
 // forward runs in full precision, records the linears' inputs for calibration,

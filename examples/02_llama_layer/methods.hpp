@@ -3,10 +3,10 @@
 //
 // Every method is one input transform per distinct linear input (q/k/v share
 // one, gate/up share one; llama::Input) and the weights folded accordingly
-// (DESIGN §5: y = X·Wᵀ = (X·M)·(W·M)ᵀ for orthogonal M; smoothing divides X
+// (docs/design.md §5: y = X·Wᵀ = (X·M)·(W·M)ᵀ for orthogonal M; smoothing divides X
 // and multiplies W, §4). Then the transformed activation is fake-quantized per
 // token and the folded weight per output channel, both asymmetric, with the
-// clip ratios DuQuant uses (0.9 activations, 0.8 weights; DESIGN §6):
+// clip ratios DuQuant uses (0.9 activations, 0.8 weights; docs/design.md §6):
 //
 //   RTN            M = I
 //   SmoothQuant    X·diag(s)⁻¹, W·diag(s), s from eq. 4 with α = 0.5
@@ -224,7 +224,7 @@ class QuantizedLayer {
 
 namespace detail_methods {
 
-// max|W_j| over every linear that reads `input` (DESIGN §4: they share s),
+// max|W_j| over every linear that reads `input` (docs/design.md §4: they share s),
 // without copying the weights.
 template <class Scalar>
 Vector<Scalar> shared_weight_absmax(const LayerWeights<Scalar>& w, Input input) {
@@ -343,7 +343,7 @@ double relative_error(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>&
 /// Statistics of one (transformed) linear input: what the quantizer sees.
 struct InputStats {
   double max_abs = 0;        ///< max |x|
-  double mean_kurtosis = 0;  ///< mean over tokens of the row kurtosis (DESIGN §3)
+  double mean_kurtosis = 0;  ///< mean over tokens of the row kurtosis (docs/design.md §3)
   std::size_t outlier_channels = 0;  ///< channel-wise outliers (mean |x| > 6× the input's)
 };
 

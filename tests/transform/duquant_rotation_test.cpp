@@ -238,7 +238,7 @@ TEST_CASE("a tie for the peak across tiles goes to the row-major first entry, no
 }
 
 TEST_CASE("a tie between +v and -v pivots on +v, wherever -v sits") {
-  // DESIGN §6 and the file comment: "between +v and −v to +v". −20 comes
+  // docs/design.md §6 and the file comment: "between +v and −v to +v". −20 comes
   // first in row-major order (token 0, channel 3), +20 later (token 5,
   // channel 13, block 1 position 5); a first-largest-|x| rule would take 3.
   Matrix x = oq::test::gaussian<double>(8, 16, 21, 0.1);
