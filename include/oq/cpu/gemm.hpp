@@ -4,7 +4,7 @@
 //   using namespace oq::cpu;
 //   PackedWeights w = quantize_weights(weight, QuantSpec::per_channel(4, false, 0.8));     // offline
 //   PackedActivations a = quantize_per_token(x, QuantSpec::per_token(8, false));           // per batch
-//   Eigen::MatrixXf y = gemm(a, w);                                // M × N, ≈ x·weightᵀ
+//   RowMajorMatrixXf y = gemm(a, w);                               // M × N, ≈ x·weightᵀ
 //   auto acc = gemm_accumulators(a, w);                            // the raw Σ_k qa·qw (int32)
 //   gemm(a, w, y_map, {.threads = 4, .isa = Isa::kAvx2});          // into your buffer, forced path
 //
@@ -20,8 +20,9 @@
 // For per-channel weights (one group) this is y = (s_a·s_w)·float(T), the
 // CUDA W4A4 epilogue's expression bit for bit. The only roundings are the
 // conversion of T to float, the scale product and each fma: y is within
-// (G + 2)·u·Σ_G |p_G·T_G| of the exact Σ_k ŵ·x̂ (u = 2⁻²⁴), the product of
-// the dequantized operands, which fake quantization computes in float.
+// γ_{G+2}·Σ_G |s_a·s_w[n,G]·T_G| of the exact Σ_k ŵ·x̂ (γ_n = n·u/(1 − n·u),
+// u = 2⁻²⁴), the product of the dequantized operands, which fake
+// quantization computes in float.
 // The accumulators (gemm_accumulators) are Σ_G S_G, the raw int32 Σ_k qa·qw,
 // equal on every path to a plain integer loop.
 //
