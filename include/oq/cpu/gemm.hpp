@@ -193,26 +193,24 @@ void dot_tile(const PreparedActivations& p, const std::int64_t* rows, const std:
               bool w_signed, std::int32_t (&out)[MT][4]) {
   const std::int64_t first_byte = s * p.segment / 2;
   const std::uint8_t* wp[4] = {w[0] + first_byte, w[1] + first_byte, w[2] + first_byte, w[3] + first_byte};
+  // The SIMD paths' prepared rows (the scalar path reads its own layout).
+  const std::int8_t* simd_rows[MT] = {};
+  if (p.isa != Isa::kScalar)
+    for (int i = 0; i < MT; ++i) simd_rows[i] = p.simd_row(rows[i], s);
   switch (p.isa) {
 #if OQ_CPU_X86
     case Isa::kAvx512Vnni: {
-      const std::int8_t* ap[MT];
-      for (int i = 0; i < MT; ++i) ap[i] = p.simd_row(rows[i], s);
-      kernel::avx512::dot_tile<MT>(ap, wp, p.segment / 2, w_signed, out);
+      kernel::avx512::dot_tile<MT>(simd_rows, wp, p.segment / 2, w_signed, out);
       return;
     }
     case Isa::kAvx2: {
-      const std::int8_t* ap[MT];
-      for (int i = 0; i < MT; ++i) ap[i] = p.simd_row(rows[i], s);
-      kernel::avx2::dot_tile<MT>(ap, wp, p.segment / 2, w_signed, out);
+      kernel::avx2::dot_tile<MT>(simd_rows, wp, p.segment / 2, w_signed, out);
       return;
     }
 #endif
 #if OQ_CPU_NEON_DOT
     case Isa::kNeonDot: {
-      const std::int8_t* ap[MT];
-      for (int i = 0; i < MT; ++i) ap[i] = p.simd_row(rows[i], s);
-      kernel::neon::dot_tile<MT>(ap, wp, p.segment / 2, w_signed, out);
+      kernel::neon::dot_tile<MT>(simd_rows, wp, p.segment / 2, w_signed, out);
       return;
     }
 #endif
