@@ -197,6 +197,7 @@ void dot_tile(const PreparedActivations& p, const std::int64_t* rows, const std:
   const std::int8_t* simd_rows[MT] = {};
   if (p.isa != Isa::kScalar)
     for (int i = 0; i < MT; ++i) simd_rows[i] = p.simd_row(rows[i], s);
+  (void)simd_rows;  // a build with no SIMD path (plain aarch64) reads none
   switch (p.isa) {
 #if OQ_CPU_X86
     case Isa::kAvx512Vnni: {
