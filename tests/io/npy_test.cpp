@@ -761,5 +761,5 @@ TEST_CASE("make_npy refuses finite values its float dtype cannot hold, instead o
                        doctest::Contains("value 1e+39 is finite but overflows F32"),
                        std::domain_error);
   CHECK_THROWS_AS(oq::io::make_npy(Eigen::Vector2d(1.0, -7e4), DType::kF16), std::domain_error);
-  CHECK(oq::io::npy_to_matrix<double>(oq::io::make_npy(Eigen::Vector2d(1.0, 65504.0), DType::kF16))(0, 1) == 65504.0);
+  CHECK(oq::io::npy_to_matrix<double>(oq::io::make_npy(Eigen::Vector2d(1.0, 65504.0), DType::kF16))(1, 0) == 65504.0);
 }
