@@ -203,3 +203,210 @@ TEST_CASE("clip search is the brute-force argmin over its grid, ties to the larg
     }
   }
 }
+
+namespace {
+
+// Subnormal groups (issue 23, item 5): rows of integer multiples k·τ of the
+// smallest subnormal τ of T, |k| ≤ max_k. Every scale, fake-quantized value
+// and difference x − x̂ of such a row is an integer multiple of τ (a product
+// (q − z)·s of an integer and a multiple of τ below the normal range is
+// exact), so Σ(x − x̂)² / τ² is an integer that a plain int64 loop computes
+// exactly: the reference the search is held to.
+template <class T>
+oq::test::RowMatrixX<T> subnormal_rows(Eigen::Index rows, Eigen::Index cols, std::int64_t max_k, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<std::int64_t> k(-max_k, max_k);
+  const T tau = std::numeric_limits<T>::denorm_min();
+  oq::test::RowMatrixX<T> w(rows, cols);
+  for (Eigen::Index i = 0; i < w.size(); ++i) w.data()[i] = static_cast<T>(k(rng)) * tau;
+  return w;
+}
+
+// Σ((x − x̂)/τ)² of one row at one ratio, exactly, as int64.
+template <class T>
+std::int64_t error_in_tau(const oq::test::RowMatrixX<T>& row, const QuantSpec& spec) {
+  const oq::test::RowMatrixX<T> fq = fake_quantize(row, spec);
+  const T tau = std::numeric_limits<T>::denorm_min();
+  std::int64_t sum = 0;
+  for (Eigen::Index j = 0; j < row.cols(); ++j) {
+    const auto d = static_cast<std::int64_t>(std::llround(row(0, j) / tau)) -
+                   static_cast<std::int64_t>(std::llround(fq(0, j) / tau));
+    sum += d * d;
+  }
+  return sum;
+}
+
+template <class T>
+void check_subnormal_groups() {
+  const ClipSearchOptions options{.min_ratio = 0.5, .max_ratio = 1.0, .steps = 20};
+  Eigen::Index checked = 0, clipped = 0;
+  for (std::int64_t max_k : {3, 60, 200, 5000, 1 << 20}) {
+    const oq::test::RowMatrixX<T> w = subnormal_rows<T>(6, 32, max_k, 4000 + static_cast<std::uint64_t>(max_k));
+    for (QuantSpec spec : {QuantSpec::per_channel(4, false), QuantSpec::per_channel(8, true),
+                           QuantSpec::per_channel(3, true), QuantSpec::per_channel(4, true)}) {
+      for (int variant = 0; variant < 3; ++variant) {
+        spec.range_includes_zero = variant == 1 && !spec.symmetric;
+        spec.symmetric_full_range = variant == 2 && spec.symmetric;
+        CAPTURE(max_k);
+        CAPTURE(spec.bits);
+        CAPTURE(spec.symmetric);
+        CAPTURE(variant);
+        const auto found = search_clip_mse(w, spec, options);
+        for (Eigen::Index r = 0; r < w.rows(); ++r) {
+          CAPTURE(r);
+          const oq::test::RowMatrixX<T> row = w.row(r);
+          // Brute force over the grid, largest ratio first, strict: ties to
+          // the larger ratio.
+          std::int64_t best = -1;
+          double best_ratio = 0.0;
+          for (int k = 0; k <= options.steps; ++k) {
+            QuantSpec at = spec;
+            at.clip_ratio = std::max(options.min_ratio, options.max_ratio - k * (options.max_ratio - options.min_ratio) /
+                                                                                options.steps);
+            const std::int64_t error = error_in_tau(row, at);
+            if (best < 0 || error < best) best = error, best_ratio = at.clip_ratio;
+          }
+          CHECK(found.clip_ratio(r, 0) == static_cast<T>(best_ratio));
+          if (found.clip_ratio(r, 0) < T(1)) ++clipped;
+          // The parameters are compute_params' at that ratio.
+          QuantSpec at = spec;
+          at.clip_ratio = static_cast<double>(found.clip_ratio(r, 0));
+          const auto p = compute_params(row, at);
+          CHECK(found.params.scale(r, 0) == p.scale(0, 0));
+          CHECK(found.params.zero(r, 0) == p.zero(0, 0));
+          // Σ(x − x̂)² = best·τ² is below half of T's smallest subnormal (τ²
+          // ≈ 1e−90 for float, 1e−647 for double): its correct rounding is 0,
+          // never NaN.
+          CHECK(found.squared_error(r, 0) == T(0));
+          ++checked;
+        }
+      }
+    }
+  }
+  CHECK(checked == 5 * 4 * 3 * 6);
+  CHECK(clipped > 0);  // the grid's smaller ratios win somewhere: not a vacuous argmin
+}
+
+}  // namespace
+
+TEST_CASE("clip search on subnormal groups is the exact argmin over its grid, with finite results") {
+  // Issue 23, item 5: a symmetric group whose scale c·max|x|/(2^(b−1) − 1)
+  // underflows to 0 takes s = 1 (all codes 0); the search expressed that
+  // scale in units of 2^e (max|x| = f·2^e, e ≈ −1070) as 2^−e = +inf, and
+  // reported Σ(x − x̂)² = 0·inf = NaN.
+  SUBCASE("float") { check_subnormal_groups<float>(); }
+  SUBCASE("double") { check_subnormal_groups<double>(); }
+  // The smallest case: one τ in a row of zeros, 8-bit symmetric. s = 1, the
+  // row quantizes to 0 at every ratio, the error τ² rounds to 0.
+  oq::test::RowMatrixX<double> one = oq::test::RowMatrixX<double>::Zero(1, 8);
+  one(0, 3) = std::numeric_limits<double>::denorm_min();
+  const auto found = search_clip_mse(one, QuantSpec::per_channel(8, true));
+  CHECK(found.clip_ratio(0, 0) == 1.0);
+  CHECK(found.params.scale(0, 0) == 1.0);
+  CHECK(found.squared_error(0, 0) == 0.0);
+}
+
+namespace {
+
+// Σ(x − x̂)² of a row in units of 2^(2e) (max|x| = f·2^e), from fake_quantize
+// itself in long double (a double's difference and its square there: 64-bit
+// significands, no overflow), or +inf where fake_quantize refuses the ratio
+// (a dequantized value beyond the largest finite T).
+template <class T>
+long double unit_error(const oq::test::RowMatrixX<T>& row, const QuantSpec& spec, int e) {
+  oq::test::RowMatrixX<T> fq;
+  try {
+    fq = fake_quantize(row, spec);
+  } catch (const std::domain_error&) {
+    return std::numeric_limits<long double>::infinity();
+  }
+  long double sum = 0;
+  for (Eigen::Index j = 0; j < row.cols(); ++j) {
+    const long double d = std::ldexp(static_cast<long double>(fq(0, j)) - static_cast<long double>(row(0, j)), -e);
+    sum += d * d;
+  }
+  return sum;
+}
+
+template <class T>
+void check_near_largest() {
+  // Rows spread over [−max, max] (and all positive, all negative): at ratio 1
+  // the asymmetric grid reaches (0 − z)·s ≈ −16/15·max, beyond T's range,
+  // for some of them, so fake_quantize refuses that ratio; the search must
+  // not choose it, and among the rest it chooses the argmin of the errors in
+  // units of 2^2e.
+  const T big = std::numeric_limits<T>::max();
+  std::mt19937_64 rng(4100);
+  std::uniform_real_distribution<double> u(-1.0, 1.0);
+  oq::test::RowMatrixX<T> w(6, 24);
+  for (Eigen::Index i = 0; i < w.rows(); ++i) {
+    for (Eigen::Index j = 0; j < w.cols(); ++j) {
+      const double v = i == 4 ? std::fabs(u(rng)) : i == 5 ? -std::fabs(u(rng)) : u(rng);
+      w(i, j) = static_cast<T>(v * static_cast<double>(big) * (1.0 - std::ldexp(1.0, -30)));
+    }
+    w(i, 0) = i == 4 ? big : -big;  // a row end at ±max
+    if (i != 4 && i != 5) w(i, 1) = big;
+  }
+  // (2-bit asymmetric ±max: z = 2, code 0 is −4/3·c·max, finite only for c < 3/4.)
+  const ClipSearchOptions options{.min_ratio = 0.6, .max_ratio = 1.0, .steps = 20};
+  Eigen::Index refused_somewhere = 0;
+  for (QuantSpec spec : {QuantSpec::per_channel(4, false), QuantSpec::per_channel(2, false),
+                         QuantSpec::per_channel(4, true), QuantSpec::per_channel(3, true)}) {
+    for (bool variant : {false, true}) {
+      if (spec.symmetric) spec.symmetric_full_range = variant;
+      else spec.range_includes_zero = variant;
+      CAPTURE(spec.bits);
+      CAPTURE(spec.symmetric);
+      CAPTURE(variant);
+      const auto found = search_clip_mse(w, spec, options);
+      // Every returned parameter fake-quantizes x to finite values.
+      oq::test::RowMatrixX<T> fq;
+      REQUIRE_NOTHROW(fq = fake_quantize(w, found.params, spec));
+      CHECK(fq.allFinite());
+      for (Eigen::Index r = 0; r < w.rows(); ++r) {
+        CAPTURE(r);
+        const oq::test::RowMatrixX<T> row = w.row(r);
+        int e = 0;
+        std::frexp(static_cast<double>(row.cwiseAbs().maxCoeff()), &e);
+        long double best = std::numeric_limits<long double>::infinity();
+        double best_ratio = 0.0;
+        for (int k = 0; k <= options.steps; ++k) {
+          QuantSpec at = spec;
+          at.clip_ratio = options.max_ratio - k * (options.max_ratio - options.min_ratio) / options.steps;
+          const long double error = unit_error(row, at, e);
+          if (std::isinf(error)) ++refused_somewhere;
+          if (error < best) best = error, best_ratio = at.clip_ratio;
+        }
+        REQUIRE(std::isfinite(best));
+        CHECK(found.clip_ratio(r, 0) == static_cast<T>(best_ratio));
+      }
+    }
+  }
+  CHECK(refused_somewhere > 0);  // the case is reached
+
+  // A grid with no ratio whose fake quantization stays finite: refused, naming
+  // the group and the option that would help. Row [−max, h] with
+  // h = (15/7.6 − 1)·max, 4-bit asymmetric: z = rne(7.6) = 8 at every ratio
+  // c, and −max/s = −7.6/c rounds to −8 (code 0) for c > 0.95 − with
+  // (0 − 8)·s = −(8/7.6)·c·max, beyond max for c > 7.6/8 = 0.95.
+  oq::test::RowMatrixX<T> ends(1, 2);
+  ends << -big, static_cast<T>((15.0 / 7.6 - 1.0) * static_cast<double>(big));
+  const QuantSpec spec = QuantSpec::per_channel(4, false);
+  CHECK_THROWS_WITH_AS(search_clip_mse(ends, spec, {.min_ratio = 0.96, .steps = 4}),
+                       doctest::Contains("options.min_ratio"), std::domain_error);
+  // With ratios below 0.95 in the grid one of them is chosen.
+  const auto ok = search_clip_mse(ends, spec, {.min_ratio = 0.9, .steps = 5});
+  CHECK(ok.clip_ratio(0, 0) < T(0.95));
+  CHECK(fake_quantize(ends, ok.params, spec).allFinite());
+}
+
+}  // namespace
+
+TEST_CASE("clip search near the largest value never chooses a ratio whose fake quantization overflows") {
+  // Issue 23, item 5: the errors are compared in units of 2^2e, where a
+  // dequantized value (q − z)·s beyond the largest T is still finite; the
+  // search chose such ratios and returned parameters that fake_quantize then
+  // refuses.
+  SUBCASE("float") { check_near_largest<float>(); }
+  SUBCASE("double") { check_near_largest<double>(); }
+}

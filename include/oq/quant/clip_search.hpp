@@ -17,7 +17,16 @@
 // rescaling (a power of two) of every term that stays normal, so the choice is
 // the same as in plain units, but it does not overflow (|x| ≳ 1e154 in double, where every
 // Σ (x − x̂)² would be +inf and no ratio could win) or underflow (|x| ≲ 1e−154).
-// The first ratio tried (max_ratio) is taken unless a later one does strictly
+// Subnormal groups: x̂ in units is rounded as fake_quantize rounds (q − z)·s
+// (formed in plain units and then rescaled wherever s or s·2^−e is not
+// normal), so the errors compared are those of the returned parameters, and a
+// scale that does not scale with the group (s = 1 where c·max|x|/(2^(b−1) − 1)
+// underflows) gives no 0·inf.
+// Ranges near the largest value: a ratio at which some x̂ lies beyond Scalar's
+// largest value (an asymmetric ±max group reaches (0 − z)·s = −16/15·c·max) is
+// skipped, since fake_quantize refuses its parameters; std::domain_error
+// naming the group and options.min_ratio where every ratio of the grid does.
+// The first candidate ratio (max_ratio) is taken unless a later one does strictly
 // better, so the result is always the parameters of a ratio of the grid.
 // squared_error is reported in x's scalar type: +inf where Σ (x − x̂)² exceeds
 // its range (float data beyond ~1e19, double beyond ~1e154), 0 or subnormal
@@ -107,6 +116,7 @@ ClipSearchResult<typename Derived::Scalar> search_clip_mse(const Eigen::MatrixBa
     // The group in those units, once: every candidate ratio compares with it.
     const Eigen::Array<Scalar, Eigen::Dynamic, Eigen::Dynamic> unit_block = block.array() * a * b;
     double best_error = 0;  // in units of 2^(2e)
+    bool found = false;     // whether some ratio's fake quantization stays finite
     for (int k = 0; k <= options.steps; ++k) {
       // Clamped to min_ratio: max_ratio − (max_ratio − min_ratio) may round to 0
       // when min_ratio is far below max_ratio.
@@ -117,18 +127,51 @@ ClipSearchResult<typename Derived::Scalar> search_clip_mse(const Eigen::MatrixBa
                          options.max_ratio - k * (options.max_ratio - options.min_ratio) / options.steps);
       const auto c = static_cast<Scalar>(ratio);
       const core::AffineParams<Scalar> p = range_params(lo_value, hi_value, spec, c);
-      const Scalar unit_scale = p.scale * a * b;
+      // A ratio whose fake quantization leaves Scalar's range (a code with
+      // (q − z)·s past the largest value, e.g. (0 − 8)·s = −16/15·max for an
+      // asymmetric ±max group) is not a candidate: fake_quantize refuses its
+      // parameters. The check is the expression fake_quantize evaluates,
+      // taken only where may_overflow says a code can reach that far.
+      const bool overflows =
+          detail_quantize::may_overflow(p, range) &&
+          [&] {
+            bool past_max = false;
+            detail_quantize::with_codes(block, p, range, [&](const auto& q) {
+              past_max = !(((q - p.zero) * p.scale).abs().maxCoeff() <= std::numeric_limits<Scalar>::max());
+            });
+            return past_max;
+          }();
+      if (overflows) continue;
+      // x̂ in units is (q − z)·(s·2^−e), rounded as fake_quantize's (q − z)·s
+      // is, when s and s·2^−e are both normal (every nonzero x̂ then is, |q − z|
+      // being at least 1). Otherwise (subnormal data; s = 1 where a symmetric
+      // group's scale c·max|x|/(2^(b−1) − 1) underflows, whose s·2^−e is +inf
+      // and 0·inf NaN) x̂ = (q − z)·s is formed as fake_quantize forms it and
+      // then rescaled, exact for a subnormal x̂ too; two more products per
+      // entry, so only there.
+      const Scalar unit_scale = std::ldexp(p.scale, -e);
+      const bool scale_in_units = p.scale >= std::numeric_limits<Scalar>::min() &&
+                                  unit_scale >= std::numeric_limits<Scalar>::min() &&
+                                  unit_scale <= std::numeric_limits<Scalar>::max();
       double error = 0;
       detail_quantize::with_codes(block, p, range, [&](const auto& q) {
-        error = ((q - p.zero) * unit_scale - unit_block).template cast<double>().square().sum();
+        error = scale_in_units
+                    ? ((q - p.zero) * unit_scale - unit_block).template cast<double>().square().sum()
+                    : ((q - p.zero) * p.scale * a * b - unit_block).template cast<double>().square().sum();
       });
-      if (k == 0 || error < best_error) {  // strict: ties keep the larger ratio
+      if (!found || error < best_error) {  // strict: ties keep the larger ratio
+        found = true;
         best_error = error;
         result.params.scale(i, j) = p.scale;
         result.params.zero(i, j) = p.zero;
         result.clip_ratio(i, j) = c;
       }
     }
+    detail::require_domain(found, kWhere, "x's group (", i, ", ", j, ") fake-quantizes to a value beyond the largest ",
+                           sizeof(Scalar) == sizeof(float) ? "float" : "double",
+                           " at every clip ratio of the grid [options.min_ratio, options.max_ratio] = [",
+                           options.min_ratio, ", ", options.max_ratio,
+                           "] (a range near the largest value); a smaller options.min_ratio keeps it finite");
     // Σ (x − x̂)² in plain units; beyond Scalar's range it is +inf (a float cast of
     // an out-of-range double is not defined, so that case is spelled out).
     const double squared_error = std::ldexp(best_error, 2 * e);
