@@ -677,3 +677,107 @@ TEST_CASE("smoothing that would overflow the scalar type throws, and writes noth
   smooth_activations_in_place(edge, VectorX<float>::Ones(4));
   CHECK(edge.allFinite());
 }
+
+namespace {
+
+// Σ_k ‖Q_a(X̂)·Q_w(Ŵ_k)ᵀ − X·W_kᵀ‖_F² in long double (x86-64's 64-bit
+// significand and 15-bit exponent: products of doubles near DBL_MAX, their
+// squares and sums are finite, and those near 2^−1074 stay normal), by plain
+// loops, from the public pieces at the given α.
+long double quantized_error_long_double(const MatrixX<double>& x, const std::vector<MatrixX<double>>& weights,
+                                        double alpha, const QuantSpec& act_spec, const QuantSpec& weight_spec,
+                                        const AlphaSearchOptions& options) {
+  const VectorX<double> s =
+      smoothing_scales(activation_channel_absmax(x), weight_channel_absmax(weights),
+                       {.alpha = alpha, .weight_floor = options.weight_floor, .scale_floor = options.scale_floor});
+  MatrixX<double> x_hat = x;
+  smooth_activations_in_place(x_hat, s);
+  const MatrixX<double> a = oq::quant::fake_quantize(x_hat, act_spec);
+  long double error = 0;
+  for (const MatrixX<double>& w : weights) {
+    MatrixX<double> w_hat = w;
+    smooth_weights_in_place(w_hat, s);
+    const MatrixX<double> b = oq::quant::fake_quantize(w_hat, weight_spec);
+    for (Eigen::Index i = 0; i < x.rows(); ++i) {
+      for (Eigen::Index n = 0; n < w.rows(); ++n) {
+        long double quantized = 0, exact = 0;
+        for (Eigen::Index c = 0; c < x.cols(); ++c) {
+          quantized += static_cast<long double>(a(i, c)) * static_cast<long double>(b(n, c));
+          exact += static_cast<long double>(x(i, c)) * static_cast<long double>(w(n, c));
+        }
+        error += (quantized - exact) * (quantized - exact);
+      }
+    }
+  }
+  return error;
+}
+
+}  // namespace
+
+TEST_CASE("α search on doubles whose products or squared errors leave double's range chooses the true argmin") {
+  // Issue 23, item 5: the objective was formed as plain doubles. With X and W
+  // near 2^500 each, X·Wᵀ ≈ 2^1000 and its squared error ≈ 2^2000: every α's
+  // error was +inf and the first α won; near 2^520, X·Wᵀ itself overflowed,
+  // every error was inf − inf = NaN, and the search returned no scales at
+  // all. Near 2^−540 every error underflowed to 0, a tie the first α won. The
+  // reference: the same objective in long double, by loops.
+  if constexpr (std::numeric_limits<long double>::max_exponent < 16384) {
+    MESSAGE("skipped: long double has no wider exponent range than double here");
+    return;
+  }
+  const QuantSpec a8 = QuantSpec::per_token(8, true);
+  const QuantSpec w4 = QuantSpec::per_channel(4, true);
+  // X scaled by 2^p, W by 2^q. At 2^520·2^505 X·Wᵀ overflows, and so do
+  // X̂ = X·max|W_j| at α = 0 and Ŵ = W·max|X_j| at α = 1 (refused, as the
+  // test above checks): the grid there is 0.2, 0.25, …, 0.8, where X̂ and Ŵ
+  // stay near (|X|·|W|)^0.8 ≈ 2^820.
+  std::vector<double> middle;
+  for (int k = 4; k <= 16; ++k) middle.push_back(k / 20.0);
+  struct Case {
+    int p, q;
+    std::vector<double> alphas;
+  };
+  for (const Case& c : {Case{0, 0, default_alpha_grid()}, Case{500, 500, default_alpha_grid()},
+                        Case{520, 505, middle}, Case{-540, -540, default_alpha_grid()},
+                        Case{900, -880, default_alpha_grid()}, Case{-600, 100, default_alpha_grid()}}) {
+    const int p = c.p, q = c.q;
+    CAPTURE(p);
+    CAPTURE(q);
+    const MatrixX<double> x = std::ldexp(1.0, p) * activations_with_outliers<double>(24, 16, 71, 50.0);
+    const std::vector<MatrixX<double>> weights{std::ldexp(1.0, q) * oq::test::gaussian<double>(6, 16, 72, 0.02),
+                                               std::ldexp(1.0, q) * oq::test::gaussian<double>(5, 16, 73, 0.02)};
+    // The floors scaled with W (and out of the way for s), so that at every
+    // magnitude the search is the same problem up to the rounding of pow.
+    const AlphaSearchOptions options{.alphas = c.alphas, .weight_floor = std::ldexp(1e-5, q), .scale_floor = 1e-300};
+    const auto found = search_smoothing_alpha(x, weights, a8, w4, options);
+    REQUIRE(found.errors.size() == found.alphas.size());
+    long double best = std::numeric_limits<long double>::infinity();
+    std::size_t best_index = 0;
+    for (std::size_t i = 0; i < found.alphas.size(); ++i) {
+      CAPTURE(i);
+      const long double reference = quantized_error_long_double(x, weights, found.alphas[i], a8, w4, options);
+      REQUIRE(std::isfinite(reference));
+      REQUIRE(reference > 0);
+      if (reference < best) best = reference, best_index = i;
+      // The reported error is the reference rounded to double: +inf beyond
+      // DBL_MAX, 0 or subnormal below DBL_MIN. The GEMMs in double differ
+      // from the loops by γ_C·Σ|a·b| per entry, far below the 4-bit error
+      // (relative 1e−9 of it is plenty); subnormal results by a few ulps.
+      const double rounded = reference > std::numeric_limits<double>::max() ? std::numeric_limits<double>::infinity()
+                                                                             : static_cast<double>(reference);
+      if (std::isinf(rounded)) {
+        CHECK(std::isinf(found.errors[i]));
+      } else {
+        CHECK(std::fabs(found.errors[i] - rounded) <=
+              1e-9 * rounded + 4 * std::numeric_limits<double>::denorm_min());
+      }
+    }
+    CHECK(found.alpha == found.alphas[best_index]);
+    CHECK(found.alpha > found.alphas.front());  // not the first α by default
+    CHECK(found.error == found.errors[best_index]);
+    CHECK(found.scales == smoothing_scales(activation_channel_absmax(x), weight_channel_absmax(weights),
+                                           {.alpha = found.alpha,
+                                            .weight_floor = options.weight_floor,
+                                            .scale_floor = options.scale_floor}));
+  }
+}

@@ -42,6 +42,7 @@
 #pragma once
 
 #include <oq/detail/check.hpp>
+#include <oq/detail/power_of_two.hpp>
 #include <oq/quant/quantize.hpp>
 #include <oq/quant/spec.hpp>
 
@@ -89,7 +90,7 @@ struct AlphaSearchOptions {
 template <class Scalar>
 struct AlphaSearchResult {
   double alpha = 0;              ///< the α with the smallest error (ties: the earliest in the grid)
-  double error = 0;              ///< Σ_linears ‖Q_a(X̂)·Q_w(Ŵ)ᵀ − X·Wᵀ‖_F² at alpha
+  double error = 0;              ///< Σ_linears ‖Q_a(X̂)·Q_w(Ŵ)ᵀ − X·Wᵀ‖_F² at alpha (+inf beyond double's range)
   ChannelVector<Scalar> scales;  ///< s at alpha
   std::vector<double> alphas;    ///< every α tried, in grid order
   std::vector<double> errors;    ///< the error at each of them
@@ -430,6 +431,61 @@ void fold_into_previous_linear(const Eigen::MatrixBase<WDerived>& w_prev_,
 
 namespace detail_smoothing {
 
+// The exponent scale_to_unit gives a zero matrix: below any product of
+// finite doubles' exponents (a zero product must not set the units that the
+// other term of a difference is brought to), and far enough from INT_MIN
+// that sums of two or four of them do not overflow.
+inline constexpr int kZeroExponent = std::numeric_limits<int>::min() / 8;
+
+// m ← m·2^−e, e the exponent of its largest |entry| (frexp's: that entry is
+// f·2^e, f ∈ [0.5, 1)), so every entry lies in [−1, 1]; returns e, or
+// kZeroExponent for a zero matrix. Two normal factors
+// (detail/power_of_two.hpp), each applied on its own: the scaling is exact
+// wherever an entry stays normal.
+inline int scale_to_unit(Eigen::MatrixXd& m) {
+  const double peak = m.size() == 0 ? 0.0 : m.cwiseAbs().maxCoeff();
+  if (peak == 0) return kZeroExponent;
+  int e = 0;
+  std::frexp(peak, &e);
+  const detail::PowerOfTwoFactors<double> factors = detail::inverse_power_of_two<double>(e);
+  m *= factors.first;
+  m *= factors.second;
+  return e;
+}
+
+// A sum of non-negative terms held as sum·2^exponent, so that the α search's
+// errors neither overflow (X and W near 2^500 each: squared errors near
+// 2^2000) nor underflow (near 2^−540: 2^−2160) before they are compared.
+struct ScaledSum {
+  double sum = 0;
+  int exponent = 0;
+
+  // += term·2^term_exponent, the smaller addend brought to the larger one's
+  // units (exact but where it underflows, i.e. is negligible).
+  void add(double term, int term_exponent) {
+    if (term == 0) return;
+    if (sum == 0 || term_exponent > exponent) {
+      sum = std::ldexp(sum, exponent - term_exponent) + term;
+      exponent = term_exponent;
+    } else {
+      sum += std::ldexp(term, term_exponent - exponent);
+    }
+  }
+
+  // The value in double: +inf beyond DBL_MAX, 0 or subnormal below DBL_MIN.
+  double value() const { return std::ldexp(sum, exponent); }
+
+  friend bool operator<(const ScaledSum& a, const ScaledSum& b) {
+    if (a.sum == 0 || b.sum == 0) return a.sum == 0 && b.sum > 0;
+    int ea = 0, eb = 0;
+    const double ma = std::frexp(a.sum, &ea), mb = std::frexp(b.sum, &eb);
+    // |exponent| ≤ 2·2·|kZeroExponent| < INT_MAX, plus a double's: no overflow.
+    const long long exponent_a = static_cast<long long>(ea) + a.exponent;
+    const long long exponent_b = static_cast<long long>(eb) + b.exponent;
+    return exponent_a != exponent_b ? exponent_a < exponent_b : ma < mb;
+  }
+};
+
 // The search over any list of weights: weight(k) returns the k-th one.
 template <class XDerived, class WeightAt>
 AlphaSearchResult<typename XDerived::Scalar> search_alpha(const Eigen::MatrixBase<XDerived>& x, std::size_t count,
@@ -466,30 +522,58 @@ AlphaSearchResult<typename XDerived::Scalar> search_alpha(const Eigen::MatrixBas
   // The reference outputs X·Wᵀ, and below the quantized products, are formed
   // in double: the integer GEMM they stand for is exact (docs/design.md §7), so the
   // objective should measure quantization error, not float rounding.
-  const MatrixD x_double = x.template cast<double>();
-  std::vector<MatrixD> reference(count);
-  for (std::size_t k = 0; k < count; ++k) reference[k] = x_double * weight(k).template cast<double>().transpose();
+  // Each operand is first scaled by a power of two to entries in [−1, 1]
+  // (scale_to_unit), so no product, difference or square leaves double's
+  // range whatever the data's magnitude (doubles near 2^±500 did: every error
+  // +inf or 0, or NaN where X·Wᵀ itself overflowed), and each α's error is
+  // kept as sum·2^exponent until it is compared. For data that stays inside
+  // the range the scalings are exact and the errors are the plain ones bit
+  // for bit.
+  MatrixD x_unit = x.template cast<double>();
+  const int x_exponent = scale_to_unit(x_unit);
+  std::vector<MatrixD> reference(count);  // X·W_kᵀ·2^−reference_exponent[k]
+  std::vector<int> reference_exponent(count);
+  for (std::size_t k = 0; k < count; ++k) {
+    MatrixD w_unit = weight(k).template cast<double>();
+    reference_exponent[k] = x_exponent + scale_to_unit(w_unit);
+    reference[k] = x_unit * w_unit.transpose();
+  }
 
   AlphaSearchResult<Scalar> result;
   result.alphas = options.alphas;
   result.errors.reserve(options.alphas.size());
-  result.error = std::numeric_limits<double>::infinity();
+  ScaledSum best;
+  bool first = true;
   for (const double alpha : options.alphas) {
     const ChannelVector<Scalar> s =
         scales(act_max, weight_max, alpha, options.weight_floor, options.scale_floor, where);
     Matrix x_hat = x;
     scale_columns(x_hat, s, /*divide=*/true, where, "x");
-    const MatrixD x_quant = quant::fake_quantize(x_hat, act_spec).template cast<double>();
-    double error = 0;
+    MatrixD x_quant = quant::fake_quantize(x_hat, act_spec).template cast<double>();
+    const int x_quant_exponent = scale_to_unit(x_quant);
+    ScaledSum error;
     for (std::size_t k = 0; k < count; ++k) {
       Matrix w_hat = weight(k);
       scale_columns(w_hat, s, /*divide=*/false, where, "weights[" + std::to_string(k) + "]");
-      const MatrixD w_quant = quant::fake_quantize(w_hat, weight_spec).template cast<double>();
-      error += (x_quant * w_quant.transpose() - reference[k]).squaredNorm();
+      MatrixD w_quant = quant::fake_quantize(w_hat, weight_spec).template cast<double>();
+      const int product_exponent = x_quant_exponent + scale_to_unit(w_quant);
+      // Q_a(X̂)·Q_w(Ŵ)ᵀ − X·Wᵀ in units of 2^h, h the larger of the two
+      // terms' exponents: both products have entries of at most C there, the
+      // other one is brought down by an exact power of two.
+      const int h = std::max(product_exponent, reference_exponent[k]);
+      // (ldexp of an exponent near kZeroExponent is 0: it multiplies a zero
+      // matrix, or the whole difference is 0 and add() skips it.)
+      const double difference =
+          (std::ldexp(1.0, product_exponent - h) * (x_quant * w_quant.transpose()) -
+           std::ldexp(1.0, reference_exponent[k] - h) * reference[k])
+              .squaredNorm();
+      error.add(difference, 2 * h);
     }
-    result.errors.push_back(error);
-    if (error < result.error) {  // strict: ties keep the earlier α
-      result.error = error;
+    result.errors.push_back(error.value());
+    if (first || error < best) {  // strict: ties keep the earlier α
+      first = false;
+      best = error;
+      result.error = error.value();
       result.alpha = alpha;
       result.scales = s;
     }
@@ -504,7 +588,11 @@ AlphaSearchResult<typename XDerived::Scalar> search_alpha(const Eigen::MatrixBas
 ///     E(α) = Σ_k ‖Q_a(X̂)·Q_w(Ŵ_k)ᵀ − X·W_kᵀ‖_F²,  X̂ = X·diag(s)⁻¹, Ŵ_k = W_k·diag(s),
 /// with s = smoothing_scales(α) shared by all the weights (each out_k × C, all
 /// reading x), Q_a = fake_quantize(·, act_spec), Q_w = fake_quantize(·,
-/// weight_spec). Products and sums in double. Returns E for every α tried;
+/// weight_spec). Products and sums in double, each operand scaled by a power
+/// of two to entries in [−1, 1] and each E kept as sum·2^exponent until the
+/// errors are compared, so the choice is right for data of any magnitude
+/// (the reported errors are rounded to double: +inf beyond DBL_MAX, 0 or
+/// subnormal below DBL_MIN). Returns E for every α tried;
 /// the grid (default 0, 0.05, …, 1) must be non-empty and inside [0, 1].
 /// Cost: one fake quantization of x and of every weight, and one product per
 /// weight, per α. WMatrix is any Eigen matrix type with x's scalar.
