@@ -7,6 +7,7 @@
 #include <cmath>
 #include <limits>
 #include <stdexcept>
+#include <vector>
 
 using namespace oq::analysis;
 using oq::test::MatrixX;
@@ -114,4 +115,93 @@ TEST_CASE("the median is the lower median of all |x|, and a zero median makes ev
   REQUIRE(z.size() == 1);
   CHECK(z[0].channel == 1);
   CHECK(std::isinf(z[0].ratio_to_median));
+}
+
+namespace {
+
+// The channel-outlier ratios of x by plain loops in long double (its 15-bit
+// exponent holds sums of doubles near DBL_MAX): mean |x| of each channel over
+// the mean |x| of the whole input.
+std::vector<long double> channel_ratios_long_double(const MatrixX<double>& x) {
+  std::vector<long double> mean_abs(static_cast<std::size_t>(x.cols()));
+  long double total = 0;
+  for (Eigen::Index c = 0; c < x.cols(); ++c) {
+    long double sum = 0;
+    for (Eigen::Index t = 0; t < x.rows(); ++t) sum += std::fabs(static_cast<long double>(x(t, c)));
+    mean_abs[static_cast<std::size_t>(c)] = sum / static_cast<long double>(x.rows());
+    total += sum;
+  }
+  const long double overall = total / static_cast<long double>(x.size());
+  for (long double& m : mean_abs) m /= overall;
+  return mean_abs;
+}
+
+}  // namespace
+
+TEST_CASE("channel-wise outliers of doubles whose sums overflow: the ratios of a long double reference") {
+  // Issue 23, item 5: the mean |x| over all channels was the plain double mean
+  // of the channels' mean |x|, whose sum overflows for doubles near 2^1014
+  // (4096 channels of mean |x| ≈ 0.8·2^1014): overall = +inf, every ratio 0,
+  // and no outlier was reported.
+  if constexpr (std::numeric_limits<long double>::max_exponent < 16384) {
+    MESSAGE("skipped: long double has no wider exponent range than double here");
+    return;
+  }
+  MatrixX<double> base = oq::test::gaussian<double>(64, 4096, 81);
+  base.col(10) *= 20.0;
+  base.col(2000) *= 30.0;
+  base.col(33) *= 3.0;  // large but below the 6× criterion
+  for (int k : {0, 1014, -1000}) {
+    CAPTURE(k);
+    const MatrixX<double> x = std::ldexp(1.0, k) * base;
+    REQUIRE(x.allFinite());
+    const std::vector<long double> reference = channel_ratios_long_double(x);
+    const auto found = find_channel_outliers(x);
+    REQUIRE(found.size() == 2);
+    CHECK(found[0].channel == 2000);
+    CHECK(found[1].channel == 10);
+    for (const ChannelOutlier& o : found) {
+      CAPTURE(o.channel);
+      const long double expected = reference[static_cast<std::size_t>(o.channel)];
+      // The library sums in double (n + C roundings, relative 2^−53 each).
+      CHECK(std::fabs(static_cast<long double>(o.ratio_to_mean) - expected) <= 1e-12L * expected);
+      CHECK(std::isfinite(o.mean_abs));
+    }
+    // Every channel above 6× is reported: the reference's count.
+    std::size_t above = 0;
+    for (long double r : reference) above += r > 6.0L ? 1 : 0;
+    CHECK(found.size() == above);
+  }
+}
+
+TEST_CASE("norm-weight channels of doubles whose squared norms leave double's range") {
+  // Issue 23, item 5: ‖W_{:,j}‖₂ was √(Σ w²) in double: +inf for columns
+  // near 2^600 (every score inf, every ratio inf/inf = NaN, nothing found)
+  // and 0 near 2^−600 (every score 0, nothing found).
+  Eigen::VectorXd gamma = Eigen::VectorXd::Ones(64);
+  gamma[5] = 30.0;
+  gamma[40] = -20.0;
+  const MatrixX<double> w = oq::test::gaussian<double>(32, 64, 4);
+  const auto plain = find_outlier_weight_channels(gamma, w);
+  REQUIRE(plain.size() == 2);
+  for (int k : {600, -600, 1000, -1060}) {
+    CAPTURE(k);
+    const MatrixX<double> scaled = std::ldexp(1.0, k) * w;
+    const auto found = find_outlier_weight_channels(gamma, scaled);
+    REQUIRE(found.size() == 2);
+    // Scaling W by 2^k scales every score by 2^k: the ratios are those of
+    // the unscaled weights (to the roundings of the norms, ~2^−50 relative;
+    // at 2^−1060 the weights themselves are subnormal, with ~14 bits left).
+    const double tolerance = k == -1060 ? 1e-3 : 1e-13;
+    for (std::size_t i = 0; i < 2; ++i) {
+      CAPTURE(i);
+      CHECK(found[i].channel == plain[i].channel);
+      CHECK(found[i].ratio_to_mean == doctest::Approx(plain[i].ratio_to_mean).epsilon(tolerance));
+      CHECK(found[i].score == doctest::Approx(std::ldexp(plain[i].score, k)).epsilon(tolerance));
+    }
+  }
+  // A score beyond double's range (|γ_j|·‖W_{:,j}‖ ≈ 2^1200) is refused, naming it.
+  CHECK_THROWS_WITH_AS(find_outlier_weight_channels((std::ldexp(1.0, 600) * gamma).eval(),
+                                                    (std::ldexp(1.0, 600) * w).eval()),
+                       doctest::Contains("score of channel"), std::domain_error);
 }

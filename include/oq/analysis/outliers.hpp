@@ -22,6 +22,7 @@
 
 #include <oq/analysis/moments.hpp>
 #include <oq/detail/check.hpp>
+#include <oq/detail/power_of_two.hpp>
 
 #include <Eigen/Core>
 
@@ -46,7 +47,10 @@ struct MassiveActivation {
 };
 
 /// Every massive activation of a hidden state x (tokens × channels), in
-/// row-major order (token, then channel).
+/// row-major order (token, then channel). ratio_to_median is |x|/median in
+/// double: +inf for a zero median, and where the quotient exceeds the largest
+/// double (a double median below ~1e−300 under entries near 1e300; float data
+/// cannot reach it), the entry being massive either way.
 template <class Derived>
 std::vector<MassiveActivation> find_massive_activations(const Eigen::MatrixBase<Derived>& x,
                                                         const MassiveActivationOptions& options = {}) {
@@ -85,7 +89,8 @@ struct ChannelOutlier {
 };
 
 /// Channels of calibrated statistics whose mean |x| exceeds min_ratio × the
-/// mean |x| over all channels, largest ratio first.
+/// mean |x| over all channels, largest ratio first (the overall mean taken in
+/// units of the largest channel mean: no overflow near DBL_MAX).
 inline std::vector<ChannelOutlier> find_channel_outliers(const ChannelMoments& moments, double min_ratio = 6.0) {
   constexpr std::string_view kWhere = "oq::analysis::find_channel_outliers";
   detail::require(min_ratio > 0.0 && std::isfinite(min_ratio), kWhere, "min_ratio must be finite and > 0, got ",
@@ -93,10 +98,19 @@ inline std::vector<ChannelOutlier> find_channel_outliers(const ChannelMoments& m
   detail::require(moments.channels() > 0 && moments.count() > 0, kWhere,
                   "moments must hold at least one token of at least one channel");
   const Eigen::VectorXd mean_abs = moments.mean_abs();
-  const double overall = mean_abs.mean();  // every channel has the same token count
+  // The overall mean |x| (every channel has the same token count, so it is
+  // the mean of the channels' means) in units of 2^e, max_j mean|x_j| =
+  // f·2^e: the plain sum of C means near DBL_MAX overflows (overall = +inf,
+  // every ratio 0). The scaling is exact where the means stay normal, so the
+  // ratios are the plain ones bit for bit wherever those are finite.
+  int e = 0;
+  std::frexp(mean_abs.maxCoeff(), &e);
+  const detail::PowerOfTwoFactors<double> factors = detail::inverse_power_of_two<double>(e);
+  const Eigen::ArrayXd unit = (mean_abs.array() * factors.first) * factors.second;
+  const double overall = unit.mean();
   std::vector<ChannelOutlier> found;
   for (Eigen::Index j = 0; j < mean_abs.size(); ++j) {
-    const double ratio = overall > 0.0 ? mean_abs[j] / overall : 0.0;
+    const double ratio = overall > 0.0 ? unit[j] / overall : 0.0;
     if (ratio > min_ratio) found.push_back({j, mean_abs[j], ratio});
   }
   std::stable_sort(found.begin(), found.end(),
@@ -114,6 +128,16 @@ std::vector<ChannelOutlier> find_channel_outliers(const Eigen::MatrixBase<Derive
   return find_channel_outliers(moments, min_ratio);
 }
 
+namespace detail_outliers {
+
+// Entry j of a row or column vector.
+template <class Derived>
+typename Derived::Scalar entry(const Eigen::MatrixBase<Derived>& v, Eigen::Index j) {
+  return v.rows() == 1 ? v(0, j) : v(j, 0);
+}
+
+}  // namespace detail_outliers
+
 struct WeightChannelScore {
   Eigen::Index channel;
   double score;          ///< |γ_j| · ‖W_{:,j}‖₂
@@ -122,6 +146,8 @@ struct WeightChannelScore {
 
 /// Input channels of W (out × C) that a norm weight γ (length C) drives into
 /// outliers: |γ_j|·‖W_{:,j}‖₂ above min_ratio × the mean score, largest first.
+/// Right for finite data of any magnitude; std::domain_error where a reported
+/// score exceeds the largest double (γ and W both near 2^600 or beyond).
 template <class GammaDerived, class WeightDerived>
 std::vector<WeightChannelScore> find_outlier_weight_channels(const Eigen::MatrixBase<GammaDerived>& gamma,
                                                              const Eigen::MatrixBase<WeightDerived>& weight,
@@ -135,14 +161,41 @@ std::vector<WeightChannelScore> find_outlier_weight_channels(const Eigen::Matrix
                   min_ratio);
   detail::require_finite(gamma, kWhere, "gamma");
   detail::require_finite(weight, kWhere, "weight");
-  const Eigen::VectorXd norms = weight.template cast<double>().colwise().norm().transpose();
-  const Eigen::VectorXd g = gamma.template cast<double>().reshaped().cwiseAbs();
-  const Eigen::VectorXd scores = g.cwiseProduct(norms);
-  const double mean = scores.mean();
+  // Each score as v_j·2^(E_j): ‖W_{:,j}‖₂ of the column scaled by 2^−e (its
+  // max|w| = f·2^e), |γ_j| as its significand and exponent. √(Σ w²) in plain
+  // double is +inf for columns near 2^512 and 0 near 2^−540, and the product
+  // and the mean of the scores overflow further out. The ratios are taken
+  // with every score in units of the largest exponent, so only a score that
+  // is reported and beyond double's range is an error. The scalings are exact
+  // where values stay normal: ordinary data gives the plain results bit for bit.
+  const Eigen::Index channels = weight.cols();
+  Eigen::ArrayXd value(channels);
+  Eigen::ArrayXi exponent(channels);
+  int largest = std::numeric_limits<int>::min();
+  for (Eigen::Index j = 0; j < channels; ++j) {
+    const auto column = weight.col(j).template cast<double>();
+    const double peak = column.cwiseAbs().maxCoeff();
+    int e = 0, t = 0;
+    std::frexp(peak, &e);
+    const double g = std::frexp(std::fabs(static_cast<double>(detail_outliers::entry(gamma, j))), &t);
+    const detail::PowerOfTwoFactors<double> factors = detail::inverse_power_of_two<double>(e);
+    value[j] = peak == 0.0 ? 0.0 : g * ((column * factors.first) * factors.second).norm();
+    exponent[j] = e + t;
+    if (value[j] > 0.0) largest = std::max(largest, exponent[j]);
+  }
+  Eigen::ArrayXd unit(channels);  // score_j·2^−largest
+  for (Eigen::Index j = 0; j < channels; ++j)
+    unit[j] = value[j] > 0.0 ? std::ldexp(value[j], exponent[j] - largest) : 0.0;
+  const double mean = unit.mean();
   std::vector<WeightChannelScore> found;
-  for (Eigen::Index j = 0; j < scores.size(); ++j) {
-    const double ratio = mean > 0.0 ? scores[j] / mean : 0.0;
-    if (ratio > min_ratio) found.push_back({j, scores[j], ratio});
+  for (Eigen::Index j = 0; j < channels; ++j) {
+    const double ratio = mean > 0.0 ? unit[j] / mean : 0.0;
+    if (!(ratio > min_ratio)) continue;
+    const double score = std::ldexp(value[j], exponent[j]);
+    detail::require_domain(std::isfinite(score), kWhere, "the score of channel ", j, ", |gamma(", j,
+                           ")|·‖weight column ", j, "‖₂ = ", value[j], "·2^", exponent[j],
+                           ", overflows double (gamma and weight near its largest value)");
+    found.push_back({j, score, ratio});
   }
   std::stable_sort(found.begin(), found.end(), [](const WeightChannelScore& a, const WeightChannelScore& b) {
     return a.ratio_to_mean > b.ratio_to_mean;
