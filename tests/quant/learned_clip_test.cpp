@@ -265,3 +265,105 @@ TEST_CASE("learned clip rejects bad input") {
   CHECK_THROWS_WITH_AS(learned_clip_grad(x, -1.0, 1.0, 4, bad_g), doctest::Contains("grad_out(3, 0) is inf"),
                        std::domain_error);
 }
+
+namespace {
+
+// The forward with c+ at the largest value: every code's value on the grid
+// c− + k/s, k = 0..L, in a wider type W (double for float, long double for
+// double: the same formula, no overflow), rounded to T. The library's x̂
+// must be finite, at most c+, and within two roundings of T of that
+// reference (its own L/s + c− rounds twice; the cap at c+ moves a value by
+// less than the gap between them).
+template <class T, class W>
+void check_forward_near_largest() {
+  const T big = std::numeric_limits<T>::max();
+  const W u = std::numeric_limits<T>::epsilon() / 2;
+  Eigen::Index overflowing = 0, checked = 0;
+  for (int bits = 2; bits <= 8; ++bits) {
+    const T l = static_cast<T>((1 << bits) - 1);
+    for (int i = 1; i <= 40; ++i) {
+      // c− from −max/64 to 0.9·max (c+ − c− must not overflow: refused); c+ = max.
+      const T lo = static_cast<T>(static_cast<W>(big) * (W(0.9) * i / 40 - W(1) / 64));
+      const T hi = big;
+      CAPTURE(bits);
+      CAPTURE(lo);
+      // Ranges whose step L/(c+ − c−) is not a normal T are refused (another test).
+      const T s = l / (hi - lo);
+      if (!std::isnormal(s)) continue;
+      // The plain formula's top code, as the library evaluates it.
+      if (!std::isfinite(l / s + lo)) ++overflowing;
+      // Entries spread over [c−, c+] and beyond it (at max itself).
+      oq::test::RowMatrixX<T> x(1, 64);
+      for (Eigen::Index k = 0; k < 63; ++k)
+        x(0, k) = static_cast<T>(static_cast<W>(lo) + (static_cast<W>(hi) - static_cast<W>(lo)) * W(k) / W(62));
+      x(0, 63) = big;
+      const oq::test::RowMatrixX<T> y = learned_clip_fake_quantize(x, lo, hi, bits);
+      REQUIRE(y.allFinite());
+      for (Eigen::Index k = 0; k < x.cols(); ++k) {
+        CAPTURE(k);
+        // The reference: the code as T computes it (an entry at a rounding
+        // tie may round either way in W), its value c− + k/s in W.
+        const T code = std::nearbyint((std::clamp(x(0, k), lo, hi) - lo) * s);
+        const W reference = static_cast<W>(code) / static_cast<W>(s) + static_cast<W>(lo);
+        CHECK(y(0, k) <= hi);
+        CHECK(y(0, k) >= lo);
+        CHECK(std::fabs(static_cast<W>(y(0, k)) - reference) <= 2 * u * static_cast<W>(big));
+        ++checked;
+      }
+    }
+  }
+  CHECK(checked >= 4 * 40 * 64);
+  CHECK(overflowing > 0);  // the plain formula reaches +inf in this set
+}
+
+}  // namespace
+
+TEST_CASE("learned clip forward with c+ at the largest value is finite and at most c+") {
+  // Issue 23, item 5: the top code's value L/s + c− rounds past the largest
+  // value for about half of these ranges (float [−2.4e38, FLT_MAX], 2 bits:
+  // +inf for every entry at or above c+).
+  SUBCASE("float") { check_forward_near_largest<float, double>(); }
+  if constexpr (std::numeric_limits<long double>::max_exponent >= 16384) {
+    SUBCASE("double") { check_forward_near_largest<double, long double>(); }
+  }
+}
+
+TEST_CASE("learned clip bound gradients near the largest value: exact where representable, else domain_error") {
+  // Issue 23, item 5: the bounds' gradients were summed in plain double and
+  // cast: for double grad_out near DBL_MAX a row's sum overflowed (+inf, and
+  // inf − inf = NaN for the per-tensor sum of rows whose true value is
+  // finite); for float a sum beyond FLT_MAX was cast to float (undefined).
+  // Every x here is above c+ = 1, so ∂L/∂c+ = Σ grad_out and ∂L/∂c− = 0.
+  const MatrixX<double> x = MatrixX<double>::Constant(2, 2, 5.0);
+  MatrixX<double> g(2, 2);
+  g << std::ldexp(0.75, 1024), std::ldexp(0.75, 1024), -std::ldexp(0.75, 1024), -std::ldexp(0.5, 1024);
+  // Per tensor: 0.75 + 0.75 − 0.75 − 0.5 = 0.25 (× 2^1024), exactly.
+  const auto tensor = learned_clip_grad(x, 0.0, 1.0, 4, g);
+  CHECK(tensor.clip_hi == std::ldexp(0.25, 1024));
+  CHECK(tensor.clip_lo == 0.0);
+  CHECK(tensor.x == MatrixX<double>::Zero(2, 2));
+  // Per row: row 0 sums to 1.5·2^1024, beyond DBL_MAX: refused, naming it.
+  const Eigen::VectorXd lo = Eigen::VectorXd::Zero(2), hi = Eigen::VectorXd::Ones(2);
+  CHECK_THROWS_WITH_AS(learned_clip_grad(x, lo, hi, 4, g), doctest::Contains("the gradient of clip_hi(0)"),
+                       std::domain_error);
+  // Rows in range get their exact sums.
+  MatrixX<double> g2(2, 2);
+  g2 << std::ldexp(0.75, 1024), -std::ldexp(0.5, 1024), -std::ldexp(0.75, 1024), std::ldexp(0.5, 1024);
+  const auto rows = learned_clip_grad(x, lo, hi, 4, g2);
+  CHECK(rows.clip_hi(0) == std::ldexp(0.25, 1024));
+  CHECK(rows.clip_hi(1) == -std::ldexp(0.25, 1024));
+  // Float: 8 × 3e38 = 2.4e39 is no float.
+  const MatrixX<float> xf = MatrixX<float>::Constant(2, 4, 5.0f);
+  const MatrixX<float> gf = MatrixX<float>::Constant(2, 4, 3e38f);
+  CHECK_THROWS_WITH_AS(learned_clip_grad(xf, 0.0f, 1.0f, 4, gf), doctest::Contains("the gradient of clip_hi"),
+                       std::domain_error);
+  // The in-range term (δ·grad_out) near the largest value: one entry inside
+  // [c−, c+], its δ from the plain formula; a double of 2^1023·δ.
+  const Eigen::RowVector2d inside(0.3, 5.0);
+  const Eigen::RowVector2d g_inside(std::ldexp(1.0, 1023), std::ldexp(1.0, 1023));
+  const auto mixed = learned_clip_grad(inside, 0.0, 1.0, 4, g_inside);
+  const double u = 0.3 * 15.0;  // (x − c−)·s
+  const double delta = (u - std::nearbyint(u)) / 15.0;
+  CHECK(mixed.clip_lo == doctest::Approx(std::ldexp(delta, 1023)).epsilon(1e-14));
+  CHECK(mixed.clip_hi == doctest::Approx(std::ldexp(1.0, 1023) - std::ldexp(delta, 1023)).epsilon(1e-14));
+}

@@ -39,16 +39,21 @@
 // Errors: std::invalid_argument for bits outside [2, 8], an empty x, shape
 // mismatches, non-finite bounds, c− ≥ c+ or a range whose step s is not a
 // normal number; std::domain_error naming the first NaN/Inf entry of x or
-// grad_out.
+// grad_out, or a bound's gradient beyond the scalar type's range (grad_out
+// near its largest value). Near the largest value the forward caps the top
+// code's value at c+ where rounding would take it to +inf, and the bounds'
+// sums are taken in units of max|grad_out| where a double sum overflows.
 #pragma once
 
 #include <oq/core/quant_math.hpp>
 #include <oq/detail/check.hpp>
+#include <oq/detail/power_of_two.hpp>
 #include <oq/quant/quantize.hpp>
 
 #include <Eigen/Core>
 
 #include <cmath>
+#include <limits>
 #include <ostream>
 #include <string_view>
 #include <type_traits>
@@ -148,35 +153,80 @@ PlainMatrixOf<Derived> fake_quantize_rows(const Eigen::MatrixBase<Derived>& x, L
     const Scalar hi = hi_of(r);
     const Scalar s = l / (hi - lo);
     out.row(r).array() = ((x.row(r).array().max(lo).min(hi) - lo) * s).rint() / s + lo;
+    // The top code's value L/s + lo is c+ but for rounding, which can take
+    // it past the largest value when c+ is near it (float [−2.4e38, FLT_MAX],
+    // 2 bits: +inf). Every other code's value is below it (both operations
+    // are monotone), so only then are the values capped at c+, the exact
+    // value of that code; elsewhere the formula's bits are kept.
+    if (!std::isfinite(l / s + lo)) out.row(r) = out.row(r).cwiseMin(hi);
   }
   return out;
 }
 
+// Σ over each row of the bounds' contributions in double, as sum·2^exponent
+// (one exponent for all rows and both bounds).
+struct BoundSums {
+  Vector<double> lo;
+  Vector<double> hi;
+  int exponent = 0;
+};
+
+// A bound's gradient in Scalar from sum·2^exponent: std::domain_error where
+// it lies beyond Scalar's range (a float cast of such a double is undefined).
+template <class Scalar>
+Scalar bound_gradient(double sum, int exponent, std::string_view name, BoundIndex index, std::string_view where) {
+  const double value = std::ldexp(sum, exponent);
+  detail::require_domain(std::fabs(value) <= static_cast<double>(std::numeric_limits<Scalar>::max()), where,
+                         "the gradient of ", name, index, " (", sum, "·2^", exponent,
+                         ") is beyond the range of x's scalar type: grad_out is near its largest value (scale the "
+                         "loss down)");
+  return static_cast<Scalar>(value);
+}
+
 // ∂L/∂x, and Σ over each row of the contributions to ∂L/∂c− and ∂L/∂c+
-// (float64); see the file comment for the three cases.
+// (float64, as BoundSums); see the file comment for the three cases.
 template <class Derived, class GDerived, class LoF, class HiF>
-LearnedClipGrad<PlainMatrixOf<Derived>, Vector<double>> grad_rows(const Eigen::MatrixBase<Derived>& x,
-                                                                  LoF lo_of, HiF hi_of, int bits,
-                                                                  const Eigen::MatrixBase<GDerived>& grad_out) {
+std::pair<PlainMatrixOf<Derived>, BoundSums> grad_rows(const Eigen::MatrixBase<Derived>& x, LoF lo_of, HiF hi_of,
+                                                       int bits, const Eigen::MatrixBase<GDerived>& grad_out) {
   using Scalar = typename Derived::Scalar;
   const Scalar l = levels<Scalar>(bits);
-  LearnedClipGrad<PlainMatrixOf<Derived>, Vector<double>> grad{
-      PlainMatrixOf<Derived>(x.rows(), x.cols()), Vector<double>(x.rows()), Vector<double>(x.rows())};
-  for (Eigen::Index r = 0; r < x.rows(); ++r) {
-    const Scalar lo = lo_of(r);
-    const Scalar hi = hi_of(r);
-    const Scalar s = l / (hi - lo);
-    const auto xr = x.row(r).array();
-    const auto g = grad_out.row(r).array();
-    const auto u = (xr.max(lo).min(hi) - lo) * s;
-    const auto delta = (u - u.rint()) / l;  // docs/design.md §3's δ, used in range only
-    const auto below = xr <= lo;
-    const auto above = xr >= hi;
-    grad.x.row(r).array() = (below || above).select(Scalar(0), g);
-    grad.clip_lo(r) = below.select(g, above.select(Scalar(0), g * delta)).template cast<double>().sum();
-    grad.clip_hi(r) = above.select(g, below.select(Scalar(0), -g * delta)).template cast<double>().sum();
+  PlainMatrixOf<Derived> grad_x(x.rows(), x.cols());
+  BoundSums sums{Vector<double>(x.rows()), Vector<double>(x.rows()), 0};
+  // The contributions times `unit` (a power of two as two factors, exact):
+  // 1 first; 2^−e, e the exponent of max|grad_out|, where a double sum
+  // overflowed (double data near DBL_MAX: a row's sum or the per-tensor sum
+  // of rows may be beyond DBL_MAX while the gradient is not). Float sums
+  // stay far inside double's range.
+  const auto accumulate = [&](double unit_first, double unit_second, bool with_x) {
+    for (Eigen::Index r = 0; r < x.rows(); ++r) {
+      const Scalar lo = lo_of(r);
+      const Scalar hi = hi_of(r);
+      const Scalar s = l / (hi - lo);
+      const auto xr = x.row(r).array();
+      const auto g = grad_out.row(r).array();
+      const auto u = (xr.max(lo).min(hi) - lo) * s;
+      const auto delta = (u - u.rint()) / l;  // docs/design.md §3's δ, used in range only
+      const auto below = xr <= lo;
+      const auto above = xr >= hi;
+      if (with_x) grad_x.row(r).array() = (below || above).select(Scalar(0), g);
+      const auto to_lo = below.select(g, above.select(Scalar(0), g * delta)).template cast<double>();
+      const auto to_hi = above.select(g, below.select(Scalar(0), -g * delta)).template cast<double>();
+      if (unit_first == 1.0 && unit_second == 1.0) {
+        sums.lo(r) = to_lo.sum();
+        sums.hi(r) = to_hi.sum();
+      } else {
+        sums.lo(r) = ((to_lo * unit_first) * unit_second).sum();
+        sums.hi(r) = ((to_hi * unit_first) * unit_second).sum();
+      }
+    }
+  };
+  accumulate(1.0, 1.0, true);
+  if (!(std::isfinite(sums.lo.sum()) && std::isfinite(sums.hi.sum()))) {
+    std::frexp(static_cast<double>(grad_out.cwiseAbs().maxCoeff()), &sums.exponent);
+    const detail::PowerOfTwoFactors<double> unit = detail::inverse_power_of_two<double>(sums.exponent);
+    accumulate(unit.first, unit.second, false);
   }
-  return grad;
+  return {std::move(grad_x), std::move(sums)};
 }
 
 }  // namespace detail_learned_clip
@@ -219,10 +269,13 @@ LearnedClipGrad<PlainMatrixOf<Derived>, typename Derived::Scalar> learned_clip_g
   detail_learned_clip::check_x(x, bits, kWhere);
   detail_learned_clip::check_bounds(clip_lo, clip_hi, bits, detail_learned_clip::BoundIndex{-1}, kWhere);
   detail_learned_clip::check_grad_out(x, grad_out, kWhere);
-  auto rows = detail_learned_clip::grad_rows(
+  auto [grad_x, sums] = detail_learned_clip::grad_rows(
       x, [&](Eigen::Index) -> Scalar { return clip_lo; }, [&](Eigen::Index) -> Scalar { return clip_hi; }, bits,
       grad_out);
-  return {std::move(rows.x), static_cast<Scalar>(rows.clip_lo.sum()), static_cast<Scalar>(rows.clip_hi.sum())};
+  const detail_learned_clip::BoundIndex tensor{-1};
+  return {std::move(grad_x),
+          detail_learned_clip::bound_gradient<Scalar>(sums.lo.sum(), sums.exponent, "clip_lo", tensor, kWhere),
+          detail_learned_clip::bound_gradient<Scalar>(sums.hi.sum(), sums.exponent, "clip_hi", tensor, kWhere)};
 }
 
 /// Gradients through the per-row learned clip; clip_lo and clip_hi of the
@@ -236,10 +289,16 @@ learned_clip_grad(const Eigen::MatrixBase<Derived>& x, const Eigen::MatrixBase<L
   constexpr std::string_view kWhere = "oq::quant::learned_clip_grad";
   detail_learned_clip::check_per_row(x, clip_lo, clip_hi, bits, kWhere);
   detail_learned_clip::check_grad_out(x, grad_out, kWhere);
-  auto rows = detail_learned_clip::grad_rows(
+  auto [grad_x, sums] = detail_learned_clip::grad_rows(
       x, [&](Eigen::Index r) -> Scalar { return clip_lo(r); }, [&](Eigen::Index r) -> Scalar { return clip_hi(r); },
       bits, grad_out);
-  return {std::move(rows.x), rows.clip_lo.template cast<Scalar>(), rows.clip_hi.template cast<Scalar>()};
+  Eigen::Matrix<Scalar, Eigen::Dynamic, 1> grad_lo(x.rows()), grad_hi(x.rows());
+  for (Eigen::Index r = 0; r < x.rows(); ++r) {
+    const detail_learned_clip::BoundIndex row{r};
+    grad_lo(r) = detail_learned_clip::bound_gradient<Scalar>(sums.lo(r), sums.exponent, "clip_lo", row, kWhere);
+    grad_hi(r) = detail_learned_clip::bound_gradient<Scalar>(sums.hi(r), sums.exponent, "clip_hi", row, kWhere);
+  }
+  return {std::move(grad_x), std::move(grad_lo), std::move(grad_hi)};
 }
 
 }  // namespace oq::quant
