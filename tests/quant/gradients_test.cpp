@@ -205,3 +205,34 @@ TEST_CASE("gradient functions reject mismatched or non-finite input") {
   g(0, 3) = std::nanf("");
   CHECK_THROWS_WITH_AS(lsq_grad_scale(x, p, spec, g), doctest::Contains("grad_out(0, 3) is nan"), std::domain_error);
 }
+
+TEST_CASE("LSQ scale gradient of doubles near the largest value: exact where representable, else domain_error") {
+  // Issue 23, item 5: Σ d·g was a plain double sum, so grad_out near DBL_MAX
+  // gave +inf or inf − inf = NaN terms and a std::domain_error "= nan" even
+  // where the gradient (times gradient_scale) is an ordinary double. 4-bit
+  // symmetric, s = 1: x = 100 is above the clip, d = hi − z = 7.
+  const QuantSpec spec = QuantSpec::per_tensor(4, true);
+  QuantParams<double> p;
+  p.scale = MatrixX<double>::Constant(1, 1, 1.0);
+  p.zero = MatrixX<double>::Zero(1, 1);
+  const MatrixX<double> x = MatrixX<double>::Constant(1, 2, 100.0);
+  // 7·(0.2 − 0.19)·2^1024 = 0.07·2^1024: each product 7·g overflows, the sum does not.
+  MatrixX<double> g(1, 2);
+  g << std::ldexp(0.2, 1024), -std::ldexp(0.19, 1024);
+  const double expected = 7 * (std::ldexp(0.2, 1024 - 8) - std::ldexp(0.19, 1024 - 8)) * 256;
+  CHECK(lsq_grad_scale(x, p, spec, g)(0, 0) == doctest::Approx(expected).epsilon(1e-15));
+  // Σ d·g = 2·7·2^1023 is beyond DBL_MAX, but the gradient scale 1/64
+  // brings it back: 7·2^1018.
+  const MatrixX<double> big = MatrixX<double>::Constant(1, 2, std::ldexp(0.5, 1024));
+  CHECK(lsq_grad_scale(x, p, spec, big, 1.0 / 64) == MatrixX<double>::Constant(1, 1, 7 * std::ldexp(1.0, 1018)));
+  // Without it the gradient is no double: refused, naming the scale.
+  CHECK_THROWS_WITH_AS(lsq_grad_scale(x, p, spec, big), doctest::Contains("the scale gradient (0, 0)"),
+                       std::domain_error);
+  // A float gradient beyond FLT_MAX likewise (its double sum is finite).
+  const MatrixX<float> xf = MatrixX<float>::Constant(1, 2, 100.0f);
+  QuantParams<float> pf;
+  pf.scale = MatrixX<float>::Constant(1, 1, 1.0f);
+  pf.zero = MatrixX<float>::Zero(1, 1);
+  CHECK_THROWS_WITH_AS(lsq_grad_scale(xf, pf, spec, MatrixX<float>::Constant(1, 2, 3e38f)),
+                       doctest::Contains("the scale gradient (0, 0)"), std::domain_error);
+}

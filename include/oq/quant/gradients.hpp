@@ -33,6 +33,7 @@
 #pragma once
 
 #include <oq/detail/check.hpp>
+#include <oq/detail/power_of_two.hpp>
 #include <oq/detail/rint.hpp>
 #include <oq/quant/params.hpp>
 #include <oq/quant/quantize.hpp>
@@ -104,8 +105,9 @@ Scalar lsq_gradient_scale(Eigen::Index elements_per_scale, const QuantSpec& spec
 /// ∂L/∂s for every scale of `params` (same shape as params.scale): the scale
 /// gradient of the file comment (round-then-clamp; LSQ-style, not LSQ eq. 3 in
 /// the half step past the clip) with zero points held fixed, summed in double
-/// and times `gradient_scale`. Throws std::domain_error if a result exceeds
-/// the range of x's scalar type.
+/// and times `gradient_scale` (in units of powers of two where a double sum
+/// overflows, so data near DBL_MAX gets the gradient whenever it is a double).
+/// Throws std::domain_error if a result exceeds the range of x's scalar type.
 template <class XDerived, class GDerived>
 typename QuantParams<typename XDerived::Scalar>::Matrix lsq_grad_scale(
     const Eigen::MatrixBase<XDerived>& x, const QuantParams<typename XDerived::Scalar>& params,
@@ -130,12 +132,27 @@ typename QuantParams<typename XDerived::Scalar>::Matrix lsq_grad_scale(
       const auto d = (v < lo).select(lo - p.zero, (v > hi).select(hi - p.zero, r - u));
       // Each product d·g is exact in double for float data; a float running
       // sum over a per-tensor scale (millions of elements) would lose ~1e−4.
-      const double sum = (d.template cast<double>() *
-                          grad_out.block(i * height, j * width, height, width).array().template cast<double>())
-                             .sum();
-      const double value = static_cast<double>(gradient_scale) * sum;
+      const auto g = grad_out.block(i * height, j * width, height, width).array();
+      const double sum = (d.template cast<double>() * g.template cast<double>()).sum();
+      double value = static_cast<double>(gradient_scale) * sum;
+      if (!std::isfinite(value)) {
+        // Double data near DBL_MAX: a product d·g or the sum overflowed (+inf,
+        // or inf − inf = NaN) while the gradient times gradient_scale may be
+        // an ordinary double. Again with d, g and gradient_scale each scaled
+        // by a power of two to magnitudes ≤ 1 (exact), the exponents added.
+        const Eigen::ArrayXXd dd = d.template cast<double>(), gd = g.template cast<double>();
+        int ed = 0, eg = 0, es = 0;
+        std::frexp(dd.abs().maxCoeff(), &ed);
+        std::frexp(gd.abs().maxCoeff(), &eg);
+        const double scale_fraction = std::frexp(static_cast<double>(gradient_scale), &es);
+        const detail::PowerOfTwoFactors<double> fd = detail::inverse_power_of_two<double>(ed);
+        const detail::PowerOfTwoFactors<double> fg = detail::inverse_power_of_two<double>(eg);
+        const double unit_sum = (((dd * fd.first) * fd.second) * ((gd * fg.first) * fg.second)).sum();
+        value = std::ldexp(scale_fraction * unit_sum, ed + eg + es);
+      }
       detail::require_domain(std::abs(value) <= static_cast<double>(std::numeric_limits<Scalar>::max()), kWhere,
-                             "the scale gradient (", i, ", ", j, ") = ", value, " is beyond the range of x's type");
+                             "the scale gradient (", i, ", ", j, ") = ", value, " is beyond the range of x's type",
+                             " (grad_out near its largest value: scale the loss or gradient_scale down)");
       grad_scale(i, j) = static_cast<Scalar>(value);
     });
   });
