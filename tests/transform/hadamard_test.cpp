@@ -428,6 +428,155 @@ TEST_CASE("the inverse direction matters when H_K is not symmetric") {
   CHECK(max_row_error(inverse, ref, x) <= tolerance<double>(hadamard_construction(96)));
 }
 
+namespace {
+
+constexpr Eigen::Index kPaleyLimit = 1024;  // Paley I sizes checked in full
+
+// Every n ≤ limit that the library builds from a Paley I factor (K = q + 1,
+// q a prime ≡ 3 mod 4, times 2^m), from the independent enumeration: the K
+// of the sieve, doubled, kept where the library's choice for n is Paley I
+// (24 = 12·2 is; 8 = 7 + 1 is Sylvester's 2^3).
+std::vector<Eigen::Index> paley_i_sizes(Eigen::Index limit) {
+  std::vector<Eigen::Index> sizes;
+  for (Eigen::Index n : doubled(paley_orders(limit).first, limit)) {
+    if (hadamard_construction(n).kind == HadamardKind::kPaleyI) sizes.push_back(n);
+  }
+  return sizes;
+}
+
+// H·Hᵀ = n·I in exact integer arithmetic, by an independent route (not a
+// matrix product): each row packed as bits, bit j set where H(i, j) = −1, so
+// that row i · row k = n − 2·popcount(row_i XOR row_k). Every one of the
+// n(n + 1)/2 products of the Gram matrix's lower half; entries must be ±1.
+bool gram_is_n_identity(const Eigen::MatrixXi& h) {
+  const Eigen::Index n = h.rows(), words = (n + 63) / 64;
+  if (h.cols() != n || !(h.array().abs() == 1).all()) return false;
+  std::vector<std::uint64_t> bits(static_cast<std::size_t>(n * words), 0);
+  for (Eigen::Index i = 0; i < n; ++i) {
+    for (Eigen::Index j = 0; j < n; ++j) {
+      if (h(i, j) < 0) bits[static_cast<std::size_t>(i * words + j / 64)] |= std::uint64_t{1} << (j % 64);
+    }
+  }
+  for (Eigen::Index i = 0; i < n; ++i) {
+    for (Eigen::Index k = 0; k <= i; ++k) {
+      std::int64_t differ = 0;
+      for (Eigen::Index w = 0; w < words; ++w) {
+        differ += std::popcount(bits[static_cast<std::size_t>(i * words + w)] ^
+                                bits[static_cast<std::size_t>(k * words + w)]);
+      }
+      if (n - 2 * differ != (i == k ? n : 0)) return false;
+    }
+  }
+  return true;
+}
+
+// Higham's γ_k = k·u/(1 − k·u) for the unit roundoff of T.
+template <class T>
+double gamma_k(Eigen::Index k) {
+  const double u = std::numeric_limits<T>::epsilon() / 2;
+  return static_cast<double>(k) * u / (1 - static_cast<double>(k) * u);
+}
+
+// Σ_i x_i·h(i, j) for one j by Neumaier's compensated summation in double
+// (every term is exact: a float or double times ±1): within
+// 2u·|Σ| + O(n·u²)·Σ|x_i| of the exact sum (Higham, "Accuracy and Stability
+// of Numerical Algorithms", §4.3), written apart from the library's
+// butterflies and dense factor.
+template <class T, class Entry>
+double compensated_column_sum(const Eigen::Ref<const MatrixX<T>>& x, Eigen::Index r, Eigen::Index j,
+                              const Entry& h) {
+  double sum = 0.0, compensation = 0.0;
+  for (Eigen::Index i = 0; i < x.cols(); ++i) {
+    const double term = static_cast<double>(x(r, i)) * h(i, j);
+    const double t = sum + term;
+    compensation += std::fabs(sum) >= std::fabs(term) ? (sum - t) + term : (term - t) + sum;
+    sum = t;
+  }
+  return sum + compensation;
+}
+
+// The fast transform (Direction `direction`) of rows x against (a) the
+// compensated reference and (b) the dense product x·H/√n in T, to bounds
+// derived for the worst case, entry by entry, with S = Σ_i |x_i| of the row:
+//  - the fast path forms each output as a sum of the n terms ±x_i by m
+//    butterfly stages and then a K-term product with H_K (Eigen's GEMM, in
+//    whatever order: each term passes through at most K additions), then
+//    multiplies by the scale 1/√n rounded to T (from double: ≤ u(1 + u));
+//    with exact ±1 products that is |ŷ − y| ≤ γ_(m+K+3)·S/√n (Higham, Lemma
+//    3.1 and §3.1's sums, each term's error bounded by the additions on its
+//    path);
+//  - the reference is within 5·u_double·S/√n (the compensated sum's 2u,
+//    its O(n·u²) far below u for n ≤ 2^20, and the division by √n);
+//  - the dense product x·H (n-term dot products in T) times the scale is
+//    within γ_(n+3)·S/√n.
+// A wrong sign of one H(i, j) moves output j by 2|x_i|/√n: for double far
+// above these bounds; for float the bounds of the larger K are loose (the
+// probabilistic test above catches index and sign errors there).
+template <class T>
+void check_fast_against_dense(Eigen::Index n, const Eigen::MatrixXi& h, Direction direction,
+                              std::uint64_t seed) {
+  const HadamardConstruction c = hadamard_construction(n);
+  MatrixX<T> x(3, n);
+  x.row(0) = oq::test::gaussian<T>(1, n, seed);
+  x.row(1) = oq::test::heavy_tailed<T>(1, n, seed + 1);
+  x.row(2).setConstant(T(1));  // every output but one cancels to 0 exactly
+  const Eigen::MatrixXi hm = direction == Direction::kForward ? h : Eigen::MatrixXi(h.transpose());
+  const auto entry = [&](Eigen::Index i, Eigen::Index j) { return hm(i, j); };
+  MatrixX<T> fast = x;
+  hadamard_rows(fast, direction);
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(n)));
+  const MatrixX<T> dense = (x * hm.cast<T>()) * scale;
+  const double root_n = std::sqrt(static_cast<double>(n));
+  const double fast_bound = gamma_k<T>(c.power + c.base + 3);
+  const double reference_bound = 5 * std::numeric_limits<double>::epsilon() / 2;
+  const double dense_bound = gamma_k<T>(n + 3);
+  bool within_reference = true, within_dense = true;
+  for (Eigen::Index r = 0; r < x.rows(); ++r) {
+    const double s = x.row(r).template cast<double>().cwiseAbs().sum() / root_n;
+    for (Eigen::Index j = 0; j < n; ++j) {
+      const double reference = compensated_column_sum<T>(x, r, j, entry) / root_n;
+      const double y = static_cast<double>(fast(r, j));
+      within_reference &= std::fabs(y - reference) <= (fast_bound + reference_bound) * s;
+      within_dense &= std::fabs(y - static_cast<double>(dense(r, j))) <= (fast_bound + dense_bound) * s;
+    }
+  }
+  CHECK(within_reference);
+  CHECK(within_dense);
+}
+
+}  // namespace
+
+TEST_CASE("Paley I: H·Hᵀ = n·I in exact integers, and the fast transform within a derived bound of the dense product, for every Paley I size up to 1024") {
+  // Issue 23 (mutation list): the Paley I construction had one test case of
+  // its own. Every n ≤ 1024 built from a Paley I factor, K = q + 1 with
+  // q ≡ 3 (mod 4) prime, alone or doubled: 115 sizes from 12 to 1020, 54 of
+  // them a K itself.
+  const std::vector<Eigen::Index> sizes = paley_i_sizes(kPaleyLimit);
+  CHECK(sizes.size() == 115);
+  CHECK(sizes.front() == 12);
+  Eigen::Index bases = 0;
+  for (Eigen::Index n : sizes) {
+    CAPTURE(n);
+    const HadamardConstruction c = hadamard_construction(n);
+    REQUIRE(c.kind == HadamardKind::kPaleyI);
+    CHECK(c.base == c.prime + 1);
+    CHECK(c.prime % 4 == 3);
+    const Eigen::MatrixXi h = hadamard_matrix(n);
+    CHECK(gram_is_n_identity(h));
+    if (c.power == 0) {
+      ++bases;
+      // Skew: H + Hᵀ = 2I (why the inverse needs Hᵀ).
+      CHECK(Eigen::MatrixXi(h + h.transpose()) == 2 * Eigen::MatrixXi::Identity(n, n));
+    }
+    const auto seed = static_cast<std::uint64_t>(n) * 4;
+    check_fast_against_dense<float>(n, h, Direction::kForward, seed);
+    check_fast_against_dense<double>(n, h, Direction::kForward, seed);
+    check_fast_against_dense<float>(n, h, Direction::kInverse, seed + 2);
+    check_fast_against_dense<double>(n, h, Direction::kInverse, seed + 2);
+  }
+  CHECK(bases == 54);  // the K themselves, not only doubled ones
+}
+
 TEST_CASE("storage order, blocks, maps and many rows") {
   // 70 rows of 1280 = 20·64: more than one chunk of rows, the last one partial.
   const MatrixX<double> x = oq::test::heavy_tailed<double>(70, 1280, 11);
