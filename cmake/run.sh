@@ -18,7 +18,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(build-essential cmake ninja-build libeigen3-dev doctest-dev libbenchmark-dev nlohmann-json3-dev)
+packages=(build-essential cmake ninja-build libeigen3-dev doctest-dev libbenchmark-dev nlohmann-json3-dev
+          libcli11-dev libsentencepiece-dev pkg-config)  # the last three: the oq tool (tools/oq)
 fuzz_packages=(clang libclang-rt-dev)
 arm_packages=(g++-aarch64-linux-gnu qemu-user)
 example_packages=(python3-matplotlib)  # plot_channels.py (Debian's python3, /usr/bin/python3)

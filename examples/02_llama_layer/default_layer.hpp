@@ -20,7 +20,7 @@
 // token embeddings, and the outliers appear because of what the weights do.
 #pragma once
 
-#include "llama_layer.hpp"
+#include "../../tools/llama/llama_layer.hpp"
 
 #include <Eigen/Core>
 

@@ -5,11 +5,11 @@
 //   02_llama_layer --checkpoint DIR --layer 1    a Hugging Face checkpoint (safetensors, sharded or not)
 //   02_llama_layer --help
 #include "../common/parse_flag.hpp"
-#include "checkpoint_layer.hpp"
+#include "../../tools/llama/checkpoint_layer.hpp"
 #include "default_layer.hpp"
-#include "integer_path.hpp"
-#include "llama_layer.hpp"
-#include "methods.hpp"
+#include "../../tools/llama/integer_path.hpp"
+#include "../../tools/llama/llama_layer.hpp"
+#include "../../tools/llama/methods.hpp"
 #include "report.hpp"
 
 #include <oq/analysis.hpp>

@@ -3,9 +3,9 @@
 #pragma once
 
 #include "default_layer.hpp"
-#include "integer_path.hpp"
-#include "llama_layer.hpp"
-#include "methods.hpp"
+#include "../../tools/llama/integer_path.hpp"
+#include "../../tools/llama/llama_layer.hpp"
+#include "../../tools/llama/methods.hpp"
 
 #include <oq/analysis.hpp>
 

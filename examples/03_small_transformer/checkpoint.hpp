@@ -10,7 +10,7 @@
 // carries the regularization under "oq_training", which transformers ignores.
 #pragma once
 
-#include "../02_llama_layer/checkpoint_layer.hpp"
+#include "../../tools/llama/checkpoint_layer.hpp"
 #include "model.hpp"
 
 #include <oq/io.hpp>

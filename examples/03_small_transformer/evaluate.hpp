@@ -1,6 +1,6 @@
 // examples/03_small_transformer/evaluate.hpp: validation perplexity of a
 // trained model in full precision and quantized W4A4 with each method of
-// ../02_llama_layer/methods.hpp, block by block through llama::forward.
+// ../../tools/llama/methods.hpp, block by block through llama::forward.
 //
 // Quantized evaluation: every decoder block is calibrated on the inputs it
 // receives in the full-precision model (recorded on training windows), its
@@ -10,7 +10,7 @@
 // stay in full precision.
 //
 // The same quantized blocks also run with oq::cpu's integer kernels
-// (integer_perplexity, ../02_llama_layer/integer_path.hpp): per-token INT4
+// (integer_perplexity, ../../tools/llama/integer_path.hpp): per-token INT4
 // codes from cpu::quantize_per_token with the method's transform fused,
 // INT4 weights packed from the fake path's codes, cpu::gemm. The learned-clip
 // QAT quantizer has no integer-kernel path: it quantizes with a fixed
@@ -22,8 +22,8 @@
 // static-range quantizer, no bias in the epilogue).
 #pragma once
 
-#include "../02_llama_layer/integer_path.hpp"
-#include "../02_llama_layer/methods.hpp"
+#include "../../tools/llama/integer_path.hpp"
+#include "../../tools/llama/methods.hpp"
 #include "model.hpp"
 
 #include <oq/quant/learned_clip.hpp>

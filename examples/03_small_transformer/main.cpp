@@ -277,7 +277,7 @@ void print_table(const std::vector<Row>& rows, double unigram, int qat_bits) {
                "PackedActivations holds integer zero points (an engine would need z = 0 plus a per-channel bias\n"
                "c- * sum_k w^_k, which oq::cpu's epilogue does not have).\n";
   std::cout << "\ninteger kernels against fake quantization, every output of every linear of every block, on the same\n"
-               "input (examples/02_llama_layer/integer_path.hpp: y_int - y_fake = (E_int - E_fake) + r with\n"
+               "input (tools/llama/integer_path.hpp: y_int - y_fake = (E_int - E_fake) + r with\n"
                "|r| <= g_3*|E_int| + g_(K+2)*A; both ratios must stay <= 1):\n";
   std::cout << "method             max |r|/bound  epilogue/bound  differing codes (rows whose s_a or z_a differ)\n";
   for (std::size_t i = 0; i < llama::kAllMethods.size(); ++i) {

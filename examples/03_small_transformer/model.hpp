@@ -11,11 +11,11 @@
 //                          gate/up share one (llama::Input), as an engine
 //                          quantizes a shared input once
 //
-// The architecture is the one examples/02_llama_layer/llama_layer.hpp runs
+// The architecture is the one tools/llama/llama_layer.hpp runs
 // (pre-norm RMSNorm, rotate-half RoPE, causal softmax attention, SwiGLU MLP,
 // residual stream); the decoder blocks are stored as llama::LayerWeights, so
 // a trained model runs through llama::forward and every W4A4 method of
-// ../02_llama_layer/methods.hpp unchanged. The embedding table and lm_head
+// ../../tools/llama/methods.hpp unchanged. The embedding table and lm_head
 // (untied) stay in full precision and outside the regularizers, as they stay
 // outside W4A4 in the papers' evaluations.
 //
@@ -31,7 +31,7 @@
 // full-precision gradient while every clip receives one.
 #pragma once
 
-#include "../02_llama_layer/llama_layer.hpp"
+#include "../../tools/llama/llama_layer.hpp"
 
 #include <oq/kurtosis.hpp>
 #include <oq/quant/learned_clip.hpp>

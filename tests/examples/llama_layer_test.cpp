@@ -4,11 +4,11 @@
 // integer-kernel path against fake quantization within the bound of
 // integer_path.hpp, and the checkpoint path (safetensors + config.json) end
 // to end.
-#include "../../examples/02_llama_layer/checkpoint_layer.hpp"
+#include "../../tools/llama/checkpoint_layer.hpp"
 #include "../../examples/02_llama_layer/default_layer.hpp"
-#include "../../examples/02_llama_layer/integer_path.hpp"
-#include "../../examples/02_llama_layer/llama_layer.hpp"
-#include "../../examples/02_llama_layer/methods.hpp"
+#include "../../tools/llama/integer_path.hpp"
+#include "../../tools/llama/llama_layer.hpp"
+#include "../../tools/llama/methods.hpp"
 
 #include <oq/analysis.hpp>
 #include <oq/io.hpp>

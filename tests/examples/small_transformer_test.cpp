@@ -4,7 +4,7 @@
 // time), training that lowers the loss and is deterministic, W4A4 evaluation
 // that equals full precision with rounding off, W4A4 with oq::cpu's integer
 // kernels within the bound of integer_path.hpp, and the checkpoint round trip.
-#include "../../examples/02_llama_layer/checkpoint_layer.hpp"
+#include "../../tools/llama/checkpoint_layer.hpp"
 #include "../../examples/03_small_transformer/checkpoint.hpp"
 #include "../../examples/03_small_transformer/evaluate.hpp"
 #include "../../examples/03_small_transformer/model.hpp"

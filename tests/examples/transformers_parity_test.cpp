@@ -14,8 +14,8 @@
 // dtype (RoPE angles, RMSNorm's normalisation, the softmax; see the script),
 // about 1e-6 relative.
 #define DOCTEST_CONFIG_IMPLEMENT
-#include "../../examples/02_llama_layer/checkpoint_layer.hpp"
-#include "../../examples/02_llama_layer/llama_layer.hpp"
+#include "../../tools/llama/checkpoint_layer.hpp"
+#include "../../tools/llama/llama_layer.hpp"
 
 #include <oq/io.hpp>
 

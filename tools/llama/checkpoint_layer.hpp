@@ -1,4 +1,4 @@
-// examples/02_llama_layer/checkpoint_layer.hpp: a LLaMA layer from a Hugging
+// tools/llama/checkpoint_layer.hpp: a LLaMA layer from a Hugging
 // Face checkpoint directory (config.json + safetensors, sharded or not).
 //
 // Tensor names are those of transformers' LlamaForCausalLM:

@@ -1,4 +1,4 @@
-// examples/02_llama_layer/integer_path.hpp: the W4A4 methods of methods.hpp
+// tools/llama/integer_path.hpp: the W4A4 methods of methods.hpp
 // run with real integer products on the CPU (oq/cpu.hpp), and compared with
 // fake quantization output by output against a stated bound.
 //

@@ -1,4 +1,4 @@
-// examples/02_llama_layer/llama_layer.hpp: one LLaMA decoder layer in Eigen,
+// tools/llama/llama_layer.hpp: one LLaMA decoder layer in Eigen,
 // as Hugging Face transformers' LlamaDecoderLayer computes it.
 //
 //   h   = x + o_proj(attention(rope(q_proj(n₁)), rope(k_proj(n₁)), v_proj(n₁))),  n₁ = RMSNorm₁(x)

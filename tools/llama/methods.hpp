@@ -1,4 +1,4 @@
-// examples/02_llama_layer/methods.hpp: the W4A4 methods the example compares,
+// tools/llama/methods.hpp: the W4A4 methods the example compares,
 // each built from oq's parts and run through the same layer forward.
 //
 // Every method is one input transform per distinct linear input (q/k/v share
@@ -75,6 +75,9 @@ struct QuantOptions {
   double duquant_alpha = 0.6;      ///< DuQuant's release, smoothing before rotation
   Eigen::Index block_size = 128;   ///< DuQuant and Hadamard blocks
   int greedy_steps = 256;
+  /// Weights per group of this many inputs (W4A16-style) instead of per
+  /// output channel; 0: per channel.
+  Eigen::Index weight_group = 0;
   std::uint64_t seed = 0;          ///< the Haar Q′ of DuQuant's base blocks
   /// Weights by GPTQ (oq/quant/gptq.hpp, act-order, damp 0.01) on each
   /// method's transformed calibration inputs instead of round-to-nearest.
@@ -84,7 +87,8 @@ struct QuantOptions {
 
   oq::quant::QuantSpec act_spec() const { return oq::quant::QuantSpec::per_token(act_bits, false, act_clip); }
   oq::quant::QuantSpec weight_spec() const {
-    return oq::quant::QuantSpec::per_channel(weight_bits, false, weight_clip);
+    return weight_group > 0 ? oq::quant::QuantSpec::per_group(weight_bits, false, weight_group, weight_clip)
+                            : oq::quant::QuantSpec::per_channel(weight_bits, false, weight_clip);
   }
 };
 
@@ -117,8 +121,13 @@ class InputTransform {
   using DuQuant = oq::transform::DuQuantTransform<Scalar>;
 
   InputTransform() = default;
-  template <class Kind>
-  explicit InputTransform(Kind kind) : kind_(std::move(kind)) {}
+  using Kind = std::variant<Identity, Smoothing, BlockHadamard, DuQuant>;
+
+  template <class K>
+  explicit InputTransform(K kind) : kind_(std::move(kind)) {}
+
+  /// Which transform this is, with its parameters (for saving it).
+  const Kind& kind() const { return kind_; }
 
   Matrix<Scalar> apply(const Matrix<Scalar>& x) const { return transform(x, /*weight=*/false); }
   Matrix<Scalar> fold_into_weight(const Matrix<Scalar>& w) const { return transform(w, /*weight=*/true); }
@@ -161,7 +170,7 @@ class InputTransform {
     return weight ? d.fold_into_weight(m) : d.apply(m);
   }
 
-  std::variant<Identity, Smoothing, BlockHadamard, DuQuant> kind_{Identity{}};
+  Kind kind_{Identity{}};
 };
 
 /// A layer quantized with one method: pass it to forward() as the linear.
@@ -300,7 +309,9 @@ QuantizedLayer<Scalar> quantize_layer(Method method, const LayerWeights<Scalar>&
       if (options.progress) options.progress(std::string(method_name(method)) + ": GPTQ, " + std::string(input_name(input)));
       oq::quant::GptqHessian hessian(calibration[i].cols());
       hessian.add(transforms[i].apply(calibration[i]));
-      gptq[i].emplace(hessian.matrix(), oq::quant::GptqOptions{.act_order = true});
+      // act-order with groups gives groups that are not contiguous inputs,
+      // which the packed layout cannot hold (oq::cpu::pack_weights refuses them).
+      gptq[i].emplace(hessian.matrix(), oq::quant::GptqOptions{.act_order = options.weight_group == 0});
     }
   }
   // 4-bit float weights are also packed for oq::cpu::gemm (integer_path.hpp),

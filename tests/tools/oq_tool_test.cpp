@@ -1,0 +1,392 @@
+// The oq tool end to end on synthetic LLaMA checkpoints (tests/tools/synthetic_llama.hpp):
+// model loading (sharded BF16, GQA, tied and untied), perplexity against a
+// plain reference, quantize → reload bit for bit for every method, the
+// integer path against fake quantization within the per-output bound of
+// tools/llama/integer_path.hpp, analyze, and the bad inputs.
+#include "../../tools/oq/analyze.hpp"
+#include "../../tools/oq/data.hpp"
+#include "../../tools/oq/model.hpp"
+#include "../../tools/oq/pipeline.hpp"
+#include "../../tools/oq/quantized_model.hpp"
+#include "synthetic_llama.hpp"
+
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace fs = std::filesystem;
+using oq_tool::LlamaModel;
+
+namespace {
+
+/// A fresh directory under the system's temp dir, removed at the end.
+struct TempDir {
+  fs::path path;
+  explicit TempDir(const std::string& name) {
+    path = fs::temp_directory_path() / ("oq_tool_test_" + name + "_" + std::to_string(::getpid()));
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    fs::remove_all(path, ignored);
+  }
+};
+
+void write_file(const fs::path& p, const std::string& text) {
+  std::ofstream f(p, std::ios::binary);
+  f << text;
+}
+
+std::vector<oq_tool::Sequence> text_sequences(const fs::path& dir, std::size_t chars, std::uint64_t seed,
+                                              std::size_t seq_len, std::size_t count) {
+  const fs::path file = dir / ("text_" + std::to_string(seed) + ".txt");
+  write_file(file, oq_test::synthetic_text(chars, seed));
+  return oq_tool::make_sequences(oq_tool::load_tokens(file, 256), seq_len, count, "test data");
+}
+
+llama::QuantOptions small_options() {
+  llama::QuantOptions o;
+  o.block_size = 32;  // divides hidden 64 and intermediate 160
+  o.greedy_steps = 16;
+  return o;
+}
+
+/// Plain reference perplexity: the float forward layer by layer, then the
+/// log-softmax of every position in double, written without oq_tool's helpers.
+double reference_perplexity(const LlamaModel& model, const std::vector<oq_tool::Sequence>& sequences) {
+  const auto emb = model.embeddings();
+  const auto head = model.lm_head();
+  const auto gamma = model.final_norm();
+  double nll = 0;
+  long count = 0;
+  for (const auto& s : sequences) {
+    llama::Matrix<float> x(static_cast<Eigen::Index>(s.size()), emb.cols());
+    for (std::size_t t = 0; t < s.size(); ++t) x.row(static_cast<Eigen::Index>(t)) = emb.row(s[t]);
+    for (int l = 0; l < model.num_layers(); ++l) x = llama::forward(model.layer_config(), model.layer(l), x);
+    x = llama::rms_norm(x, gamma, model.layer_config().rms_norm_eps);
+    for (std::size_t t = 0; t + 1 < s.size(); ++t) {
+      std::vector<double> logits(static_cast<std::size_t>(head.rows()));
+      for (Eigen::Index v = 0; v < head.rows(); ++v) {
+        double dot = 0;
+        for (Eigen::Index c = 0; c < head.cols(); ++c) dot += double(x(static_cast<Eigen::Index>(t), c)) * double(head(v, c));
+        logits[static_cast<std::size_t>(v)] = dot;
+      }
+      double m = logits[0];
+      for (double v : logits) m = std::max(m, v);
+      double z = 0;
+      for (double v : logits) z += std::exp(v - m);
+      nll += m + std::log(z) - logits[static_cast<std::size_t>(s[t + 1])];
+      ++count;
+    }
+  }
+  return std::exp(nll / double(count));
+}
+
+bool no_partial_directories(const fs::path& dir) {
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (e.path().filename().string().find(".oq-partial-") != std::string::npos) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("a sharded BF16 GQA checkpoint loads, and its perplexity matches a plain reference") {
+  TempDir tmp("load");
+  oq_test::SyntheticLlama spec;
+  spec.shards = 2;
+  spec.write(tmp.path / "model");
+  const LlamaModel model(tmp.path / "model");
+  CHECK(model.num_layers() == 2);
+  CHECK(model.layer_config().num_key_value_heads == 2);
+  CHECK(model.checkpoint().is_sharded());
+  CHECK_FALSE(model.tied_embeddings());
+  const auto sequences = text_sequences(tmp.path, 400, 7, 48, 3);
+  REQUIRE(sequences.size() == 3);
+  const oq_tool::EvalResult r = oq_tool::evaluate(model, sequences, {});
+  CHECK(r.path == oq_tool::EvalPath::kFullPrecision);
+  CHECK(r.perplexity.predictions == 3 * 47);
+  const double reference = reference_perplexity(model, sequences);
+  // Same float forward; the logits differ by float GEMM vs double dot rounding
+  // (|Δlogit| ≲ 64·2⁻²⁴·Σ|x·w|, far below 1e-4 here), the NLL sums in double.
+  CHECK(r.perplexity.value() == doctest::Approx(reference).epsilon(1e-4));
+  CHECK(r.perplexity.value() > 1.0);
+}
+
+TEST_CASE("tied embeddings: lm_head is the embedding table") {
+  TempDir tmp("tied");
+  oq_test::SyntheticLlama spec;
+  spec.tied = true;
+  spec.dtype = oq::io::DType::kF16;
+  spec.write(tmp.path / "model");
+  const LlamaModel model(tmp.path / "model");
+  CHECK(model.tied_embeddings());
+  CHECK(model.lm_head() == model.embeddings());
+  const auto sequences = text_sequences(tmp.path, 200, 3, 32, 2);
+  CHECK(oq_tool::evaluate(model, sequences, {}).perplexity.value() ==
+        doctest::Approx(reference_perplexity(model, sequences)).epsilon(1e-4));
+}
+
+TEST_CASE("quantize writes a checkpoint that reloads bit for bit, for every method, and eval runs it") {
+  TempDir tmp("quantize");
+  oq_test::SyntheticLlama spec;
+  spec.shards = 2;
+  spec.write(tmp.path / "model");
+  const LlamaModel model(tmp.path / "model");
+  const auto calibration = text_sequences(tmp.path, 600, 11, 48, 4);
+  const auto evaluation = text_sequences(tmp.path, 400, 12, 48, 2);
+  const double full = oq_tool::evaluate(model, evaluation, {}).perplexity.value();
+
+  for (llama::Method method : llama::kAllMethods) {
+    CAPTURE(llama::method_name(method));
+    const llama::QuantOptions options = small_options();
+    const fs::path out = tmp.path / ("q_" + std::string(oq_tool::method_key(method)));
+    oq_tool::quantize_model(model, calibration, method, options, out);
+    CHECK(fs::is_regular_file(out / "model.safetensors"));
+    CHECK(no_partial_directories(tmp.path));
+
+    // Layer 0 calibrates on the embeddings: quantize it again in memory and
+    // compare with what the checkpoint holds.
+    const LlamaModel quantized(out);
+    REQUIRE(oq_tool::is_quantized(quantized));
+    const oq_tool::QuantizationConfig qc = oq_tool::quantization_of(quantized);
+    CHECK(qc.method == method);
+    const auto inputs = oq_tool::record_all_inputs(model.layer_config(), model.layer(0),
+                                                   oq_tool::embed_all(model, calibration));
+    const auto expected = llama::quantize_layer(method, model.layer(0), inputs, options);
+    const auto loaded = oq_tool::load_quantized_layer(quantized.checkpoint(), quantized.layer_config(), qc, 0);
+    for (llama::Linear l : llama::kAllLinears) {
+      const auto* a = expected.packed_weight(l);
+      const auto* b = loaded.packed_weight(l);
+      REQUIRE(a != nullptr);
+      REQUIRE(b != nullptr);
+      CHECK(a->codes == b->codes);
+      CHECK(a->scales == b->scales);
+      CHECK(a->zeros == b->zeros);
+      CHECK(a->code_sums == b->code_sums);
+      CHECK(expected.quantized_weight(l) == loaded.quantized_weight(l));  // dequantized bits
+    }
+    for (llama::Input i : llama::kAllInputs) {
+      const auto& x = inputs[static_cast<std::size_t>(i)];
+      CHECK(expected.transform(i).apply(x) == loaded.transform(i).apply(x));
+    }
+
+    // eval: the integer kernels and fake quantization on the same checkpoint.
+    const oq_tool::EvalResult integer = oq_tool::evaluate(quantized, evaluation, {});
+    const oq_tool::EvalResult fake = oq_tool::evaluate(quantized, evaluation, {}, /*force_fake=*/true);
+    CHECK(integer.path == oq_tool::EvalPath::kIntegerKernels);
+    CHECK(fake.path == oq_tool::EvalPath::kFakeQuantization);
+    CHECK(std::isfinite(integer.perplexity.value()));
+    // Both compute the same quantized model up to float rounding in each
+    // linear (bounded output by output below), amplified through 2 layers.
+    CHECK(integer.perplexity.value() == doctest::Approx(fake.perplexity.value()).epsilon(1e-3));
+    // The random model predicts nothing (its perplexity is above the
+    // vocabulary's 256), so quantization may even lower it: only a sanity
+    // bound against a broken path (e.g. transforms not folded: ≫ 10×).
+    CHECK(fake.perplexity.value() < full * 10);
+
+    // Output by output, on every linear of layer 0 (eval data through the
+    // embeddings): the integer path against fake quantization, within
+    // integer_path.hpp's bound.
+    llama::PathAgreement agreement;
+    llama::IntegerLayer integer_layer(loaded);
+    integer_layer.compare_into(&agreement);
+    llama::LayerWeights<float> shape = model.layer(0);
+    for (llama::Linear l : llama::kAllLinears) shape[l] = loaded.quantized_weight(l);
+    for (const auto& xs : oq_tool::embed_all(model, evaluation)) {
+      (void)llama::forward(model.layer_config(), shape, xs, integer_layer);
+    }
+    CHECK(agreement.outputs > 0);
+    CHECK(agreement.max_bound_ratio <= 1.0);
+    CHECK(agreement.max_epilogue_ratio <= 1.0);
+  }
+}
+
+TEST_CASE("quantize: W4A8 and W4A16, per-group weights, GPTQ") {
+  TempDir tmp("variants");
+  oq_test::SyntheticLlama spec;
+  spec.layers = 1;
+  spec.write(tmp.path / "model");
+  const LlamaModel model(tmp.path / "model");
+  const auto calibration = text_sequences(tmp.path, 400, 5, 32, 4);
+  const auto evaluation = text_sequences(tmp.path, 200, 6, 32, 2);
+  struct Variant {
+    int act_bits;
+    Eigen::Index group;
+    bool gptq;
+    oq_tool::EvalPath path;
+  };
+  for (const Variant v : {Variant{8, 0, false, oq_tool::EvalPath::kIntegerKernels},
+                          Variant{0, 32, false, oq_tool::EvalPath::kFakeQuantization},
+                          Variant{4, 32, true, oq_tool::EvalPath::kIntegerKernels},
+                          Variant{4, 0, true, oq_tool::EvalPath::kIntegerKernels}}) {
+    CAPTURE(v.act_bits);
+    CAPTURE(v.group);
+    CAPTURE(v.gptq);
+    llama::QuantOptions o = small_options();
+    o.act_bits = v.act_bits;
+    o.weight_group = v.group;
+    o.gptq = v.gptq;
+    const fs::path out = tmp.path / ("q" + std::to_string(v.act_bits) + "_" + std::to_string(v.group) + (v.gptq ? "g" : ""));
+    oq_tool::quantize_model(model, calibration, llama::Method::kDuQuantSmooth, o, out);
+    const LlamaModel quantized(out);
+    const auto qc = oq_tool::quantization_of(quantized);
+    CHECK(qc.options.act_bits == v.act_bits);
+    CHECK(qc.options.weight_group == v.group);
+    CHECK(qc.options.gptq == v.gptq);
+    const auto r = oq_tool::evaluate(quantized, evaluation, {});
+    CHECK(r.path == v.path);
+    CHECK(std::isfinite(r.perplexity.value()));
+    if (v.group > 0) {
+      const auto loaded = oq_tool::load_quantized_layer(quantized.checkpoint(), quantized.layer_config(), qc, 0);
+      CHECK(loaded.packed_weight(llama::Linear::kDown)->groups() == 160 / 32);
+    }
+  }
+}
+
+TEST_CASE("analyze finds the planted outlier channel and writes its CSV files") {
+  TempDir tmp("analyze");
+  oq_test::SyntheticLlama spec;
+  spec.outlier_channel = 9;
+  spec.write(tmp.path / "model");
+  const LlamaModel model(tmp.path / "model");
+  const auto sequences = text_sequences(tmp.path, 300, 2, 32, 3);
+  const auto report = oq_tool::analyze_model(model, sequences, tmp.path / "report");
+  REQUIRE(report.inputs.size() == 8);
+  REQUIRE(report.hidden.size() == 2);
+  const oq_tool::InputReport& qkv = report.inputs[0];
+  CHECK(qkv.input == llama::Input::kAttention);
+  REQUIRE_FALSE(qkv.channel_outliers.empty());
+  CHECK(qkv.channel_outliers.front().channel == 9);  // γ₉ = 30 scales channel 9 of the normed input
+  REQUIRE_FALSE(qkv.norm_channels.empty());
+  CHECK(qkv.norm_channels.front().channel == 9);
+  // max |x| of the input against a direct computation on layer 0's input.
+  const auto x = oq_tool::embed_all(model, sequences);
+  double direct = 0;
+  for (const auto& xs : x) {
+    const auto n = llama::rms_norm(xs, model.layer(0).input_norm, model.layer_config().rms_norm_eps);
+    direct = std::max(direct, double(n.cwiseAbs().maxCoeff()));
+  }
+  CHECK(qkv.max_abs == doctest::Approx(direct).epsilon(1e-6));
+  for (const char* f : {"layers.csv", "channels.csv", "massive.csv"}) CHECK(fs::file_size(tmp.path / "report" / f) > 10);
+}
+
+TEST_CASE("bad inputs give clear errors and leave nothing half-written") {
+  TempDir tmp("bad");
+  oq_test::SyntheticLlama spec;
+  spec.layers = 2;
+  spec.write(tmp.path / "model");
+  const auto calibration = text_sequences(tmp.path, 300, 1, 32, 2);
+
+  CHECK_THROWS_WITH_AS(LlamaModel(tmp.path / "missing"), doctest::Contains("is not a directory"), std::invalid_argument);
+  fs::create_directories(tmp.path / "empty");
+  CHECK_THROWS_WITH_AS(LlamaModel(tmp.path / "empty"), doctest::Contains("has no config.json"), std::invalid_argument);
+
+  // Another architecture, named by its config field.
+  fs::copy(tmp.path / "model", tmp.path / "mistral", fs::copy_options::recursive);
+  {
+    auto j = oq::io::read_json(tmp.path / "mistral" / "config.json");
+    j["architectures"] = {"MistralForCausalLM"};
+    std::ofstream(tmp.path / "mistral" / "config.json") << j.dump();
+  }
+  CHECK_THROWS_WITH_AS(LlamaModel(tmp.path / "mistral"), doctest::Contains("architectures must be [\"LlamaForCausalLM\"]"),
+                       std::invalid_argument);
+  // Malformed JSON.
+  fs::copy(tmp.path / "model", tmp.path / "broken", fs::copy_options::recursive);
+  write_file(tmp.path / "broken" / "config.json", "{\"hidden_size\": 64,");
+  CHECK_THROWS(LlamaModel(tmp.path / "broken"));
+
+  const LlamaModel model(tmp.path / "model");
+  // An output directory that exists.
+  fs::create_directories(tmp.path / "exists");
+  CHECK_THROWS_WITH_AS(oq_tool::quantize_model(model, calibration, llama::Method::kRtn, small_options(), tmp.path / "exists"),
+                       doctest::Contains("already exists"), std::invalid_argument);
+  // A quantized directory given to quantize.
+  oq_tool::quantize_model(model, calibration, llama::Method::kRtn, small_options(), tmp.path / "q");
+  const LlamaModel quantized(tmp.path / "q");
+  CHECK_THROWS_WITH_AS(oq_tool::quantize_model(quantized, calibration, llama::Method::kRtn, small_options(), tmp.path / "q2"),
+                       doctest::Contains("already quantized"), std::invalid_argument);
+  CHECK_FALSE(fs::exists(tmp.path / "q2"));
+  // A failure in the middle (layer 1's down_proj has the wrong shape): no output, no partial directory.
+  fs::copy(tmp.path / "model", tmp.path / "bad_layer", fs::copy_options::recursive);
+  {
+    oq::io::SafetensorsWriter w;
+    const oq::io::Checkpoint src(tmp.path / "model");
+    for (const auto& name : src.names()) {
+      if (name == "model.layers.1.mlp.down_proj.weight") {
+        w.add(name, Eigen::MatrixXf::Ones(64, 100), oq::io::DType::kBF16);
+      } else {
+        const auto& info = src.info(name);
+        w.add(name, info.dtype, info.shape, src.bytes(name));
+      }
+    }
+    fs::remove(tmp.path / "bad_layer" / "model.safetensors");
+    w.write(tmp.path / "bad_layer" / "model.safetensors");
+  }
+  const LlamaModel bad(tmp.path / "bad_layer");
+  CHECK_THROWS_WITH_AS(oq_tool::quantize_model(bad, calibration, llama::Method::kDuQuant, small_options(), tmp.path / "q3"),
+                       doctest::Contains("down_proj"), std::invalid_argument);
+  CHECK_FALSE(fs::exists(tmp.path / "q3"));
+  CHECK(no_partial_directories(tmp.path));
+  // A quantized checkpoint with a tensor missing.
+  // Token ids outside the vocabulary, and text for a model that is not byte-level.
+  write_file(tmp.path / "t.txt", "hello");
+  CHECK_THROWS_WITH_AS(oq_tool::load_tokens(tmp.path / "t.txt", 32000), doctest::Contains("tokenizer.model"),
+                       std::invalid_argument);
+  const Eigen::Matrix<double, 1, 3> ids(1, 2, 300);
+  oq::io::write_npy(tmp.path / "ids.npy", oq::io::make_npy(ids, oq::io::DType::kI32));
+  CHECK_THROWS_WITH_AS(oq_tool::load_tokens(tmp.path / "ids.npy", 256), doctest::Contains("outside the model's vocabulary"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(oq_tool::make_sequences(oq_tool::load_tokens(tmp.path / "t.txt", 256), 64, 0, "data"),
+                       doctest::Contains("not one whole sequence"), std::invalid_argument);
+}
+
+#ifdef OQ_TOOL_PATH
+TEST_CASE("the oq command line: help, a bad method, and a whole quantize → eval run") {
+  TempDir tmp("cli");
+  oq_test::SyntheticLlama spec;
+  spec.layers = 1;
+  spec.write(tmp.path / "model");
+  write_file(tmp.path / "text.txt", oq_test::synthetic_text(600, 4));
+  const std::string oq = OQ_TOOL_PATH;
+  auto run = [&](const std::string& args) {
+    const std::string command = "'" + oq + "' " + args + " > '" + (tmp.path / "log").string() + "' 2>&1";
+    const int status = std::system(command.c_str());
+    std::ifstream in(tmp.path / "log");
+    std::string log((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return std::pair<int, std::string>(status, log);
+  };
+  const std::string model = "'" + (tmp.path / "model").string() + "'";
+  const std::string text = "'" + (tmp.path / "text.txt").string() + "'";
+  CHECK(run("--help").first == 0);
+  auto [bad_status, bad_log] = run("quantize " + model + " --calib " + text + " --method awq --out x");
+  CHECK(bad_status != 0);
+  CHECK(bad_log.find("--method") != std::string::npos);
+  auto [missing_status, missing_log] = run("eval /nonexistent/model --data " + text);
+  CHECK(missing_status != 0);
+  CHECK(missing_log.find("oq: error:") != std::string::npos);
+  const std::string out = "'" + (tmp.path / "q").string() + "'";
+  auto [q_status, q_log] = run("quantize " + model + " --calib " + text +
+                               " --method hadamard --block-size 32 --seq-len 32 --sequences 4 --out " + out);
+  INFO(q_log);
+  CHECK(q_status == 0);
+  CHECK(q_log.find("quantized 1 layers with hadamard") != std::string::npos);
+  auto [e_status, e_log] = run("--threads 2 eval " + out + " --data " + text + " --seq-len 32");
+  INFO(e_log);
+  CHECK(e_status == 0);
+  CHECK(e_log.find("perplexity") != std::string::npos);
+  CHECK(e_log.find("integer kernels") != std::string::npos);
+  auto [a_status, a_log] = run("analyze " + model + " --calib " + text + " --seq-len 32 --out '" +
+                               (tmp.path / "report").string() + "'");
+  INFO(a_log);
+  CHECK(a_status == 0);
+  CHECK(a_log.find("qkv_input") != std::string::npos);
+}
+#endif

@@ -1,0 +1,169 @@
+// tools/oq/main.cpp: the oq command-line tool.
+//
+//   oq quantize MODEL --calib DATA --method duquant+smooth --out DIR
+//   oq eval MODEL_OR_QUANTIZED --data DATA
+//   oq analyze MODEL --calib DATA --out DIR
+//
+// Argument parsing only; the work is in pipeline.hpp and analyze.hpp.
+#include "analyze.hpp"
+#include "data.hpp"
+#include "model.hpp"
+#include "pipeline.hpp"
+#include "quantized_model.hpp"
+
+#include <oq/cpu.hpp>
+
+#include <CLI/CLI.hpp>
+#include <Eigen/Core>
+
+#include <cstdio>
+#include <exception>
+#include <filesystem>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <thread>
+
+namespace {
+
+struct DataOptions {
+  std::filesystem::path path;
+  std::size_t seq_len = 0;  ///< 0: min(max_position_embeddings, 2048), or 512 when unknown
+  std::size_t sequences = 0;
+  std::filesystem::path tokenizer;  ///< empty: MODEL/tokenizer.model when present
+};
+
+void add_data_options(CLI::App* app, DataOptions& d, const char* flag, const char* what, std::size_t default_sequences) {
+  d.sequences = default_sequences;
+  app->add_option(flag, d.path, what)->required()->check(CLI::ExistingFile);
+  app->add_option("--seq-len", d.seq_len,
+                  "tokens per sequence (default: the model's max_position_embeddings, at most 2048)");
+  app->add_option("--sequences", d.sequences, "how many sequences to use from the start of the data (0: all)")
+      ->capture_default_str();
+  app->add_option("--tokenizer", d.tokenizer, "a SentencePiece tokenizer.model (default: the model's own)")
+      ->check(CLI::ExistingFile);
+}
+
+std::vector<oq_tool::Sequence> load_sequences(const oq_tool::LlamaModel& model, const DataOptions& d,
+                                              const std::string& what) {
+  std::filesystem::path tokenizer = d.tokenizer;
+  if (tokenizer.empty() && std::filesystem::is_regular_file(model.directory() / "tokenizer.model")) {
+    tokenizer = model.directory() / "tokenizer.model";
+  }
+  if (d.path.extension() == ".npy") tokenizer.clear();
+  const oq_tool::TokenData data =
+      oq_tool::load_tokens(d.path, model.config().vocab_size, tokenizer, model.config().bos_token_id);
+  std::size_t seq_len = d.seq_len;
+  if (seq_len == 0) {
+    const auto max_positions = static_cast<std::size_t>(model.config().max_positions);
+    seq_len = max_positions > 0 ? std::min<std::size_t>(max_positions, 2048) : 512;
+  }
+  auto sequences = oq_tool::make_sequences(data, seq_len, d.sequences, what);
+  std::fprintf(stderr, "%s: %zu sequences of %zu tokens, %s\n", what.c_str(), sequences.size(),
+               sequences.front().size(), data.source.c_str());
+  return sequences;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"oq: analyse, quantize (W4A4 / W4A8 / W4A16 with RTN, SmoothQuant, Hadamard, DuQuant) and evaluate "
+               "LLaMA checkpoints"};
+  app.require_subcommand(1);
+  int threads = 0;
+  app.add_option("--threads", threads, "threads for GEMMs and the integer kernels (0: all cores)")
+      ->check(CLI::NonNegativeNumber);
+
+  // analyze
+  CLI::App* analyze = app.add_subcommand("analyze", "per-layer outlier report of a model's activations");
+  std::filesystem::path analyze_model, analyze_out;
+  DataOptions analyze_data;
+  analyze->add_option("MODEL", analyze_model, "a LlamaForCausalLM directory")->required();
+  add_data_options(analyze, analyze_data, "--calib", "text or token ids (.npy) to run the model on", 8);
+  analyze->add_option("--out", analyze_out, "directory for the CSV files and figures")->required();
+
+  // quantize
+  CLI::App* quantize = app.add_subcommand("quantize", "quantize a model layer by layer and write a quantized checkpoint");
+  std::filesystem::path quantize_model, quantize_out;
+  DataOptions calib;
+  std::string method = "duquant+smooth";
+  llama::QuantOptions q;
+  int act_bits = 4;
+  quantize->add_option("MODEL", quantize_model, "a LlamaForCausalLM directory")->required();
+  add_data_options(quantize, calib, "--calib", "calibration text or token ids (.npy)", 16);
+  quantize->add_option("--method", method, "rtn, smoothquant, hadamard, duquant or duquant+smooth")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"rtn", "smoothquant", "hadamard", "duquant", "duquant+smooth"}));
+  quantize->add_flag("--gptq", q.gptq, "weights by GPTQ on the transformed calibration inputs instead of rounding");
+  quantize->add_option("--w-bits", q.weight_bits, "weight bits (4: the packed INT4 format)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({4}));
+  quantize->add_option("--a-bits", act_bits, "activation bits: 4, 8, or 16 (not quantized: W4A16)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({4, 8, 16}));
+  quantize->add_option("--group", q.weight_group, "weights per group of this many inputs (0: per output channel)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  quantize->add_option("--block-size", q.block_size, "DuQuant / Hadamard block size")->capture_default_str();
+  quantize->add_option("--greedy-steps", q.greedy_steps, "DuQuant's greedy rotation steps per block")
+      ->capture_default_str();
+  quantize->add_option("--act-clip", q.act_clip, "activation clip ratio")->capture_default_str()->check(CLI::Range(0.01, 1.0));
+  quantize->add_option("--weight-clip", q.weight_clip, "weight clip ratio")->capture_default_str()->check(CLI::Range(0.01, 1.0));
+  quantize->add_option("--seed", q.seed, "seed of DuQuant's random base rotations")->capture_default_str();
+  quantize->add_option("--out", quantize_out, "the quantized checkpoint's directory (must not exist)")->required();
+
+  // eval
+  CLI::App* eval = app.add_subcommand("eval", "perplexity of a model or a quantized checkpoint");
+  std::filesystem::path eval_model;
+  DataOptions eval_data;
+  bool fake = false;
+  eval->add_option("MODEL", eval_model, "a LlamaForCausalLM directory or a quantized checkpoint")->required();
+  add_data_options(eval, eval_data, "--data", "evaluation text or token ids (.npy)", 0);
+  eval->add_flag("--fake", fake, "a quantized checkpoint by fake quantization even where integer kernels exist");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  try {
+    if (threads > 0) Eigen::setNbThreads(threads);
+    const int kernel_threads = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    oq::cpu::ThreadPool pool(kernel_threads);
+    oq::cpu::KernelOptions kernels;
+    kernels.pool = &pool;  // its thread count is the kernels' (KernelOptions::threads stays 0)
+
+    if (analyze->parsed()) {
+      const oq_tool::LlamaModel model(analyze_model);
+      const auto sequences = load_sequences(model, analyze_data, "calibration data");
+      const auto report = oq_tool::analyze_model(model, sequences, analyze_out);
+      oq_tool::print_analysis(std::cout, report);
+      std::cout << "\nwrote " << (analyze_out / "layers.csv").string() << ", "
+                << (analyze_out / "channels.csv").string() << "\n";
+    } else if (quantize->parsed()) {
+      const oq_tool::LlamaModel model(quantize_model);
+      q.act_bits = act_bits == 16 ? 0 : act_bits;
+      q.progress = {};
+      const auto sequences = load_sequences(model, calib, "calibration data");
+      const auto result = oq_tool::quantize_model(model, sequences, oq_tool::method_from_key(method), q, quantize_out);
+      std::printf("quantized %d layers with %s (W%dA%d%s%s) in %s (calibration %s); wrote %s\n", model.num_layers(),
+                  method.c_str(), q.weight_bits, act_bits, q.gptq ? ", GPTQ" : "",
+                  q.weight_group > 0 ? (", group " + std::to_string(q.weight_group)).c_str() : "",
+                  oq_tool::format_seconds(result.seconds).c_str(),
+                  oq_tool::format_seconds(result.calibration_seconds).c_str(), quantize_out.string().c_str());
+    } else if (eval->parsed()) {
+      const oq_tool::LlamaModel model(eval_model);
+      const auto sequences = load_sequences(model, eval_data, "evaluation data");
+      const auto r = oq_tool::evaluate(model, sequences, kernels, fake);
+      std::printf("perplexity %.4f over %lld predicted tokens (%lld sequences) in %s\npath: %s\n",
+                  r.perplexity.value(), static_cast<long long>(r.perplexity.predictions),
+                  static_cast<long long>(r.sequences), oq_tool::format_seconds(r.seconds).c_str(),
+                  std::string(oq_tool::eval_path_name(r.path)).c_str());
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "oq: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,289 @@
+// tools/oq/pipeline.hpp: what the oq tool's subcommands do, as functions the
+// tests call directly (main.cpp only parses arguments and prints).
+//
+//   analyze   per layer and linear input: outlier statistics of the
+//             full-precision activations (analysis.hpp)
+//   quantize  layer by layer, each layer calibrated on the outputs of the
+//             already-quantized layers before it, then written as a
+//             quantized checkpoint (quantized_model.hpp)
+//   eval      perplexity of a model or a quantized checkpoint
+//
+// Layer-major order everywhere: every sequence's hidden states pass one
+// layer before the next layer is read, so each layer's weights are read
+// once (a 7B model never needs more than one float layer in memory).
+#pragma once
+
+#include "../llama/integer_path.hpp"
+#include "../llama/llama_layer.hpp"
+#include "../llama/methods.hpp"
+#include "data.hpp"
+#include "model.hpp"
+#include "progress.hpp"
+#include "quantized_model.hpp"
+
+#include <oq/cpu.hpp>
+#include <oq/io.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace oq_tool {
+
+/// The hidden states of every sequence (each tokens × hidden).
+using HiddenStates = std::vector<Matrix<float>>;
+
+inline HiddenStates embed_all(const LlamaModel& model, const std::vector<Sequence>& sequences) {
+  const Matrix<float> table = model.embeddings();
+  HiddenStates x;
+  x.reserve(sequences.size());
+  for (const Sequence& s : sequences) x.push_back(embed(table, s));
+  return x;
+}
+
+/// The four distinct linear inputs of a layer over every sequence, rows
+/// stacked in sequence order (the calibration data of every method).
+inline llama::LinearInputs<float> record_all_inputs(const llama::Config& c, const llama::LayerWeights<float>& w,
+                                                    const HiddenStates& x) {
+  std::array<std::vector<Matrix<float>>, 4> parts;
+  for (const Matrix<float>& xs : x) {
+    const auto inputs = llama::record_inputs(c, w, xs);
+    for (std::size_t i = 0; i < 4; ++i) parts[i].push_back(inputs[i]);
+  }
+  llama::LinearInputs<float> out;
+  for (std::size_t i = 0; i < 4; ++i) {
+    Eigen::Index rows = 0;
+    for (const auto& p : parts[i]) rows += p.rows();
+    out[i].resize(rows, parts[i].empty() ? 0 : parts[i].front().cols());
+    Eigen::Index at = 0;
+    for (const auto& p : parts[i]) {
+      out[i].middleRows(at, p.rows()) = p;
+      at += p.rows();
+    }
+  }
+  return out;
+}
+
+/// Negative log-likelihood and token count of the final hidden states.
+struct Perplexity {
+  double nll = 0;
+  std::int64_t predictions = 0;
+  double value() const { return predictions > 0 ? std::exp(nll / double(predictions)) : 0.0; }
+};
+
+inline Perplexity perplexity_of(const LlamaModel& model, const HiddenStates& x, const std::vector<Sequence>& sequences) {
+  const Vector<float> gamma = model.final_norm();
+  const Matrix<float> head = model.lm_head();
+  Perplexity p;
+  for (std::size_t s = 0; s < x.size(); ++s) {
+    const Matrix<float> h = llama::rms_norm(x[s], gamma, model.layer_config().rms_norm_eps);
+    p.nll += sequence_nll(h, head, sequences[s]);
+    p.predictions += x[s].rows() - 1;
+  }
+  return p;
+}
+
+// ---------------------------------------------------------------- eval
+
+enum class EvalPath { kFullPrecision, kIntegerKernels, kFakeQuantization };
+
+inline std::string_view eval_path_name(EvalPath p) {
+  switch (p) {
+    case EvalPath::kFullPrecision: return "full precision (float)";
+    case EvalPath::kIntegerKernels: return "integer kernels (oq::cpu W4A4/W4A8 GEMM, fused per-token quantization)";
+    case EvalPath::kFakeQuantization: return "fake quantization (float)";
+  }
+  return "";
+}
+
+struct EvalResult {
+  Perplexity perplexity;
+  EvalPath path = EvalPath::kFullPrecision;
+  std::int64_t sequences = 0;
+  double seconds = 0;
+};
+
+/// Whether `model` is a quantized checkpoint (config.json has oq_quantization).
+inline bool is_quantized(const LlamaModel& model) { return model.config_json().contains("oq_quantization"); }
+
+inline QuantizationConfig quantization_of(const LlamaModel& model) {
+  return QuantizationConfig::from_json(model.config_json()["oq_quantization"],
+                                       (model.directory() / "config.json").string());
+}
+
+/// Perplexity of `model` (full precision, or a quantized checkpoint: by the
+/// integer kernels where they exist — 4-bit weights with 4- or 8-bit
+/// activations — unless `force_fake`, else by fake quantization).
+inline EvalResult evaluate(const LlamaModel& model, const std::vector<Sequence>& sequences,
+                           const oq::cpu::KernelOptions& kernels, bool force_fake = false) {
+  const auto start = std::chrono::steady_clock::now();
+  EvalResult r;
+  r.sequences = static_cast<std::int64_t>(sequences.size());
+  std::optional<QuantizationConfig> q;
+  if (is_quantized(model)) q = quantization_of(model);
+  if (q) {
+    const bool integer = !force_fake && (q->options.act_bits == 4 || q->options.act_bits == 8);
+    r.path = integer ? EvalPath::kIntegerKernels : EvalPath::kFakeQuantization;
+  }
+  HiddenStates x = embed_all(model, sequences);
+  Progress bar("eval", model.num_layers());
+  const llama::Config& c = model.layer_config();
+  for (int l = 0; l < model.num_layers(); ++l) {
+    if (!q) {
+      const llama::LayerWeights<float> w = model.layer(l);
+      for (auto& xs : x) xs = llama::forward(c, w, xs);
+    } else {
+      const llama::QuantizedLayer<float> ql = load_quantized_layer(model.checkpoint(), c, *q, l);
+      llama::LayerWeights<float> shape;  // forward() validates shapes: the dequantized weights
+      shape.input_norm = model.checkpoint().vector<float>(LlamaModel::layer_prefix(l) + "input_layernorm.weight");
+      shape.post_norm = model.checkpoint().vector<float>(LlamaModel::layer_prefix(l) + "post_attention_layernorm.weight");
+      for (llama::Linear lin : llama::kAllLinears) shape[lin] = ql.quantized_weight(lin);
+      if (r.path == EvalPath::kIntegerKernels) {
+        const llama::IntegerLayer integer(ql, kernels);
+        for (auto& xs : x) xs = llama::forward(c, shape, xs, integer);
+      } else {
+        for (auto& xs : x) xs = llama::forward(c, shape, xs, ql);
+      }
+    }
+    bar.advance("layer " + std::to_string(l));
+  }
+  bar.finish();
+  r.perplexity = perplexity_of(model, x, sequences);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return r;
+}
+
+// ---------------------------------------------------------------- quantize
+
+/// Copies the tokenizer files a text evaluation of the quantized model needs.
+inline void copy_tokenizer_files(const std::filesystem::path& from, const std::filesystem::path& to) {
+  for (const char* name : {"tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                           "generation_config.json"}) {
+    if (std::filesystem::is_regular_file(from / name)) std::filesystem::copy_file(from / name, to / name);
+  }
+}
+
+/// A directory written under a temporary name beside `target` and renamed
+/// onto it by commit(); destroyed uncommitted (an exception), it removes
+/// what was written, so a failure leaves nothing half-written.
+class StagingDirectory {
+ public:
+  explicit StagingDirectory(const std::filesystem::path& target) : target_(target) {
+    if (std::filesystem::exists(target)) {
+      throw std::invalid_argument("output directory '" + target.string() + "' already exists (remove it, or give --out a new path)");
+    }
+    const std::filesystem::path parent = target.parent_path().empty() ? "." : target.parent_path();
+    if (!std::filesystem::is_directory(parent)) {
+      throw std::invalid_argument("output directory's parent '" + parent.string() + "' does not exist");
+    }
+    path_ = parent / ("." + target.filename().string() + ".oq-partial-" + std::to_string(::getpid()));
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directory(path_);
+  }
+  StagingDirectory(const StagingDirectory&) = delete;
+  StagingDirectory& operator=(const StagingDirectory&) = delete;
+  ~StagingDirectory() {
+    if (!committed_) {
+      std::error_code ignored;
+      std::filesystem::remove_all(path_, ignored);
+    }
+  }
+  const std::filesystem::path& path() const { return path_; }
+  void commit() {
+    std::filesystem::rename(path_, target_);  // one directory entry: atomic on POSIX
+    committed_ = true;
+  }
+
+ private:
+  std::filesystem::path target_;
+  std::filesystem::path path_;
+  bool committed_ = false;
+};
+
+struct QuantizeResult {
+  double seconds = 0;
+  double calibration_seconds = 0;  ///< in quantize_layer (transforms, folding, weight quantization)
+};
+
+/// Quantizes `model` with `method` calibrated on `calibration` and writes the
+/// quantized checkpoint to `out` (which must not exist).
+inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<Sequence>& calibration,
+                                     llama::Method method, const llama::QuantOptions& options,
+                                     const std::filesystem::path& out) {
+  if (is_quantized(model)) {
+    throw std::invalid_argument("model '" + model.directory().string() +
+                                "' is already quantized (its config.json has oq_quantization); give the "
+                                "full-precision model");
+  }
+  if (options.weight_bits != 4) {
+    throw std::invalid_argument("--w-bits must be 4 (the packed INT4 checkpoint), got " +
+                                std::to_string(options.weight_bits));
+  }
+  if (options.act_bits != 0 && options.act_bits != 4 && options.act_bits != 8) {
+    throw std::invalid_argument("--a-bits must be 4, 8 or 16, got " + std::to_string(options.act_bits));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  StagingDirectory staging(out);
+  QuantizeResult result;
+  const llama::Config& c = model.layer_config();
+  HiddenStates x = embed_all(model, calibration);
+  oq::io::SafetensorsWriter writer;
+  Progress bar("quantize " + std::string(method_key(method)), model.num_layers());
+  for (int l = 0; l < model.num_layers(); ++l) {
+    const llama::LayerWeights<float> w = model.layer(l);
+    const llama::LinearInputs<float> inputs = record_all_inputs(c, w, x);
+    llama::QuantOptions o = options;
+    o.seed = options.seed + static_cast<std::uint64_t>(l);  // a different Haar draw per layer, reproducible
+    const llama::QuantizedLayer<float> q = llama::quantize_layer(method, w, inputs, o);
+    result.calibration_seconds += q.calibration_seconds();
+    add_quantized_layer(writer, l, q);
+    // The next layer calibrates on this one's quantized outputs (as the
+    // DuQuant release does, block by block).
+    for (auto& xs : x) xs = llama::forward(c, w, xs, q);
+    const std::string prefix = LlamaModel::layer_prefix(l);
+    for (const char* norm : {"input_layernorm.weight", "post_attention_layernorm.weight"}) {
+      const std::string name = prefix + norm;
+      const auto& info = model.checkpoint().info(name);
+      writer.add(name, info.dtype, info.shape, model.checkpoint().bytes(name));
+    }
+    bar.advance("layer " + std::to_string(l));
+  }
+  bar.finish();
+  for (const char* name : {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}) {
+    if (std::string_view(name) == "lm_head.weight" && model.tied_embeddings()) continue;
+    const auto& info = model.checkpoint().info(name);
+    writer.add(name, info.dtype, info.shape, model.checkpoint().bytes(name));
+  }
+  writer.add_metadata("format", "pt");
+  writer.write(staging.path() / "model.safetensors");
+  QuantizationConfig qc;
+  qc.method = method;
+  qc.options = options;
+  qc.calibration_sequences = static_cast<std::int64_t>(calibration.size());
+  qc.calibration_seq_len = calibration.empty() ? 0 : static_cast<std::int64_t>(calibration.front().size());
+  nlohmann::json config = model.config_json();
+  config["oq_quantization"] = qc.to_json();
+  config["tie_word_embeddings"] = model.tied_embeddings();
+  {
+    std::ofstream f(staging.path() / "config.json");
+    f << config.dump(2) << '\n';
+    if (!f) throw std::runtime_error("cannot write '" + (staging.path() / "config.json").string() + "'");
+  }
+  copy_tokenizer_files(model.directory(), staging.path());
+  staging.commit();
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return result;
+}
+
+}  // namespace oq_tool

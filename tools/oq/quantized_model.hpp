@@ -1,0 +1,339 @@
+// tools/oq/quantized_model.hpp: the quantized checkpoint `oq quantize`
+// writes and `oq eval` reads (docs/formats.md, "Quantized checkpoint").
+//
+// A directory, like the model it came from:
+//   config.json        the model's own, plus "oq_quantization" (QuantizationConfig)
+//   model.safetensors  the tensors below
+//   tokenizer files    copied unchanged (tokenizer.model, tokenizer.json, ...)
+//
+// Tensors (i: layer, M: a linear's module path as in the model, e.g.
+// self_attn.q_proj; N outputs, K inputs, G = K / group groups, 1 per channel):
+//   model.layers.i.M.qweight   U8  [N, K/2]  the INT4 codes of oq::cpu::PackedWeights,
+//                                            row n = bytes n·K/2 ..: low nibble input 2j,
+//                                            high nibble input 2j+1 (u4 asymmetric)
+//   model.layers.i.M.scales    F32 [N, G]    s_w
+//   model.layers.i.M.zeros     I32 [N, G]    z_w (integers, may lie outside 0..15)
+//   ŵ[n, k] = s_w[n, g(k)] · (q[n, k] − z_w[n, g(k)]), the weight folded with its
+//   input's transform (W·M for a rotation M, W·diag(s) for smoothing)
+//
+//   model.layers.i.oq.X.smoothing     F32 [K]          SmoothQuant's s, or DuQuant's
+//                                                      smoothing (+smooth): x ↦ x / s
+//   model.layers.i.oq.X.rotations     F32 [R, b, b]    DuQuant's block rotations,
+//                                                      each row-major
+//   model.layers.i.oq.X.permutations  I64 [R−1, K]    DuQuant's zigzag permutations
+//                                                      (perm[j] = old channel at j)
+//   X is the input: qkv_input, o_proj_input, gate_up_input, down_proj_input.
+//   The block Hadamard has no tensors (oq_quantization.block_size says b).
+// model.embed_tokens.weight, model.norm.weight and lm_head.weight (untied)
+// are copied from the model in their own dtype; they stay in full precision,
+// as in the papers' W4A4 evaluations.
+//
+// Transforms are stored explicitly rather than folded into the preceding
+// RMSNorm: the activations the quantizer sees are then exactly those of the
+// run that calibrated them (folding s into γ rounds differently).
+#pragma once
+
+#include "../llama/methods.hpp"
+#include "model.hpp"
+
+#include <oq/cpu.hpp>
+#include <oq/format/int4_row.hpp>
+#include <oq/io.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace oq_tool {
+
+inline constexpr int kQuantizedFormatVersion = 1;
+
+/// Method names on the command line and in oq_quantization.method.
+inline constexpr std::array<std::string_view, 5> kMethodKeys{"rtn", "smoothquant", "hadamard", "duquant",
+                                                             "duquant+smooth"};
+
+inline std::string_view method_key(llama::Method m) { return kMethodKeys[static_cast<std::size_t>(m)]; }
+
+inline llama::Method method_from_key(std::string_view key) {
+  for (llama::Method m : llama::kAllMethods) {
+    if (method_key(m) == key) return m;
+  }
+  throw std::invalid_argument("method must be one of rtn, smoothquant, hadamard, duquant, duquant+smooth, got '" +
+                              std::string(key) + "'");
+}
+
+inline constexpr std::array<std::string_view, 4> kInputKeys{"qkv_input", "o_proj_input", "gate_up_input",
+                                                            "down_proj_input"};
+
+inline std::string input_key(llama::Input i) { return std::string(kInputKeys[static_cast<std::size_t>(i)]); }
+
+/// What `oq quantize` did, stored as config.json's "oq_quantization".
+struct QuantizationConfig {
+  llama::Method method = llama::Method::kRtn;
+  llama::QuantOptions options;  ///< bits, clips, alphas, block size, group, gptq, seed
+  std::int64_t calibration_sequences = 0;
+  std::int64_t calibration_seq_len = 0;
+
+  nlohmann::json to_json() const {
+    nlohmann::json j;
+    j["format_version"] = kQuantizedFormatVersion;
+    j["method"] = std::string(method_key(method));
+    j["weight_bits"] = options.weight_bits;
+    j["act_bits"] = options.act_bits == 0 ? 16 : options.act_bits;
+    j["weight_group"] = options.weight_group;
+    j["weight_clip"] = options.weight_clip;
+    j["act_clip"] = options.act_clip;
+    j["smoothquant_alpha"] = options.smoothquant_alpha;
+    j["duquant_alpha"] = options.duquant_alpha;
+    j["block_size"] = options.block_size;
+    j["greedy_steps"] = options.greedy_steps;
+    j["gptq"] = options.gptq;
+    j["seed"] = options.seed;
+    j["calibration_sequences"] = calibration_sequences;
+    j["calibration_seq_len"] = calibration_seq_len;
+    return j;
+  }
+
+  static QuantizationConfig from_json(const nlohmann::json& j, const std::string& source) {
+    auto fail = [&source](const std::string& what) {
+      throw std::invalid_argument(source + ": oq_quantization." + what);
+    };
+    if (!j.is_object()) fail("must be an object");
+    auto field = [&](const char* key) -> const nlohmann::json& {
+      if (!j.contains(key)) fail(std::string(key) + " is missing");
+      return j[key];
+    };
+    auto integer = [&](const char* key) -> std::int64_t {
+      const auto& v = field(key);
+      if (!v.is_number_integer()) fail(std::string(key) + " must be an integer");
+      return v.get<std::int64_t>();
+    };
+    auto number = [&](const char* key) -> double {
+      const auto& v = field(key);
+      if (!v.is_number()) fail(std::string(key) + " must be a number");
+      return v.get<double>();
+    };
+    if (integer("format_version") != kQuantizedFormatVersion) {
+      fail("format_version must be " + std::to_string(kQuantizedFormatVersion));
+    }
+    QuantizationConfig c;
+    if (!field("method").is_string()) fail("method must be a string");
+    c.method = method_from_key(j["method"].get<std::string>());
+    c.options.weight_bits = static_cast<int>(integer("weight_bits"));
+    if (c.options.weight_bits != 4) fail("weight_bits must be 4 (the packed INT4 format)");
+    const std::int64_t act = integer("act_bits");
+    if (act != 4 && act != 8 && act != 16) fail("act_bits must be 4, 8 or 16");
+    c.options.act_bits = act == 16 ? 0 : static_cast<int>(act);
+    c.options.weight_group = integer("weight_group");
+    c.options.weight_clip = number("weight_clip");
+    c.options.act_clip = number("act_clip");
+    c.options.smoothquant_alpha = number("smoothquant_alpha");
+    c.options.duquant_alpha = number("duquant_alpha");
+    c.options.block_size = integer("block_size");
+    c.options.greedy_steps = static_cast<int>(integer("greedy_steps"));
+    if (!field("gptq").is_boolean()) fail("gptq must be true or false");
+    c.options.gptq = j["gptq"].get<bool>();
+    c.options.seed = static_cast<std::uint64_t>(integer("seed"));
+    c.calibration_sequences = integer("calibration_sequences");
+    c.calibration_seq_len = integer("calibration_seq_len");
+    if (c.options.weight_group < 0) fail("weight_group must be >= 0");
+    if (c.options.block_size <= 0) fail("block_size must be > 0");
+    if (!(c.options.act_clip > 0 && c.options.act_clip <= 1) || !(c.options.weight_clip > 0 && c.options.weight_clip <= 1)) {
+      fail("act_clip and weight_clip must be in (0, 1]");
+    }
+    return c;
+  }
+};
+
+namespace detail_qmodel {
+
+template <class T>
+std::span<const std::byte> as_bytes(const std::vector<T>& v) {
+  return std::as_bytes(std::span<const T>(v.data(), v.size()));
+}
+
+template <class T>
+std::vector<T> read_elements(const oq::io::Checkpoint& c, const std::string& name, oq::io::DType dtype,
+                             const std::vector<std::size_t>& shape) {
+  if (!c.contains(name)) throw std::invalid_argument("quantized model: tensor '" + name + "' is missing");
+  const auto& info = c.info(name);
+  if (info.dtype != dtype || info.shape != shape) {
+    std::string want = "[";
+    for (std::size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
+    throw std::invalid_argument("quantized model: tensor '" + name + "' must be " +
+                                std::string(oq::io::dtype_name(dtype)) + " " + want + "]");
+  }
+  const auto bytes = c.bytes(name);
+  std::vector<T> out(bytes.size() / sizeof(T));
+  if (!bytes.empty()) std::memcpy(out.data(), bytes.data(), out.size() * sizeof(T));  // little-endian host
+  return out;
+}
+
+}  // namespace detail_qmodel
+
+/// Adds layer `index` of `q` (every weight packed INT4) to `writer`.
+inline void add_quantized_layer(oq::io::SafetensorsWriter& writer, int index, const llama::QuantizedLayer<float>& q) {
+  const std::string prefix = LlamaModel::layer_prefix(index);
+  for (llama::Linear l : llama::kAllLinears) {
+    const oq::cpu::PackedWeights* w = q.packed_weight(l);
+    if (w == nullptr) throw std::invalid_argument("add_quantized_layer: no packed INT4 weight for a linear");
+    const std::string name = prefix + llama::linear_module(l);
+    const auto n = static_cast<std::size_t>(w->n), g = static_cast<std::size_t>(w->groups());
+    writer.add(name + ".qweight", oq::io::DType::kU8, {n, static_cast<std::size_t>(w->row_bytes())},
+               detail_qmodel::as_bytes(w->codes));
+    writer.add(name + ".scales", oq::io::DType::kF32, {n, g}, detail_qmodel::as_bytes(w->scales));
+    if (!w->is_signed) writer.add(name + ".zeros", oq::io::DType::kI32, {n, g}, detail_qmodel::as_bytes(w->zeros));
+  }
+  using T = llama::InputTransform<float>;
+  for (llama::Input input : llama::kAllInputs) {
+    const std::string name = prefix + "oq." + input_key(input);
+    const auto& kind = q.transform(input).kind();
+    if (const auto* s = std::get_if<T::Smoothing>(&kind)) {
+      writer.add(name + ".smoothing", s->scales, oq::io::DType::kF32);
+    } else if (const auto* d = std::get_if<T::DuQuant>(&kind)) {
+      const auto b = static_cast<std::size_t>(d->block_size());
+      const auto k = static_cast<std::size_t>(d->channels());
+      std::vector<float> rotations;
+      for (const auto& r : d->rotations()) {
+        for (Eigen::Index i = 0; i < r.rows(); ++i) {
+          for (Eigen::Index j = 0; j < r.cols(); ++j) rotations.push_back(r(i, j));
+        }
+      }
+      writer.add(name + ".rotations", oq::io::DType::kF32, {d->rotations().size(), b, b},
+                 detail_qmodel::as_bytes(rotations));
+      std::vector<std::int64_t> permutations;
+      for (const auto& p : d->permutations()) permutations.insert(permutations.end(), p.begin(), p.end());
+      writer.add(name + ".permutations", oq::io::DType::kI64, {d->permutations().size(), k},
+                 detail_qmodel::as_bytes(permutations));
+      if (d->smoothing().size() != 0) writer.add(name + ".smoothing", d->smoothing(), oq::io::DType::kF32);
+    }
+  }
+}
+
+/// The packed weight of one linear from a quantized checkpoint, with its
+/// code sums recomputed (and so checked against nothing: they are derived).
+inline oq::cpu::PackedWeights load_packed_linear(const oq::io::Checkpoint& c, const std::string& name, std::int64_t n,
+                                                 std::int64_t k, std::int64_t group) {
+  oq::cpu::PackedWeights w;
+  w.n = n;
+  w.k = k;
+  w.group_size = group > 0 ? group : k;
+  w.is_signed = false;
+  if (k % 2 != 0 || k % w.group_size != 0) {
+    throw std::invalid_argument("quantized model: '" + name + "' has " + std::to_string(k) +
+                                " inputs, which the group size " + std::to_string(w.group_size) + " must divide");
+  }
+  const auto un = static_cast<std::size_t>(n), ug = static_cast<std::size_t>(w.groups());
+  w.codes = detail_qmodel::read_elements<std::uint8_t>(c, name + ".qweight", oq::io::DType::kU8,
+                                                        {un, static_cast<std::size_t>(k / 2)});
+  w.scales = detail_qmodel::read_elements<float>(c, name + ".scales", oq::io::DType::kF32, {un, ug});
+  w.zeros = detail_qmodel::read_elements<std::int32_t>(c, name + ".zeros", oq::io::DType::kI32, {un, ug});
+  w.code_sums.assign(un * ug, 0);
+  std::vector<std::int32_t> row(static_cast<std::size_t>(k));
+  for (std::int64_t r = 0; r < n; ++r) {
+    oq::format::unpack_u4_row(w.row(r), static_cast<std::size_t>(k), row.data());
+    for (std::int64_t j = 0; j < k; ++j) w.code_sums[static_cast<std::size_t>(r * w.groups() + j / w.group_size)] += row[static_cast<std::size_t>(j)];
+  }
+  w.validate("quantized model '" + name + "'");
+  return w;
+}
+
+/// ŵ = s_w·(q − z_w) per entry in float: the bits oq::quant::fake_quantize
+/// gave the weight that was packed (core/quant_math.hpp, dequantize_value).
+inline Matrix<float> dequantize_packed(const oq::cpu::PackedWeights& w) {
+  Matrix<float> out(w.n, w.k);
+  std::vector<std::int32_t> row(static_cast<std::size_t>(w.k));
+  for (std::int64_t r = 0; r < w.n; ++r) {
+    if (w.is_signed) {
+      oq::format::unpack_s4_row(w.row(r), static_cast<std::size_t>(w.k), row.data());
+    } else {
+      oq::format::unpack_u4_row(w.row(r), static_cast<std::size_t>(w.k), row.data());
+    }
+    for (std::int64_t j = 0; j < w.k; ++j) {
+      const auto cell = static_cast<std::size_t>(r * w.groups() + j / w.group_size);
+      const float z = w.is_signed ? 0.0f : static_cast<float>(w.zeros[cell]);
+      out(r, j) = (static_cast<float>(row[static_cast<std::size_t>(j)]) - z) * w.scales[cell];
+    }
+  }
+  return out;
+}
+
+/// Layer `index` of a quantized checkpoint, as the QuantizedLayer that
+/// quantize_layer made (transforms, dequantized and packed weights).
+inline llama::QuantizedLayer<float> load_quantized_layer(const oq::io::Checkpoint& c, const llama::Config& config,
+                                                        const QuantizationConfig& q, int index) {
+  const std::string prefix = LlamaModel::layer_prefix(index);
+  std::array<Matrix<float>, 7> weights;
+  std::array<std::optional<oq::cpu::PackedWeights>, 7> packed;
+  const Eigen::Index h = config.hidden_size, f = config.intermediate_size;
+  const std::array<std::array<Eigen::Index, 2>, 7> shapes{{{config.q_size(), h},
+                                                           {config.kv_size(), h},
+                                                           {config.kv_size(), h},
+                                                           {h, config.q_size()},
+                                                           {f, h},
+                                                           {f, h},
+                                                           {h, f}}};
+  for (llama::Linear l : llama::kAllLinears) {
+    const auto i = static_cast<std::size_t>(l);
+    packed[i] = load_packed_linear(c, prefix + llama::linear_module(l), shapes[i][0], shapes[i][1],
+                                   q.options.weight_group);
+    weights[i] = dequantize_packed(*packed[i]);
+  }
+  using T = llama::InputTransform<float>;
+  std::array<T, 4> transforms;
+  const std::array<Eigen::Index, 4> widths{h, config.q_size(), h, f};
+  for (llama::Input input : llama::kAllInputs) {
+    const auto i = static_cast<std::size_t>(input);
+    const std::string name = prefix + "oq." + input_key(input);
+    const auto k = static_cast<std::size_t>(widths[i]);
+    auto smoothing = [&] {
+      const auto v = detail_qmodel::read_elements<float>(c, name + ".smoothing", oq::io::DType::kF32, {k});
+      return Vector<float>(Eigen::Map<const Vector<float>>(v.data(), static_cast<Eigen::Index>(v.size())));
+    };
+    switch (q.method) {
+      case llama::Method::kRtn: break;
+      case llama::Method::kSmoothQuant: transforms[i] = T(T::Smoothing{smoothing()}); break;
+      case llama::Method::kHadamard: transforms[i] = T(T::BlockHadamard{q.options.block_size}); break;
+      case llama::Method::kDuQuant:
+      case llama::Method::kDuQuantSmooth: {
+        if (!c.contains(name + ".rotations")) {
+          throw std::invalid_argument("quantized model: tensor '" + name + ".rotations' is missing");
+        }
+        const auto& shape = c.info(name + ".rotations").shape;
+        if (shape.size() != 3 || shape[0] == 0 || shape[0] > 64 || shape[1] != shape[2] || shape[1] == 0) {
+          throw std::invalid_argument("quantized model: '" + name + ".rotations' must be [R, b, b] with 1 <= R <= 64");
+        }
+        const std::size_t r = shape[0], b = shape[1];
+        const auto rot = detail_qmodel::read_elements<float>(c, name + ".rotations", oq::io::DType::kF32, {r, b, b});
+        std::vector<typename T::DuQuant::Matrix> rotations;
+        for (std::size_t n = 0; n < r; ++n) {
+          rotations.push_back(Eigen::Map<const Matrix<float>>(rot.data() + n * b * b, static_cast<Eigen::Index>(b),
+                                                              static_cast<Eigen::Index>(b)));
+        }
+        const auto perm = detail_qmodel::read_elements<std::int64_t>(c, name + ".permutations", oq::io::DType::kI64,
+                                                                     {r - 1, k});
+        std::vector<oq::transform::Permutation> permutations;
+        for (std::size_t n = 0; n + 1 < r; ++n) {
+          permutations.emplace_back(perm.begin() + static_cast<std::ptrdiff_t>(n * k),
+                                    perm.begin() + static_cast<std::ptrdiff_t>((n + 1) * k));
+        }
+        Vector<float> s;
+        if (q.method == llama::Method::kDuQuantSmooth) s = smoothing();
+        transforms[i] = T(typename T::DuQuant(static_cast<Eigen::Index>(k), std::move(rotations),
+                                              std::move(permutations), std::move(s)));
+        break;
+      }
+    }
+  }
+  return llama::QuantizedLayer<float>(q.method, std::move(transforms), std::move(weights), q.options, 0.0,
+                                      std::move(packed));
+}
+
+}  // namespace oq_tool
