@@ -128,16 +128,6 @@ std::vector<ChannelOutlier> find_channel_outliers(const Eigen::MatrixBase<Derive
   return find_channel_outliers(moments, min_ratio);
 }
 
-namespace detail_outliers {
-
-// Entry j of a row or column vector.
-template <class Derived>
-typename Derived::Scalar entry(const Eigen::MatrixBase<Derived>& v, Eigen::Index j) {
-  return v.rows() == 1 ? v(0, j) : v(j, 0);
-}
-
-}  // namespace detail_outliers
-
 struct WeightChannelScore {
   Eigen::Index channel;
   double score;          ///< |γ_j| · ‖W_{:,j}‖₂
@@ -161,27 +151,38 @@ std::vector<WeightChannelScore> find_outlier_weight_channels(const Eigen::Matrix
                   min_ratio);
   detail::require_finite(gamma, kWhere, "gamma");
   detail::require_finite(weight, kWhere, "weight");
-  // Each score as v_j·2^(E_j): ‖W_{:,j}‖₂ of the column scaled by 2^−e (its
-  // max|w| = f·2^e), |γ_j| as its significand and exponent. √(Σ w²) in plain
-  // double is +inf for columns near 2^512 and 0 near 2^−540, and the product
-  // and the mean of the scores overflow further out. The ratios are taken
-  // with every score in units of the largest exponent, so only a score that
-  // is reported and beyond double's range is an error. The scalings are exact
-  // where values stay normal: ordinary data gives the plain results bit for bit.
+  // Where every nonzero |γ_j| and max|W_{:,j}| lies in [2^−250, 2^250], no
+  // square, norm, score or their sum can overflow or leave the normal range
+  // (Σ w² ≤ out·2^500, scores in [2^−500, 2^500·√out]): the plain double
+  // formulas. Otherwise (√(Σ w²) is +inf for columns near 2^512 and 0 near
+  // 2^−540, and the scores and their mean overflow further out) each score is
+  // kept as v_j·2^(E_j), ‖W_{:,j}‖₂ of the column scaled by 2^−e (its max|w|
+  // = f·2^e) times the significand of |γ_j|, and the ratios are taken with
+  // every score in units of the largest exponent; only a reported score
+  // beyond double's range is then an error.
   const Eigen::Index channels = weight.cols();
-  Eigen::ArrayXd value(channels);
-  Eigen::ArrayXi exponent(channels);
-  int largest = std::numeric_limits<int>::min();
-  for (Eigen::Index j = 0; j < channels; ++j) {
-    const auto column = weight.col(j).template cast<double>();
-    const double peak = column.cwiseAbs().maxCoeff();
-    int e = 0, t = 0;
-    std::frexp(peak, &e);
-    const double g = std::frexp(std::fabs(static_cast<double>(detail_outliers::entry(gamma, j))), &t);
-    const detail::PowerOfTwoFactors<double> factors = detail::inverse_power_of_two<double>(e);
-    value[j] = peak == 0.0 ? 0.0 : g * ((column * factors.first) * factors.second).norm();
-    exponent[j] = e + t;
-    if (value[j] > 0.0) largest = std::max(largest, exponent[j]);
+  const Eigen::ArrayXd peaks = weight.template cast<double>().cwiseAbs().colwise().maxCoeff().transpose();
+  const Eigen::ArrayXd g = gamma.template cast<double>().reshaped().cwiseAbs().array();
+  const auto in_window = [](const Eigen::ArrayXd& v) {
+    return ((v == 0.0) || (v >= 0x1p-250 && v <= 0x1p250)).all();
+  };
+  Eigen::ArrayXd value(channels);  // the scores, or their significands v_j
+  Eigen::ArrayXi exponent = Eigen::ArrayXi::Zero(channels);
+  int largest = 0;
+  if (in_window(peaks) && in_window(g)) {
+    value = g * weight.template cast<double>().colwise().norm().transpose().array();
+  } else {
+    largest = std::numeric_limits<int>::min();
+    for (Eigen::Index j = 0; j < channels; ++j) {
+      int e = 0, t = 0;
+      std::frexp(peaks[j], &e);
+      const double significand = std::frexp(g[j], &t);
+      const detail::PowerOfTwoFactors<double> factors = detail::inverse_power_of_two<double>(e);
+      const auto column = weight.col(j).template cast<double>();
+      value[j] = peaks[j] == 0.0 ? 0.0 : significand * ((column * factors.first) * factors.second).norm();
+      exponent[j] = e + t;
+      if (value[j] > 0.0) largest = std::max(largest, exponent[j]);
+    }
   }
   Eigen::ArrayXd unit(channels);  // score_j·2^−largest
   for (Eigen::Index j = 0; j < channels; ++j)
