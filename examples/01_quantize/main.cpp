@@ -7,7 +7,9 @@
 // error, both overall and on the ordinary channels only: a shared scale has to
 // stretch over the outliers, and the ordinary channels pay.
 //
-//   ./01_quantize [tokens] [channels]        (defaults 512 1024)
+//   ./01_quantize [tokens] [channels]        (defaults 512 1024; --help)
+#include "../common/cli.hpp"
+
 #include <oq/quant.hpp>
 
 #include <cstdio>
@@ -65,12 +67,16 @@ void print_row(const std::string& method, int bits, const Errors& e) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const Eigen::Index tokens = argc > 1 ? std::atol(argv[1]) : 512;
-  const Eigen::Index channels = argc > 2 ? std::atol(argv[2]) : 1024;
-  if (tokens <= 0 || channels < 128 || channels % 128 != 0) {
-    std::fprintf(stderr, "usage: %s [tokens > 0] [channels: a multiple of 128]\n", argv[0]);
-    return 2;
-  }
+  Eigen::Index tokens = 512;
+  Eigen::Index channels = 1024;
+  CLI::App app{"Why outliers wreck low-bit activation quantization: an LLM-like activation matrix quantized with "
+               "each granularity at 8 and 4 bits (see examples/01_quantize/README.md).",
+               "01_quantize"};
+  app.add_option("tokens", tokens, "rows of X")->capture_default_str()->check(examples::cli::integer<Eigen::Index>(1));
+  app.add_option("channels", channels, "columns of X (8 of them outliers)")
+      ->capture_default_str()
+      ->check(examples::cli::positive_multiple_of<Eigen::Index>(128));
+  if (const std::optional<int> status = examples::cli::parse(app, argc, argv)) return *status;
   const Planted planted = make_activations(tokens, channels);
   const Matrix& x = planted.x;
   std::printf("X: %ld tokens x %ld channels, %zu outlier channels (x30), one massive activation (2000)\n",

@@ -4,7 +4,7 @@
 //   02_llama_layer                          default LLaMA-2-7B-shaped layer (outliers built into its weights)
 //   02_llama_layer --checkpoint DIR --layer 1    a Hugging Face checkpoint (safetensors, sharded or not)
 //   02_llama_layer --help
-#include "../common/parse_flag.hpp"
+#include "../common/cli.hpp"
 #include "../../tools/llama/checkpoint_layer.hpp"
 #include "default_layer.hpp"
 #include "../../tools/llama/integer_path.hpp"
@@ -62,67 +62,42 @@ struct Flags {
   bool gptq = false;
 };
 
-constexpr const char* kUsage = R"(usage: 02_llama_layer [options]
-  --checkpoint DIR    Hugging Face LLaMA checkpoint directory (config.json and
-                      model.safetensors or model.safetensors.index.json);
-                      without it, the default LLaMA-2-7B-shaped layer
-  --layer N           layer index in the checkpoint (default 1)
-  --input X.npy       layer input hidden states [tokens, hidden] or [1, tokens, hidden]
-                      (default: embeddings of random token ids, through the
-                      checkpoint's earlier layers when there is one)
-  --calibration X.npy calibration hidden states (default: another random sequence)
-  --seq-len N         evaluation tokens (default 128)
-  --calib-len N       calibration tokens (default 128)
-  --steps N           DuQuant greedy steps per rotation (default 256)
-  --block N           DuQuant / Hadamard block size (default 128)
-  --seed N            seed of the default layer, the sequences and DuQuant's Q' (default 0)
-  --tiny              a small default layer (hidden 512, FFN 1408, 8 heads, 2 KV heads)
-  --gptq              weights by GPTQ (act-order) instead of round-to-nearest, for
-                      every method (slow at full size: minutes per method)
-  --out DIR           where the CSV files go (default ./llama_layer_out)
-)";
-
-Flags parse_flags(int argc, char** argv) {
-  Flags f;
-  auto value = [&](int& i) -> std::string {
-    if (i + 1 >= argc) throw std::invalid_argument(std::string(argv[i]) + " needs a value");
-    return argv[++i];
-  };
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    } else if (arg == "--checkpoint") {
-      f.checkpoint = value(i);
-    } else if (arg == "--layer") {
-      f.layer = static_cast<int>(examples::parse_count(arg, value(i)));
-    } else if (arg == "--input") {
-      f.input_npy = value(i);
-    } else if (arg == "--calibration") {
-      f.calibration_npy = value(i);
-    } else if (arg == "--seq-len") {
-      f.seq_len = examples::parse_count(arg, value(i));
-    } else if (arg == "--calib-len") {
-      f.calibration_len = examples::parse_count(arg, value(i));
-    } else if (arg == "--steps") {
-      f.greedy_steps = static_cast<int>(examples::parse_count(arg, value(i)));
-    } else if (arg == "--block") {
-      f.block_size = examples::parse_count(arg, value(i));
-    } else if (arg == "--seed") {
-      f.seed = static_cast<std::uint64_t>(examples::parse_count(arg, value(i)));
-    } else if (arg == "--out") {
-      f.out_dir = value(i);
-    } else if (arg == "--tiny") {
-      f.tiny = true;
-    } else if (arg == "--gptq") {
-      f.gptq = true;
-    } else {
-      throw std::invalid_argument("unknown flag '" + arg + "' (see --help)");
-    }
-  }
-  if (f.seq_len < 1 || f.calibration_len < 1) throw std::invalid_argument("--seq-len and --calib-len must be >= 1");
-  return f;
+// The command line (CLI11: --help lists these with their defaults).
+void add_flags(CLI::App& app, Flags& f) {
+  using examples::cli::integer;
+  app.add_option_function<std::string>(
+         "--checkpoint", [&f](const std::string& dir) { f.checkpoint = dir; },
+         "Hugging Face LLaMA checkpoint directory (config.json and model.safetensors or "
+         "model.safetensors.index.json); without it, the default LLaMA-2-7B-shaped layer")
+      ->check(CLI::ExistingDirectory);
+  app.add_option("--layer", f.layer, "layer index in the checkpoint")->capture_default_str()->check(integer(0));
+  app.add_option_function<std::string>(
+         "--input", [&f](const std::string& file) { f.input_npy = file; },
+         "layer input hidden states [tokens, hidden] or [1, tokens, hidden] (default: embeddings of random token "
+         "ids, through the checkpoint's earlier layers when there is one)")
+      ->check(CLI::ExistingFile);
+  app.add_option_function<std::string>(
+         "--calibration", [&f](const std::string& file) { f.calibration_npy = file; },
+         "calibration hidden states (default: another random sequence)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--seq-len", f.seq_len, "evaluation tokens")->capture_default_str()->check(integer<Eigen::Index>(1));
+  app.add_option("--calib-len", f.calibration_len, "calibration tokens")
+      ->capture_default_str()
+      ->check(integer<Eigen::Index>(1));
+  app.add_option("--steps", f.greedy_steps, "DuQuant greedy steps per rotation")
+      ->capture_default_str()
+      ->check(integer(0));
+  app.add_option("--block", f.block_size, "DuQuant / Hadamard block size")
+      ->capture_default_str()
+      ->check(integer<Eigen::Index>(1));
+  app.add_option("--seed", f.seed, "seed of the default layer, the sequences and DuQuant's Q'")
+      ->capture_default_str()
+      ->check(integer<std::uint64_t>(0));
+  app.add_flag("--tiny", f.tiny, "a small default layer (hidden 512, FFN 1408, 8 heads, 2 KV heads)");
+  app.add_flag("--gptq", f.gptq,
+               "weights by GPTQ (act-order) instead of round-to-nearest, for every method (slow at full size: "
+               "minutes per method)");
+  app.add_option("--out", f.out_dir, "where the CSV files go")->type_name("DIR")->capture_default_str();
 }
 
 // Progress on stderr: one line rewritten in place on a terminal, one line per
@@ -155,7 +130,13 @@ llama::Matrix<float> load_npy_input(const std::filesystem::path& path, Eigen::In
 
 int main(int argc, char** argv) try {
   keep_freed_memory();
-  const Flags flags = parse_flags(argc, argv);
+  Flags flags;
+  CLI::App app{"One LLaMA decoder layer quantized W4A4 with RTN, SmoothQuant, block Hadamard, DuQuant and "
+               "DuQuant + smoothing, each by fake quantization and by oq::cpu's integer kernels, against full "
+               "precision (see examples/02_llama_layer/README.md).",
+               "02_llama_layer"};
+  add_flags(app, flags);
+  if (const std::optional<int> status = examples::cli::parse(app, argc, argv)) return *status;
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
 

@@ -6,7 +6,7 @@
 //   03_small_transformer --text kjv.txt                 train the three variants, evaluate, write CSVs
 //   03_small_transformer --load out/baseline --text kjv.txt   evaluate a saved model again
 //   03_small_transformer --help
-#include "../common/parse_flag.hpp"
+#include "../common/cli.hpp"
 #include "checkpoint.hpp"
 #include "evaluate.hpp"
 #include "model.hpp"
@@ -55,101 +55,66 @@ struct Flags {
   std::uint64_t seed = 0;
 };
 
-constexpr const char* kUsage = R"(usage: 03_small_transformer --text FILE [options]
-  --text FILE        training text (bytes); the last 5% is held out for validation.
-                     bash cmake/run.sh train writes the King James Bible of Debian's
-                     bible-kjv to build/kjv.txt and passes it here
-  --variants LIST    comma-separated, of baseline, kurtosis, kurtosis+qat (default: all three)
-  --steps N          training steps per variant (default 300)
-  --batch N          sequences per step (default 16)
-  --seq-len N        context length (default 128)
-  --hidden N         model width (default 128)
-  --layers N         decoder blocks (default 4)
-  --heads N          attention heads (default 4)
-  --ffn N            SwiGLU width (default 384)
-  --lr X             peak learning rate (default 3e-3)
-  --lambda X         kurtosis regularizer weight λ, summed over tokens (default 1e-6; see README)
-  --qat-bits N       bits of the learned-clip QAT of linear inputs (default 4)
-  --log-every N      outlier statistics every N steps (default 10)
-  --eval-seqs N      validation windows (default 128)
-  --calib-seqs N     calibration windows for the W4A4 methods (default 16)
-  --block N          DuQuant / Hadamard block size (default 64)
-  --seed N           initialisation, batches and DuQuant's Q' (default 0)
-  --load DIR         evaluate a model saved by an earlier run instead of training
-  --out DIR          CSV files, figures' data and saved models (default ./small_transformer_out)
-)";
+// The command line (CLI11: --help lists these with their defaults).
+void add_flags(CLI::App& app, Flags& f) {
+  using examples::cli::finite_non_negative;
+  using examples::cli::integer;
+  const CLI::Validator positive = integer<Eigen::Index>(1);
+  app.add_option_function<std::string>(
+         "--text", [&f](const std::string& file) { f.text = file; },
+         "training text (bytes); the last 5% is held out for validation. bash cmake/run.sh train writes the King "
+         "James Bible of Debian's bible-kjv to build/kjv.txt and passes it here")
+      ->required()
+      ->check(CLI::ExistingFile);
+  app.add_option("--variants", f.variants, "comma-separated, of baseline, kurtosis, kurtosis+qat (default: all three)")
+      ->type_name("LIST")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"baseline", "kurtosis", "kurtosis+qat"}));
+  app.add_option("--steps", f.steps, "training steps per variant")->capture_default_str()->check(integer(1));
+  app.add_option("--batch", f.batch, "sequences per step")->capture_default_str()->check(positive);
+  app.add_option("--seq-len", f.config.seq_len, "context length")->capture_default_str()->check(positive);
+  app.add_option("--hidden", f.config.hidden_size, "model width")->capture_default_str()->check(positive);
+  app.add_option("--layers", f.config.num_layers, "decoder blocks")->capture_default_str()->check(positive);
+  app.add_option("--heads", f.config.num_heads, "attention heads (divide --hidden)")
+      ->capture_default_str()
+      ->check(positive);
+  app.add_option("--ffn", f.config.intermediate_size, "SwiGLU width")->capture_default_str()->check(positive);
+  app.add_option("--lr", f.learning_rate, "peak learning rate")->capture_default_str()->check(finite_non_negative());
+  app.add_option("--lambda", f.lambda, "kurtosis regularizer weight λ, summed over tokens (see README)")
+      ->capture_default_str()
+      ->check(finite_non_negative());
+  app.add_option("--qat-bits", f.qat_bits, "bits of the learned-clip QAT of linear inputs")
+      ->capture_default_str()
+      ->check(integer(2, 8));
+  app.add_option("--log-every", f.log_every, "outlier statistics every N steps")
+      ->capture_default_str()
+      ->check(integer(1));
+  app.add_option("--eval-seqs", f.eval_sequences, "validation windows")->capture_default_str()->check(positive);
+  app.add_option("--calib-seqs", f.calibration_sequences, "calibration windows for the W4A4 methods")
+      ->capture_default_str()
+      ->check(positive);
+  app.add_option("--block", f.block_size, "DuQuant / Hadamard block size")->capture_default_str()->check(positive);
+  app.add_option("--seed", f.seed, "initialisation, batches and DuQuant's Q'")
+      ->capture_default_str()
+      ->check(integer<std::uint64_t>(0));
+  app.add_option_function<std::string>(
+         "--load", [&f](const std::string& dir) { f.load = dir; },
+         "evaluate a model saved by an earlier run instead of training")
+      ->check(CLI::ExistingDirectory);
+  app.add_option("--out", f.out_dir, "CSV files, figures' data and saved models")
+      ->type_name("DIR")
+      ->capture_default_str();
+}
 
-Flags parse_flags(int argc, char** argv) {
-  Flags f;
-  auto value = [&](int& i) -> std::string {
-    if (i + 1 >= argc) throw std::invalid_argument(std::string(argv[i]) + " needs a value");
-    return argv[++i];
-  };
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
-    } else if (arg == "--text") {
-      f.text = value(i);
-    } else if (arg == "--load") {
-      f.load = value(i);
-    } else if (arg == "--out") {
-      f.out_dir = value(i);
-    } else if (arg == "--variants") {
-      f.variants.clear();
-      std::stringstream list(value(i));
-      for (std::string v; std::getline(list, v, ',');) {
-        if (v != "baseline" && v != "kurtosis" && v != "kurtosis+qat") {
-          throw std::invalid_argument("--variants: unknown variant '" + v + "' (baseline, kurtosis, kurtosis+qat)");
-        }
-        f.variants.push_back(v);
-      }
-      if (f.variants.empty()) throw std::invalid_argument("--variants needs at least one variant");
-    } else if (arg == "--steps") {
-      f.steps = static_cast<int>(examples::parse_count(arg, value(i)));
-    } else if (arg == "--batch") {
-      f.batch = examples::parse_count(arg, value(i));
-    } else if (arg == "--seq-len") {
-      f.config.seq_len = examples::parse_count(arg, value(i));
-    } else if (arg == "--hidden") {
-      f.config.hidden_size = examples::parse_count(arg, value(i));
-    } else if (arg == "--layers") {
-      f.config.num_layers = examples::parse_count(arg, value(i));
-    } else if (arg == "--heads") {
-      f.config.num_heads = examples::parse_count(arg, value(i));
-    } else if (arg == "--ffn") {
-      f.config.intermediate_size = examples::parse_count(arg, value(i));
-    } else if (arg == "--lr") {
-      f.learning_rate = examples::parse_number(arg, value(i));
-    } else if (arg == "--lambda") {
-      f.lambda = examples::parse_number(arg, value(i));
-    } else if (arg == "--qat-bits") {
-      f.qat_bits = static_cast<int>(examples::parse_count(arg, value(i)));
-    } else if (arg == "--log-every") {
-      f.log_every = static_cast<int>(examples::parse_count(arg, value(i)));
-    } else if (arg == "--eval-seqs") {
-      f.eval_sequences = examples::parse_count(arg, value(i));
-    } else if (arg == "--calib-seqs") {
-      f.calibration_sequences = examples::parse_count(arg, value(i));
-    } else if (arg == "--block") {
-      f.block_size = examples::parse_count(arg, value(i));
-    } else if (arg == "--seed") {
-      f.seed = static_cast<std::uint64_t>(examples::parse_count(arg, value(i)));
-    } else {
-      throw std::invalid_argument("unknown argument '" + arg + "' (see --help)");
-    }
+// The model's shape as a whole (--heads must divide --hidden, ...), reported
+// as a bad command line.
+void check_config(const Flags& f) {
+  try {
+    f.config.validate();
+  } catch (const std::invalid_argument& e) {
+    throw CLI::ValidationError(std::string("the model's shape (--hidden, --layers, --heads, --ffn, --seq-len): ") +
+                               e.what());
   }
-  if (!f.text) throw std::invalid_argument("--text FILE is required (bash cmake/run.sh train provides the KJV Bible)");
-  if (f.steps <= 0) throw std::invalid_argument("--steps must be > 0");
-  if (f.batch <= 0) throw std::invalid_argument("--batch must be > 0");
-  if (f.log_every <= 0) throw std::invalid_argument("--log-every must be > 0");
-  if (f.eval_sequences <= 0 || f.calibration_sequences <= 0) {
-    throw std::invalid_argument("--eval-seqs and --calib-seqs must be > 0");
-  }
-  if (f.qat_bits < 2 || f.qat_bits > 8) throw std::invalid_argument("--qat-bits must be in [2, 8]");
-  f.config.validate();
-  return f;
 }
 
 small_lm::Regularization regularization_of(const std::string& variant, const Flags& f) {
@@ -296,7 +261,15 @@ void print_table(const std::vector<Row>& rows, double unigram, int qat_bits) {
 
 int main(int argc, char** argv) {
   try {
-    const Flags f = parse_flags(argc, argv);
+    Flags f;
+    CLI::App app{"A small byte-level LLaMA-style transformer trained on real text three ways (baseline, kurtosis "
+                 "regularization, kurtosis + learned-clip QAT), then evaluated W4A4 with every method (see "
+                 "examples/03_small_transformer/README.md).",
+                 "03_small_transformer"};
+    add_flags(app, f);
+    if (const std::optional<int> status = examples::cli::parse(app, argc, argv, [&f] { check_config(f); })) {
+      return *status;
+    }
     std::filesystem::create_directories(f.out_dir);
     std::vector<Row> rows;
     if (f.load) {

@@ -23,7 +23,11 @@
 // of each; with a GPU, the device path (gpu.cu: the quantize kernel + the
 // W4A4 GEMM) must reproduce the host simulation of the same W4A4 product.
 //
-//   ./04_cuda_w4a4 [tokens] [in] [out]        (defaults 512 4096 4096)
+//   ./04_cuda_w4a4 [tokens] [in] [out]        (defaults 512 4096 4096; --help)
+//
+// This file is host code (g++ compiles it; nvcc compiles only gpu.cu), so its
+// command line is parsed by CLI11 like the other examples'.
+#include "../common/cli.hpp"
 #include "gpu.hpp"
 
 #include <oq/core/float16.hpp>
@@ -143,18 +147,20 @@ bool run(const char* name, const RowMatrix& x_in, const RowMatrix& w_in, Way way
   return agrees;
 }
 
-Eigen::Index arg(int argc, char** argv, int i, Eigen::Index fallback) {
-  return argc > i ? std::strtoll(argv[i], nullptr, 10) : fallback;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  const Eigen::Index tokens = arg(argc, argv, 1, 512), in = arg(argc, argv, 2, 4096), out = arg(argc, argv, 3, 4096);
-  if (tokens < 1 || in < kBlock || in % kBlock != 0 || out < 1) {
-    std::fprintf(stderr, "usage: 04_cuda_w4a4 [tokens >= 1] [in: a multiple of %d] [out >= 1]\n", kBlock);
-    return 2;
-  }
+  Eigen::Index tokens = 512, in = 4096, out = 4096;
+  CLI::App app{"A W4A4 linear layer on the GPU as an engine runs it (plain, Walsh-Hadamard and DuQuant rotations "
+               "fused into the quantize kernel, then the W4A4 GEMM), checked against the host simulation (see "
+               "examples/04_cuda_w4a4/README.md).",
+               "04_cuda_w4a4"};
+  app.add_option("tokens", tokens, "rows of X")->capture_default_str()->check(examples::cli::integer<Eigen::Index>(1));
+  app.add_option("in", in, "input channels (whole rotation blocks)")
+      ->capture_default_str()
+      ->check(examples::cli::positive_multiple_of<Eigen::Index>(kBlock));
+  app.add_option("out", out, "output channels")->capture_default_str()->check(examples::cli::integer<Eigen::Index>(1));
+  if (const std::optional<int> status = examples::cli::parse(app, argc, argv)) return *status;
   const RowMatrix x = activations(tokens, in), w = weights(out, in);
   const Eigen::MatrixXd y_fp = x.cast<double>() * w.cast<double>().transpose();
   std::printf("Y = X·Wᵀ, X %lld × %lld (8 outlier channels, one value of 2,000), W %lld × %lld; relative errors:\n",

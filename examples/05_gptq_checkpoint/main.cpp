@@ -26,7 +26,8 @@
 // channels.
 //
 //   ./05_gptq_checkpoint [--in 1024] [--out 1024] [--tokens 8192] [--group 128] [--dir gptq_checkpoint]
-#include "../common/parse_flag.hpp"
+//   ./05_gptq_checkpoint --help
+#include "../common/cli.hpp"
 
 #include <oq/io.hpp>
 #include <oq/quant.hpp>
@@ -51,24 +52,31 @@ struct Options {
   std::filesystem::path dir = "gptq_checkpoint";
 };
 
-Options parse(int argc, char** argv) {
-  Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (i + 1 >= argc) throw std::invalid_argument(flag + " needs a value");
-    const std::string value = argv[++i];
-    if (flag == "--in") o.in = examples::parse_count(flag, value);
-    else if (flag == "--out") o.out = examples::parse_count(flag, value);
-    else if (flag == "--tokens") o.tokens = examples::parse_count(flag, value);
-    else if (flag == "--group") o.group = examples::parse_count(flag, value);
-    else if (flag == "--dir") o.dir = value;
-    else throw std::invalid_argument("unknown flag " + flag);
+// The command line (CLI11: --help lists these with their defaults).
+void add_flags(CLI::App& app, Options& o) {
+  using examples::cli::positive_multiple_of;
+  app.add_option("--in", o.in, "input channels (a multiple of 8: the packed layout's 32-bit words)")
+      ->capture_default_str()
+      ->check(positive_multiple_of<Eigen::Index>(8));
+  app.add_option("--out", o.out, "output channels (a multiple of 8)")
+      ->capture_default_str()
+      ->check(positive_multiple_of<Eigen::Index>(8));
+  app.add_option("--tokens", o.tokens, "calibration tokens")
+      ->capture_default_str()
+      ->check(examples::cli::integer<Eigen::Index>(1));
+  app.add_option("--group", o.group, "inputs per quantization group (divides --in)")
+      ->capture_default_str()
+      ->check(examples::cli::integer<Eigen::Index>(1));
+  app.add_option("--dir", o.dir, "where the two checkpoints are written (created)")
+      ->type_name("DIR")
+      ->capture_default_str();
+}
+
+void check_group(const Options& o) {
+  if (o.in % o.group != 0) {
+    throw CLI::ValidationError("--group", "must divide --in (" + std::to_string(o.in) + "), got " +
+                                              std::to_string(o.group));
   }
-  if (o.in == 0 || o.in % 8 != 0 || o.out == 0 || o.out % 8 != 0)
-    throw std::invalid_argument("--in and --out must be positive multiples of 8 (the packed layout's words)");
-  if (o.group == 0 || o.in % o.group != 0) throw std::invalid_argument("--group must divide --in");
-  if (o.tokens == 0) throw std::invalid_argument("--tokens must be > 0");
-  return o;
 }
 
 // Tokens × channels: Gaussian, mixed across channels, then per-channel gains
@@ -92,7 +100,15 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }  // namespace
 
 int main(int argc, char** argv) try {
-  const Options o = parse(argc, argv);
+  Options o;
+  CLI::App app{"GPTQ weights of one linear layer written as GPTQ checkpoints (static groups and desc_act) and read "
+               "back as an engine does, with the layer error of RTN and GPTQ (see "
+               "examples/05_gptq_checkpoint/README.md).",
+               "05_gptq_checkpoint"};
+  add_flags(app, o);
+  if (const std::optional<int> status = examples::cli::parse(app, argc, argv, [&o] { check_group(o); })) {
+    return *status;
+  }
   std::mt19937_64 rng(5);
   std::student_t_distribution<float> heavy(3.0f);
   std::normal_distribution<float> normal;
