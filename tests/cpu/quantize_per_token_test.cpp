@@ -14,11 +14,13 @@
 
 #include "support/cpu_paths.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace {
@@ -97,6 +99,13 @@ RowMatrix rotate_ref(const RowMatrix& x, const Eigen::MatrixXf& r) {
   return y;
 }
 
+// The bound the kernels' quantize takes: max |y[j]|.
+float abs_max(const std::vector<float>& y) {
+  float m = 0.0f;
+  for (const float v : y) m = std::max(m, std::abs(v));
+  return m;
+}
+
 QuantSpec with_flags(QuantSpec s, bool includes_zero, bool full_range) {
   s.range_includes_zero = includes_zero;
   s.symmetric_full_range = full_range;
@@ -158,6 +167,83 @@ TEST_CASE("block Hadamard: equals oq::quant on transform::block_hadamard_rows bi
         }
       }
     }
+  }
+}
+
+TEST_CASE("block Hadamard 128, many rows on two threads: every path bit for bit, extreme rows included") {
+  // 37 rows (not a multiple of the row grain of 16) split over two threads;
+  // K = 128, 384, 1152: 1, 3 and 9 of the AVX-512 quantizer's 128-code
+  // chunks (2, 6, 18 of AVX2's 64). Widths with a tail shorter than a chunk
+  // are the no-transform test's (K = 130, 4098).
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (Eigen::Index k : {128, 384, 1152}) {
+    RowMatrix x = random_tokens(37, k, static_cast<std::uint32_t>(k));
+    x(4, k - 1) = 1.0e35f;                              // a huge outlier (its block sums stay finite)
+    x.row(5).setConstant(1.0e-30f);                      // tiny values: scales near the normal limit
+    for (Eigen::Index j = 0; j < k; ++j) x(6, j) = 1.0e6f + normal(rng);  // an offset: one huge output per block
+    x.row(7).setZero();
+    x(7, 0) = -3.0f;                                     // one nonzero entry: a constant block after H
+    RowMatrix y = x;
+    oq::transform::block_hadamard_rows(y, 128);
+    const TokenTransform h = TokenTransform::hadamard(128);
+    for (const QuantSpec& spec : kSpecs) {
+      const PackedActivations want = reference(y, spec);
+      for (Isa isa : available_paths()) {
+        CAPTURE(k);
+        CAPTURE(spec.bits);
+        CAPTURE(spec.symmetric);
+        CAPTURE(oq::cpu::to_string(isa));
+        require_same(oq::cpu::quantize_per_token(x, spec, h, {2, isa}), want);
+      }
+    }
+  }
+}
+
+TEST_CASE("block Hadamard: NaN, Inf and a transform that overflows are refused on every path") {
+  const float big = std::numeric_limits<float>::max();
+  for (Isa isa : available_paths()) {
+    CAPTURE(oq::cpu::to_string(isa));
+    for (const float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity()}) {
+      for (Eigen::Index j : {0, 77, 255}) {
+        RowMatrix x = random_tokens(3, 256, 8);
+        x(1, j) = bad;
+        CAPTURE(j);
+        const std::string where = "x(1, " + std::to_string(j) + ") is";  // the input's entry, not the transform's
+        CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(x, QuantSpec::per_token(4, false), TokenTransform::hadamard(128),
+                                                         {1, isa}),
+                             doctest::Contains(where.c_str()), std::domain_error);
+      }
+    }
+    // Finite input whose transform overflows to ±Inf ...
+    RowMatrix inf_out = RowMatrix::Constant(2, 128, big);
+    CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(inf_out, QuantSpec::per_token(4, false),
+                                                     TokenTransform::hadamard(128), {1, isa}),
+                         doctest::Contains("the transformed x"), std::domain_error);
+    // ... and one whose every Inf is consumed by Inf − Inf, leaving NaN and
+    // zeros only (min/max alone would see [0, 0]): (M, M, M, M, M, M, −M, −M)
+    // gives (Inf, 0, Inf, 0, Inf, 0, −Inf, 0), then (Inf, 0, NaN, 0, NaN, 0,
+    // Inf, 0), then (NaN, 0, NaN, 0, NaN, 0, NaN, 0).
+    RowMatrix nan_out = RowMatrix::Zero(1, 16);
+    for (Eigen::Index j = 0; j < 8; ++j) nan_out(0, j) = j < 6 ? big : -big;
+    // (transform::block_hadamard_rows refuses such a row: the butterflies by hand.)
+    RowMatrix want = nan_out;
+    oq::cpu::kernel::scalar::hadamard_blocks(want.data(), 16, 8, 1.0f);
+    REQUIRE(std::isnan(want(0, 0)));
+    for (Eigen::Index j = 0; j < 16; ++j) REQUIRE((std::isnan(want(0, j)) || want(0, j) == 0.0f));  // no Inf left
+    CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(nan_out, QuantSpec::per_token(8, false),
+                                                     TokenTransform::hadamard(8), {1, isa}),
+                         doctest::Contains("the transformed x(0, 0) is"), std::domain_error);
+    RowMatrix nan_out128 = RowMatrix::Zero(1, 128);
+    for (Eigen::Index j = 0; j < 8; ++j) nan_out128(0, 16 * j) = j < 6 ? big : -big;  // the same at h = 16, 32, 64
+    RowMatrix want128 = nan_out128;
+    oq::cpu::kernel::scalar::hadamard_blocks(want128.data(), 128, 128, 1.0f);
+    REQUIRE(std::isnan(want128(0, 0)));
+    for (Eigen::Index j = 0; j < 128; ++j) REQUIRE((std::isnan(want128(0, j)) || want128(0, j) == 0.0f));
+    CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(nan_out128, QuantSpec::per_token(4, true),
+                                                     TokenTransform::hadamard(128), {1, isa}),
+                         doctest::Contains("the transformed x(0, 0) is"), std::domain_error);
   }
 }
 
@@ -325,7 +411,7 @@ TEST_CASE("vector codes near every rounding boundary equal the scalar division's
           const std::int64_t sum_want = oq::cpu::kernel::scalar::quantize(y.data(), n, p, range, bits, want.data());
           for (Isa isa : available_paths()) {
             const std::int64_t sum_got =
-                oq::cpu::kernel::token_row_kernels(isa).quantize(y.data(), n, p, range, bits, got.data());
+                oq::cpu::kernel::token_row_kernels(isa).quantize(y.data(), n, p, range, bits, got.data(), abs_max(y));
             CAPTURE(s);
             CAPTURE(z);
             CAPTURE(bits);
@@ -371,7 +457,8 @@ TEST_CASE("vector codes of large quotients, with zero points that keep them uncl
     for (Isa isa : available_paths()) {
       CAPTURE(e);
       CAPTURE(oq::cpu::to_string(isa));
-      REQUIRE(oq::cpu::kernel::token_row_kernels(isa).quantize(y.data(), n, p, range, 8, got.data()) == sum_want);
+      REQUIRE(oq::cpu::kernel::token_row_kernels(isa).quantize(y.data(), n, p, range, 8, got.data(), abs_max(y)) ==
+              sum_want);
       REQUIRE(got == want);
       checked += n;
     }

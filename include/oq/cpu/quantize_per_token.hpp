@@ -248,11 +248,19 @@ inline PackedActivations quantize_per_token(
 
   const kernel::TokenRowKernels kernels = kernel::token_row_kernels(isa);
   parallel_for(m, threads, 16, [&](std::int64_t begin, std::int64_t end) {
-    std::vector<float> y(static_cast<std::size_t>(k)), work(static_cast<std::size_t>(k));
+    // The transform's two row buffers, each on a 64-byte boundary: at
+    // malloc's 16-byte alignment, three in four AVX-512 loads and stores of
+    // them would span two cache lines.
+    constexpr std::int64_t kAlign = 64 / sizeof(float);
+    const std::int64_t stride = (k + kAlign - 1) / kAlign * kAlign;
+    std::vector<float> buffers(static_cast<std::size_t>(2 * stride + kAlign));
+    float* y = buffers.data();
+    while (reinterpret_cast<std::uintptr_t>(y) % 64 != 0) ++y;
+    float* work = y + stride;
     for (std::int64_t r = begin; r < end; ++r) {
       const float* row = x.row(r).data();
       std::optional<kernel::RowRange> found;
-      const float* t = transform.apply(row, k, kernels, y.data(), work.data(), &found);
+      const float* t = transform.apply(row, k, kernels, y, work, &found);
       const kernel::RowRange span = found ? *found : kernels.row_range(t, k);
       if (!span.finite) {
         // Name the input's entry when the input is at fault, else the transform's.
@@ -261,7 +269,8 @@ inline PackedActivations quantize_per_token(
       }
       const core::AffineParams<float> p = quant::range_params(span.lo, span.hi, spec, clip);
       std::uint8_t* out = a.codes.data() + r * a.row_bytes();
-      const std::int64_t sum = kernels.quantize(t, k, p, range, a.bits, out);
+      const float abs_max = std::max(std::abs(span.lo), std::abs(span.hi));
+      const std::int64_t sum = kernels.quantize(t, k, p, range, a.bits, out, abs_max);
       // An 8-bit row whose range is tiny against its offset (all of it in
       // [1e6, 1e6 + 1/16]) has a zero point up to 255·2^24: beyond int32.
       detail::require_domain(std::abs(p.zero) < 2147483648.0f, kWhere, "row ", r, " has zero point ", p.zero,

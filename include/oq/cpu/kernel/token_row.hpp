@@ -11,10 +11,12 @@
 //                   then every value times float(1/√b) — what
 //                   transform::block_hadamard_rows computes
 //   quantize        q = clamp(rne(y / s) + z, lo, hi) (core::quantize_value),
-//                   packed as format/int4_row.hpp or as bytes, Σq returned
+//                   packed as format/int4_row.hpp or as bytes, Σq returned;
+//                   the vector variants get the same codes without dividing
+//                   where they can prove them equal (token_row_simd.inc)
 // Min/max are exact whatever the order. The scalar variant is the reference
-// the others are tested against; the AVX-512 and AVX2 variants are one source
-// (token_row_simd.inc) over simd_float.hpp's wrappers.
+// the others are tested against; the AVX-512, AVX2 and NEON variants are one
+// source (token_row_simd.inc) over simd_float.hpp's wrappers.
 #pragma once
 
 #include <oq/core/int4.hpp>
@@ -132,7 +134,9 @@ struct TokenRowKernels {
   void (*rotate_blocks)(const float*, const float*, std::int64_t, float*, std::int64_t);
   /// x → y and y's range; the scalar entry copies x to y first.
   RowRange (*hadamard_blocks)(const float*, float*, std::int64_t, std::int64_t, float);
-  std::int64_t (*quantize)(const float*, std::int64_t, core::AffineParams<float>, core::CodeRange, int, std::uint8_t*);
+  /// Codes of y (y_abs_max ≥ every |y[j]|, e.g. max(|lo|, |hi|) of its range); returns Σq.
+  std::int64_t (*quantize)(const float* y, std::int64_t, core::AffineParams<float>, core::CodeRange, int,
+                           std::uint8_t*, float y_abs_max);
 };
 
 namespace scalar {
@@ -140,6 +144,11 @@ inline RowRange hadamard_blocks_copy(const float* x, float* y, std::int64_t n, s
   std::copy(x, x + n, y);
   hadamard_blocks(y, n, b, scale);
   return row_range(y, n);
+}
+// The division needs no bound.
+inline std::int64_t quantize_bounded(const float* y, std::int64_t n, core::AffineParams<float> p,
+                                     core::CodeRange range, int bits, std::uint8_t* out, float /*y_abs_max*/) {
+  return quantize(y, n, p, range, bits, out);
 }
 }  // namespace scalar
 
@@ -156,7 +165,8 @@ inline TokenRowKernels token_row_kernels(Isa isa) {
     return {neon::row_range, neon::smooth, neon::rotate_blocks, neon::hadamard_blocks, neon::quantize};
 #endif
   (void)isa;
-  return {scalar::row_range, scalar::smooth, scalar::rotate_blocks, scalar::hadamard_blocks_copy, scalar::quantize};
+  return {scalar::row_range, scalar::smooth, scalar::rotate_blocks, scalar::hadamard_blocks_copy,
+          scalar::quantize_bounded};
 }
 
 }  // namespace oq::cpu::kernel
