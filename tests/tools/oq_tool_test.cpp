@@ -10,6 +10,9 @@
 #include "../../tools/oq/quantized_model.hpp"
 #include "synthetic_llama.hpp"
 
+#include "../../examples/03_small_transformer/checkpoint.hpp"
+#include "../../examples/03_small_transformer/evaluate.hpp"
+
 #include <doctest/doctest.h>
 
 #include <unistd.h>
@@ -118,6 +121,71 @@ TEST_CASE("a sharded BF16 GQA checkpoint loads, and its perplexity matches a pla
   // (|Δlogit| ≲ 64·2⁻²⁴·Σ|x·w|, far below 1e-4 here), the NLL sums in double.
   CHECK(r.perplexity.value() == doctest::Approx(reference).epsilon(1e-4));
   CHECK(r.perplexity.value() > 1.0);
+}
+
+TEST_CASE("example 03's saved model: the tool's perplexity is the example's own, and every method runs") {
+  TempDir tmp("example03");
+  small_lm::Config c;
+  c.hidden_size = 64;
+  c.num_layers = 2;
+  c.num_heads = 4;
+  c.intermediate_size = 128;
+  c.seq_len = 32;
+  small_lm::Parameters<float> p = small_lm::Parameters<float>::initial(c, 3);
+  small_lm::save_model(tmp.path / "model", c, small_lm::Regularization{}, p);
+
+  // The same windows both ways: a Batch row holds seq_len + 1 bytes and
+  // predicts seq_len of them; the tool takes it as one sequence of seq_len + 1.
+  const std::string text = oq_test::synthetic_text(3 * 33, 21);
+  small_lm::Batch batch;
+  batch.sequences = 3;
+  batch.seq_len = 32;
+  batch.bytes.assign(text.begin(), text.end());
+  std::vector<oq_tool::Sequence> sequences;
+  for (int r = 0; r < 3; ++r) {
+    sequences.emplace_back(batch.bytes.begin() + r * 33, batch.bytes.begin() + (r + 1) * 33);
+  }
+  const LlamaModel model(tmp.path / "model");
+  const double tool = oq_tool::evaluate(model, sequences, {}).perplexity.value();
+  const double example = small_lm::perplexity(c, p, batch);
+  // Two implementations of the same float model (example 03 runs 32 tokens,
+  // the tool 33; causal attention makes the extra token invisible to the
+  // others): equal up to float GEMM rounding.
+  CHECK(tool == doctest::Approx(example).epsilon(1e-5));
+
+  const auto calibration = text_sequences(tmp.path, 600, 22, 32, 4);
+  for (llama::Method method : llama::kAllMethods) {
+    CAPTURE(llama::method_name(method));
+    const fs::path out = tmp.path / ("q_" + std::string(oq_tool::method_key(method)));
+    oq_tool::quantize_model(model, calibration, method, small_options(), out);
+    const auto r = oq_tool::evaluate(LlamaModel(out), sequences, {});
+    CHECK(r.path == oq_tool::EvalPath::kIntegerKernels);
+    CHECK(std::isfinite(r.perplexity.value()));
+  }
+}
+
+TEST_CASE("pre-tokenized ids: a 1-D stream is cut into sequences, a 2-D array's rows are sequences") {
+  TempDir tmp("npy");
+  oq::io::NpyArray stream;  // shape (10,): numpy.arange(10, dtype=int64)
+  stream.dtype = oq::io::DType::kI64;
+  stream.shape = {10};
+  for (std::int64_t i = 0; i < 10; ++i) {
+    const auto* b = reinterpret_cast<const std::byte*>(&i);
+    stream.data.insert(stream.data.end(), b, b + sizeof i);
+  }
+  oq::io::write_npy(tmp.path / "stream.npy", stream);
+  const auto a = oq_tool::make_sequences(oq_tool::load_tokens(tmp.path / "stream.npy", 256), 4, 0, "ids");
+  REQUIRE(a.size() == 2);  // the tail of 2 ids is dropped
+  CHECK(a[1] == oq_tool::Sequence{4, 5, 6, 7});
+  Eigen::Matrix<double, 3, 5> rows;
+  for (int i = 0; i < 15; ++i) rows(i / 5, i % 5) = 100 + i;
+  oq::io::write_npy(tmp.path / "rows.npy", oq::io::make_npy(rows, oq::io::DType::kI32));
+  const auto b = oq_tool::make_sequences(oq_tool::load_tokens(tmp.path / "rows.npy", 256), 64, 2, "ids");
+  REQUIRE(b.size() == 2);  // --sequences 2; seq_len does not cut rows
+  CHECK(b[1] == oq_tool::Sequence{105, 106, 107, 108, 109});
+  oq::io::write_npy(tmp.path / "float.npy", oq::io::make_npy(rows, oq::io::DType::kF32));
+  CHECK_THROWS_WITH_AS(oq_tool::load_tokens(tmp.path / "float.npy", 256), doctest::Contains("integer dtype"),
+                       std::invalid_argument);
 }
 
 TEST_CASE("tied embeddings: lm_head is the embedding table") {
@@ -247,6 +315,61 @@ TEST_CASE("quantize: W4A8 and W4A16, per-group weights, GPTQ") {
     if (v.group > 0) {
       const auto loaded = oq_tool::load_quantized_layer(quantized.checkpoint(), quantized.layer_config(), qc, 0);
       CHECK(loaded.packed_weight(llama::Linear::kDown)->groups() == 160 / 32);
+    }
+    CHECK_FALSE(fs::exists(out / "gptq"));  // not rtn
+  }
+}
+
+TEST_CASE("W4A16 rtn also writes the GPTQ layout, and it dequantizes to the same weights") {
+  TempDir tmp("gptq");
+  oq_test::SyntheticLlama spec;
+  spec.layers = 1;
+  spec.tied = true;
+  spec.write(tmp.path / "model");
+  const LlamaModel model(tmp.path / "model");
+  const auto calibration = text_sequences(tmp.path, 300, 8, 32, 2);
+  for (Eigen::Index group : {Eigen::Index{0}, Eigen::Index{32}}) {
+    CAPTURE(group);
+    llama::QuantOptions o = small_options();
+    o.act_bits = 0;
+    o.weight_group = group;
+    const fs::path out = tmp.path / ("w4a16_" + std::to_string(group));
+    oq_tool::quantize_model(model, calibration, llama::Method::kRtn, o, out);
+    REQUIRE(fs::is_regular_file(out / "gptq" / "model.safetensors"));
+    const auto config = oq::io::read_json(out / "gptq" / "config.json");
+    CHECK(config["quantization_config"]["quant_method"] == "gptq");
+    CHECK(config["quantization_config"]["checkpoint_format"] == "gptq_v2");
+    CHECK(config["quantization_config"]["group_size"] == (group > 0 ? group : -1));
+    const LlamaModel quantized(out);
+    const auto qc = oq_tool::quantization_of(quantized);
+    CHECK(qc.options.weight_range_includes_zero);
+    const auto layer = oq_tool::load_quantized_layer(quantized.checkpoint(), quantized.layer_config(), qc, 0);
+    const oq::io::SafetensorsFile gptq(out / "gptq" / "model.safetensors");
+    CHECK(gptq.contains("model.embed_tokens.weight"));
+    CHECK(gptq.contains("model.layers.0.input_layernorm.weight"));
+    for (llama::Linear l : llama::kAllLinears) {
+      CAPTURE(llama::linear_name(l));
+      const auto packed = oq::io::read_gptq_linear(gptq, "model.layers.0." + llama::linear_module(l));
+      const auto codes = oq::io::unpack_gptq_linear(packed, oq::io::GptqCheckpointFormat::kGptqV2);
+      const oq::cpu::PackedWeights& w = *layer.packed_weight(l);
+      // Codes and zeros bit for bit; scales to binary16, so each weight moves
+      // by at most |q − z|·|s − fp16(s)| ≤ |q − z|·2⁻¹¹·s (round to nearest).
+      const Eigen::MatrixXf a = oq::io::dequantize_gptq_linear(codes);
+      const auto& b = layer.quantized_weight(l);
+      REQUIRE(a.rows() == b.rows());
+      REQUIRE(a.cols() == b.cols());
+      bool within = true, zeros_equal = true;
+      for (Eigen::Index r = 0; r < a.rows(); ++r) {
+        for (Eigen::Index c = 0; c < a.cols(); ++c) {
+          const auto cell = static_cast<std::size_t>(r * w.groups() + c / w.group_size);
+          zeros_equal &= codes.params.zero(r, c / w.group_size) == float(w.zeros[cell]);
+          const double s = w.scales[cell];
+          const double qz = std::abs(double(b(r, c)) / s);  // |q − z|
+          within &= std::abs(double(a(r, c)) - double(b(r, c))) <= qz * std::ldexp(s, -11) * (1 + 1e-6) + 1e-30;
+        }
+      }
+      CHECK(within);
+      CHECK(zeros_equal);
     }
   }
 }

@@ -86,9 +86,15 @@ struct QuantOptions {
   std::function<void(const std::string&)> progress{};
 
   oq::quant::QuantSpec act_spec() const { return oq::quant::QuantSpec::per_token(act_bits, false, act_clip); }
+  /// Widen each weight group's range to hold 0 (QuantSpec::range_includes_zero),
+  /// so that every zero point lies in 0..15, as GPTQ checkpoints store them.
+  bool weight_range_includes_zero = false;
+
   oq::quant::QuantSpec weight_spec() const {
-    return weight_group > 0 ? oq::quant::QuantSpec::per_group(weight_bits, false, weight_group, weight_clip)
-                            : oq::quant::QuantSpec::per_channel(weight_bits, false, weight_clip);
+    auto spec = weight_group > 0 ? oq::quant::QuantSpec::per_group(weight_bits, false, weight_group, weight_clip)
+                                 : oq::quant::QuantSpec::per_channel(weight_bits, false, weight_clip);
+    spec.range_includes_zero = weight_range_includes_zero;
+    return spec;
   }
 };
 

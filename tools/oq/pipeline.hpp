@@ -235,6 +235,15 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
   }
   const auto start = std::chrono::steady_clock::now();
   StagingDirectory staging(out);
+  // W4A16 round-to-nearest is what GPTQ checkpoints hold: write that layout
+  // too (gptq/), which transformers and vLLM load. Its zero points must lie
+  // in 0..15, so every group's range is widened to hold 0. A transform
+  // (smoothing, rotation) would have to run online before each linear, which
+  // those engines do not do: no GPTQ layout for the other methods.
+  const bool write_gptq = options.act_bits == 0 && method == llama::Method::kRtn;
+  llama::QuantOptions layer_options = options;
+  if (write_gptq) layer_options.weight_range_includes_zero = true;
+  oq::io::SafetensorsWriter gptq_writer;
   QuantizeResult result;
   const llama::Config& c = model.layer_config();
   HiddenStates x = embed_all(model, calibration);
@@ -243,11 +252,17 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
   for (int l = 0; l < model.num_layers(); ++l) {
     const llama::LayerWeights<float> w = model.layer(l);
     const llama::LinearInputs<float> inputs = record_all_inputs(c, w, x);
-    llama::QuantOptions o = options;
+    llama::QuantOptions o = layer_options;
     o.seed = options.seed + static_cast<std::uint64_t>(l);  // a different Haar draw per layer, reproducible
     const llama::QuantizedLayer<float> q = llama::quantize_layer(method, w, inputs, o);
     result.calibration_seconds += q.calibration_seconds();
     add_quantized_layer(writer, l, q);
+    if (write_gptq) {
+      for (llama::Linear lin : llama::kAllLinears) {
+        oq::io::add_gptq_linear(gptq_writer, LlamaModel::layer_prefix(l) + llama::linear_module(lin),
+                                gptq_layout(*q.packed_weight(lin)));
+      }
+    }
     // The next layer calibrates on this one's quantized outputs (as the
     // DuQuant release does, block by block).
     for (auto& xs : x) xs = llama::forward(c, w, xs, q);
@@ -256,6 +271,7 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
       const std::string name = prefix + norm;
       const auto& info = model.checkpoint().info(name);
       writer.add(name, info.dtype, info.shape, model.checkpoint().bytes(name));
+      if (write_gptq) gptq_writer.add(name, info.dtype, info.shape, model.checkpoint().bytes(name));
     }
     bar.advance("layer " + std::to_string(l));
   }
@@ -264,12 +280,13 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
     if (std::string_view(name) == "lm_head.weight" && model.tied_embeddings()) continue;
     const auto& info = model.checkpoint().info(name);
     writer.add(name, info.dtype, info.shape, model.checkpoint().bytes(name));
+    if (write_gptq) gptq_writer.add(name, info.dtype, info.shape, model.checkpoint().bytes(name));
   }
   writer.add_metadata("format", "pt");
   writer.write(staging.path() / "model.safetensors");
   QuantizationConfig qc;
   qc.method = method;
-  qc.options = options;
+  qc.options = layer_options;  // as the layers were quantized (weight_range_includes_zero for the GPTQ layout)
   qc.calibration_sequences = static_cast<std::int64_t>(calibration.size());
   qc.calibration_seq_len = calibration.empty() ? 0 : static_cast<std::int64_t>(calibration.front().size());
   nlohmann::json config = model.config_json();
@@ -281,6 +298,21 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
     if (!f) throw std::runtime_error("cannot write '" + (staging.path() / "config.json").string() + "'");
   }
   copy_tokenizer_files(model.directory(), staging.path());
+  if (write_gptq) {
+    const std::filesystem::path dir = staging.path() / "gptq";
+    std::filesystem::create_directory(dir);
+    gptq_writer.add_metadata("format", "pt");
+    gptq_writer.write(dir / "model.safetensors");
+    nlohmann::json gptq_config = model.config_json();
+    gptq_config["tie_word_embeddings"] = model.tied_embeddings();
+    gptq_config["quantization_config"] = oq::io::gptq_quantization_config(
+        options.weight_group > 0 ? options.weight_group : -1, /*desc_act=*/false, /*symmetric=*/false,
+        oq::io::GptqCheckpointFormat::kGptqV2);
+    std::ofstream f(dir / "config.json");
+    f << gptq_config.dump(2) << '\n';
+    if (!f) throw std::runtime_error("cannot write '" + (dir / "config.json").string() + "'");
+    copy_tokenizer_files(model.directory(), dir);
+  }
   staging.commit();
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;

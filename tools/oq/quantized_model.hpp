@@ -28,6 +28,10 @@
 // are copied from the model in their own dtype; they stay in full precision,
 // as in the papers' W4A4 evaluations.
 //
+// W4A16 with rtn also writes gptq/: the same model as a GPTQ checkpoint
+// (oq/io/gptq_checkpoint.hpp, checkpoint_format "gptq_v2", scales in F16),
+// config.json with its quantization_config, for transformers and vLLM.
+//
 // Transforms are stored explicitly rather than folded into the preceding
 // RMSNorm: the activations the quantizer sees are then exactly those of the
 // run that calibrated them (folding s into γ rounds differently).
@@ -88,6 +92,7 @@ struct QuantizationConfig {
     j["weight_bits"] = options.weight_bits;
     j["act_bits"] = options.act_bits == 0 ? 16 : options.act_bits;
     j["weight_group"] = options.weight_group;
+    j["weight_range_includes_zero"] = options.weight_range_includes_zero;
     j["weight_clip"] = options.weight_clip;
     j["act_clip"] = options.act_clip;
     j["smoothquant_alpha"] = options.smoothquant_alpha;
@@ -132,6 +137,8 @@ struct QuantizationConfig {
     if (act != 4 && act != 8 && act != 16) fail("act_bits must be 4, 8 or 16");
     c.options.act_bits = act == 16 ? 0 : static_cast<int>(act);
     c.options.weight_group = integer("weight_group");
+    if (!field("weight_range_includes_zero").is_boolean()) fail("weight_range_includes_zero must be true or false");
+    c.options.weight_range_includes_zero = j["weight_range_includes_zero"].get<bool>();
     c.options.weight_clip = number("weight_clip");
     c.options.act_clip = number("act_clip");
     c.options.smoothquant_alpha = number("smoothquant_alpha");
@@ -215,6 +222,30 @@ inline void add_quantized_layer(oq::io::SafetensorsWriter& writer, int index, co
       if (d->smoothing().size() != 0) writer.add(name + ".smoothing", d->smoothing(), oq::io::DType::kF32);
     }
   }
+}
+
+/// One linear's packed INT4 weight as a GPTQ checkpoint stores it
+/// (oq/io/gptq_checkpoint.hpp, "gptq_v2": zeros 0..15 stored as they are,
+/// g_idx = k / group, scales rounded to binary16). Throws naming the entry
+/// where a zero lies outside 0..15 (quantize with weight_range_includes_zero).
+inline oq::io::GptqPackedLinear gptq_layout(const oq::cpu::PackedWeights& w) {
+  if (w.is_signed) throw std::invalid_argument("gptq_layout: asymmetric (u4) weights only");
+  oq::io::GptqLinearCodes c;
+  c.codes.resize(w.n, w.k);
+  c.params.scale.resize(w.n, w.groups());
+  c.params.zero.resize(w.n, w.groups());
+  std::vector<std::int32_t> row(static_cast<std::size_t>(w.k));
+  for (std::int64_t r = 0; r < w.n; ++r) {
+    oq::format::unpack_u4_row(w.row(r), static_cast<std::size_t>(w.k), row.data());
+    for (std::int64_t j = 0; j < w.k; ++j) c.codes(r, j) = row[static_cast<std::size_t>(j)];
+    for (std::int64_t g = 0; g < w.groups(); ++g) {
+      c.params.scale(r, g) = w.scales[static_cast<std::size_t>(r * w.groups() + g)];
+      c.params.zero(r, g) = static_cast<float>(w.zeros[static_cast<std::size_t>(r * w.groups() + g)]);
+    }
+  }
+  c.group_index.resize(static_cast<std::size_t>(w.k));
+  for (std::int64_t j = 0; j < w.k; ++j) c.group_index[static_cast<std::size_t>(j)] = static_cast<std::int32_t>(j / w.group_size);
+  return oq::io::pack_gptq_linear(c, oq::io::GptqCheckpointFormat::kGptqV2);
 }
 
 /// The packed weight of one linear from a quantized checkpoint, with its
