@@ -1,3 +1,4 @@
+#include <oq/cpu/thread_pool.hpp>
 #include <oq/transform/duquant_rotation.hpp>
 
 #include <doctest/doctest.h>
@@ -6,7 +7,9 @@
 
 #include <Eigen/QR>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <stdexcept>
 #include <utility>
@@ -143,6 +146,122 @@ void check_matches(const GreedyRotation<double>& got, const GreedyRef& ref) {
   CHECK((got.rotation - ref.rotation).cwiseAbs().maxCoeff() < 1e-12);
 }
 
+
+// The greedy in float (or the scalar type of x) written plainly: every
+// blocked row, in row-major order, multiplied at every step entry by entry
+// in the order the product kernel documents (duquant_rotation.hpp,
+// BlockKernel: one chain of multiply-adds over k = 0..b−1 from 0, fused
+// where Eigen's packets fuse), no sorting, no lazy evaluation, no chunks or
+// threads. A_t is accumulated in double by the same Eigen product as the
+// library's (its rounding is not what this reference checks) and projected
+// by the same helper. Equal bit for bit to the library, any thread count.
+template <class Scalar>
+Scalar chain(const std::vector<Scalar>& row, const DenseMatrix<Scalar>& a, Eigen::Index j) {
+  Scalar acc = 0;
+  for (Eigen::Index k = 0; k < a.rows(); ++k) {
+#ifdef EIGEN_VECTORIZE_FMA
+    acc = std::fma(row[static_cast<std::size_t>(k)], a(k, j), acc);
+#else
+    acc = row[static_cast<std::size_t>(k)] * a(k, j) + acc;  // oq's tests build with -ffp-contract=off
+#endif
+  }
+  return acc;
+}
+
+template <class Scalar>
+GreedyRotation<Scalar> greedy_plain(const DenseMatrix<Scalar>& x, const DenseMatrix<Scalar>& base, int steps,
+                                    GreedyScore score, const DenseMatrix<Scalar>* w = nullptr) {
+  const Eigen::Index b = base.rows();
+  auto to_rows = [b](const DenseMatrix<Scalar>& m) {
+    std::vector<std::vector<Scalar>> rows;
+    for (Eigen::Index t = 0; t < m.rows(); ++t)
+      for (Eigen::Index k = 0; k < m.cols() / b; ++k) {
+        std::vector<Scalar> row;
+        for (Eigen::Index j = 0; j < b; ++j) row.push_back(m(t, k * b + j));
+        rows.push_back(row);
+      }
+    return rows;
+  };
+  const auto rows = to_rows(x);
+  const auto weight_rows = w != nullptr ? to_rows(*w) : std::vector<std::vector<Scalar>>{};
+  const Matrix base_d = base.template cast<double>();
+  Matrix accumulated = Matrix::Identity(b, b), kept = accumulated;
+  GreedyRotation<Scalar> out;
+  auto look = [&]() -> std::pair<double, Eigen::Index> {
+    const DenseMatrix<Scalar> a = accumulated.cast<Scalar>();
+    if (w != nullptr) {
+      auto column_max = [&](const std::vector<std::vector<Scalar>>& rs, Eigen::Index j) {
+        double m = 0;
+        for (const auto& r : rs) m = std::max(m, double(std::fabs(chain(r, a, j))));
+        return m;
+      };
+      double best = -1;
+      Eigen::Index at = 0;
+      for (Eigen::Index j = 0; j < b; ++j) {
+        const double p = column_max(rows, j) * column_max(weight_rows, j);
+        if (p > best) best = p, at = j;
+      }
+      return {best, at};
+    }
+    Scalar hi = -std::numeric_limits<Scalar>::infinity(), lo = std::numeric_limits<Scalar>::infinity();
+    Eigen::Index hi_at = 0, lo_at = 0;
+    for (const auto& r : rows)
+      for (Eigen::Index j = 0; j < b; ++j) {
+        const Scalar v = chain(r, a, j);
+        if (v > hi) hi = v, hi_at = j;
+        if (v < lo) lo = v, lo_at = j;
+      }
+    const bool peak_is_hi = !(-lo > hi);
+    const double s = score == GreedyScore::kRange ? double(hi) - double(lo) : std::fabs(double(peak_is_hi ? hi : lo));
+    return {s, peak_is_hi ? hi_at : lo_at};
+  };
+  auto record = [&](double s) {
+    if (out.scores.empty() || s < out.scores[static_cast<std::size_t>(out.kept)]) {
+      out.kept = static_cast<Eigen::Index>(out.scores.size());
+      kept = accumulated;
+    }
+    out.scores.push_back(s);
+  };
+  for (int t = 0; t < steps; ++t) {
+    const auto [s, d] = look();
+    record(s);
+    out.pivots.push_back(d);
+    Matrix step = base_d;
+    step.row(0).swap(step.row(d));
+    step.col(0).swap(step.col(d));
+    const Matrix next = accumulated * step;
+    accumulated = next;
+  }
+  record(look().first);
+  detail_rotation::project_orthogonal(kept);
+  out.rotation = kept.cast<Scalar>();
+  return out;
+}
+
+// Pivots, scores, kept count and rotation equal bit for bit.
+template <class Scalar>
+void check_identical(const GreedyRotation<Scalar>& got, const GreedyRotation<Scalar>& want) {
+  CHECK(got.pivots == want.pivots);
+  CHECK(got.scores == want.scores);
+  CHECK(got.kept == want.kept);
+  REQUIRE(got.rotation.rows() == want.rotation.rows());
+  CHECK(got.rotation == want.rotation);
+}
+
+// Inputs where nothing can be pruned and where most is, with the adversarial
+// rows of oq's tests: Gaussian; Gaussian with zero tokens; a huge outlier;
+// constant rows (ties for the peak in every chunk). Tokens × channels.
+DenseMatrix<float> greedy_input(int kind, Eigen::Index tokens, Eigen::Index channels, std::uint64_t seed) {
+  DenseMatrix<float> x = oq::test::gaussian<float>(tokens, channels, seed);
+  if (kind == 1)
+    for (Eigen::Index t = 0; t < tokens; t += 3) x.row(t).setZero();
+  if (kind == 2) x(tokens / 2, channels - 1) = 3e4f;
+  if (kind == 3) {
+    x.setConstant(0.5f);
+    x.row(tokens - 1).setConstant(-0.5f);
+  }
+  return x;
+}
 }  // namespace
 
 TEST_CASE("the Givens spreading matrix: orthogonal, first row uniformly 1/sqrt(b), as the formula says") {
@@ -185,9 +304,9 @@ TEST_CASE("greedy rotation equals a plain float64 implementation of Algorithm 1"
   CHECK(rotated.maxCoeff() - rotated.minCoeff() == doctest::Approx(got.scores[static_cast<std::size_t>(got.kept)]));
 }
 
-TEST_CASE("lazy evaluation over many tiles, most rows never multiplied, equals the reference") {
-  // 96 tokens × 32 blocks of 16 = 3072 blocked rows: more than one tile of
-  // the lazy evaluation, and with these outliers the extremes sit in a few
+TEST_CASE("lazy evaluation over many chunks, most rows never multiplied, equals the reference") {
+  // 96 tokens × 32 blocks of 16 = 3072 blocked rows: more than one chunk
+  // of the lazy evaluation, and with these outliers the extremes sit in a few
   // rows, so the visit stops early at most steps. The reference rotates every
   // row at every step.
   Matrix x = oq::test::gaussian<double>(96, 512, 21);
@@ -202,15 +321,17 @@ TEST_CASE("lazy evaluation over many tiles, most rows never multiplied, equals t
   const GreedyRotationOptions weighted{.steps = 24, .score = GreedyScore::kActivationTimesWeight, .progress = {}};
   check_matches(greedy_block_rotation(x, w, base, weighted), greedy_ref(x, base, 24, &w));
 
-  // How early the visit stops: the first tile (64 rows) holds the outliers'
+  // How early the visit stops: the first chunk (64 rows) holds the outliers'
   // rows and sets a threshold no other row's norm reaches.
   detail_rotation::NormOrderedRows<double> rows(x, 16);
-  detail_rotation::ExtremesVisitor<double> extremes(GreedyScore::kRange, 16);
-  CHECK(rows.visit(DenseMatrix<double>::Identity(16, 16), extremes) == detail_rotation::kFirstTileRows);
-  CHECK(extremes.score() == doctest::Approx(900.0));  // 500 − (−400)
+  detail_rotation::PackedRotation<double> identity(16);
+  identity.assign(DenseMatrix<double>::Identity(16, 16));
+  const detail_rotation::Extremes extremes = rows.extremes(identity, GreedyScore::kRange, nullptr);
+  CHECK(extremes.rows == detail_rotation::kChunkRows);
+  CHECK(extremes.score(GreedyScore::kRange) == doctest::Approx(900.0));  // 500 − (−400)
 
   // Gaussian rows: the extremes are spread, the visits run over several
-  // tiles of growing size before they stop.
+  // chunks before they stop.
   const Matrix gaussian = oq::test::gaussian<double>(96, 512, 23);
   check_matches(greedy_block_rotation(gaussian, base, {.steps = 24}), greedy_ref(gaussian, base, 24));
   const GreedyRotationOptions abs_max{.steps = 24, .score = GreedyScore::kAbsMax, .progress = {}};
@@ -218,11 +339,11 @@ TEST_CASE("lazy evaluation over many tiles, most rows never multiplied, equals t
   check_matches(greedy_block_rotation(x, base, abs_max), greedy_ref(x, base, 24, nullptr, true));
 }
 
-TEST_CASE("a tie for the peak across tiles goes to the row-major first entry, not the first visited") {
-  // 200 blocked rows of 8, visited by decreasing norm in tiles of 64, 128, ...
+TEST_CASE("a tie for the peak across chunks goes to the row-major first entry, not the first visited") {
+  // 200 blocked rows of 8, visited by decreasing norm in chunks of 64
   // Blocked row 150 (token 75, block 0) holds 20 at position 2 and has the
   // largest norm: visited first. Blocked row 3 (token 1, block 1) holds 20
-  // at position 6 alone: the smallest norm, visited in the last tile. The
+  // at position 6 alone: the smallest norm, visited in the last chunk. The
   // other 198 rows are all 10 (norm 28.3, below the peak nowhere).
   Matrix x = Matrix::Constant(100, 16, 10.0);
   x(75, 2) = 20.0;
@@ -343,6 +464,111 @@ TEST_CASE("the weight-aware score equals a plain float64 implementation, and piv
   CHECK(range.pivots == greedy_block_rotation(x, base, {.steps = 12}).pivots);
 }
 
+TEST_CASE("the greedy is the same bit for bit on 1, 2, 3 and 8 threads and a caller's pool, and equals a plain float loop") {
+  // Ragged sizes: blocked rows not a whole number of chunks (64), block
+  // sizes that are not whole packets (AVX-512: 16 floats) nor whole register
+  // tiles, a single token, b = 2; inputs where no row can be pruned, and
+  // enough of them (up to 38 chunks) that every thread gets chunks: a pass
+  // runs on at most one task per 4 chunks.
+  struct Case {
+    Eigen::Index tokens, channels, b;
+    int kind;
+  };
+  oq::cpu::ThreadPool pool(3);
+  for (const Case c : {Case{96, 256, 128, 0}, Case{37, 384, 128, 0}, Case{37, 384, 128, 1}, Case{50, 96, 32, 2},
+                       Case{1, 128, 128, 0}, Case{1, 24, 24, 2}, Case{29, 60, 12, 0}, Case{70, 40, 20, 3},
+                       Case{130, 8, 2, 0}, Case{64, 192, 64, 1}, Case{3, 96, 96, 0}, Case{300, 512, 64, 0},
+                       Case{101, 640, 40, 1}, Case{256, 256, 128, 2}}) {
+    CAPTURE(c.tokens);
+    CAPTURE(c.channels);
+    CAPTURE(c.b);
+    CAPTURE(c.kind);
+    const DenseMatrix<float> x = greedy_input(c.kind, c.tokens, c.channels, 40 + std::uint64_t(c.b));
+    const DenseMatrix<float> base = duquant_base_block(some_orthogonal(c.b - 1, 41).cast<float>().eval());
+    for (const GreedyScore score : {GreedyScore::kRange, GreedyScore::kAbsMax}) {
+      CAPTURE(int(score));
+      GreedyRotationOptions options{.steps = 20, .score = score, .progress = {}, .threads = 1};
+      const auto one = greedy_block_rotation(x, base, options);
+      check_identical(one, greedy_plain(x, base, 20, score));
+      for (const int threads : {2, 3, 8}) {
+        options.threads = threads;
+        check_identical(greedy_block_rotation(x, base, options), one);
+      }
+      options.threads = 0;
+      options.pool = &pool;
+      check_identical(greedy_block_rotation(x, base, options), one);
+    }
+    // The weight-aware score: both passes (activations, weights) threaded.
+    const DenseMatrix<float> w = oq::test::heavy_tailed<float>(45, c.channels, 42);
+    GreedyRotationOptions weighted{.steps = 12, .score = GreedyScore::kActivationTimesWeight, .progress = {}, .threads = 1};
+    const auto one = greedy_block_rotation(x, w, base, weighted);
+    check_identical(one, greedy_plain(x, base, 12, GreedyScore::kActivationTimesWeight, &w));
+    weighted.threads = 3;
+    check_identical(greedy_block_rotation(x, w, base, weighted), one);
+  }
+}
+
+TEST_CASE("an all-zero input: every entry ties at 0, the pivot is channel 0 and the identity is kept") {
+  const DenseMatrix<float> zero = DenseMatrix<float>::Zero(70, 256);
+  const DenseMatrix<float> base = duquant_base_block(some_orthogonal(127, 43).cast<float>().eval());
+  for (const int threads : {1, 2}) {
+    const auto g = greedy_block_rotation(zero, base, {.steps = 3, .score = GreedyScore::kRange, .progress = {}, .threads = threads});
+    CHECK(g.pivots == std::vector<Eigen::Index>{0, 0, 0});
+    CHECK(g.scores == std::vector<double>{0, 0, 0, 0});
+    CHECK(g.kept == 0);
+    CHECK(g.rotation == DenseMatrix<float>::Identity(128, 128));
+  }
+}
+
+TEST_CASE("float against float64: every score within the rounding bound, every clear pivot the same") {
+  // The float path computes fl(x·â) with â = A_t rounded to float, in some
+  // order of the sum. Per entry, against the exact x·A_t (Higham, "Accuracy
+  // and Stability of Numerical Algorithms", Lemma 3.4 and eq. 3.5):
+  //   |fl(x·â_j) − x·A_j| ≤ γ_b·Σ|x_k|·|â_kj| + u·Σ|x_k|·|A_kj| ≤ (γ_b + u)(1 + u)·‖x‖·‖A_j‖,
+  // with ‖A_j‖ ≈ 1: e = (γ_b + 2u)·max_i ‖x_i‖. The extremes move by at most
+  // e each, a kRange score by 2e. Any two orders of the sum (this kernel's
+  // and Eigen's GEMM paths, which the previous implementation used) differ
+  // by at most 2e per entry. Here the float64 reference follows the float
+  // run's pivots (a near-tie may pick another channel, and the runs would
+  // part), and where the peak leads every entry of another channel by more
+  // than 2e, the pivot must be the same.
+  const Eigen::Index b = 64;
+  DenseMatrix<float> x = oq::test::gaussian<float>(40, 256, 44);
+  x(7, 77) = 40.0f;
+  const DenseMatrix<float> base = duquant_base_block(some_orthogonal(b - 1, 45).cast<float>().eval());
+  const int steps = 40;
+  const auto g = greedy_block_rotation(x, base, {.steps = steps, .score = GreedyScore::kRange, .progress = {}, .threads = 2});
+  using RowMatrix = Eigen::Matrix<double, -1, -1, Eigen::RowMajor>;
+  const RowMatrix x_row = x.cast<double>();
+  const Matrix blocks = Eigen::Map<const RowMatrix>(x_row.data(), x.rows() * x.cols() / b, b);
+  const double u = std::numeric_limits<float>::epsilon() / 2;
+  const double e = (b * u / (1 - b * u) + 2 * u) * blocks.rowwise().norm().maxCoeff();
+  Matrix a = Matrix::Identity(b, b);
+  int clear = 0;
+  for (int t = 0; t <= steps; ++t) {
+    CAPTURE(t);
+    const Matrix y = blocks * a;
+    CHECK(std::fabs(g.scores[static_cast<std::size_t>(t)] - (y.maxCoeff() - y.minCoeff())) <= 2 * e);
+    if (t == steps) break;
+    // The peak's channel, and how far it leads every other channel's |y|.
+    Eigen::Index r_hi, c_hi, r_lo, c_lo;
+    const double hi = y.maxCoeff(&r_hi, &c_hi), lo = y.minCoeff(&r_lo, &c_lo);
+    const Eigen::Index channel = -lo > hi ? c_lo : c_hi;
+    Eigen::RowVectorXd others = y.cwiseAbs().colwise().maxCoeff();
+    others(channel) = 0;
+    if (std::max(hi, -lo) - others.maxCoeff() > 2 * e) {
+      ++clear;
+      CHECK(g.pivots[static_cast<std::size_t>(t)] == channel);
+    }
+    Matrix step = base.cast<double>();
+    const Eigen::Index d = g.pivots[static_cast<std::size_t>(t)];
+    step.row(0).swap(step.row(d));
+    step.col(0).swap(step.col(d));
+    a = (a * step).eval();
+  }
+  CHECK(clear >= steps / 2);  // the pivot check is not vacuous
+}
+
 TEST_CASE("nearest_orthogonal: a drifted rotation is refused with the way out, and projected it is accepted") {
   // A float rotation drifted as products in float/TF32 leave it: Q + E with
   // |E| ~ 1e-4, far beyond require_orthogonal's 8·√n·ε (1.1e-5 at n = 128).
@@ -385,6 +611,16 @@ TEST_CASE("bad input") {
   CHECK_THROWS_WITH_AS(greedy_block_rotation(oq::test::gaussian<double>(2, 12, 1), base),
                        doctest::Contains("the block size (8) must divide the channel count of x (12)"),
                        std::invalid_argument);
+  CHECK_THROWS_WITH_AS(greedy_block_rotation(oq::test::gaussian<double>(2, 16, 1), base,
+                                             {.steps = 4, .score = GreedyScore::kRange, .progress = {}, .threads = -1}),
+                       doctest::Contains("options.threads must be >= 0"), std::invalid_argument);
+  {
+    oq::cpu::ThreadPool pool(2);
+    CHECK_THROWS_WITH_AS(
+        greedy_block_rotation(oq::test::gaussian<double>(2, 16, 1), base,
+                              {.steps = 4, .score = GreedyScore::kRange, .progress = {}, .threads = 2, .pool = &pool}),
+        doctest::Contains("options.threads must be 0 when options.pool is given"), std::invalid_argument);
+  }
   CHECK_THROWS_WITH_AS(greedy_block_rotation(oq::test::gaussian<double>(2, 16, 1), base, {.steps = -1}),
                        doctest::Contains("options.steps must be in [0, 65536], got -1"), std::invalid_argument);
   // Bounded (kMaxGreedySteps): INT_MAX steps would reserve 32 GiB of pivots

@@ -1,3 +1,4 @@
+#include <oq/cpu/thread_pool.hpp>
 #include <oq/quant/quantize.hpp>
 #include <oq/transform/duquant.hpp>
 #include <oq/transform/duquant_io.hpp>
@@ -198,6 +199,43 @@ TEST_CASE("calibration is a pure function of its inputs") {
     std::iota(identity.begin(), identity.end(), Eigen::Index(0));
     CHECK(t.permutations().back() != identity);
   }
+}
+
+TEST_CASE("calibration on 1, 2 or 5 threads or a caller's pool gives the same transform, bit for bit") {
+  // Float, smoothing first (nothing for the lazy evaluation to prune), a
+  // second permutation round, and the weight-aware score; blocked rows not a
+  // whole number of the greedy's 64-row chunks (203Â·256/32 = 1624, 25.4
+  // chunks: enough for 3 tasks at 4 chunks a task).
+  const Eigen::MatrixXf x = planted(203, 256, 50).cast<float>();
+  const Eigen::MatrixXf w = oq::test::heavy_tailed<float>(24, 256, 51);
+  const Eigen::VectorXf s = (x.cwiseAbs().colwise().maxCoeff().transpose().array().sqrt() + 0.5f).matrix();
+  oq::cpu::ThreadPool pool(3);
+  for (const GreedyScore score : {GreedyScore::kRange, GreedyScore::kActivationTimesWeight}) {
+    CAPTURE(int(score));
+    DuQuantOptions options;
+    options.block_size = 32;
+    options.greedy_steps = 24;
+    options.permutation_rounds = 2;
+    options.score = score;
+    options.threads = 1;
+    const auto qs = q_primes<float>(3, 32, 52);
+    const auto one = calibrate_duquant(x, w, options, qs, s);
+    for (const int threads : {2, 5, 0}) {
+      CAPTURE(threads);
+      options.threads = threads;
+      options.pool = threads == 0 ? &pool : nullptr;
+      const auto t = calibrate_duquant(x, w, options, qs, s);
+      CHECK(t.permutations() == one.permutations());
+      for (std::size_t i = 0; i < one.rotations().size(); ++i) CHECK(t.rotations()[i] == one.rotations()[i]);
+    }
+  }
+  DuQuantOptions options;
+  options.block_size = 32;
+  options.threads = 2;
+  options.pool = &pool;
+  CHECK_THROWS_WITH_AS(calibrate_duquant(x, options, q_primes<float>(2, 32, 1)),
+                       doctest::Contains("options.threads must be 0 when options.pool is given"),
+                       std::invalid_argument);
 }
 
 TEST_CASE("on planted outliers DuQuant cuts max|x| and the 4-bit per-token error of ordinary tokens below RTN") {
@@ -418,6 +456,9 @@ TEST_CASE("the generator overloads check x and the options before drawing any Qâ
     refused(options, "options.greedy_steps must be in [0, 65536], got " + std::to_string(steps), x);
   }
   options.greedy_steps = 4;
+  options.threads = -1;
+  refused(options, "options.threads must be >= 0 (0: all hardware threads), got -1", x);
+  options.threads = 0;
   refused(options, "x must be non-empty, got 0 x 64", Matrix(0, 64));
   refused(options, "x must be non-empty, got 8 x 0", Matrix(8, 0));
   // The q_primes overloads refuse the same (INT_MAX rounds would overflow

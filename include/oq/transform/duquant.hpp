@@ -34,6 +34,7 @@
 #include <cmath>
 #include <cstddef>
 #include <functional>
+#include <optional>
 #include <random>
 #include <string>
 #include <string_view>
@@ -177,6 +178,12 @@ struct DuQuantOptions {
   GreedyScore score = GreedyScore::kRange;
   /// Called as progress(rotation index, steps done, steps in all); may be empty.
   std::function<void(int, int, int)> progress{};
+  /// Threads for the greedy steps (0: all hardware threads); the transform
+  /// is the same, bit for bit, for every thread count (duquant_rotation.hpp).
+  int threads = 0;
+  /// A pool the caller owns to run on instead of starting threads; threads
+  /// must then be 0 (GreedyRotationOptions::pool).
+  cpu::ThreadPool* pool = nullptr;
 };
 
 namespace detail_duquant {
@@ -199,6 +206,7 @@ void check_input(const Eigen::MatrixBase<Derived>& x, bool has_weights, const Du
                   "options.greedy_steps must be in [0, ", kMaxGreedySteps, "], got ", options.greedy_steps);
   detail::require(has_weights || !needs_weights(options.score), where,
                   "options.score = kActivationTimesWeight needs the weights: call the overload that takes them");
+  cpu::resolve_threads(options.threads, where, options.pool);
   detail::require_finite(x, where, "x");
 }
 
@@ -237,10 +245,14 @@ DuQuantTransform<Scalar> calibrate(const Eigen::MatrixBase<Derived>& x, const Ro
   RowMajorMatrix<Scalar> wy;
   if (w != nullptr) wy = identity.fold_into_weight(*w);
 
+  // One pool for every stage's greedy steps (none given: started here once).
+  std::optional<cpu::ThreadPool> own;
+  cpu::ThreadPool* pool = detail_rotation::greedy_pool(cpu::resolve_threads(options.threads, where, options.pool),
+                                                       options.pool, own);
   std::vector<DenseMatrix<Scalar>> rotations;
   std::vector<Permutation> permutations;
   for (int stage = 0; stage <= options.permutation_rounds; ++stage) {
-    GreedyRotationOptions greedy{options.greedy_steps, options.score, {}};
+    GreedyRotationOptions greedy{options.greedy_steps, options.score, {}, pool == nullptr ? 1 : 0, pool};
     if (options.progress) {
       greedy.progress = [&options, stage](int done, int total) { options.progress(stage, done, total); };
     }

@@ -26,7 +26,11 @@
 // tensor is never stored: each step evaluates x_i·A_t (A_t the product of the
 // steps so far) only for the rows whose norm can reach the extremes
 // (detail_rotation::NormOrderedRows), which gives the same scores and pivots
-// as rotating the whole tensor step by step, to rounding.
+// as rotating the whole tensor step by step, to rounding. The rows are
+// multiplied on GreedyRotationOptions::threads threads by a kernel that
+// reduces each register tile to the step's statistics
+// (detail_rotation::BlockKernel), every entry in one fixed order of its sum:
+// the result is the same, bit for bit, on any number of threads.
 //
 // Where oq departs from the released code (quantize/quantizer.py, rotation()):
 // the release pivots on `exchange_id % block_size` with exchange_id the ROW of
@@ -54,18 +58,22 @@
 // c2) that only the other branch sets. The product is oq's choice.
 #pragma once
 
+#include <oq/cpu/parallel.hpp>
 #include <oq/detail/check.hpp>
 
 #include <Eigen/Core>
 #include <Eigen/SVD>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <functional>
 #include <limits>
 #include <numeric>
 #include <optional>
 #include <string_view>
+#include <system_error>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -238,6 +246,13 @@ struct GreedyRotationOptions {
   GreedyScore score = GreedyScore::kRange;
   /// Called after every step with (steps done, steps in all); may be empty.
   std::function<void(int, int)> progress{};
+  /// Threads for the steps' products (0: all hardware threads). The result
+  /// is the same, bit for bit, for every thread count.
+  int threads = 0;
+  /// A pool the caller owns (oq/cpu/thread_pool.hpp) to run on instead of
+  /// starting threads per call; threads must then be 0. Not one whose task
+  /// is making this call (a pool runs one job at a time).
+  cpu::ThreadPool* pool = nullptr;
 };
 
 template <class Scalar>
@@ -250,11 +265,10 @@ struct GreedyRotation {
 
 namespace detail_rotation {
 
-// Rows of the blocked view per GEMM: large enough for Eigen's
-// (OpenMP-parallel) GEMM, small enough for a tile to stay in L2 while it is
-// reduced or copied back.
+// Rows of the blocked view per GEMM of right_multiply_blocks: large enough
+// for Eigen's (OpenMP-parallel) GEMM, small enough for a tile to stay in L2
+// while it is copied back.
 inline constexpr Eigen::Index kTileRows = 2048;
-inline constexpr Eigen::Index kFirstTileRows = 64;
 
 // y's rows viewed as b-wide blocks, each right-multiplied by r (b × b), tile
 // by tile through a small buffer instead of a y-sized temporary.
@@ -270,16 +284,224 @@ void right_multiply_blocks(RowMajorMatrix<Scalar>& y, const Eigen::MatrixBase<Ro
   }
 }
 
-// Lazy evaluation of the rotated blocks (why the greedy is fast). Step t needs
-// only the extremes of Y_t = X_b·A_t, A_t the product of the steps so far,
-// and an orthogonal A_t keeps every row's 2-norm: no entry of row i can
-// exceed ‖x_i‖ in magnitude. So the rows are visited in order of decreasing
-// norm, each computed afresh as x_i·A_t (A_t accumulated in double, rounded
-// once per step), and the visit stops at the first row whose norm bound
-// cannot reach the extremes found so far. With outliers, the extremes sit in
-// the few rows that hold them and most rows are never multiplied; without,
-// every row is, at the cost of the plain sequential update Y_t = Y_(t−1)·B_t.
-// Nothing is written back: Y_t is never stored.
+// The product kernel of the greedy's steps. Each step of Algorithm 1
+// (Lin et al. 2024, §3.1) needs only statistics of Y_t = X_b·A_t (its
+// extremes, or its columns' maxima of |y|), never Y_t itself, so the kernel
+// keeps each register tile of Y_t in registers, folds it into per-column
+// maxima and minima, and drops it: a GEMM whose epilogue is a reduction, at
+// the rate of a GEMM (bench/RESULTS.md), without storing and rereading a
+// tile. Every entry is one chain of multiply-adds in k order,
+//   y_ij = (…((0 + x_i0·a_0j) + x_i1·a_1j) + …) + x_i(b−1)·a_(b−1)j,
+// each step Eigen's pmadd (fused where the target has FMA), whatever the
+// tile, the row's place in it and the thread that computes it: the results
+// do not depend on the thread count.
+//
+// The previous implementation (an Eigen GEMM per tile of rows, one thread
+// for the greedy) summed in the same order wherever Eigen's product took its
+// register-tiled paths: measured equal bit for bit at b = 128 and 32 with
+// AVX-512 + FMA, and at every b tried without FMA (SSE2, oq's test build),
+// except tiles of one row (a GEMV). Elsewhere (Eigen's one-packet kernel
+// splits the chain into even and odd k: b = 64 or 256 with AVX-512) the two
+// are two orders of one float sum, which differ by at most
+// 2·γ_b·Σ_k |x_ik|·|a_kj| ≤ 2·γ_b·‖x_i‖·‖a_j‖ per entry (γ_b = b·u/(1 − b·u);
+// Higham, "Accuracy and Stability of Numerical Algorithms", §3.1): the
+// extremes move by no more, kRange scores by twice that, and a pivot changes
+// only where two channels' peaks lie that close (measured: no pivot changed;
+// the test "float against float64" checks the bound).
+template <class Scalar>
+struct BlockKernel {
+  using Packet = typename Eigen::internal::packet_traits<Scalar>::type;
+  static constexpr int kLanes = Eigen::internal::unpacket_traits<Packet>::size;
+  // Rows × packets of columns per register tile: 8 × 3 accumulators with
+  // AVX-512's 32 vector registers (plus 3 for a row of A and one broadcast),
+  // 4 × 3 with 16.
+  static constexpr int kRows = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 8 : 4;
+  static constexpr int kPackets = 3;
+};
+
+// Blocked rows per unit of work: one thread computes a chunk at a time, and
+// the lazy evaluation decides per chunk whether to compute it. 64 rows
+// (32 KiB of float at b = 128) stay in L2 while every column panel of A_t
+// passes over them.
+inline constexpr Eigen::Index kChunkRows = 64;
+static_assert(kChunkRows % BlockKernel<float>::kRows == 0 && kChunkRows % BlockKernel<double>::kRows == 0);
+
+// A_t rounded to Scalar and laid out for the kernel: row-major with its b
+// columns padded to whole packets by copies of column 0. The copies give
+// every padded lane the values of column 0, so the maxima and minima over
+// all lanes are those over the b columns and need no mask.
+template <class Scalar>
+class PackedRotation {
+ public:
+  using Kernel = BlockKernel<Scalar>;
+
+  explicit PackedRotation(Eigen::Index b)
+      : b_(b), packets_((b + Kernel::kLanes - 1) / Kernel::kLanes), data_(b * packets_ * Kernel::kLanes) {}
+
+  /// a (b × b) into the layout; the column norms for the rows' bounds.
+  void assign(const DenseMatrix<Scalar>& a) {
+    const Eigen::Index stride = this->stride();
+    for (Eigen::Index k = 0; k < b_; ++k) {
+      Scalar* row = data_.data() + k * stride;
+      for (Eigen::Index j = 0; j < b_; ++j) row[j] = a(k, j);
+      for (Eigen::Index j = b_; j < stride; ++j) row[j] = a(k, 0);
+    }
+    column_norm_ = a.template cast<double>().colwise().norm().maxCoeff();
+  }
+
+  Eigen::Index b() const { return b_; }
+  Eigen::Index packets() const { return packets_; }
+  Eigen::Index stride() const { return packets_ * Kernel::kLanes; }
+  const Scalar* data() const { return data_.data(); }
+  /// The largest column norm of a as it is (a product of many rounded
+  /// orthogonal blocks drifts from orthogonal), not 1.
+  double column_norm() const { return column_norm_; }
+
+ private:
+  Eigen::Index b_, packets_;
+  Eigen::Matrix<Scalar, Eigen::Dynamic, 1> data_;
+  double column_norm_ = 0;
+};
+
+enum class TileReduction { kExtremes, kAbsMax, kStore };
+
+// Calls f(std::integral_constant<int, i>()) for i = 0, …, N − 1, unrolled
+// by the compiler whatever its optimisation level: with constant indices the
+// register tile's accumulators stay in registers (at -O2 GCC unrolls no
+// loop, and kept them in memory: 4× slower).
+template <int N, class F>
+inline void unrolled(F&& f) {
+  [&]<int... i>(std::integer_sequence<int, i...>) {
+    (f(std::integral_constant<int, i>()), ...);
+  }(std::make_integer_sequence<int, N>());
+}
+
+// Lane-wise max and min: Eigen's pmax and pmin, except with AVX-512, where
+// the masked instructions with every lane selected compute the same (the
+// operands in Eigen's order): GCC 12's _mm512_max_ps passes
+// _mm512_undefined_ps() through, which -Wuninitialized reports once it is
+// inlined into block_tile (an error under -Werror).
+template <class Packet>
+inline Packet lane_max(const Packet& a, const Packet& b) {
+  return Eigen::internal::pmax(a, b);
+}
+template <class Packet>
+inline Packet lane_min(const Packet& a, const Packet& b) {
+  return Eigen::internal::pmin(a, b);
+}
+#ifdef EIGEN_VECTORIZE_AVX512
+inline __m512 lane_max(const __m512& a, const __m512& b) { return _mm512_mask_max_ps(a, __mmask16(0xFFFF), b, a); }
+inline __m512 lane_min(const __m512& a, const __m512& b) { return _mm512_mask_min_ps(a, __mmask16(0xFFFF), b, a); }
+inline __m512d lane_max(const __m512d& a, const __m512d& b) { return _mm512_mask_max_pd(a, __mmask8(0xFF), b, a); }
+inline __m512d lane_min(const __m512d& a, const __m512d& b) { return _mm512_mask_min_pd(a, __mmask8(0xFF), b, a); }
+#endif
+
+// One register tile: kRows rows of x (row stride b) times Packets packets of
+// A's columns (from `a`, row stride `lda`), over k = 0..b−1. kExtremes folds
+// the tile into out0 (per-column maxima) and out1 (minima), kAbsMax into
+// out0 (per-column maxima of |y|), kStore writes it to out0 (row stride ldo).
+template <class Scalar, int Packets, TileReduction Mode>
+inline void block_tile(const Scalar* x, Eigen::Index b, const Scalar* a, Eigen::Index lda, Scalar* out0, Scalar* out1,
+                       Eigen::Index ldo) {
+  using Kernel = BlockKernel<Scalar>;
+  using Packet = typename Kernel::Packet;
+  constexpr int kRows = Kernel::kRows, kLanes = Kernel::kLanes;
+  namespace ei = Eigen::internal;
+  Packet acc[kRows][Packets];
+  unrolled<kRows>([&](auto r) { unrolled<Packets>([&](auto p) { acc[r][p] = ei::pset1<Packet>(Scalar(0)); }); });
+  for (Eigen::Index k = 0; k < b; ++k) {
+    Packet ak[Packets];
+    unrolled<Packets>([&](auto p) { ak[p] = ei::ploadu<Packet>(a + k * lda + p * kLanes); });
+    unrolled<kRows>([&](auto r) {
+      const Packet xk = ei::pset1<Packet>(x[r * b + k]);
+      unrolled<Packets>([&](auto p) { acc[r][p] = ei::pmadd(ak[p], xk, acc[r][p]); });
+    });
+  }
+  unrolled<Packets>([&](auto p) {
+    if constexpr (Mode == TileReduction::kStore) {
+      unrolled<kRows>([&](auto r) { ei::pstoreu(out0 + r * ldo + p * kLanes, acc[r][p]); });
+    } else if constexpr (Mode == TileReduction::kAbsMax) {
+      Packet m = ei::ploadu<Packet>(out0 + p * kLanes);
+      unrolled<kRows>([&](auto r) { m = lane_max(m, ei::pabs(acc[r][p])); });
+      ei::pstoreu(out0 + p * kLanes, m);
+    } else {
+      Packet hi = ei::ploadu<Packet>(out0 + p * kLanes), lo = ei::ploadu<Packet>(out1 + p * kLanes);
+      unrolled<kRows>([&](auto r) {
+        hi = lane_max(hi, acc[r][p]);
+        lo = lane_min(lo, acc[r][p]);
+      });
+      ei::pstoreu(out0 + p * kLanes, hi);
+      ei::pstoreu(out1 + p * kLanes, lo);
+    }
+  });
+}
+
+// kChunkRows rows of x (row stride b) times the packed A: every column panel
+// of up to kPackets packets, every register tile of kRows rows. For kStore,
+// out0 has kChunkRows rows of a.stride() entries.
+template <class Scalar, TileReduction Mode>
+void block_chunk(const Scalar* x, const PackedRotation<Scalar>& a, Scalar* out0, Scalar* out1) {
+  using Kernel = BlockKernel<Scalar>;
+  const Eigen::Index b = a.b(), lda = a.stride();
+  for (Eigen::Index p0 = 0; p0 < a.packets(); p0 += Kernel::kPackets) {
+    const Eigen::Index panel = std::min<Eigen::Index>(Kernel::kPackets, a.packets() - p0);
+    const Eigen::Index column = p0 * Kernel::kLanes;
+    const Scalar* ap = a.data() + column;
+    for (Eigen::Index r = 0; r < kChunkRows; r += Kernel::kRows) {
+      const Scalar* xr = x + r * b;
+      Scalar* o0 = Mode == TileReduction::kStore ? out0 + r * lda + column : out0 + column;
+      Scalar* o1 = Mode == TileReduction::kExtremes ? out1 + column : nullptr;
+      if (panel == 3) {
+        block_tile<Scalar, 3, Mode>(xr, b, ap, lda, o0, o1, lda);
+      } else if (panel == 2) {
+        block_tile<Scalar, 2, Mode>(xr, b, ap, lda, o0, o1, lda);
+      } else {
+        block_tile<Scalar, 1, Mode>(xr, b, ap, lda, o0, o1, lda);
+      }
+    }
+  }
+}
+
+// value ← max(value, candidate), atomically.
+inline void atomic_raise(std::atomic<double>& value, double candidate) {
+  double seen = value.load(std::memory_order_relaxed);
+  while (candidate > seen && !value.compare_exchange_weak(seen, candidate, std::memory_order_relaxed)) {
+  }
+}
+
+// The extremes of Y_t for kRange and kAbsMax, and the first entry (in
+// row-major order of the blocked view) holding the peak: the one of max and
+// min of larger magnitude, +v on a tie with −v.
+struct Extremes {
+  double hi = 0, lo = 0;
+  Eigen::Index hi_at = 0, lo_at = 0;  // positions in the blocked view: row·b + column
+  Eigen::Index rows = 0;              // rows multiplied
+
+  bool peak_is_hi() const { return !(-lo > hi); }
+  double score(GreedyScore s) const { return s == GreedyScore::kRange ? hi - lo : std::fabs(peak_is_hi() ? hi : lo); }
+  Eigen::Index channel(Eigen::Index b) const { return (peak_is_hi() ? hi_at : lo_at) % b; }
+};
+
+// Lazy evaluation of the rotated blocks (why the greedy is fast where the
+// input has outliers). Step t needs only the extremes of Y_t = X_b·A_t, A_t
+// the product of the steps so far, and an orthogonal A_t keeps every row's
+// 2-norm: no entry of row i can exceed ‖x_i‖ in magnitude. So the rows are
+// visited in order of decreasing norm, each computed afresh as x_i·A_t (A_t
+// accumulated in double, rounded once per step), and the visit stops at the
+// first row whose norm bound cannot reach the extremes found so far. With
+// outliers, the extremes sit in the few rows that hold them and most rows
+// are never multiplied; without (Gaussian or smoothed activations), every
+// row is, at the cost of the plain sequential update Y_t = Y_(t−1)·B_t, by
+// BlockKernel at a GEMM's rate. Nothing is written back: Y_t is never stored.
+//
+// Threads: the rows are cut into chunks of kChunkRows in norm order, dealt
+// to the tasks in turn; each task publishes the threshold its own extremes
+// give (any task's is a valid lower bound for the whole tensor's), and stops
+// at its first chunk whose largest bound is below the best threshold
+// published. A skipped row cannot reach the extremes, and a row
+// computed needlessly only adds entries below them, so the extremes, their
+// first positions and the scores are the same for any thread count and
+// any interleaving, bit for bit: each entry is one fixed chain (BlockKernel).
 template <class Scalar>
 class NormOrderedRows {
  public:
@@ -287,142 +509,178 @@ class NormOrderedRows {
   /// is m(i, k·b .. k·b + b − 1).
   template <class Derived>
   NormOrderedRows(const Eigen::MatrixBase<Derived>& m, Eigen::Index b)
-      : original_(static_cast<std::size_t>(m.rows() * (m.cols() / b))) {
-    const Eigen::Index per_row = m.cols() / b, n = m.rows() * per_row;
+      : b_(b), count_(m.rows() * (m.cols() / b)), original_(static_cast<std::size_t>(count_)) {
+    const Eigen::Index per_row = m.cols() / b, n = count_;
     Eigen::VectorXd norms(n);
     for (Eigen::Index r = 0; r < n; ++r)
       norms(r) = m.row(r / per_row).segment((r % per_row) * b, b).template cast<double>().norm();
     std::iota(original_.begin(), original_.end(), Eigen::Index(0));
     std::stable_sort(original_.begin(), original_.end(), [&](Eigen::Index i, Eigen::Index j) { return norms(i) > norms(j); });
-    rows_.resize(n, b);
-    bounds_.resize(static_cast<std::size_t>(n));
+    // Whole chunks: the last one is padded with copies of the last row,
+    // whose products equal that row's and so change no extreme (the scan for
+    // positions skips them).
+    const Eigen::Index chunks = (n + kChunkRows - 1) / kChunkRows;
+    rows_.resize(chunks * kChunkRows, b);
+    bounds_.resize(static_cast<std::size_t>(chunks));
     // |fl(x_i·a_j)| ≤ (1 + γ_b)·‖x_i‖·‖a_j‖ (γ_b = b·u/(1 − b·u), the dot
-    // product's rounding); visit() multiplies by max_j ‖a_j‖, measured.
-    // 4·b·u covers 1 + γ_b with room, and the norms' own rounding.
+    // product's rounding in any order); the visit multiplies by max_j ‖a_j‖,
+    // measured. 4·b·u covers 1 + γ_b with room, and the norms' own rounding.
     const double slack = 1.0 + 4.0 * static_cast<double>(b) * static_cast<double>(std::numeric_limits<Scalar>::epsilon());
-    for (Eigen::Index r = 0; r < n; ++r) {
-      const Eigen::Index i = original_[static_cast<std::size_t>(r)];
+    for (Eigen::Index r = 0; r < rows_.rows(); ++r) {
+      const Eigen::Index i = original_[static_cast<std::size_t>(std::min(r, n - 1))];
       rows_.row(r) = m.row(i / per_row).segment((i % per_row) * b, b);
-      bounds_[static_cast<std::size_t>(r)] = norms(i) * slack;
+      if (r % kChunkRows == 0) bounds_[static_cast<std::size_t>(r / kChunkRows)] = norms(i) * slack;
     }
-    tile_.resize(std::min(kTileRows, n), b);
   }
 
-  /// Feeds visitor(tile, original_rows) tiles of (rows·a) in norm order while
-  /// a row's bound can still reach visitor.threshold(); returns rows computed.
-  /// The bound uses the largest column norm of a as it is (a product of many
-  /// rounded orthogonal blocks drifts from orthogonal), not 1.
-  template <class Visitor>
-  Eigen::Index visit(const DenseMatrix<Scalar>& a, Visitor& visitor) {
-    const Eigen::Index n = rows_.rows();
-    const double column_norm = a.template cast<double>().colwise().norm().maxCoeff();
-    Eigen::Index start = 0;
-    // The first tiles are small, so that a threshold exists before much is
-    // multiplied; they double up to kTileRows.
-    Eigen::Index tile_rows = kFirstTileRows;
-    while (start < n) {
-      const double threshold = visitor.threshold();
-      // Bounds are descending: the rows that can still matter are a prefix.
-      const auto first = bounds_.begin() + start;
-      const auto last = bounds_.begin() + std::min(n, start + tile_rows);
-      const Eigen::Index count =
-          std::partition_point(first, last, [&](double bound) { return bound * column_norm >= threshold; }) - first;
-      if (count == 0) break;
-      auto tile = tile_.topRows(count);
-      tile.noalias() = rows_.middleRows(start, count) * a;
-      visitor(tile, original_.data() + start);
-      start += count;
-      if (count < tile_rows && start < n) break;  // the next row is below the threshold already
-      tile_rows = std::min(2 * tile_rows, kTileRows);
+  /// Blocked rows (the view's, without the padding).
+  Eigen::Index rows() const { return count_; }
+
+  /// The extremes of (rows·a) and their first positions, from the rows that
+  /// can reach them, on `pool` (null: this thread only).
+  Extremes extremes(const PackedRotation<Scalar>& a, GreedyScore score, cpu::ThreadPool* pool) {
+    const Eigen::Index chunks = this->chunks(), stride = a.stride();
+    const int tasks = task_count(pool);
+    const Scalar inf = std::numeric_limits<Scalar>::infinity();
+    chunk_hi_.resize(chunks);
+    chunk_lo_.resize(chunks);
+    computed_.assign(static_cast<std::size_t>(chunks), 0);
+    // Per task: the columns' maxima and minima of the chunk in hand, then
+    // the task's extremes over its chunks so far (its threshold).
+    scratch_.resize(2 * stride * tasks);
+    task_hi_.setConstant(tasks, -inf);
+    task_lo_.setConstant(tasks, inf);
+    const Eigen::Index computed = for_chunks(a, pool, tasks, [&](std::int64_t task, Eigen::Index c) {
+      Scalar* hi = scratch_.data() + 2 * stride * task;
+      Scalar* lo = hi + stride;
+      std::fill(hi, hi + stride, -inf);
+      std::fill(lo, lo + stride, inf);
+      block_chunk<Scalar, TileReduction::kExtremes>(rows_.data() + c * kChunkRows * b_, a, hi, lo);
+      chunk_hi_(c) = *std::max_element(hi, hi + stride);
+      chunk_lo_(c) = *std::min_element(lo, lo + stride);
+      computed_[static_cast<std::size_t>(c)] = 1;
+      const double h = static_cast<double>(task_hi_(task) = std::max(task_hi_(task), chunk_hi_(c)));
+      const double l = static_cast<double>(task_lo_(task) = std::min(task_lo_(task), chunk_lo_(c)));
+      // kRange needs both extremes exactly; kAbsMax only the larger magnitude.
+      return score == GreedyScore::kRange ? std::min(h, -l) : std::max(h, -l);
+    });
+    // The extremes in chunk order (not the tasks'), so that even the sign of
+    // a zero extreme does not depend on which task took which chunk.
+    Scalar hi = -inf, lo = inf;
+    for (Eigen::Index c = 0; c < chunks; ++c) {
+      if (computed_[static_cast<std::size_t>(c)] == 0) continue;
+      hi = std::max(hi, chunk_hi_(c));
+      lo = std::min(lo, chunk_lo_(c));
     }
-    return start;
+    Extremes e;
+    e.rows = std::min(computed * kChunkRows, count_);
+    e.hi = static_cast<double>(hi);
+    e.lo = static_cast<double>(lo);
+    e.hi_at = first_position(a, hi, chunk_hi_);
+    e.lo_at = first_position(a, lo, chunk_lo_);
+    return e;
+  }
+
+  /// Per column j of the blocked view, max |(rows·a)_ij| over the rows that
+  /// can change it (the weight-aware score), in double; `rows` receives the
+  /// rows multiplied.
+  Eigen::ArrayXd column_abs_max(const PackedRotation<Scalar>& a, cpu::ThreadPool* pool, Eigen::Index* rows = nullptr) {
+    const Eigen::Index stride = a.stride();
+    const int tasks = task_count(pool);
+    // Per task, the columns' maxima over its chunks; a row whose bound is
+    // below every column's maximum can change none.
+    scratch_.setConstant(stride * tasks, Scalar(-1));
+    const Eigen::Index computed = for_chunks(a, pool, tasks, [&](std::int64_t task, Eigen::Index c) {
+      Scalar* m = scratch_.data() + stride * task;
+      block_chunk<Scalar, TileReduction::kAbsMax>(rows_.data() + c * kChunkRows * b_, a, m, nullptr);
+      return static_cast<double>(*std::min_element(m, m + stride));
+    });
+    if (rows != nullptr) *rows = std::min(computed * kChunkRows, count_);
+    Eigen::ArrayXd out = Eigen::ArrayXd::Constant(b_, -1.0);
+    for (Eigen::Index task = 0; task < tasks; ++task)
+      out = out.max(scratch_.segment(task * stride, b_).template cast<double>().array());
+    return out;
   }
 
  private:
-  RowMajorMatrix<Scalar> rows_;          // the blocked rows, largest norm first
-  std::vector<double> bounds_;           // their norms with rounding slack, descending
-  std::vector<Eigen::Index> original_;   // their rows in the blocked view
-  RowMajorMatrix<Scalar> tile_;
-};
-
-// The extremes of the tensor for kRange and kAbsMax, and the first entry (in
-// row-major order of the blocked view) holding the peak: the one of max and
-// min of larger magnitude, +v on a tie with −v.
-template <class Scalar>
-class ExtremesVisitor {
- public:
-  ExtremesVisitor(GreedyScore score, Eigen::Index b) : score_(score), b_(b) {}
-
-  double threshold() const {
-    if (!seen_) return -std::numeric_limits<double>::infinity();
-    const double hi = static_cast<double>(hi_), lo = static_cast<double>(lo_);
-    // kRange needs both extremes exactly; kAbsMax only the larger magnitude.
-    return score_ == GreedyScore::kRange ? std::min(hi, -lo) : std::max(hi, -lo);
+  Eigen::Index chunks() const { return static_cast<Eigen::Index>(bounds_.size()); }
+  // Tasks for a pass: at least kChunksPerTask of the chunks the previous
+  // pass computed per task, as many as the pool has at most. Waking a
+  // worker costs about as much as a chunk (tens of µs), so a pass that the
+  // lazy evaluation cuts to a chunk or two runs on this thread alone; the
+  // result does not depend on the choice.
+  static constexpr Eigen::Index kChunksPerTask = 4;
+  int task_count(const cpu::ThreadPool* pool) const {
+    if (pool == nullptr) return 1;
+    return static_cast<int>(std::clamp<Eigen::Index>(last_computed_ / kChunksPerTask, 1, pool->size()));
   }
 
-  template <class Tile>
-  void operator()(const Tile& tile, const Eigen::Index* original) {
-    // Row extremes first (vectorised along the contiguous rows): they give
-    // the tile's extremes and, when one is kept, the rows that hold it.
-    row_hi_ = tile.rowwise().maxCoeff();
-    row_lo_ = tile.rowwise().minCoeff();
-    const Scalar tile_hi = row_hi_.maxCoeff(), tile_lo = row_lo_.minCoeff();
-    if (!seen_ || tile_hi >= hi_) take(tile, row_hi_, original, tile_hi, hi_, hi_at_);
-    if (!seen_ || tile_lo <= lo_) take(tile, row_lo_, original, tile_lo, lo_, lo_at_);
-    seen_ = true;
+  // Runs threshold = body(task, chunk) over the chunks in norm order, on
+  // `tasks` tasks of `pool`, while a chunk's largest bound can reach the best
+  // threshold that any task has returned. Returns the chunks computed.
+  template <class Body>
+  Eigen::Index for_chunks(const PackedRotation<Scalar>& a, cpu::ThreadPool* pool, int tasks, Body&& body) {
+    const Eigen::Index chunks = this->chunks();
+    const double column_norm = a.column_norm();
+    std::atomic<double> threshold{-std::numeric_limits<double>::infinity()};
+    std::atomic<Eigen::Index> computed{0};
+    // Task t takes chunks t, t + tasks, t + 2·tasks, …: interleaved, so that
+    // every task has rows of every norm, and fixed, so that every task's
+    // share is computed and merged whichever thread runs it.
+    auto task = [&](std::int64_t t) {
+      Eigen::Index done = 0;
+      for (Eigen::Index c = t; c < chunks; c += tasks) {
+        // Bounds are descending: the chunks that can still matter are a prefix.
+        if (bounds_[static_cast<std::size_t>(c)] * column_norm < threshold.load(std::memory_order_relaxed)) break;
+        atomic_raise(threshold, body(t, c));
+        ++done;
+      }
+      computed.fetch_add(done, std::memory_order_relaxed);
+    };
+    if (tasks == 1) {
+      task(0);
+    } else {
+      pool->run(tasks, task);
+    }
+    last_computed_ = computed.load();
+    return last_computed_;
   }
 
-  double score() const {
-    return score_ == GreedyScore::kRange ? static_cast<double>(hi_) - static_cast<double>(lo_)
-                                         : std::fabs(static_cast<double>(peak_is_hi() ? hi_ : lo_));
-  }
-  Eigen::Index channel() const { return (peak_is_hi() ? hi_at_ : lo_at_) % b_; }
-
- private:
-  bool peak_is_hi() const { return !(-lo_ > hi_); }
-
-  // value is the tile's max (or min) and at least as extreme as `best`: keep
-  // it with the first row-major position that holds it, here or earlier.
-  template <class Tile>
-  void take(const Tile& tile, const Eigen::Matrix<Scalar, Eigen::Dynamic, 1>& row_extreme,
-            const Eigen::Index* original, Scalar value, Scalar& best, Eigen::Index& best_at) {
+  // The first position (row-major in the blocked view: original row·b +
+  // column) holding `value`, among the computed chunks whose extreme equals
+  // it: those chunks are multiplied again, stored and scanned. A peak usually
+  // sits in one chunk; ties across many (constant or all-zero rows) cost
+  // one more pass over them.
+  Eigen::Index first_position(const PackedRotation<Scalar>& a, Scalar value,
+                              const Eigen::Matrix<Scalar, Eigen::Dynamic, 1>& chunk_extreme) {
+    const Eigen::Index stride = a.stride();
+    tile_.resize(kChunkRows * stride);
     Eigen::Index at = std::numeric_limits<Eigen::Index>::max();
-    for (Eigen::Index r = 0; r < tile.rows(); ++r) {
-      if (row_extreme(r) != value) continue;
-      Eigen::Index c = 0;
-      while (tile(r, c) != value) ++c;  // the row holds it: the first column is the earliest
-      at = std::min(at, original[r] * b_ + c);
+    for (Eigen::Index c = 0; c < chunks(); ++c) {
+      if (computed_[static_cast<std::size_t>(c)] == 0 || chunk_extreme(c) != value) continue;
+      block_chunk<Scalar, TileReduction::kStore>(rows_.data() + c * kChunkRows * b_, a, tile_.data(), nullptr);
+      const Eigen::Index valid = std::min(kChunkRows, count_ - c * kChunkRows);
+      for (Eigen::Index r = 0; r < valid; ++r) {
+        const Eigen::Index first = original_[static_cast<std::size_t>(c * kChunkRows + r)] * b_;
+        if (first >= at) continue;  // nothing in this row can come first
+        for (Eigen::Index j = 0; j < b_; ++j)
+          if (tile_(r * stride + j) == value) {
+            at = first + j;
+            break;
+          }
+      }
     }
-    if (!seen_ || value != best || at < best_at) best_at = at;
-    best = value;
+    return at;
   }
 
-  GreedyScore score_;
-  Eigen::Index b_;
-  bool seen_ = false;
-  Scalar hi_{}, lo_{};
-  Eigen::Index hi_at_ = 0, lo_at_ = 0;
-  Eigen::Matrix<Scalar, Eigen::Dynamic, 1> row_hi_, row_lo_;
-};
-
-// Column maxima of |Y| for the weight-aware score: a row whose bound is below
-// every column's maximum found so far can change none of them.
-template <class Scalar>
-class ColumnAbsMaxVisitor {
- public:
-  explicit ColumnAbsMaxVisitor(Eigen::Index b) : max_(Eigen::ArrayXd::Constant(b, -1.0)) {}
-
-  double threshold() const { return max_.minCoeff(); }
-
-  template <class Tile>
-  void operator()(const Tile& tile, const Eigen::Index*) {
-    max_ = max_.max(tile.cwiseAbs().colwise().maxCoeff().transpose().template cast<double>().array());
-  }
-
-  const Eigen::ArrayXd& maxima() const { return max_; }
-
- private:
-  Eigen::ArrayXd max_;
+  Eigen::Index b_, count_;
+  RowMajorMatrix<Scalar> rows_;         // the blocked rows, largest norm first, padded to whole chunks
+  std::vector<double> bounds_;          // each chunk's largest norm with rounding slack, descending
+  std::vector<Eigen::Index> original_;  // the rows' rows in the blocked view
+  using Vector = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+  Vector chunk_hi_, chunk_lo_, task_hi_, task_lo_, scratch_, tile_;
+  std::vector<unsigned char> computed_;
+  Eigen::Index last_computed_ = std::numeric_limits<Eigen::Index>::max();  // chunks the last pass computed
 };
 
 // E_d·B·E_d into `out` (preallocated b × b): B with indices 0 and d exchanged.
@@ -434,6 +692,31 @@ void exchanged(const DenseMatrix<Scalar>& base, Eigen::Index d, DenseMatrix<Scal
   out.col(0).swap(out.col(d));
 }
 
+// out ← lhs·rhs (n × n, double) exactly as `out.noalias() = lhs * rhs` computes
+// it on one thread — Eigen's coefficient-based product below its size
+// threshold, else its blocked GEMM, sequential — but never through OpenMP:
+// Eigen parallelises this product when built with OpenMP, and the team it
+// starts keeps spinning after the product, on the cores that the greedy's
+// own threads need (perf: 12 % of the calibration's time in libgomp's spin,
+// 2 threads). Sequential, A_t is also the one the greedy had on one thread,
+// bit for bit, whether or not OpenMP is on (a parallel GEMM blocks the
+// product differently, which may round differently).
+inline void sequential_product(const DenseMatrix<double>& lhs, const DenseMatrix<double>& rhs,
+                               DenseMatrix<double>& out) {
+  const Eigen::Index n = lhs.rows();
+  if (3 * n < EIGEN_GEMM_TO_COEFFBASED_THRESHOLD) {
+    out.noalias() = lhs * rhs;  // coefficient-based: never parallel
+    return;
+  }
+  using Gemm = Eigen::internal::general_matrix_matrix_product<Eigen::Index, double, Eigen::ColMajor, false, double,
+                                                              Eigen::ColMajor, false, Eigen::ColMajor, 1>;
+  Eigen::internal::gemm_blocking_space<Eigen::ColMajor, double, double, Eigen::Dynamic, Eigen::Dynamic, Eigen::Dynamic>
+      blocking(n, n, n, 1, true);
+  out.setZero();
+  Gemm::run(n, n, n, lhs.data(), lhs.outerStride(), rhs.data(), rhs.outerStride(), out.data(), 1, out.outerStride(),
+            1.0, blocking, nullptr);
+}
+
 // One step's look: the score and the pivot channel of Y_t = X_b·A_t.
 struct Look {
   double score;
@@ -441,28 +724,27 @@ struct Look {
 };
 
 // Algorithm 1 on the blocked activations (and the blocked weights when the
-// score uses them: `weights` engaged). Inputs already checked.
+// score uses them: `weights` engaged), the products on `pool` (null: this
+// thread). Inputs already checked.
 template <class Scalar>
 GreedyRotation<Scalar> greedy_on_blocks(NormOrderedRows<Scalar>& activations,
                                         std::optional<NormOrderedRows<Scalar>>& weights,
-                                        const DenseMatrix<Scalar>& base, const GreedyRotationOptions& options) {
+                                        const DenseMatrix<Scalar>& base, const GreedyRotationOptions& options,
+                                        cpu::ThreadPool* pool) {
   const Eigen::Index b = base.rows();
 
-  // A_t in double; a_t = A_t rounded once to Scalar for the GEMMs.
+  // A_t in double; a_t = A_t rounded once to Scalar for the products.
   const DenseMatrix<double> base_d = base.template cast<double>();
   DenseMatrix<double> accumulated = DenseMatrix<double>::Identity(b, b), product(b, b), step(b, b);
-  DenseMatrix<Scalar> a = DenseMatrix<Scalar>::Identity(b, b);
+  PackedRotation<Scalar> a(b);
+  a.assign(DenseMatrix<Scalar>::Identity(b, b));
   auto look = [&]() {
     if (!weights) {
-      ExtremesVisitor<Scalar> extremes(options.score, b);
-      activations.visit(a, extremes);
-      return Look{extremes.score(), extremes.channel()};
+      const Extremes e = activations.extremes(a, options.score, pool);
+      return Look{e.score(options.score), e.channel(b)};
     }
-    ColumnAbsMaxVisitor<Scalar> x_max(b), w_max(b);
-    activations.visit(a, x_max);
-    weights->visit(a, w_max);
     // a_j·w_j per block position; the first j of the largest product.
-    const Eigen::ArrayXd product_max = x_max.maxima() * w_max.maxima();
+    const Eigen::ArrayXd product_max = activations.column_abs_max(a, pool) * weights->column_abs_max(a, pool);
     Eigen::Index channel = 0;
     const double best = product_max.maxCoeff(&channel);  // Eigen returns the first maximum
     return Look{best, channel};
@@ -487,9 +769,9 @@ GreedyRotation<Scalar> greedy_on_blocks(NormOrderedRows<Scalar>& activations,
     record(e.score);
     result.pivots.push_back(e.channel);
     exchanged(base_d, e.channel, step);
-    product.noalias() = accumulated * step;
+    sequential_product(accumulated, step, product);
     accumulated.swap(product);
-    a = accumulated.cast<Scalar>();
+    a.assign(accumulated.cast<Scalar>());
     if (options.progress) options.progress(t + 1, options.steps);
   }
   record(look().score);
@@ -503,9 +785,23 @@ GreedyRotation<Scalar> greedy_on_blocks(NormOrderedRows<Scalar>& activations,
   return result;
 }
 
+// The pool the greedy runs on: the caller's, else `own` started with
+// `threads` threads (none for one thread, or where the system refuses a
+// thread: then the caller's thread does all the work, with the same result).
+inline cpu::ThreadPool* greedy_pool(int threads, cpu::ThreadPool* given, std::optional<cpu::ThreadPool>& own) {
+  if (given != nullptr) return given->size() > 1 ? given : nullptr;
+  if (threads <= 1) return nullptr;
+  try {
+    return &own.emplace(threads);
+  } catch (const std::system_error&) {
+    return nullptr;
+  }
+}
+
+// Returns the thread count (options.threads resolved; cpu::resolve_threads).
 template <class Derived>
-void check_greedy_input(const Eigen::MatrixBase<Derived>& x, const DenseMatrix<typename Derived::Scalar>& base,
-                        const GreedyRotationOptions& options, std::string_view where) {
+int check_greedy_input(const Eigen::MatrixBase<Derived>& x, const DenseMatrix<typename Derived::Scalar>& base,
+                       const GreedyRotationOptions& options, std::string_view where) {
   const Eigen::Index b = base.rows();
   detail::require(b >= 2 && base.cols() == b, where, "base must be square with size >= 2, got ", base.rows(), " x ",
                   base.cols());
@@ -514,8 +810,10 @@ void check_greedy_input(const Eigen::MatrixBase<Derived>& x, const DenseMatrix<t
                   x.cols(), ")");
   detail::require(options.steps >= 0 && options.steps <= kMaxGreedySteps, where, "options.steps must be in [0, ",
                   kMaxGreedySteps, "], got ", options.steps);
+  const int threads = cpu::resolve_threads(options.threads, where, options.pool);
   detail::require_finite(x, where, "x");
   require_orthogonal(base, b, where, "base");
+  return threads;
 }
 
 }  // namespace detail_rotation
@@ -527,13 +825,15 @@ GreedyRotation<typename Derived::Scalar> greedy_block_rotation(const Eigen::Matr
                                                                const DenseMatrix<typename Derived::Scalar>& base,
                                                                const GreedyRotationOptions& options = {}) {
   constexpr std::string_view kWhere = "oq::transform::greedy_block_rotation";
-  detail_rotation::check_greedy_input(x, base, options, kWhere);
+  const int threads = detail_rotation::check_greedy_input(x, base, options, kWhere);
   detail::require(!needs_weights(options.score), kWhere,
                   "options.score = kActivationTimesWeight needs the weights: call the overload that takes them");
   using Scalar = typename Derived::Scalar;
   detail_rotation::NormOrderedRows<Scalar> activations(x, base.rows());
   std::optional<detail_rotation::NormOrderedRows<Scalar>> no_weights;
-  return detail_rotation::greedy_on_blocks(activations, no_weights, base, options);
+  std::optional<cpu::ThreadPool> own;
+  return detail_rotation::greedy_on_blocks(activations, no_weights, base, options,
+                                           detail_rotation::greedy_pool(threads, options.pool, own));
 }
 
 /// Algorithm 1 with the weights w (out × C) of the linear that reads x, for
@@ -547,14 +847,16 @@ GreedyRotation<typename Derived::Scalar> greedy_block_rotation(const Eigen::Matr
   using Scalar = typename Derived::Scalar;
   static_assert(std::is_same_v<Scalar, typename WeightDerived::Scalar>, "x and w must have the same scalar type");
   constexpr std::string_view kWhere = "oq::transform::greedy_block_rotation";
-  detail_rotation::check_greedy_input(x, base, options, kWhere);
+  const int threads = detail_rotation::check_greedy_input(x, base, options, kWhere);
   detail::require(w.rows() > 0 && w.cols() == x.cols(), kWhere, "w must have x's ", x.cols(),
                   " columns (one per input channel) and at least one row, got ", w.rows(), " x ", w.cols());
   detail::require_finite(w, kWhere, "w");
   if (!needs_weights(options.score)) return greedy_block_rotation(x, base, options);
   detail_rotation::NormOrderedRows<Scalar> activations(x, base.rows());
   std::optional<detail_rotation::NormOrderedRows<Scalar>> weights(std::in_place, w, base.rows());
-  return detail_rotation::greedy_on_blocks(activations, weights, base, options);
+  std::optional<cpu::ThreadPool> own;
+  return detail_rotation::greedy_on_blocks(activations, weights, base, options,
+                                           detail_rotation::greedy_pool(threads, options.pool, own));
 }
 
 }  // namespace oq::transform
