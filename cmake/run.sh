@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # oq's one-command entry points on a fresh Debian machine:
-#   bash cmake/run.sh example   build and run the main example (02_llama_layer) and draw its figures
+#   bash cmake/run.sh example   the oq tool's story (tools/oq/demo.sh): train example 03's small model,
+#                               oq analyze it, oq quantize it W4A4 with every method, oq eval each
+#   bash cmake/run.sh layer     example 02: a LLaMA-2-7B-shaped layer, every method, and its figures
 #   bash cmake/run.sh train     example 03: train a small transformer on the KJV Bible three ways,
 #                               quantize each W4A4 with every method, draw the outlier statistics
 #   bash cmake/run.sh test      build everything and run the test suite
@@ -48,6 +50,11 @@ case "${1:-}" in
   deps)
     install_deps ;;
   example)
+    install_deps "${train_packages[@]}"
+    cmake --preset default
+    cmake --build --preset default --target 03_small_transformer oq_tool
+    bash tools/oq/demo.sh build/default ;;
+  layer)
     install_deps "${example_packages[@]}"
     cmake --preset default
     cmake --build --preset default --target 02_llama_layer
@@ -94,6 +101,6 @@ case "${1:-}" in
     echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' + uncommitted changes')" > .gpu/COMMIT
     du -sh .gpu ;;
   *)
-    echo "usage: bash cmake/run.sh {example|train|test|asan|clang|fuzz|arm|deps|gpu-pack}" >&2
+    echo "usage: bash cmake/run.sh {example|layer|train|test|asan|clang|fuzz|arm|deps|gpu-pack}" >&2
     exit 2 ;;
 esac

@@ -338,7 +338,10 @@ TEST_CASE("W4A16 rtn also writes the GPTQ layout, and it dequantizes to the same
     REQUIRE(fs::is_regular_file(out / "gptq" / "model.safetensors"));
     const auto config = oq::io::read_json(out / "gptq" / "config.json");
     CHECK(config["quantization_config"]["quant_method"] == "gptq");
-    CHECK(config["quantization_config"]["checkpoint_format"] == "gptq_v2");
+    // "gptq" (zero − 1 stored), which every GPTQ loader reads, unless a zero is 0.
+    const std::string format_name = config["quantization_config"]["checkpoint_format"];
+    CHECK((format_name == "gptq" || format_name == "gptq_v2"));
+    const auto format = format_name == "gptq" ? oq::io::GptqCheckpointFormat::kGptq : oq::io::GptqCheckpointFormat::kGptqV2;
     CHECK(config["quantization_config"]["group_size"] == (group > 0 ? group : -1));
     const LlamaModel quantized(out);
     const auto qc = oq_tool::quantization_of(quantized);
@@ -350,10 +353,11 @@ TEST_CASE("W4A16 rtn also writes the GPTQ layout, and it dequantizes to the same
     for (llama::Linear l : llama::kAllLinears) {
       CAPTURE(llama::linear_name(l));
       const auto packed = oq::io::read_gptq_linear(gptq, "model.layers.0." + llama::linear_module(l));
-      const auto codes = oq::io::unpack_gptq_linear(packed, oq::io::GptqCheckpointFormat::kGptqV2);
+      const auto codes = oq::io::unpack_gptq_linear(packed, format);
       const oq::cpu::PackedWeights& w = *layer.packed_weight(l);
       // Codes and zeros bit for bit; scales to binary16, so each weight moves
-      // by at most |q − z|·|s − fp16(s)| ≤ |q − z|·2⁻¹¹·s (round to nearest).
+      // by at most |q − z|·|s − fp16(s)| ≤ |q − z|·2⁻¹¹·s (round to nearest),
+      // plus the float rounding of each side's product (q − z)·s: 2⁻²⁴ of each.
       const Eigen::MatrixXf a = oq::io::dequantize_gptq_linear(codes);
       const auto& b = layer.quantized_weight(l);
       REQUIRE(a.rows() == b.rows());
@@ -365,7 +369,8 @@ TEST_CASE("W4A16 rtn also writes the GPTQ layout, and it dequantizes to the same
           zeros_equal &= codes.params.zero(r, c / w.group_size) == float(w.zeros[cell]);
           const double s = w.scales[cell];
           const double qz = std::abs(double(b(r, c)) / s);  // |q − z|
-          within &= std::abs(double(a(r, c)) - double(b(r, c))) <= qz * std::ldexp(s, -11) * (1 + 1e-6) + 1e-30;
+          within &= std::abs(double(a(r, c)) - double(b(r, c))) <=
+                    qz * std::ldexp(s, -11) + std::ldexp(std::abs(double(a(r, c))) + std::abs(double(b(r, c))), -24);
         }
       }
       CHECK(within);
@@ -458,7 +463,58 @@ TEST_CASE("bad inputs give clear errors and leave nothing half-written") {
                        doctest::Contains("down_proj"), std::invalid_argument);
   CHECK_FALSE(fs::exists(tmp.path / "q3"));
   CHECK(no_partial_directories(tmp.path));
-  // A quantized checkpoint with a tensor missing.
+  // A quantized checkpoint with a tensor missing, or a Hadamard block that does not divide the inputs.
+  {
+    fs::copy(tmp.path / "q", tmp.path / "q_missing", fs::copy_options::recursive);
+    oq::io::SafetensorsWriter w;
+    const oq::io::Checkpoint src(tmp.path / "q");
+    for (const auto& name : src.names()) {
+      if (name == "model.layers.1.mlp.up_proj.scales") continue;
+      const auto& info = src.info(name);
+      w.add(name, info.dtype, info.shape, src.bytes(name));
+    }
+    fs::remove(tmp.path / "q_missing" / "model.safetensors");
+    w.write(tmp.path / "q_missing" / "model.safetensors");
+    const LlamaModel missing(tmp.path / "q_missing");
+    CHECK_THROWS_WITH_AS(oq_tool::evaluate(missing, calibration, {}), doctest::Contains("mlp.up_proj.scales' is missing"),
+                         std::invalid_argument);
+  }
+  oq_tool::quantize_model(model, calibration, llama::Method::kHadamard, small_options(), tmp.path / "qh");
+  {
+    auto j = oq::io::read_json(tmp.path / "qh" / "config.json");
+    j["oq_quantization"]["block_size"] = 48;  // divides nothing of 64 / 160
+    std::ofstream(tmp.path / "qh" / "config.json") << j.dump();
+  }
+  CHECK_THROWS_WITH_AS(oq_tool::evaluate(LlamaModel(tmp.path / "qh"), calibration, {}),
+                       doctest::Contains("block_size = 48 must be >= 2 and divide"), std::invalid_argument);
+  // Options that cannot work are refused before any output or calibration.
+  llama::QuantOptions odd_group = small_options();
+  odd_group.weight_group = 48;
+  CHECK_THROWS_WITH_AS(oq_tool::quantize_model(model, calibration, llama::Method::kRtn, odd_group, tmp.path / "q4"),
+                       doctest::Contains("--group must be"), std::invalid_argument);
+  llama::QuantOptions big_block = small_options();
+  big_block.block_size = 128;  // does not divide hidden 64
+  CHECK_THROWS_WITH_AS(oq_tool::quantize_model(model, calibration, llama::Method::kDuQuant, big_block, tmp.path / "q4"),
+                       doctest::Contains("--block-size must be"), std::invalid_argument);
+  CHECK_FALSE(fs::exists(tmp.path / "q4"));
+  // Another tool's quantized checkpoint, and an untied model without lm_head.weight.
+  fs::copy(tmp.path / "model", tmp.path / "awq", fs::copy_options::recursive);
+  {
+    auto j = oq::io::read_json(tmp.path / "awq" / "config.json");
+    j["quantization_config"] = {{"quant_method", "awq"}};
+    std::ofstream(tmp.path / "awq" / "config.json") << j.dump();
+  }
+  CHECK_THROWS_WITH_AS(LlamaModel(tmp.path / "awq"), doctest::Contains("quantization_config"), std::invalid_argument);
+  {
+    oq_test::SyntheticLlama headless = spec;
+    headless.tied = true;  // no lm_head.weight written
+    headless.write(tmp.path / "headless");
+    auto j = oq::io::read_json(tmp.path / "headless" / "config.json");
+    j.erase("tie_word_embeddings");
+    std::ofstream(tmp.path / "headless" / "config.json") << j.dump();
+  }
+  CHECK_THROWS_WITH_AS(LlamaModel(tmp.path / "headless"), doctest::Contains("'lm_head.weight' is missing"),
+                       std::invalid_argument);
   // Token ids outside the vocabulary, and text for a model that is not byte-level.
   write_file(tmp.path / "t.txt", "hello");
   CHECK_THROWS_WITH_AS(oq_tool::load_tokens(tmp.path / "t.txt", 32000), doctest::Contains("tokenizer.model"),
@@ -470,6 +526,36 @@ TEST_CASE("bad inputs give clear errors and leave nothing half-written") {
   CHECK_THROWS_WITH_AS(oq_tool::make_sequences(oq_tool::load_tokens(tmp.path / "t.txt", 256), 64, 0, "data"),
                        doctest::Contains("not one whole sequence"), std::invalid_argument);
 }
+
+#ifdef OQ_TOOL_HAS_SENTENCEPIECE
+#include <sentencepiece_trainer.h>
+
+TEST_CASE("text through the model's SentencePiece tokenizer.model: BOS once, then the processor's ids") {
+  TempDir tmp("spm");
+  const std::string text = oq_test::synthetic_text(20000, 31);
+  write_file(tmp.path / "corpus.txt", text);
+  const auto trained = sentencepiece::SentencePieceTrainer::Train(
+      "--input=" + (tmp.path / "corpus.txt").string() + " --model_prefix=" + (tmp.path / "tok").string() +
+      " --vocab_size=60 --model_type=bpe --minloglevel=2");
+  REQUIRE(trained.ok());
+  sentencepiece::SentencePieceProcessor sp;
+  REQUIRE(sp.Load((tmp.path / "tok.model").string()).ok());
+  std::vector<int> expected;
+  REQUIRE(sp.Encode(text.substr(0, 3000), &expected).ok());
+  write_file(tmp.path / "data.txt", text.substr(0, 3000));
+  const auto data = oq_tool::load_tokens(tmp.path / "data.txt", 256, tmp.path / "tok.model", /*bos_id=*/1);
+  REQUIRE(data.rows.size() == 1);
+  REQUIRE(data.rows[0].size() == expected.size() + 1);
+  CHECK(data.rows[0][0] == 1);
+  CHECK(std::equal(expected.begin(), expected.end(), data.rows[0].begin() + 1));
+  CHECK(data.source.find("SentencePiece") != std::string::npos);
+  // An id the model's vocabulary does not hold is refused, naming it.
+  CHECK_THROWS_WITH_AS(oq_tool::load_tokens(tmp.path / "data.txt", 10, tmp.path / "tok.model", 1),
+                       doctest::Contains("outside the model's vocabulary [0, 10)"), std::invalid_argument);
+  write_file(tmp.path / "not_a_model", "garbage");
+  CHECK_THROWS_AS(oq_tool::load_tokens(tmp.path / "data.txt", 256, tmp.path / "not_a_model", 1), std::invalid_argument);
+}
+#endif
 
 #ifdef OQ_TOOL_PATH
 TEST_CASE("the oq command line: help, a bad method, and a whole quantize → eval run") {
@@ -490,7 +576,7 @@ TEST_CASE("the oq command line: help, a bad method, and a whole quantize → eva
   const std::string text = "'" + (tmp.path / "text.txt").string() + "'";
   CHECK(run("--help").first == 0);
   auto [bad_status, bad_log] = run("quantize " + model + " --calib " + text + " --method awq --out x");
-  CHECK(bad_status != 0);
+  CHECK(WEXITSTATUS(bad_status) == 2);  // a bad command line
   CHECK(bad_log.find("--method") != std::string::npos);
   auto [missing_status, missing_log] = run("eval /nonexistent/model --data " + text);
   CHECK(missing_status != 0);

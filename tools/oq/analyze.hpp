@@ -9,8 +9,9 @@
 //   - channel-wise outliers of each linear input (the quantizer's input):
 //     channels whose mean |x| exceeds 6 × the input's mean (SmoothQuant §3,
 //     DuQuant §2), and the mean over tokens of the row kurtosis;
-// and the norm channels that trigger them: input channels j of the linears
-// after a RMSNorm where |γ_j|·‖W_{:,j}‖₂ stands out (find_outlier_weight_channels).
+// and the norm channels that trigger them: input channels j of q_proj (after
+// the input RMSNorm) and gate_proj (after the post-attention one) where
+// |γ_j|·‖W_{:,j}‖₂ stands out (find_outlier_weight_channels).
 //
 // Outputs (in --out): layers.csv, one row per layer and input (the table
 // printed); channels.csv, per layer and input the per-channel max |x| (the
@@ -191,10 +192,13 @@ inline void print_analysis(std::ostream& os, const AnalysisReport& report) {
       top = b;
     }
     const bool last = r.input == llama::Input::kDown;
+    char hidden_buffer[32];
+    std::snprintf(hidden_buffer, sizeof hidden_buffer, "%.3g", h.max_abs);
+    const std::string hidden_max = hidden_buffer;
     std::snprintf(line, sizeof line, "%5d  %-15s %10.3g %10.3g %9.2f %8zu %14s %8zu   %10s %8s\n", r.layer,
                   std::string(kInputKeys[static_cast<std::size_t>(r.input)]).c_str(), r.max_abs, r.mean_abs,
                   r.mean_kurtosis, r.channel_outliers.size(), top.c_str(), r.norm_channels.size(),
-                  last ? std::to_string(static_cast<long long>(h.max_abs)).c_str() : "",
+                  last ? hidden_max.c_str() : "",
                   last ? std::to_string(h.massive.size()).c_str() : "");
     os << line;
   }

@@ -67,7 +67,7 @@ inline std::int64_t integer_at(const oq::io::NpyArray& a, std::size_t i) {
     case oq::io::DType::kI64: return load(std::int64_t{});
     default: break;
   }
-  throw std::invalid_argument("token ids must have an integer dtype (int32 or int64), got " +
+  throw std::invalid_argument("token ids must have a signed or unsigned integer dtype of at most 32 bits, or int64, got " +
                               std::string(oq::io::dtype_name(a.dtype)));
 }
 
@@ -89,6 +89,15 @@ inline std::string read_text(const std::filesystem::path& path) {
 
 }  // namespace detail_data
 
+/// Whether `path` starts with numpy's magic "\x93NUMPY" (ids saved under
+/// any name are read as ids, never as text).
+inline bool is_npy_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  char magic[6] = {};
+  in.read(magic, sizeof magic);
+  return in.gcount() == 6 && std::memcmp(magic, "\x93NUMPY", 6) == 0;
+}
+
 /// Reads `path` as token ids of a model with `vocab_size` ids; text goes
 /// through `tokenizer_model` (a SentencePiece model file; empty path: none)
 /// with BOS `bos_id` (< 0: none) prepended, or bytes when vocab_size == 256.
@@ -97,8 +106,11 @@ inline TokenData load_tokens(const std::filesystem::path& path, std::int64_t voc
   const std::string where = "data '" + path.string() + "'";
   if (!std::filesystem::is_regular_file(path)) throw std::invalid_argument(where + ": no such file");
   TokenData data;
-  if (path.extension() == ".npy") {
+  if (is_npy_file(path)) {
     const oq::io::NpyArray a = oq::io::read_npy(path);
+    for (std::size_t d : a.shape) {
+      if (d == 0) throw std::invalid_argument(where + ": token ids must not have an empty dimension");
+    }
     if (a.shape.size() != 1 && a.shape.size() != 2) {
       throw std::invalid_argument(where + ": token ids must be 1-D (a stream) or 2-D (sequences), got " +
                                   std::to_string(a.shape.size()) + " dimensions");

@@ -50,7 +50,7 @@ std::vector<oq_tool::Sequence> load_sequences(const oq_tool::LlamaModel& model, 
   if (tokenizer.empty() && std::filesystem::is_regular_file(model.directory() / "tokenizer.model")) {
     tokenizer = model.directory() / "tokenizer.model";
   }
-  if (d.path.extension() == ".npy") tokenizer.clear();
+  if (oq_tool::is_npy_file(d.path)) tokenizer.clear();
   const oq_tool::TokenData data =
       oq_tool::load_tokens(d.path, model.config().vocab_size, tokenizer, model.config().bos_token_id);
   std::size_t seq_len = d.seq_len;
@@ -91,6 +91,8 @@ int main(int argc, char** argv) {
   int act_bits = 4;
   quantize->add_option("MODEL", quantize_model, "a LlamaForCausalLM directory")->required();
   add_data_options(quantize, calib, "--calib", "calibration text or token ids (.npy)", 16);
+  // Shape-dependent checks (the block and group sizes must divide the model's
+  // widths) run in quantize_model, before anything is written.
   quantize->add_option("--method", method, "rtn, smoothquant, hadamard, duquant or duquant+smooth")
       ->capture_default_str()
       ->check(CLI::IsMember({"rtn", "smoothquant", "hadamard", "duquant", "duquant+smooth"}));
@@ -104,9 +106,12 @@ int main(int argc, char** argv) {
   quantize->add_option("--group", q.weight_group, "weights per group of this many inputs (0: per output channel)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  quantize->add_option("--block-size", q.block_size, "DuQuant / Hadamard block size")->capture_default_str();
+  quantize->add_option("--block-size", q.block_size, "DuQuant / Hadamard block size")
+      ->capture_default_str()
+      ->check(CLI::Range(Eigen::Index{2}, Eigen::Index{65536}));
   quantize->add_option("--greedy-steps", q.greedy_steps, "DuQuant's greedy rotation steps per block")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
   quantize->add_option("--act-clip", q.act_clip, "activation clip ratio")->capture_default_str()->check(CLI::Range(0.01, 1.0));
   quantize->add_option("--weight-clip", q.weight_clip, "weight clip ratio")->capture_default_str()->check(CLI::Range(0.01, 1.0));
   quantize->add_option("--seed", q.seed, "seed of DuQuant's random base rotations")->capture_default_str();
@@ -124,7 +129,8 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    const int status = app.exit(e);  // prints the help or the error
+    return status == 0 ? 0 : 2;      // 2: a bad command line, as the examples
   }
 
   try {

@@ -7,9 +7,11 @@
 //   logits = norm(layers(embed(ids))) · lm_headᵀ
 //
 // lm_head is model.embed_tokens.weight itself when config.json says
-// tie_word_embeddings (or the checkpoint has no lm_head.weight and the
-// config does not say otherwise, as transformers defaults to tying).
-// Anything that is not a LLaMA is refused naming the config field.
+// tie_word_embeddings; a checkpoint with neither that field nor
+// lm_head.weight is refused (LlamaConfig defaults to untied, and transformers
+// would start such a head from random values). Anything that is not a
+// LLaMA, or is quantized by another tool (quantization_config), is refused
+// naming the config field.
 #pragma once
 
 #include "../llama/checkpoint_layer.hpp"
@@ -66,11 +68,21 @@ inline ModelConfig model_config_from_json(const nlohmann::json& j, const std::st
     if (!j[key].is_number_integer()) fail(std::string("field '") + key + "' must be an integer");
     return j[key].get<Eigen::Index>();
   };
+  if (j.contains("quantization_config")) {
+    const auto& q = j["quantization_config"];
+    const bool ours = q.is_object() && q.contains("quant_method") && q["quant_method"] == "oq";
+    if (!ours) {
+      fail("quantization_config: this checkpoint is already quantized by another tool; oq reads full-precision "
+           "models and its own quantized checkpoints");
+    }
+  }
   m.num_layers = integer("num_hidden_layers", 0, true);
   m.vocab_size = integer("vocab_size", 0, true);
   m.max_positions = integer("max_position_embeddings", 0, false);
   m.bos_token_id = integer("bos_token_id", -1, false);
-  if (m.num_layers <= 0) fail("num_hidden_layers must be > 0, got " + std::to_string(m.num_layers));
+  if (m.num_layers <= 0 || m.num_layers > 100000) {
+    fail("num_hidden_layers must be in [1, 100000], got " + std::to_string(m.num_layers));
+  }
   if (m.vocab_size <= 0) fail("vocab_size must be > 0, got " + std::to_string(m.vocab_size));
   if (j.contains("tie_word_embeddings")) {
     if (!j["tie_word_embeddings"].is_boolean()) fail("field 'tie_word_embeddings' must be true or false");
@@ -88,12 +100,14 @@ class LlamaModel {
     config_ = model_config_from_json(json_, (directory / "config.json").string());
     require_tensor("model.embed_tokens.weight", config_.vocab_size, config_.layer.hidden_size);
     require_tensor("model.norm.weight", config_.layer.hidden_size, -1);
-    // transformers ties when the config says so; a checkpoint that says
-    // nothing and has no lm_head.weight is tied too (the config's default is
-    // true in PretrainedConfig).
-    const bool says = json_.contains("tie_word_embeddings");
-    tied_ = config_.tie_word_embeddings || (!says && !checkpoint_.contains("lm_head.weight"));
+    tied_ = config_.tie_word_embeddings;
+    if (!tied_ && !checkpoint_.contains("lm_head.weight")) {
+      throw std::invalid_argument("model '" + directory.string() + "': tensor 'lm_head.weight' is missing and " +
+                                  "config.json does not say tie_word_embeddings = true");
+    }
     if (!tied_) require_tensor("lm_head.weight", config_.vocab_size, config_.layer.hidden_size);
+    // Every layer the config names must be there: the last one's norm, at least.
+    require_tensor(layer_prefix(num_layers() - 1) + "input_layernorm.weight", config_.layer.hidden_size, -1);
   }
 
   const std::filesystem::path& directory() const { return directory_; }

@@ -28,8 +28,10 @@
 
 #include <unistd.h>
 
+#include <array>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -179,7 +181,13 @@ inline void copy_tokenizer_files(const std::filesystem::path& from, const std::f
 /// what was written, so a failure leaves nothing half-written.
 class StagingDirectory {
  public:
-  explicit StagingDirectory(const std::filesystem::path& target) : target_(target) {
+  explicit StagingDirectory(std::filesystem::path target) {
+    target = target.lexically_normal();
+    if (!target.has_filename()) target = target.parent_path();  // "out/q/" names out/q
+    target_ = target;
+    if (target.empty() || target == "." || target == "..") {
+      throw std::invalid_argument("output directory must name a new directory, got '" + target.string() + "'");
+    }
     if (std::filesystem::exists(target)) {
       throw std::invalid_argument("output directory '" + target.string() + "' already exists (remove it, or give --out a new path)");
     }
@@ -211,6 +219,53 @@ class StagingDirectory {
   bool committed_ = false;
 };
 
+/// Writes `j` to `path`, checking the write after the file is closed (a
+/// buffered write error shows only then).
+inline void write_json_file(const std::filesystem::path& path, const nlohmann::json& j) {
+  std::ofstream f(path);
+  f << j.dump(2) << '\n';
+  f.close();
+  if (!f) throw std::runtime_error("cannot write '" + path.string() + "'");
+}
+
+/// Throws std::invalid_argument naming the option when `options` cannot
+/// quantize a model of shape `c` with `method`: checked before any work.
+inline void validate_quantize_options(const llama::Config& c, llama::Method method, const llama::QuantOptions& options) {
+  if (options.weight_bits != 4) {
+    throw std::invalid_argument("--w-bits must be 4 (the packed INT4 checkpoint), got " +
+                                std::to_string(options.weight_bits));
+  }
+  if (options.act_bits != 0 && options.act_bits != 4 && options.act_bits != 8) {
+    throw std::invalid_argument("--a-bits must be 4, 8 or 16, got " + std::to_string(options.act_bits));
+  }
+  const std::array<Eigen::Index, 3> widths{c.hidden_size, c.q_size(), c.intermediate_size};
+  auto divides_all = [&](Eigen::Index v) {
+    for (Eigen::Index w : widths) {
+      if (w % v != 0) return false;
+    }
+    return true;
+  };
+  const std::string shape = "the linear inputs' widths (" + std::to_string(widths[0]) + ", " + std::to_string(widths[1]) +
+                            ", " + std::to_string(widths[2]) + ")";
+  if (options.weight_group != 0 && (options.weight_group < 0 || options.weight_group % 2 != 0 ||
+                                    !divides_all(options.weight_group))) {
+    throw std::invalid_argument("--group must be 0 or an even number dividing " + shape + ", got " +
+                                std::to_string(options.weight_group));
+  }
+  const bool blocks = method == llama::Method::kHadamard || method == llama::Method::kDuQuant ||
+                      method == llama::Method::kDuQuantSmooth;
+  if (blocks && (options.block_size < 2 || !divides_all(options.block_size))) {
+    throw std::invalid_argument("--block-size must be >= 2 and divide " + shape + ", got " +
+                                std::to_string(options.block_size));
+  }
+  if (blocks && method != llama::Method::kHadamard && options.greedy_steps < 1) {
+    throw std::invalid_argument("--greedy-steps must be >= 1, got " + std::to_string(options.greedy_steps));
+  }
+  if (!(options.act_clip > 0 && options.act_clip <= 1) || !(options.weight_clip > 0 && options.weight_clip <= 1)) {
+    throw std::invalid_argument("--act-clip and --weight-clip must be in (0, 1]");
+  }
+}
+
 struct QuantizeResult {
   double seconds = 0;
   double calibration_seconds = 0;  ///< in quantize_layer (transforms, folding, weight quantization)
@@ -226,13 +281,8 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
                                 "' is already quantized (its config.json has oq_quantization); give the "
                                 "full-precision model");
   }
-  if (options.weight_bits != 4) {
-    throw std::invalid_argument("--w-bits must be 4 (the packed INT4 checkpoint), got " +
-                                std::to_string(options.weight_bits));
-  }
-  if (options.act_bits != 0 && options.act_bits != 4 && options.act_bits != 8) {
-    throw std::invalid_argument("--a-bits must be 4, 8 or 16, got " + std::to_string(options.act_bits));
-  }
+  validate_quantize_options(model.layer_config(), method, options);
+  if (calibration.empty()) throw std::invalid_argument("quantize: no calibration sequences");
   const auto start = std::chrono::steady_clock::now();
   StagingDirectory staging(out);
   // W4A16 round-to-nearest is what GPTQ checkpoints hold: write that layout
@@ -244,6 +294,7 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
   llama::QuantOptions layer_options = options;
   if (write_gptq) layer_options.weight_range_includes_zero = true;
   oq::io::SafetensorsWriter gptq_writer;
+  std::vector<std::pair<std::string, oq::cpu::PackedWeights>> gptq_linears;  // converted once the zeros are known
   QuantizeResult result;
   const llama::Config& c = model.layer_config();
   HiddenStates x = embed_all(model, calibration);
@@ -259,8 +310,7 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
     add_quantized_layer(writer, l, q);
     if (write_gptq) {
       for (llama::Linear lin : llama::kAllLinears) {
-        oq::io::add_gptq_linear(gptq_writer, LlamaModel::layer_prefix(l) + llama::linear_module(lin),
-                                gptq_layout(*q.packed_weight(lin)));
+        gptq_linears.emplace_back(LlamaModel::layer_prefix(l) + llama::linear_module(lin), *q.packed_weight(lin));
       }
     }
     // The next layer calibrates on this one's quantized outputs (as the
@@ -291,14 +341,26 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
   qc.calibration_seq_len = calibration.empty() ? 0 : static_cast<std::int64_t>(calibration.front().size());
   nlohmann::json config = model.config_json();
   config["oq_quantization"] = qc.to_json();
+  // transformers refuses an unknown quant_method instead of loading the
+  // LLaMA with its linears missing (randomly initialised).
+  config["quantization_config"] = {{"quant_method", "oq"}, {"format", "docs/formats.md section 7 of oq"}};
   config["tie_word_embeddings"] = model.tied_embeddings();
-  {
-    std::ofstream f(staging.path() / "config.json");
-    f << config.dump(2) << '\n';
-    if (!f) throw std::runtime_error("cannot write '" + (staging.path() / "config.json").string() + "'");
-  }
+  write_json_file(staging.path() / "config.json", config);
   copy_tokenizer_files(model.directory(), staging.path());
   if (write_gptq) {
+    // "gptq" (v1: zero − 1 stored) is what every GPTQ loader reads; it cannot
+    // hold a zero of 0 (a group with no weight below −s/2, rare once each range
+    // holds 0), and only then "gptq_v2" (GPTQModel's), said on stderr.
+    bool v1 = true;
+    for (const auto& [name, w] : gptq_linears) {
+      for (std::int32_t z : w.zeros) v1 &= z >= 1;
+    }
+    const auto format = v1 ? oq::io::GptqCheckpointFormat::kGptq : oq::io::GptqCheckpointFormat::kGptqV2;
+    if (!v1) {
+      std::fprintf(stderr, "oq: a weight group has zero point 0, which checkpoint_format \"gptq\" cannot store: "
+                           "gptq/ is written as \"gptq_v2\" (GPTQModel reads it; older vLLM / AutoGPTQ do not)\n");
+    }
+    for (const auto& [name, w] : gptq_linears) oq::io::add_gptq_linear(gptq_writer, name, gptq_layout(w, format));
     const std::filesystem::path dir = staging.path() / "gptq";
     std::filesystem::create_directory(dir);
     gptq_writer.add_metadata("format", "pt");
@@ -306,11 +368,8 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
     nlohmann::json gptq_config = model.config_json();
     gptq_config["tie_word_embeddings"] = model.tied_embeddings();
     gptq_config["quantization_config"] = oq::io::gptq_quantization_config(
-        options.weight_group > 0 ? options.weight_group : -1, /*desc_act=*/false, /*symmetric=*/false,
-        oq::io::GptqCheckpointFormat::kGptqV2);
-    std::ofstream f(dir / "config.json");
-    f << gptq_config.dump(2) << '\n';
-    if (!f) throw std::runtime_error("cannot write '" + (dir / "config.json").string() + "'");
+        options.weight_group > 0 ? options.weight_group : -1, /*desc_act=*/false, /*symmetric=*/false, format);
+    write_json_file(dir / "config.json", gptq_config);
     copy_tokenizer_files(model.directory(), dir);
   }
   staging.commit();

@@ -2,7 +2,8 @@
 // writes and `oq eval` reads (docs/formats.md, "Quantized checkpoint").
 //
 // A directory, like the model it came from:
-//   config.json        the model's own, plus "oq_quantization" (QuantizationConfig)
+//   config.json        the model's own, plus "oq_quantization" (QuantizationConfig) and
+//                      quantization_config {"quant_method": "oq"} (transformers refuses it)
 //   model.safetensors  the tensors below
 //   tokenizer files    copied unchanged (tokenizer.model, tokenizer.json, ...)
 //
@@ -29,7 +30,8 @@
 // as in the papers' W4A4 evaluations.
 //
 // W4A16 with rtn also writes gptq/: the same model as a GPTQ checkpoint
-// (oq/io/gptq_checkpoint.hpp, checkpoint_format "gptq_v2", scales in F16),
+// (oq/io/gptq_checkpoint.hpp, checkpoint_format "gptq", or "gptq_v2" where a
+// zero point is 0, scales in F16),
 // config.json with its quantization_config, for transformers and vLLM.
 //
 // Transforms are stored explicitly rather than folded into the preceding
@@ -225,10 +227,10 @@ inline void add_quantized_layer(oq::io::SafetensorsWriter& writer, int index, co
 }
 
 /// One linear's packed INT4 weight as a GPTQ checkpoint stores it
-/// (oq/io/gptq_checkpoint.hpp, "gptq_v2": zeros 0..15 stored as they are,
-/// g_idx = k / group, scales rounded to binary16). Throws naming the entry
-/// where a zero lies outside 0..15 (quantize with weight_range_includes_zero).
-inline oq::io::GptqPackedLinear gptq_layout(const oq::cpu::PackedWeights& w) {
+/// (oq/io/gptq_checkpoint.hpp: g_idx = k / group, scales rounded to binary16;
+/// "gptq" stores zero − 1, "gptq_v2" the zero). Throws naming the entry where
+/// a zero does not fit the format (quantize with weight_range_includes_zero).
+inline oq::io::GptqPackedLinear gptq_layout(const oq::cpu::PackedWeights& w, oq::io::GptqCheckpointFormat format) {
   if (w.is_signed) throw std::invalid_argument("gptq_layout: asymmetric (u4) weights only");
   oq::io::GptqLinearCodes c;
   c.codes.resize(w.n, w.k);
@@ -245,7 +247,7 @@ inline oq::io::GptqPackedLinear gptq_layout(const oq::cpu::PackedWeights& w) {
   }
   c.group_index.resize(static_cast<std::size_t>(w.k));
   for (std::int64_t j = 0; j < w.k; ++j) c.group_index[static_cast<std::size_t>(j)] = static_cast<std::int32_t>(j / w.group_size);
-  return oq::io::pack_gptq_linear(c, oq::io::GptqCheckpointFormat::kGptqV2);
+  return oq::io::pack_gptq_linear(c, format);
 }
 
 /// The packed weight of one linear from a quantized checkpoint, with its
@@ -331,7 +333,15 @@ inline llama::QuantizedLayer<float> load_quantized_layer(const oq::io::Checkpoin
     switch (q.method) {
       case llama::Method::kRtn: break;
       case llama::Method::kSmoothQuant: transforms[i] = T(T::Smoothing{smoothing()}); break;
-      case llama::Method::kHadamard: transforms[i] = T(T::BlockHadamard{q.options.block_size}); break;
+      case llama::Method::kHadamard:
+        // Checked before the integer path builds a b×b matrix for a b that is no power of two.
+        if (q.options.block_size < 2 || widths[i] % q.options.block_size != 0) {
+          throw std::invalid_argument("quantized model: oq_quantization.block_size = " +
+                                      std::to_string(q.options.block_size) + " must be >= 2 and divide the input width " +
+                                      std::to_string(widths[i]));
+        }
+        transforms[i] = T(T::BlockHadamard{q.options.block_size});
+        break;
       case llama::Method::kDuQuant:
       case llama::Method::kDuQuantSmooth: {
         if (!c.contains(name + ".rotations")) {
