@@ -21,11 +21,11 @@
 // effective rate that exceeds the machine's where the lazy evaluation skips
 // rows; sgemm_GFLOP/s, Eigen's float GEMM (2048^3, median of 5) measured just
 // before the case on the same number of threads (Eigen::setNbThreads, with
-// OpenMP); vs_sgemm, their ratio. After the benchmarks, a whole-model
-// estimate for a LLaMA-2-7B-shaped model (32 layers; per layer the q/k/v,
+// OpenMP); vs_sgemm, their ratio. After the benchmarks, whole-model
+// estimates for a LLaMA-2-7B-shaped model (32 layers; per layer the q/k/v,
 // o_proj and gate/up inputs of 4096 channels and the down_proj input of
-// 11008, 2048 tokens) from the median times of the smoothed 4096 and 11008
-// cases on all threads, where they ran.
+// 11008, 2048 tokens) from the median times of the 4096 and 11008 cases on
+// all threads, Gaussian and smoothed, where they ran.
 //
 //   ./bench.transform.duquant_calibration --benchmark_filter=tokens:2048 --benchmark_repetitions=5
 #include <oq/transform/duquant.hpp>
@@ -158,21 +158,24 @@ double median(std::vector<double> v) {
   return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// 32 x (3 x the 4096 input + the 11008 input), from the smoothed cases on all
-// threads (nothing pruned: the worst case, and DuQuant's recipe).
+// 32 x (3 x the 4096 input + the 11008 input), from the cases on all threads
+// of one kind of input: Gaussian (nothing pruned: the worst case) and
+// smoothed (DuQuant's recipe).
 void print_model_estimate() {
   const auto& t = timings();
-  const auto q = t.find({4096, 2, 0, long(sizeof(float)), 2048, 256});
-  const auto d = t.find({11008, 2, 0, long(sizeof(float)), 2048, 256});
-  if (q == t.end() || d == t.end()) return;
-  const double per_4096 = median(q->second), per_11008 = median(d->second);
-  const double layer = 3.0 * per_4096 + per_11008;
-  std::printf(
-      "\nLLaMA-2-7B-shaped model (32 layers; per layer 3 inputs of 4096 channels, 1 of 11008), 2048 tokens, smoothed "
-      "input, %d threads:\n  per input: 4096 channels %.3f s, 11008 channels %.3f s (medians of %zu and %zu)\n"
-      "  per layer %.2f s, whole model %.1f s (%.1f min)\n",
-      hardware_threads(), per_4096, per_11008, q->second.size(), d->second.size(), layer, 32.0 * layer,
-      32.0 * layer / 60.0);
+  for (const int input : {0, 2}) {
+    const auto q = t.find({4096, input, 0, long(sizeof(float)), 2048, 256});
+    const auto d = t.find({11008, input, 0, long(sizeof(float)), 2048, 256});
+    if (q == t.end() || d == t.end()) continue;
+    const double per_4096 = median(q->second), per_11008 = median(d->second);
+    const double layer = 3.0 * per_4096 + per_11008;
+    std::printf(
+        "\nLLaMA-2-7B-shaped model (32 layers; per layer 3 inputs of 4096 channels, 1 of 11008), 2048 tokens, "
+        "%s input, %d threads:\n  per input: 4096 channels %.3f s, 11008 channels %.3f s (medians of %zu and %zu)\n"
+        "  per layer %.2f s, whole model %.1f s (%.1f min)\n",
+        input == 0 ? "Gaussian (nothing pruned)" : "smoothed", hardware_threads(), per_4096, per_11008,
+        q->second.size(), d->second.size(), layer, 32.0 * layer, 32.0 * layer / 60.0);
+  }
 }
 
 }  // namespace
@@ -187,6 +190,7 @@ BENCHMARK_TEMPLATE(BM_CalibrateDuQuant, float)
     ->Args({2048, 4096, 256, 0, 0})
     ->Args({2048, 4096, 256, 2, 0})
     ->Args({2048, 4096, 256, 2, 1})
+    ->Args({2048, 11008, 256, 0, 0})
     ->Args({2048, 11008, 256, 2, 0})
     ->Unit(benchmark::kSecond)
     ->UseRealTime()
