@@ -82,6 +82,9 @@ struct QuantOptions {
   /// Weights by GPTQ (oq/quant/gptq.hpp, act-order, damp 0.01) on each
   /// method's transformed calibration inputs instead of round-to-nearest.
   bool gptq = false;
+  /// Threads of DuQuant's greedy steps: a pool the caller owns (nullptr: all
+  /// hardware threads, started per calibration).
+  oq::cpu::ThreadPool* pool = nullptr;
   /// Called with a line of text before each long step (may be empty).
   std::function<void(const std::string&)> progress{};
 
@@ -292,6 +295,7 @@ QuantizedLayer<Scalar> quantize_layer(Method method, const LayerWeights<Scalar>&
         oq::transform::DuQuantOptions d;
         d.block_size = options.block_size;
         d.greedy_steps = options.greedy_steps;
+        d.pool = options.pool;
         if (options.progress) {
           const std::string label = std::string(method_name(method)) + ": " + std::string(input_name(input));
           d.progress = [&options, label](int rotation, int done, int total) {

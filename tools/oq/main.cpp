@@ -151,6 +151,7 @@ int main(int argc, char** argv) {
       const oq_tool::LlamaModel model(quantize_model);
       q.act_bits = act_bits == 16 ? 0 : act_bits;
       q.progress = {};
+      q.pool = &pool;  // DuQuant's greedy steps on --threads
       const auto sequences = load_sequences(model, calib, "calibration data");
       const auto result = oq_tool::quantize_model(model, sequences, oq_tool::method_from_key(method), q, quantize_out);
       std::printf("quantized %d layers with %s (W%dA%d%s%s) in %s (calibration %s); wrote %s\n", model.num_layers(),
