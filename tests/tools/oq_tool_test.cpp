@@ -312,10 +312,24 @@ TEST_CASE("quantize: W4A8 and W4A16, per-group weights, GPTQ") {
     const auto r = oq_tool::evaluate(quantized, evaluation, {});
     CHECK(r.path == v.path);
     CHECK(std::isfinite(r.perplexity.value()));
-    if (v.group > 0) {
-      const auto loaded = oq_tool::load_quantized_layer(quantized.checkpoint(), quantized.layer_config(), qc, 0);
-      CHECK(loaded.packed_weight(llama::Linear::kDown)->groups() == 160 / 32);
+    // Reload bit for bit, as for the per-channel RTN-rounded weights above.
+    const auto inputs = oq_tool::record_all_inputs(model.layer_config(), model.layer(0),
+                                                   oq_tool::embed_all(model, calibration));
+    const auto expected = llama::quantize_layer(llama::Method::kDuQuantSmooth, model.layer(0), inputs, o);
+    const auto loaded = oq_tool::load_quantized_layer(quantized.checkpoint(), quantized.layer_config(), qc, 0);
+    for (llama::Linear l : llama::kAllLinears) {
+      const auto* a = expected.packed_weight(l);
+      const auto* b = loaded.packed_weight(l);
+      REQUIRE(a != nullptr);
+      REQUIRE(b != nullptr);
+      CHECK(a->group_size == b->group_size);
+      CHECK(a->codes == b->codes);
+      CHECK(a->scales == b->scales);
+      CHECK(a->zeros == b->zeros);
+      CHECK(a->code_sums == b->code_sums);
+      CHECK(expected.quantized_weight(l) == loaded.quantized_weight(l));
     }
+    if (v.group > 0) CHECK(loaded.packed_weight(llama::Linear::kDown)->groups() == 160 / 32);
     CHECK_FALSE(fs::exists(out / "gptq"));  // not rtn
   }
 }
