@@ -99,6 +99,36 @@ bool no_partial_directories(const fs::path& dir) {
   return true;
 }
 
+/// Layer 0 of the checkpoint at `out` against quantize_layer run again in
+/// memory on the same calibration (layer 0 calibrates on the embeddings):
+/// codes, scales, zeros, code sums, dequantized weights and transforms bit
+/// for bit.
+void check_layer0_reloads(const LlamaModel& model, const std::vector<oq_tool::Sequence>& calibration,
+                          llama::Method method, const llama::QuantOptions& options, const LlamaModel& quantized) {
+  const oq_tool::QuantizationConfig qc = oq_tool::quantization_of(quantized);
+  const auto inputs = oq_tool::record_all_inputs(model.layer_config(), model.layer(0),
+                                                 oq_tool::embed_all(model, calibration));
+  const auto expected = llama::quantize_layer(method, model.layer(0), inputs, options);
+  const auto loaded = oq_tool::load_quantized_layer(quantized.checkpoint(), quantized.layer_config(), qc, 0);
+  for (llama::Linear l : llama::kAllLinears) {
+    CAPTURE(llama::linear_name(l));
+    const auto* a = expected.packed_weight(l);
+    const auto* b = loaded.packed_weight(l);
+    REQUIRE(a != nullptr);
+    REQUIRE(b != nullptr);
+    CHECK(a->group_size == b->group_size);
+    CHECK(a->codes == b->codes);
+    CHECK(a->scales == b->scales);
+    CHECK(a->zeros == b->zeros);
+    CHECK(a->code_sums == b->code_sums);
+    CHECK(expected.quantized_weight(l) == loaded.quantized_weight(l));  // dequantized bits
+  }
+  for (llama::Input i : llama::kAllInputs) {
+    const auto& x = inputs[static_cast<std::size_t>(i)];
+    CHECK(expected.transform(i).apply(x) == loaded.transform(i).apply(x));
+  }
+}
+
 }  // namespace
 
 TEST_CASE("a sharded BF16 GQA checkpoint loads, and its perplexity matches a plain reference") {
@@ -220,31 +250,12 @@ TEST_CASE("quantize writes a checkpoint that reloads bit for bit, for every meth
     CHECK(fs::is_regular_file(out / "model.safetensors"));
     CHECK(no_partial_directories(tmp.path));
 
-    // Layer 0 calibrates on the embeddings: quantize it again in memory and
-    // compare with what the checkpoint holds.
     const LlamaModel quantized(out);
     REQUIRE(oq_tool::is_quantized(quantized));
-    const oq_tool::QuantizationConfig qc = oq_tool::quantization_of(quantized);
-    CHECK(qc.method == method);
-    const auto inputs = oq_tool::record_all_inputs(model.layer_config(), model.layer(0),
-                                                   oq_tool::embed_all(model, calibration));
-    const auto expected = llama::quantize_layer(method, model.layer(0), inputs, options);
-    const auto loaded = oq_tool::load_quantized_layer(quantized.checkpoint(), quantized.layer_config(), qc, 0);
-    for (llama::Linear l : llama::kAllLinears) {
-      const auto* a = expected.packed_weight(l);
-      const auto* b = loaded.packed_weight(l);
-      REQUIRE(a != nullptr);
-      REQUIRE(b != nullptr);
-      CHECK(a->codes == b->codes);
-      CHECK(a->scales == b->scales);
-      CHECK(a->zeros == b->zeros);
-      CHECK(a->code_sums == b->code_sums);
-      CHECK(expected.quantized_weight(l) == loaded.quantized_weight(l));  // dequantized bits
-    }
-    for (llama::Input i : llama::kAllInputs) {
-      const auto& x = inputs[static_cast<std::size_t>(i)];
-      CHECK(expected.transform(i).apply(x) == loaded.transform(i).apply(x));
-    }
+    CHECK(oq_tool::quantization_of(quantized).method == method);
+    check_layer0_reloads(model, calibration, method, options, quantized);
+    const auto loaded = oq_tool::load_quantized_layer(quantized.checkpoint(), quantized.layer_config(),
+                                                      oq_tool::quantization_of(quantized), 0);
 
     // eval: the integer kernels and fake quantization on the same checkpoint.
     const oq_tool::EvalResult integer = oq_tool::evaluate(quantized, evaluation, {});
@@ -312,23 +323,8 @@ TEST_CASE("quantize: W4A8 and W4A16, per-group weights, GPTQ") {
     const auto r = oq_tool::evaluate(quantized, evaluation, {});
     CHECK(r.path == v.path);
     CHECK(std::isfinite(r.perplexity.value()));
-    // Reload bit for bit, as for the per-channel RTN-rounded weights above.
-    const auto inputs = oq_tool::record_all_inputs(model.layer_config(), model.layer(0),
-                                                   oq_tool::embed_all(model, calibration));
-    const auto expected = llama::quantize_layer(llama::Method::kDuQuantSmooth, model.layer(0), inputs, o);
+    check_layer0_reloads(model, calibration, llama::Method::kDuQuantSmooth, o, quantized);
     const auto loaded = oq_tool::load_quantized_layer(quantized.checkpoint(), quantized.layer_config(), qc, 0);
-    for (llama::Linear l : llama::kAllLinears) {
-      const auto* a = expected.packed_weight(l);
-      const auto* b = loaded.packed_weight(l);
-      REQUIRE(a != nullptr);
-      REQUIRE(b != nullptr);
-      CHECK(a->group_size == b->group_size);
-      CHECK(a->codes == b->codes);
-      CHECK(a->scales == b->scales);
-      CHECK(a->zeros == b->zeros);
-      CHECK(a->code_sums == b->code_sums);
-      CHECK(expected.quantized_weight(l) == loaded.quantized_weight(l));
-    }
     if (v.group > 0) CHECK(loaded.packed_weight(llama::Linear::kDown)->groups() == 160 / 32);
     CHECK_FALSE(fs::exists(out / "gptq"));  // not rtn
   }

@@ -226,6 +226,15 @@ inline void add_quantized_layer(oq::io::SafetensorsWriter& writer, int index, co
   }
 }
 
+/// Row r of w's codes into out[0 .. k): s4 or u4 as w holds them.
+inline void unpack_codes(const oq::cpu::PackedWeights& w, std::int64_t r, std::int32_t* out) {
+  if (w.is_signed) {
+    oq::format::unpack_s4_row(w.row(r), static_cast<std::size_t>(w.k), out);
+  } else {
+    oq::format::unpack_u4_row(w.row(r), static_cast<std::size_t>(w.k), out);
+  }
+}
+
 /// One linear's packed INT4 weight as a GPTQ checkpoint stores it
 /// (oq/io/gptq_checkpoint.hpp: g_idx = k / group, scales rounded to binary16;
 /// "gptq" stores zero − 1, "gptq_v2" the zero). Throws naming the entry where
@@ -238,7 +247,7 @@ inline oq::io::GptqPackedLinear gptq_layout(const oq::cpu::PackedWeights& w, oq:
   c.params.zero.resize(w.n, w.groups());
   std::vector<std::int32_t> row(static_cast<std::size_t>(w.k));
   for (std::int64_t r = 0; r < w.n; ++r) {
-    oq::format::unpack_u4_row(w.row(r), static_cast<std::size_t>(w.k), row.data());
+    unpack_codes(w, r, row.data());
     for (std::int64_t j = 0; j < w.k; ++j) c.codes(r, j) = row[static_cast<std::size_t>(j)];
     for (std::int64_t g = 0; g < w.groups(); ++g) {
       c.params.scale(r, g) = w.scales[static_cast<std::size_t>(r * w.groups() + g)];
@@ -271,7 +280,7 @@ inline oq::cpu::PackedWeights load_packed_linear(const oq::io::Checkpoint& c, co
   w.code_sums.assign(un * ug, 0);
   std::vector<std::int32_t> row(static_cast<std::size_t>(k));
   for (std::int64_t r = 0; r < n; ++r) {
-    oq::format::unpack_u4_row(w.row(r), static_cast<std::size_t>(k), row.data());
+    unpack_codes(w, r, row.data());
     for (std::int64_t j = 0; j < k; ++j) w.code_sums[static_cast<std::size_t>(r * w.groups() + j / w.group_size)] += row[static_cast<std::size_t>(j)];
   }
   w.validate("quantized model '" + name + "'");
@@ -284,11 +293,7 @@ inline Matrix<float> dequantize_packed(const oq::cpu::PackedWeights& w) {
   Matrix<float> out(w.n, w.k);
   std::vector<std::int32_t> row(static_cast<std::size_t>(w.k));
   for (std::int64_t r = 0; r < w.n; ++r) {
-    if (w.is_signed) {
-      oq::format::unpack_s4_row(w.row(r), static_cast<std::size_t>(w.k), row.data());
-    } else {
-      oq::format::unpack_u4_row(w.row(r), static_cast<std::size_t>(w.k), row.data());
-    }
+    unpack_codes(w, r, row.data());
     for (std::int64_t j = 0; j < w.k; ++j) {
       const auto cell = static_cast<std::size_t>(r * w.groups() + j / w.group_size);
       const float z = w.is_signed ? 0.0f : static_cast<float>(w.zeros[cell]);
