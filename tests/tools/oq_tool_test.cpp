@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 
 namespace fs = std::filesystem;
@@ -108,8 +109,20 @@ void check_layer0_reloads(const LlamaModel& model, const std::vector<oq_tool::Se
   const oq_tool::QuantizationConfig qc = oq_tool::quantization_of(quantized);
   const auto inputs = oq_tool::record_all_inputs(model.layer_config(), model.layer(0),
                                                  oq_tool::embed_all(model, calibration));
-  const auto expected = llama::quantize_layer(method, model.layer(0), inputs, options);
+  const auto layer0 = model.layer(0);
+  const auto unfolded = llama::quantize_layer(method, layer0, inputs, options);
+  std::optional<oq_tool::FoldedLayer> folded;
+  if (qc.smoothing_folded) {
+    folded.emplace(oq_tool::fold_smoothing(model.layer_config(), unfolded, layer0.input_norm, layer0.post_norm));
+  }
+  const auto& expected = folded ? folded->layer : unfolded;
   const auto loaded = oq_tool::load_quantized_layer(quantized.checkpoint(), quantized.layer_config(), qc, 0);
+  // The norms the checkpoint runs with: γ / s where folded, else the model's own.
+  const auto& ckpt = quantized.checkpoint();
+  CHECK(ckpt.vector<float>("model.layers.0.input_layernorm.weight") ==
+        (folded ? folded->input_norm : layer0.input_norm));
+  CHECK(ckpt.vector<float>("model.layers.0.post_attention_layernorm.weight") ==
+        (folded ? folded->post_norm : layer0.post_norm));
   for (llama::Linear l : llama::kAllLinears) {
     CAPTURE(llama::linear_name(l));
     const auto* a = expected.packed_weight(l);
@@ -327,6 +340,107 @@ TEST_CASE("quantize: W4A8 and W4A16, per-group weights, GPTQ") {
     const auto loaded = oq_tool::load_quantized_layer(quantized.checkpoint(), quantized.layer_config(), qc, 0);
     if (v.group > 0) CHECK(loaded.packed_weight(llama::Linear::kDown)->groups() == 160 / 32);
     CHECK_FALSE(fs::exists(out / "gptq"));  // not rtn
+  }
+}
+
+TEST_CASE("folding the smoothing: γ / s, v_proj's and up_proj's scales / s, no online division, the same layer") {
+  TempDir tmp("fold");
+  const auto calibration = text_sequences(tmp.path, 400, 21, 32, 4);
+  for (const int kv_heads : {2, 4}) {  // GQA: o_proj's smoothing stays online; without: it folds into v_proj
+    CAPTURE(kv_heads);
+    oq_test::SyntheticLlama spec;
+    spec.layers = 1;
+    spec.kv_heads = kv_heads;
+    const fs::path dir = tmp.path / ("model" + std::to_string(kv_heads));
+    spec.write(dir);
+    const LlamaModel model(dir);
+    const llama::Config& c = model.layer_config();
+    const auto layer0 = model.layer(0);
+    for (llama::Method method : {llama::Method::kSmoothQuant, llama::Method::kDuQuantSmooth}) {
+      CAPTURE(llama::method_name(method));
+      const std::string stem = dir.string() + (method == llama::Method::kSmoothQuant ? "_sq" : "_dqs");
+      oq_tool::quantize_model(model, calibration, method, small_options(), stem + "_fold");
+      oq_tool::quantize_model(model, calibration, method, small_options(), stem + "_plain",
+                              oq_tool::ExportOptions{.fold_smoothing = false});
+      const LlamaModel folded(stem + "_fold"), plain(stem + "_plain");
+      const auto& fc = folded.checkpoint();
+      const auto& pc = plain.checkpoint();
+      CHECK(oq_tool::quantization_of(folded).smoothing_folded);
+      CHECK_FALSE(oq_tool::quantization_of(plain).smoothing_folded);
+
+      // Which smoothing stays online.
+      const std::string prefix = "model.layers.0.";
+      auto smoothing = [&](llama::Input i) {
+        return pc.vector<float>(prefix + "oq." + oq_tool::input_key(i) + ".smoothing");
+      };
+      for (llama::Input i : llama::kAllInputs) {
+        CAPTURE(llama::input_name(i));
+        const std::string name = prefix + "oq." + oq_tool::input_key(i) + ".smoothing";
+        CHECK(pc.contains(name));
+        CHECK(fc.contains(name) == (i == llama::Input::kO && kv_heads != spec.heads));
+      }
+
+      // The folded parameters, entry by entry: γ / s in float, stored F32.
+      const auto s_qkv = smoothing(llama::Input::kAttention), s_mlp = smoothing(llama::Input::kMlp);
+      const auto g1 = fc.vector<float>(prefix + "input_layernorm.weight");
+      const auto g2 = fc.vector<float>(prefix + "post_attention_layernorm.weight");
+      CHECK(fc.info(prefix + "input_layernorm.weight").dtype == oq::io::DType::kF32);
+      REQUIRE(g1.size() == spec.hidden);
+      int checked = 0;
+      for (Eigen::Index j = 0; j < g1.size(); ++j) {
+        checked += g1(j) == layer0.input_norm(j) / s_qkv(j) && g2(j) == layer0.post_norm(j) / s_mlp(j);
+      }
+      CHECK(checked == spec.hidden);
+      // Codes and zero points unchanged; v_proj's (without GQA) and up_proj's
+      // scales divided row by row by the next input's s; the rest unchanged.
+      for (llama::Linear l : llama::kAllLinears) {
+        CAPTURE(llama::linear_name(l));
+        const std::string name = prefix + llama::linear_module(l);
+        CHECK(fc.matrix<float>(name + ".qweight") == pc.matrix<float>(name + ".qweight"));
+        CHECK(fc.matrix<float>(name + ".zeros") == pc.matrix<float>(name + ".zeros"));
+        const auto fs_ = fc.matrix<float>(name + ".scales");
+        const auto ps = pc.matrix<float>(name + ".scales");
+        const bool into_v = l == llama::Linear::kV && kv_heads == spec.heads;
+        if (into_v || l == llama::Linear::kUp) {
+          const auto s = smoothing(l == llama::Linear::kUp ? llama::Input::kDown : llama::Input::kO);
+          REQUIRE(s.size() == ps.rows());
+          llama::Matrix<float> expected = ps;
+          for (Eigen::Index r = 0; r < ps.rows(); ++r) expected.row(r) /= s(r);
+          CHECK(fs_ == expected);
+          CHECK(fs_ != ps);
+        } else {
+          CHECK(fs_ == ps);
+        }
+      }
+
+      // The same layer: without activation quantization (the float path),
+      // the folded and the explicit checkpoint differ only by float rounding
+      // (γ/s rounded once instead of the norm's product and then the quotient,
+      // s_w/s_j instead of the linear's output divided by s_j), a few units in
+      // the last place of each activation: 1e-5 relative is ~100 of them.
+      auto layer_of = [&](const LlamaModel& m) {
+        oq_tool::QuantizationConfig qc = oq_tool::quantization_of(m);
+        qc.options.act_bits = 0;
+        const auto q = oq_tool::load_quantized_layer(m.checkpoint(), m.layer_config(), qc, 0);
+        llama::LayerWeights<float> w;
+        w.input_norm = m.checkpoint().vector<float>(prefix + "input_layernorm.weight");
+        w.post_norm = m.checkpoint().vector<float>(prefix + "post_attention_layernorm.weight");
+        for (llama::Linear l : llama::kAllLinears) w[l] = q.quantized_weight(l);
+        return std::pair{q, w};
+      };
+      const auto [fq, fw] = layer_of(folded);
+      const auto [pq, pw] = layer_of(plain);
+      for (const auto& xs : oq_tool::embed_all(model, calibration)) {
+        const auto yf = llama::forward(c, fw, xs, fq);
+        const auto yp = llama::forward(c, pw, xs, pq);
+        CHECK(llama::relative_error(yf, yp) < 1e-5);
+        CHECK(llama::relative_error(yf, yp) > 0);  // the fold changed something (a bug that folded nothing would not)
+      }
+      // And the integer path runs it.
+      const auto r = oq_tool::evaluate(folded, text_sequences(tmp.path, 200, 22, 32, 2), {});
+      CHECK(r.path == oq_tool::EvalPath::kIntegerKernels);
+      CHECK(std::isfinite(r.perplexity.value()));
+    }
   }
 }
 

@@ -101,6 +101,32 @@ inline constexpr std::string_view input_name(Input i) {
   return names[static_cast<std::size_t>(i)];
 }
 
+/// The [out, in] shape of a linear in a layer of shape `c`.
+inline std::array<Eigen::Index, 2> linear_shape(const Config& c, Linear l) {
+  const Eigen::Index h = c.hidden_size, f = c.intermediate_size;
+  switch (l) {
+    case Linear::kQ: return {c.q_size(), h};
+    case Linear::kK:
+    case Linear::kV: return {c.kv_size(), h};
+    case Linear::kO: return {h, c.q_size()};
+    case Linear::kGate:
+    case Linear::kUp: return {f, h};
+    case Linear::kDown: return {h, f};
+  }
+  return {0, 0};
+}
+
+/// The width (channels) of a linear input in a layer of shape `c`.
+inline Eigen::Index input_width(const Config& c, Input i) {
+  switch (i) {
+    case Input::kAttention:
+    case Input::kMlp: return c.hidden_size;
+    case Input::kO: return c.q_size();
+    case Input::kDown: return c.intermediate_size;
+  }
+  return 0;
+}
+
 template <class Scalar>
 struct LayerWeights {
   Vector<Scalar> input_norm;     ///< γ of input_layernorm (hidden)
@@ -131,17 +157,9 @@ struct LayerWeights {
     };
     check("input_layernorm", input_norm.size(), 1, c.hidden_size, 1);
     check("post_attention_layernorm", post_norm.size(), 1, c.hidden_size, 1);
-    const Eigen::Index h = c.hidden_size, f = c.intermediate_size;
-    const std::array<std::array<Eigen::Index, 2>, 7> shapes{{{c.q_size(), h},
-                                                             {c.kv_size(), h},
-                                                             {c.kv_size(), h},
-                                                             {h, c.q_size()},
-                                                             {f, h},
-                                                             {f, h},
-                                                             {h, f}}};
     for (Linear l : kAllLinears) {
       const auto& w = (*this)[l];
-      const auto& s = shapes[static_cast<std::size_t>(l)];
+      const auto s = linear_shape(c, l);
       check(linear_name(l), w.rows(), w.cols(), s[0], s[1]);
     }
   }

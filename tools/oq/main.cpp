@@ -116,6 +116,10 @@ int main(int argc, char** argv) {
   quantize->add_option("--weight-clip", q.weight_clip, "weight clip ratio")->capture_default_str()->check(CLI::Range(0.01, 1.0));
   quantize->add_option("--seed", q.seed, "seed of DuQuant's random base rotations")->capture_default_str();
   quantize->add_option("--out", quantize_out, "the quantized checkpoint's directory (must not exist)")->required();
+  bool no_fold = false;
+  quantize->add_flag("--no-fold", no_fold,
+                     "store the smoothing scales as online transforms instead of folding them into the RMSNorm "
+                     "weights and v_proj / up_proj (the activations then equal the calibration run's bit for bit)");
 
   // eval
   CLI::App* eval = app.add_subcommand("eval", "perplexity of a model or a quantized checkpoint");
@@ -153,7 +157,8 @@ int main(int argc, char** argv) {
       q.progress = {};
       q.pool = &pool;  // DuQuant's greedy steps on --threads
       const auto sequences = load_sequences(model, calib, "calibration data");
-      const auto result = oq_tool::quantize_model(model, sequences, oq_tool::method_from_key(method), q, quantize_out);
+      const auto result = oq_tool::quantize_model(model, sequences, oq_tool::method_from_key(method), q, quantize_out,
+                                                  oq_tool::ExportOptions{.fold_smoothing = !no_fold});
       std::printf("quantized %d layers with %s (W%dA%d%s%s) in %s (calibration %s); wrote %s\n", model.num_layers(),
                   method.c_str(), q.weight_bits, act_bits, q.gptq ? ", GPTQ" : "",
                   q.weight_group > 0 ? (", group " + std::to_string(q.weight_group)).c_str() : "",

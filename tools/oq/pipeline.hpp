@@ -266,6 +266,15 @@ inline void validate_quantize_options(const llama::Config& c, llama::Method meth
   }
 }
 
+/// How `quantize` writes the checkpoint (beyond what the method computes).
+struct ExportOptions {
+  /// Fold the smoothing scales into the RMSNorm weights and v_proj's /
+  /// up_proj's output rows where they can be (smoothing_folds), as a
+  /// deployment does; off: every transform is stored explicitly and the
+  /// checkpoint computes exactly the activations of the calibration run.
+  bool fold_smoothing = true;
+};
+
 struct QuantizeResult {
   double seconds = 0;
   double calibration_seconds = 0;  ///< in quantize_layer (transforms, folding, weight quantization)
@@ -275,7 +284,7 @@ struct QuantizeResult {
 /// quantized checkpoint to `out` (which must not exist).
 inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<Sequence>& calibration,
                                      llama::Method method, const llama::QuantOptions& options,
-                                     const std::filesystem::path& out) {
+                                     const std::filesystem::path& out, const ExportOptions& export_options = {}) {
   if (is_quantized(model)) {
     throw std::invalid_argument("model '" + model.directory().string() +
                                 "' is already quantized (its config.json has oq_quantization); give the "
@@ -291,6 +300,8 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
   // (smoothing, rotation) would have to run online before each linear, which
   // those engines do not do: no GPTQ layout for the other methods.
   const bool write_gptq = options.act_bits == 0 && method == llama::Method::kRtn;
+  const bool fold = export_options.fold_smoothing &&
+                    (method == llama::Method::kSmoothQuant || method == llama::Method::kDuQuantSmooth);
   llama::QuantOptions layer_options = options;
   if (write_gptq) layer_options.weight_range_includes_zero = true;
   oq::io::SafetensorsWriter gptq_writer;
@@ -301,11 +312,18 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
   oq::io::SafetensorsWriter writer;
   Progress bar("quantize " + std::string(method_key(method)), model.num_layers());
   for (int l = 0; l < model.num_layers(); ++l) {
-    const llama::LayerWeights<float> w = model.layer(l);
+    llama::LayerWeights<float> w = model.layer(l);
     const llama::LinearInputs<float> inputs = record_all_inputs(c, w, x);
     llama::QuantOptions o = layer_options;
     o.seed = options.seed + static_cast<std::uint64_t>(l);  // a different Haar draw per layer, reproducible
-    const llama::QuantizedLayer<float> q = llama::quantize_layer(method, w, inputs, o);
+    std::optional<FoldedLayer> folded;
+    const llama::QuantizedLayer<float> unfolded = llama::quantize_layer(method, w, inputs, o);
+    if (fold) {
+      folded.emplace(fold_smoothing(c, unfolded, w.input_norm, w.post_norm));
+      w.input_norm = folded->input_norm;
+      w.post_norm = folded->post_norm;
+    }
+    const llama::QuantizedLayer<float>& q = folded ? folded->layer : unfolded;
     result.calibration_seconds += q.calibration_seconds();
     add_quantized_layer(writer, l, q);
     if (write_gptq) {
@@ -314,13 +332,18 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
       }
     }
     // The next layer calibrates on this one's quantized outputs (as the
-    // DuQuant release does, block by block).
+    // DuQuant release does, block by block), as the checkpoint computes them.
     for (auto& xs : x) xs = llama::forward(c, w, xs, q);
     const std::string prefix = LlamaModel::layer_prefix(l);
     for (const char* norm : {"input_layernorm.weight", "post_attention_layernorm.weight"}) {
       const std::string name = prefix + norm;
       const auto& info = model.checkpoint().info(name);
-      writer.add(name, info.dtype, info.shape, model.checkpoint().bytes(name));
+      if (fold) {  // γ / s in F32: a BF16 or F16 γ / s would round away what the fold keeps
+        writer.add(name, std::string_view(norm) == "input_layernorm.weight" ? w.input_norm : w.post_norm,
+                   oq::io::DType::kF32);
+      } else {
+        writer.add(name, info.dtype, info.shape, model.checkpoint().bytes(name));
+      }
       if (write_gptq) gptq_writer.add(name, info.dtype, info.shape, model.checkpoint().bytes(name));
     }
     bar.advance("layer " + std::to_string(l));
@@ -337,6 +360,7 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
   QuantizationConfig qc;
   qc.method = method;
   qc.options = layer_options;  // as the layers were quantized (weight_range_includes_zero for the GPTQ layout)
+  qc.smoothing_folded = fold;
   qc.calibration_sequences = static_cast<std::int64_t>(calibration.size());
   qc.calibration_seq_len = calibration.empty() ? 0 : static_cast<std::int64_t>(calibration.front().size());
   nlohmann::json config = model.config_json();

@@ -18,7 +18,8 @@
 //   input's transform (W·M for a rotation M, W·diag(s) for smoothing)
 //
 //   model.layers.i.oq.X.smoothing     F32 [K]          SmoothQuant's s, or DuQuant's
-//                                                      smoothing (+smooth): x ↦ x / s
+//                                                      smoothing (+smooth): x ↦ x / s;
+//                                                      absent where folded (smoothing_folds)
 //   model.layers.i.oq.X.rotations     F32 [R, b, b]    DuQuant's block rotations,
 //                                                      each row-major
 //   model.layers.i.oq.X.permutations  I64 [R−1, K]    DuQuant's zigzag permutations
@@ -34,9 +35,9 @@
 // zero point is 0, scales in F16),
 // config.json with its quantization_config, for transformers and vLLM.
 //
-// Transforms are stored explicitly rather than folded into the preceding
-// RMSNorm: the activations the quantizer sees are then exactly those of the
-// run that calibrated them (folding s into γ rounds differently).
+// Smoothing is folded into the layer where it can be (fold_smoothing:
+// γ / s, v_proj's and up_proj's scales / s) unless --no-fold; rotations are
+// stored and run fused into the per-token quantizer.
 #pragma once
 
 #include "../llama/methods.hpp"
@@ -59,7 +60,9 @@
 
 namespace oq_tool {
 
-inline constexpr int kQuantizedFormatVersion = 1;
+/// 2: smoothing folded into the layers (QuantizationConfig::smoothing_folded);
+/// version 1 files, with every transform explicit, still load.
+inline constexpr int kQuantizedFormatVersion = 2;
 
 /// Method names on the command line and in oq_quantization.method.
 inline constexpr std::array<std::string_view, 5> kMethodKeys{"rtn", "smoothquant", "hadamard", "duquant",
@@ -86,6 +89,9 @@ struct QuantizationConfig {
   llama::QuantOptions options;  ///< bits, clips, alphas, block size, group, gptq, seed
   std::int64_t calibration_sequences = 0;
   std::int64_t calibration_seq_len = 0;
+  /// The smoothing scales were folded into the layers where smoothing_folds()
+  /// says they can be (their .smoothing tensors are absent), format version 2.
+  bool smoothing_folded = false;
 
   nlohmann::json to_json() const {
     nlohmann::json j;
@@ -105,6 +111,7 @@ struct QuantizationConfig {
     j["seed"] = options.seed;
     j["calibration_sequences"] = calibration_sequences;
     j["calibration_seq_len"] = calibration_seq_len;
+    j["smoothing_folded"] = smoothing_folded;
     return j;
   }
 
@@ -127,10 +134,16 @@ struct QuantizationConfig {
       if (!v.is_number()) fail(std::string(key) + " must be a number");
       return v.get<double>();
     };
-    if (integer("format_version") != kQuantizedFormatVersion) {
-      fail("format_version must be " + std::to_string(kQuantizedFormatVersion));
+    const std::int64_t version = integer("format_version");
+    if (version != 1 && version != kQuantizedFormatVersion) {
+      fail("format_version must be 1 or " + std::to_string(kQuantizedFormatVersion) + ", got " +
+           std::to_string(version));
     }
     QuantizationConfig c;
+    if (version >= 2) {  // version 1 stored every transform explicitly
+      if (!field("smoothing_folded").is_boolean()) fail("smoothing_folded must be true or false");
+      c.smoothing_folded = j["smoothing_folded"].get<bool>();
+    }
     if (!field("method").is_string()) fail("method must be a string");
     c.method = method_from_key(j["method"].get<std::string>());
     c.options.weight_bits = static_cast<int>(integer("weight_bits"));
@@ -303,6 +316,92 @@ inline Matrix<float> dequantize_packed(const oq::cpu::PackedWeights& w) {
   return out;
 }
 
+/// Whether the smoothing of `input` (x ↦ x / s) folds into the layer at
+/// export, so that no kernel divides by s at inference (SmoothQuant §4,
+/// "migrate the difficulty offline"; docs/design.md §6):
+///   qkv and gate/up inputs  into the RMSNorm γ that produces them: γ ← γ / s;
+///   down_proj's input       into up_proj's output rows, as silu(g) ⊙ (u / s)
+///                           = (silu(g) ⊙ u) / s;
+///   o_proj's input          into v_proj's output rows, as attention mixes
+///                           tokens, not channels: only without grouped-query
+///                           attention, since with it one value channel feeds
+///                           the same channel of several query heads, whose
+///                           scales differ: then s stays an online transform.
+inline bool smoothing_folds(const llama::Config& c, llama::Input input) {
+  return input != llama::Input::kO || c.num_key_value_heads == c.num_attention_heads;
+}
+
+/// The smoothing scales of a transform, or nullptr where it has none.
+inline const Vector<float>* smoothing_scales_of(const llama::InputTransform<float>& t) {
+  using T = llama::InputTransform<float>;
+  if (const auto* s = std::get_if<T::Smoothing>(&t.kind())) return &s->scales;
+  if (const auto* d = std::get_if<T::DuQuant>(&t.kind())) return d->smoothing().size() != 0 ? &d->smoothing() : nullptr;
+  return nullptr;
+}
+
+/// A layer with its smoothing folded away (fold_smoothing), and the RMSNorm
+/// weights it now runs with.
+struct FoldedLayer {
+  llama::QuantizedLayer<float> layer;
+  Vector<float> input_norm;  ///< γ / s of the qkv input where it smooths, else γ
+  Vector<float> post_norm;   ///< γ / s of the gate/up input where it smooths, else γ
+};
+
+/// `q` with every smoothing that smoothing_folds() allows moved out of its
+/// input transform and into the layer (γ / s in float; a previous linear's
+/// output row j divided by s_j through its packed scales, s_w ← s_w / s_j, the
+/// INT4 codes and zero points unchanged, since ŵ = s_w·(q − z) is linear in
+/// s_w). The dequantized weights are recomputed from the packed ones, as a
+/// reload computes them. The layer computes the same function up to float
+/// rounding: the norm rounds γ/s once instead of rounding its product and
+/// then the quotient, so the activations the quantizer sees can differ in the
+/// last bit from the calibration run's (a 4-bit code flips only where the
+/// scaled value lies within that of a rounding boundary). Throws
+/// std::invalid_argument without packed INT4 weights, std::domain_error where
+/// a quotient overflows.
+inline FoldedLayer fold_smoothing(const llama::Config& config, const llama::QuantizedLayer<float>& q,
+                                  Vector<float> input_norm, Vector<float> post_norm) {
+  using T = llama::InputTransform<float>;
+  std::array<T, 4> transforms;
+  std::array<std::optional<oq::cpu::PackedWeights>, 7> packed;
+  for (llama::Linear l : llama::kAllLinears) {
+    const oq::cpu::PackedWeights* w = q.packed_weight(l);
+    if (w == nullptr) throw std::invalid_argument("fold_smoothing: every linear needs its packed INT4 weight");
+    packed[static_cast<std::size_t>(l)] = *w;
+  }
+  for (llama::Input input : llama::kAllInputs) {
+    const auto i = static_cast<std::size_t>(input);
+    const T& t = q.transform(input);
+    const Vector<float>* s = smoothing_scales_of(t);
+    if (s == nullptr || !smoothing_folds(config, input)) {
+      transforms[i] = t;
+      continue;
+    }
+    switch (input) {
+      case llama::Input::kAttention: oq::transform::fold_into_rms_norm(input_norm, *s); break;
+      case llama::Input::kMlp: oq::transform::fold_into_rms_norm(post_norm, *s); break;
+      case llama::Input::kO:
+      case llama::Input::kDown: {
+        auto& w = *packed[static_cast<std::size_t>(input == llama::Input::kO ? llama::Linear::kV : llama::Linear::kUp)];
+        Eigen::Map<Matrix<float>> scales(w.scales.data(), static_cast<Eigen::Index>(w.n), static_cast<Eigen::Index>(w.groups()));
+        oq::transform::fold_into_previous_linear(scales, *s);
+        break;
+      }
+    }
+    if (const auto* d = std::get_if<T::DuQuant>(&t.kind())) {
+      transforms[i] = T(T::DuQuant(d->channels(), d->rotations(), d->permutations()));
+    }  // SmoothQuant: nothing left, the identity
+  }
+  std::array<Matrix<float>, 7> weights;
+  for (llama::Linear l : llama::kAllLinears) {
+    const auto li = static_cast<std::size_t>(l);
+    weights[li] = dequantize_packed(*packed[li]);
+  }
+  return FoldedLayer{llama::QuantizedLayer<float>(q.method(), std::move(transforms), std::move(weights), q.options(),
+                                                  q.calibration_seconds(), std::move(packed)),
+                     std::move(input_norm), std::move(post_norm)};
+}
+
 /// Layer `index` of a quantized checkpoint, as the QuantizedLayer that
 /// quantize_layer made (transforms, dequantized and packed weights).
 inline llama::QuantizedLayer<float> load_quantized_layer(const oq::io::Checkpoint& c, const llama::Config& config,
@@ -310,40 +409,42 @@ inline llama::QuantizedLayer<float> load_quantized_layer(const oq::io::Checkpoin
   const std::string prefix = LlamaModel::layer_prefix(index);
   std::array<Matrix<float>, 7> weights;
   std::array<std::optional<oq::cpu::PackedWeights>, 7> packed;
-  const Eigen::Index h = config.hidden_size, f = config.intermediate_size;
-  const std::array<std::array<Eigen::Index, 2>, 7> shapes{{{config.q_size(), h},
-                                                           {config.kv_size(), h},
-                                                           {config.kv_size(), h},
-                                                           {h, config.q_size()},
-                                                           {f, h},
-                                                           {f, h},
-                                                           {h, f}}};
   for (llama::Linear l : llama::kAllLinears) {
     const auto i = static_cast<std::size_t>(l);
-    packed[i] = load_packed_linear(c, prefix + llama::linear_module(l), shapes[i][0], shapes[i][1],
-                                   q.options.weight_group);
+    const auto shape = llama::linear_shape(config, l);
+    packed[i] = load_packed_linear(c, prefix + llama::linear_module(l), shape[0], shape[1], q.options.weight_group);
     weights[i] = dequantize_packed(*packed[i]);
   }
   using T = llama::InputTransform<float>;
   std::array<T, 4> transforms;
-  const std::array<Eigen::Index, 4> widths{h, config.q_size(), h, f};
   for (llama::Input input : llama::kAllInputs) {
     const auto i = static_cast<std::size_t>(input);
     const std::string name = prefix + "oq." + input_key(input);
-    const auto k = static_cast<std::size_t>(widths[i]);
+    const Eigen::Index width = llama::input_width(config, input);
+    const auto k = static_cast<std::size_t>(width);
+    // Smoothing folded at export has no tensor; one that is stored although
+    // the config says it was folded would be applied twice (or never): refused.
+    const bool folded = q.smoothing_folded && smoothing_folds(config, input);
+    if (folded && c.contains(name + ".smoothing")) {
+      throw std::invalid_argument("quantized model: '" + name +
+                                  ".smoothing' is present although oq_quantization.smoothing_folded is true");
+    }
     auto smoothing = [&] {
+      if (folded) return Vector<float>();
       const auto v = detail_qmodel::read_elements<float>(c, name + ".smoothing", oq::io::DType::kF32, {k});
       return Vector<float>(Eigen::Map<const Vector<float>>(v.data(), static_cast<Eigen::Index>(v.size())));
     };
     switch (q.method) {
       case llama::Method::kRtn: break;
-      case llama::Method::kSmoothQuant: transforms[i] = T(T::Smoothing{smoothing()}); break;
+      case llama::Method::kSmoothQuant:
+        if (!folded) transforms[i] = T(T::Smoothing{smoothing()});
+        break;
       case llama::Method::kHadamard:
         // Checked before the integer path builds a b×b matrix for a b that is no power of two.
-        if (q.options.block_size < 2 || widths[i] % q.options.block_size != 0) {
+        if (q.options.block_size < 2 || width % q.options.block_size != 0) {
           throw std::invalid_argument("quantized model: oq_quantization.block_size = " +
                                       std::to_string(q.options.block_size) + " must be >= 2 and divide the input width " +
-                                      std::to_string(widths[i]));
+                                      std::to_string(width));
         }
         transforms[i] = T(T::BlockHadamard{q.options.block_size});
         break;
