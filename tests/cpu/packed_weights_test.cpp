@@ -99,8 +99,10 @@ TEST_CASE("bad input is refused with a message naming it") {
   const Eigen::MatrixXf w = random_weights(3, 64, 1);
   CHECK_THROWS_WITH_AS(oq::cpu::quantize_weights(w, QuantSpec::per_channel(8, false)), doctest::Contains("spec.bits must be 4"),
                        std::invalid_argument);
-  CHECK_THROWS_WITH_AS(oq::cpu::quantize_weights(w, QuantSpec::per_token(4, false)),
-                       doctest::Contains("spec.granularity must be per-channel or per-group"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_weights(w, QuantSpec::per_tensor(4, false)),
+                       doctest::Contains("spec.granularity must be per-row (per output channel) or per-group, got "
+                                         "per-tensor"),
+                       std::invalid_argument);
   CHECK_THROWS_WITH_AS(oq::cpu::quantize_weights(random_weights(3, 63, 1), QuantSpec::per_channel(4, false)),
                        doctest::Contains("even number of columns"), std::invalid_argument);
   CHECK_THROWS_WITH_AS(oq::cpu::quantize_weights(w, QuantSpec::per_group(4, false, 24)), doctest::Contains("group_size"),

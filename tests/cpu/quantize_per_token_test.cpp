@@ -336,8 +336,12 @@ TEST_CASE("smoothing alone: x / s per channel, then oq::quant, bit for bit") {
 
 TEST_CASE("bad input is refused with a message naming it") {
   const RowMatrix x = random_tokens(3, 64, 1);
-  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(x, QuantSpec::per_channel(4, false)),
-                       doctest::Contains("spec.granularity must be per-token"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(x, QuantSpec::per_tensor(4, false)),
+                       doctest::Contains("spec.granularity must be per-row (per token), got per-tensor"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(x, QuantSpec::per_group(4, false, 32)),
+                       doctest::Contains("spec.granularity must be per-row (per token), got per-group"),
+                       std::invalid_argument);
   CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(x, QuantSpec::per_token(3, false)),
                        doctest::Contains("spec.bits must be 4 or 8"), std::invalid_argument);
   CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(x, QuantSpec::per_token(4, false, 1.5)),

@@ -514,7 +514,8 @@ TEST_CASE("bad input names the entry and what was expected") {
                          doctest::Contains("spec.bits must be 4"), std::invalid_argument);
     const auto rt = oq::quant::gptq_quantize(w, h, QuantSpec::per_tensor(4, true));
     CHECK_THROWS_WITH_AS(oq::io::gptq_linear_codes(rt, QuantSpec::per_tensor(4, true)),
-                         doctest::Contains("per-channel or per-group"), std::invalid_argument);
+                         doctest::Contains("per-row (per output channel) or per-group, got per-tensor"),
+                         std::invalid_argument);
     const auto r4 = oq::quant::gptq_quantize(w, h, QuantSpec::per_channel(4, true));
     CHECK_THROWS_WITH_AS(oq::io::gptq_linear_codes(r4, QuantSpec::per_group(4, true, 8)),
                          doctest::Contains("r.params must be 8 x 2"), std::invalid_argument);

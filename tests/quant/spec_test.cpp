@@ -27,15 +27,59 @@ TEST_CASE("factories and designated initializers describe the same quantizers") 
                 a.group_size == b.group_size && a.clip_ratio == b.clip_ratio);
   static_assert(a.code_range().lo == -8 && a.code_range().hi == 7);
   CHECK_NOTHROW(a.validate("test"));
-  CHECK(to_string(Granularity::kPerToken) == "per-token");
+  CHECK(to_string(Granularity::kPerTensor) == "per-tensor");
+  CHECK(to_string(Granularity::kPerRow) == "per-row");
+  CHECK(to_string(Granularity::kPerGroup) == "per-group");
 }
+
+TEST_CASE("per_row, per_channel and per_token are one quantizer: a pair per row") {
+  // per_channel (W's rows are output channels) and per_token (X's rows are
+  // tokens) are per_row under the papers' names, field for field.
+  constexpr QuantSpec row = QuantSpec::per_row(4, false, 0.9);
+  for (const QuantSpec& other : {QuantSpec::per_channel(4, false, 0.9), QuantSpec::per_token(4, false, 0.9)}) {
+    CHECK(other.granularity == Granularity::kPerRow);
+    CHECK((other.bits == row.bits && other.symmetric == row.symmetric && other.group_size == row.group_size &&
+           other.clip_ratio == row.clip_ratio && other.range_includes_zero == row.range_includes_zero &&
+           other.symmetric_full_range == row.symmetric_full_range));
+  }
+  static_assert(row.granularity == Granularity::kPerRow && row.group_size == 0);
+  // One pair per row of a 7 × 12 matrix, covering the whole row.
+  CHECK(row.param_rows(7) == 7);
+  CHECK(row.param_cols(12) == 1);
+  CHECK(row.block_rows(7) == 1);
+  CHECK(row.block_cols(12) == 12);
+  // The designated initializers' default is per row too.
+  static_assert(QuantSpec{}.granularity == Granularity::kPerRow);
+}
+
+// The enumerators' old names stay as deprecated aliases of kPerRow: code
+// that uses them still compiles (with a warning, silenced here because oq's
+// tests build with -Werror) and means what it meant, one pair per row.
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+TEST_CASE("the deprecated kPerChannel and kPerToken are kPerRow") {
+  static_assert(Granularity::kPerChannel == Granularity::kPerRow);
+  static_assert(Granularity::kPerToken == Granularity::kPerRow);
+  constexpr QuantSpec old{.bits = 4, .symmetric = true, .granularity = Granularity::kPerChannel};
+  static_assert(old.granularity == QuantSpec::per_row(4, true).granularity);
+  CHECK_NOTHROW(old.validate("test"));
+  CHECK(old.param_rows(5) == 5);
+  CHECK(old.param_cols(8) == 1);
+  CHECK(to_string(Granularity::kPerToken) == "per-row");
+  CHECK(QuantSpec::per_token(4, false).granularity == Granularity::kPerChannel);
+}
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
 
 TEST_CASE("gptq_reference: GPTQ's grids (zero-including asymmetric range, full-range symmetric)") {
   constexpr QuantSpec asym = QuantSpec::gptq_reference(4, false, 128);
   static_assert(asym.granularity == Granularity::kPerGroup && asym.group_size == 128 && asym.range_includes_zero &&
                 !asym.symmetric_full_range && asym.clip_ratio == 1.0 && !asym.symmetric);
   constexpr QuantSpec sym = QuantSpec::gptq_reference(3, true);
-  static_assert(sym.granularity == Granularity::kPerChannel && sym.group_size == 0 && sym.symmetric_full_range &&
+  static_assert(sym.granularity == Granularity::kPerRow && sym.group_size == 0 && sym.symmetric_full_range &&
                 !sym.range_includes_zero && sym.bits == 3);
   CHECK_NOTHROW(asym.validate("test"));
   CHECK_NOTHROW(sym.validate("test"));

@@ -144,9 +144,9 @@ PackedWeights pack_weights(const Eigen::MatrixBase<CodesDerived>& codes, const q
   constexpr std::string_view kWhere = "oq::cpu::pack_weights";
   spec.validate(kWhere);
   detail::require(spec.bits == 4, kWhere, "spec.bits must be 4 (packed INT4 weights), got ", spec.bits);
-  detail::require(spec.granularity == quant::Granularity::kPerChannel ||
-                      spec.granularity == quant::Granularity::kPerGroup,
-                  kWhere, "spec.granularity must be per-channel or per-group, got ", to_string(spec.granularity));
+  detail::require(spec.granularity == quant::Granularity::kPerRow || spec.granularity == quant::Granularity::kPerGroup,
+                  kWhere, "spec.granularity must be per-row (per output channel) or per-group, got ",
+                  to_string(spec.granularity));
   spec.validate_shape(codes.rows(), codes.cols(), kWhere);
   quant::validate_params(params, spec, codes.rows(), codes.cols(), kWhere);
   PackedWeights w;

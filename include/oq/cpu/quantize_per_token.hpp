@@ -201,8 +201,8 @@ namespace detail_token {
 
 inline void check_spec(const quant::QuantSpec& spec, std::string_view where) {
   spec.validate(where);
-  detail::require(spec.granularity == quant::Granularity::kPerToken, where, "spec.granularity must be per-token, got ",
-                  to_string(spec.granularity));
+  detail::require(spec.granularity == quant::Granularity::kPerRow, where,
+                  "spec.granularity must be per-row (per token), got ", to_string(spec.granularity));
   detail::require(spec.bits == 4 || spec.bits == 8, where, "spec.bits must be 4 or 8 (packed codes), got ",
                   spec.bits);
 }

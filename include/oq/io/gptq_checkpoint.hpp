@@ -149,8 +149,9 @@ GptqLinearCodes gptq_linear_codes(const quant::GptqResult<Scalar>& r, const quan
   spec.validate(kWhere);
   detail::require(spec.bits == 4, kWhere, "spec.bits must be 4 (this layout packs 4-bit codes), got ", spec.bits);
   const bool grouped = spec.granularity == quant::Granularity::kPerGroup;
-  detail::require(grouped || spec.granularity == quant::Granularity::kPerChannel, kWhere,
-                  "spec.granularity must be per-channel or per-group, got ", to_string(spec.granularity));
+  detail::require(grouped || spec.granularity == quant::Granularity::kPerRow, kWhere,
+                  "spec.granularity must be per-row (per output channel) or per-group, got ",
+                  to_string(spec.granularity));
   const Eigen::Index out = r.codes.rows(), in = r.codes.cols();
   const Eigen::Index groups = grouped ? spec.param_cols(in) : 1;
   detail::require(r.params.scale.rows() == out && r.params.scale.cols() == groups &&

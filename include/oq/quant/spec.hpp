@@ -1,20 +1,25 @@
 // oq/quant/spec.hpp: what a quantizer does — bits, symmetry, granularity, clip.
 //
 //   using namespace oq::quant;
-//   QuantSpec act{.bits = 4, .symmetric = false, .granularity = Granularity::kPerToken,
+//   QuantSpec act{.bits = 4, .symmetric = false, .granularity = Granularity::kPerRow,
 //                 .clip_ratio = 0.9};                       // DuQuant's activations
 //   QuantSpec w = QuantSpec::per_group(4, /*symmetric=*/true, /*group_size=*/128);
 //
-// Granularity is always described for a row-major view of y = X·Wᵀ
-// (docs/design.md §2): X is tokens × channels and W is out × in, so
+// Granularity is always described for the row-major matrix being quantized:
 //   kPerTensor   one (scale, zero) for the whole matrix;
-//   kPerChannel  one per row of W (output channel);
-//   kPerToken    one per row of X (token);
-//   kPerGroup    one per `group_size` consecutive elements of a row (along K).
-// kPerChannel and kPerToken therefore compute the same thing, one pair per
-// row; both names exist so that code reads as the paper does. To quantize the
-// columns of a matrix (per input channel), pass its transpose, which Eigen
-// gives without a copy.
+//   kPerRow      one per row;
+//   kPerGroup    one per `group_size` consecutive elements of a row.
+// In y = X·Wᵀ (docs/design.md §2), X is tokens × channels and W is out × in,
+// so kPerRow is per token for X and per output channel for W, and groups run
+// along K; the factories per_token() and per_channel() are kPerRow under the
+// names the papers use for X and W. There is no per-column granularity: to
+// quantize the columns of a matrix (per input channel of X), pass its
+// transpose, which Eigen gives without a copy.
+//
+// kPerChannel and kPerToken, the enumerators' names before kPerRow, are
+// deprecated aliases of it: "channel" read as X's channels (columns) is
+// wrong, and the two names suggested two behaviours. Being one value, they
+// cannot both label cases of one switch.
 #pragma once
 
 #include <oq/core/quant_math.hpp>
@@ -28,13 +33,19 @@
 
 namespace oq::quant {
 
-enum class Granularity { kPerTensor, kPerChannel, kPerToken, kPerGroup };
+enum class Granularity {
+  kPerTensor,
+  kPerRow,
+  kPerGroup,
+  kPerChannel [[deprecated("oq: Granularity::kPerChannel is kPerRow (one scale per row: per output channel of W; "
+                           "transpose for per input channel)")]] = kPerRow,
+  kPerToken [[deprecated("oq: Granularity::kPerToken is kPerRow (one scale per row: per token of X)")]] = kPerRow,
+};
 
 constexpr std::string_view to_string(Granularity g) noexcept {
   switch (g) {
     case Granularity::kPerTensor: return "per-tensor";
-    case Granularity::kPerChannel: return "per-channel";
-    case Granularity::kPerToken: return "per-token";
+    case Granularity::kPerRow: return "per-row";
     case Granularity::kPerGroup: return "per-group";
   }
   return "unknown";
@@ -45,7 +56,7 @@ constexpr std::string_view to_string(Granularity g) noexcept {
 struct QuantSpec {
   int bits = 4;                                      ///< 2..8
   bool symmetric = false;                            ///< docs/design.md §2
-  Granularity granularity = Granularity::kPerToken;  ///< see the file comment
+  Granularity granularity = Granularity::kPerRow;    ///< see the file comment
   Eigen::Index group_size = 0;                       ///< > 0 for kPerGroup only
   double clip_ratio = 1.0;                           ///< c in (0, 1]
   /// Asymmetric only: widen each block's [min, max] to [min(min, 0),
@@ -85,11 +96,17 @@ struct QuantSpec {
   static constexpr QuantSpec per_tensor(int bits, bool symmetric, double clip_ratio = 1.0) noexcept {
     return {bits, symmetric, Granularity::kPerTensor, 0, clip_ratio, false, false};
   }
-  static constexpr QuantSpec per_channel(int bits, bool symmetric, double clip_ratio = 1.0) noexcept {
-    return {bits, symmetric, Granularity::kPerChannel, 0, clip_ratio, false, false};
+  /// One (scale, zero) per row of the matrix quantized.
+  static constexpr QuantSpec per_row(int bits, bool symmetric, double clip_ratio = 1.0) noexcept {
+    return {bits, symmetric, Granularity::kPerRow, 0, clip_ratio, false, false};
   }
+  /// per_row() for a weight W (out × in): one per output channel.
+  static constexpr QuantSpec per_channel(int bits, bool symmetric, double clip_ratio = 1.0) noexcept {
+    return per_row(bits, symmetric, clip_ratio);
+  }
+  /// per_row() for activations X (tokens × channels): one per token.
   static constexpr QuantSpec per_token(int bits, bool symmetric, double clip_ratio = 1.0) noexcept {
-    return {bits, symmetric, Granularity::kPerToken, 0, clip_ratio, false, false};
+    return per_row(bits, symmetric, clip_ratio);
   }
   static constexpr QuantSpec per_group(int bits, bool symmetric, Eigen::Index group_size,
                                        double clip_ratio = 1.0) noexcept {
