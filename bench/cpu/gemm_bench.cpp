@@ -8,9 +8,10 @@
 //            plain read of the weight bytes (ReadBandwidth, same threads).
 //   prefill  M = 512 / 2048: W4A8 and W4A4 GEMM against Eigen's float GEMM
 //            (OpenMP, Eigen::setNbThreads(threads)).
-//   quantize per-token INT4 with the fused 128-block Hadamard and with a
-//            DuQuant transform (two 128-blocks rotations and a zigzag),
-//            against a copy of the float input.
+//   quantize per-token INT4 with the fused 128-block Hadamard (into a new
+//            PackedActivations per call, and into one reused: ...Reuse) and
+//            with a DuQuant transform (two 128-blocks rotations and a
+//            zigzag), against a copy of the float input.
 // Shapes are LLaMA-2-7B's: (N, K) = (4096, 4096), (11008, 4096), (4096, 11008).
 //
 //   ./bench.cpu.gemm --benchmark_filter='Gemv|ReadBandwidth' --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
@@ -206,6 +207,23 @@ void BM_QuantizeInt4Hadamard128(benchmark::State& state) {
   quantize_bytes(state, m, k);
 }
 
+// The same into one PackedActivations kept across calls
+// (quantize_per_token_into), as an engine decoding step after step would:
+// no allocation, and no zero-fill of the codes before the threads start.
+void BM_QuantizeInt4Hadamard128Reuse(benchmark::State& state) {
+  const Eigen::Index m = state.range(0), k = state.range(1);
+  const RowMajorMatrixXf x = random_matrix(m, k, 3);
+  const auto t = oq::cpu::TokenTransform::hadamard(128);
+  const auto spec = QuantSpec::per_token(4, false, 0.9);
+  oq::cpu::PackedActivations a;
+  oq::cpu::quantize_per_token_into(x, spec, a, t, {bench_threads(), oq::cpu::Isa::kAuto});  // sized once
+  for (auto _ : state) {
+    oq::cpu::quantize_per_token_into(x, spec, a, t, {bench_threads(), oq::cpu::Isa::kAuto});
+    benchmark::DoNotOptimize(a.codes.data());
+  }
+  quantize_bytes(state, m, k);
+}
+
 void BM_QuantizeInt4DuQuant128(benchmark::State& state) {
   const Eigen::Index m = state.range(0), k = state.range(1);
   const RowMajorMatrixXf x = random_matrix(m, k, 3);
@@ -243,6 +261,7 @@ BENCHMARK(BM_W4A8Gemm)->Apply(prefill_shapes);
 BENCHMARK(BM_W4A4Gemm)->Apply(prefill_shapes);
 BENCHMARK(BM_CopyTokens)->Apply(token_shapes);
 BENCHMARK(BM_QuantizeInt4Hadamard128)->Apply(token_shapes);
+BENCHMARK(BM_QuantizeInt4Hadamard128Reuse)->Apply(token_shapes);
 BENCHMARK(BM_QuantizeInt4DuQuant128)->Apply(token_shapes);
 
 }  // namespace

@@ -469,3 +469,108 @@ TEST_CASE("vector codes of large quotients, with zero points that keep them uncl
   }
   CHECK(checked > 0);
 }
+
+namespace {
+
+// A buffer whose every value is wrong for any call: codes 0xA5, scales NaN,
+// zeros and sums −1, the flags and shape of none of the calls below. A
+// result equal to a fresh call's then shows that every value was written.
+void poison(PackedActivations& a) {
+  std::fill(a.codes.begin(), a.codes.end(), std::uint8_t{0xA5});
+  std::fill(a.scales.begin(), a.scales.end(), std::numeric_limits<float>::quiet_NaN());
+  std::fill(a.zeros.begin(), a.zeros.end(), -1);
+  std::fill(a.code_sums.begin(), a.code_sums.end(), -1);
+  a.m = 12345;
+  a.k = 3;
+  a.bits = 2;
+  a.is_signed = true;
+}
+
+}  // namespace
+
+TEST_CASE("quantize_per_token_into: one buffer through shapes that shrink, grow and repeat, the allocating call's bits on every path") {
+  struct Call {
+    Eigen::Index m, k;
+    QuantSpec spec;
+    bool hadamard;
+  };
+  // 37 × 1152 first (the biggest codes: 21,312 bytes at 4 bits), then fewer
+  // rows of wider tokens, 8 bits (more bytes per row, fewer in all), the
+  // first shape again, a smaller one, none, and a bigger one than all (the
+  // buffer must grow).
+  const Call calls[] = {{37, 1152, kSpecs[0], true},  {5, 2048, kSpecs[3], false}, {37, 1152, kSpecs[0], true},
+                        {3, 256, kSpecs[1], true},    {0, 256, kSpecs[2], false},  {40, 1280, kSpecs[4], true},
+                        {40, 1280, kSpecs[4], true}};
+  for (Isa isa : available_paths()) {
+    CAPTURE(oq::cpu::to_string(isa));
+    PackedActivations buffer;
+    std::size_t largest_codes = 0;
+    for (std::size_t c = 0; c < std::size(calls); ++c) {
+      const Call& call = calls[c];
+      CAPTURE(c);
+      const RowMatrix x = random_tokens(call.m, call.k, static_cast<std::uint32_t>(100 + c));
+      const TokenTransform t = call.hadamard ? TokenTransform::hadamard(128) : TokenTransform{};
+      const PackedActivations want = oq::cpu::quantize_per_token(x, call.spec, t, {2, isa});
+      // ... and the same against oq::quant, so that an into-path that broke
+      // the allocating one with it would still be seen.
+      RowMatrix y = x;
+      if (call.hadamard) oq::transform::block_hadamard_rows(y, 128);
+      if (call.m > 0) require_same(want, reference(y, call.spec));
+
+      const std::size_t needed = static_cast<std::size_t>(call.m * (call.spec.bits == 4 ? call.k / 2 : call.k));
+      const std::uint8_t* before = buffer.codes.data();
+      const bool fits = buffer.codes.capacity() >= needed && needed > 0;
+      poison(buffer);
+      oq::cpu::quantize_per_token_into(x, call.spec, buffer, t, {2, isa});
+      require_same(buffer, want);
+      CHECK(buffer.scales.size() == static_cast<std::size_t>(call.m));
+      buffer.validate("test");
+      // Reused, not reallocated, where the old capacity sufficed.
+      if (fits) CHECK(buffer.codes.data() == before);
+      largest_codes = std::max(largest_codes, needed);
+      CHECK(buffer.codes.capacity() >= largest_codes);
+    }
+  }
+}
+
+TEST_CASE("quantize_per_token_into: bad arguments are refused before the buffer is touched; bad values name the entry") {
+  const RowMatrix x = random_tokens(6, 256, 7);
+  PackedActivations buffer;
+  oq::cpu::quantize_per_token_into(x, QuantSpec::per_token(4, false), buffer, TokenTransform::hadamard(128));
+  const PackedActivations kept = buffer;
+  const auto unchanged = [&] {
+    require_same(buffer, kept);
+    CHECK(buffer.codes.size() == kept.codes.size());
+  };
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token_into(x, QuantSpec::per_tensor(4, false), buffer),
+                       doctest::Contains("oq::cpu::quantize_per_token_into"), std::invalid_argument);
+  unchanged();
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token_into(random_tokens(2, 7, 2), QuantSpec::per_token(4, false), buffer),
+                       doctest::Contains("must be even"), std::invalid_argument);
+  unchanged();
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token_into(random_tokens(2, 192, 2), QuantSpec::per_token(8, false), buffer,
+                                                        TokenTransform::hadamard(128)),
+                       doctest::Contains("must divide x.cols() = 192"), std::invalid_argument);
+  unchanged();
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token_into(x, QuantSpec::per_token(8, false), buffer, {}, {-1, Isa::kAuto}),
+                       doctest::Contains("options.threads"), std::invalid_argument);
+  unchanged();
+  // The allocating call still names itself.
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(x, QuantSpec::per_tensor(4, false)),
+                       doctest::Contains("oq::cpu::quantize_per_token:"), std::invalid_argument);
+
+  // A non-finite entry is found while rows are written: the error names it,
+  // and the buffer, with x's shape, is usable again by the next call.
+  for (Isa isa : available_paths()) {
+    CAPTURE(oq::cpu::to_string(isa));
+    RowMatrix bad = random_tokens(40, 256, 9);
+    bad(33, 17) = std::numeric_limits<float>::infinity();
+    CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token_into(bad, QuantSpec::per_token(4, false), buffer,
+                                                          TokenTransform::hadamard(128), {2, isa}),
+                         doctest::Contains("x(33, 17) is inf"), std::domain_error);
+    CHECK(buffer.m == 40);
+    oq::cpu::quantize_per_token_into(x, QuantSpec::per_token(4, false), buffer, TokenTransform::hadamard(128), {2, isa});
+    require_same(buffer, oq::cpu::quantize_per_token(x, QuantSpec::per_token(4, false), TokenTransform::hadamard(128),
+                                                     {1, isa}));
+  }
+}

@@ -9,6 +9,8 @@
 //   PackedActivations s = quantize_per_token(x, spec, TokenTransform::smoothing(s));   // SmoothQuant, x·diag(s)⁻¹
 //   const TokenTransform t = TokenTransform::duquant(duquant_transform);               // once
 //   PackedActivations d = quantize_per_token(x, spec, t);                              // x·diag(s)⁻¹·R₁·P·R₂
+//   PackedActivations buf;                                                             // steady-state decoding:
+//   quantize_per_token_into(x, spec, buf, t);                                          // the same bits, buf reused
 //
 // Each row is read once into a scratch buffer, transformed there, and its
 // codes, scale, zero point and code sum written (packed_activations.hpp).
@@ -29,9 +31,17 @@
 //                    order differs: the two agree to float rounding (|Δ| ≤
 //                    b·ε·‖row block‖ per rotation), not bit for bit.
 //
+// quantize_per_token_into writes into a PackedActivations the caller keeps
+// from call to call: its vectors are resized, so a buffer of the same or a
+// bigger previous shape is reused without an allocation or a zero-fill
+// (quantize_per_token, which calls it on a fresh one, zero-fills the codes
+// on one thread before the rows are quantized: ~4 MiB for 2048 × 4096).
+//
 // Errors: spec not per-token with 4 or 8 bits, a transform for another
-// width, odd K with 4 bits → std::invalid_argument; NaN/±Inf in x, or a
-// transformed entry that overflows → std::domain_error naming the entry.
+// width, odd K with 4 bits → std::invalid_argument (before `out` is
+// touched); NaN/±Inf in x, or a transformed entry that overflows →
+// std::domain_error naming the entry (`out` then has x's shape and
+// unspecified values).
 #pragma once
 
 #include <oq/cpu/isa.hpp>
@@ -217,32 +227,38 @@ inline void throw_nonfinite(const float* x, std::int64_t r, std::int64_t k, std:
 
 }  // namespace detail_token
 
-/// Quantizes every row (token) of x (M × K floats; any row-major matrix binds
-/// without a copy) after `transform`, per token under `spec` (4 or 8 bits,
-/// per-token granularity, any clip ratio; range_includes_zero and
-/// symmetric_full_range as in oq::quant).
-inline PackedActivations quantize_per_token(
-    const Eigen::Ref<const RowMajorMatrixXf>& x,
-    const quant::QuantSpec& spec, const TokenTransform& transform = {}, const KernelOptions& options = {}) {
-  constexpr std::string_view kWhere = "oq::cpu::quantize_per_token";
-  detail_token::check_spec(spec, kWhere);
-  const Isa isa = resolve_isa(options.isa, kWhere);
-  const int threads = resolve_threads(options.threads, kWhere, options.pool);
-  const std::int64_t m = x.rows(), k = x.cols();
-  detail::require(k > 0, kWhere, "x must have at least one column, got ", k);
-  detail::require(spec.bits == 8 || k % 2 == 0, kWhere, "x.cols() must be even for 4-bit codes (two per byte), got ",
-                  k);
-  transform.check_width(k, kWhere);
+namespace detail_token {
 
-  PackedActivations a;
+// Both entry points; `where` names the one the caller called.
+inline void quantize_into(const Eigen::Ref<const RowMajorMatrixXf>& x, const quant::QuantSpec& spec,
+                          PackedActivations& out, const TokenTransform& transform, const KernelOptions& options,
+                          std::string_view where) {
+  detail_token::check_spec(spec, where);
+  const Isa isa = resolve_isa(options.isa, where);
+  const int threads = resolve_threads(options.threads, where, options.pool);
+  const std::int64_t m = x.rows(), k = x.cols();
+  detail::require(k > 0, where, "x must have at least one column, got ", k);
+  detail::require(spec.bits == 8 || k % 2 == 0, where, "x.cols() must be even for 4-bit codes (two per byte), got ",
+                  k);
+  transform.check_width(k, where);
+
+  PackedActivations& a = out;
   a.m = m;
   a.k = k;
   a.bits = spec.bits;
   a.is_signed = spec.symmetric;
-  a.codes.resize(static_cast<std::size_t>(m * a.row_bytes()));
-  a.scales.resize(static_cast<std::size_t>(m));
-  a.zeros.resize(static_cast<std::size_t>(m));
-  a.code_sums.resize(static_cast<std::size_t>(m));
+  // resize() value-initializes only the elements beyond the old size, and
+  // every element is overwritten below: a buffer of the same or a bigger
+  // shape is neither reallocated nor zero-filled. One that must grow is
+  // emptied first, so that the reallocation copies none of its old values.
+  const auto resize = [](auto& v, std::int64_t n) {
+    if (v.capacity() < static_cast<std::size_t>(n)) v.clear();
+    v.resize(static_cast<std::size_t>(n));
+  };
+  resize(a.codes, m * a.row_bytes());
+  resize(a.scales, m);
+  resize(a.zeros, m);
+  resize(a.code_sums, m);
   const core::CodeRange range = spec.code_range();
   const auto clip = static_cast<float>(spec.clip_ratio);
 
@@ -264,16 +280,16 @@ inline PackedActivations quantize_per_token(
       const kernel::RowRange span = found ? *found : kernels.row_range(t, k);
       if (!span.finite) {
         // Name the input's entry when the input is at fault, else the transform's.
-        if (!kernel::scalar::row_range(row, k).finite) detail_token::throw_nonfinite(row, r, k, kWhere, "x");
-        detail_token::throw_nonfinite(t, r, k, kWhere, "the transformed x");
+        if (!kernel::scalar::row_range(row, k).finite) detail_token::throw_nonfinite(row, r, k, where, "x");
+        detail_token::throw_nonfinite(t, r, k, where, "the transformed x");
       }
       const core::AffineParams<float> p = quant::range_params(span.lo, span.hi, spec, clip);
-      std::uint8_t* out = a.codes.data() + r * a.row_bytes();
+      std::uint8_t* codes = a.codes.data() + r * a.row_bytes();
       const float abs_max = std::max(std::abs(span.lo), std::abs(span.hi));
-      const std::int64_t sum = kernels.quantize(t, k, p, range, a.bits, out, abs_max);
+      const std::int64_t sum = kernels.quantize(t, k, p, range, a.bits, codes, abs_max);
       // An 8-bit row whose range is tiny against its offset (all of it in
       // [1e6, 1e6 + 1/16]) has a zero point up to 255·2^24: beyond int32.
-      detail::require_domain(std::abs(p.zero) < 2147483648.0f, kWhere, "row ", r, " has zero point ", p.zero,
+      detail::require_domain(std::abs(p.zero) < 2147483648.0f, where, "row ", r, " has zero point ", p.zero,
                              " beyond int32 (its range is too narrow for its offset): quantize it symmetric");
       const auto i = static_cast<std::size_t>(r);
       a.scales[i] = p.scale;
@@ -281,7 +297,29 @@ inline PackedActivations quantize_per_token(
       a.code_sums[i] = static_cast<std::int32_t>(sum);
     }
   }, options.pool);
+}
+
+}  // namespace detail_token
+
+/// Quantizes every row (token) of x (M × K floats; any row-major matrix binds
+/// without a copy) after `transform`, per token under `spec` (4 or 8 bits,
+/// per-token granularity, any clip ratio; range_includes_zero and
+/// symmetric_full_range as in oq::quant).
+inline PackedActivations quantize_per_token(
+    const Eigen::Ref<const RowMajorMatrixXf>& x,
+    const quant::QuantSpec& spec, const TokenTransform& transform = {}, const KernelOptions& options = {}) {
+  PackedActivations a;
+  detail_token::quantize_into(x, spec, a, transform, options, "oq::cpu::quantize_per_token");
   return a;
+}
+
+/// quantize_per_token into `out`, the same bits: it sets out's fields and
+/// resizes its vectors to x's shape, keeping their capacity (a buffer from a
+/// call with as many or more tokens is neither reallocated nor zero-filled).
+inline void quantize_per_token_into(const Eigen::Ref<const RowMajorMatrixXf>& x, const quant::QuantSpec& spec,
+                                    PackedActivations& out, const TokenTransform& transform = {},
+                                    const KernelOptions& options = {}) {
+  detail_token::quantize_into(x, spec, out, transform, options, "oq::cpu::quantize_per_token_into");
 }
 
 }  // namespace oq::cpu
