@@ -15,6 +15,7 @@
 
 #include <doctest/doctest.h>
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -436,6 +437,16 @@ TEST_CASE("folding the smoothing: γ / s, v_proj's and up_proj's scales / s, no 
         CHECK(llama::relative_error(yf, yp) < 1e-5);
         CHECK(llama::relative_error(yf, yp) > 0);  // the fold changed something (a bug that folded nothing would not)
       }
+      // A checkpoint that says "folded" but stores s (the explicit one's
+      // tensors under the folded one's config) would divide twice: refused.
+      const fs::path mixed = stem + "_mixed";
+      fs::copy(stem + "_fold", mixed, fs::copy_options::recursive);
+      fs::copy_file(fs::path(stem + "_plain") / "model.safetensors", mixed / "model.safetensors",
+                    fs::copy_options::overwrite_existing);
+      CHECK_THROWS_WITH_AS(oq_tool::load_quantized_layer(LlamaModel(mixed).checkpoint(), c,
+                                                         oq_tool::quantization_of(folded), 0),
+                           doctest::Contains("is present although oq_quantization.smoothing_folded is true"),
+                           std::invalid_argument);
       // And the integer path runs it.
       const auto r = oq_tool::evaluate(folded, text_sequences(tmp.path, 200, 22, 32, 2), {});
       CHECK(r.path == oq_tool::EvalPath::kIntegerKernels);
@@ -528,6 +539,63 @@ TEST_CASE("analyze finds the planted outlier channel and writes its CSV files") 
   }
   CHECK(qkv.max_abs == doctest::Approx(direct).epsilon(1e-6));
   for (const char* f : {"layers.csv", "channels.csv", "massive.csv"}) CHECK(fs::file_size(tmp.path / "report" / f) > 10);
+}
+
+TEST_CASE("an interrupted quantize leaves nothing; a killed run's staging directory is removed by the next run") {
+  TempDir tmp("interrupt");
+  oq_test::SyntheticLlama spec;
+  spec.layers = 2;
+  spec.write(tmp.path / "model");
+  const LlamaModel model(tmp.path / "model");
+  const auto calibration = text_sequences(tmp.path, 300, 3, 32, 2);
+
+  // Ctrl-C (main.cpp's handler sets the flag): the loop stops at its next layer.
+  oq_tool::interrupt_requested = 1;
+  CHECK_THROWS_AS(oq_tool::quantize_model(model, calibration, llama::Method::kRtn, small_options(), tmp.path / "q"),
+                  oq_tool::Interrupted);
+  oq_tool::interrupt_requested = 0;
+  CHECK_FALSE(fs::exists(tmp.path / "q"));
+  CHECK(no_partial_directories(tmp.path));
+
+  // A process that has exited: its PID is not alive (until reused, which the
+  // cleanup then only misses).
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) ::_exit(0);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  using oq_tool::StagingDirectory;
+  const fs::path dead = tmp.path / StagingDirectory::staging_name(tmp.path / "q", child);
+  const fs::path alive = tmp.path / StagingDirectory::staging_name(tmp.path / "q", ::getppid());
+  const fs::path other_host = tmp.path / (".q.oq-partial-" + StagingDirectory::host_tag() + "x-" + std::to_string(child));
+  const fs::path other_target = tmp.path / StagingDirectory::staging_name(tmp.path / "qq", child);
+  for (const fs::path& p : {dead, alive, other_host, other_target}) {
+    fs::create_directories(p);
+    write_file(p / "model.safetensors", "partial");
+  }
+  oq_tool::quantize_model(model, calibration, llama::Method::kRtn, small_options(), tmp.path / "q");
+  CHECK(fs::is_regular_file(tmp.path / "q" / "model.safetensors"));
+  CHECK_FALSE(fs::exists(dead));
+  CHECK(fs::exists(alive));         // a live process's (here: the test's parent)
+  CHECK(fs::exists(other_host));    // another host's (a shared file system)
+  CHECK(fs::exists(other_target));  // another target's
+  const auto qc = oq_tool::quantization_of(LlamaModel(tmp.path / "q"));
+  CHECK_FALSE(qc.smoothing_folded);  // rtn has nothing to fold
+
+  // The config's format versions: 1 (before folding) loads as unfolded; a
+  // version 2 without smoothing_folded and an unknown version are refused.
+  nlohmann::json j = qc.to_json();
+  CHECK(j["format_version"] == 2);
+  j["format_version"] = 1;
+  j.erase("smoothing_folded");
+  CHECK_FALSE(oq_tool::QuantizationConfig::from_json(j, "v1").smoothing_folded);
+  j["format_version"] = 2;
+  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "v2"), doctest::Contains("smoothing_folded is missing"),
+                       std::invalid_argument);
+  j["format_version"] = 3;
+  j["smoothing_folded"] = true;
+  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "v3"), doctest::Contains("format_version must be 1 or 2"),
+                       std::invalid_argument);
 }
 
 TEST_CASE("bad inputs give clear errors and leave nothing half-written") {

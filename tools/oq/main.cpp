@@ -16,6 +16,9 @@
 #include <CLI/CLI.hpp>
 #include <Eigen/Core>
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <exception>
 #include <filesystem>
@@ -62,6 +65,25 @@ std::vector<oq_tool::Sequence> load_sequences(const oq_tool::LlamaModel& model, 
   std::fprintf(stderr, "%s: %zu sequences of %zu tokens, %s\n", what.c_str(), sequences.size(),
                sequences.front().size(), data.source.c_str());
   return sequences;
+}
+
+// First SIGINT / SIGTERM: ask the loops to stop at their next step (they
+// throw oq_tool::Interrupted, and quantize removes its staging directory);
+// SA_RESETHAND makes a second one kill the process at once.
+extern "C" void request_interrupt(int) {
+  oq_tool::interrupt_requested = 1;
+  static const char message[] = "\noq: interrupted; stopping after the current step (again to quit at once)\n";
+  const ssize_t ignored = ::write(STDERR_FILENO, message, sizeof message - 1);  // async-signal-safe
+  (void)ignored;
+}
+
+void install_interrupt_handler() {
+  struct sigaction action {};
+  action.sa_handler = request_interrupt;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESETHAND;
+  ::sigaction(SIGINT, &action, nullptr);
+  ::sigaction(SIGTERM, &action, nullptr);
 }
 
 }  // namespace
@@ -137,6 +159,7 @@ int main(int argc, char** argv) {
     return status == 0 ? 0 : 2;      // 2: a bad command line, as the examples
   }
 
+  install_interrupt_handler();
   try {
     if (threads > 0) Eigen::setNbThreads(threads);
     const int kernel_threads = threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -173,6 +196,9 @@ int main(int argc, char** argv) {
                   static_cast<long long>(r.sequences), oq_tool::format_seconds(r.seconds).c_str(),
                   std::string(oq_tool::eval_path_name(r.path)).c_str());
     }
+  } catch (const oq_tool::Interrupted&) {
+    std::fprintf(stderr, "oq: stopped; nothing was written\n");
+    return 130;  // 128 + SIGINT, as a shell reports a process killed by it
   } catch (const std::exception& e) {
     std::fprintf(stderr, "oq: error: %s\n", e.what());
     return 1;

@@ -26,9 +26,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <array>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -177,10 +179,33 @@ inline void copy_tokenizer_files(const std::filesystem::path& from, const std::f
 }
 
 /// A directory written under a temporary name beside `target` and renamed
-/// onto it by commit(); destroyed uncommitted (an exception), it removes
-/// what was written, so a failure leaves nothing half-written.
+/// onto it by commit(); destroyed uncommitted (an exception, Ctrl-C through
+/// throw_if_interrupted), it removes what was written, so a failure leaves
+/// nothing half-written. A process killed outright (SIGKILL, out of memory, a
+/// second Ctrl-C) cannot clean up: its directory, named
+/// .NAME.oq-partial-HOST-PID, is removed by the next run for the same target
+/// on the same host once no process PID is alive (a run on another host that
+/// shares the directory is never touched).
 class StagingDirectory {
  public:
+  /// This host's name as it appears in staging directories' names
+  /// (characters other than letters, digits, '-' and '.' replaced by '_').
+  static std::string host_tag() {
+    char name[256] = {};
+    if (::gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "host";
+    std::string tag(name);
+    for (char& ch : tag) {
+      const bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' || ch == '.';
+      if (!ok) ch = '_';
+    }
+    return tag;
+  }
+
+  /// The staging directory's name for `target` in a process `pid` on this host.
+  static std::string staging_name(const std::filesystem::path& target, long pid) {
+    return "." + target.filename().string() + ".oq-partial-" + host_tag() + "-" + std::to_string(pid);
+  }
+
   explicit StagingDirectory(std::filesystem::path target) {
     target = target.lexically_normal();
     if (!target.has_filename()) target = target.parent_path();  // "out/q/" names out/q
@@ -195,7 +220,8 @@ class StagingDirectory {
     if (!std::filesystem::is_directory(parent)) {
       throw std::invalid_argument("output directory's parent '" + parent.string() + "' does not exist");
     }
-    path_ = parent / ("." + target.filename().string() + ".oq-partial-" + std::to_string(::getpid()));
+    remove_stale(parent, target);
+    path_ = parent / staging_name(target, static_cast<long>(::getpid()));
     std::filesystem::remove_all(path_);
     std::filesystem::create_directory(path_);
   }
@@ -214,6 +240,26 @@ class StagingDirectory {
   }
 
  private:
+  // Removes the staging directories for `target` that processes on this host
+  // left when they were killed, each said on stderr.
+  static void remove_stale(const std::filesystem::path& parent, const std::filesystem::path& target) {
+    const std::string prefix = staging_name(target, 0).substr(0, staging_name(target, 0).size() - 1);  // up to the PID
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(parent, ec)) {
+      const std::string name = entry.path().filename().string();
+      if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+      const std::string digits = name.substr(prefix.size());
+      if (digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+      const long pid = std::stol(digits);
+      if (pid <= 0 || pid == static_cast<long>(::getpid())) continue;
+      if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // alive, or not ours to judge
+      std::error_code ignored;
+      std::filesystem::remove_all(entry.path(), ignored);
+      std::fprintf(stderr, "oq: removed '%s', left by an earlier run (process %ld) that was killed\n",
+                   entry.path().string().c_str(), pid);
+    }
+  }
+
   std::filesystem::path target_;
   std::filesystem::path path_;
   bool committed_ = false;

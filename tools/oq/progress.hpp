@@ -10,10 +10,26 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdio>
+#include <stdexcept>
 #include <string>
 
 namespace oq_tool {
+
+/// Set by the oq tool's SIGINT / SIGTERM handler (main.cpp); every long loop
+/// stops at its next step (Progress::advance), so that a quantize interrupted
+/// by Ctrl-C unwinds and removes its staging directory instead of leaving it.
+inline volatile std::sig_atomic_t interrupt_requested = 0;
+
+/// What a loop throws when interrupt_requested is set.
+struct Interrupted : std::runtime_error {
+  Interrupted() : std::runtime_error("interrupted") {}
+};
+
+inline void throw_if_interrupted() {
+  if (interrupt_requested != 0) throw Interrupted();
+}
 
 /// Seconds as "1h02m03s" / "2m03s" / "3.4s".
 inline std::string format_seconds(double s) {
@@ -43,10 +59,12 @@ class Progress {
   Progress& operator=(const Progress&) = delete;
   ~Progress() { finish(); }
 
-  /// One more step done; `what` is shown after the bar.
+  /// One more step done; `what` is shown after the bar. Throws Interrupted
+  /// when an interrupt was requested (throw_if_interrupted).
   void advance(const std::string& what = "") {
     if (done_ < total_) ++done_;
     draw(what);
+    throw_if_interrupted();
   }
   /// Redraws with a new note without counting a step.
   void note(const std::string& what) { draw(what); }
