@@ -26,6 +26,7 @@ fuzz_packages=(clang libclang-rt-dev)
 arm_packages=(g++-aarch64-linux-gnu qemu-user)
 example_packages=(python3-matplotlib)  # plot_channels.py (Debian's python3, /usr/bin/python3)
 train_packages=(python3-matplotlib bible-kjv)  # plot_training.py; the training text (4.4 MB of English)
+demo_packages=(bible-kjv)  # the demo's training text; oq analyze draws its figures itself
 
 # install_deps [extra packages...]: the common packages plus the extra ones.
 install_deps() {
@@ -50,7 +51,7 @@ case "${1:-}" in
   deps)
     install_deps ;;
   example)
-    install_deps "${train_packages[@]}"
+    install_deps "${demo_packages[@]}"
     cmake --preset default
     cmake --build --preset default --target 03_small_transformer oq_tool
     bash tools/oq/demo.sh build/default ;;

@@ -16,13 +16,19 @@
 // Outputs (in --out): layers.csv, one row per layer and input (the table
 // printed); channels.csv, per layer and input the per-channel max |x| (the
 // papers' per-channel magnitude figure); massive.csv, every massive
-// activation (layer, token, channel, value). plot_analysis.py draws them.
+// activation (layer, token, channel, value); and two figures drawn here
+// (write_analysis_figures, with plot.hpp and png.hpp: no Python needed):
+// massive.png, per layer the top-1/2/3 and median |x| of the hidden state on
+// a log axis (Sun et al. 2024, Fig. 1), and channels.png, the per-channel
+// max |x| of the four linear inputs of the layer whose inputs reach the
+// largest |x| (DuQuant, Lin et al. 2024, Fig. 1).
 #pragma once
 
 #include "../llama/llama_layer.hpp"
 #include "../llama/methods.hpp"
 #include "model.hpp"
 #include "pipeline.hpp"
+#include "plot.hpp"
 #include "progress.hpp"
 
 #include <oq/analysis.hpp>
@@ -98,8 +104,81 @@ inline Matrix<float> stack(const HiddenStates& x) {
 
 }  // namespace detail_analyze
 
+/// The figures of `report` in `out` (which must exist): massive.png and
+/// channels.png, as the file comment says; returns their paths. Values a
+/// log axis cannot show (a median |x| of 0, say) are left out and counted
+/// in the figure. Throws std::runtime_error naming a file it cannot write.
+inline std::array<std::filesystem::path, 2> write_analysis_figures(const AnalysisReport& report,
+                                                                    const std::filesystem::path& out) {
+  namespace plot = oq_tool::plot;
+  const std::array<std::filesystem::path, 2> paths{out / "massive.png", out / "channels.png"};
+
+  // massive.png: 900 × 525 pixels, 6 × 3.5 inches at 150 dpi like a paper figure.
+  plot::LineChart m;
+  m.title = "Largest activation magnitudes per layer";
+  m.x_label = "layer";
+  m.y_label = "|x| of the hidden state";
+  m.log_y = true;
+  m.integer_x = true;
+  constexpr std::array<const char*, 4> kLabels{"top 1", "top 2", "top 3", "median"};
+  constexpr std::array<plot::Marker, 4> kMarkers{plot::Marker::kCircle, plot::Marker::kSquare, plot::Marker::kTriangle,
+                                                 plot::Marker::kCross};
+  for (std::size_t k = 0; k < 4; ++k) {
+    plot::Series s;
+    s.label = kLabels[k];
+    s.color = plot::kPalette[k];
+    s.marker = kMarkers[k];
+    for (const HiddenReport& h : report.hidden) {
+      s.x.push_back(h.layer);
+      s.y.push_back(k == 0 ? h.max_abs : k < 3 ? h.top_abs[k] : h.median_abs);
+    }
+    m.series.push_back(std::move(s));
+  }
+  plot::Canvas massive(900, 525);
+  plot::draw_line_chart(massive, {0, 0, massive.width(), massive.height()}, m);
+  massive.write_png(paths[0]);
+
+  // channels.png: the layer whose linear inputs reach the largest |x| (the
+  // first such; NaN never wins), one bar panel per input.
+  int worst = report.inputs.empty() ? 0 : report.inputs.front().layer;
+  double worst_max = -1;
+  for (const InputReport& r : report.inputs) {
+    if (r.max_abs > worst_max) {
+      worst_max = r.max_abs;
+      worst = r.layer;
+    }
+  }
+  std::vector<const InputReport*> panels;
+  for (const InputReport& r : report.inputs) {
+    if (r.layer == worst) panels.push_back(&r);
+  }
+  constexpr int kPanelHeight = 240;
+  plot::Canvas channels(900, kPanelHeight * static_cast<int>(std::max<std::size_t>(panels.size(), 1)));
+  std::vector<std::vector<double>> values;
+  int label_width = 0;  // the widest panel's tick labels: the panels' frames line up
+  for (const InputReport* r : panels) {
+    values.emplace_back(r->channel_max_abs.data(), r->channel_max_abs.data() + r->channel_max_abs.size());
+    label_width = std::max(label_width, plot::tick_label_width(plot::bar_value_axis(values.back())));
+  }
+  for (std::size_t p = 0; p < panels.size(); ++p) {
+    const InputReport& r = *panels[p];
+    plot::BarChart b;
+    std::string name(kInputKeys[static_cast<std::size_t>(r.input)]);
+    std::replace(name.begin(), name.end(), '_', ' ');
+    b.title = "layer " + std::to_string(worst) + ", " + name;
+    b.y_label = "max |x|";
+    if (p + 1 == panels.size()) b.x_label = "channel";
+    b.values = std::move(values[p]);
+    b.tick_label_width = label_width;
+    plot::draw_bar_chart(channels, {0, kPanelHeight * static_cast<int>(p), channels.width(), kPanelHeight}, b);
+  }
+  channels.write_png(paths[1]);
+  return paths;
+}
+
 /// Runs `model` in full precision over `sequences` and reports every layer;
-/// writes the CSV files into `out` (created if missing).
+/// writes the CSV files and the figures (write_analysis_figures) into `out`
+/// (created if missing).
 inline AnalysisReport analyze_model(const LlamaModel& model, const std::vector<Sequence>& sequences,
                                     const std::filesystem::path& out) {
   if (is_quantized(model)) {
@@ -173,6 +252,7 @@ inline AnalysisReport analyze_model(const LlamaModel& model, const std::vector<S
     }
   }
   if (!layers || !channels || !massive) throw std::runtime_error("cannot write the CSV files in '" + out.string() + "'");
+  write_analysis_figures(report, out);
   return report;
 }
 

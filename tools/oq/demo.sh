@@ -4,7 +4,8 @@
 # and the tool):
 #   1. train example 03's small byte-level LLaMA on the KJV Bible (baseline
 #      only, about 2 minutes on 2 cores; kept in build/demo/model/baseline),
-#   2. oq analyze it: the outlier report and its figures,
+#   2. oq analyze it: the outlier report, its CSV files and its figures
+#      (massive.png, channels.png, drawn by the tool; no Python needed),
 #   3. oq quantize it W4A4 with each method,
 #   4. oq eval each quantized checkpoint (the CPU integer kernels) and the
 #      full-precision model, and print the perplexity table.
@@ -31,7 +32,6 @@ model="$out/model/baseline"
 echo "== oq analyze"
 rm -rf "$out/analysis"
 "$oq" analyze "$model" --calib "$out/calibration.txt" --sequences 16 --out "$out/analysis"
-"$(command -v /usr/bin/python3 || command -v python3)" tools/oq/plot_analysis.py "$out/analysis"
 
 methods=(rtn smoothquant hadamard duquant duquant+smooth)
 for m in "${methods[@]}"; do

@@ -173,7 +173,9 @@ int main(int argc, char** argv) {
       const auto report = oq_tool::analyze_model(model, sequences, analyze_out);
       oq_tool::print_analysis(std::cout, report);
       std::cout << "\nwrote " << (analyze_out / "layers.csv").string() << ", "
-                << (analyze_out / "channels.csv").string() << "\n";
+                << (analyze_out / "channels.csv").string() << ", " << (analyze_out / "massive.csv").string()
+                << "\nfigures " << (analyze_out / "massive.png").string() << ", "
+                << (analyze_out / "channels.png").string() << "\n";
     } else if (quantize->parsed()) {
       const oq_tool::LlamaModel model(quantize_model);
       q.act_bits = act_bits == 16 ? 0 : act_bits;
