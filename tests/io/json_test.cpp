@@ -1,8 +1,9 @@
 // Tests for oq/io/json.hpp: strict parsing (duplicate keys anywhere, comments,
 // invalid UTF-8 → FormatError with the source and where, never the text),
 // linear time in the number of keys, read_json's file errors (FIFOs and
-// devices refused without blocking), and deep nesting refused before it
-// exhausts the stack or memory.
+// devices refused without blocking), deep nesting refused before it
+// exhausts the stack or memory, and the parse that releases its text as it
+// goes (the same results, release called at every step).
 #include <oq/io/json.hpp>
 
 #include <doctest/doctest.h>
@@ -10,12 +11,15 @@
 #include "support/subprocess.hpp"
 
 #include <chrono>
+#include <cstddef>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <system_error>
+#include <vector>
 
 #include <sys/stat.h>
 
@@ -159,4 +163,80 @@ TEST_CASE("read_json refuses a FIFO and a device without blocking") {
   }));
   CHECK_THROWS_WITH_AS(oq::io::read_json("/dev/zero"), doctest::Contains("is a character device"), std::runtime_error);
   std::filesystem::remove_all(dir);
+}
+
+namespace {
+
+// What sax_parse_strict's releasing form reported, and the value or error
+// it gave.
+struct Released {
+  std::vector<std::size_t> calls;
+  nlohmann::json value;
+  std::string error;
+};
+
+Released parse_releasing(std::string_view text) {
+  Released r;
+  const std::string prefix = "p: ";  // the builder keeps a reference to it
+  oq::io::detail_json::StrictDomBuilder builder(prefix);
+  try {
+    oq::io::detail_json::sax_parse_strict(text, builder, prefix, [&r](std::size_t n) { r.calls.push_back(n); });
+    r.value = builder.take();
+  } catch (const oq::io::FormatError& e) {
+    r.error = e.what();
+  }
+  return r;
+}
+
+std::string plain_error(std::string_view text) {
+  try {
+    (void)oq::io::detail_json::parse_strict(text, "p: ");
+  } catch (const oq::io::FormatError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("sax_parse_strict's releasing form: the same value and errors, release at every step of both passes") {
+  constexpr std::size_t step = oq::io::detail_json::kReleaseStep;
+  // An object of ~3.4 steps: {"k0":[0,1.5,"s"],"k1":…} and trailing spaces.
+  std::string text = "{";
+  for (int i = 0; text.size() < 3 * step + step / 3; ++i) {
+    if (i > 0) text += ',';
+    text += "\"k" + std::to_string(i) + "\":[" + std::to_string(i) + ",1.5,\"s\"]";
+  }
+  text += "}   ";
+  const Released ok = parse_releasing(text);
+  REQUIRE(ok.error.empty());
+  CHECK(ok.value == oq::io::detail_json::parse_strict(text, "p: "));
+  // The NUL check's pass, then the parser's, each done with [0, n) at n = 1, 2, 3 steps.
+  CHECK(ok.calls == std::vector<std::size_t>{step, 2 * step, 3 * step, step, 2 * step, 3 * step});
+
+  // Exactly 2 steps long: the parser's last call is at the end of the text.
+  std::string exact = "[" + std::string(2 * step - 3, ' ') + "1]";
+  REQUIRE(exact.size() == 2 * step);
+  CHECK(parse_releasing(exact).calls == std::vector<std::size_t>{step, 2 * step, step, 2 * step});
+
+  // A NUL after 2.5 steps: the same error, after the check's first two steps.
+  std::string nul = text;
+  nul[2 * step + step / 2] = '\0';
+  const Released r_nul = parse_releasing(nul);
+  CHECK(r_nul.error == plain_error(nul));
+  CHECK(r_nul.error.find("NUL byte at offset " + std::to_string(2 * step + step / 2)) != std::string::npos);
+  CHECK(r_nul.calls == std::vector<std::size_t>{step, 2 * step});
+
+  // A syntax error after 1.5 steps: the same message (line and column), the
+  // parser stopped after its first step.
+  std::string bad = text;
+  bad[step + step / 2] = '}';
+  const Released r_bad = parse_releasing(bad);
+  CHECK(!r_bad.error.empty());
+  CHECK(r_bad.error == plain_error(bad));
+  CHECK(r_bad.calls == std::vector<std::size_t>{step, 2 * step, 3 * step, step});
+
+  // Shorter than a step: no call; an empty text: the parser's error.
+  CHECK(parse_releasing("[1, 2]").calls.empty());
+  CHECK(parse_releasing("").error == plain_error(""));
 }

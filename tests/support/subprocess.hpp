@@ -7,6 +7,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <exception>
 #include <fstream>
@@ -81,6 +82,29 @@ inline std::size_t start_peak_rss() {
 
 /// The peak resident memory since start_peak_rss, in bytes.
 inline std::size_t peak_rss() { return proc_status_bytes("VmHWM"); }
+
+/// The resident bytes of the mapping that holds address p ("Rss:" of its
+/// entry in /proc/self/smaps), or -1 where that cannot be read (not Linux).
+inline long long mapping_rss(const void* p) {
+  std::ifstream in("/proc/self/smaps");
+  const auto address = reinterpret_cast<std::uintptr_t>(p);
+  std::string line;
+  bool inside = false;
+  while (std::getline(in, line)) {
+    // An entry starts with "begin-end perms ...", both in hex; then "Key: value kB" lines.
+    const auto dash = line.find('-');
+    const auto space = line.find(' ');
+    if (dash != std::string::npos && space != std::string::npos && dash < space &&
+        line.find(':') > space) {
+      const auto begin = std::stoull(line.substr(0, dash), nullptr, 16);
+      const auto end = std::stoull(line.substr(dash + 1, space - dash - 1), nullptr, 16);
+      inside = address >= begin && address < end;
+    } else if (inside && line.rfind("Rss:", 0) == 0) {
+      return std::stoll(line.substr(4)) * 1024;
+    }
+  }
+  return -1;
+}
 
 /// Whether this build runs under AddressSanitizer, whose redzones and
 /// quarantine of freed memory make resident memory no measure of the code's.

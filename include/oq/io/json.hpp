@@ -30,12 +30,16 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstddef>
+#include <cstring>
 #include <filesystem>
+#include <iterator>
 #include <limits>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -255,6 +259,73 @@ void sax_parse_strict(std::string_view text, Handler& handler, const std::string
   // syntax error through handler.parse_error, which throws.
   (void)nlohmann::json::sax_parse(text.begin(), text.end(), &handler, nlohmann::json::input_format_t::json,
                                   /*strict=*/true, /*ignore_comments=*/false);
+}
+
+/// How many bytes the passes of sax_parse_strict's releasing form read
+/// between two calls of its `release`.
+inline constexpr std::size_t kReleaseStep = std::size_t{1} << 20;
+
+/// A forward iterator over text[0, size) for nlohmann's parser (which reads
+/// its input once, front to back) that calls release(i) each time it steps
+/// onto an offset i that is a multiple of kReleaseStep: the parser is done
+/// with text[0, i). One comparison per byte, beside the parser's dozens.
+template <class Release>
+class ReleasingIterator {
+ public:
+  using iterator_category = std::forward_iterator_tag;
+  using value_type = char;
+  using difference_type = std::ptrdiff_t;
+  using pointer = const char*;
+  using reference = const char&;
+
+  ReleasingIterator() = default;
+  ReleasingIterator(const char* text, std::size_t i, Release* release)
+      : text_(text), i_(i), next_((i / kReleaseStep + 1) * kReleaseStep), release_(release) {}
+
+  reference operator*() const noexcept { return text_[i_]; }
+  ReleasingIterator& operator++() {
+    if (++i_ == next_) {
+      (*release_)(i_);
+      next_ += kReleaseStep;
+    }
+    return *this;
+  }
+  ReleasingIterator operator++(int) {
+    ReleasingIterator old = *this;
+    ++*this;
+    return old;
+  }
+  bool operator==(const ReleasingIterator& other) const noexcept { return i_ == other.i_; }
+
+ private:
+  const char* text_ = nullptr;
+  std::size_t i_ = 0;
+  std::size_t next_ = 0;
+  Release* release_ = nullptr;
+};
+
+/// sax_parse_strict for a text that lies in memory the caller can give back
+/// as the passes go (a memory-mapped file: MappedFile::release): release(n)
+/// is called with n a multiple of kReleaseStep once a pass is done with
+/// text[0, n), first by the NUL check (after which the parser reads the text
+/// again, from its start), then by the parser. Releasing must leave the
+/// bytes readable; it only lets them leave memory, so that a pass over a
+/// large text keeps about kReleaseStep of it resident instead of all of it.
+/// The same events and errors as sax_parse_strict(text, handler, prefix).
+template <class Handler, class Release>
+void sax_parse_strict(std::string_view text, Handler& handler, const std::string& prefix, Release&& release) {
+  for (std::size_t i = 0; i < text.size(); i += kReleaseStep) {
+    const std::size_t n = std::min(kReleaseStep, text.size() - i);
+    if (const void* nul = std::memchr(text.data() + i, '\0', n)) {
+      throw FormatError(prefix + "not valid JSON: NUL byte at offset " +
+                        std::to_string(static_cast<const char*>(nul) - text.data()));
+    }
+    if (n == kReleaseStep) release(i + n);
+  }
+  using Iterator = ReleasingIterator<std::remove_reference_t<Release>>;
+  (void)nlohmann::json::sax_parse(Iterator(text.data(), 0, &release), Iterator(text.data(), text.size(), &release),
+                                  &handler, nlohmann::json::input_format_t::json, /*strict=*/true,
+                                  /*ignore_comments=*/false);
 }
 
 /// Parses `text`; every error throws FormatError(prefix + what): duplicate
