@@ -3,11 +3,18 @@
 // transformation M = R₁·P·R₂ (after optional smoothing) to its layers.
 //
 //   #include <oq/duquant.hpp>
-//   using namespace oq::transform;
+//   using namespace oq::duquant;
 //   auto t = calibrate_duquant(x_calib, DuQuantOptions{}, q_primes);  // per linear input
 //   w = t.fold_into_weight(w);                                         // offline
 //   x_hat = t.apply(x);                                                // run time
 //   save_duquant(file, t);                                             // keep it
+//
+// oq::duquant is this module's name for the namespace its parts live in,
+// oq::transform (beside the other transforms: smoothing, Hadamard,
+// random rotations), so a user who included oq/duquant.hpp finds the names
+// where the header says: oq::duquant::calibrate_duquant and
+// oq::transform::calibrate_duquant are one function, and either spelling
+// may be used.
 #pragma once
 
 #include <oq/transform/duquant.hpp>
@@ -16,3 +23,7 @@
 #include <oq/transform/random_orthogonal.hpp>
 #include <oq/transform/smoothing.hpp>
 #include <oq/transform/zigzag.hpp>
+
+namespace oq {
+namespace duquant = transform;
+}  // namespace oq
