@@ -10,6 +10,7 @@
 
 #include <Eigen/QR>
 
+#include <array>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -175,10 +176,15 @@ TEST_CASE("calibration is a pure function of its inputs") {
   CHECK(a.matrix() == b.matrix());
   CHECK(a.permutations() == b.permutations());
   CHECK(a.rotations().size() == 3);
-  int calls = 0;
-  options.progress = [&](int, int, int) { ++calls; };
+  // The progress callback: after every greedy step of every rotation, both
+  // counted from 1 (rotation 1..rounds + 1, step 1..greedy_steps), in order.
+  std::vector<std::array<int, 3>> calls;
+  options.progress = [&](int rotation, int done, int total) { calls.push_back({rotation, done, total}); };
   calibrate_duquant(x, options, q_primes(3, 16, 5));
-  CHECK(calls == 3 * 10);
+  std::vector<std::array<int, 3>> expected;
+  for (int rotation = 1; rotation <= 3; ++rotation)
+    for (int step = 1; step <= 10; ++step) expected.push_back({rotation, step, 10});
+  CHECK(calls == expected);
 
   // With 2 and 3 permutation rounds (3 and 4 rotations), apply() is still
   // X·M for the dense M = R₁·P₁·R₂·P₂·… and invert() undoes it (docs/design.md §6):

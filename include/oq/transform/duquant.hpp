@@ -176,7 +176,10 @@ struct DuQuantOptions {
   int greedy_steps = 256;         ///< N of Algorithm 1 per rotation, in [0, kMaxGreedySteps]
   int permutation_rounds = 1;     ///< zigzag permutations, in [0, kMaxPermutationRounds]; rotations = rounds + 1
   GreedyScore score = GreedyScore::kRange;
-  /// Called as progress(rotation index, steps done, steps in all); may be empty.
+  /// Called after every greedy step as progress(rotation, steps done, steps
+  /// in all), the rotation counted from 1 to permutation_rounds + 1 as the
+  /// steps are from 1 to greedy_steps, so "rotation r, step d/n" prints as
+  /// given (until issue 22 the rotation was counted from 0). May be empty.
   std::function<void(int, int, int)> progress{};
   /// Threads for the greedy steps (0: all hardware threads); the transform
   /// is the same, bit for bit, for every thread count (duquant_rotation.hpp).
@@ -254,7 +257,7 @@ DuQuantTransform<Scalar> calibrate(const Eigen::MatrixBase<Derived>& x, const Ro
   for (int stage = 0; stage <= options.permutation_rounds; ++stage) {
     GreedyRotationOptions greedy{options.greedy_steps, options.score, {}, pool == nullptr ? 1 : 0, pool};
     if (options.progress) {
-      greedy.progress = [&options, stage](int done, int total) { options.progress(stage, done, total); };
+      greedy.progress = [&options, stage](int done, int total) { options.progress(stage + 1, done, total); };
     }
     const DenseMatrix<Scalar> base = duquant_base_block(q_primes[static_cast<std::size_t>(stage)]);
     rotations.push_back((w != nullptr ? greedy_block_rotation(y, wy, base, greedy)
