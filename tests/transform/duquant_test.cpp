@@ -724,6 +724,85 @@ TEST_CASE("a saved rotation slightly off orthogonal (older files) is projected o
   CHECK_THROWS_WITH_AS(load_duquant<float>(corrupt), doctest::Contains("must be orthogonal"), std::invalid_argument);
 }
 
+TEST_CASE("load_duquant<double> widens a float file exactly, and saving the result writes the float file again") {
+  // A float transform with smoothing and two rotations (one permutation).
+  const Eigen::MatrixXf x = planted(16, 64, 12).cast<float>();
+  DuQuantOptions options;
+  options.block_size = 16;
+  options.greedy_steps = 6;
+  const Eigen::VectorXf s = Eigen::VectorXf::LinSpaced(64, 0.5f, 2.0f);
+  const DuQuantTransform<float> f = calibrate_duquant(x, options, q_primes<float>(2, 16, 13), s);
+  std::ostringstream out(std::ios::binary);
+  save_duquant(out, f);
+  const std::string float_file = out.str();
+  REQUIRE(float_file.size() == 48 + 2 * 16 * 16 * 4 + 64 * 8 + 64 * 4);
+
+  // Before issue 22 this threw ("the file holds 4-byte scalars").
+  std::istringstream in(float_file, std::ios::binary);
+  const DuQuantTransform<double> d = load_duquant<double>(in);
+  CHECK(d.scalar_bytes() == sizeof(float));
+  CHECK(d.channels() == 64);
+  REQUIRE(d.rotations().size() == 2);
+  // Every entry is the float's value (float → double is exact), compared
+  // with the float transform entry by entry and with the file's own bits.
+  for (std::size_t k = 0; k < 2; ++k) {
+    CHECK(d.rotations()[k] == f.rotations()[k].cast<double>());
+    for (Eigen::Index i = 0; i < 16; ++i)
+      for (Eigen::Index j = 0; j < 16; ++j) {
+        float stored = 0.0f;
+        std::memcpy(&stored, float_file.data() + 48 + 4 * (k * 256 + static_cast<std::size_t>(i * 16 + j)), 4);
+        REQUIRE(d.rotations()[k](i, j) == static_cast<double>(stored));
+      }
+  }
+  CHECK(d.permutations() == f.permutations());
+  CHECK(d.smoothing() == f.smoothing().cast<double>());
+  // The converting constructor is the same widening.
+  const DuQuantTransform<double> widened(f);
+  CHECK(widened.scalar_bytes() == sizeof(float));
+  CHECK(widened.rotations() == d.rotations());
+  CHECK(widened.smoothing() == d.smoothing());
+  // It is the float transform computed in double: X·diag(s)⁻¹·M against the
+  // float path, within float rounding of |x|, and invert() undoes it.
+  const Matrix xd = x.cast<double>();
+  const Matrix y = d.apply(xd);
+  CHECK((y - f.apply(x).cast<double>()).cwiseAbs().maxCoeff() < 1e-5 * xd.cwiseAbs().maxCoeff());
+  CHECK((Matrix(d.invert(y)) - xd).cwiseAbs().maxCoeff() < 1e-5 * xd.cwiseAbs().maxCoeff());
+  // The rotations are orthogonal to float's rounding, not double's: a
+  // DuQuantTransform<double> built from them as doubles is refused, which is
+  // why the widening keeps scalar_bytes() and saves floats.
+  CHECK_THROWS_WITH_AS(DuQuantTransform<double>(64, d.rotations(), d.permutations(), d.smoothing()),
+                       doctest::Contains("must be orthogonal"), std::invalid_argument);
+  std::ostringstream again(std::ios::binary);
+  save_duquant(again, d);
+  CHECK(again.str() == float_file);  // byte for byte
+  std::istringstream as_float(again.str(), std::ios::binary);
+  CHECK(load_duquant<float>(as_float).rotations() == f.rotations());
+
+  // A legacy float file (a rotation drifted within the old tolerance) is
+  // projected in float, then widened: the same as loading it as float.
+  std::ostringstream id_out(std::ios::binary);
+  save_duquant(id_out, DuQuantTransform<float>(8, {Eigen::MatrixXf::Identity(8, 8)}, {}));
+  std::string drifted = id_out.str();
+  const float entry = 1.0f + 1e-5f;
+  std::memcpy(drifted.data() + 48, &entry, sizeof entry);
+  std::istringstream drifted_d(drifted, std::ios::binary), drifted_f(drifted, std::ios::binary);
+  CHECK(load_duquant<double>(drifted_d).rotations()[0] == load_duquant<float>(drifted_f).rotations()[0].cast<double>());
+  // Malformed float files are refused as double as they are as float.
+  std::istringstream truncated(float_file.substr(0, float_file.size() - 1), std::ios::binary);
+  CHECK_THROWS_WITH_AS(load_duquant<double>(truncated), doctest::Contains("the stream ended inside"),
+                       std::invalid_argument);
+  std::string bad = float_file;
+  bad[48 + 3] ^= 0x40;  // a bit of the first rotation entry's exponent
+  std::istringstream bad_in(bad, std::ios::binary);
+  CHECK_THROWS_WITH_AS(load_duquant<double>(bad_in), doctest::Contains("must be orthogonal"), std::invalid_argument);
+  // Other scalar sizes stay refused.
+  std::string two_byte = float_file;
+  two_byte[12] = 2;
+  std::istringstream two_in(two_byte, std::ios::binary);
+  CHECK_THROWS_WITH_AS(load_duquant<double>(two_in), doctest::Contains("the file holds 2-byte scalars"),
+                       std::invalid_argument);
+}
+
 TEST_CASE("load_duquant refuses bytes after the transform, on seekable and unseekable streams") {
   // Before (issue 23): anything after the data was ignored.
   std::ostringstream out(std::ios::binary);

@@ -81,11 +81,33 @@ class DuQuantTransform {
     }
   }
 
+  /// The same transform in a wider scalar type (float → double), every
+  /// entry converted exactly. Its rotations are those of the narrower type,
+  /// orthogonal to that type's rounding (about 1e-7 for float), not to the
+  /// wider type's, so they are not checked again against the wider type's
+  /// tolerance, which they would fail: the narrower transform passed its
+  /// own checks and the conversion changes no value. scalar_bytes() keeps
+  /// the narrower type's size, so that save_duquant writes the transform
+  /// with the scalars it came from and it loads back as itself.
+  template <class Narrow>
+    requires(std::is_floating_point_v<Narrow> && sizeof(Narrow) < sizeof(Scalar))
+  explicit DuQuantTransform(const DuQuantTransform<Narrow>& narrow)
+      : channels_(narrow.channels()),
+        permutations_(narrow.permutations()),
+        smoothing_(narrow.smoothing().template cast<Scalar>()),
+        scalar_bytes_(narrow.scalar_bytes()) {
+    rotations_.reserve(narrow.rotations().size());
+    for (const auto& r : narrow.rotations()) rotations_.push_back(r.template cast<Scalar>());
+  }
+
   Eigen::Index channels() const { return channels_; }
   Eigen::Index block_size() const { return rotations_.front().rows(); }
   const std::vector<Matrix>& rotations() const { return rotations_; }
   const std::vector<Permutation>& permutations() const { return permutations_; }
   const Vector& smoothing() const { return smoothing_; }
+  /// Bytes per scalar that hold every entry exactly: sizeof(Scalar), or the
+  /// narrower type's for a transform widened from one (the constructor above).
+  std::size_t scalar_bytes() const { return scalar_bytes_; }
 
   /// Activations: X·diag(s)⁻¹·M (X is tokens × channels). Throws
   /// std::domain_error when the result overflows the scalar type (all three
@@ -165,6 +187,7 @@ class DuQuantTransform {
   std::vector<Matrix> rotations_;
   std::vector<Permutation> permutations_;
   Vector smoothing_;
+  std::size_t scalar_bytes_ = sizeof(Scalar);
 };
 
 /// The most zigzag permutations a calibration may use (64 rotations): the

@@ -33,7 +33,7 @@
 //
 //   std::ofstream out("layer3.duquant", std::ios::binary);
 //   oq::transform::save_duquant(out, transform);
-//   auto back = oq::transform::load_duquant<float>(in);
+//   auto back = oq::transform::load_duquant<float>(in);   // or <double>: a float file widens exactly
 #pragma once
 
 #include <oq/detail/check.hpp>
@@ -48,6 +48,7 @@
 #include <limits>
 #include <optional>
 #include <ostream>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -140,6 +141,26 @@ inline std::optional<std::uint64_t> remaining_bytes(std::istream& in) {
   return static_cast<std::uint64_t>(end - here);
 }
 
+// The file of t with Stored scalars (Stored holds every value of t exactly).
+template <class Stored, class Scalar>
+void write_duquant(std::ostream& out, const DuQuantTransform<Scalar>& t) {
+  out.write(kDuQuantMagic.data(), kDuQuantMagic.size());
+  write_le<std::uint32_t>(out, kDuQuantFormatVersion);
+  write_le<std::uint32_t>(out, sizeof(Stored));
+  const Eigen::Index b = t.block_size();
+  write_le<std::uint64_t>(out, static_cast<std::uint64_t>(t.channels()));
+  write_le<std::uint64_t>(out, static_cast<std::uint64_t>(b));
+  write_le<std::uint64_t>(out, t.rotations().size());
+  write_le<std::uint64_t>(out, t.smoothing().size() != 0 ? 1 : 0);
+  for (const auto& r : t.rotations())
+    for (Eigen::Index i = 0; i < b; ++i)
+      for (Eigen::Index j = 0; j < b; ++j) write_le<Stored>(out, static_cast<Stored>(r(i, j)));
+  for (const auto& p : t.permutations())
+    for (Eigen::Index v : p) write_le<std::uint64_t>(out, static_cast<std::uint64_t>(v));
+  for (Eigen::Index j = 0; j < t.smoothing().size(); ++j) write_le<Stored>(out, static_cast<Stored>(t.smoothing()[j]));
+  detail::require(static_cast<bool>(out), "oq::transform::save_duquant", "writing to the stream failed");
+}
+
 }  // namespace detail_io
 
 /// Writes t in the format above. Throws std::invalid_argument, before
@@ -157,40 +178,29 @@ void save_duquant(std::ostream& out, const DuQuantTransform<Scalar>& t) {
   detail::require(t.rotations().size() <= kDuQuantMaxRotations, kWhere, "t.rotations() must hold at most ",
                   kDuQuantMaxRotations, " matrices (kMaxPermutationRounds = ", kMaxPermutationRounds,
                   " permutation rounds) for load_duquant to read it back, got ", t.rotations().size());
-  out.write(kDuQuantMagic.data(), kDuQuantMagic.size());
-  detail_io::write_le<std::uint32_t>(out, kDuQuantFormatVersion);
-  detail_io::write_le<std::uint32_t>(out, sizeof(Scalar));
-  const Eigen::Index b = t.block_size();
-  detail_io::write_le<std::uint64_t>(out, static_cast<std::uint64_t>(t.channels()));
-  detail_io::write_le<std::uint64_t>(out, static_cast<std::uint64_t>(b));
-  detail_io::write_le<std::uint64_t>(out, t.rotations().size());
-  detail_io::write_le<std::uint64_t>(out, t.smoothing().size() != 0 ? 1 : 0);
-  for (const auto& r : t.rotations())
-    for (Eigen::Index i = 0; i < b; ++i)
-      for (Eigen::Index j = 0; j < b; ++j) detail_io::write_le<Scalar>(out, r(i, j));
-  for (const auto& p : t.permutations())
-    for (Eigen::Index v : p) detail_io::write_le<std::uint64_t>(out, static_cast<std::uint64_t>(v));
-  for (Eigen::Index j = 0; j < t.smoothing().size(); ++j) detail_io::write_le<Scalar>(out, t.smoothing()[j]);
-  detail::require(static_cast<bool>(out), "oq::transform::save_duquant", "writing to the stream failed");
+  // A transform widened from float (DuQuantTransform's converting
+  // constructor) holds float values: written as floats, exactly, it loads
+  // back as itself (a double file's rotations would have to be orthogonal to
+  // double's rounding, which float ones are not).
+  if constexpr (!std::is_same_v<Scalar, float>) {
+    if (t.scalar_bytes() == sizeof(float)) {
+      detail_io::write_duquant<float>(out, t);
+      return;
+    }
+  }
+  detail_io::write_duquant<Scalar>(out, t);
 }
 
+namespace detail_io {
+
+// load_duquant after the scalar size: the rest of a file of Scalar values.
 template <class Scalar>
-DuQuantTransform<Scalar> load_duquant(std::istream& in) {
+DuQuantTransform<Scalar> load_duquant_data(std::istream& in) {
   constexpr std::string_view kWhere = "oq::transform::load_duquant";
-  std::array<char, 8> magic{};
-  in.read(magic.data(), magic.size());
-  detail::require(static_cast<bool>(in) && magic == kDuQuantMagic, kWhere,
-                  "the stream does not start with the DuQuant magic \"OQDUQNT\"");
-  const auto version = detail_io::read_le<std::uint32_t>(in, "the version");
-  detail::require(version == kDuQuantFormatVersion, kWhere, "format version must be ", kDuQuantFormatVersion, ", got ",
-                  version);
-  const auto scalar_bytes = detail_io::read_le<std::uint32_t>(in, "the scalar size");
-  detail::require(scalar_bytes == sizeof(Scalar), kWhere, "the file holds ", scalar_bytes,
-                  "-byte scalars, but load_duquant was asked for ", sizeof(Scalar), "-byte ones");
-  const auto channels = detail_io::read_le<std::uint64_t>(in, "channels");
-  const auto b = detail_io::read_le<std::uint64_t>(in, "the block size");
-  const auto rotations = detail_io::read_le<std::uint64_t>(in, "the rotation count");
-  const auto has_smoothing = detail_io::read_le<std::uint64_t>(in, "the smoothing flag");
+  const auto channels = read_le<std::uint64_t>(in, "channels");
+  const auto b = read_le<std::uint64_t>(in, "the block size");
+  const auto rotations = read_le<std::uint64_t>(in, "the rotation count");
+  const auto has_smoothing = read_le<std::uint64_t>(in, "the smoothing flag");
   // Bounds before any allocation: a corrupted header must not ask for terabytes.
   detail::require(channels > 0 && channels <= kDuQuantMaxChannels, kWhere, "channels must be in [1, ",
                   kDuQuantMaxChannels, "], got ", channels);
@@ -202,7 +212,7 @@ DuQuantTransform<Scalar> load_duquant(std::istream& in) {
   // At most 2^41 bytes under those bounds: no overflow.
   const std::uint64_t payload = rotations * b * b * sizeof(Scalar) + (rotations - 1) * channels * 8 +
                                 has_smoothing * channels * sizeof(Scalar);
-  if (const auto remaining = detail_io::remaining_bytes(in)) {
+  if (const auto remaining = remaining_bytes(in)) {
     detail::require(*remaining >= payload, kWhere, "the stream ended inside the data: the header promises ", payload,
                     " bytes of rotations, permutations and scales, the stream holds ", *remaining,
                     " (truncated file?)");
@@ -211,7 +221,7 @@ DuQuantTransform<Scalar> load_duquant(std::istream& in) {
   const auto n = static_cast<Eigen::Index>(b);
   std::vector<DenseMatrix<Scalar>> rs;
   for (std::uint64_t k = 0; k < rotations; ++k) {
-    const std::vector<Scalar> values = detail_io::read_array<Scalar>(in, b * b, "a rotation block");
+    const std::vector<Scalar> values = read_array<Scalar>(in, b * b, "a rotation block");
     rs.push_back(Eigen::Map<const RowMajorMatrix<Scalar>>(values.data(), n, n));
     // Files saved before calibration projected its greedy rotation onto the
     // orthogonal matrices (oq before 2026-11-30) hold float rotations drifted
@@ -231,7 +241,7 @@ DuQuantTransform<Scalar> load_duquant(std::istream& in) {
   }
   std::vector<Permutation> ps;
   for (std::uint64_t k = 0; k + 1 < rotations; ++k) {
-    const std::vector<std::uint64_t> raw = detail_io::read_array<std::uint64_t>(in, channels, "a permutation");
+    const std::vector<std::uint64_t> raw = read_array<std::uint64_t>(in, channels, "a permutation");
     Permutation p(raw.size());
     for (std::size_t j = 0; j < raw.size(); ++j) {
       detail::require(raw[j] < channels, kWhere, "permutation entry ", raw[j], " is not a channel below ", channels);
@@ -241,13 +251,13 @@ DuQuantTransform<Scalar> load_duquant(std::istream& in) {
   }
   typename DuQuantTransform<Scalar>::Vector smoothing;
   if (has_smoothing == 1) {
-    const std::vector<Scalar> values = detail_io::read_array<Scalar>(in, channels, "the smoothing scales");
+    const std::vector<Scalar> values = read_array<Scalar>(in, channels, "the smoothing scales");
     smoothing = Eigen::Map<const typename DuQuantTransform<Scalar>::Vector>(values.data(),
                                                                             static_cast<Eigen::Index>(channels));
   }
   // A file is one transform: bytes after it mean the header does not
   // describe the file (as the .npy and safetensors readers hold; issue 23).
-  if (const auto remaining = detail_io::remaining_bytes(in)) {
+  if (const auto remaining = remaining_bytes(in)) {
     detail::require(*remaining == 0, kWhere, *remaining, " bytes follow the transform (expected the stream to end ",
                     "there: the header does not describe them)");
   } else {
@@ -257,6 +267,34 @@ DuQuantTransform<Scalar> load_duquant(std::istream& in) {
   }
   return DuQuantTransform<Scalar>(static_cast<Eigen::Index>(channels), std::move(rs), std::move(ps),
                                   std::move(smoothing));
+}
+
+}  // namespace detail_io
+
+/// Reads a transform that save_duquant wrote. A file of floats loads as
+/// DuQuantTransform<double> too, widened exactly (the converting
+/// constructor: the rotations keep their float rounding, and saving the
+/// result writes the float file again); a file of doubles refuses to load
+/// as float, which would round its rotations.
+template <class Scalar>
+DuQuantTransform<Scalar> load_duquant(std::istream& in) {
+  constexpr std::string_view kWhere = "oq::transform::load_duquant";
+  std::array<char, 8> magic{};
+  in.read(magic.data(), magic.size());
+  detail::require(static_cast<bool>(in) && magic == kDuQuantMagic, kWhere,
+                  "the stream does not start with the DuQuant magic \"OQDUQNT\"");
+  const auto version = detail_io::read_le<std::uint32_t>(in, "the version");
+  detail::require(version == kDuQuantFormatVersion, kWhere, "format version must be ", kDuQuantFormatVersion, ", got ",
+                  version);
+  const auto scalar_bytes = detail_io::read_le<std::uint32_t>(in, "the scalar size");
+  if (scalar_bytes == sizeof(Scalar)) return detail_io::load_duquant_data<Scalar>(in);
+  if constexpr (!std::is_same_v<Scalar, float> && sizeof(float) < sizeof(Scalar)) {
+    if (scalar_bytes == sizeof(float)) return DuQuantTransform<Scalar>(detail_io::load_duquant_data<float>(in));
+  }
+  throw std::invalid_argument(detail::message_of(
+      kWhere, "the file holds ", scalar_bytes, "-byte scalars, but load_duquant was asked for ", sizeof(Scalar),
+      "-byte ones (", sizeof(float), "-byte files also load as double; ", sizeof(double),
+      "-byte ones only as double: a narrower type would round the rotations)"));
 }
 
 }  // namespace oq::transform
