@@ -291,14 +291,35 @@ TEST_CASE("quantize writes a checkpoint that reloads bit for bit, for every meth
     llama::PathAgreement agreement;
     llama::IntegerLayer integer_layer(loaded);
     integer_layer.compare_into(&agreement);
-    llama::LayerWeights<float> shape = model.layer(0);
-    for (llama::Linear l : llama::kAllLinears) shape[l] = loaded.quantized_weight(l);
-    for (const auto& xs : oq_tool::embed_all(model, evaluation)) {
-      (void)llama::forward(model.layer_config(), shape, xs, integer_layer);
-    }
+    const llama::Config& c = model.layer_config();
+    llama::LayerWeights<float> norms;  // the checkpoint's (γ / s where smoothing was folded)
+    norms.input_norm = quantized.checkpoint().vector<float>("model.layers.0.input_layernorm.weight");
+    norms.post_norm = quantized.checkpoint().vector<float>("model.layers.0.post_attention_layernorm.weight");
+    for (const auto& xs : oq_tool::embed_all(model, evaluation)) (void)llama::forward(c, norms, xs, integer_layer);
     CHECK(agreement.outputs > 0);
     CHECK(agreement.max_bound_ratio <= 1.0);
     CHECK(agreement.max_epilogue_ratio <= 1.0);
+
+    // eval's integer path loads the packed weights only (no float copy of the
+    // layer): the same outputs; the forward checks the packed shapes itself.
+    const auto packed_only = oq_tool::load_quantized_layer(quantized.checkpoint(), c,
+                                                           oq_tool::quantization_of(quantized), 0, /*dequantize=*/false);
+    CHECK_FALSE(packed_only.has_quantized_weights());
+    CHECK(loaded.has_quantized_weights());
+    const auto xs = oq_tool::embed_all(model, evaluation).front();
+    CHECK(llama::forward(c, norms, xs, llama::IntegerLayer(packed_only)) ==
+          llama::forward(c, norms, xs, llama::IntegerLayer(loaded)));
+    CHECK_THROWS_WITH_AS(llama::forward(c, norms, xs, packed_only), doctest::Contains("no dequantized weight for q_proj"),
+                         std::invalid_argument);
+    llama::IntegerLayer no_compare(packed_only);
+    CHECK_THROWS_AS(no_compare.compare_into(&agreement), std::invalid_argument);
+    llama::Config other = c;
+    other.intermediate_size = 96;
+    CHECK_THROWS_WITH_AS(llama::forward(other, norms, xs, llama::IntegerLayer(packed_only)),
+                         doctest::Contains("llama::IntegerLayer: gate_proj must be 96 x 64, got 160 x 64"),
+                         std::invalid_argument);
+    CHECK_THROWS_WITH_AS(llama::forward(other, norms, xs, loaded),
+                         doctest::Contains("llama::QuantizedLayer: gate_proj must be 96 x 64"), std::invalid_argument);
   }
 }
 

@@ -231,8 +231,22 @@ class IntegerLayer {
     for (Input i : kAllInputs) transforms_[static_cast<std::size_t>(i)] = layer.transform(i).token_transform();
   }
 
-  /// Every later forward adds its comparison to *sink (nullptr: no comparison).
-  void compare_into(PathAgreement* sink) { sink_ = sink; }
+  /// Every later forward adds its comparison to *sink (nullptr: no comparison;
+  /// else the layer must hold its dequantized weights, which the fake path reads).
+  void compare_into(PathAgreement* sink) {
+    if (sink != nullptr && !layer_->has_quantized_weights()) {
+      throw std::invalid_argument("IntegerLayer::compare_into: the layer holds no dequantized weights to compare with");
+    }
+    sink_ = sink;
+  }
+
+  /// forward() checks the packed weights' shapes here (LayerWeights then needs only its norms).
+  void validate(const Config& c) const {
+    for (Linear l : kAllLinears) {
+      const oq::cpu::PackedWeights& w = *layer_->packed_weight(l);
+      LayerWeights<float>::check_linear_shape(c, l, w.n, w.k, "llama::IntegerLayer");
+    }
+  }
 
   Prepared prepare(Input input, const Matrix<float>& x) const {
     const oq::quant::QuantSpec spec = layer_->options().act_spec();

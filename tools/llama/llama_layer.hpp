@@ -147,20 +147,28 @@ struct LayerWeights {
 
   /// Throws std::invalid_argument naming the first tensor whose shape does not match `c`.
   void validate(const Config& c) const {
-    auto check = [](std::string_view name, Eigen::Index rows, Eigen::Index cols, Eigen::Index want_rows,
-                    Eigen::Index want_cols) {
-      if (rows != want_rows || cols != want_cols) {
-        throw std::invalid_argument("llama::LayerWeights: " + std::string(name) + " must be " +
-                                    std::to_string(want_rows) + " x " + std::to_string(want_cols) + ", got " +
-                                    std::to_string(rows) + " x " + std::to_string(cols));
-      }
-    };
-    check("input_layernorm", input_norm.size(), 1, c.hidden_size, 1);
-    check("post_attention_layernorm", post_norm.size(), 1, c.hidden_size, 1);
-    for (Linear l : kAllLinears) {
-      const auto& w = (*this)[l];
-      const auto s = linear_shape(c, l);
-      check(linear_name(l), w.rows(), w.cols(), s[0], s[1]);
+    validate_norms(c);
+    for (Linear l : kAllLinears) check_linear_shape(c, l, (*this)[l].rows(), (*this)[l].cols(), "llama::LayerWeights");
+  }
+
+  /// The same for the two norms only (for a forward whose linears hold their own weights).
+  void validate_norms(const Config& c) const {
+    check_shape("llama::LayerWeights: input_layernorm", input_norm.size(), 1, c.hidden_size, 1);
+    check_shape("llama::LayerWeights: post_attention_layernorm", post_norm.size(), 1, c.hidden_size, 1);
+  }
+
+  /// Throws std::invalid_argument unless rows × cols is `l`'s [out, in] shape in `c`.
+  static void check_linear_shape(const Config& c, Linear l, Eigen::Index rows, Eigen::Index cols, std::string_view where) {
+    const auto s = linear_shape(c, l);
+    check_shape(std::string(where) + ": " + std::string(linear_name(l)), rows, cols, s[0], s[1]);
+  }
+
+ private:
+  static void check_shape(const std::string& name, Eigen::Index rows, Eigen::Index cols, Eigen::Index want_rows,
+                          Eigen::Index want_cols) {
+    if (rows != want_rows || cols != want_cols) {
+      throw std::invalid_argument(name + " must be " + std::to_string(want_rows) + " x " + std::to_string(want_cols) +
+                                  ", got " + std::to_string(rows) + " x " + std::to_string(cols));
     }
   }
 };
@@ -270,7 +278,15 @@ Matrix<Scalar> forward(const Config& c, const LayerWeights<Scalar>& w, const Mat
                                 " columns, got " + std::to_string(x.cols()));
   }
   c.validate();
-  w.validate(c);  // the attention below slices q/k/v by the config's head counts
+  // The attention below slices q/k/v by the config's head counts. A linear
+  // that holds its own weights (quantized ones) checks them itself, and w
+  // then needs only its norms.
+  if constexpr (requires { linear.validate(c); }) {
+    w.validate_norms(c);
+    linear.validate(c);
+  } else {
+    w.validate(c);
+  }
   const Matrix<Scalar> n1 = rms_norm(x, w.input_norm, c.rms_norm_eps);
   const auto& a = prepared_input(linear, Input::kAttention, n1);
   Matrix<Scalar> q = linear(Linear::kQ, a, w[Linear::kQ]);

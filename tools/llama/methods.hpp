@@ -223,10 +223,37 @@ class QuantizedLayer {
     return xt;
   }
 
+  /// Whether the dequantized float weights are held (a layer loaded for the
+  /// integer kernels only may hold just the packed ones).
+  bool has_quantized_weights() const {
+    for (const auto& w : weights_) {
+      if (w.size() == 0) return false;
+    }
+    return true;
+  }
+
+  /// forward() calls this instead of checking its LayerWeights' linears:
+  /// each linear's weight, dequantized or else packed, has its shape in `c`.
+  void validate(const Config& c) const {
+    for (Linear l : kAllLinears) {
+      const auto& w = quantized_weight(l);
+      if (w.size() == 0 && packed_weight(l) != nullptr) {
+        LayerWeights<Scalar>::check_linear_shape(c, l, packed_weight(l)->n, packed_weight(l)->k, "llama::QuantizedLayer");
+      } else {
+        LayerWeights<Scalar>::check_linear_shape(c, l, w.rows(), w.cols(), "llama::QuantizedLayer");
+      }
+    }
+  }
+
   /// One linear on an input that prepare() returned.
   Matrix<Scalar> operator()(Linear which, const Matrix<Scalar>& prepared, const Matrix<Scalar>& /*full_precision*/) const {
-    Matrix<Scalar> y(prepared.rows(), quantized_weight(which).rows());
-    y.noalias() = prepared * quantized_weight(which).transpose();
+    const Matrix<Scalar>& w = quantized_weight(which);
+    if (w.size() == 0) {
+      throw std::invalid_argument("llama::QuantizedLayer: no dequantized weight for " + std::string(linear_name(which)) +
+                                  " (loaded for the integer kernels only)");
+    }
+    Matrix<Scalar> y(prepared.rows(), w.rows());
+    y.noalias() = prepared * w.transpose();
     return y;
   }
 

@@ -148,16 +148,17 @@ inline EvalResult evaluate(const LlamaModel& model, const std::vector<Sequence>&
       const llama::LayerWeights<float> w = model.layer(l);
       for (auto& xs : x) xs = llama::forward(c, w, xs);
     } else {
-      const llama::QuantizedLayer<float> ql = load_quantized_layer(model.checkpoint(), c, *q, l);
-      llama::LayerWeights<float> shape;  // forward() validates shapes: the dequantized weights
-      shape.input_norm = model.checkpoint().vector<float>(LlamaModel::layer_prefix(l) + "input_layernorm.weight");
-      shape.post_norm = model.checkpoint().vector<float>(LlamaModel::layer_prefix(l) + "post_attention_layernorm.weight");
-      for (llama::Linear lin : llama::kAllLinears) shape[lin] = ql.quantized_weight(lin);
-      if (r.path == EvalPath::kIntegerKernels) {
-        const llama::IntegerLayer integer(ql, kernels);
-        for (auto& xs : x) xs = llama::forward(c, shape, xs, integer);
+      // The integer kernels read only the packed weights: no float copy then.
+      const bool integer = r.path == EvalPath::kIntegerKernels;
+      const llama::QuantizedLayer<float> ql = load_quantized_layer(model.checkpoint(), c, *q, l, !integer);
+      llama::LayerWeights<float> norms;  // the linears hold their own weights (forward checks them there)
+      norms.input_norm = model.checkpoint().vector<float>(LlamaModel::layer_prefix(l) + "input_layernorm.weight");
+      norms.post_norm = model.checkpoint().vector<float>(LlamaModel::layer_prefix(l) + "post_attention_layernorm.weight");
+      if (integer) {
+        const llama::IntegerLayer integer_layer(ql, kernels);
+        for (auto& xs : x) xs = llama::forward(c, norms, xs, integer_layer);
       } else {
-        for (auto& xs : x) xs = llama::forward(c, shape, xs, ql);
+        for (auto& xs : x) xs = llama::forward(c, norms, xs, ql);
       }
     }
     bar.advance("layer " + std::to_string(l));

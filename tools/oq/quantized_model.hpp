@@ -403,9 +403,12 @@ inline FoldedLayer fold_smoothing(const llama::Config& config, const llama::Quan
 }
 
 /// Layer `index` of a quantized checkpoint, as the QuantizedLayer that
-/// quantize_layer made (transforms, dequantized and packed weights).
+/// quantize_layer made (transforms, dequantized and packed weights; without
+/// `dequantize`, the packed weights only: what the integer kernels read, no
+/// float copy of the layer).
 inline llama::QuantizedLayer<float> load_quantized_layer(const oq::io::Checkpoint& c, const llama::Config& config,
-                                                        const QuantizationConfig& q, int index) {
+                                                        const QuantizationConfig& q, int index,
+                                                        bool dequantize = true) {
   const std::string prefix = LlamaModel::layer_prefix(index);
   std::array<Matrix<float>, 7> weights;
   std::array<std::optional<oq::cpu::PackedWeights>, 7> packed;
@@ -413,7 +416,7 @@ inline llama::QuantizedLayer<float> load_quantized_layer(const oq::io::Checkpoin
     const auto i = static_cast<std::size_t>(l);
     const auto shape = llama::linear_shape(config, l);
     packed[i] = load_packed_linear(c, prefix + llama::linear_module(l), shape[0], shape[1], q.options.weight_group);
-    weights[i] = dequantize_packed(*packed[i]);
+    if (dequantize) weights[i] = dequantize_packed(*packed[i]);
   }
   using T = llama::InputTransform<float>;
   std::array<T, 4> transforms;
