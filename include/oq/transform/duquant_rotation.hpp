@@ -132,19 +132,29 @@ double orthogonality_tolerance(Eigen::Index n) {
 // the better iterate, or after 8 iterations, ample from a drift of 1/2.
 // Anything farther takes an SVD (BDCSVD: O(b³) with a large constant;
 // seconds at b = 1024, about a minute at 4096).
-inline void project_orthogonal(DenseMatrix<double>& m) {
+//
+// A template only so that nothing is instantiated where it is not called:
+// as an inline function of DenseMatrix<double> it made every translation
+// unit that includes this header instantiate Eigen::BDCSVD (with JacobiSVD,
+// ColPivHouseholderQR and the bidiagonalization under it), most of the
+// 13 s and 840 MB that including <oq/duquant.hpp> alone cost with GCC 12
+// (bench/compile_cost.sh, bench/RESULTS.md). Matrix is DenseMatrix<double>
+// (asserted), so the arithmetic is the same as before.
+template <class Matrix>
+void project_orthogonal(Matrix& m) {
+  static_assert(std::is_same_v<Matrix, DenseMatrix<double>>, "project_orthogonal works in double");
   const Eigen::Index b = m.rows();
-  const DenseMatrix<double> identity = DenseMatrix<double>::Identity(b, b);
-  DenseMatrix<double> gram = m.transpose() * m;
+  const Matrix identity = Matrix::Identity(b, b);
+  Matrix gram = m.transpose() * m;
   double error = (gram - identity).norm();
   if (!(error <= 0.5)) {
-    const Eigen::BDCSVD<DenseMatrix<double>> svd(m, Eigen::ComputeFullU | Eigen::ComputeFullV);
+    const Eigen::BDCSVD<Matrix> svd(m, Eigen::ComputeFullU | Eigen::ComputeFullV);
     m = svd.matrixU() * svd.matrixV().transpose();
     return;
   }
   const double stop = static_cast<double>(b) * std::numeric_limits<double>::epsilon();
   for (int iteration = 0; iteration < 8 && error > stop; ++iteration) {
-    DenseMatrix<double> next = m * (1.5 * identity - 0.5 * gram);
+    Matrix next = m * (1.5 * identity - 0.5 * gram);
     gram.noalias() = next.transpose() * next;
     const double next_error = (gram - identity).norm();
     if (!(next_error < 0.5 * error)) return;  // the rounding floor: m is the better one
