@@ -152,6 +152,50 @@ struct GptqResult {
   double loss = 0.0;
 };
 
+namespace detail_gptq {
+// Eigen::MatrixXd as a type that depends on a template parameter
+// (GptqFactor's constructor): a member of a class template may be
+// specialized, so nothing naming it is instantiated before Deferred is known.
+template <class Deferred>
+struct DeferredMatrix {
+  using type = Eigen::MatrixXd;
+};
+
+// hessian (damped, symmetric, in GptqFactor's column order) ← U, the upper
+// Cholesky factor of its inverse; damp only names the option in errors.
+// Not inline, so that OQ_EXTERN_TEMPLATES can leave its instantiation for
+// Eigen::MatrixXd to the one file that includes <oq/instantiate.hpp>.
+template <class Matrix>
+void upper_inverse_factor_in_place(Matrix& hessian, double damp) {
+  constexpr std::string_view kWhere = "oq::quant::GptqFactor";
+  // U without forming H⁻¹ (the reference runs cholesky, cholesky_inverse
+  // and cholesky again): with J the reversal, J·H·J = L·Lᵀ
+  // gives H⁻¹ = (J·L⁻¹·J)ᵀ·(J·L⁻¹·J), and J·L⁻¹·J is upper triangular with
+  // a positive diagonal, so it is that factor. One factorisation and one
+  // triangular inverse (n³/3 flops each), both in place in the hessian's
+  // storage: one n × n matrix (and a quarter of one) while they run.
+  hessian.reverseInPlace();
+  {
+    const Eigen::LLT<Eigen::Ref<Matrix>> factor(hessian);  // L in the lower triangle
+    detail::require_domain(factor.info() == Eigen::Success, kWhere,
+                           "hessian + damping is not positive definite: raise options.damp (got ", damp,
+                           ")");
+  }
+  detail::invert_lower_triangular_in_place<typename Matrix::Scalar>(hessian);
+  hessian.template triangularView<Eigen::StrictlyUpper>().setZero();
+  // A factor beyond double (H spanning more than DBL_MAX between its
+  // eigenvalues) would give run() NaN codes.
+  detail::require_domain(hessian.allFinite() && (hessian.diagonal().array() > 0.0).all(), kWhere,
+                         "the inverse factor of hessian + damping is not finite in double (H too ill-conditioned ",
+                         "at its scale): raise options.damp (got ", damp, ")");
+  hessian.reverseInPlace();
+}
+
+#if defined(OQ_EXTERN_TEMPLATES)
+extern template void upper_inverse_factor_in_place<Eigen::MatrixXd>(Eigen::MatrixXd&, double);
+#endif
+}  // namespace detail_gptq
+
 /// What GPTQ needs of one linear input's Hessian, computed once and shared by
 /// every linear that reads the input (q/k/v, gate/up): the column order, the
 /// inputs never active (H_jj = 0), and U, the upper Cholesky factor of
@@ -164,7 +208,16 @@ class GptqFactor {
   /// symmetric with a diagonal >= 0, or bad options; std::domain_error for
   /// NaN/Inf, a hessian that damping does not make positive definite, or
   /// one whose damping or inverse factor overflows double.
+  ///
+  /// A template only in name (Deferred is never given: constructors take no
+  /// explicit template arguments), so that the Cholesky factorisation and the
+  /// triangular inverse are instantiated where a factor is built, not in
+  /// every translation unit that includes this header (1.1 of the 2.7 CPU
+  /// seconds <oq/quant.hpp> alone cost with GCC 12 -O2; bench/RESULTS.md).
+  template <class Deferred = void>
   explicit GptqFactor(Eigen::MatrixXd hessian, const GptqOptions& options = {}) : options_(options) {
+    // Eigen::MatrixXd, spelled so that it depends on Deferred.
+    using Matrix = typename detail_gptq::DeferredMatrix<Deferred>::type;
     constexpr std::string_view kWhere = "oq::quant::GptqFactor";
     detail::require(hessian.rows() == hessian.cols() && hessian.rows() > 0, kWhere,
                     "hessian must be square and non-empty, got ", hessian.rows(), " x ", hessian.cols());
@@ -218,27 +271,7 @@ class GptqFactor {
     detail::require_domain(hessian.diagonal().allFinite(), kWhere,
                            "hessian + damping overflows double on the diagonal: rescale the hessian (GPTQ's result ",
                            "does not depend on its scale)");
-    // U without forming H⁻¹ (the reference runs cholesky, cholesky_inverse
-    // and cholesky again): with J the reversal, J·H·J = L·Lᵀ
-    // gives H⁻¹ = (J·L⁻¹·J)ᵀ·(J·L⁻¹·J), and J·L⁻¹·J is upper triangular with
-    // a positive diagonal, so it is that factor. One factorisation and one
-    // triangular inverse (n³/3 flops each), both in place in the hessian's
-    // storage: one n × n matrix (and a quarter of one) while they run.
-    hessian.reverseInPlace();
-    {
-      const Eigen::LLT<Eigen::Ref<Eigen::MatrixXd>> factor(hessian);  // L in the lower triangle
-      detail::require_domain(factor.info() == Eigen::Success, kWhere,
-                             "hessian + damping is not positive definite: raise options.damp (got ", options.damp,
-                             ")");
-    }
-    detail::invert_lower_triangular_in_place<double>(hessian);
-    hessian.triangularView<Eigen::StrictlyUpper>().setZero();
-    // A factor beyond double (H spanning more than DBL_MAX between its
-    // eigenvalues) would give run() NaN codes.
-    detail::require_domain(hessian.allFinite() && (hessian.diagonal().array() > 0.0).all(), kWhere,
-                           "the inverse factor of hessian + damping is not finite in double (H too ill-conditioned ",
-                           "at its scale): raise options.damp (got ", options.damp, ")");
-    hessian.reverseInPlace();
+    detail_gptq::upper_inverse_factor_in_place<Matrix>(hessian, options.damp);
     u_ = std::make_shared<const Eigen::MatrixXd>(std::move(hessian));
   }
 

@@ -163,6 +163,10 @@ void project_orthogonal(Matrix& m) {
   }
 }
 
+#if defined(OQ_EXTERN_TEMPLATES)
+extern template void project_orthogonal<DenseMatrix<double>>(DenseMatrix<double>&);
+#endif
+
 }  // namespace detail_rotation
 
 /// Throws std::invalid_argument unless q is square n×n and QᵀQ = I to a
