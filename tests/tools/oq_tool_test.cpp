@@ -476,6 +476,75 @@ TEST_CASE("folding the smoothing: γ / s, v_proj's and up_proj's scales / s, no 
   }
 }
 
+TEST_CASE("SmoothQuant's α search: the grid's argmin on evenly spaced tokens, s from every token at that α") {
+  TempDir tmp("alpha");
+  oq_test::SyntheticLlama spec;
+  spec.layers = 1;
+  spec.write(tmp.path / "model");
+  const LlamaModel model(tmp.path / "model");
+  const llama::Config& c = model.layer_config();
+  const auto calibration = text_sequences(tmp.path, 400, 31, 32, 4);
+  const auto layer0 = model.layer(0);
+  const auto inputs = oq_tool::record_all_inputs(c, layer0, oq_tool::embed_all(model, calibration));
+
+  // The rows: every ⌈rows / count⌉-th.
+  const auto& x0 = inputs[0];
+  REQUIRE(x0.rows() == 128);
+  CHECK(llama::alpha_search_rows(x0, 128) == x0);
+  CHECK(llama::alpha_search_rows(x0, 1000) == x0);
+  const auto sub = llama::alpha_search_rows(x0, 40);  // step 4: 32 rows
+  REQUIRE(sub.rows() == 32);
+  for (Eigen::Index r = 0; r < sub.rows(); ++r) CHECK(sub.row(r) == x0.row(4 * r));
+  CHECK(llama::alpha_search_rows(x0, 127).rows() == 64);  // step 2
+  CHECK_THROWS_AS(llama::alpha_search_rows(x0, 0), std::invalid_argument);
+
+  llama::QuantOptions o = small_options();
+  o.smoothquant_alpha_search = true;
+  o.alpha_search_tokens = 40;
+  const auto searched = llama::quantize_layer(llama::Method::kSmoothQuant, layer0, inputs, o);
+  int not_default = 0;
+  for (llama::Input input : llama::kAllInputs) {
+    CAPTURE(llama::input_name(input));
+    const auto& x = inputs[static_cast<std::size_t>(input)];
+    llama::Matrix<float> rows(x.rows() / 4, x.cols());
+    for (Eigen::Index r = 0; r < rows.rows(); ++r) rows.row(r) = x.row(4 * r);
+    std::vector<llama::Matrix<float>> weights;
+    for (llama::Linear l : llama::kAllLinears) {
+      if (llama::input_of(l) == input) weights.push_back(layer0[l]);
+    }
+    const auto search = oq::transform::search_smoothing_alpha(rows, weights, o.act_spec(), o.weight_spec());
+    for (double e : search.errors) CHECK(search.error <= e);  // the argmin
+    CAPTURE(search.alpha);
+    not_default += search.alpha != 0.5;
+    // s is the fixed-α method's at the chosen α, on every calibration token.
+    llama::QuantOptions fixed = small_options();
+    fixed.smoothquant_alpha = search.alpha;
+    const auto expected = llama::quantize_layer(llama::Method::kSmoothQuant, layer0, inputs, fixed);
+    const auto* a = oq_tool::smoothing_scales_of(searched.transform(input));
+    const auto* b = oq_tool::smoothing_scales_of(expected.transform(input));
+    REQUIRE(a != nullptr);
+    REQUIRE(b != nullptr);
+    CHECK(*a == *b);
+  }
+  CHECK(not_default > 0);  // the search chose something the default would not (the planted outlier channel)
+
+  // Through the tool: recorded in the config; refused where it cannot apply.
+  oq_tool::quantize_model(model, calibration, llama::Method::kSmoothQuant, o, tmp.path / "q");
+  CHECK(oq_tool::quantization_of(LlamaModel(tmp.path / "q")).options.smoothquant_alpha_search);
+  CHECK_THROWS_WITH_AS(oq_tool::quantize_model(model, calibration, llama::Method::kDuQuantSmooth, o, tmp.path / "q2"),
+                       doctest::Contains("--smooth-alpha search applies to --method smoothquant only"),
+                       std::invalid_argument);
+  llama::QuantOptions w4a16 = o;
+  w4a16.act_bits = 0;
+  CHECK_THROWS_WITH_AS(oq_tool::quantize_model(model, calibration, llama::Method::kSmoothQuant, w4a16, tmp.path / "q2"),
+                       doctest::Contains("needs quantized activations"), std::invalid_argument);
+  llama::QuantOptions bad_alpha = small_options();
+  bad_alpha.smoothquant_alpha = 1.5;
+  CHECK_THROWS_WITH_AS(oq_tool::quantize_model(model, calibration, llama::Method::kSmoothQuant, bad_alpha, tmp.path / "q2"),
+                       doctest::Contains("--smooth-alpha must be in [0, 1]"), std::invalid_argument);
+  CHECK_FALSE(fs::exists(tmp.path / "q2"));
+}
+
 TEST_CASE("W4A16 rtn also writes the GPTQ layout, and it dequantizes to the same weights") {
   TempDir tmp("gptq");
   oq_test::SyntheticLlama spec;

@@ -46,6 +46,7 @@
 #include <functional>
 #include <optional>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -72,6 +73,12 @@ struct QuantOptions {
   double act_clip = 0.9;
   double weight_clip = 0.8;
   double smoothquant_alpha = 0.5;  ///< SmoothQuant's default
+  /// SmoothQuant's α chosen per input instead, by oq::transform::search_smoothing_alpha
+  /// (grid 0, 0.05, …, 1; the error of the input's quantized linears), on
+  /// alpha_search_tokens evenly spaced calibration tokens (alpha_search_rows);
+  /// s then comes from the whole calibration input at that α.
+  bool smoothquant_alpha_search = false;
+  Eigen::Index alpha_search_tokens = 512;  ///< each α costs a fake quantization and product per linear
   double duquant_alpha = 0.6;      ///< DuQuant's release, smoothing before rotation
   Eigen::Index block_size = 128;   ///< DuQuant and Hadamard blocks
   int greedy_steps = 256;
@@ -283,6 +290,16 @@ Vector<Scalar> shared_weight_absmax(const LayerWeights<Scalar>& w, Input input) 
   return oq::transform::weight_channel_absmax(w[Linear::kDown]);
 }
 
+// The linears that read `input` (copies: search_smoothing_alpha takes a vector).
+template <class Scalar>
+std::vector<Matrix<Scalar>> linears_reading(const LayerWeights<Scalar>& w, Input input) {
+  std::vector<Matrix<Scalar>> out;
+  for (Linear l : kAllLinears) {
+    if (input_of(l) == input) out.push_back(w[l]);
+  }
+  return out;
+}
+
 template <class Scalar>
 Vector<Scalar> smoothing(const LayerWeights<Scalar>& w, const Matrix<Scalar>& calibration, Input input,
                          double alpha) {
@@ -292,6 +309,32 @@ Vector<Scalar> smoothing(const LayerWeights<Scalar>& w, const Matrix<Scalar>& ca
 }
 
 }  // namespace detail_methods
+
+/// At most `count` rows of x, evenly spaced: rows 0, d, 2d, … with
+/// d = ⌈rows / count⌉ (every row when count ≥ rows).
+template <class Scalar>
+Matrix<Scalar> alpha_search_rows(const Matrix<Scalar>& x, Eigen::Index count) {
+  if (count <= 0) throw std::invalid_argument("alpha_search_rows: count must be > 0, got " + std::to_string(count));
+  const Eigen::Index step = (x.rows() + count - 1) / count;
+  if (step <= 1) return x;
+  Matrix<Scalar> out((x.rows() + step - 1) / step, x.cols());
+  for (Eigen::Index r = 0; r < out.rows(); ++r) out.row(r) = x.row(r * step);
+  return out;
+}
+
+/// SmoothQuant's α for `input` by search (QuantOptions::smoothquant_alpha_search).
+template <class Scalar>
+double search_smoothquant_alpha(const LayerWeights<Scalar>& w, const Matrix<Scalar>& calibration, Input input,
+                                const QuantOptions& options) {
+  if (options.act_bits == 0 || options.weight_bits == 0) {
+    throw std::invalid_argument("SmoothQuant's α search needs quantized activations and weights (act_bits and "
+                                "weight_bits > 0): its error is that of the quantized linears");
+  }
+  return oq::transform::search_smoothing_alpha(alpha_search_rows(calibration, options.alpha_search_tokens),
+                                               detail_methods::linears_reading(w, input), options.act_spec(),
+                                               options.weight_spec())
+      .alpha;
+}
 
 /// Calibrates `method` on the recorded full-precision inputs and quantizes
 /// the weights. The calibration time covers the transforms' calibration and
@@ -308,10 +351,19 @@ QuantizedLayer<Scalar> quantize_layer(Method method, const LayerWeights<Scalar>&
     auto& t = transforms[static_cast<std::size_t>(input)];
     switch (method) {
       case Method::kRtn: break;
-      case Method::kSmoothQuant:
-        t = InputTransform<Scalar>(typename InputTransform<Scalar>::Smoothing{
-            detail_methods::smoothing(w, x, input, options.smoothquant_alpha)});
+      case Method::kSmoothQuant: {
+        double alpha = options.smoothquant_alpha;
+        if (options.smoothquant_alpha_search) {
+          alpha = search_smoothquant_alpha(w, x, input, options);
+          if (options.progress) {
+            options.progress("SmoothQuant: " + std::string(input_name(input)) + ", α = " + std::to_string(alpha) +
+                             " (search)");
+          }
+        }
+        t = InputTransform<Scalar>(
+            typename InputTransform<Scalar>::Smoothing{detail_methods::smoothing(w, x, input, alpha)});
         break;
+      }
       case Method::kHadamard:
         t = InputTransform<Scalar>(typename InputTransform<Scalar>::BlockHadamard{options.block_size});
         break;

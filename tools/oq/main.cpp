@@ -137,6 +137,10 @@ int main(int argc, char** argv) {
   quantize->add_option("--act-clip", q.act_clip, "activation clip ratio")->capture_default_str()->check(CLI::Range(0.01, 1.0));
   quantize->add_option("--weight-clip", q.weight_clip, "weight clip ratio")->capture_default_str()->check(CLI::Range(0.01, 1.0));
   quantize->add_option("--seed", q.seed, "seed of DuQuant's random base rotations")->capture_default_str();
+  std::string smooth_alpha;
+  quantize->add_option("--smooth-alpha", smooth_alpha,
+                       "smoothing strength α in [0, 1] (default 0.5 for smoothquant, 0.6 for duquant+smooth), or "
+                       "'search' (smoothquant: α per input by the quantized linears' error on up to 512 tokens)");
   quantize->add_option("--out", quantize_out, "the quantized checkpoint's directory (must not exist)")->required();
   bool no_fold = false;
   quantize->add_flag("--no-fold", no_fold,
@@ -179,6 +183,24 @@ int main(int argc, char** argv) {
     } else if (quantize->parsed()) {
       const oq_tool::LlamaModel model(quantize_model);
       q.act_bits = act_bits == 16 ? 0 : act_bits;
+      if (smooth_alpha == "search") {
+        q.smoothquant_alpha_search = true;
+      } else if (!smooth_alpha.empty()) {
+        std::size_t used = 0;
+        double alpha = -1;
+        try {
+          alpha = std::stod(smooth_alpha, &used);
+        } catch (const std::exception&) {
+          used = 0;
+        }
+        if (used != smooth_alpha.size() || !(alpha >= 0 && alpha <= 1)) {
+          std::fprintf(stderr, "--smooth-alpha: expected a number in [0, 1] or 'search', got '%s'\n",
+                       smooth_alpha.c_str());
+          return 2;
+        }
+        q.smoothquant_alpha = alpha;
+        q.duquant_alpha = alpha;
+      }
       q.progress = {};
       q.pool = &pool;  // DuQuant's greedy steps on --threads
       const auto sequences = load_sequences(model, calib, "calibration data");

@@ -311,6 +311,20 @@ inline void validate_quantize_options(const llama::Config& c, llama::Method meth
   if (!(options.act_clip > 0 && options.act_clip <= 1) || !(options.weight_clip > 0 && options.weight_clip <= 1)) {
     throw std::invalid_argument("--act-clip and --weight-clip must be in (0, 1]");
   }
+  for (const double alpha : {options.smoothquant_alpha, options.duquant_alpha}) {
+    if (!(alpha >= 0 && alpha <= 1)) throw std::invalid_argument("--smooth-alpha must be in [0, 1] or 'search'");
+  }
+  if (options.smoothquant_alpha_search) {
+    if (method != llama::Method::kSmoothQuant) {
+      throw std::invalid_argument("--smooth-alpha search applies to --method smoothquant only, got " +
+                                  std::string(method_key(method)) + " (give a number)");
+    }
+    if (options.act_bits == 0) {
+      throw std::invalid_argument("--smooth-alpha search needs quantized activations (--a-bits 4 or 8): it "
+                                  "minimises the quantized linears' error");
+    }
+    if (options.alpha_search_tokens <= 0) throw std::invalid_argument("the α search needs at least one token");
+  }
 }
 
 /// How `quantize` writes the checkpoint (beyond what the method computes).

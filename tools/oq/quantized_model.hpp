@@ -104,6 +104,7 @@ struct QuantizationConfig {
     j["weight_clip"] = options.weight_clip;
     j["act_clip"] = options.act_clip;
     j["smoothquant_alpha"] = options.smoothquant_alpha;
+    j["smoothquant_alpha_search"] = options.smoothquant_alpha_search;
     j["duquant_alpha"] = options.duquant_alpha;
     j["block_size"] = options.block_size;
     j["greedy_steps"] = options.greedy_steps;
@@ -157,6 +158,10 @@ struct QuantizationConfig {
     c.options.weight_clip = number("weight_clip");
     c.options.act_clip = number("act_clip");
     c.options.smoothquant_alpha = number("smoothquant_alpha");
+    if (j.contains("smoothquant_alpha_search")) {  // optional: false when absent (files before the search)
+      if (!j["smoothquant_alpha_search"].is_boolean()) fail("smoothquant_alpha_search must be true or false");
+      c.options.smoothquant_alpha_search = j["smoothquant_alpha_search"].get<bool>();
+    }
     c.options.duquant_alpha = number("duquant_alpha");
     c.options.block_size = integer("block_size");
     c.options.greedy_steps = static_cast<int>(integer("greedy_steps"));
