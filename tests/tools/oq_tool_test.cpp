@@ -8,6 +8,7 @@
 #include "../../tools/oq/model.hpp"
 #include "../../tools/oq/pipeline.hpp"
 #include "../../tools/oq/quantized_model.hpp"
+#include "png_reader.hpp"
 #include "synthetic_llama.hpp"
 
 #include "../../examples/03_small_transformer/checkpoint.hpp"
@@ -604,7 +605,31 @@ TEST_CASE("W4A16 rtn also writes the GPTQ layout, and it dequantizes to the same
   }
 }
 
-TEST_CASE("analyze finds the planted outlier channel and writes its CSV files") {
+namespace {
+
+/// Both figures of an analyze run decode (tests/tools/png_reader.hpp) at
+/// the sizes write_analysis_figures draws, and hold the first series' colour.
+void check_figures(const fs::path& dir) {
+  const auto count_blue = [](const oq_test::png_reader::Decoded& d) {
+    int n = 0;
+    for (int y = 0; y < d.height; ++y) {
+      for (int x = 0; x < d.width; ++x) n += d.at(x, y) == oq_test::png_reader::Pixel{31, 119, 180} ? 1 : 0;
+    }
+    return n;
+  };
+  const auto massive = oq_test::png_reader::decode_file(dir / "massive.png");
+  CHECK(massive.width == 900);
+  CHECK(massive.height == 525);
+  CHECK(count_blue(massive) > 50);  // the top-1 line and markers
+  const auto channels = oq_test::png_reader::decode_file(dir / "channels.png");
+  CHECK(channels.width == 900);
+  CHECK(channels.height == 4 * 240);  // one panel per linear input
+  CHECK(count_blue(channels) > 500);  // the bars
+}
+
+}  // namespace
+
+TEST_CASE("analyze finds the planted outlier channel and writes its CSV files and figures") {
   TempDir tmp("analyze");
   oq_test::SyntheticLlama spec;
   spec.outlier_channel = 9;
@@ -629,6 +654,41 @@ TEST_CASE("analyze finds the planted outlier channel and writes its CSV files") 
   }
   CHECK(qkv.max_abs == doctest::Approx(direct).epsilon(1e-6));
   for (const char* f : {"layers.csv", "channels.csv", "massive.csv"}) CHECK(fs::file_size(tmp.path / "report" / f) > 10);
+  check_figures(tmp.path / "report");
+}
+
+TEST_CASE("analyze's figures: zero, NaN and Inf statistics are left out, not fatal; an empty report still draws") {
+  TempDir tmp("figures");
+  oq_tool::AnalysisReport report;
+  for (int l = 0; l < 3; ++l) {
+    oq_tool::HiddenReport h;
+    h.layer = l;
+    h.max_abs = l == 1 ? NAN : 100.0 * (l + 1);
+    h.top_abs = {h.max_abs, 50, l == 2 ? INFINITY : 20};
+    h.median_abs = l == 0 ? 0.0 : 0.5;  // a log axis cannot show 0
+    report.hidden.push_back(h);
+    for (llama::Input input : llama::kAllInputs) {
+      oq_tool::InputReport r;
+      r.layer = l;
+      r.input = input;
+      r.channel_max_abs = Eigen::VectorXd::Constant(64, 1.0 + l);
+      r.channel_max_abs(5) = NAN;
+      r.channel_max_abs(6) = l == 2 ? INFINITY : 3.0;
+      r.max_abs = l == 1 ? 40 : 2;  // layer 1 is drawn in channels.png
+      report.inputs.push_back(r);
+    }
+  }
+  const auto paths = oq_tool::write_analysis_figures(report, tmp.path);
+  CHECK(paths[0] == tmp.path / "massive.png");
+  CHECK(paths[1] == tmp.path / "channels.png");
+  check_figures(tmp.path);
+  // Nothing to draw: blank axes, still valid files.
+  TempDir empty("figures_empty");
+  oq_tool::write_analysis_figures({}, empty.path);
+  CHECK(oq_test::png_reader::decode_file(empty.path / "massive.png").width == 900);
+  CHECK(oq_test::png_reader::decode_file(empty.path / "channels.png").height == 240);
+  CHECK_THROWS_WITH_AS(oq_tool::write_analysis_figures(report, tmp.path / "missing"), doctest::Contains("missing"),
+                       std::runtime_error);
 }
 
 TEST_CASE("an interrupted quantize leaves nothing; a killed run's staging directory is removed by the next run") {
@@ -879,5 +939,8 @@ TEST_CASE("the oq command line: help, a bad method, and a whole quantize → eva
   INFO(a_log);
   CHECK(a_status == 0);
   CHECK(a_log.find("qkv_input") != std::string::npos);
+  CHECK(a_log.find((tmp.path / "report" / "massive.png").string()) != std::string::npos);
+  CHECK(a_log.find((tmp.path / "report" / "channels.png").string()) != std::string::npos);
+  check_figures(tmp.path / "report");
 }
 #endif
