@@ -85,18 +85,12 @@ template <class Scalar>
 std::vector<llama::LinearInputs<Scalar>> record_block_inputs(const Config& c, const Parameters<Scalar>& p,
                                                              const Batch& calibration) {
   const llama::Config lc = c.layer_config();
-  std::vector<llama::LinearInputs<Scalar>> stacked(p.layers.size());
-  const Eigen::Index rows = calibration.sequences * calibration.seq_len;
-  for (Eigen::Index s = 0; s < calibration.sequences; ++s) {
-    Matrix<Scalar> x = embed(p, calibration, s);
-    for (std::size_t l = 0; l < p.layers.size(); ++l) {
-      const llama::LinearInputs<Scalar> inputs = llama::record_inputs(lc, p.layers[l], x);
-      for (std::size_t i = 0; i < inputs.size(); ++i) {
-        if (s == 0) stacked[l][i].resize(rows, inputs[i].cols());
-        stacked[l][i].middleRows(s * calibration.seq_len, calibration.seq_len) = inputs[i];
-      }
-      x = llama::forward(lc, p.layers[l], x);
-    }
+  std::vector<Matrix<Scalar>> x;  // every sequence's hidden state, layer by layer
+  for (Eigen::Index s = 0; s < calibration.sequences; ++s) x.push_back(embed(p, calibration, s));
+  std::vector<llama::LinearInputs<Scalar>> stacked;
+  for (std::size_t l = 0; l < p.layers.size(); ++l) {
+    stacked.push_back(llama::record_inputs(lc, p.layers[l], x));
+    for (auto& xs : x) xs = llama::forward(lc, p.layers[l], xs);
   }
   return stacked;
 }

@@ -123,6 +123,31 @@ LinearInputs<Scalar> record_inputs(const Config& c, const LayerWeights<Scalar>& 
   return inputs;
 }
 
+/// The same over several sequences (each tokens × hidden, run separately
+/// through the layer: attention does not cross them), each input's rows
+/// stacked in sequence order.
+template <class Scalar>
+LinearInputs<Scalar> record_inputs(const Config& c, const LayerWeights<Scalar>& w,
+                                   const std::vector<Matrix<Scalar>>& sequences) {
+  std::array<std::vector<Matrix<Scalar>>, 4> parts;
+  for (const Matrix<Scalar>& xs : sequences) {
+    auto inputs = record_inputs(c, w, xs);
+    for (std::size_t i = 0; i < 4; ++i) parts[i].push_back(std::move(inputs[i]));
+  }
+  LinearInputs<Scalar> out;
+  for (std::size_t i = 0; i < 4; ++i) {
+    Eigen::Index rows = 0;
+    for (const auto& p : parts[i]) rows += p.rows();
+    out[i].resize(rows, parts[i].empty() ? 0 : parts[i].front().cols());
+    Eigen::Index at = 0;
+    for (const auto& p : parts[i]) {
+      out[i].middleRows(at, p.rows()) = p;
+      at += p.rows();
+    }
+  }
+  return out;
+}
+
 /// One linear input's transform: X ↦ X̂ and W ↦ Ŵ with X̂·Ŵᵀ = X·Wᵀ.
 template <class Scalar>
 class InputTransform {

@@ -60,23 +60,7 @@ inline HiddenStates embed_all(const LlamaModel& model, const std::vector<Sequenc
 /// stacked in sequence order (the calibration data of every method).
 inline llama::LinearInputs<float> record_all_inputs(const llama::Config& c, const llama::LayerWeights<float>& w,
                                                     const HiddenStates& x) {
-  std::array<std::vector<Matrix<float>>, 4> parts;
-  for (const Matrix<float>& xs : x) {
-    const auto inputs = llama::record_inputs(c, w, xs);
-    for (std::size_t i = 0; i < 4; ++i) parts[i].push_back(inputs[i]);
-  }
-  llama::LinearInputs<float> out;
-  for (std::size_t i = 0; i < 4; ++i) {
-    Eigen::Index rows = 0;
-    for (const auto& p : parts[i]) rows += p.rows();
-    out[i].resize(rows, parts[i].empty() ? 0 : parts[i].front().cols());
-    Eigen::Index at = 0;
-    for (const auto& p : parts[i]) {
-      out[i].middleRows(at, p.rows()) = p;
-      at += p.rows();
-    }
-  }
-  return out;
+  return llama::record_inputs(c, w, x);
 }
 
 /// Negative log-likelihood and token count of the final hidden states.
