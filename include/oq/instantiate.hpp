@@ -22,11 +22,12 @@
 //   - detail_rotation::project_orthogonal<Eigen::MatrixXd>, the polar factor
 //     behind nearest_orthogonal, greedy_block_rotation and DuQuant
 //     calibration: Eigen::BDCSVD with JacobiSVD, ColPivHouseholderQR and
-//     the bidiagonalisation under it, about 26 of the 33 CPU seconds a small
-//     DuQuant program took to compile;
+//     the bidiagonalisation under it;
 //   - detail_gptq::upper_inverse_factor_in_place<Eigen::MatrixXd>, GPTQ's
 //     inverse Cholesky factor (Eigen::LLT and the blocked triangular
 //     inverse), behind every GptqFactor.
+// Together 26 of the 45 CPU seconds bench/compile_cost_program.cpp (DuQuant
+// calibration and GPTQ) takes; this header alone takes 29 s, once.
 // Include it in exactly one file: an explicit instantiation definition may
 // appear once in a program.
 #pragma once

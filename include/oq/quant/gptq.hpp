@@ -212,7 +212,7 @@ class GptqFactor {
   /// A template only in name (Deferred is never given: constructors take no
   /// explicit template arguments), so that the Cholesky factorisation and the
   /// triangular inverse are instantiated where a factor is built, not in
-  /// every translation unit that includes this header (1.1 of the 2.7 CPU
+  /// every translation unit that includes this header (1.3 of the 2.5 CPU
   /// seconds <oq/quant.hpp> alone cost with GCC 12 -O2; bench/RESULTS.md).
   template <class Deferred = void>
   explicit GptqFactor(Eigen::MatrixXd hessian, const GptqOptions& options = {}) : options_(options) {
