@@ -551,6 +551,36 @@ TEST_CASE("an output that overflows the scalar type throws instead of returning 
   CHECK_THROWS_AS(calibrate_duquant(x, options, one_q, Eigen::VectorXf::Constant(16, 1e-30f)), std::domain_error);
 }
 
+TEST_CASE("greedy calibration on outliers near FLT_MAX: finite scores, a finite transform that spreads them") {
+  // The greedy step scores candidate rotations by max |x·R| over the rows;
+  // with entries near FLT_MAX a score computed naively (a squared norm, a sum)
+  // would overflow and every candidate would tie at inf. One outlier per row
+  // keeps every row's norm inside float's range, so apply() must succeed.
+  for (const float magnitude : {1e30f, 1e38f, 3e38f, std::numeric_limits<float>::max()}) {
+    CAPTURE(magnitude);
+    Eigen::MatrixXf x = oq::test::gaussian<double>(64, 128, 17).cast<float>();
+    x(3, 7) = magnitude;
+    x(5, 9) = -magnitude;
+    x(40, 100) = magnitude / 2;
+    DuQuantOptions options;
+    options.block_size = 32;
+    options.greedy_steps = 8;
+    std::mt19937_64 rng(0);
+    const auto t = calibrate_duquant(x, options, rng);
+    for (const auto& r : t.rotations()) CHECK(r.allFinite());
+    const auto y = t.apply(x);
+    REQUIRE(y.allFinite());
+    // Orthogonal: every row keeps its norm (in double, to float precision),
+    // and the outliers are spread: max |y| well below max |x| (a rotation
+    // that left them in place would keep it).
+    for (Eigen::Index r = 0; r < x.rows(); ++r) {
+      const double before = x.row(r).cast<double>().norm(), after = y.row(r).cast<double>().norm();
+      CHECK(after == doctest::Approx(before).epsilon(1e-5));
+    }
+    CHECK(double(y.cwiseAbs().maxCoeff()) < 0.5 * double(magnitude));
+  }
+}
+
 TEST_CASE("save and load round-trip exactly; malformed streams give clear errors") {
   const Matrix x = planted(16, 64, 8);
   DuQuantOptions options;
