@@ -402,9 +402,10 @@ QuantizedLayer<Scalar> quantize_layer(Method method, const LayerWeights<Scalar>&
         d.pool = options.pool;
         if (options.progress) {
           const std::string label = std::string(method_name(method)) + ": " + std::string(input_name(input));
+          // oq counts the rotation from 1, as the steps (DuQuantOptions::progress).
           d.progress = [&options, label](int rotation, int done, int total) {
             if (done == total || done % 64 == 0) {
-              options.progress(label + ", rotation " + std::to_string(rotation + 1) + ", step " +
+              options.progress(label + ", rotation " + std::to_string(rotation) + ", step " +
                                std::to_string(done) + "/" + std::to_string(total));
             }
           };
