@@ -8,11 +8,14 @@
 //
 // What must hold: for every layer, oq's forward on the input transformers
 // gave the layer matches transformers' float64 output to 1e-4 relative
-// (Frobenius) in float and in double; and the embedding lookup of the saved
-// token ids equals layer 0's input exactly. The double forward's remaining
-// difference is what transformers computes in float32 whatever the model's
-// dtype (RoPE angles, RMSNorm's normalisation, the softmax; see the script),
-// about 1e-6 relative.
+// (Frobenius) in float and to 1e-5 in double; and the embedding lookup of
+// the saved token ids equals layer 0's input exactly. The double forward's
+// remaining difference is what transformers computes in float32 whatever the
+// model's dtype (RoPE angles: up to t·2⁻²⁴ rad at position t, ≤ 6e-6 at the
+// script's last of 96 tokens and less on average; RMSNorm's normalisation
+// and the softmax at float32's 6e-8): about 1e-6 relative as measured, and
+// 1e-5 bounds the angle term. The float forward adds float32 rounding of
+// every product (K·2⁻²⁴ ≈ 2e-5 worst case over K = 344 terms): 1e-4.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include "../../tools/llama/checkpoint_layer.hpp"
 #include "../../tools/llama/llama_layer.hpp"
@@ -102,7 +105,7 @@ TEST_CASE("the layer forward matches transformers' LlamaDecoderLayer on a save_p
     std::cout << "layer " << i << ": relative error against transformers (float64): float " << error_f
               << ", double " << error_d << "\n";
     CHECK(error_f <= 1e-4);
-    CHECK(error_d <= 1e-4);
+    CHECK(error_d <= 1e-5);
     // A check that can fail: the output is not the input passed through.
     CHECK(relative_error(x, y) > 1e-2);
   }
