@@ -13,7 +13,8 @@
 //     were read (the format has one encoding of each), and the rotations too
 //     unless load projected one that was slightly off orthogonal (files from
 //     before 2026-11-30); loading what it wrote gives the same transform, bit
-//     for bit (a projected rotation is not projected again);
+//     for bit (a projected rotation is not projected again); a float file
+//     read as double is widened exactly and saved as float again;
 //   - every rotation is b×b with b dividing the channel count, every
 //     permutation a permutation of the channels.
 //
@@ -78,7 +79,9 @@ void check(const std::string& bytes) {
   oq::transform::save_duquant(out, *t);  // within the load bounds, so it must not throw
   const std::string saved = out.str();
   const std::size_t header = 48;
-  const std::size_t rotation_bytes = t->rotations().size() * static_cast<std::size_t>(b * b) * sizeof(Scalar);
+  // In the file's scalar size: a float file read as double (widened) is
+  // saved as float again.
+  const std::size_t rotation_bytes = t->rotations().size() * static_cast<std::size_t>(b * b) * t->scalar_bytes();
   require(saved.size() <= bytes.size() && bytes.compare(0, header, saved, 0, header) == 0 &&
               bytes.compare(header + rotation_bytes, saved.size() - header - rotation_bytes, saved,
                             header + rotation_bytes) == 0,

@@ -19,6 +19,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
@@ -70,18 +71,20 @@ std::vector<oq_tool::Sequence> load_sequences(const oq_tool::LlamaModel& model, 
 // First SIGINT / SIGTERM: ask the loops to stop at their next step (they
 // throw oq_tool::Interrupted, and quantize removes its staging directory);
 // SA_RESETHAND makes a second one kill the process at once.
-extern "C" void request_interrupt(int) {
-  oq_tool::interrupt_requested = 1;
+extern "C" void request_interrupt(int signal_number) {
+  const int saved_errno = errno;  // write() may change it under the interrupted code
+  oq_tool::interrupt_requested.store(signal_number);
   static const char message[] = "\noq: interrupted; stopping after the current step (again to quit at once)\n";
   const ssize_t ignored = ::write(STDERR_FILENO, message, sizeof message - 1);  // async-signal-safe
   (void)ignored;
+  errno = saved_errno;
 }
 
 void install_interrupt_handler() {
   struct sigaction action {};
   action.sa_handler = request_interrupt;
   sigemptyset(&action.sa_mask);
-  action.sa_flags = SA_RESETHAND;
+  action.sa_flags = SA_RESETHAND | SA_RESTART;  // reads and writes in flight are not failed with EINTR
   ::sigaction(SIGINT, &action, nullptr);
   ::sigaction(SIGTERM, &action, nullptr);
 }
@@ -198,6 +201,11 @@ int main(int argc, char** argv) {
                        smooth_alpha.c_str());
           return 2;
         }
+        if (method != "smoothquant" && method != "duquant+smooth") {
+          std::fprintf(stderr, "--smooth-alpha: --method %s does not smooth (smoothquant or duquant+smooth do)\n",
+                       method.c_str());
+          return 2;
+        }
         q.smoothquant_alpha = alpha;
         q.duquant_alpha = alpha;
       }
@@ -221,11 +229,13 @@ int main(int argc, char** argv) {
                   std::string(oq_tool::eval_path_name(r.path)).c_str());
     }
   } catch (const oq_tool::Interrupted&) {
-    std::fprintf(stderr, "oq: stopped; nothing was written\n");
-    return 130;  // 128 + SIGINT, as a shell reports a process killed by it
+    std::fprintf(stderr, "oq: stopped\n");
+    return 128 + oq_tool::interrupt_requested.load();  // as a shell reports a process the signal killed
   } catch (const std::exception& e) {
     std::fprintf(stderr, "oq: error: %s\n", e.what());
     return 1;
   }
+  // A signal after the last step: the work finished, but say so in the status.
+  if (const int signal_number = oq_tool::interrupt_requested.load(); signal_number != 0) return 128 + signal_number;
   return 0;
 }

@@ -26,7 +26,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <array>
@@ -34,6 +36,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -41,6 +44,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace oq_tool {
@@ -169,8 +173,9 @@ inline void copy_tokenizer_files(const std::filesystem::path& from, const std::f
 /// nothing half-written. A process killed outright (SIGKILL, out of memory, a
 /// second Ctrl-C) cannot clean up: its directory, named
 /// .NAME.oq-partial-HOST-PID, is removed by the next run for the same target
-/// on the same host once no process PID is alive (a run on another host that
-/// shares the directory is never touched).
+/// once nothing holds the flock(2) that every run keeps on the directory's
+/// .lock file until it commits (the kernel drops it when the process dies,
+/// whatever its PID namespace or host name), and no process PID is alive here.
 class StagingDirectory {
  public:
   /// This host's name as it appears in staging directories' names
@@ -209,6 +214,14 @@ class StagingDirectory {
     path_ = parent / staging_name(target, static_cast<long>(::getpid()));
     std::filesystem::remove_all(path_);
     std::filesystem::create_directory(path_);
+    lock_fd_ = ::open((path_ / kLockFile).c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock_fd_ < 0 || ::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+      const int error = errno;
+      release_lock();
+      std::error_code ignored;
+      std::filesystem::remove_all(path_, ignored);
+      throw std::runtime_error("cannot lock the staging directory '" + path_.string() + "': " + std::strerror(error));
+    }
   }
   StagingDirectory(const StagingDirectory&) = delete;
   StagingDirectory& operator=(const StagingDirectory&) = delete;
@@ -217,12 +230,21 @@ class StagingDirectory {
       std::error_code ignored;
       std::filesystem::remove_all(path_, ignored);
     }
+    release_lock();
   }
   const std::filesystem::path& path() const { return path_; }
   void commit() {
+    // The lock file goes (the output must not carry it); a cleaner that finds
+    // no lock file leaves the directory alone, so the short window before the
+    // rename is safe.
+    std::filesystem::remove(path_ / kLockFile);
     std::filesystem::rename(path_, target_);  // one directory entry: atomic on POSIX
     committed_ = true;
+    release_lock();
   }
+
+  /// The lock file's name inside a staging directory.
+  static constexpr const char* kLockFile = ".lock";
 
  private:
   // Removes the staging directories for `target` that processes on this host
@@ -238,15 +260,33 @@ class StagingDirectory {
       const long pid = std::stol(digits);
       if (pid <= 0 || pid == static_cast<long>(::getpid())) continue;
       if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // alive, or not ours to judge
-      std::error_code ignored;
-      std::filesystem::remove_all(entry.path(), ignored);
-      std::fprintf(stderr, "oq: removed '%s', left by an earlier run (process %ld) that was killed\n",
-                   entry.path().string().c_str(), pid);
+      // The PID may be another namespace's: only a lock nobody holds proves
+      // the run is gone (no lock file: committing, or not ours: left alone).
+      const int fd = ::open((entry.path() / kLockFile).c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+      if (fd < 0) continue;
+      const bool free = ::flock(fd, LOCK_EX | LOCK_NB) == 0;
+      std::error_code removed;
+      if (free) std::filesystem::remove_all(entry.path(), removed);
+      ::close(fd);
+      if (!free) continue;
+      if (removed) {
+        std::fprintf(stderr, "oq: could not remove '%s', left by a killed run (process %ld): %s\n",
+                     entry.path().string().c_str(), pid, removed.message().c_str());
+      } else {
+        std::fprintf(stderr, "oq: removed '%s', left by an earlier run (process %ld) that was killed\n",
+                     entry.path().string().c_str(), pid);
+      }
     }
+  }
+
+  void release_lock() {
+    if (lock_fd_ >= 0) ::close(lock_fd_);  // closing drops the flock
+    lock_fd_ = -1;
   }
 
   std::filesystem::path target_;
   std::filesystem::path path_;
+  int lock_fd_ = -1;
   bool committed_ = false;
 };
 
@@ -295,8 +335,12 @@ inline void validate_quantize_options(const llama::Config& c, llama::Method meth
   if (!(options.act_clip > 0 && options.act_clip <= 1) || !(options.weight_clip > 0 && options.weight_clip <= 1)) {
     throw std::invalid_argument("--act-clip and --weight-clip must be in (0, 1]");
   }
-  for (const double alpha : {options.smoothquant_alpha, options.duquant_alpha}) {
-    if (!(alpha >= 0 && alpha <= 1)) throw std::invalid_argument("--smooth-alpha must be in [0, 1] or 'search'");
+  for (const auto& [name, alpha] : {std::pair{"smoothquant_alpha", options.smoothquant_alpha},
+                                     std::pair{"duquant_alpha", options.duquant_alpha}}) {
+    if (!(alpha >= 0 && alpha <= 1)) {
+      throw std::invalid_argument(std::string("--smooth-alpha (") + name + ") must be in [0, 1] or 'search', got " +
+                                  std::to_string(alpha));
+    }
   }
   if (options.smoothquant_alpha_search) {
     if (method != llama::Method::kSmoothQuant) {
@@ -307,7 +351,12 @@ inline void validate_quantize_options(const llama::Config& c, llama::Method meth
       throw std::invalid_argument("--smooth-alpha search needs quantized activations (--a-bits 4 or 8): it "
                                   "minimises the quantized linears' error");
     }
-    if (options.alpha_search_tokens <= 0) throw std::invalid_argument("the α search needs at least one token");
+    if (options.gptq) {  // the search scores round-to-nearest weights: α would be tuned for another quantizer
+      throw std::invalid_argument("--smooth-alpha search scores round-to-nearest weights; with --gptq give a number");
+    }
+    if (options.alpha_search_tokens <= 0) {
+      throw std::invalid_argument("alpha_search_tokens must be > 0, got " + std::to_string(options.alpha_search_tokens));
+    }
   }
 }
 
@@ -400,6 +449,7 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
     writer.add(name, info.dtype, info.shape, model.checkpoint().bytes(name));
     if (write_gptq) gptq_writer.add(name, info.dtype, info.shape, model.checkpoint().bytes(name));
   }
+  throw_if_interrupted();  // before the largest write (a 7B model: gigabytes)
   writer.add_metadata("format", "pt");
   writer.write(staging.path() / "model.safetensors");
   QuantizationConfig qc;
@@ -441,6 +491,7 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
     write_json_file(dir / "config.json", gptq_config);
     copy_tokenizer_files(model.directory(), dir);
   }
+  throw_if_interrupted();
   staging.commit();
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;

@@ -9,18 +9,22 @@
 
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
-#include <csignal>
 #include <cstdio>
 #include <stdexcept>
 #include <string>
 
 namespace oq_tool {
 
-/// Set by the oq tool's SIGINT / SIGTERM handler (main.cpp); every long loop
-/// stops at its next step (Progress::advance), so that a quantize interrupted
-/// by Ctrl-C unwinds and removes its staging directory instead of leaving it.
-inline volatile std::sig_atomic_t interrupt_requested = 0;
+/// The signal number the oq tool's SIGINT / SIGTERM handler received (0:
+/// none; main.cpp); every long loop stops at its next step
+/// (Progress::advance, and before quantize writes its output), so that a
+/// quantize interrupted by Ctrl-C unwinds and removes its staging directory
+/// instead of leaving it. A lock-free atomic: the handler may run on any
+/// thread (the kernels' pool), and lock-free atomics are signal-safe.
+inline std::atomic<int> interrupt_requested{0};
+static_assert(std::atomic<int>::is_always_lock_free);
 
 /// What a loop throws when interrupt_requested is set.
 struct Interrupted : std::runtime_error {
@@ -28,7 +32,7 @@ struct Interrupted : std::runtime_error {
 };
 
 inline void throw_if_interrupted() {
-  if (interrupt_requested != 0) throw Interrupted();
+  if (interrupt_requested.load() != 0) throw Interrupted();
 }
 
 /// Seconds as "1h02m03s" / "2m03s" / "3.4s".

@@ -95,7 +95,9 @@ struct QuantizationConfig {
 
   nlohmann::json to_json() const {
     nlohmann::json j;
-    j["format_version"] = kQuantizedFormatVersion;
+    // Version 1 where nothing was folded: that content is version 1's, which
+    // readers of version 1 then still accept.
+    j["format_version"] = smoothing_folded ? kQuantizedFormatVersion : 1;
     j["method"] = std::string(method_key(method));
     j["weight_bits"] = options.weight_bits;
     j["act_bits"] = options.act_bits == 0 ? 16 : options.act_bits;
@@ -112,7 +114,7 @@ struct QuantizationConfig {
     j["seed"] = options.seed;
     j["calibration_sequences"] = calibration_sequences;
     j["calibration_seq_len"] = calibration_seq_len;
-    j["smoothing_folded"] = smoothing_folded;
+    if (smoothing_folded) j["smoothing_folded"] = true;
     return j;
   }
 
@@ -170,6 +172,9 @@ struct QuantizationConfig {
     c.options.seed = static_cast<std::uint64_t>(integer("seed"));
     c.calibration_sequences = integer("calibration_sequences");
     c.calibration_seq_len = integer("calibration_seq_len");
+    if (c.smoothing_folded && c.method != llama::Method::kSmoothQuant && c.method != llama::Method::kDuQuantSmooth) {
+      fail("smoothing_folded is true, but method " + std::string(method_key(c.method)) + " has no smoothing to fold");
+    }
     if (c.options.weight_group < 0) fail("weight_group must be >= 0");
     if (c.options.block_size <= 0) fail("block_size must be > 0");
     if (!(c.options.act_clip > 0 && c.options.act_clip <= 1) || !(c.options.weight_clip > 0 && c.options.weight_clip <= 1)) {
