@@ -947,18 +947,24 @@ TEST_CASE("the oq command line: help, a bad method, and a whole quantize → eva
   CHECK(missing_status != 0);
   CHECK(missing_log.find("oq: error:") != std::string::npos);
   const std::string out = "'" + (tmp.path / "q").string() + "'";
-  auto [q_status, q_log] = run("quantize " + model + " --calib " + text +
-                               " --method hadamard --block-size 32 --seq-len 32 --sequences 4 --out " + out);
+  const auto q_run = run("quantize " + model + " --calib " + text +
+                         " --method hadamard --block-size 32 --seq-len 32 --sequences 4 --out " + out);
+  const int q_status = q_run.first;
+  const std::string& q_log = q_run.second;
   INFO(q_log);
   CHECK(q_status == 0);
   CHECK(q_log.find("quantized 1 layers with hadamard") != std::string::npos);
-  auto [e_status, e_log] = run("--threads 2 eval " + out + " --data " + text + " --seq-len 32");
+  const auto e_run = run("--threads 2 eval " + out + " --data " + text + " --seq-len 32");
+  const int e_status = e_run.first;
+  const std::string& e_log = e_run.second;
   INFO(e_log);
   CHECK(e_status == 0);
   CHECK(e_log.find("perplexity") != std::string::npos);
   CHECK(e_log.find("integer kernels") != std::string::npos);
-  auto [a_status, a_log] = run("analyze " + model + " --calib " + text + " --seq-len 32 --out '" +
-                               (tmp.path / "report").string() + "'");
+  const auto a_run = run("analyze " + model + " --calib " + text + " --seq-len 32 --out '" +
+                         (tmp.path / "report").string() + "'");
+  const int a_status = a_run.first;
+  const std::string& a_log = a_run.second;
   INFO(a_log);
   CHECK(a_status == 0);
   CHECK(a_log.find("qkv_input") != std::string::npos);
