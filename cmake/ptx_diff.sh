@@ -1,0 +1,256 @@
+#!/usr/bin/env bash
+# The PTX of every CUDA translation unit oq builds (tests/, bench/, examples/),
+# with symbol names normalised, compared between a git revision and the
+# working tree: a structural change of include/oq/cuda/ (issue 24) must leave
+# the instruction stream of every kernel instantiation the same.
+#
+#   bash cmake/ptx_diff.sh [REF]     REF (default: main) against the working tree;
+#                                    exit 0 when every function's PTX is the same
+#   bash cmake/ptx_diff.sh --keep    the same, keeping the raw PTX next to the normalised
+#   PTX_ARCHS="90a" PTX_ONLY=gemm_w4a4 bash cmake/ptx_diff.sh
+#                                    only those architectures and the .cu files whose
+#                                    path matches the regex (the REF side is always
+#                                    built whole, once)
+#
+# No GPU is needed: nvcc -ptx only. Flags are CMake's own: each tree is
+# configured (CUDA, tests, examples, benchmarks; build/ptx/) and every .cu of
+# its build.ninja is compiled with that target's FLAGS, INCLUDES and DEFINES,
+# the --generate-code list replaced by one virtual architecture per run
+# (compute_80, compute_89, compute_90a; PTX_ARCHS overrides). The header
+# self-containment check's .cu files instantiate nothing and are left out.
+#
+# Normalisation (what may change without changing the code): every mangled
+# name (_Z…) becomes S<i>, numbered by first appearance inside its function
+# (so calls and shared-memory symbols keep their identity), parameter names
+# become S<i>_param_<j>, the function number in basic-block labels and local
+# depots ($L__BB<f>_<b>, __local_depot<f>) is dropped, comments go. Each
+# function (.entry/.func) is one record; a file's records are compared as a
+# multiset, so reordered instantiations compare equal. Kernels that exist
+# only on one side are listed with their demangled names, and a function
+# whose body changed is shown as a unified diff against the nearest one of
+# the other side.
+#
+# Cost on 2 cores: about 4 s per file and architecture (nvcc's front end;
+# ptxas is not run), ~2 minutes per tree; the REF side is cached per commit
+# in build/ptx/ref-<hash>.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+keep=0
+ref=main
+for arg in "$@"; do
+  case "$arg" in
+    --keep) keep=1 ;;
+    -h | --help) sed -n '2,30p' "$0"; exit 0 ;;
+    *) ref="$arg" ;;
+  esac
+done
+archs=(${PTX_ARCHS:-80 89 90a})
+nvcc_bin=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+[ -x "$nvcc_bin" ] || { echo "ptx_diff: nvcc not found" >&2; exit 2; }
+out="$root/build/ptx"
+mkdir -p "$out"
+
+# configure <source dir> <build dir>
+configure() {
+  cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$nvcc_bin" \
+    -DOQ_ENABLE_CUDA=ON -DOQ_BUILD_TESTS=ON -DOQ_BUILD_EXAMPLES=ON -DOQ_BUILD_BENCHMARKS=ON -DOQ_BUILD_TOOLS=OFF \
+    "-DCMAKE_CUDA_ARCHITECTURES=80;89;90a" >"$2.configure.log" 2>&1 ||
+    { echo "ptx_diff: cmake failed, see $2.configure.log" >&2; exit 2; }
+}
+
+# compile_commands <source dir> <build dir>: "relative.cu<TAB>flags" per CUDA
+# object of build.ninja (header check excluded).
+compile_commands() {
+  awk -v src="$1/" '
+    /^build .*\.cu\.o: CUDA_COMPILER/ {
+      file = $0; sub(/^[^:]*: CUDA_COMPILER[^ ]* /, "", file); sub(/ .*/, "", file)
+      if (index(file, src) != 1 || file ~ /header_check/) { file = ""; next }
+      file = substr(file, length(src) + 1); flags = ""; defines = ""; includes = ""; next
+    }
+    file != "" && /^  DEFINES = / { defines = substr($0, 13) }
+    file != "" && /^  FLAGS = / { flags = substr($0, 11) }
+    file != "" && /^  INCLUDES = / { includes = substr($0, 14) }
+    file != "" && /^$/ { print file "\t" defines " " includes " " flags; file = "" }
+  ' "$2/build.ninja" | sort -u
+}
+
+# ptx_tree <source dir> <label> <file regex> <archs...>: normalised PTX of
+# every .cu (matching the regex) under build/ptx/<label>/.
+ptx_tree() {
+  local src=$1 label=$2 only=$3 dir="$out/$2"
+  shift 3
+  local -a tree_archs=("$@")
+  if [ -f "$dir/.done" ]; then return; fi
+  rm -rf "$dir" && mkdir -p "$dir"
+  configure "$src" "$dir/cmake"
+  compile_commands "$src" "$dir/cmake" | { grep -E "^[^	]*($only)" || true; } >"$dir/commands.tsv"
+  [ -s "$dir/commands.tsv" ] || { echo "ptx_diff: no CUDA sources in $dir/cmake/build.ninja" >&2; exit 2; }
+  local failed=0
+  while IFS=$'\t' read -r file flags; do
+    for arch in "${tree_archs[@]}"; do
+      local flat="${file//\//__}.compute_$arch"
+      local -a args=()
+      for f in $flags; do
+        case "$f" in --generate-code=* | -gencode* | -arch=* | --generate-code) ;; *) args+=("$f") ;; esac
+      done
+      if ! (cd "$dir/cmake" && "$nvcc_bin" "${args[@]}" -arch="compute_$arch" -ptx "$src/$file" \
+              -o "$dir/$flat.ptx") 2>"$dir/$flat.log"; then
+        echo "ptx_diff: nvcc failed on $file for compute_$arch ($label), see $dir/$flat.log" >&2
+        failed=1
+        continue
+      fi
+      python3 "$out/normalize.py" "$dir/$flat.ptx" "$dir/$flat.norm" "$dir/$flat.names"
+      [ "$keep" = 1 ] || rm -f "$dir/$flat.ptx"
+    done
+  done <"$dir/commands.tsv"
+  [ "$failed" = 0 ] || exit 1
+  touch "$dir/.done"
+}
+
+cat >"$out/normalize.py" <<'PY'
+# normalize.py <in.ptx> <out.norm> <out.names>: one record per PTX function
+# (names normalised), records sorted; the module-level declarations first.
+import re, subprocess, sys
+
+text = open(sys.argv[1]).read().splitlines()
+mangled = re.compile(r"\b_Z[\w$]+")
+label = re.compile(r"\$L__BB\d+_")
+depot = re.compile(r"__local_depot\d+")
+head = re.compile(r"^(\.visible |\.weak |\.extern )*\.(entry|func)\b")
+
+def normalise(lines):
+    names = {}
+    def sub(m):
+        s = m.group(0)
+        p = re.match(r"^(.*)_param_(\d+)$", s)
+        base, suffix = (p.group(1), "_param_" + p.group(2)) if p else (s, "")
+        names.setdefault(base, "S%d" % len(names))
+        return names[base] + suffix
+    out = []
+    for line in lines:
+        line = line.split("//")[0].rstrip()
+        if not line.strip():
+            continue
+        line = mangled.sub(sub, line)
+        line = label.sub("$L__BB_", line)
+        line = depot.sub("__local_depot", line)
+        out.append(line)
+    return out, list(names)
+
+records, module, current, depth = [], [], None, 0
+for line in text:
+    if current is None and head.match(line):
+        current = [line]
+        depth = line.count("{") - line.count("}")
+        continue
+    if current is not None:
+        current.append(line)
+        depth += line.count("{") - line.count("}")
+        if depth == 0 and "{" in "".join(current) and line.strip() == "}":
+            records.append(current)
+            current = None
+        elif depth == 0 and line.rstrip().endswith(";") and "{" not in "".join(current):
+            records.append(current)  # a declaration (.extern .func …;)
+            current = None
+        continue
+    module.append(line)
+
+normalised = []
+for r in records:
+    body, names = normalise(r)
+    first = names[0] if names else r[0].split()[-1].split("(")[0]
+    normalised.append(("\n".join(body), first))
+# Module-level lines (.target, .shared/.global declarations): names numbered per line.
+mod = sorted(n for l in module for n in normalise([l])[0])
+normalised.sort()
+demangled = subprocess.run(["c++filt"], input="\n".join(n for _, n in normalised), capture_output=True,
+                           text=True).stdout.splitlines() if normalised else []
+with open(sys.argv[2], "w") as f:
+    f.write("== module\n" + "\n".join(mod) + "\n")
+    for body, _ in normalised:
+        f.write("== function\n" + body + "\n")
+with open(sys.argv[3], "w") as f:
+    for (body, name), pretty in zip(normalised, demangled):
+        f.write("%s\t%s\n" % (pretty, name))
+PY
+
+cat >"$out/compare.py" <<'PY'
+# compare.py <ref dir> <new dir> <arch...>: per file and architecture, the
+# multiset of normalised functions; prints the differences, exits 1 on any.
+import collections, difflib, os, re, sys
+
+ref_dir, new_dir = sys.argv[1], sys.argv[2]
+archs = ["compute_" + a for a in sys.argv[3].split()]
+only = re.compile(sys.argv[4].replace("/", "__")) if sys.argv[4] else None
+
+def load(path):
+    if not os.path.exists(path):
+        return None
+    chunks = open(path).read().split("== ")[1:]
+    module = [c for c in chunks if c.startswith("module\n")]
+    funcs = [c[len("function\n"):] for c in chunks if c.startswith("function\n")]
+    return (module[0] if module else ""), funcs
+
+def names(path):
+    return [l.split("\t")[0] for l in open(path).read().splitlines()] if os.path.exists(path) else []
+
+files = sorted({f[:-5] for d in (ref_dir, new_dir) for f in os.listdir(d)
+                if f.endswith(".norm") and f[:-5].rsplit(".", 1)[1] in archs
+                and (only is None or only.search(f.rsplit(".", 2)[0]))})
+bad = 0
+total = 0
+for f in files:
+    ref, new = load(os.path.join(ref_dir, f + ".norm")), load(os.path.join(new_dir, f + ".norm"))
+    if ref is None or new is None:
+        print("%s: only in %s" % (f, "the working tree" if ref is None else "REF"))
+        if ref is not None:
+            bad += 1
+        continue
+    rn, nn = names(os.path.join(ref_dir, f + ".names")), names(os.path.join(new_dir, f + ".names"))
+    rc, nc = collections.Counter(ref[1]), collections.Counter(new[1])
+    total += len(ref[1])
+    missing, extra = rc - nc, nc - rc
+    status = []
+    if ref[0] != new[0]:
+        status.append("module-level declarations differ")
+    if missing:
+        status.append("%d function(s) of REF not found unchanged" % sum(missing.values()))
+    if extra:
+        status.append("%d new function(s)" % sum(extra.values()))
+    print("%s: %d functions, %s" % (f, len(new[1]), "; ".join(status) if status else "same"))
+    if ref[0] != new[0]:
+        sys.stdout.writelines(difflib.unified_diff(ref[0].splitlines(True), new[0].splitlines(True), "REF", "new"))
+    if missing:
+        bad += 1
+    extra_bodies = list(extra.elements())
+    for body in missing.elements():
+        who = rn[ref[1].index(body)] if ref[1].index(body) < len(rn) else "?"
+        print("  REF only: %s" % who)
+        if extra_bodies:
+            near = max(extra_bodies, key=lambda b: difflib.SequenceMatcher(None, body, b, autojunk=False).quick_ratio())
+            who_new = nn[new[1].index(near)] if new[1].index(near) < len(nn) else "?"
+            print("    nearest new function: %s" % who_new)
+            diff = list(difflib.unified_diff(body.splitlines(True), near.splitlines(True), "REF", "new", n=2))
+            sys.stdout.writelines(diff[:200])
+            if len(diff) > 200:
+                print("    … %d more diff lines" % (len(diff) - 200))
+    for body in extra.elements():
+        who = nn[new[1].index(body)] if new[1].index(body) < len(nn) else "?"
+        print("  new only: %s" % who)
+print("ptx_diff: %d REF functions compared, %s" % (total, "no difference" if bad == 0 else "%d file(s) differ" % bad))
+sys.exit(1 if bad else 0)
+PY
+
+hash=$(git rev-parse --verify "$ref^{commit}")
+ref_src="$out/ref-$hash/src"
+if [ ! -f "$out/ref-$hash/ptx/.done" ]; then
+  rm -rf "$out/ref-$hash" && mkdir -p "$ref_src"
+  git archive "$hash" | tar -x -C "$ref_src"
+fi
+echo "ptx_diff: $ref ($hash) against the working tree, compute_${archs[*]}" >&2
+ptx_tree "$ref_src" "ref-$hash/ptx" "" 80 89 90a
+rm -rf "$out/work"
+ptx_tree "$root" work "${PTX_ONLY:-}" "${archs[@]}"
+python3 "$out/compare.py" "$out/ref-$hash/ptx" "$out/work" "${archs[*]}" "${PTX_ONLY:-}"
