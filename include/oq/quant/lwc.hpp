@@ -1,0 +1,486 @@
+// oq/quant/lwc.hpp: learnable weight clipping (LWC; Shao et al., "OmniQuant:
+// Omnidirectionally Calibrated Quantization for Large Language Models", ICLR
+// 2024, arXiv 2308.13137, §3.2, eq. 2), which DuQuant+LWC uses for its best
+// results (Lin et al. 2024, Table 1). docs/design.md §10.
+//
+//   using namespace oq::quant;
+//   const QuantSpec spec = QuantSpec::per_channel(4, /*symmetric=*/false);
+//   GptqHessian hessian(w.cols());                   // H = 2·XᵀX/n of the linear's
+//   hessian.add(x);                                  // calibration inputs X (n × in)
+//   auto r = train_lwc(w, hessian.matrix(), spec);   // AdamW on the clip logits
+//   // r.weight = Ŵ, r.codes and r.params for oq::cpu::pack_weights(r.codes, r.params, spec),
+//   // r.upper_clip = γ, r.lower_clip = β per output channel (or group)
+//   auto w_hat = lwc_fake_quantize(w, r.upper, r.lower, spec);       // == r.weight
+//   auto g = lwc_grad(w, r.upper, r.lower, spec, grad_w_hat);         // ∂L/∂a, ∂L/∂b
+//
+// Forward (eq. 2). Per output channel (kPerRow) or group (kPerGroup) of W,
+// with m, M its smallest and largest entries, two learned logits a (upper)
+// and b (lower), γ = σ(a), β = σ(b), σ the logistic sigmoid, L = 2^N − 1:
+//   h = (γ·M − β·m)/L,  z = rne(−β·m/h),
+//   W_q = clamp(rne(W/h) + z, 0, L),  Ŵ = (W_q − z)·h.
+// (The paper writes z = −rne(β·m/h); rne is odd, so it is the same.) Clipping
+// both ends of the range by learned factors in (0, 1), instead of one fixed
+// ratio (docs/design.md §2's c), lets each channel trade the error of its few
+// largest weights against a finer step for all the others, tuned on the
+// layer's output error. OmniQuant and DuQuant start at a = b = 4 (γ = β =
+// σ(4) ≈ 0.982). The order of operations is the release's
+// (quantize/quantizer.py, per_token_dynamic_calibration: xmax = σ(a)·xmax,
+// xmin = σ(b)·xmin in the weight's type, range, /L, −xmin/scale, round): it
+// is core::asymmetric_params on [β·m, γ·M] with c = 1, so float results are
+// the release's bit for bit. The parameters are ordinary (scale, zero)
+// QuantParams: quantize / fake_quantize / dequantize / oq::cpu::pack_weights
+// take them as they are, and the zero point leaves [0, L] only for a group
+// that does not straddle 0 (docs/design.md §2).
+//
+// Backward. Autograd of the release differentiates the surrogate in which
+// rne(W/h) = W/h + ρ with ρ = rne(W/h) − W/h a constant (round_ste), the
+// clamp's branch decided by the code v = rne(W/h) + z, closed at both ends
+// like torch.clamp's backward, and h a function of (γ, β). On each branch:
+//   0 ≤ v ≤ L:  Ŵ = (W/h + ρ + z − z)·h = W + ρ·h           ∂Ŵ/∂h = ρ
+//   v < 0:      Ŵ = (0 − z)·h                               ∂Ŵ/∂h = −z
+//   v > L:      Ŵ = (L − z)·h                               ∂Ŵ/∂h = L − z
+// which is the LSQ-style scale gradient of quant/gradients.hpp
+// (lsq_grad_scale, zero point held fixed; it is computed by it). Through
+// h = (γ·M − β·m)/L and σ'(a) = γ(1 − γ):
+//   ∂L/∂a = γ(1 − γ) · (M/L) · ∂L/∂h,
+//   ∂L/∂b = β(1 − β) · (−m/L) · ∂L/∂h,
+// with ∂L/∂h = Σ over the group of ∂L/∂Ŵ · ∂Ŵ/∂h (in double).
+// The zero point: the release rounds it with torch's round(), whose gradient
+// is zero, not with round_ste, so z is a constant to autograd
+// (LwcZeroGradient::kNone, the default: it is what DuQuant+LWC's published
+// numbers were trained with). The paper says only that rounding is
+// straight-through; read for z too (LwcZeroGradient::kStraightThrough),
+// z = −β·m/h + ρ_z with ρ_z = z + β·m/h constant, which changes the clamped
+// entries only (in range z cancels):
+//   v < 0:  Ŵ = −z·h = β·m − ρ_z·h       ∂Ŵ/∂h = −ρ_z,      ∂Ŵ/∂β|_h = m
+//   v > L:  Ŵ = (L − z)·h = L·h + β·m − ρ_z·h
+//                                        ∂Ŵ/∂h = L − ρ_z,   ∂Ŵ/∂β|_h = m
+// i.e. ∂L/∂h gains −(β·m/h)·S and ∂L/∂β gains m·S, S = Σ of ∂L/∂Ŵ over the
+// group's clamped entries: a clamped entry then moves with its clip bound
+// (Ŵ ≈ β·m below, γ·M above) as in PACT, where under kNone it moves with h
+// only. tests/quant/lwc_test.cpp checks both against central differences of
+// the surrogate, written out in float64 loops.
+//
+// Degenerate groups. An all-zero group, a constant one, and one whose
+// clipped bounds cross (γ·M ≤ β·m, possible only for a group entirely on one
+// side of 0 once β and γ part) or whose scale (γ·M − β·m)/L is not a normal
+// number, has no LWC grid: it is quantized with the unclipped range [m, M]
+// (core::asymmetric_params, c = 1: an all-zero group gets s = 1, z = 0, a
+// constant one is reconstructed exactly, docs/design.md §2) and passes no
+// gradient to its a and b. The release would clamp such a scale up to 1e−5
+// (CLIPMIN, in the weights' units) instead; oq has no absolute floor.
+//
+// Training (train_lwc). One linear at a time: a and b minimise the output
+// error on calibration inputs X (n tokens × in),
+//   ‖X·Wᵀ − X·Ŵᵀ‖²_F / n = Σ_r ½·e_r·H·e_rᵀ,   e_r = w_r − ŵ_r,  H = 2·XᵀX/n,
+// H being GPTQ's Hessian (GptqHessian::matrix()), so the tokens enter once
+// and each step costs one out × in × in product E·H (in double) and passes
+// over W: ∂/∂Ŵ = −E·H. Deviation from OmniQuant: the release trains the
+// factors of all the linears of a transformer block together on the block's
+// output error (backpropagating through attention and the MLP, alongside its
+// learnable equivalent transformation), 20 epochs of 128 calibration
+// samples in mini-batches of one; here each linear is trained alone on its
+// own output error, full-batch, a fixed number of AdamW steps. Rows are
+// independent (a_r, b_r enter only ŵ_r), so two more choices follow:
+//  - row r's loss is divided by its full-precision output energy
+//    ½·w_r·H·w_rᵀ (1 where that is 0). Adam's update is invariant to a
+//    positive factor on one parameter's gradient but for ε, so this changes
+//    only what ε = 1e−8 means: the same for every row, at every scale of W
+//    and X (the release's MSE over a block's output has one factor for all);
+//  - with LwcOptions::keep_best (default) each row keeps the factors of the
+//    step with its smallest loss (the initial factors included), so the
+//    result's loss is never above the loss at a = b = init; the release
+//    keeps the last step. Every step's loss is that of the parameters the
+//    weights would be packed with.
+// Deterministic: no randomness, no threads; the same inputs give the same
+// bits on one build.
+//
+// Errors: std::invalid_argument for a bad spec (bits outside [2, 8], a
+// symmetric spec, range_includes_zero, a granularity other than per-row or
+// per-group), an empty W, factors or grad_out of the wrong shape, non-finite
+// factors, a Hessian that is not in × in, or bad options (naming each);
+// std::domain_error naming the first NaN/Inf entry of W, grad_out or the
+// Hessian. spec.clip_ratio is ignored: the factors are the clip.
+#pragma once
+
+#include <oq/core/quant_math.hpp>
+#include <oq/detail/check.hpp>
+#include <oq/quant/gradients.hpp>
+#include <oq/quant/params.hpp>
+#include <oq/quant/quantize.hpp>
+#include <oq/quant/spec.hpp>
+
+#include <Eigen/Core>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace oq::quant {
+
+/// Which gradient the zero point z = rne(−β·m/h) passes (file comment).
+enum class LwcZeroGradient {
+  kNone,             ///< z is a constant (the release: torch.round, not round_ste)
+  kStraightThrough,  ///< z = −β·m/h + const, the paper's rounding read as straight-through for z too
+};
+
+/// AdamW and the schedule of train_lwc. The defaults are the OmniQuant and
+/// DuQuant releases' (main.py: --lwc_lr 1e-2, --wd 0; torch.optim.AdamW's
+/// betas and eps; the factors' init 4) but for the step count: the release
+/// runs 20 epochs × 128 samples = 2560 mini-batch steps per block, here a
+/// step sees every calibration token, and on heavy-tailed test layers
+/// (tests/quant/lwc_test.cpp's kind, 64 × 128) the best loss stopped
+/// improving by 500 steps at lr 1e-2 (1000 at 5e-3).
+struct LwcOptions {
+  int steps = 500;               ///< AdamW steps, >= 0 (0: the factors stay at init)
+  double learning_rate = 1e-2;   ///< > 0
+  double init = 4.0;             ///< a = b = init at the start (σ(4) ≈ 0.982), finite
+  double beta1 = 0.9;            ///< in [0, 1)
+  double beta2 = 0.999;          ///< in [0, 1)
+  double epsilon = 1e-8;         ///< > 0
+  double weight_decay = 0.0;     ///< decoupled (AdamW), >= 0, learning_rate·weight_decay < 1
+  LwcZeroGradient zero_gradient = LwcZeroGradient::kNone;
+  bool keep_best = true;         ///< each row keeps its best step's factors (file comment)
+};
+
+/// ∂L/∂a and ∂L/∂b, one entry per parameter entry (the spec's shape).
+template <class Matrix>
+struct LwcGrad {
+  Matrix upper;  ///< ∂L/∂a
+  Matrix lower;  ///< ∂L/∂b
+};
+
+template <class Scalar>
+struct LwcResult {
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  Matrix upper;               ///< a, the logits of the upper clip (param_rows × param_cols)
+  Matrix lower;               ///< b, the logits of the lower clip
+  Matrix upper_clip;          ///< γ = σ(a)
+  Matrix lower_clip;          ///< β = σ(b)
+  QuantParams<Scalar> params; ///< h and z per entry: lwc_params(w, upper, lower, spec)
+  Matrix weight;              ///< Ŵ = fake_quantize(w, params, spec)
+  Eigen::Matrix<std::int32_t, Eigen::Dynamic, Eigen::Dynamic> codes;  ///< quantize(w, params, spec)
+  double initial_loss = 0;    ///< ‖X·(W − Ŵ)ᵀ‖²_F / n at a = b = init
+  double loss = 0;            ///< the same at the returned factors
+};
+
+namespace detail_lwc {
+
+inline double sigmoid(double a) {
+  // Either form is exact to rounding; this one never overflows exp.
+  return a >= 0 ? 1.0 / (1.0 + std::exp(-a)) : std::exp(a) / (1.0 + std::exp(a));
+}
+
+inline void check_spec(const QuantSpec& spec, std::string_view where) {
+  spec.validate(where);
+  detail::require(!spec.symmetric, where,
+                  "spec.symmetric must be false: learnable weight clipping (OmniQuant eq. 2) clips the two ends "
+                  "of an asymmetric range");
+  detail::require(!spec.range_includes_zero, where,
+                  "spec.range_includes_zero must be false: the learned clip sets the range");
+  detail::require(spec.granularity == Granularity::kPerRow || spec.granularity == Granularity::kPerGroup, where,
+                  "spec.granularity must be per-row (per output channel) or per-group, got ",
+                  to_string(spec.granularity));
+}
+
+template <class Derived>
+void check_weight(const Eigen::MatrixBase<Derived>& w, const QuantSpec& spec, std::string_view where) {
+  static_assert(std::is_floating_point_v<typename Derived::Scalar>, "LWC needs a floating-point weight");
+  check_spec(spec, where);
+  spec.validate_shape(w.rows(), w.cols(), where);
+  detail::require_finite(w, where, "w");
+}
+
+template <class Derived, class FDerived>
+void check_factors(const Eigen::MatrixBase<Derived>& w, const QuantSpec& spec,
+                   const Eigen::MatrixBase<FDerived>& factor, std::string_view name, std::string_view where) {
+  static_assert(std::is_same_v<typename Derived::Scalar, typename FDerived::Scalar>,
+                "w and the clip factors must have the same scalar type");
+  const Eigen::Index rows = spec.param_rows(w.rows());
+  const Eigen::Index cols = spec.param_cols(w.cols());
+  detail::require(factor.rows() == rows && factor.cols() == cols, where, name, " must be ", rows, " x ", cols,
+                  " (one logit per ", spec.granularity == Granularity::kPerGroup ? "group" : "output channel",
+                  " of w), got ", factor.rows(), " x ", factor.cols());
+  for (Eigen::Index i = 0; i < rows; ++i) {
+    for (Eigen::Index j = 0; j < cols; ++j) {
+      detail::require(std::isfinite(factor(i, j)), where, name, "(", i, ", ", j, ") must be finite, got ",
+                      factor(i, j));
+    }
+  }
+}
+
+// One parameter entry's clip: what the forward used and the backward needs.
+struct GroupClip {
+  double min = 0;       // m, the group's smallest entry (unclipped)
+  double max = 0;       // M, its largest
+  double gamma = 0;     // σ(a) as the forward used it (rounded to the weight's type)
+  double beta = 0;      // σ(b)
+  double lower = 0;     // β·m as the forward rounded it
+  bool active = false;  // false: a degenerate group, unclipped and without gradient
+};
+
+template <class Scalar>
+struct Clips {
+  QuantParams<Scalar> params;
+  std::vector<GroupClip> groups;  // column-major over the parameter entries, like params' storage
+};
+
+// lwc_params' arithmetic on checked arguments.
+template <class Derived, class UDerived, class LDerived>
+Clips<typename Derived::Scalar> clips(const Eigen::MatrixBase<Derived>& w, const Eigen::MatrixBase<UDerived>& upper,
+                                      const Eigen::MatrixBase<LDerived>& lower, const QuantSpec& spec) {
+  using Scalar = typename Derived::Scalar;
+  Clips<Scalar> out;
+  out.params.scale.resize(spec.param_rows(w.rows()), spec.param_cols(w.cols()));
+  out.params.zero.resizeLike(out.params.scale);
+  out.groups.resize(static_cast<std::size_t>(out.params.scale.size()));
+  for_each_block(w, spec, [&](Eigen::Index i, Eigen::Index j, const auto& block) {
+    const Scalar m = block.minCoeff();
+    const Scalar big = block.maxCoeff();
+    // The release multiplies in the weight's type: σ(a)·xmax, σ(b)·xmin.
+    const auto gamma = static_cast<Scalar>(sigmoid(static_cast<double>(upper(i, j))));
+    const auto beta = static_cast<Scalar>(sigmoid(static_cast<double>(lower(i, j))));
+    const Scalar hi = gamma * big;
+    const Scalar lo = beta * m;
+    core::AffineParams<Scalar> p = core::asymmetric_params(lo, hi, Scalar(1), spec.bits);
+    // asymmetric_params' scale is (hi − lo)/L (or hi/L − lo/L where that
+    // overflows) whenever it is a normal number and hi > lo; otherwise it took
+    // its constant-group rule on the clipped bounds, or a crossed range gave
+    // a negative scale: no LWC grid (file comment).
+    const bool active = hi > lo && p.scale >= std::numeric_limits<Scalar>::min();
+    if (!active) p = core::asymmetric_params(m, big, Scalar(1), spec.bits);
+    out.params.scale(i, j) = p.scale;
+    out.params.zero(i, j) = p.zero;
+    out.groups[static_cast<std::size_t>(j * out.params.scale.rows() + i)] =
+        GroupClip{static_cast<double>(m), static_cast<double>(big), static_cast<double>(gamma),
+                  static_cast<double>(beta), static_cast<double>(lo), active};
+  });
+  return out;
+}
+
+// A gradient in the weight's type: std::domain_error where it lies beyond
+// that type's range (a float cast of such a double is undefined).
+template <class Scalar>
+typename QuantParams<Scalar>::Matrix to_scalar(const Eigen::MatrixXd& g, std::string_view name,
+                                               std::string_view where) {
+  for (Eigen::Index j = 0; j < g.cols(); ++j) {
+    for (Eigen::Index i = 0; i < g.rows(); ++i) {
+      detail::require_domain(std::abs(g(i, j)) <= static_cast<double>(std::numeric_limits<Scalar>::max()), where,
+                             "the gradient of ", name, "(", i, ", ", j, ") = ", g(i, j),
+                             " is beyond the range of w's type (grad_out near its largest value: scale the loss down)");
+    }
+  }
+  return g.template cast<Scalar>();
+}
+
+// ∂L/∂a, ∂L/∂b (in double) from ∂L/∂Ŵ on checked arguments (file comment).
+template <class Derived, class GDerived>
+LwcGrad<Eigen::MatrixXd> grad(const Eigen::MatrixBase<Derived>& w, const Clips<typename Derived::Scalar>& c,
+                              const QuantSpec& spec, const Eigen::MatrixBase<GDerived>& grad_out,
+                              LwcZeroGradient zero_gradient) {
+  using Scalar = typename Derived::Scalar;
+  using Matrix = typename QuantParams<Scalar>::Matrix;
+  const double levels = std::ldexp(1.0, spec.bits) - 1;
+  // ∂L/∂h with z held fixed: gradients.hpp's scale gradient.
+  const Matrix grad_h = lsq_grad_scale(w, c.params, spec, grad_out);
+  // Σ of ∂L/∂Ŵ over each group's clamped entries (kStraightThrough only):
+  // the whole sum less what the straight-through estimator passes.
+  Eigen::MatrixXd clamped = Eigen::MatrixXd::Zero(grad_h.rows(), grad_h.cols());
+  if (zero_gradient == LwcZeroGradient::kStraightThrough) {
+    const PlainMatrixOf<Derived> passed = ste_grad_input(w, c.params, spec, grad_out);
+    const Eigen::Index height = spec.block_rows(w.rows());
+    const Eigen::Index width = spec.block_cols(w.cols());
+    for (Eigen::Index i = 0; i < clamped.rows(); ++i) {
+      for (Eigen::Index j = 0; j < clamped.cols(); ++j) {
+        clamped(i, j) = (grad_out.block(i * height, j * width, height, width).template cast<double>() -
+                         passed.block(i * height, j * width, height, width).template cast<double>())
+                            .sum();
+      }
+    }
+  }
+  LwcGrad<Eigen::MatrixXd> out{Eigen::MatrixXd::Zero(grad_h.rows(), grad_h.cols()),
+                               Eigen::MatrixXd::Zero(grad_h.rows(), grad_h.cols())};
+  for (Eigen::Index j = 0; j < grad_h.cols(); ++j) {
+    for (Eigen::Index i = 0; i < grad_h.rows(); ++i) {
+      const GroupClip& g = c.groups[static_cast<std::size_t>(j * grad_h.rows() + i)];
+      if (!g.active) continue;
+      double dh = static_cast<double>(grad_h(i, j));
+      double dbeta_direct = 0;
+      if (zero_gradient == LwcZeroGradient::kStraightThrough) {
+        dh -= g.lower / static_cast<double>(c.params.scale(i, j)) * clamped(i, j);
+        dbeta_direct = g.min * clamped(i, j);
+      }
+      out.upper(i, j) = g.gamma * (1 - g.gamma) * (g.max / levels) * dh;
+      out.lower(i, j) = g.beta * (1 - g.beta) * (-(g.min / levels) * dh + dbeta_direct);
+    }
+  }
+  return out;
+}
+
+}  // namespace detail_lwc
+
+/// The (scale h, zero z) of every channel or group of w under LWC with the
+/// logits `upper` (a) and `lower` (b), each param_rows × param_cols of spec
+/// (file comment; degenerate groups take the unclipped range).
+template <class Derived, class UDerived, class LDerived>
+QuantParams<typename Derived::Scalar> lwc_params(const Eigen::MatrixBase<Derived>& w,
+                                                 const Eigen::MatrixBase<UDerived>& upper,
+                                                 const Eigen::MatrixBase<LDerived>& lower, const QuantSpec& spec) {
+  constexpr std::string_view kWhere = "oq::quant::lwc_params";
+  detail_lwc::check_weight(w, spec, kWhere);
+  detail_lwc::check_factors(w, spec, upper, "upper", kWhere);
+  detail_lwc::check_factors(w, spec, lower, "lower", kWhere);
+  return detail_lwc::clips(w, upper, lower, spec).params;
+}
+
+/// Ŵ: w fake-quantized with lwc_params(w, upper, lower, spec).
+template <class Derived, class UDerived, class LDerived>
+PlainMatrixOf<Derived> lwc_fake_quantize(const Eigen::MatrixBase<Derived>& w, const Eigen::MatrixBase<UDerived>& upper,
+                                         const Eigen::MatrixBase<LDerived>& lower, const QuantSpec& spec) {
+  return fake_quantize(w, lwc_params(w, upper, lower, spec), spec);
+}
+
+/// ∂L/∂a and ∂L/∂b through lwc_fake_quantize(w, upper, lower, spec), given
+/// grad_out = ∂L/∂Ŵ (same shape as w); straight-through rounding, the zero
+/// point's gradient as `zero_gradient` says (file comment).
+template <class Derived, class UDerived, class LDerived, class GDerived>
+LwcGrad<typename QuantParams<typename Derived::Scalar>::Matrix> lwc_grad(
+    const Eigen::MatrixBase<Derived>& w, const Eigen::MatrixBase<UDerived>& upper,
+    const Eigen::MatrixBase<LDerived>& lower, const QuantSpec& spec, const Eigen::MatrixBase<GDerived>& grad_out,
+    LwcZeroGradient zero_gradient = LwcZeroGradient::kNone) {
+  static_assert(std::is_same_v<typename Derived::Scalar, typename GDerived::Scalar>,
+                "w and grad_out must have the same scalar type");
+  constexpr std::string_view kWhere = "oq::quant::lwc_grad";
+  detail_lwc::check_weight(w, spec, kWhere);
+  detail_lwc::check_factors(w, spec, upper, "upper", kWhere);
+  detail_lwc::check_factors(w, spec, lower, "lower", kWhere);
+  detail::require(grad_out.rows() == w.rows() && grad_out.cols() == w.cols(), kWhere, "grad_out must be ", w.rows(),
+                  " x ", w.cols(), " like w, got ", grad_out.rows(), " x ", grad_out.cols());
+  detail::require_finite(grad_out, kWhere, "grad_out");
+  using Scalar = typename Derived::Scalar;
+  const LwcGrad<Eigen::MatrixXd> g =
+      detail_lwc::grad(w, detail_lwc::clips(w, upper, lower, spec), spec, grad_out, zero_gradient);
+  return {detail_lwc::to_scalar<Scalar>(g.upper, "upper", kWhere), detail_lwc::to_scalar<Scalar>(g.lower, "lower", kWhere)};
+}
+
+/// Trains the LWC logits of one linear y = x·wᵀ (w: out × in) on its output
+/// error, given H = 2·XᵀX/n of its calibration inputs (in × in, symmetric
+/// positive semidefinite: GptqHessian::matrix()). See the file comment.
+template <class Derived, class HDerived>
+LwcResult<typename Derived::Scalar> train_lwc(const Eigen::MatrixBase<Derived>& w,
+                                              const Eigen::MatrixBase<HDerived>& hessian, const QuantSpec& spec,
+                                              const LwcOptions& options = {}) {
+  using Scalar = typename Derived::Scalar;
+  using Matrix = typename LwcResult<Scalar>::Matrix;
+  static_assert(std::is_floating_point_v<typename HDerived::Scalar>, "the Hessian must be a floating-point matrix");
+  constexpr std::string_view kWhere = "oq::quant::train_lwc";
+  detail_lwc::check_weight(w, spec, kWhere);
+  detail::require(hessian.rows() == w.cols() && hessian.cols() == w.cols(), kWhere, "hessian must be ", w.cols(),
+                  " x ", w.cols(), " (the inputs of w), got ", hessian.rows(), " x ", hessian.cols());
+  detail::require_finite(hessian, kWhere, "hessian");
+  const LwcOptions& o = options;
+  detail::require(o.steps >= 0, kWhere, "options.steps must be >= 0, got ", o.steps);
+  detail::require(std::isfinite(o.learning_rate) && o.learning_rate > 0, kWhere,
+                  "options.learning_rate must be finite and > 0, got ", o.learning_rate);
+  detail::require(std::isfinite(o.init), kWhere, "options.init must be finite, got ", o.init);
+  detail::require(o.beta1 >= 0 && o.beta1 < 1, kWhere, "options.beta1 must be in [0, 1), got ", o.beta1);
+  detail::require(o.beta2 >= 0 && o.beta2 < 1, kWhere, "options.beta2 must be in [0, 1), got ", o.beta2);
+  detail::require(std::isfinite(o.epsilon) && o.epsilon > 0, kWhere, "options.epsilon must be finite and > 0, got ",
+                  o.epsilon);
+  detail::require(o.weight_decay >= 0 && o.learning_rate * o.weight_decay < 1, kWhere,
+                  "options.weight_decay must be >= 0 with learning_rate·weight_decay < 1, got ", o.weight_decay);
+
+  const Matrix wm = w;
+  const Eigen::MatrixXd h = hessian.template cast<double>();
+  const Eigen::Index out_rows = wm.rows();
+  const Eigen::Index prows = spec.param_rows(wm.rows());
+  const Eigen::Index pcols = spec.param_cols(wm.cols());
+
+  // Row r's loss ½·e_r·H·e_rᵀ is divided by ½·w_r·H·w_rᵀ (file comment).
+  Eigen::VectorXd row_weight(out_rows);
+  {
+    const Eigen::MatrixXd wd = wm.template cast<double>();
+    const Eigen::VectorXd energy = 0.5 * (wd * h).cwiseProduct(wd).rowwise().sum();
+    for (Eigen::Index r = 0; r < out_rows; ++r) {
+      row_weight(r) = std::isfinite(energy(r)) && energy(r) > 0 ? 1.0 / energy(r) : 1.0;
+    }
+  }
+
+  // The losses of every row at factors (upper, lower) in the weight's type,
+  // the clips, and Ŵ (as fake_quantize gives it) and E·H for the gradient.
+  struct Evaluation {
+    detail_lwc::Clips<Scalar> clips;
+    Matrix weight;
+    Eigen::MatrixXd error_h;  // E·H
+    Eigen::VectorXd row_loss;
+  };
+  const auto evaluate = [&](const Matrix& upper, const Matrix& lower) {
+    Evaluation e;
+    e.clips = detail_lwc::clips(wm, upper, lower, spec);
+    e.weight = fake_quantize(wm, e.clips.params, spec);
+    const Eigen::MatrixXd error = wm.template cast<double>() - e.weight.template cast<double>();
+    e.error_h.noalias() = error * h;
+    e.row_loss = 0.5 * e.error_h.cwiseProduct(error).rowwise().sum();
+    return e;
+  };
+
+  Eigen::MatrixXd a = Eigen::MatrixXd::Constant(prows, pcols, o.init);
+  Eigen::MatrixXd b = a;
+  Eigen::MatrixXd m_a = Eigen::MatrixXd::Zero(prows, pcols), v_a = m_a, m_b = m_a, v_b = m_a;
+  Matrix best_upper = a.template cast<Scalar>(), best_lower = b.template cast<Scalar>();
+  Eigen::VectorXd best_loss = Eigen::VectorXd::Constant(out_rows, std::numeric_limits<double>::infinity());
+  LwcResult<Scalar> result;
+  for (int t = 0;; ++t) {
+    // The factors are evaluated in the weight's type: the ones returned.
+    const Matrix upper = a.template cast<Scalar>(), lower = b.template cast<Scalar>();
+    const Evaluation e = evaluate(upper, lower);
+    if (t == 0) result.initial_loss = e.row_loss.sum();
+    if (o.keep_best) {
+      for (Eigen::Index r = 0; r < out_rows; ++r) {
+        if (e.row_loss(r) < best_loss(r)) {  // strict: ties keep the earlier step
+          best_loss(r) = e.row_loss(r);
+          best_upper.row(r) = upper.row(r);
+          best_lower.row(r) = lower.row(r);
+        }
+      }
+    } else {
+      best_upper = upper;
+      best_lower = lower;
+    }
+    if (t == o.steps) break;
+    // ∂loss_r/∂ŵ_r = −(E·H)_r; row r's factors see only row r, so the
+    // division by its energy is applied to their gradients (in double: a
+    // tiny energy cannot overflow ∂L/∂Ŵ in the weight's type).
+    const Matrix grad_out = (-e.error_h).template cast<Scalar>();
+    LwcGrad<Eigen::MatrixXd> g = detail_lwc::grad(wm, e.clips, spec, grad_out, o.zero_gradient);
+    g.upper = row_weight.asDiagonal() * g.upper;
+    g.lower = row_weight.asDiagonal() * g.lower;
+    // AdamW (torch.optim.AdamW): decoupled decay, bias-corrected moments.
+    const double c1 = 1 - std::pow(o.beta1, t + 1);
+    const double c2 = 1 - std::pow(o.beta2, t + 1);
+    const auto adamw = [&](Eigen::MatrixXd& p, Eigen::MatrixXd& m, Eigen::MatrixXd& v, const Eigen::MatrixXd& gd) {
+      m.array() = o.beta1 * m.array() + (1 - o.beta1) * gd.array();
+      v.array() = o.beta2 * v.array() + (1 - o.beta2) * gd.array().square();
+      p *= 1 - o.learning_rate * o.weight_decay;
+      p.array() -= (o.learning_rate / c1) * m.array() / ((v.array() / c2).sqrt() + o.epsilon);
+    };
+    adamw(a, m_a, v_a, g.upper);
+    adamw(b, m_b, v_b, g.lower);
+  }
+  const Evaluation final = evaluate(best_upper, best_lower);
+  result.upper = std::move(best_upper);
+  result.lower = std::move(best_lower);
+  result.upper_clip = result.upper.unaryExpr([](Scalar v) { return static_cast<Scalar>(detail_lwc::sigmoid(v)); });
+  result.lower_clip = result.lower.unaryExpr([](Scalar v) { return static_cast<Scalar>(detail_lwc::sigmoid(v)); });
+  result.params = final.clips.params;
+  result.weight = final.weight;
+  result.codes = quantize(wm, result.params, spec);
+  result.loss = final.row_loss.sum();
+  return result;
+}
+
+}  // namespace oq::quant
