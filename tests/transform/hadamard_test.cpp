@@ -1,4 +1,5 @@
 #include <oq/transform/hadamard.hpp>
+#include <oq/detail/galois_field.hpp>
 
 #include <doctest/doctest.h>
 
@@ -31,11 +32,14 @@ constexpr Eigen::Index kMaxBase = 256;   // K of the sizes checked exhaustively
 
 // Independent enumeration (a sieve, not the library's trial division): the
 // orders Paley 1933 gives, K = q + 1 (q ≡ 3 mod 4) and K = 2(q + 1) (q ≡ 1 mod 4),
-// plus K = 1, then every K·2^m (Sylvester doubling).
+// for q prime and for q a higher power of a prime, plus K = 1, then every
+// K·2^m (Sylvester doubling).
 struct PaleyOrders {
-  std::set<Eigen::Index> first;   // q + 1, q prime ≡ 3 (mod 4)
-  std::set<Eigen::Index> second;  // 2(q + 1), q prime ≡ 1 (mod 4)
-  std::set<Eigen::Index> all;     // both, and 1
+  std::set<Eigen::Index> first;         // q + 1, q prime ≡ 3 (mod 4)
+  std::set<Eigen::Index> second;        // 2(q + 1), q prime ≡ 1 (mod 4)
+  std::set<Eigen::Index> first_power;   // q + 1, q = p^k ≡ 3 (mod 4), k ≥ 2
+  std::set<Eigen::Index> second_power;  // 2(q + 1), q = p^k ≡ 1 (mod 4), k ≥ 2
+  std::set<Eigen::Index> all;           // all of them, and 1
 };
 
 PaleyOrders paley_orders(Eigen::Index limit) {
@@ -47,9 +51,14 @@ PaleyOrders paley_orders(Eigen::Index limit) {
     for (Eigen::Index k = q * q; k <= limit; k += q) composite[static_cast<std::size_t>(k)] = true;
     if (q % 4 == 3 && q + 1 <= limit) orders.first.insert(q + 1);
     if (q % 4 == 1 && 2 * (q + 1) <= limit) orders.second.insert(2 * (q + 1));
+    for (Eigen::Index power = q * q; power + 1 <= limit; power *= q) {
+      if (power % 4 == 3) orders.first_power.insert(power + 1);
+      if (power % 4 == 1 && 2 * (power + 1) <= limit) orders.second_power.insert(2 * (power + 1));
+    }
   }
-  orders.all.insert(orders.first.begin(), orders.first.end());
-  orders.all.insert(orders.second.begin(), orders.second.end());
+  for (const auto* set : {&orders.first, &orders.second, &orders.first_power, &orders.second_power}) {
+    orders.all.insert(set->begin(), set->end());
+  }
   return orders;
 }
 
@@ -97,32 +106,105 @@ int legendre_euler(Eigen::Index a, Eigen::Index q) {
   return result == 1 ? 1 : -1;
 }
 
+// GF(q) apart from the library's tables: elements as base-p digits (the
+// documented numbering), products by the schoolbook rule modulo the
+// library's modulus f (a convention: which irreducible f numbers the
+// elements), χ by Euler's criterion a^((q−1)/2) = ±1, a table over GF(q).
+struct IndependentField {
+  Eigen::Index p = 0, q = 0;
+  int k = 0;
+  std::vector<Eigen::Index> f;  // a_0 … a_(k−1), 1
+  std::vector<int> chi;         // χ(a), a in [0, q)
+
+  IndependentField() = default;
+  IndependentField(Eigen::Index prime, int degree) : p(prime), k(degree) {
+    f = oq::detail::GaloisField(prime, degree).modulus();
+    f.push_back(1);
+    q = 1;
+    for (int i = 0; i < k; ++i) q *= p;
+    chi.resize(static_cast<std::size_t>(q));
+    for (Eigen::Index a = 0; a < q; ++a) {
+      const Eigen::Index e = power(a, (q - 1) / 2);
+      chi[static_cast<std::size_t>(a)] = a == 0 ? 0 : e == 1 ? 1 : e == p - 1 ? -1 : 99;  // 99: not ±1, a bug
+    }
+  }
+  std::vector<Eigen::Index> digits(Eigen::Index a) const {
+    std::vector<Eigen::Index> d(static_cast<std::size_t>(k));
+    for (auto& v : d) {
+      v = a % p;
+      a /= p;
+    }
+    return d;
+  }
+  Eigen::Index number(const std::vector<Eigen::Index>& d) const {
+    Eigen::Index a = 0;
+    for (auto it = d.rbegin(); it != d.rend(); ++it) a = a * p + *it;
+    return a;
+  }
+  Eigen::Index sub(Eigen::Index a, Eigen::Index b) const {
+    std::vector<Eigen::Index> x = digits(a);
+    const std::vector<Eigen::Index> y = digits(b);
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = (x[i] - y[i] + p) % p;
+    return number(x);
+  }
+  Eigen::Index mul(Eigen::Index a, Eigen::Index b) const {
+    const std::vector<Eigen::Index> x = digits(a), y = digits(b);
+    std::vector<Eigen::Index> r(2 * static_cast<std::size_t>(k) - 1, 0);
+    for (std::size_t i = 0; i < x.size(); ++i)
+      for (std::size_t j = 0; j < y.size(); ++j) r[i + j] = (r[i + j] + x[i] * y[j]) % p;
+    for (std::size_t top = r.size() - 1; top >= static_cast<std::size_t>(k); --top) {
+      const Eigen::Index t = r[top];
+      for (std::size_t i = 0; i <= static_cast<std::size_t>(k); ++i) {
+        auto& v = r[top - static_cast<std::size_t>(k) + i];
+        v = ((v - t * f[i]) % p + p) % p;
+      }
+    }
+    r.resize(static_cast<std::size_t>(k));
+    return number(r);
+  }
+  Eigen::Index power(Eigen::Index a, Eigen::Index e) const {
+    Eigen::Index result = 1;
+    for (; e > 0; e /= 2) {
+      if (e % 2 == 1) result = mul(result, a);
+      a = mul(a, a);
+    }
+    return result;
+  }
+  int chi_of_difference(Eigen::Index a, Eigen::Index b) const { return chi[static_cast<std::size_t>(sub(a, b))]; }
+};
+
 // H_n(i, j) from the documented formulas alone, written independently of the
 // library's generator: H_n(a·P + b, c·P + d) = H_K(a, c)·H_P(b, d) with
 // H_P(b, d) = (−1)^popcount(b & d), and H_K Paley I, I + [[0, jᵀ], [−j, Q]],
-// or Paley II, S ⊗ [[1, 1], [1, −1]] + I ⊗ [[1, −1], [−1, −1]] with
-// S = [[0, jᵀ], [j, Q]], Q(a, b) = χ(a − b) (Euler's criterion). Only the
-// choice of K and m (which construction) comes from the library.
+// or Paley II, S ⊗ [[1, 1], [1, −1]] + I ⊗ [[1, −1], [−1, −1]], with
+// S = [[0, jᵀ], [j, Q]], Q(a, b) = χ(a − b) (Euler's criterion: mod q for
+// a prime q, over IndependentField for a prime power). Only the choice of K
+// and m (which construction) and the modulus of GF(p^k) come from the library.
 struct IndependentHadamard {
   Eigen::Index k, p, q;
   HadamardKind kind;
+  IndependentField field;  // q a prime power p^k with k ≥ 2 only
   explicit IndependentHadamard(Eigen::Index n) {
     const HadamardConstruction c = hadamard_construction(n);
     k = c.base;
     p = Eigen::Index(1) << c.power;
-    q = c.prime;
+    q = c.field_order();
     kind = c.kind;
+    if (c.degree > 1) field = IndependentField(c.prime, c.degree);
+  }
+  int jacobsthal(Eigen::Index a, Eigen::Index b) const {
+    return field.q != 0 ? field.chi_of_difference(a, b) : legendre_euler(a - b, q);
   }
   int base(Eigen::Index a, Eigen::Index c) const {
     if (kind == HadamardKind::kSylvester) return 1;  // K = 1
     if (kind == HadamardKind::kPaleyI) {
-      const int skew = a == 0 ? (c == 0 ? 0 : 1) : c == 0 ? -1 : legendre_euler(a - c, q);
+      const int skew = a == 0 ? (c == 0 ? 0 : 1) : c == 0 ? -1 : jacobsthal(a - 1, c - 1);
       return skew + (a == c ? 1 : 0);
     }
     const Eigen::Index i = a / 2, j = c / 2;
     const int u = static_cast<int>(a % 2), v = static_cast<int>(c % 2);
     if (i == j) return u == 0 ? (v == 0 ? 1 : -1) : -1;                       // [[1, −1], [−1, −1]]
-    const int s = (i == 0 || j == 0) ? 1 : legendre_euler(i - j, q);         // S(i, j)
+    const int s = (i == 0 || j == 0) ? 1 : jacobsthal(i - 1, j - 1);         // S(i, j)
     return s * (u == 1 && v == 1 ? -1 : 1);                                   // S(i, j)·[[1, 1], [1, −1]]
   }
   int operator()(Eigen::Index i, Eigen::Index j) const {
@@ -194,44 +276,73 @@ TEST_CASE("constructible sizes: the library's list equals an independent enumera
     CHECK(bases.contains(c->base));
     // The smallest K (largest power of two) is the one used.
     for (Eigen::Index p = 2 * c->sylvester_size(); n % p == 0; p *= 2) CHECK_FALSE(bases.contains(n / p));
+    const bool over_prime = c->degree == 1;
     switch (c->kind) {
       case HadamardKind::kSylvester:
         CHECK(c->base == 1);
         CHECK(c->prime == 0);
+        CHECK(c->degree == 0);
+        CHECK(c->field_order() == 0);
         break;
       case HadamardKind::kPaleyI:
-        CHECK(orders.first.contains(c->base));
-        CHECK(c->base == c->prime + 1);
-        CHECK(c->prime % 4 == 3);
+        CHECK((over_prime ? orders.first : orders.first_power).contains(c->base));
+        CHECK(c->base == c->field_order() + 1);
+        CHECK(c->field_order() % 4 == 3);
+        // A prime before a prime power for one K.
+        if (!over_prime) CHECK_FALSE((orders.first.contains(c->base) || orders.second.contains(c->base)));
         break;
       case HadamardKind::kPaleyII:
-        CHECK(orders.second.contains(c->base));
-        CHECK(c->base == 2 * (c->prime + 1));
-        CHECK(c->prime % 4 == 1);
-        // Paley I is preferred when both apply (12 = 11 + 1 = 2·(5 + 1)).
+        CHECK((over_prime ? orders.second : orders.second_power).contains(c->base));
+        CHECK(c->base == 2 * (c->field_order() + 1));
+        CHECK(c->field_order() % 4 == 1);
+        // Paley I is preferred when both apply over the same kind of field
+        // (12 = 11 + 1 = 2·(5 + 1)), and a prime over a prime power (28 =
+        // 2·(13 + 1) is Paley II, not Paley I over GF(27)).
         CHECK_FALSE(orders.first.contains(c->base));
+        if (!over_prime) CHECK_FALSE((orders.first_power.contains(c->base) || orders.second.contains(c->base)));
         break;
     }
+    CHECK(c->degree >= 0);
   }
-  // Pinned: the multiples of 4 up to 256 that neither Paley nor doubling reach
-  // (worked out separately from the prime lists; 52, 100 and 244 would need
-  // the prime powers q = 25, 49, 243, and 92, 116, 156, 172, … other
-  // constructions altogether).
+  // Pinned: the multiples of 4 up to 256 that neither Paley (over any
+  // prime power) nor doubling reach (worked out separately from the prime
+  // lists; 92, 116, 156, 172, … need other constructions altogether).
   std::vector<Eigen::Index> missing;
   for (Eigen::Index n = 4; n <= 256; n += 4) {
     if (!find_hadamard_construction(n)) missing.push_back(n);
   }
-  CHECK(missing == std::vector<Eigen::Index>{52, 92, 100, 116, 156, 172, 184, 188, 232, 236, 244});
+  CHECK(missing == std::vector<Eigen::Index>{92, 116, 156, 172, 184, 188, 232, 236});
   // Examples from docs/design.md §5 and the issue.
   CHECK(hadamard_construction(12).kind == HadamardKind::kPaleyI);
   CHECK(hadamard_construction(28).kind == HadamardKind::kPaleyII);
   CHECK(hadamard_construction(28).prime == 13);
+  CHECK(hadamard_construction(28).degree == 1);
   CHECK(hadamard_construction(36).prime == 17);
   CHECK(hadamard_construction(40).base == 20);
   CHECK(hadamard_construction(40).power == 1);
   CHECK_FALSE(find_hadamard_construction(172).has_value());
-  CHECK(hadamard_construction(11008).base == 5504);  // 11008 = 2·(5503 + 1), 5503 a prime ≡ 3 mod 4
-  CHECK(hadamard_construction(11008).power == 1);
+  // The prime powers: 52 over GF(5²), 100 over GF(7²), 244 over GF(3⁵), 344 over GF(7³).
+  struct Pinned {
+    Eigen::Index n, base;
+    int power;
+    HadamardKind kind;
+    Eigen::Index prime;
+    int degree;
+  };
+  for (const Pinned& pin : {Pinned{52, 52, 0, HadamardKind::kPaleyII, 5, 2}, Pinned{100, 100, 0, HadamardKind::kPaleyII, 7, 2},
+                            Pinned{244, 244, 0, HadamardKind::kPaleyI, 3, 5}, Pinned{344, 344, 0, HadamardKind::kPaleyI, 7, 3},
+                            Pinned{104, 52, 1, HadamardKind::kPaleyII, 5, 2},  // was 103 + 1
+                            Pinned{11008, 344, 5, HadamardKind::kPaleyI, 7, 3},  // was 2·(5503 + 1)
+                            Pinned{5504, 344, 4, HadamardKind::kPaleyI, 7, 3}}) {
+    CAPTURE(pin.n);
+    const HadamardConstruction c = hadamard_construction(pin.n);
+    CHECK(c.base == pin.base);
+    CHECK(c.power == pin.power);
+    CHECK(c.kind == pin.kind);
+    CHECK(c.prime == pin.prime);
+    CHECK(c.degree == pin.degree);
+  }
+  CHECK(hadamard_construction(344).field_order() == 343);
   CHECK(hadamard_construction(1 << 20).base == 1);
   CHECK(hadamard_construction(1 << 20).power == 20);
 }
@@ -433,12 +544,16 @@ namespace {
 constexpr Eigen::Index kPaleyLimit = 1024;  // Paley I sizes checked in full
 
 // Every n ≤ limit that the library builds from a Paley I factor (K = q + 1,
-// q a prime ≡ 3 mod 4, times 2^m), from the independent enumeration: the K
-// of the sieve, doubled, kept where the library's choice for n is Paley I
-// (24 = 12·2 is; 8 = 7 + 1 is Sylvester's 2^3).
+// q a prime power ≡ 3 mod 4, times 2^m), from the independent enumeration:
+// the K of the sieve, doubled, kept where the library's choice for n is
+// Paley I (24 = 12·2 is; 8 = 7 + 1 is Sylvester's 2^3; 28 = 27 + 1 is
+// Paley II over GF(13); 104 = 103 + 1 is 52·2, Paley II over GF(25)).
 std::vector<Eigen::Index> paley_i_sizes(Eigen::Index limit) {
+  const PaleyOrders orders = paley_orders(limit);
+  std::set<Eigen::Index> bases = orders.first;
+  bases.insert(orders.first_power.begin(), orders.first_power.end());
   std::vector<Eigen::Index> sizes;
-  for (Eigen::Index n : doubled(paley_orders(limit).first, limit)) {
+  for (Eigen::Index n : doubled(bases, limit)) {
     if (hadamard_construction(n).kind == HadamardKind::kPaleyI) sizes.push_back(n);
   }
   return sizes;
@@ -549,18 +664,21 @@ void check_fast_against_dense(Eigen::Index n, const Eigen::MatrixXi& h, Directio
 TEST_CASE("Paley I: H·Hᵀ = n·I in exact integers, and the fast transform within a derived bound of the dense product, for every Paley I size up to 1024") {
   // Issue 23 (mutation list): the Paley I construction had one test case of
   // its own. Every n ≤ 1024 built from a Paley I factor, K = q + 1 with
-  // q ≡ 3 (mod 4) prime, alone or doubled: 115 sizes from 12 to 1020, 54 of
-  // them a K itself.
+  // q ≡ 3 (mod 4) a prime power, alone or doubled: 111 sizes from 12 to
+  // 1020, 53 of them a K itself; 244, 344, 488, 688 and 976 over GF(3⁵) and
+  // GF(7³) (issue 25).
   const std::vector<Eigen::Index> sizes = paley_i_sizes(kPaleyLimit);
-  CHECK(sizes.size() == 115);
+  CHECK(sizes.size() == 111);
   CHECK(sizes.front() == 12);
   Eigen::Index bases = 0;
+  std::vector<Eigen::Index> over_prime_powers;
   for (Eigen::Index n : sizes) {
     CAPTURE(n);
     const HadamardConstruction c = hadamard_construction(n);
     REQUIRE(c.kind == HadamardKind::kPaleyI);
-    CHECK(c.base == c.prime + 1);
-    CHECK(c.prime % 4 == 3);
+    CHECK(c.base == c.field_order() + 1);
+    CHECK(c.field_order() % 4 == 3);
+    if (c.degree > 1) over_prime_powers.push_back(n);
     const Eigen::MatrixXi h = hadamard_matrix(n);
     CHECK(gram_is_n_identity(h));
     if (c.power == 0) {
@@ -574,7 +692,78 @@ TEST_CASE("Paley I: H·Hᵀ = n·I in exact integers, and the fast transform wit
     check_fast_against_dense<float>(n, h, Direction::kInverse, seed + 2);
     check_fast_against_dense<double>(n, h, Direction::kInverse, seed + 2);
   }
-  CHECK(bases == 54);  // the K themselves, not only doubled ones
+  CHECK(bases == 53);  // the K themselves, not only doubled ones
+  CHECK(over_prime_powers == std::vector<Eigen::Index>{244, 344, 488, 688, 976});
+}
+
+TEST_CASE("prime powers: every size up to 1024 built over GF(p^k), k > 1, is Paley's matrix and H·Hᵀ = n·I") {
+  // Issue 25: Paley I and II over GF(p^k). Every n ≤ 1024 whose construction
+  // uses a prime power — the new orders 52, 100, 244, 340, 344, 580, 724 and
+  // 680, 688, and the sizes that a prime power gives a larger 2^m (104 =
+  // 52·2, …) — against the formulas (IndependentHadamard: Euler's criterion
+  // over the test's own GF(q) arithmetic), exact Gram, and the fast
+  // transform within its derived bound of the dense product, both directions.
+  std::vector<Eigen::Index> sizes;
+  for (Eigen::Index n = 4; n <= kPaleyLimit; n += 4) {
+    const std::optional<HadamardConstruction> c = find_hadamard_construction(n);
+    if (c && c->degree > 1) sizes.push_back(n);
+  }
+  CHECK(sizes == std::vector<Eigen::Index>{52, 100, 104, 200, 208, 244, 340, 344, 400, 416, 488, 580, 680, 688, 724,
+                                           800, 832, 976});
+  for (Eigen::Index n : sizes) {
+    CAPTURE(n);
+    const HadamardConstruction c = hadamard_construction(n);
+    const Eigen::MatrixXi h = hadamard_matrix(n);
+    const IndependentHadamard independent(n);
+    bool same = true;
+    for (Eigen::Index i = 0; i < n; ++i)
+      for (Eigen::Index j = 0; j < n; ++j) same = same && h(i, j) == independent(i, j);
+    CHECK(same);
+    CHECK(gram_is_n_identity(h));
+    if (c.power == 0) {
+      if (c.kind == HadamardKind::kPaleyI) {
+        CHECK(Eigen::MatrixXi(h + h.transpose()) == 2 * Eigen::MatrixXi::Identity(n, n));  // skew
+      } else {
+        CHECK(h == h.transpose());  // Paley II is symmetric
+      }
+    }
+    const auto seed = static_cast<std::uint64_t>(n) * 8;
+    check_fast_against_dense<float>(n, h, Direction::kForward, seed);
+    check_fast_against_dense<double>(n, h, Direction::kForward, seed);
+    check_fast_against_dense<double>(n, h, Direction::kInverse, seed + 2);
+  }
+}
+
+TEST_CASE("11008 = 344·32: hadamard_rows equals x·(H_344 ⊗ H_32)/√n in float64, keeps norms and inverts") {
+  // LLaMA-2-7B's MLP width, full width (QuaRot's online Hadamard before
+  // down_proj): Paley I over GF(7³) doubled five times. H_344 is Gram-checked
+  // above, Sylvester's H_32 is, so H_11008·H_11008ᵀ = 344·I ⊗ 32·I = n·I; here
+  // the transform is checked to be that matrix, entry function from the
+  // formulas (the 11008² matrix itself would be 480 MB of int).
+  constexpr Eigen::Index n = 11008;
+  const HadamardConstruction c = hadamard_construction(n);
+  REQUIRE(c.base == 344);
+  const IndependentHadamard independent(n);
+  Eigen::MatrixXi hk(c.base, c.base);
+  for (Eigen::Index a = 0; a < c.base; ++a)
+    for (Eigen::Index b = 0; b < c.base; ++b) hk(a, b) = independent.base(a, b);
+  const Eigen::Index p = c.sylvester_size();
+  const auto entry = [&](Eigen::Index i, Eigen::Index j) { return hk(i / p, j / p) * sylvester_entry(i % p, j % p); };
+  MatrixX<double> x(2, n);
+  x.row(0) = oq::test::gaussian<double>(1, n, 110);
+  x.row(1) = oq::test::heavy_tailed<double>(1, n, 111);
+  const MatrixX<double> ref = rows_times_ref(x, entry);
+  MatrixX<double> y = x;
+  hadamard_rows(y);
+  CHECK(max_row_error(y, ref, x) <= tolerance<double>(c));
+  for (Eigen::Index r = 0; r < 2; ++r) {
+    CHECK(std::abs(y.row(r).norm() - x.row(r).norm()) <= tolerance<double>(c) * x.row(r).norm());
+  }
+  MatrixX<float> yf = x.cast<float>();
+  hadamard_rows(yf);
+  CHECK(max_row_error(yf, ref, x) <= tolerance<float>(c) + 1e-7);  // + x's rounding to float
+  hadamard_rows(y, Direction::kInverse);
+  CHECK(max_row_error(y, x, x) <= 2 * tolerance<double>(c));
 }
 
 TEST_CASE("storage order, blocks, maps and many rows") {
@@ -621,7 +810,8 @@ TEST_CASE_TEMPLATE("block-diagonal Hadamard equals the explicit block-diagonal m
   struct Case {
     Eigen::Index width, block;
   };
-  // 100 and 688 = 172·4 have no construction of their own.
+  // Blocks of widths with and without a construction of their own (688 =
+  // 172·4: 172 has none; 100 and 688 have one over GF(7²) and GF(7³)).
   for (const Case& tc : {Case{100, 20}, Case{688, 4}, Case{168, 28}, Case{384, 12}, Case{512, 512}, Case{96, 1}}) {
     CAPTURE(tc.width);
     CAPTURE(tc.block);
@@ -675,7 +865,7 @@ TEST_CASE("X·Wᵀ is preserved when X and W get the same rotation") {
   struct Case {
     Eigen::Index width, block;  // block 0: hadamard_rows over the whole width
   };
-  for (const Case& tc : {Case{768, 0}, Case{2816, 0}, Case{5120, 0}, Case{11008, 64}, Case{11008, 256}}) {
+  for (const Case& tc : {Case{768, 0}, Case{2816, 0}, Case{5120, 0}, Case{11008, 0}, Case{11008, 64}, Case{11008, 256}}) {
     CAPTURE(tc.width);
     CAPTURE(tc.block);
     const MatrixX<double> x = oq::test::heavy_tailed<double>(8, tc.width, 31);
@@ -696,7 +886,7 @@ TEST_CASE("X·Wᵀ is preserved when X and W get the same rotation") {
     // (‖X·Wᵀ‖ itself is smaller by about √width for independent rows).
     CHECK((yr - y).norm() <= 1e-12 * x.norm() * w.norm());
   }
-  // docs/design.md §5's case: 11008 = 172·64, each 64-wide block rotated on its own.
+  // 11008 = 172·64, each 64-wide block rotated on its own.
   const MatrixX<double> x = oq::test::gaussian<double>(3, 11008, 41);
   MatrixX<double> y = x;
   block_hadamard_rows(y, 64);
@@ -717,8 +907,8 @@ TEST_CASE("bad input gives clear errors") {
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS(hadamard_matrix(172), doctest::Contains("got 172: no construction exists for 172"),
                        std::invalid_argument);
-  CHECK_THROWS_WITH_AS(hadamard_construction(52), doctest::Contains("got 52"), std::invalid_argument);
-  CHECK_THROWS_WITH_AS(hadamard_orthogonal<double>(100), doctest::Contains("n must be a size with"),
+  CHECK_THROWS_WITH_AS(hadamard_construction(92), doctest::Contains("got 92"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(hadamard_orthogonal<double>(116), doctest::Contains("n must be a size with"),
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS(hadamard_matrix(0), doctest::Contains("n must be positive, got 0"), std::invalid_argument);
   Eigen::MatrixXi wrong_shape(12, 11);

@@ -25,23 +25,36 @@
 //     H_n(a·P + b, c·P + d) = H_K(a, c) · H_P(b, d),   H_P(b, d) = (−1)^popcount(b & d).
 // H_K is one of (every matrix generated in code, never a pasted table):
 //   K = 1          nothing (n is a power of two: Sylvester 1867 alone);
-//   K = q + 1      q prime, q ≡ 3 (mod 4): Paley I (Paley 1933), H = I + [[0, jᵀ], [−j, Q]];
-//   K = 2(q + 1)   q prime, q ≡ 1 (mod 4): Paley II (Paley 1933),
+//   K = q + 1      q a prime power, q ≡ 3 (mod 4): Paley I (Paley 1933), H = I + [[0, jᵀ], [−j, Q]];
+//   K = 2(q + 1)   q a prime power, q ≡ 1 (mod 4): Paley II (Paley 1933),
 //                  H = S ⊗ [[1, 1], [1, −1]] + I ⊗ [[1, −1], [−1, −1]], S = [[0, jᵀ], [j, Q]];
-// with Q(a, b) = χ(a − b) the Jacobsthal matrix (χ the Legendre symbol mod q)
-// and j the all-ones column. Sylvester doubling of a Paley matrix (40 = 2·20)
+// with Q(a, b) = χ(a − b) the Jacobsthal matrix over the field GF(q) and j the
+// all-ones column. For a prime q the field is Z/q and χ the Legendre symbol;
+// for q = p^k, k > 1 (27, 49, 125, 243, 343, …) the elements are the
+// polynomials of degree < k over GF(p), numbered c_0 + c_1·p + … , a − b is
+// taken digit by digit mod p, and χ(a) is the parity of a's discrete
+// logarithm to a primitive element, found with an irreducible modulus in
+// code (detail/galois_field.hpp says how). Paley's proof uses only that GF(q)
+// is a field with χ its quadratic character, so both constructions hold for
+// every prime power (Paley 1933; Horadam, "Hadamard Matrices and Their
+// Applications", §1.4). Sylvester doubling of a Paley matrix (40 = 2·20)
 // is the m ≥ 1 case. Of the ways to write n, the one with the largest m (the
-// smallest K) is used, Paley I before Paley II (12 is Paley I with q = 11, not
-// Paley II with q = 5). Prime powers q (GF(q) arithmetic: 52 from q = 25, 100
-// from q = 49) are not implemented, and some Hadamard orders have no Paley
-// construction at all (172, of docs/design.md §5's 11008 = 172·64): for those use
-// block_hadamard_rows with a constructible block size.
+// smallest K) is used; for one K, a prime q before a prime power, and Paley I
+// before Paley II (12 is Paley I with q = 11, not Paley II with q = 5; 28 is
+// Paley II with q = 13, not Paley I with q = 27). The prime powers add the
+// orders 52 (q = 25, Paley II), 100 (q = 49), 244 (q = 3⁵, Paley I), 340
+// (q = 13²), 344 (q = 7³), 580, 724 and their doublings, and give a larger
+// 2^m to some sizes that had a construction (104 = 52·2, 200 = 100·2,
+// 488 = 244·2, …, 5504 = 344·16), among them n = 11008 = 344·32, LLaMA-2-7B's
+// MLP width (Paley I over GF(7³), doubled five times; before: 5504·2). Some Hadamard orders have no Paley construction at
+// all (92, 116, 172, …: Williamson's and others, not implemented): for
+// those use block_hadamard_rows with a constructible block size.
 //
 // Cost of hadamard_rows: O(n·(m + K)) per row — butterflies on the 2^m part
 // and a dense K × K product on the other, never a dense n × n product. K is
-// not bounded: 11008 = 2·5504 with 5504 = 5503 + 1 (5503 prime ≡ 3 mod 4) IS a
-// Paley I size, but its dense factor is 5504 × 5504 (and stored as such);
-// block_hadamard_rows(x, 64) is the practical choice there, as docs/design.md §5 says.
+// not bounded by oq; the smallest K of n is used (11008: K = 344, P = 32,
+// about 350 operations per entry, against 11008 for the dense n × n product;
+// without prime powers it was K = 5504, q = 5503 prime).
 //
 // NaN/Inf policy: rejected with std::domain_error naming the first bad entry
 // (checked before anything is written), as everywhere in oq. Finite input
@@ -56,6 +69,7 @@
 #pragma once
 
 #include <oq/detail/check.hpp>
+#include <oq/detail/galois_field.hpp>
 
 #include <Eigen/Core>
 
@@ -92,46 +106,47 @@ struct HadamardConstruction {
   Eigen::Index base = 1;                         ///< K: 1, q + 1 (Paley I) or 2(q + 1) (Paley II)
   int power = 0;                                 ///< m: the Sylvester factor is H_(2^m)
   HadamardKind kind = HadamardKind::kSylvester;  ///< how H_K is built (kSylvester iff K = 1)
-  Eigen::Index prime = 0;                        ///< q of the Paley construction, 0 for K = 1
+  Eigen::Index prime = 0;  ///< p, the characteristic of Paley's field GF(q), q = p^degree; 0 for K = 1
+  int degree = 0;          ///< k of q = p^k (1 where q is itself prime); 0 for K = 1
 
   /// P = 2^m, the order of the Sylvester factor (the inner Kronecker index).
   constexpr Eigen::Index sylvester_size() const noexcept { return Eigen::Index{1} << power; }
+
+  /// q = p^k, the order of the field of the Paley construction; 0 for K = 1.
+  constexpr Eigen::Index field_order() const noexcept {
+    if (degree == 0) return 0;
+    Eigen::Index q = 1;
+    for (int i = 0; i < degree; ++i) q *= prime;
+    return q;
+  }
 };
 
 namespace detail_hadamard {
 
 constexpr std::string_view kSizeRule =
-    "a size with a Hadamard construction (K * 2^m with K = 1, K = q + 1 for a prime q = 3 mod 4, "
-    "or K = 2(q + 1) for a prime q = 1 mod 4)";
+    "a size with a Hadamard construction (K * 2^m with K = 1, K = q + 1 for a prime power q = 3 mod 4, "
+    "or K = 2(q + 1) for a prime power q = 1 mod 4)";
 
-// Trial division: the q of any matrix that fits in memory is far below 2^40.
-inline bool is_prime(Eigen::Index q) {
-  if (q < 2) return false;
-  if (q % 2 == 0) return q == 2;
-  for (Eigen::Index d = 3; d <= q / d; d += 2) {
-    if (q % d == 0) return false;
+// Paley's constructions for one K, or nullopt (power set by the caller):
+// over a prime field only (prime_fields) or over a field of q = p^k with
+// k > 1 only. Trial division (detail::prime_power): the q of any matrix that
+// fits in memory is far below 2^40.
+inline std::optional<HadamardConstruction> base_construction(Eigen::Index k, bool prime_fields) {
+  if (k == 1) return prime_fields ? std::optional<HadamardConstruction>(HadamardConstruction{}) : std::nullopt;
+  const auto field = [prime_fields](Eigen::Index q) -> std::optional<detail::PrimePower> {
+    const std::optional<detail::PrimePower> f = detail::prime_power(q);
+    if (!f || (f->degree == 1) != prime_fields) return std::nullopt;
+    return f;
+  };
+  if ((k - 1) % 4 == 3) {
+    if (const auto f = field(k - 1)) return HadamardConstruction{k, k, 0, HadamardKind::kPaleyI, f->prime, f->degree};
   }
-  return true;
-}
-
-// Paley's constructions for one K, or nullopt (power set by the caller).
-inline std::optional<HadamardConstruction> base_construction(Eigen::Index k) {
-  if (k == 1) return HadamardConstruction{};
-  if (is_prime(k - 1) && (k - 1) % 4 == 3) {
-    return HadamardConstruction{k, k, 0, HadamardKind::kPaleyI, k - 1};
-  }
-  if (k % 2 == 0 && is_prime(k / 2 - 1) && (k / 2 - 1) % 4 == 1) {
-    return HadamardConstruction{k, k, 0, HadamardKind::kPaleyII, k / 2 - 1};
+  if (k % 2 == 0 && (k / 2 - 1) % 4 == 1) {
+    if (const auto f = field(k / 2 - 1)) {
+      return HadamardConstruction{k, k, 0, HadamardKind::kPaleyII, f->prime, f->degree};
+    }
   }
   return std::nullopt;
-}
-
-// χ(a) for a in [0, q): 0 for a = 0, +1 for a nonzero square mod q, −1 otherwise.
-inline std::vector<int> legendre_table(Eigen::Index q) {
-  std::vector<int> chi(static_cast<std::size_t>(q), -1);
-  chi[0] = 0;
-  for (Eigen::Index x = 1; x <= q / 2; ++x) chi[static_cast<std::size_t>((x * x) % q)] = 1;
-  return chi;
 }
 
 // The ±1 matrix H_K of a construction (K × K).
@@ -142,11 +157,18 @@ inline Eigen::MatrixXi base_matrix(const HadamardConstruction& c) {
     h.setOnes();
     return h;
   }
-  const Eigen::Index q = c.prime;
-  const std::vector<int> chi = legendre_table(q);
-  // Jacobsthal matrix Q(a, b) = χ(a − b), a, b in [0, q).
+  // GF(q), q = p^k, its elements numbered 0 … q − 1 (detail/galois_field.hpp:
+  // for k = 1 the residues mod p, for k > 1 polynomials over GF(p) modulo an
+  // irreducible f found in code); χ its quadratic character, the parity of
+  // the discrete logarithm (for k = 1 the Legendre symbol).
+  const detail::GaloisField field(c.prime, c.degree);
+  const Eigen::Index q = field.order();
+  std::vector<int> chi(static_cast<std::size_t>(q));
+  for (Eigen::Index a = 0; a < q; ++a) chi[static_cast<std::size_t>(a)] = field.chi(a);
+  // Jacobsthal matrix Q(a, b) = χ(a − b), a, b in [0, q), the difference in GF(q).
   const auto jacobsthal = [&](Eigen::Index a, Eigen::Index b) {
-    return chi[static_cast<std::size_t>(((a - b) % q + q) % q)];
+    const Eigen::Index d = c.degree == 1 ? ((a - b) % q + q) % q : field.sub(a, b);
+    return chi[static_cast<std::size_t>(d)];
   };
   if (c.kind == HadamardKind::kPaleyI) {
     // H = I + [[0, jᵀ], [−j, Q]]: Q is skew for q ≡ 3 (mod 4), so H·Hᵀ =
@@ -310,17 +332,23 @@ inline int log2_exact(Eigen::Index n) {
 }  // namespace detail_hadamard
 
 /// How oq builds a Hadamard matrix of order n (see the file comment), or
-/// std::nullopt when it has no construction for n (172, 52, any n that is not
+/// std::nullopt when it has no construction for n (92, 172, any n that is not
 /// 1, 2 or a multiple of 4, …). Throws std::invalid_argument for n ≤ 0.
 inline std::optional<HadamardConstruction> find_hadamard_construction(Eigen::Index n) {
   detail::require(n > 0, "oq::transform::find_hadamard_construction", "n must be positive, got ", n);
   // Largest power of two first: the smaller K, the cheaper the dense part.
+  // For one K a prime q before a prime power (28 stays Paley II over GF(13)
+  // rather than Paley I over GF(27): every size constructible before prime
+  // powers were added keeps its matrix unless a prime power gives it a
+  // larger 2^m, as for 104 = 52·2 and 11008 = 344·32).
   for (int m = detail_hadamard::log2_exact(n); m >= 0; --m) {
     const Eigen::Index k = n >> m;
-    if (auto c = detail_hadamard::base_construction(k)) {
-      c->size = n;
-      c->power = m;
-      return c;
+    for (const bool prime_fields : {true, false}) {
+      if (auto c = detail_hadamard::base_construction(k, prime_fields)) {
+        c->size = n;
+        c->power = m;
+        return c;
+      }
     }
   }
   return std::nullopt;
@@ -500,8 +528,7 @@ void hadamard_rows(const Eigen::MatrixBase<Derived>& x_, Direction direction = D
 /// In place, every row: x ← x·M or x·Mᵀ with the block-diagonal
 /// M = diag(H_b, …, H_b)/√b (block_hadamard_orthogonal(x.cols(), b) is M).
 /// Each block of b channels is rotated on its own, which suits tensor-parallel
-/// shards and sizes with no construction of their own (docs/design.md §5: 11008 with
-/// b = 64). Throws std::invalid_argument unless b has a construction and
+/// shards and sizes with no construction of their own (172·64 with b = 64). Throws std::invalid_argument unless b has a construction and
 /// divides x.cols(); std::domain_error on NaN/Inf.
 template <class Derived>
 void block_hadamard_rows(const Eigen::MatrixBase<Derived>& x_, Eigen::Index block_size,
