@@ -312,6 +312,162 @@ TEST_CASE("DuQuant: smoothing, R1, zigzag, R2 in order, bit for bit; and within 
   }
 }
 
+namespace {
+
+// x / s (s empty: x), by plain loops.
+RowMatrix divided(const RowMatrix& x, const Eigen::VectorXf& s) {
+  RowMatrix y = x;
+  if (s.size() == 0) return y;
+  for (Eigen::Index i = 0; i < x.rows(); ++i)
+    for (Eigen::Index j = 0; j < x.cols(); ++j) y(i, j) = x(i, j) / s[j];
+  return y;
+}
+
+// The documented order of full_hadamard for n = K·2^m, by plain loops: the
+// butterflies (u, v) ↦ (u + v, u − v) at h = 1, 2, … on each 2^m-segment,
+// unscaled; then out segment c = +0 ± segment 0 ± … ± segment K − 1 in that
+// order (signs H_K(a, c) from hadamard_matrix(K)); then × float(1/√n).
+// *z receives the butterflies' output (for the bound against hadamard_rows).
+RowMatrix full_hadamard_ref(const RowMatrix& x, RowMatrix* z) {
+  const Eigen::Index n = x.cols();
+  const auto c = oq::transform::hadamard_construction(n);
+  const Eigen::Index k = c.base, p = c.sylvester_size();
+  RowMatrix b = x;
+  for (Eigen::Index i = 0; i < b.rows(); ++i)
+    for (Eigen::Index s = 0; s < n; s += p)
+      for (Eigen::Index h = 1; h < p; h *= 2)
+        for (Eigen::Index t = s; t < s + p; t += 2 * h)
+          for (Eigen::Index j = t; j < t + h; ++j) {
+            const float u = b(i, j), v = b(i, j + h);
+            b(i, j) = u + v;
+            b(i, j + h) = u - v;
+          }
+  if (z != nullptr) *z = b;
+  const Eigen::MatrixXi hk = oq::transform::hadamard_matrix(k);
+  const auto scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(n)));
+  RowMatrix y(x.rows(), n);
+  for (Eigen::Index i = 0; i < b.rows(); ++i)
+    for (Eigen::Index cc = 0; cc < k; ++cc)
+      for (Eigen::Index d = 0; d < p; ++d) {
+        float acc = 0.0f;
+        for (Eigen::Index a = 0; a < k; ++a) acc = hk(a, cc) > 0 ? acc + b(i, a * p + d) : acc - b(i, a * p + d);
+        y(i, cc * p + d) = k == 1 ? b(i, d + cc * p) * scale : acc * scale;
+      }
+  return y;
+}
+
+// QuaRot's divisors γ ⊙ d: a norm weight with both signs and a wide range,
+// times seeded ±1.
+Eigen::VectorXf quarot_divisors(Eigen::Index n, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> gamma(0.05f, 3.0f);
+  Eigen::VectorXf s(n);
+  for (Eigen::Index j = 0; j < n; ++j) s[j] = gamma(rng) * ((rng() >> 31) != 0 ? -1.0f : 1.0f);
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("full-width Hadamard of a power of two: transform::hadamard_rows after the division, bit for bit") {
+  for (Eigen::Index n : {2, 64, 256, 4096}) {
+    const RowMatrix x = random_tokens(6, n, static_cast<std::uint32_t>(n) + 5);
+    for (const bool divide : {false, true}) {
+      const Eigen::VectorXf s = divide ? quarot_divisors(n, 3) : Eigen::VectorXf();
+      RowMatrix y = divided(x, s);
+      oq::transform::hadamard_rows(y);
+      const TokenTransform t = divide ? TokenTransform::full_hadamard(s) : TokenTransform::full_hadamard(n);
+      CHECK(t.kind() == TokenTransform::Kind::kFullHadamard);
+      CHECK(t.channels() == n);
+      CHECK(t.hadamard_base() == 1);
+      // The documented order is the same computation.
+      CHECK(full_hadamard_ref(divided(x, s), nullptr) == y);
+      for (const QuantSpec& spec : kSpecs) {
+        const PackedActivations want = reference(y, spec);
+        for (Isa isa : available_paths()) {
+          CAPTURE(n);
+          CAPTURE(divide);
+          CAPTURE(spec.bits);
+          CAPTURE(oq::cpu::to_string(isa));
+          require_same(oq::cpu::quantize_per_token(x, spec, t, {2, isa}), want);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("full-width Hadamard K·2^m: the documented order bit for bit, within float rounding of hadamard_rows") {
+  // 12 = 12·1 (Paley I), 52 (Paley II over GF(25), 2^m = 1), 200 = 100·2,
+  // 688 = 344·2, 11008 = 344·32 (LLaMA-2-7B's down_proj input).
+  for (Eigen::Index n : {12, 52, 200, 688, 11008}) {
+    const RowMatrix x = random_tokens(n > 1000 ? 4 : 7, n, static_cast<std::uint32_t>(n));
+    for (const bool divide : {false, true}) {
+      CAPTURE(n);
+      CAPTURE(divide);
+      const Eigen::VectorXf s = divide ? quarot_divisors(n, 9) : Eigen::VectorXf();
+      RowMatrix z;
+      const RowMatrix y = full_hadamard_ref(divided(x, s), &z);
+      const TokenTransform t = divide ? TokenTransform::full_hadamard(s) : TokenTransform::full_hadamard(n);
+      const auto c = oq::transform::hadamard_construction(n);
+      CHECK(t.hadamard_base() == c.base);
+      CHECK(t.hadamard_power_of_two() == c.sylvester_size());
+      for (const QuantSpec& spec : kSpecs) {
+        const PackedActivations want = reference(y, spec);
+        for (Isa isa : available_paths()) {
+          CAPTURE(spec.bits);
+          CAPTURE(oq::cpu::to_string(isa));
+          require_same(oq::cpu::quantize_per_token(x, spec, t, {2, isa}), want);
+        }
+      }
+      // Against hadamard_rows (Eigen's GEMM sums the K segments in another
+      // order): the butterflies are the same operations; two orders of the
+      // same K exact terms ±z_a differ by at most 2·γ_(K−1)·Σ_a |z_a|, and the
+      // two products by the scale add a rounding each (u·|y| each).
+      RowMatrix eigen = divided(x, s);
+      oq::transform::hadamard_rows(eigen);
+      const double u = std::ldexp(1.0, -24), scale = 1.0 / std::sqrt(static_cast<double>(n));
+      const double gamma = (c.base - 1) * u / (1 - (c.base - 1) * u);
+      const Eigen::Index p = c.sylvester_size();
+      bool within = true;
+      for (Eigen::Index i = 0; i < x.rows(); ++i)
+        for (Eigen::Index d = 0; d < p; ++d) {
+          double sum_abs = 0.0;
+          for (Eigen::Index a = 0; a < c.base; ++a) sum_abs += std::abs(static_cast<double>(z(i, a * p + d)));
+          for (Eigen::Index cc = 0; cc < c.base; ++cc) {
+            const double y1 = y(i, cc * p + d), y2 = eigen(i, cc * p + d);
+            within = within && std::abs(y1 - y2) <= 2 * gamma * sum_abs * scale * (1 + u) + u * (std::abs(y1) + std::abs(y2));
+          }
+        }
+      CHECK(within);
+    }
+  }
+}
+
+TEST_CASE("full-width Hadamard: bad arguments are refused, naming them") {
+  CHECK_THROWS_WITH_AS(TokenTransform::full_hadamard(92),
+                       doctest::Contains("oq::cpu::TokenTransform::full_hadamard: n must be a size with a Hadamard "
+                                         "construction"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(TokenTransform::full_hadamard(0), doctest::Contains("n must be positive, got 0"),
+                       std::invalid_argument);
+  Eigen::VectorXf s = quarot_divisors(64, 1);
+  s[3] = 0.0f;
+  CHECK_THROWS_WITH_AS(TokenTransform::full_hadamard(s), doctest::Contains("s(3) = 0 must be nonzero and finite"),
+                       std::invalid_argument);
+  s[3] = std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH_AS(TokenTransform::full_hadamard(s), doctest::Contains("s(3) = inf"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(TokenTransform::full_hadamard(Eigen::VectorXf(0)), doctest::Contains("s must be a non-empty vector"),
+                       std::invalid_argument);
+  const TokenTransform t = TokenTransform::full_hadamard(64);
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(random_tokens(2, 128, 1), kSpecs[0], t),
+                       doctest::Contains("the transform was built for 64 channels, x has 128"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(random_tokens(2, 32, 1), kSpecs[0], t),
+                       doctest::Contains("must divide x.cols() = 32"), std::invalid_argument);
+  // A NaN in x is named as x's entry.
+  RowMatrix x = random_tokens(2, 12, 1);
+  x(1, 5) = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THROWS_AS(oq::cpu::quantize_per_token(x, kSpecs[0], TokenTransform::full_hadamard(12)), std::domain_error);
+}
+
 TEST_CASE("smoothing alone: x / s per channel, then oq::quant, bit for bit") {
   const RowMatrix x = random_tokens(5, 48, 4);
   const Eigen::VectorXf s = Eigen::VectorXf::LinSpaced(48, 0.25f, 7.0f);

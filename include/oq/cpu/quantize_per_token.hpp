@@ -23,6 +23,18 @@
 //   smoothing(s)     y[j] = x[j] / s[j], a division (never a multiplication
 //                    by 1/s), as DuQuantTransform::apply divides;
 //   hadamard(b)      bit-identical to transform::block_hadamard_rows(x, b);
+//   full_hadamard    x·diag(s)⁻¹·H_n/√n over the whole row, n = K·2^m any order
+//                    transform::hadamard_rows takes (QuaRot: 4096, 11008 =
+//                    344·32, …): y[j] = x[j] / s[j] (if s is given), the
+//                    butterflies of hadamard(2^m) on each 2^m-segment
+//                    unscaled, then for K > 1 each output segment c summed
+//                    as acc = +0, acc ± segment a for a = 0 … K − 1 in order
+//                    (the sign H_K(a, c)), then every value times float(1/√n).
+//                    For K = 1 that is hadamard(n) after the division,
+//                    bit-identical to transform::hadamard_rows; for K > 1
+//                    hadamard_rows sums the K segments with Eigen's GEMM, in
+//                    another order: the two agree to float rounding
+//                    (|Δ| ≤ γ_K·Σ_a |segment a| per entry), not bit for bit;
 //   block_rotation   R applied per block by an FMA chain in the CUDA
 //                    kernel's order (bit-identical to that kernel);
 //   duquant(t)       smoothing division as t.apply(), then each rotation as
@@ -52,6 +64,7 @@
 #include <oq/detail/check.hpp>
 #include <oq/quant/params.hpp>
 #include <oq/quant/spec.hpp>
+#include <oq/transform/hadamard.hpp>
 
 #include <Eigen/Core>
 
@@ -66,11 +79,14 @@
 namespace oq::cpu {
 
 /// The rotation applied to every token before it is quantized: none, a block
-/// Walsh–Hadamard, one block rotation R, or a whole DuQuant transform.
+/// Walsh–Hadamard, one block rotation R, a whole DuQuant transform, or a
+/// full-width Hadamard of any constructible order (QuaRot's).
 /// Built once (it copies what it needs), used for every batch.
 class TokenTransform {
  public:
-  enum class Kind { kNone, kHadamard, kRotations };  ///< kRotations: smoothing, then rotations and permutations
+  /// kRotations: smoothing, then rotations and permutations; kFullHadamard:
+  /// an optional division, then H_n/√n over the whole row.
+  enum class Kind { kNone, kHadamard, kRotations, kFullHadamard };
 
   TokenTransform() = default;
 
@@ -122,6 +138,35 @@ class TokenTransform {
     return t;
   }
 
+  /// x ← x·H_n/√n, the full-width Hadamard transform::hadamard_rows applies
+  /// (n = K·2^m, any order with a construction: 4096, 11008 = 344·32, …),
+  /// for rows of exactly n channels. QuaRot's online Hadamards (the o_proj
+  /// and down_proj inputs).
+  static TokenTransform full_hadamard(std::int64_t n) {
+    return full_hadamard_of(n, {}, "oq::cpu::TokenTransform::full_hadamard");
+  }
+
+  /// x ← x·diag(s)⁻¹·H_n/√n, n = s.size(): a division by s[j] (nonzero and
+  /// finite as a float, either sign), then the full-width Hadamard. A
+  /// division by ±1 is the exact sign flip, so QuaRot's randomized
+  /// x·D·H_n/√n is s = d, and its residual rotation seen from the
+  /// normalised input, x·diag(γ)⁻¹·D·H_n/√n, is s = γ ⊙ d (x/(γ_j·d_j) =
+  /// (x/γ_j)·d_j exactly).
+  template <class Derived>
+  static TokenTransform full_hadamard(const Eigen::MatrixBase<Derived>& s) {
+    constexpr std::string_view kWhere = "oq::cpu::TokenTransform::full_hadamard";
+    detail::require(s.size() > 0 && (s.rows() == 1 || s.cols() == 1), kWhere, "s must be a non-empty vector, got ",
+                    s.rows(), " x ", s.cols());
+    std::vector<float> divisors;
+    for (Eigen::Index i = 0; i < s.size(); ++i) {
+      const auto v = static_cast<float>(s(i));
+      detail::require(v != 0.0f && std::isfinite(v), kWhere, "s(", i, ") = ", s(i),
+                      " must be nonzero and finite as a float");
+      divisors.push_back(v);
+    }
+    return full_hadamard_of(s.size(), std::move(divisors), kWhere);
+  }
+
   /// DuQuant's M (with its smoothing): x ← x·diag(s)⁻¹·R₁·P₁·R₂ ⋯, for
   /// exactly t.channels() channels. `t` is a transform::DuQuantTransform
   /// (float or double; rotations are used as float): a template, so that
@@ -144,6 +189,10 @@ class TokenTransform {
   /// The channel count the transform was built for, or 0 when any multiple of b will do.
   std::int64_t channels() const noexcept { return channels_; }
 
+  /// For kFullHadamard: K and 2^m of n = K·2^m (1 and 0 otherwise).
+  std::int64_t hadamard_base() const noexcept { return base_order_; }
+  std::int64_t hadamard_power_of_two() const noexcept { return sylvester_; }
+
   /// Throws std::invalid_argument unless rows of k channels can be transformed.
   void check_width(std::int64_t k, std::string_view where) const {
     if (kind_ == Kind::kNone) return;
@@ -164,6 +213,29 @@ class TokenTransform {
         const kernel::RowRange found = kernels.hadamard_blocks(x, y, k, block_, hadamard_scale_);
         if (range != nullptr) *range = found;
         return y;
+      }
+      case Kind::kFullHadamard: {
+        // The stages ping-pong between y and work.
+        const float* in = x;
+        if (!smoothing_.empty()) {
+          kernels.smooth(x, smoothing_.data(), work, k);
+          in = work;
+        }
+        const auto other = [&](const float* p) { return p == y ? work : y; };
+        if (base_order_ == 1) {
+          float* out = other(in);
+          const kernel::RowRange found = kernels.hadamard_blocks(in, out, k, sylvester_, hadamard_scale_);
+          if (range != nullptr) *range = found;
+          return out;
+        }
+        if (sylvester_ > 1) {
+          float* out = other(in);
+          kernels.hadamard_blocks(in, out, k, sylvester_, 1.0f);  // unscaled (× 1 is exact)
+          in = out;
+        }
+        float* out = other(in);
+        mix_segments(in, out);
+        return out;
       }
       case Kind::kRotations: {
         // The stages ping-pong between y and work.
@@ -198,13 +270,60 @@ class TokenTransform {
     return out;
   }
 
+  static TokenTransform full_hadamard_of(std::int64_t n, std::vector<float> divisors, std::string_view where) {
+    const transform::HadamardConstruction c =
+        transform::detail_hadamard::require_construction(n, where, "n");  // n > 0 with a construction
+    TokenTransform t;
+    t.kind_ = Kind::kFullHadamard;
+    t.block_ = n;
+    t.channels_ = n;
+    t.base_order_ = c.base;
+    t.sylvester_ = c.sylvester_size();
+    t.smoothing_ = std::move(divisors);
+    t.hadamard_scale_ = static_cast<float>(1.0 / std::sqrt(static_cast<double>(n)));
+    if (c.base > 1) {
+      // H_K: the construction of K itself has m = 0 and the same H_K (n's
+      // search tried K with the same rules before any smaller 2^m).
+      const Eigen::MatrixXi hk = transform::hadamard_matrix(c.base);
+      t.base_signs_.resize(static_cast<std::size_t>(c.base * c.base));
+      for (Eigen::Index a = 0; a < c.base; ++a)
+        for (Eigen::Index b = 0; b < c.base; ++b)
+          t.base_signs_[static_cast<std::size_t>(a * c.base + b)] = static_cast<std::int8_t>(hk(a, b));
+    }
+    return t;
+  }
+
+  // out segment c (2^m values) = float(1/√n) · (+0 ± in segment 0 ± … ±
+  // in segment K − 1), the sign H_K(a, c), summed in that order: the same
+  // operations per element whatever the instruction set (plain loops over
+  // the contiguous segment, which the compiler may vectorise).
+  void mix_segments(const float* in, float* out) const {
+    const std::int64_t k = base_order_, p = sylvester_;
+    for (std::int64_t c = 0; c < k; ++c) {
+      float* o = out + c * p;
+      for (std::int64_t d = 0; d < p; ++d) o[d] = 0.0f;
+      for (std::int64_t a = 0; a < k; ++a) {
+        const float* v = in + a * p;
+        if (base_signs_[static_cast<std::size_t>(a * k + c)] > 0) {
+          for (std::int64_t d = 0; d < p; ++d) o[d] = o[d] + v[d];
+        } else {
+          for (std::int64_t d = 0; d < p; ++d) o[d] = o[d] - v[d];
+        }
+      }
+      for (std::int64_t d = 0; d < p; ++d) o[d] = o[d] * hadamard_scale_;
+    }
+  }
+
   Kind kind_ = Kind::kNone;
   std::int64_t block_ = 0;
   std::int64_t channels_ = 0;
   float hadamard_scale_ = 1.0f;
   std::vector<std::vector<float>> rotations_;          // row-major b × b each
   std::vector<std::vector<std::int32_t>> permutations_;  // perm[j]: the old channel at new index j
-  std::vector<float> smoothing_;
+  std::vector<float> smoothing_;  // kFullHadamard: the divisors s (any sign)
+  std::int64_t base_order_ = 1;    // kFullHadamard: K
+  std::int64_t sylvester_ = 0;     // kFullHadamard: 2^m
+  std::vector<std::int8_t> base_signs_;  // H_K row-major (K > 1)
 };
 
 namespace detail_token {
