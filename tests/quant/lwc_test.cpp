@@ -269,6 +269,85 @@ TEST_CASE("train_lwc: lower output error than at init and than RTN on heavy-tail
   }
 }
 
+namespace {
+
+// A plain reference of train_lwc's loop, from the tokens X instead of H
+// (and without the code products): loss_r = ‖X·(w_r − ŵ_r)ᵀ‖²/n over
+// ‖X·w_rᵀ‖²/n, its gradient −(2/n)·(X·e_rᵀ)ᵀ·X through lwc_grad, AdamW
+// written out, each row's best step kept.
+struct Reference {
+  MatrixX<double> upper, lower;
+  double loss = 0;
+};
+
+Reference train_reference(const MatrixX<double>& w, const MatrixX<double>& x, const QuantSpec& spec,
+                          const LwcOptions& o) {
+  const double n = double(x.rows());
+  const Eigen::Index cols = spec.param_cols(w.cols());
+  MatrixX<double> a = MatrixX<double>::Constant(w.rows(), cols, o.init), b = a;
+  MatrixX<double> ma = MatrixX<double>::Zero(w.rows(), cols), va = ma, mb = ma, vb = ma;
+  Reference best{a, b, 0};
+  std::vector<double> best_loss(std::size_t(w.rows()), std::numeric_limits<double>::infinity());
+  for (int t = 0; t <= o.steps; ++t) {
+    const MatrixX<double> e = w - lwc_fake_quantize(w, a, b, spec);
+    const MatrixX<double> xe = x * e.transpose();  // n × out
+    for (Eigen::Index r = 0; r < w.rows(); ++r) {
+      const double loss = xe.col(r).squaredNorm() / n;
+      if (loss < best_loss[std::size_t(r)]) {
+        best_loss[std::size_t(r)] = loss;
+        best.upper.row(r) = a.row(r);
+        best.lower.row(r) = b.row(r);
+      }
+    }
+    if (t == o.steps) break;
+    const MatrixX<double> grad_out = -(2.0 / n) * xe.transpose() * x;
+    auto g = lwc_grad(w, a, b, spec, grad_out, o.zero_gradient);
+    for (Eigen::Index r = 0; r < w.rows(); ++r) {
+      const double energy = (x * w.row(r).transpose()).squaredNorm() / n;
+      g.upper.row(r) /= energy;
+      g.lower.row(r) /= energy;
+    }
+    const double c1 = 1 - std::pow(o.beta1, t + 1), c2 = 1 - std::pow(o.beta2, t + 1);
+    const auto adam = [&](MatrixX<double>& p, MatrixX<double>& m, MatrixX<double>& v, const MatrixX<double>& gr) {
+      for (Eigen::Index i = 0; i < p.size(); ++i) {
+        m.data()[i] = o.beta1 * m.data()[i] + (1 - o.beta1) * gr.data()[i];
+        v.data()[i] = o.beta2 * v.data()[i] + (1 - o.beta2) * gr.data()[i] * gr.data()[i];
+        p.data()[i] *= 1 - o.learning_rate * o.weight_decay;
+        p.data()[i] -= o.learning_rate * (m.data()[i] / c1) / (std::sqrt(v.data()[i] / c2) + o.epsilon);
+      }
+    };
+    adam(a, ma, va, g.upper);
+    adam(b, mb, vb, g.lower);
+  }
+  best.loss = output_error(x, w, lwc_fake_quantize(w, best.upper, best.lower, spec));
+  return best;
+}
+
+}  // namespace
+
+TEST_CASE("train_lwc follows a plain reference loop on the tokens, per channel (code products) and per group") {
+  const MatrixX<double> w = oq::test::heavy_tailed<double>(12, 48, 81) * 0.1;
+  const MatrixX<double> x = oq::test::correlated_inputs(160, 48, 82);
+  const MatrixX<double> h = oq::test::gptq_hessian_of(x);
+  for (const QuantSpec& spec : {QuantSpec::per_channel(4, false), QuantSpec::per_group(3, false, 12)}) {
+    for (LwcZeroGradient mode : {LwcZeroGradient::kNone, LwcZeroGradient::kStraightThrough}) {
+      CAPTURE(spec.group_size);
+      LwcOptions o;
+      o.steps = 120;
+      o.zero_gradient = mode;
+      const LwcResult<double> r = train_lwc(w, h, spec, o);
+      const Reference ref = train_reference(w, x, spec, o);
+      // The same trajectory up to rounding (the two compute E·H in different
+      // orders); every Adam step is ±lr at most, so a differing sign would
+      // show as a difference of order lr.
+      CHECK((r.upper - ref.upper).cwiseAbs().maxCoeff() < 1e-8);
+      CHECK((r.lower - ref.lower).cwiseAbs().maxCoeff() < 1e-8);
+      CHECK(r.loss == doctest::Approx(ref.loss).epsilon(1e-9));
+      CHECK(r.loss < r.initial_loss);
+    }
+  }
+}
+
 TEST_CASE("train_lwc: keep_best, determinism, zero steps, the first AdamW step, float") {
   const MatrixX<double> w = oq::test::heavy_tailed<double>(10, 32, 51);
   const MatrixX<double> x = oq::test::correlated_inputs(128, 32, 52);

@@ -73,9 +73,15 @@
 // Training (train_lwc). One linear at a time: a and b minimise the output
 // error on calibration inputs X (n tokens × in),
 //   ‖X·Wᵀ − X·Ŵᵀ‖²_F / n = Σ_r ½·e_r·H·e_rᵀ,   e_r = w_r − ŵ_r,  H = 2·XᵀX/n,
-// H being GPTQ's Hessian (GptqHessian::matrix()), so the tokens enter once
-// and each step costs one out × in × in product E·H (in double) and passes
-// over W: ∂/∂Ŵ = −E·H. Deviation from OmniQuant: the release trains the
+// H being GPTQ's Hessian (GptqHessian::matrix()), so the tokens enter once;
+// ∂/∂Ŵ = −E·H. E·H = W·H − Ŵ·H with W·H computed once. With one scale per
+// row (per channel), Ŵ_r = h_r·(q_r − z_r), so Ŵ·H = diag(h)·(Q − z·1ᵀ)·H,
+// and (Q − z·1ᵀ)·H is kept from step to step and updated only where a code
+// or a zero point changed (a row of H per changed code): a step costs a few
+// passes over W plus O(in) per changed code, after one out × in × in product
+// at the start (CodeProducts). Per group, h varies along the row and each
+// step computes E·H, an out × in × in product. In double throughout.
+// Deviation from OmniQuant: the release trains the
 // factors of all the linears of a transformer block together on the block's
 // output error (backpropagating through attention and the MLP, alongside its
 // learnable equivalent transformation), 20 epochs of 128 calibration
@@ -115,6 +121,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -321,6 +328,49 @@ LwcGrad<Eigen::MatrixXd> grad(const Eigen::MatrixBase<Derived>& w, const Clips<t
   return out;
 }
 
+// Ŵ·H for one scale per row (file comment, "Training"): Ŵ_r = h_r·(q_r − z_r),
+// so Ŵ·H = diag(h)·C with C = (Q − z·1ᵀ)·H, and C changes only where a code
+// or a zero point changed since the last step: row k of H per changed code
+// q_rk, z's change times the column sums of H per changed zero point. One
+// product (Q − z·1ᵀ)·H at the first call, O(in) per change after it. The
+// updates add integer multiples of H's rows in double, a rounding each:
+// after N of them a row of C is off by about √N ulp of its size.
+class CodeProducts {
+ public:
+  using RowMatrixD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+  explicit CodeProducts(const RowMatrixD& h) : h_(h), column_sums_(h.colwise().sum()) {}
+
+  template <class Codes>
+  void move_to(const Codes& q, const Eigen::VectorXd& z) {
+    if (codes_.size() == 0) {
+      RowMatrixD shifted = q.template cast<double>();
+      shifted.colwise() -= z;
+      c_.noalias() = shifted * h_;
+    } else {
+      for (Eigen::Index r = 0; r < q.rows(); ++r) {
+        for (Eigen::Index k = 0; k < q.cols(); ++k) {
+          const std::int32_t d = q(r, k) - codes_(r, k);
+          if (d != 0) c_.row(r) += static_cast<double>(d) * h_.row(k);
+        }
+        if (z(r) != zeros_(r)) c_.row(r) -= (z(r) - zeros_(r)) * column_sums_;
+      }
+    }
+    codes_ = q;
+    zeros_ = z;
+  }
+
+  /// C = (Q − z·1ᵀ)·H at the codes of the last move_to.
+  const RowMatrixD& matrix() const { return c_; }
+
+ private:
+  const RowMatrixD& h_;
+  Eigen::RowVectorXd column_sums_;  // 1ᵀ·H
+  Eigen::Matrix<std::int32_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> codes_;
+  Eigen::VectorXd zeros_;
+  RowMatrixD c_;
+};
+
 }  // namespace detail_lwc
 
 /// The (scale h, zero z) of every channel or group of w under LWC with the
@@ -394,36 +444,49 @@ LwcResult<typename Derived::Scalar> train_lwc(const Eigen::MatrixBase<Derived>& 
   detail::require(o.weight_decay >= 0 && o.learning_rate * o.weight_decay < 1, kWhere,
                   "options.weight_decay must be >= 0 with learning_rate·weight_decay < 1, got ", o.weight_decay);
 
-  const Matrix wm = w;
-  const Eigen::MatrixXd h = hessian.template cast<double>();
+  using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using RowMatrixD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const RowMatrix wm = w;  // rows contiguous: every pass here goes row by row
+  const RowMatrixD h = hessian.template cast<double>();
   const Eigen::Index out_rows = wm.rows();
   const Eigen::Index prows = spec.param_rows(wm.rows());
   const Eigen::Index pcols = spec.param_cols(wm.cols());
+  const RowMatrixD w_h = wm.template cast<double>() * h;  // W·H, once
 
   // Row r's loss ½·e_r·H·e_rᵀ is divided by ½·w_r·H·w_rᵀ (file comment).
   Eigen::VectorXd row_weight(out_rows);
   {
-    const Eigen::MatrixXd wd = wm.template cast<double>();
-    const Eigen::VectorXd energy = 0.5 * (wd * h).cwiseProduct(wd).rowwise().sum();
+    const Eigen::VectorXd energy = 0.5 * w_h.cwiseProduct(wm.template cast<double>()).rowwise().sum();
     for (Eigen::Index r = 0; r < out_rows; ++r) {
       row_weight(r) = std::isfinite(energy(r)) && energy(r) > 0 ? 1.0 / energy(r) : 1.0;
     }
   }
 
-  // The losses of every row at factors (upper, lower) in the weight's type,
-  // the clips, and Ŵ (as fake_quantize gives it) and E·H for the gradient.
+  // One scale per row: Ŵ·H from the codes' products, updated where codes change.
+  std::optional<detail_lwc::CodeProducts> products;
+  if (pcols == 1) products.emplace(h);
+
+  // Every row's loss at factors (upper, lower) in the weight's type, the
+  // clips, the codes, Ŵ (as fake_quantize gives it) and E·H for the gradient.
   struct Evaluation {
     detail_lwc::Clips<Scalar> clips;
-    Matrix weight;
-    Eigen::MatrixXd error_h;  // E·H
+    CodesOf<RowMatrix> codes;
+    RowMatrix weight;
+    RowMatrixD error_h;  // E·H
     Eigen::VectorXd row_loss;
   };
   const auto evaluate = [&](const Matrix& upper, const Matrix& lower) {
     Evaluation e;
     e.clips = detail_lwc::clips(wm, upper, lower, spec);
-    e.weight = fake_quantize(wm, e.clips.params, spec);
-    const Eigen::MatrixXd error = wm.template cast<double>() - e.weight.template cast<double>();
-    e.error_h.noalias() = error * h;
+    e.codes = quantize(wm, e.clips.params, spec);
+    e.weight = dequantize(e.codes, e.clips.params, spec);  // (q − z)·h, as fake_quantize
+    const RowMatrixD error = wm.template cast<double>() - e.weight.template cast<double>();
+    if (products) {
+      products->move_to(e.codes, e.clips.params.zero.col(0).template cast<double>());
+      e.error_h = w_h - e.clips.params.scale.col(0).template cast<double>().asDiagonal() * products->matrix();
+    } else {
+      e.error_h.noalias() = error * h;
+    }
     e.row_loss = 0.5 * e.error_h.cwiseProduct(error).rowwise().sum();
     return e;
   };
@@ -455,7 +518,7 @@ LwcResult<typename Derived::Scalar> train_lwc(const Eigen::MatrixBase<Derived>& 
     // ∂loss_r/∂ŵ_r = −(E·H)_r; row r's factors see only row r, so the
     // division by its energy is applied to their gradients (in double: a
     // tiny energy cannot overflow ∂L/∂Ŵ in the weight's type).
-    const Matrix grad_out = (-e.error_h).template cast<Scalar>();
+    const RowMatrix grad_out = (-e.error_h).template cast<Scalar>();
     LwcGrad<Eigen::MatrixXd> g = detail_lwc::grad(wm, e.clips, spec, grad_out, o.zero_gradient);
     g.upper = row_weight.asDiagonal() * g.upper;
     g.lower = row_weight.asDiagonal() * g.lower;
@@ -478,7 +541,7 @@ LwcResult<typename Derived::Scalar> train_lwc(const Eigen::MatrixBase<Derived>& 
   result.lower_clip = result.lower.unaryExpr([](Scalar v) { return static_cast<Scalar>(detail_lwc::sigmoid(v)); });
   result.params = final.clips.params;
   result.weight = final.weight;
-  result.codes = quantize(wm, result.params, spec);
+  result.codes = final.codes;
   result.loss = final.row_loss.sum();
   return result;
 }
