@@ -4,6 +4,7 @@
 // integer-kernel path against fake quantization within the bound of
 // integer_path.hpp, and the checkpoint path (safetensors + config.json) end
 // to end.
+#include "support/temp_dir.hpp"
 #include "../../tools/llama/checkpoint_layer.hpp"
 #include "../../examples/02_llama_layer/default_layer.hpp"
 #include "../../tools/llama/integer_path.hpp"
@@ -443,15 +444,7 @@ TEST_CASE("the bound of integer_path.hpp: a wrong weight code breaks it, a diffe
 
 namespace {
 
-// A temporary directory removed at scope exit.
-struct TempDir {
-  std::filesystem::path path;
-  explicit TempDir(const std::string& name)
-      : path(std::filesystem::temp_directory_path() / (name + "-" + std::to_string(std::random_device{}()))) {
-    std::filesystem::create_directories(path);
-  }
-  ~TempDir() { std::filesystem::remove_all(path); }
-};
+using oq::test::TempDir;
 
 }  // namespace
 

@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include "support/subprocess.hpp"
+#include "support/temp_dir.hpp"
 
 #include <chrono>
 #include <cstddef>
@@ -23,16 +24,7 @@
 
 namespace {
 
-struct TempDir {
-  std::filesystem::path path = std::filesystem::temp_directory_path() /
-                               ("oq_mapped_file_test_" + std::to_string(std::random_device{}()) +
-                                std::to_string(std::random_device{}()));
-  TempDir() { std::filesystem::create_directories(path); }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path, ignored);
-  }
-};
+using oq::test::TempDir;
 
 std::string text_of(const oq::io::MappedFile& f) {
   const auto b = f.bytes();

@@ -9,6 +9,7 @@
 
 #include "support/format_error.hpp"
 #include "support/subprocess.hpp"
+#include "support/temp_dir.hpp"
 
 #include <chrono>
 #include <cmath>
@@ -645,16 +646,7 @@ TEST_CASE("malformed files: data size must equal product(shape) · itemsize exac
 
 namespace {
 
-struct TempDir {
-  std::filesystem::path path = std::filesystem::temp_directory_path() /
-                               ("oq_npy_test_" + std::to_string(std::random_device{}()) +
-                                std::to_string(std::random_device{}()));
-  TempDir() { std::filesystem::create_directories(path); }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path, ignored);
-  }
-};
+using oq::test::TempDir;
 
 void write_bytes(const std::filesystem::path& path, const Bytes& b) {
   std::ofstream out(path, std::ios::binary);

@@ -3,6 +3,7 @@
 // plain reference, quantize → reload bit for bit for every method, the
 // integer path against fake quantization within the per-output bound of
 // tools/llama/integer_path.hpp, analyze, and the bad inputs.
+#include "support/temp_dir.hpp"
 #include "../../tools/oq/analyze.hpp"
 #include "../../tools/oq/data.hpp"
 #include "../../tools/oq/model.hpp"
@@ -22,6 +23,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -33,19 +35,7 @@ using oq_tool::LlamaModel;
 
 namespace {
 
-/// A fresh directory under the system's temp dir, removed at the end.
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name) {
-    path = fs::temp_directory_path() / ("oq_tool_test_" + name + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-};
+using oq::test::TempDir;
 
 void write_file(const fs::path& p, const std::string& text) {
   std::ofstream f(p, std::ios::binary);
@@ -111,7 +101,7 @@ bool no_partial_directories(const fs::path& dir) {
 void check_layer0_reloads(const LlamaModel& model, const std::vector<oq_tool::Sequence>& calibration,
                           llama::Method method, const llama::QuantOptions& options, const LlamaModel& quantized) {
   const oq_tool::QuantizationConfig qc = oq_tool::quantization_of(quantized);
-  const auto inputs = oq_tool::record_all_inputs(model.layer_config(), model.layer(0),
+  const auto inputs = llama::record_inputs(model.layer_config(), model.layer(0),
                                                  oq_tool::embed_all(model, calibration));
   const auto layer0 = model.layer(0);
   const auto unfolded = llama::quantize_layer(method, layer0, inputs, options);
@@ -491,7 +481,7 @@ TEST_CASE("SmoothQuant's α search: the grid's argmin on evenly spaced tokens, s
   const llama::Config& c = model.layer_config();
   const auto calibration = text_sequences(tmp.path, 400, 31, 32, 4);
   const auto layer0 = model.layer(0);
-  const auto inputs = oq_tool::record_all_inputs(c, layer0, oq_tool::embed_all(model, calibration));
+  const auto inputs = llama::record_inputs(c, layer0, oq_tool::embed_all(model, calibration));
 
   // The rows: every ⌈rows / count⌉-th.
   const auto& x0 = inputs[0];
@@ -971,5 +961,56 @@ TEST_CASE("the oq command line: help, a bad method, and a whole quantize → eva
   CHECK(a_log.find((tmp.path / "report" / "massive.png").string()) != std::string::npos);
   CHECK(a_log.find((tmp.path / "report" / "channels.png").string()) != std::string::npos);
   check_figures(tmp.path / "report");
+}
+TEST_CASE("Ctrl-C in a real run: exit status 130, nothing written, no staging directory left") {
+  // The whole path the in-process test above cannot take: main.cpp's
+  // sigaction handler, the flag the layer loop polls, the staging
+  // directory's removal during stack unwinding, and the exit status.
+  TempDir tmp("sigint");
+  oq_test::SyntheticLlama spec;
+  spec.layers = 12;  // the staging directory lives while every layer is calibrated
+  spec.write(tmp.path / "model");
+  write_file(tmp.path / "text.txt", oq_test::synthetic_text(4000, 9));
+  const fs::path out = tmp.path / "q";
+  const fs::path log = tmp.path / "log";
+  const std::string oq = OQ_TOOL_PATH;
+  const std::string model = (tmp.path / "model").string();
+  const std::string text = (tmp.path / "text.txt").string();
+  const std::string out_arg = out.string();
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0 || ::dup2(fd, STDOUT_FILENO) < 0 || ::dup2(fd, STDERR_FILENO) < 0) ::_exit(126);
+    ::execl(oq.c_str(), "oq", "quantize", model.c_str(), "--calib", text.c_str(), "--method", "hadamard",
+            "--block-size", "32", "--seq-len", "64", "--sequences", "16", "--out", out_arg.c_str(),
+            static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  // Wait for the staging directory (the handler is installed before it is
+  // made), then interrupt, as Ctrl-C does.
+  bool staging_seen = false;
+  int status = 0;
+  bool exited = false;
+  for (int waited_ms = 0; waited_ms < 60000 && !staging_seen && !exited; ++waited_ms) {
+    staging_seen = !no_partial_directories(tmp.path);
+    if (!staging_seen) {
+      exited = ::waitpid(child, &status, WNOHANG) == child;
+      ::usleep(1000);
+    }
+  }
+  if (!exited) {
+    ::kill(child, SIGINT);
+    REQUIRE(::waitpid(child, &status, 0) == child);
+  }
+  std::ifstream in(log);
+  const std::string output((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  INFO(output);
+  REQUIRE(staging_seen);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 128 + SIGINT);  // as a shell reports a process SIGINT killed
+  CHECK(output.find("interrupted") != std::string::npos);
+  CHECK_FALSE(fs::exists(out));  // 12 layers take far longer than the signal's delivery
+  CHECK(no_partial_directories(tmp.path));
 }
 #endif

@@ -5,6 +5,7 @@
 // log axis one decade per factor 10 (measured on the drawn ticks and
 // markers), and skip what a log axis cannot place, saying so; bad input is
 // refused by name.
+#include "support/temp_dir.hpp"
 #include "../../tools/oq/plot.hpp"
 #include "png_reader.hpp"
 
@@ -24,18 +25,7 @@ namespace reader = oq_test::png_reader;
 
 namespace {
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name) {
-    path = fs::temp_directory_path() / ("oq_plot_test_" + name + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-};
+using oq::test::TempDir;
 
 reader::Pixel px(plot::Rgb c) { return {c.r, c.g, c.b}; }
 constexpr reader::Pixel kWhitePx{255, 255, 255};

@@ -8,6 +8,7 @@
 // reader's rejections (dynamic Huffman, invalid codes, a distance before the
 // start); the size of a flat figure; and the failures: bad sizes, bad
 // options, a missing directory, a directory in the way.
+#include "support/temp_dir.hpp"
 #include "../../tools/oq/png.hpp"
 #include "png_reader.hpp"
 
@@ -44,18 +45,7 @@ std::vector<std::uint8_t> pattern(int w, int h) {
   return rgb;
 }
 
-struct TempDir {
-  fs::path path;
-  explicit TempDir(const std::string& name) {
-    path = fs::temp_directory_path() / ("oq_png_test_" + name + "_" + std::to_string(::getpid()));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-};
+using oq::test::TempDir;
 
 std::vector<std::uint8_t> bytes_of(const std::string& s) { return {s.begin(), s.end()}; }
 

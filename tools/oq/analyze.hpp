@@ -192,7 +192,7 @@ inline AnalysisReport analyze_model(const LlamaModel& model, const std::vector<S
   Progress bar("analyze", model.num_layers());
   for (int l = 0; l < model.num_layers(); ++l) {
     const llama::LayerWeights<float> w = model.layer(l);
-    const llama::LinearInputs<float> inputs = record_all_inputs(c, w, x);
+    const llama::LinearInputs<float> inputs = llama::record_inputs(c, w, x);
     for (llama::Input input : llama::kAllInputs) {
       const Matrix<float>& in = inputs[static_cast<std::size_t>(input)];
       InputReport r;

@@ -60,13 +60,6 @@ inline HiddenStates embed_all(const LlamaModel& model, const std::vector<Sequenc
   return x;
 }
 
-/// The four distinct linear inputs of a layer over every sequence, rows
-/// stacked in sequence order (the calibration data of every method).
-inline llama::LinearInputs<float> record_all_inputs(const llama::Config& c, const llama::LayerWeights<float>& w,
-                                                    const HiddenStates& x) {
-  return llama::record_inputs(c, w, x);
-}
-
 /// Negative log-likelihood and token count of the final hidden states.
 struct Perplexity {
   double nll = 0;
@@ -191,9 +184,13 @@ class StagingDirectory {
     return tag;
   }
 
+  /// The staging directories' names for `target` on this host, up to the PID.
+  static std::string staging_prefix(const std::filesystem::path& target) {
+    return "." + target.filename().string() + ".oq-partial-" + host_tag() + "-";
+  }
   /// The staging directory's name for `target` in a process `pid` on this host.
   static std::string staging_name(const std::filesystem::path& target, long pid) {
-    return "." + target.filename().string() + ".oq-partial-" + host_tag() + "-" + std::to_string(pid);
+    return staging_prefix(target) + std::to_string(pid);
   }
 
   explicit StagingDirectory(std::filesystem::path target) {
@@ -250,7 +247,7 @@ class StagingDirectory {
   // Removes the staging directories for `target` that processes on this host
   // left when they were killed, each said on stderr.
   static void remove_stale(const std::filesystem::path& parent, const std::filesystem::path& target) {
-    const std::string prefix = staging_name(target, 0).substr(0, staging_name(target, 0).size() - 1);  // up to the PID
+    const std::string prefix = staging_prefix(target);
     std::error_code ec;
     for (const auto& entry : std::filesystem::directory_iterator(parent, ec)) {
       const std::string name = entry.path().filename().string();
@@ -407,7 +404,7 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
   Progress bar("quantize " + std::string(method_key(method)), model.num_layers());
   for (int l = 0; l < model.num_layers(); ++l) {
     llama::LayerWeights<float> w = model.layer(l);
-    const llama::LinearInputs<float> inputs = record_all_inputs(c, w, x);
+    const llama::LinearInputs<float> inputs = llama::record_inputs(c, w, x);
     llama::QuantOptions o = layer_options;
     o.seed = options.seed + static_cast<std::uint64_t>(l);  // a different Haar draw per layer, reproducible
     std::optional<FoldedLayer> folded;
