@@ -412,9 +412,15 @@ TEST_CASE("safetensors: <prefix>.qweight/.qzeros/.scales/.g_idx as I32 and F16, 
                                  {"group_size", 128},
                                  {"desc_act", true},
                                  {"sym", false},
+                                 {"format", "gptq"},
                                  {"checkpoint_format", "gptq"}});
-  CHECK(oq::io::gptq_quantization_config(-1, false, true, GptqCheckpointFormat::kGptqV2)["checkpoint_format"] ==
-        "gptq_v2");
+  // Both names of the stored-zero convention (GPTQModel's "format", vLLM's
+  // "checkpoint_format"), equal: a loader reading one name only must not fall
+  // back to its "gptq" default for a "gptq_v2" checkpoint.
+  const nlohmann::json v2 = oq::io::gptq_quantization_config(-1, false, true, GptqCheckpointFormat::kGptqV2);
+  CHECK(v2["checkpoint_format"] == "gptq_v2");
+  CHECK(v2["format"] == "gptq_v2");
+  CHECK(v2["group_size"] == -1);
   CHECK_THROWS_AS(oq::io::gptq_quantization_config(0, false, true, GptqCheckpointFormat::kGptq),
                   std::invalid_argument);
 }

@@ -562,6 +562,9 @@ TEST_CASE("W4A16 rtn also writes the GPTQ layout, and it dequantizes to the same
     // "gptq" (zero − 1 stored), which every GPTQ loader reads, unless a zero is 0.
     const std::string format_name = config["quantization_config"]["checkpoint_format"];
     CHECK((format_name == "gptq" || format_name == "gptq_v2"));
+    CHECK(config["quantization_config"]["format"] == format_name);  // GPTQModel's name for it, the same value
+    // AutoGPTQ reads a local directory's quantize_config.json only: the same object.
+    CHECK(oq::io::read_json(out / "gptq" / "quantize_config.json") == config["quantization_config"]);
     const auto format = format_name == "gptq" ? oq::io::GptqCheckpointFormat::kGptq : oq::io::GptqCheckpointFormat::kGptqV2;
     CHECK(config["quantization_config"]["group_size"] == (group > 0 ? group : -1));
     const LlamaModel quantized(out);

@@ -486,6 +486,9 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
     gptq_config["quantization_config"] = oq::io::gptq_quantization_config(
         options.weight_group > 0 ? options.weight_group : -1, /*desc_act=*/false, /*symmetric=*/false, format);
     write_json_file(dir / "config.json", gptq_config);
+    // The same object as quantize_config.json, where AutoGPTQ's from_quantized
+    // looks first and, for a local directory, only (docs/formats.md §7).
+    write_json_file(dir / "quantize_config.json", gptq_config["quantization_config"]);
     copy_tokenizer_files(model.directory(), dir);
   }
   throw_if_interrupted();

@@ -26,9 +26,11 @@
 //     (exllama and vLLM's gptq kernels read 16; GPTQModel's v1 → v2
 //     conversion, which transformers runs on load, adds 0x11111111 to the
 //     whole word, so 15 + 1 carries into the next output's zero; AutoGPTQ's
-//     converters read (15 + 1) & 15 = 0). unpack_gptq_linear reads it as 16.
-//     GPTQModel introduced for this
+//     qlinear_cuda_old reads (15 + 1) & 15 = 0, its qlinear_cuda 16).
+//     unpack_gptq_linear reads it as 16. GPTQModel introduced for this
 //   - "gptq_v2" (kGptqV2), which stores the zero itself: zeros 0..15.
+// Which loader reads which (and the config fields each needs): docs/formats.md
+// §6, loaders.
 // oq's zero points are not clamped (docs/design.md §2): a group that lies entirely
 // above 0 has a negative zero, one entirely below 0 a zero above 15. Such
 // groups cannot be stored in either format, and pack_gptq_linear says which
@@ -455,7 +457,13 @@ inline GptqPackedLinear read_gptq_linear(const SafetensorsFile& file, std::strin
 
 /// The "quantization_config" of a Hugging Face config.json (and AutoGPTQ's
 /// quantize_config.json) for 4-bit GPTQ linears: group_size −1 for
-/// per-channel, desc_act when g_idx is not k / group_size.
+/// per-channel, desc_act when g_idx is not k / group_size. The stored-zero
+/// convention goes under both of its names, as GPTQModel writes it: "format"
+/// (what GPTQModel, optimum and recent transformers read) and
+/// "checkpoint_format" (what vLLM, AutoGPTQ and older transformers read; the
+/// others take it as an alias). A reader that saw only one name would take
+/// "gptq" for the other and misread every "gptq_v2" zero by one
+/// (docs/formats.md §6, loaders).
 inline nlohmann::json gptq_quantization_config(Eigen::Index group_size, bool desc_act, bool symmetric,
                                                GptqCheckpointFormat format) {
   detail::require(group_size == -1 || group_size > 0, "oq::io::gptq_quantization_config",
@@ -465,6 +473,7 @@ inline nlohmann::json gptq_quantization_config(Eigen::Index group_size, bool des
           {"group_size", group_size},
           {"desc_act", desc_act},
           {"sym", symmetric},
+          {"format", std::string(to_string(format))},
           {"checkpoint_format", std::string(to_string(format))}};
 }
 
