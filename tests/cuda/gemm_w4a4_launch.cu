@@ -84,15 +84,15 @@ W4A4AutoPaths w4a4_auto_paths_on_device() {
 namespace {
 template <bool kASigned, bool kWSigned>
 std::int64_t widened_dot_for(std::uint32_t a, std::uint32_t w) {
-  using Kernel = oq::cuda::kernel::GemmW4A4Multistage<float, kASigned, kWSigned>;
+  using Widen = oq::cuda::kernel::W4A4Widen<kASigned, kWSigned>;
   std::uint32_t a8[2], w8[2];
-  Kernel::template widen<kASigned>(a, a8[0], a8[1]);
-  Kernel::template widen<kWSigned>(w, w8[0], w8[1]);
+  Widen::template widen<kASigned>(a, a8[0], a8[1]);
+  Widen::template widen<kWSigned>(w, w8[0], w8[1]);
   std::int32_t sum = 0;  // int32, as the tensor cores accumulate
   for (int r = 0; r < 2; ++r)
     for (int byte = 0; byte < 4; ++byte)
       sum += static_cast<std::int8_t>(a8[r] >> (8 * byte)) * static_cast<std::int8_t>(w8[r] >> (8 * byte));
-  return sum >> Kernel::kWidenShift;
+  return sum >> Widen::kWidenShift;
 }
 }  // namespace
 

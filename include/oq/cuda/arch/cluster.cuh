@@ -10,47 +10,43 @@
 //   load_peer_shared(p, rank)    the float/int at shared address p in CTA
 //                                `rank` of this cluster (mapa + ld.shared::cluster)
 //
-// They need sm_90 and a launch with a cluster dimension; on other targets they
-// compile to a trap, which callers must not reach (their launchers check the
-// device first).
+// They need sm_90 (arch::Sm90) and a launch with a cluster dimension; on
+// other targets they compile to a trap (arch/arch.cuh's policy), which
+// callers must not reach (their launchers check the device first).
 #pragma once
 
 #if !defined(__CUDACC__)
 #error "oq/cuda/ headers need a CUDA compiler (nvcc); host code includes <oq/oq.hpp>"
 #endif
 
+#include <oq/cuda/arch/arch.cuh>
 #include <oq/cuda/arch/memory.cuh>
 
 #include <cstdint>
 #include <cstring>
 
-/// Defined where this compilation pass can use clusters (sm_90 and newer).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define OQ_CUDA_HAS_CLUSTERS 1
-#endif
-
 namespace oq::cuda::arch {
 
 __device__ __forceinline__ unsigned cluster_rank() {
-#if defined(OQ_CUDA_HAS_CLUSTERS)
-  unsigned rank;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
-  return rank;
-#else
-  __trap();
-  return 0;
-#endif
+  if constexpr (compiled_for<Sm90>()) {
+    unsigned rank;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(rank));
+    return rank;
+  } else {
+    unsupported();
+    return 0;
+  }
 }
 
 __device__ __forceinline__ void cluster_sync() {
-#if defined(OQ_CUDA_HAS_CLUSTERS)
-  asm volatile(
-      "barrier.cluster.arrive.release.aligned;\n"
-      "barrier.cluster.wait.acquire.aligned;\n" ::
-          : "memory");
-#else
-  __trap();
-#endif
+  if constexpr (compiled_for<Sm90>()) {
+    asm volatile(
+        "barrier.cluster.arrive.release.aligned;\n"
+        "barrier.cluster.wait.acquire.aligned;\n" ::
+            : "memory");
+  } else {
+    unsupported();
+  }
 }
 
 /// The 32-bit value at `local` (a shared-memory address of this CTA's
@@ -58,19 +54,17 @@ __device__ __forceinline__ void cluster_sync() {
 template <class T>
 __device__ __forceinline__ T load_peer_shared(const T* local, unsigned rank) {
   static_assert(sizeof(T) == 4, "32-bit values");
-#if defined(OQ_CUDA_HAS_CLUSTERS)
-  std::uint32_t remote, bits;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(shared_address(local)), "r"(rank));
-  asm volatile("ld.shared::cluster.b32 %0, [%1];\n" : "=r"(bits) : "r"(remote) : "memory");
-  T value;
-  memcpy(&value, &bits, sizeof value);
-  return value;
-#else
-  (void)local;
-  (void)rank;
-  __trap();
-  return T{};
-#endif
+  if constexpr (compiled_for<Sm90>()) {
+    std::uint32_t remote, bits;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(shared_address(local)), "r"(rank));
+    asm volatile("ld.shared::cluster.b32 %0, [%1];\n" : "=r"(bits) : "r"(remote) : "memory");
+    T value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+  } else {
+    unsupported();
+    return T{};
+  }
 }
 
 }  // namespace oq::cuda::arch

@@ -16,14 +16,16 @@
 //                                  the A/B fragment registers of mma.sync
 //                                  (arch/mma.cuh) when the rows are chosen so.
 // Below sm_80 these instructions do not exist: code built for such a target
-// traps where it would use one, rather than skip it and compute garbage (a
-// binary built only for compute_75 PTX also runs on an sm_80 device, JIT
-// compiled, and the launchers' compute-capability checks admit the device).
+// traps where it would use one, rather than skip it and compute garbage
+// (arch/arch.cuh's policy: a binary built only for compute_75 PTX also runs
+// on an sm_80 device, JIT compiled, and the launchers' checks admit the device).
 #pragma once
 
 #if !defined(__CUDACC__)
 #error "oq/cuda/ headers need a CUDA compiler (nvcc); host code includes <oq/oq.hpp>"
 #endif
+
+#include <oq/cuda/arch/arch.cuh>
 
 #include <cstdint>
 
@@ -37,44 +39,44 @@ __device__ __forceinline__ std::uint32_t shared_address(const void* p) {
 /// Copies 16 bytes from global `src` to shared `dst` asynchronously, or, when
 /// !valid, fills dst with zeros without reading src. Both 16-byte aligned.
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)), "l"(src),
-               "r"(src_bytes)
-               : "memory");
-#elif defined(__CUDA_ARCH__)
-  __trap();  // code built for a target below sm_80 (see the file comment)
-#endif
+  if constexpr (compiled_for<Sm80>()) {
+    const int src_bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)), "l"(src),
+                 "r"(src_bytes)
+                 : "memory");
+  } else {
+    unsupported();
+  }
 }
 
 __device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-#elif defined(__CUDA_ARCH__)
-  __trap();  // code built for a target below sm_80 (see the file comment)
-#endif
+  if constexpr (compiled_for<Sm80>()) {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+  } else {
+    unsupported();
+  }
 }
 
 /// Waits until at most kPending committed groups of this thread are in flight.
 template <int kPending>
 __device__ __forceinline__ void cp_async_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-#elif defined(__CUDA_ARCH__)
-  __trap();  // code built for a target below sm_80 (see the file comment)
-#endif
+  if constexpr (compiled_for<Sm80>()) {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+  } else {
+    unsupported();
+  }
 }
 
 /// ldmatrix.x4: see the file comment. `row` is this lane's row address
 /// (16-byte aligned, in shared memory).
 __device__ __forceinline__ void ldmatrix_x4(std::uint32_t (&r)[4], const void* row) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(row)));
-#elif defined(__CUDA_ARCH__)
-  __trap();  // code built for a target below sm_80 (see the file comment)
-#endif
+  if constexpr (compiled_for<Sm80>()) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(shared_address(row)));
+  } else {
+    unsupported();
+  }
 }
 
 }  // namespace oq::cuda::arch

@@ -17,13 +17,15 @@
 // lowest byte or nibble), which is the order of a little-endian word of a
 // packed INT4 row (format/int4_row.hpp). Both need sm_80; ptxas also accepts
 // the INT4 form for sm_90, which has no INT4 tensor cores (docs/design.md §7).
-// Code built for a target below sm_80 traps where it would issue one (as in
-// arch/memory.cuh) rather than leave the accumulators unchanged.
+// Code built for a target below sm_80 traps where it would issue one
+// (arch/arch.cuh's policy) rather than leave the accumulators unchanged.
 #pragma once
 
 #if !defined(__CUDACC__)
 #error "oq/cuda/ headers need a CUDA compiler (nvcc); host code includes <oq/oq.hpp>"
 #endif
+
+#include <oq/cuda/arch/arch.cuh>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -33,17 +35,38 @@
 
 namespace oq::cuda::arch {
 
+/// Where accumulator e (0..3) of an m16n8 C fragment lives (the
+/// "accumulators" row of the table above): row g + 8·⌊e/2⌋, column
+/// 2t + e mod 2 of the tile whose first row and column are `base`, for the
+/// lane of group g = group(lane) and thread_in_group t = thread_in_group(lane)
+/// — the same per 8 columns for wgmma's accumulators (arch/wgmma.cuh). Every
+/// kernel that stores an mma.sync or wgmma result takes its rows and columns
+/// from here. (base + g + 8·⌊e/2⌋ in that order: the kernels' index
+/// arithmetic is 64-bit.)
+struct MmaAccumulatorLayout {
+  __host__ __device__ static constexpr int group(int lane) { return lane / 4; }
+  __host__ __device__ static constexpr int thread_in_group(int lane) { return lane % 4; }
+  template <class Index>
+  __host__ __device__ static constexpr Index row(Index base, int group, int e) {
+    return base + group + (e >= 2 ? 8 : 0);
+  }
+  template <class Index>
+  __host__ __device__ static constexpr Index col(Index base, int thread_in_group, int e) {
+    return base + 2 * thread_in_group + (e % 2);
+  }
+};
+
 /// c += A·B, m16n8k32, signed 8-bit operands, int32 accumulators.
 __device__ __forceinline__ void mma_m16n8k32_s8(std::int32_t (&c)[4], const std::uint32_t (&a)[4],
                                                 const std::uint32_t (&b)[2]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-#elif defined(__CUDA_ARCH__)
-  __trap();  // code built for a target below sm_80 (see the file comment)
-#endif
+  if constexpr (compiled_for<Sm80>()) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  } else {
+    unsupported();
+  }
 }
 
 /// c += A·B, m16n8k64, 4-bit operands (s4 when k?Signed, else u4), int32
@@ -51,13 +74,14 @@ __device__ __forceinline__ void mma_m16n8k32_s8(std::int32_t (&c)[4], const std:
 template <bool kASigned, bool kBSigned>
 __device__ __forceinline__ void mma_m16n8k64_int4(std::int32_t (&c)[4], const std::uint32_t (&a)[4],
                                                   const std::uint32_t (&b)[2]) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 #define OQ_MMA_M16N8K64(TYPE_A, TYPE_B)                                                                  \
   asm volatile("mma.sync.aligned.m16n8k64.row.col.s32." TYPE_A "." TYPE_B                               \
                ".s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"                            \
                : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])                                         \
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]))
-  if constexpr (kASigned && kBSigned) {
+  if constexpr (!compiled_for<Sm80>()) {
+    unsupported();
+  } else if constexpr (kASigned && kBSigned) {
     OQ_MMA_M16N8K64("s4", "s4");
   } else if constexpr (kASigned) {
     OQ_MMA_M16N8K64("s4", "u4");
@@ -67,9 +91,6 @@ __device__ __forceinline__ void mma_m16n8k64_int4(std::int32_t (&c)[4], const st
     OQ_MMA_M16N8K64("u4", "u4");
   }
 #undef OQ_MMA_M16N8K64
-#elif defined(__CUDA_ARCH__)
-  __trap();  // code built for a target below sm_80 (see the file comment)
-#endif
 }
 
 /// c += A·B, m16n8k16, fp16 or bf16 operands (T: __half or __nv_bfloat16),
@@ -81,8 +102,9 @@ template <class T>
 __device__ __forceinline__ void mma_m16n8k16_f32(float (&c)[4], const std::uint32_t (&a)[4],
                                                  const std::uint32_t (&b)[2]) {
   static_assert(std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>, "fp16 or bf16 operands");
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+  if constexpr (!compiled_for<Sm80>()) {
+    unsupported();
+  } else if constexpr (std::is_same_v<T, __nv_bfloat16>) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -93,9 +115,6 @@ __device__ __forceinline__ void mma_m16n8k16_f32(float (&c)[4], const std::uint3
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
   }
-#elif defined(__CUDA_ARCH__)
-  __trap();  // code built for a target below sm_80 (see the file comment)
-#endif
 }
 
 }  // namespace oq::cuda::arch

@@ -91,10 +91,10 @@ class GemmW4A4Multistage {
   static Report can_implement(const Params& p) {
     if (Report r = check_arguments(p); !r.ok()) return r;
     if (Report r = require_compute_capability(8, "GemmW4A4Multistage"); !r.ok()) return r;
-    if constexpr (kMma == kernel::W4A4Mma::kAuto) {
+    if constexpr (kMma == kernel::W4A4Mma::kAuto) {  // widened where the device makes kAuto widen
       int major = 0, minor = 0;
       if (Report r = compute_capability(major, minor); !r.ok()) return r;
-      if (major >= 9)
+      if (!kernel::w4a4_native_s4(kMma, 10 * major + minor))
         if (Report r = check_widened_k(p, "GemmW4A4Multistage"); !r.ok()) return r;
     }
     return require_shared_memory(kSmemBytes, "GemmW4A4Multistage", "its pipeline stages");

@@ -1,9 +1,6 @@
-// oq/cuda/kernel/gemm_w4a16.cuh: W4A16 GEMM for decoding (M = 1..64 tokens):
-//     y[m, n] = Σ_k a[m, k] · ŵ[n, k],   ŵ[n, k] = s[n, g]·(q[n, k] − z[n, g]),  g = k / group_size
-// with a in fp16/bf16 (M × K, row-major), q the packed INT4 weights (N rows of
-// format/int4_row.hpp: u4 codes when asymmetric, s4 with z = 0 when
-// symmetric), fp32 scales and zero points per (row, group) — per-channel when
-// group_size = K, per-group(128) as GPTQ/AWQ checkpoints store them.
+// oq/cuda/kernel/gemm_w4a16.cuh: W4A16 GEMM for decoding (M = 1..64 tokens),
+// y = a·ŵᵀ with ŵ = s·(q − z) per group (kernel/gemm_w4a16_params.cuh has
+// the arguments and the formula).
 //
 // The CUDA-core formulation, for M = 1 to a few tokens (decode is bound by
 // the weight bytes there; from M ≈ 16 on the FMAs bound it, and
@@ -16,10 +13,8 @@
 //     16-byte aligned (ld_w % 16 == 0), the layout of real checkpoints;
 //   - narrow: one 32-bit word (8 codes) per lane and step, any layout the
 //     launcher accepts.
-// Codes become floats without I2F (a quarter-rate instruction that would
-// bound decode on its own): a code OR'd into the mantissa of 2^23 is the
-// float 2^23 + code exactly (s4 codes go through offset binary, code ^ 8 =
-// code + 8, so the bias is 2^23 + 8). Decode at M = 1 is bound by the
+// Codes become floats without I2F (kernel/gemm_w4a16_codes.cuh: 2^23 + code,
+// exactly). Decode at M = 1 is bound by the
 // instructions per code as much as by the bytes (32 codes per 16-byte load),
 // so the scale leaves the inner loop, Σ_k a·s·(q − z) = s·Σ_k a·(q − z) over
 // the codes of one load (one group), and the zero point joins the bias:
@@ -31,29 +26,16 @@
 // in order (the bound the GPU test asserts).
 #pragma once
 
-#include <oq/core/int4.hpp>
+#include <oq/config.hpp>
+#include <oq/cuda/kernel/gemm_w4a16_codes.cuh>
+#include <oq/cuda/kernel/gemm_w4a16_epilogue.cuh>
+#include <oq/cuda/kernel/gemm_w4a16_params.cuh>
 #include <oq/cuda/numeric.cuh>
-#include <oq/cuda/status.cuh>
 
 #include <cstdint>
 #include <type_traits>
 
 namespace oq::cuda::kernel {
-
-template <class ElementA, class ElementOut>
-struct GemmW4A16Params {
-  const ElementA* a = nullptr;  ///< M × K, row-major, rows ld_a elements apart
-  std::int64_t ld_a = 0;
-  const std::uint8_t* w = nullptr;  ///< N × K/2 bytes, rows ld_w bytes apart
-  std::int64_t ld_w = 0;
-  const float* scales = nullptr;  ///< N × (K / group_size), row-major
-  const float* zeros = nullptr;   ///< same shape; null when symmetric
-  bool symmetric = false;         ///< s4 codes (z = 0) instead of u4
-  std::int64_t group_size = 0;    ///< divides K, multiple of 8
-  ElementOut* y = nullptr;        ///< M × N, row-major, rows ld_y elements apart
-  std::int64_t ld_y = 0;
-  std::int64_t m = 0, n = 0, k = 0;
-};
 
 template <class ElementA, class ElementOut, bool kSymmetric, int kTileM = 8, int kWarps = 4>
 struct GemmW4A16 {
@@ -67,17 +49,8 @@ struct GemmW4A16 {
            reinterpret_cast<std::uintptr_t>(p.w) % 16 == 0;
   }
 
-  static constexpr float kTwo23 = 8388608.0f;
-  /// What biased() adds to every code: 2^23 (u4), 2^23 + 8 (s4, offset binary).
-  static constexpr float kBias = kSymmetric ? kTwo23 + 8.0f : kTwo23;
-
-  /// Code j (0..7) of a packed word plus kBias, as a float, exactly, without I2F.
-  __device__ __forceinline__ static float biased(std::uint32_t word, int j) {
-    const std::uint32_t nibble = (word >> (4 * j)) & 0xFu;
-    return __uint_as_float(0x4B000000u | (kSymmetric ? nibble ^ 0x8u : nibble));
-  }
-  /// Code j (0..7) of a packed word as a float, exactly.
-  __device__ __forceinline__ static float code(std::uint32_t word, int j) { return biased(word, j) - kBias; }
+  using Codes = W4A16Codes<kSymmetric>;
+  static constexpr float kBias = Codes::kBias;
 
   // acc[i] += Σ_j a[m0 + i, k0 + j]·w[j] over the 8 values of one word.
   __device__ __forceinline__ static void accumulate8(const Params& p, std::int64_t m0, std::int64_t k0,
@@ -110,10 +83,10 @@ struct GemmW4A16 {
     float w[8];
     if (z.fused) {  // per lane (its chunk's group); uniform where a row's zero points are all integers
       OQ_UNROLL
-      for (int j = 0; j < 8; ++j) w[j] = biased(packed, j) - z.offset;
+      for (int j = 0; j < 8; ++j) w[j] = Codes::biased(packed, j) - z.offset;
     } else {
       OQ_UNROLL
-      for (int j = 0; j < 8; ++j) w[j] = code(packed, j) - z.zero;
+      for (int j = 0; j < 8; ++j) w[j] = Codes::code(packed, j) - z.zero;
     }
     accumulate8(p, m0, k0, w, part);
   }
@@ -165,7 +138,7 @@ struct GemmW4A16 {
       float v = acc[i];
       OQ_UNROLL
       for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
-      if (lane == 0 && m0 + i < p.m) p.y[(m0 + i) * p.ld_y + n] = cuda::from_float<ElementOut>(v);
+      if (lane == 0 && m0 + i < p.m) store_w4a16_output(p, m0 + i, n, v);
     }
   }
 };

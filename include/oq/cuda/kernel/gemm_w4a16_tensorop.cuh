@@ -1,5 +1,6 @@
 // oq/cuda/kernel/gemm_w4a16_tensorop.cuh: the W4A16 GEMM of
-// kernel/gemm_w4a16.cuh (same Params, same ŵ = s·(q − z)) on tensor cores,
+// kernel/gemm_w4a16.cuh (same Params, kernel/gemm_w4a16_params.cuh; same
+// ŵ = s·(q − z), same epilogue) on tensor cores,
 // for decode batches: the CUDA-core kernel spends 2·M FMAs per weight and is
 // bound by arithmetic from M ≈ 16 on, while this one keeps the weight bytes
 // the bound up to M = 64 (beyond, CTA rows of 64 tokens repeat the weights).
@@ -37,8 +38,11 @@
 // 8 bytes; compute capability 8.0 or newer.
 #pragma once
 
+#include <oq/config.hpp>
 #include <oq/cuda/arch/mma.cuh>
-#include <oq/cuda/kernel/gemm_w4a16.cuh>
+#include <oq/cuda/kernel/gemm_w4a16_codes.cuh>
+#include <oq/cuda/kernel/gemm_w4a16_epilogue.cuh>
+#include <oq/cuda/kernel/gemm_w4a16_params.cuh>
 #include <oq/cuda/numeric.cuh>
 
 #include <cuda_bf16.h>
@@ -76,7 +80,7 @@ struct GemmW4A16TensorOp {
 
   // The two codes of `byte` (K order: low nibble first) as ŵ in ElementA, packed.
   __device__ __forceinline__ static std::uint32_t weights2(std::uint32_t byte, float scale, float zero) {
-    using Codes = GemmW4A16<ElementA, ElementOut, kSymmetric, 1, 1>;  // its exact code-to-float
+    using Codes = W4A16Codes<kSymmetric>;  // the exact code-to-float
     const ElementA lo = cuda::from_float<ElementA>(scale * (Codes::code(byte, 0) - zero));
     const ElementA hi = cuda::from_float<ElementA>(scale * (Codes::code(byte, 1) - zero));
     std::uint16_t lo_bits, hi_bits;
@@ -146,14 +150,15 @@ struct GemmW4A16TensorOp {
       }
     }
     std::int64_t t_group = -1;
-    // Accumulator e of n-tile j is column n0 + 8j + 2·thread_in_group + e % 2.
+    // Accumulator e of n-tile j is column n0 + 8j + 2·thread_in_group + e % 2
+    // (arch::MmaAccumulatorLayout).
     auto fold = [&] {
       if (t_group < 0) return;
       OQ_UNROLL
       for (int j = 0; j < kMmaN; ++j) {
         OQ_UNROLL
         for (int e = 0; e < 2; ++e) {
-          const std::int64_t col = n0 + 8 * j + 2 * thread_in_group + e;
+          const std::int64_t col = arch::MmaAccumulatorLayout::col(n0 + 8 * j, thread_in_group, e);
           const float scale = col < p.n ? p.scales[col * groups + t_group] : 0.0f;
           OQ_UNROLL
           for (int i = 0; i < kMmaM; ++i) {
@@ -236,15 +241,16 @@ struct GemmW4A16TensorOp {
       }
     }
     __syncthreads();
+    using Acc = arch::MmaAccumulatorLayout;
     constexpr int kPerWarp = kMmaM * kMmaN * 4 * 32;
     for (int o = threadIdx.x; o < kPerWarp; o += kThreads) {
       const int out_lane = o % 32, e = (o / 32) % 4, j = (o / 128) % kMmaN, i = o / (128 * kMmaN);
       float sum = 0.0f;
       OQ_UNROLL
       for (int w = 0; w < kWarps; ++w) sum += shared.partial[w][i][j][e][out_lane];
-      const std::int64_t row = m0 + 16 * i + out_lane / 4 + (e >= 2 ? 8 : 0);
-      const std::int64_t col = n0 + 8 * j + 2 * (out_lane % 4) + (e % 2);
-      if (row < p.m && col < p.n) p.y[row * p.ld_y + col] = cuda::from_float<ElementOut>(sum);
+      const std::int64_t row = Acc::row(m0 + 16 * i, Acc::group(out_lane), e);
+      const std::int64_t col = Acc::col(n0 + 8 * j, Acc::thread_in_group(out_lane), e);
+      if (row < p.m && col < p.n) store_w4a16_output(p, row, col, sum);
     }
   }
 };

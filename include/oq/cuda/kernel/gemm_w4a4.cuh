@@ -1,107 +1,35 @@
 // oq/cuda/kernel/gemm_w4a4.cuh: W4A4 GEMM with int32 accumulation on tensor
-// cores and the scale epilogue of docs/design.md §7.
+// cores and the zero-point epilogue of docs/design.md §7
+// (kernel/gemm_w4a4_epilogue.cuh), in its simplest form.
 //
-//   acc[m, n] = Σ_k qa[m, k] · qw[n, k]                       (exact, int32)
-//   y[m, n]   = s_a[m] · s_w[n] · (acc − z_w[n]·Σ_k qa[m, k] − z_a[m]·Σ_k qw[n, k] + K·z_a[m]·z_w[n])
-// i.e. s_a·s_w·Σ_k (qa − z_a)(qw − z_w): the zero-point terms vanish for
-// symmetric operands. The K·z_a·z_w term, needed when both operands are
-// asymmetric, is part of docs/design.md §7's formula. The bracket is formed in
-// int64 (zero points are integers), so the only roundings are the float
-// conversion and the two scale products.
-//
-// Operands are packed INT4 rows (format/int4_row.hpp): qa is M × K (u4 when
-// activations are asymmetric, s4 when symmetric), qw is N × K, both
-// K-contiguous — which is exactly the "row.col" operand order of mma.sync.
-//
-// Two tensor-core paths, chosen by the W4A4Mma template argument:
-//   - kNativeS4: mma.sync.m16n8k64 on the packed codes as they are (.s4/.u4
-//     operands, signedness per operand), the INT4 tensor cores of sm_80/86/89.
-//     Its fragments are the s8 ones with every byte split into two nibbles,
-//     and a little-endian 32-bit word of a packed row (format/int4_row.hpp)
-//     is exactly one such register: no unpacking at all.
+// Arguments: kernel/gemm_w4a4_params.cuh (GemmW4A4Params). Two tensor-core
+// paths, chosen by the W4A4Mma template argument (kAuto: the native one
+// before sm_90, w4a4_native_s4):
+//   - kNativeS4: mma.sync.m16n8k64 on the packed codes as they are. Its
+//     fragments are the s8 ones with every byte split into two nibbles, and a
+//     little-endian 32-bit word of a packed row (format/int4_row.hpp) is
+//     exactly one such register: no unpacking at all.
 //   - kWidenToS8: widen INT4 to 8-bit lanes in registers
-//     (core::widen_{s,u}4x4_to_{s,u}8x4) and issue mma.sync.m16n8k32 s8, the
-//     path for sm_90, which has no INT4 tensor cores (docs/design.md §7). It also
-//     finishes a K that is an odd multiple of 32 on the native path.
-//   - kAuto (default): kNativeS4 when compiled for sm_80..sm_89, kWidenToS8
-//     for sm_90 and newer. ptxas accepts the s4 instruction for sm_90a too
-//     (what it becomes there is for the SASS check to say), which is what lets
-//     the GPU tests run both paths on a Hopper machine.
+//     (core::widen_{s,u}4x4_to_{s,u}8x4) and issue mma.sync.m16n8k32 s8. It
+//     also finishes a K that is an odd multiple of 32 on the native path.
 // Both are written to be checkably correct rather than fast: one 16 × 8 tile
-// per warp, operands straight from global memory. The tiled kernels reuse
-// this file's Params, MMA choice and epilogue: gemm_w4a4_multistage.cuh
-// (shared memory, cp.async pipeline, ldmatrix) and gemm_w4a4_wgmma.cuh
-// (sm_90a wgmma).
+// per warp, operands straight from global memory, no shared memory. The
+// tiled kernels share its Params, MMA choice and epilogue:
+// gemm_w4a4_multistage.cuh (shared memory, cp.async pipeline, ldmatrix) and
+// gemm_w4a4_wgmma.cuh (sm_90a wgmma).
 #pragma once
 
+#include <oq/config.hpp>
 #include <oq/core/int4.hpp>
+#include <oq/cuda/arch/arch.cuh>
 #include <oq/cuda/arch/mma.cuh>
-#include <oq/cuda/numeric.cuh>
-#include <oq/cuda/status.cuh>
+#include <oq/cuda/kernel/gemm_w4a4_epilogue.cuh>
+#include <oq/cuda/kernel/gemm_w4a4_params.cuh>
 
 #include <cstdint>
 #include <type_traits>
 
 namespace oq::cuda::kernel {
-
-template <class ElementOut>
-struct GemmW4A4Params {
-  const std::uint8_t* a = nullptr;  ///< M × K/2 bytes, rows ld_a bytes apart
-  std::int64_t ld_a = 0;
-  bool a_signed = true;             ///< s4 (symmetric) or u4 (asymmetric) codes
-  const std::uint8_t* w = nullptr;  ///< N × K/2 bytes, rows ld_w bytes apart
-  std::int64_t ld_w = 0;
-  bool w_signed = true;
-  std::int64_t m = 0, n = 0, k = 0;
-  // Epilogue (all optional but y needs scale_a and scale_w):
-  const float* scale_a = nullptr;   ///< M
-  const float* zero_a = nullptr;    ///< M, null when activations are symmetric
-  const float* scale_w = nullptr;   ///< N
-  const float* zero_w = nullptr;    ///< N, null when weights are symmetric
-  const std::int32_t* sum_a = nullptr;  ///< M, Σ_k qa (the quantize kernel's code_sums); needed with zero_w
-  const std::int32_t* sum_w = nullptr;  ///< N, Σ_k qw (computed offline); needed with zero_a
-  std::int32_t* acc = nullptr;      ///< M × N raw accumulators (ld_acc apart), or null
-  std::int64_t ld_acc = 0;
-  ElementOut* y = nullptr;          ///< M × N outputs (ld_y apart), or null
-  std::int64_t ld_y = 0;
-};
-
-/// The epilogue of one output element (docs/design.md §7, the formula at the top of
-/// this file): the raw accumulator to p.acc and the scaled, zero-point
-/// corrected value to p.y, each where given. (row, col) must be in bounds.
-template <class ElementOut>
-__device__ __forceinline__ void store_w4a4_output(const GemmW4A4Params<ElementOut>& p, std::int64_t row,
-                                                  std::int64_t col, std::int32_t acc) {
-  if (p.acc != nullptr) p.acc[row * p.ld_acc + col] = acc;
-  if (p.y != nullptr) {
-    std::int64_t total = acc;
-    // Zero points are integer-valued floats (docs/design.md §2): round, never truncate, so that
-    // one carrying a rounding error (6.9999995) still counts as 7.
-    const std::int64_t za = p.zero_a != nullptr ? __float2ll_rn(p.zero_a[row]) : 0;
-    const std::int64_t zw = p.zero_w != nullptr ? __float2ll_rn(p.zero_w[col]) : 0;
-    if (zw != 0) total -= zw * p.sum_a[row];
-    if (za != 0) total -= za * p.sum_w[col];
-    total += p.k * za * zw;
-    p.y[row * p.ld_y + col] = cuda::from_float<ElementOut>(p.scale_a[row] * p.scale_w[col] * static_cast<float>(total));
-  }
-}
-
-/// The tensor-core instruction of the W4A4 kernel (see the file comment).
-enum class W4A4Mma {
-  kAuto,       ///< kNativeS4 on sm_80..89, kWidenToS8 on sm_90+
-  kNativeS4,   ///< mma.sync.m16n8k64 .s4/.u4 on the packed codes
-  kWidenToS8,  ///< codes widened to 8 bits, mma.sync.m16n8k32 .s8
-};
-
-/// Whether this compilation pass issues the native INT4 instruction for kMma.
-template <W4A4Mma kMma>
-__host__ __device__ constexpr bool uses_native_s4() {
-#if defined(__CUDA_ARCH__)
-  return kMma == W4A4Mma::kNativeS4 || (kMma == W4A4Mma::kAuto && __CUDA_ARCH__ < 900);
-#else
-  return kMma == W4A4Mma::kNativeS4;
-#endif
-}
 
 template <class ElementOut, int kWarpsN = 4, W4A4Mma kMma = W4A4Mma::kAuto>
 struct GemmW4A4 {
@@ -155,52 +83,49 @@ struct GemmW4A4 {
   }
 
   __device__ void operator()(const Params& p) const {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    const int lane = threadIdx.x % 32;
-    const int group = lane / 4;            // groupID of the PTX fragment tables
-    const int thread_in_group = lane % 4;  // threadID_in_group
-    const std::int64_t m0 = static_cast<std::int64_t>(blockIdx.y) * kTileM;
-    const std::int64_t n0 = static_cast<std::int64_t>(blockIdx.x) * kTileN + 8 * (threadIdx.x / 32);
+    if constexpr (!arch::compiled_for<arch::Sm80>()) {
+      arch::unsupported();  // no mma.sync on integers: fail loudly rather than leave the output unwritten
+    } else {
+      const int lane = threadIdx.x % 32;
+      const int group = arch::MmaAccumulatorLayout::group(lane);  // groupID of the PTX fragment tables
+      const int thread_in_group = arch::MmaAccumulatorLayout::thread_in_group(lane);  // threadID_in_group
+      const std::int64_t m0 = static_cast<std::int64_t>(blockIdx.y) * kTileM;
+      const std::int64_t n0 = static_cast<std::int64_t>(blockIdx.x) * kTileN + 8 * (threadIdx.x / 32);
 
-    std::int32_t c[4] = {0, 0, 0, 0};
-    std::int64_t k_done = 0;
-    if constexpr (native_s4()) {
-      if (p.a_signed) {
-        k_done = p.w_signed ? mainloop_s4<true, true>(p, m0, n0, group, thread_in_group, c)
-                            : mainloop_s4<true, false>(p, m0, n0, group, thread_in_group, c);
-      } else {
-        k_done = p.w_signed ? mainloop_s4<false, true>(p, m0, n0, group, thread_in_group, c)
-                            : mainloop_s4<false, false>(p, m0, n0, group, thread_in_group, c);
+      std::int32_t c[4] = {0, 0, 0, 0};
+      std::int64_t k_done = 0;
+      if constexpr (native_s4()) {
+        if (p.a_signed) {
+          k_done = p.w_signed ? mainloop_s4<true, true>(p, m0, n0, group, thread_in_group, c)
+                              : mainloop_s4<true, false>(p, m0, n0, group, thread_in_group, c);
+        } else {
+          k_done = p.w_signed ? mainloop_s4<false, true>(p, m0, n0, group, thread_in_group, c)
+                              : mainloop_s4<false, false>(p, m0, n0, group, thread_in_group, c);
+        }
+      }
+      // The widened s8 path: all of K, or the last 32 after the native loop.
+      for (std::int64_t k0 = k_done; k0 < p.k; k0 += 32) {
+        // A fragment (16 × 32, row): a0 row g, a1 row g+8 at k = 4t..4t+3; a2, a3 at k = 16+4t..
+        const std::int64_t ka = k0 + 4 * thread_in_group;
+        const std::uint32_t a0 = load4(p.a, p.ld_a, m0 + group, p.m, ka, p.a_signed);
+        const std::uint32_t a1 = load4(p.a, p.ld_a, m0 + group + 8, p.m, ka, p.a_signed);
+        const std::uint32_t a2 = load4(p.a, p.ld_a, m0 + group, p.m, ka + 16, p.a_signed);
+        const std::uint32_t a3 = load4(p.a, p.ld_a, m0 + group + 8, p.m, ka + 16, p.a_signed);
+        // B fragment (32 × 8, col): column n = g, k = 4t..4t+3 and 16+4t..
+        const std::uint32_t b0 = load4(p.w, p.ld_w, n0 + group, p.n, ka, p.w_signed);
+        const std::uint32_t b1 = load4(p.w, p.ld_w, n0 + group, p.n, ka + 16, p.w_signed);
+        // u4 codes widen to u8 lanes; with signed types both are read as s8,
+        // which is exact because a u4 code (0..15) is also a valid s8 value.
+        arch::mma_m16n8k32_s8(c, {a0, a1, a2, a3}, {b0, b1});
+      }
+      // C fragment: c0, c1 at row g, columns 2t, 2t+1; c2, c3 at row g+8.
+      OQ_UNROLL
+      for (int i = 0; i < 4; ++i) {
+        const std::int64_t row = arch::MmaAccumulatorLayout::row(m0, group, i);
+        const std::int64_t col = arch::MmaAccumulatorLayout::col(n0, thread_in_group, i);
+        if (row < p.m && col < p.n) store_w4a4_output(p, row, col, c[i]);
       }
     }
-    // The widened s8 path: all of K, or the last 32 after the native loop.
-    for (std::int64_t k0 = k_done; k0 < p.k; k0 += 32) {
-      // A fragment (16 × 32, row): a0 row g, a1 row g+8 at k = 4t..4t+3; a2, a3 at k = 16+4t..
-      const std::int64_t ka = k0 + 4 * thread_in_group;
-      const std::uint32_t a0 = load4(p.a, p.ld_a, m0 + group, p.m, ka, p.a_signed);
-      const std::uint32_t a1 = load4(p.a, p.ld_a, m0 + group + 8, p.m, ka, p.a_signed);
-      const std::uint32_t a2 = load4(p.a, p.ld_a, m0 + group, p.m, ka + 16, p.a_signed);
-      const std::uint32_t a3 = load4(p.a, p.ld_a, m0 + group + 8, p.m, ka + 16, p.a_signed);
-      // B fragment (32 × 8, col): column n = g, k = 4t..4t+3 and 16+4t..
-      const std::uint32_t b0 = load4(p.w, p.ld_w, n0 + group, p.n, ka, p.w_signed);
-      const std::uint32_t b1 = load4(p.w, p.ld_w, n0 + group, p.n, ka + 16, p.w_signed);
-      // u4 codes widen to u8 lanes; with signed types both are read as s8,
-      // which is exact because a u4 code (0..15) is also a valid s8 value.
-      arch::mma_m16n8k32_s8(c, {a0, a1, a2, a3}, {b0, b1});
-    }
-    // C fragment: c0, c1 at row g, columns 2t, 2t+1; c2, c3 at row g+8.
-    OQ_UNROLL
-    for (int i = 0; i < 4; ++i) {
-      const std::int64_t row = m0 + group + (i >= 2 ? 8 : 0);
-      const std::int64_t col = n0 + 2 * thread_in_group + (i % 2);
-      if (row < p.m && col < p.n) store_w4a4_output(p, row, col, c[i]);
-    }
-#elif defined(__CUDA_ARCH__)
-    // Built for a target below sm_80 (no mma.sync on integers, no cp.async):
-    // fail loudly rather than leave the output unwritten.
-    (void)p;
-    __trap();
-#endif
   }
 };
 

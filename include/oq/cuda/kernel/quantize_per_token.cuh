@@ -19,13 +19,9 @@
 // so codes, scales and zero points equal oq::quant::quantize bit for bit on
 // unrotated input (IEEE division, round half to even).
 //
-// Outputs, per row m:
-//   codes     bits = 4: K/2 bytes, the packed INT4 row of format/int4_row.hpp
-//             (u4 when asymmetric, s4 when symmetric); bits = 8: K bytes
-//             (uint8 asymmetric, int8 symmetric)
-//   scales[m], zeros[m] (float; zero 0 when symmetric)
-//   code_sums[m] = Σ_k q[m, k], the raw codes, for the zero-point terms of
-//             the GEMM epilogue (docs/design.md §7); may be null.
+// Arguments and outputs: kernel/quantize_per_token_params.cuh; the scale,
+// codes and sums of a row once its values are known:
+// kernel/quantize_per_token_epilogue.cuh.
 //
 // Bit-exactness assumes the default IEEE arithmetic: --use_fast_math turns
 // x / s into an approximate division and breaks it. Non-finite inputs are not
@@ -44,10 +40,12 @@
 // measures it against the copy bandwidth.
 #pragma once
 
+#include <oq/config.hpp>
 #include <oq/core/int4.hpp>
 #include <oq/core/quant_math.hpp>
+#include <oq/cuda/kernel/quantize_per_token_epilogue.cuh>
+#include <oq/cuda/kernel/quantize_per_token_params.cuh>
 #include <oq/cuda/numeric.cuh>
-#include <oq/cuda/status.cuh>
 
 #include <cub/block/block_reduce.cuh>
 
@@ -56,26 +54,6 @@
 
 namespace oq::cuda::kernel {
 
-/// Arguments of the per-token quantization kernel (device pointers).
-template <class Element>
-struct QuantizePerTokenParams {
-  const Element* x = nullptr;  ///< rows × cols, row-major, rows ld_x elements apart
-  std::int64_t rows = 0;
-  std::int64_t cols = 0;
-  std::int64_t ld_x = 0;
-  std::uint8_t* codes = nullptr;  ///< rows × (cols·bits/8) bytes, rows ld_codes bytes apart
-  std::int64_t ld_codes = 0;
-  float* scales = nullptr;          ///< rows
-  float* zeros = nullptr;           ///< rows
-  std::int32_t* code_sums = nullptr;  ///< rows, or null
-  int bits = 4;                     ///< 4 or 8
-  bool symmetric = false;
-  float clip_ratio = 1.0f;
-  const float* rotation = nullptr;  ///< block_size × block_size row-major, or null
-  int block_size = 0;               ///< b, when rotation is given; divides cols and kThreads
-  int hadamard_block = 0;           ///< b > 0: x·(H_b/√b) per block instead (power of two ≥ 2 dividing cols)
-};
-
 // Reduction operators spelled out: cub::Min/cub::Max left CUB in CCCL 3.
 struct MinOp {
   __device__ __forceinline__ float operator()(float a, float b) const { return fminf(a, b); }
@@ -83,37 +61,6 @@ struct MinOp {
 struct MaxOp {
   __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
 };
-
-/// Quantizes 32 / bits consecutive values (8 for INT4, 4 for INT8; `values`
-/// 16-byte aligned) into one little-endian 32-bit word of the output row —
-/// the bytes format/int4_row.hpp (or plain int8/uint8) lays out — and adds
-/// the raw codes to `sum`.
-__device__ __forceinline__ std::uint32_t quantize_word(const float* values, core::AffineParams<float> params,
-                                                       core::CodeRange range, int bits, int& sum) {
-  const float4 v0 = reinterpret_cast<const float4*>(values)[0];
-  std::uint32_t word = 0;
-  if (bits == 4) {
-    const float4 v1 = reinterpret_cast<const float4*>(values)[1];
-    const float vals[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
-    OQ_UNROLL
-    for (int j = 0; j < 8; j += 2) {
-      const int q0 = static_cast<int>(core::quantize_value(vals[j], params, range));
-      const int q1 = static_cast<int>(core::quantize_value(vals[j + 1], params, range));
-      word |= static_cast<std::uint32_t>(core::pack_u4x2(static_cast<unsigned>(q0), static_cast<unsigned>(q1)))
-              << (4 * j);
-      sum += q0 + q1;
-    }
-  } else {
-    const float vals[4] = {v0.x, v0.y, v0.z, v0.w};
-    OQ_UNROLL
-    for (int j = 0; j < 4; ++j) {
-      const int q = static_cast<int>(core::quantize_value(vals[j], params, range));
-      word |= static_cast<std::uint32_t>(static_cast<std::uint8_t>(q)) << (8 * j);  // two's complement when signed
-      sum += q;
-    }
-  }
-  return word;
-}
 
 template <class Element, int kThreads = 256>
 struct QuantizePerToken {

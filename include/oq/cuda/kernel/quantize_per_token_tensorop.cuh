@@ -67,12 +67,14 @@
 // code_sums), for bits 4 or 8, symmetric or not, with the same NaN/Inf caveat.
 #pragma once
 
+#include <oq/config.hpp>
 #include <oq/core/int4.hpp>
 #include <oq/core/quant_math.hpp>
 #include <oq/cuda/arch/cluster.cuh>
 #include <oq/cuda/arch/memory.cuh>
 #include <oq/cuda/arch/mma.cuh>
-#include <oq/cuda/kernel/quantize_per_token.cuh>
+#include <oq/cuda/kernel/quantize_per_token_epilogue.cuh>
+#include <oq/cuda/kernel/quantize_per_token_params.cuh>
 #include <oq/cuda/numeric.cuh>
 
 #include <cuda_bf16.h>
@@ -120,11 +122,12 @@ struct RotationFragmentLayout {
   __host__ __device__ static constexpr int a_input(int j, int lane, int q, int e) {
     return input_channel(j, 2 * (lane & 3) + 8 * (q >> 1) + e);
   }
-  /// Output channel and token of accumulator c of m-tile mt, warp w.
+  /// Output channel and token of accumulator c of m-tile mt, warp w: the
+  /// accumulator's row and column (arch::MmaAccumulatorLayout), A being Rᵀ.
   __host__ __device__ static constexpr int acc_channel(int warp, int mt, int lane, int c) {
-    return 32 * warp + 16 * mt + (lane >> 2) + 8 * (c >> 1);
+    return arch::MmaAccumulatorLayout::row(32 * warp + 16 * mt, lane >> 2, c);
   }
-  __host__ __device__ static constexpr int acc_token(int lane, int c) { return 2 * (lane & 3) + (c & 1); }
+  __host__ __device__ static constexpr int acc_token(int lane, int c) { return arch::MmaAccumulatorLayout::col(0, lane & 3, c); }
 };
 
 /// The raw 16 bits of a bf16 or fp16 value.
