@@ -25,10 +25,14 @@
 # become S<i>_param_<j>, the function number in basic-block labels and local
 # depots ($L__BB<f>_<b>, __local_depot<f>) is dropped, comments go. Each
 # function (.entry/.func) is one record; a file's records are compared as a
-# multiset, so reordered instantiations compare equal. Kernels that exist
-# only on one side are listed with their demangled names, and a function
-# whose body changed is shown as a unified diff against the nearest one of
-# the other side.
+# multiset, so reordered instantiations compare equal. Where they differ, a
+# second comparison also renumbers the virtual registers (%r, %rd, %f, %p, …)
+# and labels of each function by first appearance: "same up to register
+# numbering" is the same instruction stream on the same operands, where only
+# nvcc's front end numbered its values differently (ptxas allocates the
+# registers anew anyway). Kernels that exist only on one side are listed with
+# their demangled names, and a function whose body changed is shown as a
+# unified diff against the nearest one of the other side.
 #
 # Cost on 2 cores: about 4 s per file and architecture (nvcc's front end;
 # ptxas is not run), ~2 minutes per tree; the REF side is cached per commit
@@ -101,7 +105,7 @@ ptx_tree() {
         failed=1
         continue
       fi
-      python3 "$out/normalize.py" "$dir/$flat.ptx" "$dir/$flat.norm" "$dir/$flat.names"
+      python3 "$out/normalize.py" "$dir/$flat.ptx" "$dir/$flat.norm" "$dir/$flat.regs" "$dir/$flat.names"
       [ "$keep" = 1 ] || rm -f "$dir/$flat.ptx"
     done
   done <"$dir/commands.tsv"
@@ -110,15 +114,20 @@ ptx_tree() {
 }
 
 cat >"$out/normalize.py" <<'PY'
-# normalize.py <in.ptx> <out.norm> <out.names>: one record per PTX function
-# (names normalised), records sorted; the module-level declarations first.
-import re, subprocess, sys
+# normalize.py <in.ptx> <out.norm> <out.regs> <out.names>: one record per PTX
+# function, names normalised (.norm), and in .regs also the virtual registers
+# and basic-block labels renumbered by first appearance (the same records in
+# the same order); the module-level declarations first; .names the demangled
+# name of each record.
+import collections, re, subprocess, sys
 
 text = open(sys.argv[1]).read().splitlines()
 mangled = re.compile(r"\b_Z[\w$]+")
 label = re.compile(r"\$L__BB\d+_")
 depot = re.compile(r"__local_depot\d+")
 head = re.compile(r"^(\.visible |\.weak |\.extern )*\.(entry|func)\b")
+register = re.compile(r"%([a-z]+)(\d+)\b")
+block = re.compile(r"\$L__BB_(\d+)")
 
 def normalise(lines):
     names = {}
@@ -138,6 +147,26 @@ def normalise(lines):
         line = depot.sub("__local_depot", line)
         out.append(line)
     return out, list(names)
+
+def renumber(lines):
+    """Virtual registers (per class: %r, %rd, %f, %p, …) and labels renamed
+    in order of first appearance; the .reg declarations lose their counts."""
+    seen, count, labels = {}, collections.Counter(), {}
+    def reg(m):
+        key = (m.group(1), m.group(2))
+        if key not in seen:
+            seen[key] = "%%%s%d" % (m.group(1), count[m.group(1)])
+            count[m.group(1)] += 1
+        return seen[key]
+    def lab(m):
+        return "$L__BB_%d" % labels.setdefault(m.group(1), len(labels))
+    out = []
+    for line in lines:
+        if line.lstrip().startswith(".reg "):
+            out.append(re.sub(r"<\d+>", "<>", line))
+        else:
+            out.append(block.sub(lab, register.sub(reg, line)))
+    return out
 
 records, module, current, depth = [], [], None, 0
 for line in text:
@@ -161,24 +190,30 @@ normalised = []
 for r in records:
     body, names = normalise(r)
     first = names[0] if names else r[0].split()[-1].split("(")[0]
-    normalised.append(("\n".join(body), first))
+    normalised.append(("\n".join(body), "\n".join(renumber(body)), first))
 # Module-level lines (.target, .shared/.global declarations): names numbered per line.
 mod = sorted(n for l in module for n in normalise([l])[0])
 normalised.sort()
-demangled = subprocess.run(["c++filt"], input="\n".join(n for _, n in normalised), capture_output=True,
+demangled = subprocess.run(["c++filt"], input="\n".join(n for _, _, n in normalised), capture_output=True,
                            text=True).stdout.splitlines() if normalised else []
-with open(sys.argv[2], "w") as f:
-    f.write("== module\n" + "\n".join(mod) + "\n")
-    for body, _ in normalised:
-        f.write("== function\n" + body + "\n")
-with open(sys.argv[3], "w") as f:
-    for (body, name), pretty in zip(normalised, demangled):
+for path, which in ((sys.argv[2], 0), (sys.argv[3], 1)):
+    with open(path, "w") as f:
+        f.write("== module\n" + "\n".join(mod) + "\n")
+        for record in normalised:
+            f.write("== function\n" + record[which] + "\n")
+with open(sys.argv[4], "w") as f:
+    for (_, _, name), pretty in zip(normalised, demangled):
         f.write("%s\t%s\n" % (pretty, name))
 PY
 
 cat >"$out/compare.py" <<'PY'
-# compare.py <ref dir> <new dir> <arch...>: per file and architecture, the
-# multiset of normalised functions; prints the differences, exits 1 on any.
+# compare.py <ref dir> <new dir> <archs> <file regex>: per file and
+# architecture, the multiset of normalised functions: "same" when every
+# function's names-normalised PTX is REF's; "same up to register numbering"
+# when it is once the virtual registers and labels are renumbered too (the
+# same instructions on the same operands, only the front end numbered its
+# values differently); otherwise the differences, as diffs of the renumbered
+# form. Exits 1 on a difference beyond register numbering.
 import collections, difflib, os, re, sys
 
 ref_dir, new_dir = sys.argv[1], sys.argv[2]
@@ -199,18 +234,20 @@ def names(path):
 files = sorted({f[:-5] for d in (ref_dir, new_dir) for f in os.listdir(d)
                 if f.endswith(".norm") and f[:-5].rsplit(".", 1)[1] in archs
                 and (only is None or only.search(f.rsplit(".", 2)[0]))})
-bad = 0
-total = 0
+bad = renumbered = total = 0
 for f in files:
     ref, new = load(os.path.join(ref_dir, f + ".norm")), load(os.path.join(new_dir, f + ".norm"))
     if ref is None or new is None:
         print("%s: only in %s" % (f, "the working tree" if ref is None else "REF"))
-        if ref is not None:
-            bad += 1
+        bad += ref is not None
         continue
+    total += len(ref[1])
+    if ref[0] == new[0] and collections.Counter(ref[1]) == collections.Counter(new[1]):
+        print("%s: %d functions, same" % (f, len(new[1])))
+        continue
+    ref, new = load(os.path.join(ref_dir, f + ".regs")), load(os.path.join(new_dir, f + ".regs"))
     rn, nn = names(os.path.join(ref_dir, f + ".names")), names(os.path.join(new_dir, f + ".names"))
     rc, nc = collections.Counter(ref[1]), collections.Counter(new[1])
-    total += len(ref[1])
     missing, extra = rc - nc, nc - rc
     status = []
     if ref[0] != new[0]:
@@ -219,27 +256,34 @@ for f in files:
         status.append("%d function(s) of REF not found unchanged" % sum(missing.values()))
     if extra:
         status.append("%d new function(s)" % sum(extra.values()))
-    print("%s: %d functions, %s" % (f, len(new[1]), "; ".join(status) if status else "same"))
+    if not status:
+        print("%s: %d functions, same up to register numbering" % (f, len(new[1])))
+        renumbered += 1
+        continue
+    print("%s: %d functions, %s" % (f, len(new[1]), "; ".join(status)))
     if ref[0] != new[0]:
+        bad += 1
         sys.stdout.writelines(difflib.unified_diff(ref[0].splitlines(True), new[0].splitlines(True), "REF", "new"))
     if missing:
         bad += 1
     extra_bodies = list(extra.elements())
     for body in missing.elements():
-        who = rn[ref[1].index(body)] if ref[1].index(body) < len(rn) else "?"
-        print("  REF only: %s" % who)
+        i = ref[1].index(body)
+        print("  REF only: %s" % (rn[i] if i < len(rn) else "?"))
         if extra_bodies:
             near = max(extra_bodies, key=lambda b: difflib.SequenceMatcher(None, body, b, autojunk=False).quick_ratio())
-            who_new = nn[new[1].index(near)] if new[1].index(near) < len(nn) else "?"
-            print("    nearest new function: %s" % who_new)
+            j = new[1].index(near)
+            print("    nearest new function: %s" % (nn[j] if j < len(nn) else "?"))
             diff = list(difflib.unified_diff(body.splitlines(True), near.splitlines(True), "REF", "new", n=2))
             sys.stdout.writelines(diff[:200])
             if len(diff) > 200:
                 print("    … %d more diff lines" % (len(diff) - 200))
     for body in extra.elements():
-        who = nn[new[1].index(body)] if new[1].index(body) < len(nn) else "?"
-        print("  new only: %s" % who)
-print("ptx_diff: %d REF functions compared, %s" % (total, "no difference" if bad == 0 else "%d file(s) differ" % bad))
+        j = new[1].index(body)
+        print("  new only: %s" % (nn[j] if j < len(nn) else "?"))
+print("ptx_diff: %d REF functions compared, %s%s" % (
+    total, "no difference" if bad == 0 else "%d file(s) differ" % bad,
+    "" if renumbered == 0 else " (%d file(s) the same only up to register numbering)" % renumbered))
 sys.exit(1 if bad else 0)
 PY
 
