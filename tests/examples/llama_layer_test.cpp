@@ -265,6 +265,165 @@ TEST_CASE("every method is exact when nothing is rounded: transforms and folding
   }
 }
 
+TEST_CASE("every point of the cross is exact when nothing is rounded: transforms and folding cancel") {
+  const Config c = small_config();
+  const auto w = llama::default_layer<double>(c);
+  const Md x = llama::default_input<double>(c, 24, 1);
+  const auto calibration = llama::record_inputs(c, w, llama::default_input<double>(c, 24, 2));
+  const Md y = llama::forward(c, w, x);
+  llama::QuantOptions o;
+  o.act_bits = 0;
+  o.weight_bits = 0;
+  o.greedy_steps = 16;
+  const std::vector<llama::MethodSpec> specs = llama::all_method_specs();
+  CHECK(specs.size() == 2 * llama::kAllRotations.size() * llama::kAllWeightQuants.size());
+  for (const llama::MethodSpec& spec : specs) {
+    const auto layer = llama::quantize_layer(spec, w, calibration, o);
+    INFO(spec.name());
+    CHECK(layer.spec() == spec);
+    CHECK(llama::relative_error(llama::forward(c, w, x, layer), y) < 1e-12);
+  }
+}
+
+TEST_CASE("MethodSpec: names, presets as points of the cross, refused combinations") {
+  const std::vector<llama::MethodSpec> specs = llama::all_method_specs();
+  std::vector<std::string> names;
+  for (const auto& spec : specs) names.push_back(spec.name());
+  std::sort(names.begin(), names.end());
+  CHECK(std::adjacent_find(names.begin(), names.end()) == names.end());  // one name per point
+  CHECK(llama::MethodSpec{}.name() == "RTN");
+  CHECK(llama::MethodSpec{true, llama::Rotation::kDuQuant, llama::WeightQuant::kGptq}.name() == "smooth+DuQuant+GPTQ");
+  CHECK(llama::MethodSpec{false, llama::Rotation::kBlockHadamard, llama::WeightQuant::kClipSearch}.name() ==
+        "Hadamard+clip");
+  // The presets are distinct points, each its own preset again.
+  for (llama::Method m : llama::kAllMethods) {
+    for (llama::WeightQuant q : {llama::WeightQuant::kRtn, llama::WeightQuant::kGptq}) {
+      const auto preset = llama::preset_of(llama::method_spec(m, q));
+      REQUIRE(preset.has_value());
+      CHECK(*preset == m);
+      CHECK(llama::method_spec(m, q).weights == q);
+    }
+    CHECK_FALSE(llama::preset_of(llama::method_spec(m, llama::WeightQuant::kClipSearch)).has_value());
+  }
+  CHECK_FALSE(llama::preset_of({true, llama::Rotation::kBlockHadamard, llama::WeightQuant::kRtn}).has_value());
+  CHECK(llama::method_spec(llama::Method::kDuQuantSmooth) ==
+        llama::MethodSpec{true, llama::Rotation::kDuQuant, llama::WeightQuant::kRtn});
+
+  const Config c = tiny_config();
+  const auto w = random_weights(c, 3);
+  const auto calibration = llama::record_inputs(c, w, random_input(8, c.hidden_size, 4));
+  llama::QuantOptions o;
+  o.block_size = 4;
+  o.greedy_steps = 2;
+  o.gptq = true;  // the presets' switch: a MethodSpec with other weights is a contradiction
+  CHECK_THROWS_WITH_AS(llama::quantize_layer(llama::MethodSpec{}, w, calibration, o),
+                       doctest::Contains("options.gptq"), std::invalid_argument);
+  CHECK_NOTHROW(llama::quantize_layer(llama::MethodSpec{false, llama::Rotation::kNone, llama::WeightQuant::kGptq}, w,
+                                      calibration, o));
+  o.gptq = false;
+  o.smoothquant_alpha_search = true;  // scores unrotated linears: not for smoothing before a rotation
+  CHECK_THROWS_WITH_AS(
+      llama::quantize_layer(llama::MethodSpec{true, llama::Rotation::kBlockHadamard, llama::WeightQuant::kRtn}, w,
+                            calibration, o),
+      doctest::Contains("smoothquant_alpha_search"), std::invalid_argument);
+}
+
+TEST_CASE("each preset equals its MethodSpec bit for bit (RTN and GPTQ weights)") {
+  const Config c = small_config();
+  const auto w = llama::default_layer<float>(c);
+  const llama::Matrix<float> x = llama::default_input<float>(c, 24, 1);
+  const auto calibration = llama::record_inputs(c, w, llama::default_input<float>(c, 64, 2));
+  llama::QuantOptions o;
+  o.greedy_steps = 4;
+  o.seed = 11;
+  for (bool gptq : {false, true}) {
+    for (llama::Method m : llama::kAllMethods) {
+      // GPTQ (a Cholesky factor per input, the 1408-wide one the largest) on one preset, to keep the test short.
+      if (gptq && m != llama::Method::kSmoothQuant) continue;
+      INFO(llama::method_name(m), gptq ? " GPTQ" : "");
+      o.gptq = gptq;
+      const auto preset = llama::quantize_layer(m, w, calibration, o);
+      o.gptq = false;
+      const llama::MethodSpec spec = llama::method_spec(m, gptq ? llama::WeightQuant::kGptq : llama::WeightQuant::kRtn);
+      const auto point = llama::quantize_layer(spec, w, calibration, o);
+      CHECK(preset.spec() == spec);
+      bool same = true;
+      for (Linear l : llama::kAllLinears) {
+        same = same && preset.quantized_weight(l) == point.quantized_weight(l);
+        same = same && preset.packed_weight(l)->codes == point.packed_weight(l)->codes &&
+               preset.packed_weight(l)->scales == point.packed_weight(l)->scales;
+      }
+      CHECK(same);
+      CHECK(llama::forward(c, w, x, preset) == llama::forward(c, w, x, point));
+    }
+  }
+}
+
+TEST_CASE("smoothing before a block Hadamard: X·diag(s)⁻¹·H, W·diag(s)·H, written as a dense float64 product") {
+  const Config c = small_config();
+  const auto w = llama::default_layer<double>(c);
+  const auto calibration = llama::record_inputs(c, w, llama::default_input<double>(c, 24, 2));
+  llama::QuantOptions o;
+  o.act_bits = 0;
+  o.weight_bits = 0;
+  o.block_size = 64;
+  const auto smooth = llama::quantize_layer(llama::MethodSpec{true, llama::Rotation::kNone, llama::WeightQuant::kRtn},
+                                            w, calibration, o);
+  const auto both = llama::quantize_layer(
+      llama::MethodSpec{true, llama::Rotation::kBlockHadamard, llama::WeightQuant::kRtn}, w, calibration, o);
+  for (llama::Input input : llama::kAllInputs) {
+    INFO(llama::input_name(input));
+    const Md& x = calibration[static_cast<std::size_t>(input)];
+    // The scales at α = 0.6 (duquant_alpha: smoothing before a rotation), from eq. 4 directly.
+    const auto* h = std::get_if<llama::InputTransform<double>::BlockHadamard>(&both.transform(input).kind());
+    REQUIRE(h != nullptr);
+    REQUIRE(h->scales.size() == x.cols());
+    CHECK(std::holds_alternative<llama::InputTransform<double>::Smoothing>(smooth.transform(input).kind()));
+    Md m = Md::Zero(x.cols(), x.cols());
+    const Md hb = oq::transform::hadamard_orthogonal<double>(64);
+    for (Eigen::Index b = 0; b < x.cols(); b += 64) m.block(b, b, 64, 64) = hb;
+    const Md expected = x * h->scales.cwiseInverse().asDiagonal() * m;
+    CHECK((both.transform(input).apply(x) - expected).norm() <= 1e-12 * expected.norm());
+    for (Linear l : llama::kAllLinears) {
+      if (llama::input_of(l) != input) continue;
+      const Md folded = w[l] * h->scales.asDiagonal() * m;
+      CHECK((both.quantized_weight(l) - folded).norm() <= 1e-12 * folded.norm());
+    }
+    double alpha_check = 0;  // s_j = max|X_j|^0.6 / max|W_j|^0.4 where neither is floored
+    const Eigen::Index j = 0;
+    double wmax = 0;
+    for (Linear l : llama::kAllLinears) {
+      if (llama::input_of(l) == input) wmax = std::max(wmax, w[l].col(j).cwiseAbs().maxCoeff());
+    }
+    alpha_check = std::pow(x.col(j).cwiseAbs().maxCoeff(), 0.6) / std::pow(wmax, 0.4);
+    CHECK(h->scales(j) == doctest::Approx(alpha_check).epsilon(1e-12));
+  }
+}
+
+TEST_CASE("clip search weights: each output channel's squared error at most round-to-nearest's at clip 0.8") {
+  const Config c = small_config();
+  const auto w = llama::default_layer<float>(c);
+  const auto calibration = llama::record_inputs(c, w, llama::default_input<float>(c, 24, 2));
+  llama::QuantOptions o;
+  o.act_bits = 0;
+  const auto rtn = llama::quantize_layer(llama::MethodSpec{}, w, calibration, o);
+  const auto clip = llama::quantize_layer(llama::MethodSpec{false, llama::Rotation::kNone, llama::WeightQuant::kClipSearch},
+                                          w, calibration, o);
+  std::size_t better = 0, rows = 0;
+  for (Linear l : llama::kAllLinears) {
+    INFO(llama::linear_name(l));
+    const Md wl = w[l].cast<double>();
+    const Eigen::VectorXd e_rtn = (rtn.quantized_weight(l).cast<double>() - wl).rowwise().squaredNorm();
+    const Eigen::VectorXd e_clip = (clip.quantized_weight(l).cast<double>() - wl).rowwise().squaredNorm();
+    // 0.8 lies on the search's grid (1 − 20·0.01 rounds to 0.8f): never worse, up to the
+    // float rounding of the two error sums.
+    CHECK((e_clip.array() <= e_rtn.array() * (1 + 1e-5)).all());
+    better += static_cast<std::size_t>((e_clip.array() < e_rtn.array() * (1 - 1e-3)).count());
+    rows += static_cast<std::size_t>(wl.rows());
+  }
+  CHECK(better > rows / 2);  // and strictly better on most channels (a ratio other than 0.8 wins)
+}
+
 TEST_CASE("W4A4 on the small default layer: DuQuant and Hadamard each cut RTN's error at least 2x") {
   const Config c = small_config();
   const auto w = llama::default_layer<float>(c);
@@ -340,9 +499,16 @@ TEST_CASE("integer kernels and fake quantization agree within the stated bound, 
   llama::QuantOptions o;
   o.greedy_steps = 16;
   o.block_size = 64;
-  for (llama::Method m : llama::kAllMethods) {
-    INFO(llama::method_name(m));
-    const auto layer = llama::quantize_layer(m, w, calibration, o);
+  std::vector<llama::MethodSpec> specs;
+  for (llama::Method m : llama::kAllMethods) specs.push_back(llama::method_spec(m));
+  // Points of the cross beyond the presets: smoothing fused with the block
+  // Hadamard (one block rotation after the division), and clip-searched weights.
+  specs.push_back({true, llama::Rotation::kBlockHadamard, llama::WeightQuant::kRtn});
+  specs.push_back({false, llama::Rotation::kNone, llama::WeightQuant::kClipSearch});
+  specs.push_back({true, llama::Rotation::kDuQuant, llama::WeightQuant::kClipSearch});
+  for (const llama::MethodSpec& spec : specs) {
+    INFO(spec.name());
+    const auto layer = llama::quantize_layer(spec, w, calibration, o);
     // The packed weights dequantize to the fake path's Ŵ bit for bit.
     for (Linear l : llama::kAllLinears) {
       const oq::cpu::PackedWeights* p = layer.packed_weight(l);
@@ -365,7 +531,7 @@ TEST_CASE("integer kernels and fake quantization agree within the stated bound, 
     integer.compare_into(&agreement);
     const llama::Matrix<float> y_int = llama::forward(c, w, x, integer);
     const double e_fake = llama::relative_error(y_fake, y), e_int = llama::relative_error(y_int, y);
-    std::cout << llama::method_name(m) << ": fake quant " << e_fake << ", integer " << e_int << ", max |r|/bound "
+    std::cout << spec.name() << ": fake quant " << e_fake << ", integer " << e_int << ", max |r|/bound "
               << agreement.max_bound_ratio << ", epilogue/bound " << agreement.max_epilogue_ratio
               << ", differing codes " << agreement.differing_codes << " of " << agreement.codes << "\n";
     // Every output of the 7 linears on 24 tokens, every code of the 4 inputs.
@@ -374,8 +540,9 @@ TEST_CASE("integer kernels and fake quantization agree within the stated bound, 
     CHECK(agreement.max_bound_ratio <= 1.0);
     CHECK(agreement.max_epilogue_ratio <= 1.0);
     CHECK(agreement.max_output > 0.0);
-    if (m != llama::Method::kDuQuant && m != llama::Method::kDuQuantSmooth) {
-      // The fused transform computes what the Eigen one does: the same codes.
+    if (spec.rotation != llama::Rotation::kDuQuant && !(spec.smooth && spec.rotation == llama::Rotation::kBlockHadamard)) {
+      // The fused transform computes what the Eigen one does: the same codes
+      // (a dense block product, not the butterfly, where it smooths first).
       CHECK(agreement.differing_codes == 0);
       CHECK(agreement.differing_rows == 0);
     } else {

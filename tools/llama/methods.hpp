@@ -1,19 +1,37 @@
-// tools/llama/methods.hpp: the W4A4 methods the example compares,
-// each built from oq's parts and run through the same layer forward.
+// tools/llama/methods.hpp: the W4A4 methods the examples compare, each built
+// from oq's parts and run through the same layer forward.
 //
-// Every method is one input transform per distinct linear input (q/k/v share
-// one, gate/up share one; llama::Input) and the weights folded accordingly
-// (docs/design.md §5: y = X·Wᵀ = (X·M)·(W·M)ᵀ for orthogonal M; smoothing divides X
-// and multiplies W, §4). Then the transformed activation is fake-quantized per
-// token and the folded weight per output channel, both asymmetric, with the
-// clip ratios DuQuant uses (0.9 activations, 0.8 weights; docs/design.md §6):
+// A method is a point of a crossed specification (MethodSpec): smoothing
+// {off, on} × rotation {none, block Hadamard, DuQuant} × weight quantizer
+// {round-to-nearest, clip search, GPTQ}. Every method is one input transform
+// per distinct linear input (q/k/v share one, gate/up share one;
+// llama::Input) and the weights folded accordingly (docs/design.md §5:
+// y = X·Wᵀ = (X·M)·(W·M)ᵀ for orthogonal M; smoothing divides X and
+// multiplies W, §4; smoothing with a rotation comes first, X·diag(s)⁻¹·M, the
+// DuQuant release's order). Then the transformed activation is fake-quantized
+// per token and the folded weight per output channel, both asymmetric, with
+// the clip ratios DuQuant uses (0.9 activations, 0.8 weights; docs/design.md
+// §6), or with the weights' ratio per channel chosen by clip search, or the
+// weights by GPTQ:
 //
-//   RTN            M = I
-//   SmoothQuant    X·diag(s)⁻¹, W·diag(s), s from eq. 4 with α = 0.5
-//   Hadamard       M = diag(H₁₂₈, …)/√128, block Hadamard (QuaRot-style, blocks
-//                  so that the 11008-wide down_proj input is covered too)
-//   DuQuant        M = R₁·P·R₂ calibrated by Algorithm 1 (256 greedy steps, b = 128)
-//   DuQuant+smooth the same after smoothing with α = 0.6 (the release's default)
+//   smoothing      s from eq. 4 (docs/design.md §4) with α = 0.5 (SmoothQuant's
+//                  default, or its α search) alone, α = 0.6 before a rotation
+//                  (the DuQuant release's default)
+//   rotation       none: M = I
+//                  block Hadamard: M = diag(H₁₂₈, …)/√128 (blocks so that the
+//                  11008-wide down_proj input is covered too)
+//                  DuQuant: M = R₁·P·R₂ calibrated by Algorithm 1 (256 greedy
+//                  steps, b = 128)
+//   weights        RTN: round to nearest at clip 0.8
+//                  clip search: per output channel, the ratio in 0.5..1 of
+//                  least squared error (oq/quant/clip_search.hpp)
+//                  GPTQ: oq/quant/gptq.hpp, act-order, damp 0.01, on the
+//                  transformed calibration inputs
+//
+// The five named presets (Method) are points of that cross: RTN = {off, none,
+// RTN}, SmoothQuant = {on, none, RTN}, Hadamard = {off, block Hadamard, RTN},
+// DuQuant = {off, DuQuant, RTN}, DuQuant+smooth = {on, DuQuant, RTN};
+// QuantOptions::gptq turns a preset's weights to GPTQ.
 //
 // At deployment the smoothing scales fold away (into the RMSNorm γ before
 // q/k/v and gate/up, into v_proj's and up_proj's output rows before o_proj and
@@ -55,6 +73,62 @@
 
 namespace llama {
 
+/// The rotation of each linear input (after smoothing, where it smooths).
+enum class Rotation { kNone, kBlockHadamard, kDuQuant };
+inline constexpr std::array kAllRotations{Rotation::kNone, Rotation::kBlockHadamard, Rotation::kDuQuant};
+
+inline constexpr std::string_view rotation_name(Rotation r) {
+  switch (r) {
+    case Rotation::kNone: return "none";
+    case Rotation::kBlockHadamard: return "Hadamard";
+    case Rotation::kDuQuant: return "DuQuant";
+  }
+  return "?";
+}
+
+/// How the folded weights are quantized.
+enum class WeightQuant { kRtn, kClipSearch, kGptq };
+inline constexpr std::array kAllWeightQuants{WeightQuant::kRtn, WeightQuant::kClipSearch, WeightQuant::kGptq};
+
+inline constexpr std::string_view weight_quant_name(WeightQuant q) {
+  switch (q) {
+    case WeightQuant::kRtn: return "RTN";
+    case WeightQuant::kClipSearch: return "clip";
+    case WeightQuant::kGptq: return "GPTQ";
+  }
+  return "?";
+}
+
+/// One point of the crossed specification: smoothing × rotation × weights.
+struct MethodSpec {
+  bool smooth = false;
+  Rotation rotation = Rotation::kNone;
+  WeightQuant weights = WeightQuant::kRtn;
+
+  constexpr bool operator==(const MethodSpec&) const = default;
+
+  /// "smooth+DuQuant+GPTQ", "Hadamard+RTN", "RTN": the parts that are on,
+  /// joined by '+', the weight quantizer last.
+  std::string name() const {
+    std::string out;
+    if (smooth) out += "smooth+";
+    if (rotation != Rotation::kNone) out += std::string(rotation_name(rotation)) + "+";
+    return out + std::string(weight_quant_name(weights));
+  }
+};
+
+/// Every point of the cross, smoothing outermost, then rotation, then weights.
+inline std::vector<MethodSpec> all_method_specs() {
+  std::vector<MethodSpec> out;
+  for (bool smooth : {false, true}) {
+    for (Rotation r : kAllRotations) {
+      for (WeightQuant q : kAllWeightQuants) out.push_back(MethodSpec{smooth, r, q});
+    }
+  }
+  return out;
+}
+
+/// The named presets (the oq tool's files store their names).
 enum class Method { kRtn, kSmoothQuant, kHadamard, kDuQuant, kDuQuantSmooth };
 inline constexpr std::array<Method, 5> kAllMethods{Method::kRtn, Method::kSmoothQuant, Method::kHadamard,
                                                    Method::kDuQuant, Method::kDuQuantSmooth};
@@ -62,6 +136,28 @@ inline constexpr std::array<Method, 5> kAllMethods{Method::kRtn, Method::kSmooth
 inline constexpr std::string_view method_name(Method m) {
   constexpr std::array<std::string_view, 5> names{"RTN", "SmoothQuant", "Hadamard", "DuQuant", "DuQuant+smooth"};
   return names[static_cast<std::size_t>(m)];
+}
+
+/// The preset's point of the cross, with `weights` as its weight quantizer.
+inline constexpr MethodSpec method_spec(Method m, WeightQuant weights = WeightQuant::kRtn) {
+  switch (m) {
+    case Method::kRtn: return {false, Rotation::kNone, weights};
+    case Method::kSmoothQuant: return {true, Rotation::kNone, weights};
+    case Method::kHadamard: return {false, Rotation::kBlockHadamard, weights};
+    case Method::kDuQuant: return {false, Rotation::kDuQuant, weights};
+    case Method::kDuQuantSmooth: return {true, Rotation::kDuQuant, weights};
+  }
+  return {};
+}
+
+/// The preset whose point `spec` is (with RTN or GPTQ weights, which
+/// QuantOptions::gptq chooses), or none.
+inline std::optional<Method> preset_of(const MethodSpec& spec) {
+  if (spec.weights == WeightQuant::kClipSearch) return std::nullopt;
+  for (Method m : kAllMethods) {
+    if (method_spec(m, spec.weights) == spec) return m;
+  }
+  return std::nullopt;
 }
 
 struct QuantOptions {
@@ -72,22 +168,27 @@ struct QuantOptions {
   int weight_bits = 4;
   double act_clip = 0.9;
   double weight_clip = 0.8;
-  double smoothquant_alpha = 0.5;  ///< SmoothQuant's default
-  /// SmoothQuant's α chosen per input instead, by oq::transform::search_smoothing_alpha
+  double smoothquant_alpha = 0.5;  ///< smoothing without a rotation: SmoothQuant's default
+  /// SmoothQuant's α (smoothing without a rotation) chosen per input instead,
+  /// by oq::transform::search_smoothing_alpha
   /// (grid 0, 0.05, …, 1; the error of the input's quantized linears), on
   /// alpha_search_tokens evenly spaced calibration tokens (alpha_search_rows);
   /// s then comes from the whole calibration input at that α.
   bool smoothquant_alpha_search = false;
   Eigen::Index alpha_search_tokens = 512;  ///< each α costs a fake quantization and product per linear
-  double duquant_alpha = 0.6;      ///< DuQuant's release, smoothing before rotation
+  double duquant_alpha = 0.6;      ///< smoothing before a rotation: the DuQuant release's default
   Eigen::Index block_size = 128;   ///< DuQuant and Hadamard blocks
   int greedy_steps = 256;
   /// Weights per group of this many inputs (W4A16-style) instead of per
   /// output channel; 0: per channel.
   Eigen::Index weight_group = 0;
   std::uint64_t seed = 0;          ///< the Haar Q′ of DuQuant's base blocks
-  /// Weights by GPTQ (oq/quant/gptq.hpp, act-order, damp 0.01) on each
-  /// method's transformed calibration inputs instead of round-to-nearest.
+  /// The presets' weight quantizer: quantize_layer(Method, …) and
+  /// QuantizedLayer's Method constructor take GPTQ weights (oq/quant/gptq.hpp,
+  /// act-order, damp 0.01, on the method's transformed calibration inputs)
+  /// where this is set, round-to-nearest otherwise (method_spec). A MethodSpec
+  /// names its own (MethodSpec::weights; with one, this must be false unless
+  /// it says WeightQuant::kGptq).
   bool gptq = false;
   /// Threads of DuQuant's greedy steps: a pool the caller owns (nullptr: all
   /// hardware threads, started per calibration).
@@ -156,8 +257,12 @@ class InputTransform {
   struct Smoothing {
     Vector<Scalar> scales;
   };
+  /// X·diag(s)⁻¹·diag(H_b, …)/√b: smoothing (scales; empty: none), then
+  /// the block Hadamard.
   struct BlockHadamard {
+    explicit BlockHadamard(Eigen::Index b, Vector<Scalar> s = Vector<Scalar>()) : block_size(b), scales(std::move(s)) {}
     Eigen::Index block_size;
+    Vector<Scalar> scales;
   };
   using DuQuant = oq::transform::DuQuantTransform<Scalar>;
 
@@ -183,6 +288,10 @@ class InputTransform {
     if (const auto* s = std::get_if<Smoothing>(&kind_)) return oq::cpu::TokenTransform::smoothing(s->scales);
     if (const auto* h = std::get_if<BlockHadamard>(&kind_)) {
       const Eigen::Index b = h->block_size;
+      if (h->scales.size() != 0) {  // smoothing, then one block rotation: a DuQuant transform's stages
+        return oq::cpu::TokenTransform::duquant(oq::transform::DuQuantTransform<float>(
+            h->scales.size(), {oq::transform::hadamard_orthogonal<float>(b)}, {}, h->scales));
+      }
       if (b >= 2 && (b & (b - 1)) == 0) return oq::cpu::TokenTransform::hadamard(b);
       return oq::cpu::TokenTransform::block_rotation(oq::transform::hadamard_orthogonal<float>(b));
     }
@@ -204,6 +313,13 @@ class InputTransform {
     }
     if (const auto* h = std::get_if<BlockHadamard>(&kind_)) {
       Matrix<Scalar> out = m;
+      if (h->scales.size() != 0) {
+        if (weight) {
+          oq::transform::smooth_weights_in_place(out, h->scales);
+        } else {
+          oq::transform::smooth_activations_in_place(out, h->scales);
+        }
+      }
       oq::transform::block_hadamard_rows(out, h->block_size);  // symmetric orthogonal blocks: X·H, W·H
       return out;
     }
@@ -221,17 +337,25 @@ class QuantizedLayer {
   /// packed_weights: the same weights as INT4 codes for oq::cpu::gemm, packed
   /// from the codes and parameters that quantized_weights dequantize (empty
   /// where there are none: weight_bits other than 4, or double).
-  QuantizedLayer(Method method, std::array<InputTransform<Scalar>, 4> transforms,
+  QuantizedLayer(MethodSpec spec, std::array<InputTransform<Scalar>, 4> transforms,
                  std::array<Matrix<Scalar>, 7> quantized_weights, QuantOptions options, double calibration_seconds,
                  std::array<std::optional<oq::cpu::PackedWeights>, 7> packed_weights = {})
-      : method_(method),
+      : spec_(spec),
         transforms_(std::move(transforms)),
         weights_(std::move(quantized_weights)),
         packed_(std::move(packed_weights)),
         options_(std::move(options)),
         calibration_seconds_(calibration_seconds) {}
 
-  Method method() const { return method_; }
+  /// A preset's layer: its point of the cross, with GPTQ weights where options.gptq is set.
+  QuantizedLayer(Method method, std::array<InputTransform<Scalar>, 4> transforms,
+                 std::array<Matrix<Scalar>, 7> quantized_weights, QuantOptions options, double calibration_seconds,
+                 std::array<std::optional<oq::cpu::PackedWeights>, 7> packed_weights = {})
+      : QuantizedLayer(method_spec(method, options.gptq ? WeightQuant::kGptq : WeightQuant::kRtn), std::move(transforms),
+                       std::move(quantized_weights), options, calibration_seconds,
+                       std::move(packed_weights)) {}
+
+  const MethodSpec& spec() const { return spec_; }
   double calibration_seconds() const { return calibration_seconds_; }
   const QuantOptions& options() const { return options_; }
   const InputTransform<Scalar>& transform(Input i) const { return transforms_[static_cast<std::size_t>(i)]; }
@@ -290,7 +414,7 @@ class QuantizedLayer {
   }
 
  private:
-  Method method_;
+  MethodSpec spec_;
   std::array<InputTransform<Scalar>, 4> transforms_;
   std::array<Matrix<Scalar>, 7> weights_;
   std::array<std::optional<oq::cpu::PackedWeights>, 7> packed_;
@@ -361,12 +485,20 @@ double search_smoothquant_alpha(const LayerWeights<Scalar>& w, const Matrix<Scal
       .alpha;
 }
 
-/// Calibrates `method` on the recorded full-precision inputs and quantizes
-/// the weights. The calibration time covers the transforms' calibration and
-/// the weights' folding and quantization.
+namespace detail_methods {
+
+// quantize_layer, its progress lines starting with `label`.
 template <class Scalar>
-QuantizedLayer<Scalar> quantize_layer(Method method, const LayerWeights<Scalar>& w,
+QuantizedLayer<Scalar> quantize_layer(const MethodSpec& spec, const std::string& label, const LayerWeights<Scalar>& w,
                                       const LinearInputs<Scalar>& calibration, const QuantOptions& options) {
+  if (options.gptq && spec.weights != WeightQuant::kGptq) {
+    throw std::invalid_argument("quantize_layer: options.gptq is the presets' switch; with a MethodSpec set weights = "
+                                "WeightQuant::kGptq instead, got options.gptq = true with " + spec.name());
+  }
+  if (spec.smooth && spec.rotation != Rotation::kNone && options.smoothquant_alpha_search) {
+    throw std::invalid_argument("quantize_layer: options.smoothquant_alpha_search applies to smoothing without a "
+                                "rotation (its error is that of the unrotated linears), got " + spec.name());
+  }
   using Clock = std::chrono::steady_clock;
   const auto start = Clock::now();
   std::array<InputTransform<Scalar>, 4> transforms;
@@ -374,39 +506,41 @@ QuantizedLayer<Scalar> quantize_layer(Method method, const LayerWeights<Scalar>&
   for (Input input : kAllInputs) {
     const Matrix<Scalar>& x = calibration[static_cast<std::size_t>(input)];
     auto& t = transforms[static_cast<std::size_t>(input)];
-    switch (method) {
-      case Method::kRtn: break;
-      case Method::kSmoothQuant: {
-        double alpha = options.smoothquant_alpha;
-        if (options.smoothquant_alpha_search) {
-          alpha = search_smoothquant_alpha(w, x, input, options);
-          if (options.progress) {
-            options.progress("SmoothQuant: " + std::string(input_name(input)) + ", α = " + std::to_string(alpha) +
-                             " (search)");
-          }
+    // Smoothing alone takes SmoothQuant's α (or its search); before a
+    // rotation, the DuQuant release's.
+    Vector<Scalar> s;
+    if (spec.smooth && spec.rotation == Rotation::kNone) {
+      double alpha = options.smoothquant_alpha;
+      if (options.smoothquant_alpha_search) {
+        alpha = search_smoothquant_alpha(w, x, input, options);
+        if (options.progress) {
+          options.progress(label + ": " + std::string(input_name(input)) + ", α = " + std::to_string(alpha) +
+                           " (search)");
         }
-        t = InputTransform<Scalar>(
-            typename InputTransform<Scalar>::Smoothing{detail_methods::smoothing(w, x, input, alpha)});
-        break;
       }
-      case Method::kHadamard:
-        t = InputTransform<Scalar>(typename InputTransform<Scalar>::BlockHadamard{options.block_size});
+      s = detail_methods::smoothing(w, x, input, alpha);
+    } else if (spec.smooth) {
+      s = detail_methods::smoothing(w, x, input, options.duquant_alpha);
+    }
+    switch (spec.rotation) {
+      case Rotation::kNone:
+        if (spec.smooth) t = InputTransform<Scalar>(typename InputTransform<Scalar>::Smoothing{std::move(s)});
         break;
-      case Method::kDuQuant:
-      case Method::kDuQuantSmooth: {
-        Vector<Scalar> s;
-        if (method == Method::kDuQuantSmooth) s = detail_methods::smoothing(w, x, input, options.duquant_alpha);
+      case Rotation::kBlockHadamard:
+        t = InputTransform<Scalar>(typename InputTransform<Scalar>::BlockHadamard(options.block_size, std::move(s)));
+        break;
+      case Rotation::kDuQuant: {
         oq::transform::DuQuantOptions d;
         d.block_size = options.block_size;
         d.greedy_steps = options.greedy_steps;
         d.pool = options.pool;
         if (options.progress) {
-          const std::string label = std::string(method_name(method)) + ": " + std::string(input_name(input));
+          const std::string where = label + ": " + std::string(input_name(input));
           // oq counts the rotation from 1, as the steps (DuQuantOptions::progress).
-          d.progress = [&options, label](int rotation, int done, int total) {
+          d.progress = [&options, where](int rotation, int done, int total) {
             if (done == total || done % 64 == 0) {
-              options.progress(label + ", rotation " + std::to_string(rotation) + ", step " +
-                               std::to_string(done) + "/" + std::to_string(total));
+              options.progress(where + ", rotation " + std::to_string(rotation) + ", step " + std::to_string(done) +
+                               "/" + std::to_string(total));
             }
           };
         }
@@ -418,10 +552,10 @@ QuantizedLayer<Scalar> quantize_layer(Method method, const LayerWeights<Scalar>&
   // GPTQ: one factor per input, from the inputs as the transform leaves
   // them, shared by the linears that read it.
   std::array<std::optional<oq::quant::GptqFactor>, 4> gptq;
-  if (options.gptq && options.weight_bits != 0) {
+  if (spec.weights == WeightQuant::kGptq && options.weight_bits != 0) {
     for (Input input : kAllInputs) {
       const auto i = static_cast<std::size_t>(input);
-      if (options.progress) options.progress(std::string(method_name(method)) + ": GPTQ, " + std::string(input_name(input)));
+      if (options.progress) options.progress(label + ": GPTQ, " + std::string(input_name(input)));
       oq::quant::GptqHessian hessian(calibration[i].cols());
       hessian.add(transforms[i].apply(calibration[i]));
       // act-order with groups gives groups that are not contiguous inputs,
@@ -433,6 +567,7 @@ QuantizedLayer<Scalar> quantize_layer(Method method, const LayerWeights<Scalar>&
   // from the very codes and parameters that the fake-quantized copy holds.
   constexpr bool kFloat = std::is_same_v<Scalar, float>;
   const bool pack = kFloat && options.weight_bits == 4;
+  const oq::quant::QuantSpec weight_spec = options.weight_spec();
   std::array<Matrix<Scalar>, 7> quantized;
   std::array<std::optional<oq::cpu::PackedWeights>, 7> packed;
   for (Linear l : kAllLinears) {
@@ -442,21 +577,44 @@ QuantizedLayer<Scalar> quantize_layer(Method method, const LayerWeights<Scalar>&
     if (options.weight_bits == 0) {
       quantized[li] = std::move(folded);
     } else if (gptq[i]) {
-      auto result = oq::quant::gptq_quantize(folded, *gptq[i], options.weight_spec());
+      auto result = oq::quant::gptq_quantize(folded, *gptq[i], weight_spec);
       quantized[li] = result.weight;
-      if (pack) packed[li] = oq::cpu::pack_weights(result, options.weight_spec());
+      if (pack) packed[li] = oq::cpu::pack_weights(result, weight_spec);
     } else {
-      const auto params = oq::quant::compute_params(folded, options.weight_spec());
-      quantized[li] = oq::quant::fake_quantize(folded, params, options.weight_spec());
+      // Clip search: each output channel's (or group's) ratio in 0.5..1 of
+      // least Σ(w − ŵ)², in place of the fixed weight_clip.
+      const auto params = spec.weights == WeightQuant::kClipSearch
+                              ? oq::quant::search_clip_mse(folded, weight_spec).params
+                              : oq::quant::compute_params(folded, weight_spec);
+      quantized[li] = oq::quant::fake_quantize(folded, params, weight_spec);
       if (pack) {
-        packed[li] = oq::cpu::pack_weights(oq::quant::quantize(folded, params, options.weight_spec()), params,
-                                           options.weight_spec());
+        packed[li] = oq::cpu::pack_weights(oq::quant::quantize(folded, params, weight_spec), params, weight_spec);
       }
     }
   }
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  return QuantizedLayer<Scalar>(method, std::move(transforms), std::move(quantized), options, seconds,
-                                std::move(packed));
+  return QuantizedLayer<Scalar>(spec, std::move(transforms), std::move(quantized), options, seconds, std::move(packed));
+}
+
+}  // namespace detail_methods
+
+/// Calibrates `spec` on the recorded full-precision inputs and quantizes
+/// the weights. The calibration time covers the transforms' calibration and
+/// the weights' folding and quantization. options.seed seeds every random
+/// draw (DuQuant's Haar Q′ of its base blocks, input by input).
+template <class Scalar>
+QuantizedLayer<Scalar> quantize_layer(const MethodSpec& spec, const LayerWeights<Scalar>& w,
+                                      const LinearInputs<Scalar>& calibration, const QuantOptions& options) {
+  return detail_methods::quantize_layer(spec, spec.name(), w, calibration, options);
+}
+
+/// A preset: quantize_layer(method_spec(method, GPTQ where options.gptq is
+/// set, else RTN), …), its progress lines named by method_name.
+template <class Scalar>
+QuantizedLayer<Scalar> quantize_layer(Method method, const LayerWeights<Scalar>& w,
+                                      const LinearInputs<Scalar>& calibration, const QuantOptions& options) {
+  return detail_methods::quantize_layer(method_spec(method, options.gptq ? WeightQuant::kGptq : WeightQuant::kRtn),
+                                        std::string(method_name(method)), w, calibration, options);
 }
 
 /// ‖a − b‖_F / ‖b‖_F in double.

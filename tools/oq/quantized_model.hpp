@@ -212,6 +212,12 @@ std::vector<T> read_elements(const oq::io::Checkpoint& c, const std::string& nam
 
 /// Adds layer `index` of `q` (every weight packed INT4) to `writer`.
 inline void add_quantized_layer(oq::io::SafetensorsWriter& writer, int index, const llama::QuantizedLayer<float>& q) {
+  // The file names a preset (oq_quantization.method, gptq): other points of
+  // the cross would load as another method.
+  if (!llama::preset_of(q.spec())) {
+    throw std::invalid_argument("add_quantized_layer: the file stores the presets only (rtn, smoothquant, hadamard, "
+                                "duquant, duquant+smooth; RTN or GPTQ weights), got " + q.spec().name());
+  }
   const std::string prefix = LlamaModel::layer_prefix(index);
   for (llama::Linear l : llama::kAllLinears) {
     const oq::cpu::PackedWeights* w = q.packed_weight(l);
@@ -407,7 +413,7 @@ inline FoldedLayer fold_smoothing(const llama::Config& config, const llama::Quan
     const auto li = static_cast<std::size_t>(l);
     weights[li] = dequantize_packed(*packed[li]);
   }
-  return FoldedLayer{llama::QuantizedLayer<float>(q.method(), std::move(transforms), std::move(weights), q.options(),
+  return FoldedLayer{llama::QuantizedLayer<float>(q.spec(), std::move(transforms), std::move(weights), q.options(),
                                                   q.calibration_seconds(), std::move(packed)),
                      std::move(input_norm), std::move(post_norm)};
 }
