@@ -1,0 +1,165 @@
+// Tests for tools/llama/bootstrap.hpp: percentile intervals against cases
+// with known answers (the mean of iid normals: width 2·1.96·σ/√n and 95%
+// coverage; a two-point sample's exact bootstrap distribution), the paired
+// interval of a constant shift, the relative-error statistic against a
+// direct computation, reproducible draws, refused input.
+#include "../../tools/llama/bootstrap.hpp"
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+namespace {
+
+using llama::stats::Bootstrap;
+using llama::stats::BootstrapOptions;
+using llama::stats::Interval;
+
+std::vector<double> normals(std::size_t n, double mean, double sigma, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> d(mean, sigma);
+  std::vector<double> x(n);
+  for (double& v : x) v = d(rng);
+  return x;
+}
+
+double sample_sd(const std::vector<double>& x) {
+  const double m = std::accumulate(x.begin(), x.end(), 0.0) / static_cast<double>(x.size());
+  double ss = 0;
+  for (double v : x) ss += (v - m) * (v - m);
+  return std::sqrt(ss / static_cast<double>(x.size()));
+}
+
+}  // namespace
+
+TEST_CASE("bootstrap of a mean of iid normals: the estimate is the mean, the width about 2·1.96·σ/√n") {
+  const std::size_t n = 400;
+  const std::vector<double> x = normals(n, 3.0, 2.0, 1);
+  const Bootstrap boot(n, BootstrapOptions{.resamples = 4000, .level = 0.95, .seed = 5});
+  const Interval ci = boot.interval(Bootstrap::mean_of(x));
+  CHECK(ci.estimate == doctest::Approx(std::accumulate(x.begin(), x.end(), 0.0) / n).epsilon(1e-14));
+  CHECK(ci.lower < ci.estimate);
+  CHECK(ci.upper > ci.estimate);
+  // The bootstrap distribution of the mean has sd σ̂/√n (σ̂ the plug-in sd);
+  // its 2.5% and 97.5% quantiles lie ±1.96 of that apart up to the
+  // Monte-Carlo error of 4000 replicates (~3% on each quantile's distance).
+  const double expected = 2 * 1.959964 * sample_sd(x) / std::sqrt(static_cast<double>(n));
+  CHECK((ci.upper - ci.lower) == doctest::Approx(expected).epsilon(0.08));
+  CHECK(std::abs((ci.upper + ci.lower) / 2 - ci.estimate) < 0.1 * expected);
+}
+
+TEST_CASE("bootstrap percentile intervals of a normal mean cover the true mean about 95% of the time") {
+  // 300 samples of 60 normals, each with its own 95% interval: the count that
+  // holds the true mean is Binomial(300, p), p ≈ 0.94 (the percentile interval
+  // of a mean is about x̄ ± 1.96·σ̂/√n with the plug-in σ̂ = s·√((n−1)/n), so it
+  // covers as |t₅₉| < 1.96·√(59/60) = 1.944 does, P ≈ 0.943; 400 replicates add
+  // a little noise to each end). The count's sd is ~4: the bounds 270..294
+  // ([0.90, 0.98]·300) are 3 sd from 282 below and 3 sd above; an interval at
+  // another level falls outside them (measured on these samples: 268 at 0.90,
+  // 295 at 0.99; 278 at 0.95).
+  int covered = 0;
+  const int trials = 300;
+  for (int t = 0; t < trials; ++t) {
+    const std::vector<double> x = normals(60, -1.5, 0.5, 100 + static_cast<std::uint64_t>(t));
+    const Bootstrap boot(x.size(), BootstrapOptions{.resamples = 400, .level = 0.95, .seed = static_cast<std::uint64_t>(t)});
+    covered += boot.interval(Bootstrap::mean_of(x)).excludes(-1.5) ? 0 : 1;
+  }
+  INFO("covered " << covered << " of " << trials);
+  CHECK(covered >= 270);
+  CHECK(covered <= 294);
+}
+
+TEST_CASE("bootstrap of two points {0, 1}: the exact distribution of the replicate mean") {
+  // A replicate draws 2 of 2 with replacement: mean 0 with probability 1/4, 1/2
+  // with 1/2, 1 with 1/4. The 2.5% and 97.5% quantiles of many replicates are
+  // then 0 and 1 (each end holds ~25% of them), the 50% interval's 25%/75%
+  // quantiles lie at or next to 1/2's block, and a level-0.4 interval (30%..70%) is [1/2, 1/2].
+  const std::vector<double> x{0.0, 1.0};
+  const Bootstrap wide(2, BootstrapOptions{.resamples = 20000, .level = 0.95, .seed = 9});
+  const Interval ci = wide.interval(Bootstrap::mean_of(x));
+  CHECK(ci.estimate == 0.5);
+  CHECK(ci.lower == 0.0);
+  CHECK(ci.upper == 1.0);
+  const Bootstrap narrow(2, BootstrapOptions{.resamples = 20000, .level = 0.4, .seed = 9});
+  const Interval mid = narrow.interval(Bootstrap::mean_of(x));
+  CHECK(mid.lower == 0.5);
+  CHECK(mid.upper == 0.5);
+  // One unit: every replicate is the sample itself.
+  const std::vector<double> one{7.25};
+  const Interval single = Bootstrap(1).interval(Bootstrap::mean_of(one));
+  CHECK(single.estimate == 7.25);
+  CHECK(single.lower == 7.25);
+  CHECK(single.upper == 7.25);
+}
+
+TEST_CASE("paired bootstrap: a constant shift gives an interval of exactly the shift; unpaired intervals overlap") {
+  // Method B's error on every window is method A's plus 0.01, the windows
+  // themselves spread 100× wider: the two separate intervals overlap, the
+  // paired one is [0.01, 0.01] up to rounding and excludes 0.
+  const std::vector<double> a = normals(50, 1.0, 1.0, 3);
+  std::vector<double> b(a);
+  for (double& v : b) v += 0.01;
+  const Bootstrap boot(a.size(), BootstrapOptions{.resamples = 1000, .seed = 4});
+  const Interval ia = boot.interval(Bootstrap::mean_of(a));
+  const Interval ib = boot.interval(Bootstrap::mean_of(b));
+  CHECK(ia.upper > ib.lower);  // overlapping: the separate intervals cannot tell A from B
+  const Interval d = boot.paired(Bootstrap::mean_of(b), Bootstrap::mean_of(a));
+  CHECK(d.estimate == doctest::Approx(0.01).epsilon(1e-9));
+  CHECK(d.lower == doctest::Approx(0.01).epsilon(1e-9));
+  CHECK(d.upper == doctest::Approx(0.01).epsilon(1e-9));
+  CHECK(d.excludes(0.0));
+  // The same draws in separate calls: the difference of the two intervals'
+  // replicate sets is that shift too (ib is ia moved by 0.01).
+  CHECK(ib.lower - ia.lower == doctest::Approx(0.01).epsilon(1e-9));
+  CHECK(ib.upper - ia.upper == doctest::Approx(0.01).epsilon(1e-9));
+  // Noise around a zero difference: the paired interval holds 0.
+  const std::vector<double> noise = normals(50, 0.0, 1e-3, 8);
+  std::vector<double> c(a);
+  for (std::size_t i = 0; i < c.size(); ++i) c[i] += noise[i] - std::accumulate(noise.begin(), noise.end(), 0.0) / 50;
+  CHECK_FALSE(boot.paired(Bootstrap::mean_of(c), Bootstrap::mean_of(a)).excludes(0.0));
+}
+
+TEST_CASE("relative error statistic: √(Σ w·num / Σ w·den) against a direct computation on a resample") {
+  const std::vector<double> num{1.0, 4.0, 0.0, 9.0}, den{4.0, 4.0, 1.0, 16.0};
+  const auto stat = Bootstrap::relative_error_of(num, den);
+  CHECK(stat(std::vector<double>(4, 1.0)) == doctest::Approx(std::sqrt(14.0 / 25.0)).epsilon(1e-15));
+  // Units 1, 1, 3, 0 drawn: ‖ΔY‖² = 4 + 4 + 9 + 1, ‖Y‖² = 4 + 4 + 16 + 4.
+  CHECK(stat(std::vector<double>{1, 2, 0, 1}) == doctest::Approx(std::sqrt(18.0 / 28.0)).epsilon(1e-15));
+  const std::vector<double> zero(4, 0.0);
+  CHECK(Bootstrap::relative_error_of(zero, zero)(std::vector<double>(4, 1.0)) == 0.0);
+  CHECK_THROWS_AS(Bootstrap::relative_error_of(num, std::vector<double>{1.0}), std::invalid_argument);
+  // A replicate with only unit 2 (den 1, num 0) is finite; one where every
+  // weight falls on a unit with den 0 but num > 0 is refused by name.
+  const std::vector<double> num2{1.0, 1.0}, den2{0.0, 1.0};
+  const Bootstrap boot(2, BootstrapOptions{.resamples = 200, .seed = 1});
+  CHECK_THROWS_AS(boot.interval(Bootstrap::relative_error_of(num2, den2)), std::domain_error);
+}
+
+TEST_CASE("bootstrap draws: the same seed gives the same interval, another seed another one; bad options refused") {
+  const std::vector<double> x = normals(30, 0.0, 1.0, 2);
+  const Interval a = Bootstrap(30, {.resamples = 500, .seed = 1}).interval(Bootstrap::mean_of(x));
+  const Interval b = Bootstrap(30, {.resamples = 500, .seed = 1}).interval(Bootstrap::mean_of(x));
+  const Interval c = Bootstrap(30, {.resamples = 500, .seed = 2}).interval(Bootstrap::mean_of(x));
+  CHECK(a.lower == b.lower);
+  CHECK(a.upper == b.upper);
+  CHECK((a.lower != c.lower || a.upper != c.upper));
+  // Each replicate draws exactly n units.
+  const Bootstrap boot(7, {.resamples = 50, .seed = 3});
+  CHECK_NOTHROW(boot.interval([](const std::vector<double>& w) {
+    if (std::accumulate(w.begin(), w.end(), 0.0) != 7.0) throw std::logic_error("a replicate without 7 draws");
+    return 0.0;
+  }));
+  CHECK_THROWS_AS(Bootstrap(0), std::invalid_argument);
+  CHECK_THROWS_AS(Bootstrap(3, {.resamples = 0}), std::invalid_argument);
+  CHECK_THROWS_AS(Bootstrap(3, {.level = 1.0}), std::invalid_argument);
+  CHECK_THROWS_AS(Bootstrap(3, {.level = std::nan("")}), std::invalid_argument);
+  const std::vector<double> bad{1.0, std::nan("")};
+  CHECK_THROWS_AS(Bootstrap(2).interval(Bootstrap::mean_of(bad)), std::domain_error);
+  CHECK(llama::stats::quantile_sorted(std::vector<double>{1, 2, 3, 4, 5}, 0.5) == 3.0);
+  CHECK(llama::stats::quantile_sorted(std::vector<double>{1, 2}, 0.25) == 1.25);
+  CHECK_THROWS_AS(llama::stats::quantile_sorted(std::vector<double>{}, 0.5), std::invalid_argument);
+}

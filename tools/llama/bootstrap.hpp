@@ -1,0 +1,185 @@
+// tools/llama/bootstrap.hpp: percentile bootstrap confidence intervals over
+// evaluation units (held-out windows, tokens), and the paired bootstrap of a
+// difference between two methods measured on the same units.
+//
+// Efron & Tibshirani, "An Introduction to the Bootstrap" (1993): draw n units
+// with replacement from the n measured ones, recompute the statistic, repeat
+// B times; the percentile interval at level 1 − a is the a/2 and 1 − a/2
+// quantiles of the B replicates (their §13.3). A statistic here is a function
+// of per-unit multiplicities: replicate r gives unit u the weight c_ru (how
+// often it was drawn, Σ_u c_ru = n), so a ratio of sums (the relative error
+// ‖ΔY‖/‖Y‖ over the tokens of a group: Σ c·‖Δy‖² over Σ c·‖y‖²) and a mean
+// are both one weighted pass. The point estimate is the statistic at c = 1.
+//
+// Paired (their §15, two-sample problems, when the samples are matched): two
+// methods evaluated on the same windows share each replicate's draw, and the
+// interval is that of the replicates of stat_A − stat_B. Differences between
+// windows (an easy window is easy for both methods) cancel in each
+// replicate, so the paired interval is far narrower than one built from the
+// two separate intervals; "A better than B" is said only where it excludes 0.
+//
+// Reproducibility: the draws come from std::mt19937_64 (whose output the C++
+// standard fixes) mapped to indices by rejection (no std::uniform_int_distribution,
+// whose algorithm differs between standard libraries), so a seed gives the
+// same draws with any compiler. The replicates themselves are floating-point
+// sums and can differ in the last bits between builds.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace llama::stats {
+
+/// A point estimate and its two-sided interval.
+struct Interval {
+  double estimate = 0;
+  double lower = 0;
+  double upper = 0;
+
+  /// Whether v lies outside [lower, upper] (a difference whose interval
+  /// excludes 0 is one the data resolve).
+  bool excludes(double v = 0.0) const { return v < lower || v > upper; }
+};
+
+struct BootstrapOptions {
+  int resamples = 2000;      ///< B, in [1, 1e6]
+  double level = 0.95;       ///< coverage of the interval, in (0, 1)
+  std::uint64_t seed = 0;    ///< of the draws: the same seed draws the same resamples
+};
+
+/// The q-quantile (q in [0, 1]) of `sorted` (ascending, non-empty), linear
+/// between order statistics: position q·(B − 1) (Hyndman & Fan's type 7).
+inline double quantile_sorted(std::span<const double> sorted, double q) {
+  if (sorted.empty()) throw std::invalid_argument("llama::stats::quantile_sorted: sorted must not be empty");
+  if (!(q >= 0 && q <= 1)) throw std::invalid_argument("llama::stats::quantile_sorted: q must be in [0, 1], got " + std::to_string(q));
+  const double pos = q * static_cast<double>(sorted.size() - 1);
+  const auto i = static_cast<std::size_t>(std::floor(pos));
+  if (i + 1 >= sorted.size()) return sorted.back();
+  const double f = pos - static_cast<double>(i);
+  return sorted[i] + f * (sorted[i + 1] - sorted[i]);
+}
+
+/// The resampling of `units` evaluation units: every statistic asked of the
+/// same Bootstrap sees the same B draws, which is what pairs two methods
+/// measured on the same units (each also through separate interval() calls).
+class Bootstrap {
+ public:
+  Bootstrap(std::size_t units, BootstrapOptions options = {}) : units_(units), options_(options) {
+    if (units == 0) throw std::invalid_argument("llama::stats::Bootstrap: units must be > 0");
+    if (options.resamples < 1 || options.resamples > 1000000) {
+      throw std::invalid_argument("llama::stats::Bootstrap: options.resamples must be in [1, 1000000], got " +
+                                  std::to_string(options.resamples));
+    }
+    if (!(options.level > 0 && options.level < 1)) {
+      throw std::invalid_argument("llama::stats::Bootstrap: options.level must be in (0, 1), got " +
+                                  std::to_string(options.level));
+    }
+  }
+
+  std::size_t units() const { return units_; }
+  const BootstrapOptions& options() const { return options_; }
+
+  /// The interval of statistic(weights), weights[u] the multiplicity of unit
+  /// u in a replicate (all 1 for the estimate). Throws std::domain_error if
+  /// the statistic is not finite on the full sample or on some replicate.
+  template <class Statistic>
+  Interval interval(Statistic&& statistic) const {
+    std::vector<double> ones(units_, 1.0);
+    const double estimate = checked(statistic(std::as_const(ones)), "the full sample");
+    std::vector<double> replicates = draw(statistic);
+    return finish(estimate, replicates);
+  }
+
+  /// The paired interval of a(weights) − b(weights): both statistics on the
+  /// same draw in every replicate.
+  template <class A, class B>
+  Interval paired(A&& a, B&& b) const {
+    return interval([&](const std::vector<double>& w) { return a(w) - b(w); });
+  }
+
+  /// Σ_u w_u·x_u / Σ_u w_u: the mean of per-unit values (x is viewed, not
+  /// copied: it must outlive the statistic).
+  static auto mean_of(std::span<const double> x) {
+    return [x](const std::vector<double>& w) {
+      double num = 0, den = 0;
+      for (std::size_t u = 0; u < x.size(); ++u) {
+        num += w[u] * x[u];
+        den += w[u];
+      }
+      return num / den;
+    };
+  }
+
+  /// √(Σ_u w_u·num_u / Σ_u w_u·den_u): a relative error ‖ΔY‖/‖Y‖ over the
+  /// units, from each unit's ‖Δy‖² (num) and ‖y‖² (den). A replicate whose
+  /// denominator is 0 gives 0 when its numerator is too (nothing measured),
+  /// else +inf (which interval() refuses). Views num and den, as mean_of.
+  static auto relative_error_of(std::span<const double> num, std::span<const double> den) {
+    if (num.size() != den.size()) {
+      throw std::invalid_argument("llama::stats::Bootstrap::relative_error_of: num and den must have one entry per "
+                                  "unit, got " + std::to_string(num.size()) + " and " + std::to_string(den.size()));
+    }
+    return [num, den](const std::vector<double>& w) {
+      double a = 0, b = 0;
+      for (std::size_t u = 0; u < num.size(); ++u) {
+        a += w[u] * num[u];
+        b += w[u] * den[u];
+      }
+      if (b == 0) return a == 0 ? 0.0 : HUGE_VAL;
+      return std::sqrt(a / b);
+    };
+  }
+
+ private:
+  // An index in [0, n) from a uniform 64-bit word: rejection of the top
+  // partial range, so every index is equally likely.
+  static std::size_t uniform_index(std::mt19937_64& rng, std::size_t n) {
+    const std::uint64_t range = static_cast<std::uint64_t>(n);
+    const std::uint64_t limit = std::numeric_limits<std::uint64_t>::max() - std::numeric_limits<std::uint64_t>::max() % range;
+    std::uint64_t v = rng();
+    while (v >= limit) v = rng();
+    return static_cast<std::size_t>(v % range);
+  }
+
+  template <class Statistic>
+  std::vector<double> draw(Statistic& statistic) const {
+    std::mt19937_64 rng(options_.seed);
+    std::vector<double> weights(units_);
+    std::vector<double> out;
+    out.reserve(static_cast<std::size_t>(options_.resamples));
+    for (int r = 0; r < options_.resamples; ++r) {
+      std::fill(weights.begin(), weights.end(), 0.0);
+      for (std::size_t k = 0; k < units_; ++k) weights[uniform_index(rng, units_)] += 1.0;
+      out.push_back(checked(statistic(std::as_const(weights)), "a replicate"));
+    }
+    return out;
+  }
+
+  static double checked(double v, const char* where) {
+    if (!std::isfinite(v)) {
+      throw std::domain_error(std::string("llama::stats::Bootstrap: the statistic is not finite on ") + where +
+                              " (got " + std::to_string(v) + ")");
+    }
+    return v;
+  }
+
+  Interval finish(double estimate, std::vector<double>& replicates) const {
+    std::sort(replicates.begin(), replicates.end());
+    const double tail = (1.0 - options_.level) / 2.0;
+    return Interval{estimate, quantile_sorted(replicates, tail), quantile_sorted(replicates, 1.0 - tail)};
+  }
+
+  std::size_t units_;
+  BootstrapOptions options_;
+};
+
+}  // namespace llama::stats
