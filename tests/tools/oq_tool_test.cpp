@@ -22,6 +22,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <cmath>
 #include <csignal>
 #include <cstdlib>
@@ -498,6 +499,7 @@ TEST_CASE("SmoothQuant's α search: the grid's argmin on evenly spaced tokens, s
   o.smoothquant_alpha_search = true;
   o.alpha_search_tokens = 40;
   const auto searched = llama::quantize_layer(llama::Method::kSmoothQuant, layer0, inputs, o);
+  std::array<double, 4> searched_alphas{};
   int not_default = 0;
   for (llama::Input input : llama::kAllInputs) {
     CAPTURE(llama::input_name(input));
@@ -512,6 +514,8 @@ TEST_CASE("SmoothQuant's α search: the grid's argmin on evenly spaced tokens, s
     for (double e : search.errors) CHECK(search.error <= e);  // the argmin
     CAPTURE(search.alpha);
     not_default += search.alpha != 0.5;
+    searched_alphas[static_cast<std::size_t>(input)] = search.alpha;
+    CHECK(searched.smoothing_alphas()[static_cast<std::size_t>(input)] == search.alpha);
     // s is the fixed-α method's at the chosen α, on every calibration token.
     llama::QuantOptions fixed = small_options();
     fixed.smoothquant_alpha = search.alpha;
@@ -526,7 +530,26 @@ TEST_CASE("SmoothQuant's α search: the grid's argmin on evenly spaced tokens, s
 
   // Through the tool: recorded in the config; refused where it cannot apply.
   oq_tool::quantize_model(model, calibration, llama::Method::kSmoothQuant, o, tmp.path / "q");
-  CHECK(oq_tool::quantization_of(LlamaModel(tmp.path / "q")).options.smoothquant_alpha_search);
+  const auto qc = oq_tool::quantization_of(LlamaModel(tmp.path / "q"));
+  CHECK(qc.options.smoothquant_alpha_search);
+  REQUIRE(qc.searched_alphas.size() == 1);  // one layer; it calibrates on the embeddings, as above
+  CHECK(qc.searched_alphas[0] == searched_alphas);
+  // Written per input; a list of the wrong length, a value outside [0, 1] and
+  // searched α without the search are refused.
+  nlohmann::json j = qc.to_json();
+  CHECK(j["searched_alphas"]["down_proj_input"][0] == searched_alphas[3]);
+  nlohmann::json bad = j;
+  bad["searched_alphas"]["o_proj_input"].push_back(0.5);
+  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(bad, "q"), doctest::Contains("one α per layer"),
+                       std::invalid_argument);
+  bad = j;
+  bad["searched_alphas"]["qkv_input"][0] = 1.5;
+  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(bad, "q"),
+                       doctest::Contains("searched_alphas.qkv_input[0] must be a number in [0, 1]"), std::invalid_argument);
+  bad = j;
+  bad["smoothquant_alpha_search"] = false;
+  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(bad, "q"),
+                       doctest::Contains("smoothquant_alpha_search is false"), std::invalid_argument);
   CHECK_THROWS_WITH_AS(oq_tool::quantize_model(model, calibration, llama::Method::kDuQuantSmooth, o, tmp.path / "q2"),
                        doctest::Contains("--smooth-alpha search applies to --method smoothquant only"),
                        std::invalid_argument);

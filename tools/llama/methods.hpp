@@ -62,6 +62,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <random>
 #include <stdexcept>
@@ -366,6 +367,12 @@ class QuantizedLayer {
     return p ? &*p : nullptr;
   }
 
+  /// The smoothing strength α each input was smoothed with (NaN where it is
+  /// not smoothed): with QuantOptions::smoothquant_alpha_search, the α the
+  /// search chose for this layer (the oq tool records them).
+  const std::array<double, 4>& smoothing_alphas() const { return alphas_; }
+  void set_smoothing_alphas(const std::array<double, 4>& alphas) { alphas_ = alphas; }
+
   /// When set, every forward records each input after its transform and
   /// before quantization (for the statistics table).
   void record_transformed_inputs(LinearInputs<Scalar>* sink) { sink_ = sink; }
@@ -420,7 +427,9 @@ class QuantizedLayer {
   std::array<std::optional<oq::cpu::PackedWeights>, 7> packed_;
   QuantOptions options_;
   double calibration_seconds_;
+  std::array<double, 4> alphas_{kNoAlpha, kNoAlpha, kNoAlpha, kNoAlpha};
   LinearInputs<Scalar>* sink_ = nullptr;
+  static constexpr double kNoAlpha = std::numeric_limits<double>::quiet_NaN();
 };
 
 namespace detail_methods {
@@ -502,6 +511,8 @@ QuantizedLayer<Scalar> quantize_layer(const MethodSpec& spec, const std::string&
   using Clock = std::chrono::steady_clock;
   const auto start = Clock::now();
   std::array<InputTransform<Scalar>, 4> transforms;
+  std::array<double, 4> alphas;
+  alphas.fill(std::numeric_limits<double>::quiet_NaN());
   std::mt19937_64 rng(options.seed);
   for (Input input : kAllInputs) {
     const Matrix<Scalar>& x = calibration[static_cast<std::size_t>(input)];
@@ -519,8 +530,10 @@ QuantizedLayer<Scalar> quantize_layer(const MethodSpec& spec, const std::string&
         }
       }
       s = detail_methods::smoothing(w, x, input, alpha);
+      alphas[static_cast<std::size_t>(input)] = alpha;
     } else if (spec.smooth) {
       s = detail_methods::smoothing(w, x, input, options.duquant_alpha);
+      alphas[static_cast<std::size_t>(input)] = options.duquant_alpha;
     }
     switch (spec.rotation) {
       case Rotation::kNone:
@@ -593,7 +606,9 @@ QuantizedLayer<Scalar> quantize_layer(const MethodSpec& spec, const std::string&
     }
   }
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  return QuantizedLayer<Scalar>(spec, std::move(transforms), std::move(quantized), options, seconds, std::move(packed));
+  QuantizedLayer<Scalar> layer(spec, std::move(transforms), std::move(quantized), options, seconds, std::move(packed));
+  layer.set_smoothing_alphas(alphas);
+  return layer;
 }
 
 }  // namespace detail_methods

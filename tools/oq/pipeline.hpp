@@ -402,6 +402,7 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
   HiddenStates x = embed_all(model, calibration);
   oq::io::SafetensorsWriter writer;
   Progress bar("quantize " + std::string(method_key(method)), model.num_layers());
+  std::vector<std::array<double, 4>> searched_alphas;
   for (int l = 0; l < model.num_layers(); ++l) {
     llama::LayerWeights<float> w = model.layer(l);
     const llama::LinearInputs<float> inputs = llama::record_inputs(c, w, x);
@@ -415,6 +416,7 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
       w.post_norm = folded->post_norm;
     }
     const llama::QuantizedLayer<float>& q = folded ? folded->layer : unfolded;
+    if (layer_options.smoothquant_alpha_search) searched_alphas.push_back(q.smoothing_alphas());
     result.calibration_seconds += q.calibration_seconds();
     add_quantized_layer(writer, l, q);
     if (write_gptq) {
@@ -453,6 +455,7 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
   qc.method = method;
   qc.options = layer_options;  // as the layers were quantized (weight_range_includes_zero for the GPTQ layout)
   qc.smoothing_folded = fold;
+  qc.searched_alphas = std::move(searched_alphas);
   qc.calibration_sequences = static_cast<std::int64_t>(calibration.size());
   qc.calibration_seq_len = calibration.empty() ? 0 : static_cast<std::int64_t>(calibration.front().size());
   nlohmann::json config = model.config_json();

@@ -92,6 +92,10 @@ struct QuantizationConfig {
   /// The smoothing scales were folded into the layers where smoothing_folds()
   /// says they can be (their .smoothing tensors are absent), format version 2.
   bool smoothing_folded = false;
+  /// With smoothquant_alpha_search: the α the search chose, per layer, in
+  /// kInputKeys order (written as "searched_alphas", one list per input; the
+  /// scales themselves are in the layers, so loading needs none of this).
+  std::vector<std::array<double, 4>> searched_alphas;
 
   nlohmann::json to_json() const {
     nlohmann::json j;
@@ -115,6 +119,15 @@ struct QuantizationConfig {
     j["calibration_sequences"] = calibration_sequences;
     j["calibration_seq_len"] = calibration_seq_len;
     if (smoothing_folded) j["smoothing_folded"] = true;
+    if (!searched_alphas.empty()) {
+      nlohmann::json per_input = nlohmann::json::object();
+      for (std::size_t i = 0; i < kInputKeys.size(); ++i) {
+        nlohmann::json list = nlohmann::json::array();
+        for (const auto& layer : searched_alphas) list.push_back(layer[i]);
+        per_input[std::string(kInputKeys[i])] = std::move(list);
+      }
+      j["searched_alphas"] = std::move(per_input);
+    }
     return j;
   }
 
@@ -174,6 +187,28 @@ struct QuantizationConfig {
     c.calibration_seq_len = integer("calibration_seq_len");
     if (c.smoothing_folded && c.method != llama::Method::kSmoothQuant && c.method != llama::Method::kDuQuantSmooth) {
       fail("smoothing_folded is true, but method " + std::string(method_key(c.method)) + " has no smoothing to fold");
+    }
+    if (j.contains("searched_alphas")) {  // optional, informational
+      const auto& a = j["searched_alphas"];
+      if (!a.is_object()) fail("searched_alphas must be an object of lists, one per input");
+      std::size_t layers = 0;
+      for (std::size_t i = 0; i < kInputKeys.size(); ++i) {
+        const std::string key(kInputKeys[i]);
+        if (!a.contains(key) || !a[key].is_array()) fail("searched_alphas." + key + " must be a list");
+        if (i == 0) {
+          layers = a[key].size();
+          c.searched_alphas.assign(layers, {});
+        }
+        if (a[key].size() != layers) fail("searched_alphas: every input's list must have one α per layer");
+        for (std::size_t l = 0; l < layers; ++l) {
+          const auto& v = a[key][l];
+          if (!v.is_number() || !(v.get<double>() >= 0 && v.get<double>() <= 1)) {
+            fail("searched_alphas." + key + "[" + std::to_string(l) + "] must be a number in [0, 1]");
+          }
+          c.searched_alphas[l][i] = v.get<double>();
+        }
+      }
+      if (!c.options.smoothquant_alpha_search) fail("searched_alphas is present, but smoothquant_alpha_search is false");
     }
     if (c.options.weight_group < 0) fail("weight_group must be >= 0");
     if (c.options.block_size <= 0) fail("block_size must be > 0");
@@ -413,9 +448,10 @@ inline FoldedLayer fold_smoothing(const llama::Config& config, const llama::Quan
     const auto li = static_cast<std::size_t>(l);
     weights[li] = dequantize_packed(*packed[li]);
   }
-  return FoldedLayer{llama::QuantizedLayer<float>(q.spec(), std::move(transforms), std::move(weights), q.options(),
-                                                  q.calibration_seconds(), std::move(packed)),
-                     std::move(input_norm), std::move(post_norm)};
+  llama::QuantizedLayer<float> layer(q.spec(), std::move(transforms), std::move(weights), q.options(),
+                                     q.calibration_seconds(), std::move(packed));
+  layer.set_smoothing_alphas(q.smoothing_alphas());
+  return FoldedLayer{std::move(layer), std::move(input_norm), std::move(post_norm)};
 }
 
 /// Layer `index` of a quantized checkpoint, as the QuantizedLayer that
