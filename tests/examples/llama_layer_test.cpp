@@ -424,6 +424,55 @@ TEST_CASE("clip search weights: each output channel's squared error at most roun
   CHECK(better > rows / 2);  // and strictly better on most channels (a ratio other than 0.8 wins)
 }
 
+TEST_CASE("LWC weights: each linear's calibration output error at most RTN's, and the layer's below it") {
+  // Weights only (activations unrounded): LWC's objective is each linear's
+  // output error on its transformed calibration inputs. Its factors start at
+  // the weight clip 0.8, RTN's grid, and each channel keeps its best step, so
+  // per linear it cannot end above RTN; the layer's error is checked too.
+  const Config c = small_config();
+  const auto w = llama::default_layer<float>(c);
+  const llama::Matrix<float> x_calibration = llama::default_input<float>(c, 128, 2);
+  const auto calibration = llama::record_inputs(c, w, x_calibration);
+  const llama::Matrix<float> y = llama::forward(c, w, x_calibration);
+  llama::QuantOptions o;
+  o.act_bits = 0;
+  o.greedy_steps = 16;
+  o.block_size = 64;
+  o.lwc.steps = 15;
+  for (const llama::MethodSpec& rtn_spec : {llama::MethodSpec{}, llama::method_spec(llama::Method::kDuQuantSmooth)}) {
+    llama::MethodSpec lwc_spec = rtn_spec;
+    lwc_spec.weights = llama::WeightQuant::kLwc;
+    const auto rtn = llama::quantize_layer(rtn_spec, w, calibration, o);
+    const auto lwc = llama::quantize_layer(lwc_spec, w, calibration, o);
+    const std::string name = lwc_spec.name();
+    INFO(name);
+    CHECK(name == (rtn_spec.smooth ? "smooth+DuQuant+LWC" : "LWC"));
+    std::size_t better = 0;
+    for (Linear l : llama::kAllLinears) {
+      INFO(llama::linear_name(l));
+      // Both layers' transforms are the same calibration (same seed).
+      const auto& t = lwc.transform(llama::input_of(l));
+      const Md xt = t.apply(calibration[static_cast<std::size_t>(llama::input_of(l))]).cast<double>();
+      const Md folded = t.fold_into_weight(w[l]).cast<double>();
+      const double e_rtn = (xt * (folded - rtn.quantized_weight(l).cast<double>()).transpose()).squaredNorm();
+      const double e_lwc = (xt * (folded - lwc.quantized_weight(l).cast<double>()).transpose()).squaredNorm();
+      CHECK(e_lwc <= e_rtn * (1 + 1e-9));
+      better += e_lwc < 0.99 * e_rtn;
+    }
+    CHECK(better >= 5);
+    const double e_rtn = llama::relative_error(llama::forward(c, w, x_calibration, rtn), y);
+    const double e_lwc = llama::relative_error(llama::forward(c, w, x_calibration, lwc), y);
+    std::cout << name << ": W4 layer error on the calibration tokens, RTN " << e_rtn << ", LWC " << e_lwc << "\n";
+    CHECK(e_lwc < e_rtn);
+  }
+  // LWC sets each channel's range itself: a range widened to hold 0 is refused.
+  o.weight_range_includes_zero = true;
+  CHECK_THROWS_WITH_AS(llama::quantize_layer(llama::MethodSpec{false, llama::Rotation::kNone, llama::WeightQuant::kLwc},
+                                             w, calibration, o),
+                       doctest::Contains("weight_range_includes_zero"), std::invalid_argument);
+  CHECK_FALSE(llama::preset_of({true, llama::Rotation::kDuQuant, llama::WeightQuant::kLwc}).has_value());
+}
+
 TEST_CASE("W4A4 on the small default layer: DuQuant and Hadamard each cut RTN's error at least 2x") {
   const Config c = small_config();
   const auto w = llama::default_layer<float>(c);
@@ -506,6 +555,8 @@ TEST_CASE("integer kernels and fake quantization agree within the stated bound, 
   specs.push_back({true, llama::Rotation::kBlockHadamard, llama::WeightQuant::kRtn});
   specs.push_back({false, llama::Rotation::kNone, llama::WeightQuant::kClipSearch});
   specs.push_back({true, llama::Rotation::kDuQuant, llama::WeightQuant::kClipSearch});
+  specs.push_back({true, llama::Rotation::kDuQuant, llama::WeightQuant::kLwc});  // DuQuant+LWC
+  o.lwc.steps = 5;
   for (const llama::MethodSpec& spec : specs) {
     INFO(spec.name());
     const auto layer = llama::quantize_layer(spec, w, calibration, o);

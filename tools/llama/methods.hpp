@@ -3,7 +3,7 @@
 //
 // A method is a point of a crossed specification (MethodSpec): smoothing
 // {off, on} × rotation {none, block Hadamard, DuQuant} × weight quantizer
-// {round-to-nearest, clip search, GPTQ}. Every method is one input transform
+// {round-to-nearest, clip search, GPTQ, learnable weight clipping}. Every method is one input transform
 // per distinct linear input (q/k/v share one, gate/up share one;
 // llama::Input) and the weights folded accordingly (docs/design.md §5:
 // y = X·Wᵀ = (X·M)·(W·M)ᵀ for orthogonal M; smoothing divides X and
@@ -12,7 +12,7 @@
 // per token and the folded weight per output channel, both asymmetric, with
 // the clip ratios DuQuant uses (0.9 activations, 0.8 weights; docs/design.md
 // §6), or with the weights' ratio per channel chosen by clip search, or the
-// weights by GPTQ:
+// weights by GPTQ or with clip factors trained by LWC:
 //
 //   smoothing      s from eq. 4 (docs/design.md §4) with α = 0.5 (SmoothQuant's
 //                  default, or its α search) alone, α = 0.6 before a rotation
@@ -27,6 +27,14 @@
 //                  least squared error (oq/quant/clip_search.hpp)
 //                  GPTQ: oq/quant/gptq.hpp, act-order, damp 0.01, on the
 //                  transformed calibration inputs
+//                  LWC: OmniQuant's learnable weight clipping
+//                  (oq/quant/lwc.hpp), two clip factors per output channel
+//                  trained by AdamW on each linear's output error on the
+//                  transformed calibration inputs (OmniQuant trains them
+//                  block by block on the block's output; here per linear),
+//                  starting at the weight clip 0.8, i.e. at RTN's grid
+//                  (QuantOptions::lwc_init_at_weight_clip); DuQuant+LWC is
+//                  {on, DuQuant, LWC}
 //
 // The five named presets (Method) are points of that cross: RTN = {off, none,
 // RTN}, SmoothQuant = {on, none, RTN}, Hadamard = {off, block Hadamard, RTN},
@@ -60,6 +68,7 @@
 
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <limits>
@@ -88,14 +97,16 @@ inline constexpr std::string_view rotation_name(Rotation r) {
 }
 
 /// How the folded weights are quantized.
-enum class WeightQuant { kRtn, kClipSearch, kGptq };
-inline constexpr std::array kAllWeightQuants{WeightQuant::kRtn, WeightQuant::kClipSearch, WeightQuant::kGptq};
+enum class WeightQuant { kRtn, kClipSearch, kGptq, kLwc };
+inline constexpr std::array kAllWeightQuants{WeightQuant::kRtn, WeightQuant::kClipSearch, WeightQuant::kGptq,
+                                             WeightQuant::kLwc};
 
 inline constexpr std::string_view weight_quant_name(WeightQuant q) {
   switch (q) {
     case WeightQuant::kRtn: return "RTN";
     case WeightQuant::kClipSearch: return "clip";
     case WeightQuant::kGptq: return "GPTQ";
+    case WeightQuant::kLwc: return "LWC";
   }
   return "?";
 }
@@ -154,7 +165,7 @@ inline constexpr MethodSpec method_spec(Method m, WeightQuant weights = WeightQu
 /// The preset whose point `spec` is (with RTN or GPTQ weights, which
 /// QuantOptions::gptq chooses), or none.
 inline std::optional<Method> preset_of(const MethodSpec& spec) {
-  if (spec.weights == WeightQuant::kClipSearch) return std::nullopt;
+  if (spec.weights != WeightQuant::kRtn && spec.weights != WeightQuant::kGptq) return std::nullopt;
   for (Method m : kAllMethods) {
     if (method_spec(m, spec.weights) == spec) return m;
   }
@@ -191,6 +202,14 @@ struct QuantOptions {
   /// names its own (MethodSpec::weights; with one, this must be false unless
   /// it says WeightQuant::kGptq).
   bool gptq = false;
+  /// WeightQuant::kLwc's training (oq/quant/lwc.hpp): AdamW steps, learning
+  /// rate, zero-point gradient (the releases' defaults but for the steps).
+  oq::quant::LwcOptions lwc{};
+  /// Start LWC's factors at σ(a) = σ(b) = weight_clip (RTN's grid at that
+  /// clip, so that each linear's trained output error is at most RTN's)
+  /// instead of at lwc.init (the releases' 4, σ = 0.982, where DuQuant+LWC
+  /// drops the fixed 0.8 clip). A weight_clip of 1 starts at lwc.init.
+  bool lwc_init_at_weight_clip = true;
   /// Threads of DuQuant's greedy steps: a pool the caller owns (nullptr: all
   /// hardware threads, started per calibration).
   oq::cpu::ThreadPool* pool = nullptr;
@@ -504,6 +523,10 @@ QuantizedLayer<Scalar> quantize_layer(const MethodSpec& spec, const std::string&
     throw std::invalid_argument("quantize_layer: options.gptq is the presets' switch; with a MethodSpec set weights = "
                                 "WeightQuant::kGptq instead, got options.gptq = true with " + spec.name());
   }
+  if (spec.weights == WeightQuant::kLwc && options.weight_range_includes_zero) {
+    throw std::invalid_argument("quantize_layer: LWC learns each channel's range; options.weight_range_includes_zero "
+                                "must be false with " + spec.name());
+  }
   if (spec.smooth && spec.rotation != Rotation::kNone && options.smoothquant_alpha_search) {
     throw std::invalid_argument("quantize_layer: options.smoothquant_alpha_search applies to smoothing without a "
                                 "rotation (its error is that of the unrotated linears), got " + spec.name());
@@ -562,19 +585,32 @@ QuantizedLayer<Scalar> quantize_layer(const MethodSpec& spec, const std::string&
       }
     }
   }
-  // GPTQ: one factor per input, from the inputs as the transform leaves
-  // them, shared by the linears that read it.
+  // GPTQ and LWC: H = 2·XᵀX/n per input, from the inputs as the transform
+  // leaves them, shared by the linears that read it (GPTQ: one factor of it).
   std::array<std::optional<oq::quant::GptqFactor>, 4> gptq;
-  if (spec.weights == WeightQuant::kGptq && options.weight_bits != 0) {
+  std::array<Eigen::MatrixXd, 4> lwc_hessian;
+  const bool uses_hessian = spec.weights == WeightQuant::kGptq || spec.weights == WeightQuant::kLwc;
+  if (uses_hessian && options.weight_bits != 0) {
     for (Input input : kAllInputs) {
       const auto i = static_cast<std::size_t>(input);
-      if (options.progress) options.progress(label + ": GPTQ, " + std::string(input_name(input)));
+      if (options.progress) {
+        options.progress(label + ": " + std::string(weight_quant_name(spec.weights)) + ", " +
+                         std::string(input_name(input)));
+      }
       oq::quant::GptqHessian hessian(calibration[i].cols());
       hessian.add(transforms[i].apply(calibration[i]));
-      // act-order with groups gives groups that are not contiguous inputs,
-      // which the packed layout cannot hold (oq::cpu::pack_weights refuses them).
-      gptq[i].emplace(hessian.matrix(), oq::quant::GptqOptions{.act_order = options.weight_group == 0});
+      if (spec.weights == WeightQuant::kLwc) {
+        lwc_hessian[i] = hessian.matrix();
+      } else {
+        // act-order with groups gives groups that are not contiguous inputs,
+        // which the packed layout cannot hold (oq::cpu::pack_weights refuses them).
+        gptq[i].emplace(hessian.matrix(), oq::quant::GptqOptions{.act_order = options.weight_group == 0});
+      }
     }
+  }
+  oq::quant::LwcOptions lwc = options.lwc;
+  if (options.lwc_init_at_weight_clip && options.weight_clip < 1) {
+    lwc.init = std::log(options.weight_clip / (1 - options.weight_clip));  // σ(init) = weight_clip
   }
   // 4-bit float weights are also packed for oq::cpu::gemm (integer_path.hpp),
   // from the very codes and parameters that the fake-quantized copy holds.
@@ -593,6 +629,11 @@ QuantizedLayer<Scalar> quantize_layer(const MethodSpec& spec, const std::string&
       auto result = oq::quant::gptq_quantize(folded, *gptq[i], weight_spec);
       quantized[li] = result.weight;
       if (pack) packed[li] = oq::cpu::pack_weights(result, weight_spec);
+    } else if (spec.weights == WeightQuant::kLwc) {
+      if (options.progress) options.progress(label + ": LWC, " + std::string(linear_name(l)));
+      auto result = oq::quant::train_lwc(folded, lwc_hessian[i], weight_spec, lwc);
+      quantized[li] = result.weight;
+      if (pack) packed[li] = oq::cpu::pack_weights(result.codes, result.params, weight_spec);
     } else {
       // Clip search: each output channel's (or group's) ratio in 0.5..1 of
       // least Σ(w − ŵ)², in place of the fixed weight_clip.
