@@ -90,39 +90,6 @@ Report checked_launch(Launch&& launch) {
   return Report::success();
 }
 
-/// The current device's compute capability (or kCudaError).
-inline Report compute_capability(int& major, int& minor) {
-  int device = 0;
-  OQ_CUDA_TRY(cudaGetDevice(&device));
-  OQ_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  OQ_CUDA_TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  return Report::success();
-}
-
-/// Success when the current device has compute capability `major`.0 or newer;
-/// otherwise kUnsupportedDevice naming `who` (or kCudaError).
-inline Report require_compute_capability(int major, const std::string& who) {
-  int found = 0, minor = 0;
-  if (Report r = compute_capability(found, minor); !r.ok()) return r;
-  if (found < major)
-    return Report::failure(Status::kUnsupportedDevice, who + ": needs compute capability " + std::to_string(major) +
-                                                           ".0 or newer, got major " + std::to_string(found));
-  return Report::success();
-}
-
-/// Success when a block on the current device may opt in to `bytes` of
-/// shared memory; otherwise kUnsupportedDevice naming `who` and `what` needs it.
-inline Report require_shared_memory(std::size_t bytes, const std::string& who, const std::string& what) {
-  int device = 0, limit = 0;
-  OQ_CUDA_TRY(cudaGetDevice(&device));
-  OQ_CUDA_TRY(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  if (bytes > static_cast<std::size_t>(limit))
-    return Report::failure(Status::kUnsupportedDevice, who + ": " + what + " need " + std::to_string(bytes) +
-                                                           " bytes of shared memory, the device allows " +
-                                                           std::to_string(limit));
-  return Report::success();
-}
-
 namespace detail {
 
 // The largest dynamic shared memory size each (device, kernel) may launch

@@ -12,9 +12,14 @@
 // group_size a multiple of 8 dividing K; a 16-byte aligned with ld_a a
 // multiple of 8 elements; w 4-byte aligned with ld_w a multiple of 4 bytes;
 // compute capability 8.0 or newer. Faster (16-byte weight loads) when K and
-// group_size are multiples of 32 and w and ld_w are 16-byte aligned.
+// group_size are multiples of 32 and w and ld_w are 16-byte aligned. The
+// launcher skeleton (check_arguments, can_implement, run, initialize +
+// run(stream)) is device/launcher.cuh's.
 #pragma once
 
+#include <oq/cuda/arch/arch.cuh>
+#include <oq/cuda/device/device_info.cuh>
+#include <oq/cuda/device/launcher.cuh>
 #include <oq/cuda/kernel/gemm_w4a16.cuh>
 #include <oq/cuda/status.cuh>
 
@@ -30,7 +35,8 @@ namespace oq::cuda::device {
 /// M = 64 reads the weights 4 times — from L2 where they fit; the CUDA-core
 /// FMAs bound that case anyway: GemmW4A16TensorOp is the launcher for it.
 template <class ElementA, class ElementOut, int kTileM = 0, int kWarps = 4>
-class GemmW4A16 {
+class GemmW4A16
+    : public Launcher<GemmW4A16<ElementA, ElementOut, kTileM, kWarps>, kernel::GemmW4A16Params<ElementA, ElementOut>> {
  public:
   /// The kernel for u4 (asymmetric) or s4 (symmetric) codes and a token tile;
   /// run() picks by p.symmetric and p.m.
@@ -38,6 +44,8 @@ class GemmW4A16 {
   using KernelFor = kernel::GemmW4A16<ElementA, ElementOut, kSymmetric, kTile, kWarps>;
   using Kernel = KernelFor<false>;
   using Params = typename Kernel::Params;
+  using Arch = arch::Sm80;
+  static constexpr const char* kName = "GemmW4A16";
 
   /// The token tile run() uses for M = m.
   static constexpr int tile_for(std::int64_t m) {
@@ -48,12 +56,14 @@ class GemmW4A16 {
     }
   }
 
-  static Report check_arguments(const Params& p) { return check_arguments_for_tile(p, tile_for(p.m)); }
+  static Report check_arguments_as(const Params& p, const std::string& who) {
+    return check_arguments_for_tile(p, who, tile_for(p.m));
+  }
 
-  /// check_arguments with the grid's token tile given: launchers that reuse
-  /// these checks with other tiles (GemmW4A16TensorOp) pass their own.
-  static Report check_arguments_for_tile(const Params& p, int tile_m) {
-    auto bad = [](Status s, const std::string& why) { return Report::failure(s, "GemmW4A16: " + why); };
+  /// The W4A16 argument checks with the grid's token tile given: launchers
+  /// that reuse them with other tiles (GemmW4A16TensorOp) pass their own.
+  static Report check_arguments_for_tile(const Params& p, const std::string& who, int tile_m) {
+    auto bad = [&](Status s, const std::string& why) { return Report::failure(s, who + ": " + why); };
     if (p.m < 0 || p.n < 0 || p.k <= 0)
       return bad(Status::kInvalidShape, "need m >= 0, n >= 0, k > 0, got m = " + std::to_string(p.m) +
                                             ", n = " + std::to_string(p.n) + ", k = " + std::to_string(p.k));
@@ -78,35 +88,24 @@ class GemmW4A16 {
     return Report::success();
   }
 
-  static Report can_implement(const Params& p) {
-    if (Report r = check_arguments(p); !r.ok()) return r;
-    return require_compute_capability(8, "GemmW4A16");
-  }
+  static bool empty(const Params& p) { return p.m == 0 || p.n == 0; }
 
-  static Report run(const Params& p, cudaStream_t stream = nullptr) {
-    if (Report r = can_implement(p); !r.ok()) return r;
-    if (p.m == 0 || p.n == 0) return Report::success();
+  static Report launch(const Params& p, const DeviceInfo&, cudaStream_t stream) {
     if constexpr (kTileM > 0) {
-      return launch<kTileM>(p, stream);
+      return launch_tile<kTileM>(p, stream);
     } else {
-      switch (tile_for(p.m)) {
-        case 1: return launch<1>(p, stream);
-        case 4: return launch<4>(p, stream);
-        default: return launch<16>(p, stream);
-      }
+      return dispatch<1, 4, 16>(tile_for(p.m), [&]<int kTile>() { return launch_tile<kTile>(p, stream); });
     }
   }
 
  private:
   template <int kTile>
-  static Report launch(const Params& p, cudaStream_t stream) {
+  static Report launch_tile(const Params& p, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>((p.n + kWarps - 1) / kWarps), static_cast<unsigned>((p.m + kTile - 1) / kTile));
     return checked_launch([&] {
-      if (p.symmetric) {
-        kernel::gemm_w4a16_kernel<ElementA, ElementOut, true, kTile, kWarps><<<grid, 32 * kWarps, 0, stream>>>(p);
-      } else {
-        kernel::gemm_w4a16_kernel<ElementA, ElementOut, false, kTile, kWarps><<<grid, 32 * kWarps, 0, stream>>>(p);
-      }
+      dispatch_bool(p.symmetric, [&]<bool kSymmetric>() {
+        kernel::gemm_w4a16_kernel<ElementA, ElementOut, kSymmetric, kTile, kWarps><<<grid, 32 * kWarps, 0, stream>>>(p);
+      });
     });
   }
 };

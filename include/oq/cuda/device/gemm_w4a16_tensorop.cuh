@@ -14,7 +14,10 @@
 // multiple of 8 bytes.
 #pragma once
 
+#include <oq/cuda/arch/arch.cuh>
+#include <oq/cuda/device/device_info.cuh>
 #include <oq/cuda/device/gemm_w4a16.cuh>
+#include <oq/cuda/device/launcher.cuh>
 #include <oq/cuda/kernel/gemm_w4a16_tensorop.cuh>
 #include <oq/cuda/status.cuh>
 
@@ -24,24 +27,26 @@
 namespace oq::cuda::device {
 
 template <class ElementA, class ElementOut>
-class GemmW4A16TensorOp {
+class GemmW4A16TensorOp
+    : public Launcher<GemmW4A16TensorOp<ElementA, ElementOut>, kernel::GemmW4A16Params<ElementA, ElementOut>> {
  public:
   template <bool kSymmetric, int kTileM = 64>
   using KernelFor = kernel::GemmW4A16TensorOp<ElementA, ElementOut, kSymmetric, kTileM>;
   using Kernel = KernelFor<false>;  // for kTileN, kThreads and Params; the token tile is tile_m_for(M)
   using Params = typename Kernel::Params;
+  using Arch = arch::Sm80;
+  static constexpr const char* kName = "GemmW4A16TensorOp";
 
   /// The token tile run() takes for M tokens: the smallest of 16, 32, 64
   /// that covers M (fewer accumulator registers, more CTAs per SM), else 64.
   static constexpr int tile_m_for(std::int64_t m) { return m <= 16 ? 16 : m <= 32 ? 32 : 64; }
 
-  /// The argument checks alone: no CUDA call, usable without a GPU.
-  static Report check_arguments(const Params& p) {
-    if (Report r = GemmW4A16<ElementA, ElementOut>::check_arguments_for_tile(p, tile_m_for(p.m)); !r.ok()) {
-      r.message.replace(0, std::string("GemmW4A16").size(), "GemmW4A16TensorOp");
+  /// GemmW4A16's checks (with this launcher's token tile), then K and groups
+  /// of 16 and 8-byte weight rows.
+  static Report check_arguments_as(const Params& p, const std::string& who) {
+    if (Report r = GemmW4A16<ElementA, ElementOut>::check_arguments_for_tile(p, who, tile_m_for(p.m)); !r.ok())
       return r;
-    }
-    auto bad = [](Status s, const std::string& why) { return Report::failure(s, "GemmW4A16TensorOp: " + why); };
+    auto bad = [&](Status s, const std::string& why) { return Report::failure(s, who + ": " + why); };
     if (p.k % 16 != 0 || p.group_size % 16 != 0)
       return bad(Status::kInvalidShape, "k and group_size must be multiples of 16, got " + std::to_string(p.k) +
                                             " and " + std::to_string(p.group_size));
@@ -52,32 +57,18 @@ class GemmW4A16TensorOp {
     return Report::success();
   }
 
-  static Report can_implement(const Params& p) {
-    if (Report r = check_arguments(p); !r.ok()) return r;
-    return require_compute_capability(8, "GemmW4A16TensorOp");
-  }
+  static bool empty(const Params& p) { return p.m == 0 || p.n == 0; }
 
-  static Report run(const Params& p, cudaStream_t stream = nullptr) {
-    if (Report r = can_implement(p); !r.ok()) return r;
-    if (p.m == 0 || p.n == 0) return Report::success();
-    switch (tile_m_for(p.m)) {
-      case 16: return launch<16>(p, stream);
-      case 32: return launch<32>(p, stream);
-      default: return launch<64>(p, stream);
-    }
-  }
-
- private:
-  template <int kTileM>
-  static Report launch(const Params& p, cudaStream_t stream) {
-    const dim3 grid(static_cast<unsigned>((p.n + Kernel::kTileN - 1) / Kernel::kTileN),
-                    static_cast<unsigned>((p.m + kTileM - 1) / kTileM));
-    return checked_launch([&] {
-      if (p.symmetric) {
-        kernel::gemm_w4a16_tensorop_kernel<ElementA, ElementOut, true, kTileM><<<grid, Kernel::kThreads, 0, stream>>>(p);
-      } else {
-        kernel::gemm_w4a16_tensorop_kernel<ElementA, ElementOut, false, kTileM><<<grid, Kernel::kThreads, 0, stream>>>(p);
-      }
+  static Report launch(const Params& p, const DeviceInfo&, cudaStream_t stream) {
+    return dispatch<16, 32, 64>(tile_m_for(p.m), [&]<int kTileM>() {
+      const dim3 grid(static_cast<unsigned>((p.n + Kernel::kTileN - 1) / Kernel::kTileN),
+                      static_cast<unsigned>((p.m + kTileM - 1) / kTileM));
+      return checked_launch([&] {
+        dispatch_bool(p.symmetric, [&]<bool kSymmetric>() {
+          kernel::gemm_w4a16_tensorop_kernel<ElementA, ElementOut, kSymmetric, kTileM>
+              <<<grid, Kernel::kThreads, 0, stream>>>(p);
+        });
+      });
     });
   }
 };

@@ -18,8 +18,14 @@
 // Requirements (can_implement explains a failure): K a multiple of 32; ld_a,
 // ld_w even and at least K/2 bytes; a and w 2-byte aligned; y needs both
 // scales; zero_w needs sum_a and zero_a needs sum_w; compute capability 8.0+.
+// The launcher skeleton (check_arguments, can_implement, run, and
+// initialize + run(stream) to check once and launch many times) is
+// device/launcher.cuh's.
 #pragma once
 
+#include <oq/cuda/arch/arch.cuh>
+#include <oq/cuda/device/device_info.cuh>
+#include <oq/cuda/device/launcher.cuh>
 #include <oq/cuda/kernel/gemm_w4a4.cuh>
 #include <oq/cuda/status.cuh>
 
@@ -29,13 +35,17 @@
 namespace oq::cuda::device {
 
 template <class ElementOut, int kWarpsN = 4, kernel::W4A4Mma kMma = kernel::W4A4Mma::kAuto>
-class GemmW4A4 {
+class GemmW4A4 : public Launcher<GemmW4A4<ElementOut, kWarpsN, kMma>, kernel::GemmW4A4Params<ElementOut>> {
  public:
   using Kernel = kernel::GemmW4A4<ElementOut, kWarpsN, kMma>;
   using Params = typename Kernel::Params;
+  using Arch = arch::Sm80;
+  static constexpr const char* kName = "GemmW4A4";
 
-  static Report check_arguments(const Params& p) {
-    auto bad = [](Status s, const std::string& why) { return Report::failure(s, "GemmW4A4: " + why); };
+  /// The W4A4 argument checks every W4A4 launcher starts with, messages
+  /// prefixed with `who`.
+  static Report check_arguments_as(const Params& p, const std::string& who) {
+    auto bad = [&](Status s, const std::string& why) { return Report::failure(s, who + ": " + why); };
     if (p.m < 0 || p.n < 0 || p.k <= 0)
       return bad(Status::kInvalidShape, "need m >= 0, n >= 0, k > 0, got m = " + std::to_string(p.m) +
                                             ", n = " + std::to_string(p.n) + ", k = " + std::to_string(p.k));
@@ -65,14 +75,9 @@ class GemmW4A4 {
     return Report::success();
   }
 
-  static Report can_implement(const Params& p) {
-    if (Report r = check_arguments(p); !r.ok()) return r;
-    return require_compute_capability(8, "GemmW4A4");
-  }
+  static bool empty(const Params& p) { return p.m == 0 || p.n == 0; }
 
-  static Report run(const Params& p, cudaStream_t stream = nullptr) {
-    if (Report r = can_implement(p); !r.ok()) return r;
-    if (p.m == 0 || p.n == 0) return Report::success();
+  static Report launch(const Params& p, const DeviceInfo&, cudaStream_t stream) {
     const dim3 grid(static_cast<unsigned>((p.n + Kernel::kTileN - 1) / Kernel::kTileN),
                     static_cast<unsigned>((p.m + Kernel::kTileM - 1) / Kernel::kTileM));
     return checked_launch(

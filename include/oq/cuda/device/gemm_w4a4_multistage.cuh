@@ -14,7 +14,10 @@
 // 48 KB, which sm_80 and newer allow).
 #pragma once
 
+#include <oq/cuda/arch/arch.cuh>
+#include <oq/cuda/device/device_info.cuh>
 #include <oq/cuda/device/gemm_w4a4.cuh>
+#include <oq/cuda/device/launcher.cuh>
 #include <oq/cuda/kernel/gemm_w4a4_multistage.cuh>
 #include <oq/cuda/status.cuh>
 
@@ -24,16 +27,6 @@
 namespace oq::cuda::device {
 
 namespace detail {
-
-/// launch.template operator()<kASigned, kWSigned>() for p's operand signedness:
-/// the tiled W4A4 kernels take it as template arguments.
-template <class Params, class Launch>
-Report dispatch_w4a4_signedness(const Params& p, Launch&& launch) {
-  if (p.a_signed) {
-    return p.w_signed ? launch.template operator()<true, true>() : launch.template operator()<true, false>();
-  }
-  return p.w_signed ? launch.template operator()<false, true>() : launch.template operator()<false, false>();
-}
 
 /// Launches tiled kernel K (K::kTileM × K::kTileN outputs per CTA, K::kThreads
 /// threads, K::kSmemBytes of dynamic shared memory) over p's M × N.
@@ -48,30 +41,30 @@ Report launch_w4a4_tiled(void (*entry)(Params), const Params& p, cudaStream_t st
 }  // namespace detail
 
 template <class ElementOut, kernel::W4A4Mma kMma = kernel::W4A4Mma::kAuto, int kStages = 3>
-class GemmW4A4Multistage {
+class GemmW4A4Multistage
+    : public Launcher<GemmW4A4Multistage<ElementOut, kMma, kStages>, kernel::GemmW4A4Params<ElementOut>> {
  public:
   using Params = kernel::GemmW4A4Params<ElementOut>;
   template <bool kASigned, bool kWSigned>
   using Kernel = kernel::GemmW4A4Multistage<ElementOut, kASigned, kWSigned, kMma, kStages>;
+  using Arch = arch::Sm80;
+  static constexpr const char* kName = "GemmW4A4Multistage";
   static constexpr int kSmemBytes = Kernel<true, true>::kSmemBytes;
   static constexpr int kTileM = Kernel<true, true>::kTileM;
   static constexpr int kTileN = Kernel<true, true>::kTileN;
 
-  /// The argument checks alone: no CUDA call, usable without a GPU.
-  static Report check_arguments(const Params& p) {
-    if (Report r = GemmW4A4<ElementOut>::check_arguments(p); !r.ok()) {
-      r.message.replace(0, std::string("GemmW4A4").size(), "GemmW4A4Multistage");
-      return r;
-    }
-    auto bad = [](Status s, const std::string& why) { return Report::failure(s, "GemmW4A4Multistage: " + why); };
+  /// GemmW4A4's checks, then 16-byte alignment (and, kWidenToS8, the bound on K).
+  static Report check_arguments_as(const Params& p, const std::string& who) {
+    if (Report r = GemmW4A4<ElementOut>::check_arguments_as(p, who); !r.ok()) return r;
+    auto bad = [&](Status s, const std::string& why) { return Report::failure(s, who + ": " + why); };
     if (p.ld_a % 16 != 0 || p.ld_w % 16 != 0)
       return bad(Status::kMisaligned, "ld_a and ld_w must be multiples of 16 bytes, got " + std::to_string(p.ld_a) +
                                           " and " + std::to_string(p.ld_w));
     if (p.m > 0 && p.n > 0 &&
         (reinterpret_cast<std::uintptr_t>(p.a) % 16 != 0 || reinterpret_cast<std::uintptr_t>(p.w) % 16 != 0))
       return bad(Status::kMisaligned, "a and w must be 16-byte aligned");
-    if (kMma == kernel::W4A4Mma::kWidenToS8)
-      if (Report r = check_widened_k(p, "GemmW4A4Multistage"); !r.ok()) return r;
+    if constexpr (kMma == kernel::W4A4Mma::kWidenToS8)
+      if (Report r = check_widened_k(p, who); !r.ok()) return r;
     return Report::success();
   }
 
@@ -86,26 +79,24 @@ class GemmW4A4Multistage {
     return Report::success();
   }
 
-  /// Arguments, then the current device: compute capability 8.0+, shared
-  /// memory, and with kAuto on sm_90 (widened) the bound on K.
-  static Report can_implement(const Params& p) {
-    if (Report r = check_arguments(p); !r.ok()) return r;
-    if (Report r = require_compute_capability(8, "GemmW4A4Multistage"); !r.ok()) return r;
-    if constexpr (kMma == kernel::W4A4Mma::kAuto) {  // widened where the device makes kAuto widen
-      int major = 0, minor = 0;
-      if (Report r = compute_capability(major, minor); !r.ok()) return r;
-      if (!kernel::w4a4_native_s4(kMma, 10 * major + minor))
-        if (Report r = check_widened_k(p, "GemmW4A4Multistage"); !r.ok()) return r;
+  /// With kAuto, the bound on K where the device widens (kernel::w4a4_native_s4);
+  /// then the shared memory of the pipeline.
+  static Report check_device(const Params& p, const DeviceInfo& info) {
+    if constexpr (kMma == kernel::W4A4Mma::kAuto) {
+      if (!kernel::w4a4_native_s4(kMma, info.sm()))
+        if (Report r = check_widened_k(p, kName); !r.ok()) return r;
     }
-    return require_shared_memory(kSmemBytes, "GemmW4A4Multistage", "its pipeline stages");
+    return require_shared_memory(info, kSmemBytes, kName, "its pipeline stages");
   }
 
-  static Report run(const Params& p, cudaStream_t stream = nullptr) {
-    if (Report r = can_implement(p); !r.ok()) return r;
-    if (p.m == 0 || p.n == 0) return Report::success();
-    return detail::dispatch_w4a4_signedness(p, [&]<bool kASigned, bool kWSigned>() {
-      return detail::launch_w4a4_tiled<Kernel<kASigned, kWSigned>>(
-          &kernel::gemm_w4a4_multistage_kernel<ElementOut, kASigned, kWSigned, kMma, kStages>, p, stream);
+  static bool empty(const Params& p) { return p.m == 0 || p.n == 0; }
+
+  static Report launch(const Params& p, const DeviceInfo&, cudaStream_t stream) {
+    return dispatch_bool(p.a_signed, [&]<bool kASigned>() {
+      return dispatch_bool(p.w_signed, [&]<bool kWSigned>() {
+        return detail::launch_w4a4_tiled<Kernel<kASigned, kWSigned>>(
+            &kernel::gemm_w4a4_multistage_kernel<ElementOut, kASigned, kWSigned, kMma, kStages>, p, stream);
+      });
     });
   }
 };

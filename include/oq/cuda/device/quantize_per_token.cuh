@@ -15,9 +15,14 @@
 // rotation (K·4 + b²·4 bytes) within the device's opt-in limit — what the
 // staged kernel needs; run() takes, for 16-bit rows without a general
 // rotation (K ≤ 16,384, Walsh–Hadamard blocks ≤ 256), a register-path kernel
-// that needs none (Kernel::register_path).
+// that needs none (Kernel::register_path). The launcher skeleton
+// (check_arguments, can_implement, run, initialize + run(stream)) is
+// device/launcher.cuh's.
 #pragma once
 
+#include <oq/cuda/arch/arch.cuh>
+#include <oq/cuda/device/device_info.cuh>
+#include <oq/cuda/device/launcher.cuh>
 #include <oq/cuda/kernel/quantize_per_token.cuh>
 #include <oq/cuda/status.cuh>
 
@@ -28,14 +33,17 @@
 namespace oq::cuda::device {
 
 template <class Element, int kThreads = 256>
-class QuantizePerToken {
+class QuantizePerToken
+    : public Launcher<QuantizePerToken<Element, kThreads>, kernel::QuantizePerTokenParams<Element>> {
  public:
   using Params = kernel::QuantizePerTokenParams<Element>;
   using Kernel = kernel::QuantizePerToken<Element, kThreads>;
+  using Arch = arch::Sm80;
+  static constexpr const char* kName = "QuantizePerToken";
 
-  /// The argument checks alone: no CUDA call, usable without a GPU.
-  static Report check_arguments(const Params& p) {
-    auto bad = [](Status s, const std::string& why) { return Report::failure(s, "QuantizePerToken: " + why); };
+  /// The per-token quantization's argument checks, messages prefixed with `who`.
+  static Report check_arguments_as(const Params& p, const std::string& who) {
+    auto bad = [&](Status s, const std::string& why) { return Report::failure(s, who + ": " + why); };
     if (p.rows < 0 || p.rows > std::numeric_limits<int>::max())
       return bad(Status::kInvalidShape, "rows must be in [0, 2^31), got " + std::to_string(p.rows));
     if (p.cols <= 0) return bad(Status::kInvalidShape, "cols must be > 0, got " + std::to_string(p.cols));
@@ -73,38 +81,31 @@ class QuantizePerToken {
     return Report::success();
   }
 
-  /// Arguments, then the current device.
-  static Report can_implement(const Params& p) {
-    if (Report r = check_arguments(p); !r.ok()) return r;
-    if (Report r = require_compute_capability(8, "QuantizePerToken"); !r.ok()) return r;
+  /// Shared memory for the row and the rotation (the staged kernel's).
+  static Report check_device(const Params& p, const DeviceInfo& info) {
     const std::size_t smem = Kernel::dynamic_smem_bytes(p) + sizeof(typename Kernel::SharedStorage);
-    if (Report r = require_shared_memory(smem, "QuantizePerToken", "the row and rotation"); !r.ok()) return r;
-    return Report::success();
+    return require_shared_memory(info, smem, kName, "the row and rotation");
   }
 
-  static Report run(const Params& p, cudaStream_t stream = nullptr) {
-    if (Report r = can_implement(p); !r.ok()) return r;
-    if (p.rows == 0) return Report::success();
-    if constexpr (sizeof(Element) == 2) {  // the register path's kernels, by chunks per thread
-      if (Kernel::register_path(p))
-        return p.hadamard_block > 0 ? launch_registers<true>(p, stream) : launch_registers<false>(p, stream);
+  static bool empty(const Params& p) { return p.rows == 0; }
+
+  /// The register path's kernels (by chunks per thread) where they apply, else the staged one.
+  static Report launch(const Params& p, const DeviceInfo&, cudaStream_t stream) {
+    if constexpr (sizeof(Element) == 2) {
+      if (Kernel::register_path(p)) {
+        return dispatch_bool(p.hadamard_block > 0, [&]<bool kHadamard>() {
+          return dispatch<1, 2, 4, Kernel::kMaxRegisterChunks>(Kernel::register_chunks(p), [&]<int kChunks>() {
+            return launch_kernel<kChunks, kHadamard>(p, stream);
+          });
+        });
+      }
     }
-    return launch<0, false>(p, stream);
+    return launch_kernel<0, false>(p, stream);
   }
 
  private:
-  template <bool kHadamard>
-  static Report launch_registers(const Params& p, cudaStream_t stream) {
-    switch (Kernel::register_chunks(p)) {
-      case 1: return launch<1, kHadamard>(p, stream);
-      case 2: return launch<2, kHadamard>(p, stream);
-      case 4: return launch<4, kHadamard>(p, stream);
-      default: return launch<Kernel::kMaxRegisterChunks, kHadamard>(p, stream);
-    }
-  }
-
   template <int kRegisterChunks, bool kHadamard>
-  static Report launch(const Params& p, cudaStream_t stream) {
+  static Report launch_kernel(const Params& p, cudaStream_t stream) {
     const auto smem = kRegisterChunks > 0 ? 0 : static_cast<int>(Kernel::dynamic_smem_bytes(p));
     auto* entry = &kernel::quantize_per_token_kernel<Element, kThreads, kRegisterChunks, kHadamard>;
     if (Report r = allow_dynamic_shared_memory(entry, smem); !r.ok()) return r;

@@ -25,32 +25,47 @@
 // run(p, stream) takes the first of these that fits (choose_passes);
 // run(p, stream, passes) forces one (tests, benchmarks). The grid is
 // persistent: as many CTAs as fit on the device at once, each looping over
-// 8-token tiles.
+// 8-token tiles. The launcher skeleton (check_arguments, can_implement, run,
+// initialize + run(stream)) is device/launcher.cuh's.
 #pragma once
 
+#include <oq/cuda/arch/arch.cuh>
+#include <oq/cuda/device/device_info.cuh>
+#include <oq/cuda/device/launcher.cuh>
 #include <oq/cuda/device/quantize_per_token.cuh>
 #include <oq/cuda/kernel/quantize_per_token_tensorop.cuh>
 #include <oq/cuda/status.cuh>
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <string>
+#include <utility>
 
 namespace oq::cuda::device {
 
 /// kRingSlots: kResidentY's ring depth, 0 for the kernel's choice (see
 /// kernel::QuantizePerTokenTensorOp::kStages); benchmarks set it to compare.
 template <class Element, int kBlock = 128, int kTerms = 2, int kGroups = 1, int kRingSlots = 0>
-class QuantizePerTokenTensorOp {
+class QuantizePerTokenTensorOp
+    : public Launcher<QuantizePerTokenTensorOp<Element, kBlock, kTerms, kGroups, kRingSlots>,
+                      kernel::QuantizePerTokenParams<Element>> {
+  using Base = Launcher<QuantizePerTokenTensorOp, kernel::QuantizePerTokenParams<Element>>;
+
  public:
   using Passes = kernel::RotationPasses;
   template <Passes kPasses>
   using KernelFor = kernel::QuantizePerTokenTensorOp<Element, kBlock, kTerms, kGroups, kPasses, kRingSlots>;
   using Params = typename KernelFor<Passes::kResidentY>::Params;
+  using Arch = arch::Sm80;
+  static constexpr const char* kName = "QuantizePerTokenTensorOp";
+  using Base::can_implement;
+  using Base::run;
 
-  /// The argument checks alone: no CUDA call, usable without a GPU.
-  static Report check_arguments(const Params& p) {
-    const std::string who = "QuantizePerTokenTensorOp";
+  /// A rotation of this instantiation's block, QuantizePerToken's checks,
+  /// and the alignment of 16-byte rows and 32-bit code words.
+  static Report check_arguments_as(const Params& p, const std::string& who) {
     auto bad = [&](Status s, const std::string& why) { return Report::failure(s, who + ": " + why); };
     if (p.rotation == nullptr || p.block_size != kBlock)
       return bad(Status::kInvalidArgument, "needs a rotation with block_size " + std::to_string(kBlock) +
@@ -62,10 +77,7 @@ class QuantizePerTokenTensorOp {
     if (p.cols % kBlock != 0)
       return bad(Status::kInvalidShape, "cols must be a multiple of block_size (" + std::to_string(kBlock) + "), got " +
                                             std::to_string(p.cols));
-    if (Report r = QuantizePerToken<Element>::check_arguments(p); !r.ok()) {
-      r.message.replace(0, std::string("QuantizePerToken").size(), who);
-      return r;
-    }
+    if (Report r = QuantizePerToken<Element>::check_arguments_as(p, who); !r.ok()) return r;
     if (p.ld_x % 8 != 0)
       return bad(Status::kMisaligned, "ld_x must be a multiple of 8 elements (16-byte rows), got " + std::to_string(p.ld_x));
     if (p.ld_codes % 4 != 0)
@@ -86,53 +98,72 @@ class QuantizePerTokenTensorOp {
     }
   }
 
-  /// Arguments, then the current device, for the given passes
-  /// (kResidentYPair: compute capability 9.0 or newer, for clusters).
-  static Report can_implement(const Params& p, Passes passes) {
-    if (Report r = check_arguments(p); !r.ok()) return r;
-    const int major = passes == Passes::kResidentYPair ? 9 : 8;
-    if (Report r = require_compute_capability(major, "QuantizePerTokenTensorOp"); !r.ok()) return r;
+  /// What `passes` needs of a device like `info` beyond compute capability
+  /// 8.0: its shared memory, and for kResidentYPair clusters (9.0) and a
+  /// kernel image built for sm_90 or newer (a device that runs, say, the
+  /// compute_89 PTX JIT-compiled would trap in the cluster instructions).
+  static Report check_device_for(const Params& p, const DeviceInfo& info, Passes passes) {
     if (passes == Passes::kResidentYPair) {
-      // The cluster instructions exist only in code built for sm_90 or newer:
-      // a device that runs, say, the compute_89 PTX JIT-compiled would trap.
-      cudaFuncAttributes attributes{};
-      OQ_CUDA_TRY(cudaFuncGetAttributes(&attributes, &kernel::quantize_per_token_tensorop_kernel<
-                                                         Element, kBlock, kTerms, kGroups, Passes::kResidentYPair, kRingSlots>));
-      if (attributes.ptxVersion < 90)
+      if (Report r = require_arch<arch::Sm90>(info, kName); !r.ok()) return r;
+      int ptx_version = 0;
+      if (Report r = pair_kernel_ptx_version(info, ptx_version); !r.ok()) return r;
+      if (ptx_version < 90)
         return Report::failure(Status::kUnsupportedDevice,
-                               "QuantizePerTokenTensorOp: kResidentYPair needs code built for sm_90 or newer (clusters); "
-                               "this device runs code from PTX " + std::to_string(attributes.ptxVersion));
+                               std::string(kName) + ": kResidentYPair needs code built for sm_90 or newer (clusters); "
+                               "this device runs code from PTX " + std::to_string(ptx_version));
     }
-    return require_shared_memory(shared_memory_bytes(p, passes), "QuantizePerTokenTensorOp",
+    return require_shared_memory(info, shared_memory_bytes(p, passes), kName,
                                  passes == Passes::kRecompute ? "the 8 rows of X"
                                  : passes == Passes::kResidentY
                                      ? "the 8 rows of Y = X·R (fp32) and the ring of X"
                                      : "half of the 8 rows of Y = X·R (fp32) and the ring of X");
   }
-  /// For the passes run() picks (kRecompute needs the least memory).
-  static Report can_implement(const Params& p) { return can_implement(p, Passes::kRecompute); }
+  /// For the passes run() can always fall back to (kRecompute needs the least memory).
+  static Report check_device(const Params& p, const DeviceInfo& info) {
+    return check_device_for(p, info, Passes::kRecompute);
+  }
 
-  /// The passes run() takes: kResidentY where its shared memory fits the
-  /// device, else kResidentYPair where that fits (sm_90), else kRecompute.
-  static Passes choose_passes(const Params& p) {
-    if (can_implement(p, Passes::kResidentY).ok()) return Passes::kResidentY;
-    if (can_implement(p, Passes::kResidentYPair).ok()) return Passes::kResidentYPair;
+  /// Arguments, then a device like `info` (or the current one), for the given passes.
+  static Report can_implement(const Params& p, const DeviceInfo& info, Passes passes) {
+    if (Report r = Base::check_arguments(p); !r.ok()) return r;
+    if (Report r = require_arch<Arch>(info, kName); !r.ok()) return r;
+    return check_device_for(p, info, passes);
+  }
+  static Report can_implement(const Params& p, Passes passes) {
+    DeviceInfo info;
+    if (Report r = current_device_info(info); !r.ok()) return r;
+    return can_implement(p, info, passes);
+  }
+
+  /// The passes run() takes on a device like `info` (arguments already
+  /// checked): kResidentY where its shared memory fits, else kResidentYPair
+  /// where that fits (sm_90), else kRecompute.
+  static Passes choose_passes(const Params& p, const DeviceInfo& info) {
+    if (check_device_for(p, info, Passes::kResidentY).ok()) return Passes::kResidentY;
+    if (check_device_for(p, info, Passes::kResidentYPair).ok()) return Passes::kResidentYPair;
     return Passes::kRecompute;
   }
-
-  static Report run(const Params& p, cudaStream_t stream = nullptr) {
-    if (Report r = can_implement(p); !r.ok()) return r;
-    return run(p, stream, choose_passes(p));
+  /// The same on the current device (kRecompute where none can be asked).
+  static Passes choose_passes(const Params& p) {
+    DeviceInfo info;
+    if (!current_device_info(info).ok()) return Passes::kRecompute;
+    return choose_passes(p, info);
   }
 
+  /// Forces `passes` (tests, benchmarks): checked once, then launched.
   static Report run(const Params& p, cudaStream_t stream, Passes passes) {
-    if (Report r = can_implement(p, passes); !r.ok()) return r;
-    if (p.rows == 0) return Report::success();
-    switch (passes) {
-      case Passes::kResidentY: return launch<Passes::kResidentY>(p, stream);
-      case Passes::kResidentYPair: return launch<Passes::kResidentYPair>(p, stream);
-      default: return launch<Passes::kRecompute>(p, stream);
-    }
+    DeviceInfo info;
+    if (Report r = current_device_info(info); !r.ok()) return r;
+    if (Report r = can_implement(p, info, passes); !r.ok()) return r;
+    if (empty(p)) return Report::success();
+    return launch_passes(p, info, stream, passes);
+  }
+
+  static bool empty(const Params& p) { return p.rows == 0; }
+
+  /// run(p, stream)'s launch: the passes choose_passes takes.
+  static Report launch(const Params& p, const DeviceInfo& info, cudaStream_t stream) {
+    return launch_passes(p, info, stream, choose_passes(p, info));
   }
 
  private:
@@ -141,8 +172,30 @@ class QuantizePerTokenTensorOp {
     return KernelFor<kPasses>::dynamic_smem_bytes(p) + sizeof(typename KernelFor<kPasses>::SharedStorage);
   }
 
+  /// The PTX version of the kResidentYPair kernel's image on info's device,
+  /// asked once per device.
+  static Report pair_kernel_ptx_version(const DeviceInfo& info, int& version) {
+    static std::mutex mutex;
+    static std::map<int, int> versions;
+    const std::lock_guard<std::mutex> lock(mutex);
+    if (auto it = versions.find(info.device); it != versions.end()) {
+      version = it->second;
+      return Report::success();
+    }
+    cudaFuncAttributes attributes{};
+    OQ_CUDA_TRY(cudaFuncGetAttributes(&attributes, &kernel::quantize_per_token_tensorop_kernel<
+                                                       Element, kBlock, kTerms, kGroups, Passes::kResidentYPair, kRingSlots>));
+    version = versions[info.device] = attributes.ptxVersion;
+    return Report::success();
+  }
+
+  static Report launch_passes(const Params& p, const DeviceInfo& info, cudaStream_t stream, Passes passes) {
+    return dispatch<Passes::kResidentY, Passes::kResidentYPair, Passes::kRecompute>(
+        passes, [&]<Passes kPasses>() { return launch_kernel<kPasses>(p, info, stream); });
+  }
+
   template <Passes kPasses>
-  static Report launch(const Params& p, cudaStream_t stream) {
+  static Report launch_kernel(const Params& p, const DeviceInfo& info, cudaStream_t stream) {
     using Kernel = KernelFor<kPasses>;
     const auto smem = static_cast<int>(Kernel::dynamic_smem_bytes(p));
     auto* entry = &kernel::quantize_per_token_tensorop_kernel<Element, kBlock, kTerms, kGroups, kPasses, kRingSlots>;
@@ -150,16 +203,15 @@ class QuantizePerTokenTensorOp {
     const std::int64_t tiles = (p.rows + Kernel::kTokens - 1) / Kernel::kTokens;
     auto no_fit = [&] {
       return Report::failure(Status::kUnsupportedDevice,
-                             "QuantizePerTokenTensorOp: no CTA fits on a multiprocessor (" + std::to_string(smem) +
+                             std::string(kName) + ": no CTA fits on a multiprocessor (" + std::to_string(smem) +
                                  " bytes of shared memory, " + std::to_string(Kernel::kThreads) + " threads)");
     };
     if constexpr (Kernel::kCluster == 1) {
-      int device = 0, sms = 0, per_sm = 0;
-      OQ_CUDA_TRY(cudaGetDevice(&device));
-      OQ_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+      int per_sm = 0;
       OQ_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, entry, Kernel::kThreads, smem));
       if (per_sm < 1) return no_fit();
-      const auto grid = static_cast<unsigned>(std::min<std::int64_t>(tiles, static_cast<std::int64_t>(sms) * per_sm));
+      const auto grid = static_cast<unsigned>(
+          std::min<std::int64_t>(tiles, static_cast<std::int64_t>(info.multiprocessors) * per_sm));
       return checked_launch([&] { entry<<<grid, Kernel::kThreads, smem, stream>>>(p); });
     } else {
       // Clusters of kCluster CTAs along x, one tile per cluster and step.
