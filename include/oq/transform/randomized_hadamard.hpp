@@ -21,7 +21,8 @@
 //
 // The signs. Each d_i is one draw u of the generator: d_i = −1 when
 // u − Rng::min() > (Rng::max() − Rng::min())/2, else +1 — for the standard
-// engines, whose ranges hold a power of two of values, exactly half of the
+// engines, whose ranges hold an even number of values (a power of two, or
+// 2^31 − 2 for minstd_rand, minstd_rand0 and knuth_b), exactly half of the
 // draws each way. The engines are specified bit for bit by the standard, so
 // a seed gives the same signs with any standard library (unlike the
 // standard distributions, which are implementation-defined).
