@@ -1,12 +1,14 @@
 // examples/04_cuda_w4a4/gpu.cu: how an engine calls oq's kernels — one
 // quantize launch for the activations (QuantizePerToken, or
 // QuantizePerTokenTensorOp for a general rotation), one W4A4 GEMM whose
-// epilogue turns int32 accumulators back into real outputs. Every launcher checks its
-// arguments and the device first (can_implement) and reports, never crashes.
+// epilogue turns int32 accumulators back into real outputs, on the W4A4
+// kernel the library chooses for the device (GemmW4A4Dispatch). Every
+// launcher checks its arguments and the device (initialize, once per layer
+// here) and reports, never crashes; run(stream) then launches without
+// checking again.
 #include "gpu.hpp"
 
-#include <oq/cuda/device/gemm_w4a4_multistage.cuh>
-#include <oq/cuda/device/gemm_w4a4_wgmma.cuh>
+#include <oq/cuda/device/gemm_w4a4_dispatch.cuh>
 #include <oq/cuda/device/quantize_per_token.cuh>
 #include <oq/cuda/device/quantize_per_token_tensorop.cuh>
 
@@ -118,14 +120,22 @@ GpuRun w4a4_on_gpu(const std::vector<float>& x, std::int64_t m, std::int64_t k,
     g.scale_w = d_sw.ptr;
     g.y = d_y.ptr;
     g.ld_y = n;
-    // Hopper has wgmma (sm_90a); elsewhere the mma.sync kernel.
-    using Wgmma = oq::cuda::device::GemmW4A4Wgmma<float>;
-    using Multistage = oq::cuda::device::GemmW4A4Multistage<float>;
-    const bool hopper = Wgmma::can_implement(g).ok();
-    run.gemm = hopper ? "GemmW4A4Wgmma" : "GemmW4A4Multistage";
+    // The library's choice of W4A4 kernel for this device and these
+    // arguments (wgmma on sm_90a, the mma.sync pipeline elsewhere).
+    using Gemm = oq::cuda::device::GemmW4A4Dispatch<float>;
+    oq::cuda::device::W4A4Kernel kernel{};
+    check(Gemm::choose(g, kernel));
+    run.gemm = oq::cuda::device::to_string(kernel);
+
+    // The checks once, when the layer is set up; each forward only launches.
+    Quantize quantize;
+    QuantizeRotated quantize_rotated;
+    Gemm gemm;
+    check(tensor_op ? quantize_rotated.initialize(q) : quantize.initialize(q));
+    check(gemm.initialize(g));
     auto forward = [&] {
-      check(tensor_op ? QuantizeRotated::run(q) : Quantize::run(q));
-      check(hopper ? Wgmma::run(g) : Multistage::run(g));
+      check(tensor_op ? quantize_rotated.run() : quantize.run());
+      check(gemm.run());
     };
 
     forward();  // warm-up: module load

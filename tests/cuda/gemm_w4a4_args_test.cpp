@@ -69,6 +69,49 @@ TEST_CASE("the wgmma W4A4 launcher checks as the multistage one and names itself
   CHECK(check_w4a4_arguments(q).empty());
 }
 
+TEST_CASE("the W4A4 dispatcher: wgmma on 9.0, the multistage kernel on 8.x and 10.0, the simple one for the rest") {
+  using oq::test::choose_w4a4_kernel;
+  using oq::test::FakeDevice;
+  // Compute capability, SMs and opt-in shared memory per block of real parts.
+  const FakeDevice h100{9, 0, 132, 232448}, a100{8, 0, 108, 166912}, l40s{8, 9, 142, 101376};
+  const FakeDevice sm100{10, 0, 148, 232448}, turing{7, 5, 40, 65536};
+  const W4A4Problem aligned{64, 64, 256, 128, 128, false, true, true, false};
+  CHECK(choose_w4a4_kernel(aligned, h100) == "GemmW4A4Wgmma");
+  CHECK(choose_w4a4_kernel(aligned, a100) == "GemmW4A4Multistage");
+  CHECK(choose_w4a4_kernel(aligned, l40s) == "GemmW4A4Multistage");
+  CHECK(choose_w4a4_kernel(aligned, sm100) == "GemmW4A4Multistage");  // wgmma is sm_90a's only
+  // Rows 8 but not 16 bytes apart: only the simple kernel takes them, everywhere.
+  W4A4Problem strided = aligned;
+  strided.ld_a = 136;
+  CHECK(choose_w4a4_kernel(strided, h100) == "GemmW4A4");
+  CHECK(choose_w4a4_kernel(strided, a100) == "GemmW4A4");
+  // s4 × s4 with K past the tiled kernels' widened bound (131,071: codes
+  // scaled by 16): on 9.0 both tiled kernels widen and refuse it, and the
+  // simple kernel (its widening keeps the codes unscaled) takes it; on 8.0
+  // the multistage kernel multiplies INT4 natively and takes it.
+  W4A4Problem long_k{64, 64, 131072, 65536, 65536, true, true, true, false};
+  CHECK(choose_w4a4_kernel(long_k, h100) == "GemmW4A4");
+  CHECK(choose_w4a4_kernel(long_k, a100) == "GemmW4A4Multistage");
+  long_k.k = 131040;
+  long_k.ld_a = long_k.ld_w = 65520;
+  CHECK(choose_w4a4_kernel(long_k, h100) == "GemmW4A4Wgmma");
+  // Too little shared memory for either tiled kernel (wgmma: 126,976 bytes,
+  // multistage: 61,440).
+  CHECK(choose_w4a4_kernel(aligned, FakeDevice{9, 0, 132, 100000}) == "GemmW4A4Multistage");
+  CHECK(choose_w4a4_kernel(aligned, FakeDevice{9, 0, 132, 49152}) == "GemmW4A4");
+  // Nothing runs below 8.0, and bad arguments are named for the dispatcher.
+  CHECK(choose_w4a4_kernel(aligned, turing).find("GemmW4A4Dispatch: needs compute capability 8.0 or newer (sm_80), got 7.5") !=
+        std::string::npos);
+  W4A4Problem bad_k = aligned;
+  bad_k.k = 240;
+  CHECK(choose_w4a4_kernel(bad_k, h100).find("GemmW4A4Dispatch: k must be a multiple of 32") != std::string::npos);
+}
+
+TEST_CASE("a launcher object runs only after a successful initialize") {
+  CHECK(oq::test::run_w4a4_uninitialized().find("GemmW4A4Dispatch: run() before a successful initialize()") !=
+        std::string::npos);
+}
+
 TEST_CASE("the widened path's dot products of packed words equal the codes' dot products") {
   // Every product of the widened s8 lanes pairs the same code of A and W, and
   // the scaled sum shifts back exactly: 20,000 random word pairs and the

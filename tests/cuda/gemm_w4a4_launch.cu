@@ -1,6 +1,7 @@
 #include "gemm_w4a4_launch.hpp"
 
 #include <oq/cuda/device/gemm_w4a4.cuh>
+#include <oq/cuda/device/gemm_w4a4_dispatch.cuh>
 #include <oq/cuda/device/gemm_w4a4_multistage.cuh>
 #include <oq/cuda/device/gemm_w4a4_wgmma.cuh>
 
@@ -99,6 +100,42 @@ std::int64_t widened_dot_for(std::uint32_t a, std::uint32_t w) {
 std::int64_t widened_dot(std::uint32_t a, std::uint32_t w, bool a_signed, bool w_signed) {
   if (a_signed) return w_signed ? widened_dot_for<true, true>(a, w) : widened_dot_for<true, false>(a, w);
   return w_signed ? widened_dot_for<false, true>(a, w) : widened_dot_for<false, false>(a, w);
+}
+
+namespace {
+// Params for argument-only calls: 16-byte aligned stand-ins for the buffers.
+Gemm::Params host_params(const W4A4Problem& q) {
+  auto p = params_of(q);
+  alignas(16) static std::uint8_t bytes[16];
+  static float f[1];
+  static std::int32_t sums[1];
+  p.a = bytes;
+  p.w = bytes;
+  p.scale_a = p.scale_w = f;
+  p.zero_w = q.w_signed ? nullptr : f;
+  p.zero_a = q.a_signed ? nullptr : f;
+  p.sum_a = q.drop_sum_a ? nullptr : sums;
+  p.sum_w = sums;
+  p.y = q.with_y ? f : nullptr;
+  return p;
+}
+}  // namespace
+
+std::string choose_w4a4_kernel(const W4A4Problem& q, const FakeDevice& device) {
+  oq::cuda::device::DeviceInfo info;
+  info.major = device.major;
+  info.minor = device.minor;
+  info.multiprocessors = device.multiprocessors;
+  info.shared_memory_optin = device.shared_memory_optin;
+  oq::cuda::device::W4A4Kernel kernel{};
+  const auto report = oq::cuda::device::GemmW4A4Dispatch<float>::choose(host_params(q), info, kernel);
+  return report.ok() ? std::string(oq::cuda::device::to_string(kernel)) : report.message;
+}
+
+std::string run_w4a4_uninitialized() {
+  const oq::cuda::device::GemmW4A4Dispatch<float> gemm;
+  const auto report = gemm.run();
+  return report.ok() ? std::string() : report.message;
 }
 
 std::string check_w4a4_arguments(const W4A4Problem& q) {

@@ -40,6 +40,23 @@ std::int64_t widened_dot(std::uint32_t a, std::uint32_t w, bool a_signed, bool w
 /// check_arguments of problem.kernel's launcher ("" when fine). Needs no GPU.
 std::string check_w4a4_arguments(const W4A4Problem& problem);
 
+/// A made-up device (oq::cuda::device::DeviceInfo, spelled here without CUDA headers).
+struct FakeDevice {
+  int major = 0, minor = 0;
+  int multiprocessors = 0;
+  int shared_memory_optin = 0;  ///< bytes per block
+};
+
+/// The kernel device::GemmW4A4Dispatch<float> chooses for `problem` (its
+/// path and kernel fields ignored) on `device`: "GemmW4A4Wgmma",
+/// "GemmW4A4Multistage" or "GemmW4A4", or the failure's message where none
+/// can run. Needs no GPU.
+std::string choose_w4a4_kernel(const W4A4Problem& problem, const FakeDevice& device);
+
+/// The message of device::GemmW4A4Dispatch<float>'s run(stream) on an object
+/// that was never initialized ("" if it succeeded). Needs no GPU.
+std::string run_w4a4_uninitialized();
+
 struct W4A4Result {
   std::vector<std::int32_t> acc;  ///< m × n
   std::vector<float> y;           ///< m × n
