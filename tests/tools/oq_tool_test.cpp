@@ -787,6 +787,44 @@ TEST_CASE("an interrupted quantize leaves nothing; a killed run's staging direct
                        std::invalid_argument);
 }
 
+TEST_CASE("hadamard checkpoints name their H_b where b is not a power of two; a file whose H_b differs is refused") {
+  // oq's H_104 was Paley I over GF(103) until Paley over prime powers came,
+  // and is now Paley II over GF(5²) doubled: a file folded with the old
+  // matrix must not load as if it held the new one.
+  oq_tool::QuantizationConfig qc;
+  qc.method = llama::Method::kHadamard;
+  qc.options.block_size = 104;
+  const auto h104 = oq::transform::hadamard_construction(104);
+  REQUIRE(h104.degree > 1);
+  nlohmann::json j = qc.to_json();
+  REQUIRE(j.contains("hadamard_construction"));
+  CHECK(j["hadamard_construction"]["kind"] == std::string(oq::transform::to_string(h104.kind)));
+  CHECK(j["hadamard_construction"]["base"] == h104.base);
+  CHECK(j["hadamard_construction"]["prime"] == h104.prime);
+  CHECK(oq_tool::QuantizationConfig::from_json(j, "q").options.block_size == 104);
+  nlohmann::json other = j;
+  other["hadamard_construction"]["base"] = 104;  // the older oq's K = 104, m = 0
+  other["hadamard_construction"]["power"] = 0;
+  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(other, "q"),
+                       doctest::Contains("the weights were folded with another matrix"), std::invalid_argument);
+  other = j;
+  other.erase("hadamard_construction");  // a file from before the field
+  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(other, "q"),
+                       doctest::Contains("hadamard_construction is missing for block_size 104"), std::invalid_argument);
+  // A b whose H_b never changed (a prime field, 12 = 11 + 1) loads without the
+  // field, as older files have it; a power of two writes none.
+  qc.options.block_size = 12;
+  j = qc.to_json();
+  REQUIRE(j.contains("hadamard_construction"));
+  j.erase("hadamard_construction");
+  CHECK(oq_tool::QuantizationConfig::from_json(j, "q").options.block_size == 12);
+  qc.options.block_size = 128;
+  CHECK_FALSE(qc.to_json().contains("hadamard_construction"));
+  qc.method = llama::Method::kDuQuant;  // DuQuant stores its rotations
+  qc.options.block_size = 104;
+  CHECK_FALSE(qc.to_json().contains("hadamard_construction"));
+}
+
 TEST_CASE("bad inputs give clear errors and leave nothing half-written") {
   TempDir tmp("bad");
   oq_test::SyntheticLlama spec;

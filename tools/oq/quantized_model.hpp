@@ -46,6 +46,7 @@
 #include <oq/cpu.hpp>
 #include <oq/format/int4_row.hpp>
 #include <oq/io.hpp>
+#include <oq/transform/hadamard.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -83,6 +84,18 @@ inline constexpr std::array<std::string_view, 4> kInputKeys{"qkv_input", "o_proj
 
 inline std::string input_key(llama::Input i) { return std::string(kInputKeys[static_cast<std::size_t>(i)]); }
 
+struct QuantizationConfig;
+
+/// The construction of H_b for a hadamard checkpoint whose block size b is
+/// not a power of two (Sylvester's H_b, the only one for 2^m, never changes);
+/// std::nullopt otherwise, or where oq has none for b (quantize refuses it).
+inline std::optional<oq::transform::HadamardConstruction> block_hadamard_construction(const QuantizationConfig& c);
+
+inline nlohmann::json construction_json(const oq::transform::HadamardConstruction& h) {
+  return {{"kind", std::string(oq::transform::to_string(h.kind))}, {"base", h.base}, {"power", h.power},
+          {"prime", h.prime}, {"degree", h.degree}};
+}
+
 /// What `oq quantize` did, stored as config.json's "oq_quantization".
 struct QuantizationConfig {
   llama::Method method = llama::Method::kRtn;
@@ -119,6 +132,7 @@ struct QuantizationConfig {
     j["calibration_sequences"] = calibration_sequences;
     j["calibration_seq_len"] = calibration_seq_len;
     if (smoothing_folded) j["smoothing_folded"] = true;
+    if (auto h = block_hadamard_construction(*this)) j["hadamard_construction"] = construction_json(*h);
     if (!searched_alphas.empty()) {
       nlohmann::json per_input = nlohmann::json::object();
       for (std::size_t i = 0; i < kInputKeys.size(); ++i) {
@@ -210,14 +224,36 @@ struct QuantizationConfig {
       }
       if (!c.options.smoothquant_alpha_search) fail("searched_alphas is present, but smoothquant_alpha_search is false");
     }
-    if (c.options.weight_group < 0) fail("weight_group must be >= 0");
     if (c.options.block_size <= 0) fail("block_size must be > 0");
+    // Which H_b the online block Hadamard is: oq's choice for a b that is not
+    // a power of two changed when Paley over prime powers came (104 = 103 + 1
+    // became 52·2), and the weights were folded with the writer's H_b.
+    if (auto h = block_hadamard_construction(c)) {
+      if (j.contains("hadamard_construction")) {
+        if (j["hadamard_construction"] != construction_json(*h)) {
+          fail("hadamard_construction is " + j["hadamard_construction"].dump() + ", but this oq builds H_" +
+               std::to_string(c.options.block_size) + " as " + construction_json(*h).dump() +
+               ": the weights were folded with another matrix; quantize the model again with this oq");
+        }
+      } else if (h->degree > 1) {
+        fail("hadamard_construction is missing for block_size " + std::to_string(c.options.block_size) +
+             ": a file from an oq older than Paley over prime powers, whose H_" + std::to_string(c.options.block_size) +
+             " differs from this oq's " + construction_json(*h).dump() + "; quantize the model again with this oq");
+      }
+    }
+    if (c.options.weight_group < 0) fail("weight_group must be >= 0");
     if (!(c.options.act_clip > 0 && c.options.act_clip <= 1) || !(c.options.weight_clip > 0 && c.options.weight_clip <= 1)) {
       fail("act_clip and weight_clip must be in (0, 1]");
     }
     return c;
   }
 };
+
+inline std::optional<oq::transform::HadamardConstruction> block_hadamard_construction(const QuantizationConfig& c) {
+  const Eigen::Index b = c.options.block_size;
+  if (c.method != llama::Method::kHadamard || b <= 0 || (b & (b - 1)) == 0) return std::nullopt;
+  return oq::transform::find_hadamard_construction(b);
+}
 
 namespace detail_qmodel {
 
