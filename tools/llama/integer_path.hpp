@@ -7,9 +7,14 @@
 // with the method's transform fused into the same pass over each row
 //   RTN → none, SmoothQuant → TokenTransform::smoothing(s),
 //   Hadamard → TokenTransform::hadamard(b), DuQuant(+smooth) → TokenTransform::duquant(t),
+//   QuaRot → TokenTransform::full_hadamard(s ⊙ d) (the whole width, any order
+//   with a construction; bit for bit with the fake path where the width is a
+//   power of two, within float rounding of it otherwise, as DuQuant),
 // and every linear is cpu::gemm of those INT4 codes with the INT4 weights
 // quantize_layer packed from the codes and parameters of the fake path's Ŵ
-// (int32 accumulation, then the zero-point epilogue). Float only, as the
+// (int32 accumulation, then the zero-point epilogue), then QuaRot's output
+// rotation undone in float (QuantizedLayer::restore_output, as the fake path
+// does; the comparison below is of the outputs before it). Float only, as the
 // kernels are; a double layer needs a float copy (LayerWeights::cast<float>).
 //
 // The bound. For one output y[m, n] of a linear with K inputs, a path's codes
@@ -263,14 +268,16 @@ class IntegerLayer {
     return p;
   }
 
-  Matrix<float> operator()(Linear which, const Prepared& prepared, const Matrix<float>& full_precision) const {
+  Matrix<float> operator()(Linear which, const Prepared& prepared, const Matrix<float>& /*full_precision*/) const {
     const oq::cpu::PackedWeights& w = *layer_->packed_weight(which);
     Matrix<float> y = oq::cpu::gemm(prepared.codes, w, options_);
     if (sink_ != nullptr) {
-      const Matrix<float> y_fake = (*layer_)(which, prepared.x_hat, full_precision);
+      // Both paths before the output rotation (QuaRot's), which they share.
+      const Matrix<float> y_fake = layer_->rotated_output(which, prepared.x_hat);
       sink_->merge(compare_outputs(prepared.codes, prepared.reference_codes, prepared.x_hat, w,
                                    layer_->quantized_weight(which), y, y_fake, options_));
     }
+    layer_->restore_output(which, y);
     return y;
   }
 

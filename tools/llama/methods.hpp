@@ -22,6 +22,8 @@
 //                  11008-wide down_proj input is covered too)
 //                  DuQuant: M = R₁·P·R₂ calibrated by Algorithm 1 (256 greedy
 //                  steps, b = 128)
+//                  QuaRot: full-width Hadamards, the residual one randomized
+//                  (below)
 //   weights        RTN: round to nearest at clip 0.8
 //                  clip search: per output channel, the ratio in 0.5..1 of
 //                  least squared error (oq/quant/clip_search.hpp)
@@ -52,6 +54,42 @@
 // here applies every transform explicitly, which is numerically the same up
 // to rounding. integer_path.hpp runs the same methods with the transform
 // fused into oq::cpu's per-token quantizer and real INT4 products.
+//
+// QuaRot (Ashkboos et al. 2024, arXiv 2404.00456, §4) rotates the residual
+// stream by Q = D·H_n/√n (n = hidden, D = diag(±1) from QuantOptions::seed,
+// transform::RandomizedHadamard::from_seed(n, seed): the same for every layer
+// of a model), folded into the weights, after folding each RMSNorm's γ into
+// the linears that read it; it adds a head-wise Hadamard folded into v_proj
+// with an online one across heads (together H_(q_size) on o_proj's input), and
+// an online H_f before down_proj. In one layer that is exactly these input
+// transforms of the recorded inputs (the norm's output n = RMSNorm(x) =
+// (x / rms(x)) ⊙ γ):
+//   qkv, gate/up   M = diag(γ)⁻¹·Q. Derivation: the deployed layer sees the
+//                  residual x·Q and a norm with γ = 1; Q is orthogonal, so
+//                  mean((x·Q)²) = mean(x²) and RMSNorm₁(x·Q) = (x / rms(x))·Q =
+//                  n·diag(γ)⁻¹·Q = n·M: the quantizer's input is n·M. Its
+//                  weights are W·diag(γ)·Q = W·M⁻ᵀ (M⁻ᵀ = (Qᵀ·diag(γ))ᵀ), so
+//                  (n·M)·(W·M⁻ᵀ)ᵀ = n·Wᵀ. γ must be nonzero: n keeps no trace
+//                  of x / rms(x) where γ_j = 0.
+//   o, down        M = H_(q_size)/√q_size, H_f/√f (plain Hadamards, the online ones).
+// and these output rotations R (OutputRotation: the deployed weight is Rᵀ·Ŵ,
+// what the weight quantizer sees, and its output y·R is rotated back here,
+// y·R·Rᵀ = y, where the deployed model keeps it rotated):
+//   o_proj, down_proj   R = Q: they write into the rotated residual stream
+//                       (deployed Qᵀ·W_o·H_o and Qᵀ·W_down·H_f);
+//   v_proj              R = diag(H_hd, …)/√hd (QuantOptions::head_dim): the
+//                       head-wise half of o_proj's H, which attention carries
+//                       through (it mixes tokens within a head); the other
+//                       half, H_cross ⊗ I_hd, is the online part.
+// tests/examples/quarot_test.cpp builds the rotated model from these
+// definitions and checks it against this simulation. With smoothing
+// (smooth + QuaRot) the scales s replace γ on the residual-fed inputs, M =
+// diag(s)⁻¹·D·H/√n (γ/s in the norm, the randomized Hadamard online: a
+// rotation after a smoothing cannot fold into the weights), and diag(s)⁻¹·H
+// on o/down; the residual stream then stays unrotated and there are no output
+// rotations. Not modelled: the KV cache quantization (QuaRot's Hadamard on
+// q and k after RoPE), the embeddings and lm_head (the single layer's
+// residual enters and leaves unrotated).
 #pragma once
 
 #include "llama_layer.hpp"
@@ -66,6 +104,7 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cmath>
@@ -84,14 +123,16 @@
 namespace llama {
 
 /// The rotation of each linear input (after smoothing, where it smooths).
-enum class Rotation { kNone, kBlockHadamard, kDuQuant };
-inline constexpr std::array kAllRotations{Rotation::kNone, Rotation::kBlockHadamard, Rotation::kDuQuant};
+enum class Rotation { kNone, kBlockHadamard, kDuQuant, kQuaRot };
+inline constexpr std::array kAllRotations{Rotation::kNone, Rotation::kBlockHadamard, Rotation::kDuQuant,
+                                          Rotation::kQuaRot};
 
 inline constexpr std::string_view rotation_name(Rotation r) {
   switch (r) {
     case Rotation::kNone: return "none";
     case Rotation::kBlockHadamard: return "Hadamard";
     case Rotation::kDuQuant: return "DuQuant";
+    case Rotation::kQuaRot: return "QuaRot";
   }
   return "?";
 }
@@ -194,7 +235,14 @@ struct QuantOptions {
   /// Weights per group of this many inputs (W4A16-style) instead of per
   /// output channel; 0: per channel.
   Eigen::Index weight_group = 0;
-  std::uint64_t seed = 0;          ///< the Haar Q′ of DuQuant's base blocks
+  std::uint64_t seed = 0;          ///< the Haar Q′ of DuQuant's base blocks; QuaRot's signs D
+  /// QuaRot: the attention heads' width, for the head-wise Hadamard folded
+  /// into v_proj's output rows (the o_proj input's full Hadamard is then that
+  /// head-wise part times an online one across heads). 0, or a width that is
+  /// not a power of two dividing the 2^m of H_(q_size): not folded, the o_proj
+  /// input's whole Hadamard runs online (the same function; v_proj's weights
+  /// quantized unrotated).
+  Eigen::Index head_dim = 0;
   /// The presets' weight quantizer: quantize_layer(Method, …) and
   /// QuantizedLayer's Method constructor take GPTQ weights (oq/quant/gptq.hpp,
   /// act-order, damp 0.01, on the method's transformed calibration inputs)
@@ -285,9 +333,19 @@ class InputTransform {
     Vector<Scalar> scales;
   };
   using DuQuant = oq::transform::DuQuantTransform<Scalar>;
+  /// X·diag(s)⁻¹·D·H_n/√n over the whole width n (QuaRot): a division by
+  /// `divisors` (empty: none; nonzero, any sign — RMSNorm's γ where QuaRot
+  /// folds it, or smoothing scales), the signs d of a randomized Hadamard
+  /// (empty: D = I), then transform::hadamard_rows. The weights get
+  /// W·diag(s)·D·H_n/√n.
+  struct FullHadamard {
+    Eigen::Index width = 0;
+    Vector<Scalar> divisors;
+    Eigen::VectorXi signs;
+  };
 
   InputTransform() = default;
-  using Kind = std::variant<Identity, Smoothing, BlockHadamard, DuQuant>;
+  using Kind = std::variant<Identity, Smoothing, BlockHadamard, DuQuant, FullHadamard>;
 
   template <class K>
   explicit InputTransform(K kind) : kind_(std::move(kind)) {}
@@ -316,6 +374,14 @@ class InputTransform {
       return oq::cpu::TokenTransform::block_rotation(oq::transform::hadamard_orthogonal<float>(b));
     }
     if (const auto* d = std::get_if<DuQuant>(&kind_)) return oq::cpu::TokenTransform::duquant(*d);
+    if (const auto* f = std::get_if<FullHadamard>(&kind_)) {
+      // x / s then ·d is x / (s·d) exactly (a division by ±|s| differs from
+      // the quotient by |s| only in its sign): one fused division.
+      if (f->divisors.size() == 0 && f->signs.size() == 0) return oq::cpu::TokenTransform::full_hadamard(f->width);
+      Eigen::VectorXf s = f->divisors.size() != 0 ? Eigen::VectorXf(f->divisors) : Eigen::VectorXf::Ones(f->width);
+      if (f->signs.size() != 0) s.array() *= f->signs.template cast<float>().array();
+      return oq::cpu::TokenTransform::full_hadamard(s);
+    }
     return {};
   }
 
@@ -343,11 +409,75 @@ class InputTransform {
       oq::transform::block_hadamard_rows(out, h->block_size);  // symmetric orthogonal blocks: X·H, W·H
       return out;
     }
+    if (const auto* f = std::get_if<FullHadamard>(&kind_)) {
+      Matrix<Scalar> out = m;
+      if (f->divisors.size() != 0) {
+        // Any sign (γ may be negative): not smooth_*_in_place, which takes positive scales.
+        if (weight) {
+          out.array().rowwise() *= f->divisors.transpose().array();
+        } else {
+          out.array().rowwise() /= f->divisors.transpose().array();
+        }
+      }
+      if (f->signs.size() != 0) out.array().rowwise() *= f->signs.transpose().template cast<Scalar>().array();
+      oq::transform::hadamard_rows(out);  // M = D·H/√n on both: (X·M)·(W·M)ᵀ = X·Wᵀ
+      return out;
+    }
     const auto& d = std::get<DuQuant>(kind_);
     return weight ? d.fold_into_weight(m) : d.apply(m);
   }
 
   Kind kind_{Identity{}};
+};
+
+/// A rotation R of one linear's outputs (QuaRot): the model deploys the
+/// weight Rᵀ·W — its output rows mixed, which is what the weight quantizer
+/// sees — and computes y·R, which it keeps (the residual stream rotated by
+/// Q, v's heads by H_hd); the simulation rotates it back, y·R·Rᵀ = y, so
+/// the layer's function is unchanged. R is QuaRot's residual rotation
+/// Q = D·H_n/√n or the head-wise diag(H_hd, …)/√hd.
+template <class Scalar>
+class OutputRotation {
+ public:
+  OutputRotation() = default;  ///< none
+
+  static OutputRotation residual(oq::transform::RandomizedHadamard q) {
+    OutputRotation r;
+    r.residual_ = std::move(q);
+    return r;
+  }
+  static OutputRotation head_wise(Eigen::Index head_dim) {
+    OutputRotation r;
+    r.head_dim_ = head_dim;
+    return r;
+  }
+
+  bool active() const { return residual_.has_value() || head_dim_ > 0; }
+  const std::optional<oq::transform::RandomizedHadamard>& residual_rotation() const { return residual_; }
+  Eigen::Index head_dim() const { return head_dim_; }
+
+  /// Rᵀ·W (W out × in): the rows of Wᵀ times R.
+  Matrix<Scalar> rotate_weight(const Matrix<Scalar>& w) const {
+    if (!active()) return w;
+    Matrix<Scalar> t = w.transpose();
+    rotate_rows(t, oq::transform::Direction::kForward);
+    return t.transpose();
+  }
+
+  /// y ← y·Rᵀ (y tokens × out).
+  void restore(Matrix<Scalar>& y) const { rotate_rows(y, oq::transform::Direction::kInverse); }
+
+ private:
+  void rotate_rows(Matrix<Scalar>& x, oq::transform::Direction direction) const {
+    if (residual_) {
+      residual_->apply_rows(x, direction);
+    } else if (head_dim_ > 0) {
+      oq::transform::block_hadamard_rows(x, head_dim_, direction);  // Sylvester blocks: symmetric
+    }
+  }
+
+  std::optional<oq::transform::RandomizedHadamard> residual_;
+  Eigen::Index head_dim_ = 0;
 };
 
 /// A layer quantized with one method: pass it to forward() as the linear.
@@ -357,13 +487,18 @@ class QuantizedLayer {
   /// packed_weights: the same weights as INT4 codes for oq::cpu::gemm, packed
   /// from the codes and parameters that quantized_weights dequantize (empty
   /// where there are none: weight_bits other than 4, or double).
+  /// output_rotations: per linear, R where the weights (quantized and
+  /// packed alike) are Rᵀ·Ŵ, the deployed model's (QuaRot); every output is
+  /// then rotated back (OutputRotation::restore).
   QuantizedLayer(MethodSpec spec, std::array<InputTransform<Scalar>, 4> transforms,
                  std::array<Matrix<Scalar>, 7> quantized_weights, QuantOptions options, double calibration_seconds,
-                 std::array<std::optional<oq::cpu::PackedWeights>, 7> packed_weights = {})
+                 std::array<std::optional<oq::cpu::PackedWeights>, 7> packed_weights = {},
+                 std::array<OutputRotation<Scalar>, 7> output_rotations = {})
       : spec_(spec),
         transforms_(std::move(transforms)),
         weights_(std::move(quantized_weights)),
         packed_(std::move(packed_weights)),
+        output_rotations_(std::move(output_rotations)),
         options_(std::move(options)),
         calibration_seconds_(calibration_seconds) {}
 
@@ -379,7 +514,9 @@ class QuantizedLayer {
   double calibration_seconds() const { return calibration_seconds_; }
   const QuantOptions& options() const { return options_; }
   const InputTransform<Scalar>& transform(Input i) const { return transforms_[static_cast<std::size_t>(i)]; }
+  /// Ŵ as the deployed model holds it: Rᵀ·Ŵ where `l` has an output rotation.
   const Matrix<Scalar>& quantized_weight(Linear l) const { return weights_[static_cast<std::size_t>(l)]; }
+  const OutputRotation<Scalar>& output_rotation(Linear l) const { return output_rotations_[static_cast<std::size_t>(l)]; }
   /// The packed INT4 weight of `l`, or nullptr (see the constructor).
   const oq::cpu::PackedWeights* packed_weight(Linear l) const {
     const auto& p = packed_[static_cast<std::size_t>(l)];
@@ -427,8 +564,17 @@ class QuantizedLayer {
     }
   }
 
-  /// One linear on an input that prepare() returned.
+  /// One linear on an input that prepare() returned: rotated_output, then
+  /// restore_output.
   Matrix<Scalar> operator()(Linear which, const Matrix<Scalar>& prepared, const Matrix<Scalar>& /*full_precision*/) const {
+    Matrix<Scalar> y = rotated_output(which, prepared);
+    restore_output(which, y);
+    return y;
+  }
+
+  /// x̂·Ŵᵀ with the weight as held (the deployed model's output y·R where
+  /// `which` has an output rotation R).
+  Matrix<Scalar> rotated_output(Linear which, const Matrix<Scalar>& prepared) const {
     const Matrix<Scalar>& w = quantized_weight(which);
     if (w.size() == 0) {
       throw std::invalid_argument("llama::QuantizedLayer: no dequantized weight for " + std::string(linear_name(which)) +
@@ -439,11 +585,18 @@ class QuantizedLayer {
     return y;
   }
 
+  /// y ← y·Rᵀ where `which` has an output rotation R (else nothing).
+  void restore_output(Linear which, Matrix<Scalar>& y) const {
+    const OutputRotation<Scalar>& r = output_rotation(which);
+    if (r.active()) r.restore(y);
+  }
+
  private:
   MethodSpec spec_;
   std::array<InputTransform<Scalar>, 4> transforms_;
   std::array<Matrix<Scalar>, 7> weights_;
   std::array<std::optional<oq::cpu::PackedWeights>, 7> packed_;
+  std::array<OutputRotation<Scalar>, 7> output_rotations_;
   QuantOptions options_;
   double calibration_seconds_;
   std::array<double, 4> alphas_{kNoAlpha, kNoAlpha, kNoAlpha, kNoAlpha};
@@ -515,6 +668,62 @@ double search_smoothquant_alpha(const LayerWeights<Scalar>& w, const Matrix<Scal
 
 namespace detail_methods {
 
+// QuaRot's transform of one input (the file comment's derivation):
+//   qkv, gate/up  X·diag(s)⁻¹·D·H/√n, s = RMSNorm's γ (folded into the
+//                 weights: the quantizer sees RMSNorm without γ of the rotated
+//                 residual), or the smoothing scales where it smooths;
+//   o, down       X·diag(s)⁻¹·H/√n (s: smoothing, else none): the online
+//                 Hadamards.
+template <class Scalar>
+InputTransform<Scalar> quarot_transform(const LayerWeights<Scalar>& w, Input input, Eigen::Index width,
+                                        Vector<Scalar> smoothing, const oq::transform::RandomizedHadamard& q) {
+  typename InputTransform<Scalar>::FullHadamard f;
+  f.width = width;
+  f.divisors = std::move(smoothing);
+  if (input == Input::kAttention || input == Input::kMlp) {
+    f.signs = q.signs();
+    if (f.divisors.size() == 0) {
+      const bool first = input == Input::kAttention;
+      const Vector<Scalar>& gamma = first ? w.input_norm : w.post_norm;
+      for (Eigen::Index j = 0; j < gamma.size(); ++j) {
+        if (!(gamma(j) != Scalar(0) && std::isfinite(static_cast<double>(gamma(j))))) {
+          throw std::domain_error(std::string("quantize_layer: QuaRot folds RMSNorm's γ into the weights and divides "
+                                              "the recorded input by it; ") +
+                                  (first ? "input_layernorm" : "post_attention_layernorm") + "'s γ(" +
+                                  std::to_string(j) + ") = " + std::to_string(static_cast<double>(gamma(j))) +
+                                  " must be nonzero and finite (the input no longer holds that channel of x / rms(x))");
+        }
+      }
+      f.divisors = gamma;
+    }
+  }
+  return InputTransform<Scalar>(std::move(f));
+}
+
+// QuaRot's output rotations (none where it smooths: the smoothing before the
+// rotation keeps the residual stream unrotated, every Hadamard online):
+// o_proj and down_proj write into the residual stream rotated by Q; v_proj's
+// heads carry the head-wise part of o_proj's input Hadamard where
+// options.head_dim splits H_(q_size) = H_cross ⊗ H_hd, i.e. hd is a power of
+// two dividing its 2^m (Sylvester's H_(2^a)·… = H_(2^(a−b)) ⊗ H_(2^b) in
+// natural order).
+template <class Scalar>
+std::array<OutputRotation<Scalar>, 7> quarot_output_rotations(const MethodSpec& spec,
+                                                               const oq::transform::RandomizedHadamard& q,
+                                                               const LinearInputs<Scalar>& calibration,
+                                                               const QuantOptions& options) {
+  std::array<OutputRotation<Scalar>, 7> out;
+  if (spec.smooth) return out;
+  out[static_cast<std::size_t>(Linear::kO)] = OutputRotation<Scalar>::residual(q);
+  out[static_cast<std::size_t>(Linear::kDown)] = OutputRotation<Scalar>::residual(q);
+  const Eigen::Index hd = options.head_dim;
+  const Eigen::Index q_size = calibration[static_cast<std::size_t>(Input::kO)].cols();
+  if (hd > 0 && (hd & (hd - 1)) == 0 && oq::transform::hadamard_construction(q_size).sylvester_size() % hd == 0) {
+    out[static_cast<std::size_t>(Linear::kV)] = OutputRotation<Scalar>::head_wise(hd);
+  }
+  return out;
+}
+
 // quantize_layer, its progress lines starting with `label`.
 template <class Scalar>
 QuantizedLayer<Scalar> quantize_layer(const MethodSpec& spec, const std::string& label, const LayerWeights<Scalar>& w,
@@ -536,7 +745,24 @@ QuantizedLayer<Scalar> quantize_layer(const MethodSpec& spec, const std::string&
   std::array<InputTransform<Scalar>, 4> transforms;
   std::array<double, 4> alphas;
   alphas.fill(std::numeric_limits<double>::quiet_NaN());
+  std::array<OutputRotation<Scalar>, 7> output_rotations;
   std::mt19937_64 rng(options.seed);
+  // QuaRot's residual rotation Q = D·H/√n: one per model (every layer the
+  // same seed), shared by both residual-fed inputs and by the outputs of
+  // o_proj and down_proj.
+  std::optional<oq::transform::RandomizedHadamard> residual;
+  if (spec.rotation == Rotation::kQuaRot) {
+    for (Input input : kAllInputs) {
+      const Eigen::Index width = calibration[static_cast<std::size_t>(input)].cols();
+      if (!oq::transform::find_hadamard_construction(std::max<Eigen::Index>(width, 1))) {
+        throw std::invalid_argument("quantize_layer: QuaRot needs a full-width Hadamard of every linear input; the " +
+                                    std::string(input_name(input)) + " is " + std::to_string(width) +
+                                    " wide, which has no Hadamard construction (oq/transform/hadamard.hpp)");
+      }
+    }
+    residual = oq::transform::RandomizedHadamard::from_seed(w.input_norm.size(), options.seed);
+    output_rotations = detail_methods::quarot_output_rotations<Scalar>(spec, *residual, calibration, options);
+  }
   for (Input input : kAllInputs) {
     const Matrix<Scalar>& x = calibration[static_cast<std::size_t>(input)];
     auto& t = transforms[static_cast<std::size_t>(input)];
@@ -583,6 +809,9 @@ QuantizedLayer<Scalar> quantize_layer(const MethodSpec& spec, const std::string&
         t = InputTransform<Scalar>(oq::transform::calibrate_duquant(x, d, rng, s));
         break;
       }
+      case Rotation::kQuaRot:
+        t = detail_methods::quarot_transform(w, input, x.cols(), std::move(s), *residual);
+        break;
     }
   }
   // GPTQ and LWC: H = 2·XᵀX/n per input, from the inputs as the transform
@@ -623,6 +852,7 @@ QuantizedLayer<Scalar> quantize_layer(const MethodSpec& spec, const std::string&
     const auto i = static_cast<std::size_t>(input_of(l));
     const auto li = static_cast<std::size_t>(l);
     Matrix<Scalar> folded = transforms[i].fold_into_weight(w[l]);
+    if (output_rotations[li].active()) folded = output_rotations[li].rotate_weight(folded);  // Rᵀ·W (QuaRot)
     if (options.weight_bits == 0) {
       quantized[li] = std::move(folded);
     } else if (gptq[i]) {
@@ -647,7 +877,8 @@ QuantizedLayer<Scalar> quantize_layer(const MethodSpec& spec, const std::string&
     }
   }
   const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-  QuantizedLayer<Scalar> layer(spec, std::move(transforms), std::move(quantized), options, seconds, std::move(packed));
+  QuantizedLayer<Scalar> layer(spec, std::move(transforms), std::move(quantized), options, seconds, std::move(packed),
+                               std::move(output_rotations));
   layer.set_smoothing_alphas(alphas);
   return layer;
 }
