@@ -6,7 +6,7 @@
 // the weight bytes there; from M ≈ 16 on the FMAs bound it, and
 // gemm_w4a16_tensorop.cuh is the tensor-core form). One warp owns one output
 // channel n and kTileM tokens; its lanes stride over K and a warp shuffle
-// reduction finishes each dot product. Two inner loops:
+// reduction finishes each dot product (no shared memory, so no SharedStorage). Two inner loops:
 //   - wide: 16-byte weight loads (32 codes per lane and step, a warp moves
 //     512 bytes per load instruction), one (scale, zero) per 32 codes; taken
 //     when K and group_size are multiples of 32 and the weight rows are

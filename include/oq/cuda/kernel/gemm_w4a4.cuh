@@ -13,7 +13,8 @@
 //     (core::widen_{s,u}4x4_to_{s,u}8x4) and issue mma.sync.m16n8k32 s8. It
 //     also finishes a K that is an odd multiple of 32 on the native path.
 // Both are written to be checkably correct rather than fast: one 16 × 8 tile
-// per warp, operands straight from global memory, no shared memory. The
+// per warp, operands straight from global memory, no shared memory (no
+// SharedStorage). The
 // tiled kernels share its Params, MMA choice and epilogue:
 // gemm_w4a4_multistage.cuh (shared memory, cp.async pipeline, ldmatrix) and
 // gemm_w4a4_wgmma.cuh (sm_90a wgmma).

@@ -56,6 +56,7 @@ struct GemmW4A4Multistage {
   static constexpr int kMmaM = kWarpTileM / 16;        // 4 mma tiles along M per warp
   static constexpr int kMmaN = kWarpTileN / 8;         // 4 along N
   static constexpr int kWidenShift = Widen::kWidenShift;
+  using SharedStorage = typename Pipeline::SharedStorage;  // the kStages stages of packed tiles
 
   __host__ __device__ static constexpr bool native_s4() { return uses_native_s4<kMma>(); }
 
@@ -76,10 +77,11 @@ struct GemmW4A4Multistage {
     for (int h = 0; h < 2; ++h) Widen::template widen<kWSigned>(b[h], b8[h][0], b8[h][1]);
   }
 
-  __device__ void operator()(const Params& p, std::uint8_t* smem) const {
+  __device__ void operator()(const Params& p, SharedStorage& shared) const {
     if constexpr (!arch::compiled_for<arch::Sm80>()) {
       arch::unsupported();  // no mma.sync on integers, no cp.async: fail loudly rather than leave the output unwritten
     } else {
+      std::uint8_t* smem = shared.stages[0].rows[0];  // stage i at i·kStageBytes (GemmW4A4TilePipeline)
       const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
       const int warp_m = warp % kWarpsM, warp_n = warp / kWarpsM;
       const std::int64_t m0 = static_cast<std::int64_t>(blockIdx.y) * kTileM;
@@ -103,7 +105,7 @@ struct GemmW4A4Multistage {
         arch::cp_async_commit();
       }
 
-      // ldmatrix row addresses of this lane, relative to a stage (see arch/memory.cuh):
+      // ldmatrix rows of this lane in a stage (see arch/memory.cuh):
       //   A tile i: matrix q = lane / 8 is rows (q % 2)·8 .. +7, bytes (q / 2)·16 of the K step
       //   W tiles j, j+1: matrix q is tile j + q / 2, bytes (q % 2)·16
       const int a_row = warp_m * kWarpTileM + (lane % 8) + ((lane / 8) % 2) * 8;
@@ -118,7 +120,7 @@ struct GemmW4A4Multistage {
         if (next < k_tiles) Pipeline::load_stage(p, smem + (next % kStages) * kStageBytes, m0, n0, next);
         arch::cp_async_commit();
 
-        const std::uint8_t* stage = smem + (kt % kStages) * kStageBytes;
+        const std::uint8_t* stage = smem + (kt % kStages) * kStageBytes;  // rows of kRowBytes: A, then W
         OQ_UNROLL
         for (int step = 0; step < kSlabBytes / 32; ++step) {  // two 64-element steps per stage
           std::uint32_t a[kMmaM][4], b[kMmaN][2];
@@ -183,7 +185,7 @@ __global__ void __launch_bounds__(256)
     gemm_w4a4_multistage_kernel(const GemmW4A4Params<ElementOut> params) {
   using Kernel = GemmW4A4Multistage<ElementOut, kASigned, kWSigned, kMma, kStages>;
   extern __shared__ __align__(16) std::uint8_t smem[];
-  Kernel{}(params, smem);
+  Kernel{}(params, *reinterpret_cast<typename Kernel::SharedStorage*>(smem));
 }
 
 }  // namespace oq::cuda::kernel

@@ -42,6 +42,25 @@ struct GemmW4A4TilePipeline {
   static constexpr int kChunksPerRow = kSlabBytes / 16;  // 16-byte cp.async chunks
   static_assert(kTileM * kChunksPerRow % kThreads == 0 && kTileN * kChunksPerRow % kThreads == 0);
 
+  /// One stage in shared memory: rows 0 .. kTileM − 1 hold the A slab,
+  /// rows kTileM .. kTileM + kTileN − 1 the W slab, each row kSlabBytes of
+  /// codes and 16 bytes of padding.
+  struct Stage {
+    std::uint8_t rows[kTileM + kTileN][kRowBytes];
+  };
+  /// The pipeline's shared memory: kStages stages, used round robin (tile kt
+  /// in stage kt mod kStages). The kernels take the first byte of stages[0]
+  /// and address stage i and row r as byte offsets i·kStageBytes +
+  /// r·kRowBytes: indexing the arrays, or an accessor function, changed
+  /// nvcc's address arithmetic (the ldmatrix row offsets were no longer
+  /// hoisted out of the mainloop; checked with cmake/ptx_diff.sh), so the
+  /// struct fixes the layout and its size, and the offsets keep the code the
+  /// kernels were written and checked with.
+  struct SharedStorage {
+    Stage stages[kStages];
+  };
+  static_assert(sizeof(Stage) == kStageBytes && sizeof(SharedStorage) == kSmemBytes);
+
   // Issues the cp.async copies of K tile `k_tile` into `stage` (rows of the
   // CTA's A and W tiles; zero-fill past M, N or K).
   template <class ElementOut>

@@ -44,6 +44,7 @@
 #include <oq/cuda/kernel/gemm_w4a4_tile_pipeline.cuh>
 #include <oq/cuda/kernel/gemm_w4a4_widen.cuh>
 
+#include <cstddef>
 #include <cstdint>
 
 namespace oq::cuda::kernel {
@@ -66,8 +67,24 @@ struct GemmW4A4Wgmma {
   static constexpr int kCoresK = kTileK / 16;            // core matrices along K per row group
   static constexpr int kLbo = kCoreBytes;                // K-adjacent core matrices
   static constexpr int kSbo = kCoresK * kCoreBytes;      // next 8 rows: 1024 bytes
+  /// One widened stage: the s8 core matrices of A (operand 0) and W
+  /// (operand 1), [operand][row group of 8 rows][core matrix along K][row
+  /// within the group · 16 + byte] — K-adjacent core matrices kLbo bytes
+  /// apart, row groups kSbo bytes apart, as the descriptors say. The kernel
+  /// writes and reads it through byte offsets from its first byte, which
+  /// are these indices flattened: indexing the array changed nvcc's address
+  /// arithmetic (checked with cmake/ptx_diff.sh).
+  using CoreMatrices = std::uint8_t[2][kTileM / 8][kCoresK][kCoreBytes];
   static constexpr int kS8Bytes = (kTileM + kTileN) * kTileK;  // A then W, one byte per code
-  static constexpr int kSmemBytes = kS8Buffers * kS8Bytes + Pipeline::kSmemBytes;
+  static_assert(sizeof(CoreMatrices) == kS8Bytes);
+
+  struct SharedStorage {
+    alignas(128) CoreMatrices s8[kS8Buffers];  // wgmma operands: 128-byte aligned (the core matrices)
+    typename Pipeline::SharedStorage packed;   // the packed pipeline's stages
+  };
+  static constexpr int kSmemBytes = static_cast<int>(sizeof(SharedStorage));
+  static_assert(kSmemBytes == kS8Buffers * kS8Bytes + Pipeline::kSmemBytes &&
+                offsetof(SharedStorage, packed) == kS8Buffers * kS8Bytes);
 
   // Widens the packed stage to s8 core matrices (see the file comment).
   __device__ static void convert(const std::uint8_t* packed, std::uint8_t* s8) {
@@ -96,15 +113,17 @@ struct GemmW4A4Wgmma {
     }
   }
 
-  __device__ void operator()(const Params& p, std::uint8_t* smem) const {
+  __device__ void operator()(const Params& p, SharedStorage& shared) const {
     if constexpr (!arch::compiled_for<arch::Sm90a>()) {
       // Built without sm_90a code: the launcher admits only compute
       // capability 9.0, so reaching this means the binary lacks its sm_90a
       // image. Fail loudly rather than return unwritten outputs.
       arch::unsupported();
     } else {
-      std::uint8_t* s8_buffers = smem;                     // kS8Buffers × kS8Bytes, 128-byte aligned
-      std::uint8_t* stages = smem + kS8Buffers * kS8Bytes;  // the packed pipeline
+      // Byte offsets from the first bytes of SharedStorage's arrays (see
+      // CoreMatrices and GemmW4A4TilePipeline::SharedStorage for why).
+      std::uint8_t* s8_buffers = shared.s8[0][0][0][0];               // buffer b at b·kS8Bytes
+      std::uint8_t* stages = s8_buffers + kS8Buffers * kS8Bytes;  // shared.packed; stage i at i·kStageBytes
       const int warpgroup = threadIdx.x / 128;
       const std::int64_t m0 = static_cast<std::int64_t>(blockIdx.y) * kTileM;
       const std::int64_t n0 = static_cast<std::int64_t>(blockIdx.x) * kTileN;
@@ -168,8 +187,9 @@ struct GemmW4A4Wgmma {
 
 template <class ElementOut, bool kASigned, bool kWSigned, int kStages, int kS8Buffers>
 __global__ void __launch_bounds__(256, 1) gemm_w4a4_wgmma_kernel(const GemmW4A4Params<ElementOut> params) {
+  using Kernel = GemmW4A4Wgmma<ElementOut, kASigned, kWSigned, kStages, kS8Buffers>;
   extern __shared__ __align__(128) std::uint8_t wgmma_smem[];  // its own name: alignments differ by kernel
-  GemmW4A4Wgmma<ElementOut, kASigned, kWSigned, kStages, kS8Buffers>{}(params, wgmma_smem);
+  Kernel{}(params, *reinterpret_cast<typename Kernel::SharedStorage*>(wgmma_smem));
 }
 
 }  // namespace oq::cuda::kernel
