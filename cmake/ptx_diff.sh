@@ -27,10 +27,11 @@
 # function (.entry/.func) is one record; a file's records are compared as a
 # multiset, so reordered instantiations compare equal. Where they differ, a
 # second comparison also renumbers the virtual registers (%r, %rd, %f, %p, …)
-# and labels of each function by first appearance: "same up to register
-# numbering" is the same instruction stream on the same operands, where only
-# nvcc's front end numbered its values differently (ptxas allocates the
-# registers anew anyway). Kernels that exist only on one side are listed with
+# and labels of each function by first appearance, and failing that looks for
+# any bijection of the registers (two accumulators both set to 0 may be
+# numbered the other way round): "same up to register numbering" is the same
+# instruction stream on the same operands, where only nvcc's front end
+# numbered its values differently (ptxas allocates the registers anew anyway). Kernels that exist only on one side are listed with
 # their demangled names, and a function whose body changed is shown as a
 # unified diff against the nearest one of the other side.
 #
@@ -228,6 +229,85 @@ def load(path):
     funcs = [c[len("function\n"):] for c in chunks if c.startswith("function\n")]
     return (module[0] if module else ""), funcs
 
+register = re.compile(r"%[a-z]+\d+\b")
+constant_def = re.compile(r"^\s*mov\.(\w+)\s+(%[a-z]+\d+), (-?\d+|0[fFdD][0-9A-Fa-f]+|%[a-z]+\d+);$")
+block_end = re.compile(r"^\$L__BB_\d+:$|^\s*(@%p\d+ )?bra|^\s*ret;|^\s*bar\.")
+
+def same_up_to_register_bijection(a, b):
+    """Whether b is a with its virtual registers renamed by a bijection (per
+    register class). Moves of constants into registers (or copies of
+    registers holding a known constant) do not fix the bijection, since two
+    registers both set to 0 may swap roles: the other instructions fix it,
+    then within each basic block those definitions must match one for one
+    under it, or as a multiset where no other instruction between the first
+    and the last of them touches their registers (so that their order does
+    not matter)."""
+    la, lb = a.splitlines(), b.splitlines()
+    if len(la) != len(lb):
+        return False
+    forward, backward = {}, {}
+    def cls(r):
+        return r.rstrip("0123456789")
+    def bind(x, y):
+        return cls(x) == cls(y) and forward.setdefault(x, y) == y and backward.setdefault(y, x) == x
+    consts = [{}, {}]   # per side: register -> known constant in this block
+    blocks = []         # per basic block: (constant definitions, other instructions' registers by line)
+    pending, touched = [], []
+    def constant(line, side):
+        m = constant_def.match(line)
+        if not m:
+            return None
+        value = m.group(3)
+        if value.startswith("%"):
+            if value not in consts[side]:
+                return None
+            value = consts[side][value]
+        return m.group(1), m.group(2), value
+    for i, (x, y) in enumerate(zip(la, lb)):
+        cx, cy = constant(x, 0), constant(y, 1)
+        if cx and cy:
+            pending.append((i, cx, cy))
+            consts[0][cx[1]], consts[1][cy[1]] = cx[2], cy[2]
+            continue
+        if register.sub("%", x) != register.sub("%", y):
+            return False
+        rx, ry = register.findall(x), register.findall(y)
+        if not all(bind(u, v) for u, v in zip(rx, ry)):
+            return False
+        touched.append((i, set(rx) | set(ry)))
+        for side, regs in ((0, rx), (1, ry)):
+            for r in regs:
+                consts[side].pop(r, None)
+        if block_end.match(x):
+            blocks.append((pending, touched))
+            pending, touched, consts = [], [], [{}, {}]
+    blocks.append((pending, touched))
+    for pending, touched in blocks:
+        if not pending:
+            continue
+        # One for one where that agrees with the bijection (binding registers
+        # that only constants define).
+        f, g, ok = dict(forward), dict(backward), True
+        for _, (t, d, v), (u, e, w) in pending:
+            if (t, v) != (u, w) or cls(d) != cls(e) or f.setdefault(d, e) != e or g.setdefault(e, d) != d:
+                ok = False
+                break
+        if ok:
+            forward.update(f)
+            backward.update(g)
+            continue
+        # Otherwise as a multiset of definitions that commute.
+        first, last = pending[0][0], pending[-1][0]
+        dests = {d[1] for _, d, _ in pending} | {d[1] for _, _, d in pending}
+        if any(first < i < last and dests & regs for i, regs in touched):
+            return False
+        left = sorted((t, forward.get(d, "?" + d), v) for _, (t, d, v), _ in pending)
+        right = sorted((t, e if e in backward else "?", v) for _, _, (t, e, v) in pending)
+        left = sorted((t, d if not d.startswith("?") else "?", v) for t, d, v in left)
+        if left != right:
+            return False
+    return True
+
 def names(path):
     return [l.split("\t")[0] for l in open(path).read().splitlines()] if os.path.exists(path) else []
 
@@ -249,6 +329,16 @@ for f in files:
     rn, nn = names(os.path.join(ref_dir, f + ".names")), names(os.path.join(new_dir, f + ".names"))
     rc, nc = collections.Counter(ref[1]), collections.Counter(new[1])
     missing, extra = rc - nc, nc - rc
+    # A function whose first-appearance numbering differs can still be the
+    # same code under another bijection of its registers (two accumulators
+    # both initialised to 0, numbered the other way round): pair those.
+    for body in list(missing.elements()):
+        for other in list(extra.elements()):
+            if same_up_to_register_bijection(body, other):
+                missing[body] -= 1
+                extra[other] -= 1
+                break
+    missing, extra = +missing, +extra
     status = []
     if ref[0] != new[0]:
         status.append("module-level declarations differ")
