@@ -36,7 +36,9 @@
 //                  block by block on the block's output; here per linear),
 //                  starting at the weight clip 0.8, i.e. at RTN's grid
 //                  (QuantOptions::lwc_init_at_weight_clip); DuQuant+LWC is
-//                  {on, DuQuant, LWC}
+//                  {on, DuQuant, LWC}. block_lwc.hpp trains the same
+//                  factors on the layer's output (OmniQuant's objective)
+//                  from the calibration sequences instead
 //
 // The five named presets (Method) are points of that cross: RTN = {off, none,
 // RTN}, SmoothQuant = {on, none, RTN}, Hadamard = {off, block Hadamard, RTN},

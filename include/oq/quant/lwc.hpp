@@ -152,6 +152,20 @@ struct LwcOptions {
   double weight_decay = 0.0;     ///< decoupled (AdamW), >= 0, learning_rate·weight_decay < 1
   LwcZeroGradient zero_gradient = LwcZeroGradient::kNone;
   bool keep_best = true;         ///< each row keeps its best step's factors (file comment)
+
+  /// Throws std::invalid_argument naming the first field out of its range.
+  void validate(std::string_view where) const {
+    detail::require(steps >= 0, where, "options.steps must be >= 0, got ", steps);
+    detail::require(std::isfinite(learning_rate) && learning_rate > 0, where,
+                    "options.learning_rate must be finite and > 0, got ", learning_rate);
+    detail::require(std::isfinite(init), where, "options.init must be finite, got ", init);
+    detail::require(beta1 >= 0 && beta1 < 1, where, "options.beta1 must be in [0, 1), got ", beta1);
+    detail::require(beta2 >= 0 && beta2 < 1, where, "options.beta2 must be in [0, 1), got ", beta2);
+    detail::require(std::isfinite(epsilon) && epsilon > 0, where, "options.epsilon must be finite and > 0, got ",
+                    epsilon);
+    detail::require(weight_decay >= 0 && learning_rate * weight_decay < 1, where,
+                    "options.weight_decay must be >= 0 with learning_rate·weight_decay < 1, got ", weight_decay);
+  }
 };
 
 /// ∂L/∂a and ∂L/∂b, one entry per parameter entry (the spec's shape).
@@ -173,6 +187,31 @@ struct LwcResult {
   Eigen::Matrix<std::int32_t, Eigen::Dynamic, Eigen::Dynamic> codes;  ///< quantize(w, params, spec)
   double initial_loss = 0;    ///< ‖X·(W − Ŵ)ᵀ‖²_F / n at a = b = init
   double loss = 0;            ///< the same at the returned factors
+};
+
+/// The AdamW of train_lwc (torch.optim.AdamW: decoupled weight decay,
+/// bias-corrected moments) over one matrix of logits, for callers that train
+/// LWC factors on another objective (tools/llama/block_lwc.hpp trains them on
+/// a transformer layer's output, OmniQuant's own objective). The options are
+/// taken as given (LwcOptions::validate checks them).
+class LwcAdamW {
+ public:
+  LwcAdamW(const LwcOptions& options, Eigen::Index rows, Eigen::Index cols)
+      : o_(options), m_(Eigen::MatrixXd::Zero(rows, cols)), v_(Eigen::MatrixXd::Zero(rows, cols)) {}
+
+  /// One step of the logits p with gradient g (same shape), step t = 1, 2, …
+  void step(Eigen::MatrixXd& p, const Eigen::MatrixXd& g, int t) {
+    const double c1 = 1 - std::pow(o_.beta1, t);
+    const double c2 = 1 - std::pow(o_.beta2, t);
+    m_.array() = o_.beta1 * m_.array() + (1 - o_.beta1) * g.array();
+    v_.array() = o_.beta2 * v_.array() + (1 - o_.beta2) * g.array().square();
+    p *= 1 - o_.learning_rate * o_.weight_decay;
+    p.array() -= (o_.learning_rate / c1) * m_.array() / ((v_.array() / c2).sqrt() + o_.epsilon);
+  }
+
+ private:
+  LwcOptions o_;
+  Eigen::MatrixXd m_, v_;
 };
 
 namespace detail_lwc {
@@ -432,17 +471,8 @@ LwcResult<typename Derived::Scalar> train_lwc(const Eigen::MatrixBase<Derived>& 
   detail::require(hessian.rows() == w.cols() && hessian.cols() == w.cols(), kWhere, "hessian must be ", w.cols(),
                   " x ", w.cols(), " (the inputs of w), got ", hessian.rows(), " x ", hessian.cols());
   detail::require_finite(hessian, kWhere, "hessian");
+  options.validate(kWhere);
   const LwcOptions& o = options;
-  detail::require(o.steps >= 0, kWhere, "options.steps must be >= 0, got ", o.steps);
-  detail::require(std::isfinite(o.learning_rate) && o.learning_rate > 0, kWhere,
-                  "options.learning_rate must be finite and > 0, got ", o.learning_rate);
-  detail::require(std::isfinite(o.init), kWhere, "options.init must be finite, got ", o.init);
-  detail::require(o.beta1 >= 0 && o.beta1 < 1, kWhere, "options.beta1 must be in [0, 1), got ", o.beta1);
-  detail::require(o.beta2 >= 0 && o.beta2 < 1, kWhere, "options.beta2 must be in [0, 1), got ", o.beta2);
-  detail::require(std::isfinite(o.epsilon) && o.epsilon > 0, kWhere, "options.epsilon must be finite and > 0, got ",
-                  o.epsilon);
-  detail::require(o.weight_decay >= 0 && o.learning_rate * o.weight_decay < 1, kWhere,
-                  "options.weight_decay must be >= 0 with learning_rate·weight_decay < 1, got ", o.weight_decay);
 
   using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using RowMatrixD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -493,7 +523,7 @@ LwcResult<typename Derived::Scalar> train_lwc(const Eigen::MatrixBase<Derived>& 
 
   Eigen::MatrixXd a = Eigen::MatrixXd::Constant(prows, pcols, o.init);
   Eigen::MatrixXd b = a;
-  Eigen::MatrixXd m_a = Eigen::MatrixXd::Zero(prows, pcols), v_a = m_a, m_b = m_a, v_b = m_a;
+  LwcAdamW adam_a(o, prows, pcols), adam_b(o, prows, pcols);
   Matrix best_upper = a.template cast<Scalar>(), best_lower = b.template cast<Scalar>();
   Eigen::VectorXd best_loss = Eigen::VectorXd::Constant(out_rows, std::numeric_limits<double>::infinity());
   LwcResult<Scalar> result;
@@ -522,17 +552,8 @@ LwcResult<typename Derived::Scalar> train_lwc(const Eigen::MatrixBase<Derived>& 
     LwcGrad<Eigen::MatrixXd> g = detail_lwc::grad(wm, e.clips, spec, grad_out, o.zero_gradient);
     g.upper = row_weight.asDiagonal() * g.upper;
     g.lower = row_weight.asDiagonal() * g.lower;
-    // AdamW (torch.optim.AdamW): decoupled decay, bias-corrected moments.
-    const double c1 = 1 - std::pow(o.beta1, t + 1);
-    const double c2 = 1 - std::pow(o.beta2, t + 1);
-    const auto adamw = [&](Eigen::MatrixXd& p, Eigen::MatrixXd& m, Eigen::MatrixXd& v, const Eigen::MatrixXd& gd) {
-      m.array() = o.beta1 * m.array() + (1 - o.beta1) * gd.array();
-      v.array() = o.beta2 * v.array() + (1 - o.beta2) * gd.array().square();
-      p *= 1 - o.learning_rate * o.weight_decay;
-      p.array() -= (o.learning_rate / c1) * m.array() / ((v.array() / c2).sqrt() + o.epsilon);
-    };
-    adamw(a, m_a, v_a, g.upper);
-    adamw(b, m_b, v_b, g.lower);
+    adam_a.step(a, g.upper, t + 1);
+    adam_b.step(b, g.lower, t + 1);
   }
   const Evaluation final = evaluate(best_upper, best_lower);
   result.upper = std::move(best_upper);
