@@ -6,6 +6,7 @@
 #include <oq/io/gptq_checkpoint.hpp>
 
 #include <oq/core/float16.hpp>
+#include <oq/detail/eigen_types.hpp>
 #include <oq/quant/quantize.hpp>
 
 #include <doctest/doctest.h>
@@ -18,6 +19,7 @@
 #include <limits>
 #include <random>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 using oq::io::GptqCheckpointFormat;
@@ -67,6 +69,9 @@ GptqLinearCodes small_codes(Eigen::Index out, Eigen::Index in, Eigen::Index grou
 }
 
 }  // namespace
+
+// The io alias is oq/detail/eigen_types.hpp's (the one definition transform/ uses too).
+static_assert(std::is_same_v<oq::io::RowMajorMatrix<float>, oq::detail::RowMajorMatrix<float>>);
 
 TEST_CASE("the bit layout: eight codes per qweight word along K, eight zeros per qzeros word along N") {
   GptqLinearCodes c;

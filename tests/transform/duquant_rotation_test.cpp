@@ -1,4 +1,5 @@
 #include <oq/cpu/thread_pool.hpp>
+#include <oq/detail/eigen_types.hpp>
 #include <oq/transform/duquant_rotation.hpp>
 
 #include <doctest/doctest.h>
@@ -11,7 +12,10 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
+#include <random>
 #include <stdexcept>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -635,4 +639,67 @@ TEST_CASE("bad input") {
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS(duquant_base_block(Matrix::Identity(3, 4)), doctest::Contains("q_prime must be 3 x 3"),
                        std::invalid_argument);
+}
+
+TEST_CASE("rotate_blocks_in_place: y·diag(r, …, r), across the tile boundary") {
+  // 300 × 64 with b = 8: the blocked view has 2,400 rows, more than one
+  // 2,048-row tile. Reference: the dense product with the block-diagonal
+  // matrix, in double, written out entry by entry.
+  std::mt19937 rng(11);
+  std::normal_distribution<double> normal;
+  const Eigen::Index rows = 300, cols = 64, b = 8;
+  oq::transform::RowMajorMatrix<double> y(rows, cols);
+  for (Eigen::Index i = 0; i < y.size(); ++i) y.data()[i] = normal(rng);
+  Eigen::MatrixXd r(b, b);
+  for (Eigen::Index i = 0; i < r.size(); ++i) r.data()[i] = normal(rng);
+  Eigen::MatrixXd expected = Eigen::MatrixXd::Zero(rows, cols);
+  for (Eigen::Index t = 0; t < rows; ++t)
+    for (Eigen::Index block = 0; block < cols / b; ++block)
+      for (Eigen::Index j = 0; j < b; ++j)
+        for (Eigen::Index i = 0; i < b; ++i) expected(t, block * b + j) += y(t, block * b + i) * r(i, j);
+  oq::transform::rotate_blocks_in_place(y, r);
+  CHECK((y - expected).cwiseAbs().maxCoeff() <= 1e-12);
+  // The transpose undoes an orthogonal r.
+  const Eigen::MatrixXd q = Eigen::HouseholderQR<Eigen::MatrixXd>(r).householderQ();
+  oq::transform::RowMajorMatrix<double> z = expected;
+  oq::transform::rotate_blocks_in_place(z, q);
+  oq::transform::rotate_blocks_in_place(z, q.transpose());
+  CHECK((z - expected).cwiseAbs().maxCoeff() <= 1e-12);
+  // No rows: nothing to do. A block size that does not divide the columns,
+  // or a non-square r: refused, y untouched.
+  oq::transform::RowMajorMatrix<double> empty(0, cols);
+  oq::transform::rotate_blocks_in_place(empty, r);
+  CHECK(empty.rows() == 0);
+  CHECK_THROWS_WITH_AS(oq::transform::rotate_blocks_in_place(z, Eigen::MatrixXd::Identity(3, 3)),
+                       doctest::Contains("block size (3) must divide the column count of y (64)"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(oq::transform::rotate_blocks_in_place(z, Eigen::MatrixXd::Identity(8, 4)),
+                       doctest::Contains("r must be square and non-empty, got 8 x 4"), std::invalid_argument);
+  CHECK((z - expected).cwiseAbs().maxCoeff() <= 1e-12);
+}
+
+TEST_CASE("greedy_thread_pool: the caller's pool where it has threads, else one started here, else none") {
+  std::optional<oq::cpu::ThreadPool> own;
+  oq::cpu::ThreadPool two(2), one(1);
+  CHECK(oq::transform::greedy_thread_pool(8, &two, own) == &two);
+  CHECK(oq::transform::greedy_thread_pool(8, &one, own) == nullptr);  // one thread: the caller's own
+  CHECK_FALSE(own.has_value());
+  CHECK(oq::transform::greedy_thread_pool(1, nullptr, own) == nullptr);
+  oq::cpu::ThreadPool* started = oq::transform::greedy_thread_pool(3, nullptr, own);
+  REQUIRE(started != nullptr);
+  CHECK(started == &*own);
+  CHECK(started->size() == 3);
+}
+
+TEST_CASE("DenseMatrix and RowMajorMatrix are oq/detail/eigen_types.hpp's, not a second definition") {
+  static_assert(std::is_same_v<DenseMatrix<double>, oq::detail::DenseMatrix<double>>);
+  static_assert(std::is_same_v<RowMajorMatrix<float>, oq::detail::RowMajorMatrix<float>>);
+  static_assert(std::is_same_v<DenseMatrix<double>, Eigen::MatrixXd>);
+  // Row-major: entry (i, j) at i·cols + j, the rows contiguous as files and
+  // kernels store them; DenseMatrix column-major.
+  RowMajorMatrix<int> m(2, 3);
+  m << 0, 1, 2, 3, 4, 5;
+  for (int i = 0; i < 6; ++i) CHECK(m.data()[i] == i);
+  const DenseMatrix<int> d = m;
+  CHECK(d.data()[1] == 3);
 }

@@ -64,6 +64,7 @@
 
 #include <oq/core/float16.hpp>
 #include <oq/detail/check.hpp>
+#include <oq/detail/eigen_types.hpp>
 #include <oq/io/dtype.hpp>
 #include <oq/io/format_error.hpp>
 #include <oq/io/safetensors.hpp>
@@ -96,8 +97,7 @@ constexpr std::string_view to_string(GptqCheckpointFormat format) noexcept {
   return format == GptqCheckpointFormat::kGptq ? "gptq" : "gptq_v2";
 }
 
-template <class T>
-using RowMajorMatrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using ::oq::detail::RowMajorMatrix;  // oq/detail/eigen_types.hpp
 
 /// One linear's tensors as a GPTQ checkpoint stores them (file comment).
 struct GptqPackedLinear {

@@ -139,7 +139,7 @@ class DuQuantTransform {
     constexpr std::string_view kWhere = "oq::transform::DuQuantTransform::invert";
     Result y = checked_copy(x_hat, kWhere, "x_hat");
     for (std::size_t i = rotations_.size(); i-- > 0;) {
-      detail_rotation::right_multiply_blocks(y, rotations_[i].transpose());
+      rotate_blocks_in_place(y, rotations_[i].transpose());
       if (i > 0) permute_columns_in_place(y, inverse_permutation(permutations_[i - 1]));
     }
     if (smoothing_.size() != 0) y.array().rowwise() *= smoothing_.transpose().array();
@@ -178,7 +178,7 @@ class DuQuantTransform {
 
   void forward(Result& y) const {
     for (std::size_t i = 0; i < rotations_.size(); ++i) {
-      detail_rotation::right_multiply_blocks(y, rotations_[i]);
+      rotate_blocks_in_place(y, rotations_[i]);
       if (i < permutations_.size()) permute_columns_in_place(y, permutations_[i]);
     }
   }
@@ -273,8 +273,8 @@ DuQuantTransform<Scalar> calibrate(const Eigen::MatrixBase<Derived>& x, const Ro
 
   // One pool for every stage's greedy steps (none given: started here once).
   std::optional<cpu::ThreadPool> own;
-  cpu::ThreadPool* pool = detail_rotation::greedy_pool(cpu::resolve_threads(options.threads, where, options.pool),
-                                                       options.pool, own);
+  cpu::ThreadPool* pool =
+      greedy_thread_pool(cpu::resolve_threads(options.threads, where, options.pool), options.pool, own);
   std::vector<DenseMatrix<Scalar>> rotations;
   std::vector<Permutation> permutations;
   for (int stage = 0; stage <= options.permutation_rounds; ++stage) {
@@ -285,8 +285,8 @@ DuQuantTransform<Scalar> calibrate(const Eigen::MatrixBase<Derived>& x, const Ro
     const DenseMatrix<Scalar> base = duquant_base_block(q_primes[static_cast<std::size_t>(stage)]);
     rotations.push_back((w != nullptr ? greedy_block_rotation(y, wy, base, greedy)
                                       : greedy_block_rotation(y, base, greedy)).rotation);
-    detail_rotation::right_multiply_blocks(y, rotations.back());
-    if (w != nullptr) detail_rotation::right_multiply_blocks(wy, rotations.back());
+    rotate_blocks_in_place(y, rotations.back());
+    if (w != nullptr) rotate_blocks_in_place(wy, rotations.back());
     if (stage < options.permutation_rounds) {
       // The permutation orders channels by the activations' maxima (zigzag.hpp).
       const Eigen::Matrix<Scalar, Eigen::Dynamic, 1> channel_max = y.cwiseAbs().colwise().maxCoeff().transpose();

@@ -60,6 +60,7 @@
 
 #include <oq/cpu/parallel.hpp>
 #include <oq/detail/check.hpp>
+#include <oq/detail/eigen_types.hpp>
 
 #include <Eigen/Core>
 #include <Eigen/SVD>
@@ -80,10 +81,8 @@
 
 namespace oq::transform {
 
-template <class Scalar>
-using DenseMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
-template <class Scalar>
-using RowMajorMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using ::oq::detail::DenseMatrix;  // oq/detail/eigen_types.hpp
+using ::oq::detail::RowMajorMatrix;
 
 /// R = E·(G_(b−2)⋯G_0)·E of the file comment (b >= 2); orthogonal, row 0 uniform.
 template <class Scalar = double>
@@ -279,24 +278,10 @@ struct GreedyRotation {
 
 namespace detail_rotation {
 
-// Rows of the blocked view per GEMM of right_multiply_blocks: large enough
+// Rows of the blocked view per GEMM of rotate_blocks_in_place: large enough
 // for Eigen's (OpenMP-parallel) GEMM, small enough for a tile to stay in L2
 // while it is copied back.
 inline constexpr Eigen::Index kTileRows = 2048;
-
-// y's rows viewed as b-wide blocks, each right-multiplied by r (b × b), tile
-// by tile through a small buffer instead of a y-sized temporary.
-template <class Scalar, class RotationDerived>
-void right_multiply_blocks(RowMajorMatrix<Scalar>& y, const Eigen::MatrixBase<RotationDerived>& r) {
-  const Eigen::Index b = r.rows();
-  Eigen::Map<RowMajorMatrix<Scalar>> blocks(y.data(), y.size() / b, b);
-  RowMajorMatrix<Scalar> tile(std::min(kTileRows, blocks.rows()), b);
-  for (Eigen::Index start = 0; start < blocks.rows(); start += kTileRows) {
-    const Eigen::Index count = std::min(kTileRows, blocks.rows() - start);
-    tile.topRows(count).noalias() = blocks.middleRows(start, count) * r;
-    blocks.middleRows(start, count) = tile.topRows(count);
-  }
-}
 
 // The product kernel of the greedy's steps. Each step of Algorithm 1
 // (Lin et al. 2024, §3.1) needs only statistics of Y_t = X_b·A_t (its
@@ -799,19 +784,6 @@ GreedyRotation<Scalar> greedy_on_blocks(NormOrderedRows<Scalar>& activations,
   return result;
 }
 
-// The pool the greedy runs on: the caller's, else `own` started with
-// `threads` threads (none for one thread, or where the system refuses a
-// thread: then the caller's thread does all the work, with the same result).
-inline cpu::ThreadPool* greedy_pool(int threads, cpu::ThreadPool* given, std::optional<cpu::ThreadPool>& own) {
-  if (given != nullptr) return given->size() > 1 ? given : nullptr;
-  if (threads <= 1) return nullptr;
-  try {
-    return &own.emplace(threads);
-  } catch (const std::system_error&) {
-    return nullptr;
-  }
-}
-
 // Returns the thread count (options.threads resolved; cpu::resolve_threads).
 template <class Derived>
 int check_greedy_input(const Eigen::MatrixBase<Derived>& x, const DenseMatrix<typename Derived::Scalar>& base,
@@ -832,6 +804,43 @@ int check_greedy_input(const Eigen::MatrixBase<Derived>& x, const DenseMatrix<ty
 
 }  // namespace detail_rotation
 
+/// y ← y·diag(r, …, r) in place: every r.rows()-wide block of each row of y
+/// right-multiplied by r (b × b, b >= 1, b divides y.cols(); std::invalid_argument
+/// otherwise), tile by tile through a small buffer instead of a y-sized
+/// temporary. What DuQuantTransform applies per rotation stage, and the
+/// greedy calibration between stages.
+template <class Scalar, class RotationDerived>
+void rotate_blocks_in_place(RowMajorMatrix<Scalar>& y, const Eigen::MatrixBase<RotationDerived>& r) {
+  constexpr std::string_view kWhere = "oq::transform::rotate_blocks_in_place";
+  const Eigen::Index b = r.rows();
+  detail::require(b >= 1 && r.cols() == b, kWhere, "r must be square and non-empty, got ", r.rows(), " x ", r.cols());
+  detail::require(y.cols() % b == 0, kWhere, "the block size (", b, ") must divide the column count of y (", y.cols(),
+                  ")");
+  if (y.size() == 0) return;
+  Eigen::Map<RowMajorMatrix<Scalar>> blocks(y.data(), y.size() / b, b);
+  RowMajorMatrix<Scalar> tile(std::min(detail_rotation::kTileRows, blocks.rows()), b);
+  for (Eigen::Index start = 0; start < blocks.rows(); start += detail_rotation::kTileRows) {
+    const Eigen::Index count = std::min(detail_rotation::kTileRows, blocks.rows() - start);
+    tile.topRows(count).noalias() = blocks.middleRows(start, count) * r;
+    blocks.middleRows(start, count) = tile.topRows(count);
+  }
+}
+
+/// The thread pool a greedy calibration runs on: `given` (the caller's,
+/// GreedyRotationOptions::pool) where it has more than one thread, else
+/// `own` started with `threads` threads — none (null: the caller's thread
+/// does all the work, with the same result) for one thread, or where the
+/// system refuses a thread. `own` must outlive the calibration.
+inline cpu::ThreadPool* greedy_thread_pool(int threads, cpu::ThreadPool* given, std::optional<cpu::ThreadPool>& own) {
+  if (given != nullptr) return given->size() > 1 ? given : nullptr;
+  if (threads <= 1) return nullptr;
+  try {
+    return &own.emplace(threads);
+  } catch (const std::system_error&) {
+    return nullptr;
+  }
+}
+
 /// Algorithm 1 on x (tokens × C) with the base block `base` (b × b, b | C),
 /// scored on the activations alone (kRange or kAbsMax).
 template <class Derived>
@@ -847,7 +856,7 @@ GreedyRotation<typename Derived::Scalar> greedy_block_rotation(const Eigen::Matr
   std::optional<detail_rotation::NormOrderedRows<Scalar>> no_weights;
   std::optional<cpu::ThreadPool> own;
   return detail_rotation::greedy_on_blocks(activations, no_weights, base, options,
-                                           detail_rotation::greedy_pool(threads, options.pool, own));
+                                           greedy_thread_pool(threads, options.pool, own));
 }
 
 /// Algorithm 1 with the weights w (out × C) of the linear that reads x, for
@@ -870,7 +879,7 @@ GreedyRotation<typename Derived::Scalar> greedy_block_rotation(const Eigen::Matr
   std::optional<detail_rotation::NormOrderedRows<Scalar>> weights(std::in_place, w, base.rows());
   std::optional<cpu::ThreadPool> own;
   return detail_rotation::greedy_on_blocks(activations, weights, base, options,
-                                           detail_rotation::greedy_pool(threads, options.pool, own));
+                                           greedy_thread_pool(threads, options.pool, own));
 }
 
 }  // namespace oq::transform
