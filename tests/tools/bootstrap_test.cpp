@@ -17,6 +17,7 @@ namespace {
 
 using llama::stats::Bootstrap;
 using llama::stats::BootstrapOptions;
+using llama::stats::CrossedBootstrap;
 using llama::stats::Interval;
 
 std::vector<double> normals(std::size_t n, double mean, double sigma, std::uint64_t seed) {
@@ -162,4 +163,68 @@ TEST_CASE("bootstrap draws: the same seed gives the same interval, another seed 
   CHECK(llama::stats::quantile_sorted(std::vector<double>{1, 2, 3, 4, 5}, 0.5) == 3.0);
   CHECK(llama::stats::quantile_sorted(std::vector<double>{1, 2}, 0.25) == 1.25);
   CHECK_THROWS_AS(llama::stats::quantile_sorted(std::vector<double>{}, 0.5), std::invalid_argument);
+}
+
+TEST_CASE("crossed bootstrap: one seed gives the one-factor intervals bit for bit") {
+  const std::vector<double> x = normals(25, 1.0, 0.5, 12);
+  const BootstrapOptions options{.resamples = 700, .level = 0.9, .seed = 21};
+  const Interval one = Bootstrap(x.size(), options).interval(Bootstrap::mean_of(x));
+  const auto mean = Bootstrap::mean_of(x);
+  const Interval crossed = CrossedBootstrap(x.size(), 1, options).interval(
+      [&](const std::vector<double>& u, const std::vector<double>& s) {
+        CHECK(s == std::vector<double>{1.0});
+        return mean(u);
+      });
+  CHECK(crossed.estimate == one.estimate);
+  CHECK(crossed.lower == one.lower);
+  CHECK(crossed.upper == one.upper);
+}
+
+TEST_CASE("crossed bootstrap of y = a_seed + b_window + e: width 2·1.96·√(var_a/S + var_b/U), both factors covered") {
+  // The grand mean's variance under the additive model is σ_a²/S + σ_b²/U
+  // (+ σ_e²/(S·U)); the pigeonhole bootstrap reproduces it with the plug-in
+  // variances of the seed means and the window means (Owen 2007, §3; the
+  // interaction adds about σ_e²/(S·U), negligible here). Resampling the windows
+  // alone misses the seeds' share.
+  const std::size_t seeds = 20, units = 30;
+  const std::vector<double> a = normals(seeds, 0.0, 1.0, 31), b = normals(units, 5.0, 2.0, 32),
+                            e = normals(seeds * units, 0.0, 0.1, 33);
+  std::vector<double> y(seeds * units);
+  for (std::size_t s = 0; s < seeds; ++s)
+    for (std::size_t u = 0; u < units; ++u) y[s * units + u] = a[s] + b[u] + e[s * units + u];
+  auto grand_mean = [&](const std::vector<double>& wu, const std::vector<double>& ws) {
+    double num = 0, den = 0;
+    for (std::size_t s = 0; s < seeds; ++s)
+      for (std::size_t u = 0; u < units; ++u) {
+        num += ws[s] * wu[u] * y[s * units + u];
+        den += ws[s] * wu[u];
+      }
+    return num / den;
+  };
+  std::vector<double> seed_means(seeds, 0.0), unit_means(units, 0.0);
+  for (std::size_t s = 0; s < seeds; ++s)
+    for (std::size_t u = 0; u < units; ++u) {
+      seed_means[s] += y[s * units + u] / units;
+      unit_means[u] += y[s * units + u] / seeds;
+    }
+  const double var_a = sample_sd(seed_means) * sample_sd(seed_means), var_b = sample_sd(unit_means) * sample_sd(unit_means);
+  const BootstrapOptions options{.resamples = 4000, .seed = 3};
+  const Interval crossed = CrossedBootstrap(units, seeds, options).interval(grand_mean);
+  const double expected = 2 * 1.959964 * std::sqrt(var_a / seeds + var_b / units);
+  INFO("width " << crossed.upper - crossed.lower << ", expected " << expected);
+  CHECK((crossed.upper - crossed.lower) == doctest::Approx(expected).epsilon(0.08));
+  // Windows alone: the seeds' variance is left out, the interval narrower by √(var_b/U / (var_a/S + var_b/U)).
+  const Interval windows_only = Bootstrap(units, options).interval(
+      [&](const std::vector<double>& wu) { return grand_mean(wu, std::vector<double>(seeds, 1.0)); });
+  const double expected_windows = 2 * 1.959964 * std::sqrt(var_b / units);
+  CHECK((windows_only.upper - windows_only.lower) == doctest::Approx(expected_windows).epsilon(0.08));
+  CHECK((windows_only.upper - windows_only.lower) < 0.9 * (crossed.upper - crossed.lower));
+  // Paired: a constant shift between two methods is resolved exactly.
+  const Interval d = CrossedBootstrap(units, seeds, options).paired(
+      [&](const std::vector<double>& wu, const std::vector<double>& ws) { return grand_mean(wu, ws) + 0.25; },
+      grand_mean);
+  CHECK(d.lower == doctest::Approx(0.25).epsilon(1e-9));
+  CHECK(d.upper == doctest::Approx(0.25).epsilon(1e-9));
+  CHECK_THROWS_AS(CrossedBootstrap(3, 0), std::invalid_argument);
+  CHECK_THROWS_AS(CrossedBootstrap(0, 3), std::invalid_argument);
 }

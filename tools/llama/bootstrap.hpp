@@ -18,6 +18,13 @@
 // replicate, so the paired interval is far narrower than one built from the
 // two separate intervals; "A better than B" is said only where it excludes 0.
 //
+// Two crossed sources of variation (held-out windows × the seeds of a random
+// rotation, every seed evaluated on every window): CrossedBootstrap draws the
+// windows and the seeds independently with replacement in each replicate
+// (Owen, "The pigeonhole bootstrap", Ann. Appl. Stat. 2007), so that an
+// interval covers both; its variance for a mean is that of the two factors'
+// means plus a small interaction term, conservative by that term.
+//
 // Reproducibility: the draws come from std::mt19937_64 (whose output the C++
 // standard fixes) mapped to indices by rejection (no std::uniform_int_distribution,
 // whose algorithm differs between standard libraries), so a seed gives the
@@ -56,6 +63,52 @@ struct BootstrapOptions {
   std::uint64_t seed = 0;    ///< of the draws: the same seed draws the same resamples
 };
 
+namespace detail {
+
+// An index in [0, n) from a uniform 64-bit word: rejection of the top
+// partial range, so every index is equally likely.
+inline std::size_t uniform_index(std::mt19937_64& rng, std::size_t n) {
+  const auto range = static_cast<std::uint64_t>(n);
+  const std::uint64_t limit = std::numeric_limits<std::uint64_t>::max() - std::numeric_limits<std::uint64_t>::max() % range;
+  std::uint64_t v = rng();
+  while (v >= limit) v = rng();
+  return static_cast<std::size_t>(v % range);
+}
+
+// weights ← multiplicities of n draws from n units. A single unit takes no
+// draw (its weight is 1): a factor of size 1 leaves the stream to the others.
+inline void draw_weights(std::mt19937_64& rng, std::vector<double>& weights) {
+  const std::size_t n = weights.size();
+  if (n == 1) {
+    weights[0] = 1.0;
+    return;
+  }
+  std::fill(weights.begin(), weights.end(), 0.0);
+  for (std::size_t k = 0; k < n; ++k) weights[uniform_index(rng, n)] += 1.0;
+}
+
+inline double checked(double v, const char* where) {
+  if (!std::isfinite(v)) {
+    throw std::domain_error(std::string("llama::stats::Bootstrap: the statistic is not finite on ") + where +
+                            " (got " + std::to_string(v) + ")");
+  }
+  return v;
+}
+
+inline void validate(std::size_t units, const BootstrapOptions& options, const char* name) {
+  if (units == 0) throw std::invalid_argument(std::string("llama::stats::Bootstrap: ") + name + " must be > 0");
+  if (options.resamples < 1 || options.resamples > 1000000) {
+    throw std::invalid_argument("llama::stats::Bootstrap: options.resamples must be in [1, 1000000], got " +
+                                std::to_string(options.resamples));
+  }
+  if (!(options.level > 0 && options.level < 1)) {
+    throw std::invalid_argument("llama::stats::Bootstrap: options.level must be in (0, 1), got " +
+                                std::to_string(options.level));
+  }
+}
+
+}  // namespace detail
+
 /// The q-quantile (q in [0, 1]) of `sorted` (ascending, non-empty), linear
 /// between order statistics: position q·(B − 1) (Hyndman & Fan's type 7).
 inline double quantile_sorted(std::span<const double> sorted, double q) {
@@ -68,21 +121,20 @@ inline double quantile_sorted(std::span<const double> sorted, double q) {
   return sorted[i] + f * (sorted[i + 1] - sorted[i]);
 }
 
+/// The percentile interval of `replicates` (sorted here) at `level`, around `estimate`.
+inline Interval percentile_interval(double estimate, std::vector<double>& replicates, double level) {
+  std::sort(replicates.begin(), replicates.end());
+  const double tail = (1.0 - level) / 2.0;
+  return Interval{estimate, quantile_sorted(replicates, tail), quantile_sorted(replicates, 1.0 - tail)};
+}
+
 /// The resampling of `units` evaluation units: every statistic asked of the
 /// same Bootstrap sees the same B draws, which is what pairs two methods
 /// measured on the same units (each also through separate interval() calls).
 class Bootstrap {
  public:
   Bootstrap(std::size_t units, BootstrapOptions options = {}) : units_(units), options_(options) {
-    if (units == 0) throw std::invalid_argument("llama::stats::Bootstrap: units must be > 0");
-    if (options.resamples < 1 || options.resamples > 1000000) {
-      throw std::invalid_argument("llama::stats::Bootstrap: options.resamples must be in [1, 1000000], got " +
-                                  std::to_string(options.resamples));
-    }
-    if (!(options.level > 0 && options.level < 1)) {
-      throw std::invalid_argument("llama::stats::Bootstrap: options.level must be in (0, 1), got " +
-                                  std::to_string(options.level));
-    }
+    detail::validate(units, options, "units");
   }
 
   std::size_t units() const { return units_; }
@@ -94,9 +146,16 @@ class Bootstrap {
   template <class Statistic>
   Interval interval(Statistic&& statistic) const {
     std::vector<double> ones(units_, 1.0);
-    const double estimate = checked(statistic(std::as_const(ones)), "the full sample");
-    std::vector<double> replicates = draw(statistic);
-    return finish(estimate, replicates);
+    const double estimate = detail::checked(statistic(std::as_const(ones)), "the full sample");
+    std::mt19937_64 rng(options_.seed);
+    std::vector<double> weights(units_);
+    std::vector<double> replicates;
+    replicates.reserve(static_cast<std::size_t>(options_.resamples));
+    for (int r = 0; r < options_.resamples; ++r) {
+      detail::draw_weights(rng, weights);
+      replicates.push_back(detail::checked(statistic(std::as_const(weights)), "a replicate"));
+    }
+    return percentile_interval(estimate, replicates, options_.level);
   }
 
   /// The paired interval of a(weights) − b(weights): both statistics on the
@@ -140,45 +199,53 @@ class Bootstrap {
   }
 
  private:
-  // An index in [0, n) from a uniform 64-bit word: rejection of the top
-  // partial range, so every index is equally likely.
-  static std::size_t uniform_index(std::mt19937_64& rng, std::size_t n) {
-    const std::uint64_t range = static_cast<std::uint64_t>(n);
-    const std::uint64_t limit = std::numeric_limits<std::uint64_t>::max() - std::numeric_limits<std::uint64_t>::max() % range;
-    std::uint64_t v = rng();
-    while (v >= limit) v = rng();
-    return static_cast<std::size_t>(v % range);
+  std::size_t units_;
+  BootstrapOptions options_;
+};
+
+/// Two crossed factors, `units` (held-out windows) × `seeds` (draws of a
+/// random method, each evaluated on every window): each replicate draws the
+/// units and the seeds independently with replacement (the pigeonhole
+/// bootstrap), statistic(unit_weights, seed_weights). With seeds == 1 the
+/// seed weight is always 1 and no draw is spent on it: the intervals are
+/// Bootstrap(units, options)'s, bit for bit.
+class CrossedBootstrap {
+ public:
+  CrossedBootstrap(std::size_t units, std::size_t seeds, BootstrapOptions options = {})
+      : units_(units), seeds_(seeds), options_(options) {
+    detail::validate(units, options, "units");
+    detail::validate(seeds, options, "seeds");
   }
+
+  std::size_t units() const { return units_; }
+  std::size_t seeds() const { return seeds_; }
+  const BootstrapOptions& options() const { return options_; }
 
   template <class Statistic>
-  std::vector<double> draw(Statistic& statistic) const {
+  Interval interval(Statistic&& statistic) const {
+    const std::vector<double> unit_ones(units_, 1.0), seed_ones(seeds_, 1.0);
+    const double estimate = detail::checked(statistic(unit_ones, seed_ones), "the full sample");
     std::mt19937_64 rng(options_.seed);
-    std::vector<double> weights(units_);
-    std::vector<double> out;
-    out.reserve(static_cast<std::size_t>(options_.resamples));
+    std::vector<double> unit_weights(units_), seed_weights(seeds_);
+    std::vector<double> replicates;
+    replicates.reserve(static_cast<std::size_t>(options_.resamples));
     for (int r = 0; r < options_.resamples; ++r) {
-      std::fill(weights.begin(), weights.end(), 0.0);
-      for (std::size_t k = 0; k < units_; ++k) weights[uniform_index(rng, units_)] += 1.0;
-      out.push_back(checked(statistic(std::as_const(weights)), "a replicate"));
+      detail::draw_weights(rng, unit_weights);
+      detail::draw_weights(rng, seed_weights);
+      replicates.push_back(detail::checked(statistic(std::as_const(unit_weights), std::as_const(seed_weights)),
+                                           "a replicate"));
     }
-    return out;
+    return percentile_interval(estimate, replicates, options_.level);
   }
 
-  static double checked(double v, const char* where) {
-    if (!std::isfinite(v)) {
-      throw std::domain_error(std::string("llama::stats::Bootstrap: the statistic is not finite on ") + where +
-                              " (got " + std::to_string(v) + ")");
-    }
-    return v;
+  /// The paired interval of a − b: both on the same draws of units and seeds.
+  template <class A, class B>
+  Interval paired(A&& a, B&& b) const {
+    return interval([&](const std::vector<double>& u, const std::vector<double>& s) { return a(u, s) - b(u, s); });
   }
 
-  Interval finish(double estimate, std::vector<double>& replicates) const {
-    std::sort(replicates.begin(), replicates.end());
-    const double tail = (1.0 - options_.level) / 2.0;
-    return Interval{estimate, quantile_sorted(replicates, tail), quantile_sorted(replicates, 1.0 - tail)};
-  }
-
-  std::size_t units_;
+ private:
+  std::size_t units_, seeds_;
   BootstrapOptions options_;
 };
 
