@@ -3,6 +3,7 @@
 //
 //   02_llama_layer                          default LLaMA-2-7B-shaped layer (outliers built into its weights)
 //   02_llama_layer --checkpoint DIR --layer 1    a Hugging Face checkpoint (safetensors, sharded or not)
+//   02_llama_layer --study --seeds 5         the crossed, seeded study (study.hpp; README.md)
 //   02_llama_layer --help
 #include "../common/cli.hpp"
 #include "../../tools/llama/checkpoint_layer.hpp"
@@ -11,6 +12,7 @@
 #include "../../tools/llama/llama_layer.hpp"
 #include "../../tools/llama/methods.hpp"
 #include "report.hpp"
+#include "study.hpp"
 
 #include <oq/analysis.hpp>
 #include <oq/io.hpp>
@@ -20,7 +22,10 @@
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
+#include <fstream>
+#include <functional>
 #include <iostream>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -60,6 +65,13 @@ struct Flags {
   std::filesystem::path out_dir = "llama_layer_out";
   bool tiny = false;
   bool gptq = false;
+  // --study (study.hpp)
+  bool study = false;
+  int seeds = 5;
+  std::size_t windows = 16;
+  std::string baseline = "RTN";
+  int resamples = 2000;
+  int lwc_steps = llama::QuantOptions{}.lwc.steps;
 };
 
 // The command line (CLI11: --help lists these with their defaults).
@@ -98,6 +110,22 @@ void add_flags(CLI::App& app, Flags& f) {
                "weights by GPTQ (act-order) instead of round-to-nearest, for every method (slow at full size: "
                "minutes per method)");
   app.add_option("--out", f.out_dir, "where the CSV files go")->type_name("DIR")->capture_default_str();
+  app.add_flag("--study", f.study,
+               "instead of the default run: every point of smoothing x rotation x weights, random rotations over "
+               "--seeds seeds, on --windows held-out sequences of --seq-len tokens, with bootstrap intervals "
+               "(study.csv, study.md in --out)");
+  app.add_option("--seeds", f.seeds, "--study: seeds of each random rotation (--seed, --seed + 1, ...)")
+      ->capture_default_str()
+      ->check(integer(1));
+  app.add_option("--windows", f.windows, "--study: held-out sequences (the bootstrap's units)")
+      ->capture_default_str()
+      ->check(integer<std::size_t>(2));
+  app.add_option("--baseline", f.baseline, "--study: the method the paired differences are taken against")
+      ->capture_default_str();
+  app.add_option("--resamples", f.resamples, "--study: bootstrap resamples")->capture_default_str()->check(integer(1));
+  app.add_option("--lwc-steps", f.lwc_steps, "--study: AdamW steps of LWC's clip factors per linear")
+      ->capture_default_str()
+      ->check(integer(0));
 }
 
 // Progress on stderr: one line rewritten in place on a terminal, one line per
@@ -126,6 +154,57 @@ llama::Matrix<float> load_npy_input(const std::filesystem::path& path, Eigen::In
   return x;
 }
 
+// --study: the windows are sequences drawn as the evaluation sequence is
+// (seeds seed + 1, seed + 3, …: never the calibration's seed + 2).
+void run_study(const Flags& flags, const llama::Config& config, const llama::LayerWeights<float>& weights,
+               const std::function<llama::Matrix<float>(std::uint64_t, Eigen::Index)>& sequence,
+               const llama::Matrix<float>& x_calibration) {
+  if (flags.input_npy) throw std::invalid_argument("--study draws its own windows: --input does not apply");
+  if (flags.gptq) throw std::invalid_argument("--study runs GPTQ weights as points of the cross: --gptq does not apply");
+  llama::study::StudyOptions options;
+  options.quant.block_size = flags.block_size;
+  options.quant.greedy_steps = flags.greedy_steps;
+  options.quant.seed = flags.seed;
+  options.quant.lwc.steps = flags.lwc_steps;
+  options.seeds = flags.seeds;
+  options.bootstrap.resamples = flags.resamples;
+  options.progress = progress;
+  bool found = false;
+  for (const auto& spec : options.specs) {
+    if (spec.name() == flags.baseline) {
+      options.baseline = spec;
+      found = true;
+    }
+  }
+  if (!found) {
+    std::string names;
+    for (const auto& spec : options.specs) names += (names.empty() ? "" : ", ") + spec.name();
+    throw std::invalid_argument("--baseline must be one of " + names + ", got '" + flags.baseline + "'");
+  }
+  std::vector<llama::Matrix<float>> windows;
+  for (std::size_t w = 0; w < flags.windows; ++w) {
+    progress("study: window " + std::to_string(w + 1) + "/" + std::to_string(flags.windows));
+    windows.push_back(sequence(flags.seed + 1 + 2 * static_cast<std::uint64_t>(w), flags.seq_len));
+  }
+  if (x_calibration.rows() < config.intermediate_size) {
+    std::cerr << "02_llama_layer: note: GPTQ's points calibrate on " << x_calibration.rows()
+              << " tokens, fewer than the down_proj input's width (" << config.intermediate_size
+              << "): its Hessian has rank <= " << x_calibration.rows() << " and GPTQ may overfit (--calib-len)\n";
+  }
+  const llama::LinearInputs<float> calibration = llama::record_inputs(config, weights, x_calibration);
+  const llama::study::StudyResult result = llama::study::run_study(config, weights, windows, calibration, options);
+  progress_done();
+  std::filesystem::create_directories(flags.out_dir);
+  std::ofstream csv(flags.out_dir / "study.csv"), md(flags.out_dir / "study.md");
+  llama::study::write_csv(csv, result);
+  llama::study::write_markdown(md, result);
+  csv.close();
+  md.close();
+  if (!csv || !md) throw std::runtime_error("cannot write study.csv / study.md in '" + flags.out_dir.string() + "'");
+  llama::study::write_markdown(std::cout, result);
+  std::cout << "\n" << (flags.out_dir / "study.csv").string() << ", " << (flags.out_dir / "study.md").string() << "\n";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) try {
@@ -145,15 +224,19 @@ int main(int argc, char** argv) try {
   llama::LayerWeights<float> weights;
   llama::Matrix<float> x, x_calibration;
   std::string source;
+  std::function<llama::Matrix<float>(std::uint64_t, Eigen::Index)> sequence;  // (seed, tokens): a held-out sequence
   if (flags.checkpoint) {
     progress("loading " + flags.checkpoint->string());
-    const llama::CheckpointModel model(*flags.checkpoint);
-    config = model.config();
-    weights = model.layer(flags.layer);
+    // Shared with `sequence`, which --study calls after this block.
+    const auto model = std::make_shared<const llama::CheckpointModel>(*flags.checkpoint);
+    config = model->config();
+    weights = model->layer(flags.layer);
     source = flags.checkpoint->string() + ", layer " + std::to_string(flags.layer);
-    auto through_earlier_layers = [&](std::uint64_t seed, Eigen::Index tokens) {
-      return model.hidden_states_before(flags.layer, model.random_token_ids(tokens, seed), progress);
+    const int layer = flags.layer;
+    auto through_earlier_layers = [model, layer](std::uint64_t seed, Eigen::Index tokens) {
+      return model->hidden_states_before(layer, model->random_token_ids(tokens, seed), progress);
     };
+    sequence = through_earlier_layers;
     x = flags.input_npy ? load_npy_input(*flags.input_npy, config.hidden_size)
                         : through_earlier_layers(flags.seed + 1, flags.seq_len);
     x_calibration = flags.calibration_npy ? load_npy_input(*flags.calibration_npy, config.hidden_size)
@@ -171,6 +254,9 @@ int main(int argc, char** argv) try {
     options.seed = flags.seed;
     llama::DefaultLayerLayout layout;
     weights = llama::default_layer<float>(config, options, &layout);
+    sequence = [config, options](std::uint64_t seed, Eigen::Index tokens) {
+      return llama::default_input<float>(config, tokens, seed, options);
+    };
     source = "default LLaMA-2-7B-shaped layer (seed " + std::to_string(flags.seed) + ")";
     x = flags.input_npy ? load_npy_input(*flags.input_npy, config.hidden_size)
                         : llama::default_input<float>(config, flags.seq_len, flags.seed + 1, options);
@@ -187,6 +273,12 @@ int main(int argc, char** argv) try {
             << config.num_attention_heads << " (KV " << config.num_key_value_heads << "), head_dim "
             << config.head_dim << "; " << x.rows() << " evaluation tokens, " << x_calibration.rows()
             << " calibration tokens\n\n";
+
+  if (flags.study) {
+    run_study(flags, config, weights, sequence, x_calibration);
+    std::cout << "total time " << std::chrono::duration<double>(Clock::now() - t0).count() << " s\n";
+    return 0;
+  }
 
   // 2. Full precision: the reference output and every linear's input.
   progress("full-precision forward");

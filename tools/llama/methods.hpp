@@ -139,6 +139,18 @@ inline constexpr std::string_view rotation_name(Rotation r) {
   return "?";
 }
 
+/// Whether the rotation draws random numbers (QuantOptions::seed): a study
+/// repeats such methods over seeds.
+inline constexpr bool is_random(Rotation r) {
+  switch (r) {
+    case Rotation::kNone:
+    case Rotation::kBlockHadamard: return false;
+    case Rotation::kDuQuant: return true;  // the Haar Q′ of the base blocks
+    case Rotation::kQuaRot: return true;   // the signs D of Q = D·H_n/√n
+  }
+  return true;
+}
+
 /// How the folded weights are quantized.
 enum class WeightQuant { kRtn, kClipSearch, kGptq, kLwc };
 inline constexpr std::array kAllWeightQuants{WeightQuant::kRtn, WeightQuant::kClipSearch, WeightQuant::kGptq,
