@@ -1,12 +1,15 @@
 // Tests for tools/llama/bootstrap.hpp: percentile intervals against cases
 // with known answers (the mean of iid normals: width 2·1.96·σ/√n and 95%
 // coverage; a two-point sample's exact bootstrap distribution), the paired
-// interval of a constant shift, the relative-error statistic against a
-// direct computation, reproducible draws, refused input.
+// interval of a constant shift, the relative-error and perplexity statistics
+// against a direct computation, the p-value of 0 against the interval, Holm's
+// procedure on known families and on true nulls, reproducible draws, refused
+// input.
 #include "../../tools/llama/bootstrap.hpp"
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -227,4 +230,98 @@ TEST_CASE("crossed bootstrap of y = a_seed + b_window + e: width 2·1.96·√(va
   CHECK(d.upper == doctest::Approx(0.25).epsilon(1e-9));
   CHECK_THROWS_AS(CrossedBootstrap(3, 0), std::invalid_argument);
   CHECK_THROWS_AS(CrossedBootstrap(0, 3), std::invalid_argument);
+}
+
+TEST_CASE("perplexity statistic: exp(Σ w·NLL / Σ w·tokens) against a direct computation; crossed: NLL averaged over seeds") {
+  // Three windows: NLL sums (nats) and predicted tokens.
+  const std::vector<double> nll{12.0, 30.0, 6.0}, tokens{10.0, 20.0, 5.0};
+  const auto ppl = Bootstrap::perplexity_of(nll, tokens);
+  CHECK(ppl(std::vector<double>(3, 1.0)) == doctest::Approx(std::exp(48.0 / 35.0)).epsilon(1e-15));
+  // Windows 1, 1, 2 drawn: 30 + 30 + 6 nats over 20 + 20 + 5 tokens.
+  CHECK(ppl(std::vector<double>{0, 2, 1}) == doctest::Approx(std::exp(66.0 / 45.0)).epsilon(1e-15));
+  CHECK_THROWS_WITH_AS(Bootstrap::perplexity_of(nll, std::vector<double>{10.0, 0.0, 5.0}), doctest::Contains("tokens"),
+                       std::invalid_argument);
+  CHECK_THROWS_AS(Bootstrap::perplexity_of(nll, std::vector<double>{10.0, 20.0}), std::invalid_argument);
+  CHECK_THROWS_AS(Bootstrap::perplexity_of(std::vector<double>{}, std::vector<double>{}), std::invalid_argument);
+
+  // Crossed, two seeds: each window's NLL is the seeds' mean before pooling.
+  const std::vector<std::vector<double>> by_seed{{12.0, 30.0, 6.0}, {14.0, 26.0, 9.0}};
+  const auto crossed = CrossedBootstrap::perplexity_of(by_seed, tokens);
+  CHECK(crossed(std::vector<double>(3, 1.0), std::vector<double>(2, 1.0)) ==
+        doctest::Approx(std::exp((13.0 + 28.0 + 7.5) / 35.0)).epsilon(1e-15));
+  // A replicate that drew seed 1 twice sees seed 1 alone; windows 0, 0, 2 drawn.
+  CHECK(crossed(std::vector<double>{2, 0, 1}, std::vector<double>{0, 2}) ==
+        doctest::Approx(std::exp((2 * 14.0 + 9.0) / 25.0)).epsilon(1e-15));
+  // One row (a method without a random part) ignores the seed draw, and its
+  // intervals are the one-factor bootstrap's on one seed.
+  const std::vector<std::vector<double>> one{nll};
+  const auto single = CrossedBootstrap::perplexity_of(one, tokens);
+  CHECK(single(std::vector<double>{0, 2, 1}, std::vector<double>{0, 2}) == ppl(std::vector<double>{0, 2, 1}));
+  const BootstrapOptions options{.resamples = 300, .seed = 4};
+  const Interval a = CrossedBootstrap(3, 1, options).interval(single), b = Bootstrap(3, options).interval(ppl);
+  CHECK(a.lower == b.lower);
+  CHECK(a.upper == b.upper);
+  // Rows of unequal length, or a draw over another number of seeds, are refused.
+  const std::vector<std::vector<double>> ragged{{1.0, 2.0, 3.0}, {1.0, 2.0}};
+  CHECK_THROWS_AS(CrossedBootstrap::perplexity_of(ragged, tokens), std::invalid_argument);
+  CHECK_THROWS_AS(CrossedBootstrap::perplexity_of({}, tokens), std::invalid_argument);
+  CHECK_THROWS_AS(CrossedBootstrap(3, 3, options).interval(crossed), std::invalid_argument);
+}
+
+TEST_CASE("p_zero: twice the share of replicates beyond 0; it is below 1 − level exactly where the interval excludes 0") {
+  std::vector<double> r{-1.0, 1.0, 2.0, 3.0};
+  CHECK(llama::stats::percentile_interval(1.0, r, 0.95).p_zero == 0.5);
+  r = {0.0, 0.0, 1.0, 2.0};  // replicates at 0 count on both sides
+  CHECK(llama::stats::percentile_interval(1.0, r, 0.95).p_zero == 1.0);
+  r = {0.5, 1.0, 2.0};
+  CHECK(llama::stats::percentile_interval(1.0, r, 0.95).p_zero == 0.0);
+  // Paired differences of noisy means around shifts from 0 to 3 standard
+  // errors: the interval at level 0.9 excludes 0 where p_zero < 0.1, up to the
+  // quantile's interpolation between two neighbouring replicates (p_zero
+  // within 2/B of 0.1 is not checked).
+  const std::size_t n = 40;
+  const std::vector<double> base = normals(n, 0.0, 1.0, 41);
+  int excluded = 0, held = 0;
+  for (int k = 0; k < 30; ++k) {
+    const std::vector<double> noise = normals(n, 0.1 * k / std::sqrt(static_cast<double>(n)), 1.0, 50 + static_cast<std::uint64_t>(k));
+    std::vector<double> other(base);
+    for (std::size_t i = 0; i < n; ++i) other[i] += noise[i];
+    const Bootstrap boot(n, {.resamples = 1000, .level = 0.9, .seed = static_cast<std::uint64_t>(k)});
+    const Interval d = boot.paired(Bootstrap::mean_of(other), Bootstrap::mean_of(base));
+    if (std::abs(d.p_zero - 0.1) <= 2.0 / 1000) continue;
+    CHECK(d.excludes(0.0) == (d.p_zero < 0.1));
+    (d.excludes(0.0) ? excluded : held) += 1;
+  }
+  CHECK(excluded > 0);  // both outcomes occur over the shifts
+  CHECK(held > 0);
+}
+
+TEST_CASE("holm: the step-down rejections of known families, and its family-wise error on true nulls") {
+  using llama::stats::holm;
+  // m = 4 at 0.05: 0.005 ≤ 0.05/4 and 0.01 ≤ 0.05/3 are rejected; 0.03 > 0.05/2 stops the procedure.
+  CHECK(holm(std::vector<double>{0.01, 0.04, 0.03, 0.005}, 0.05) == std::vector<bool>{true, false, false, true});
+  // Every p_(k) ≤ α/(m − k + 1): all rejected (Bonferroni, α/m = 0.025, would keep 0.03 and 0.04).
+  CHECK(holm(std::vector<double>{0.01, 0.02, 0.03, 0.04}, 0.1) == std::vector<bool>{true, true, true, true});
+  // The first failure stops it: 0.5 is not rejected, and nothing after it would be.
+  CHECK(holm(std::vector<double>{0.001, 0.5, 0.002}, 0.05) == std::vector<bool>{true, false, true});
+  CHECK(holm(std::vector<double>{}, 0.05).empty());
+  // 2000 families of 20 true nulls (p uniform): Holm rejects anything in at
+  // most α of them (here 1 − (1 − α/20)^20 ≈ 0.0488 for independent p; its sd
+  // over 2000 families ≈ 0.0048), where testing each at α would in 1 − 0.95^20 ≈ 64%.
+  std::mt19937_64 rng(9);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  int any = 0, any_unadjusted = 0;
+  for (int f = 0; f < 2000; ++f) {
+    std::vector<double> p(20);
+    for (double& v : p) v = u(rng);
+    const auto r = holm(p, 0.05);
+    any += std::count(r.begin(), r.end(), true) > 0 ? 1 : 0;
+    any_unadjusted += *std::min_element(p.begin(), p.end()) <= 0.05 ? 1 : 0;
+  }
+  CHECK(any >= 2000 * 0.034);
+  CHECK(any <= 2000 * 0.064);
+  CHECK(any_unadjusted > 2000 / 2);
+  CHECK_THROWS_AS(holm(std::vector<double>{0.5}, 0.0), std::invalid_argument);
+  CHECK_THROWS_AS(holm(std::vector<double>{1.5}, 0.05), std::invalid_argument);
+  CHECK_THROWS_AS(holm(std::vector<double>{std::nan("")}, 0.05), std::invalid_argument);
 }

@@ -1,22 +1,50 @@
 // tools/llama/bootstrap.hpp: percentile bootstrap confidence intervals over
-// evaluation units (held-out windows, tokens), and the paired bootstrap of a
-// difference between two methods measured on the same units.
+// independent evaluation units (held-out windows or sequences), and the
+// paired bootstrap of a difference between two methods measured on the same
+// units.
 //
-// Efron & Tibshirani, "An Introduction to the Bootstrap" (1993): draw n units
-// with replacement from the n measured ones, recompute the statistic, repeat
-// B times; the percentile interval at level 1 − a is the a/2 and 1 − a/2
-// quantiles of the B replicates (their §13.3). A statistic here is a function
-// of per-unit multiplicities: replicate r gives unit u the weight c_ru (how
-// often it was drawn, Σ_u c_ru = n), so a ratio of sums (the relative error
-// ‖ΔY‖/‖Y‖ over the tokens of a group: Σ c·‖Δy‖² over Σ c·‖y‖²) and a mean
-// are both one weighted pass. The point estimate is the statistic at c = 1.
+// The unit. The bootstrap treats the units it resamples as independent draws
+// (Efron & Tibshirani, "An Introduction to the Bootstrap", 1993, §8.2: the
+// one-sample data structure). The tokens of one window are not: they share
+// its context through attention, and neighbouring bytes of a text are
+// correlated, so resampling tokens would treat correlated values as
+// independent and give intervals too narrow. The unit here is always a whole
+// window (a sequence evaluated on its own, or a disjoint stretch of held-out
+// text), each window's figures summed over its tokens before the draw: the
+// blocks of their §8.6 (moving blocks for a time series), here disjoint and
+// given by the evaluation.
 //
-// Paired (their §15, two-sample problems, when the samples are matched): two
-// methods evaluated on the same windows share each replicate's draw, and the
-// interval is that of the replicates of stat_A − stat_B. Differences between
-// windows (an easy window is easy for both methods) cancel in each
-// replicate, so the paired interval is far narrower than one built from the
-// two separate intervals; "A better than B" is said only where it excludes 0.
+// The interval (their §13.3, the percentile interval): draw n units with
+// replacement from the n measured ones, recompute the statistic, repeat B
+// times; the interval at level 1 − a is the a/2 and 1 − a/2 quantiles of the
+// B replicates. A statistic here is a function of per-unit multiplicities:
+// replicate r gives unit u the weight c_ru (how often it was drawn,
+// Σ_u c_ru = n), so a ratio of sums (the relative error ‖ΔY‖/‖Y‖ over the
+// tokens of a group: Σ c·‖Δy‖² over Σ c·‖y‖²; a perplexity exp(Σ c·NLL / Σ
+// c·tokens)) and a mean are each one weighted pass. The point estimate is the
+// statistic at c = 1.
+//
+// Paired: two methods evaluated on the same units are one sample of pairs,
+// not the two independent samples of their §8.3 (the two-sample problem,
+// which draws each sample on its own); each replicate draws the units once
+// for both, and the interval is that of the replicates of stat_A − stat_B.
+// Differences between windows (an easy window is easy for both methods)
+// cancel in each replicate, so the paired interval is far narrower than one
+// built from the two separate intervals; "A better than B" is said only
+// where it excludes 0.
+//
+// Many comparisons. A study that compares m methods with one baseline makes
+// m tests; at level 95% each, about m/20 of them exclude 0 by chance where
+// no method differs. Interval::p_zero is the two-sided bootstrap p-value of
+// "the difference is 0" (twice the share of replicates on the far side of 0,
+// the smallest a at which the percentile interval at level 1 − a excludes 0,
+// up to the quantile's interpolation), and holm() applies Holm's step-down
+// correction to a family of them (Holm, "A simple sequentially rejective
+// multiple test procedure", Scand. J. Statist. 1979): the family-wise error
+// is then at most a. The examples' studies use a fixed baseline chosen
+// before the run (not one picked from the data) and Holm over the family of
+// its comparisons; their "not separated from the best" sets compare with a
+// best picked from the data and are descriptive, not tests.
 //
 // Two crossed sources of variation (held-out windows × the seeds of a random
 // rotation, every seed evaluated on every window): CrossedBootstrap draws the
@@ -51,6 +79,9 @@ struct Interval {
   double estimate = 0;
   double lower = 0;
   double upper = 0;
+  /// The two-sided bootstrap p-value of 0: 2·min(share of replicates ≤ 0,
+  /// share ≥ 0), at most 1 (meaningful for a difference; see holm()).
+  double p_zero = 1;
 
   /// Whether v lies outside [lower, upper] (a difference whose interval
   /// excludes 0 is one the data resolve).
@@ -107,6 +138,20 @@ inline void validate(std::size_t units, const BootstrapOptions& options, const c
   }
 }
 
+inline void check_perplexity_inputs(std::span<const double> nll_sum, std::span<const double> tokens, const char* where) {
+  if (nll_sum.size() != tokens.size() || tokens.empty()) {
+    throw std::invalid_argument(std::string("llama::stats::") + where + ": nll_sum and tokens must have one entry per "
+                                "unit (at least one), got " + std::to_string(nll_sum.size()) + " and " +
+                                std::to_string(tokens.size()));
+  }
+  for (double t : tokens) {
+    if (!(t > 0 && std::isfinite(t))) {
+      throw std::invalid_argument(std::string("llama::stats::") + where + ": every unit's tokens must be > 0 and "
+                                  "finite, got " + std::to_string(t));
+    }
+  }
+}
+
 }  // namespace detail
 
 /// The q-quantile (q in [0, 1]) of `sorted` (ascending, non-empty), linear
@@ -123,9 +168,38 @@ inline double quantile_sorted(std::span<const double> sorted, double q) {
 
 /// The percentile interval of `replicates` (sorted here) at `level`, around `estimate`.
 inline Interval percentile_interval(double estimate, std::vector<double>& replicates, double level) {
+  if (replicates.empty()) throw std::invalid_argument("llama::stats::percentile_interval: replicates must not be empty");
   std::sort(replicates.begin(), replicates.end());
   const double tail = (1.0 - level) / 2.0;
-  return Interval{estimate, quantile_sorted(replicates, tail), quantile_sorted(replicates, 1.0 - tail)};
+  const auto b = static_cast<double>(replicates.size());
+  const auto at_most_0 = static_cast<double>(std::upper_bound(replicates.begin(), replicates.end(), 0.0) - replicates.begin());
+  const auto at_least_0 = static_cast<double>(replicates.end() - std::lower_bound(replicates.begin(), replicates.end(), 0.0));
+  return Interval{estimate, quantile_sorted(replicates, tail), quantile_sorted(replicates, 1.0 - tail),
+                  std::min(1.0, 2.0 * std::min(at_most_0, at_least_0) / b)};
+}
+
+/// Holm's step-down procedure at family-wise level `alpha` over the p-values
+/// `p` (one per comparison of the family): sort them ascending, reject the
+/// k-th smallest (k = 1..m) while p_(k) <= alpha / (m − k + 1), stop at the
+/// first that is not. Returns, per comparison in the given order, whether it
+/// is rejected (a difference the family resolves).
+inline std::vector<bool> holm(std::span<const double> p, double alpha) {
+  if (!(alpha > 0 && alpha < 1)) {
+    throw std::invalid_argument("llama::stats::holm: alpha must be in (0, 1), got " + std::to_string(alpha));
+  }
+  for (double v : p) {
+    if (!(v >= 0 && v <= 1)) throw std::invalid_argument("llama::stats::holm: every p must be in [0, 1], got " + std::to_string(v));
+  }
+  std::vector<std::size_t> order(p.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&p](std::size_t a, std::size_t b) { return p[a] < p[b]; });
+  std::vector<bool> reject(p.size(), false);
+  const auto m = static_cast<double>(p.size());
+  for (std::size_t k = 0; k < order.size(); ++k) {
+    if (!(p[order[k]] <= alpha / (m - static_cast<double>(k)))) break;
+    reject[order[k]] = true;
+  }
+  return reject;
 }
 
 /// The resampling of `units` evaluation units: every statistic asked of the
@@ -175,6 +249,21 @@ class Bootstrap {
         den += w[u];
       }
       return num / den;
+    };
+  }
+
+  /// exp(Σ_u w_u·nll_u / Σ_u w_u·tokens_u): the perplexity of the units
+  /// pooled, from each unit's negative log-likelihood summed over its tokens
+  /// (nats) and its count of predicted tokens (> 0). Views both, as mean_of.
+  static auto perplexity_of(std::span<const double> nll_sum, std::span<const double> tokens) {
+    detail::check_perplexity_inputs(nll_sum, tokens, "Bootstrap::perplexity_of");
+    return [nll_sum, tokens](const std::vector<double>& w) {
+      double a = 0, b = 0;
+      for (std::size_t u = 0; u < nll_sum.size(); ++u) {
+        a += w[u] * nll_sum[u];
+        b += w[u] * tokens[u];
+      }
+      return std::exp(a / b);
     };
   }
 
@@ -242,6 +331,42 @@ class CrossedBootstrap {
   template <class A, class B>
   Interval paired(A&& a, B&& b) const {
     return interval([&](const std::vector<double>& u, const std::vector<double>& s) { return a(u, s) - b(u, s); });
+  }
+
+  /// The perplexity of the units pooled, each unit's NLL averaged over the
+  /// seeds: exp(Σ_u w_u·(Σ_s v_s·nll_sum[s][u] / Σ_s v_s) / Σ_u w_u·tokens_u),
+  /// nll_sum[s][u] unit u's negative log-likelihood summed over its tokens
+  /// under seed s's model, tokens[u] its count of predicted tokens (> 0). With
+  /// one row (a method without a random part) the seed weights are ignored;
+  /// else the rows must be the bootstrap's seeds. Views both (they must
+  /// outlive the statistic).
+  static auto perplexity_of(const std::vector<std::vector<double>>& nll_sum, std::span<const double> tokens) {
+    if (nll_sum.empty()) throw std::invalid_argument("llama::stats::CrossedBootstrap::perplexity_of: nll_sum must hold a row per seed");
+    for (const auto& row : nll_sum) detail::check_perplexity_inputs(row, tokens, "CrossedBootstrap::perplexity_of");
+    return [&nll_sum, tokens](const std::vector<double>& w, const std::vector<double>& v) {
+      if (w.size() != tokens.size() || (nll_sum.size() > 1 && v.size() != nll_sum.size())) {
+        throw std::invalid_argument("llama::stats::CrossedBootstrap::perplexity_of: drawn for " +
+                                    std::to_string(w.size()) + " units x " + std::to_string(v.size()) +
+                                    " seeds, given " + std::to_string(tokens.size()) + " units x " +
+                                    std::to_string(nll_sum.size()) + " seeds");
+      }
+      double seed_total = 0;
+      if (nll_sum.size() > 1) {
+        for (std::size_t s = 0; s < nll_sum.size(); ++s) seed_total += v[s];
+      }
+      double a = 0, b = 0;
+      for (std::size_t u = 0; u < tokens.size(); ++u) {
+        double nll = nll_sum[0][u];
+        if (nll_sum.size() > 1) {
+          nll = 0;
+          for (std::size_t s = 0; s < nll_sum.size(); ++s) nll += v[s] * nll_sum[s][u];
+          nll /= seed_total;
+        }
+        a += w[u] * nll;
+        b += w[u] * tokens[u];
+      }
+      return std::exp(a / b);
+    };
   }
 
  private:
