@@ -23,9 +23,14 @@
 // well as the held-out text; the estimate at each seed alone is reported
 // beside it (min and max). A method without a random part ignores the seed
 // draw. Paired differences: the same draws of windows and seeds for both
-// methods; a method is called better or worse than the baseline only where
-// the interval of the difference excludes 0, and "tied with the best" where
-// the paired interval against the group's best holds 0.
+// methods. The baseline is fixed before the run (StudyOptions::baseline, not
+// picked from the data), and per group its comparisons with every other
+// method are one family: a method is called better or worse than the
+// baseline only where Holm's procedure over that family rejects "no
+// difference" at family-wise level 1 − bootstrap.level (stats::holm, on the
+// bootstrap p-values Interval::p_zero) and the difference's own interval
+// excludes 0. "Tied with the best": the paired interval against the group's
+// best (picked from the data) holds 0; descriptive, not a test.
 #pragma once
 
 #include "../../tools/llama/bootstrap.hpp"
@@ -84,6 +89,7 @@ struct GroupResult {
   std::optional<stats::Interval> error;   ///< relative error, interval over windows (none: no such tokens)
   double seed_min = 0, seed_max = 0;      ///< the estimate at each seed alone (equal for non-random methods)
   std::optional<stats::Interval> difference;  ///< error − the baseline's, paired
+  bool resolved = false;                  ///< Holm over the group's comparisons with the baseline rejects 0
   bool tied_with_best = false;            ///< the paired interval against the group's best holds 0 (or it is the best)
 };
 
@@ -315,6 +321,16 @@ inline StudyResult run_study(const Config& config, const LayerWeights<float>& we
       if (gr.error->estimate < result.specs[best].groups[g].error->estimate) best = i;
     }
     result.best[g] = specs[best];
+    // Holm over the family of this group's comparisons with the baseline.
+    std::vector<double> p;
+    std::vector<std::size_t> compared;
+    for (std::size_t i = 0; i < specs.size(); ++i) {
+      if (i == base) continue;
+      p.push_back(result.specs[i].groups[g].difference->p_zero);
+      compared.push_back(i);
+    }
+    const std::vector<bool> reject = stats::holm(p, 1.0 - options.bootstrap.level);
+    for (std::size_t k = 0; k < compared.size(); ++k) result.specs[compared[k]].groups[g].resolved = reject[k];
     for (std::size_t i = 0; i < specs.size(); ++i) {
       result.specs[i].groups[g].tied_with_best = i == best || !boot.paired(stat(i), stat(best)).excludes(0.0);
     }
@@ -322,12 +338,12 @@ inline StudyResult run_study(const Config& config, const LayerWeights<float>& we
   return result;
 }
 
-/// "better", "worse" or "not resolved": the paired difference's interval
-/// against the baseline (below 0, above 0, holding 0).
+/// "better" or "worse" where Holm's procedure resolves the difference from
+/// the baseline and its interval lies below or above 0; else "not resolved".
 inline std::string_view verdict(const GroupResult& g) {
   if (!g.difference) return "";
-  if (g.difference->upper < 0) return "better";
-  if (g.difference->lower > 0) return "worse";
+  if (g.resolved && g.difference->upper < 0) return "better";
+  if (g.resolved && g.difference->lower > 0) return "worse";
   return "not resolved";
 }
 
@@ -335,7 +351,7 @@ inline std::string_view verdict(const GroupResult& g) {
 /// the seed spread, the paired difference against the baseline.
 inline void write_csv(std::ostream& out, const StudyResult& r) {
   out << "method,smooth,rotation,weights,seeds,group,windows,tokens,error,error_lower,error_upper,seed_min,seed_max,"
-         "baseline,difference,difference_lower,difference_upper,verdict,tied_with_best,seconds\n";
+         "baseline,difference,difference_lower,difference_upper,p_value,verdict,tied_with_best,seconds\n";
   char buf[64];
   auto num = [&buf](double v) {
     std::snprintf(buf, sizeof buf, "%.9g", v);
@@ -351,9 +367,9 @@ inline void write_csv(std::ostream& out, const StudyResult& r) {
         out << num(g.error->estimate) << ',' << num(g.error->lower) << ',' << num(g.error->upper) << ','
             << num(g.seed_min) << ',' << num(g.seed_max) << ',' << r.baseline.name() << ','
             << num(g.difference->estimate) << ',' << num(g.difference->lower) << ',' << num(g.difference->upper) << ','
-            << verdict(g) << ',' << (g.tied_with_best ? 1 : 0);
+            << num(g.difference->p_zero) << ',' << verdict(g) << ',' << (g.tied_with_best ? 1 : 0);
       } else {
-        out << ",,,,," << r.baseline.name() << ",,,,,";
+        out << ",,,,," << r.baseline.name() << ",,,,,,";
       }
       out << ',' << num(s.seconds) << '\n';
     }
@@ -376,7 +392,9 @@ inline void write_markdown(std::ostream& out, const StudyResult& r) {
       << "); " << percent << "% percentile bootstrap intervals (" << r.bootstrap.resamples << " resamples, seed "
       << r.bootstrap.seed << ") over the windows and, for random rotations, their " << r.seeds
       << " seeds crossed (each seed's own error in parentheses); Δ = error − " << r.baseline.name()
-      << "'s, paired (the same draws).\n\n";
+      << "'s, paired (the same draws); better / worse: Holm's procedure over the " << (r.specs.size() - 1)
+      << " comparisons with " << r.baseline.name() << " in each group, family-wise level " << (100 - percent)
+      << "%.\n\n";
   out << "| method | seeds |";
   for (TokenGroup g : kAllTokenGroups) out << ' ' << group_name(g) << " tokens | Δ " << group_name(g) << " |";
   out << "\n|---|---|";

@@ -124,7 +124,10 @@ TEST_CASE("study: every point of the cross, figures equal to a direct computatio
       CHECK(g.error->lower > 0.0);
       CHECK(g.seed_min <= g.seed_max);
       const std::string_view v = llama::study::verdict(g);
-      CHECK(v == (g.difference->upper < 0 ? "better" : g.difference->lower > 0 ? "worse" : "not resolved"));
+      CHECK(v == (g.resolved && g.difference->upper < 0   ? "better"
+                  : g.resolved && g.difference->lower > 0 ? "worse"
+                                                          : "not resolved"));
+      if (g.resolved) CHECK(g.difference->p_zero <= 0.05);  // Holm rejects none above the family's level
       // The difference's estimate is that of the two errors.
       CHECK(g.difference->estimate ==
             doctest::Approx(g.error->estimate - r.result(MethodSpec{}).group(tg).error->estimate).epsilon(1e-12));
@@ -143,6 +146,22 @@ TEST_CASE("study: every point of the cross, figures equal to a direct computatio
   CHECK(dq_massive.error->upper - dq_massive.error->lower > 0.1 * (dq_massive.seed_max - dq_massive.seed_min));
   // On the massive tokens, smoothing before DuQuant resolves as better than RTN (the README's main finding).
   CHECK(llama::study::verdict(dq.group(TokenGroup::kMassive)) == "better");
+  // Per group, `resolved` is Holm's procedure over the comparisons with the
+  // baseline (every spec but RTN), recomputed here from the p-values.
+  for (TokenGroup tg : llama::study::kAllTokenGroups) {
+    std::vector<double> p;
+    std::vector<bool> resolved;
+    for (const auto& spec : r.specs) {
+      if (spec.spec == MethodSpec{}) {
+        CHECK_FALSE(spec.group(tg).resolved);  // the baseline against itself: p = 1
+        CHECK(spec.group(tg).difference->p_zero == 1.0);
+        continue;
+      }
+      p.push_back(spec.group(tg).difference->p_zero);
+      resolved.push_back(spec.group(tg).resolved);
+    }
+    CHECK(llama::stats::holm(p, 0.05) == resolved);
+  }
 
   std::ostringstream csv, md;
   llama::study::write_csv(csv, r);
@@ -151,12 +170,13 @@ TEST_CASE("study: every point of the cross, figures equal to a direct computatio
   std::string line;
   int rows = 0;
   while (std::getline(lines, line)) {
-    CHECK(std::count(line.begin(), line.end(), ',') == 19);
+    CHECK(std::count(line.begin(), line.end(), ',') == 20);
     ++rows;
   }
   CHECK(rows == 1 + static_cast<int>(r.specs.size()) * 3);
   for (const auto& spec : r.specs) CHECK(md.str().find("| " + spec.spec.name() + " |") != std::string::npos);
   CHECK(md.str().find("best ") != std::string::npos);
+  CHECK(md.str().find("Holm") != std::string::npos);
 
   // The same run again: the same figures (the seconds aside).
   const llama::study::StudyResult again = llama::study::run_study(s.config, s.weights, s.windows, s.calibration, s.options);
