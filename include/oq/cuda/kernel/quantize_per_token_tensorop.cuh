@@ -354,7 +354,30 @@ struct QuantizePerTokenTensorOp {
     }
   }
 
+  // The kernel: the CTA's set-up (its slice of R, its blocks, where X and Y
+  // live: x_block, the cp.async stage loads: issue), then per 8-token tile
+  //   pass 1                   Y = X·R per block, its min/max per token, reduced
+  //                            over lanes and warps (inline in the tile loop)
+  //   scale_pass               each token's scale and zero point (kResidentYPair:
+  //                            the min/max of both CTAs of the cluster)
+  //   pass 2                   the codes: quantize_resident_pass from Y kept in
+  //                            shared memory, or quantize_recompute_pass
+  //                            recomputing Y from X
+  //   store_token_outputs      scales, zero points and code sums to global memory
+  // The steps are lambdas over the set-up's values. Pass 1 stays inline and
+  // the recompute pass's code sums are declared in the loop: moved into
+  // lambdas, those loop-carried registers (min/max, sums) came out of nvcc
+  // numbered in another order; as written, the PTX is the monolithic
+  // operator()'s (cmake/ptx_diff.sh, issue 24), but for the pair on targets
+  // without clusters, which is now the trap alone (below).
   __device__ void operator()(const Params& p, SharedStorage& shared, unsigned char* dynamic) const {
+    if constexpr (kCluster == 2 && !arch::compiled_for<arch::Sm90>()) {
+      // The pair needs clusters: on other targets the kernel is the trap of
+      // arch/arch.cuh's policy (its launcher admits only 9.0 and newer, with
+      // code built for sm_90).
+      arch::unsupported();
+      return;
+    }
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int group = warp / kWarpsPerGroup, warp_in_group = warp % kWarpsPerGroup;
     const int tau = tid % kBlock;  // thread within its group
@@ -402,6 +425,114 @@ struct QuantizePerTokenTensorOp {
       arch::cp_async_commit();
     };
     constexpr int kAhead = kResidentY ? kStages - 1 : kStages;  // stages issued before the first is used
+
+    // The steps of one 8-token tile starting at row `first` (the loop below
+    // runs them in order, with barriers between).
+    //
+    // Every token's scale and zero point into shared.scale/zero, from the
+    // warps' min/max in shared.lo/hi (and, kResidentYPair, the other CTA's).
+    auto scale_pass = [&]() {
+      float l = INFINITY, h = -INFINITY;
+      if (tid < kTokens) {
+        for (int w = 0; w < kWarps; ++w) {
+          l = fminf(l, shared.lo[w][tid]);
+          h = fmaxf(h, shared.hi[w][tid]);
+        }
+      }
+      if constexpr (kCluster == 2) {
+        // The other half of the row: its CTA's min/max through distributed
+        // shared memory. The barrier publishes both halves; the next writes
+        // to pair_lo/hi come after this tile's second cluster barrier, which
+        // the peer reaches only after reading these.
+        if (tid < kTokens) {
+          shared.pair_lo[tid] = l;
+          shared.pair_hi[tid] = h;
+        }
+        arch::cluster_sync();
+        if (tid < kTokens) {
+          l = fminf(l, arch::load_peer_shared(&shared.pair_lo[tid], rank ^ 1u));
+          h = fmaxf(h, arch::load_peer_shared(&shared.pair_hi[tid], rank ^ 1u));
+        }
+      }
+      if (tid < kTokens) {
+        const core::AffineParams<float> params =
+            p.symmetric ? core::symmetric_params(fmaxf(fabsf(l), fabsf(h)), p.clip_ratio, p.bits)
+                        : core::asymmetric_params(l, h, p.clip_ratio, p.bits);
+        shared.scale[tid] = params.scale;
+        shared.zero[tid] = params.zero;
+      }
+    };
+    // Pass 2 of kResidentY: the Y rows, 32 / bits values per thread and
+    // step, one 32-bit store each — row by row, so that a warp writes 128
+    // consecutive bytes. The code sums meet in shared.sum[warp][token].
+    auto quantize_resident_pass = [&](std::int64_t first) {
+      const int per_word = 32 / p.bits;
+      for (int n = 0; n < kTokens; ++n) {
+        int sum = 0;
+        if (first + n < p.rows) {
+          const core::AffineParams<float> params{shared.scale[n], shared.zero[n]};
+          const float* y = y_rows + n * y_stride;
+          auto* out = reinterpret_cast<std::uint32_t*>(p.codes + (first + n) * p.ld_codes + offset * p.bits / 8);
+          for (std::int64_t w = tid; w < blocks * kBlock / per_word; w += kThreads)
+            out[w] = quantize_word(y + w * per_word, params, range, p.bits, sum);
+        }
+        OQ_UNROLL
+        for (int lane_mask = 1; lane_mask < 32; lane_mask *= 2) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, lane_mask);
+        if (lane == 0) shared.sum[warp][n] = sum;
+      }
+    };
+    // Pass 2 of kRecompute: recompute Y (X is still resident), quantize,
+    // stage, pack, store. The staging buffer alternates, so one barrier per
+    // stage separates a buffer's writes (stage s) from its reads (after the
+    // barrier of s) and its next writes (stage s + 2, after that of s + 1).
+    // (`staging` is `shared`, passed so that the lambda, generic, is
+    // instantiated only where the staging buffers exist.)
+    auto quantize_recompute_pass = [&](std::int64_t first, auto& staging, int (&sum)[2]) {
+      const core::AffineParams<float> params[2] = {
+          {shared.scale[2 * (lane & 3)], shared.zero[2 * (lane & 3)]},
+          {shared.scale[2 * (lane & 3) + 1], shared.zero[2 * (lane & 3) + 1]}};
+      for (std::int64_t stage = 0; stage < stages; ++stage) {
+        const std::int64_t block = stage * kGroups + group;
+        auto& staged = staging.staged[stage & 1][group];
+        if (block < blocks) {
+          float acc[2][4];
+          rotate_block(r, x_block(stage, block), x_stride, lane, acc);
+          OQ_UNROLL
+          for (int mt = 0; mt < 2; ++mt) {
+            OQ_UNROLL
+            for (int c = 0; c < 4; ++c) {
+              const int q = static_cast<int>(core::quantize_value(acc[mt][c], params[c & 1], range));
+              staged[Layout::acc_token(lane, c)][Layout::acc_channel(warp_in_group, mt, lane, c)] =
+                  static_cast<std::uint8_t>(q);  // two's complement when symmetric; packing keeps the low bits
+              sum[c & 1] += q;
+            }
+          }
+        }
+        __syncthreads();
+        if (block < blocks) store_block(p, staged, first, block, tau);
+      }
+      warp_reduce_pair(sum, [](int a, int b) { return a + b; }, shared.sum, warp, lane);
+    };
+    // Each token's scale, zero point and code sum (the warps' sums in
+    // shared.sum; kResidentYPair: rank 0 adds rank 1's and writes).
+    auto store_token_outputs = [&](std::int64_t first) {
+      int total = 0;
+      if (tid < kTokens) {
+        for (int w = 0; w < kWarps; ++w) total += shared.sum[w][tid];
+      }
+      if constexpr (kCluster == 2) {
+        // The next writes to pair_sum come after the next tile's first
+        // cluster barrier, which rank 0 reaches only after reading these.
+        if (tid < kTokens) shared.pair_sum[tid] = total;
+        arch::cluster_sync();
+        if (tid < kTokens && rank == 0) total += arch::load_peer_shared(&shared.pair_sum[tid], 1u);
+      }
+      if (tid < kTokens && rank == 0 && first + tid < p.rows) {
+        p.scales[first + tid] = shared.scale[tid];
+        p.zeros[first + tid] = shared.zero[tid];
+        if (p.code_sums != nullptr) p.code_sums[first + tid] = total;
+      }
+    };
 
     // A cluster's CTAs take the same tiles: tile index blockIdx.x / kCluster.
     const std::int64_t first_tile = blockIdx.x / kCluster, tile_stride = gridDim.x / kCluster;
@@ -452,104 +583,16 @@ struct QuantizePerTokenTensorOp {
           for (int s = 0; s < kAhead; ++s) issue((t + tile_stride) * kTokens, s);
         }
       }
-      float l = INFINITY, h = -INFINITY;
-      if (tid < kTokens) {
-        for (int w = 0; w < kWarps; ++w) {
-          l = fminf(l, shared.lo[w][tid]);
-          h = fmaxf(h, shared.hi[w][tid]);
-        }
-      }
-      if constexpr (kCluster == 2) {
-        // The other half of the row: its CTA's min/max through distributed
-        // shared memory. The barrier publishes both halves; the next writes
-        // to pair_lo/hi come after this tile's second cluster barrier, which
-        // the peer reaches only after reading these.
-        if (tid < kTokens) {
-          shared.pair_lo[tid] = l;
-          shared.pair_hi[tid] = h;
-        }
-        arch::cluster_sync();
-        if (tid < kTokens) {
-          l = fminf(l, arch::load_peer_shared(&shared.pair_lo[tid], rank ^ 1u));
-          h = fmaxf(h, arch::load_peer_shared(&shared.pair_hi[tid], rank ^ 1u));
-        }
-      }
-      if (tid < kTokens) {
-        const core::AffineParams<float> params =
-            p.symmetric ? core::symmetric_params(fmaxf(fabsf(l), fabsf(h)), p.clip_ratio, p.bits)
-                        : core::asymmetric_params(l, h, p.clip_ratio, p.bits);
-        shared.scale[tid] = params.scale;
-        shared.zero[tid] = params.zero;
-      }
+      scale_pass();
       __syncthreads();
-
       if constexpr (kResidentY) {
-        // Pass 2: the Y rows, 32 / bits values per thread and step, one
-        // 32-bit store each — row by row, so that a warp writes 128
-        // consecutive bytes. The code sums meet in shared.sum[warp][token].
-        const int per_word = 32 / p.bits;
-        for (int n = 0; n < kTokens; ++n) {
-          int sum = 0;
-          if (first + n < p.rows) {
-            const core::AffineParams<float> params{shared.scale[n], shared.zero[n]};
-            const float* y = y_rows + n * y_stride;
-            auto* out = reinterpret_cast<std::uint32_t*>(p.codes + (first + n) * p.ld_codes + offset * p.bits / 8);
-            for (std::int64_t w = tid; w < blocks * kBlock / per_word; w += kThreads)
-              out[w] = quantize_word(y + w * per_word, params, range, p.bits, sum);
-          }
-          OQ_UNROLL
-          for (int lane_mask = 1; lane_mask < 32; lane_mask *= 2) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, lane_mask);
-          if (lane == 0) shared.sum[warp][n] = sum;
-        }
+        quantize_resident_pass(first);
       } else {
-        // Pass 2: recompute Y (X is still resident), quantize, stage, pack,
-        // store. The staging buffer alternates, so one barrier per stage
-        // separates a buffer's writes (stage s) from its reads (after the
-        // barrier of s) and its next writes (stage s + 2, after that of s + 1).
-        const core::AffineParams<float> params[2] = {
-            {shared.scale[2 * (lane & 3)], shared.zero[2 * (lane & 3)]},
-            {shared.scale[2 * (lane & 3) + 1], shared.zero[2 * (lane & 3) + 1]}};
-        int sum[2] = {0, 0};
-        for (std::int64_t stage = 0; stage < stages; ++stage) {
-          const std::int64_t block = stage * kGroups + group;
-          auto& staged = shared.staged[stage & 1][group];
-          if (block < blocks) {
-            float acc[2][4];
-            rotate_block(r, x_block(stage, block), x_stride, lane, acc);
-            OQ_UNROLL
-            for (int mt = 0; mt < 2; ++mt) {
-              OQ_UNROLL
-              for (int c = 0; c < 4; ++c) {
-                const int q = static_cast<int>(core::quantize_value(acc[mt][c], params[c & 1], range));
-                staged[Layout::acc_token(lane, c)][Layout::acc_channel(warp_in_group, mt, lane, c)] =
-                    static_cast<std::uint8_t>(q);  // two's complement when symmetric; packing keeps the low bits
-                sum[c & 1] += q;
-              }
-            }
-          }
-          __syncthreads();
-          if (block < blocks) store_block(p, staged, first, block, tau);
-        }
-        warp_reduce_pair(sum, [](int a, int b) { return a + b; }, shared.sum, warp, lane);
+        int sum[2] = {0, 0};  // tokens 2t, 2t + 1 of this lane
+        quantize_recompute_pass(first, shared, sum);
       }
       __syncthreads();
-      int total = 0;
-      if (tid < kTokens) {
-        for (int w = 0; w < kWarps; ++w) total += shared.sum[w][tid];
-      }
-      if constexpr (kCluster == 2) {
-        // Rank 0 adds rank 1's half of the code sums and writes the outputs.
-        // The next writes to pair_sum come after the next tile's first cluster
-        // barrier, which rank 0 reaches only after reading these.
-        if (tid < kTokens) shared.pair_sum[tid] = total;
-        arch::cluster_sync();
-        if (tid < kTokens && rank == 0) total += arch::load_peer_shared(&shared.pair_sum[tid], 1u);
-      }
-      if (tid < kTokens && rank == 0 && first + tid < p.rows) {
-        p.scales[first + tid] = shared.scale[tid];
-        p.zeros[first + tid] = shared.zero[tid];
-        if (p.code_sums != nullptr) p.code_sums[first + tid] = total;
-      }
+      store_token_outputs(first);
       __syncthreads();  // the next tile overwrites the rows, the staging and the reductions
       if constexpr (!kResidentY) {
         if (t + tile_stride < tiles) {
