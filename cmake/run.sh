@@ -2,7 +2,7 @@
 # oq's one-command entry points on a fresh Debian machine:
 #   bash cmake/run.sh example   the oq tool's story (tools/oq/demo.sh): train example 03's small model,
 #                               oq analyze it, oq quantize it W4A4 with every method, oq eval each
-#   bash cmake/run.sh layer     example 02: a LLaMA-2-7B-shaped layer, every method, and its figures
+#   bash cmake/run.sh layer     example 02: a synthetic 4-layer LLaMA-2-7B-shaped model, every method, and its figures
 #   bash cmake/run.sh train     example 03: train a small transformer on the KJV Bible three ways,
 #                               quantize each W4A4 with every method, draw the outlier statistics
 #   bash cmake/run.sh test      build everything and run the test suite

@@ -1,9 +1,12 @@
-// 02_llama_layer: one LLaMA decoder layer quantized W4A4 with every method,
+// 02_llama_layer: LLaMA decoder layers quantized W4A4 with every method,
 // compared with full precision. See README.md beside this file.
 //
-//   02_llama_layer                          default LLaMA-2-7B-shaped layer (outliers built into its weights)
+//   02_llama_layer                          a synthetic 4-layer LLaMA-2-7B-shaped model with the published
+//                                           outlier statistics (synthetic_model.hpp), every layer quantized
+//   02_llama_layer --single-layer           the one-layer construction of default_layer.hpp
 //   02_llama_layer --checkpoint DIR --layer 1    a Hugging Face checkpoint (safetensors, sharded or not)
-//   02_llama_layer --study --seeds 5         the crossed, seeded study (study.hpp; README.md)
+//   02_llama_layer --study --seeds 5         the crossed, seeded study (study.hpp; README.md), on the one-layer
+//                                           construction (or a checkpoint's layer with --checkpoint)
 //   02_llama_layer --help
 #include "../common/cli.hpp"
 #include "../../tools/llama/checkpoint_layer.hpp"
@@ -13,6 +16,7 @@
 #include "../../tools/llama/methods.hpp"
 #include "report.hpp"
 #include "study.hpp"
+#include "synthetic_run.hpp"
 
 #include <oq/analysis.hpp>
 #include <oq/io.hpp>
@@ -72,6 +76,11 @@ struct Flags {
   std::string baseline = "RTN";
   int resamples = 2000;
   int lwc_steps = llama::QuantOptions{}.lwc.steps;
+  // The synthetic model (the default without --checkpoint).
+  bool single_layer = false;
+  int layers = 4;
+  int plot_layer = 1;
+  bool no_integer = false;
 };
 
 // The command line (CLI11: --help lists these with their defaults).
@@ -80,7 +89,7 @@ void add_flags(CLI::App& app, Flags& f) {
   app.add_option_function<std::string>(
          "--checkpoint", [&f](const std::string& dir) { f.checkpoint = dir; },
          "Hugging Face LLaMA checkpoint directory (config.json and model.safetensors or "
-         "model.safetensors.index.json); without it, the default LLaMA-2-7B-shaped layer")
+         "model.safetensors.index.json); without it, the synthetic LLaMA-2-7B-shaped model")
       ->check(CLI::ExistingDirectory);
   app.add_option("--layer", f.layer, "layer index in the checkpoint")->capture_default_str()->check(integer(0));
   app.add_option_function<std::string>(
@@ -102,16 +111,17 @@ void add_flags(CLI::App& app, Flags& f) {
   app.add_option("--block", f.block_size, "DuQuant / Hadamard block size")
       ->capture_default_str()
       ->check(integer<Eigen::Index>(1));
-  app.add_option("--seed", f.seed, "seed of the default layer, the sequences and DuQuant's Q'")
+  app.add_option("--seed", f.seed, "seed of the default model or layer, the sequences and DuQuant's Q'")
       ->capture_default_str()
       ->check(integer<std::uint64_t>(0));
-  app.add_flag("--tiny", f.tiny, "a small default layer (hidden 512, FFN 1408, 8 heads, 2 KV heads)");
+  app.add_flag("--tiny", f.tiny, "a small default model or layer (hidden 512, FFN 1408, 8 heads, 2 KV heads)");
   app.add_flag("--gptq", f.gptq,
                "weights by GPTQ (act-order) instead of round-to-nearest, for every method (slow at full size: "
                "minutes per method)");
   app.add_option("--out", f.out_dir, "where the CSV files go")->type_name("DIR")->capture_default_str();
   app.add_flag("--study", f.study,
-               "instead of the default run: every point of smoothing x rotation x weights, random rotations over "
+               "instead of the default run, on one layer (the one-layer construction of default_layer.hpp, or "
+               "--checkpoint's layer): every point of smoothing x rotation x weights, random rotations over "
                "--seeds seeds, on --windows held-out sequences of --seq-len tokens, with bootstrap intervals "
                "(study.csv, study.md in --out)");
   app.add_option("--seeds", f.seeds, "--study: seeds of each random rotation (--seed, --seed + 1, ...)")
@@ -126,6 +136,16 @@ void add_flags(CLI::App& app, Flags& f) {
   app.add_option("--lwc-steps", f.lwc_steps, "--study: AdamW steps of LWC's clip factors per linear")
       ->capture_default_str()
       ->check(integer(0));
+  app.add_flag("--single-layer", f.single_layer,
+               "without --checkpoint: the one-layer construction of default_layer.hpp instead of the synthetic model");
+  app.add_option("--layers", f.layers, "layers of the synthetic model (the massive activations appear in layer 1)")
+      ->capture_default_str()
+      ->check(integer(1, 64));
+  app.add_option("--plot-layer", f.plot_layer,
+                 "synthetic model: the layer whose linear inputs go to channel_magnitudes.csv (-1: none)")
+      ->capture_default_str()
+      ->check(integer(-1, 63));
+  app.add_flag("--no-integer", f.no_integer, "synthetic model: skip the integer-kernel path (faster)");
 }
 
 // Progress on stderr: one line rewritten in place on a terminal, one line per
@@ -143,6 +163,38 @@ void progress(const std::string& line) {
 }
 void progress_done() {
   if (stderr_is_terminal()) std::cerr << "\r\033[K" << std::flush;
+}
+
+// The default run: the synthetic model, every layer, every method (synthetic_run.hpp).
+int run_synthetic(const Flags& f) {
+  if (f.input_npy || f.calibration_npy) {
+    throw std::invalid_argument("--input and --calibration need --checkpoint or --single-layer (the synthetic model "
+                                "runs on its own token sequences)");
+  }
+  llama::SyntheticRunOptions o;
+  if (f.tiny) {
+    o.config.hidden_size = 512;
+    o.config.intermediate_size = 1408;
+    o.config.num_attention_heads = 8;
+    o.config.num_key_value_heads = 2;
+    o.config.head_dim = 64;
+  }
+  o.model.seed = f.seed;
+  o.model.layers = f.layers;
+  o.seq_len = f.seq_len;
+  o.calibration_len = f.calibration_len;
+  o.sequence_seed = f.seed;
+  o.quant.block_size = f.block_size;
+  o.quant.greedy_steps = f.greedy_steps;
+  o.quant.seed = f.seed;
+  o.quant.gptq = f.gptq;
+  o.integer = !f.no_integer;
+  o.plot_layer = f.plot_layer;
+  o.out_dir = f.out_dir;
+  o.progress = progress;
+  o.progress_done = progress_done;
+  o.quant.progress = progress;
+  return llama::run_synthetic_model(o, std::cout);
 }
 
 llama::Matrix<float> load_npy_input(const std::filesystem::path& path, Eigen::Index hidden) {
@@ -210,14 +262,21 @@ void run_study(const Flags& flags, const llama::Config& config, const llama::Lay
 int main(int argc, char** argv) try {
   keep_freed_memory();
   Flags flags;
-  CLI::App app{"One LLaMA decoder layer quantized W4A4 with RTN, SmoothQuant, block Hadamard, DuQuant and "
-               "DuQuant + smoothing, each by fake quantization and by oq::cpu's integer kernels, against full "
-               "precision (see examples/02_llama_layer/README.md).",
+  CLI::App app{"LLaMA decoder layers (a synthetic model with the published outlier statistics, or a checkpoint's "
+               "layer) quantized W4A4 with RTN, SmoothQuant, block Hadamard, DuQuant and DuQuant + smoothing, each by "
+               "fake quantization and by oq::cpu's integer kernels, against full precision (see "
+               "examples/02_llama_layer/README.md).",
                "02_llama_layer"};
   add_flags(app, flags);
   if (const std::optional<int> status = examples::cli::parse(app, argc, argv)) return *status;
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
+  // --study runs on one layer: the one-layer construction or the checkpoint's.
+  if (!flags.checkpoint && !flags.single_layer && !flags.study) {
+    const int status = run_synthetic(flags);
+    std::cout << "total time " << std::chrono::duration<double>(Clock::now() - t0).count() << " s\n";
+    return status;
+  }
 
   // 1. The layer and its two input sequences (evaluation, calibration).
   llama::Config config;
