@@ -5,11 +5,13 @@
 //
 //   03_small_transformer --text kjv.txt                 train the three variants, evaluate, write CSVs
 //   03_small_transformer --load out/baseline --text kjv.txt   evaluate a saved model again
+//   03_small_transformer --text kjv.txt --study --seeds 5   the crossed, seeded study (study.hpp; README.md)
 //   03_small_transformer --help
 #include "../common/cli.hpp"
 #include "checkpoint.hpp"
 #include "evaluate.hpp"
 #include "model.hpp"
+#include "study.hpp"
 #include "train.hpp"
 
 #include <oq/analysis.hpp>
@@ -53,6 +55,12 @@ struct Flags {
   Eigen::Index block_size = 64;
   std::vector<std::string> variants{"baseline", "kurtosis", "kurtosis+qat"};
   std::uint64_t seed = 0;
+  // --study (study.hpp)
+  bool study = false;
+  int seeds = 5;
+  std::string baseline = "RTN";
+  int resamples = 2000;
+  int lwc_steps = llama::QuantOptions{}.lwc.steps;
 };
 
 // The command line (CLI11: --help lists these with their defaults).
@@ -104,6 +112,17 @@ void add_flags(CLI::App& app, Flags& f) {
   app.add_option("--out", f.out_dir, "CSV files, figures' data and saved models")
       ->type_name("DIR")
       ->capture_default_str();
+  app.add_flag("--study", f.study,
+               "instead of the default run: every variant trained with --seeds seeds (--seed, --seed + 1, ...), each "
+               "model evaluated with every point of smoothing x rotation x weights, perplexity per validation window "
+               "with bootstrap intervals (study.csv, study.md in --out)");
+  app.add_option("--seeds", f.seeds, "--study: training seeds per variant")->capture_default_str()->check(integer(1));
+  app.add_option("--baseline", f.baseline, "--study: the method the paired differences are taken against")
+      ->capture_default_str();
+  app.add_option("--resamples", f.resamples, "--study: bootstrap resamples")->capture_default_str()->check(integer(1));
+  app.add_option("--lwc-steps", f.lwc_steps, "--study: AdamW steps of LWC's clip factors per linear")
+      ->capture_default_str()
+      ->check(integer(0));
 }
 
 // The model's shape as a whole (--heads must divide --hidden, ...), reported
@@ -257,6 +276,53 @@ void print_table(const std::vector<Row>& rows, double unigram, int qat_bits) {
   std::cout << std::fixed << std::setprecision(2);
 }
 
+// --study: the models are trained as the default run trains them (the
+// training logs are not written), each seed with its own calibration windows.
+void run_study(const Flags& f, const small_lm::Corpus& corpus) {
+  small_lm::study::StudyOptions options;
+  options.quant.block_size = f.block_size;  // as evaluate() quantizes
+  options.quant.lwc.steps = f.lwc_steps;
+  options.bootstrap.resamples = f.resamples;
+  options.progress = [](const std::string& line) { progress(line); };
+  bool found = false;
+  for (const auto& spec : options.specs) {
+    if (spec.name() == f.baseline) {
+      options.baseline = spec;
+      found = true;
+    }
+  }
+  if (!found) {
+    std::string names;
+    for (const auto& spec : options.specs) names += (names.empty() ? "" : ", ") + spec.name();
+    throw std::invalid_argument("--baseline must be one of " + names + ", got '" + f.baseline + "'");
+  }
+  small_lm::study::StudyInputs in;
+  in.config = f.config;
+  in.validation = corpus.validation_batch(f.eval_sequences);
+  in.variants = f.variants;
+  for (int s = 0; s < f.seeds; ++s) in.seeds.push_back(f.seed + static_cast<std::uint64_t>(s));
+  in.train = [&f, &corpus](const std::string& variant, std::uint64_t seed) {
+    Flags seeded = f;
+    seeded.seed = seed;
+    std::ostream discard(nullptr);  // the default run's training logs
+    return train(seeded, corpus, Variant{variant, regularization_of(variant, f)}, discard, discard);
+  };
+  in.calibration = [&f, &corpus](std::uint64_t seed) {
+    std::mt19937_64 rng(seed + 2);  // as evaluate() draws them
+    return corpus.training_batch(f.calibration_sequences, rng);
+  };
+  const small_lm::study::StudyResult result = small_lm::study::run_study(in, options);
+  progress("study: done", true);
+  std::ofstream csv(f.out_dir / "study.csv"), md(f.out_dir / "study.md");
+  small_lm::study::write_csv(csv, result);
+  small_lm::study::write_markdown(md, result);
+  csv.close();
+  md.close();
+  if (!csv || !md) throw std::runtime_error("cannot write study.csv / study.md in '" + f.out_dir.string() + "'");
+  small_lm::study::write_markdown(std::cout, result);
+  std::cout << '\n' << (f.out_dir / "study.csv").string() << ", " << (f.out_dir / "study.md").string() << '\n';
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -272,6 +338,7 @@ int main(int argc, char** argv) {
     }
     std::filesystem::create_directories(f.out_dir);
     std::vector<Row> rows;
+    if (f.load && f.study) throw std::invalid_argument("--study trains its own models: --load does not apply");
     if (f.load) {
       small_lm::LoadedModel m = small_lm::load_model(*f.load);
       const small_lm::Corpus corpus = small_lm::Corpus::from_file(*f.text, 0.05, m.config.seq_len);
@@ -281,6 +348,10 @@ int main(int argc, char** argv) {
       return 0;
     }
     const small_lm::Corpus corpus = small_lm::Corpus::from_file(*f.text, 0.05, f.config.seq_len);
+    if (f.study) {
+      run_study(f, corpus);
+      return 0;
+    }
     std::cerr << "text: " << corpus.size() << " bytes (" << corpus.training_bytes() << " training, "
               << corpus.validation_bytes() << " validation)\n";
     std::ofstream outliers_csv(f.out_dir / "outliers.csv");

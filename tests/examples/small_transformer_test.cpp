@@ -3,11 +3,13 @@
 // forward against llama::forward (written separately, one sequence at a
 // time), training that lowers the loss and is deterministic, W4A4 evaluation
 // that equals full precision with rounding off, W4A4 with oq::cpu's integer
-// kernels within the bound of integer_path.hpp, and the checkpoint round trip.
+// kernels within the bound of integer_path.hpp, the checkpoint round trip,
+// and the crossed, seeded study (study.hpp) recomputed directly.
 #include "../../tools/llama/checkpoint_layer.hpp"
 #include "../../examples/03_small_transformer/checkpoint.hpp"
 #include "../../examples/03_small_transformer/evaluate.hpp"
 #include "../../examples/03_small_transformer/model.hpp"
+#include "../../examples/03_small_transformer/study.hpp"
 #include "../../examples/03_small_transformer/train.hpp"
 
 #include <doctest/doctest.h>
@@ -16,6 +18,7 @@
 #include <cmath>
 #include <filesystem>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -410,4 +413,192 @@ TEST_CASE("small_transformer: the corpus holds out its tail and validation windo
       CHECK(b.target(s, t) == (b.input(s, t) + 1) % 100);
     }
   }
+}
+
+// The crossed, seeded study (examples/03_small_transformer/study.hpp) on a
+// 16-wide model trained for ten steps per variant and seed.
+namespace {
+
+struct StudySetup {
+  Config c = study_config();
+  small_lm::Corpus corpus{text(), 0.2, study_config().seq_len};
+  small_lm::study::StudyInputs in;
+  small_lm::study::StudyOptions options;
+
+  static Config study_config() {
+    Config c;
+    c.hidden_size = 16;
+    c.num_layers = 2;
+    c.num_heads = 2;
+    c.intermediate_size = 32;
+    c.seq_len = 16;
+    return c;
+  }
+
+  static std::vector<std::uint8_t> text() {
+    std::string t;
+    for (int i = 0; i < 30; ++i) t += "In the beginning God created the heaven and the earth. And the earth was. ";
+    return {t.begin(), t.end()};
+  }
+
+  StudySetup() {
+    in.config = c;
+    in.validation = corpus.validation_batch(4);
+    in.variants = {"baseline", "kurtosis"};
+    in.seeds = {3, 4};
+    in.train = [this](const std::string& variant, std::uint64_t seed) { return train(variant, seed); };
+    in.calibration = [this](std::uint64_t seed) {
+      std::mt19937_64 rng(seed + 2);
+      return corpus.training_batch(4, rng);
+    };
+    options.quant.block_size = 8;
+    options.quant.greedy_steps = 4;
+    options.quant.lwc.steps = 3;  // LWC's AdamW (500 steps by default) would take most of the test's time
+    options.bootstrap.resamples = 200;
+  }
+
+  // Ten AdamW steps; a variant whose name starts with "kurtosis" trains with
+  // the regularizer on ("kurtosis2" trains exactly as "kurtosis").
+  Parameters<float> train(const std::string& variant, std::uint64_t seed) const {
+    Regularization r;
+    if (variant.rfind("kurtosis", 0) == 0) r.kurtosis_lambda = 1e-4;
+    Model<float> model(c, r);
+    Parameters<float> p = Parameters<float>::initial(c, seed);
+    Parameters<float> grad = Parameters<float>::zeros(c);
+    small_lm::OptimizerOptions o;
+    o.learning_rate = 1e-2;
+    o.total_steps = 10;
+    o.warmup_steps = 1;
+    small_lm::AdamW<float> optimizer(c, o);
+    std::mt19937_64 rng(seed + 1);
+    for (int step = 0; step < o.total_steps; ++step) {
+      model.loss_and_gradient(p, corpus.training_batch(4, rng), grad);
+      optimizer.step(p, grad, step);
+    }
+    return p;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("small_transformer study: perplexities as computed directly, Holm's verdicts, CSV and markdown complete") {
+  const StudySetup s;
+  const auto r = small_lm::study::run_study(s.in, s.options);
+  REQUIRE(r.variants.size() == 2);
+  const std::size_t rows = llama::all_method_specs().size() + 1;
+  const double tokens = 4.0 * static_cast<double>(s.c.seq_len);
+  // Full precision and RTN of the first variant: exp(the seeds' mean of Σ NLL / tokens),
+  // through the default run's own evaluation (perplexity, quantize_model).
+  double fp = 0, rtn = 0;
+  std::vector<double> fp_seed;
+  for (std::uint64_t seed : s.in.seeds) {
+    const Parameters<float> p = s.train("baseline", seed);
+    const double f = std::log(small_lm::perplexity(s.c, p, s.in.validation)) * tokens;
+    fp += f / 2;
+    fp_seed.push_back(std::exp(f / tokens));
+    llama::QuantOptions q = s.options.quant;
+    q.seed = seed;
+    const auto inputs = small_lm::record_block_inputs(s.c, p, s.in.calibration(seed));
+    const auto blocks = small_lm::quantize_model(s.c, p, inputs, llama::Method::kRtn, q);
+    rtn += std::log(small_lm::quantized_perplexity(s.c, p, blocks, s.in.validation)) * tokens / 2;
+  }
+  const auto& first = r.variants[0];
+  REQUIRE(first.methods.size() == rows);
+  CHECK_FALSE(first.methods[0].spec.has_value());
+  CHECK(first.methods[0].perplexity.estimate == doctest::Approx(std::exp(fp / tokens)).epsilon(1e-9));
+  CHECK(first.methods[0].seed_min == doctest::Approx(std::min(fp_seed[0], fp_seed[1])).epsilon(1e-9));
+  CHECK(first.methods[0].seed_max == doctest::Approx(std::max(fp_seed[0], fp_seed[1])).epsilon(1e-9));
+  CHECK(fp_seed[0] != fp_seed[1]);  // the seeds train different models
+  const auto& rtn_row = first.methods[1];  // the specs in order: RTN first
+  REQUIRE(rtn_row.spec == llama::MethodSpec{});
+  CHECK(rtn_row.perplexity.estimate == doctest::Approx(std::exp(rtn / tokens)).epsilon(1e-9));
+  // The baseline against itself: 0 in every replicate, p = 1, never resolved.
+  CHECK(rtn_row.vs_baseline->lower == 0.0);
+  CHECK(rtn_row.vs_baseline->upper == 0.0);
+  CHECK(rtn_row.vs_baseline->p_zero == 1.0);
+  CHECK_FALSE(rtn_row.resolved_vs_baseline);
+  for (const auto& v : r.variants) {
+    std::vector<double> p_baseline, p_variant;
+    std::vector<bool> resolved_baseline, resolved_variant;
+    for (const auto& m : v.methods) {
+      INFO(v.variant << " " << m.name());
+      CHECK(m.perplexity.lower <= m.perplexity.upper);
+      CHECK(m.perplexity.lower > 1.0);  // exp of a mean NLL over bytes no model predicts with certainty
+      CHECK(m.seed_min <= m.seed_max);
+      CHECK(m.vs_baseline.has_value() == m.spec.has_value());
+      CHECK(m.vs_first_variant.has_value() == (&v != &r.variants.front()));
+      if (m.vs_baseline) {
+        CHECK(small_lm::study::verdict(m.vs_baseline, m.resolved_vs_baseline) ==
+              (m.resolved_vs_baseline && m.vs_baseline->upper < 0   ? "better"
+               : m.resolved_vs_baseline && m.vs_baseline->lower > 0 ? "worse"
+                                                                    : "not resolved"));
+        if (*m.spec != llama::MethodSpec{}) {
+          p_baseline.push_back(m.vs_baseline->p_zero);
+          resolved_baseline.push_back(m.resolved_vs_baseline);
+        }
+      }
+      if (m.vs_first_variant) {
+        p_variant.push_back(m.vs_first_variant->p_zero);
+        resolved_variant.push_back(m.resolved_vs_first_variant);
+      }
+      if (m.spec && *m.spec == *v.best) CHECK(m.tied_with_best);
+    }
+    // Each family's flags are Holm's procedure at 5% on its p-values.
+    CHECK(llama::stats::holm(p_baseline, 0.05) == resolved_baseline);
+    CHECK(llama::stats::holm(p_variant, 0.05) == resolved_variant);
+  }
+  std::ostringstream csv, md;
+  small_lm::study::write_csv(csv, r);
+  small_lm::study::write_markdown(md, r);
+  std::istringstream lines(csv.str());
+  std::string line;
+  std::size_t count = 0;
+  while (std::getline(lines, line)) {
+    CHECK(std::count(line.begin(), line.end(), ',') == 23);
+    ++count;
+  }
+  CHECK(count == 1 + 2 * rows);
+  CHECK(md.str().find("| full precision |") != std::string::npos);
+  CHECK(md.str().find("Holm") != std::string::npos);
+}
+
+TEST_CASE("small_transformer study: a variant trained as the first differs by exactly 0; nothing rounded, exact; refusals") {
+  StudySetup s;
+  s.in.variants = {"kurtosis", "kurtosis2"};  // trained identically
+  s.in.seeds = {5};
+  s.options.quant.act_bits = 0;
+  s.options.quant.weight_bits = 0;
+  s.options.bootstrap.resamples = 50;
+  const auto r = small_lm::study::run_study(s.in, s.options);
+  const double fp = r.variants[0].methods[0].perplexity.estimate;
+  for (const auto& m : r.variants[1].methods) {
+    INFO(m.name());
+    CHECK(m.vs_first_variant->lower == 0.0);
+    CHECK(m.vs_first_variant->upper == 0.0);
+    CHECK_FALSE(m.resolved_vs_first_variant);
+    CHECK(m.perplexity.estimate == doctest::Approx(fp).epsilon(1e-5));  // float forward, transforms folded
+  }
+  auto refused = [](small_lm::study::StudyInputs in, small_lm::study::StudyOptions o, const char* what) {
+    CHECK_THROWS_WITH_AS(small_lm::study::run_study(in, o), doctest::Contains(what), std::invalid_argument);
+  };
+  auto in = s.in;
+  in.seeds.clear();
+  refused(in, s.options, "seeds");
+  in.seeds = {5, 5};
+  refused(in, s.options, "distinct");
+  in = s.in;
+  in.variants.clear();
+  refused(in, s.options, "variants");
+  in = s.in;
+  in.validation = s.corpus.validation_batch(1);
+  refused(in, s.options, "at least 2");
+  in = s.in;
+  in.train = nullptr;
+  refused(in, s.options, "train");
+  auto o = s.options;
+  o.quant.gptq = true;
+  refused(s.in, o, "gptq");
+  o = s.options;
+  o.specs = {llama::MethodSpec{}, llama::MethodSpec{}};
+  refused(s.in, o, "twice");
 }
