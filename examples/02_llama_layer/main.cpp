@@ -188,6 +188,7 @@ int run_synthetic(const Flags& f) {
   o.quant.greedy_steps = f.greedy_steps;
   o.quant.seed = f.seed;
   o.quant.gptq = f.gptq;
+  o.quant.head_dim = o.config.head_dim;  // QuaRot's head-wise Hadamard folded into v_proj
   o.integer = !f.no_integer;
   o.plot_layer = f.plot_layer;
   o.out_dir = f.out_dir;
@@ -218,6 +219,7 @@ void run_study(const Flags& flags, const llama::Config& config, const llama::Lay
   options.quant.greedy_steps = flags.greedy_steps;
   options.quant.seed = flags.seed;
   options.quant.lwc.steps = flags.lwc_steps;
+  options.quant.head_dim = config.head_dim;  // QuaRot's head-wise Hadamard folded into v_proj
   options.seeds = flags.seeds;
   options.bootstrap.resamples = flags.resamples;
   options.progress = progress;
@@ -263,8 +265,8 @@ int main(int argc, char** argv) try {
   keep_freed_memory();
   Flags flags;
   CLI::App app{"LLaMA decoder layers (a synthetic model with the published outlier statistics, or a checkpoint's "
-               "layer) quantized W4A4 with RTN, SmoothQuant, block Hadamard, DuQuant and DuQuant + smoothing, each by "
-               "fake quantization and by oq::cpu's integer kernels, against full precision (see "
+               "layer) quantized W4A4 with RTN, SmoothQuant, block Hadamard, DuQuant, DuQuant + smoothing and QuaRot, "
+               "each by fake quantization and by oq::cpu's integer kernels, against full precision (see "
                "examples/02_llama_layer/README.md).",
                "02_llama_layer"};
   add_flags(app, flags);
@@ -359,6 +361,7 @@ int main(int argc, char** argv) try {
   options.block_size = flags.block_size;
   options.greedy_steps = flags.greedy_steps;
   options.seed = flags.seed;
+  options.head_dim = config.head_dim;  // QuaRot's head-wise Hadamard folded into v_proj
   options.gptq = flags.gptq;
   options.progress = progress;
   std::vector<llama::MethodResult> results;

@@ -223,6 +223,7 @@ Row evaluate(const Flags& f, const small_lm::Config& c, const small_lm::Corpus& 
   llama::QuantOptions q;
   q.block_size = f.block_size;
   q.seed = f.seed;
+  q.head_dim = c.layer_config().head_dim;  // QuaRot's head-wise Hadamard folded into v_proj
   for (llama::Method m : llama::kAllMethods) {
     progress(name + ": evaluating W4A4 " + std::string(llama::method_name(m)));
     const auto blocks = small_lm::quantize_model(c, p, inputs, m, q);

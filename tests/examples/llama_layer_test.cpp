@@ -591,9 +591,12 @@ TEST_CASE("integer kernels and fake quantization agree within the stated bound, 
     CHECK(agreement.max_bound_ratio <= 1.0);
     CHECK(agreement.max_epilogue_ratio <= 1.0);
     CHECK(agreement.max_output > 0.0);
-    if (spec.rotation != llama::Rotation::kDuQuant && !(spec.smooth && spec.rotation == llama::Rotation::kBlockHadamard)) {
+    if (spec.rotation != llama::Rotation::kDuQuant && !(spec.smooth && spec.rotation == llama::Rotation::kBlockHadamard) &&
+        spec.rotation != llama::Rotation::kQuaRot) {
       // The fused transform computes what the Eigen one does: the same codes
-      // (a dense block product, not the butterfly, where it smooths first).
+      // (a dense block product, not the butterfly, where it smooths first;
+      // QuaRot's 1408 = 44·32-wide down_proj input sums its 44 segments in
+      // another order than Eigen's GEMM).
       CHECK(agreement.differing_codes == 0);
       CHECK(agreement.differing_rows == 0);
     } else {

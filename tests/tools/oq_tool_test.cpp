@@ -105,7 +105,9 @@ void check_layer0_reloads(const LlamaModel& model, const std::vector<oq_tool::Se
   const auto inputs = llama::record_inputs(model.layer_config(), model.layer(0),
                                                  oq_tool::embed_all(model, calibration));
   const auto layer0 = model.layer(0);
-  const auto unfolded = llama::quantize_layer(method, layer0, inputs, options);
+  llama::QuantOptions o = options;
+  if (method == llama::Method::kQuaRot) o.head_dim = model.layer_config().head_dim;  // as quantize_model sets it
+  const auto unfolded = llama::quantize_layer(method, layer0, inputs, o);
   std::optional<oq_tool::FoldedLayer> folded;
   if (qc.smoothing_folded) {
     folded.emplace(oq_tool::fold_smoothing(model.layer_config(), unfolded, layer0.input_norm, layer0.post_norm));
@@ -134,6 +136,16 @@ void check_layer0_reloads(const LlamaModel& model, const std::vector<oq_tool::Se
   for (llama::Input i : llama::kAllInputs) {
     const auto& x = inputs[static_cast<std::size_t>(i)];
     CHECK(expected.transform(i).apply(x) == loaded.transform(i).apply(x));
+  }
+  // QuaRot's output rotations, rebuilt from the signs and head_dim: the same
+  // outputs from the same prepared inputs.
+  for (llama::Linear l : llama::kAllLinears) {
+    CAPTURE(llama::linear_name(l));
+    CHECK(expected.output_rotation(l).active() == loaded.output_rotation(l).active());
+    CHECK(expected.output_rotation(l).head_dim() == loaded.output_rotation(l).head_dim());
+    const auto& x = inputs[static_cast<std::size_t>(llama::input_of(l))];
+    const auto prepared = expected.prepare(llama::input_of(l), x);
+    CHECK(expected(l, prepared, x) == loaded(l, prepared, x));
   }
 }
 
@@ -782,9 +794,9 @@ TEST_CASE("an interrupted quantize leaves nothing; a killed run's staging direct
   j["smoothing_folded"] = true;
   CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "v2"),
                        doctest::Contains("method rtn has no smoothing to fold"), std::invalid_argument);
-  j["format_version"] = 3;
-  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "v3"), doctest::Contains("format_version must be 1 or 2"),
-                       std::invalid_argument);
+  j["format_version"] = 4;
+  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "v4"),
+                       doctest::Contains("format_version must be 1, 2 or 3"), std::invalid_argument);
 }
 
 TEST_CASE("hadamard checkpoints name their H_b where b is not a power of two; a file whose H_b differs is refused") {
@@ -823,6 +835,147 @@ TEST_CASE("hadamard checkpoints name their H_b where b is not a power of two; a 
   qc.method = llama::Method::kDuQuant;  // DuQuant stores its rotations
   qc.options.block_size = 104;
   CHECK_FALSE(qc.to_json().contains("hadamard_construction"));
+}
+
+namespace {
+
+/// A copy of the quantized checkpoint `from` at `to` with tensor `name`
+/// replaced by `bytes` of `dtype` (or removed when dtype is nullopt).
+void copy_with_tensor(const fs::path& from, const fs::path& to, const std::string& name,
+                      std::optional<oq::io::DType> dtype, std::vector<std::byte> bytes = {}) {
+  fs::copy(from, to, fs::copy_options::recursive);
+  oq::io::SafetensorsWriter writer;
+  {
+    const oq::io::Checkpoint c(from / "model.safetensors");
+    for (const std::string& n : c.names()) {
+      if (n == name) continue;
+      writer.add(n, c.info(n).dtype, c.info(n).shape, c.bytes(n));
+    }
+    if (dtype) writer.add(name, *dtype, c.info(name).shape, bytes);
+  }
+  fs::remove(to / "model.safetensors");
+  writer.write(to / "model.safetensors");
+}
+
+}  // namespace
+
+TEST_CASE("quarot: format version 3, one residual rotation per model, γ divided out, damaged files refused") {
+  TempDir tmp("quarot");
+  oq_test::SyntheticLlama spec;  // hidden 64 (2^6), heads 4 of 16, intermediate 160 = 20·8 (Paley I, q = 19)
+  spec.write(tmp.path / "model");
+  const LlamaModel model(tmp.path / "model");
+  const auto calibration = text_sequences(tmp.path, 600, 31, 32, 3);
+  llama::QuantOptions o = small_options();
+  o.seed = 17;
+  const fs::path out = tmp.path / "q";
+  oq_tool::quantize_model(model, calibration, llama::Method::kQuaRot, o, out);
+  const LlamaModel quantized(out);
+  const auto config = oq::io::read_json(out / "config.json")["oq_quantization"];
+  CHECK(config["format_version"] == 3);
+  CHECK(config["method"] == "quarot");
+  CHECK(config["seed"] == 17);
+  CHECK(config["quarot"]["head_dim"] == 16);
+  const auto h160 = oq::transform::hadamard_construction(160);
+  CHECK(config["quarot"]["hadamard"]["down_proj_input"] == oq_tool::construction_json(h160));
+  CHECK_FALSE(config["quarot"]["hadamard"].contains("qkv_input"));  // 64: Sylvester's, never changes
+  // D from the documented seed rule, the same in both residual-fed inputs
+  // and in every layer; γ stored as the divisors.
+  const auto& ckpt = quantized.checkpoint();
+  const Eigen::VectorXi d = oq::transform::RandomizedHadamard::from_seed(64, 17).signs();
+  for (int layer = 0; layer < model.num_layers(); ++layer) {
+    const std::string p = "model.layers." + std::to_string(layer) + ".";
+    for (const char* input : {"qkv_input", "gate_up_input"}) {
+      CAPTURE(input);
+      REQUIRE(ckpt.info(p + "oq." + input + ".signs").dtype == oq::io::DType::kI8);
+      const auto bytes = ckpt.bytes(p + "oq." + input + ".signs");
+      bool same = bytes.size() == 64;
+      for (std::size_t j = 0; same && j < 64; ++j) same = static_cast<int>(static_cast<std::int8_t>(bytes[j])) == d(static_cast<Eigen::Index>(j));
+      CHECK(same);
+    }
+    CHECK(ckpt.vector<float>(p + "oq.qkv_input.divisors") == model.layer(layer).input_norm);
+    CHECK(ckpt.vector<float>(p + "oq.gate_up_input.divisors") == model.layer(layer).post_norm);
+    CHECK_FALSE(ckpt.contains(p + "oq.o_proj_input.signs"));
+    CHECK_FALSE(ckpt.contains(p + "oq.down_proj_input.divisors"));
+  }
+  const auto qc = oq_tool::quantization_of(quantized);
+  const auto loaded = oq_tool::load_quantized_layer(ckpt, quantized.layer_config(), qc, 1);
+  CHECK(loaded.output_rotation(llama::Linear::kO).active());
+  CHECK(loaded.output_rotation(llama::Linear::kDown).residual_rotation()->signs() == d);
+  CHECK(loaded.output_rotation(llama::Linear::kV).head_dim() == 16);
+  CHECK_FALSE(loaded.output_rotation(llama::Linear::kQ).active());
+
+  // The config's QuaRot fields.
+  nlohmann::json j = config;
+  j["format_version"] = 2;
+  j["smoothing_folded"] = false;
+  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "q"), doctest::Contains("method quarot needs format_version 3"),
+                       std::invalid_argument);
+  j = config;
+  j.erase("quarot");
+  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "q"), doctest::Contains("quarot is missing"),
+                       std::invalid_argument);
+  j = config;
+  j["quarot"]["head_dim"] = -1;
+  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "q"), doctest::Contains("quarot.head_dim must be an integer >= 0"),
+                       std::invalid_argument);
+  j = config;
+  j["method"] = "duquant";
+  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "q"), doctest::Contains("quarot is present, but method is duquant"),
+                       std::invalid_argument);
+  // Another H_160 than this oq's (or none recorded): the weights hold the writer's.
+  j = config;
+  j["quarot"]["hadamard"]["down_proj_input"]["power"] = 0;
+  auto other = oq_tool::QuantizationConfig::from_json(j, "q");
+  CHECK_THROWS_WITH_AS(oq_tool::load_quantized_layer(ckpt, quantized.layer_config(), other, 0),
+                       doctest::Contains("quarot.hadamard.down_proj_input is"), std::invalid_argument);
+  j["quarot"]["hadamard"].erase("down_proj_input");
+  other = oq_tool::QuantizationConfig::from_json(j, "q");
+  CHECK_THROWS_WITH_AS(oq_tool::load_quantized_layer(ckpt, quantized.layer_config(), other, 0),
+                       doctest::Contains("is missing, but this oq builds H_160"), std::invalid_argument);
+  j = config;
+  j["quarot"]["head_dim"] = 8;
+  other = oq_tool::QuantizationConfig::from_json(j, "q");
+  CHECK_THROWS_WITH_AS(oq_tool::load_quantized_layer(ckpt, quantized.layer_config(), other, 0),
+                       doctest::Contains("quarot.head_dim = 8, but the model's head_dim is 16"), std::invalid_argument);
+
+  // Damaged tensors.
+  std::vector<std::byte> two(64, std::byte{1});
+  two[5] = std::byte{2};
+  copy_with_tensor(out, tmp.path / "bad_sign", "model.layers.0.oq.qkv_input.signs", oq::io::DType::kI8, two);
+  CHECK_THROWS_WITH_AS(oq_tool::load_quantized_layer(LlamaModel(tmp.path / "bad_sign").checkpoint(),
+                                                     quantized.layer_config(), qc, 0),
+                       doctest::Contains("qkv_input.signs'[5] is 2, not +1 or -1"), std::invalid_argument);
+  std::vector<std::byte> flipped(ckpt.bytes("model.layers.0.oq.gate_up_input.signs").begin(),
+                                 ckpt.bytes("model.layers.0.oq.gate_up_input.signs").end());
+  flipped[3] = static_cast<std::byte>(static_cast<std::int8_t>(-static_cast<std::int8_t>(flipped[3])));
+  copy_with_tensor(out, tmp.path / "two_signs", "model.layers.0.oq.gate_up_input.signs", oq::io::DType::kI8, flipped);
+  CHECK_THROWS_WITH_AS(oq_tool::load_quantized_layer(LlamaModel(tmp.path / "two_signs").checkpoint(),
+                                                     quantized.layer_config(), qc, 0),
+                       doctest::Contains("qkv_input.signs and gate_up_input.signs differ"), std::invalid_argument);
+  std::vector<std::byte> zero_gamma(ckpt.bytes("model.layers.0.oq.qkv_input.divisors").begin(),
+                                    ckpt.bytes("model.layers.0.oq.qkv_input.divisors").end());
+  REQUIRE(zero_gamma.size() == 4 * 64);
+  for (std::size_t b = 8; b < 12; ++b) zero_gamma.at(b) = std::byte{0};  // divisors[2] = 0
+  copy_with_tensor(out, tmp.path / "zero_gamma", "model.layers.0.oq.qkv_input.divisors", oq::io::DType::kF32, zero_gamma);
+  CHECK_THROWS_WITH_AS(oq_tool::load_quantized_layer(LlamaModel(tmp.path / "zero_gamma").checkpoint(),
+                                                     quantized.layer_config(), qc, 0),
+                       doctest::Contains("qkv_input.divisors'[2] must be nonzero and finite"), std::invalid_argument);
+  copy_with_tensor(out, tmp.path / "no_signs", "model.layers.0.oq.gate_up_input.signs", std::nullopt);
+  CHECK_THROWS_WITH_AS(oq_tool::load_quantized_layer(LlamaModel(tmp.path / "no_signs").checkpoint(),
+                                                     quantized.layer_config(), qc, 0),
+                       doctest::Contains("gate_up_input.signs' is missing"), std::invalid_argument);
+
+  // A width without a Hadamard construction is refused before anything is written.
+  oq_test::SyntheticLlama odd;
+  odd.intermediate = 92;  // 4·23: none
+  odd.layers = 1;
+  odd.write(tmp.path / "odd");
+  CHECK_THROWS_WITH_AS(oq_tool::quantize_model(LlamaModel(tmp.path / "odd"), calibration, llama::Method::kQuaRot, o,
+                                               tmp.path / "q_odd"),
+                       doctest::Contains("--method quarot needs a Hadamard matrix of every linear input's width; "
+                                         "intermediate_size = 92 has no construction"),
+                       std::invalid_argument);
+  CHECK_FALSE(fs::exists(tmp.path / "q_odd"));
 }
 
 TEST_CASE("bad inputs give clear errors and leave nothing half-written") {

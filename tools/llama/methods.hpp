@@ -40,9 +40,10 @@
 //                  factors on the layer's output (OmniQuant's objective)
 //                  from the calibration sequences instead
 //
-// The five named presets (Method) are points of that cross: RTN = {off, none,
+// The six named presets (Method) are points of that cross: RTN = {off, none,
 // RTN}, SmoothQuant = {on, none, RTN}, Hadamard = {off, block Hadamard, RTN},
-// DuQuant = {off, DuQuant, RTN}, DuQuant+smooth = {on, DuQuant, RTN};
+// DuQuant = {off, DuQuant, RTN}, DuQuant+smooth = {on, DuQuant, RTN}, QuaRot
+// = {off, QuaRot, RTN} (QuaRot-RTN; QuaRot-GPTQ with QuantOptions::gptq);
 // QuantOptions::gptq turns a preset's weights to GPTQ.
 //
 // At deployment the smoothing scales fold away (into the RMSNorm γ before
@@ -196,12 +197,13 @@ inline std::vector<MethodSpec> all_method_specs() {
 }
 
 /// The named presets (the oq tool's files store their names).
-enum class Method { kRtn, kSmoothQuant, kHadamard, kDuQuant, kDuQuantSmooth };
-inline constexpr std::array<Method, 5> kAllMethods{Method::kRtn, Method::kSmoothQuant, Method::kHadamard,
-                                                   Method::kDuQuant, Method::kDuQuantSmooth};
+enum class Method { kRtn, kSmoothQuant, kHadamard, kDuQuant, kDuQuantSmooth, kQuaRot };
+inline constexpr std::array<Method, 6> kAllMethods{Method::kRtn,     Method::kSmoothQuant,    Method::kHadamard,
+                                                   Method::kDuQuant, Method::kDuQuantSmooth, Method::kQuaRot};
 
 inline constexpr std::string_view method_name(Method m) {
-  constexpr std::array<std::string_view, 5> names{"RTN", "SmoothQuant", "Hadamard", "DuQuant", "DuQuant+smooth"};
+  constexpr std::array<std::string_view, 6> names{"RTN",     "SmoothQuant",    "Hadamard",
+                                                  "DuQuant", "DuQuant+smooth", "QuaRot"};
   return names[static_cast<std::size_t>(m)];
 }
 
@@ -213,6 +215,7 @@ inline constexpr MethodSpec method_spec(Method m, WeightQuant weights = WeightQu
     case Method::kHadamard: return {false, Rotation::kBlockHadamard, weights};
     case Method::kDuQuant: return {false, Rotation::kDuQuant, weights};
     case Method::kDuQuantSmooth: return {true, Rotation::kDuQuant, weights};
+    case Method::kQuaRot: return {false, Rotation::kQuaRot, weights};
   }
   return {};
 }
@@ -519,10 +522,11 @@ class QuantizedLayer {
   /// A preset's layer: its point of the cross, with GPTQ weights where options.gptq is set.
   QuantizedLayer(Method method, std::array<InputTransform<Scalar>, 4> transforms,
                  std::array<Matrix<Scalar>, 7> quantized_weights, QuantOptions options, double calibration_seconds,
-                 std::array<std::optional<oq::cpu::PackedWeights>, 7> packed_weights = {})
+                 std::array<std::optional<oq::cpu::PackedWeights>, 7> packed_weights = {},
+                 std::array<OutputRotation<Scalar>, 7> output_rotations = {})
       : QuantizedLayer(method_spec(method, options.gptq ? WeightQuant::kGptq : WeightQuant::kRtn), std::move(transforms),
                        std::move(quantized_weights), options, calibration_seconds,
-                       std::move(packed_weights)) {}
+                       std::move(packed_weights), std::move(output_rotations)) {}
 
   const MethodSpec& spec() const { return spec_; }
   double calibration_seconds() const { return calibration_seconds_; }
@@ -531,6 +535,7 @@ class QuantizedLayer {
   /// Ŵ as the deployed model holds it: Rᵀ·Ŵ where `l` has an output rotation.
   const Matrix<Scalar>& quantized_weight(Linear l) const { return weights_[static_cast<std::size_t>(l)]; }
   const OutputRotation<Scalar>& output_rotation(Linear l) const { return output_rotations_[static_cast<std::size_t>(l)]; }
+  const std::array<OutputRotation<Scalar>, 7>& output_rotations() const { return output_rotations_; }
   /// The packed INT4 weight of `l`, or nullptr (see the constructor).
   const oq::cpu::PackedWeights* packed_weight(Linear l) const {
     const auto& p = packed_[static_cast<std::size_t>(l)];
@@ -722,16 +727,13 @@ InputTransform<Scalar> quarot_transform(const LayerWeights<Scalar>& w, Input inp
 // two dividing its 2^m (Sylvester's H_(2^a)·… = H_(2^(a−b)) ⊗ H_(2^b) in
 // natural order).
 template <class Scalar>
-std::array<OutputRotation<Scalar>, 7> quarot_output_rotations(const MethodSpec& spec,
-                                                               const oq::transform::RandomizedHadamard& q,
-                                                               const LinearInputs<Scalar>& calibration,
-                                                               const QuantOptions& options) {
+std::array<OutputRotation<Scalar>, 7> quarot_output_rotations(bool smooth, const oq::transform::RandomizedHadamard& q,
+                                                               Eigen::Index q_size, Eigen::Index head_dim) {
   std::array<OutputRotation<Scalar>, 7> out;
-  if (spec.smooth) return out;
+  if (smooth) return out;
   out[static_cast<std::size_t>(Linear::kO)] = OutputRotation<Scalar>::residual(q);
   out[static_cast<std::size_t>(Linear::kDown)] = OutputRotation<Scalar>::residual(q);
-  const Eigen::Index hd = options.head_dim;
-  const Eigen::Index q_size = calibration[static_cast<std::size_t>(Input::kO)].cols();
+  const Eigen::Index hd = head_dim;
   if (hd > 0 && (hd & (hd - 1)) == 0 && oq::transform::hadamard_construction(q_size).sylvester_size() % hd == 0) {
     out[static_cast<std::size_t>(Linear::kV)] = OutputRotation<Scalar>::head_wise(hd);
   }
@@ -775,7 +777,8 @@ QuantizedLayer<Scalar> quantize_layer(const MethodSpec& spec, const std::string&
       }
     }
     residual = oq::transform::RandomizedHadamard::from_seed(w.input_norm.size(), options.seed);
-    output_rotations = detail_methods::quarot_output_rotations<Scalar>(spec, *residual, calibration, options);
+    output_rotations = detail_methods::quarot_output_rotations<Scalar>(
+        spec.smooth, *residual, calibration[static_cast<std::size_t>(Input::kO)].cols(), options.head_dim);
   }
   for (Input input : kAllInputs) {
     const Matrix<Scalar>& x = calibration[static_cast<std::size_t>(input)];
@@ -898,6 +901,16 @@ QuantizedLayer<Scalar> quantize_layer(const MethodSpec& spec, const std::string&
 }
 
 }  // namespace detail_methods
+
+/// QuaRot's output rotations for a layer whose residual signs are those of
+/// `q`, o_proj input q_size wide (none where it smooths; v_proj's head-wise
+/// Hadamard where head_dim splits H_(q_size)): what quantize_layer attached,
+/// for a reader of stored layers.
+template <class Scalar>
+std::array<OutputRotation<Scalar>, 7> quarot_output_rotations(bool smooth, const oq::transform::RandomizedHadamard& q,
+                                                               Eigen::Index q_size, Eigen::Index head_dim) {
+  return detail_methods::quarot_output_rotations<Scalar>(smooth, q, q_size, head_dim);
+}
 
 /// Calibrates `spec` on the recorded full-precision inputs and quantizes
 /// the weights. The calibration time covers the transforms' calibration and

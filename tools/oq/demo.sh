@@ -33,7 +33,7 @@ echo "== oq analyze"
 rm -rf "$out/analysis"
 "$oq" analyze "$model" --calib "$out/calibration.txt" --sequences 16 --out "$out/analysis"
 
-methods=(rtn smoothquant hadamard duquant duquant+smooth)
+methods=(rtn smoothquant hadamard duquant duquant+smooth quarot)
 for m in "${methods[@]}"; do
   echo "== oq quantize --method $m"
   rm -rf "$out/quantized/$m"

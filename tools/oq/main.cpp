@@ -118,9 +118,9 @@ int main(int argc, char** argv) {
   add_data_options(quantize, calib, "--calib", "calibration text or token ids (.npy)", 16);
   // Shape-dependent checks (the block and group sizes must divide the model's
   // widths) run in quantize_model, before anything is written.
-  quantize->add_option("--method", method, "rtn, smoothquant, hadamard, duquant or duquant+smooth")
+  quantize->add_option("--method", method, "rtn, smoothquant, hadamard, duquant, duquant+smooth or quarot")
       ->capture_default_str()
-      ->check(CLI::IsMember({"rtn", "smoothquant", "hadamard", "duquant", "duquant+smooth"}));
+      ->check(CLI::IsMember({"rtn", "smoothquant", "hadamard", "duquant", "duquant+smooth", "quarot"}));
   quantize->add_flag("--gptq", q.gptq, "weights by GPTQ on the transformed calibration inputs instead of rounding");
   quantize->add_option("--w-bits", q.weight_bits, "weight bits (4: the packed INT4 format)")
       ->capture_default_str()
@@ -139,7 +139,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1 << 20));
   quantize->add_option("--act-clip", q.act_clip, "activation clip ratio")->capture_default_str()->check(CLI::Range(0.01, 1.0));
   quantize->add_option("--weight-clip", q.weight_clip, "weight clip ratio")->capture_default_str()->check(CLI::Range(0.01, 1.0));
-  quantize->add_option("--seed", q.seed, "seed of DuQuant's random base rotations")->capture_default_str();
+  quantize->add_option("--seed", q.seed, "seed of DuQuant's random base rotations (layer i: seed + i) and of QuaRot's "
+                                         "residual signs (every layer)")->capture_default_str();
   std::string smooth_alpha;
   quantize->add_option("--smooth-alpha", smooth_alpha,
                        "smoothing strength α in [0, 1] (default 0.5 for smoothquant, 0.6 for duquant+smooth), or "

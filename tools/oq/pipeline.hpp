@@ -329,6 +329,15 @@ inline void validate_quantize_options(const llama::Config& c, llama::Method meth
   if (blocks && method != llama::Method::kHadamard && options.greedy_steps < 1) {
     throw std::invalid_argument("--greedy-steps must be >= 1, got " + std::to_string(options.greedy_steps));
   }
+  if (method == llama::Method::kQuaRot) {  // full-width Hadamards of every linear input
+    for (const auto& [name, width] : {std::pair{"hidden_size", c.hidden_size}, std::pair{"the o_proj input", c.q_size()},
+                                      std::pair{"intermediate_size", c.intermediate_size}}) {
+      if (!oq::transform::find_hadamard_construction(width)) {
+        throw std::invalid_argument(std::string("--method quarot needs a Hadamard matrix of every linear input's width; ") +
+                                    name + " = " + std::to_string(width) + " has no construction in oq");
+      }
+    }
+  }
   if (!(options.act_clip > 0 && options.act_clip <= 1) || !(options.weight_clip > 0 && options.weight_clip <= 1)) {
     throw std::invalid_argument("--act-clip and --weight-clip must be in (0, 1]");
   }
@@ -395,6 +404,8 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
                     (method == llama::Method::kSmoothQuant || method == llama::Method::kDuQuantSmooth);
   llama::QuantOptions layer_options = options;
   if (write_gptq) layer_options.weight_range_includes_zero = true;
+  // QuaRot folds the head-wise half of o_proj's Hadamard into v_proj.
+  if (method == llama::Method::kQuaRot) layer_options.head_dim = model.layer_config().head_dim;
   oq::io::SafetensorsWriter gptq_writer;
   std::vector<std::pair<std::string, oq::cpu::PackedWeights>> gptq_linears;  // converted once the zeros are known
   QuantizeResult result;
@@ -407,7 +418,10 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
     llama::LayerWeights<float> w = model.layer(l);
     const llama::LinearInputs<float> inputs = llama::record_inputs(c, w, x);
     llama::QuantOptions o = layer_options;
-    o.seed = options.seed + static_cast<std::uint64_t>(l);  // a different Haar draw per layer, reproducible
+    // A different Haar draw per layer, reproducible; QuaRot's residual
+    // rotation is one for the whole model (every layer reads and writes the
+    // same rotated stream).
+    if (method != llama::Method::kQuaRot) o.seed = options.seed + static_cast<std::uint64_t>(l);
     std::optional<FoldedLayer> folded;
     const llama::QuantizedLayer<float> unfolded = llama::quantize_layer(method, w, inputs, o);
     if (fold) {
@@ -456,6 +470,14 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
   qc.options = layer_options;  // as the layers were quantized (weight_range_includes_zero for the GPTQ layout)
   qc.smoothing_folded = fold;
   qc.searched_alphas = std::move(searched_alphas);
+  if (method == llama::Method::kQuaRot) {
+    for (llama::Input input : llama::kAllInputs) {
+      const Eigen::Index width = llama::input_width(c, input);
+      if ((width & (width - 1)) != 0) {
+        qc.quarot_hadamard[static_cast<std::size_t>(input)] = oq::transform::find_hadamard_construction(width);
+      }
+    }
+  }
   qc.calibration_sequences = static_cast<std::int64_t>(calibration.size());
   qc.calibration_seq_len = calibration.empty() ? 0 : static_cast<std::int64_t>(calibration.front().size());
   nlohmann::json config = model.config_json();

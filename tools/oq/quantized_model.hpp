@@ -24,8 +24,17 @@
 //                                                      each row-major
 //   model.layers.i.oq.X.permutations  I64 [R−1, K]    DuQuant's zigzag permutations
 //                                                      (perm[j] = old channel at j)
+//   model.layers.i.oq.X.signs         I8  [K]          QuaRot (qkv and gate/up inputs): the
+//                                                      residual rotation's D, each ±1, the
+//                                                      same in both inputs and every layer
+//   model.layers.i.oq.X.divisors      F32 [K]          QuaRot (same inputs): RMSNorm's γ,
+//                                                      divided out: x ↦ (x / γ)·D·H/√K
 //   X is the input: qkv_input, o_proj_input, gate_up_input, down_proj_input.
-//   The block Hadamard has no tensors (oq_quantization.block_size says b).
+//   The block Hadamard has no tensors (oq_quantization.block_size says b);
+//   QuaRot's o_proj and down_proj inputs take the plain H/√K (no tensors), and
+//   its o_proj, down_proj and v_proj weights are stored as the deployed model
+//   holds them, Rᵀ·Ŵ (methods.hpp's OutputRotation, rebuilt on loading from
+//   the signs and oq_quantization.quarot.head_dim).
 // model.embed_tokens.weight, model.norm.weight and lm_head.weight (untied)
 // are copied from the model in their own dtype; they stay in full precision,
 // as in the papers' W4A4 evaluations.
@@ -51,6 +60,7 @@
 #include <nlohmann/json.hpp>
 
 #include <array>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -61,13 +71,16 @@
 
 namespace oq_tool {
 
-/// 2: smoothing folded into the layers (QuantizationConfig::smoothing_folded);
-/// version 1 files, with every transform explicit, still load.
-inline constexpr int kQuantizedFormatVersion = 2;
+/// 3: QuaRot (method "quarot": the .signs and .divisors tensors, the
+/// "quarot" object); 2: smoothing folded into the layers
+/// (QuantizationConfig::smoothing_folded). Version 1 and 2 files still load;
+/// oq writes the lowest version that holds the file's content.
+inline constexpr int kQuantizedFormatVersion = 3;
 
 /// Method names on the command line and in oq_quantization.method.
-inline constexpr std::array<std::string_view, 5> kMethodKeys{"rtn", "smoothquant", "hadamard", "duquant",
-                                                             "duquant+smooth"};
+inline constexpr std::array<std::string_view, 6> kMethodKeys{"rtn",     "smoothquant",    "hadamard",
+                                                             "duquant", "duquant+smooth", "quarot"};
+static_assert(kMethodKeys.size() == llama::kAllMethods.size());
 
 inline std::string_view method_key(llama::Method m) { return kMethodKeys[static_cast<std::size_t>(m)]; }
 
@@ -75,8 +88,9 @@ inline llama::Method method_from_key(std::string_view key) {
   for (llama::Method m : llama::kAllMethods) {
     if (method_key(m) == key) return m;
   }
-  throw std::invalid_argument("method must be one of rtn, smoothquant, hadamard, duquant, duquant+smooth, got '" +
-                              std::string(key) + "'");
+  throw std::invalid_argument(
+      "method must be one of rtn, smoothquant, hadamard, duquant, duquant+smooth, quarot, got '" + std::string(key) +
+      "'");
 }
 
 inline constexpr std::array<std::string_view, 4> kInputKeys{"qkv_input", "o_proj_input", "gate_up_input",
@@ -109,12 +123,19 @@ struct QuantizationConfig {
   /// kInputKeys order (written as "searched_alphas", one list per input; the
   /// scales themselves are in the layers, so loading needs none of this).
   std::vector<std::array<double, 4>> searched_alphas;
+  /// QuaRot: how the writer built H_n of each input width n that is not a
+  /// power of two (kInputKeys order; std::nullopt for a power of two, whose
+  /// Sylvester H_n never changes): the weights were folded with those
+  /// matrices, so a reader whose oq builds another H_n refuses the file.
+  /// options.head_dim is QuaRot's head-wise fold into v_proj (0: none).
+  std::array<std::optional<oq::transform::HadamardConstruction>, 4> quarot_hadamard;
 
   nlohmann::json to_json() const {
     nlohmann::json j;
     // Version 1 where nothing was folded: that content is version 1's, which
     // readers of version 1 then still accept.
-    j["format_version"] = smoothing_folded ? kQuantizedFormatVersion : 1;
+    const int version = method == llama::Method::kQuaRot ? 3 : smoothing_folded ? 2 : 1;
+    j["format_version"] = version;
     j["method"] = std::string(method_key(method));
     j["weight_bits"] = options.weight_bits;
     j["act_bits"] = options.act_bits == 0 ? 16 : options.act_bits;
@@ -131,8 +152,15 @@ struct QuantizationConfig {
     j["seed"] = options.seed;
     j["calibration_sequences"] = calibration_sequences;
     j["calibration_seq_len"] = calibration_seq_len;
-    if (smoothing_folded) j["smoothing_folded"] = true;
+    if (version >= 2) j["smoothing_folded"] = smoothing_folded;  // required from version 2 on
     if (auto h = block_hadamard_construction(*this)) j["hadamard_construction"] = construction_json(*h);
+    if (method == llama::Method::kQuaRot) {
+      nlohmann::json hadamard = nlohmann::json::object();
+      for (std::size_t i = 0; i < kInputKeys.size(); ++i) {
+        if (quarot_hadamard[i]) hadamard[std::string(kInputKeys[i])] = construction_json(*quarot_hadamard[i]);
+      }
+      j["quarot"] = {{"head_dim", options.head_dim}, {"hadamard", std::move(hadamard)}};
+    }
     if (!searched_alphas.empty()) {
       nlohmann::json per_input = nlohmann::json::object();
       for (std::size_t i = 0; i < kInputKeys.size(); ++i) {
@@ -165,8 +193,8 @@ struct QuantizationConfig {
       return v.get<double>();
     };
     const std::int64_t version = integer("format_version");
-    if (version != 1 && version != kQuantizedFormatVersion) {
-      fail("format_version must be 1 or " + std::to_string(kQuantizedFormatVersion) + ", got " +
+    if (version < 1 || version > kQuantizedFormatVersion) {
+      fail("format_version must be 1, 2 or " + std::to_string(kQuantizedFormatVersion) + ", got " +
            std::to_string(version));
     }
     QuantizationConfig c;
@@ -201,6 +229,46 @@ struct QuantizationConfig {
     c.calibration_seq_len = integer("calibration_seq_len");
     if (c.smoothing_folded && c.method != llama::Method::kSmoothQuant && c.method != llama::Method::kDuQuantSmooth) {
       fail("smoothing_folded is true, but method " + std::string(method_key(c.method)) + " has no smoothing to fold");
+    }
+    if (c.method == llama::Method::kQuaRot) {
+      if (version < 3) fail("method quarot needs format_version 3, got " + std::to_string(version));
+      const auto& quarot = field("quarot");
+      if (!quarot.is_object() || !quarot.contains("head_dim") || !quarot["head_dim"].is_number_integer() ||
+          quarot["head_dim"].get<std::int64_t>() < 0) {
+        fail("quarot.head_dim must be an integer >= 0");
+      }
+      c.options.head_dim = quarot["head_dim"].get<std::int64_t>();
+      if (!quarot.contains("hadamard") || !quarot["hadamard"].is_object()) fail("quarot.hadamard must be an object");
+      for (std::size_t i = 0; i < kInputKeys.size(); ++i) {
+        const std::string key(kInputKeys[i]);
+        if (!quarot["hadamard"].contains(key)) continue;
+        const auto& h = quarot["hadamard"][key];
+        auto count = [&](const char* name) -> std::int64_t {
+          if (!h.is_object() || !h.contains(name) || !h[name].is_number_integer()) {
+            fail("quarot.hadamard." + key + "." + name + " must be an integer");
+          }
+          return h[name].get<std::int64_t>();
+        };
+        oq::transform::HadamardConstruction hc;
+        hc.base = count("base");
+        hc.power = static_cast<int>(count("power"));
+        hc.prime = count("prime");
+        hc.degree = static_cast<int>(count("degree"));
+        if (!h.contains("kind") || !h["kind"].is_string()) fail("quarot.hadamard." + key + ".kind must be a string");
+        bool known = false;
+        for (auto kind : {oq::transform::HadamardKind::kSylvester, oq::transform::HadamardKind::kPaleyI,
+                          oq::transform::HadamardKind::kPaleyII}) {
+          if (h["kind"].get<std::string>() == oq::transform::to_string(kind)) {
+            hc.kind = kind;
+            known = true;
+          }
+        }
+        if (!known || hc.base < 1 || hc.power < 0 || hc.power > 62) fail("quarot.hadamard." + key + " is not a construction");
+        hc.size = hc.base << hc.power;
+        c.quarot_hadamard[i] = hc;
+      }
+    } else if (j.contains("quarot")) {
+      fail("quarot is present, but method is " + std::string(method_key(c.method)));
     }
     if (j.contains("searched_alphas")) {  // optional, informational
       const auto& a = j["searched_alphas"];
@@ -322,6 +390,10 @@ inline void add_quantized_layer(oq::io::SafetensorsWriter& writer, int index, co
       writer.add(name + ".permutations", oq::io::DType::kI64, {d->permutations().size(), k},
                  detail_qmodel::as_bytes(permutations));
       if (d->smoothing().size() != 0) writer.add(name + ".smoothing", d->smoothing(), oq::io::DType::kF32);
+    } else if (const auto* f = std::get_if<T::FullHadamard>(&kind)) {
+      // QuaRot: x / divisors (RMSNorm's γ), then ·D·H/√n; D's signs as I8.
+      if (f->signs.size() != 0) writer.add(name + ".signs", f->signs, oq::io::DType::kI8);
+      if (f->divisors.size() != 0) writer.add(name + ".divisors", f->divisors, oq::io::DType::kF32);
     }
   }
 }
@@ -485,7 +557,7 @@ inline FoldedLayer fold_smoothing(const llama::Config& config, const llama::Quan
     weights[li] = dequantize_packed(*packed[li]);
   }
   llama::QuantizedLayer<float> layer(q.spec(), std::move(transforms), std::move(weights), q.options(),
-                                     q.calibration_seconds(), std::move(packed));
+                                     q.calibration_seconds(), std::move(packed), q.output_rotations());
   layer.set_smoothing_alphas(q.smoothing_alphas());
   return FoldedLayer{std::move(layer), std::move(input_norm), std::move(post_norm)};
 }
@@ -568,10 +640,76 @@ inline llama::QuantizedLayer<float> load_quantized_layer(const oq::io::Checkpoin
                                               std::move(permutations), std::move(s)));
         break;
       }
+      case llama::Method::kQuaRot: {
+        // H_n as the writer built it (the weights were folded with it).
+        const std::optional<oq::transform::HadamardConstruction> h = oq::transform::find_hadamard_construction(width);
+        if (!h) {
+          throw std::invalid_argument("quantized model: the " + std::string(llama::input_name(input)) + " is " +
+                                      std::to_string(width) + " wide, which has no Hadamard construction in this oq");
+        }
+        const bool power_of_two = (width & (width - 1)) == 0;
+        const auto& stored = q.quarot_hadamard[i];
+        if (!power_of_two && (!stored || construction_json(*stored) != construction_json(*h))) {
+          throw std::invalid_argument(
+              "quantized model: oq_quantization.quarot.hadamard." + input_key(input) + " is " +
+              (stored ? construction_json(*stored).dump() : std::string("missing")) + ", but this oq builds H_" +
+              std::to_string(width) + " as " + construction_json(*h).dump() +
+              ": the weights were folded with another matrix; quantize the model again with this oq");
+        }
+        typename T::FullHadamard f;
+        f.width = width;
+        const bool residual = input == llama::Input::kAttention || input == llama::Input::kMlp;
+        if (residual) {
+          const auto signs = detail_qmodel::read_elements<std::int8_t>(c, name + ".signs", oq::io::DType::kI8, {k});
+          f.signs.resize(width);
+          for (std::size_t j = 0; j < k; ++j) {
+            if (signs[j] != 1 && signs[j] != -1) {
+              throw std::invalid_argument("quantized model: '" + name + ".signs'[" + std::to_string(j) + "] is " +
+                                          std::to_string(int{signs[j]}) + ", not +1 or -1");
+            }
+            f.signs(static_cast<Eigen::Index>(j)) = signs[j];
+          }
+          const auto d = detail_qmodel::read_elements<float>(c, name + ".divisors", oq::io::DType::kF32, {k});
+          f.divisors = Eigen::Map<const Vector<float>>(d.data(), width);
+          for (Eigen::Index j = 0; j < width; ++j) {
+            if (!(f.divisors(j) != 0.0f && std::isfinite(f.divisors(j)))) {
+              throw std::invalid_argument("quantized model: '" + name + ".divisors'[" + std::to_string(j) +
+                                          "] must be nonzero and finite");
+            }
+          }
+        } else {
+          for (const char* extra : {".signs", ".divisors"}) {
+            if (c.contains(name + extra)) {
+              throw std::invalid_argument("quantized model: '" + name + extra + "' is present, but QuaRot's " +
+                                          std::string(llama::input_name(input)) + " takes a plain Hadamard");
+            }
+          }
+        }
+        transforms[i] = T(std::move(f));
+        break;
+      }
     }
   }
+  std::array<llama::OutputRotation<float>, 7> output_rotations;
+  if (q.method == llama::Method::kQuaRot) {
+    // One residual rotation Q for both residual-fed inputs and the outputs of
+    // o_proj and down_proj: the two stored sign vectors must agree.
+    const auto& a = std::get<T::FullHadamard>(transforms[static_cast<std::size_t>(llama::Input::kAttention)].kind());
+    const auto& m = std::get<T::FullHadamard>(transforms[static_cast<std::size_t>(llama::Input::kMlp)].kind());
+    if (a.signs != m.signs) {
+      throw std::invalid_argument("quantized model: layer " + std::to_string(index) +
+                                  ": qkv_input.signs and gate_up_input.signs differ (QuaRot's residual rotation is one)");
+    }
+    if (q.options.head_dim != 0 && q.options.head_dim != config.head_dim) {
+      throw std::invalid_argument("quantized model: oq_quantization.quarot.head_dim = " +
+                                  std::to_string(q.options.head_dim) + ", but the model's head_dim is " +
+                                  std::to_string(config.head_dim));
+    }
+    output_rotations = llama::quarot_output_rotations<float>(false, oq::transform::RandomizedHadamard(a.signs),
+                                                             config.q_size(), q.options.head_dim);
+  }
   return llama::QuantizedLayer<float>(q.method, std::move(transforms), std::move(weights), q.options, 0.0,
-                                      std::move(packed));
+                                      std::move(packed), std::move(output_rotations));
 }
 
 }  // namespace oq_tool
