@@ -34,6 +34,7 @@
 #pragma once
 
 #include "../../tools/llama/llama_layer.hpp"
+#include "default_layer.hpp"
 
 #include <Eigen/Core>
 
@@ -197,19 +198,10 @@ std::vector<Matrix<Scalar>> hidden_states(const SyntheticModel<Scalar>& model, c
 
 namespace detail_synthetic {
 
-// The LLaMA-2-7B index scaled to a smaller dimension (tiny configs keep the
-// same relative placement), as default_layer.hpp does.
-inline Eigen::Index scaled_index(Eigen::Index index_in_7b, Eigen::Index size_in_7b, Eigen::Index size) {
-  return std::min<Eigen::Index>(size - 1, index_in_7b * size / size_in_7b);
-}
-
-template <class Scalar>
-Matrix<Scalar> gaussian(Eigen::Index rows, Eigen::Index cols, double std, std::mt19937_64& rng) {
-  std::normal_distribution<double> normal(0.0, std);
-  Matrix<Scalar> m(rows, cols);
-  for (Eigen::Index i = 0; i < m.size(); ++i) m.data()[i] = static_cast<Scalar>(normal(rng));
-  return m;
-}
+// The LLaMA-2-7B index scaled to a smaller dimension and the Gaussian
+// matrices: default_layer.hpp's, so both constructions place channels alike.
+using detail_default::gaussian;
+using detail_default::scaled_index;
 
 inline Eigen::VectorXd student_t(Eigen::Index n, double dof, double scale, std::mt19937_64& rng) {
   std::student_t_distribution<double> t(dof);
