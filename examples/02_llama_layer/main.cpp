@@ -5,8 +5,10 @@
 //                                           outlier statistics (synthetic_model.hpp), every layer quantized
 //   02_llama_layer --single-layer           the one-layer construction of default_layer.hpp
 //   02_llama_layer --checkpoint DIR --layer 1    a Hugging Face checkpoint (safetensors, sharded or not)
-//   02_llama_layer --study --seeds 5         the crossed, seeded study (study.hpp; README.md), on the one-layer
-//                                           construction (or a checkpoint's layer with --checkpoint)
+//   02_llama_layer --study --seeds 5         the crossed, seeded study (study.hpp; README.md), on one layer of
+//                                           the synthetic model (--layer, default 1: the layer that creates the
+//                                           massive activations), or the one-layer construction with
+//                                           --single-layer, or a checkpoint's layer with --checkpoint
 //   02_llama_layer --help
 #include "../common/cli.hpp"
 #include "../../tools/llama/checkpoint_layer.hpp"
@@ -91,7 +93,7 @@ void add_flags(CLI::App& app, Flags& f) {
          "Hugging Face LLaMA checkpoint directory (config.json and model.safetensors or "
          "model.safetensors.index.json); without it, the synthetic LLaMA-2-7B-shaped model")
       ->check(CLI::ExistingDirectory);
-  app.add_option("--layer", f.layer, "layer index in the checkpoint")->capture_default_str()->check(integer(0));
+  app.add_option("--layer", f.layer, "layer index in the checkpoint, or of the synthetic model with --study")->capture_default_str()->check(integer(0));
   app.add_option_function<std::string>(
          "--input", [&f](const std::string& file) { f.input_npy = file; },
          "layer input hidden states [tokens, hidden] or [1, tokens, hidden] (default: embeddings of random token "
@@ -120,8 +122,8 @@ void add_flags(CLI::App& app, Flags& f) {
                "minutes per method)");
   app.add_option("--out", f.out_dir, "where the CSV files go")->type_name("DIR")->capture_default_str();
   app.add_flag("--study", f.study,
-               "instead of the default run, on one layer (the one-layer construction of default_layer.hpp, or "
-               "--checkpoint's layer): every point of smoothing x rotation x weights, random rotations over "
+               "instead of the default run, on one layer (the synthetic model's --layer, the one-layer construction "
+               "with --single-layer, or --checkpoint's layer): every point of smoothing x rotation x weights, random rotations over "
                "--seeds seeds, on --windows held-out sequences of --seq-len tokens, with bootstrap intervals "
                "(study.csv, study.md in --out)");
   app.add_option("--seeds", f.seeds, "--study: seeds of each random rotation (--seed, --seed + 1, ...)")
@@ -165,6 +167,15 @@ void progress_done() {
   if (stderr_is_terminal()) std::cerr << "\r\033[K" << std::flush;
 }
 
+// --tiny: hidden 512, FFN 1408, 8 heads (2 KV heads) of 64.
+void make_tiny(llama::Config& config) {
+  config.hidden_size = 512;
+  config.intermediate_size = 1408;
+  config.num_attention_heads = 8;
+  config.num_key_value_heads = 2;
+  config.head_dim = 64;
+}
+
 // The default run: the synthetic model, every layer, every method (synthetic_run.hpp).
 int run_synthetic(const Flags& f) {
   if (f.input_npy || f.calibration_npy) {
@@ -172,13 +183,7 @@ int run_synthetic(const Flags& f) {
                                 "runs on its own token sequences)");
   }
   llama::SyntheticRunOptions o;
-  if (f.tiny) {
-    o.config.hidden_size = 512;
-    o.config.intermediate_size = 1408;
-    o.config.num_attention_heads = 8;
-    o.config.num_key_value_heads = 2;
-    o.config.head_dim = 64;
-  }
+  if (f.tiny) make_tiny(o.config);
   o.model.seed = f.seed;
   o.model.layers = f.layers;
   o.seq_len = f.seq_len;
@@ -273,7 +278,7 @@ int main(int argc, char** argv) try {
   if (const std::optional<int> status = examples::cli::parse(app, argc, argv)) return *status;
   using Clock = std::chrono::steady_clock;
   const auto t0 = Clock::now();
-  // --study runs on one layer: the one-layer construction or the checkpoint's.
+  // --study runs on one layer: the synthetic model's, the one-layer construction's or the checkpoint's.
   if (!flags.checkpoint && !flags.single_layer && !flags.study) {
     const int status = run_synthetic(flags);
     std::cout << "total time " << std::chrono::duration<double>(Clock::now() - t0).count() << " s\n";
@@ -302,14 +307,39 @@ int main(int argc, char** argv) try {
                         : through_earlier_layers(flags.seed + 1, flags.seq_len);
     x_calibration = flags.calibration_npy ? load_npy_input(*flags.calibration_npy, config.hidden_size)
                                           : through_earlier_layers(flags.seed + 2, flags.calibration_len);
-  } else {
-    if (flags.tiny) {
-      config.hidden_size = 512;
-      config.intermediate_size = 1408;
-      config.num_attention_heads = 8;
-      config.num_key_value_heads = 2;
-      config.head_dim = 64;
+  } else if (!flags.single_layer) {
+    // --study on the synthetic model: layer --layer, its inputs the hidden
+    // states that the layers before it produce from the model's own token
+    // sequences (BOS and delimiters included, so the massive tokens are where
+    // Sun et al. find them).
+    if (flags.input_npy || flags.calibration_npy) {
+      throw std::invalid_argument("--input and --calibration need --checkpoint or --single-layer (the synthetic "
+                                  "model runs on its own token sequences)");
     }
+    if (flags.tiny) make_tiny(config);
+    llama::SyntheticModelOptions model_options;
+    model_options.seed = flags.seed;
+    model_options.layers = flags.layers;
+    if (flags.layer >= flags.layers) {
+      throw std::invalid_argument("--layer must be below --layers (" + std::to_string(flags.layers) + "), got " +
+                                  std::to_string(flags.layer));
+    }
+    progress("building the synthetic model");
+    const auto model = std::make_shared<const llama::SyntheticModel<float>>(
+        llama::synthetic_model<float>(config, model_options));
+    weights = model->layers[static_cast<std::size_t>(flags.layer)];
+    const int layer = flags.layer;
+    sequence = [model, model_options, layer](std::uint64_t seed, Eigen::Index tokens) {
+      llama::Matrix<float> h = llama::embed(*model, llama::synthetic_token_ids(tokens, seed, model_options));
+      for (int l = 0; l < layer; ++l) h = llama::forward(model->config, model->layers[static_cast<std::size_t>(l)], h);
+      return h;
+    };
+    source = "synthetic model (seed " + std::to_string(flags.seed) + "), layer " + std::to_string(flags.layer) +
+             " of " + std::to_string(flags.layers);
+    x = sequence(flags.seed + 1, flags.seq_len);
+    x_calibration = sequence(flags.seed + 2, flags.calibration_len);
+  } else {
+    if (flags.tiny) make_tiny(config);
     progress("building the default layer");
     llama::DefaultLayerOptions options;
     options.seed = flags.seed;
