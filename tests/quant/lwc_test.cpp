@@ -431,6 +431,100 @@ TEST_CASE("train_lwc on adversarial rows and with the straight-through zero poin
   CHECK((idle.upper.array() == 4.0f).all());
 }
 
+TEST_CASE("train_lwc: loss <= initial_loss exactly, even where large steps make most steps worse than init") {
+  // Both losses are computed afresh (not from the incrementally updated code
+  // products) and a row the fresh count finds worse than init is reset to
+  // it, so the bound is exact: no tolerance for the rounding of the updates.
+  // Large learning rates make the trajectory jump, so that many rows keep an
+  // early step or init itself.
+  const MatrixX<double> w = oq::test::heavy_tailed<double>(16, 48, 91) * 0.2;
+  const MatrixX<double> x = oq::test::correlated_inputs(128, 48, 92);
+  const MatrixX<double> h = oq::test::gptq_hessian_of(x);
+  for (const QuantSpec& spec : {QuantSpec::per_channel(4, false), QuantSpec::per_group(3, false, 16)}) {
+    for (double lr : {0.05, 0.3, 1.0}) {
+      for (LwcZeroGradient mode : {LwcZeroGradient::kNone, LwcZeroGradient::kStraightThrough}) {
+        CAPTURE(spec.group_size);
+        CAPTURE(lr);
+        LwcOptions o;
+        o.steps = 150;
+        o.learning_rate = lr;
+        o.zero_gradient = mode;
+        const LwcResult<double> r = train_lwc(w, h, spec, o);
+        CHECK(r.loss <= r.initial_loss);
+        // The reported loss is that of the returned weights, from the tokens.
+        CHECK(r.loss == doctest::Approx(output_error(x, w, r.weight)).epsilon(1e-9));
+        CHECK(r.weight == lwc_fake_quantize(w, r.upper, r.lower, spec));
+      }
+    }
+  }
+}
+
+TEST_CASE("train_lwc: the Hessian must be symmetric to rounding with a diagonal >= 0; it is used as (H + Hᵀ)/2") {
+  const MatrixX<double> w = oq::test::heavy_tailed<double>(6, 16, 93) * 0.1;
+  const MatrixX<double> x = oq::test::correlated_inputs(64, 16, 94);
+  const MatrixX<double> h = oq::test::gptq_hessian_of(x);  // a GEMM: symmetric only to rounding
+  const QuantSpec spec = QuantSpec::per_channel(4, false);
+  LwcOptions o;
+  o.steps = 30;
+  const double top = h.cwiseAbs().maxCoeff();
+  // Within the tolerance (1e−5·max |H|): accepted, and trained on exactly
+  // the symmetric part, (H + Hᵀ)/2.
+  MatrixX<double> skewed = h;
+  skewed(2, 5) += 0.5e-5 * top;
+  const MatrixX<double> symmetric = 0.5 * (skewed + skewed.transpose());
+  const LwcResult<double> a = train_lwc(w, skewed, spec, o);
+  const LwcResult<double> b = train_lwc(w, symmetric, spec, o);
+  CHECK(a.upper == b.upper);
+  CHECK(a.lower == b.lower);
+  CHECK(a.loss == b.loss);
+  CHECK(a.initial_loss == b.initial_loss);
+  // Beyond it, or a triangle only, or a negative diagonal: refused, naming it.
+  skewed(2, 5) = h(2, 5) + 2e-5 * top;
+  CHECK_THROWS_WITH_AS(train_lwc(w, skewed, spec, o), doctest::Contains("hessian must be symmetric"),
+                       std::invalid_argument);
+  const MatrixX<double> lower = h.triangularView<Eigen::Lower>();
+  CHECK_THROWS_WITH_AS(train_lwc(w, lower, spec, o), doctest::Contains("hessian must be symmetric"),
+                       std::invalid_argument);
+  MatrixX<double> negative = h;
+  negative(3, 3) = -1.0;
+  CHECK_THROWS_WITH_AS(train_lwc(w, negative, spec, o), doctest::Contains("hessian's diagonal must be >= 0"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(train_lwc(w, MatrixX<double>::Identity(16, 15), spec, o),
+                       doctest::Contains("hessian must be 16 x 16"), std::invalid_argument);
+  // A float Hessian is checked the same way.
+  MatrixX<float> hf = h.cast<float>();
+  hf(0, 1) += static_cast<float>(1e-3 * top);
+  CHECK_THROWS_WITH_AS(train_lwc(w.cast<float>().eval(), hf, spec, o), doctest::Contains("hessian must be symmetric"),
+                       std::invalid_argument);
+}
+
+TEST_CASE("train_lwc: per-group training is refused above options.max_group_work = steps · out · in²") {
+  const MatrixX<double> w = oq::test::heavy_tailed<double>(4, 16, 95);
+  const MatrixX<double> h = oq::test::gptq_hessian_of(oq::test::correlated_inputs(32, 16, 96));
+  const QuantSpec group = QuantSpec::per_group(4, false, 8);
+  LwcOptions o;
+  o.steps = 10;
+  const double work = 10.0 * 4 * 16 * 16;  // 10240
+  o.max_group_work = work;                  // exactly the cost: accepted
+  const LwcResult<double> at_limit = train_lwc(w, h, group, o);
+  o.max_group_work = 0;                     // no limit: the same training
+  CHECK(train_lwc(w, h, group, o).upper == at_limit.upper);
+  o.max_group_work = work - 1;
+  CHECK_THROWS_WITH_AS(train_lwc(w, h, group, o),
+                       doctest::Contains("per-group LWC costs steps · out · in² = 10 · 4 · 16² = 10240 multiply-adds, "
+                                         "above options.max_group_work = 10239"),
+                       std::invalid_argument);
+  // Per channel the steps do not cost out · in²: the limit does not apply.
+  CHECK_NOTHROW(train_lwc(w, h, QuantSpec::per_channel(4, false), o));
+  // The default admits a 1024 × 1024 linear at the default 500 steps, not a 4096 × 4096 one.
+  const LwcOptions defaults;
+  CHECK(defaults.max_group_work >= 500.0 * 1024 * 1024 * 1024);
+  CHECK(defaults.max_group_work < 500.0 * 4096 * 4096 * 4096);
+  o.max_group_work = -1;
+  CHECK_THROWS_WITH_AS(train_lwc(w, h, group, o), doctest::Contains("options.max_group_work must be >= 0"),
+                       std::invalid_argument);
+}
+
 TEST_CASE("LWC rejects bad input, naming it") {
   const MatrixX<double> w = oq::test::gaussian<double>(4, 16, 71);
   const MatrixX<double> h = MatrixX<double>::Identity(16, 16);

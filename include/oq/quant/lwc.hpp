@@ -26,8 +26,14 @@
 // σ(4) ≈ 0.982). The order of operations is the release's
 // (quantize/quantizer.py, per_token_dynamic_calibration: xmax = σ(a)·xmax,
 // xmin = σ(b)·xmin in the weight's type, range, /L, −xmin/scale, round): it
-// is core::asymmetric_params on [β·m, γ·M] with c = 1, so float results are
-// the release's bit for bit. The parameters are ordinary (scale, zero)
+// is core::asymmetric_params on [β·m, γ·M] with c = 1. So the forward (h, z,
+// Ŵ) in float is the release's bit for bit given the same clip factors
+// γ = σ(a), β = σ(b) in the weight's type, and where none of the release's
+// clamps below acts. That is a claim about the quantizer, not about σ or the
+// training: oq evaluates σ in double and rounds it to the weight's type,
+// where torch's float sigmoid may differ by an ulp, and the factors oq trains
+// are not the release's (the deviations under "Training").
+// The parameters are ordinary (scale, zero)
 // QuantParams: quantize / fake_quantize / dequantize / oq::cpu::pack_weights
 // take them as they are, and the zero point leaves [0, L] only for a group
 // that does not straddle 0 (docs/design.md §2).
@@ -70,6 +76,17 @@
 // gradient to its a and b. The release would clamp such a scale up to 1e−5
 // (CLIPMIN, in the weights' units) instead; oq has no absolute floor.
 //
+// The release's other clamps (quantize/quantizer.py, per_token_dynamic_
+// calibration): the scale is clamped to at most 1e4 and the zero point to
+// [−1e4, 1e4] before it is rounded, again absolute constants in the weights'
+// units. oq does neither: h is (γ·M − β·m)/L however large, and z = rne(−β·m/h)
+// however far outside [0, L] (a group entirely on one side of 0 whose range is
+// narrow against its offset, e.g. all entries in [1e4, 1e4 + 1] at 4 bits,
+// has z ≈ −1.5e5). So the two agree only while h ≤ 1e4 (a clipped range
+// below 1.5e5 at 4 bits, 2.55e6 at 8: any real weight) and |−β·m/h| ≤ 1e4;
+// beyond that the release's grid is shifted (clamped z) or coarsened
+// (clamped h) and oq's reconstructs the group as eq. 2 states it.
+//
 // Training (train_lwc). One linear at a time: a and b minimise the output
 // error on calibration inputs X (n tokens × in),
 //   ‖X·Wᵀ − X·Ŵᵀ‖²_F / n = Σ_r ½·e_r·H·e_rᵀ,   e_r = w_r − ŵ_r,  H = 2·XᵀX/n,
@@ -80,7 +97,8 @@
 // or a zero point changed (a row of H per changed code): a step costs a few
 // passes over W plus O(in) per changed code, after one out × in × in product
 // at the start (CodeProducts). Per group, h varies along the row and each
-// step computes E·H, an out × in × in product. In double throughout.
+// step computes E·H, an out × in × in product: steps · out · in² multiply-adds
+// in all (LwcOptions::max_group_work bounds it). In double throughout.
 // Deviation from OmniQuant: the release trains the
 // factors of all the linears of a transformer block together on the block's
 // output error (backpropagating through attention and the MLP, alongside its
@@ -97,14 +115,22 @@
 //    step with its smallest loss (the initial factors included), so the
 //    result's loss is never above the loss at a = b = init; the release
 //    keeps the last step. Every step's loss is that of the parameters the
-//    weights would be packed with.
+//    weights would be packed with. Per channel the steps' losses come from
+//    the incrementally updated products (a rounding per update), so the
+//    reported initial_loss and loss are both computed afresh, with one
+//    out × in × in product each, the same way; a row whose fresh loss at
+//    its kept factors is above its fresh loss at init (rounding of the
+//    updates made a step look better than it is) is reset to init. So
+//    loss ≤ initial_loss holds exactly, not only up to rounding.
 // Deterministic: no randomness, no threads; the same inputs give the same
 // bits on one build.
 //
 // Errors: std::invalid_argument for a bad spec (bits outside [2, 8], a
 // symmetric spec, range_includes_zero, a granularity other than per-row or
 // per-group), an empty W, factors or grad_out of the wrong shape, non-finite
-// factors, a Hessian that is not in × in, or bad options (naming each);
+// factors, a Hessian that is not in × in, has a negative diagonal entry or
+// is not symmetric within 1e−5·max |H| (train_lwc's comment), a per-group training
+// above LwcOptions::max_group_work, or bad options (naming each);
 // std::domain_error naming the first NaN/Inf entry of W, grad_out or the
 // Hessian. spec.clip_ratio is ignored: the factors are the clip.
 #pragma once
@@ -152,6 +178,15 @@ struct LwcOptions {
   double weight_decay = 0.0;     ///< decoupled (AdamW), >= 0, learning_rate·weight_decay < 1
   LwcZeroGradient zero_gradient = LwcZeroGradient::kNone;
   bool keep_best = true;         ///< each row keeps its best step's factors (file comment)
+  /// The most multiply-adds a per-group train_lwc may spend, steps · out · in²
+  /// (each step's E·H; a per-channel spec never counts against it: its steps
+  /// cost O(out · in) plus O(in) per changed code). Above it train_lwc throws
+  /// std::invalid_argument before any work, naming the cost: 2^40 ≈ 1.1e12
+  /// by default, which a 1024 × 1024 linear at 500 steps (5.4e11) fits and
+  /// LLaMA-2-7B's 4096 × 4096 q_proj at 500 steps (3.4e13) does not. Raise it
+  /// to accept the cost, 0 for no limit; or train per channel, fewer steps,
+  /// or on the block's output (tools/llama/block_lwc.hpp). >= 0.
+  double max_group_work = 1099511627776.0;  // 2^40
 
   /// Throws std::invalid_argument naming the first field out of its range.
   void validate(std::string_view where) const {
@@ -165,6 +200,8 @@ struct LwcOptions {
                     epsilon);
     detail::require(weight_decay >= 0 && learning_rate * weight_decay < 1, where,
                     "options.weight_decay must be >= 0 with learning_rate·weight_decay < 1, got ", weight_decay);
+    detail::require(max_group_work >= 0, where, "options.max_group_work must be >= 0 (0: no limit), got ",
+                    max_group_work);
   }
 };
 
@@ -186,7 +223,7 @@ struct LwcResult {
   Matrix weight;              ///< Ŵ = fake_quantize(w, params, spec)
   Eigen::Matrix<std::int32_t, Eigen::Dynamic, Eigen::Dynamic> codes;  ///< quantize(w, params, spec)
   double initial_loss = 0;    ///< ‖X·(W − Ŵ)ᵀ‖²_F / n at a = b = init
-  double loss = 0;            ///< the same at the returned factors
+  double loss = 0;            ///< the same at the returned factors, computed the same way (<= initial_loss with keep_best)
 };
 
 /// The AdamW of train_lwc (torch.optim.AdamW: decoupled weight decay,
@@ -459,6 +496,18 @@ LwcGrad<typename QuantParams<typename Derived::Scalar>::Matrix> lwc_grad(
 /// Trains the LWC logits of one linear y = x·wᵀ (w: out × in) on its output
 /// error, given H = 2·XᵀX/n of its calibration inputs (in × in, symmetric
 /// positive semidefinite: GptqHessian::matrix()). See the file comment.
+///
+/// The Hessian is checked as GptqFactor checks it: in × in, finite, a
+/// diagonal >= 0, and symmetric to rounding, max |H − Hᵀ| ≤ 1e−5·max |H| (a
+/// Hessian accumulated in float or by a GEMM that is not bitwise symmetric
+/// passes; a matrix that is not meant to be symmetric does not). It is then
+/// used as ½(H + Hᵀ): the loss ½·e·H·eᵀ sees only that part, and the
+/// gradient −E·H is the loss's gradient only for a symmetric H.
+///
+/// Cost: per channel, two out × in × in products (the first and the last
+/// evaluation) and per step a few passes over W plus O(in) per changed code;
+/// per group, one out × in × in product per step, steps · out · in²
+/// multiply-adds in all, refused above options.max_group_work (LwcOptions).
 template <class Derived, class HDerived>
 LwcResult<typename Derived::Scalar> train_lwc(const Eigen::MatrixBase<Derived>& w,
                                               const Eigen::MatrixBase<HDerived>& hessian, const QuantSpec& spec,
@@ -473,11 +522,36 @@ LwcResult<typename Derived::Scalar> train_lwc(const Eigen::MatrixBase<Derived>& 
   detail::require_finite(hessian, kWhere, "hessian");
   options.validate(kWhere);
   const LwcOptions& o = options;
+  if (spec.granularity == Granularity::kPerGroup && o.max_group_work > 0) {
+    // In double: out · in² · steps overflows int64 for in ≳ 10^6.
+    const double work = static_cast<double>(o.steps) * static_cast<double>(w.rows()) *
+                        static_cast<double>(w.cols()) * static_cast<double>(w.cols());
+    detail::require(work <= o.max_group_work, kWhere, "per-group LWC costs steps · out · in² = ", o.steps, " · ",
+                    w.rows(), " · ", w.cols(), "² = ", work, " multiply-adds, above options.max_group_work = ",
+                    o.max_group_work, ": raise options.max_group_work (0: no limit) to accept the cost, or train "
+                    "per channel, or fewer steps");
+  }
 
   using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using RowMatrixD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const RowMatrix wm = w;  // rows contiguous: every pass here goes row by row
-  const RowMatrixD h = hessian.template cast<double>();
+  RowMatrixD h = hessian.template cast<double>();
+  {
+    const double scale = h.cwiseAbs().maxCoeff();
+    const double asymmetry = (h - h.transpose()).cwiseAbs().maxCoeff();
+    detail::require(asymmetry <= 1e-5 * scale, kWhere, "hessian must be symmetric (max |H − Hᵀ| <= 1e-5 · max |H|), "
+                    "got max |H − Hᵀ| = ", asymmetry, " with max |H| = ", scale);
+    detail::require((h.diagonal().array() >= 0.0).all(), kWhere,
+                    "hessian's diagonal must be >= 0 (H = 2·XᵀX/n), got a negative entry");
+    // ½(H + Hᵀ), bit for bit H where H is symmetric; past DBL_MAX / 2 the
+    // sum would overflow, and halving first is the same value there
+    // (halving a normal double is exact), as in GptqFactor.
+    if (scale <= std::numeric_limits<double>::max() / 2) {
+      h = (0.5 * (h + h.transpose())).eval();
+    } else {
+      h = (0.5 * h + 0.5 * h.transpose()).eval();
+    }
+  }
   const Eigen::Index out_rows = wm.rows();
   const Eigen::Index prows = spec.param_rows(wm.rows());
   const Eigen::Index pcols = spec.param_cols(wm.cols());
@@ -520,18 +594,28 @@ LwcResult<typename Derived::Scalar> train_lwc(const Eigen::MatrixBase<Derived>& 
     e.row_loss = 0.5 * e.error_h.cwiseProduct(error).rowwise().sum();
     return e;
   };
+  // The same, with the codes' products computed afresh (one product) instead
+  // of updated: how the initial and the reported losses are computed.
+  const auto evaluate_fresh = [&](const Matrix& upper, const Matrix& lower) {
+    if (products) products.emplace(h);
+    return evaluate(upper, lower);
+  };
 
   Eigen::MatrixXd a = Eigen::MatrixXd::Constant(prows, pcols, o.init);
   Eigen::MatrixXd b = a;
   LwcAdamW adam_a(o, prows, pcols), adam_b(o, prows, pcols);
   Matrix best_upper = a.template cast<Scalar>(), best_lower = b.template cast<Scalar>();
   Eigen::VectorXd best_loss = Eigen::VectorXd::Constant(out_rows, std::numeric_limits<double>::infinity());
+  Eigen::VectorXd initial_row_loss;
   LwcResult<Scalar> result;
   for (int t = 0;; ++t) {
     // The factors are evaluated in the weight's type: the ones returned.
     const Matrix upper = a.template cast<Scalar>(), lower = b.template cast<Scalar>();
-    const Evaluation e = evaluate(upper, lower);
-    if (t == 0) result.initial_loss = e.row_loss.sum();
+    const Evaluation e = evaluate(upper, lower);  // t = 0: the products' first, fresh, computation
+    if (t == 0) {
+      initial_row_loss = e.row_loss;
+      result.initial_loss = e.row_loss.sum();
+    }
     if (o.keep_best) {
       for (Eigen::Index r = 0; r < out_rows; ++r) {
         if (e.row_loss(r) < best_loss(r)) {  // strict: ties keep the earlier step
@@ -555,7 +639,22 @@ LwcResult<typename Derived::Scalar> train_lwc(const Eigen::MatrixBase<Derived>& 
     adam_a.step(a, g.upper, t + 1);
     adam_b.step(b, g.lower, t + 1);
   }
-  const Evaluation final = evaluate(best_upper, best_lower);
+  // The reported loss afresh, as the initial one; a row whose kept factors
+  // are worse than init on that count is reset to init (file comment). The
+  // fresh evaluation of a row depends on that row alone, so a reset row's
+  // loss is its initial loss bit for bit, and loss <= initial_loss exactly.
+  Evaluation final = evaluate_fresh(best_upper, best_lower);
+  if (o.keep_best) {
+    bool reset = false;
+    for (Eigen::Index r = 0; r < out_rows; ++r) {
+      if (final.row_loss(r) > initial_row_loss(r)) {
+        best_upper.row(r).setConstant(static_cast<Scalar>(o.init));
+        best_lower.row(r).setConstant(static_cast<Scalar>(o.init));
+        reset = true;
+      }
+    }
+    if (reset) final = evaluate_fresh(best_upper, best_lower);
+  }
   result.upper = std::move(best_upper);
   result.lower = std::move(best_lower);
   result.upper_clip = result.upper.unaryExpr([](Scalar v) { return static_cast<Scalar>(detail_lwc::sigmoid(v)); });
