@@ -5,6 +5,10 @@
 #   bash cmake/run.sh layer     example 02: a synthetic 4-layer LLaMA-2-7B-shaped model, every method, and its figures
 #   bash cmake/run.sh train     example 03: train a small transformer on the KJV Bible three ways,
 #                               quantize each W4A4 with every method, draw the outlier statistics
+#   bash cmake/run.sh outlier-budget   example 03: train the baseline at growing budgets (size, steps) and
+#                               report when Sun et al.'s massive-activation test fires (an hour or more)
+#   bash cmake/run.sh lambda-sweep [FLAGS...]   example 03: the kurtosis regularizer's λ sweep, with and
+#                               without QAT, at the budget FLAGS name (e.g. --hidden 256 --steps 3000)
 #   bash cmake/run.sh test      build everything and run the test suite
 #   bash cmake/run.sh asan      the test suite under ASan + UBSan
 #   bash cmake/run.sh clang     the test suite and header check built with clang++
@@ -70,6 +74,44 @@ case "${1:-}" in
     [ -s build/kjv.txt ] || bible -f Gen1:1-Rev22:21 > build/kjv.txt
     ./build/default/examples/03_small_transformer/03_small_transformer --text build/kjv.txt --out build/small_transformer_out
     "$(command -v /usr/bin/python3 || command -v python3)" examples/03_small_transformer/plot_training.py build/small_transformer_out ;;
+  outlier-budget)
+    # Each budget "hidden:layers:steps" trains the baseline once (2 OpenMP
+    # threads), logging the outlier statistics every 50 steps; override the
+    # list with OQ_BUDGETS. The summary names the first logged step where
+    # the test fires; the cosine schedule depends on --steps, so a budget is
+    # a whole run, not a prefix of a longer one.
+    install_deps bible-kjv
+    cmake --preset default
+    cmake --build --preset default --target 03_small_transformer
+    mkdir -p build
+    [ -s build/kjv.txt ] || bible -f Gen1:1-Rev22:21 > build/kjv.txt
+    budget_dirs=()
+    for budget in ${OQ_BUDGETS:-128:4:3000 256:4:3000 256:6:6000}; do
+      IFS=: read -r hidden layers steps <<< "$budget"
+      dir="build/outlier_budget/h${hidden}_l${layers}_s${steps}"
+      ./build/default/examples/03_small_transformer/03_small_transformer --text build/kjv.txt --variants baseline \
+          --hidden "$hidden" --layers "$layers" --ffn $((3 * hidden)) --steps "$steps" --log-every 50 --out "$dir"
+      budget_dirs+=("$dir")
+    done
+    "$(command -v /usr/bin/python3 || command -v python3)" examples/03_small_transformer/outlier_budget.py --markdown "${budget_dirs[@]}" ;;
+  lambda-sweep)
+    # Every λ of OQ_LAMBDAS, variants kurtosis and kurtosis+qat, plus the
+    # baseline once, at the budget the remaining arguments give.
+    install_deps bible-kjv
+    cmake --preset default
+    cmake --build --preset default --target 03_small_transformer
+    mkdir -p build
+    [ -s build/kjv.txt ] || bible -f Gen1:1-Rev22:21 > build/kjv.txt
+    shift
+    sweep_dirs=(build/lambda_sweep/baseline)
+    ./build/default/examples/03_small_transformer/03_small_transformer --text build/kjv.txt --variants baseline \
+        --log-every 50 --out build/lambda_sweep/baseline "$@"
+    for lambda in ${OQ_LAMBDAS:-1e-7 3e-7 1e-6 3e-6 1e-5}; do
+      ./build/default/examples/03_small_transformer/03_small_transformer --text build/kjv.txt \
+          --variants kurtosis,kurtosis+qat --lambda "$lambda" --log-every 50 --out "build/lambda_sweep/lambda_$lambda" "$@"
+      sweep_dirs+=("build/lambda_sweep/lambda_$lambda")
+    done
+    "$(command -v /usr/bin/python3 || command -v python3)" examples/03_small_transformer/outlier_budget.py --markdown "${sweep_dirs[@]}" ;;
   test)
     install_deps
     cmake --workflow --preset default ;;

@@ -16,6 +16,7 @@
 
 #include <oq/analysis.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -153,13 +154,37 @@ void progress(const std::string& line, bool done = false) {
   }
 }
 
-// One row per (step, layer, tensor) of the outlier statistics CSV.
-void log_outliers(std::ostream& csv, const std::string& variant, int step,
-                  const small_lm::Model<float>& model) {
+// Median |x| of a tensor (the reference of Sun et al.'s ratio test).
+double median_abs(const small_lm::Matrix<float>& x) {
+  std::vector<float> a(x.data(), x.data() + x.size());
+  if (a.empty()) return 0;
+  for (float& v : a) v = std::fabs(v);
+  const auto mid = a.begin() + static_cast<std::ptrdiff_t>(a.size() / 2);
+  std::nth_element(a.begin(), mid, a.end());
+  return *mid;
+}
+
+// One row per (step, layer, tensor) of the outlier statistics CSV: the
+// residual stream after each block and the four linear inputs (tokens ×
+// channels), and each linear's weight ([out, in]: a row is an output channel,
+// a "channel outlier" an input column). massive_tokens counts the tokens where
+// Sun et al.'s test (|x| > 100 and >= 1000 × the tensor's median |x|,
+// oq::analysis::find_massive_activations) fires: the budget search of the
+// README watches it on the residual stream. The weight rows follow
+// Nrusimha et al.'s warning that regularizing the activations can move the
+// difficulty into the weights.
+void log_outliers(std::ostream& csv, const std::string& variant, int step, const small_lm::Model<float>& model,
+                  const small_lm::Parameters<float>& params) {
   auto write = [&](std::size_t layer, std::string_view tensor, const small_lm::Matrix<float>& x) {
     const llama::InputStats s = llama::input_stats(x);
+    std::size_t massive_tokens = 0;
+    Eigen::Index last = -1;
+    for (const auto& m : oq::analysis::find_massive_activations(x)) {
+      if (m.token != last) ++massive_tokens;
+      last = m.token;
+    }
     csv << variant << ',' << step << ',' << layer << ',' << tensor << ',' << s.max_abs << ',' << s.mean_kurtosis
-        << ',' << s.outlier_channels << '\n';
+        << ',' << s.outlier_channels << ',' << median_abs(x) << ',' << massive_tokens << '\n';
   };
   const auto& caches = model.caches();
   for (std::size_t l = 0; l < caches.size(); ++l) {
@@ -167,6 +192,9 @@ void log_outliers(std::ostream& csv, const std::string& variant, int step,
       write(l, llama::input_name(in), caches[l].inputs[static_cast<std::size_t>(in)]);
     }
     write(l, "residual", l + 1 < caches.size() ? caches[l + 1].x : model.final_hidden());
+    for (llama::Linear w : llama::kAllLinears) {
+      write(l, std::string(llama::linear_name(w)) + " weight", params.layers[l][w]);
+    }
   }
 }
 
@@ -188,7 +216,7 @@ small_lm::Parameters<float> train(const Flags& f, const small_lm::Corpus& corpus
     const small_lm::Batch batch = corpus.training_batch(f.batch, rng);
     if (step == 0 && v.regularization.qat_bits != 0) model.init_clips(params, batch);
     const small_lm::Loss loss = model.loss_and_gradient(params, batch, grad);
-    if (step % f.log_every == 0 || step + 1 == f.steps) log_outliers(outliers_csv, v.name, step, model);
+    if (step % f.log_every == 0 || step + 1 == f.steps) log_outliers(outliers_csv, v.name, step, model, params);
     const double norm = optimizer.step(params, grad, step);
     model.project_clips(params);  // the learned clips stay ordered (c− < c+)
     loss_csv << v.name << ',' << step << ',' << loss.cross_entropy << ',' << loss.kurtosis << ',' << norm << '\n';
@@ -356,7 +384,7 @@ int main(int argc, char** argv) {
     std::cerr << "text: " << corpus.size() << " bytes (" << corpus.training_bytes() << " training, "
               << corpus.validation_bytes() << " validation)\n";
     std::ofstream outliers_csv(f.out_dir / "outliers.csv");
-    outliers_csv << "variant,step,layer,tensor,max_abs,mean_kurtosis,outlier_channels\n";
+    outliers_csv << "variant,step,layer,tensor,max_abs,mean_kurtosis,outlier_channels,median_abs,massive_tokens\n";
     std::ofstream loss_csv(f.out_dir / "loss.csv");
     loss_csv << "variant,step,cross_entropy,kurtosis_term,grad_norm\n";
     for (const std::string& name : f.variants) {
