@@ -442,6 +442,71 @@ TEST_CASE("full-width Hadamard K·2^m: the documented order bit for bit, within 
   }
 }
 
+TEST_CASE("full-width Hadamard K·2^m: huge outliers, NaN, Inf and overflow as documented (n = 12·64, 11008)") {
+  // The kHadamard tests' cases for K > 1, where the K segments are mixed by
+  // plain ± sums after the butterflies: 768 = 12·64 (Paley I, q = 11) and
+  // 11008 = 344·32 (Paley I over GF(7³)).
+  const float big = std::numeric_limits<float>::max();
+  for (Eigen::Index n : {768, 11008}) {
+    CAPTURE(n);
+    const auto c = oq::transform::hadamard_construction(n);
+    REQUIRE(c.base > 1);
+    const TokenTransform t = TokenTransform::full_hadamard(n);
+    // Huge finite input whose unscaled sums stay finite is quantized as the
+    // documented order gives it, bit for bit: FLT_MAX alone in its row (every
+    // sum adds it to values ~1e38 times smaller), −1e30 beside ordinary
+    // values, and a row of FLT_MAX/(2n) everywhere (|any partial sum| ≤
+    // n·FLT_MAX/(2n)).
+    RowMatrix x = random_tokens(6, n, static_cast<std::uint32_t>(n) + 1);
+    x(2, n / 3) = big;
+    x(4, n - 1) = -1.0e30f;
+    x.row(5).setConstant(big / static_cast<float>(2 * n));
+    const RowMatrix y = full_hadamard_ref(x, nullptr);
+    REQUIRE(y.allFinite());
+    for (const QuantSpec& spec : kSpecs) {
+      const PackedActivations want = reference(y, spec);
+      for (Isa isa : available_paths()) {
+        CAPTURE(spec.bits);
+        CAPTURE(oq::cpu::to_string(isa));
+        require_same(oq::cpu::quantize_per_token(x, spec, t, {2, isa}), want);
+      }
+    }
+    for (Isa isa : available_paths()) {
+      CAPTURE(oq::cpu::to_string(isa));
+      // NaN and ±Inf in x: std::domain_error naming x's entry, not the transform's.
+      for (const float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                              -std::numeric_limits<float>::infinity()}) {
+        for (Eigen::Index j : {Eigen::Index{0}, n / 2 + 1, n - 1}) {
+          RowMatrix xb = random_tokens(3, n, 8);
+          xb(1, j) = bad;
+          CAPTURE(j);
+          const std::string where = "x(1, " + std::to_string(j) + ") is";
+          CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(xb, QuantSpec::per_token(4, false), t, {1, isa}),
+                               doctest::Contains(where.c_str()), std::domain_error);
+        }
+      }
+      // Finite input whose butterflies overflow (FLT_MAX everywhere) ...
+      const RowMatrix all_big = RowMatrix::Constant(2, n, big);
+      CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(all_big, QuantSpec::per_token(8, false), t, {1, isa}),
+                           doctest::Contains("the transformed x(0, "), std::domain_error);
+      // ... and finite input whose butterflies stay finite but whose K-mix
+      // overflows: V = FLT_MAX/4 first in every segment makes every segment
+      // V after the butterflies; output segment 0 sums them with the signs
+      // of H_K's column 0, (+1, −1, …, −1) for Paley I, so its running sum
+      // passes −4V = −FLT_MAX and is −Inf at −5V (K ≥ 7 here). The header's
+      // documented order has no rescaling (transform::hadamard_rows, which
+      // rescales, would return |y| ≤ √K·V here): std::domain_error naming the
+      // transformed entry.
+      RowMatrix mix = RowMatrix::Zero(1, n);
+      for (Eigen::Index a = 0; a < c.base; ++a) mix(0, a * c.sylvester_size()) = big / 4;
+      const RowMatrix want = full_hadamard_ref(mix, nullptr);
+      REQUIRE(want(0, 0) == -std::numeric_limits<float>::infinity());
+      CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(mix, QuantSpec::per_token(4, true), t, {1, isa}),
+                           doctest::Contains("the transformed x(0, 0) is -inf"), std::domain_error);
+    }
+  }
+}
+
 TEST_CASE("full-width Hadamard: bad arguments are refused, naming them") {
   CHECK_THROWS_WITH_AS(TokenTransform::full_hadamard(92),
                        doctest::Contains("oq::cpu::TokenTransform::full_hadamard: n must be a size with a Hadamard "
@@ -457,11 +522,23 @@ TEST_CASE("full-width Hadamard: bad arguments are refused, naming them") {
   CHECK_THROWS_WITH_AS(TokenTransform::full_hadamard(s), doctest::Contains("s(3) = inf"), std::invalid_argument);
   CHECK_THROWS_WITH_AS(TokenTransform::full_hadamard(Eigen::VectorXf(0)), doctest::Contains("s must be a non-empty vector"),
                        std::invalid_argument);
+  // A width other than n, a multiple of it or not: the message names the
+  // parameter (x.cols()), the value it must have and the one it has.
   const TokenTransform t = TokenTransform::full_hadamard(64);
   CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(random_tokens(2, 128, 1), kSpecs[0], t),
-                       doctest::Contains("the transform was built for 64 channels, x has 128"), std::invalid_argument);
+                       doctest::Contains("oq::cpu::quantize_per_token: x.cols() must be 64, the channel count the "
+                                         "transform (full_hadamard) was built for, got 128"),
+                       std::invalid_argument);
   CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(random_tokens(2, 32, 1), kSpecs[0], t),
-                       doctest::Contains("must divide x.cols() = 32"), std::invalid_argument);
+                       doctest::Contains("x.cols() must be 64, the channel count the transform (full_hadamard) was "
+                                         "built for, got 32"),
+                       std::invalid_argument);
+  PackedActivations buffer;
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token_into(random_tokens(2, 11008, 1), kSpecs[0], buffer,
+                                                        TokenTransform::full_hadamard(688)),
+                       doctest::Contains("oq::cpu::quantize_per_token_into: x.cols() must be 688, the channel count "
+                                         "the transform (full_hadamard) was built for, got 11008"),
+                       std::invalid_argument);
   // A NaN in x is named as x's entry.
   RowMatrix x = random_tokens(2, 12, 1);
   x(1, 5) = std::numeric_limits<float>::quiet_NaN();
@@ -484,7 +561,9 @@ TEST_CASE("smoothing alone: x / s per channel, then oq::quant, bit for bit") {
     }
   }
   CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(random_tokens(2, 50, 1), kSpecs[0], t),
-                       doctest::Contains("built for 48 channels"), std::invalid_argument);
+                       doctest::Contains("x.cols() must be 48, the channel count the transform (smoothing or duquant) "
+                                         "was built for, got 50"),
+                       std::invalid_argument);
   Eigen::VectorXf bad = s;
   bad[3] = 0.0f;
   CHECK_THROWS_WITH_AS(TokenTransform::smoothing(bad), doctest::Contains("s(3) = 0"), std::invalid_argument);

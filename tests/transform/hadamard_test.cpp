@@ -766,6 +766,67 @@ TEST_CASE("11008 = 344·32: hadamard_rows equals x·(H_344 ⊗ H_32)/√n in flo
   CHECK(max_row_error(y, x, x) <= 2 * tolerance<double>(c));
 }
 
+TEST_CASE_TEMPLATE("11008: M·e_i for 64 random basis vectors are orthonormal columns, within float rounding", T, float,
+                   double) {
+  // The transform itself (not the matrix formulas above) on e_i: row i of
+  // x = e_iᵀ is e_iᵀ·M, i.e. row i of M = H_n/√n, and M is orthogonal iff
+  // its rows (equivalently columns: M⁻¹ = Mᵀ) are orthonormal. 11008 =
+  // 344·32 (not 172·64: no construction of 172; block_hadamard_rows covers
+  // that split). 64 distinct indices from a fixed seed, with 0 and n − 1.
+  //
+  // Rounding (worst case, γ_k = k·u/(1 − k·u), u the unit roundoff of T,
+  // u64 = 2^−53 of the float64 sums below). e_i has one nonzero entry, 1:
+  // every butterfly sum has one nonzero term (exact, ±1), and so has every
+  // sum of the K-mix (the other segments are 0), so before the scale each
+  // entry is exactly ±1 and after it exactly ±s, s = fl(1/√n) = (1 + δ)/√n,
+  // |δ| ≤ u. Then the Gram matrix G = Y·Yᵀ, summed in float64:
+  //   G_ii: n equal terms s² (s² rounded once for T = double), exact sum
+  //   n·s² = (1 + δ)², so |G_ii − 1| ≤ 2u + u² + γ64_(n+1)·(1 + u)²;
+  //   G_ij, i ≠ j: the exact sum is s²·(H_n row i · H_n row j) = 0, so
+  //   |G_ij| ≤ γ64_(n+1)·Σ|y_i,k·y_j,k| = γ64_(n+1)·n·s², independent of u.
+  // A wrong sign anywhere in H would make some |G_ij| ≥ 2s² ≈ 1.8e−4.
+  //
+  // The inverse on these rows: every output is a sum of n terms ±s, through
+  // m butterfly stages and a K-term sum (each term passes at most m + K − 1
+  // additions: error ≤ γ_(m+K−1)·n·s), then one product by s. Its exact
+  // value is n·s² = (1 + δ)² at index i and 0 elsewhere, so e_i comes back
+  // within 2u + u² + γ_(m+K)·(1 + u)² at i and γ_(m+K)·(1 + u)² elsewhere.
+  constexpr Eigen::Index n = 11008;
+  constexpr Eigen::Index kCount = 64;
+  std::mt19937_64 rng(11008);
+  std::vector<Eigen::Index> index{0, n - 1};
+  std::set<Eigen::Index> seen(index.begin(), index.end());
+  std::uniform_int_distribution<Eigen::Index> pick(1, n - 2);
+  while (static_cast<Eigen::Index>(index.size()) < kCount) {
+    const Eigen::Index i = pick(rng);
+    if (seen.insert(i).second) index.push_back(i);
+  }
+  MatrixX<T> y = MatrixX<T>::Zero(kCount, n);
+  for (Eigen::Index r = 0; r < kCount; ++r) y(r, index[static_cast<std::size_t>(r)]) = T(1);
+  hadamard_rows(y);
+  const HadamardConstruction c = hadamard_construction(n);
+  const double u = std::ldexp(1.0, -std::numeric_limits<T>::digits);
+  const auto gamma = [](double k, double unit) { return k * unit / (1 - k * unit); };
+  const double g64 = gamma(static_cast<double>(n + 1), std::ldexp(1.0, -53));
+  const double s = static_cast<double>(static_cast<T>(1.0 / std::sqrt(static_cast<double>(n))));
+  CHECK((y.array().abs() == static_cast<T>(s)).all());  // ±s, nothing else
+  const MatrixX<double> yd = y.template cast<double>();
+  const MatrixX<double> gram = yd * yd.transpose();
+  MatrixX<double> off = gram;
+  off.diagonal().setZero();
+  CHECK((gram.diagonal().array() - 1.0).abs().maxCoeff() <= 2 * u + u * u + g64 * (1 + u) * (1 + u));
+  CHECK(off.cwiseAbs().maxCoeff() <= g64 * static_cast<double>(n) * s * s);
+  hadamard_rows(y, Direction::kInverse);
+  const double g = gamma(static_cast<double>(c.power + c.base), u) * (1 + u) * (1 + u);
+  for (Eigen::Index r = 0; r < kCount; ++r) {
+    CAPTURE(r);
+    const Eigen::Index i = index[static_cast<std::size_t>(r)];
+    CHECK(std::abs(static_cast<double>(y(r, i)) - 1.0) <= 2 * u + u * u + g);
+    y(r, i) = T(0);
+    CHECK(static_cast<double>(y.row(r).cwiseAbs().maxCoeff()) <= g);
+  }
+}
+
 TEST_CASE("storage order, blocks, maps and many rows") {
   // 70 rows of 1280 = 20·64: more than one chunk of rows, the last one partial.
   const MatrixX<double> x = oq::test::heavy_tailed<double>(70, 1280, 11);
@@ -898,6 +959,28 @@ TEST_CASE("X·Wᵀ is preserved when X and W get the same rotation") {
 }
 
 TEST_CASE("bad input gives clear errors") {
+  // The checked entry point other headers use (RandomizedHadamard,
+  // cpu::TokenTransform::full_hadamard): the caller's function and
+  // parameter in the message, the same construction as the plain call.
+  CHECK_THROWS_WITH_AS(hadamard_construction(172, "my::rotate", "width"),
+                       doctest::Contains("my::rotate: width must be a size with a Hadamard construction (K * 2^m"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(hadamard_construction(172, "my::rotate", "width"),
+                       doctest::Contains("got 172: no construction exists for 172"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(hadamard_construction(0, "my::rotate", "width"),
+                       doctest::Contains("my::rotate: width must be positive, got 0"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(hadamard_construction(-4), doctest::Contains("oq::transform::hadamard_construction: n must be positive"),
+                       std::invalid_argument);
+  for (Eigen::Index n : {1, 12, 11008}) {
+    const HadamardConstruction a = hadamard_construction(n, "my::rotate", "width");
+    const HadamardConstruction b = hadamard_construction(n);
+    CHECK(a.size == b.size);
+    CHECK(a.base == b.base);
+    CHECK(a.power == b.power);
+    CHECK(a.kind == b.kind);
+    CHECK(a.prime == b.prime);
+    CHECK(a.degree == b.degree);
+  }
   CHECK_FALSE(find_hadamard_construction(172).has_value());
   CHECK_FALSE(find_hadamard_construction(3).has_value());
   CHECK_FALSE(find_hadamard_construction(6).has_value());

@@ -194,11 +194,18 @@ class TokenTransform {
   std::int64_t hadamard_power_of_two() const noexcept { return sylvester_; }
 
   /// Throws std::invalid_argument unless rows of k channels can be transformed.
+  /// A transform built for a channel count (full_hadamard, smoothing,
+  /// duquant) names that count, which x.cols() must equal; a block transform
+  /// names its block size, which must divide x.cols().
   void check_width(std::int64_t k, std::string_view where) const {
     if (kind_ == Kind::kNone) return;
+    if (channels_ != 0) {  // a multiple of block_
+      detail::require(channels_ == k, where, "x.cols() must be ", channels_, ", the channel count the transform (",
+                      kind_ == Kind::kFullHadamard ? "full_hadamard" : "smoothing or duquant",
+                      ") was built for, got ", k);
+      return;
+    }
     detail::require(k % block_ == 0, where, "the transform's block size (", block_, ") must divide x.cols() = ", k);
-    detail::require(channels_ == 0 || channels_ == k, where, "the transform was built for ", channels_,
-                    " channels, x has ", k);
   }
 
   /// The transformed row x[0, k): x itself for kNone, else y or work, which
@@ -272,7 +279,7 @@ class TokenTransform {
 
   static TokenTransform full_hadamard_of(std::int64_t n, std::vector<float> divisors, std::string_view where) {
     const transform::HadamardConstruction c =
-        transform::detail_hadamard::require_construction(n, where, "n");  // n > 0 with a construction
+        transform::hadamard_construction(n, where, "n");  // n > 0 with a construction
     TokenTransform t;
     t.kind_ = Kind::kFullHadamard;
     t.block_ = n;

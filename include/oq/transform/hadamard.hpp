@@ -10,6 +10,7 @@
 //   auto h = hadamard_matrix(n);             // the ±1 H_n (int), H·Hᵀ = n·I; or
 //   hadamard_matrix_into(n, buffer);         //   into your own n × n buffer, any signed scalar
 //   auto c = find_hadamard_construction(n);  // std::nullopt when oq has no construction for n
+//   auto d = hadamard_construction(n, "my_fn", "width");  // or std::invalid_argument naming your parameter
 //
 // Convention: a transform acts on rows from the right, x ↦ x·M, so that with
 // y = X·Wᵀ (X tokens × channels, W out × in, docs/design.md §4) rotating both operands'
@@ -354,16 +355,20 @@ inline std::optional<HadamardConstruction> find_hadamard_construction(Eigen::Ind
   return std::nullopt;
 }
 
-namespace detail_hadamard {
-
-// Throws std::invalid_argument naming `name` unless n has a construction.
-inline HadamardConstruction require_construction(Eigen::Index n, std::string_view where, std::string_view name) {
+/// The construction of order n, for a caller that checks its own argument:
+/// throws std::invalid_argument from `where` (the caller's function) naming
+/// `name` (its parameter, e.g. "signs.size()") and the sizes that have a
+/// construction, when n ≤ 0 or oq has none for n.
+inline HadamardConstruction hadamard_construction(Eigen::Index n, std::string_view where, std::string_view name) {
   detail::require(n > 0, where, name, " must be positive, got ", n);
   const std::optional<HadamardConstruction> c = find_hadamard_construction(n);
-  detail::require(c.has_value(), where, name, " must be ", kSizeRule, ", got ", n, ": no construction exists for ",
-                  n, " (a block-diagonal Hadamard with a constructible block size dividing it does)");
+  detail::require(c.has_value(), where, name, " must be ", detail_hadamard::kSizeRule, ", got ", n,
+                  ": no construction exists for ", n,
+                  " (a block-diagonal Hadamard with a constructible block size dividing it does)");
   return *c;
 }
+
+namespace detail_hadamard {
 
 // Throws std::invalid_argument naming `name` unless an n × n matrix can be
 // indexed (n² ≤ Eigen::Index's max). Checked before the construction search,
@@ -380,7 +385,7 @@ inline void require_square_fits(Eigen::Index n, std::string_view where, std::str
 /// The construction of order n; throws std::invalid_argument naming n when
 /// there is none (or n ≤ 0).
 inline HadamardConstruction hadamard_construction(Eigen::Index n) {
-  return detail_hadamard::require_construction(n, "oq::transform::hadamard_construction", "n");
+  return hadamard_construction(n, "oq::transform::hadamard_construction", "n");
 }
 
 namespace detail_hadamard {
@@ -432,7 +437,7 @@ void fill_hadamard(const HadamardConstruction& c, Eigen::MatrixBase<Derived>& h)
 /// construction for it.
 inline Eigen::MatrixXi hadamard_matrix(Eigen::Index n) {
   detail_hadamard::require_square_fits(n, "oq::transform::hadamard_matrix", "n");
-  const HadamardConstruction c = detail_hadamard::require_construction(n, "oq::transform::hadamard_matrix", "n");
+  const HadamardConstruction c = hadamard_construction(n, "oq::transform::hadamard_matrix", "n");
   Eigen::MatrixXi h(n, n);
   detail_hadamard::fill_hadamard(c, h);
   return h;
@@ -454,7 +459,7 @@ void hadamard_matrix_into(Eigen::Index n, const Eigen::MatrixBase<Derived>& out_
   // The shape first: the construction search can take seconds for a huge n.
   detail::require(out.rows() == n && out.cols() == n, kWhere, "out must be ", n, " x ", n, ", got ", out.rows(),
                   " x ", out.cols());
-  const HadamardConstruction c = detail_hadamard::require_construction(n, kWhere, "n");
+  const HadamardConstruction c = hadamard_construction(n, kWhere, "n");
   detail_hadamard::fill_hadamard(c, out);
 }
 
@@ -465,7 +470,7 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> hadamard_orthogonal(Eigen:
   static_assert(std::is_floating_point_v<Scalar>, "hadamard_orthogonal needs a floating-point scalar");
   detail_hadamard::require_square_fits(n, "oq::transform::hadamard_orthogonal", "n");
   const HadamardConstruction c =
-      detail_hadamard::require_construction(n, "oq::transform::hadamard_orthogonal", "n");
+      hadamard_construction(n, "oq::transform::hadamard_orthogonal", "n");
   Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> m(n, n);
   detail_hadamard::fill_hadamard(c, m);
   m *= static_cast<Scalar>(1.0 / std::sqrt(static_cast<double>(n)));
@@ -483,7 +488,7 @@ Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> block_hadamard_orthogonal(
   detail::require(block_size > 0, kWhere, "block_size must be positive, got ", block_size);
   detail::require(width % block_size == 0, kWhere, "block_size must divide width = ", width, ", got ",
                   block_size);
-  detail_hadamard::require_construction(block_size, kWhere, "block_size");  // after the cheap checks
+  hadamard_construction(block_size, kWhere, "block_size");  // after the cheap checks
   const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> block = hadamard_orthogonal<Scalar>(block_size);
   Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> m =
       Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>::Zero(width, width);
@@ -520,7 +525,7 @@ void hadamard_rows(const Eigen::MatrixBase<Derived>& x_, Direction direction = D
   static_assert(std::is_floating_point_v<Scalar>, "hadamard_rows needs a floating-point matrix");
   constexpr std::string_view kWhere = "oq::transform::hadamard_rows";
   auto& x = const_cast<Eigen::MatrixBase<Derived>&>(x_);
-  const HadamardConstruction c = detail_hadamard::require_construction(x.cols(), kWhere, "x.cols()");
+  const HadamardConstruction c = hadamard_construction(x.cols(), kWhere, "x.cols()");
   detail::require_finite(x, kWhere, "x");
   detail_hadamard::apply_plan_without_overflow(x, detail_hadamard::Plan<Scalar>(c, direction), kWhere);
 }
@@ -543,7 +548,7 @@ void block_hadamard_rows(const Eigen::MatrixBase<Derived>& x_, Eigen::Index bloc
                   block_size);
   // After the cheap checks: the search's trial division takes seconds for
   // a huge block_size (issue 23), which cannot divide a real x anyway.
-  const HadamardConstruction c = detail_hadamard::require_construction(block_size, kWhere, "block_size");
+  const HadamardConstruction c = hadamard_construction(block_size, kWhere, "block_size");
   detail::require_finite(x, kWhere, "x");
   const detail_hadamard::Plan<Scalar> plan(c, direction);
   // The overflow check first, for every block (x unchanged if one throws):

@@ -57,7 +57,7 @@ class RandomizedHadamard {
     for (Eigen::Index i = 0; i < signs_.size(); ++i) {
       detail::require(signs_(i) == 1 || signs_(i) == -1, kWhere, "signs(", i, ") must be +1 or -1, got ", signs_(i));
     }
-    construction_ = detail_hadamard::require_construction(signs_.size(), kWhere, "signs.size()");
+    construction_ = hadamard_construction(signs_.size(), kWhere, "signs.size()");
   }
 
   /// n signs drawn from `rng` (one draw each, in order; see the file comment).
@@ -65,7 +65,7 @@ class RandomizedHadamard {
   static RandomizedHadamard random(Eigen::Index n, Rng& rng) {
     constexpr std::string_view kWhere = "oq::transform::RandomizedHadamard::random";
     // The construction first: a size without one fails before any draw.
-    detail_hadamard::require_construction(n, kWhere, "n");
+    hadamard_construction(n, kWhere, "n");
     using Result = typename Rng::result_type;
     static_assert(std::is_unsigned_v<Result>, "RandomizedHadamard::random needs a uniform random bit generator");
     constexpr Result kHalf = (Rng::max() - Rng::min()) / 2;
