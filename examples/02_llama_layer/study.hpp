@@ -5,8 +5,13 @@
 // group, with bootstrap intervals over the windows and paired differences
 // against a baseline (tools/llama/bootstrap.hpp).
 //
-// What is measured: the relative error ‖Ŷ − Y‖_F / ‖Y‖_F of the layer output
-// (fake quantization, tools/llama/methods.hpp) over the tokens of a group:
+// What is measured: the relative error ‖Ŷ − Y‖_F / ‖Y − X‖_F of the layer
+// output Y on its input X (fake quantization, tools/llama/methods.hpp) over the
+// tokens of a group, relative to what the layer adds to the residual stream:
+// the residual X passes through exactly, and on a layer after the one that
+// creates the massive activations ‖Y‖ on the massive tokens is the residual's
+// thousands, which would make every method's error there look like 0 (the
+// example's default run measures each layer the same way);
 //   massive  tokens where Sun et al.'s test (oq::analysis::find_massive_activations:
 //            |x| > 100 and ≥ 1000 × the median |x| of that hidden state) fires on
 //            the layer's input or its full-precision output, the two residual-stream
@@ -131,7 +136,7 @@ inline std::vector<bool> massive_tokens(const Matrix<float>& x, const Matrix<flo
   return out;
 }
 
-// Per window and group: Σ‖ŷ_t − y_t‖² (num) and Σ‖y_t‖² (den) over the group's tokens, in double.
+// Per window and group: Σ‖ŷ_t − y_t‖² (num) and Σ‖y_t − x_t‖² (den) over the group's tokens, in double.
 struct Sums {
   std::array<std::vector<double>, 3> num, den;
   explicit Sums(std::size_t windows) {
@@ -141,10 +146,10 @@ struct Sums {
 };
 
 inline void add_window(Sums& sums, std::size_t w, const Matrix<float>& y_hat, const Matrix<float>& y,
-                       const std::vector<bool>& massive) {
+                       const Matrix<float>& x, const std::vector<bool>& massive) {
   for (Eigen::Index t = 0; t < y.rows(); ++t) {
     const double e = (y_hat.row(t).cast<double>() - y.row(t).cast<double>()).squaredNorm();
-    const double r = y.row(t).cast<double>().squaredNorm();
+    const double r = (y.row(t).cast<double>() - x.row(t).cast<double>()).squaredNorm();
     const auto g = static_cast<std::size_t>(massive[static_cast<std::size_t>(t)] ? TokenGroup::kMassive : TokenGroup::kOther);
     for (std::size_t k : {g, static_cast<std::size_t>(TokenGroup::kAll)}) {
       sums.num[k][w] += e;
@@ -224,7 +229,7 @@ inline StudyResult run_study(const Config& config, const LayerWeights<float>& we
     progress("study: full precision, window " + std::to_string(w + 1) + "/" + std::to_string(n));
     reference[w] = forward(config, weights, windows[w]);
     massive[w] = detail::massive_tokens(windows[w], reference[w], options.massive);
-    detail::add_window(reference_sums, w, reference[w], reference[w], massive[w]);
+    detail::add_window(reference_sums, w, reference[w], reference[w], windows[w], massive[w]);
     for (bool m : massive[w]) {
       ++result.tokens[static_cast<std::size_t>(m ? TokenGroup::kMassive : TokenGroup::kOther)];
       ++result.tokens[static_cast<std::size_t>(TokenGroup::kAll)];
@@ -264,7 +269,7 @@ inline StudyResult run_study(const Config& config, const LayerWeights<float>& we
       progress("study: " + spec.name() + ", seed " + std::to_string(o.seed) + ": " + std::to_string(n) + " windows");
       detail::Sums sums(n);
       for (std::size_t w = 0; w < n; ++w) {
-        detail::add_window(sums, w, forward(config, weights, windows[w], layer), reference[w], massive[w]);
+        detail::add_window(sums, w, forward(config, weights, windows[w], layer), reference[w], windows[w], massive[w]);
       }
       for (std::size_t g = 0; g < 3; ++g) {
         num[i][g].push_back(sums.num[g]);
@@ -387,7 +392,7 @@ inline void write_markdown(std::ostream& out, const StudyResult& r) {
     return std::string(buf);
   };
   const int percent = static_cast<int>(std::lround(r.bootstrap.level * 100));
-  out << "Layer output relative error ‖Ŷ − Y‖/‖Y‖ by token group, " << r.windows << " held-out windows of "
+  out << "Layer output relative error ‖Ŷ − Y‖/‖Y − X‖ (relative to what the layer adds) by token group, " << r.windows << " held-out windows of "
       << r.tokens_per_window << " tokens (massive tokens: " << r.tokens[0] << ", other: " << r.tokens[1]
       << "); " << percent << "% percentile bootstrap intervals (" << r.bootstrap.resamples << " resamples, seed "
       << r.bootstrap.seed << ") over the windows and, for random rotations, their " << r.seeds

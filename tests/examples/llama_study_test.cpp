@@ -49,7 +49,7 @@ struct Setup {
   }
 };
 
-// Σ‖ŷ_t − y_t‖² and Σ‖y_t‖² over the windows' first tokens (massive: true) or the others.
+// Σ‖ŷ_t − y_t‖² and Σ‖y_t − x_t‖² (what the layer adds) over the windows' first tokens (massive: true) or the others.
 std::pair<double, double> group_sums(const Setup& s, const llama::QuantizedLayer<float>& layer, bool massive) {
   double num = 0, den = 0;
   for (const auto& x : s.windows) {
@@ -57,7 +57,7 @@ std::pair<double, double> group_sums(const Setup& s, const llama::QuantizedLayer
     const Matrix<float> y_hat = llama::forward(s.config, s.weights, x, layer);
     const Eigen::Index first = massive ? 0 : 1, count = massive ? 1 : x.rows() - 1;
     num += (y_hat.middleRows(first, count).cast<double>() - y.middleRows(first, count).cast<double>()).squaredNorm();
-    den += y.middleRows(first, count).cast<double>().squaredNorm();
+    den += (y.middleRows(first, count).cast<double>() - x.middleRows(first, count).cast<double>()).squaredNorm();
   }
   return {num, den};
 }
