@@ -327,15 +327,12 @@ inline StudyResult run_study(const Config& config, const LayerWeights<float>& we
     }
     result.best[g] = specs[best];
     // Holm over the family of this group's comparisons with the baseline.
-    std::vector<double> p;
-    std::vector<std::size_t> compared;
+    std::vector<stats::Comparison> family;
     for (std::size_t i = 0; i < specs.size(); ++i) {
-      if (i == base) continue;
-      p.push_back(result.specs[i].groups[g].difference->p_zero);
-      compared.push_back(i);
+      GroupResult& gr = result.specs[i].groups[g];
+      if (i != base) family.push_back({&*gr.difference, &gr.resolved});
     }
-    const std::vector<bool> reject = stats::holm(p, 1.0 - options.bootstrap.level);
-    for (std::size_t k = 0; k < compared.size(); ++k) result.specs[compared[k]].groups[g].resolved = reject[k];
+    stats::resolve_holm(family, 1.0 - options.bootstrap.level);
     for (std::size_t i = 0; i < specs.size(); ++i) {
       result.specs[i].groups[g].tied_with_best = i == best || !boot.paired(stat(i), stat(best)).excludes(0.0);
     }
@@ -345,23 +342,14 @@ inline StudyResult run_study(const Config& config, const LayerWeights<float>& we
 
 /// "better" or "worse" where Holm's procedure resolves the difference from
 /// the baseline and its interval lies below or above 0; else "not resolved".
-inline std::string_view verdict(const GroupResult& g) {
-  if (!g.difference) return "";
-  if (g.resolved && g.difference->upper < 0) return "better";
-  if (g.resolved && g.difference->lower > 0) return "worse";
-  return "not resolved";
-}
+inline std::string_view verdict(const GroupResult& g) { return stats::verdict(g.difference, g.resolved); }
 
 /// One row per spec and group: the spec's parts, the error and its interval,
 /// the seed spread, the paired difference against the baseline.
 inline void write_csv(std::ostream& out, const StudyResult& r) {
   out << "method,smooth,rotation,weights,seeds,group,windows,tokens,error,error_lower,error_upper,seed_min,seed_max,"
          "baseline,difference,difference_lower,difference_upper,p_value,verdict,tied_with_best,seconds\n";
-  char buf[64];
-  auto num = [&buf](double v) {
-    std::snprintf(buf, sizeof buf, "%.9g", v);
-    return std::string(buf);
-  };
+  const auto num = stats::csv_number;
   for (const auto& s : r.specs) {
     for (TokenGroup tg : kAllTokenGroups) {
       const GroupResult& g = s.group(tg);

@@ -219,21 +219,14 @@ inline StudyResult run_study(const StudyInputs& in, const StudyOptions& options)
     }
     // Holm: the quantized methods other than the baseline against it; every
     // row against the first variant's.
-    std::vector<double> p;
-    std::vector<std::size_t> compared;
-    for (std::size_t row = 1; row < rows; ++row) {
-      if (row == base) continue;
-      p.push_back(vr.methods[row].vs_baseline->p_zero);
-      compared.push_back(row);
+    std::vector<llama::stats::Comparison> vs_baseline, vs_first_variant;
+    for (std::size_t row = 0; row < rows; ++row) {
+      MethodResult& m = vr.methods[row];
+      if (row > 0 && row != base) vs_baseline.push_back({&*m.vs_baseline, &m.resolved_vs_baseline});
+      if (vi > 0) vs_first_variant.push_back({&*m.vs_first_variant, &m.resolved_vs_first_variant});
     }
-    const std::vector<bool> reject = llama::stats::holm(p, alpha);
-    for (std::size_t k = 0; k < compared.size(); ++k) vr.methods[compared[k]].resolved_vs_baseline = reject[k];
-    if (vi > 0) {
-      p.clear();
-      for (const auto& m : vr.methods) p.push_back(m.vs_first_variant->p_zero);
-      const std::vector<bool> reject_variant = llama::stats::holm(p, alpha);
-      for (std::size_t row = 0; row < rows; ++row) vr.methods[row].resolved_vs_first_variant = reject_variant[row];
-    }
+    llama::stats::resolve_holm(vs_baseline, alpha);
+    if (vi > 0) llama::stats::resolve_holm(vs_first_variant, alpha);
     result.variants.push_back(std::move(vr));
   }
   return result;
@@ -242,23 +235,14 @@ inline StudyResult run_study(const StudyInputs& in, const StudyOptions& options)
 /// "better" or "worse" where Holm's procedure resolved the paired
 /// difference d and its interval lies below or above 0; else "not resolved"
 /// ("" where there is no such difference).
-inline std::string_view verdict(const std::optional<llama::stats::Interval>& d, bool resolved) {
-  if (!d) return "";
-  if (resolved && d->upper < 0) return "better";
-  if (resolved && d->lower > 0) return "worse";
-  return "not resolved";
-}
+using llama::stats::verdict;
 
 /// One row per variant and method.
 inline void write_csv(std::ostream& out, const StudyResult& r) {
   out << "variant,method,smooth,rotation,weights,seeds,perplexity,lower,upper,seed_min,seed_max,baseline,"
          "vs_baseline,vs_baseline_lower,vs_baseline_upper,vs_baseline_p,vs_baseline_verdict,tied_with_best,first_variant,"
          "vs_first_variant,vs_first_variant_lower,vs_first_variant_upper,vs_first_variant_p,vs_first_variant_verdict\n";
-  char buf[64];
-  auto num = [&buf](double v) {
-    std::snprintf(buf, sizeof buf, "%.9g", v);
-    return std::string(buf);
-  };
+  const auto num = llama::stats::csv_number;
   for (const auto& v : r.variants) {
     for (const auto& m : v.methods) {
       out << v.variant << ',' << m.name() << ',';

@@ -4,16 +4,23 @@
 // interval of a constant shift, the relative-error and perplexity statistics
 // against a direct computation, the p-value of 0 against the interval, Holm's
 // procedure on known families and on true nulls, reproducible draws, refused
-// input.
+// input; the studies' reporting: resolve_holm() against holm(), verdict()
+// over every case, csv_number() against iostreams and read back.
 #include "../../tools/llama/bootstrap.hpp"
 
 #include <doctest/doctest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <iomanip>
+#include <limits>
 #include <numeric>
+#include <optional>
 #include <random>
+#include <sstream>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace {
@@ -324,4 +331,101 @@ TEST_CASE("holm: the step-down rejections of known families, and its family-wise
   CHECK_THROWS_AS(holm(std::vector<double>{0.5}, 0.0), std::invalid_argument);
   CHECK_THROWS_AS(holm(std::vector<double>{1.5}, 0.05), std::invalid_argument);
   CHECK_THROWS_AS(holm(std::vector<double>{std::nan("")}, 0.05), std::invalid_argument);
+}
+
+TEST_CASE("resolve_holm: sets exactly the family's flags to holm() of their p-values, or nothing where it throws") {
+  using llama::stats::Comparison;
+  using llama::stats::resolve_holm;
+  // The first family of the holm case above, with a fifth flag outside it (a
+  // reference's) that must keep its value.
+  const std::vector<double> p{0.01, 0.04, 0.03, 0.005};
+  std::vector<Interval> d(p.size());
+  for (std::size_t i = 0; i < p.size(); ++i) d[i].p_zero = p[i];
+  bool flags[5] = {false, true, true, false, true};
+  std::vector<Comparison> family;
+  for (std::size_t i = 0; i < p.size(); ++i) family.push_back({&d[i], &flags[i]});
+  resolve_holm(family, 0.05);
+  const std::vector<bool> expected = llama::stats::holm(p, 0.05);
+  for (std::size_t i = 0; i < p.size(); ++i) CHECK(flags[i] == expected[i]);
+  CHECK(flags[4]);
+  resolve_holm(std::vector<Comparison>{}, 0.05);  // an empty family: nothing to do
+
+  // Paired differences from one bootstrap (three shifted copies of a sample
+  // against it): the flags are Holm's decisions on their bootstrap p-values.
+  const std::size_t n = 50;
+  const std::vector<double> base = normals(n, 0.0, 1.0, 61);
+  const Bootstrap boot(n, {.resamples = 500, .level = 0.95, .seed = 3});
+  std::vector<std::vector<double>> others;
+  for (double shift : {0.0, 0.05, 1.0}) {
+    const std::vector<double> noise = normals(n, shift, 0.3, 70 + static_cast<std::uint64_t>(shift * 100));
+    others.push_back(base);
+    for (std::size_t i = 0; i < n; ++i) others.back()[i] += noise[i];
+  }
+  std::vector<Interval> diffs;
+  for (const auto& o : others) diffs.push_back(boot.paired(Bootstrap::mean_of(o), Bootstrap::mean_of(base)));
+  bool resolved[3] = {true, true, false};
+  family.clear();
+  std::vector<double> pz;
+  for (std::size_t i = 0; i < diffs.size(); ++i) {
+    family.push_back({&diffs[i], &resolved[i]});
+    pz.push_back(diffs[i].p_zero);
+  }
+  resolve_holm(family, 0.05);
+  const std::vector<bool> holm_pz = llama::stats::holm(pz, 0.05);
+  for (std::size_t i = 0; i < diffs.size(); ++i) CHECK(resolved[i] == holm_pz[i]);
+  CHECK(resolved[2]);  // a shift of 1 sd of the sample is resolved by 50 pairs
+
+  // Refused: a bad level or p-value, a null member; no flag is written.
+  bool untouched[2] = {true, false};
+  Interval bad;
+  bad.p_zero = 1.5;
+  CHECK_THROWS_AS(resolve_holm(std::vector<Comparison>{{&d[0], &untouched[0]}, {&d[3], &untouched[1]}}, 0.0),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(resolve_holm(std::vector<Comparison>{{&d[3], &untouched[0]}, {&bad, &untouched[1]}}, 0.05),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(resolve_holm(std::vector<Comparison>{{&d[3], &untouched[0]}, {nullptr, &untouched[1]}}, 0.05),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(resolve_holm(std::vector<Comparison>{{&d[3], &untouched[0]}, {&d[3], nullptr}}, 0.05),
+                  std::invalid_argument);
+  CHECK(untouched[0]);
+  CHECK_FALSE(untouched[1]);
+}
+
+TEST_CASE("verdict: better or worse only where resolved and the interval excludes 0 on that side") {
+  using llama::stats::verdict;
+  auto diff = [](double lower, double upper) { return std::optional<Interval>(Interval{(lower + upper) / 2, lower, upper, 0.0}); };
+  CHECK(verdict(std::nullopt, true) == "");
+  CHECK(verdict(std::nullopt, false) == "");
+  CHECK(verdict(diff(-0.3, -0.1), true) == "better");
+  CHECK(verdict(diff(0.1, 0.3), true) == "worse");
+  // Not resolved by Holm: no direction, whatever the interval.
+  CHECK(verdict(diff(-0.3, -0.1), false) == "not resolved");
+  CHECK(verdict(diff(0.1, 0.3), false) == "not resolved");
+  // Resolved but the interval reaches 0 (p_zero and the interpolated
+  // quantiles can disagree by a step of 2/B): no direction either.
+  CHECK(verdict(diff(-0.3, 0.0), true) == "not resolved");
+  CHECK(verdict(diff(0.0, 0.3), true) == "not resolved");
+  CHECK(verdict(diff(-0.1, 0.1), true) == "not resolved");
+}
+
+TEST_CASE("csv_number: %.9g, as an ostream at precision 9 writes it, and a float reads back exactly") {
+  using llama::stats::csv_number;
+  CHECK(csv_number(0.0) == "0");
+  CHECK(csv_number(0.1) == "0.1");
+  CHECK(csv_number(1.0 / 3.0) == "0.333333333");
+  CHECK(csv_number(-2.5e-7) == "-2.5e-07");
+  CHECK(csv_number(123456789012.0) == "1.23456789e+11");
+  CHECK(csv_number(std::numeric_limits<double>::infinity()) == "inf");
+  CHECK(csv_number(-std::numeric_limits<double>::max()).size() < 32);  // the longest: sign, 9 digits, e+308
+  std::mt19937_64 rng(17);
+  std::uniform_real_distribution<double> mantissa(-1.0, 1.0);
+  std::uniform_int_distribution<int> exponent(-40, 38);
+  for (int k = 0; k < 2000; ++k) {
+    const double v = std::ldexp(mantissa(rng), static_cast<int>(exponent(rng) * 3.32));
+    std::ostringstream os;
+    os << std::setprecision(9) << v;
+    CHECK(csv_number(v) == os.str());
+    const auto f = static_cast<float>(v);
+    CHECK(std::strtof(csv_number(f).c_str(), nullptr) == f);
+  }
 }

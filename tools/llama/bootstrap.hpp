@@ -58,6 +58,9 @@
 // interval covers both; its variance for a mean is that of the two factors'
 // means plus a small interaction term, conservative by that term.
 //
+// The studies report through resolve_holm() (Holm over one family of
+// comparisons), verdict() (better / worse / not resolved) and csv_number().
+//
 // Reproducibility: the draws come from std::mt19937_64 (whose output the C++
 // standard fixes) mapped to indices by rejection (no std::uniform_int_distribution,
 // whose algorithm differs between standard libraries), so a seed gives the
@@ -69,11 +72,14 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <limits>
+#include <optional>
 #include <random>
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -205,6 +211,52 @@ inline std::vector<bool> holm(std::span<const double> p, double alpha) {
     reject[order[k]] = true;
   }
   return reject;
+}
+
+/// One member of a family of comparisons: its paired difference (against
+/// the family's reference) and the flag that receives Holm's decision on it.
+struct Comparison {
+  const Interval* difference = nullptr;
+  bool* resolved = nullptr;
+};
+
+/// Holm's procedure (holm()) at family-wise level `alpha` over the p-values
+/// of the family's differences (Interval::p_zero): sets each member's
+/// *resolved to whether "no difference" is rejected. The family is every
+/// comparison with one reference fixed before the run (the reference itself
+/// is not a member). Nothing is written where it throws.
+inline void resolve_holm(std::span<const Comparison> family, double alpha) {
+  std::vector<double> p;
+  p.reserve(family.size());
+  for (const Comparison& c : family) {
+    if (c.difference == nullptr || c.resolved == nullptr) {
+      throw std::invalid_argument("llama::stats::resolve_holm: every member of family must point to a difference "
+                                  "and a flag, got a null pointer");
+    }
+    p.push_back(c.difference->p_zero);
+  }
+  const std::vector<bool> reject = holm(p, alpha);
+  for (std::size_t k = 0; k < family.size(); ++k) *family[k].resolved = reject[k];
+}
+
+/// The verdict on a paired difference d = A − B of a figure where lower is
+/// better (an error, a perplexity): "better" or "worse" where Holm's
+/// procedure over its family rejected "no difference" (`resolved`) and d's
+/// own interval lies below or above 0; else "not resolved"; "" where there
+/// is no difference.
+inline std::string_view verdict(const std::optional<Interval>& d, bool resolved) {
+  if (!d) return "";
+  if (resolved && d->upper < 0) return "better";
+  if (resolved && d->lower > 0) return "worse";
+  return "not resolved";
+}
+
+/// A figure as the studies' CSV files write it: printf's %.9g, nine
+/// significant digits (FLT_DECIMAL_DIG: a float reads back exactly).
+inline std::string csv_number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
 }
 
 /// The resampling of `units` evaluation units: every statistic asked of the
