@@ -4,6 +4,7 @@
 // integer-kernel path against fake quantization within the bound of
 // integer_path.hpp, and the checkpoint path (safetensors + config.json) end
 // to end.
+#include "support/llama_configs.hpp"
 #include "support/temp_dir.hpp"
 #include "../../tools/llama/checkpoint_layer.hpp"
 #include "../../examples/02_llama_layer/default_layer.hpp"
@@ -30,18 +31,7 @@ using llama::Config;
 using llama::LayerWeights;
 using llama::Linear;
 using Md = llama::Matrix<double>;
-
-Config tiny_config() {
-  Config c;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 4;
-  c.rms_norm_eps = 1e-6;
-  c.rope_theta = 500.0;
-  return c;
-}
+using oq::test::tiny_llama_config;
 
 LayerWeights<double> random_weights(const Config& c, std::uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -150,7 +140,7 @@ Md random_input(Eigen::Index tokens, Eigen::Index hidden, std::uint64_t seed) {
 }  // namespace
 
 TEST_CASE("llama::forward equals a float64 loop implementation (GQA, RoPE, causal softmax, SwiGLU)") {
-  const Config c = tiny_config();
+  const Config c = tiny_llama_config();
   const LayerWeights<double> w = random_weights(c, 1);
   const Md x = random_input(7, c.hidden_size, 2);
   std::vector<std::vector<double>> xs(7, std::vector<double>(16));
@@ -179,13 +169,13 @@ TEST_CASE("llama::forward equals a float64 loop implementation (GQA, RoPE, causa
 }
 
 TEST_CASE("llama::Config and LayerWeights reject inconsistent shapes by name") {
-  Config c = tiny_config();
+  Config c = tiny_llama_config();
   c.num_key_value_heads = 3;
   CHECK_THROWS_WITH_AS(c.validate(), doctest::Contains("num_key_value_heads must divide"), std::invalid_argument);
-  c = tiny_config();
+  c = tiny_llama_config();
   c.head_dim = 3;
   CHECK_THROWS_WITH_AS(c.validate(), doctest::Contains("head_dim must be even"), std::invalid_argument);
-  c = tiny_config();
+  c = tiny_llama_config();
   LayerWeights<double> w = random_weights(c, 1);
   w[Linear::kDown] = Md::Zero(16, 23);
   CHECK_THROWS_WITH_AS(w.validate(c), doctest::Contains("down_proj must be 16 x 24, got 16 x 23"),
@@ -198,15 +188,7 @@ namespace {
 
 // A small default-style layer: the construction of default_layer.hpp at
 // 1/8 of LLaMA-2-7B's width.
-Config small_config() {
-  Config c;
-  c.hidden_size = 512;
-  c.intermediate_size = 1408;
-  c.num_attention_heads = 8;
-  c.num_key_value_heads = 2;
-  c.head_dim = 64;
-  return c;
-}
+Config small_config() { return oq::test::gqa_llama_config(/*heads=*/8, /*head_dim=*/64, /*intermediate=*/1408); }
 
 }  // namespace
 
@@ -309,7 +291,7 @@ TEST_CASE("MethodSpec: names, presets as points of the cross, refused combinatio
   CHECK(llama::method_spec(llama::Method::kDuQuantSmooth) ==
         llama::MethodSpec{true, llama::Rotation::kDuQuant, llama::WeightQuant::kRtn});
 
-  const Config c = tiny_config();
+  const Config c = tiny_llama_config();
   const auto w = random_weights(c, 3);
   const auto calibration = llama::record_inputs(c, w, random_input(8, c.hidden_size, 4));
   llama::QuantOptions o;
@@ -670,7 +652,7 @@ using oq::test::TempDir;
 }  // namespace
 
 TEST_CASE("a sharded Hugging Face checkpoint: config.json and safetensors give the same layer and forward") {
-  const Config c = tiny_config();
+  const Config c = tiny_llama_config();
   const auto w0 = random_weights(c, 11).cast<float>();
   const auto w1 = random_weights(c, 12).cast<float>();
   const llama::Matrix<float> embeddings = random_input(40, c.hidden_size, 13).cast<float>();

@@ -3,6 +3,7 @@
 // al.'s test, the relative error per group, the mean over seeds), its
 // intervals and verdicts consistent, its CSV and markdown complete, and its
 // refusals.
+#include "support/llama_configs.hpp"
 #include "../../examples/02_llama_layer/default_layer.hpp"
 #include "../../examples/02_llama_layer/study.hpp"
 
@@ -20,18 +21,8 @@ using llama::Rotation;
 using llama::WeightQuant;
 using llama::study::TokenGroup;
 
-llama::Config study_config() {
-  llama::Config c;
-  c.hidden_size = 128;
-  c.intermediate_size = 256;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 32;
-  return c;
-}
-
 struct Setup {
-  llama::Config config = study_config();
+  llama::Config config = oq::test::gqa_llama_config(/*heads=*/4, /*head_dim=*/32, /*intermediate=*/256);
   llama::LayerWeights<float> weights = llama::default_layer<float>(config);
   std::vector<Matrix<float>> windows;
   llama::LinearInputs<float> calibration;

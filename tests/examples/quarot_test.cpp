@@ -5,6 +5,7 @@
 // model with γ folded and the residual stream rotated, computed both ways;
 // the rotated activations' kurtosis against the value a randomized Hadamard
 // predicts; seeds; the integer path against fake quantization.
+#include "support/llama_configs.hpp"
 #include "../../tools/llama/integer_path.hpp"
 #include "../../tools/llama/llama_layer.hpp"
 #include "../../tools/llama/methods.hpp"
@@ -29,23 +30,10 @@ using llama::Input;
 using llama::LayerWeights;
 using llama::Linear;
 using Md = llama::Matrix<double>;
+using oq::test::tiny_llama_config;  // its MLP width 24 = 12·2 is not a power of two (Paley I, q = 11)
 
 constexpr llama::MethodSpec kQuaRot{false, llama::Rotation::kQuaRot, llama::WeightQuant::kRtn};
 constexpr llama::MethodSpec kSmoothQuaRot{true, llama::Rotation::kQuaRot, llama::WeightQuant::kRtn};
-
-// Grouped-query heads (4 query, 2 key/value) of width 4; the MLP width 24 =
-// 12·2 is not a power of two (Paley I, q = 11).
-Config tiny_config() {
-  Config c;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 4;
-  c.rms_norm_eps = 1e-6;
-  c.rope_theta = 500.0;
-  return c;
-}
 
 // Random weights; γ of both signs and unequal sizes (|γ| in 0.2 … 1.8).
 template <class Scalar>
@@ -117,7 +105,7 @@ struct RotatedModelLinears {
 }  // namespace
 
 TEST_CASE("QuaRot with nothing rounded is the full-precision layer, with and without smoothing, any weights") {
-  const Config c = tiny_config();
+  const Config c = tiny_llama_config();
   const auto w = random_weights<double>(c, 1);
   const Md x = heavy_input<double>(12, c.hidden_size, 2, 4.0, 40.0);
   const auto calibration = llama::record_inputs(c, w, heavy_input<double>(12, c.hidden_size, 3, 4.0, 40.0));
@@ -138,7 +126,7 @@ TEST_CASE("QuaRot with nothing rounded is the full-precision layer, with and wit
 }
 
 TEST_CASE("QuaRot's input transforms: (x/γ)·D·H/√n on the residual-fed inputs, H/√n on o_proj's and down_proj's") {
-  const Config c = tiny_config();
+  const Config c = tiny_llama_config();
   const auto w = random_weights<double>(c, 4);
   const auto calibration = llama::record_inputs(c, w, heavy_input<double>(10, c.hidden_size, 5, 4.0));
   const auto layer = llama::quantize_layer(kQuaRot, w, calibration, quarot_options(c, 11));
@@ -169,7 +157,7 @@ TEST_CASE("derivation: the input transforms diag(γ)⁻¹·Q, H and the output r
   // run on x·Q, with the online cross-head Hadamard C = (I ⊗ H_hd)ᵀ·H_o before
   // o_proj and H_f before down_proj; its output times Qᵀ. Both W4A4 RTN in
   // double: the same codes up to the rounding of the two evaluation orders.
-  const Config c = tiny_config();
+  const Config c = tiny_llama_config();
   const auto w = random_weights<double>(c, 21);
   const Md x = heavy_input<double>(10, c.hidden_size, 22, 4.0, 30.0);
   const auto calibration = llama::record_inputs(c, w, heavy_input<double>(16, c.hidden_size, 23, 4.0, 30.0));
@@ -255,7 +243,7 @@ TEST_CASE("QuaRot's rotated activations: kurtosis 3 − 2·Σx⁴/(Σx²)² per 
 }
 
 TEST_CASE("QuaRot reproduces on the same seed and changes with it") {
-  const Config c = tiny_config();
+  const Config c = tiny_llama_config();
   const auto w = random_weights<float>(c, 41);
   const auto x = heavy_input<float>(8, c.hidden_size, 42, 4.0, 20.0);
   const auto calibration = llama::record_inputs(c, w, heavy_input<float>(12, c.hidden_size, 43, 4.0, 20.0));
@@ -270,7 +258,7 @@ TEST_CASE("QuaRot reproduces on the same seed and changes with it") {
 }
 
 TEST_CASE("QuaRot on the integer path: fused full-width Hadamards, packed weights in the rotated basis, within the bound") {
-  const Config c = tiny_config();
+  const Config c = tiny_llama_config();
   const auto w = random_weights<float>(c, 51);
   const auto x = heavy_input<float>(16, c.hidden_size, 52, 4.0, 30.0);
   const auto calibration = llama::record_inputs(c, w, heavy_input<float>(24, c.hidden_size, 53, 4.0, 30.0));
@@ -300,7 +288,7 @@ TEST_CASE("QuaRot with GPTQ weights: below round-to-nearest's calibration error,
   // output on its calibration tokens. GPTQ quantizes Rᵀ·W (the output
   // rotation mixes rows, which GPTQ treats independently) on the Hessian of
   // the transformed inputs.
-  Config c = tiny_config();
+  Config c = tiny_llama_config();
   c.hidden_size = 64;
   c.intermediate_size = 96;  // 12·8
   c.num_attention_heads = 4;
@@ -325,7 +313,7 @@ TEST_CASE("QuaRot with GPTQ weights: below round-to-nearest's calibration error,
 }
 
 TEST_CASE("QuaRot refuses what it cannot fold, naming it") {
-  const Config c = tiny_config();
+  const Config c = tiny_llama_config();
   auto w = random_weights<double>(c, 61);
   const auto calibration = llama::record_inputs(c, w, heavy_input<double>(8, c.hidden_size, 62, 4.0));
   w.input_norm(3) = 0.0;  // γ = 0: the recorded input no longer holds that channel of x/rms

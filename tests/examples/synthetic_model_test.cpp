@@ -3,6 +3,7 @@
 // published properties it claims (README.md beside those files), measured
 // the way the papers measure them; its construction is deterministic; the
 // stack's per-layer and end-to-end errors are what their definitions say.
+#include "support/llama_configs.hpp"
 #include "../../examples/02_llama_layer/model_statistics.hpp"
 #include "../../examples/02_llama_layer/stack_quantization.hpp"
 #include "../../examples/02_llama_layer/synthetic_model.hpp"
@@ -25,15 +26,7 @@ using llama::Linear;
 using Mf = llama::Matrix<float>;
 
 // 1/16 of LLaMA-2-7B's width, grouped-query attention (2 query heads per KV head).
-Config small_config() {
-  Config c;
-  c.hidden_size = 256;
-  c.intermediate_size = 688;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 64;
-  return c;
-}
+Config small_config() { return oq::test::gqa_llama_config(/*heads=*/4, /*head_dim=*/64, /*intermediate=*/688); }
 
 llama::SyntheticModelOptions options(std::uint64_t seed) {
   llama::SyntheticModelOptions o;

@@ -2,6 +2,7 @@
 // pass against central differences of its loss (float64, every kind of
 // input transform), and the block-wise LWC trainer against the RTN layer it
 // starts from and the per-linear LWC of oq/quant/lwc.hpp.
+#include "support/llama_configs.hpp"
 #include "../../examples/02_llama_layer/default_layer.hpp"
 #include "../../tools/llama/block_lwc.hpp"
 #include "../../tools/llama/integer_path.hpp"
@@ -20,18 +21,7 @@ using llama::Config;
 using llama::LayerWeights;
 using llama::Linear;
 using Md = llama::Matrix<double>;
-
-Config tiny_config() {
-  Config c;
-  c.hidden_size = 16;
-  c.intermediate_size = 24;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
-  c.head_dim = 4;
-  c.rms_norm_eps = 1e-6;
-  c.rope_theta = 500.0;
-  return c;
-}
+using oq::test::tiny_llama_config;
 
 Md gaussian(Eigen::Index rows, Eigen::Index cols, double sigma, std::mt19937_64& rng) {
   std::normal_distribution<double> n(0.0, sigma);
@@ -55,7 +45,7 @@ LayerWeights<double> random_weights(const Config& c, std::uint64_t seed) {
 }  // namespace
 
 TEST_CASE("block LWC: the layer's backward pass equals central differences of its loss") {
-  const Config c = tiny_config();
+  const Config c = tiny_llama_config();
   const LayerWeights<double> w = random_weights(c, 1);
   std::mt19937_64 rng(2);
   const std::vector<Md> sequences{gaussian(6, c.hidden_size, 1.0, rng), gaussian(5, c.hidden_size, 1.0, rng)};
