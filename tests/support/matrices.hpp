@@ -1,6 +1,8 @@
 // Test inputs: seeded random matrices and the adversarial cases oq's tests use.
 #pragma once
 
+#include <oq/detail/eigen_types.hpp>
+
 #include <Eigen/Core>
 
 #include <cstdint>
@@ -8,10 +10,12 @@
 
 namespace oq::test {
 
+// The library's matrix types (oq/detail/eigen_types.hpp) under the names the
+// tests use: column-major and row-major dynamic matrices.
 template <class T>
-using MatrixX = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+using MatrixX = oq::detail::DenseMatrix<T>;
 template <class T>
-using RowMatrixX = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+using RowMatrixX = oq::detail::RowMajorMatrix<T>;
 
 /// rows × cols standard normal entries times `sigma`, from a fixed seed.
 template <class T>
