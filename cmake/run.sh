@@ -51,6 +51,17 @@ install_deps() {
   fi
 }
 
+# example03_and_text [extra packages...]: example 03 built and its training
+# text at build/kjv.txt (the whole King James Bible, one verse per line,
+# bible-kjv's own reader).
+example03_and_text() {
+  install_deps bible-kjv "$@"
+  cmake --preset default
+  cmake --build --preset default --target 03_small_transformer
+  mkdir -p build
+  [ -s build/kjv.txt ] || bible -f Gen1:1-Rev22:21 > build/kjv.txt
+}
+
 case "${1:-}" in
   deps)
     install_deps ;;
@@ -66,12 +77,7 @@ case "${1:-}" in
     ./build/default/examples/02_llama_layer/02_llama_layer --out build/llama_layer_out
     "$(command -v /usr/bin/python3 || command -v python3)" examples/02_llama_layer/plot_channels.py build/llama_layer_out/channel_magnitudes.csv ;;
   train)
-    install_deps "${train_packages[@]}"
-    cmake --preset default
-    cmake --build --preset default --target 03_small_transformer
-    mkdir -p build
-    # The whole King James Bible, one verse per line (bible-kjv's own reader).
-    [ -s build/kjv.txt ] || bible -f Gen1:1-Rev22:21 > build/kjv.txt
+    example03_and_text "${train_packages[@]}"
     ./build/default/examples/03_small_transformer/03_small_transformer --text build/kjv.txt --out build/small_transformer_out
     "$(command -v /usr/bin/python3 || command -v python3)" examples/03_small_transformer/plot_training.py build/small_transformer_out ;;
   outlier-budget)
@@ -80,11 +86,7 @@ case "${1:-}" in
     # list with OQ_BUDGETS. The summary names the first logged step where
     # the test fires; the cosine schedule depends on --steps, so a budget is
     # a whole run, not a prefix of a longer one.
-    install_deps bible-kjv
-    cmake --preset default
-    cmake --build --preset default --target 03_small_transformer
-    mkdir -p build
-    [ -s build/kjv.txt ] || bible -f Gen1:1-Rev22:21 > build/kjv.txt
+    example03_and_text
     budget_dirs=()
     for budget in ${OQ_BUDGETS:-128:4:3000 256:4:3000 256:6:6000}; do
       IFS=: read -r hidden layers steps <<< "$budget"
@@ -97,11 +99,7 @@ case "${1:-}" in
   lambda-sweep)
     # Every λ of OQ_LAMBDAS, variants kurtosis and kurtosis+qat, plus the
     # baseline once, at the budget the remaining arguments give.
-    install_deps bible-kjv
-    cmake --preset default
-    cmake --build --preset default --target 03_small_transformer
-    mkdir -p build
-    [ -s build/kjv.txt ] || bible -f Gen1:1-Rev22:21 > build/kjv.txt
+    example03_and_text
     shift
     sweep_dirs=(build/lambda_sweep/baseline)
     ./build/default/examples/03_small_transformer/03_small_transformer --text build/kjv.txt --variants baseline \
