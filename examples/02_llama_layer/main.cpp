@@ -11,6 +11,7 @@
 //                                           --single-layer, or a checkpoint's layer with --checkpoint
 //   02_llama_layer --help
 #include "../common/cli.hpp"
+#include "../common/study_flags.hpp"
 #include "../../tools/llama/checkpoint_layer.hpp"
 #include "default_layer.hpp"
 #include "../../tools/llama/integer_path.hpp"
@@ -73,11 +74,8 @@ struct Flags {
   bool gptq = false;
   // --study (study.hpp)
   bool study = false;
-  int seeds = 5;
+  examples::cli::StudyFlags study_flags;  // --seeds, --baseline, --resamples, --lwc-steps
   std::size_t windows = 16;
-  std::string baseline = "RTN";
-  int resamples = 2000;
-  int lwc_steps = llama::QuantOptions{}.lwc.steps;
   // The synthetic model (the default without --checkpoint).
   bool single_layer = false;
   int layers = 4;
@@ -126,18 +124,10 @@ void add_flags(CLI::App& app, Flags& f) {
                "with --single-layer, or --checkpoint's layer): every point of smoothing x rotation x weights, random rotations over "
                "--seeds seeds, on --windows held-out sequences of --seq-len tokens, with bootstrap intervals "
                "(study.csv, study.md in --out)");
-  app.add_option("--seeds", f.seeds, "--study: seeds of each random rotation (--seed, --seed + 1, ...)")
-      ->capture_default_str()
-      ->check(integer(1));
+  examples::cli::add_study_flags(app, f.study_flags, "--study: seeds of each random rotation (--seed, --seed + 1, ...)");
   app.add_option("--windows", f.windows, "--study: held-out sequences (the bootstrap's units)")
       ->capture_default_str()
       ->check(integer<std::size_t>(2));
-  app.add_option("--baseline", f.baseline, "--study: the method the paired differences are taken against")
-      ->capture_default_str();
-  app.add_option("--resamples", f.resamples, "--study: bootstrap resamples")->capture_default_str()->check(integer(1));
-  app.add_option("--lwc-steps", f.lwc_steps, "--study: AdamW steps of LWC's clip factors per linear")
-      ->capture_default_str()
-      ->check(integer(0));
   app.add_flag("--single-layer", f.single_layer,
                "without --checkpoint: the one-layer construction of default_layer.hpp instead of the synthetic model");
   app.add_option("--layers", f.layers, "layers of the synthetic model (the massive activations appear in layer 1)")
@@ -223,23 +213,12 @@ void run_study(const Flags& flags, const llama::Config& config, const llama::Lay
   options.quant.block_size = flags.block_size;
   options.quant.greedy_steps = flags.greedy_steps;
   options.quant.seed = flags.seed;
-  options.quant.lwc.steps = flags.lwc_steps;
+  options.quant.lwc.steps = flags.study_flags.lwc_steps;
   options.quant.head_dim = config.head_dim;  // QuaRot's head-wise Hadamard folded into v_proj
-  options.seeds = flags.seeds;
-  options.bootstrap.resamples = flags.resamples;
+  options.seeds = flags.study_flags.seeds;
+  options.bootstrap.resamples = flags.study_flags.resamples;
   options.progress = progress;
-  bool found = false;
-  for (const auto& spec : options.specs) {
-    if (spec.name() == flags.baseline) {
-      options.baseline = spec;
-      found = true;
-    }
-  }
-  if (!found) {
-    std::string names;
-    for (const auto& spec : options.specs) names += (names.empty() ? "" : ", ") + spec.name();
-    throw std::invalid_argument("--baseline must be one of " + names + ", got '" + flags.baseline + "'");
-  }
+  options.baseline = flags.study_flags.baseline_spec(options.specs);
   std::vector<llama::Matrix<float>> windows;
   for (std::size_t w = 0; w < flags.windows; ++w) {
     progress("study: window " + std::to_string(w + 1) + "/" + std::to_string(flags.windows));

@@ -8,6 +8,7 @@
 //   03_small_transformer --text kjv.txt --study --seeds 5   the crossed, seeded study (study.hpp; README.md)
 //   03_small_transformer --help
 #include "../common/cli.hpp"
+#include "../common/study_flags.hpp"
 #include "checkpoint.hpp"
 #include "evaluate.hpp"
 #include "model.hpp"
@@ -58,10 +59,7 @@ struct Flags {
   std::uint64_t seed = 0;
   // --study (study.hpp)
   bool study = false;
-  int seeds = 5;
-  std::string baseline = "RTN";
-  int resamples = 2000;
-  int lwc_steps = llama::QuantOptions{}.lwc.steps;
+  examples::cli::StudyFlags study_flags;  // --seeds, --baseline, --resamples, --lwc-steps
 };
 
 // The command line (CLI11: --help lists these with their defaults).
@@ -117,13 +115,7 @@ void add_flags(CLI::App& app, Flags& f) {
                "instead of the default run: every variant trained with --seeds seeds (--seed, --seed + 1, ...), each "
                "model evaluated with every point of smoothing x rotation x weights, perplexity per validation window "
                "with bootstrap intervals (study.csv, study.md in --out)");
-  app.add_option("--seeds", f.seeds, "--study: training seeds per variant")->capture_default_str()->check(integer(1));
-  app.add_option("--baseline", f.baseline, "--study: the method the paired differences are taken against")
-      ->capture_default_str();
-  app.add_option("--resamples", f.resamples, "--study: bootstrap resamples")->capture_default_str()->check(integer(1));
-  app.add_option("--lwc-steps", f.lwc_steps, "--study: AdamW steps of LWC's clip factors per linear")
-      ->capture_default_str()
-      ->check(integer(0));
+  examples::cli::add_study_flags(app, f.study_flags, "--study: training seeds per variant");
 }
 
 // The model's shape as a whole (--heads must divide --hidden, ...), reported
@@ -310,26 +302,15 @@ void print_table(const std::vector<Row>& rows, double unigram, int qat_bits) {
 void run_study(const Flags& f, const small_lm::Corpus& corpus) {
   small_lm::study::StudyOptions options;
   options.quant.block_size = f.block_size;  // as evaluate() quantizes
-  options.quant.lwc.steps = f.lwc_steps;
-  options.bootstrap.resamples = f.resamples;
+  options.quant.lwc.steps = f.study_flags.lwc_steps;
+  options.bootstrap.resamples = f.study_flags.resamples;
   options.progress = [](const std::string& line) { progress(line); };
-  bool found = false;
-  for (const auto& spec : options.specs) {
-    if (spec.name() == f.baseline) {
-      options.baseline = spec;
-      found = true;
-    }
-  }
-  if (!found) {
-    std::string names;
-    for (const auto& spec : options.specs) names += (names.empty() ? "" : ", ") + spec.name();
-    throw std::invalid_argument("--baseline must be one of " + names + ", got '" + f.baseline + "'");
-  }
+  options.baseline = f.study_flags.baseline_spec(options.specs);
   small_lm::study::StudyInputs in;
   in.config = f.config;
   in.validation = corpus.validation_batch(f.eval_sequences);
   in.variants = f.variants;
-  for (int s = 0; s < f.seeds; ++s) in.seeds.push_back(f.seed + static_cast<std::uint64_t>(s));
+  for (int s = 0; s < f.study_flags.seeds; ++s) in.seeds.push_back(f.seed + static_cast<std::uint64_t>(s));
   in.train = [&f, &corpus](const std::string& variant, std::uint64_t seed) {
     Flags seeded = f;
     seeded.seed = seed;
