@@ -34,6 +34,8 @@ def read_outliers(path):
     out = OrderedDict()
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
+            if None in row.values():
+                continue  # a run still writing: its last line may be cut short
             if "massive_tokens" not in row:
                 sys.exit(f"{path}: no massive_tokens column (written by an older 03_small_transformer)")
             row["step"] = int(row["step"])
