@@ -119,6 +119,19 @@ const QuantSpec kSpecs[] = {QuantSpec::per_token(4, false, 0.9),
                             with_flags(QuantSpec::per_token(4, false), true, false),   // GPTQ's widened range
                             with_flags(QuantSpec::per_token(8, true), false, true)};  // full symmetric range
 
+// x quantized with transform t on every available path, for every spec of
+// kSpecs, equals reference(y) bit for bit (y: t applied to x in float64).
+void require_every_path(const RowMatrix& x, const RowMatrix& y, const TokenTransform& t, int threads) {
+  for (const QuantSpec& spec : kSpecs) {
+    const PackedActivations want = reference(y, spec);
+    for (Isa isa : available_paths()) {
+      CAPTURE(spec.bits);
+      CAPTURE(oq::cpu::to_string(isa));
+      require_same(oq::cpu::quantize_per_token(x, spec, t, {threads, isa}), want);
+    }
+  }
+}
+
 }  // namespace
 
 TEST_CASE("golden bytes: the token {0, 1, 2, 3}, 4-bit asymmetric") {
@@ -291,14 +304,7 @@ TEST_CASE("DuQuant: smoothing, R1, zigzag, R2 in order, bit for bit; and within 
   const TokenTransform fused = TokenTransform::duquant(t);
   CHECK(fused.channels() == k);
   CHECK(fused.block_size() == b);
-  for (const QuantSpec& spec : kSpecs) {
-    const PackedActivations want = reference(y, spec);
-    for (Isa isa : available_paths()) {
-      CAPTURE(spec.bits);
-      CAPTURE(oq::cpu::to_string(isa));
-      require_same(oq::cpu::quantize_per_token(x, spec, fused, {2, isa}), want);
-    }
-  }
+  require_every_path(x, y, fused, 2);
   // Against Eigen's blocked products in apply(): each rotation's entries
   // differ by at most b·u·‖block of its input‖₁ (two summation orders of the
   // same b products, γ_b each); two rotations, and the permutation is exact.
@@ -463,14 +469,7 @@ TEST_CASE("full-width Hadamard K·2^m: huge outliers, NaN, Inf and overflow as d
     x.row(5).setConstant(big / static_cast<float>(2 * n));
     const RowMatrix y = full_hadamard_ref(x, nullptr);
     REQUIRE(y.allFinite());
-    for (const QuantSpec& spec : kSpecs) {
-      const PackedActivations want = reference(y, spec);
-      for (Isa isa : available_paths()) {
-        CAPTURE(spec.bits);
-        CAPTURE(oq::cpu::to_string(isa));
-        require_same(oq::cpu::quantize_per_token(x, spec, t, {2, isa}), want);
-      }
-    }
+    require_every_path(x, y, t, 2);
     for (Isa isa : available_paths()) {
       CAPTURE(oq::cpu::to_string(isa));
       // NaN and ±Inf in x: std::domain_error naming x's entry, not the transform's.
