@@ -92,14 +92,7 @@ double bulk_kurtosis(const Matrix<Scalar>& x, const std::vector<Eigen::Index>& e
 }
 
 /// median |x| over every entry (the lower median, as Sun et al.'s torch.median).
-template <class Scalar>
-double median_abs(const Matrix<Scalar>& x) {
-  std::vector<double> a(static_cast<std::size_t>(x.size()));
-  for (Eigen::Index i = 0; i < x.size(); ++i) a[static_cast<std::size_t>(i)] = std::abs(static_cast<double>(x.data()[i]));
-  const auto middle = a.begin() + (static_cast<std::ptrdiff_t>(a.size()) - 1) / 2;
-  std::nth_element(a.begin(), middle, a.end());
-  return *middle;
-}
+using oq::analysis::median_abs;
 
 /// What the statistics above find in one layer: its output hidden state,
 /// its attention and its normed inputs.

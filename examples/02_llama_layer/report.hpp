@@ -72,12 +72,7 @@ inline void print_default_layout(std::ostream& out, const DefaultLayerLayout& la
 template <class Scalar>
 void print_outlier_summary(std::ostream& out, const Matrix<Scalar>& x, const Matrix<Scalar>& y,
                            const LinearInputs<Scalar>& inputs) {
-  auto median_abs = [](const auto& m) {
-    std::vector<double> a(static_cast<std::size_t>(m.size()));
-    for (Eigen::Index i = 0; i < m.size(); ++i) a[static_cast<std::size_t>(i)] = std::abs(double(m.data()[i]));
-    std::nth_element(a.begin(), a.begin() + static_cast<std::ptrdiff_t>(a.size() / 2), a.end());
-    return a[a.size() / 2];
-  };
+  using oq::analysis::median_abs;  // the lower median, as Sun et al.'s test takes it
   out << "full precision:\n";
   out << "  layer input : max|x| " << format("%.4g", double(x.cwiseAbs().maxCoeff())) << ", median |x| "
       << format("%.3g", median_abs(x)) << "\n";

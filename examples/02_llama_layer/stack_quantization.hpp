@@ -133,10 +133,8 @@ std::vector<LayerQuantization> quantize_stack(const Config& c, const std::vector
     out[l].layer = group_errors(y, hidden[l + 1], hidden[l], massive_tokens);
     x_quantized = forward(c, layers[l], x_quantized, layer);
     out[l].end_to_end = group_errors(x_quantized, hidden[l + 1], hidden[0], massive_tokens);
-    for (const auto& m : oq::analysis::find_massive_activations(x_quantized)) {
-      auto& found = out[l].end_to_end_massive_tokens;
-      if (found.empty() || found.back() != m.token) found.push_back(m.token);
-    }
+    out[l].end_to_end_massive_tokens =
+        oq::analysis::massive_tokens(oq::analysis::find_massive_activations(x_quantized));
     if constexpr (std::is_same_v<Scalar, float>) {
       if (options.integer) {
         say("integer kernels");

@@ -85,14 +85,6 @@ inline std::string tokens(const std::vector<Eigen::Index>& t) {
   return s;
 }
 
-inline std::vector<Eigen::Index> massive_from(const std::vector<oq::analysis::MassiveActivation>& found) {
-  std::vector<Eigen::Index> t;
-  for (const auto& m : found) {
-    if (t.empty() || t.back() != m.token) t.push_back(m.token);
-  }
-  return t;
-}
-
 inline std::string pad_left(const std::string& s, std::size_t width) {
   return s.size() >= width ? s : std::string(width - s.size(), ' ') + s;
 }
@@ -206,7 +198,7 @@ inline int run_synthetic_model(const SyntheticRunOptions& o, std::ostream& out) 
       << "  end to end: layers 0..l quantized, each on the quantized output before it, ||x^_l+1 - x_l+1|| / ||x_l+1 - x_0||\n"
       << "  massive activations at: the tokens where Sun et al.'s test fires on the quantized stack's output (full "
          "precision: "
-      << tokens(massive_from(statistics.back().massive)) << ")\n"
+      << tokens(oq::analysis::massive_tokens(statistics.back().massive)) << ")\n"
       << "  massive: the first token and the first delimiter; others: the other tokens"
       << (o.integer ? "; integer: the per-layer error with oq::cpu's integer kernels, all tokens" : "") << "\n";
   out << "method          layer   per layer: all   massive    others" << (o.integer ? "   integer" : "")

@@ -1,5 +1,6 @@
 // examples/03_small_transformer/train.hpp: the text, its batches, AdamW with
-// global-norm gradient clipping and a warmup + cosine schedule.
+// global-norm gradient clipping and a warmup + cosine schedule, and the
+// training step that puts them together (Trainer).
 #pragma once
 
 #include "model.hpp"
@@ -13,6 +14,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace small_lm {
@@ -173,6 +175,55 @@ class AdamW {
   OptimizerOptions options_;
   Parameters<Scalar> m_, v_;
   int t_ = 0;
+};
+
+/// What one Trainer::step measured: the batch's loss at the parameters
+/// before the update, and the gradient's global norm before clipping.
+struct StepResult {
+  Loss loss;
+  double gradient_norm = 0;
+};
+
+/// The training loop's step, the one the example, its tests and the oq
+/// tool's tests run: the loss and gradient on a batch, on the first step
+/// the QAT clips set from that batch (Model::init_clips), an AdamW step at
+/// the schedule's position, the clips kept ordered (Model::project_clips).
+///
+///   small_lm::Trainer<float> trainer(config, regularization, optimizer_options);
+///   for (int s = 0; s < optimizer_options.total_steps; ++s) trainer.step(params, corpus.training_batch(8, rng));
+template <class Scalar>
+class Trainer {
+ public:
+  Trainer(const Config& c, const Regularization& r, const OptimizerOptions& options)
+      : model_(c, r), grad_(Parameters<Scalar>::zeros(c)), optimizer_(c, options) {}
+
+  /// One step on `batch`. `inspect(model, params)` runs between the gradient
+  /// and the update: the model's caches then hold this batch's activations
+  /// and `params` are still those the loss was taken at (the example logs
+  /// its outlier statistics there).
+  template <class Inspect>
+  StepResult step(Parameters<Scalar>& params, const Batch& batch, Inspect&& inspect) {
+    if (steps_ == 0 && model_.regularization().qat_bits != 0) model_.init_clips(params, batch);
+    StepResult result;
+    result.loss = model_.loss_and_gradient(params, batch, grad_);
+    inspect(std::as_const(model_), std::as_const(params));
+    result.gradient_norm = optimizer_.step(params, grad_, steps_);
+    model_.project_clips(params);
+    ++steps_;
+    return result;
+  }
+  StepResult step(Parameters<Scalar>& params, const Batch& batch) {
+    return step(params, batch, [](const Model<Scalar>&, const Parameters<Scalar>&) {});
+  }
+
+  /// Steps taken so far: the next step's schedule position.
+  int steps() const { return steps_; }
+
+ private:
+  Model<Scalar> model_;
+  Parameters<Scalar> grad_;
+  AdamW<Scalar> optimizer_;
+  int steps_ = 0;
 };
 
 }  // namespace small_lm

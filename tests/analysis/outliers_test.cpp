@@ -4,9 +4,12 @@
 
 #include "support/matrices.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <stdexcept>
+#include <utility>
 #include <vector>
 
 using namespace oq::analysis;
@@ -115,6 +118,45 @@ TEST_CASE("the median is the lower median of all |x|, and a zero median makes ev
   REQUIRE(z.size() == 1);
   CHECK(z[0].channel == 1);
   CHECK(std::isinf(z[0].ratio_to_median));
+}
+
+TEST_CASE("median_abs: the lower median by a full sort; massive_tokens: each token once") {
+  // Against std::sort of every |x| (not nth_element), ragged sizes, odd and even counts, float and double.
+  for (const auto& shape : {std::pair<Eigen::Index, Eigen::Index>{1, 1}, {1, 2}, {3, 5}, {7, 4}, {33, 17}}) {
+    const Eigen::Index rows = shape.first, cols = shape.second;  // not a structured binding: INFO captures them
+    const MatrixX<float> x = oq::test::gaussian<float>(rows, cols, static_cast<std::uint64_t>(rows * 100 + cols));
+    std::vector<double> sorted;
+    for (Eigen::Index i = 0; i < x.size(); ++i) sorted.push_back(std::fabs(static_cast<double>(x.data()[i])));
+    std::sort(sorted.begin(), sorted.end());
+    INFO(rows, " x ", cols);
+    CHECK(median_abs(x) == sorted[(sorted.size() - 1) / 2]);
+    CHECK(median_abs(MatrixX<double>(x.cast<double>())) == sorted[(sorted.size() - 1) / 2]);
+  }
+  MatrixX<double> x(2, 2);
+  x << 0.05, -0.1, 0.2, -140.0;
+  CHECK(median_abs(x) == 0.1);  // lower of the middle two, as the test above's ratio 1400 needs
+  CHECK(median_abs(x.block(0, 0, 2, 1)) == 0.05);  // an expression (a block), not only a matrix
+  // Refusals: empty (invalid_argument), NaN or Inf (domain_error).
+  CHECK_THROWS_WITH_AS(median_abs(MatrixX<double>(0, 3)), doctest::Contains("non-empty"), std::invalid_argument);
+  x(1, 0) = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_WITH_AS(median_abs(x), doctest::Contains("finite"), std::domain_error);
+  x(1, 0) = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_AS(median_abs(x), std::domain_error);
+
+  // Two massive channels on tokens 0 and 5, one on token 2: three tokens, each once, in order.
+  MatrixX<float> h = oq::test::gaussian<float>(8, 64, 9, 0.3);
+  h(0, 3) = 2000;
+  h(0, 40) = -1900;
+  h(5, 3) = 1500;
+  h(5, 41) = 1600;
+  h(2, 7) = -3000;
+  const auto found = find_massive_activations(h);
+  REQUIRE(found.size() == 5);
+  CHECK(massive_tokens(found) == std::vector<Eigen::Index>{0, 2, 5});
+  CHECK(massive_tokens({}).empty());
+  // Any order in, sorted and unique out.
+  const std::vector<MassiveActivation> shuffled{found[4], found[0], found[2], found[1], found[3]};
+  CHECK(massive_tokens(shuffled) == std::vector<Eigen::Index>{0, 2, 5});
 }
 
 namespace {

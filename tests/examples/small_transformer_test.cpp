@@ -236,22 +236,32 @@ TEST_CASE("small_transformer: training lowers the loss on a short text and is de
   c.seq_len = 32;
   const small_lm::Corpus corpus(bytes, 0.1, c.seq_len);
   auto run = [&](const Regularization& r) {
-    Model<float> model(c, r);
     Parameters<float> p = Parameters<float>::initial(c, 1);
-    Parameters<float> grad = Parameters<float>::zeros(c);
     small_lm::OptimizerOptions o;
     o.learning_rate = 1e-2;
     o.total_steps = 30;
     o.warmup_steps = 3;
-    small_lm::AdamW<float> optimizer(c, o);
+    small_lm::Trainer<float> trainer(c, r, o);
     std::mt19937_64 rng(2);
     std::vector<double> losses;
     for (int step = 0; step < o.total_steps; ++step) {
       const Batch batch = corpus.training_batch(4, rng);
-      if (step == 0 && r.qat_bits != 0) model.init_clips(p, batch);
-      losses.push_back(model.loss_and_gradient(p, batch, grad).cross_entropy);
-      optimizer.step(p, grad, step);
-      model.project_clips(p);
+      double loss_at_inspect = -1;
+      const small_lm::StepResult result = trainer.step(p, batch, [&](const Model<float>& model, const Parameters<float>& at) {
+        CHECK(model.caches().size() == static_cast<std::size_t>(c.num_layers));  // this batch's forward
+        // The parameters the loss was taken at, not yet updated (a fresh
+        // model's loss on them, at the first and last step only).
+        if (step == 0 || step + 1 == o.total_steps) loss_at_inspect = Model<float>(c, r).loss(at, batch).cross_entropy;
+      });
+      if (loss_at_inspect >= 0) CHECK(result.loss.cross_entropy == doctest::Approx(loss_at_inspect).epsilon(1e-6));
+      CHECK(std::isfinite(result.gradient_norm));
+      CHECK(result.gradient_norm > 0);
+      CHECK(trainer.steps() == step + 1);
+      // QAT: the clips set from the first batch, then kept ordered.
+      if (r.qat_bits != 0) {
+        for (std::size_t l = 0; l < p.clip_lo.size(); ++l) CHECK((p.clip_hi[l].array() > p.clip_lo[l].array()).all());
+      }
+      losses.push_back(result.loss.cross_entropy);
     }
     return std::make_pair(losses, p);
   };

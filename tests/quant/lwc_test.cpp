@@ -83,6 +83,18 @@ std::vector<double> group_values(const MatrixX<double>& m, Eigen::Index row, Eig
   return out;
 }
 
+// Two trainings gave the same result, bit for bit: factors, weight, codes
+// and both losses.
+template <class T>
+void check_same_result(const LwcResult<T>& a, const LwcResult<T>& b) {
+  CHECK(a.upper == b.upper);
+  CHECK(a.lower == b.lower);
+  CHECK(a.weight == b.weight);
+  CHECK(a.codes == b.codes);
+  CHECK(a.loss == b.loss);
+  CHECK(a.initial_loss == b.initial_loss);
+}
+
 }  // namespace
 
 TEST_CASE("LWC forward is OmniQuant eq. 2, written out in plain loops") {
@@ -357,10 +369,7 @@ TEST_CASE("train_lwc: keep_best, determinism, zero steps, the first AdamW step, 
   options.steps = 80;
   const LwcResult<double> best = train_lwc(w, h, spec, options);
   const LwcResult<double> again = train_lwc(w, h, spec, options);
-  CHECK(best.upper == again.upper);
-  CHECK(best.lower == again.lower);
-  CHECK(best.weight == again.weight);
-  CHECK(best.loss == again.loss);
+  check_same_result(best, again);
   options.keep_best = false;
   const LwcResult<double> last = train_lwc(w, h, spec, options);
   // The same trajectory; each row keeps its best step, the last among them.
@@ -474,10 +483,7 @@ TEST_CASE("train_lwc: the Hessian must be symmetric to rounding with a diagonal 
   const MatrixX<double> symmetric = 0.5 * (skewed + skewed.transpose());
   const LwcResult<double> a = train_lwc(w, skewed, spec, o);
   const LwcResult<double> b = train_lwc(w, symmetric, spec, o);
-  CHECK(a.upper == b.upper);
-  CHECK(a.lower == b.lower);
-  CHECK(a.loss == b.loss);
-  CHECK(a.initial_loss == b.initial_loss);
+  check_same_result(a, b);
   // Beyond it, or a triangle only, or a negative diagonal: refused, naming it.
   skewed(2, 5) = h(2, 5) + 2e-5 * top;
   CHECK_THROWS_WITH_AS(train_lwc(w, skewed, spec, o), doctest::Contains("hessian must be symmetric"),

@@ -192,19 +192,13 @@ TEST_CASE("example 03's saved model: the tool's perplexity is the example's own,
     // precision, and a bound on perplexity would test nothing.
     const std::string train_text = oq_test::synthetic_text(20000, 23);
     const small_lm::Corpus corpus(std::vector<std::uint8_t>(train_text.begin(), train_text.end()), 0.1, c.seq_len);
-    small_lm::Model<float> trainer(c, small_lm::Regularization{});
-    small_lm::Parameters<float> grad = small_lm::Parameters<float>::zeros(c);
     small_lm::OptimizerOptions o;
     o.learning_rate = 1e-2;
     o.total_steps = 150;
     o.warmup_steps = 10;
-    small_lm::AdamW<float> optimizer(c, o);
+    small_lm::Trainer<float> trainer(c, small_lm::Regularization{}, o);
     std::mt19937_64 rng(5);
-    for (int step = 0; step < o.total_steps; ++step) {
-      const small_lm::Batch batch = corpus.training_batch(8, rng);
-      trainer.loss_and_gradient(p, batch, grad);
-      optimizer.step(p, grad, step);
-    }
+    for (int step = 0; step < o.total_steps; ++step) trainer.step(p, corpus.training_batch(8, rng));
   }
   small_lm::save_model(tmp.path / "model", c, small_lm::Regularization{}, p);
 

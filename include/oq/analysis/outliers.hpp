@@ -46,6 +46,33 @@ struct MassiveActivation {
   double ratio_to_median;
 };
 
+namespace detail_outliers {
+
+// median_abs without its checks (x non-empty and finite, checked by the caller).
+template <class Derived>
+double lower_median_abs(const Eigen::MatrixBase<Derived>& x) {
+  std::vector<double> magnitudes(static_cast<std::size_t>(x.size()));
+  Eigen::Map<Eigen::MatrixXd>(magnitudes.data(), x.rows(), x.cols()) = x.template cast<double>().cwiseAbs();
+  const auto middle = magnitudes.begin() + (static_cast<std::ptrdiff_t>(magnitudes.size()) - 1) / 2;
+  std::nth_element(magnitudes.begin(), middle, magnitudes.end());
+  return *middle;
+}
+
+}  // namespace detail_outliers
+
+/// median |x| over every entry of x, in double: the lower median (the
+/// ⌈n/2⌉-th smallest |x|, torch.median's convention, which Sun et al.'s
+/// released code uses), the reference of the massive-activation test below.
+/// x must be non-empty (std::invalid_argument) and finite (std::domain_error:
+/// a NaN has no place in an order).
+template <class Derived>
+double median_abs(const Eigen::MatrixBase<Derived>& x) {
+  constexpr std::string_view kWhere = "oq::analysis::median_abs";
+  detail::require(x.size() > 0, kWhere, "x must be non-empty, got ", x.rows(), " x ", x.cols());
+  detail::require_finite(x, kWhere, "x");
+  return detail_outliers::lower_median_abs(x);
+}
+
 /// Every massive activation of a hidden state x (tokens × channels), in
 /// row-major order (token, then channel). ratio_to_median is |x|/median in
 /// double: +inf for a zero median, and where the quotient exceeds the largest
@@ -62,12 +89,7 @@ std::vector<MassiveActivation> find_massive_activations(const Eigen::MatrixBase<
   detail::require(options.min_ratio_to_median >= 0.0 && std::isfinite(options.min_ratio_to_median), kWhere,
                   "options.min_ratio_to_median must be finite and >= 0, got ", options.min_ratio_to_median);
   detail::require_finite(x, kWhere, "x");
-
-  std::vector<double> magnitudes(static_cast<std::size_t>(x.size()));
-  Eigen::Map<Eigen::MatrixXd>(magnitudes.data(), x.rows(), x.cols()) = x.template cast<double>().cwiseAbs();
-  const auto middle = magnitudes.begin() + (static_cast<std::ptrdiff_t>(magnitudes.size()) - 1) / 2;
-  std::nth_element(magnitudes.begin(), middle, magnitudes.end());
-  const double median = *middle;
+  const double median = detail_outliers::lower_median_abs(x);
 
   std::vector<MassiveActivation> found;
   for (Eigen::Index t = 0; t < x.rows(); ++t) {
@@ -80,6 +102,17 @@ std::vector<MassiveActivation> find_massive_activations(const Eigen::MatrixBase<
     }
   }
   return found;
+}
+
+/// The tokens that hold at least one of `found` (find_massive_activations'
+/// result, row-major), each once, in increasing order: Sun et al. count
+/// massive tokens, not entries (one token carries its few massive channels).
+inline std::vector<Eigen::Index> massive_tokens(const std::vector<MassiveActivation>& found) {
+  std::vector<Eigen::Index> tokens;
+  for (const MassiveActivation& m : found) tokens.push_back(m.token);
+  std::sort(tokens.begin(), tokens.end());  // already sorted from find_massive_activations; any order accepted
+  tokens.erase(std::unique(tokens.begin(), tokens.end()), tokens.end());
+  return tokens;
 }
 
 struct ChannelOutlier {
