@@ -218,7 +218,8 @@ void run_study(const Flags& flags, const llama::Config& config, const llama::Lay
   options.seeds = flags.study_flags.seeds;
   options.bootstrap.resamples = flags.study_flags.resamples;
   options.progress = progress;
-  options.baseline = flags.study_flags.baseline_spec(options.specs);
+  options.specs = flags.study_flags.selected_specs(llama::study_method_specs());
+  options.baseline = flags.study_flags.baseline_spec(llama::study_method_specs());
   std::vector<llama::Matrix<float>> windows;
   for (std::size_t w = 0; w < flags.windows; ++w) {
     progress("study: window " + std::to_string(w + 1) + "/" + std::to_string(flags.windows));

@@ -1,6 +1,7 @@
 // examples/02_llama_layer/study.hpp: the crossed, seeded study of one layer
 // (issue 25 item 2): every point of smoothing {off, on} × rotation × weight
-// quantizer (llama::all_method_specs), the random rotations over several
+// quantizer (llama::all_method_specs; the example adds SmoothQuant's α
+// search, llama::study_method_specs), the random rotations over several
 // seeds, evaluated on held-out windows, the layer output error split by token
 // group, with bootstrap intervals over the windows and paired differences
 // against a baseline (tools/llama/bootstrap.hpp).
@@ -353,7 +354,7 @@ inline void write_csv(std::ostream& out, const StudyResult& r) {
   for (const auto& s : r.specs) {
     for (TokenGroup tg : kAllTokenGroups) {
       const GroupResult& g = s.group(tg);
-      out << s.spec.name() << ',' << (s.spec.smooth ? "on" : "off") << ',' << rotation_name(s.spec.rotation) << ','
+      out << s.spec.name() << ',' << smoothing_name(s.spec) << ',' << rotation_name(s.spec.rotation) << ','
           << weight_quant_name(s.spec.weights) << ',' << s.seeds << ',' << group_name(tg) << ',' << g.windows << ','
           << r.tokens[static_cast<std::size_t>(tg)] << ',';
       if (g.error) {

@@ -146,16 +146,6 @@ void progress(const std::string& line, bool done = false) {
   }
 }
 
-// Median |x| of a tensor (the reference of Sun et al.'s ratio test).
-double median_abs(const small_lm::Matrix<float>& x) {
-  std::vector<float> a(x.data(), x.data() + x.size());
-  if (a.empty()) return 0;
-  for (float& v : a) v = std::fabs(v);
-  const auto mid = a.begin() + static_cast<std::ptrdiff_t>(a.size() / 2);
-  std::nth_element(a.begin(), mid, a.end());
-  return *mid;
-}
-
 // One row per (step, layer, tensor) of the outlier statistics CSV: the
 // residual stream after each block and the four linear inputs (tokens ×
 // channels), and each linear's weight ([out, in]: a row is an output channel,
@@ -169,14 +159,10 @@ void log_outliers(std::ostream& csv, const std::string& variant, int step, const
                   const small_lm::Parameters<float>& params) {
   auto write = [&](std::size_t layer, std::string_view tensor, const small_lm::Matrix<float>& x) {
     const llama::InputStats s = llama::input_stats(x);
-    std::size_t massive_tokens = 0;
-    Eigen::Index last = -1;
-    for (const auto& m : oq::analysis::find_massive_activations(x)) {
-      if (m.token != last) ++massive_tokens;
-      last = m.token;
-    }
+    const std::size_t massive_count =
+        oq::analysis::massive_tokens(oq::analysis::find_massive_activations(x)).size();
     csv << variant << ',' << step << ',' << layer << ',' << tensor << ',' << s.max_abs << ',' << s.mean_kurtosis
-        << ',' << s.outlier_channels << ',' << median_abs(x) << ',' << massive_tokens << '\n';
+        << ',' << s.outlier_channels << ',' << oq::analysis::median_abs(x) << ',' << massive_count << '\n';
   };
   const auto& caches = model.caches();
   for (std::size_t l = 0; l < caches.size(); ++l) {
@@ -193,24 +179,20 @@ void log_outliers(std::ostream& csv, const std::string& variant, int step, const
 small_lm::Parameters<float> train(const Flags& f, const small_lm::Corpus& corpus, const Variant& v,
                                   std::ostream& outliers_csv, std::ostream& loss_csv) {
   using Clock = std::chrono::steady_clock;
-  small_lm::Model<float> model(f.config, v.regularization);
   small_lm::Parameters<float> params = small_lm::Parameters<float>::initial(f.config, f.seed);
-  small_lm::Parameters<float> grad = small_lm::Parameters<float>::zeros(f.config);
   small_lm::OptimizerOptions o;
   o.learning_rate = f.learning_rate;
   o.total_steps = f.steps;
   o.warmup_steps = std::max(1, f.steps / 20);
-  small_lm::AdamW<float> optimizer(f.config, o);
+  small_lm::Trainer<float> trainer(f.config, v.regularization, o);
   std::mt19937_64 rng(f.seed + 1);  // the same batches for every variant
   const auto start = Clock::now();
   const double tokens_per_step = static_cast<double>(f.batch * f.config.seq_len);
   for (int step = 0; step < f.steps; ++step) {
     const small_lm::Batch batch = corpus.training_batch(f.batch, rng);
-    if (step == 0 && v.regularization.qat_bits != 0) model.init_clips(params, batch);
-    const small_lm::Loss loss = model.loss_and_gradient(params, batch, grad);
-    if (step % f.log_every == 0 || step + 1 == f.steps) log_outliers(outliers_csv, v.name, step, model, params);
-    const double norm = optimizer.step(params, grad, step);
-    model.project_clips(params);  // the learned clips stay ordered (c− < c+)
+    const auto [loss, norm] = trainer.step(params, batch, [&](const auto& model, const auto& at) {
+      if (step % f.log_every == 0 || step + 1 == f.steps) log_outliers(outliers_csv, v.name, step, model, at);
+    });
     loss_csv << v.name << ',' << step << ',' << loss.cross_entropy << ',' << loss.kurtosis << ',' << norm << '\n';
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     std::ostringstream line;
@@ -305,7 +287,8 @@ void run_study(const Flags& f, const small_lm::Corpus& corpus) {
   options.quant.lwc.steps = f.study_flags.lwc_steps;
   options.bootstrap.resamples = f.study_flags.resamples;
   options.progress = [](const std::string& line) { progress(line); };
-  options.baseline = f.study_flags.baseline_spec(options.specs);
+  options.specs = f.study_flags.selected_specs(llama::study_method_specs());
+  options.baseline = f.study_flags.baseline_spec(llama::study_method_specs());
   small_lm::study::StudyInputs in;
   in.config = f.config;
   in.validation = corpus.validation_batch(f.eval_sequences);

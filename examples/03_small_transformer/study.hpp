@@ -1,7 +1,8 @@
 // examples/03_small_transformer/study.hpp: the crossed, seeded study of the
 // small transformer (issue 25 item 2): every training variant trained once
 // per seed, each model quantized W4A4 with every point of smoothing ×
-// rotation × weights (llama::all_method_specs), the perplexity per held-out
+// rotation × weights (llama::all_method_specs; the example adds SmoothQuant's
+// α search, llama::study_method_specs), the perplexity per held-out
 // window, with bootstrap intervals over windows × seeds and paired
 // differences.
 //
@@ -247,7 +248,7 @@ inline void write_csv(std::ostream& out, const StudyResult& r) {
     for (const auto& m : v.methods) {
       out << v.variant << ',' << m.name() << ',';
       if (m.spec) {
-        out << (m.spec->smooth ? "on" : "off") << ',' << llama::rotation_name(m.spec->rotation) << ','
+        out << llama::smoothing_name(*m.spec) << ',' << llama::rotation_name(m.spec->rotation) << ','
             << llama::weight_quant_name(m.spec->weights);
       } else {
         out << ",,";

@@ -1,6 +1,8 @@
 // oq/duquant.hpp: module header for DuQuant (Lin et al., NeurIPS 2024;
 // docs/design.md §6): everything an engine needs to calibrate and apply the dual
-// transformation M = R₁·P·R₂ (after optional smoothing) to its layers.
+// transformation M = R₁·P·R₂ (after optional smoothing) to its layers, with
+// one rotation per stage shared by the blocks (the released code's) or one
+// per block (calibrate_duquant_blockwise).
 //
 //   #include <oq/duquant.hpp>
 //   using namespace oq::duquant;
@@ -18,6 +20,7 @@
 #pragma once
 
 #include <oq/transform/duquant.hpp>
+#include <oq/transform/duquant_blockwise.hpp>
 #include <oq/transform/duquant_io.hpp>
 #include <oq/transform/duquant_rotation.hpp>
 #include <oq/transform/random_orthogonal.hpp>

@@ -310,6 +310,92 @@ TEST_CASE("MethodSpec: names, presets as points of the cross, refused combinatio
       doctest::Contains("smoothquant_alpha_search"), std::invalid_argument);
 }
 
+TEST_CASE("MethodSpec::alpha_search: SmoothQuant's α search as a point, the same as QuantOptions' switch") {
+  // The studies' points: the cross, then smooth-search with each weight quantizer, one name each.
+  const std::vector<llama::MethodSpec> cross = llama::all_method_specs();
+  const std::vector<llama::MethodSpec> points = llama::study_method_specs();
+  REQUIRE(points.size() == cross.size() + llama::kAllWeightQuants.size());
+  CHECK(std::equal(cross.begin(), cross.end(), points.begin()));
+  std::vector<std::string> names;
+  for (const auto& spec : points) names.push_back(spec.name());
+  std::sort(names.begin(), names.end());
+  CHECK(std::adjacent_find(names.begin(), names.end()) == names.end());
+  for (std::size_t i = cross.size(); i < points.size(); ++i) {
+    CHECK(points[i].smooth);
+    CHECK(points[i].alpha_search);
+    CHECK(points[i].rotation == llama::Rotation::kNone);
+    CHECK(llama::smoothing_name(points[i]) == "search");
+  }
+  const llama::MethodSpec searched{true, llama::Rotation::kNone, llama::WeightQuant::kRtn, true};
+  CHECK(searched.name() == "smooth-search+RTN");
+  CHECK(llama::smoothing_name(llama::MethodSpec{}) == "off");
+  CHECK(llama::smoothing_name(llama::method_spec(llama::Method::kSmoothQuant)) == "on");
+  CHECK_FALSE(llama::preset_of(searched).has_value());  // the presets search through QuantOptions
+
+  // The point equals the fixed-α point with QuantOptions::smoothquant_alpha_search, bit for bit.
+  const Config c = small_config();
+  const auto w = llama::default_layer<float>(c);
+  const llama::Matrix<float> x = llama::default_input<float>(c, 24, 1);
+  const auto calibration = llama::record_inputs(c, w, llama::default_input<float>(c, 64, 2));
+  llama::QuantOptions o;
+  o.alpha_search_tokens = 32;
+  const auto point = llama::quantize_layer(searched, w, calibration, o);
+  CHECK(point.spec() == searched);
+  llama::QuantOptions switched = o;
+  switched.smoothquant_alpha_search = true;
+  const auto option = llama::quantize_layer(llama::method_spec(llama::Method::kSmoothQuant), w, calibration, switched);
+  CHECK(point.smoothing_alphas() == option.smoothing_alphas());
+  CHECK((llama::forward(c, w, x, point) - llama::forward(c, w, x, option)).cwiseAbs().maxCoeff() == 0.0f);
+  // Each α is a point of the search's grid 0, 0.05, …, 1.
+  for (double alpha : point.smoothing_alphas()) {
+    CHECK(alpha >= 0.0);
+    CHECK(alpha <= 1.0);
+    CHECK(std::abs(alpha * 20 - std::round(alpha * 20)) < 1e-9);
+  }
+
+  // Only where SmoothQuant's search means something: smoothing, no rotation.
+  for (const llama::MethodSpec& bad : {llama::MethodSpec{false, llama::Rotation::kNone, llama::WeightQuant::kRtn, true},
+                                       llama::MethodSpec{true, llama::Rotation::kQuaRot, llama::WeightQuant::kRtn, true},
+                                       llama::MethodSpec{true, llama::Rotation::kDuQuant, llama::WeightQuant::kGptq, true}}) {
+    INFO(bad.name());
+    CHECK_THROWS_WITH_AS(llama::quantize_layer(bad, w, calibration, o), doctest::Contains("alpha_search"),
+                         std::invalid_argument);
+  }
+}
+
+TEST_CASE("DuQuant-blockwise: a point of the cross, each block its own rotation, refused by the integer path") {
+  const llama::MethodSpec spec{true, llama::Rotation::kDuQuantBlockwise, llama::WeightQuant::kLwc};
+  CHECK(spec.name() == "smooth+DuQuant-blockwise+LWC");
+  CHECK(llama::is_random(llama::Rotation::kDuQuantBlockwise));
+  const Config c = small_config();
+  const auto w = llama::default_layer<float>(c);
+  const llama::Matrix<float> x = llama::default_input<float>(c, 24, 1);
+  const auto calibration = llama::record_inputs(c, w, llama::default_input<float>(c, 64, 2));
+  const llama::Matrix<float> y = llama::forward(c, w, x);
+  llama::QuantOptions o;
+  o.greedy_steps = 16;
+  o.seed = 3;
+  const auto blockwise =
+      llama::quantize_layer({false, llama::Rotation::kDuQuantBlockwise, llama::WeightQuant::kRtn}, w, calibration, o);
+  const auto rtn = llama::quantize_layer(llama::MethodSpec{}, w, calibration, o);
+  // The down_proj input (1408 = 11 blocks of 128) holds the super
+  // activation's channel: every block gets its own rotation, and the
+  // rotation moves W4A4's error below round-to-nearest's.
+  const auto* t = std::get_if<llama::InputTransform<float>::DuQuantBlockwise>(
+      &blockwise.transform(llama::Input::kDown).kind());
+  REQUIRE(t != nullptr);
+  CHECK(t->blocks() == 11);
+  CHECK((t->rotations()[0][0] - t->rotations()[0][1]).cwiseAbs().maxCoeff() > 1e-3f);
+  const double e_blockwise = llama::relative_error(llama::forward(c, w, x, blockwise), y);
+  const double e_rtn = llama::relative_error(llama::forward(c, w, x, rtn), y);
+  INFO("blockwise ", e_blockwise, ", RTN ", e_rtn);
+  CHECK(e_blockwise < e_rtn);
+  // No fused CPU kernel takes per-block rotations: refused, not approximated.
+  CHECK_THROWS_WITH_AS(blockwise.transform(llama::Input::kDown).token_transform(),
+                       doctest::Contains("one rotation per block"), std::invalid_argument);
+  CHECK_THROWS_AS(llama::IntegerLayer{blockwise}, std::invalid_argument);
+}
+
 TEST_CASE("each preset equals its MethodSpec bit for bit (RTN and GPTQ weights)") {
   const Config c = small_config();
   const auto w = llama::default_layer<float>(c);

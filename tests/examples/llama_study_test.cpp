@@ -210,3 +210,34 @@ TEST_CASE("study: nothing rounded, every point exact; refused options") {
   o.specs = {MethodSpec{}, MethodSpec{}};
   refused(o, s.windows, "twice");
 }
+
+TEST_CASE("select_specs (--methods) picks points by name in its order; SmoothQuant's search runs in the study") {
+  const std::vector<MethodSpec> points = llama::study_method_specs();
+  const std::vector<MethodSpec> picked = llama::select_specs({"smooth-search+GPTQ", "DuQuant-blockwise+LWC"}, points);
+  REQUIRE(picked.size() == 2);
+  CHECK(picked[0] == MethodSpec{true, Rotation::kNone, WeightQuant::kGptq, true});
+  CHECK(picked[1] == MethodSpec{false, Rotation::kDuQuantBlockwise, WeightQuant::kLwc});
+  CHECK(llama::select_specs({}, points).empty());
+  CHECK_THROWS_WITH_AS(llama::select_specs({"RTN", "Hadamard+GPTQ", "RTN"}, points), doctest::Contains("'RTN' twice"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(llama::select_specs({"DuQuant+Hadamard"}, points), doctest::Contains("got 'DuQuant+Hadamard'"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(llama::select_specs({"nope"}, points), doctest::Contains("smooth-search+LWC"),
+                       std::invalid_argument);
+  CHECK(llama::spec_names({MethodSpec{}, MethodSpec{true, Rotation::kQuaRot, WeightQuant::kClipSearch}}) ==
+        "RTN, smooth+QuaRot+clip");
+
+  // The searched point through the study, beside the fixed-α one: its CSV rows say "search".
+  Setup s;
+  s.options.seeds = 1;
+  s.options.bootstrap.resamples = 50;
+  s.options.quant.alpha_search_tokens = 32;
+  s.options.specs = {MethodSpec{true, Rotation::kNone, WeightQuant::kRtn},
+                     MethodSpec{true, Rotation::kNone, WeightQuant::kRtn, true}};
+  const auto r = llama::study::run_study(s.config, s.weights, s.windows, s.calibration, s.options);
+  REQUIRE(r.specs.size() == 3);  // the baseline RTN first
+  std::ostringstream csv;
+  llama::study::write_csv(csv, r);
+  CHECK(csv.str().find("smooth-search+RTN,search,none,RTN,") != std::string::npos);
+  CHECK(csv.str().find("smooth+RTN,on,none,RTN,") != std::string::npos);
+}

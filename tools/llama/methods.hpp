@@ -2,7 +2,7 @@
 // from oq's parts and run through the same layer forward.
 //
 // A method is a point of a crossed specification (MethodSpec): smoothing
-// {off, on} × rotation {none, block Hadamard, DuQuant} × weight quantizer
+// {off, on} × rotation {none, block Hadamard, DuQuant, QuaRot, DuQuant-blockwise} × weight quantizer
 // {round-to-nearest, clip search, GPTQ, learnable weight clipping}. Every method is one input transform
 // per distinct linear input (q/k/v share one, gate/up share one;
 // llama::Input) and the weights folded accordingly (docs/design.md §5:
@@ -15,13 +15,18 @@
 // weights by GPTQ or with clip factors trained by LWC:
 //
 //   smoothing      s from eq. 4 (docs/design.md §4) with α = 0.5 (SmoothQuant's
-//                  default, or its α search) alone, α = 0.6 before a rotation
-//                  (the DuQuant release's default)
+//                  default) alone, or α from SmoothQuant's search
+//                  (MethodSpec::alpha_search, "smooth-search"), α = 0.6
+//                  before a rotation (the DuQuant release's default)
 //   rotation       none: M = I
 //                  block Hadamard: M = diag(H₁₂₈, …)/√128 (blocks so that the
 //                  11008-wide down_proj input is covered too)
 //                  DuQuant: M = R₁·P·R₂ calibrated by Algorithm 1 (256 greedy
-//                  steps, b = 128)
+//                  steps, b = 128), one rotation per stage shared by every
+//                  block (the released code)
+//                  DuQuant-blockwise: the same with each block's own greedy
+//                  rotation (oq/transform/duquant_blockwise.hpp; fake
+//                  quantization only, no fused kernel)
 //                  QuaRot: full-width Hadamards, the residual one randomized
 //                  (below)
 //   weights        RTN: round to nearest at clip 0.8
@@ -126,9 +131,12 @@
 namespace llama {
 
 /// The rotation of each linear input (after smoothing, where it smooths).
-enum class Rotation { kNone, kBlockHadamard, kDuQuant, kQuaRot };
+/// kDuQuant is the released code's transform (one rotation per stage shared
+/// by every block); kDuQuantBlockwise rotates each block by its own greedy
+/// rotation (oq/transform/duquant_blockwise.hpp).
+enum class Rotation { kNone, kBlockHadamard, kDuQuant, kQuaRot, kDuQuantBlockwise };
 inline constexpr std::array kAllRotations{Rotation::kNone, Rotation::kBlockHadamard, Rotation::kDuQuant,
-                                          Rotation::kQuaRot};
+                                          Rotation::kQuaRot, Rotation::kDuQuantBlockwise};
 
 inline constexpr std::string_view rotation_name(Rotation r) {
   switch (r) {
@@ -136,6 +144,7 @@ inline constexpr std::string_view rotation_name(Rotation r) {
     case Rotation::kBlockHadamard: return "Hadamard";
     case Rotation::kDuQuant: return "DuQuant";
     case Rotation::kQuaRot: return "QuaRot";
+    case Rotation::kDuQuantBlockwise: return "DuQuant-blockwise";
   }
   return "?";
 }
@@ -148,6 +157,7 @@ inline constexpr bool is_random(Rotation r) {
     case Rotation::kBlockHadamard: return false;
     case Rotation::kDuQuant: return true;  // the Haar Q′ of the base blocks
     case Rotation::kQuaRot: return true;   // the signs D of Q = D·H_n/√n
+    case Rotation::kDuQuantBlockwise: return true;  // a Haar Q′ per block
   }
   return true;
 }
@@ -172,18 +182,31 @@ struct MethodSpec {
   bool smooth = false;
   Rotation rotation = Rotation::kNone;
   WeightQuant weights = WeightQuant::kRtn;
+  /// SmoothQuant's α chosen per input by its search (Xiao et al. 2023, §4:
+  /// the α of least quantized-output error on calibration data) instead of
+  /// QuantOptions::smoothquant_alpha; only with smoothing and no rotation
+  /// (quantize_layer refuses it elsewhere). The same as setting
+  /// QuantOptions::smoothquant_alpha_search for this one point, so that a
+  /// study runs the searched and the fixed α side by side.
+  bool alpha_search = false;
 
   constexpr bool operator==(const MethodSpec&) const = default;
 
-  /// "smooth+DuQuant+GPTQ", "Hadamard+RTN", "RTN": the parts that are on,
-  /// joined by '+', the weight quantizer last.
+  /// "smooth+DuQuant+GPTQ", "Hadamard+RTN", "RTN", "smooth-search+RTN": the
+  /// parts that are on, joined by '+', the weight quantizer last.
   std::string name() const {
     std::string out;
-    if (smooth) out += "smooth+";
+    if (smooth) out += alpha_search ? "smooth-search+" : "smooth+";
     if (rotation != Rotation::kNone) out += std::string(rotation_name(rotation)) + "+";
     return out + std::string(weight_quant_name(weights));
   }
 };
+
+/// The smoothing level of `spec` as the studies' CSV files write it: "off",
+/// "on" (a fixed α) or "search" (SmoothQuant's α search).
+inline std::string_view smoothing_name(const MethodSpec& spec) {
+  return !spec.smooth ? "off" : spec.alpha_search ? "search" : "on";
+}
 
 /// Every point of the cross, smoothing outermost, then rotation, then weights.
 inline std::vector<MethodSpec> all_method_specs() {
@@ -193,6 +216,44 @@ inline std::vector<MethodSpec> all_method_specs() {
       for (WeightQuant q : kAllWeightQuants) out.push_back(MethodSpec{smooth, r, q});
     }
   }
+  return out;
+}
+
+/// "RTN, clip, ...": the names of `specs`, in order.
+inline std::string spec_names(const std::vector<MethodSpec>& specs) {
+  std::string out;
+  for (const auto& spec : specs) out += (out.empty() ? "" : ", ") + spec.name();
+  return out;
+}
+
+/// The points of `points` that `names` names (MethodSpec::name), in the
+/// order of `names`. std::invalid_argument for a name that is not among the
+/// points (the message lists those it could be) or a name given twice.
+inline std::vector<MethodSpec> select_specs(const std::vector<std::string>& names,
+                                            const std::vector<MethodSpec>& points) {
+  std::vector<MethodSpec> out;
+  for (const std::string& name : names) {
+    const auto it =
+        std::find_if(points.begin(), points.end(), [&name](const MethodSpec& spec) { return spec.name() == name; });
+    if (it == points.end()) {
+      throw std::invalid_argument("llama::select_specs: each name must be one of " + spec_names(points) + ", got '" +
+                                  name + "'");
+    }
+    if (std::find(out.begin(), out.end(), *it) != out.end()) {
+      throw std::invalid_argument("llama::select_specs: names holds '" + name + "' twice");
+    }
+    out.push_back(*it);
+  }
+  return out;
+}
+
+/// The studies' default points: the cross (all_method_specs), then
+/// SmoothQuant with its α search (smoothing without a rotation) with each
+/// weight quantizer, the method as its paper runs it beside the cross's
+/// fixed α = 0.5.
+inline std::vector<MethodSpec> study_method_specs() {
+  std::vector<MethodSpec> out = all_method_specs();
+  for (WeightQuant q : kAllWeightQuants) out.push_back(MethodSpec{true, Rotation::kNone, q, true});
   return out;
 }
 
@@ -350,6 +411,9 @@ class InputTransform {
     Vector<Scalar> scales;
   };
   using DuQuant = oq::transform::DuQuantTransform<Scalar>;
+  /// DuQuant with one rotation per block (no fused CPU or CUDA kernel:
+  /// token_transform() refuses it).
+  using DuQuantBlockwise = oq::transform::DuQuantBlockwiseTransform<Scalar>;
   /// X·diag(s)⁻¹·D·H_n/√n over the whole width n (QuaRot): a division by
   /// `divisors` (empty: none; nonzero, any sign — RMSNorm's γ where QuaRot
   /// folds it, or smoothing scales), the signs d of a randomized Hadamard
@@ -362,7 +426,7 @@ class InputTransform {
   };
 
   InputTransform() = default;
-  using Kind = std::variant<Identity, Smoothing, BlockHadamard, DuQuant, FullHadamard>;
+  using Kind = std::variant<Identity, Smoothing, BlockHadamard, DuQuant, FullHadamard, DuQuantBlockwise>;
 
   template <class K>
   explicit InputTransform(K kind) : kind_(std::move(kind)) {}
@@ -398,6 +462,11 @@ class InputTransform {
       Eigen::VectorXf s = f->divisors.size() != 0 ? Eigen::VectorXf(f->divisors) : Eigen::VectorXf::Ones(f->width);
       if (f->signs.size() != 0) s.array() *= f->signs.template cast<float>().array();
       return oq::cpu::TokenTransform::full_hadamard(s);
+    }
+    if (std::holds_alternative<DuQuantBlockwise>(kind_)) {
+      throw std::invalid_argument("llama::InputTransform::token_transform: DuQuant with one rotation per block has "
+                                  "no fused kernel in oq::cpu (its TokenTransform takes one shared block rotation); "
+                                  "the blockwise transform runs through fake quantization only");
     }
     return {};
   }
@@ -440,6 +509,7 @@ class InputTransform {
       oq::transform::hadamard_rows(out);  // M = D·H/√n on both: (X·M)·(W·M)ᵀ = X·Wᵀ
       return out;
     }
+    if (const auto* d = std::get_if<DuQuantBlockwise>(&kind_)) return weight ? d->fold_into_weight(m) : d->apply(m);
     const auto& d = std::get<DuQuant>(kind_);
     return weight ? d.fold_into_weight(m) : d.apply(m);
   }
@@ -756,6 +826,12 @@ QuantizedLayer<Scalar> quantize_layer(const MethodSpec& spec, const std::string&
     throw std::invalid_argument("quantize_layer: options.smoothquant_alpha_search applies to smoothing without a "
                                 "rotation (its error is that of the unrotated linears), got " + spec.name());
   }
+  if (spec.alpha_search && (!spec.smooth || spec.rotation != Rotation::kNone)) {
+    throw std::invalid_argument("quantize_layer: MethodSpec::alpha_search needs smooth = true and rotation = none "
+                                "(SmoothQuant's search is over the unrotated linears' error), got smooth = " +
+                                std::string(spec.smooth ? "true" : "false") + ", rotation = " +
+                                std::string(rotation_name(spec.rotation)));
+  }
   using Clock = std::chrono::steady_clock;
   const auto start = Clock::now();
   std::array<InputTransform<Scalar>, 4> transforms;
@@ -780,6 +856,24 @@ QuantizedLayer<Scalar> quantize_layer(const MethodSpec& spec, const std::string&
     output_rotations = detail_methods::quarot_output_rotations<Scalar>(
         spec.smooth, *residual, calibration[static_cast<std::size_t>(Input::kO)].cols(), options.head_dim);
   }
+  // DuQuant's options (either form), with progress lines for `input`.
+  auto duquant_options = [&options, &label](Input input) {
+    oq::transform::DuQuantOptions d;
+    d.block_size = options.block_size;
+    d.greedy_steps = options.greedy_steps;
+    d.pool = options.pool;
+    if (options.progress) {
+      const std::string where = label + ": " + std::string(input_name(input));
+      // oq counts the rotation from 1, as the steps (DuQuantOptions::progress).
+      d.progress = [&options, where](int rotation, int done, int total) {
+        if (done == total || done % 64 == 0) {
+          options.progress(where + ", rotation " + std::to_string(rotation) + ", step " + std::to_string(done) +
+                           "/" + std::to_string(total));
+        }
+      };
+    }
+    return d;
+  };
   for (Input input : kAllInputs) {
     const Matrix<Scalar>& x = calibration[static_cast<std::size_t>(input)];
     auto& t = transforms[static_cast<std::size_t>(input)];
@@ -788,7 +882,7 @@ QuantizedLayer<Scalar> quantize_layer(const MethodSpec& spec, const std::string&
     Vector<Scalar> s;
     if (spec.smooth && spec.rotation == Rotation::kNone) {
       double alpha = options.smoothquant_alpha;
-      if (options.smoothquant_alpha_search) {
+      if (options.smoothquant_alpha_search || spec.alpha_search) {
         alpha = search_smoothquant_alpha(w, x, input, options);
         if (options.progress) {
           options.progress(label + ": " + std::string(input_name(input)) + ", α = " + std::to_string(alpha) +
@@ -808,24 +902,12 @@ QuantizedLayer<Scalar> quantize_layer(const MethodSpec& spec, const std::string&
       case Rotation::kBlockHadamard:
         t = InputTransform<Scalar>(typename InputTransform<Scalar>::BlockHadamard(options.block_size, std::move(s)));
         break;
-      case Rotation::kDuQuant: {
-        oq::transform::DuQuantOptions d;
-        d.block_size = options.block_size;
-        d.greedy_steps = options.greedy_steps;
-        d.pool = options.pool;
-        if (options.progress) {
-          const std::string where = label + ": " + std::string(input_name(input));
-          // oq counts the rotation from 1, as the steps (DuQuantOptions::progress).
-          d.progress = [&options, where](int rotation, int done, int total) {
-            if (done == total || done % 64 == 0) {
-              options.progress(where + ", rotation " + std::to_string(rotation) + ", step " + std::to_string(done) +
-                               "/" + std::to_string(total));
-            }
-          };
-        }
-        t = InputTransform<Scalar>(oq::transform::calibrate_duquant(x, d, rng, s));
+      case Rotation::kDuQuant:
+        t = InputTransform<Scalar>(oq::transform::calibrate_duquant(x, duquant_options(input), rng, s));
         break;
-      }
+      case Rotation::kDuQuantBlockwise:
+        t = InputTransform<Scalar>(oq::transform::calibrate_duquant_blockwise(x, duquant_options(input), rng, s));
+        break;
       case Rotation::kQuaRot:
         t = detail_methods::quarot_transform(w, input, x.cols(), std::move(s), *residual);
         break;

@@ -44,6 +44,35 @@
 
 namespace oq::transform {
 
+namespace detail_duquant {
+
+// x (channels columns, finite) as a row-major copy in Scalar: the input of
+// every transform below.
+template <class Scalar, class Derived>
+RowMajorMatrix<Scalar> checked_copy(const Eigen::MatrixBase<Derived>& x, Eigen::Index channels, std::string_view where,
+                                    std::string_view name) {
+  detail::require(x.cols() == channels, where, name, " must have ", channels, " columns, got ", x.cols());
+  detail::require_finite(x, where, name);
+  return x.template cast<Scalar>();
+}
+
+// Finite input and an orthogonal M keep every output entry below its row's
+// norm, but that norm, and the division by small smoothing scales, can
+// exceed the scalar type's range: a silent ±Inf (or NaN, Inf − Inf in a
+// later block product) would reach the quantizer. One vectorised pass
+// (detail::all_finite) against the GEMMs; the loop only names the entry.
+template <class Scalar>
+void require_no_overflow(const RowMajorMatrix<Scalar>& y, std::string_view where, std::string_view what) {
+  if (detail::all_finite(y)) return;
+  for (Eigen::Index r = 0; r < y.rows(); ++r)
+    for (Eigen::Index c = 0; c < y.cols(); ++c)
+      detail::require_domain(std::isfinite(y(r, c)), where, "the result ", what, " overflowed the scalar type: (", r,
+                             ", ", c, ") is ", y(r, c),
+                             " (the input is too large for this transform's smoothing scales or scalar type)");
+}
+
+}  // namespace detail_duquant
+
 template <class Scalar>
 class DuQuantTransform {
  public:
@@ -115,10 +144,10 @@ class DuQuantTransform {
   template <class Derived>
   Result apply(const Eigen::MatrixBase<Derived>& x) const {
     constexpr std::string_view kWhere = "oq::transform::DuQuantTransform::apply";
-    Result y = checked_copy(x, kWhere, "x");
+    Result y = detail_duquant::checked_copy<Scalar>(x, channels_, kWhere, "x");
     if (smoothing_.size() != 0) y.array().rowwise() /= smoothing_.transpose().array();
     forward(y);
-    require_no_overflow(y, kWhere, "x·diag(s)⁻¹·M");
+    detail_duquant::require_no_overflow(y, kWhere, "x·diag(s)⁻¹·M");
     return y;
   }
 
@@ -126,10 +155,10 @@ class DuQuantTransform {
   template <class Derived>
   Result fold_into_weight(const Eigen::MatrixBase<Derived>& w) const {
     constexpr std::string_view kWhere = "oq::transform::DuQuantTransform::fold_into_weight";
-    Result y = checked_copy(w, kWhere, "w");
+    Result y = detail_duquant::checked_copy<Scalar>(w, channels_, kWhere, "w");
     if (smoothing_.size() != 0) y.array().rowwise() *= smoothing_.transpose().array();
     forward(y);
-    require_no_overflow(y, kWhere, "w·diag(s)·M");
+    detail_duquant::require_no_overflow(y, kWhere, "w·diag(s)·M");
     return y;
   }
 
@@ -137,13 +166,13 @@ class DuQuantTransform {
   template <class Derived>
   Result invert(const Eigen::MatrixBase<Derived>& x_hat) const {
     constexpr std::string_view kWhere = "oq::transform::DuQuantTransform::invert";
-    Result y = checked_copy(x_hat, kWhere, "x_hat");
+    Result y = detail_duquant::checked_copy<Scalar>(x_hat, channels_, kWhere, "x_hat");
     for (std::size_t i = rotations_.size(); i-- > 0;) {
       rotate_blocks_in_place(y, rotations_[i].transpose());
       if (i > 0) permute_columns_in_place(y, inverse_permutation(permutations_[i - 1]));
     }
     if (smoothing_.size() != 0) y.array().rowwise() *= smoothing_.transpose().array();
-    require_no_overflow(y, kWhere, "x_hat·Mᵀ·diag(s)");
+    detail_duquant::require_no_overflow(y, kWhere, "x_hat·Mᵀ·diag(s)");
     return y;
   }
 
@@ -155,27 +184,6 @@ class DuQuantTransform {
   }
 
  private:
-  template <class Derived>
-  Result checked_copy(const Eigen::MatrixBase<Derived>& x, std::string_view where, std::string_view name) const {
-    detail::require(x.cols() == channels_, where, name, " must have ", channels_, " columns, got ", x.cols());
-    detail::require_finite(x, where, name);
-    return x.template cast<Scalar>();
-  }
-
-  // Finite input and an orthogonal M keep every output entry below its row's
-  // norm, but that norm, and the division by small smoothing scales, can
-  // exceed the scalar type's range: a silent ±Inf (or NaN, Inf − Inf in a
-  // later block product) would reach the quantizer. One vectorised pass
-  // (detail::all_finite) against the GEMMs; the loop only names the entry.
-  static void require_no_overflow(const Result& y, std::string_view where, std::string_view what) {
-    if (detail::all_finite(y)) return;
-    for (Eigen::Index r = 0; r < y.rows(); ++r)
-      for (Eigen::Index c = 0; c < y.cols(); ++c)
-        detail::require_domain(std::isfinite(y(r, c)), where, "the result ", what, " overflowed the scalar type: (",
-                               r, ", ", c, ") is ", y(r, c),
-                               " (the input is too large for this transform's smoothing scales or scalar type)");
-  }
-
   void forward(Result& y) const {
     for (std::size_t i = 0; i < rotations_.size(); ++i) {
       rotate_blocks_in_place(y, rotations_[i]);
