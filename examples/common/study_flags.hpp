@@ -7,7 +7,6 @@
 #include "cli.hpp"
 #include "../../tools/llama/methods.hpp"
 
-#include <algorithm>
 #include <stdexcept>
 #include <string>
 #include <vector>
