@@ -126,23 +126,15 @@ class DuQuantBlockwiseTransform {
   /// std::domain_error when the result overflows the scalar type.
   template <class Derived>
   Result apply(const Eigen::MatrixBase<Derived>& x) const {
-    constexpr std::string_view kWhere = "oq::transform::DuQuantBlockwiseTransform::apply";
-    Result y = detail_duquant::checked_copy<Scalar>(x, channels_, kWhere, "x");
-    if (smoothing_.size() != 0) y.array().rowwise() /= smoothing_.transpose().array();
-    forward(y);
-    detail_duquant::require_no_overflow(y, kWhere, "x·diag(s)⁻¹·M");
-    return y;
+    return smoothed_forward(x, /*divide=*/true, "oq::transform::DuQuantBlockwiseTransform::apply", "x",
+                            "x·diag(s)⁻¹·M");
   }
 
   /// Weights (out × channels): W·diag(s)·M, so that apply(X)·fold_into_weight(W)ᵀ = X·Wᵀ.
   template <class Derived>
   Result fold_into_weight(const Eigen::MatrixBase<Derived>& w) const {
-    constexpr std::string_view kWhere = "oq::transform::DuQuantBlockwiseTransform::fold_into_weight";
-    Result y = detail_duquant::checked_copy<Scalar>(w, channels_, kWhere, "w");
-    if (smoothing_.size() != 0) y.array().rowwise() *= smoothing_.transpose().array();
-    forward(y);
-    detail_duquant::require_no_overflow(y, kWhere, "w·diag(s)·M");
-    return y;
+    return smoothed_forward(w, /*divide=*/false, "oq::transform::DuQuantBlockwiseTransform::fold_into_weight", "w",
+                            "w·diag(s)·M");
   }
 
   /// The inverse of apply(): (X̂·Mᵀ)·diag(s).
@@ -167,6 +159,24 @@ class DuQuantBlockwiseTransform {
   }
 
  private:
+  // apply() and fold_into_weight(): m divided (activations) or multiplied
+  // (weights) by the smoothing scales, then M, checked for overflow.
+  template <class Derived>
+  Result smoothed_forward(const Eigen::MatrixBase<Derived>& m, bool divide, std::string_view where,
+                          std::string_view name, std::string_view what) const {
+    Result y = detail_duquant::checked_copy<Scalar>(m, channels_, where, name);
+    if (smoothing_.size() != 0) {
+      if (divide) {
+        y.array().rowwise() /= smoothing_.transpose().array();
+      } else {
+        y.array().rowwise() *= smoothing_.transpose().array();
+      }
+    }
+    forward(y);
+    detail_duquant::require_no_overflow(y, where, what);
+    return y;
+  }
+
   void forward(Result& y) const {
     for (std::size_t i = 0; i < rotations_.size(); ++i) {
       detail_duquant::rotate_each_block_in_place(y, rotations_[i], /*transpose=*/false);
