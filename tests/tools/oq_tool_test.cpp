@@ -9,6 +9,7 @@
 #include "../../tools/oq/model.hpp"
 #include "../../tools/oq/pipeline.hpp"
 #include "../../tools/oq/quantized_model.hpp"
+#include "../../tools/oq/study.hpp"
 #include "png_reader.hpp"
 #include "synthetic_llama.hpp"
 
@@ -23,6 +24,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <csignal>
@@ -30,6 +32,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <sstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -103,14 +106,15 @@ bool no_partial_directories(const fs::path& dir) {
 /// codes, scales, zeros, code sums, dequantized weights and transforms bit
 /// for bit.
 void check_layer0_reloads(const LlamaModel& model, const std::vector<oq_tool::Sequence>& calibration,
-                          llama::Method method, const llama::QuantOptions& options, const LlamaModel& quantized) {
+                          const llama::MethodSpec& spec, const llama::QuantOptions& options, const LlamaModel& quantized) {
   const oq_tool::QuantizationConfig qc = oq_tool::quantization_of(quantized);
+  CHECK(qc.spec == spec);
   const auto inputs = llama::record_inputs(model.layer_config(), model.layer(0),
                                                  oq_tool::embed_all(model, calibration));
   const auto layer0 = model.layer(0);
   llama::QuantOptions o = options;
-  if (method == llama::Method::kQuaRot) o.head_dim = model.layer_config().head_dim;  // as quantize_model sets it
-  const auto unfolded = llama::quantize_layer(method, layer0, inputs, o);
+  if (spec.rotation == llama::Rotation::kQuaRot) o.head_dim = model.layer_config().head_dim;  // as quantize_model sets it
+  const auto unfolded = llama::quantize_layer(spec, layer0, inputs, o);
   std::optional<oq_tool::FoldedLayer> folded;
   if (qc.smoothing_folded) {
     folded.emplace(oq_tool::fold_smoothing(model.layer_config(), unfolded, layer0.input_norm, layer0.post_norm));
@@ -303,7 +307,7 @@ TEST_CASE("tied embeddings: lm_head is the embedding table") {
         doctest::Approx(reference_perplexity(model, sequences)).epsilon(1e-4));
 }
 
-TEST_CASE("quantize writes a checkpoint that reloads bit for bit, for every method, and eval runs it") {
+TEST_CASE("quantize writes a checkpoint that reloads bit for bit, for every method key, and eval runs it") {
   TempDir tmp("quantize");
   oq_test::SyntheticLlama spec;
   spec.shards = 2;
@@ -313,18 +317,21 @@ TEST_CASE("quantize writes a checkpoint that reloads bit for bit, for every meth
   const auto evaluation = text_sequences(tmp.path, 400, 12, 48, 2);
   const double full = oq_tool::evaluate(model, evaluation, {}).perplexity.value();
 
-  for (llama::Method method : llama::kAllMethods) {
-    CAPTURE(llama::method_name(method));
+  // The presets and smoothing before either Hadamard: every smoothing ×
+  // rotation point a file holds.
+  for (std::string_view key : oq_tool::kMethodKeys) {
+    CAPTURE(key);
+    const llama::MethodSpec point = oq_tool::spec_from_key(key);
     const llama::QuantOptions options = small_options();
-    const fs::path out = tmp.path / ("q_" + std::string(oq_tool::method_key(method)));
-    oq_tool::quantize_model(model, calibration, method, options, out);
+    const fs::path out = tmp.path / ("q_" + std::string(key));
+    oq_tool::quantize_model(model, calibration, point, options, out);
     CHECK(fs::is_regular_file(out / "model.safetensors"));
     CHECK(no_partial_directories(tmp.path));
 
     const LlamaModel quantized(out);
     REQUIRE(oq_tool::is_quantized(quantized));
-    CHECK(oq_tool::quantization_of(quantized).method == method);
-    check_layer0_reloads(model, calibration, method, options, quantized);
+    CHECK(oq_tool::method_key(oq_tool::quantization_of(quantized).spec) == key);
+    check_layer0_reloads(model, calibration, point, options, quantized);
     const auto loaded = oq_tool::load_quantized_layer(quantized.checkpoint(), quantized.layer_config(),
                                                       oq_tool::quantization_of(quantized), 0);
 
@@ -380,7 +387,7 @@ TEST_CASE("quantize writes a checkpoint that reloads bit for bit, for every meth
   }
 }
 
-TEST_CASE("quantize: W4A8 and W4A16, per-group weights, GPTQ") {
+TEST_CASE("quantize: W4A8 and W4A16, per-group weights, each weight quantizer") {
   TempDir tmp("variants");
   oq_test::SyntheticLlama spec;
   spec.layers = 1;
@@ -388,38 +395,177 @@ TEST_CASE("quantize: W4A8 and W4A16, per-group weights, GPTQ") {
   const LlamaModel model(tmp.path / "model");
   const auto calibration = text_sequences(tmp.path, 400, 5, 32, 4);
   const auto evaluation = text_sequences(tmp.path, 200, 6, 32, 2);
+  using llama::WeightQuant;
   struct Variant {
     int act_bits;
     Eigen::Index group;
-    bool gptq;
+    WeightQuant weights;
     oq_tool::EvalPath path;
   };
-  for (const Variant v : {Variant{8, 0, false, oq_tool::EvalPath::kIntegerKernels},
-                          Variant{0, 32, false, oq_tool::EvalPath::kFakeQuantization},
-                          Variant{4, 32, true, oq_tool::EvalPath::kIntegerKernels},
-                          Variant{4, 0, true, oq_tool::EvalPath::kIntegerKernels}}) {
+  for (const Variant v : {Variant{8, 0, WeightQuant::kRtn, oq_tool::EvalPath::kIntegerKernels},
+                          Variant{0, 32, WeightQuant::kRtn, oq_tool::EvalPath::kFakeQuantization},
+                          Variant{4, 32, WeightQuant::kGptq, oq_tool::EvalPath::kIntegerKernels},
+                          Variant{4, 0, WeightQuant::kGptq, oq_tool::EvalPath::kIntegerKernels},
+                          Variant{4, 0, WeightQuant::kClipSearch, oq_tool::EvalPath::kIntegerKernels},
+                          Variant{4, 32, WeightQuant::kLwc, oq_tool::EvalPath::kIntegerKernels}}) {
     CAPTURE(v.act_bits);
     CAPTURE(v.group);
-    CAPTURE(v.gptq);
+    CAPTURE(llama::weight_quant_name(v.weights));
     llama::QuantOptions o = small_options();
     o.act_bits = v.act_bits;
     o.weight_group = v.group;
-    o.gptq = v.gptq;
-    const fs::path out = tmp.path / ("q" + std::to_string(v.act_bits) + "_" + std::to_string(v.group) + (v.gptq ? "g" : ""));
-    oq_tool::quantize_model(model, calibration, llama::Method::kDuQuantSmooth, o, out);
+    o.lwc.steps = 20;
+    const llama::MethodSpec point = llama::method_spec(llama::Method::kDuQuantSmooth, v.weights);
+    const fs::path out = tmp.path / ("q" + std::to_string(v.act_bits) + "_" + std::to_string(v.group) + "_" +
+                                     std::string(oq_tool::weights_key(v.weights)));
+    oq_tool::quantize_model(model, calibration, point, o, out);
     const LlamaModel quantized(out);
     const auto qc = oq_tool::quantization_of(quantized);
     CHECK(qc.options.act_bits == v.act_bits);
     CHECK(qc.options.weight_group == v.group);
-    CHECK(qc.options.gptq == v.gptq);
+    CHECK(qc.spec.weights == v.weights);
+    // Readers from before "weights" read "gptq": the same answer.
+    const nlohmann::json j = qc.to_json();
+    CHECK(j["weights"] == oq_tool::weights_key(v.weights));
+    CHECK(j["gptq"] == (v.weights == WeightQuant::kGptq));
     const auto r = oq_tool::evaluate(quantized, evaluation, {});
     CHECK(r.path == v.path);
     CHECK(std::isfinite(r.perplexity.value()));
-    check_layer0_reloads(model, calibration, llama::Method::kDuQuantSmooth, o, quantized);
+    check_layer0_reloads(model, calibration, point, o, quantized);
     const auto loaded = oq_tool::load_quantized_layer(quantized.checkpoint(), quantized.layer_config(), qc, 0);
     if (v.group > 0) CHECK(loaded.packed_weight(llama::Linear::kDown)->groups() == 160 / 32);
     CHECK_FALSE(fs::exists(out / "gptq"));  // not rtn
   }
+  // The weight quantizers differ: clip search and LWC move weights that RTN's
+  // fixed clip rounds (on the same transforms, the same seed).
+  auto codes = [&](const std::string& dir) {
+    return LlamaModel(tmp.path / dir).checkpoint().matrix<float>("model.layers.0.mlp.down_proj.qweight");
+  };
+  oq_tool::quantize_model(model, calibration, llama::method_spec(llama::Method::kDuQuantSmooth), small_options(),
+                          tmp.path / "q4_0_rtn");
+  CHECK(codes("q4_0_rtn") != codes("q4_0_clip"));
+  CHECK(codes("q4_0_rtn") != codes("q4_0_gptq"));
+
+  // "weights" against "gptq", and unknown names, refused.
+  nlohmann::json j = oq_tool::quantization_of(LlamaModel(tmp.path / "q4_0_clip")).to_json();
+  j["gptq"] = true;
+  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "q"),
+                       doctest::Contains("gptq is true, but weights is clip"), std::invalid_argument);
+  j["gptq"] = false;
+  j["weights"] = "awq";
+  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "q"),
+                       doctest::Contains("weights must be one of rtn, clip, gptq, lwc, got 'awq'"), std::invalid_argument);
+  j.erase("weights");  // a file from before "weights": gptq decides
+  CHECK(oq_tool::QuantizationConfig::from_json(j, "q").spec.weights == WeightQuant::kRtn);
+  // Smoothing before a Hadamard needs version 4; DuQuant with one rotation
+  // per block has no key, and quantize refuses it before any work.
+  j["method"] = "smooth+hadamard";
+  j["format_version"] = 3;
+  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "q"),
+                       doctest::Contains("method smooth+hadamard needs format_version 4, got 3"), std::invalid_argument);
+  const llama::MethodSpec blockwise{false, llama::Rotation::kDuQuantBlockwise, WeightQuant::kRtn};
+  CHECK_THROWS_WITH_AS(oq_tool::quantize_model(model, calibration, blockwise, small_options(), tmp.path / "qb"),
+                       doctest::Contains("holds no DuQuant-blockwise+RTN"), std::invalid_argument);
+  CHECK_FALSE(fs::exists(tmp.path / "qb"));
+  // LWC learns each range, which the GPTQ layout's zero points in 0..15 would
+  // forbid: W4A16 rtn+LWC writes no gptq/.
+  llama::QuantOptions w4a16 = small_options();
+  w4a16.act_bits = 0;
+  w4a16.lwc.steps = 5;
+  oq_tool::quantize_model(model, calibration, llama::method_spec(llama::Method::kRtn, WeightQuant::kLwc), w4a16,
+                          tmp.path / "q_lwc16");
+  CHECK(fs::is_regular_file(tmp.path / "q_lwc16" / "model.safetensors"));
+  CHECK_FALSE(fs::exists(tmp.path / "q_lwc16" / "gptq"));
+}
+
+TEST_CASE("oq study: each point's perplexity is its checkpoint's, draw k is quantize's seed + k·L, paired differences") {
+  TempDir tmp("study");
+  oq_test::SyntheticLlama spec;
+  spec.layers = 2;
+  spec.write(tmp.path / "model");
+  const LlamaModel model(tmp.path / "model");
+  const auto calibration = text_sequences(tmp.path, 400, 31, 32, 4);
+  const auto evaluation = text_sequences(tmp.path, 400, 32, 32, 6);
+  using llama::Rotation;
+  using llama::WeightQuant;
+  const llama::MethodSpec rtn{}, smooth{true, Rotation::kNone, WeightQuant::kRtn},
+      duquant{false, Rotation::kDuQuant, WeightQuant::kRtn}, blockwise{false, Rotation::kDuQuantBlockwise, WeightQuant::kRtn};
+  oq_tool::StudyOptions o;
+  o.specs = {smooth, duquant, blockwise};  // the baseline (RTN) is added first
+  o.seeds = 2;
+  o.quant = small_options();
+  o.quant.seed = 7;
+  o.bootstrap.resamples = 200;
+  const oq_tool::StudyReport r = oq_tool::run_study(model, calibration, evaluation, o);
+  REQUIRE(r.rows.size() == 5);
+  CHECK(r.rows[0].name() == "full precision");
+  CHECK(r.rows[1].spec == rtn);
+  CHECK(r.predictions == 6 * 31);
+
+  // The same perplexity as the tool's other path, written differently: the
+  // checkpoint written without folding (the calibration run's activations)
+  // and evaluated by fake quantization.
+  auto checkpoint_perplexity = [&](const llama::MethodSpec& point, std::uint64_t seed, const std::string& name) {
+    llama::QuantOptions q = small_options();
+    q.seed = seed;
+    oq_tool::quantize_model(model, calibration, point, q, tmp.path / name, oq_tool::ExportOptions{.fold_smoothing = false});
+    return oq_tool::evaluate(LlamaModel(tmp.path / name), evaluation, {}, /*force_fake=*/true).perplexity.value();
+  };
+  CHECK(r.rows[0].perplexity.estimate == doctest::Approx(oq_tool::evaluate(model, evaluation, {}).perplexity.value()).epsilon(1e-12));
+  CHECK(r.rows[1].draws == 1);
+  CHECK(r.rows[1].perplexity.estimate == doctest::Approx(checkpoint_perplexity(rtn, 7, "rtn")).epsilon(1e-12));
+  CHECK(r.rows[2].perplexity.estimate == doctest::Approx(checkpoint_perplexity(smooth, 7, "smooth")).epsilon(1e-12));
+  // DuQuant's two draws: seeds 7 and 7 + 2 layers.
+  REQUIRE(r.rows[3].draws == 2);
+  const double d0 = checkpoint_perplexity(duquant, 7, "dq0"), d1 = checkpoint_perplexity(duquant, 9, "dq1");
+  CHECK(d0 != d1);
+  CHECK(r.rows[3].draw_min == doctest::Approx(std::min(d0, d1)).epsilon(1e-12));
+  CHECK(r.rows[3].draw_max == doctest::Approx(std::max(d0, d1)).epsilon(1e-12));
+  CHECK(r.rows[4].draws == 2);  // per-block DuQuant: no checkpoint, but a point here
+
+  for (const auto& row : r.rows) {
+    CAPTURE(row.name());
+    CHECK(row.perplexity.lower <= row.perplexity.estimate);
+    CHECK(row.perplexity.estimate <= row.perplexity.upper);
+    CHECK(row.draw_min <= row.draw_max);
+    // Every point but the baseline is compared with it.
+    CHECK(row.vs_baseline.has_value() == (row.spec.has_value() && *row.spec != rtn));
+    if (row.vs_baseline) {
+      // The paired difference's estimate is the difference of the estimates.
+      CHECK(row.vs_baseline->estimate ==
+            doctest::Approx(row.perplexity.estimate - r.rows[1].perplexity.estimate).epsilon(1e-12));
+      const auto v = llama::stats::verdict(row.vs_baseline, row.resolved_vs_baseline);
+      CHECK((v == "better" || v == "worse" || v == "not resolved"));
+      if (v != "not resolved") CHECK(row.vs_baseline->excludes(0.0));
+    }
+  }
+  std::ostringstream csv, md;
+  oq_tool::write_study_csv(csv, r);
+  oq_tool::write_study_markdown(md, r);
+  const std::string csv_text = csv.str(), md_text = md.str();
+  CHECK(std::count(csv_text.begin(), csv_text.end(), '\n') == 6);  // header + 5 rows
+  CHECK(csv_text.find("DuQuant-blockwise+RTN,off,DuQuant-blockwise,RTN,2,") != std::string::npos);
+  CHECK(md_text.find("| DuQuant-blockwise+RTN | ") != std::string::npos);
+  CHECK(md_text.find("W4A4 perplexity of 6 held-out sequences (186 predicted tokens)") != std::string::npos);
+
+  // Refused before any work: no draws, one sequence (no bootstrap), a point
+  // twice, options a checkpoint would refuse, a quantized model.
+  oq_tool::StudyOptions bad = o;
+  bad.seeds = 0;
+  CHECK_THROWS_WITH_AS(oq_tool::run_study(model, calibration, evaluation, bad), doctest::Contains("--seeds must be >= 1"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(oq_tool::run_study(model, calibration, {evaluation.front()}, o),
+                       doctest::Contains("at least 2 sequences"), std::invalid_argument);
+  bad = o;
+  bad.specs = {smooth, smooth};
+  CHECK_THROWS_WITH_AS(oq_tool::run_study(model, calibration, evaluation, bad), doctest::Contains("lists smooth+RTN twice"),
+                       std::invalid_argument);
+  bad = o;
+  bad.quant.block_size = 48;
+  CHECK_THROWS_WITH_AS(oq_tool::run_study(model, calibration, evaluation, bad),
+                       doctest::Contains("--block-size must be >= 2 and divide"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(oq_tool::run_study(LlamaModel(tmp.path / "rtn"), calibration, evaluation, o),
+                       doctest::Contains("already quantized"), std::invalid_argument);
 }
 
 TEST_CASE("folding the smoothing: γ / s, v_proj's and up_proj's scales / s, no online division, the same layer") {
@@ -435,11 +581,12 @@ TEST_CASE("folding the smoothing: γ / s, v_proj's and up_proj's scales / s, no 
     const LlamaModel model(dir);
     const llama::Config& c = model.layer_config();
     const auto layer0 = model.layer(0);
-    for (llama::Method method : {llama::Method::kSmoothQuant, llama::Method::kDuQuantSmooth}) {
-      CAPTURE(llama::method_name(method));
-      const std::string stem = dir.string() + (method == llama::Method::kSmoothQuant ? "_sq" : "_dqs");
-      oq_tool::quantize_model(model, calibration, method, small_options(), stem + "_fold");
-      oq_tool::quantize_model(model, calibration, method, small_options(), stem + "_plain",
+    for (std::string_view key : {"smoothquant", "duquant+smooth", "smooth+hadamard", "smooth+quarot"}) {
+      CAPTURE(key);
+      const llama::MethodSpec point = oq_tool::spec_from_key(key);
+      const std::string stem = dir.string() + "_" + std::string(key);
+      oq_tool::quantize_model(model, calibration, point, small_options(), stem + "_fold");
+      oq_tool::quantize_model(model, calibration, point, small_options(), stem + "_plain",
                               oq_tool::ExportOptions{.fold_smoothing = false});
       const LlamaModel folded(stem + "_fold"), plain(stem + "_plain");
       const auto& fc = folded.checkpoint();
@@ -583,8 +730,8 @@ TEST_CASE("SmoothQuant's α search: the grid's argmin on evenly spaced tokens, s
     llama::QuantOptions fixed = small_options();
     fixed.smoothquant_alpha = search.alpha;
     const auto expected = llama::quantize_layer(llama::Method::kSmoothQuant, layer0, inputs, fixed);
-    const auto* a = oq_tool::smoothing_scales_of(searched.transform(input));
-    const auto* b = oq_tool::smoothing_scales_of(expected.transform(input));
+    const auto* a = oq_tool::smoothing_scales_of(searched.transform(input), true);
+    const auto* b = oq_tool::smoothing_scales_of(expected.transform(input), true);
     REQUIRE(a != nullptr);
     REQUIRE(b != nullptr);
     CHECK(*a == *b);
@@ -594,7 +741,8 @@ TEST_CASE("SmoothQuant's α search: the grid's argmin on evenly spaced tokens, s
   // Through the tool: recorded in the config; refused where it cannot apply.
   oq_tool::quantize_model(model, calibration, llama::Method::kSmoothQuant, o, tmp.path / "q");
   const auto qc = oq_tool::quantization_of(LlamaModel(tmp.path / "q"));
-  CHECK(qc.options.smoothquant_alpha_search);
+  CHECK(qc.spec.alpha_search);
+  CHECK_FALSE(qc.options.smoothquant_alpha_search);  // the spec is the switch
   REQUIRE(qc.searched_alphas.size() == 1);  // one layer; it calibrates on the embeddings, as above
   CHECK(qc.searched_alphas[0] == searched_alphas);
   // Written per input; a list of the wrong length, a value outside [0, 1] and
@@ -845,9 +993,9 @@ TEST_CASE("an interrupted quantize leaves nothing; a killed run's staging direct
   j["smoothing_folded"] = true;
   CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "v2"),
                        doctest::Contains("method rtn has no smoothing to fold"), std::invalid_argument);
-  j["format_version"] = 4;
-  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "v4"),
-                       doctest::Contains("format_version must be 1, 2 or 3"), std::invalid_argument);
+  j["format_version"] = oq_tool::kQuantizedFormatVersion + 1;
+  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "v5"),
+                       doctest::Contains("format_version must be 1 to 4, got 5"), std::invalid_argument);
 }
 
 TEST_CASE("hadamard checkpoints name their H_b where b is not a power of two; a file whose H_b differs is refused") {
@@ -855,7 +1003,7 @@ TEST_CASE("hadamard checkpoints name their H_b where b is not a power of two; a 
   // and is now Paley II over GF(5²) doubled: a file folded with the old
   // matrix must not load as if it held the new one.
   oq_tool::QuantizationConfig qc;
-  qc.method = llama::Method::kHadamard;
+  qc.spec = llama::method_spec(llama::Method::kHadamard);
   qc.options.block_size = 104;
   const auto h104 = oq::transform::hadamard_construction(104);
   REQUIRE(h104.degree > 1);
@@ -883,7 +1031,7 @@ TEST_CASE("hadamard checkpoints name their H_b where b is not a power of two; a 
   CHECK(oq_tool::QuantizationConfig::from_json(j, "q").options.block_size == 12);
   qc.options.block_size = 128;
   CHECK_FALSE(qc.to_json().contains("hadamard_construction"));
-  qc.method = llama::Method::kDuQuant;  // DuQuant stores its rotations
+  qc.spec = llama::method_spec(llama::Method::kDuQuant);  // DuQuant stores its rotations
   qc.options.block_size = 104;
   CHECK_FALSE(qc.to_json().contains("hadamard_construction"));
 }
@@ -1201,17 +1349,23 @@ TEST_CASE("the oq command line: help, a bad method, and a whole quantize → eva
   auto [bad_status, bad_log] = run("quantize " + model + " --calib " + text + " --method awq --out x");
   CHECK(WEXITSTATUS(bad_status) == 2);  // a bad command line
   CHECK(bad_log.find("--method") != std::string::npos);
+  auto [both_status, both_log] = run("quantize " + model + " --calib " + text + " --gptq --weights lwc --out x");
+  CHECK(WEXITSTATUS(both_status) == 2);
+  CHECK(both_log.find("--gptq: --weights is lwc") != std::string::npos);
   auto [missing_status, missing_log] = run("eval /nonexistent/model --data " + text);
   CHECK(missing_status != 0);
   CHECK(missing_log.find("oq: error:") != std::string::npos);
   const std::string out = "'" + (tmp.path / "q").string() + "'";
   const auto q_run = run("quantize " + model + " --calib " + text +
-                         " --method hadamard --block-size 32 --seq-len 32 --sequences 4 --out " + out);
+                         " --method smooth+hadamard --weights clip --block-size 32 --seq-len 32 --sequences 4 --out " +
+                         out);
   const int q_status = q_run.first;
   const std::string& q_log = q_run.second;
   INFO(q_log);
   CHECK(q_status == 0);
-  CHECK(q_log.find("quantized 1 layers with hadamard") != std::string::npos);
+  CHECK(q_log.find("quantized 1 layers with smooth+hadamard (W4A4, clip weights)") != std::string::npos);
+  const auto qc = oq_tool::quantization_of(LlamaModel(tmp.path / "q"));
+  CHECK(qc.spec == llama::MethodSpec{true, llama::Rotation::kBlockHadamard, llama::WeightQuant::kClipSearch});
   const auto e_run = run("--threads 2 eval " + out + " --data " + text + " --seq-len 32");
   const int e_status = e_run.first;
   const std::string& e_log = e_run.second;
@@ -1229,6 +1383,19 @@ TEST_CASE("the oq command line: help, a bad method, and a whole quantize → eva
   CHECK(a_log.find((tmp.path / "report" / "massive.png").string()) != std::string::npos);
   CHECK(a_log.find((tmp.path / "report" / "channels.png").string()) != std::string::npos);
   check_figures(tmp.path / "report");
+  const std::string study_dir = (tmp.path / "study").string();
+  const auto s_run = run("study " + model + " --calib " + text + " --data " + text +
+                         " --seq-len 32 --sequences 4 --eval-sequences 3 --methods RTN,smooth+clip --seeds 2 "
+                         "--resamples 50 --block-size 32 --out '" + study_dir + "'");
+  INFO(s_run.second);
+  CHECK(s_run.first == 0);
+  CHECK(s_run.second.find("| smooth+clip | ") != std::string::npos);
+  CHECK(fs::is_regular_file(fs::path(study_dir) / "study.csv"));
+  CHECK(fs::is_regular_file(fs::path(study_dir) / "study.md"));
+  const auto bad_point = run("study " + model + " --calib " + text + " --data " + text +
+                             " --methods RTN,AWQ --out '" + study_dir + "'");
+  CHECK(bad_point.first != 0);
+  CHECK(bad_point.second.find("got 'AWQ'") != std::string::npos);
 }
 TEST_CASE("Ctrl-C in a real run: exit status 130, nothing written, no staging directory left") {
   // The whole path the in-process test above cannot take: main.cpp's

@@ -1,15 +1,17 @@
 // tools/oq/main.cpp: the oq command-line tool.
 //
-//   oq quantize MODEL --calib DATA --method duquant+smooth --out DIR
+//   oq quantize MODEL --calib DATA --method duquant+smooth [--weights gptq] --out DIR
 //   oq eval MODEL_OR_QUANTIZED --data DATA
 //   oq analyze MODEL --calib DATA --out DIR
+//   oq study MODEL --calib DATA --data DATA --methods RTN,DuQuant+GPTQ --seeds 5 --out DIR
 //
-// Argument parsing only; the work is in pipeline.hpp and analyze.hpp.
+// Argument parsing only; the work is in pipeline.hpp, analyze.hpp and study.hpp.
 #include "analyze.hpp"
 #include "data.hpp"
 #include "model.hpp"
 #include "pipeline.hpp"
 #include "quantized_model.hpp"
+#include "study.hpp"
 
 #include <oq/cpu.hpp>
 
@@ -23,6 +25,7 @@
 #include <cstdio>
 #include <exception>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -68,6 +71,55 @@ std::vector<oq_tool::Sequence> load_sequences(const oq_tool::LlamaModel& model, 
   return sequences;
 }
 
+// The quantizer's options that `quantize` and `study` share. act_bits: 4, 8
+// or 16 (QuantOptions::act_bits 0).
+void add_quant_options(CLI::App* app, llama::QuantOptions& q, int& act_bits) {
+  // Shape-dependent checks (the block and group sizes must divide the model's
+  // widths) run in validate_quantize_options, before any work.
+  app->add_option("--lwc-steps", q.lwc.steps, "LWC weights: AdamW steps of each linear's clip factors")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app->add_option("--w-bits", q.weight_bits, "weight bits (4: the packed INT4 format)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({4}));
+  app->add_option("--a-bits", act_bits, "activation bits: 4, 8, or 16 (not quantized: W4A16)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({4, 8, 16}));
+  app->add_option("--group", q.weight_group, "weights per group of this many inputs (0: per output channel)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app->add_option("--block-size", q.block_size, "DuQuant / Hadamard block size")
+      ->capture_default_str()
+      ->check(CLI::Range(Eigen::Index{2}, Eigen::Index{65536}));
+  app->add_option("--greedy-steps", q.greedy_steps, "DuQuant's greedy rotation steps per block")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  app->add_option("--act-clip", q.act_clip, "activation clip ratio")->capture_default_str()->check(CLI::Range(0.01, 1.0));
+  app->add_option("--weight-clip", q.weight_clip, "weight clip ratio")->capture_default_str()->check(CLI::Range(0.01, 1.0));
+  app->add_option("--seed", q.seed, "seed of DuQuant's random base rotations (layer i: seed + i) and of QuaRot's "
+                                    "residual signs (every layer)")->capture_default_str();
+}
+
+// --smooth-alpha's number into both α of `q` (SmoothQuant's and the one
+// before a rotation); false, with the message printed (`also`: what else the
+// option takes), where it is not one in [0, 1].
+bool parse_smooth_alpha(const std::string& text, llama::QuantOptions& q, const char* also) {
+  std::size_t used = 0;
+  double alpha = -1;
+  try {
+    alpha = std::stod(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != text.size() || !(alpha >= 0 && alpha <= 1)) {
+    std::fprintf(stderr, "--smooth-alpha: expected a number in [0, 1]%s, got '%s'\n", also, text.c_str());
+    return false;
+  }
+  q.smoothquant_alpha = alpha;
+  q.duquant_alpha = alpha;
+  return true;
+}
+
 // First SIGINT / SIGTERM: ask the loops to stop at their next step (they
 // throw oq_tool::Interrupted, and quantize removes its staging directory);
 // SA_RESETHAND makes a second one kill the process at once.
@@ -92,8 +144,8 @@ void install_interrupt_handler() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"oq: analyse, quantize (W4A4 / W4A8 / W4A16 with RTN, SmoothQuant, Hadamard, DuQuant) and evaluate "
-               "LLaMA checkpoints"};
+  CLI::App app{"oq: analyse, quantize (W4A4 / W4A8 / W4A16 with SmoothQuant, Hadamard, DuQuant, QuaRot; RTN, clip "
+               "search, GPTQ or LWC weights) and evaluate LLaMA checkpoints"};
   app.require_subcommand(1);
   int threads = 0;
   app.add_option("--threads", threads, "threads for GEMMs and the integer kernels (0: all cores)")
@@ -112,38 +164,28 @@ int main(int argc, char** argv) {
   std::filesystem::path quantize_model, quantize_out;
   DataOptions calib;
   std::string method = "duquant+smooth";
+  std::string weights = "rtn";
+  bool gptq_flag = false;
   llama::QuantOptions q;
   int act_bits = 4;
   quantize->add_option("MODEL", quantize_model, "a LlamaForCausalLM directory")->required();
   add_data_options(quantize, calib, "--calib", "calibration text or token ids (.npy)", 16);
-  // Shape-dependent checks (the block and group sizes must divide the model's
-  // widths) run in quantize_model, before anything is written.
-  quantize->add_option("--method", method, "rtn, smoothquant, hadamard, duquant, duquant+smooth or quarot")
+  quantize->add_option("--method", method,
+                       "smoothing x rotation: rtn (neither), smoothquant, hadamard (block), duquant, duquant+smooth, "
+                       "quarot, smooth+hadamard or smooth+quarot")
       ->capture_default_str()
-      ->check(CLI::IsMember({"rtn", "smoothquant", "hadamard", "duquant", "duquant+smooth", "quarot"}));
-  quantize->add_flag("--gptq", q.gptq, "weights by GPTQ on the transformed calibration inputs instead of rounding");
-  quantize->add_option("--w-bits", q.weight_bits, "weight bits (4: the packed INT4 format)")
+      ->check(CLI::IsMember(std::vector<std::string>(oq_tool::kMethodKeys.begin(), oq_tool::kMethodKeys.end())));
+  quantize->add_option("--weights", weights,
+                       "the weights' quantizer, on the transformed weights: rtn (round to nearest at --weight-clip), "
+                       "clip (each channel's or group's clip ratio of least squared error), gptq (on the transformed "
+                       "calibration inputs) or lwc (learned clipping, --lwc-steps AdamW steps per linear)")
       ->capture_default_str()
-      ->check(CLI::IsMember({4}));
-  quantize->add_option("--a-bits", act_bits, "activation bits: 4, 8, or 16 (not quantized: W4A16)")
-      ->capture_default_str()
-      ->check(CLI::IsMember({4, 8, 16}));
-  quantize->add_option("--group", q.weight_group, "weights per group of this many inputs (0: per output channel)")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  quantize->add_option("--block-size", q.block_size, "DuQuant / Hadamard block size")
-      ->capture_default_str()
-      ->check(CLI::Range(Eigen::Index{2}, Eigen::Index{65536}));
-  quantize->add_option("--greedy-steps", q.greedy_steps, "DuQuant's greedy rotation steps per block")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 1 << 20));
-  quantize->add_option("--act-clip", q.act_clip, "activation clip ratio")->capture_default_str()->check(CLI::Range(0.01, 1.0));
-  quantize->add_option("--weight-clip", q.weight_clip, "weight clip ratio")->capture_default_str()->check(CLI::Range(0.01, 1.0));
-  quantize->add_option("--seed", q.seed, "seed of DuQuant's random base rotations (layer i: seed + i) and of QuaRot's "
-                                         "residual signs (every layer)")->capture_default_str();
+      ->check(CLI::IsMember(std::vector<std::string>(oq_tool::kWeightKeys.begin(), oq_tool::kWeightKeys.end())));
+  quantize->add_flag("--gptq", gptq_flag, "the same as --weights gptq");
+  add_quant_options(quantize, q, act_bits);
   std::string smooth_alpha;
   quantize->add_option("--smooth-alpha", smooth_alpha,
-                       "smoothing strength α in [0, 1] (default 0.5 for smoothquant, 0.6 for duquant+smooth), or "
+                       "smoothing strength α in [0, 1] (default 0.5 for smoothquant, 0.6 before a rotation), or "
                        "'search' (smoothquant: α per input by the quantized linears' error on up to 512 tokens)");
   quantize->add_option("--out", quantize_out, "the quantized checkpoint's directory (must not exist)")->required();
   bool no_fold = false;
@@ -159,6 +201,45 @@ int main(int argc, char** argv) {
   eval->add_option("MODEL", eval_model, "a LlamaForCausalLM directory or a quantized checkpoint")->required();
   add_data_options(eval, eval_data, "--data", "evaluation text or token ids (.npy)", 0);
   eval->add_flag("--fake", fake, "a quantized checkpoint by fake quantization even where integer kernels exist");
+
+  // study
+  CLI::App* study = app.add_subcommand(
+      "study", "the crossed study: perplexity of each point smoothing x rotation x weights over seeds, with bootstrap "
+               "intervals and paired differences from a baseline (fake quantization, nothing written but the tables)");
+  std::filesystem::path study_model, study_out, study_data_path;
+  DataOptions study_calib;
+  std::size_t study_eval_sequences = 0;
+  std::vector<std::string> study_methods;
+  std::string study_baseline = "RTN";
+  std::string study_alpha;
+  oq_tool::StudyOptions study_options;
+  llama::QuantOptions& sq = study_options.quant;
+  int study_act_bits = 4;
+  study->add_option("MODEL", study_model, "a LlamaForCausalLM directory")->required();
+  add_data_options(study, study_calib, "--calib", "calibration text or token ids (.npy)", 16);
+  study->add_option("--data", study_data_path, "held-out text or token ids (.npy), cut like --calib")
+      ->required()
+      ->check(CLI::ExistingFile);
+  study->add_option("--eval-sequences", study_eval_sequences, "how many sequences of --data (0: all)")
+      ->capture_default_str();
+  study->add_option("--methods", study_methods,
+                    "comma-separated points, named as the examples name them: [smooth+|smooth-search+][Hadamard+|"
+                    "DuQuant+|DuQuant-blockwise+|QuaRot+](RTN|clip|GPTQ|LWC), e.g. RTN,smooth-search+RTN,"
+                    "DuQuant+GPTQ (default: all 44 of the examples' study)")
+      ->delimiter(',');
+  study->add_option("--baseline", study_baseline, "the point the paired differences are taken against")
+      ->capture_default_str();
+  study->add_option("--seeds", study_options.seeds, "draws of each random point (DuQuant's Q', QuaRot's signs)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  study->add_option("--resamples", study_options.bootstrap.resamples, "bootstrap resamples")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000000));
+  add_quant_options(study, sq, study_act_bits);
+  study->add_option("--smooth-alpha", study_alpha,
+                    "smoothing strength α in [0, 1] of the points that smooth with a fixed α (default 0.5 without a "
+                    "rotation, 0.6 before one)");
+  study->add_option("--out", study_out, "directory for study.csv and study.md")->required();
 
   try {
     app.parse(argc, argv);
@@ -187,39 +268,63 @@ int main(int argc, char** argv) {
     } else if (quantize->parsed()) {
       const oq_tool::LlamaModel model(quantize_model);
       q.act_bits = act_bits == 16 ? 0 : act_bits;
+      if (gptq_flag && weights != "rtn" && weights != "gptq") {
+        std::fprintf(stderr, "--gptq: --weights is %s; give one of them\n", weights.c_str());
+        return 2;
+      }
+      llama::MethodSpec spec =
+          oq_tool::spec_from_key(method, oq_tool::weights_from_key(gptq_flag ? std::string("gptq") : weights));
       if (smooth_alpha == "search") {
-        q.smoothquant_alpha_search = true;
+        spec.alpha_search = true;
       } else if (!smooth_alpha.empty()) {
-        std::size_t used = 0;
-        double alpha = -1;
-        try {
-          alpha = std::stod(smooth_alpha, &used);
-        } catch (const std::exception&) {
-          used = 0;
-        }
-        if (used != smooth_alpha.size() || !(alpha >= 0 && alpha <= 1)) {
-          std::fprintf(stderr, "--smooth-alpha: expected a number in [0, 1] or 'search', got '%s'\n",
-                       smooth_alpha.c_str());
-          return 2;
-        }
-        if (method != "smoothquant" && method != "duquant+smooth") {
-          std::fprintf(stderr, "--smooth-alpha: --method %s does not smooth (smoothquant or duquant+smooth do)\n",
+        if (!parse_smooth_alpha(smooth_alpha, q, " or 'search'")) return 2;
+        if (!spec.smooth) {
+          std::fprintf(stderr,
+                       "--smooth-alpha: --method %s does not smooth (smoothquant, duquant+smooth, smooth+hadamard, "
+                       "smooth+quarot do)\n",
                        method.c_str());
           return 2;
         }
-        q.smoothquant_alpha = alpha;
-        q.duquant_alpha = alpha;
       }
       q.progress = {};
       q.pool = &pool;  // DuQuant's greedy steps on --threads
       const auto sequences = load_sequences(model, calib, "calibration data");
-      const auto result = oq_tool::quantize_model(model, sequences, oq_tool::method_from_key(method), q, quantize_out,
+      const auto result = oq_tool::quantize_model(model, sequences, spec, q, quantize_out,
                                                   oq_tool::ExportOptions{.fold_smoothing = !no_fold});
-      std::printf("quantized %d layers with %s (W%dA%d%s%s) in %s (calibration %s); wrote %s\n", model.num_layers(),
-                  method.c_str(), q.weight_bits, act_bits, q.gptq ? ", GPTQ" : "",
+      std::printf("quantized %d layers with %s (W%dA%d, %s weights%s) in %s (calibration %s); wrote %s\n",
+                  model.num_layers(), method.c_str(), q.weight_bits, act_bits,
+                  std::string(llama::weight_quant_name(spec.weights)).c_str(),
                   q.weight_group > 0 ? (", group " + std::to_string(q.weight_group)).c_str() : "",
                   oq_tool::format_seconds(result.seconds).c_str(),
                   oq_tool::format_seconds(result.calibration_seconds).c_str(), quantize_out.string().c_str());
+    } else if (study->parsed()) {
+      const oq_tool::LlamaModel model(study_model);
+      sq.act_bits = study_act_bits == 16 ? 0 : study_act_bits;
+      if (!study_alpha.empty() && !parse_smooth_alpha(study_alpha, sq, "")) return 2;
+      const std::vector<llama::MethodSpec> points = llama::study_method_specs();
+      if (!study_methods.empty()) study_options.specs = llama::select_specs(study_methods, points);
+      study_options.baseline = llama::select_specs({study_baseline}, points).front();
+      sq.pool = &pool;
+      study_options.progress = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
+      const auto calibration = load_sequences(model, study_calib, "calibration data");
+      DataOptions held_out = study_calib;
+      held_out.path = study_data_path;
+      held_out.sequences = study_eval_sequences;
+      const auto evaluation = load_sequences(model, held_out, "evaluation data");
+      const oq_tool::StudyReport report = oq_tool::run_study(model, calibration, evaluation, study_options);
+      std::filesystem::create_directories(study_out);
+      for (const char* name : {"study.csv", "study.md"}) {
+        std::ofstream f(study_out / name);
+        if (std::string_view(name) == "study.csv") {
+          oq_tool::write_study_csv(f, report);
+        } else {
+          oq_tool::write_study_markdown(f, report);
+        }
+        f.close();
+        if (!f) throw std::runtime_error("cannot write '" + (study_out / name).string() + "'");
+      }
+      oq_tool::write_study_markdown(std::cout, report);
+      std::cout << "\nwrote " << (study_out / "study.csv").string() << ", " << (study_out / "study.md").string() << "\n";
     } else if (eval->parsed()) {
       const oq_tool::LlamaModel model(eval_model);
       const auto sequences = load_sequences(model, eval_data, "evaluation data");

@@ -67,15 +67,25 @@ struct Perplexity {
   double value() const { return predictions > 0 ? std::exp(nll / double(predictions)) : 0.0; }
 };
 
-inline Perplexity perplexity_of(const LlamaModel& model, const HiddenStates& x, const std::vector<Sequence>& sequences) {
+/// Each sequence's negative log-likelihood (nats, summed over its
+/// predictions) from its final hidden states.
+inline std::vector<double> sequence_nlls(const LlamaModel& model, const HiddenStates& x,
+                                         const std::vector<Sequence>& sequences) {
   const Vector<float> gamma = model.final_norm();
   const Matrix<float> head = model.lm_head();
-  Perplexity p;
+  std::vector<double> out;
+  out.reserve(x.size());
   for (std::size_t s = 0; s < x.size(); ++s) {
     const Matrix<float> h = llama::rms_norm(x[s], gamma, model.layer_config().rms_norm_eps);
-    p.nll += sequence_nll(h, head, sequences[s]);
-    p.predictions += x[s].rows() - 1;
+    out.push_back(sequence_nll(h, head, sequences[s]));
   }
+  return out;
+}
+
+inline Perplexity perplexity_of(const LlamaModel& model, const HiddenStates& x, const std::vector<Sequence>& sequences) {
+  Perplexity p;
+  for (double nll : sequence_nlls(model, x, sequences)) p.nll += nll;
+  for (const auto& xs : x) p.predictions += xs.rows() - 1;
   return p;
 }
 
@@ -297,8 +307,15 @@ inline void write_json_file(const std::filesystem::path& path, const nlohmann::j
 }
 
 /// Throws std::invalid_argument naming the option when `options` cannot
-/// quantize a model of shape `c` with `method`: checked before any work.
-inline void validate_quantize_options(const llama::Config& c, llama::Method method, const llama::QuantOptions& options) {
+/// quantize a model of shape `c` with `spec`: checked before any work.
+inline void validate_quantize_options(const llama::Config& c, const llama::MethodSpec& spec,
+                                      const llama::QuantOptions& options) {
+  const std::string method(method_key(spec));  // throws for a point no file holds
+  if (options.gptq || options.smoothquant_alpha_search) {
+    throw std::invalid_argument("quantize: the method spec chooses the weight quantizer and SmoothQuant's α search "
+                                "(weights = gptq, alpha_search); options.gptq and options.smoothquant_alpha_search "
+                                "must stay false");
+  }
   if (options.weight_bits != 4) {
     throw std::invalid_argument("--w-bits must be 4 (the packed INT4 checkpoint), got " +
                                 std::to_string(options.weight_bits));
@@ -320,20 +337,19 @@ inline void validate_quantize_options(const llama::Config& c, llama::Method meth
     throw std::invalid_argument("--group must be 0 or an even number dividing " + shape + ", got " +
                                 std::to_string(options.weight_group));
   }
-  const bool blocks = method == llama::Method::kHadamard || method == llama::Method::kDuQuant ||
-                      method == llama::Method::kDuQuantSmooth;
+  const bool blocks = spec.rotation == llama::Rotation::kBlockHadamard || spec.rotation == llama::Rotation::kDuQuant;
   if (blocks && (options.block_size < 2 || !divides_all(options.block_size))) {
     throw std::invalid_argument("--block-size must be >= 2 and divide " + shape + ", got " +
                                 std::to_string(options.block_size));
   }
-  if (blocks && method != llama::Method::kHadamard && options.greedy_steps < 1) {
+  if (spec.rotation == llama::Rotation::kDuQuant && options.greedy_steps < 1) {
     throw std::invalid_argument("--greedy-steps must be >= 1, got " + std::to_string(options.greedy_steps));
   }
-  if (method == llama::Method::kQuaRot) {  // full-width Hadamards of every linear input
+  if (spec.rotation == llama::Rotation::kQuaRot) {  // full-width Hadamards of every linear input
     for (const auto& [name, width] : {std::pair{"hidden_size", c.hidden_size}, std::pair{"the o_proj input", c.q_size()},
                                       std::pair{"intermediate_size", c.intermediate_size}}) {
       if (!oq::transform::find_hadamard_construction(width)) {
-        throw std::invalid_argument(std::string("--method quarot needs a Hadamard matrix of every linear input's width; ") +
+        throw std::invalid_argument("--method " + method + " needs a Hadamard matrix of every linear input's width; " +
                                     name + " = " + std::to_string(width) + " has no construction in oq");
       }
     }
@@ -348,21 +364,49 @@ inline void validate_quantize_options(const llama::Config& c, llama::Method meth
                                   std::to_string(alpha));
     }
   }
-  if (options.smoothquant_alpha_search) {
-    if (method != llama::Method::kSmoothQuant) {
-      throw std::invalid_argument("--smooth-alpha search applies to --method smoothquant only, got " +
-                                  std::string(method_key(method)) + " (give a number)");
+  if (spec.alpha_search) {
+    if (!spec.smooth || spec.rotation != llama::Rotation::kNone) {
+      throw std::invalid_argument("--smooth-alpha search applies to --method smoothquant only, got " + method +
+                                  " (give a number)");
     }
     if (options.act_bits == 0) {
       throw std::invalid_argument("--smooth-alpha search needs quantized activations (--a-bits 4 or 8): it "
                                   "minimises the quantized linears' error");
     }
-    if (options.gptq) {  // the search scores round-to-nearest weights: α would be tuned for another quantizer
-      throw std::invalid_argument("--smooth-alpha search scores round-to-nearest weights; with --gptq give a number");
-    }
+    // Any weight quantizer: the search scores round-to-nearest weights (its
+    // paper's), and the α it picks is then used with the one chosen, as the
+    // examples' studies run smooth-search+GPTQ.
     if (options.alpha_search_tokens <= 0) {
       throw std::invalid_argument("alpha_search_tokens must be > 0, got " + std::to_string(options.alpha_search_tokens));
     }
+  }
+}
+
+/// Layer by layer, as `oq quantize` and `oq study` calibrate: layer l of
+/// `model` quantized as `spec` (llama::quantize_layer) on the states of
+/// `calibration` entering it, each layer on the outputs of the quantized
+/// layers before it (as the DuQuant release does, block by block); then
+/// `use(l, w, q)` with the layer's weights w and its QuantizedLayer q returns
+/// the layer the states go on through (q itself, or q folded, w's norms then
+/// updated by `use`). Per-layer seeds: options.seed + l (a different Haar
+/// draw per layer, reproducible), but QuaRot's one residual rotation for the
+/// whole model (every layer reads and writes the same rotated stream) takes
+/// options.seed in every layer; QuaRot folds the head-wise half of o_proj's
+/// Hadamard into v_proj (head_dim). Checks for Ctrl-C after each layer.
+template <class Use>
+void for_each_quantized_layer(const LlamaModel& model, HiddenStates& calibration, const llama::MethodSpec& spec,
+                              const llama::QuantOptions& options, Use&& use) {
+  const llama::Config& c = model.layer_config();
+  const bool quarot = spec.rotation == llama::Rotation::kQuaRot;
+  for (int l = 0; l < model.num_layers(); ++l) {
+    llama::LayerWeights<float> w = model.layer(l);
+    const llama::LinearInputs<float> inputs = llama::record_inputs(c, w, calibration);
+    llama::QuantOptions o = options;
+    if (quarot) o.head_dim = c.head_dim;
+    if (!quarot) o.seed = options.seed + static_cast<std::uint64_t>(l);
+    const llama::QuantizedLayer<float> q = use(l, w, llama::quantize_layer(spec, w, inputs, o));
+    for (auto& xs : calibration) xs = llama::forward(c, w, xs, q);
+    throw_if_interrupted();
   }
 }
 
@@ -380,57 +424,54 @@ struct QuantizeResult {
   double calibration_seconds = 0;  ///< in quantize_layer (transforms, folding, weight quantization)
 };
 
-/// Quantizes `model` with `method` calibrated on `calibration` and writes the
+/// Quantizes `model` with the point `spec` of the cross (any but DuQuant with
+/// one rotation per block) calibrated on `calibration` and writes the
 /// quantized checkpoint to `out` (which must not exist).
 inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<Sequence>& calibration,
-                                     llama::Method method, const llama::QuantOptions& options,
+                                     const llama::MethodSpec& spec, const llama::QuantOptions& options,
                                      const std::filesystem::path& out, const ExportOptions& export_options = {}) {
   if (is_quantized(model)) {
     throw std::invalid_argument("model '" + model.directory().string() +
                                 "' is already quantized (its config.json has oq_quantization); give the "
                                 "full-precision model");
   }
-  validate_quantize_options(model.layer_config(), method, options);
+  validate_quantize_options(model.layer_config(), spec, options);
   if (calibration.empty()) throw std::invalid_argument("quantize: no calibration sequences");
   const auto start = std::chrono::steady_clock::now();
   StagingDirectory staging(out);
-  // W4A16 round-to-nearest is what GPTQ checkpoints hold: write that layout
-  // too (gptq/), which transformers and vLLM load. Its zero points must lie
-  // in 0..15, so every group's range is widened to hold 0. A transform
-  // (smoothing, rotation) would have to run online before each linear, which
-  // those engines do not do: no GPTQ layout for the other methods.
-  const bool write_gptq = options.act_bits == 0 && method == llama::Method::kRtn;
-  const bool fold = export_options.fold_smoothing &&
-                    (method == llama::Method::kSmoothQuant || method == llama::Method::kDuQuantSmooth);
+  // W4A16 without a transform is what GPTQ checkpoints hold: write that
+  // layout too (gptq/), which transformers and vLLM load. Its zero points
+  // must lie in 0..15, so every group's range is widened to hold 0 (not with
+  // LWC, which learns each range). A transform (smoothing, rotation) would
+  // have to run online before each linear, which those engines do not do: no
+  // GPTQ layout for the other methods.
+  const bool quarot = spec.rotation == llama::Rotation::kQuaRot;
+  const bool write_gptq = options.act_bits == 0 && !spec.smooth && spec.rotation == llama::Rotation::kNone &&
+                          spec.weights != llama::WeightQuant::kLwc;
+  const bool fold = export_options.fold_smoothing && spec.smooth;
   llama::QuantOptions layer_options = options;
   if (write_gptq) layer_options.weight_range_includes_zero = true;
-  // QuaRot folds the head-wise half of o_proj's Hadamard into v_proj.
-  if (method == llama::Method::kQuaRot) layer_options.head_dim = model.layer_config().head_dim;
+  if (quarot) layer_options.head_dim = model.layer_config().head_dim;  // as each layer gets it: recorded in the file
   oq::io::SafetensorsWriter gptq_writer;
   std::vector<std::pair<std::string, oq::cpu::PackedWeights>> gptq_linears;  // converted once the zeros are known
   QuantizeResult result;
   const llama::Config& c = model.layer_config();
   HiddenStates x = embed_all(model, calibration);
   oq::io::SafetensorsWriter writer;
-  Progress bar("quantize " + std::string(method_key(method)), model.num_layers());
+  Progress bar("quantize " + std::string(method_key(spec)), model.num_layers());
   std::vector<std::array<double, 4>> searched_alphas;
-  for (int l = 0; l < model.num_layers(); ++l) {
-    llama::LayerWeights<float> w = model.layer(l);
-    const llama::LinearInputs<float> inputs = llama::record_inputs(c, w, x);
-    llama::QuantOptions o = layer_options;
-    // A different Haar draw per layer, reproducible; QuaRot's residual
-    // rotation is one for the whole model (every layer reads and writes the
-    // same rotated stream).
-    if (method != llama::Method::kQuaRot) o.seed = options.seed + static_cast<std::uint64_t>(l);
+  // The checkpoint computes each layer as `q` below (folded where it folds):
+  // the next layer calibrates on those outputs.
+  for_each_quantized_layer(model, x, spec, layer_options, [&](int l, llama::LayerWeights<float>& w,
+                                                               llama::QuantizedLayer<float> unfolded) {
     std::optional<FoldedLayer> folded;
-    const llama::QuantizedLayer<float> unfolded = llama::quantize_layer(method, w, inputs, o);
     if (fold) {
       folded.emplace(fold_smoothing(c, unfolded, w.input_norm, w.post_norm));
       w.input_norm = folded->input_norm;
       w.post_norm = folded->post_norm;
     }
-    const llama::QuantizedLayer<float>& q = folded ? folded->layer : unfolded;
-    if (layer_options.smoothquant_alpha_search) searched_alphas.push_back(q.smoothing_alphas());
+    llama::QuantizedLayer<float> q = folded ? std::move(folded->layer) : std::move(unfolded);
+    if (spec.alpha_search) searched_alphas.push_back(q.smoothing_alphas());
     result.calibration_seconds += q.calibration_seconds();
     add_quantized_layer(writer, l, q);
     if (write_gptq) {
@@ -438,9 +479,6 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
         gptq_linears.emplace_back(LlamaModel::layer_prefix(l) + llama::linear_module(lin), *q.packed_weight(lin));
       }
     }
-    // The next layer calibrates on this one's quantized outputs (as the
-    // DuQuant release does, block by block), as the checkpoint computes them.
-    for (auto& xs : x) xs = llama::forward(c, w, xs, q);
     const std::string prefix = LlamaModel::layer_prefix(l);
     for (const char* norm : {"input_layernorm.weight", "post_attention_layernorm.weight"}) {
       const std::string name = prefix + norm;
@@ -454,7 +492,8 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
       if (write_gptq) gptq_writer.add(name, info.dtype, info.shape, model.checkpoint().bytes(name));
     }
     bar.advance("layer " + std::to_string(l));
-  }
+    return q;
+  });
   bar.finish();
   for (const char* name : {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}) {
     if (std::string_view(name) == "lm_head.weight" && model.tied_embeddings()) continue;
@@ -466,11 +505,11 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
   writer.add_metadata("format", "pt");
   writer.write(staging.path() / "model.safetensors");
   QuantizationConfig qc;
-  qc.method = method;
+  qc.spec = spec;
   qc.options = layer_options;  // as the layers were quantized (weight_range_includes_zero for the GPTQ layout)
   qc.smoothing_folded = fold;
   qc.searched_alphas = std::move(searched_alphas);
-  if (method == llama::Method::kQuaRot) {
+  if (quarot) {
     for (llama::Input input : llama::kAllInputs) {
       const Eigen::Index width = llama::input_width(c, input);
       if ((width & (width - 1)) != 0) {
@@ -520,6 +559,26 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
   staging.commit();
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;
+}
+
+/// A preset's point of the cross with `options`: GPTQ weights where
+/// options.gptq is set, SmoothQuant's α search where
+/// options.smoothquant_alpha_search is; the options returned have both
+/// cleared (the spec is the switch, as quantize_model wants it).
+inline std::pair<llama::MethodSpec, llama::QuantOptions> preset_point(llama::Method method, llama::QuantOptions options) {
+  llama::MethodSpec spec = llama::method_spec(method, options.gptq ? llama::WeightQuant::kGptq : llama::WeightQuant::kRtn);
+  spec.alpha_search = options.smoothquant_alpha_search;
+  options.gptq = false;
+  options.smoothquant_alpha_search = false;
+  return {spec, std::move(options)};
+}
+
+/// A preset (preset_point).
+inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<Sequence>& calibration,
+                                     llama::Method method, const llama::QuantOptions& options,
+                                     const std::filesystem::path& out, const ExportOptions& export_options = {}) {
+  const auto [spec, o] = preset_point(method, options);
+  return quantize_model(model, calibration, spec, o, out, export_options);
 }
 
 }  // namespace oq_tool

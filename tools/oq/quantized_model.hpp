@@ -17,9 +17,10 @@
 //   ŵ[n, k] = s_w[n, g(k)] · (q[n, k] − z_w[n, g(k)]), the weight folded with its
 //   input's transform (W·M for a rotation M, W·diag(s) for smoothing)
 //
-//   model.layers.i.oq.X.smoothing     F32 [K]          SmoothQuant's s, or DuQuant's
-//                                                      smoothing (+smooth): x ↦ x / s;
-//                                                      absent where folded (smoothing_folds)
+//   model.layers.i.oq.X.smoothing     F32 [K]          the smoothing scales of every method
+//                                                      that smooths: x ↦ x / s before its
+//                                                      rotation; absent where folded
+//                                                      (smoothing_folds)
 //   model.layers.i.oq.X.rotations     F32 [R, b, b]    DuQuant's block rotations,
 //                                                      each row-major
 //   model.layers.i.oq.X.permutations  I64 [R−1, K]    DuQuant's zigzag permutations
@@ -29,10 +30,12 @@
 //                                                      same in both inputs and every layer
 //   model.layers.i.oq.X.divisors      F32 [K]          QuaRot (same inputs): RMSNorm's γ,
 //                                                      divided out: x ↦ (x / γ)·D·H/√K
+//                                                      (smooth+quarot: .smoothing instead)
 //   X is the input: qkv_input, o_proj_input, gate_up_input, down_proj_input.
 //   The block Hadamard has no tensors (oq_quantization.block_size says b);
 //   QuaRot's o_proj and down_proj inputs take the plain H/√K (no tensors), and
-//   its o_proj, down_proj and v_proj weights are stored as the deployed model
+//   (without smoothing, which keeps the residual stream unrotated) its
+//   o_proj, down_proj and v_proj weights are stored as the deployed model
 //   holds them, Rᵀ·Ŵ (methods.hpp's OutputRotation, rebuilt on loading from
 //   the signs and oq_quantization.quarot.head_dim).
 // model.embed_tokens.weight, model.norm.weight and lm_head.weight (untied)
@@ -71,26 +74,66 @@
 
 namespace oq_tool {
 
-/// 3: QuaRot (method "quarot": the .signs and .divisors tensors, the
-/// "quarot" object); 2: smoothing folded into the layers
-/// (QuantizationConfig::smoothing_folded). Version 1 and 2 files still load;
-/// oq writes the lowest version that holds the file's content.
-inline constexpr int kQuantizedFormatVersion = 3;
+/// 4: smoothing before a Hadamard (methods "smooth+hadamard",
+/// "smooth+quarot"); 3: QuaRot (method "quarot": the .signs and .divisors
+/// tensors, the "quarot" object); 2: smoothing folded into the layers
+/// (QuantizationConfig::smoothing_folded). Older files still load; oq writes
+/// the lowest version that holds the file's content.
+inline constexpr int kQuantizedFormatVersion = 4;
 
-/// Method names on the command line and in oq_quantization.method.
-inline constexpr std::array<std::string_view, 6> kMethodKeys{"rtn",     "smoothquant",    "hadamard",
-                                                             "duquant", "duquant+smooth", "quarot"};
-static_assert(kMethodKeys.size() == llama::kAllMethods.size());
+/// Method names on the command line and in oq_quantization.method: the
+/// points smoothing × rotation of the cross (llama::MethodSpec) that a file
+/// holds; the weight quantizer is oq_quantization.weights. The first six are
+/// the presets, in llama::Method's order. DuQuant with one rotation per block
+/// has no key: the file has no layout for its rotations and oq::cpu no kernel.
+inline constexpr std::array<std::string_view, 8> kMethodKeys{
+    "rtn", "smoothquant", "hadamard", "duquant", "duquant+smooth", "quarot", "smooth+hadamard", "smooth+quarot"};
+/// kMethodKeys[i]'s smoothing and rotation.
+inline constexpr std::array<std::pair<bool, llama::Rotation>, 8> kMethodPoints{{
+    {false, llama::Rotation::kNone},
+    {true, llama::Rotation::kNone},
+    {false, llama::Rotation::kBlockHadamard},
+    {false, llama::Rotation::kDuQuant},
+    {true, llama::Rotation::kDuQuant},
+    {false, llama::Rotation::kQuaRot},
+    {true, llama::Rotation::kBlockHadamard},
+    {true, llama::Rotation::kQuaRot},
+}};
+
+/// Weight quantizer names on the command line and in oq_quantization.weights,
+/// in llama::WeightQuant's order.
+inline constexpr std::array<std::string_view, 4> kWeightKeys{"rtn", "clip", "gptq", "lwc"};
+static_assert(kWeightKeys.size() == llama::kAllWeightQuants.size());
+
+inline std::string_view weights_key(llama::WeightQuant q) { return kWeightKeys[static_cast<std::size_t>(q)]; }
+
+inline llama::WeightQuant weights_from_key(std::string_view key) {
+  for (llama::WeightQuant q : llama::kAllWeightQuants) {
+    if (weights_key(q) == key) return q;
+  }
+  throw std::invalid_argument("weights must be one of rtn, clip, gptq, lwc, got '" + std::string(key) + "'");
+}
 
 inline std::string_view method_key(llama::Method m) { return kMethodKeys[static_cast<std::size_t>(m)]; }
 
-inline llama::Method method_from_key(std::string_view key) {
-  for (llama::Method m : llama::kAllMethods) {
-    if (method_key(m) == key) return m;
+/// The key of spec's smoothing and rotation; std::invalid_argument for
+/// DuQuant with one rotation per block, which no file holds.
+inline std::string_view method_key(const llama::MethodSpec& spec) {
+  for (std::size_t i = 0; i < kMethodPoints.size(); ++i) {
+    if (kMethodPoints[i] == std::pair{spec.smooth, spec.rotation}) return kMethodKeys[i];
   }
-  throw std::invalid_argument(
-      "method must be one of rtn, smoothquant, hadamard, duquant, duquant+smooth, quarot, got '" + std::string(key) +
-      "'");
+  throw std::invalid_argument("the quantized checkpoint holds no " + spec.name() +
+                              ": DuQuant with one rotation per block has no stored layout or integer kernel");
+}
+
+/// The point of the cross that method `key` and `weights` name (alpha_search
+/// false).
+inline llama::MethodSpec spec_from_key(std::string_view key, llama::WeightQuant weights = llama::WeightQuant::kRtn) {
+  for (std::size_t i = 0; i < kMethodKeys.size(); ++i) {
+    if (kMethodKeys[i] == key) return llama::MethodSpec{kMethodPoints[i].first, kMethodPoints[i].second, weights};
+  }
+  throw std::invalid_argument("method must be one of rtn, smoothquant, hadamard, duquant, duquant+smooth, quarot, "
+                              "smooth+hadamard, smooth+quarot, got '" + std::string(key) + "'");
 }
 
 inline constexpr std::array<std::string_view, 4> kInputKeys{"qkv_input", "o_proj_input", "gate_up_input",
@@ -112,14 +155,18 @@ inline nlohmann::json construction_json(const oq::transform::HadamardConstructio
 
 /// What `oq quantize` did, stored as config.json's "oq_quantization".
 struct QuantizationConfig {
-  llama::Method method = llama::Method::kRtn;
-  llama::QuantOptions options;  ///< bits, clips, alphas, block size, group, gptq, seed
+  /// The point of the cross: "method" (smoothing × rotation), "weights",
+  /// and "smoothquant_alpha_search" (spec.alpha_search).
+  llama::MethodSpec spec;
+  /// Bits, clips, alphas, block size, group, seed (gptq and
+  /// smoothquant_alpha_search stay false: spec says both).
+  llama::QuantOptions options;
   std::int64_t calibration_sequences = 0;
   std::int64_t calibration_seq_len = 0;
   /// The smoothing scales were folded into the layers where smoothing_folds()
   /// says they can be (their .smoothing tensors are absent), format version 2.
   bool smoothing_folded = false;
-  /// With smoothquant_alpha_search: the α the search chose, per layer, in
+  /// With spec.alpha_search: the α the search chose, per layer, in
   /// kInputKeys order (written as "searched_alphas", one list per input; the
   /// scales themselves are in the layers, so loading needs none of this).
   std::vector<std::array<double, 4>> searched_alphas;
@@ -133,10 +180,16 @@ struct QuantizationConfig {
   nlohmann::json to_json() const {
     nlohmann::json j;
     // Version 1 where nothing was folded: that content is version 1's, which
-    // readers of version 1 then still accept.
-    const int version = method == llama::Method::kQuaRot ? 3 : smoothing_folded ? 2 : 1;
+    // readers of version 1 then still accept. "weights" is new in version 4
+    // but only informational (the tensors are the same whatever quantized
+    // them), so it does not raise the version.
+    const bool quarot = spec.rotation == llama::Rotation::kQuaRot;
+    const bool smoothed_hadamard =
+        spec.smooth && (quarot || spec.rotation == llama::Rotation::kBlockHadamard);
+    const int version = smoothed_hadamard ? 4 : quarot ? 3 : smoothing_folded ? 2 : 1;
     j["format_version"] = version;
-    j["method"] = std::string(method_key(method));
+    j["method"] = std::string(method_key(spec));
+    j["weights"] = std::string(weights_key(spec.weights));
     j["weight_bits"] = options.weight_bits;
     j["act_bits"] = options.act_bits == 0 ? 16 : options.act_bits;
     j["weight_group"] = options.weight_group;
@@ -144,17 +197,17 @@ struct QuantizationConfig {
     j["weight_clip"] = options.weight_clip;
     j["act_clip"] = options.act_clip;
     j["smoothquant_alpha"] = options.smoothquant_alpha;
-    j["smoothquant_alpha_search"] = options.smoothquant_alpha_search;
+    j["smoothquant_alpha_search"] = spec.alpha_search;
     j["duquant_alpha"] = options.duquant_alpha;
     j["block_size"] = options.block_size;
     j["greedy_steps"] = options.greedy_steps;
-    j["gptq"] = options.gptq;
+    j["gptq"] = spec.weights == llama::WeightQuant::kGptq;  // what readers before "weights" read
     j["seed"] = options.seed;
     j["calibration_sequences"] = calibration_sequences;
     j["calibration_seq_len"] = calibration_seq_len;
     if (version >= 2) j["smoothing_folded"] = smoothing_folded;  // required from version 2 on
     if (auto h = block_hadamard_construction(*this)) j["hadamard_construction"] = construction_json(*h);
-    if (method == llama::Method::kQuaRot) {
+    if (quarot) {
       nlohmann::json hadamard = nlohmann::json::object();
       for (std::size_t i = 0; i < kInputKeys.size(); ++i) {
         if (quarot_hadamard[i]) hadamard[std::string(kInputKeys[i])] = construction_json(*quarot_hadamard[i]);
@@ -194,7 +247,7 @@ struct QuantizationConfig {
     };
     const std::int64_t version = integer("format_version");
     if (version < 1 || version > kQuantizedFormatVersion) {
-      fail("format_version must be 1, 2 or " + std::to_string(kQuantizedFormatVersion) + ", got " +
+      fail("format_version must be 1 to " + std::to_string(kQuantizedFormatVersion) + ", got " +
            std::to_string(version));
     }
     QuantizationConfig c;
@@ -203,7 +256,15 @@ struct QuantizationConfig {
       c.smoothing_folded = j["smoothing_folded"].get<bool>();
     }
     if (!field("method").is_string()) fail("method must be a string");
-    c.method = method_from_key(j["method"].get<std::string>());
+    try {
+      c.spec = spec_from_key(j["method"].get<std::string>());
+    } catch (const std::invalid_argument& e) {
+      fail(e.what());
+    }
+    if (c.spec.smooth && c.spec.rotation != llama::Rotation::kNone && c.spec.rotation != llama::Rotation::kDuQuant &&
+        version < 4) {
+      fail("method " + j["method"].get<std::string>() + " needs format_version 4, got " + std::to_string(version));
+    }
     c.options.weight_bits = static_cast<int>(integer("weight_bits"));
     if (c.options.weight_bits != 4) fail("weight_bits must be 4 (the packed INT4 format)");
     const std::int64_t act = integer("act_bits");
@@ -217,21 +278,37 @@ struct QuantizationConfig {
     c.options.smoothquant_alpha = number("smoothquant_alpha");
     if (j.contains("smoothquant_alpha_search")) {  // optional: false when absent (files before the search)
       if (!j["smoothquant_alpha_search"].is_boolean()) fail("smoothquant_alpha_search must be true or false");
-      c.options.smoothquant_alpha_search = j["smoothquant_alpha_search"].get<bool>();
+      c.spec.alpha_search = j["smoothquant_alpha_search"].get<bool>();
+      if (c.spec.alpha_search && !(c.spec.smooth && c.spec.rotation == llama::Rotation::kNone)) {
+        fail("smoothquant_alpha_search is true, but method " + j["method"].get<std::string>() +
+             " is not smoothing without a rotation");
+      }
     }
     c.options.duquant_alpha = number("duquant_alpha");
     c.options.block_size = integer("block_size");
     c.options.greedy_steps = static_cast<int>(integer("greedy_steps"));
     if (!field("gptq").is_boolean()) fail("gptq must be true or false");
-    c.options.gptq = j["gptq"].get<bool>();
+    const bool gptq = j["gptq"].get<bool>();
+    c.spec.weights = gptq ? llama::WeightQuant::kGptq : llama::WeightQuant::kRtn;
+    if (j.contains("weights")) {  // optional: rtn or gptq as "gptq" says when absent (files before it)
+      if (!j["weights"].is_string()) fail("weights must be a string");
+      try {
+        c.spec.weights = weights_from_key(j["weights"].get<std::string>());
+      } catch (const std::invalid_argument& e) {
+        fail(e.what());
+      }
+      if (gptq != (c.spec.weights == llama::WeightQuant::kGptq)) {
+        fail("gptq is " + std::string(gptq ? "true" : "false") + ", but weights is " + j["weights"].get<std::string>());
+      }
+    }
     c.options.seed = static_cast<std::uint64_t>(integer("seed"));
     c.calibration_sequences = integer("calibration_sequences");
     c.calibration_seq_len = integer("calibration_seq_len");
-    if (c.smoothing_folded && c.method != llama::Method::kSmoothQuant && c.method != llama::Method::kDuQuantSmooth) {
-      fail("smoothing_folded is true, but method " + std::string(method_key(c.method)) + " has no smoothing to fold");
+    if (c.smoothing_folded && !c.spec.smooth) {
+      fail("smoothing_folded is true, but method " + std::string(method_key(c.spec)) + " has no smoothing to fold");
     }
-    if (c.method == llama::Method::kQuaRot) {
-      if (version < 3) fail("method quarot needs format_version 3, got " + std::to_string(version));
+    if (c.spec.rotation == llama::Rotation::kQuaRot) {
+      if (version < 3) fail("method quarot needs format_version 3, got " + std::to_string(version));  // 4 with smoothing: above
       const auto& quarot = field("quarot");
       if (!quarot.is_object() || !quarot.contains("head_dim") || !quarot["head_dim"].is_number_integer() ||
           quarot["head_dim"].get<std::int64_t>() < 0) {
@@ -268,7 +345,7 @@ struct QuantizationConfig {
         c.quarot_hadamard[i] = hc;
       }
     } else if (j.contains("quarot")) {
-      fail("quarot is present, but method is " + std::string(method_key(c.method)));
+      fail("quarot is present, but method is " + std::string(method_key(c.spec)));
     }
     if (j.contains("searched_alphas")) {  // optional, informational
       const auto& a = j["searched_alphas"];
@@ -290,7 +367,7 @@ struct QuantizationConfig {
           c.searched_alphas[l][i] = v.get<double>();
         }
       }
-      if (!c.options.smoothquant_alpha_search) fail("searched_alphas is present, but smoothquant_alpha_search is false");
+      if (!c.spec.alpha_search) fail("searched_alphas is present, but smoothquant_alpha_search is false");
     }
     if (c.options.block_size <= 0) fail("block_size must be > 0");
     // Which H_b the online block Hadamard is: oq's choice for a b that is not
@@ -319,7 +396,7 @@ struct QuantizationConfig {
 
 inline std::optional<oq::transform::HadamardConstruction> block_hadamard_construction(const QuantizationConfig& c) {
   const Eigen::Index b = c.options.block_size;
-  if (c.method != llama::Method::kHadamard || b <= 0 || (b & (b - 1)) == 0) return std::nullopt;
+  if (c.spec.rotation != llama::Rotation::kBlockHadamard || b <= 0 || (b & (b - 1)) == 0) return std::nullopt;
   return oq::transform::find_hadamard_construction(b);
 }
 
@@ -351,12 +428,14 @@ std::vector<T> read_elements(const oq::io::Checkpoint& c, const std::string& nam
 
 /// Adds layer `index` of `q` (every weight packed INT4) to `writer`.
 inline void add_quantized_layer(oq::io::SafetensorsWriter& writer, int index, const llama::QuantizedLayer<float>& q) {
-  // The file names a preset (oq_quantization.method, gptq): other points of
-  // the cross would load as another method.
-  if (!llama::preset_of(q.spec())) {
-    throw std::invalid_argument("add_quantized_layer: the file stores the presets only (rtn, smoothquant, hadamard, "
-                                "duquant, duquant+smooth; RTN or GPTQ weights), got " + q.spec().name());
+  // The file names the point by its method key: one without a key (DuQuant
+  // with one rotation per block) would load as another method.
+  try {
+    (void)method_key(q.spec());
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(std::string("add_quantized_layer: ") + e.what());
   }
+  const bool smooth = q.spec().smooth;
   const std::string prefix = LlamaModel::layer_prefix(index);
   for (llama::Linear l : llama::kAllLinears) {
     const oq::cpu::PackedWeights* w = q.packed_weight(l);
@@ -374,6 +453,8 @@ inline void add_quantized_layer(oq::io::SafetensorsWriter& writer, int index, co
     const auto& kind = q.transform(input).kind();
     if (const auto* s = std::get_if<T::Smoothing>(&kind)) {
       writer.add(name + ".smoothing", s->scales, oq::io::DType::kF32);
+    } else if (const auto* h = std::get_if<T::BlockHadamard>(&kind)) {
+      if (h->scales.size() != 0) writer.add(name + ".smoothing", h->scales, oq::io::DType::kF32);
     } else if (const auto* d = std::get_if<T::DuQuant>(&kind)) {
       const auto b = static_cast<std::size_t>(d->block_size());
       const auto k = static_cast<std::size_t>(d->channels());
@@ -391,9 +472,12 @@ inline void add_quantized_layer(oq::io::SafetensorsWriter& writer, int index, co
                  detail_qmodel::as_bytes(permutations));
       if (d->smoothing().size() != 0) writer.add(name + ".smoothing", d->smoothing(), oq::io::DType::kF32);
     } else if (const auto* f = std::get_if<T::FullHadamard>(&kind)) {
-      // QuaRot: x / divisors (RMSNorm's γ), then ·D·H/√n; D's signs as I8.
+      // QuaRot: x / divisors (RMSNorm's γ, or the smoothing scales where it
+      // smooths: then stored as .smoothing), then ·D·H/√n; D's signs as I8.
       if (f->signs.size() != 0) writer.add(name + ".signs", f->signs, oq::io::DType::kI8);
-      if (f->divisors.size() != 0) writer.add(name + ".divisors", f->divisors, oq::io::DType::kF32);
+      if (f->divisors.size() != 0) {
+        writer.add(name + (smooth ? ".smoothing" : ".divisors"), f->divisors, oq::io::DType::kF32);
+      }
     }
   }
 }
@@ -491,11 +575,31 @@ inline bool smoothing_folds(const llama::Config& c, llama::Input input) {
 }
 
 /// The smoothing scales of a transform, or nullptr where it has none.
-inline const Vector<float>* smoothing_scales_of(const llama::InputTransform<float>& t) {
+/// `smooth`: the layer's point smooths (MethodSpec::smooth), so that a full
+/// Hadamard's divisors are its smoothing scales, not QuaRot's γ.
+inline const Vector<float>* smoothing_scales_of(const llama::InputTransform<float>& t, bool smooth) {
   using T = llama::InputTransform<float>;
+  auto nonempty = [](const Vector<float>& v) { return v.size() != 0 ? &v : nullptr; };
   if (const auto* s = std::get_if<T::Smoothing>(&t.kind())) return &s->scales;
-  if (const auto* d = std::get_if<T::DuQuant>(&t.kind())) return d->smoothing().size() != 0 ? &d->smoothing() : nullptr;
+  if (const auto* d = std::get_if<T::DuQuant>(&t.kind())) return nonempty(d->smoothing());
+  if (const auto* h = std::get_if<T::BlockHadamard>(&t.kind())) return nonempty(h->scales);
+  if (const auto* f = std::get_if<T::FullHadamard>(&t.kind())) return smooth ? nonempty(f->divisors) : nullptr;
   return nullptr;
+}
+
+/// `t` without its smoothing (what is left once the scales are folded away).
+inline llama::InputTransform<float> without_smoothing(const llama::InputTransform<float>& t) {
+  using T = llama::InputTransform<float>;
+  if (const auto* d = std::get_if<T::DuQuant>(&t.kind())) {
+    return T(T::DuQuant(d->channels(), d->rotations(), d->permutations()));
+  }
+  if (const auto* h = std::get_if<T::BlockHadamard>(&t.kind())) return T(T::BlockHadamard(h->block_size));
+  if (const auto* f = std::get_if<T::FullHadamard>(&t.kind())) {
+    T::FullHadamard rest = *f;
+    rest.divisors = Vector<float>();
+    return T(std::move(rest));
+  }
+  return T();  // SmoothQuant: nothing left, the identity
 }
 
 /// A layer with its smoothing folded away (fold_smoothing), and the RMSNorm
@@ -531,7 +635,7 @@ inline FoldedLayer fold_smoothing(const llama::Config& config, const llama::Quan
   for (llama::Input input : llama::kAllInputs) {
     const auto i = static_cast<std::size_t>(input);
     const T& t = q.transform(input);
-    const Vector<float>* s = smoothing_scales_of(t);
+    const Vector<float>* s = smoothing_scales_of(t, q.spec().smooth);
     if (s == nullptr || !smoothing_folds(config, input)) {
       transforms[i] = t;
       continue;
@@ -547,9 +651,7 @@ inline FoldedLayer fold_smoothing(const llama::Config& config, const llama::Quan
         break;
       }
     }
-    if (const auto* d = std::get_if<T::DuQuant>(&t.kind())) {
-      transforms[i] = T(T::DuQuant(d->channels(), d->rotations(), d->permutations()));
-    }  // SmoothQuant: nothing left, the identity
+    transforms[i] = without_smoothing(t);
   }
   std::array<Matrix<float>, 7> weights;
   for (llama::Linear l : llama::kAllLinears) {
@@ -597,22 +699,23 @@ inline llama::QuantizedLayer<float> load_quantized_layer(const oq::io::Checkpoin
       const auto v = detail_qmodel::read_elements<float>(c, name + ".smoothing", oq::io::DType::kF32, {k});
       return Vector<float>(Eigen::Map<const Vector<float>>(v.data(), static_cast<Eigen::Index>(v.size())));
     };
-    switch (q.method) {
-      case llama::Method::kRtn: break;
-      case llama::Method::kSmoothQuant:
-        if (!folded) transforms[i] = T(T::Smoothing{smoothing()});
+    const bool smooth = q.spec.smooth;
+    switch (q.spec.rotation) {
+      case llama::Rotation::kNone:
+        if (smooth && !folded) transforms[i] = T(T::Smoothing{smoothing()});
         break;
-      case llama::Method::kHadamard:
+      case llama::Rotation::kBlockHadamard:
         // Checked before the integer path builds a b×b matrix for a b that is no power of two.
         if (q.options.block_size < 2 || width % q.options.block_size != 0) {
           throw std::invalid_argument("quantized model: oq_quantization.block_size = " +
                                       std::to_string(q.options.block_size) + " must be >= 2 and divide the input width " +
                                       std::to_string(width));
         }
-        transforms[i] = T(T::BlockHadamard{q.options.block_size});
+        transforms[i] = T(T::BlockHadamard(q.options.block_size, smooth ? smoothing() : Vector<float>()));
         break;
-      case llama::Method::kDuQuant:
-      case llama::Method::kDuQuantSmooth: {
+      case llama::Rotation::kDuQuantBlockwise:  // QuantizationConfig has no key for it
+        throw std::logic_error("quantized model: DuQuant with one rotation per block is never stored");
+      case llama::Rotation::kDuQuant: {
         if (!c.contains(name + ".rotations")) {
           throw std::invalid_argument("quantized model: tensor '" + name + ".rotations' is missing");
         }
@@ -635,12 +738,12 @@ inline llama::QuantizedLayer<float> load_quantized_layer(const oq::io::Checkpoin
                                     perm.begin() + static_cast<std::ptrdiff_t>((n + 1) * k));
         }
         Vector<float> s;
-        if (q.method == llama::Method::kDuQuantSmooth) s = smoothing();
+        if (smooth) s = smoothing();
         transforms[i] = T(typename T::DuQuant(static_cast<Eigen::Index>(k), std::move(rotations),
                                               std::move(permutations), std::move(s)));
         break;
       }
-      case llama::Method::kQuaRot: {
+      case llama::Rotation::kQuaRot: {
         // H_n as the writer built it (the weights were folded with it).
         const std::optional<oq::transform::HadamardConstruction> h = oq::transform::find_hadamard_construction(width);
         if (!h) {
@@ -659,6 +762,15 @@ inline llama::QuantizedLayer<float> load_quantized_layer(const oq::io::Checkpoin
         typename T::FullHadamard f;
         f.width = width;
         const bool residual = input == llama::Input::kAttention || input == llama::Input::kMlp;
+        // Where it smooths, the scales (.smoothing) divide every input and
+        // replace γ's division (RMSNorm keeps its γ): no .divisors.
+        if (smooth) {
+          if (c.contains(name + ".divisors")) {
+            throw std::invalid_argument("quantized model: '" + name + ".divisors' is present, but method " +
+                                        std::string(method_key(q.spec)) + " divides by its smoothing scales");
+          }
+          f.divisors = smoothing();
+        }
         if (residual) {
           const auto signs = detail_qmodel::read_elements<std::int8_t>(c, name + ".signs", oq::io::DType::kI8, {k});
           f.signs.resize(width);
@@ -669,9 +781,11 @@ inline llama::QuantizedLayer<float> load_quantized_layer(const oq::io::Checkpoin
             }
             f.signs(static_cast<Eigen::Index>(j)) = signs[j];
           }
-          const auto d = detail_qmodel::read_elements<float>(c, name + ".divisors", oq::io::DType::kF32, {k});
-          f.divisors = Eigen::Map<const Vector<float>>(d.data(), width);
-          for (Eigen::Index j = 0; j < width; ++j) {
+          if (!smooth) {
+            const auto d = detail_qmodel::read_elements<float>(c, name + ".divisors", oq::io::DType::kF32, {k});
+            f.divisors = Eigen::Map<const Vector<float>>(d.data(), width);
+          }
+          for (Eigen::Index j = 0; j < f.divisors.size(); ++j) {
             if (!(f.divisors(j) != 0.0f && std::isfinite(f.divisors(j)))) {
               throw std::invalid_argument("quantized model: '" + name + ".divisors'[" + std::to_string(j) +
                                           "] must be nonzero and finite");
@@ -691,7 +805,7 @@ inline llama::QuantizedLayer<float> load_quantized_layer(const oq::io::Checkpoin
     }
   }
   std::array<llama::OutputRotation<float>, 7> output_rotations;
-  if (q.method == llama::Method::kQuaRot) {
+  if (q.spec.rotation == llama::Rotation::kQuaRot) {
     // One residual rotation Q for both residual-fed inputs and the outputs of
     // o_proj and down_proj: the two stored sign vectors must agree.
     const auto& a = std::get<T::FullHadamard>(transforms[static_cast<std::size_t>(llama::Input::kAttention)].kind());
@@ -705,10 +819,10 @@ inline llama::QuantizedLayer<float> load_quantized_layer(const oq::io::Checkpoin
                                   std::to_string(q.options.head_dim) + ", but the model's head_dim is " +
                                   std::to_string(config.head_dim));
     }
-    output_rotations = llama::quarot_output_rotations<float>(false, oq::transform::RandomizedHadamard(a.signs),
+    output_rotations = llama::quarot_output_rotations<float>(q.spec.smooth, oq::transform::RandomizedHadamard(a.signs),
                                                              config.q_size(), q.options.head_dim);
   }
-  return llama::QuantizedLayer<float>(q.method, std::move(transforms), std::move(weights), q.options, 0.0,
+  return llama::QuantizedLayer<float>(q.spec, std::move(transforms), std::move(weights), q.options, 0.0,
                                       std::move(packed), std::move(output_rotations));
 }
 
