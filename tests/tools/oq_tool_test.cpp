@@ -331,6 +331,12 @@ TEST_CASE("quantize writes a checkpoint that reloads bit for bit, for every meth
     const LlamaModel quantized(out);
     REQUIRE(oq_tool::is_quantized(quantized));
     CHECK(oq_tool::method_key(oq_tool::quantization_of(quantized).spec) == key);
+    // The lowest version that holds the file: 4 smoothing before a Hadamard,
+    // 3 QuaRot, 2 smoothing folded (the default), else 1.
+    const bool smoothed_hadamard =
+        point.smooth && (point.rotation == llama::Rotation::kBlockHadamard || point.rotation == llama::Rotation::kQuaRot);
+    CHECK(oq::io::read_json(out / "config.json")["oq_quantization"]["format_version"] ==
+          (smoothed_hadamard ? 4 : point.rotation == llama::Rotation::kQuaRot ? 3 : point.smooth ? 2 : 1));
     check_layer0_reloads(model, calibration, point, options, quantized);
     const auto loaded = oq_tool::load_quantized_layer(quantized.checkpoint(), quantized.layer_config(),
                                                       oq_tool::quantization_of(quantized), 0);
@@ -445,6 +451,20 @@ TEST_CASE("quantize: W4A8 and W4A16, per-group weights, each weight quantizer") 
                           tmp.path / "q4_0_rtn");
   CHECK(codes("q4_0_rtn") != codes("q4_0_clip"));
   CHECK(codes("q4_0_rtn") != codes("q4_0_gptq"));
+  // LWC's variant is per group: against RTN per group, the same transforms.
+  llama::QuantOptions grouped = small_options();
+  grouped.weight_group = 32;
+  oq_tool::quantize_model(model, calibration, llama::method_spec(llama::Method::kDuQuantSmooth), grouped,
+                          tmp.path / "q4_32_rtn");
+  CHECK(codes("q4_32_rtn") != codes("q4_32_lwc"));
+  // Per-group LWC above its cost limit is refused before any layer is
+  // calibrated, naming the flags.
+  llama::QuantOptions costly = grouped;
+  costly.lwc.max_group_work = 1000;
+  CHECK_THROWS_WITH_AS(oq_tool::quantize_model(model, calibration, llama::method_spec(llama::Method::kRtn, WeightQuant::kLwc),
+                                               costly, tmp.path / "q_costly"),
+                       doctest::Contains("--weights lwc with --group 32: per-group LWC of q_proj"), std::invalid_argument);
+  CHECK_FALSE(fs::exists(tmp.path / "q_costly"));
 
   // "weights" against "gptq", and unknown names, refused.
   nlohmann::json j = oq_tool::quantization_of(LlamaModel(tmp.path / "q4_0_clip")).to_json();
@@ -539,6 +559,12 @@ TEST_CASE("oq study: each point's perplexity is its checkpoint's, draw k is quan
       if (v != "not resolved") CHECK(row.vs_baseline->excludes(0.0));
     }
   }
+  // Holm's decisions: those of the family of the three differences (the
+  // baseline and full precision are not members), recomputed.
+  std::vector<double> p;
+  for (std::size_t row = 2; row < r.rows.size(); ++row) p.push_back(r.rows[row].vs_baseline->p_zero);
+  const std::vector<bool> reject = llama::stats::holm(p, 0.05);
+  for (std::size_t row = 2; row < r.rows.size(); ++row) CHECK(r.rows[row].resolved_vs_baseline == reject[row - 2]);
   std::ostringstream csv, md;
   oq_tool::write_study_csv(csv, r);
   oq_tool::write_study_markdown(md, r);
@@ -1175,6 +1201,66 @@ TEST_CASE("quarot: format version 3, one residual rotation per model, γ divided
                                          "intermediate_size = 92 has no construction"),
                        std::invalid_argument);
   CHECK_FALSE(fs::exists(tmp.path / "q_odd"));
+}
+
+TEST_CASE("smooth+quarot: .smoothing in place of .divisors, format version 4, damaged files refused") {
+  TempDir tmp("smooth_quarot");
+  oq_test::SyntheticLlama spec;
+  spec.layers = 1;
+  spec.write(tmp.path / "model");
+  const LlamaModel model(tmp.path / "model");
+  const auto calibration = text_sequences(tmp.path, 400, 41, 32, 4);
+  const fs::path out = tmp.path / "q";
+  oq_tool::quantize_model(model, calibration, oq_tool::spec_from_key("smooth+quarot"), small_options(), out,
+                          oq_tool::ExportOptions{.fold_smoothing = false});
+  const LlamaModel quantized(out);
+  const auto& ckpt = quantized.checkpoint();
+  const auto qc = oq_tool::quantization_of(quantized);
+  for (llama::Input i : llama::kAllInputs) {
+    CAPTURE(llama::input_name(i));
+    const std::string name = "model.layers.0.oq." + oq_tool::input_key(i);
+    CHECK(ckpt.contains(name + ".smoothing"));
+    CHECK_FALSE(ckpt.contains(name + ".divisors"));
+    CHECK(ckpt.contains(name + ".signs") == (i == llama::Input::kAttention || i == llama::Input::kMlp));
+  }
+  // No output rotation: the residual stream stays unrotated.
+  const auto loaded = oq_tool::load_quantized_layer(ckpt, quantized.layer_config(), qc, 0);
+  for (llama::Linear l : llama::kAllLinears) CHECK_FALSE(loaded.output_rotation(l).active());
+
+  // A scale of 0 would divide to inf: refused, naming the entry.
+  const std::string o_name = "model.layers.0.oq.o_proj_input.smoothing";
+  std::vector<std::byte> zero(ckpt.bytes(o_name).begin(), ckpt.bytes(o_name).end());
+  for (std::size_t b = 8; b < 12; ++b) zero.at(b) = std::byte{0};  // smoothing[2] = 0
+  copy_with_tensor(out, tmp.path / "zero", o_name, oq::io::DType::kF32, zero);
+  CHECK_THROWS_WITH_AS(
+      oq_tool::load_quantized_layer(LlamaModel(tmp.path / "zero").checkpoint(), quantized.layer_config(), qc, 0),
+      doctest::Contains("o_proj_input.smoothing'[2] is 0.000000, not positive and finite"), std::invalid_argument);
+  // γ's divisors beside the smoothing: they would divide twice.
+  fs::copy(out, tmp.path / "extra", fs::copy_options::recursive);
+  {
+    oq::io::SafetensorsWriter writer;
+    for (const std::string& n : ckpt.names()) writer.add(n, ckpt.info(n).dtype, ckpt.info(n).shape, ckpt.bytes(n));
+    writer.add("model.layers.0.oq.qkv_input.divisors", llama::Vector<float>::Ones(64), oq::io::DType::kF32);
+    fs::remove(tmp.path / "extra" / "model.safetensors");
+    writer.write(tmp.path / "extra" / "model.safetensors");
+  }
+  CHECK_THROWS_WITH_AS(
+      oq_tool::load_quantized_layer(LlamaModel(tmp.path / "extra").checkpoint(), quantized.layer_config(), qc, 0),
+      doctest::Contains("qkv_input.divisors' is present, but method smooth+quarot divides by its smoothing scales"),
+      std::invalid_argument);
+  // The config: version 4 written and required; SmoothQuant's α search only with smoothquant.
+  nlohmann::json j = oq::io::read_json(out / "config.json")["oq_quantization"];
+  CHECK(j["format_version"] == 4);
+  CHECK(j["method"] == "smooth+quarot");
+  j["format_version"] = 3;
+  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "q"),
+                       doctest::Contains("method smooth+quarot needs format_version 4, got 3"), std::invalid_argument);
+  j["format_version"] = 4;
+  j["smoothquant_alpha_search"] = true;
+  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "q"),
+                       doctest::Contains("smoothquant_alpha_search is true, but method smooth+quarot is not smoothing "
+                                         "without a rotation"),
+                       std::invalid_argument);
 }
 
 TEST_CASE("bad inputs give clear errors and leave nothing half-written") {

@@ -30,6 +30,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace {
 
@@ -225,11 +226,13 @@ int main(int argc, char** argv) {
   study->add_option("--methods", study_methods,
                     "comma-separated points, named as the examples name them: [smooth+|smooth-search+][Hadamard+|"
                     "DuQuant+|DuQuant-blockwise+|QuaRot+](RTN|clip|GPTQ|LWC), e.g. RTN,smooth-search+RTN,"
-                    "DuQuant+GPTQ (default: all 44 of the examples' study)")
+                    "DuQuant+GPTQ (default: all 44 of the examples' study; with --a-bits 16 without the α "
+                    "search, which scores quantized activations)")
       ->delimiter(',');
   study->add_option("--baseline", study_baseline, "the point the paired differences are taken against")
       ->capture_default_str();
-  study->add_option("--seeds", study_options.seeds, "draws of each random point (DuQuant's Q', QuaRot's signs)")
+  study->add_option("--seeds", study_options.seeds,
+                    "draws of each random point (DuQuant's Q', QuaRot's signs); draw k takes --seed + k x layers")
       ->capture_default_str()
       ->check(CLI::Range(1, 1000));
   study->add_option("--resamples", study_options.bootstrap.resamples, "bootstrap resamples")
@@ -266,12 +269,12 @@ int main(int argc, char** argv) {
                 << "\nfigures " << (analyze_out / "massive.png").string() << ", "
                 << (analyze_out / "channels.png").string() << "\n";
     } else if (quantize->parsed()) {
-      const oq_tool::LlamaModel model(quantize_model);
-      q.act_bits = act_bits == 16 ? 0 : act_bits;
       if (gptq_flag && weights != "rtn" && weights != "gptq") {
         std::fprintf(stderr, "--gptq: --weights is %s; give one of them\n", weights.c_str());
         return 2;
       }
+      const oq_tool::LlamaModel model(quantize_model);
+      q.act_bits = act_bits == 16 ? 0 : act_bits;
       llama::MethodSpec spec =
           oq_tool::spec_from_key(method, oq_tool::weights_from_key(gptq_flag ? std::string("gptq") : weights));
       if (smooth_alpha == "search") {
@@ -302,7 +305,11 @@ int main(int argc, char** argv) {
       sq.act_bits = study_act_bits == 16 ? 0 : study_act_bits;
       if (!study_alpha.empty() && !parse_smooth_alpha(study_alpha, sq, "")) return 2;
       const std::vector<llama::MethodSpec> points = llama::study_method_specs();
-      if (!study_methods.empty()) study_options.specs = llama::select_specs(study_methods, points);
+      if (!study_methods.empty()) {
+        study_options.specs = llama::select_specs(study_methods, points);
+      } else if (sq.act_bits == 0) {
+        std::erase_if(study_options.specs, [](const llama::MethodSpec& p) { return p.alpha_search; });
+      }
       study_options.baseline = llama::select_specs({study_baseline}, points).front();
       sq.pool = &pool;
       study_options.progress = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
@@ -311,18 +318,17 @@ int main(int argc, char** argv) {
       held_out.path = study_data_path;
       held_out.sequences = study_eval_sequences;
       const auto evaluation = load_sequences(model, held_out, "evaluation data");
-      const oq_tool::StudyReport report = oq_tool::run_study(model, calibration, evaluation, study_options);
+      // The output files are opened before the work (hours on a large
+      // model), so that an --out that cannot be written fails at once.
       std::filesystem::create_directories(study_out);
-      for (const char* name : {"study.csv", "study.md"}) {
-        std::ofstream f(study_out / name);
-        if (std::string_view(name) == "study.csv") {
-          oq_tool::write_study_csv(f, report);
-        } else {
-          oq_tool::write_study_markdown(f, report);
-        }
-        f.close();
-        if (!f) throw std::runtime_error("cannot write '" + (study_out / name).string() + "'");
-      }
+      std::ofstream csv(study_out / "study.csv"), md(study_out / "study.md");
+      if (!csv || !md) throw std::runtime_error("cannot write study.csv and study.md in '" + study_out.string() + "'");
+      const oq_tool::StudyReport report = oq_tool::run_study(model, calibration, evaluation, study_options);
+      oq_tool::write_study_csv(csv, report);
+      oq_tool::write_study_markdown(md, report);
+      csv.close();
+      md.close();
+      if (!csv || !md) throw std::runtime_error("cannot write study.csv and study.md in '" + study_out.string() + "'");
       oq_tool::write_study_markdown(std::cout, report);
       std::cout << "\nwrote " << (study_out / "study.csv").string() << ", " << (study_out / "study.md").string() << "\n";
     } else if (eval->parsed()) {

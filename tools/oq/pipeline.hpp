@@ -364,6 +364,27 @@ inline void validate_quantize_options(const llama::Config& c, const llama::Metho
                                   std::to_string(alpha));
     }
   }
+  if (spec.weights == llama::WeightQuant::kLwc) {
+    options.lwc.validate("--weights lwc");
+    // train_lwc's own limit on per-group training, checked here for every
+    // linear before any layer is calibrated instead of at the first one too
+    // costly (LwcOptions::max_group_work).
+    if (options.weight_group > 0 && options.lwc.max_group_work > 0) {
+      for (llama::Linear l : llama::kAllLinears) {
+        const auto out_in = llama::linear_shape(c, l);
+        const double work = static_cast<double>(options.lwc.steps) * static_cast<double>(out_in[0]) *
+                            static_cast<double>(out_in[1]) * static_cast<double>(out_in[1]);
+        if (work > options.lwc.max_group_work) {
+          throw std::invalid_argument(
+              "--weights lwc with --group " + std::to_string(options.weight_group) + ": per-group LWC of " +
+              std::string(llama::linear_name(l)) + " (" + std::to_string(out_in[0]) + " x " +
+              std::to_string(out_in[1]) + ") costs --lwc-steps · out · in² = " + std::to_string(work) +
+              " multiply-adds, above the limit of " + std::to_string(options.lwc.max_group_work) +
+              ": fewer --lwc-steps, or per-channel weights (--group 0)");
+        }
+      }
+    }
+  }
   if (spec.alpha_search) {
     if (!spec.smooth || spec.rotation != llama::Rotation::kNone) {
       throw std::invalid_argument("--smooth-alpha search applies to --method smoothquant only, got " + method +
@@ -382,6 +403,27 @@ inline void validate_quantize_options(const llama::Config& c, const llama::Metho
   }
 }
 
+/// Whether `oq quantize` also writes the GPTQ layout (gptq/): W4A16 without a
+/// transform is what GPTQ checkpoints hold, which transformers and vLLM load.
+/// A transform (smoothing, rotation) would have to run online before each
+/// linear, which those engines do not do; LWC learns ranges that the
+/// layout's zero points in 0..15 cannot hold.
+inline bool writes_gptq_layout(const llama::MethodSpec& spec, const llama::QuantOptions& options) {
+  return options.act_bits == 0 && !spec.smooth && spec.rotation == llama::Rotation::kNone &&
+         spec.weights != llama::WeightQuant::kLwc;
+}
+
+/// The options every layer of `spec` is quantized with, as `oq quantize`
+/// writes them (and `oq study` runs them): every group's range widened to
+/// hold 0 where the GPTQ layout is written (its zero points must lie in
+/// 0..15); QuaRot's head-wise half of o_proj's Hadamard folded into v_proj.
+inline llama::QuantOptions layer_options_for(const llama::Config& c, const llama::MethodSpec& spec,
+                                             llama::QuantOptions options) {
+  if (writes_gptq_layout(spec, options)) options.weight_range_includes_zero = true;
+  if (spec.rotation == llama::Rotation::kQuaRot) options.head_dim = c.head_dim;
+  return options;
+}
+
 /// Layer by layer, as `oq quantize` and `oq study` calibrate: layer l of
 /// `model` quantized as `spec` (llama::quantize_layer) on the states of
 /// `calibration` entering it, each layer on the outputs of the quantized
@@ -391,8 +433,8 @@ inline void validate_quantize_options(const llama::Config& c, const llama::Metho
 /// updated by `use`). Per-layer seeds: options.seed + l (a different Haar
 /// draw per layer, reproducible), but QuaRot's one residual rotation for the
 /// whole model (every layer reads and writes the same rotated stream) takes
-/// options.seed in every layer; QuaRot folds the head-wise half of o_proj's
-/// Hadamard into v_proj (head_dim). Checks for Ctrl-C after each layer.
+/// options.seed in every layer. `options` as layer_options_for gives them.
+/// Checks for Ctrl-C after each layer.
 template <class Use>
 void for_each_quantized_layer(const LlamaModel& model, HiddenStates& calibration, const llama::MethodSpec& spec,
                               const llama::QuantOptions& options, Use&& use) {
@@ -402,7 +444,6 @@ void for_each_quantized_layer(const LlamaModel& model, HiddenStates& calibration
     llama::LayerWeights<float> w = model.layer(l);
     const llama::LinearInputs<float> inputs = llama::record_inputs(c, w, calibration);
     llama::QuantOptions o = options;
-    if (quarot) o.head_dim = c.head_dim;
     if (!quarot) o.seed = options.seed + static_cast<std::uint64_t>(l);
     const llama::QuantizedLayer<float> q = use(l, w, llama::quantize_layer(spec, w, inputs, o));
     for (auto& xs : calibration) xs = llama::forward(c, w, xs, q);
@@ -439,19 +480,10 @@ inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<
   if (calibration.empty()) throw std::invalid_argument("quantize: no calibration sequences");
   const auto start = std::chrono::steady_clock::now();
   StagingDirectory staging(out);
-  // W4A16 without a transform is what GPTQ checkpoints hold: write that
-  // layout too (gptq/), which transformers and vLLM load. Its zero points
-  // must lie in 0..15, so every group's range is widened to hold 0 (not with
-  // LWC, which learns each range). A transform (smoothing, rotation) would
-  // have to run online before each linear, which those engines do not do: no
-  // GPTQ layout for the other methods.
   const bool quarot = spec.rotation == llama::Rotation::kQuaRot;
-  const bool write_gptq = options.act_bits == 0 && !spec.smooth && spec.rotation == llama::Rotation::kNone &&
-                          spec.weights != llama::WeightQuant::kLwc;
+  const bool write_gptq = writes_gptq_layout(spec, options);
   const bool fold = export_options.fold_smoothing && spec.smooth;
-  llama::QuantOptions layer_options = options;
-  if (write_gptq) layer_options.weight_range_includes_zero = true;
-  if (quarot) layer_options.head_dim = model.layer_config().head_dim;  // as each layer gets it: recorded in the file
+  const llama::QuantOptions layer_options = layer_options_for(model.layer_config(), spec, options);
   oq::io::SafetensorsWriter gptq_writer;
   std::vector<std::pair<std::string, oq::cpu::PackedWeights>> gptq_linears;  // converted once the zeros are known
   QuantizeResult result;

@@ -694,9 +694,17 @@ inline llama::QuantizedLayer<float> load_quantized_layer(const oq::io::Checkpoin
       throw std::invalid_argument("quantized model: '" + name +
                                   ".smoothing' is present although oq_quantization.smoothing_folded is true");
     }
+    // Every method divides by s online (or folded it): a scale that is not
+    // positive and finite would give inf or NaN activations, refused here.
     auto smoothing = [&] {
       if (folded) return Vector<float>();
       const auto v = detail_qmodel::read_elements<float>(c, name + ".smoothing", oq::io::DType::kF32, {k});
+      for (std::size_t j = 0; j < v.size(); ++j) {
+        if (!(v[j] > 0.0f && std::isfinite(v[j]))) {
+          throw std::invalid_argument("quantized model: '" + name + ".smoothing'[" + std::to_string(j) + "] is " +
+                                      std::to_string(v[j]) + ", not positive and finite");
+        }
+      }
       return Vector<float>(Eigen::Map<const Vector<float>>(v.data(), static_cast<Eigen::Index>(v.size())));
     };
     const bool smooth = q.spec.smooth;
@@ -781,11 +789,11 @@ inline llama::QuantizedLayer<float> load_quantized_layer(const oq::io::Checkpoin
             }
             f.signs(static_cast<Eigen::Index>(j)) = signs[j];
           }
-          if (!smooth) {
+          if (!smooth) {  // RMSNorm's γ (a smoothing's scales are checked as read)
             const auto d = detail_qmodel::read_elements<float>(c, name + ".divisors", oq::io::DType::kF32, {k});
             f.divisors = Eigen::Map<const Vector<float>>(d.data(), width);
           }
-          for (Eigen::Index j = 0; j < f.divisors.size(); ++j) {
+          for (Eigen::Index j = 0; !smooth && j < f.divisors.size(); ++j) {
             if (!(f.divisors(j) != 0.0f && std::isfinite(f.divisors(j)))) {
               throw std::invalid_argument("quantized model: '" + name + ".divisors'[" + std::to_string(j) +
                                           "] must be nonzero and finite");

@@ -74,14 +74,15 @@ struct StudyReport {
 };
 
 /// Each evaluation sequence's NLL with every layer of `model` quantized as
-/// `spec` (calibrated on `calibration` as for_each_quantized_layer does).
+/// `spec` (with the options `oq quantize` would use, layer_options_for;
+/// calibrated on `calibration` as for_each_quantized_layer does).
 inline std::vector<double> quantized_sequence_nlls(const LlamaModel& model, const std::vector<Sequence>& calibration,
                                                    const std::vector<Sequence>& evaluation,
                                                    const llama::MethodSpec& spec, const llama::QuantOptions& options) {
   const llama::Config& c = model.layer_config();
   HiddenStates xc = embed_all(model, calibration);
   HiddenStates xe = embed_all(model, evaluation);
-  for_each_quantized_layer(model, xc, spec, options,
+  for_each_quantized_layer(model, xc, spec, layer_options_for(c, spec, options),
                            [&](int, const llama::LayerWeights<float>& w, llama::QuantizedLayer<float> q) {
                              for (auto& xs : xe) xs = llama::forward(c, w, xs, q);
                              return q;
