@@ -982,6 +982,19 @@ QuantizedLayer<Scalar> quantize_layer(const MethodSpec& spec, const std::string&
   return layer;
 }
 
+#if defined(OQ_LLAMA_EXTERN_TEMPLATES)
+// tools/llama/instantiate.hpp compiles these once for a program whose files
+// define OQ_LLAMA_EXTERN_TEMPLATES (the model-level tests): quantize_layer
+// instantiates nearly every method of oq (DuQuant's calibration, GPTQ, LWC,
+// the clip and α searches), about a third of such a file's compile time.
+extern template QuantizedLayer<float> quantize_layer<float>(const MethodSpec&, const std::string&,
+                                                            const LayerWeights<float>&, const LinearInputs<float>&,
+                                                            const QuantOptions&);
+extern template QuantizedLayer<double> quantize_layer<double>(const MethodSpec&, const std::string&,
+                                                              const LayerWeights<double>&, const LinearInputs<double>&,
+                                                              const QuantOptions&);
+#endif
+
 }  // namespace detail_methods
 
 /// QuaRot's output rotations for a layer whose residual signs are those of
