@@ -17,8 +17,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -115,6 +117,76 @@ inline LoadedModel load_model(const std::filesystem::path& dir) {
     Eigen::Map<Matrix<float>>(t.data, t.rows, t.cols) = stored;
   }
   return m;
+}
+
+/// FNV-1a, 64 bits, of a file's bytes: names the training text in a
+/// training record (a different text must never reuse a model; collisions
+/// between two texts a user trains on are not a concern at 64 bits).
+inline std::string file_fingerprint(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw std::invalid_argument("cannot read '" + file.string() + "'");
+  std::uint64_t h = 14695981039346656037ull;
+  char buffer[1 << 16];
+  while (in.read(buffer, sizeof buffer) || in.gcount() > 0) {
+    for (std::streamsize i = 0; i < in.gcount(); ++i) {
+      h = (h ^ static_cast<std::uint8_t>(buffer[i])) * 1099511628211ull;
+    }
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out(16, '0');
+  for (int i = 15; i >= 0; --i, h >>= 4) out[static_cast<std::size_t>(i)] = kHex[h & 15];
+  return out;
+}
+
+/// Writes `dir`/training.json: everything that decided the model saved in
+/// `dir` beyond its config.json (text, steps, seed, ...), as the caller
+/// lists it. Written after save_model: a run killed while saving leaves no
+/// record, and load_if_trained_as trains that model again.
+inline void write_training_record(const std::filesystem::path& dir, const nlohmann::json& record) {
+  if (!record.is_object()) throw std::invalid_argument("small_lm::write_training_record: record must be an object");
+  const std::filesystem::path file = dir / "training.json", partial = dir / "training.json.partial";
+  {
+    std::ofstream out(partial);
+    out << record.dump(2) << '\n';
+    if (!out) throw std::runtime_error("cannot write '" + partial.string() + "'");
+  }
+  std::filesystem::rename(partial, file);  // whole or absent, even for a concurrent reader
+}
+
+/// The model saved in `dir` when its training.json equals `expected`;
+/// std::nullopt when `dir` holds no training.json (never trained, or killed
+/// before the record); std::invalid_argument naming the first field that
+/// differs otherwise. A model trained with other settings is never
+/// substituted, and never silently overwritten either: the caller decides.
+inline std::optional<LoadedModel> load_if_trained_as(const std::filesystem::path& dir, const nlohmann::json& expected) {
+  const std::filesystem::path file = dir / "training.json";
+  if (!std::filesystem::exists(file)) return std::nullopt;
+  const nlohmann::json stored = oq::io::read_json(file);
+  if (stored != expected) {
+    std::string field = "(the record as a whole)";
+    if (stored.is_object() && expected.is_object()) {
+      for (const auto& [key, value] : expected.items()) {
+        if (!stored.contains(key) || stored[key] != value) {
+          field = key;
+          break;
+        }
+      }
+      if (field.front() == '(') {
+        for (const auto& [key, value] : stored.items()) {
+          if (!expected.contains(key)) {
+            field = key;
+            break;
+          }
+        }
+      }
+    }
+    throw std::invalid_argument("'" + dir.string() + "' holds a model trained with other settings: " + field +
+                                " is " + (stored.is_object() && stored.contains(field) ? stored[field].dump() : "absent") +
+                                " there, this run asks for " +
+                                (expected.is_object() && expected.contains(field) ? expected[field].dump() : "none") +
+                                " (remove the directory, or name another one)");
+  }
+  return load_model(dir);
 }
 
 }  // namespace small_lm

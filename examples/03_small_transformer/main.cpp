@@ -60,6 +60,8 @@ struct Flags {
   // --study (study.hpp)
   bool study = false;
   examples::cli::StudyFlags study_flags;  // --seeds, --baseline, --resamples, --lwc-steps
+  std::optional<std::filesystem::path> models;  // --study: trained models kept and reused here
+  bool train_only = false;                      // --study: train (or find) the models, evaluate nothing
 };
 
 // The command line (CLI11: --help lists these with their defaults).
@@ -116,6 +118,13 @@ void add_flags(CLI::App& app, Flags& f) {
                "model evaluated with every point of smoothing x rotation x weights, perplexity per validation window "
                "with bootstrap intervals (study.csv, study.md in --out)");
   examples::cli::add_study_flags(app, f.study_flags, "--study: training seeds per variant");
+  app.add_option("--models", f.models,
+                 "--study: keep each trained model in DIR/seed<k>/<variant>/ and reuse one found there that was "
+                 "trained with the same text and settings (training.json), so a study can be rerun with other "
+                 "--methods, resumed, or trained in parallel by --train-only runs over disjoint seeds")
+      ->type_name("DIR");
+  app.add_flag("--train-only", f.train_only,
+               "--study --models: train the models that --models lacks and stop (no evaluation)");
 }
 
 // The model's shape as a whole (--heads must divide --hidden, ...), reported
@@ -281,6 +290,28 @@ void print_table(const std::vector<Row>& rows, double unigram, int qat_bits) {
 
 // --study: the models are trained as the default run trains them (the
 // training logs are not written), each seed with its own calibration windows.
+// What decided a model trained for the study beyond its config.json: a model
+// kept in --models is reused only when all of this matches (the text by its
+// bytes). The thread count is not recorded: OMP_NUM_THREADS=1 is what makes
+// a training repeatable (the README's commands set it).
+nlohmann::json training_record(const Flags& f, const std::string& text_fingerprint, const std::string& variant,
+                               std::uint64_t seed) {
+  const small_lm::Regularization r = regularization_of(variant, f);
+  return {{"variant", variant},
+          {"seed", seed},
+          {"text_fnv1a64", text_fingerprint},
+          {"steps", f.steps},
+          {"batch", f.batch},
+          {"learning_rate", f.learning_rate},
+          {"kurtosis_lambda", r.kurtosis_lambda},
+          {"qat_bits", r.qat_bits},
+          {"hidden_size", f.config.hidden_size},
+          {"num_layers", f.config.num_layers},
+          {"num_heads", f.config.num_heads},
+          {"intermediate_size", f.config.intermediate_size},
+          {"seq_len", f.config.seq_len}};
+}
+
 void run_study(const Flags& f, const small_lm::Corpus& corpus) {
   small_lm::study::StudyOptions options;
   options.quant.block_size = f.block_size;  // as evaluate() quantizes
@@ -294,12 +325,36 @@ void run_study(const Flags& f, const small_lm::Corpus& corpus) {
   in.validation = corpus.validation_batch(f.eval_sequences);
   in.variants = f.variants;
   for (int s = 0; s < f.study_flags.seeds; ++s) in.seeds.push_back(f.seed + static_cast<std::uint64_t>(s));
-  in.train = [&f, &corpus](const std::string& variant, std::uint64_t seed) {
+  const std::string fingerprint = f.models ? small_lm::file_fingerprint(*f.text) : std::string();
+  in.train = [&f, &corpus, &fingerprint](const std::string& variant, std::uint64_t seed) {
+    std::optional<std::filesystem::path> dir;
+    nlohmann::json record;
+    if (f.models) {
+      dir = *f.models / ("seed" + std::to_string(seed)) / variant;
+      record = training_record(f, fingerprint, variant, seed);
+      if (std::optional<small_lm::LoadedModel> kept = small_lm::load_if_trained_as(*dir, record)) {
+        progress("study: " + variant + ", seed " + std::to_string(seed) + ": found in " + dir->string(), true);
+        return std::move(kept->parameters);
+      }
+    }
     Flags seeded = f;
     seeded.seed = seed;
     std::ostream discard(nullptr);  // the default run's training logs
-    return train(seeded, corpus, Variant{variant, regularization_of(variant, f)}, discard, discard);
+    const Variant v{variant, regularization_of(variant, f)};
+    small_lm::Parameters<float> p = train(seeded, corpus, v, discard, discard);
+    if (dir) {
+      small_lm::save_model(*dir, f.config, v.regularization, p);
+      small_lm::write_training_record(*dir, record);
+    }
+    return p;
   };
+  if (f.train_only) {
+    for (const std::string& variant : in.variants) {
+      for (std::uint64_t seed : in.seeds) in.train(variant, seed);
+    }
+    progress("study: every model is in " + f.models->string(), true);
+    return;
+  }
   in.calibration = [&f, &corpus](std::uint64_t seed) {
     std::mt19937_64 rng(seed + 2);  // as evaluate() draws them
     return corpus.training_batch(f.calibration_sequences, rng);
@@ -332,6 +387,8 @@ int main(int argc, char** argv) {
     std::filesystem::create_directories(f.out_dir);
     std::vector<Row> rows;
     if (f.load && f.study) throw std::invalid_argument("--study trains its own models: --load does not apply");
+    if ((f.models || f.train_only) && !f.study) throw std::invalid_argument("--models and --train-only need --study");
+    if (f.train_only && !f.models) throw std::invalid_argument("--train-only needs --models DIR to keep the models in");
     if (f.load) {
       small_lm::LoadedModel m = small_lm::load_model(*f.load);
       const small_lm::Corpus corpus = small_lm::Corpus::from_file(*f.text, 0.05, m.config.seq_len);

@@ -17,6 +17,8 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -362,6 +364,57 @@ TEST_CASE("small_transformer: a saved model loads back bit for bit, and 02_llama
   const llama::CheckpointModel other(dir);
   const llama::LayerWeights<float> layer1 = other.layer(1);
   for (llama::Linear l : llama::kAllLinears) CHECK(layer1[l] == p.layers[1][l]);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("small_transformer: a kept model is reused only when its training record matches, field by field") {
+  const Config c = tiny_config();
+  Parameters<float> p = random_parameters(c, 17).cast<float>();
+  const auto dir = std::filesystem::temp_directory_path() / "oq_small_transformer_record_test";
+  std::filesystem::remove_all(dir);
+  const nlohmann::json record = {{"variant", "kurtosis"}, {"seed", 3}, {"steps", 3000}, {"text_fnv1a64", "00ff"}};
+  // Nothing kept yet, and a model saved without its record (a run killed
+  // between the two writes): both mean "train it".
+  CHECK_FALSE(small_lm::load_if_trained_as(dir, record).has_value());
+  small_lm::save_model(dir, c, Regularization{}, p);
+  CHECK_FALSE(small_lm::load_if_trained_as(dir, record).has_value());
+  small_lm::write_training_record(dir, record);
+  CHECK_FALSE(std::filesystem::exists(dir / "training.json.partial"));
+  std::optional<small_lm::LoadedModel> kept = small_lm::load_if_trained_as(dir, record);
+  REQUIRE(kept.has_value());
+  auto saved = p.tensors(), loaded = kept->parameters.tensors();
+  REQUIRE(saved.size() == loaded.size());
+  for (std::size_t i = 0; i < saved.size(); ++i) CHECK((saved[i].flat() == loaded[i].flat()).all());
+  // Every differing, missing or extra field is refused, naming it and both values.
+  auto refused = [&](const nlohmann::json& asked) {
+    try {
+      (void)small_lm::load_if_trained_as(dir, asked);
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("(accepted)");
+  };
+  nlohmann::json other_steps = record;
+  other_steps["steps"] = 300;
+  CHECK(refused(other_steps).find("steps is 3000 there, this run asks for 300") != std::string::npos);
+  nlohmann::json other_seed = record;
+  other_seed["seed"] = 4;
+  CHECK(refused(other_seed).find("seed is 3 there") != std::string::npos);
+  nlohmann::json extra = record;
+  extra["learning_rate"] = 0.003;
+  CHECK(refused(extra).find("learning_rate is absent there") != std::string::npos);
+  nlohmann::json missing = record;
+  missing.erase("text_fnv1a64");
+  CHECK(refused(missing).find("text_fnv1a64 is \"00ff\" there, this run asks for none") != std::string::npos);
+  CHECK_THROWS_AS(small_lm::write_training_record(dir, nlohmann::json::array()), std::invalid_argument);
+  // The text's fingerprint is FNV-1a 64 of its bytes (the published test
+  // vectors: "" and "a"), so one changed byte means another model.
+  const auto text = dir / "text.txt";
+  { std::ofstream(text, std::ios::binary) << ""; }
+  CHECK(small_lm::file_fingerprint(text) == "cbf29ce484222325");
+  { std::ofstream(text, std::ios::binary) << "a"; }
+  CHECK(small_lm::file_fingerprint(text) == "af63dc4c8601ec8c");
+  CHECK_THROWS_AS(small_lm::file_fingerprint(dir / "absent.txt"), std::invalid_argument);
   std::filesystem::remove_all(dir);
 }
 
