@@ -21,6 +21,8 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <random>
+#include <system_error>
 #include <stdexcept>
 #include <string>
 
@@ -138,55 +140,87 @@ inline std::string file_fingerprint(const std::filesystem::path& file) {
   return out;
 }
 
-/// Writes `dir`/training.json: everything that decided the model saved in
-/// `dir` beyond its config.json (text, steps, seed, ...), as the caller
-/// lists it. Written after save_model: a run killed while saving leaves no
-/// record, and load_if_trained_as trains that model again.
-inline void write_training_record(const std::filesystem::path& dir, const nlohmann::json& record) {
-  if (!record.is_object()) throw std::invalid_argument("small_lm::write_training_record: record must be an object");
-  const std::filesystem::path file = dir / "training.json", partial = dir / "training.json.partial";
-  {
-    std::ofstream out(partial);
-    out << record.dump(2) << '\n';
-    if (!out) throw std::runtime_error("cannot write '" + partial.string() + "'");
-  }
-  std::filesystem::rename(partial, file);  // whole or absent, even for a concurrent reader
-}
-
-/// The model saved in `dir` when its training.json equals `expected`;
-/// std::nullopt when `dir` holds no training.json (never trained, or killed
-/// before the record); std::invalid_argument naming the first field that
-/// differs otherwise. A model trained with other settings is never
-/// substituted, and never silently overwritten either: the caller decides.
-inline std::optional<LoadedModel> load_if_trained_as(const std::filesystem::path& dir, const nlohmann::json& expected) {
+/// Whether `dir` holds a model trained as `expected` says: false when `dir`
+/// holds no training.json (never trained, or killed before the record, see
+/// keep_trained_model); true when it equals `expected`; std::invalid_argument
+/// naming the first field that differs otherwise. A model trained with other
+/// settings is never substituted, nor overwritten: the caller decides.
+inline bool trained_as(const std::filesystem::path& dir, const nlohmann::json& expected) {
   const std::filesystem::path file = dir / "training.json";
-  if (!std::filesystem::exists(file)) return std::nullopt;
+  if (!std::filesystem::exists(file)) return false;
   const nlohmann::json stored = oq::io::read_json(file);
-  if (stored != expected) {
-    std::string field = "(the record as a whole)";
-    if (stored.is_object() && expected.is_object()) {
-      for (const auto& [key, value] : expected.items()) {
-        if (!stored.contains(key) || stored[key] != value) {
-          field = key;
-          break;
-        }
-      }
-      if (field.front() == '(') {
-        for (const auto& [key, value] : stored.items()) {
-          if (!expected.contains(key)) {
-            field = key;
-            break;
-          }
-        }
+  if (!stored.is_object()) {
+    throw std::invalid_argument("'" + file.string() + "' must be a JSON object (a training record), got " +
+                                std::string(stored.type_name()));
+  }
+  if (stored == expected) return true;
+  std::string field;
+  for (const auto& [key, value] : expected.items()) {
+    if (!stored.contains(key) || stored[key] != value) {
+      field = key;
+      break;
+    }
+  }
+  if (field.empty()) {  // then stored has a field that expected lacks
+    for (const auto& [key, value] : stored.items()) {
+      if (!expected.contains(key)) {
+        field = key;
+        break;
       }
     }
-    throw std::invalid_argument("'" + dir.string() + "' holds a model trained with other settings: " + field +
-                                " is " + (stored.is_object() && stored.contains(field) ? stored[field].dump() : "absent") +
-                                " there, this run asks for " +
-                                (expected.is_object() && expected.contains(field) ? expected[field].dump() : "none") +
-                                " (remove the directory, or name another one)");
   }
+  throw std::invalid_argument("'" + dir.string() + "' holds a model trained with other settings: '" + field +
+                              "' is " + (stored.contains(field) ? stored[field].dump() : "not recorded") +
+                              " there, this run " +
+                              (expected.contains(field) ? "asks for " + expected[field].dump() : "does not record it") +
+                              " (remove the directory, or name another one)");
+}
+
+/// The model saved in `dir` when trained_as(dir, expected), else std::nullopt
+/// (and trained_as's refusal when it was trained otherwise).
+inline std::optional<LoadedModel> load_if_trained_as(const std::filesystem::path& dir, const nlohmann::json& expected) {
+  if (!trained_as(dir, expected)) return std::nullopt;
   return load_model(dir);
+}
+
+/// Saves a trained model to `dir` (save_model) with `record` beside it as
+/// training.json: everything that decided the model beyond its config.json
+/// (text, steps, seed, ...), as the caller lists it. Everything is written
+/// to a fresh sibling directory first and renamed onto `dir` in one step,
+/// so `dir` holds a whole model and its record or no record at all, even
+/// when the process is killed or another process keeps the same model at
+/// the same time (then the first rename wins and the record of the other
+/// must equal this one: trained_as).
+inline void keep_trained_model(const std::filesystem::path& dir, const Config& c, const Regularization& r,
+                               Parameters<float>& p, const nlohmann::json& record) {
+  if (!record.is_object()) {
+    throw std::invalid_argument("small_lm::keep_trained_model: record must be a JSON object, got " +
+                                std::string(record.type_name()));
+  }
+  std::filesystem::path staging;
+  {
+    std::random_device device;
+    staging = dir.parent_path() / ("." + dir.filename().string() + ".staging." + std::to_string(device()));
+  }
+  std::filesystem::remove_all(staging);
+  save_model(staging, c, r, p);
+  {
+    std::ofstream out(staging / "training.json");
+    out << record.dump(2) << '\n';
+    if (!out) throw std::runtime_error("cannot write '" + (staging / "training.json").string() + "'");
+  }
+  // A directory left without its record by an older, killed run is replaced.
+  if (std::filesystem::exists(dir) && !std::filesystem::exists(dir / "training.json")) {
+    std::filesystem::remove_all(dir);
+  }
+  std::error_code error;
+  std::filesystem::rename(staging, dir, error);  // fails when dir exists (not empty): another process kept it first
+  if (error) {
+    std::filesystem::remove_all(staging);
+    if (!trained_as(dir, record)) {
+      throw std::runtime_error("cannot move the trained model to '" + dir.string() + "': " + error.message());
+    }
+  }
 }
 
 }  // namespace small_lm

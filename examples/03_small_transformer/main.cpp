@@ -185,15 +185,19 @@ void log_outliers(std::ostream& csv, const std::string& variant, int step, const
   }
 }
 
-small_lm::Parameters<float> train(const Flags& f, const small_lm::Corpus& corpus, const Variant& v,
-                                  std::ostream& outliers_csv, std::ostream& loss_csv) {
-  using Clock = std::chrono::steady_clock;
-  small_lm::Parameters<float> params = small_lm::Parameters<float>::initial(f.config, f.seed);
+small_lm::OptimizerOptions optimizer_options(const Flags& f) {
   small_lm::OptimizerOptions o;
   o.learning_rate = f.learning_rate;
   o.total_steps = f.steps;
   o.warmup_steps = std::max(1, f.steps / 20);
-  small_lm::Trainer<float> trainer(f.config, v.regularization, o);
+  return o;
+}
+
+small_lm::Parameters<float> train(const Flags& f, const small_lm::Corpus& corpus, const Variant& v,
+                                  std::ostream& outliers_csv, std::ostream& loss_csv) {
+  using Clock = std::chrono::steady_clock;
+  small_lm::Parameters<float> params = small_lm::Parameters<float>::initial(f.config, f.seed);
+  small_lm::Trainer<float> trainer(f.config, v.regularization, optimizer_options(f));
   std::mt19937_64 rng(f.seed + 1);  // the same batches for every variant
   const auto start = Clock::now();
   const double tokens_per_step = static_cast<double>(f.batch * f.config.seq_len);
@@ -290,26 +294,51 @@ void print_table(const std::vector<Row>& rows, double unigram, int qat_bits) {
 
 // --study: the models are trained as the default run trains them (the
 // training logs are not written), each seed with its own calibration windows.
-// What decided a model trained for the study beyond its config.json: a model
-// kept in --models is reused only when all of this matches (the text by its
-// bytes). The thread count is not recorded: OMP_NUM_THREADS=1 is what makes
-// a training repeatable (the README's commands set it).
+// The held-out tail of --text (the corpus split every run uses).
+constexpr double kValidationFraction = 0.05;
+
+// What decided a model trained for the study: a model kept in --models is
+// reused only when all of this matches (the text by its bytes). Eigen's
+// thread count is in it because a threaded product may sum in another
+// order; "training" counts changes to the training code that no field here
+// shows (bump it with them).
 nlohmann::json training_record(const Flags& f, const std::string& text_fingerprint, const std::string& variant,
                                std::uint64_t seed) {
   const small_lm::Regularization r = regularization_of(variant, f);
-  return {{"variant", variant},
+  const small_lm::OptimizerOptions o = optimizer_options(f);
+  const small_lm::Config& c = f.config;
+  return {{"training", 1},
+          {"variant", variant},
           {"seed", seed},
           {"text_fnv1a64", text_fingerprint},
+          {"validation_fraction", kValidationFraction},
           {"steps", f.steps},
           {"batch", f.batch},
-          {"learning_rate", f.learning_rate},
+          {"learning_rate", o.learning_rate},
+          {"warmup_steps", o.warmup_steps},
+          {"adamw", {o.beta1, o.beta2, o.epsilon, o.weight_decay, o.clip_norm, o.final_fraction}},
           {"kurtosis_lambda", r.kurtosis_lambda},
           {"qat_bits", r.qat_bits},
-          {"hidden_size", f.config.hidden_size},
-          {"num_layers", f.config.num_layers},
-          {"num_heads", f.config.num_heads},
-          {"intermediate_size", f.config.intermediate_size},
-          {"seq_len", f.config.seq_len}};
+          {"vocab_size", c.vocab_size},
+          {"hidden_size", c.hidden_size},
+          {"num_layers", c.num_layers},
+          {"num_heads", c.num_heads},
+          {"intermediate_size", c.intermediate_size},
+          {"seq_len", c.seq_len},
+          {"rms_norm_eps", c.rms_norm_eps},
+          {"rope_theta", c.rope_theta},
+          {"eigen_threads", Eigen::nbThreads()}};
+}
+
+// --models: every kept model's record checked before any work, so that a
+// mismatch at the last seed does not cost the run before it.
+void check_kept_models(const Flags& f, const std::string& fingerprint, const std::vector<std::uint64_t>& seeds) {
+  for (const std::string& variant : f.variants) {
+    for (std::uint64_t seed : seeds) {
+      (void)small_lm::trained_as(*f.models / ("seed" + std::to_string(seed)) / variant,
+                                 training_record(f, fingerprint, variant, seed));
+    }
+  }
 }
 
 void run_study(const Flags& f, const small_lm::Corpus& corpus) {
@@ -342,12 +371,10 @@ void run_study(const Flags& f, const small_lm::Corpus& corpus) {
     std::ostream discard(nullptr);  // the default run's training logs
     const Variant v{variant, regularization_of(variant, f)};
     small_lm::Parameters<float> p = train(seeded, corpus, v, discard, discard);
-    if (dir) {
-      small_lm::save_model(*dir, f.config, v.regularization, p);
-      small_lm::write_training_record(*dir, record);
-    }
+    if (dir) small_lm::keep_trained_model(*dir, f.config, v.regularization, p, record);
     return p;
   };
+  if (f.models) check_kept_models(f, fingerprint, in.seeds);
   if (f.train_only) {
     for (const std::string& variant : in.variants) {
       for (std::uint64_t seed : in.seeds) in.train(variant, seed);
@@ -355,6 +382,7 @@ void run_study(const Flags& f, const small_lm::Corpus& corpus) {
     progress("study: every model is in " + f.models->string(), true);
     return;
   }
+  in.qat_bits = [&f](const std::string& variant) { return regularization_of(variant, f).qat_bits; };
   in.calibration = [&f, &corpus](std::uint64_t seed) {
     std::mt19937_64 rng(seed + 2);  // as evaluate() draws them
     return corpus.training_batch(f.calibration_sequences, rng);
@@ -391,13 +419,13 @@ int main(int argc, char** argv) {
     if (f.train_only && !f.models) throw std::invalid_argument("--train-only needs --models DIR to keep the models in");
     if (f.load) {
       small_lm::LoadedModel m = small_lm::load_model(*f.load);
-      const small_lm::Corpus corpus = small_lm::Corpus::from_file(*f.text, 0.05, m.config.seq_len);
+      const small_lm::Corpus corpus = small_lm::Corpus::from_file(*f.text, kValidationFraction, m.config.seq_len);
       rows.push_back(evaluate(f, m.config, corpus, f.load->filename().string(), m.parameters, m.regularization, 0.0));
       print_table(rows, corpus.unigram_perplexity(corpus.validation_batch(f.eval_sequences)),
                   m.regularization.qat_bits);
       return 0;
     }
-    const small_lm::Corpus corpus = small_lm::Corpus::from_file(*f.text, 0.05, f.config.seq_len);
+    const small_lm::Corpus corpus = small_lm::Corpus::from_file(*f.text, kValidationFraction, f.config.seq_len);
     if (f.study) {
       run_study(f, corpus);
       return 0;

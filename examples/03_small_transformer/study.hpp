@@ -83,11 +83,20 @@ struct StudyInputs {
   std::function<Parameters<float>(const std::string& variant, std::uint64_t seed)> train;
   /// The calibration windows of the model trained with `seed`.
   std::function<Batch(std::uint64_t seed)> calibration;
+  /// The activation bits `variant`'s QAT trained its clips for; 0 (or
+  /// unset): no QAT. Such a variant gets one more row, after the specs:
+  /// its models W4A4 with their own learned clips on every linear input and
+  /// options.quant's weights (learned_clip_perplexity, evaluate.hpp), the
+  /// deployment QAT trained for; the other variants show no such row.
+  std::function<int(const std::string& variant)> qat_bits{};
 };
 
-/// One method (full precision when spec is empty) on one variant.
+/// One method (full precision when spec is empty and learned_clips false)
+/// on one variant.
 struct MethodResult {
-  std::optional<llama::MethodSpec> spec;  ///< none: full precision
+  std::optional<llama::MethodSpec> spec;  ///< none: full precision, or the learned clips
+  bool learned_clips = false;             ///< the QAT row: the model's own clips (StudyInputs::qat_bits)
+  bool evaluated = true;                  ///< false: the learned-clips row of a variant without QAT (no figures)
   llama::stats::Interval perplexity;
   double seed_min = 0, seed_max = 0;      ///< the perplexity of each seed's model alone
   std::optional<llama::stats::Interval> vs_baseline;  ///< − the baseline method's (quantized methods only)
@@ -96,13 +105,14 @@ struct MethodResult {
   bool resolved_vs_first_variant = false;  ///< Holm over the variant's comparisons with the first variant rejects 0
   bool tied_with_best = false;            ///< among quantized methods: best, or its paired interval against the best holds 0
 
-  std::string name() const { return spec ? spec->name() : "full precision"; }
+  std::string name() const { return spec ? spec->name() : learned_clips ? kLearnedClipsName : "full precision"; }
+  static constexpr const char* kLearnedClipsName = "learned clips (QAT)";
 };
 
 struct VariantResult {
   std::string variant;
-  std::vector<MethodResult> methods;  ///< full precision first, then the specs in order
-  std::optional<llama::MethodSpec> best;
+  std::vector<MethodResult> methods;  ///< full precision first, the specs in order, then learned clips if any variant has QAT
+  std::optional<llama::MethodSpec> best;  ///< none when the learned clips are best
 };
 
 struct StudyResult {
@@ -146,10 +156,22 @@ inline StudyResult run_study(const StudyInputs& in, const StudyOptions& options)
   };
   const std::size_t n = static_cast<std::size_t>(in.validation.sequences);
   const std::size_t seeds = in.seeds.size();
-  const std::size_t rows = specs.size() + 1;  // full precision first
-  // nll[variant][row][seed][window]
+  std::vector<int> qat_bits(in.variants.size(), 0);
+  for (std::size_t vi = 0; vi < in.variants.size(); ++vi) {
+    if (!in.qat_bits) break;
+    qat_bits[vi] = in.qat_bits(in.variants[vi]);
+    if (qat_bits[vi] != 0 && (qat_bits[vi] < 2 || qat_bits[vi] > 8)) {
+      throw std::invalid_argument("small_lm::study::run_study: qat_bits(\"" + in.variants[vi] +
+                                  "\") must be 0 or 2..8, got " + std::to_string(qat_bits[vi]));
+    }
+  }
+  const bool any_qat = std::any_of(qat_bits.begin(), qat_bits.end(), [](int b) { return b != 0; });
+  const std::size_t clips_row = specs.size() + 1;         // the learned clips, if any_qat
+  const std::size_t rows = specs.size() + 1 + (any_qat ? 1 : 0);  // full precision first
+  // nll[variant][row][seed][window]; the learned-clips row stays empty for a variant without QAT
   std::vector<std::vector<std::vector<std::vector<double>>>> nll(
       in.variants.size(), std::vector<std::vector<std::vector<double>>>(rows));
+  auto evaluated = [&](std::size_t vi, std::size_t row) { return row != clips_row || qat_bits[vi] != 0; };
   for (std::size_t vi = 0; vi < in.variants.size(); ++vi) {
     const std::string& variant = in.variants[vi];
     for (std::uint64_t seed : in.seeds) {
@@ -169,6 +191,15 @@ inline StudyResult run_study(const StudyInputs& in, const StudyOptions& options)
                                                  [&blocks](std::size_t l) -> const llama::QuantizedLayer<float>& {
                                                    return blocks[l];
                                                  }));
+      }
+      if (qat_bits[vi] != 0) {
+        progress("study: " + variant + ", seed " + std::to_string(seed) + ": " + MethodResult::kLearnedClipsName);
+        std::vector<LearnedClipLayer<float>> blocks;
+        for (std::size_t l = 0; l < p.layers.size(); ++l) {
+          blocks.emplace_back(p.layers[l], p.clip_lo[l], p.clip_hi[l], qat_bits[vi], q);
+        }
+        nll[vi][clips_row].push_back(window_nll_with(
+            in.config, p, in.validation, [&blocks](std::size_t l) -> const LearnedClipLayer<float>& { return blocks[l]; }));
       }
     }
   }
@@ -195,7 +226,13 @@ inline StudyResult run_study(const StudyInputs& in, const StudyOptions& options)
     double best_value = std::numeric_limits<double>::infinity();
     for (std::size_t row = 0; row < rows; ++row) {
       MethodResult m;
-      if (row > 0) m.spec = specs[row - 1];
+      if (row > 0 && row < clips_row) m.spec = specs[row - 1];
+      m.learned_clips = row == clips_row;
+      if (!evaluated(vi, row)) {
+        m.evaluated = false;
+        vr.methods.push_back(std::move(m));
+        continue;
+      }
       m.perplexity = boot.interval(stat(vi, row));
       m.seed_min = std::numeric_limits<double>::infinity();
       m.seed_max = -std::numeric_limits<double>::infinity();
@@ -207,15 +244,16 @@ inline StudyResult run_study(const StudyInputs& in, const StudyOptions& options)
         m.seed_max = std::max(m.seed_max, ppl);
       }
       if (row > 0) m.vs_baseline = boot.paired(stat(vi, row), stat(vi, base));
-      if (vi > 0) m.vs_first_variant = boot.paired(stat(vi, row), stat(0, row));
+      if (vi > 0 && evaluated(0, row)) m.vs_first_variant = boot.paired(stat(vi, row), stat(0, row));
       if (row > 0 && m.perplexity.estimate < best_value) {
         best = row;
         best_value = m.perplexity.estimate;
       }
       vr.methods.push_back(std::move(m));
     }
-    vr.best = specs[best - 1];
+    if (best < clips_row) vr.best = specs[best - 1];
     for (std::size_t row = 1; row < rows; ++row) {
+      if (!evaluated(vi, row)) continue;
       vr.methods[row].tied_with_best = row == best || !boot.paired(stat(vi, row), stat(vi, best)).excludes(0.0);
     }
     // Holm: the quantized methods other than the baseline against it; every
@@ -223,8 +261,8 @@ inline StudyResult run_study(const StudyInputs& in, const StudyOptions& options)
     std::vector<llama::stats::Comparison> vs_baseline, vs_first_variant;
     for (std::size_t row = 0; row < rows; ++row) {
       MethodResult& m = vr.methods[row];
-      if (row > 0 && row != base) vs_baseline.push_back({&*m.vs_baseline, &m.resolved_vs_baseline});
-      if (vi > 0) vs_first_variant.push_back({&*m.vs_first_variant, &m.resolved_vs_first_variant});
+      if (m.vs_baseline && row != base) vs_baseline.push_back({&*m.vs_baseline, &m.resolved_vs_baseline});
+      if (m.vs_first_variant) vs_first_variant.push_back({&*m.vs_first_variant, &m.resolved_vs_first_variant});
     }
     llama::stats::resolve_holm(vs_baseline, alpha);
     if (vi > 0) llama::stats::resolve_holm(vs_first_variant, alpha);
@@ -246,6 +284,7 @@ inline void write_csv(std::ostream& out, const StudyResult& r) {
   const auto num = llama::stats::csv_number;
   for (const auto& v : r.variants) {
     for (const auto& m : v.methods) {
+      if (!m.evaluated) continue;
       out << v.variant << ',' << m.name() << ',';
       if (m.spec) {
         out << llama::smoothing_name(*m.spec) << ',' << llama::rotation_name(m.spec->rotation) << ','
@@ -306,6 +345,10 @@ inline void write_markdown(std::ostream& out, const StudyResult& r) {
     out << "| " << r.variants.front().methods[row].name() << " |";
     for (const auto& v : r.variants) {
       const MethodResult& m = v.methods[row];
+      if (!m.evaluated) {
+        out << " – | – |" << (&v != &r.variants.front() ? " – |" : "");
+        continue;
+      }
       std::string cell = fmt("%.3f [%.3f, %.3f]", m.perplexity.estimate, m.perplexity.lower, m.perplexity.upper);
       if (r.seeds > 1) cell += fmt(" (%.3f–%.3f)", m.seed_min, m.seed_max);
       if (m.tied_with_best) cell = "**" + cell + "**";
@@ -317,7 +360,9 @@ inline void write_markdown(std::ostream& out, const StudyResult& r) {
         out << "–";
       }
       out << " |";
-      if (m.vs_first_variant) {
+      if (&v != &r.variants.front() && !m.vs_first_variant) {
+        out << " – |";
+      } else if (m.vs_first_variant) {
         out << ' '
             << fmt("%+.3f [%+.3f, %+.3f] ", m.vs_first_variant->estimate, m.vs_first_variant->lower,
                    m.vs_first_variant->upper)
@@ -326,7 +371,12 @@ inline void write_markdown(std::ostream& out, const StudyResult& r) {
     }
     out << '\n';
   }
-  out << "\nBold: per variant, the best quantized method and every method whose paired interval against it holds 0.\n";
+  out << "\nBold: per variant, the best quantized method and every method whose paired interval against it holds 0.";
+  if (r.variants.front().methods.back().learned_clips) {
+    out << " " << MethodResult::kLearnedClipsName << ": a QAT variant's models with their own learned activation "
+        << "clips and the cross's RTN weights; –: a variant without QAT has none.";
+  }
+  out << '\n';
 }
 
 }  // namespace small_lm::study

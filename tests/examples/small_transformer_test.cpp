@@ -16,7 +16,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <fstream>
 #include <optional>
 #include <random>
@@ -370,21 +372,40 @@ TEST_CASE("small_transformer: a saved model loads back bit for bit, and 02_llama
 TEST_CASE("small_transformer: a kept model is reused only when its training record matches, field by field") {
   const Config c = tiny_config();
   Parameters<float> p = random_parameters(c, 17).cast<float>();
-  const auto dir = std::filesystem::temp_directory_path() / "oq_small_transformer_record_test";
-  std::filesystem::remove_all(dir);
-  const nlohmann::json record = {{"variant", "kurtosis"}, {"seed", 3}, {"steps", 3000}, {"text_fnv1a64", "00ff"}};
+  const auto root = std::filesystem::temp_directory_path() / "oq_small_transformer_record_test";
+  const auto dir = root / "seed3" / "kurtosis";
+  std::filesystem::remove_all(root);
+  // Values whose JSON text must read back exactly: a decimal fraction, a
+  // small exponent, 0.0 and the largest seed.
+  const nlohmann::json record = {{"variant", "kurtosis"},     {"seed", std::numeric_limits<std::uint64_t>::max()},
+                                 {"steps", 3000},             {"learning_rate", 3e-3},
+                                 {"kurtosis_lambda", 1e-6},   {"final", 0.0},
+                                 {"adamw", {0.9, 0.95, 1e-8}}, {"text_fnv1a64", "00ff"}};
   // Nothing kept yet, and a model saved without its record (a run killed
-  // between the two writes): both mean "train it".
+  // by an older version between the two writes): both mean "train it".
   CHECK_FALSE(small_lm::load_if_trained_as(dir, record).has_value());
   small_lm::save_model(dir, c, Regularization{}, p);
-  CHECK_FALSE(small_lm::load_if_trained_as(dir, record).has_value());
-  small_lm::write_training_record(dir, record);
-  CHECK_FALSE(std::filesystem::exists(dir / "training.json.partial"));
+  CHECK_FALSE(small_lm::trained_as(dir, record));
+  // Keeping replaces that recordless directory, through a staging directory
+  // that does not stay behind.
+  small_lm::keep_trained_model(dir, c, Regularization{.kurtosis_lambda = 1e-6}, p, record);
+  std::size_t entries = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir.parent_path())) {
+    CHECK(e.path().filename() == "kurtosis");
+    ++entries;
+  }
+  CHECK(entries == 1);
   std::optional<small_lm::LoadedModel> kept = small_lm::load_if_trained_as(dir, record);
   REQUIRE(kept.has_value());
+  CHECK(kept->regularization.kurtosis_lambda == 1e-6);
   auto saved = p.tensors(), loaded = kept->parameters.tensors();
   REQUIRE(saved.size() == loaded.size());
   for (std::size_t i = 0; i < saved.size(); ++i) CHECK((saved[i].flat() == loaded[i].flat()).all());
+  // A second process keeping the same model finds it kept: no error, one copy.
+  CHECK_NOTHROW(small_lm::keep_trained_model(dir, c, Regularization{}, p, record));
+  entries = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir.parent_path())) ++entries;
+  CHECK(entries == 1);
   // Every differing, missing or extra field is refused, naming it and both values.
   auto refused = [&](const nlohmann::json& asked) {
     try {
@@ -396,26 +417,41 @@ TEST_CASE("small_transformer: a kept model is reused only when its training reco
   };
   nlohmann::json other_steps = record;
   other_steps["steps"] = 300;
-  CHECK(refused(other_steps).find("steps is 3000 there, this run asks for 300") != std::string::npos);
-  nlohmann::json other_seed = record;
-  other_seed["seed"] = 4;
-  CHECK(refused(other_seed).find("seed is 3 there") != std::string::npos);
+  CHECK(refused(other_steps).find("'steps' is 3000 there, this run asks for 300") != std::string::npos);
+  nlohmann::json other_rate = record;
+  other_rate["learning_rate"] = 3.0000000000000001e-3 * (1 + 1e-15);
+  CHECK(refused(other_rate).find("'learning_rate' is 0.003 there") != std::string::npos);
   nlohmann::json extra = record;
-  extra["learning_rate"] = 0.003;
-  CHECK(refused(extra).find("learning_rate is absent there") != std::string::npos);
+  extra["batch"] = 16;
+  CHECK(refused(extra).find("'batch' is not recorded there") != std::string::npos);
   nlohmann::json missing = record;
   missing.erase("text_fnv1a64");
-  CHECK(refused(missing).find("text_fnv1a64 is \"00ff\" there, this run asks for none") != std::string::npos);
-  CHECK_THROWS_AS(small_lm::write_training_record(dir, nlohmann::json::array()), std::invalid_argument);
-  // The text's fingerprint is FNV-1a 64 of its bytes (the published test
-  // vectors: "" and "a"), so one changed byte means another model.
-  const auto text = dir / "text.txt";
+  CHECK(refused(missing).find("'text_fnv1a64' is \"00ff\" there, this run does not record it") != std::string::npos);
+  // Another process kept a model with other settings in the meantime: never replaced.
+  CHECK_THROWS_AS(small_lm::keep_trained_model(dir, c, Regularization{}, p, other_steps), std::invalid_argument);
+  CHECK(small_lm::trained_as(dir, record));
+  CHECK_THROWS_AS(small_lm::keep_trained_model(root / "x", c, Regularization{}, p, nlohmann::json::array()),
+                  std::invalid_argument);
+  { std::ofstream(dir / "training.json") << "[1, 2]"; }
+  CHECK(refused(record).find("must be a JSON object") != std::string::npos);
+  // The text's fingerprint is FNV-1a 64 of its bytes: the published test
+  // vectors ("" and "a"), and a text longer than the 64 KiB read buffer
+  // against a plain loop over it.
+  const auto text = root / "text.txt";
   { std::ofstream(text, std::ios::binary) << ""; }
   CHECK(small_lm::file_fingerprint(text) == "cbf29ce484222325");
   { std::ofstream(text, std::ios::binary) << "a"; }
   CHECK(small_lm::file_fingerprint(text) == "af63dc4c8601ec8c");
-  CHECK_THROWS_AS(small_lm::file_fingerprint(dir / "absent.txt"), std::invalid_argument);
-  std::filesystem::remove_all(dir);
+  std::string long_text;
+  for (int i = 0; i < 70000; ++i) long_text += static_cast<char>((i * 7919) % 256);
+  { std::ofstream(text, std::ios::binary) << long_text; }
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (char ch : long_text) h = (h ^ static_cast<unsigned char>(ch)) * 0x100000001b3ull;
+  char expected[17];
+  std::snprintf(expected, sizeof expected, "%016llx", static_cast<unsigned long long>(h));
+  CHECK(small_lm::file_fingerprint(text) == expected);
+  CHECK_THROWS_AS(small_lm::file_fingerprint(root / "absent.txt"), std::invalid_argument);
+  std::filesystem::remove_all(root);
 }
 
 TEST_CASE("small_transformer: bad input is refused with a message naming it") {
@@ -521,10 +557,18 @@ struct StudySetup {
   }
 
   // Ten AdamW steps; a variant whose name starts with "kurtosis" trains with
-  // the regularizer on ("kurtosis2" trains exactly as "kurtosis").
-  Parameters<float> train(const std::string& variant, std::uint64_t seed) const {
+  // the regularizer on ("kurtosis2" trains exactly as "kurtosis"), one that
+  // ends in "+qat" with 4-bit QAT of the linear inputs too (clips from the
+  // first batch, as Trainer sets them).
+  static Regularization regularization(const std::string& variant) {
     Regularization r;
     if (variant.rfind("kurtosis", 0) == 0) r.kurtosis_lambda = 1e-4;
+    if (variant.ends_with("+qat")) r.qat_bits = 4;
+    return r;
+  }
+
+  Parameters<float> train(const std::string& variant, std::uint64_t seed) const {
+    const Regularization r = regularization(variant);
     Model<float> model(c, r);
     Parameters<float> p = Parameters<float>::initial(c, seed);
     Parameters<float> grad = Parameters<float>::zeros(c);
@@ -535,8 +579,11 @@ struct StudySetup {
     small_lm::AdamW<float> optimizer(c, o);
     std::mt19937_64 rng(seed + 1);
     for (int step = 0; step < o.total_steps; ++step) {
-      model.loss_and_gradient(p, corpus.training_batch(4, rng), grad);
+      const small_lm::Batch batch = corpus.training_batch(4, rng);
+      if (step == 0 && r.qat_bits != 0) model.init_clips(p, batch);
+      model.loss_and_gradient(p, batch, grad);
       optimizer.step(p, grad, step);
+      model.project_clips(p);
     }
     return p;
   }
@@ -664,4 +711,62 @@ TEST_CASE("small_transformer study: a variant trained as the first differs by ex
   o = s.options;
   o.specs = {llama::MethodSpec{}, llama::MethodSpec{}};
   refused(s.in, o, "twice");
+}
+
+TEST_CASE("small_transformer study: a QAT variant's own learned clips are one more row, as evaluated directly") {
+  StudySetup s;
+  s.in.variants = {"baseline", "kurtosis+qat"};
+  s.in.seeds = {3, 4};
+  s.in.qat_bits = [](const std::string& variant) { return StudySetup::regularization(variant).qat_bits; };
+  s.options.specs = {llama::MethodSpec{}};  // RTN alone: the row under test is the learned clips'
+  s.options.bootstrap.resamples = 200;
+  const auto r = small_lm::study::run_study(s.in, s.options);
+  REQUIRE(r.variants.size() == 2);
+  for (const auto& v : r.variants) {
+    REQUIRE(v.methods.size() == 3);  // full precision, RTN, learned clips
+    CHECK(v.methods[2].learned_clips);
+    CHECK(v.methods[2].name() == "learned clips (QAT)");
+  }
+  // The baseline trained no clips: no figures for it, and nothing to pair with.
+  const auto& absent = r.variants[0].methods[2];
+  CHECK_FALSE(absent.evaluated);
+  CHECK_FALSE(absent.vs_baseline.has_value());
+  const auto& clips = r.variants[1].methods[2];
+  REQUIRE(clips.evaluated);
+  CHECK_FALSE(clips.spec.has_value());
+  CHECK_FALSE(clips.vs_first_variant.has_value());
+  REQUIRE(clips.vs_baseline.has_value());
+  // exp(the seeds' mean Σ NLL / tokens), each seed's through the default run's evaluation.
+  const double tokens = 4.0 * static_cast<double>(s.c.seq_len);
+  double sum = 0, rtn = 0;
+  std::vector<double> per_seed;
+  for (std::uint64_t seed : s.in.seeds) {
+    const Parameters<float> p = s.train("kurtosis+qat", seed);
+    llama::QuantOptions q = s.options.quant;
+    q.seed = seed;
+    const double ppl = small_lm::learned_clip_perplexity(s.c, p, 4, q, s.in.validation);
+    per_seed.push_back(ppl);
+    sum += std::log(ppl) * tokens / 2;
+    const auto inputs = small_lm::record_block_inputs(s.c, p, s.in.calibration(seed));
+    const auto blocks = small_lm::quantize_model(s.c, p, inputs, llama::Method::kRtn, q);
+    rtn += std::log(small_lm::quantized_perplexity(s.c, p, blocks, s.in.validation)) * tokens / 2;
+  }
+  CHECK(clips.perplexity.estimate == doctest::Approx(std::exp(sum / tokens)).epsilon(1e-9));
+  CHECK(clips.seed_min == doctest::Approx(std::min(per_seed[0], per_seed[1])).epsilon(1e-9));
+  CHECK(clips.vs_baseline->estimate == doctest::Approx(std::exp(sum / tokens) - std::exp(rtn / tokens)).epsilon(1e-9));
+  // Holm's family against RTN holds the clips' comparison, the only one here.
+  const std::vector<double> p_clips{clips.vs_baseline->p_zero};
+  CHECK(clips.resolved_vs_baseline == llama::stats::holm(p_clips, 0.05).front());
+  std::ostringstream csv, md;
+  small_lm::study::write_csv(csv, r);
+  small_lm::study::write_markdown(md, r);
+  const std::string table = csv.str();
+  CHECK(std::count(table.begin(), table.end(), '\n') == 1 + 2 + 3);  // the baseline's absent row: no line
+  CHECK(table.find("kurtosis+qat,learned clips (QAT),") != std::string::npos);
+  CHECK(table.find("baseline,learned clips (QAT),") == std::string::npos);
+  CHECK(md.str().find("| learned clips (QAT) | – | – |") != std::string::npos);
+  // Bits a quantizer cannot take are refused, naming the variant.
+  s.in.qat_bits = [](const std::string& variant) { return variant == "baseline" ? 0 : 9; };
+  CHECK_THROWS_WITH_AS(small_lm::study::run_study(s.in, s.options), doctest::Contains("kurtosis+qat"),
+                       std::invalid_argument);
 }
