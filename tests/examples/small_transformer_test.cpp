@@ -651,7 +651,7 @@ TEST_CASE("small_transformer study: perplexities as computed directly, Holm's ve
         p_variant.push_back(m.vs_first_variant->p_zero);
         resolved_variant.push_back(m.resolved_vs_first_variant);
       }
-      if (m.spec && *m.spec == *v.best) CHECK(m.tied_with_best);
+      if (m.spec && v.best && *m.spec == *v.best) CHECK(m.tied_with_best);
     }
     // Each family's flags are Holm's procedure at 5% on its p-values.
     CHECK(llama::stats::holm(p_baseline, 0.05) == resolved_baseline);
@@ -718,25 +718,27 @@ TEST_CASE("small_transformer study: a QAT variant's own learned clips are one mo
   s.in.variants = {"baseline", "kurtosis+qat"};
   s.in.seeds = {3, 4};
   s.in.qat_bits = [](const std::string& variant) { return StudySetup::regularization(variant).qat_bits; };
-  s.options.specs = {llama::MethodSpec{}};  // RTN alone: the row under test is the learned clips'
+  const llama::MethodSpec clip{.weights = llama::WeightQuant::kClipSearch};
+  s.options.specs = {llama::MethodSpec{}, clip};  // RTN and clip: a family of two beside the clips' row
   s.options.bootstrap.resamples = 200;
   const auto r = small_lm::study::run_study(s.in, s.options);
   REQUIRE(r.variants.size() == 2);
   for (const auto& v : r.variants) {
-    REQUIRE(v.methods.size() == 3);  // full precision, RTN, learned clips
-    CHECK(v.methods[2].learned_clips);
-    CHECK(v.methods[2].name() == "learned clips (QAT)");
+    REQUIRE(v.methods.size() == 4);  // full precision, RTN, clip, learned clips
+    CHECK(v.methods[3].learned_clips);
+    CHECK(v.methods[3].name() == "learned clips (QAT)");
   }
   // The baseline trained no clips: no figures for it, and nothing to pair with.
-  const auto& absent = r.variants[0].methods[2];
+  const auto& absent = r.variants[0].methods[3];
   CHECK_FALSE(absent.evaluated);
   CHECK_FALSE(absent.vs_baseline.has_value());
-  const auto& clips = r.variants[1].methods[2];
+  const auto& clips = r.variants[1].methods[3];
   REQUIRE(clips.evaluated);
   CHECK_FALSE(clips.spec.has_value());
   CHECK_FALSE(clips.vs_first_variant.has_value());
   REQUIRE(clips.vs_baseline.has_value());
-  // exp(the seeds' mean Σ NLL / tokens), each seed's through the default run's evaluation.
+  // exp(the seeds' mean Σ NLL / tokens), each seed's through the default
+  // run's evaluation, with the clips as trained (Parameters::clip_lo/hi).
   const double tokens = 4.0 * static_cast<double>(s.c.seq_len);
   double sum = 0, rtn = 0;
   std::vector<double> per_seed;
@@ -751,22 +753,71 @@ TEST_CASE("small_transformer study: a QAT variant's own learned clips are one mo
     const auto blocks = small_lm::quantize_model(s.c, p, inputs, llama::Method::kRtn, q);
     rtn += std::log(small_lm::quantized_perplexity(s.c, p, blocks, s.in.validation)) * tokens / 2;
   }
+  CHECK(per_seed[0] != per_seed[1]);
   CHECK(clips.perplexity.estimate == doctest::Approx(std::exp(sum / tokens)).epsilon(1e-9));
   CHECK(clips.seed_min == doctest::Approx(std::min(per_seed[0], per_seed[1])).epsilon(1e-9));
+  CHECK(clips.seed_max == doctest::Approx(std::max(per_seed[0], per_seed[1])).epsilon(1e-9));
   CHECK(clips.vs_baseline->estimate == doctest::Approx(std::exp(sum / tokens) - std::exp(rtn / tokens)).epsilon(1e-9));
-  // Holm's family against RTN holds the clips' comparison, the only one here.
-  const std::vector<double> p_clips{clips.vs_baseline->p_zero};
-  CHECK(clips.resolved_vs_baseline == llama::stats::holm(p_clips, 0.05).front());
+  // Holm's family against RTN: clip and the clips' row, in that order.
+  const auto& qat = r.variants[1];
+  const std::vector<double> family{qat.methods[2].vs_baseline->p_zero, clips.vs_baseline->p_zero};
+  const std::vector<bool> resolved{qat.methods[2].resolved_vs_baseline, clips.resolved_vs_baseline};
+  CHECK(llama::stats::holm(family, 0.05) == resolved);
+  // The baseline variant's family holds clip alone.
+  const std::vector<double> family0{r.variants[0].methods[2].vs_baseline->p_zero};
+  CHECK(llama::stats::holm(family0, 0.05).front() == r.variants[0].methods[2].resolved_vs_baseline);
+  // The best is the lowest estimate among the quantized rows, the clips' included.
+  double lowest = std::numeric_limits<double>::infinity();
+  for (std::size_t row = 1; row < 4; ++row) lowest = std::min(lowest, qat.methods[row].perplexity.estimate);
+  CHECK(qat.best.has_value() == (clips.perplexity.estimate != lowest));
+  for (std::size_t row = 1; row < 4; ++row) {
+    if (qat.methods[row].perplexity.estimate == lowest) CHECK(qat.methods[row].tied_with_best);
+  }
   std::ostringstream csv, md;
   small_lm::study::write_csv(csv, r);
   small_lm::study::write_markdown(md, r);
   const std::string table = csv.str();
-  CHECK(std::count(table.begin(), table.end(), '\n') == 1 + 2 + 3);  // the baseline's absent row: no line
+  std::istringstream csv_lines(table);
+  std::string line;
+  std::size_t count = 0;
+  while (std::getline(csv_lines, line)) {
+    CHECK(std::count(line.begin(), line.end(), ',') == 23);
+    ++count;
+  }
+  CHECK(count == 1 + 3 + 4);  // the baseline's absent row: no line
   CHECK(table.find("kurtosis+qat,learned clips (QAT),") != std::string::npos);
   CHECK(table.find("baseline,learned clips (QAT),") == std::string::npos);
-  CHECK(md.str().find("| learned clips (QAT) | – | – |") != std::string::npos);
-  // Bits a quantizer cannot take are refused, naming the variant.
+  // Every table line has the same cells: 1 + 2 (baseline) + 3 (kurtosis+qat).
+  std::istringstream md_lines(md.str());
+  std::size_t table_lines = 0;
+  while (std::getline(md_lines, line)) {
+    if (line.empty() || line.front() != '|') continue;
+    CHECK(std::count(line.begin(), line.end(), '|') == 7);
+    ++table_lines;
+  }
+  CHECK(table_lines == 2 + 4);
+  CHECK(md.str().find("| learned clips (QAT) | – | – | **") != std::string::npos);
+  // A first variant with QAT and a later one without: the later one's cells
+  // are three dashes, and the first has no comparison with a first variant.
+  s.in.variants = {"baseline+qat", "baseline"};
+  s.in.seeds = {3};
+  s.options.specs = {llama::MethodSpec{}};
+  const auto flipped = small_lm::study::run_study(s.in, s.options);
+  CHECK(flipped.variants[0].methods[2].evaluated);
+  CHECK_FALSE(flipped.variants[1].methods[2].evaluated);
+  std::ostringstream md2;
+  small_lm::study::write_markdown(md2, flipped);
+  CHECK(md2.str().find(" – | – | – |") != std::string::npos);
+  // Bits a quantizer cannot take, or other than the cross's, are refused naming the variant.
   s.in.qat_bits = [](const std::string& variant) { return variant == "baseline" ? 0 : 9; };
-  CHECK_THROWS_WITH_AS(small_lm::study::run_study(s.in, s.options), doctest::Contains("kurtosis+qat"),
+  CHECK_THROWS_WITH_AS(small_lm::study::run_study(s.in, s.options), doctest::Contains("baseline+qat"),
+                       std::invalid_argument);
+  s.in.qat_bits = [](const std::string& variant) { return variant == "baseline" ? 0 : 8; };
+  CHECK_THROWS_WITH_AS(small_lm::study::run_study(s.in, s.options), doctest::Contains("act_bits = 4"),
+                       std::invalid_argument);
+  // A variant said to be QAT whose model has no clips: refused, naming it.
+  s.in.variants = {"baseline"};
+  s.in.qat_bits = [](const std::string&) { return 4; };
+  CHECK_THROWS_WITH_AS(small_lm::study::run_study(s.in, s.options), doctest::Contains("no learned clips"),
                        std::invalid_argument);
 }
