@@ -292,8 +292,6 @@ void print_table(const std::vector<Row>& rows, double unigram, int qat_bits) {
   std::cout << std::fixed << std::setprecision(2);
 }
 
-// --study: the models are trained as the default run trains them (the
-// training logs are not written), each seed with its own calibration windows.
 // The held-out tail of --text (the corpus split every run uses).
 constexpr double kValidationFraction = 0.05;
 
@@ -341,6 +339,8 @@ void check_kept_models(const Flags& f, const std::string& fingerprint, const std
   }
 }
 
+// --study: the models are trained as the default run trains them (the
+// training logs are not written), each seed with its own calibration windows.
 void run_study(const Flags& f, const small_lm::Corpus& corpus) {
   small_lm::study::StudyOptions options;
   options.quant.block_size = f.block_size;  // as evaluate() quantizes

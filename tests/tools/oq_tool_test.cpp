@@ -509,15 +509,16 @@ TEST_CASE("oq study: each point's perplexity is its checkpoint's, draw k is quan
   using llama::Rotation;
   using llama::WeightQuant;
   const llama::MethodSpec rtn{}, smooth{true, Rotation::kNone, WeightQuant::kRtn},
-      duquant{false, Rotation::kDuQuant, WeightQuant::kRtn}, blockwise{false, Rotation::kDuQuantBlockwise, WeightQuant::kRtn};
+      duquant{false, Rotation::kDuQuant, WeightQuant::kRtn}, blockwise{false, Rotation::kDuQuantBlockwise, WeightQuant::kRtn},
+      quarot{false, Rotation::kQuaRot, WeightQuant::kRtn};
   oq_tool::StudyOptions o;
-  o.specs = {smooth, duquant, blockwise};  // the baseline (RTN) is added first
+  o.specs = {smooth, duquant, blockwise, quarot};  // the baseline (RTN) is added first
   o.seeds = 2;
   o.quant = small_options();
   o.quant.seed = 7;
   o.bootstrap.resamples = 200;
   const oq_tool::StudyReport r = oq_tool::run_study(model, calibration, evaluation, o);
-  REQUIRE(r.rows.size() == 5);
+  REQUIRE(r.rows.size() == 6);
   CHECK(r.rows[0].name() == "full precision");
   CHECK(r.rows[1].spec == rtn);
   CHECK(r.predictions == 6 * 31);
@@ -542,6 +543,13 @@ TEST_CASE("oq study: each point's perplexity is its checkpoint's, draw k is quan
   CHECK(r.rows[3].draw_min == doctest::Approx(std::min(d0, d1)).epsilon(1e-12));
   CHECK(r.rows[3].draw_max == doctest::Approx(std::max(d0, d1)).epsilon(1e-12));
   CHECK(r.rows[4].draws == 2);  // per-block DuQuant: no checkpoint, but a point here
+  // QuaRot's two draws (one residual rotation for the whole model, its
+  // signs from the seed): the same rule, seeds 7 and 9.
+  REQUIRE(r.rows[5].draws == 2);
+  const double q0 = checkpoint_perplexity(quarot, 7, "qr0"), q1 = checkpoint_perplexity(quarot, 9, "qr1");
+  CHECK(q0 != q1);
+  CHECK(r.rows[5].draw_min == doctest::Approx(std::min(q0, q1)).epsilon(1e-12));
+  CHECK(r.rows[5].draw_max == doctest::Approx(std::max(q0, q1)).epsilon(1e-12));
 
   for (const auto& row : r.rows) {
     CAPTURE(row.name());
@@ -559,7 +567,7 @@ TEST_CASE("oq study: each point's perplexity is its checkpoint's, draw k is quan
       if (v != "not resolved") CHECK(row.vs_baseline->excludes(0.0));
     }
   }
-  // Holm's decisions: those of the family of the three differences (the
+  // Holm's decisions: those of the family of the four differences (the
   // baseline and full precision are not members), recomputed.
   std::vector<double> p;
   for (std::size_t row = 2; row < r.rows.size(); ++row) p.push_back(r.rows[row].vs_baseline->p_zero);
@@ -569,7 +577,7 @@ TEST_CASE("oq study: each point's perplexity is its checkpoint's, draw k is quan
   oq_tool::write_study_csv(csv, r);
   oq_tool::write_study_markdown(md, r);
   const std::string csv_text = csv.str(), md_text = md.str();
-  CHECK(std::count(csv_text.begin(), csv_text.end(), '\n') == 6);  // header + 5 rows
+  CHECK(std::count(csv_text.begin(), csv_text.end(), '\n') == 7);  // header + 6 rows
   CHECK(csv_text.find("DuQuant-blockwise+RTN,off,DuQuant-blockwise,RTN,2,") != std::string::npos);
   CHECK(md_text.find("| DuQuant-blockwise+RTN | ") != std::string::npos);
   CHECK(md_text.find("W4A4 perplexity of 6 held-out sequences (186 predicted tokens)") != std::string::npos);
