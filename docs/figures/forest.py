@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Draw a study's study.csv (examples 02 and 03, `oq study`) as an SVG forest plot.
+"""Draw a study.csv of example 03 or of `oq study` as an SVG forest plot.
 
 Three panels, one row per method, one mark per variant: the perplexity
 with its bootstrap interval, the paired difference from the baseline method
@@ -57,6 +57,8 @@ def main(argv):
         rows = list(csv.DictReader(f))
     if not rows:
         sys.exit(f"{source}: no rows")
+    for r in rows:  # `oq study` writes one model's rows, without a variant column
+        r.setdefault("variant", "checkpoint")
     variants, methods = [], []
     for r in rows:
         if r["variant"] not in variants:
@@ -138,13 +140,14 @@ def main(argv):
 
     legend_y = TOP + len(methods) * ROW_H + 36
     for k, v in enumerate(variants):
-        x = LEFT + (k % 3) * 210
+        x = LEFT + (k % 3) * 150
         y = legend_y + 18 * (k // 3)
         color = COLORS[k % len(COLORS)]
         out.append(f'<line x1="{x}" y1="{y - 4}" x2="{x + 22}" y2="{y - 4}" stroke="{color}" stroke-width="1.6"/>')
         out.append(f'<circle cx="{x + 11}" cy="{y - 4}" r="3.2" fill="{color}"/>')
         out.append(f'<text x="{x + 28}" y="{y}">{escape(v)}</text>')
-    out.append(f'<text x="{LEFT + 3 * 210 - 60}" y="{legend_y}">filled: Holm-resolved; hollow: not</text>')
+    out.append(f'<text x="{width - 10}" y="{legend_y}" text-anchor="end">Δ marks: filled, resolved by Holm; '
+               f'hollow, not resolved</text>')
     out.append("</svg>")
     with open(target, "w") as f:
         f.write("\n".join(out) + "\n")
