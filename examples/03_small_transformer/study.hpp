@@ -34,7 +34,10 @@
 // A QAT variant (StudyInputs::qat_bits) has one more row, its models with
 // their own learned activation clips: its family against the baseline
 // method is one comparison larger than the other variants', so Holm holds
-// its other rows to a slightly stricter level.
+// its other rows to a slightly stricter level. Where the first variant has
+// no learned clips, that row is paired with the first variant's baseline
+// method instead (QAT's deployment against the reference model quantized
+// by the method fixed before the run: --baseline names it).
 #pragma once
 
 #include "../../tools/llama/bootstrap.hpp"
@@ -105,7 +108,8 @@ struct MethodResult {
   llama::stats::Interval perplexity;
   double seed_min = 0, seed_max = 0;      ///< the perplexity of each seed's model alone
   std::optional<llama::stats::Interval> vs_baseline;  ///< − the baseline method's (quantized methods only)
-  std::optional<llama::stats::Interval> vs_first_variant;  ///< − the first variant's, same method (other variants)
+  std::optional<llama::stats::Interval> vs_first_variant;  ///< − the first variant's, same method (other variants;
+                                                           ///< learned clips: its baseline method if it has none)
   bool resolved_vs_baseline = false;       ///< Holm over the variant's comparisons with the baseline rejects 0
   bool resolved_vs_first_variant = false;  ///< Holm over the variant's comparisons with the first variant rejects 0
   bool tied_with_best = false;            ///< among quantized methods: best, or its paired interval against the best holds 0
@@ -266,7 +270,7 @@ inline StudyResult run_study(const StudyInputs& in, const StudyOptions& options)
         m.seed_max = std::max(m.seed_max, ppl);
       }
       if (row > 0) m.vs_baseline = boot.paired(stat(vi, row), stat(vi, base));
-      if (vi > 0 && evaluated(0, row)) m.vs_first_variant = boot.paired(stat(vi, row), stat(0, row));
+      if (vi > 0) m.vs_first_variant = boot.paired(stat(vi, row), stat(0, evaluated(0, row) ? row : base));
       if (row > 0 && m.perplexity.estimate < best_value) {
         best = row;
         best_value = m.perplexity.estimate;
@@ -324,7 +328,9 @@ inline void write_csv(std::ostream& out, const StudyResult& r) {
       } else {
         out << ",,,,,";
       }
-      out << ',' << r.variants.front().variant << ',';
+      out << ',' << r.variants.front().variant;
+      if (m.learned_clips && !r.variants.front().methods.back().evaluated) out << ':' << r.baseline.name();
+      out << ',';
       if (m.vs_first_variant) {
         out << num(m.vs_first_variant->estimate) << ',' << num(m.vs_first_variant->lower) << ','
             << num(m.vs_first_variant->upper) << ',' << num(m.vs_first_variant->p_zero) << ','
@@ -397,6 +403,10 @@ inline void write_markdown(std::ostream& out, const StudyResult& r) {
   if (r.variants.front().methods.back().learned_clips) {
     out << " " << MethodResult::kLearnedClipsName << ": a QAT variant's models with their own learned activation "
         << "clips and the cross's RTN weights; –: a variant without QAT has none.";
+    if (!r.variants.front().methods.back().evaluated) {
+      out << " Its Δ " << r.variants.front().variant << " is against " << r.variants.front().variant << "'s "
+          << r.baseline.name() << ".";
+    }
   }
   out << '\n';
 }

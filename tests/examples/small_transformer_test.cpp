@@ -735,8 +735,12 @@ TEST_CASE("small_transformer study: a QAT variant's own learned clips are one mo
   const auto& clips = r.variants[1].methods[3];
   REQUIRE(clips.evaluated);
   CHECK_FALSE(clips.spec.has_value());
-  CHECK_FALSE(clips.vs_first_variant.has_value());
   REQUIRE(clips.vs_baseline.has_value());
+  // The baseline has no clips to pair with: the clips are paired with its
+  // baseline method (RTN) instead, and are in that Holm family.
+  REQUIRE(clips.vs_first_variant.has_value());
+  CHECK(clips.vs_first_variant->estimate ==
+        doctest::Approx(clips.perplexity.estimate - r.variants[0].methods[1].perplexity.estimate).epsilon(1e-9));
   // exp(the seeds' mean Σ NLL / tokens), each seed's through the default
   // run's evaluation, with the clips as trained (Parameters::clip_lo/hi).
   const double tokens = 4.0 * static_cast<double>(s.c.seq_len);
@@ -786,6 +790,19 @@ TEST_CASE("small_transformer study: a QAT variant's own learned clips are one mo
   }
   CHECK(count == 1 + 3 + 4);  // the baseline's absent row: no line
   CHECK(table.find("kurtosis+qat,learned clips (QAT),") != std::string::npos);
+  CHECK(table.find(",baseline:RTN,") != std::string::npos);  // whom the clips' Δ baseline is against
+  CHECK(md.str().find("Its Δ baseline is against baseline's RTN.") != std::string::npos);
+  {
+    std::vector<double> p_variant;
+    std::vector<bool> resolved_variant;
+    for (const auto& m : qat.methods) {
+      if (!m.vs_first_variant) continue;
+      p_variant.push_back(m.vs_first_variant->p_zero);
+      resolved_variant.push_back(m.resolved_vs_first_variant);
+    }
+    CHECK(p_variant.size() == 4);
+    CHECK(llama::stats::holm(p_variant, 0.05) == resolved_variant);
+  }
   CHECK(table.find("baseline,learned clips (QAT),") == std::string::npos);
   // Every table line has the same cells: 1 + 2 (baseline) + 3 (kurtosis+qat).
   std::istringstream md_lines(md.str());
