@@ -11,6 +11,7 @@
 #pragma once
 
 #include "../../tools/llama/checkpoint_layer.hpp"
+#include "../../tools/oq/staging.hpp"
 #include "model.hpp"
 
 #include <oq/io.hpp>
@@ -21,8 +22,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
-#include <random>
-#include <system_error>
+#include <span>
 #include <stdexcept>
 #include <string>
 
@@ -50,11 +50,7 @@ inline void save_model(const std::filesystem::path& dir, const Config& c, const 
   j["mlp_bias"] = false;
   j["torch_dtype"] = "float32";
   j["oq_training"] = {{"kurtosis_lambda", r.kurtosis_lambda}, {"qat_bits", r.qat_bits}};
-  {
-    std::ofstream out(dir / "config.json");
-    out << j.dump(2) << '\n';
-    if (!out) throw std::runtime_error("cannot write '" + (dir / "config.json").string() + "'");
-  }
+  oq_tool::write_json_file(dir / "config.json", j);
   oq::io::SafetensorsWriter writer;
   for (const auto& t : p.tensors()) {
     const Eigen::Map<const Matrix<float>> m(t.data, t.rows, t.cols);
@@ -121,19 +117,13 @@ inline LoadedModel load_model(const std::filesystem::path& dir) {
   return m;
 }
 
-/// FNV-1a, 64 bits, of a file's bytes: names the training text in a
+/// FNV-1a, 64 bits, of a text's bytes (Corpus::bytes(): the bytes the
+/// model was trained on), as 16 hex digits: names the training text in a
 /// training record (a different text must never reuse a model; collisions
 /// between two texts a user trains on are not a concern at 64 bits).
-inline std::string file_fingerprint(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw std::invalid_argument("cannot read '" + file.string() + "'");
+inline std::string text_fingerprint(std::span<const std::uint8_t> bytes) {
   std::uint64_t h = 14695981039346656037ull;
-  char buffer[1 << 16];
-  while (in.read(buffer, sizeof buffer) || in.gcount() > 0) {
-    for (std::streamsize i = 0; i < in.gcount(); ++i) {
-      h = (h ^ static_cast<std::uint8_t>(buffer[i])) * 1099511628211ull;
-    }
-  }
+  for (std::uint8_t b : bytes) h = (h ^ b) * 1099511628211ull;
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out(16, '0');
   for (int i = 15; i >= 0; --i, h >>= 4) out[static_cast<std::size_t>(i)] = kHex[h & 15];
@@ -185,40 +175,29 @@ inline std::optional<LoadedModel> load_if_trained_as(const std::filesystem::path
 
 /// Saves a trained model to `dir` (save_model) with `record` beside it as
 /// training.json: everything that decided the model beyond its config.json
-/// (text, steps, seed, ...), as the caller lists it. Everything is written
-/// to a fresh sibling directory first and renamed onto `dir` in one step,
-/// so `dir` holds a whole model and its record or no record at all, even
-/// when the process is killed or another process keeps the same model at
-/// the same time (then the first rename wins and the record of the other
-/// must equal this one: trained_as).
+/// (text, steps, seed, ...), as the caller lists it. Written through the oq
+/// tool's StagingDirectory (renamed onto `dir` in one step; a killed run's
+/// directory is removed by the next), so `dir` holds a whole model and its
+/// record or nothing. A model already kept there by another process (the
+/// rename fails) must have been trained as `record` says (trained_as).
 inline void keep_trained_model(const std::filesystem::path& dir, const Config& c, const Regularization& r,
                                Parameters<float>& p, const nlohmann::json& record) {
   if (!record.is_object()) {
     throw std::invalid_argument("small_lm::keep_trained_model: record must be a JSON object, got " +
                                 std::string(record.type_name()));
   }
-  std::filesystem::path staging;
-  {
-    std::random_device device;
-    staging = dir.parent_path() / ("." + dir.filename().string() + ".staging." + std::to_string(device()));
-  }
-  std::filesystem::remove_all(staging);
-  save_model(staging, c, r, p);
-  {
-    std::ofstream out(staging / "training.json");
-    out << record.dump(2) << '\n';
-    if (!out) throw std::runtime_error("cannot write '" + (staging / "training.json").string() + "'");
-  }
+  if (trained_as(dir, record)) return;  // kept already
   // A directory left without its record by an older, killed run is replaced.
-  if (std::filesystem::exists(dir) && !std::filesystem::exists(dir / "training.json")) {
-    std::filesystem::remove_all(dir);
-  }
-  std::error_code error;
-  std::filesystem::rename(staging, dir, error);  // fails when dir exists (not empty): another process kept it first
-  if (error) {
-    std::filesystem::remove_all(staging);
-    if (!trained_as(dir, record)) {
-      throw std::runtime_error("cannot move the trained model to '" + dir.string() + "': " + error.message());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir.parent_path());
+  oq_tool::StagingDirectory staging(dir);
+  save_model(staging.path(), c, r, p);
+  oq_tool::write_json_file(staging.path() / "training.json", record);
+  try {
+    staging.commit();
+  } catch (const std::filesystem::filesystem_error& e) {
+    if (!trained_as(dir, record)) {  // throws when it was trained otherwise
+      throw std::runtime_error("cannot move the trained model to '" + dir.string() + "': " + e.what());
     }
   }
 }

@@ -32,6 +32,8 @@
 #include <cmath>
 #include <functional>
 #include <optional>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 namespace small_lm {
@@ -172,15 +174,31 @@ class LearnedClipLayer {
   std::array<Matrix<Scalar>, 7> weights_;
 };
 
+/// Every block of `p` as QAT deployed it (LearnedClipLayer): its learned
+/// clips on every linear input (`act_bits`, as trained), weights quantized
+/// per options. std::invalid_argument where `p` holds no learned clips (4
+/// per layer, clip_lo < clip_hi): a model trained without QAT.
+template <class Scalar>
+std::vector<LearnedClipLayer<Scalar>> learned_clip_blocks(const Parameters<Scalar>& p, int act_bits,
+                                                          const llama::QuantOptions& options) {
+  std::vector<LearnedClipLayer<Scalar>> blocks;
+  for (std::size_t l = 0; l < p.layers.size(); ++l) {
+    if (p.clip_lo.size() != p.layers.size() || p.clip_hi.size() != p.layers.size() || p.clip_lo[l].size() != 4 ||
+        p.clip_hi[l].size() != 4 || !(p.clip_lo[l].array() < p.clip_hi[l].array()).all()) {
+      throw std::invalid_argument("small_lm::learned_clip_blocks: the model has no learned clips at layer " +
+                                  std::to_string(l) + " (clip_lo < clip_hi, 4 per layer): was it trained with QAT?");
+    }
+    blocks.emplace_back(p.layers[l], p.clip_lo[l], p.clip_hi[l], act_bits, options);
+  }
+  return blocks;
+}
+
 /// Validation perplexity with the learned QAT clips of `p` on every linear
 /// input (`act_bits`, as trained) and weights quantized per options.
 template <class Scalar>
 double learned_clip_perplexity(const Config& c, const Parameters<Scalar>& p, int act_bits,
                                const llama::QuantOptions& options, const Batch& batch) {
-  std::vector<LearnedClipLayer<Scalar>> blocks;
-  for (std::size_t l = 0; l < p.layers.size(); ++l) {
-    blocks.emplace_back(p.layers[l], p.clip_lo[l], p.clip_hi[l], act_bits, options);
-  }
+  const std::vector<LearnedClipLayer<Scalar>> blocks = learned_clip_blocks(p, act_bits, options);
   return perplexity_with(c, p, batch, [&blocks](std::size_t l) -> const LearnedClipLayer<Scalar>& {
     return blocks[l];
   });

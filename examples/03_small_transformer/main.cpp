@@ -354,7 +354,7 @@ void run_study(const Flags& f, const small_lm::Corpus& corpus) {
   in.validation = corpus.validation_batch(f.eval_sequences);
   in.variants = f.variants;
   for (int s = 0; s < f.study_flags.seeds; ++s) in.seeds.push_back(f.seed + static_cast<std::uint64_t>(s));
-  const std::string fingerprint = f.models ? small_lm::file_fingerprint(*f.text) : std::string();
+  const std::string fingerprint = f.models ? small_lm::text_fingerprint(corpus.bytes()) : std::string();
   in.train = [&f, &corpus, &fingerprint](const std::string& variant, std::uint64_t seed) {
     std::optional<std::filesystem::path> dir;
     nlohmann::json record;

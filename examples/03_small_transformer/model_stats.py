@@ -90,6 +90,8 @@ def main(argv):
         if not re.fullmatch(r"seed\d+", seed_dir):
             continue
         for variant in sorted(os.listdir(os.path.join(root, seed_dir))):
+            if variant.startswith("."):
+                continue  # a staging directory (a run still keeping it, or killed)
             directory = os.path.join(root, seed_dir, variant)
             if not os.path.exists(os.path.join(directory, "training.json")):
                 continue  # not (yet) kept

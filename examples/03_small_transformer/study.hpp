@@ -212,17 +212,12 @@ inline StudyResult run_study(const StudyInputs& in, const StudyOptions& options)
       }
       if (qat_bits[vi] != 0) {
         progress("study: " + variant + ", seed " + std::to_string(seed) + ": " + MethodResult::kLearnedClipsName);
-        for (std::size_t l = 0; l < p.layers.size(); ++l) {
-          if (p.clip_lo.size() != p.layers.size() || p.clip_lo[l].size() != 4 || p.clip_hi[l].size() != 4 ||
-              !(p.clip_lo[l].array() < p.clip_hi[l].array()).all()) {
-            throw std::invalid_argument("small_lm::study::run_study: the model of variant \"" + variant + "\", seed " +
-                                        std::to_string(seed) + ", has no learned clips at layer " + std::to_string(l) +
-                                        " (clip_lo < clip_hi, 4 per layer), yet qat_bits says it trained with QAT");
-          }
-        }
         std::vector<LearnedClipLayer<float>> blocks;
-        for (std::size_t l = 0; l < p.layers.size(); ++l) {
-          blocks.emplace_back(p.layers[l], p.clip_lo[l], p.clip_hi[l], qat_bits[vi], q);
+        try {
+          blocks = learned_clip_blocks(p, qat_bits[vi], q);
+        } catch (const std::invalid_argument& e) {
+          throw std::invalid_argument("small_lm::study::run_study: variant \"" + variant + "\", seed " +
+                                      std::to_string(seed) + ", which qat_bits says trained with QAT: " + e.what());
         }
         nll[vi][clips_row].push_back(window_nll_with(
             in.config, p, in.validation, [&blocks](std::size_t l) -> const LearnedClipLayer<float>& { return blocks[l]; }));

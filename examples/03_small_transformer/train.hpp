@@ -13,6 +13,7 @@
 #include <iterator>
 #include <random>
 #include <stdexcept>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -47,6 +48,8 @@ class Corpus {
   }
 
   std::size_t size() const { return bytes_.size(); }
+  /// The whole text, as read (training part first).
+  std::span<const std::uint8_t> bytes() const { return bytes_; }
   std::size_t training_bytes() const { return split_; }
   std::size_t validation_bytes() const { return bytes_.size() - split_; }
 
