@@ -11,12 +11,14 @@
 //   quantize per-token INT4 with the fused 128-block Hadamard (into a new
 //            PackedActivations per call, and into one reused: ...Reuse) and
 //            with a DuQuant transform (two 128-blocks rotations and a
-//            zigzag), against a copy of the float input.
+//            zigzag; one rotation shared by the blocks, and one per block:
+//            ...Blockwise128), against a copy of the float input.
 // Shapes are LLaMA-2-7B's: (N, K) = (4096, 4096), (11008, 4096), (4096, 11008).
 //
 //   ./bench.cpu.gemm --benchmark_filter='Gemv|ReadBandwidth' --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 #include <oq/cpu.hpp>
 #include <oq/transform/duquant.hpp>
+#include <oq/transform/duquant_blockwise.hpp>
 
 #include <benchmark/benchmark.h>
 
@@ -239,6 +241,24 @@ void BM_QuantizeInt4DuQuant128(benchmark::State& state) {
   quantize_bytes(state, m, k);
 }
 
+// DuQuant with one rotation per block (TokenTransform::duquant_blockwise):
+// each token reads K = k/128 different 128 × 128 rotations per stage (2 MiB
+// at k = 4096) where the shared form reads one; the same FMA count.
+void BM_QuantizeInt4DuQuantBlockwise128(benchmark::State& state) {
+  const Eigen::Index m = state.range(0), k = state.range(1);
+  const RowMajorMatrixXf x = random_matrix(m, k, 3);
+  std::mt19937_64 gen(0);
+  oq::transform::DuQuantOptions options;
+  options.greedy_steps = 8;
+  const auto duquant = oq::transform::calibrate_duquant_blockwise(Eigen::MatrixXf(x.topRows(64)), options, gen);
+  const auto t = oq::cpu::TokenTransform::duquant_blockwise(duquant);
+  for (auto _ : state) {
+    auto a = oq::cpu::quantize_per_token(x, QuantSpec::per_token(4, false, 0.9), t, {bench_threads(), oq::cpu::Isa::kAuto});
+    benchmark::DoNotOptimize(a.codes.data());
+  }
+  quantize_bytes(state, m, k);
+}
+
 void decode_shapes(benchmark::internal::Benchmark* b) {
   b->ArgNames({"n", "k"})->Args({4096, 4096})->Args({11008, 4096})->Args({4096, 11008})->UseRealTime()->Unit(benchmark::kMicrosecond);
 }
@@ -263,6 +283,7 @@ BENCHMARK(BM_CopyTokens)->Apply(token_shapes);
 BENCHMARK(BM_QuantizeInt4Hadamard128)->Apply(token_shapes);
 BENCHMARK(BM_QuantizeInt4Hadamard128Reuse)->Apply(token_shapes);
 BENCHMARK(BM_QuantizeInt4DuQuant128)->Apply(token_shapes);
+BENCHMARK(BM_QuantizeInt4DuQuantBlockwise128)->Apply(token_shapes);
 
 }  // namespace
 

@@ -7,6 +7,7 @@
 #include <oq/quant/pack.hpp>
 #include <oq/quant/quantize.hpp>
 #include <oq/transform/duquant.hpp>
+#include <oq/transform/duquant_blockwise.hpp>
 #include <oq/transform/hadamard.hpp>
 #include <oq/transform/random_orthogonal.hpp>
 
@@ -316,6 +317,78 @@ TEST_CASE("DuQuant: smoothing, R1, zigzag, R2 in order, bit for bit; and within 
     const double bound = 2.0 * 2.0 * static_cast<double>(b) * u * std::sqrt(static_cast<double>(b)) * norm * 1.01;
     CHECK((applied.row(i) - y.row(i)).cwiseAbs().maxCoeff() <= bound);
   }
+}
+
+namespace {
+
+// y = x·diag(R_0, …, R_{K−1}), block c by its own r[c], the FMA chain of rotate_ref.
+RowMatrix rotate_each_ref(const RowMatrix& x, const std::vector<Eigen::MatrixXf>& r) {
+  const Eigen::Index b = r.front().rows();
+  RowMatrix y(x.rows(), x.cols());
+  for (std::size_t c = 0; c < r.size(); ++c) {
+    const auto first = static_cast<Eigen::Index>(c) * b;
+    y.middleCols(first, b) = rotate_ref(x.middleCols(first, b), r[c]);
+  }
+  return y;
+}
+
+}  // namespace
+
+TEST_CASE("DuQuant with one rotation per block: each block by its own R in order, bit for bit; the shared form's codes where the blocks agree") {
+  // 5 blocks: the SIMD paths take one block at a time here, never four.
+  const Eigen::Index k = 320, b = 64;
+  RowMatrix x = random_tokens(24, k, 7);
+  x.col(9) *= 40.0f;     // channel-wise outliers in two blocks
+  x.col(200) *= -25.0f;
+  std::mt19937_64 gen(5);
+  oq::transform::DuQuantOptions options;
+  options.block_size = b;
+  options.greedy_steps = 8;
+  const Eigen::VectorXf smoothing = Eigen::VectorXf::LinSpaced(k, 0.5f, 3.0f);
+  const auto t = oq::transform::calibrate_duquant_blockwise(Eigen::MatrixXf(x), options, gen, smoothing);
+  REQUIRE(t.blocks() == 5);
+  REQUIRE(t.permutations().size() == 1);
+  REQUIRE((t.rotations()[0][0] - t.rotations()[0][1]).cwiseAbs().maxCoeff() > 1e-3f);  // really per block
+
+  RowMatrix y(x.rows(), k);
+  for (Eigen::Index i = 0; i < y.rows(); ++i)
+    for (Eigen::Index j = 0; j < k; ++j) y(i, j) = x(i, j) / smoothing[j];
+  y = rotate_each_ref(y, t.rotations()[0]);
+  RowMatrix permuted(y.rows(), k);
+  for (Eigen::Index j = 0; j < k; ++j) permuted.col(j) = y.col(t.permutations()[0][static_cast<std::size_t>(j)]);
+  y = rotate_each_ref(permuted, t.rotations()[1]);
+
+  const TokenTransform fused = TokenTransform::duquant_blockwise(t);
+  CHECK(fused.channels() == k);
+  CHECK(fused.block_size() == b);
+  CHECK(fused.rotations_per_stage() == 5);
+  require_every_path(x, y, fused, 2);
+  // Against apply()'s Eigen products: the bound of the shared form's test.
+  const RowMatrix applied = t.apply(x);
+  const double u = std::ldexp(1.0, -24);
+  for (Eigen::Index i = 0; i < x.rows(); ++i) {
+    const double norm = (x.row(i).array() / smoothing.transpose().array()).matrix().norm();
+    const double bound = 2.0 * 2.0 * static_cast<double>(b) * u * std::sqrt(static_cast<double>(b)) * norm * 1.01;
+    CHECK((applied.row(i) - y.row(i)).cwiseAbs().maxCoeff() <= bound);
+  }
+
+  // Every block holding the shared transform's R: duquant()'s bits, whose
+  // SIMD paths rotate four blocks at a time.
+  const auto shared = oq::transform::calibrate_duquant(Eigen::MatrixXf(x), options, gen, smoothing);
+  std::vector<std::vector<Eigen::MatrixXf>> copies;
+  for (const auto& r : shared.rotations()) copies.emplace_back(5, r);
+  const oq::transform::DuQuantBlockwiseTransform<float> same(k, copies, shared.permutations(), smoothing);
+  for (const QuantSpec& spec : kSpecs) {
+    for (Isa isa : available_paths()) {
+      CAPTURE(spec.bits);
+      CAPTURE(oq::cpu::to_string(isa));
+      require_same(oq::cpu::quantize_per_token(x, spec, TokenTransform::duquant_blockwise(same), {2, isa}),
+                   oq::cpu::quantize_per_token(x, spec, TokenTransform::duquant(shared), {2, isa}));
+    }
+  }
+  // Built for 320 channels: another width is refused, naming the count.
+  CHECK_THROWS_WITH_AS(oq::cpu::quantize_per_token(RowMatrix(x.leftCols(256)), kSpecs[0], fused),
+                       doctest::Contains("x.cols() must be 320"), std::invalid_argument);
 }
 
 namespace {

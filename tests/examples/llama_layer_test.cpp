@@ -363,7 +363,7 @@ TEST_CASE("MethodSpec::alpha_search: SmoothQuant's α search as a point, the sam
   }
 }
 
-TEST_CASE("DuQuant-blockwise: a point of the cross, each block its own rotation, refused by the integer path") {
+TEST_CASE("DuQuant-blockwise: a point of the cross, each block its own rotation, fused by the integer path") {
   const llama::MethodSpec spec{true, llama::Rotation::kDuQuantBlockwise, llama::WeightQuant::kLwc};
   CHECK(spec.name() == "smooth+DuQuant-blockwise+LWC");
   CHECK(llama::is_random(llama::Rotation::kDuQuantBlockwise));
@@ -390,10 +390,11 @@ TEST_CASE("DuQuant-blockwise: a point of the cross, each block its own rotation,
   const double e_rtn = llama::relative_error(llama::forward(c, w, x, rtn), y);
   INFO("blockwise ", e_blockwise, ", RTN ", e_rtn);
   CHECK(e_blockwise < e_rtn);
-  // No fused CPU kernel takes per-block rotations: refused, not approximated.
-  CHECK_THROWS_WITH_AS(blockwise.transform(llama::Input::kDown).token_transform(),
-                       doctest::Contains("one rotation per block"), std::invalid_argument);
-  CHECK_THROWS_AS(llama::IntegerLayer{blockwise}, std::invalid_argument);
+  // The fused CPU transform holds the 11 rotations of each stage (the
+  // integer path's agreement with fake quantization: the every-method test below).
+  const oq::cpu::TokenTransform fused = blockwise.transform(llama::Input::kDown).token_transform();
+  CHECK(fused.rotations_per_stage() == 11);
+  CHECK(fused.channels() == 1408);
 }
 
 TEST_CASE("each preset equals its MethodSpec bit for bit (RTN and GPTQ weights)") {
@@ -624,6 +625,8 @@ TEST_CASE("integer kernels and fake quantization agree within the stated bound, 
   specs.push_back({false, llama::Rotation::kNone, llama::WeightQuant::kClipSearch});
   specs.push_back({true, llama::Rotation::kDuQuant, llama::WeightQuant::kClipSearch});
   specs.push_back({true, llama::Rotation::kDuQuant, llama::WeightQuant::kLwc});  // DuQuant+LWC
+  specs.push_back({false, llama::Rotation::kDuQuantBlockwise, llama::WeightQuant::kRtn});  // one rotation per block
+  specs.push_back({true, llama::Rotation::kDuQuantBlockwise, llama::WeightQuant::kRtn});
   o.lwc.steps = 5;
   for (const llama::MethodSpec& spec : specs) {
     INFO(spec.name());
@@ -659,8 +662,8 @@ TEST_CASE("integer kernels and fake quantization agree within the stated bound, 
     CHECK(agreement.max_bound_ratio <= 1.0);
     CHECK(agreement.max_epilogue_ratio <= 1.0);
     CHECK(agreement.max_output > 0.0);
-    if (spec.rotation != llama::Rotation::kDuQuant && !(spec.smooth && spec.rotation == llama::Rotation::kBlockHadamard) &&
-        spec.rotation != llama::Rotation::kQuaRot) {
+    if (spec.rotation != llama::Rotation::kDuQuant && spec.rotation != llama::Rotation::kDuQuantBlockwise &&
+        !(spec.smooth && spec.rotation == llama::Rotation::kBlockHadamard) && spec.rotation != llama::Rotation::kQuaRot) {
       // The fused transform computes what the Eigen one does: the same codes
       // (a dense block product, not the butterfly, where it smooths first;
       // QuaRot's 1408 = 44·32-wide down_proj input sums its 44 segments in

@@ -29,6 +29,7 @@
 #include <cmath>
 #include <csignal>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -331,12 +332,17 @@ TEST_CASE("quantize writes a checkpoint that reloads bit for bit, for every meth
     const LlamaModel quantized(out);
     REQUIRE(oq_tool::is_quantized(quantized));
     CHECK(oq_tool::method_key(oq_tool::quantization_of(quantized).spec) == key);
-    // The lowest version that holds the file: 4 smoothing before a Hadamard,
-    // 3 QuaRot, 2 smoothing folded (the default), else 1.
+    // The lowest version that holds the file: 5 one DuQuant rotation per
+    // block, 4 smoothing before a Hadamard, 3 QuaRot, 2 smoothing folded (the
+    // default), else 1.
     const bool smoothed_hadamard =
         point.smooth && (point.rotation == llama::Rotation::kBlockHadamard || point.rotation == llama::Rotation::kQuaRot);
     CHECK(oq::io::read_json(out / "config.json")["oq_quantization"]["format_version"] ==
-          (smoothed_hadamard ? 4 : point.rotation == llama::Rotation::kQuaRot ? 3 : point.smooth ? 2 : 1));
+          (point.rotation == llama::Rotation::kDuQuantBlockwise ? 5
+           : smoothed_hadamard                                  ? 4
+           : point.rotation == llama::Rotation::kQuaRot         ? 3
+           : point.smooth                                       ? 2
+                                                                : 1));
     check_layer0_reloads(model, calibration, point, options, quantized);
     const auto loaded = oq_tool::load_quantized_layer(quantized.checkpoint(), quantized.layer_config(),
                                                       oq_tool::quantization_of(quantized), 0);
@@ -477,16 +483,15 @@ TEST_CASE("quantize: W4A8 and W4A16, per-group weights, each weight quantizer") 
                        doctest::Contains("weights must be one of rtn, clip, gptq, lwc, got 'awq'"), std::invalid_argument);
   j.erase("weights");  // a file from before "weights": gptq decides
   CHECK(oq_tool::QuantizationConfig::from_json(j, "q").spec.weights == WeightQuant::kRtn);
-  // Smoothing before a Hadamard needs version 4; DuQuant with one rotation
-  // per block has no key, and quantize refuses it before any work.
+  // Smoothing before a Hadamard needs version 4, one DuQuant rotation per block 5.
   j["method"] = "smooth+hadamard";
   j["format_version"] = 3;
   CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "q"),
                        doctest::Contains("method smooth+hadamard needs format_version 4, got 3"), std::invalid_argument);
-  const llama::MethodSpec blockwise{false, llama::Rotation::kDuQuantBlockwise, WeightQuant::kRtn};
-  CHECK_THROWS_WITH_AS(oq_tool::quantize_model(model, calibration, blockwise, small_options(), tmp.path / "qb"),
-                       doctest::Contains("holds no DuQuant-blockwise+RTN"), std::invalid_argument);
-  CHECK_FALSE(fs::exists(tmp.path / "qb"));
+  j["method"] = "duquant-blockwise";
+  j["format_version"] = 4;
+  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "q"),
+                       doctest::Contains("method duquant-blockwise needs format_version 5, got 4"), std::invalid_argument);
   // LWC learns each range, which the GPTQ layout's zero points in 0..15 would
   // forbid: W4A16 rtn+LWC writes no gptq/.
   llama::QuantOptions w4a16 = small_options();
@@ -542,7 +547,12 @@ TEST_CASE("oq study: each point's perplexity is its checkpoint's, draw k is quan
   CHECK(d0 != d1);
   CHECK(r.rows[3].draw_min == doctest::Approx(std::min(d0, d1)).epsilon(1e-12));
   CHECK(r.rows[3].draw_max == doctest::Approx(std::max(d0, d1)).epsilon(1e-12));
-  CHECK(r.rows[4].draws == 2);  // per-block DuQuant: no checkpoint, but a point here
+  // Per-block DuQuant, the same rule; now a checkpoint too.
+  REQUIRE(r.rows[4].draws == 2);
+  const double b0 = checkpoint_perplexity(blockwise, 7, "pb0"), b1 = checkpoint_perplexity(blockwise, 9, "pb1");
+  CHECK(b0 != b1);
+  CHECK(r.rows[4].draw_min == doctest::Approx(std::min(b0, b1)).epsilon(1e-12));
+  CHECK(r.rows[4].draw_max == doctest::Approx(std::max(b0, b1)).epsilon(1e-12));
   // QuaRot's two draws (one residual rotation for the whole model, its
   // signs from the seed): the same rule, seeds 7 and 9.
   REQUIRE(r.rows[5].draws == 2);
@@ -615,7 +625,8 @@ TEST_CASE("folding the smoothing: γ / s, v_proj's and up_proj's scales / s, no 
     const LlamaModel model(dir);
     const llama::Config& c = model.layer_config();
     const auto layer0 = model.layer(0);
-    for (std::string_view key : {"smoothquant", "duquant+smooth", "smooth+hadamard", "smooth+quarot"}) {
+    for (std::string_view key :
+         {"smoothquant", "duquant+smooth", "smooth+hadamard", "smooth+quarot", "duquant-blockwise+smooth"}) {
       CAPTURE(key);
       const llama::MethodSpec point = oq_tool::spec_from_key(key);
       const std::string stem = dir.string() + "_" + std::string(key);
@@ -1028,8 +1039,8 @@ TEST_CASE("an interrupted quantize leaves nothing; a killed run's staging direct
   CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "v2"),
                        doctest::Contains("method rtn has no smoothing to fold"), std::invalid_argument);
   j["format_version"] = oq_tool::kQuantizedFormatVersion + 1;
-  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "v5"),
-                       doctest::Contains("format_version must be 1 to 4, got 5"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(oq_tool::QuantizationConfig::from_json(j, "v6"),
+                       doctest::Contains("format_version must be 1 to 5, got 6"), std::invalid_argument);
 }
 
 TEST_CASE("hadamard checkpoints name their H_b where b is not a power of two; a file whose H_b differs is refused") {
@@ -1073,9 +1084,11 @@ TEST_CASE("hadamard checkpoints name their H_b where b is not a power of two; a 
 namespace {
 
 /// A copy of the quantized checkpoint `from` at `to` with tensor `name`
-/// replaced by `bytes` of `dtype` (or removed when dtype is nullopt).
+/// replaced by `bytes` of `dtype` (or removed when dtype is nullopt), of
+/// `shape` (default: the tensor's own).
 void copy_with_tensor(const fs::path& from, const fs::path& to, const std::string& name,
-                      std::optional<oq::io::DType> dtype, std::vector<std::byte> bytes = {}) {
+                      std::optional<oq::io::DType> dtype, std::vector<std::byte> bytes = {},
+                      std::optional<std::vector<std::size_t>> shape = std::nullopt) {
   fs::copy(from, to, fs::copy_options::recursive);
   oq::io::SafetensorsWriter writer;
   {
@@ -1084,7 +1097,7 @@ void copy_with_tensor(const fs::path& from, const fs::path& to, const std::strin
       if (n == name) continue;
       writer.add(n, c.info(n).dtype, c.info(n).shape, c.bytes(n));
     }
-    if (dtype) writer.add(name, *dtype, c.info(name).shape, bytes);
+    if (dtype) writer.add(name, *dtype, shape ? *shape : c.info(name).shape, bytes);
   }
   fs::remove(to / "model.safetensors");
   writer.write(to / "model.safetensors");
@@ -1269,6 +1282,91 @@ TEST_CASE("smooth+quarot: .smoothing in place of .divisors, format version 4, da
                        doctest::Contains("smoothquant_alpha_search is true, but method smooth+quarot is not smoothing "
                                          "without a rotation"),
                        std::invalid_argument);
+}
+
+TEST_CASE("duquant-blockwise: [R, K/b, b, b] rotations, each block its own, format version 5, damaged files refused") {
+  TempDir tmp("blockwise");
+  oq_test::SyntheticLlama spec;
+  spec.layers = 1;
+  spec.write(tmp.path / "model");
+  const LlamaModel model(tmp.path / "model");
+  const auto calibration = text_sequences(tmp.path, 400, 43, 32, 4);
+  const fs::path out = tmp.path / "q";
+  oq_tool::quantize_model(model, calibration, oq_tool::spec_from_key("duquant-blockwise+smooth"), small_options(), out,
+                          oq_tool::ExportOptions{.fold_smoothing = false});
+  const LlamaModel quantized(out);
+  const auto& ckpt = quantized.checkpoint();
+  const auto qc = oq_tool::quantization_of(quantized);
+  const llama::Config& c = quantized.layer_config();
+  // Stage r's rotation of block k at [r, k]: K = width / 32 (2 of the hidden
+  // 64, 5 of the intermediate 160), and the blocks' rotations differ.
+  for (llama::Input i : llama::kAllInputs) {
+    CAPTURE(llama::input_name(i));
+    const std::string name = "model.layers.0.oq." + oq_tool::input_key(i) + ".rotations";
+    const auto width = static_cast<std::size_t>(llama::input_width(c, i));
+    REQUIRE(ckpt.info(name).shape == std::vector<std::size_t>{2, width / 32, 32, 32});
+  }
+  const auto loaded = oq_tool::load_quantized_layer(ckpt, c, qc, 0);
+  using T = llama::InputTransform<float>;
+  const auto* down = std::get_if<T::DuQuantBlockwise>(&loaded.transform(llama::Input::kDown).kind());
+  REQUIRE(down != nullptr);
+  CHECK(down->blocks() == 5);
+  CHECK(down->smoothing().size() == 160);
+  int distinct = 0;  // blocks whose stage-1 rotation differs from block 0's
+  for (std::size_t blk = 1; blk < 5; ++blk) {
+    distinct += (down->rotations()[1][0] - down->rotations()[1][blk]).cwiseAbs().maxCoeff() > 1e-3f;
+  }
+  CHECK(distinct > 0);
+
+  // The same file read as the shared form, and a shared file read as this
+  // one: each layout refused by the other, naming what it must be.
+  oq_tool::QuantizationConfig shared = qc;
+  shared.spec.rotation = llama::Rotation::kDuQuant;
+  CHECK_THROWS_WITH_AS(oq_tool::load_quantized_layer(ckpt, c, shared, 0),
+                       doctest::Contains("qkv_input.rotations' must be [R, b, b] (one rotation shared by the blocks, "
+                                         "method duquant+smooth)"),
+                       std::invalid_argument);
+  oq_tool::quantize_model(model, calibration, oq_tool::spec_from_key("duquant+smooth"), small_options(),
+                          tmp.path / "shared", oq_tool::ExportOptions{.fold_smoothing = false});
+  CHECK_THROWS_WITH_AS(oq_tool::load_quantized_layer(LlamaModel(tmp.path / "shared").checkpoint(), c, qc, 0),
+                       doctest::Contains("qkv_input.rotations' must be [R, 64 / b, b, b] (one rotation per block, method "
+                                         "duquant-blockwise+smooth)"),
+                       std::invalid_argument);
+  // A rotation that is not orthogonal (one entry of stage 1, block 3 of the
+  // down_proj input doubled) would not be undone by the folded weights.
+  const std::string d_name = "model.layers.0.oq.down_proj_input.rotations";
+  std::vector<std::byte> bytes(ckpt.bytes(d_name).begin(), ckpt.bytes(d_name).end());
+  const std::size_t at = ((1 * 5 + 3) * 32 * 32 + 7) * sizeof(float);
+  float v;
+  std::memcpy(&v, bytes.data() + at, sizeof v);
+  v = 2.0f * v + 0.5f;
+  std::memcpy(bytes.data() + at, &v, sizeof v);
+  copy_with_tensor(out, tmp.path / "bent", d_name, oq::io::DType::kF32, bytes);
+  CHECK_THROWS_WITH_AS(oq_tool::load_quantized_layer(LlamaModel(tmp.path / "bent").checkpoint(), c, qc, 0),
+                       doctest::Contains("down_proj_input.{rotations,permutations}: "
+                                         "oq::transform::DuQuantBlockwiseTransform: rotations[1][3] must be orthogonal"),
+                       std::invalid_argument);
+  // The right rank with 4 blocks where the 160-wide input has 5.
+  bytes.resize(2 * 4 * 32 * 32 * sizeof(float));
+  copy_with_tensor(out, tmp.path / "four", d_name, oq::io::DType::kF32, bytes, std::vector<std::size_t>{2, 4, 32, 32});
+  CHECK_THROWS_WITH_AS(oq_tool::load_quantized_layer(LlamaModel(tmp.path / "four").checkpoint(), c, qc, 0),
+                       doctest::Contains("down_proj_input.rotations' must be [R, 160 / b, b, b]"), std::invalid_argument);
+  // quantize checks the per-block form's options as the shared one's, before any work.
+  llama::QuantOptions big_block = small_options();
+  big_block.block_size = 128;  // does not divide hidden 64
+  CHECK_THROWS_WITH_AS(oq_tool::quantize_model(model, calibration, oq_tool::spec_from_key("duquant-blockwise"), big_block,
+                                               tmp.path / "qb"),
+                       doctest::Contains("--block-size must be"), std::invalid_argument);
+  llama::QuantOptions no_steps = small_options();
+  no_steps.greedy_steps = 0;
+  CHECK_THROWS_WITH_AS(oq_tool::quantize_model(model, calibration, oq_tool::spec_from_key("duquant-blockwise"), no_steps,
+                                               tmp.path / "qb"),
+                       doctest::Contains("--greedy-steps must be >= 1"), std::invalid_argument);
+  CHECK_FALSE(fs::exists(tmp.path / "qb"));
+  // The config: version 5, the method's key.
+  const nlohmann::json j = oq::io::read_json(out / "config.json")["oq_quantization"];
+  CHECK(j["format_version"] == 5);
+  CHECK(j["method"] == "duquant-blockwise+smooth");
 }
 
 TEST_CASE("bad inputs give clear errors and leave nothing half-written") {

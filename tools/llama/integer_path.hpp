@@ -7,6 +7,7 @@
 // with the method's transform fused into the same pass over each row
 //   RTN → none, SmoothQuant → TokenTransform::smoothing(s),
 //   Hadamard → TokenTransform::hadamard(b), DuQuant(+smooth) → TokenTransform::duquant(t),
+//   DuQuant with one rotation per block → TokenTransform::duquant_blockwise(t),
 //   QuaRot → TokenTransform::full_hadamard(s ⊙ d) (the whole width, any order
 //   with a construction; bit for bit with the fake path where the width is a
 //   power of two, within float rounding of it otherwise, as DuQuant),

@@ -25,8 +25,8 @@
 //                  steps, b = 128), one rotation per stage shared by every
 //                  block (the released code)
 //                  DuQuant-blockwise: the same with each block's own greedy
-//                  rotation (oq/transform/duquant_blockwise.hpp; fake
-//                  quantization only, no fused kernel)
+//                  rotation (oq/transform/duquant_blockwise.hpp; fused on
+//                  the CPU, TokenTransform::duquant_blockwise)
 //                  QuaRot: full-width Hadamards, the residual one randomized
 //                  (below)
 //   weights        RTN: round to nearest at clip 0.8
@@ -411,8 +411,9 @@ class InputTransform {
     Vector<Scalar> scales;
   };
   using DuQuant = oq::transform::DuQuantTransform<Scalar>;
-  /// DuQuant with one rotation per block (no fused CPU or CUDA kernel:
-  /// token_transform() refuses it).
+  /// DuQuant with one rotation per block (oq::cpu fuses it,
+  /// TokenTransform::duquant_blockwise; the CUDA quantizer takes the shared
+  /// form only).
   using DuQuantBlockwise = oq::transform::DuQuantBlockwiseTransform<Scalar>;
   /// X·diag(s)⁻¹·D·H_n/√n over the whole width n (QuaRot): a division by
   /// `divisors` (empty: none; nonzero, any sign — RMSNorm's γ where QuaRot
@@ -463,11 +464,7 @@ class InputTransform {
       if (f->signs.size() != 0) s.array() *= f->signs.template cast<float>().array();
       return oq::cpu::TokenTransform::full_hadamard(s);
     }
-    if (std::holds_alternative<DuQuantBlockwise>(kind_)) {
-      throw std::invalid_argument("llama::InputTransform::token_transform: DuQuant with one rotation per block has "
-                                  "no fused kernel in oq::cpu (its TokenTransform takes one shared block rotation); "
-                                  "the blockwise transform runs through fake quantization only");
-    }
+    if (const auto* d = std::get_if<DuQuantBlockwise>(&kind_)) return oq::cpu::TokenTransform::duquant_blockwise(*d);
     return {};
   }
 

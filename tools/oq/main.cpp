@@ -173,7 +173,8 @@ int main(int argc, char** argv) {
   add_data_options(quantize, calib, "--calib", "calibration text or token ids (.npy)", 16);
   quantize->add_option("--method", method,
                        "smoothing x rotation: rtn (neither), smoothquant, hadamard (block), duquant, duquant+smooth, "
-                       "quarot, smooth+hadamard or smooth+quarot")
+                       "quarot, smooth+hadamard, smooth+quarot, duquant-blockwise or duquant-blockwise+smooth "
+                       "(DuQuant with one rotation per block instead of one shared by the blocks)")
       ->capture_default_str()
       ->check(CLI::IsMember(std::vector<std::string>(oq_tool::kMethodKeys.begin(), oq_tool::kMethodKeys.end())));
   quantize->add_option("--weights", weights,
@@ -284,7 +285,7 @@ int main(int argc, char** argv) {
         if (!spec.smooth) {
           std::fprintf(stderr,
                        "--smooth-alpha: --method %s does not smooth (smoothquant, duquant+smooth, smooth+hadamard, "
-                       "smooth+quarot do)\n",
+                       "smooth+quarot, duquant-blockwise+smooth do)\n",
                        method.c_str());
           return 2;
         }

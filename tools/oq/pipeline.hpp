@@ -169,7 +169,7 @@ inline void copy_tokenizer_files(const std::filesystem::path& from, const std::f
 /// quantize a model of shape `c` with `spec`: checked before any work.
 inline void validate_quantize_options(const llama::Config& c, const llama::MethodSpec& spec,
                                       const llama::QuantOptions& options) {
-  const std::string method(method_key(spec));  // throws for a point no file holds
+  const std::string method(method_key(spec));
   if (options.gptq || options.smoothquant_alpha_search) {
     throw std::invalid_argument("quantize: the method spec chooses the weight quantizer and SmoothQuant's α search "
                                 "(weights = gptq, alpha_search); options.gptq and options.smoothquant_alpha_search "
@@ -196,12 +196,13 @@ inline void validate_quantize_options(const llama::Config& c, const llama::Metho
     throw std::invalid_argument("--group must be 0 or an even number dividing " + shape + ", got " +
                                 std::to_string(options.weight_group));
   }
-  const bool blocks = spec.rotation == llama::Rotation::kBlockHadamard || spec.rotation == llama::Rotation::kDuQuant;
+  const bool duquant = spec.rotation == llama::Rotation::kDuQuant || spec.rotation == llama::Rotation::kDuQuantBlockwise;
+  const bool blocks = spec.rotation == llama::Rotation::kBlockHadamard || duquant;
   if (blocks && (options.block_size < 2 || !divides_all(options.block_size))) {
     throw std::invalid_argument("--block-size must be >= 2 and divide " + shape + ", got " +
                                 std::to_string(options.block_size));
   }
-  if (spec.rotation == llama::Rotation::kDuQuant && options.greedy_steps < 1) {
+  if (duquant && options.greedy_steps < 1) {
     throw std::invalid_argument("--greedy-steps must be >= 1, got " + std::to_string(options.greedy_steps));
   }
   if (spec.rotation == llama::Rotation::kQuaRot) {  // full-width Hadamards of every linear input
@@ -228,12 +229,11 @@ inline void validate_quantize_options(const llama::Config& c, const llama::Metho
     // train_lwc's own limit on per-group training, checked here for every
     // linear before any layer is calibrated instead of at the first one too
     // costly (LwcOptions::max_group_work).
-    if (options.weight_group > 0 && options.lwc.max_group_work > 0) {
+    if (options.weight_group > 0) {
       for (llama::Linear l : llama::kAllLinears) {
         const auto out_in = llama::linear_shape(c, l);
-        const double work = static_cast<double>(options.lwc.steps) * static_cast<double>(out_in[0]) *
-                            static_cast<double>(out_in[1]) * static_cast<double>(out_in[1]);
-        if (work > options.lwc.max_group_work) {
+        const double work = options.lwc.group_work(out_in[0], out_in[1]);
+        if (!options.lwc.admits_group_work(work)) {
           throw std::invalid_argument(
               "--weights lwc with --group " + std::to_string(options.weight_group) + ": per-group LWC of " +
               std::string(llama::linear_name(l)) + " (" + std::to_string(out_in[0]) + " x " +
@@ -324,8 +324,7 @@ struct QuantizeResult {
   double calibration_seconds = 0;  ///< in quantize_layer (transforms, folding, weight quantization)
 };
 
-/// Quantizes `model` with the point `spec` of the cross (any but DuQuant with
-/// one rotation per block) calibrated on `calibration` and writes the
+/// Quantizes `model` with the point `spec` of the cross calibrated on `calibration` and writes the
 /// quantized checkpoint to `out` (which must not exist).
 inline QuantizeResult quantize_model(const LlamaModel& model, const std::vector<Sequence>& calibration,
                                      const llama::MethodSpec& spec, const llama::QuantOptions& options,

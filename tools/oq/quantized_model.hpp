@@ -22,7 +22,9 @@
 //                                                      rotation; absent where folded
 //                                                      (smoothing_folds)
 //   model.layers.i.oq.X.rotations     F32 [R, b, b]    DuQuant's block rotations,
-//                                                      each row-major
+//                                                      each row-major; with one
+//                                 F32 [R, K/b, b, b]   rotation per block, stage r's
+//                                                      block c at [r, c]
 //   model.layers.i.oq.X.permutations  I64 [R−1, K]    DuQuant's zigzag permutations
 //                                                      (perm[j] = old channel at j)
 //   model.layers.i.oq.X.signs         I8  [K]          QuaRot (qkv and gate/up inputs): the
@@ -74,22 +76,24 @@
 
 namespace oq_tool {
 
-/// 4: smoothing before a Hadamard (methods "smooth+hadamard",
-/// "smooth+quarot"); 3: QuaRot (method "quarot": the .signs and .divisors
+/// 5: DuQuant with one rotation per block (methods "duquant-blockwise",
+/// "duquant-blockwise+smooth": .rotations is [R, K/b, b, b]); 4: smoothing
+/// before a Hadamard (methods "smooth+hadamard", "smooth+quarot"); 3: QuaRot (method "quarot": the .signs and .divisors
 /// tensors, the "quarot" object); 2: smoothing folded into the layers
 /// (QuantizationConfig::smoothing_folded). Older files still load; oq writes
 /// the lowest version that holds the file's content.
-inline constexpr int kQuantizedFormatVersion = 4;
+inline constexpr int kQuantizedFormatVersion = 5;
 
 /// Method names on the command line and in oq_quantization.method: the
 /// points smoothing × rotation of the cross (llama::MethodSpec) that a file
 /// holds; the weight quantizer is oq_quantization.weights. The first six are
-/// the presets, in llama::Method's order. DuQuant with one rotation per block
-/// has no key: the file has no layout for its rotations and oq::cpu no kernel.
-inline constexpr std::array<std::string_view, 8> kMethodKeys{
-    "rtn", "smoothquant", "hadamard", "duquant", "duquant+smooth", "quarot", "smooth+hadamard", "smooth+quarot"};
+/// the presets, in llama::Method's order.
+inline constexpr std::array<std::string_view, 10> kMethodKeys{
+    "rtn",           "smoothquant",   "hadamard",          "duquant",
+    "duquant+smooth", "quarot",       "smooth+hadamard",   "smooth+quarot",
+    "duquant-blockwise", "duquant-blockwise+smooth"};
 /// kMethodKeys[i]'s smoothing and rotation.
-inline constexpr std::array<std::pair<bool, llama::Rotation>, 8> kMethodPoints{{
+inline constexpr std::array<std::pair<bool, llama::Rotation>, 10> kMethodPoints{{
     {false, llama::Rotation::kNone},
     {true, llama::Rotation::kNone},
     {false, llama::Rotation::kBlockHadamard},
@@ -98,7 +102,22 @@ inline constexpr std::array<std::pair<bool, llama::Rotation>, 8> kMethodPoints{{
     {false, llama::Rotation::kQuaRot},
     {true, llama::Rotation::kBlockHadamard},
     {true, llama::Rotation::kQuaRot},
+    {false, llama::Rotation::kDuQuantBlockwise},
+    {true, llama::Rotation::kDuQuantBlockwise},
 }};
+
+static_assert(
+    [] {
+      for (bool smooth : {false, true}) {
+        for (llama::Rotation r : llama::kAllRotations) {
+          int found = 0;
+          for (const auto& p : kMethodPoints) found += p.first == smooth && p.second == r;
+          if (found != 1) return false;
+        }
+      }
+      return kMethodPoints.size() == 2 * llama::kAllRotations.size();
+    }(),
+    "kMethodPoints must hold every point smoothing × rotation exactly once (method_key relies on it)");
 
 /// Weight quantizer names on the command line and in oq_quantization.weights,
 /// in llama::WeightQuant's order.
@@ -116,14 +135,12 @@ inline llama::WeightQuant weights_from_key(std::string_view key) {
 
 inline std::string_view method_key(llama::Method m) { return kMethodKeys[static_cast<std::size_t>(m)]; }
 
-/// The key of spec's smoothing and rotation; std::invalid_argument for
-/// DuQuant with one rotation per block, which no file holds.
+/// The key of spec's smoothing and rotation (every point of the cross has one).
 inline std::string_view method_key(const llama::MethodSpec& spec) {
   for (std::size_t i = 0; i < kMethodPoints.size(); ++i) {
     if (kMethodPoints[i] == std::pair{spec.smooth, spec.rotation}) return kMethodKeys[i];
   }
-  throw std::invalid_argument("the quantized checkpoint holds no " + spec.name() +
-                              ": DuQuant with one rotation per block has no stored layout or integer kernel");
+  throw std::logic_error("method_key: a point of the cross without a key");  // kMethodPoints lists every one
 }
 
 /// The point of the cross that method `key` and `weights` name (alpha_search
@@ -132,8 +149,9 @@ inline llama::MethodSpec spec_from_key(std::string_view key, llama::WeightQuant 
   for (std::size_t i = 0; i < kMethodKeys.size(); ++i) {
     if (kMethodKeys[i] == key) return llama::MethodSpec{kMethodPoints[i].first, kMethodPoints[i].second, weights};
   }
-  throw std::invalid_argument("method must be one of rtn, smoothquant, hadamard, duquant, duquant+smooth, quarot, "
-                              "smooth+hadamard, smooth+quarot, got '" + std::string(key) + "'");
+  std::string all;
+  for (std::string_view k : kMethodKeys) all += (all.empty() ? "" : ", ") + std::string(k);
+  throw std::invalid_argument("method must be one of " + all + ", got '" + std::string(key) + "'");
 }
 
 inline constexpr std::array<std::string_view, 4> kInputKeys{"qkv_input", "o_proj_input", "gate_up_input",
@@ -186,7 +204,8 @@ struct QuantizationConfig {
     const bool quarot = spec.rotation == llama::Rotation::kQuaRot;
     const bool smoothed_hadamard =
         spec.smooth && (quarot || spec.rotation == llama::Rotation::kBlockHadamard);
-    const int version = smoothed_hadamard ? 4 : quarot ? 3 : smoothing_folded ? 2 : 1;
+    const bool blockwise = spec.rotation == llama::Rotation::kDuQuantBlockwise;
+    const int version = blockwise ? 5 : smoothed_hadamard ? 4 : quarot ? 3 : smoothing_folded ? 2 : 1;
     j["format_version"] = version;
     j["method"] = std::string(method_key(spec));
     j["weights"] = std::string(weights_key(spec.weights));
@@ -261,7 +280,10 @@ struct QuantizationConfig {
     } catch (const std::invalid_argument& e) {
       fail(e.what());
     }
-    if (c.spec.smooth && c.spec.rotation != llama::Rotation::kNone && c.spec.rotation != llama::Rotation::kDuQuant &&
+    if (c.spec.rotation == llama::Rotation::kDuQuantBlockwise && version < 5) {
+      fail("method " + j["method"].get<std::string>() + " needs format_version 5, got " + std::to_string(version));
+    }
+    if (c.spec.smooth && (c.spec.rotation == llama::Rotation::kBlockHadamard || c.spec.rotation == llama::Rotation::kQuaRot) &&
         version < 4) {
       fail("method " + j["method"].get<std::string>() + " needs format_version 4, got " + std::to_string(version));
     }
@@ -424,17 +446,27 @@ std::vector<T> read_elements(const oq::io::Checkpoint& c, const std::string& nam
   return out;
 }
 
+template <class Derived>
+void append_row_major(std::vector<float>& out, const Eigen::MatrixBase<Derived>& r) {
+  for (Eigen::Index i = 0; i < r.rows(); ++i) {
+    for (Eigen::Index j = 0; j < r.cols(); ++j) out.push_back(r(i, j));
+  }
+}
+
+// A DuQuant transform's permutations and smoothing (shared or per-block rotations alike).
+template <class DuQuant>
+void add_duquant_rest(oq::io::SafetensorsWriter& writer, const std::string& name, const DuQuant& d) {
+  std::vector<std::int64_t> permutations;
+  for (const auto& p : d.permutations()) permutations.insert(permutations.end(), p.begin(), p.end());
+  writer.add(name + ".permutations", oq::io::DType::kI64,
+             {d.permutations().size(), static_cast<std::size_t>(d.channels())}, as_bytes(permutations));
+  if (d.smoothing().size() != 0) writer.add(name + ".smoothing", d.smoothing(), oq::io::DType::kF32);
+}
+
 }  // namespace detail_qmodel
 
 /// Adds layer `index` of `q` (every weight packed INT4) to `writer`.
 inline void add_quantized_layer(oq::io::SafetensorsWriter& writer, int index, const llama::QuantizedLayer<float>& q) {
-  // The file names the point by its method key: one without a key (DuQuant
-  // with one rotation per block) would load as another method.
-  try {
-    (void)method_key(q.spec());
-  } catch (const std::invalid_argument& e) {
-    throw std::invalid_argument(std::string("add_quantized_layer: ") + e.what());
-  }
   const bool smooth = q.spec().smooth;
   const std::string prefix = LlamaModel::layer_prefix(index);
   for (llama::Linear l : llama::kAllLinears) {
@@ -457,20 +489,21 @@ inline void add_quantized_layer(oq::io::SafetensorsWriter& writer, int index, co
       if (h->scales.size() != 0) writer.add(name + ".smoothing", h->scales, oq::io::DType::kF32);
     } else if (const auto* d = std::get_if<T::DuQuant>(&kind)) {
       const auto b = static_cast<std::size_t>(d->block_size());
-      const auto k = static_cast<std::size_t>(d->channels());
       std::vector<float> rotations;
-      for (const auto& r : d->rotations()) {
-        for (Eigen::Index i = 0; i < r.rows(); ++i) {
-          for (Eigen::Index j = 0; j < r.cols(); ++j) rotations.push_back(r(i, j));
-        }
-      }
+      for (const auto& r : d->rotations()) detail_qmodel::append_row_major(rotations, r);
       writer.add(name + ".rotations", oq::io::DType::kF32, {d->rotations().size(), b, b},
                  detail_qmodel::as_bytes(rotations));
-      std::vector<std::int64_t> permutations;
-      for (const auto& p : d->permutations()) permutations.insert(permutations.end(), p.begin(), p.end());
-      writer.add(name + ".permutations", oq::io::DType::kI64, {d->permutations().size(), k},
-                 detail_qmodel::as_bytes(permutations));
-      if (d->smoothing().size() != 0) writer.add(name + ".smoothing", d->smoothing(), oq::io::DType::kF32);
+      detail_qmodel::add_duquant_rest(writer, name, *d);
+    } else if (const auto* pb = std::get_if<T::DuQuantBlockwise>(&kind)) {
+      // Stage r's rotation of block c at (r·K + c)·b² (format version 5).
+      const auto b = static_cast<std::size_t>(pb->block_size());
+      std::vector<float> rotations;
+      for (const auto& stage : pb->rotations()) {
+        for (const auto& r : stage) detail_qmodel::append_row_major(rotations, r);
+      }
+      writer.add(name + ".rotations", oq::io::DType::kF32,
+                 {pb->rotations().size(), static_cast<std::size_t>(pb->blocks()), b, b}, detail_qmodel::as_bytes(rotations));
+      detail_qmodel::add_duquant_rest(writer, name, *pb);
     } else if (const auto* f = std::get_if<T::FullHadamard>(&kind)) {
       // QuaRot: x / divisors (RMSNorm's γ, or the smoothing scales where it
       // smooths: then stored as .smoothing), then ·D·H/√n; D's signs as I8.
@@ -582,6 +615,7 @@ inline const Vector<float>* smoothing_scales_of(const llama::InputTransform<floa
   auto nonempty = [](const Vector<float>& v) { return v.size() != 0 ? &v : nullptr; };
   if (const auto* s = std::get_if<T::Smoothing>(&t.kind())) return &s->scales;
   if (const auto* d = std::get_if<T::DuQuant>(&t.kind())) return nonempty(d->smoothing());
+  if (const auto* d = std::get_if<T::DuQuantBlockwise>(&t.kind())) return nonempty(d->smoothing());
   if (const auto* h = std::get_if<T::BlockHadamard>(&t.kind())) return nonempty(h->scales);
   if (const auto* f = std::get_if<T::FullHadamard>(&t.kind())) return smooth ? nonempty(f->divisors) : nullptr;
   return nullptr;
@@ -592,6 +626,9 @@ inline llama::InputTransform<float> without_smoothing(const llama::InputTransfor
   using T = llama::InputTransform<float>;
   if (const auto* d = std::get_if<T::DuQuant>(&t.kind())) {
     return T(T::DuQuant(d->channels(), d->rotations(), d->permutations()));
+  }
+  if (const auto* d = std::get_if<T::DuQuantBlockwise>(&t.kind())) {
+    return T(T::DuQuantBlockwise(d->channels(), d->rotations(), d->permutations()));
   }
   if (const auto* h = std::get_if<T::BlockHadamard>(&t.kind())) return T(T::BlockHadamard(h->block_size));
   if (const auto* f = std::get_if<T::FullHadamard>(&t.kind())) {
@@ -721,23 +758,31 @@ inline llama::QuantizedLayer<float> load_quantized_layer(const oq::io::Checkpoin
         }
         transforms[i] = T(T::BlockHadamard(q.options.block_size, smooth ? smoothing() : Vector<float>()));
         break;
-      case llama::Rotation::kDuQuantBlockwise:  // QuantizationConfig has no key for it
-        throw std::logic_error("quantized model: DuQuant with one rotation per block is never stored");
-      case llama::Rotation::kDuQuant: {
+      case llama::Rotation::kDuQuant:
+      case llama::Rotation::kDuQuantBlockwise: {
+        // Shared: [R, b, b]; one rotation per block: [R, width / b, b, b].
+        const bool blockwise = q.spec.rotation == llama::Rotation::kDuQuantBlockwise;
         if (!c.contains(name + ".rotations")) {
           throw std::invalid_argument("quantized model: tensor '" + name + ".rotations' is missing");
         }
         const auto& shape = c.info(name + ".rotations").shape;
-        if (shape.size() != 3 || shape[0] == 0 || shape[0] > 64 || shape[1] != shape[2] || shape[1] == 0) {
-          throw std::invalid_argument("quantized model: '" + name + ".rotations' must be [R, b, b] with 1 <= R <= 64");
+        const std::size_t rank = blockwise ? 4 : 3;
+        const std::size_t b = shape.size() == rank ? shape[rank - 1] : 0;
+        if (shape.size() != rank || shape[0] == 0 || shape[0] > 64 || b == 0 || shape[rank - 2] != b ||
+            k % b != 0 || (blockwise && shape[1] != k / b)) {
+          throw std::invalid_argument(
+              "quantized model: '" + name + ".rotations' must be " +
+              (blockwise ? "[R, " + std::to_string(k) + " / b, b, b] (one rotation per block, method " +
+                               std::string(method_key(q.spec)) + ")"
+                         : "[R, b, b] (one rotation shared by the blocks, method " + std::string(method_key(q.spec)) + ")") +
+              ", 1 <= R <= 64 and b dividing the input width " + std::to_string(k));
         }
-        const std::size_t r = shape[0], b = shape[1];
-        const auto rot = detail_qmodel::read_elements<float>(c, name + ".rotations", oq::io::DType::kF32, {r, b, b});
-        std::vector<typename T::DuQuant::Matrix> rotations;
-        for (std::size_t n = 0; n < r; ++n) {
-          rotations.push_back(Eigen::Map<const Matrix<float>>(rot.data() + n * b * b, static_cast<Eigen::Index>(b),
-                                                              static_cast<Eigen::Index>(b)));
-        }
+        const std::size_t r = shape[0], per_stage = blockwise ? k / b : 1;
+        const auto rot = detail_qmodel::read_elements<float>(c, name + ".rotations", oq::io::DType::kF32, shape);
+        auto matrix = [&](std::size_t at) -> typename T::DuQuant::Matrix {
+          return Eigen::Map<const Matrix<float>>(rot.data() + at * b * b, static_cast<Eigen::Index>(b),
+                                                 static_cast<Eigen::Index>(b));
+        };
         const auto perm = detail_qmodel::read_elements<std::int64_t>(c, name + ".permutations", oq::io::DType::kI64,
                                                                      {r - 1, k});
         std::vector<oq::transform::Permutation> permutations;
@@ -747,8 +792,25 @@ inline llama::QuantizedLayer<float> load_quantized_layer(const oq::io::Checkpoin
         }
         Vector<float> s;
         if (smooth) s = smoothing();
-        transforms[i] = T(typename T::DuQuant(static_cast<Eigen::Index>(k), std::move(rotations),
-                                              std::move(permutations), std::move(s)));
+        // The transform checks each rotation (orthogonal) and permutation; its
+        // message gains the tensor's name.
+        try {
+          if (blockwise) {
+            std::vector<std::vector<typename T::DuQuantBlockwise::Matrix>> rotations(r);
+            for (std::size_t n = 0; n < r; ++n) {
+              for (std::size_t blk = 0; blk < per_stage; ++blk) rotations[n].push_back(matrix(n * per_stage + blk));
+            }
+            transforms[i] = T(typename T::DuQuantBlockwise(static_cast<Eigen::Index>(k), std::move(rotations),
+                                                           std::move(permutations), std::move(s)));
+          } else {
+            std::vector<typename T::DuQuant::Matrix> rotations;
+            for (std::size_t n = 0; n < r; ++n) rotations.push_back(matrix(n));
+            transforms[i] = T(typename T::DuQuant(static_cast<Eigen::Index>(k), std::move(rotations),
+                                                  std::move(permutations), std::move(s)));
+          }
+        } catch (const std::invalid_argument& e) {
+          throw std::invalid_argument("quantized model: " + name + ".{rotations,permutations}: " + e.what());
+        }
         break;
       }
       case llama::Rotation::kQuaRot: {

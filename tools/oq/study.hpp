@@ -12,9 +12,7 @@
 // layer by layer on the outputs of the quantized layers before it) and run
 // by fake quantization in float, nothing written but the tables: the same
 // activations as a checkpoint written with --no-fold and evaluated with
-// --fake (the test checks that, bit for bit in the perplexity's terms). So
-// DuQuant with one rotation per block, which no checkpoint holds, is a point
-// here too. Draw k of a random point uses QuantOptions::seed + k·L for a
+// --fake (the test checks that, bit for bit in the perplexity's terms). Draw k of a random point uses QuantOptions::seed + k·L for a
 // model of L layers (layer l then seed + k·L + l: no two layers of any two
 // draws share a seed).
 #pragma once
@@ -112,11 +110,7 @@ inline StudyReport run_study(const LlamaModel& model, const std::vector<Sequence
     if (std::count(specs.begin(), specs.end(), spec) > 1) {
       throw std::invalid_argument("study: --methods lists " + spec.name() + " twice");
     }
-    // The checks of `oq quantize`; DuQuant with one rotation per block has
-    // the shared DuQuant's (it has no file, but the same block constraints).
-    llama::MethodSpec as_stored = spec;
-    if (as_stored.rotation == llama::Rotation::kDuQuantBlockwise) as_stored.rotation = llama::Rotation::kDuQuant;
-    validate_quantize_options(model.layer_config(), as_stored, options.quant);
+    validate_quantize_options(model.layer_config(), spec, options.quant);  // the checks of `oq quantize`
   }
   llama::stats::CrossedBootstrap boot(evaluation.size(), static_cast<std::size_t>(options.seeds), options.bootstrap);
 

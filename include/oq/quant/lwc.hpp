@@ -188,6 +188,14 @@ struct LwcOptions {
   /// or on the block's output (tools/llama/block_lwc.hpp). >= 0.
   double max_group_work = 1099511627776.0;  // 2^40
 
+  /// The multiply-adds of per-group training of an out × in weight, steps ·
+  /// out · in², in double (in int64 it overflows for in ≳ 10^6).
+  double group_work(std::int64_t out, std::int64_t in) const {
+    return static_cast<double>(steps) * static_cast<double>(out) * static_cast<double>(in) * static_cast<double>(in);
+  }
+  /// Whether max_group_work admits `work` (0: no limit).
+  bool admits_group_work(double work) const { return max_group_work == 0 || work <= max_group_work; }
+
   /// Throws std::invalid_argument naming the first field out of its range.
   void validate(std::string_view where) const {
     detail::require(steps >= 0, where, "options.steps must be >= 0, got ", steps);
@@ -522,11 +530,9 @@ LwcResult<typename Derived::Scalar> train_lwc(const Eigen::MatrixBase<Derived>& 
   detail::require_finite(hessian, kWhere, "hessian");
   options.validate(kWhere);
   const LwcOptions& o = options;
-  if (spec.granularity == Granularity::kPerGroup && o.max_group_work > 0) {
-    // In double: out · in² · steps overflows int64 for in ≳ 10^6.
-    const double work = static_cast<double>(o.steps) * static_cast<double>(w.rows()) *
-                        static_cast<double>(w.cols()) * static_cast<double>(w.cols());
-    detail::require(work <= o.max_group_work, kWhere, "per-group LWC costs steps · out · in² = ", o.steps, " · ",
+  if (spec.granularity == Granularity::kPerGroup) {
+    const double work = o.group_work(w.rows(), w.cols());
+    detail::require(o.admits_group_work(work), kWhere, "per-group LWC costs steps · out · in² = ", o.steps, " · ",
                     w.rows(), " · ", w.cols(), "² = ", work, " multiply-adds, above options.max_group_work = ",
                     o.max_group_work, ": raise options.max_group_work (0: no limit) to accept the cost, or train "
                     "per channel, or fewer steps");

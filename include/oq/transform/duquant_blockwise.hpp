@@ -13,8 +13,9 @@
 // weights the same way:
 //     y = X·Wᵀ = (X·diag(s)⁻¹·M) · (W·diag(s)·M)ᵀ.
 // The cost is K rotations per stage to store and to apply (a general block
-// rotation per block instead of one shared matrix); the fused kernels
-// (oq/cpu, oq/cuda) take the shared form only.
+// rotation per block instead of one shared matrix). oq/cpu fuses it into the
+// per-token quantizer (cpu::TokenTransform::duquant_blockwise); the CUDA
+// quantizer takes the shared form only.
 //
 //   using namespace oq::transform;
 //   std::mt19937_64 rng(0);
