@@ -281,6 +281,38 @@ TEST_CASE("block rotation: the FMA chain of the CUDA kernel, then oq::quant, bit
   }
 }
 
+namespace {
+
+// DuQuant's documented order by plain loops: x / s, rotate(·, 0), the
+// permutation (perm[j]: the old channel at j), rotate(·, 1).
+template <class Permutation, class Rotate>
+RowMatrix duquant_order_ref(const RowMatrix& x, const Eigen::VectorXf& s, const Permutation& perm, Rotate rotate) {
+  const Eigen::Index k = x.cols();
+  RowMatrix y(x.rows(), k);
+  for (Eigen::Index i = 0; i < y.rows(); ++i)
+    for (Eigen::Index j = 0; j < k; ++j) y(i, j) = x(i, j) / s[j];
+  y = rotate(y, 0);
+  RowMatrix permuted(y.rows(), k);
+  for (Eigen::Index j = 0; j < k; ++j) permuted.col(j) = y.col(perm[static_cast<std::size_t>(j)]);
+  return rotate(permuted, 1);
+}
+
+// Against Eigen's blocked products in a transform's apply(): each rotation's
+// entries differ by at most b·u·‖block of its input‖₁ (two summation orders
+// of the same b products, γ_b each); two rotations, and the permutation is
+// exact. ‖block‖₁ ≤ √b·‖row‖₂, and rotations keep ‖row‖₂.
+void check_within_apply_rounding(const RowMatrix& x, const Eigen::VectorXf& s, Eigen::Index b, const RowMatrix& applied,
+                                 const RowMatrix& y) {
+  const double u = std::ldexp(1.0, -24);
+  for (Eigen::Index i = 0; i < x.rows(); ++i) {
+    const double norm = (x.row(i).array() / s.transpose().array()).matrix().norm();
+    const double bound = 2.0 * 2.0 * static_cast<double>(b) * u * std::sqrt(static_cast<double>(b)) * norm * 1.01;
+    CHECK((applied.row(i) - y.row(i)).cwiseAbs().maxCoeff() <= bound);
+  }
+}
+
+}  // namespace
+
 TEST_CASE("DuQuant: smoothing, R1, zigzag, R2 in order, bit for bit; and within float rounding of apply()") {
   const Eigen::Index k = 256, b = 64;
   RowMatrix x = random_tokens(24, k, 99);
@@ -293,30 +325,14 @@ TEST_CASE("DuQuant: smoothing, R1, zigzag, R2 in order, bit for bit; and within 
   const auto t = oq::transform::calibrate_duquant(Eigen::MatrixXf(x), options, gen, smoothing);
   REQUIRE(t.permutations().size() == 1);
 
-  // The documented order by plain loops.
-  RowMatrix y = x;
-  for (Eigen::Index i = 0; i < y.rows(); ++i)
-    for (Eigen::Index j = 0; j < k; ++j) y(i, j) = x(i, j) / smoothing[j];
-  y = rotate_ref(y, t.rotations()[0]);
-  RowMatrix permuted(y.rows(), k);
-  for (Eigen::Index j = 0; j < k; ++j) permuted.col(j) = y.col(t.permutations()[0][static_cast<std::size_t>(j)]);
-  y = rotate_ref(permuted, t.rotations()[1]);
+  const RowMatrix y = duquant_order_ref(x, smoothing, t.permutations()[0],
+                                        [&](const RowMatrix& in, int stage) { return rotate_ref(in, t.rotations()[stage]); });
 
   const TokenTransform fused = TokenTransform::duquant(t);
   CHECK(fused.channels() == k);
   CHECK(fused.block_size() == b);
   require_every_path(x, y, fused, 2);
-  // Against Eigen's blocked products in apply(): each rotation's entries
-  // differ by at most b·u·‖block of its input‖₁ (two summation orders of the
-  // same b products, γ_b each); two rotations, and the permutation is exact.
-  const RowMatrix applied = t.apply(x);
-  const double u = std::ldexp(1.0, -24);
-  for (Eigen::Index i = 0; i < x.rows(); ++i) {
-    const double norm = (x.row(i).array() / smoothing.transpose().array()).matrix().norm();
-    // ‖block‖₁ ≤ √b·‖row‖₂ and rotations keep ‖row‖₂.
-    const double bound = 2.0 * 2.0 * static_cast<double>(b) * u * std::sqrt(static_cast<double>(b)) * norm * 1.01;
-    CHECK((applied.row(i) - y.row(i)).cwiseAbs().maxCoeff() <= bound);
-  }
+  check_within_apply_rounding(x, smoothing, b, t.apply(x), y);
 }
 
 namespace {
@@ -350,27 +366,16 @@ TEST_CASE("DuQuant with one rotation per block: each block by its own R in order
   REQUIRE(t.permutations().size() == 1);
   REQUIRE((t.rotations()[0][0] - t.rotations()[0][1]).cwiseAbs().maxCoeff() > 1e-3f);  // really per block
 
-  RowMatrix y(x.rows(), k);
-  for (Eigen::Index i = 0; i < y.rows(); ++i)
-    for (Eigen::Index j = 0; j < k; ++j) y(i, j) = x(i, j) / smoothing[j];
-  y = rotate_each_ref(y, t.rotations()[0]);
-  RowMatrix permuted(y.rows(), k);
-  for (Eigen::Index j = 0; j < k; ++j) permuted.col(j) = y.col(t.permutations()[0][static_cast<std::size_t>(j)]);
-  y = rotate_each_ref(permuted, t.rotations()[1]);
+  const RowMatrix y = duquant_order_ref(
+      x, smoothing, t.permutations()[0],
+      [&](const RowMatrix& in, int stage) { return rotate_each_ref(in, t.rotations()[static_cast<std::size_t>(stage)]); });
 
   const TokenTransform fused = TokenTransform::duquant_blockwise(t);
   CHECK(fused.channels() == k);
   CHECK(fused.block_size() == b);
   CHECK(fused.rotations_per_stage() == 5);
   require_every_path(x, y, fused, 2);
-  // Against apply()'s Eigen products: the bound of the shared form's test.
-  const RowMatrix applied = t.apply(x);
-  const double u = std::ldexp(1.0, -24);
-  for (Eigen::Index i = 0; i < x.rows(); ++i) {
-    const double norm = (x.row(i).array() / smoothing.transpose().array()).matrix().norm();
-    const double bound = 2.0 * 2.0 * static_cast<double>(b) * u * std::sqrt(static_cast<double>(b)) * norm * 1.01;
-    CHECK((applied.row(i) - y.row(i)).cwiseAbs().maxCoeff() <= bound);
-  }
+  check_within_apply_rounding(x, smoothing, b, t.apply(x), y);
 
   // Every block holding the shared transform's R: duquant()'s bits, whose
   // SIMD paths rotate four blocks at a time.

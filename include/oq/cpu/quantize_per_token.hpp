@@ -178,13 +178,8 @@ class TokenTransform {
   /// this header need not include transform/duquant.hpp and its SVD.
   template <class DuQuantTransform>
   static TokenTransform duquant(const DuQuantTransform& t) {
-    TokenTransform out;
-    out.kind_ = Kind::kRotations;
-    out.block_ = t.block_size();
-    out.channels_ = t.channels();
+    TokenTransform out = duquant_without_rotations(t);
     for (const auto& r : t.rotations()) out.rotations_.push_back(row_major(r));
-    for (const auto& p : t.permutations()) out.permutations_.emplace_back(p.begin(), p.end());
-    if (t.smoothing().size() != 0) out.smoothing_.assign(t.smoothing().data(), t.smoothing().data() + t.smoothing().size());
     return out;
   }
 
@@ -200,10 +195,7 @@ class TokenTransform {
   /// for the shared form.
   template <class DuQuantBlockwiseTransform>
   static TokenTransform duquant_blockwise(const DuQuantBlockwiseTransform& t) {
-    TokenTransform out;
-    out.kind_ = Kind::kRotations;
-    out.block_ = t.block_size();
-    out.channels_ = t.channels();
+    TokenTransform out = duquant_without_rotations(t);
     out.rotations_per_stage_ = t.blocks();
     for (const auto& stage : t.rotations()) {
       std::vector<float> all;
@@ -214,8 +206,6 @@ class TokenTransform {
       }
       out.rotations_.push_back(std::move(all));
     }
-    for (const auto& p : t.permutations()) out.permutations_.emplace_back(p.begin(), p.end());
-    if (t.smoothing().size() != 0) out.smoothing_.assign(t.smoothing().data(), t.smoothing().data() + t.smoothing().size());
     return out;
   }
 
@@ -314,6 +304,19 @@ class TokenTransform {
   }
 
  private:
+  // What both DuQuant forms hold besides their rotations: the block size, the
+  // width, the permutations and the smoothing scales.
+  template <class AnyDuQuantTransform>
+  static TokenTransform duquant_without_rotations(const AnyDuQuantTransform& t) {
+    TokenTransform out;
+    out.kind_ = Kind::kRotations;
+    out.block_ = t.block_size();
+    out.channels_ = t.channels();
+    for (const auto& p : t.permutations()) out.permutations_.emplace_back(p.begin(), p.end());
+    if (t.smoothing().size() != 0) out.smoothing_.assign(t.smoothing().data(), t.smoothing().data() + t.smoothing().size());
+    return out;
+  }
+
   template <class Derived>
   static std::vector<float> row_major(const Eigen::MatrixBase<Derived>& r) {
     std::vector<float> out(static_cast<std::size_t>(r.rows() * r.cols()));
