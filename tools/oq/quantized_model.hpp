@@ -78,8 +78,9 @@ namespace oq_tool {
 
 /// 5: DuQuant with one rotation per block (methods "duquant-blockwise",
 /// "duquant-blockwise+smooth": .rotations is [R, K/b, b, b]); 4: smoothing
-/// before a Hadamard (methods "smooth+hadamard", "smooth+quarot"); 3: QuaRot (method "quarot": the .signs and .divisors
-/// tensors, the "quarot" object); 2: smoothing folded into the layers
+/// before a Hadamard (methods "smooth+hadamard", "smooth+quarot"); 3:
+/// QuaRot (method "quarot": the .signs and .divisors tensors, the "quarot"
+/// object); 2: smoothing folded into the layers
 /// (QuantizationConfig::smoothing_folded). Older files still load; oq writes
 /// the lowest version that holds the file's content.
 inline constexpr int kQuantizedFormatVersion = 5;
@@ -89,9 +90,8 @@ inline constexpr int kQuantizedFormatVersion = 5;
 /// holds; the weight quantizer is oq_quantization.weights. The first six are
 /// the presets, in llama::Method's order.
 inline constexpr std::array<std::string_view, 10> kMethodKeys{
-    "rtn",           "smoothquant",   "hadamard",          "duquant",
-    "duquant+smooth", "quarot",       "smooth+hadamard",   "smooth+quarot",
-    "duquant-blockwise", "duquant-blockwise+smooth"};
+    "rtn",    "smoothquant",     "hadamard",      "duquant",           "duquant+smooth",
+    "quarot", "smooth+hadamard", "smooth+quarot", "duquant-blockwise", "duquant-blockwise+smooth"};
 /// kMethodKeys[i]'s smoothing and rotation.
 inline constexpr std::array<std::pair<bool, llama::Rotation>, 10> kMethodPoints{{
     {false, llama::Rotation::kNone},
