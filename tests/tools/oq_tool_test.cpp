@@ -1224,17 +1224,45 @@ TEST_CASE("quarot: format version 3, one residual rotation per model, γ divided
   CHECK_FALSE(fs::exists(tmp.path / "q_odd"));
 }
 
-TEST_CASE("smooth+quarot: .smoothing in place of .divisors, format version 4, damaged files refused") {
-  TempDir tmp("smooth_quarot");
+namespace {
+
+fs::path one_layer_model(const fs::path& dir) {
   oq_test::SyntheticLlama spec;
   spec.layers = 1;
-  spec.write(tmp.path / "model");
-  const LlamaModel model(tmp.path / "model");
-  const auto calibration = text_sequences(tmp.path, 400, 41, 32, 4);
-  const fs::path out = tmp.path / "q";
-  oq_tool::quantize_model(model, calibration, oq_tool::spec_from_key("smooth+quarot"), small_options(), out,
+  spec.write(dir);
+  return dir;
+}
+
+fs::path quantized_explicitly(const LlamaModel& model, const std::vector<oq_tool::Sequence>& calibration,
+                              std::string_view key, const fs::path& out) {
+  oq_tool::quantize_model(model, calibration, oq_tool::spec_from_key(key), small_options(), out,
                           oq_tool::ExportOptions{.fold_smoothing = false});
-  const LlamaModel quantized(out);
+  return out;
+}
+
+/// A one-layer synthetic model and its checkpoint quantized with method
+/// `key`, every smoothing kept explicit (not folded): the damaged-file tests' start.
+struct OneLayerCheckpoint {
+  OneLayerCheckpoint(std::string_view name, std::uint64_t text_seed, std::string_view key)
+      : tmp(name),
+        model(one_layer_model(tmp.path / "model")),
+        calibration(text_sequences(tmp.path, 400, text_seed, 32, 4)),
+        out(quantized_explicitly(model, calibration, key, tmp.path / "q")),
+        quantized(out) {}
+  TempDir tmp;
+  LlamaModel model;
+  std::vector<oq_tool::Sequence> calibration;
+  fs::path out;
+  LlamaModel quantized;
+};
+
+}  // namespace
+
+TEST_CASE("smooth+quarot: .smoothing in place of .divisors, format version 4, damaged files refused") {
+  const OneLayerCheckpoint f("smooth_quarot", 41, "smooth+quarot");
+  const TempDir& tmp = f.tmp;
+  const fs::path& out = f.out;
+  const LlamaModel& quantized = f.quantized;
   const auto& ckpt = quantized.checkpoint();
   const auto qc = oq_tool::quantization_of(quantized);
   for (llama::Input i : llama::kAllInputs) {
@@ -1285,16 +1313,12 @@ TEST_CASE("smooth+quarot: .smoothing in place of .divisors, format version 4, da
 }
 
 TEST_CASE("duquant-blockwise: [R, K/b, b, b] rotations, each block its own, format version 5, damaged files refused") {
-  TempDir tmp("blockwise");
-  oq_test::SyntheticLlama spec;
-  spec.layers = 1;
-  spec.write(tmp.path / "model");
-  const LlamaModel model(tmp.path / "model");
-  const auto calibration = text_sequences(tmp.path, 400, 43, 32, 4);
-  const fs::path out = tmp.path / "q";
-  oq_tool::quantize_model(model, calibration, oq_tool::spec_from_key("duquant-blockwise+smooth"), small_options(), out,
-                          oq_tool::ExportOptions{.fold_smoothing = false});
-  const LlamaModel quantized(out);
+  const OneLayerCheckpoint f("blockwise", 43, "duquant-blockwise+smooth");
+  const TempDir& tmp = f.tmp;
+  const LlamaModel& model = f.model;
+  const auto& calibration = f.calibration;
+  const fs::path& out = f.out;
+  const LlamaModel& quantized = f.quantized;
   const auto& ckpt = quantized.checkpoint();
   const auto qc = oq_tool::quantization_of(quantized);
   const llama::Config& c = quantized.layer_config();
